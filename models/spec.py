@@ -1,0 +1,186 @@
+"""Specification constants shared by the reference model, the driver model and the RTL.
+
+Everything here is taken from a specification, not from the implementation:
+
+* virtio 1.x, section 4.2.2 (virtio-mmio version 2 register layout), 2.7 (split virtqueues),
+  5.2 (block device), 6 (reserved feature bits);
+* Xen's ``include/public/grant_table.h`` (``grant_entry_v1``, ``GTF_*``);
+* Linux ``drivers/xen/grant-dma-ops.c`` (a grant DMA address is ``1 << 63 | ref << 12 | offset``);
+* this project's privileged register map and fault codes (``docs/architecture.md``).
+
+The RTL imports these numbers so that both sides agree on the contract; the reference model
+never imports anything from ``rtl/``.
+"""
+
+from __future__ import annotations
+
+# --- Handles (Linux grant DMA addresses) -----------------------------------------------------
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+HANDLE_BIT = 1 << 63
+GRANT_REF_MASK = (1 << 51) - 1  # bits 62:12
+ADDR_MASK = (1 << 64) - 1
+
+
+def make_handle(grant_ref: int, offset: int = 0) -> int:
+    """The grant DMA address of byte ``offset`` of the page granted as ``grant_ref``."""
+    if not 0 <= grant_ref <= GRANT_REF_MASK:
+        raise ValueError(f"grant_ref must be in [0, 2**51), not {grant_ref!r}")
+    if not 0 <= offset < PAGE_SIZE:
+        raise ValueError(f"offset must be in [0, {PAGE_SIZE}), not {offset!r}")
+    return HANDLE_BIT | grant_ref << PAGE_SHIFT | offset
+
+
+def split_handle(handle: int) -> tuple[int, int]:
+    """``(grant_ref, offset)`` of a handle (bit 63 is not checked here)."""
+    return (handle >> PAGE_SHIFT) & GRANT_REF_MASK, handle & (PAGE_SIZE - 1)
+
+
+# --- Xen grant_entry_v1 ------------------------------------------------------------------------
+GTF_TYPE_MASK = 0x3
+GTF_invalid = 0
+GTF_permit_access = 1
+GTF_accept_transfer = 2
+GTF_readonly = 1 << 2
+GRANT_ENTRY_BYTES = 8  # u16 flags, u16 domid, u32 frame
+
+# --- Privileged (hypervisor) register port ----------------------------------------------------
+HV_VERSION = 0x000
+HV_CTRL = 0x004
+HV_DOMID = 0x008
+HV_ENTRIES = 0x00C
+HV_FAULT_STATUS = 0x010
+HV_FAULT_CAUSE = 0x014
+HV_FAULT_ADDR_LO = 0x018
+HV_FAULT_ADDR_HI = 0x01C
+HV_FAULT_COUNT = 0x020
+HV_GRANT_BASE = 0x1000
+
+HV_CTRL_HANDLE_MODE = 1 << 0
+HV_VERSION_VALUE = 0x0001_0000  # major 1, minor 0
+
+# Fault causes (HV_FAULT_CAUSE).  1-8 are the foundation's contract; 9 is documented in
+# docs/architecture.md ("malformed virtio-blk request").
+FAULT_NONE = 0
+FAULT_NOT_HANDLE = 1
+FAULT_REF_RANGE = 2
+FAULT_NOT_PERMITTED = 3
+FAULT_WRONG_DOMAIN = 4
+FAULT_READONLY = 5
+FAULT_BUS_ERROR = 6
+FAULT_BAD_CHAIN = 7
+FAULT_BAD_RING = 8
+FAULT_BAD_REQUEST = 9
+
+FAULT_NAMES = {
+    FAULT_NONE: "none",
+    FAULT_NOT_HANDLE: "not a handle",
+    FAULT_REF_RANGE: "grant reference outside the table",
+    FAULT_NOT_PERMITTED: "entry not permit_access",
+    FAULT_WRONG_DOMAIN: "wrong domain",
+    FAULT_READONLY: "device write to a read-only grant",
+    FAULT_BUS_ERROR: "bus error response",
+    FAULT_BAD_CHAIN: "malformed descriptor chain",
+    FAULT_BAD_RING: "malformed ring",
+    FAULT_BAD_REQUEST: "malformed virtio-blk request",
+}
+
+# --- virtio-mmio version 2 (virtio 1.x section 4.2.2) ------------------------------------------
+MMIO_MAGIC_VALUE = 0x000
+MMIO_VERSION = 0x004
+MMIO_DEVICE_ID = 0x008
+MMIO_VENDOR_ID = 0x00C
+MMIO_DEVICE_FEATURES = 0x010
+MMIO_DEVICE_FEATURES_SEL = 0x014
+MMIO_DRIVER_FEATURES = 0x020
+MMIO_DRIVER_FEATURES_SEL = 0x024
+MMIO_QUEUE_SEL = 0x030
+MMIO_QUEUE_NUM_MAX = 0x034
+MMIO_QUEUE_NUM = 0x038
+MMIO_QUEUE_READY = 0x044
+MMIO_QUEUE_NOTIFY = 0x050
+MMIO_INTERRUPT_STATUS = 0x060
+MMIO_INTERRUPT_ACK = 0x064
+MMIO_STATUS = 0x070
+MMIO_QUEUE_DESC_LOW = 0x080
+MMIO_QUEUE_DESC_HIGH = 0x084
+MMIO_QUEUE_DRIVER_LOW = 0x090
+MMIO_QUEUE_DRIVER_HIGH = 0x094
+MMIO_QUEUE_DEVICE_LOW = 0x0A0
+MMIO_QUEUE_DEVICE_HIGH = 0x0A4
+MMIO_CONFIG_GENERATION = 0x0FC
+MMIO_CONFIG = 0x100
+
+MAGIC_VALUE = 0x74726976  # "virt"
+MMIO_VERSION_VALUE = 2
+VIRTIO_ID_BLOCK = 2
+VENDOR_ID = 0x4B4E4148  # "HANK": this project's vendor id
+
+# Device status bits (virtio 1.x section 2.1)
+STATUS_ACKNOWLEDGE = 1
+STATUS_DRIVER = 2
+STATUS_DRIVER_OK = 4
+STATUS_FEATURES_OK = 8
+STATUS_DEVICE_NEEDS_RESET = 0x40
+STATUS_FAILED = 0x80
+
+# InterruptStatus bits (section 4.2.2)
+INT_USED_BUFFER = 1 << 0
+INT_CONFIG_CHANGE = 1 << 1
+
+# Feature bits
+VIRTIO_BLK_F_FLUSH = 9
+VIRTIO_F_VERSION_1 = 32
+VIRTIO_F_ACCESS_PLATFORM = 33
+
+# virtio_blk_config (section 5.2.4), offsets from MMIO_CONFIG
+BLK_CONFIG_CAPACITY = 0x00  # le64, in 512-byte sectors
+
+# --- Split virtqueue (section 2.7) -------------------------------------------------------------
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+DESC_BYTES = 16
+DESC_ALIGN = 16
+AVAIL_ALIGN = 2
+USED_ALIGN = 4
+
+# --- virtio-blk (section 5.2.6) ------------------------------------------------------------------
+SECTOR_SIZE = 512
+BLK_HEADER_BYTES = 16  # le32 type, le32 reserved, le64 sector
+VIRTIO_BLK_T_IN = 0
+VIRTIO_BLK_T_OUT = 1
+VIRTIO_BLK_T_FLUSH = 4
+VIRTIO_BLK_T_GET_ID = 8
+VIRTIO_BLK_S_OK = 0
+VIRTIO_BLK_S_IOERR = 1
+VIRTIO_BLK_S_UNSUPP = 2
+VIRTIO_BLK_ID_BYTES = 20
+DEVICE_SERIAL = b"vhblk-handle-0001".ljust(VIRTIO_BLK_ID_BYTES, b"\0")
+
+# --- Defaults of the device parameters -----------------------------------------------------------
+DEFAULT_ENTRIES = 1024
+DEFAULT_QUEUE_NUM_MAX = 256
+DEFAULT_DISK_BYTES = 64 * 1024
+DEFAULT_DATA_WIDTH = 64
+
+
+def burst_bytes(data_width: int) -> int:
+    """Largest aligned window one AXI burst covers: 256 beats, but never past a 4 KiB page.
+
+    Every DMA access is cut at each address that is a multiple of this value; each piece is
+    one INCR burst (docs/architecture.md, "Bus transactions").
+    """
+    if data_width not in (32, 64, 128):
+        raise ValueError(f"data_width must be 32, 64 or 128, not {data_width!r}")
+    return min(PAGE_SIZE, 256 * data_width // 8)
+
+
+def ramdisk_init(size: int) -> bytes:
+    """Initial RAM disk contents: a fixed pattern, so reads are meaningful before any write.
+
+    Byte ``i`` is ``(i * 7 + (i >> 9) * 13 + 0x5A) & 0xFF``: it differs between neighbouring
+    bytes and between sectors, so a transfer to the wrong place or the wrong sector shows.
+    """
+    return bytes(((i * 7 + (i >> 9) * 13 + 0x5A) & 0xFF) for i in range(size))
