@@ -1,0 +1,396 @@
+"""Ring engine: split virtqueue processing and the virtio-blk request function.
+
+Implements ``docs/architecture.md`` ("Ring engine") step by step: queue check, poll of the avail
+ring, chain walk (pass 1, into a descriptor cache), then header, data, status, used element and
+used index (pass 2). Every memory access is a command to the :class:`~rtl.dma.DmaEngine`, so every
+access is translated. A fault stops the engine until the driver resets the device.
+"""
+
+
+from contextlib import contextmanager
+
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from models import spec
+
+from .dma import SBUF_BYTES
+
+__all__ = ["RingEngine"]
+
+
+class CachedDesc(data.Struct):
+    """What pass 2 needs of a descriptor (virtio 1.x section 2.7.5)."""
+
+    addr: 64
+    len: 32
+    write: 1
+
+
+class RingEngine(wiring.Component):
+    """Split-virtqueue engine for one virtio-blk request queue.
+
+    Parameters
+    ----------
+    queue_num_max : int
+        Largest queue size; also the depth of the descriptor cache.
+    disk_bytes : int
+        RAM disk size in bytes.
+    """
+
+    def __init__(self, *, queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
+                 disk_bytes: int = spec.DEFAULT_DISK_BYTES):
+        if (not isinstance(queue_num_max, int) or not 1 <= queue_num_max <= 32768
+                or queue_num_max & (queue_num_max - 1)):
+            raise ValueError(f"Queue size maximum must be a power of two in [1, 32768], "
+                             f"not {queue_num_max!r}")
+        self._queue_num_max = queue_num_max
+        self._disk_bytes = disk_bytes
+        super().__init__({
+            # from the virtio-mmio register file
+            "queue_num": In(32), "queue_ready": In(1),
+            "queue_desc": In(64), "queue_avail": In(64), "queue_used": In(64),
+            "notify": In(1), "dev_reset": In(1),
+            # events
+            "used_irq": Out(1), "completed": Out(1),
+            "fault": Out(1), "fault_cause": Out(4), "fault_addr": Out(64),
+            # DMA commands
+            "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_write": Out(1),
+            "cmd_vaddr": Out(64), "cmd_len": Out(32), "cmd_disk": Out(1), "cmd_dpos": Out(32),
+            "dma_done": In(1), "dma_fault": In(4), "dma_fault_addr": In(64), "dma_busy": In(1),
+            "sbuf": Out(8 * SBUF_BYTES), "sbuf_we": In(SBUF_BYTES),
+            "sbuf_wdata": In(8 * SBUF_BYTES),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        qmax = self._queue_num_max
+        cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
+
+        m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
+        cache_rd = cache.read_port()
+        cache_wr = cache.write_port()
+
+        # Scratch buffer shared with the DMA engine.
+        sbuf = Signal(8 * SBUF_BYTES)
+        m.d.comb += self.sbuf.eq(sbuf)
+        for k in range(SBUF_BYTES):
+            with m.If(self.sbuf_we[k]):
+                m.d.sync += sbuf[8 * k:8 * k + 8].eq(self.sbuf_wdata[8 * k:8 * k + 8])
+
+        kick = Signal()
+        abort = Signal()
+        last_avail = Signal(16)
+        used_idx = Signal(16)
+        avail_idx = Signal(16)
+        avail_flags = Signal(16)
+        qmask = Signal(16)
+        head = Signal(16)
+        # pass 1
+        idx = Signal(16)
+        count = Signal(range(qmax + 2))
+        n_readable = Signal(range(qmax + 2))
+        seen_write = Signal()
+        total = Signal(34)
+        r_bytes = Signal(33)
+        w_bytes = Signal(33)
+        status_addr = Signal(64)
+        # pass 2
+        k = Signal(range(qmax + 1))
+        off = Signal(32)
+        got = Signal(5)
+        take = Signal(32)
+        moved = Signal(32)
+        goal = Signal(32)
+        disk_base = Signal(32)
+        to_disk = Signal()
+        dir_write = Signal()
+        blk_status = Signal(8)
+        written = Signal(32)
+        ent = Signal(CachedDesc)
+        f_cause = Signal(4)
+        f_addr = Signal(64)
+
+        m.d.comb += [
+            cache_rd.addr.eq(k),
+            self.fault_cause.eq(f_cause),
+            self.fault_addr.eq(f_addr),
+        ]
+
+        n = self.queue_num
+        desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
+                           sbuf[:128])
+
+        def fault(cause, addr):
+            m.d.sync += [f_cause.eq(cause), f_addr.eq(addr)]
+            m.next = "FAULT"
+
+        @contextmanager
+        def state(name):
+            with m.State(name):
+                yield
+                with m.If(abort & ~self.dma_busy):
+                    m.d.sync += abort.eq(0)
+                    m.next = "IDLE"
+
+        def dma(name, *, write, vaddr, length, disk=0, dpos=0, then):
+            """Two states: issue the command, then wait for its end."""
+            with state(name):
+                m.d.comb += [
+                    self.cmd_valid.eq(~abort), self.cmd_write.eq(write),
+                    self.cmd_vaddr.eq(vaddr), self.cmd_len.eq(length),
+                    self.cmd_disk.eq(disk), self.cmd_dpos.eq(dpos),
+                ]
+                with m.If(self.cmd_ready & ~abort):
+                    m.next = f"{name}_WAIT"
+            with state(f"{name}_WAIT"):
+                with m.If(self.dma_done):
+                    with m.If(self.dma_fault != 0):
+                        fault(self.dma_fault, self.dma_fault_addr)
+                    with m.Else():
+                        then()
+
+        with m.FSM():
+            with state("IDLE"):
+                with m.If(kick & ~abort):
+                    m.d.sync += kick.eq(0)
+                    m.next = "QCHECK"
+
+            with state("QCHECK"):
+                num_ok = (n != 0) & ((n & (n - 1)) == 0) & (n <= qmax)
+                m.d.sync += qmask.eq(n - 1)
+                with m.If(~num_ok):
+                    fault(spec.FAULT_BAD_RING, n)
+                with m.Elif(self.queue_desc[:4] != 0):
+                    fault(spec.FAULT_BAD_RING, self.queue_desc)
+                with m.Elif(self.queue_avail[0]):
+                    fault(spec.FAULT_BAD_RING, self.queue_avail)
+                with m.Elif(self.queue_used[:2] != 0):
+                    fault(spec.FAULT_BAD_RING, self.queue_used)
+                with m.Else():
+                    m.next = "POLL"
+
+            def after_poll():
+                m.d.sync += [avail_flags.eq(sbuf[:16]), avail_idx.eq(sbuf[16:32])]
+                m.next = "POLL_CHECK"
+            dma("POLL", write=0, vaddr=self.queue_avail, length=4, then=after_poll)
+
+            with state("POLL_CHECK"):
+                pending = Signal(16)
+                m.d.comb += pending.eq(avail_idx - last_avail)
+                with m.If(pending > n):
+                    fault(spec.FAULT_BAD_RING, avail_idx)
+                with m.Elif(pending == 0):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "HEAD"
+
+            def after_head():
+                m.d.sync += [
+                    head.eq(sbuf[:16]), idx.eq(sbuf[:16]), count.eq(0), n_readable.eq(0),
+                    seen_write.eq(0), total.eq(0), r_bytes.eq(0), w_bytes.eq(0),
+                ]
+                m.next = "WALK"
+            ring_slot = Signal(16)
+            m.d.comb += ring_slot.eq(last_avail & qmask)
+            dma("HEAD", write=0, vaddr=self.queue_avail + 4 + (ring_slot << 1), length=2,
+                then=after_head)
+
+            # ---- pass 1: walk and check the chain -------------------------------------------
+            with state("WALK"):
+                with m.If(idx >= n):
+                    fault(spec.FAULT_BAD_CHAIN, idx)
+                with m.Elif(count == n):
+                    fault(spec.FAULT_BAD_CHAIN, idx)
+                with m.Else():
+                    m.next = "DESC"
+
+            dma("DESC", write=0, vaddr=self.queue_desc + (idx << 4), length=16,
+                then=lambda: setattr(m, "next", "DESC_CHECK"))
+
+            with state("DESC_CHECK"):
+                d_write = desc_f.flags[1]
+                end = Signal(65)
+                new_total = Signal(34)
+                m.d.comb += [end.eq(desc_f.addr + desc_f.len),
+                             new_total.eq(total + desc_f.len)]
+                bad = ((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
+                       | (~d_write & seen_write)
+                       | (end[64] & (end[:64] != 0))
+                       | (new_total > 0xFFFF_FFFF))
+                with m.If(bad):
+                    fault(spec.FAULT_BAD_CHAIN, idx)
+                with m.Else():
+                    m.d.comb += [
+                        cache_wr.addr.eq(count), cache_wr.en.eq(1),
+                        cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
+                        cache_wr.data.write.eq(d_write),
+                    ]
+                    m.d.sync += [count.eq(count + 1), total.eq(new_total)]
+                    with m.If(d_write):
+                        m.d.sync += [w_bytes.eq(w_bytes + desc_f.len), seen_write.eq(1)]
+                    with m.Else():
+                        m.d.sync += [r_bytes.eq(r_bytes + desc_f.len),
+                                     n_readable.eq(n_readable + 1)]
+                    with m.If(desc_f.len != 0):
+                        m.d.sync += status_addr.eq(desc_f.addr + desc_f.len - 1)
+                    with m.If(desc_f.flags[0]):  # NEXT
+                        m.d.sync += idx.eq(desc_f.next)
+                        m.next = "WALK"
+                    with m.Else():
+                        m.next = "FRAME"
+
+            with state("FRAME"):
+                with m.If((r_bytes < spec.BLK_HEADER_BYTES) | (w_bytes == 0)):
+                    fault(spec.FAULT_BAD_REQUEST, head)
+                with m.Else():
+                    m.d.sync += [k.eq(0), got.eq(0)]
+                    m.next = "HDR_READ"
+
+            # ---- pass 2: header ---------------------------------------------------------------
+            with state("HDR_READ"):  # cache read address is k
+                m.next = "HDR_SELECT"
+            with state("HDR_SELECT"):
+                need = Signal(5)
+                m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
+                m.d.sync += [ent.eq(cache_rd.data),
+                             take.eq(Mux(cache_rd.data.len < need, cache_rd.data.len, need))]
+                with m.If(cache_rd.data.len == 0):
+                    m.d.sync += k.eq(k + 1)
+                    m.next = "HDR_READ"
+                with m.Else():
+                    m.next = "HDR"
+
+            def after_hdr_piece():
+                m.d.sync += got.eq(got + take)
+                with m.If(got + take == spec.BLK_HEADER_BYTES):
+                    with m.If(take == ent.len):
+                        m.d.sync += [k.eq(k + 1), off.eq(0)]
+                    with m.Else():
+                        m.d.sync += off.eq(take)
+                    m.next = "DECODE"
+                with m.Else():
+                    m.d.sync += k.eq(k + 1)
+                    m.next = "HDR_READ"
+            dma("HDR", write=0, vaddr=ent.addr, length=take, dpos=got, then=after_hdr_piece)
+
+            # ---- decode ----------------------------------------------------------------------------
+            with state("DECODE"):
+                req_type = sbuf[:32]
+                sector = sbuf[64:128]
+                d_in = Signal(33)
+                d_out = Signal(33)
+                m.d.comb += [d_in.eq(w_bytes - 1), d_out.eq(r_bytes - spec.BLK_HEADER_BYTES)]
+
+                def in_range(d):
+                    return ((d[:9] == 0) & (sector <= cap_sectors)
+                            & (d <= self._disk_bytes - (sector[:32] << 9)))
+
+                m.d.sync += [
+                    blk_status.eq(spec.VIRTIO_BLK_S_OK), written.eq(0), moved.eq(0),
+                    disk_base.eq(sector[:32] << 9), off.eq(0),
+                ]
+                with m.Switch(req_type):
+                    with m.Case(spec.VIRTIO_BLK_T_IN):
+                        with m.If(in_range(d_in)):
+                            m.d.sync += [written.eq(d_in), goal.eq(d_in), to_disk.eq(1),
+                                         dir_write.eq(1), k.eq(n_readable)]
+                            m.next = "DATA_READ"
+                        with m.Else():
+                            m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
+                            m.next = "STATUS"
+                    with m.Case(spec.VIRTIO_BLK_T_OUT):
+                        with m.If(in_range(d_out)):
+                            # continue after the header: keep k and off
+                            m.d.sync += [goal.eq(d_out), to_disk.eq(1), dir_write.eq(0),
+                                         off.eq(off)]
+                            m.next = "DATA_READ"
+                        with m.Else():
+                            m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
+                            m.next = "STATUS"
+                    with m.Case(spec.VIRTIO_BLK_T_FLUSH):
+                        m.next = "STATUS"
+                    with m.Case(spec.VIRTIO_BLK_T_GET_ID):
+                        n_id = Mux(d_in < spec.VIRTIO_BLK_ID_BYTES, d_in,
+                                   spec.VIRTIO_BLK_ID_BYTES)
+                        m.d.sync += [
+                            written.eq(n_id), goal.eq(n_id), to_disk.eq(0), dir_write.eq(1),
+                            k.eq(n_readable),
+                            sbuf[:8 * spec.VIRTIO_BLK_ID_BYTES].eq(
+                                int.from_bytes(spec.DEVICE_SERIAL, "little")),
+                        ]
+                        m.next = "DATA_READ"
+                    with m.Default():
+                        m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
+                        m.next = "STATUS"
+
+            # ---- pass 2: data ----------------------------------------------------------------------
+            with state("DATA_READ"):  # cache read address is k
+                with m.If(moved == goal):
+                    m.next = "STATUS"
+                with m.Else():
+                    m.next = "DATA_SELECT"
+            with state("DATA_SELECT"):
+                left_in_desc = Signal(32)
+                left_in_goal = Signal(32)
+                m.d.comb += [left_in_desc.eq(cache_rd.data.len - off),
+                             left_in_goal.eq(goal - moved)]
+                m.d.sync += [
+                    ent.eq(cache_rd.data),
+                    take.eq(Mux(left_in_desc < left_in_goal, left_in_desc, left_in_goal)),
+                ]
+                with m.If(left_in_desc == 0):
+                    m.d.sync += [k.eq(k + 1), off.eq(0)]
+                    m.next = "DATA_READ"
+                with m.Else():
+                    m.next = "DATA"
+
+            def after_data_piece():
+                m.d.sync += [moved.eq(moved + take), k.eq(k + 1), off.eq(0)]
+                m.next = "DATA_READ"
+            dma("DATA", write=dir_write, vaddr=ent.addr + off, length=take, disk=to_disk,
+                dpos=Mux(to_disk, disk_base + moved, moved), then=after_data_piece)
+
+            # ---- completion ------------------------------------------------------------------------
+            with state("STATUS"):
+                m.d.sync += sbuf[:8].eq(blk_status)
+                m.next = "STATUS_WRITE"
+            dma("STATUS_WRITE", write=1, vaddr=status_addr, length=1,
+                then=lambda: setattr(m, "next", "USED"))
+
+            with state("USED"):
+                m.d.sync += sbuf[:64].eq(Cat(head, Const(0, 16), written + 1))
+                m.next = "USED_WRITE"
+            used_slot = Signal(16)
+            m.d.comb += used_slot.eq(used_idx & qmask)
+            dma("USED_WRITE", write=1, vaddr=self.queue_used + 4 + (used_slot << 3), length=8,
+                then=lambda: setattr(m, "next", "USED_IDX"))
+
+            with state("USED_IDX"):
+                m.d.sync += sbuf[:16].eq(used_idx + 1)
+                m.next = "USED_IDX_WRITE"
+
+            def after_used_idx():
+                m.d.sync += [used_idx.eq(used_idx + 1), last_avail.eq(last_avail + 1)]
+                m.d.comb += [self.completed.eq(1),
+                             self.used_irq.eq(~avail_flags[0])]  # VIRTQ_AVAIL_F_NO_INTERRUPT
+                with m.If((last_avail + 1)[:16] == avail_idx):
+                    m.next = "QCHECK"
+                with m.Else():
+                    m.next = "HEAD"
+            dma("USED_IDX_WRITE", write=1, vaddr=self.queue_used + 2, length=2,
+                then=after_used_idx)
+
+            with state("FAULT"):
+                m.d.comb += self.fault.eq(1)
+                m.next = "HALT"
+            with state("HALT"):
+                pass
+
+        with m.If(self.notify):
+            m.d.sync += kick.eq(1)
+        with m.If(self.dev_reset):
+            m.d.sync += [abort.eq(1), kick.eq(0), last_avail.eq(0), used_idx.eq(0)]
+        return m

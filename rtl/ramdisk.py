@@ -1,0 +1,105 @@
+"""The RAM disk behind the virtio-blk function, split into two banks of block RAM.
+
+The DMA engine moves up to one bus beat (``W = data_width / 8`` bytes) per cycle at any byte
+alignment. Such a run of bytes covers parts of at most two consecutive disk words, which sit
+in different banks (even words in bank 0, odd words in bank 1), so one beat is one access per
+bank: no second port and no read-modify-write.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal, unsigned
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from models import spec
+
+__all__ = ["RamDisk"]
+
+
+class RamDisk(wiring.Component):
+    """Two-bank RAM disk of ``disk_bytes`` bytes, initialised with ``spec.ramdisk_init``.
+
+    Parameters
+    ----------
+    disk_bytes : int
+        Size in bytes, a multiple of 512 and of ``2 * data_width / 8``.
+    data_width : int
+        32, 64 or 128: the width of a disk word.
+
+    Members
+    -------
+    rd_word : In
+        Disk word index ``k``; ``rd_lo``/``rd_hi`` hold words ``k`` and ``k + 1`` (modulo the
+        disk) one cycle later.
+    wr_word, wr_data, wr_en_lo, wr_en_hi : In
+        Write the lanes of ``wr_data`` enabled by ``wr_en_lo`` into word ``k`` and those
+        enabled by ``wr_en_hi`` into word ``k + 1``.
+    """
+
+    def __init__(self, disk_bytes: int = spec.DEFAULT_DISK_BYTES,
+                 data_width: int = spec.DEFAULT_DATA_WIDTH):
+        if data_width not in (32, 64, 128):
+            raise ValueError(f"Data width must be 32, 64 or 128, not {data_width!r}")
+        lanes = data_width // 8
+        if (not isinstance(disk_bytes, int) or disk_bytes <= 0 or disk_bytes % 512
+                or disk_bytes % (2 * lanes)):
+            raise ValueError(f"Disk size must be a positive multiple of 512 bytes, "
+                             f"not {disk_bytes!r}")
+        self._disk_bytes = disk_bytes
+        self._data_width = data_width
+        self._words = disk_bytes // lanes
+        self._word_bits = ceil_log2(self._words)
+        super().__init__({
+            "rd_word": In(self._word_bits),
+            "rd_lo": Out(data_width),
+            "rd_hi": Out(data_width),
+            "wr_word": In(self._word_bits),
+            "wr_data": In(data_width),
+            "wr_en_lo": In(lanes),
+            "wr_en_hi": In(lanes),
+        })
+
+    @property
+    def word_bits(self) -> int:
+        return self._word_bits
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = self._data_width // 8
+        image = spec.ramdisk_init(self._disk_bytes)
+        words = [int.from_bytes(image[i * lanes:(i + 1) * lanes], "little")
+                 for i in range(self._words)]
+        banks = []
+        for b in range(2):
+            bank = memory.Memory(shape=unsigned(self._data_width), depth=self._words // 2,
+                                 init=words[b::2])
+            m.submodules[f"bank{b}"] = bank
+            banks.append((bank.read_port(), bank.write_port(granularity=8)))
+
+        # Word k lives in bank k % 2 at row k // 2; word k + 1 in the other bank at
+        # row (k + 1) // 2.
+        def rows(k):
+            k1 = Signal(self._word_bits + 1)
+            m.d.comb += k1.eq(k + 1)
+            return (k1[1:], k[1:])  # rows for (bank 0, bank 1)
+
+        rd_rows = rows(self.rd_word)
+        rd_odd = Signal()
+        m.d.sync += rd_odd.eq(self.rd_word[0])
+        for b, (rp, _) in enumerate(banks):
+            m.d.comb += rp.addr.eq(rd_rows[b])
+        with m.If(rd_odd):
+            m.d.comb += [self.rd_lo.eq(banks[1][0].data), self.rd_hi.eq(banks[0][0].data)]
+        with m.Else():
+            m.d.comb += [self.rd_lo.eq(banks[0][0].data), self.rd_hi.eq(banks[1][0].data)]
+
+        wr_rows = rows(self.wr_word)
+        for b, (_, wp) in enumerate(banks):
+            m.d.comb += [wp.addr.eq(wr_rows[b]), wp.data.eq(self.wr_data)]
+        with m.If(self.wr_word[0]):
+            m.d.comb += [banks[1][1].en.eq(self.wr_en_lo), banks[0][1].en.eq(self.wr_en_hi)]
+        with m.Else():
+            m.d.comb += [banks[0][1].en.eq(self.wr_en_lo), banks[1][1].en.eq(self.wr_en_hi)]
+        return m

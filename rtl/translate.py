@@ -1,0 +1,139 @@
+"""Handle translation unit: the on-chip grant table and the permission check.
+
+Every address the device puts on ``m_axi`` in handle mode passes through :class:`TranslationUnit`.
+The checks and their order are those of ``docs/architecture.md`` ("Handles and translation"),
+which follows Xen's ``grant_entry_v1`` (``include/public/grant_table.h``) and Linux's grant DMA
+address format (``drivers/xen/grant-dma-ops.c``).
+"""
+
+
+from amaranth import Module, Signal, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from models import spec
+
+__all__ = ["GrantEntry", "TranslationUnit"]
+
+
+class GrantEntry(data.Struct):
+    """Xen ``grant_entry_v1``: word 0 is ``flags | domid << 16``, word 1 is ``frame``."""
+
+    flags: 16
+    domid: 16
+    frame: 32
+
+
+class TranslationUnit(wiring.Component):
+    """Grant table in block RAM plus the handle check.
+
+    Parameters
+    ----------
+    entries : int
+        Number of grant entries (table depth).
+
+    Members
+    -------
+    handle_mode, domid : In
+        Configuration from the privileged register file.
+    req_valid, req_vaddr, req_write : In
+        One lookup request per cycle at most.
+    resp_valid, resp_paddr, resp_fault : Out
+        The result, exactly one cycle after the request (``resp_fault`` is 0 or a fault cause
+        from ``models.spec``). ``resp_paddr`` is only meaningful when ``resp_fault`` is 0.
+    tbl_addr, tbl_wdata, tbl_wen, tbl_rdata :
+        The privileged port's access to the table: byte write enables, read data one cycle
+        after ``tbl_addr``.
+
+    A lookup reads the entry as it is in the cycle of the request; a table write in that same
+    cycle is seen by the next lookup.
+    """
+
+    def __init__(self, entries: int = spec.DEFAULT_ENTRIES):
+        if not isinstance(entries, int) or entries < 1:
+            raise ValueError(f"Entries must be a positive integer, not {entries!r}")
+        self._entries = entries
+        self._ref_bits = max(1, ceil_log2(entries))
+        super().__init__({
+            "handle_mode": In(1),
+            "domid": In(16),
+            "req_valid": In(1),
+            "req_vaddr": In(64),
+            "req_write": In(1),
+            "resp_valid": Out(1),
+            "resp_paddr": Out(64),
+            "resp_fault": Out(4),
+            "tbl_addr": In(self._ref_bits),
+            "tbl_wdata": In(64),
+            "tbl_wen": In(8),
+            "tbl_rdata": Out(64),
+        })
+
+    @property
+    def entries(self) -> int:
+        return self._entries
+
+    @property
+    def ref_bits(self) -> int:
+        return self._ref_bits
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.table = table = memory.Memory(
+            shape=unsigned(64), depth=self._entries, init=[])
+        lookup = table.read_port()
+        hv_read = table.read_port()
+        hv_write = table.write_port(granularity=8)
+
+        ref = Signal(51)
+        m.d.comb += [
+            ref.eq(self.req_vaddr[spec.PAGE_SHIFT:63]),
+            lookup.addr.eq(ref),
+            hv_read.addr.eq(self.tbl_addr),
+            self.tbl_rdata.eq(hv_read.data),
+            hv_write.addr.eq(self.tbl_addr),
+            hv_write.data.eq(self.tbl_wdata),
+            hv_write.en.eq(self.tbl_wen),
+        ]
+
+        # Stage 1: the request, registered beside the table read.
+        valid = Signal()
+        vaddr = Signal(64)
+        write = Signal()
+        not_handle = Signal()
+        out_of_range = Signal()
+        m.d.sync += [
+            valid.eq(self.req_valid),
+            vaddr.eq(self.req_vaddr),
+            write.eq(self.req_write),
+            not_handle.eq(~self.req_vaddr[63]),
+            out_of_range.eq(ref >= self._entries),
+        ]
+
+        # Stage 2: check the entry (docs/architecture.md, first failing check wins).
+        entry = GrantEntry(lookup.data)
+        fault = Signal(4)
+        with m.If(~self.handle_mode):
+            m.d.comb += fault.eq(spec.FAULT_NONE)
+        with m.Elif(not_handle):
+            m.d.comb += fault.eq(spec.FAULT_NOT_HANDLE)
+        with m.Elif(out_of_range):
+            m.d.comb += fault.eq(spec.FAULT_REF_RANGE)
+        with m.Elif(entry.flags[0:2] != spec.GTF_permit_access):
+            m.d.comb += fault.eq(spec.FAULT_NOT_PERMITTED)
+        with m.Elif(entry.domid != self.domid):
+            m.d.comb += fault.eq(spec.FAULT_WRONG_DOMAIN)
+        with m.Elif(write & entry.flags[2]):
+            m.d.comb += fault.eq(spec.FAULT_READONLY)
+
+        m.d.comb += [
+            self.resp_valid.eq(valid),
+            self.resp_fault.eq(fault),
+        ]
+        with m.If(self.handle_mode):
+            m.d.comb += self.resp_paddr.eq(entry.frame << spec.PAGE_SHIFT
+                                           | vaddr[:spec.PAGE_SHIFT])
+        with m.Else():
+            m.d.comb += self.resp_paddr.eq(vaddr)
+        return m

@@ -1,0 +1,131 @@
+"""Cycle-by-cycle recorder of the ``m_axi`` transactions the device makes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cocotb
+from cocotb.triggers import RisingEdge
+
+
+@dataclass
+class BusRecord:
+    """One AXI transaction as seen on the wires.
+
+    ``addr`` is the address of the address handshake; for writes, ``first``/``data`` are the
+    strobed bytes (contiguous, checked); ``cycle`` is the clock cycle of the handshake.
+    """
+
+    kind: str
+    addr: int
+    beats: int
+    cycle: int
+    data: bytes = b""
+    first: int | None = None
+    resp: int | None = None
+    beats_seen: int = 0
+    strobes: list[tuple[int, int]] = field(default_factory=list)  # (byte address, value)
+
+    def write_range(self) -> tuple[int, bytes]:
+        """The contiguous bytes this write strobed: (first address, data)."""
+        if not self.strobes:
+            return self.addr, b""
+        addrs = [a for a, _ in self.strobes]
+        first = addrs[0]
+        if addrs != list(range(first, first + len(addrs))):
+            raise AssertionError(f"write at {self.addr:#x} strobes non-contiguous bytes")
+        return first, bytes(v for _, v in self.strobes)
+
+
+class AxiMonitor:
+    """Records every address handshake, write beat and response on ``m_axi``."""
+
+    def __init__(self, dut, prefix: str = "m_axi__", data_width: int = 64):
+        self.dut = dut
+        self.p = prefix
+        self.lanes = data_width // 8
+        self.records: list[BusRecord] = []
+        self.cycle = 0
+        self._open_writes: list[BusRecord] = []  # AW seen, W not yet complete
+        self._open_reads: list[BusRecord] = []
+        self._wait_b: list[BusRecord] = []
+        self._task = None
+
+    def sig(self, name: str):
+        return getattr(self.dut, self.p + name)
+
+    def val(self, name: str) -> int:
+        """The signal's value; an undriven (X/Z) handshake signal counts as 0."""
+        v = self.sig(name).value
+        return int(v) if v.is_resolvable else 0
+
+    def start(self) -> None:
+        self._task = cocotb.start_soon(self._run())
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    @property
+    def reads(self) -> list[BusRecord]:
+        return [r for r in self.records if r.kind == "R"]
+
+    @property
+    def writes(self) -> list[BusRecord]:
+        return [r for r in self.records if r.kind == "W"]
+
+    async def _run(self) -> None:
+        clk = self.dut.clk
+        pending_w: list[tuple[int, int, int]] = []  # (wdata, wstrb, wlast) before their AW
+        while True:
+            await RisingEdge(clk)
+            self.cycle += 1
+            if not self.dut.rst.value.is_resolvable or int(self.dut.rst.value):
+                self._open_writes.clear()
+                self._open_reads.clear()
+                self._wait_b.clear()
+                pending_w.clear()
+                continue
+            if self.val("arvalid") and self.val("arready"):
+                rec = BusRecord("R", self.val("araddr"),
+                                self.val("arlen") + 1, self.cycle)
+                self.records.append(rec)
+                self._open_reads.append(rec)
+            if self.val("awvalid") and self.val("awready"):
+                rec = BusRecord("W", self.val("awaddr"),
+                                self.val("awlen") + 1, self.cycle)
+                self.records.append(rec)
+                self._open_writes.append(rec)
+            if self.val("wvalid") and self.val("wready"):
+                pending_w.append((self.val("wdata"), self.val("wstrb"),
+                                  self.val("wlast")))
+            while pending_w and self._open_writes:
+                wdata, wstrb, wlast = pending_w.pop(0)
+                rec = self._open_writes[0]
+                base = (rec.addr // self.lanes) * self.lanes + rec.beats_seen * self.lanes
+                for lane in range(self.lanes):
+                    if wstrb >> lane & 1:
+                        rec.strobes.append((base + lane, wdata >> (8 * lane) & 0xFF))
+                rec.beats_seen += 1
+                if wlast:
+                    if rec.beats_seen != rec.beats:
+                        raise AssertionError(f"write at {rec.addr:#x}: wlast on beat "
+                                             f"{rec.beats_seen} of {rec.beats}")
+                    rec.first, rec.data = rec.write_range()
+                    self._open_writes.pop(0)
+                    self._wait_b.append(rec)
+            if self.val("bvalid") and self.val("bready"):
+                if not self._wait_b:
+                    raise AssertionError("write response without a completed write")
+                self._wait_b.pop(0).resp = self.val("bresp")
+            if self.val("rvalid") and self.val("rready"):
+                if not self._open_reads:
+                    raise AssertionError("read data without a read address")
+                rec = self._open_reads[0]
+                rec.beats_seen += 1
+                resp = self.val("rresp")
+                rec.resp = resp if rec.resp in (None, 0) else rec.resp
+                if self.val("rlast"):
+                    if rec.beats_seen != rec.beats:
+                        raise AssertionError(f"read at {rec.addr:#x}: rlast on beat "
+                                             f"{rec.beats_seen} of {rec.beats}")
+                    self._open_reads.pop(0)
