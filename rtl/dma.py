@@ -59,6 +59,8 @@ class DmaEngine(wiring.Component):
         (bus errors).
     xlate : Out
         Pulses once per table lookup (statistics).
+    abort : In
+        Device reset: end the command after the burst in flight (no further burst starts).
     """
 
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH, disk_word_bits: int,
@@ -70,6 +72,7 @@ class DmaEngine(wiring.Component):
         self._disk_word_bits = disk_word_bits
         super().__init__({
             "handle_mode": In(1),
+            "abort": In(1),
             "cmd_valid": In(1), "cmd_ready": Out(1), "cmd_write": In(1),
             "cmd_vaddr": In(64), "cmd_len": In(32), "cmd_disk": In(1), "cmd_dpos": In(32),
             "done": Out(1), "fault": Out(4), "fault_addr": Out(64), "busy": Out(1),
@@ -238,7 +241,7 @@ class DmaEngine(wiring.Component):
             with m.If(b_err):
                 m.d.sync += [fault.eq(spec.FAULT_BUS_ERROR), fault_addr.eq(b_addr)]
                 m.next = "DONE"
-            with m.Elif(rem == b_n):
+            with m.Elif((rem == b_n) | self.abort):
                 m.next = "DONE"
             with m.Elif(mode & ((cur + b_n)[:spec.PAGE_SHIFT] == 0)):
                 m.next = "XLATE"
@@ -263,6 +266,8 @@ class DmaEngine(wiring.Component):
             with m.State("XLATE"):
                 m.d.comb += [self.busy.eq(1), self.xl_req_valid.eq(1)]
                 m.next = "XCHECK"
+                with m.If(self.abort):
+                    m.next = "DONE"
             with m.State("XCHECK"):
                 m.d.comb += [self.busy.eq(1), self.xlate.eq(1)]
                 with m.If(self.xl_resp_fault != 0):

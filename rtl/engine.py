@@ -52,7 +52,7 @@ class RingEngine(wiring.Component):
             # from the virtio-mmio register file
             "queue_num": In(32), "queue_ready": In(1),
             "queue_desc": In(64), "queue_avail": In(64), "queue_used": In(64),
-            "notify": In(1), "dev_reset": In(1),
+            "notify": In(1), "dev_reset": In(1), "idle": Out(1), "abort": Out(1),
             # events
             "used_irq": Out(1), "completed": Out(1),
             "fault": Out(1), "fault_cause": Out(4), "fault_addr": Out(64),
@@ -152,8 +152,10 @@ class RingEngine(wiring.Component):
                     with m.Else():
                         then()
 
+        m.d.comb += self.abort.eq(abort)
         with m.FSM():
             with state("IDLE"):
+                m.d.comb += self.idle.eq(~abort)
                 with m.If(kick & ~abort):
                     m.d.sync += kick.eq(0)
                     m.next = "QCHECK"

@@ -37,6 +37,9 @@ class VirtioMmioRegs(wiring.Component):
         Decides whether VIRTIO_F_ACCESS_PLATFORM is offered and required.
     notify, dev_reset : Out
         One-cycle pulses: an accepted QueueNotify, a write of 0 to Status.
+    engine_idle : In
+        The ring engine is idle with no bus transaction in flight. A reset completes (the
+        registers return to their reset values and Status reads 0) only then.
     used_irq, fault : In
         One-cycle pulses from the ring engine.
     """
@@ -58,6 +61,7 @@ class VirtioMmioRegs(wiring.Component):
             "dev_reset": Out(1),
             "used_irq": In(1),
             "fault": In(1),
+            "engine_idle": In(1),
             "irq": Out(1),
         })
 
@@ -77,6 +81,7 @@ class VirtioMmioRegs(wiring.Component):
         used = Signal(64)
         status = Signal(8)
         int_status = Signal(2)
+        reset_pending = Signal()
 
         dev_features = Signal(64)
         m.d.comb += dev_features.eq(
@@ -134,6 +139,7 @@ class VirtioMmioRegs(wiring.Component):
                 with m.Case(spec.MMIO_STATUS):
                     with m.If(data == 0):
                         m.d.comb += self.dev_reset.eq(1)
+                        m.d.sync += reset_pending.eq(1)
                     with m.Else():
                         new = Signal(8)
                         m.d.comb += new.eq(data[:8])
@@ -151,8 +157,11 @@ class VirtioMmioRegs(wiring.Component):
                         with m.If(q0):
                             m.d.sync += reg[32:].eq(data)
 
-        with m.If(self.dev_reset):
+        # virtio 1.x section 2.1: the device presents 0 in Status once the reset is done, i.e.
+        # once the engine has finished the burst it was in.
+        with m.If(reset_pending & ~self.dev_reset & self.engine_idle):
             m.d.sync += [
+                reset_pending.eq(0),
                 dev_features_sel.eq(0), drv_features_sel.eq(0), drv_features.eq(0),
                 queue_sel.eq(0), queue_num.eq(qmax), queue_ready.eq(0),
                 desc.eq(0), avail.eq(0), used.eq(0), status.eq(0), int_status.eq(0),

@@ -98,6 +98,8 @@ class VirtioBlkHandle(wiring.Component):
             engine.dev_reset.eq(mmio.dev_reset),
             mmio.used_irq.eq(engine.used_irq),
             mmio.fault.eq(engine.fault),
+            mmio.engine_idle.eq(engine.idle),
+            dma.abort.eq(engine.abort),
             hv.fault.eq(engine.fault),
             hv.fault_cause.eq(engine.fault_cause),
             hv.fault_addr.eq(engine.fault_addr),

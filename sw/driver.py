@@ -1,0 +1,729 @@
+"""Guest driver model: Linux ``virtio_mmio`` + ``virtio_ring`` (split) + ``virtio_blk``.
+
+The driver only uses :mod:`sw.transport` (registers, guest memory, ``wait_irq``) and a
+:class:`sw.dma.DmaApi`, so the same code runs against the reference model and the RTL bench.
+Everything touching a register is ``async``; completion is only ever learnt from the used ring
+(after an interrupt, or by polling with ``no_interrupt``), never assumed after a write.
+
+Determinism: page allocation, grant references and descriptor indices depend only on the seeds
+and the sequence of calls. ``wait`` reaps used entries one at a time and stops as soon as what
+it waits for is complete, so how far it reaps never depends on how fast the device was.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from models import spec
+from sw.alloc import PageAllocator
+from sw.dma import FROM_DEVICE, TO_DEVICE, Direction, DmaApi, GuestBuffer
+from sw.transport import DeviceLink
+
+SUPPORTED_FEATURES = (
+    1 << spec.VIRTIO_F_VERSION_1
+    | 1 << spec.VIRTIO_BLK_F_FLUSH
+    | 1 << spec.VIRTIO_F_ACCESS_PLATFORM
+)
+SLOT_BYTES = 32  # per-head area: 16-byte request header at 0, status byte at 16
+STATUS_POISON = 0xFF  # not a valid virtio-blk status: shows a status the device never wrote
+
+
+class InitError(RuntimeError):
+    """The device cannot be driven (wrong magic/version/id, features, queue)."""
+
+
+class FeaturesRefused(InitError):
+    """The device cleared FEATURES_OK after the driver wrote its features."""
+
+
+class DeviceFault(RuntimeError):
+    """The device set DEVICE_NEEDS_RESET: requests in flight will not complete.
+
+    Recover with ``await driver.reset()`` then ``await driver.init()``; the hypervisor's fault
+    registers (``Hypervisor.fault()``) tell why.
+    """
+
+    def __init__(self, status: int, in_flight: list[int]) -> None:
+        self.status = status
+        self.in_flight = in_flight
+        super().__init__(
+            f"device needs reset (Status={status:#04x}, DEVICE_NEEDS_RESET set) with "
+            f"{len(in_flight)} request(s) in flight (tokens {in_flight[:8]}"
+            f"{'...' if len(in_flight) > 8 else ''}); call reset() and init() to recover"
+        )
+
+
+class QueueFull(RuntimeError):
+    """Not enough free descriptors for the request's chain."""
+
+
+class ProtocolError(RuntimeError):
+    """The device wrote something to the used ring that no correct device writes."""
+
+
+class BlkError(RuntimeError):
+    """A convenience call (``read``/``write``/...) completed with a status other than OK."""
+
+    def __init__(self, what: str, result: BlkResult) -> None:
+        self.result = result
+        name = {spec.VIRTIO_BLK_S_IOERR: "IOERR", spec.VIRTIO_BLK_S_UNSUPP: "UNSUPP"}.get(
+            result.status, "?"
+        )
+        super().__init__(f"{what} failed: status {result.status} ({name})")
+
+
+@dataclass
+class BlkRequest:
+    """One virtio-blk request and how to lay it out in descriptors.
+
+    The data is device-readable when ``data`` is given (OUT) and device-writable otherwise,
+    ``length`` bytes (IN, GET_ID). Layout knobs (the device must accept any of them):
+
+    * ``segments``: lengths of the data descriptors (sum = data length; zero lengths allowed);
+      default one descriptor, or none for zero data bytes;
+    * ``offsets``: page offset of each data buffer (unaligned buffers), default 0;
+    * ``header_with_data``: header and first data segment share a descriptor (readable data);
+    * ``status_with_data``: status byte ends the last data descriptor (writable data);
+    * ``header_segments``: split the 16 header bytes over several descriptors.
+    """
+
+    type: int
+    sector: int = 0
+    data: bytes | None = None
+    length: int = 0
+    segments: list[int] | None = None
+    offsets: list[int] | None = None
+    header_with_data: bool = False
+    status_with_data: bool = False
+    header_segments: list[int] | None = None
+
+    @property
+    def data_len(self) -> int:
+        return len(self.data) if self.data is not None else self.length
+
+    @property
+    def data_writable(self) -> bool:
+        return self.data is None
+
+
+@dataclass
+class BlkResult:
+    """Completion of one request. ``data`` is what the device wrote to the writable data
+    buffers (all ``length`` bytes, None for readable data); ``used_len`` is the used element's
+    ``len`` (bytes written including the status byte)."""
+
+    token: int
+    status: int
+    used_len: int
+    data: bytes | None
+    request: BlkRequest
+    head: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == spec.VIRTIO_BLK_S_OK
+
+
+@dataclass
+class _Piece:
+    """One descriptor: its buffer, mapping and whether the buffer owns its pages."""
+
+    buf: GuestBuffer
+    direction: Direction
+    owned: bool
+    handle: int | None = None
+
+    @property
+    def writable(self) -> bool:
+        return self.direction == FROM_DEVICE
+
+
+@dataclass
+class _InFlight:
+    token: int
+    head: int
+    req: BlkRequest
+    descs: list[int]
+    pieces: list[_Piece]
+    status_at: tuple[GuestBuffer, int]
+    data_at: list[tuple[GuestBuffer, int, int]] = field(default_factory=list)
+
+
+def _le16(b: bytes) -> int:
+    return int.from_bytes(b, "little")
+
+
+class VirtioBlkDriver:
+    """One virtio-blk device, queue 0."""
+
+    def __init__(
+        self,
+        link: DeviceLink,
+        dma: DmaApi,
+        alloc: PageAllocator,
+        *,
+        seed: int | None = 0,
+        no_interrupt: bool = False,
+        irq_timeout: int | None = None,
+        poll_limit: int = 100_000,
+    ) -> None:
+        self.link = link
+        self.regs = link.guest
+        self.dma = dma
+        self.alloc = alloc
+        self.seed = seed
+        self.no_interrupt = no_interrupt
+        self.irq_timeout = irq_timeout
+        self.poll_limit = poll_limit
+        self._clear_state()
+
+    def _clear_state(self) -> None:
+        self.ready = False
+        self.device_features = 0
+        self.features = 0
+        self.vendor_id = 0
+        self.capacity = 0  # sectors
+        self.queue_num_max = 0
+        self.queue_size = 0
+        self.desc_buf: GuestBuffer | None = None
+        self.avail_buf: GuestBuffer | None = None
+        self.used_buf: GuestBuffer | None = None
+        self.slot_buf: GuestBuffer | None = None
+        self.desc_addr = self.avail_addr = self.used_addr = 0
+        self._ring_bufs: list[GuestBuffer] = []  # pages to free on reset
+        self._ring_handles: list[int] = []  # mappings to undo on reset
+        self.avail_idx = 0  # shadow of avail.idx (16 bit)
+        self.last_used = 0  # next used entry to reap (16 bit)
+        self._free: deque[int] = deque()
+        self._inflight: OrderedDict[int, _InFlight] = OrderedDict()  # token -> request
+        self._by_head: dict[int, _InFlight] = {}
+        self._done: OrderedDict[int, BlkResult] = OrderedDict()  # reaped, unclaimed
+        self._next_token = 0
+        self._needs_reset = False
+
+    # --- registers -------------------------------------------------------------------------
+    async def _r(self, off: int) -> int:
+        return await self.regs.read32(off)
+
+    async def _w(self, off: int, value: int) -> None:
+        await self.regs.write32(off, value & 0xFFFF_FFFF)
+
+    async def device_status(self) -> int:
+        return await self._r(spec.MMIO_STATUS)
+
+    async def _add_status(self, bit: int) -> None:
+        """Linux ``virtio_add_status``: read-modify-write."""
+        await self._w(spec.MMIO_STATUS, await self.device_status() | bit)
+
+    async def _fail(self, exc: InitError) -> NoReturn:
+        await self._add_status(spec.STATUS_FAILED)
+        raise exc
+
+    # --- bring-up --------------------------------------------------------------------------
+    async def init(self, queue_size: int | None = None, *, features: int | None = None) -> None:
+        """Probe and bring the device to DRIVER_OK (virtio 1.x section 3.1.1).
+
+        ``features`` overrides the negotiated feature set (tests of refusal); by default the
+        driver accepts VERSION_1, FLUSH and ACCESS_PLATFORM when the device offers them.
+        """
+        magic = await self._r(spec.MMIO_MAGIC_VALUE)
+        if magic != spec.MAGIC_VALUE:
+            raise InitError(f"MagicValue is {magic:#010x}, expected {spec.MAGIC_VALUE:#010x}")
+        version = await self._r(spec.MMIO_VERSION)
+        if version != spec.MMIO_VERSION_VALUE:
+            raise InitError(
+                f"virtio-mmio Version is {version}, this driver needs "
+                f"{spec.MMIO_VERSION_VALUE} (legacy devices are not supported)"
+            )
+        dev_id = await self._r(spec.MMIO_DEVICE_ID)
+        if dev_id != spec.VIRTIO_ID_BLOCK:
+            raise InitError(
+                f"DeviceID is {dev_id}, expected {spec.VIRTIO_ID_BLOCK} (block)"
+                + (" -- 0 is a placeholder with no device" if dev_id == 0 else "")
+            )
+        self.vendor_id = await self._r(spec.MMIO_VENDOR_ID)
+
+        await self.reset()
+        await self._add_status(spec.STATUS_ACKNOWLEDGE)
+        await self._add_status(spec.STATUS_DRIVER)
+        await self._negotiate(features)
+        await self._setup_queue(queue_size)
+        self.capacity = await self._read_capacity()
+        await self._add_status(spec.STATUS_DRIVER_OK)
+        self.ready = True
+
+    async def _negotiate(self, override: int | None) -> None:
+        await self._w(spec.MMIO_DEVICE_FEATURES_SEL, 1)
+        hi = await self._r(spec.MMIO_DEVICE_FEATURES)
+        await self._w(spec.MMIO_DEVICE_FEATURES_SEL, 0)
+        lo = await self._r(spec.MMIO_DEVICE_FEATURES)
+        self.device_features = dev = hi << 32 | lo
+        if override is None:
+            if not dev >> spec.VIRTIO_F_VERSION_1 & 1:
+                await self._fail(InitError(
+                    f"device does not offer VIRTIO_F_VERSION_1 (features {dev:#x})"))
+            if self.dma.requires_access_platform and not dev >> spec.VIRTIO_F_ACCESS_PLATFORM & 1:
+                await self._fail(InitError(
+                    f"the DMA backend ({type(self.dma).__name__}) hands out grant handles, but "
+                    f"the device does not offer VIRTIO_F_ACCESS_PLATFORM (features {dev:#x}): "
+                    "it would treat them as physical addresses"))
+            drv = dev & SUPPORTED_FEATURES
+        else:
+            drv = override
+        self.features = drv
+        await self._w(spec.MMIO_DRIVER_FEATURES_SEL, 1)
+        await self._w(spec.MMIO_DRIVER_FEATURES, drv >> 32)
+        await self._w(spec.MMIO_DRIVER_FEATURES_SEL, 0)
+        await self._w(spec.MMIO_DRIVER_FEATURES, drv)
+        await self._add_status(spec.STATUS_FEATURES_OK)
+        status = await self.device_status()
+        if not status & spec.STATUS_FEATURES_OK:
+            await self._fail(FeaturesRefused(
+                f"device refused features {drv:#x} (offered {dev:#x}): FEATURES_OK did not "
+                f"stick (Status={status:#04x})"))
+
+    async def _setup_queue(self, queue_size: int | None) -> None:
+        await self._w(spec.MMIO_QUEUE_SEL, 0)
+        if await self._r(spec.MMIO_QUEUE_READY):
+            raise InitError("queue 0 is already ready after reset")
+        self.queue_num_max = nmax = await self._r(spec.MMIO_QUEUE_NUM_MAX)
+        if nmax == 0:
+            raise InitError("QueueNumMax is 0: queue 0 not available")
+        n = nmax if queue_size is None else queue_size
+        if n < 1 or n & (n - 1) or n > nmax or n > 0x8000:
+            raise ValueError(
+                f"queue size {n} must be a power of two in [1, {min(nmax, 0x8000)}] "
+                f"(QueueNumMax={nmax})"
+            )
+        self.queue_size = n
+        contig = self.dma.needs_contiguous
+
+        def new(length: int) -> GuestBuffer:
+            buf = GuestBuffer.allocate(self.alloc, length, contiguous=contig)
+            self._ring_bufs.append(buf)
+            return buf
+
+        self.desc_buf = new(spec.DESC_BYTES * n)
+        self.avail_buf = new(6 + 2 * n)
+        self.used_buf = new(6 + 8 * n)
+        self.slot_buf = new(SLOT_BYTES * n)
+        for b in (self.desc_buf, self.avail_buf, self.used_buf):
+            b.write(0, bytes(b.length))
+        if self.no_interrupt:
+            self.set_avail_flags(spec.VIRTQ_AVAIL_F_NO_INTERRUPT)
+        order = list(range(n))
+        if self.seed is not None:
+            random.Random(self.seed).shuffle(order)
+        self._free = deque(order)
+        # Linux maps the (coherent) ring like any DMA buffer: handles in handle mode.
+        for buf, direction in ((self.desc_buf, TO_DEVICE), (self.avail_buf, TO_DEVICE),
+                               (self.used_buf, FROM_DEVICE)):
+            self._ring_handles.append(await self.dma.map(buf, direction))
+        self.desc_addr, self.avail_addr, self.used_addr = self._ring_handles
+        await self._w(spec.MMIO_QUEUE_NUM, n)
+        await self.set_queue_addresses(self.desc_addr, self.avail_addr, self.used_addr)
+        await self._w(spec.MMIO_QUEUE_READY, 1)
+
+    async def _read_capacity(self) -> int:
+        """64-bit config read inside a ConfigGeneration loop (Linux ``virtio_cread64``)."""
+        for _ in range(100):
+            gen = await self._r(spec.MMIO_CONFIG_GENERATION)
+            lo = await self._r(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY)
+            hi = await self._r(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY + 4)
+            if await self._r(spec.MMIO_CONFIG_GENERATION) == gen:
+                return hi << 32 | lo
+        raise InitError("ConfigGeneration kept changing while reading capacity")
+
+    async def reset(self) -> None:
+        """Write 0 to Status, then release everything the driver had mapped or allocated.
+
+        Unclaimed completed results stay claimable; requests in flight are dropped.
+        """
+        await self._w(spec.MMIO_STATUS, 0)
+        for _ in range(self.poll_limit):
+            if await self.device_status() == 0:
+                break
+        else:
+            raise TimeoutError("Status did not read 0 after reset")
+        for rec in list(self._inflight.values()):
+            await self._release(rec)
+        for handle in self._ring_handles:
+            await self.dma.unmap(handle)
+        for buf in self._ring_bufs:
+            buf.free(self.alloc)
+        done, token = self._done, self._next_token
+        self._clear_state()
+        self._done, self._next_token = done, token
+
+    # --- low-level ring access (also for hostile tests) ------------------------------------
+    async def set_queue_addresses(self, desc: int, driver: int, device: int) -> None:
+        """Write the six queue address registers (Linux order: desc, driver, device)."""
+        for off, v in (
+            (spec.MMIO_QUEUE_DESC_LOW, desc),
+            (spec.MMIO_QUEUE_DRIVER_LOW, driver),
+            (spec.MMIO_QUEUE_DEVICE_LOW, device),
+        ):
+            await self._w(off, v & 0xFFFF_FFFF)
+            await self._w(off + 4, (v >> 32) & 0xFFFF_FFFF)
+
+    def _ring(self, buf: GuestBuffer | None) -> GuestBuffer:
+        if buf is None:
+            raise RuntimeError("queue not set up: call init() first")
+        return buf
+
+    def write_desc(self, i: int, addr: int, length: int, flags: int, next_: int) -> None:
+        """Store descriptor ``i`` in the table (guest memory write, no bus access)."""
+        self._ring(self.desc_buf).write(
+            spec.DESC_BYTES * i,
+            struct.pack("<QIHH", addr & spec.ADDR_MASK, length & 0xFFFF_FFFF, flags & 0xFFFF,
+                        next_ & 0xFFFF),
+        )
+
+    def read_desc(self, i: int) -> tuple[int, int, int, int]:
+        return struct.unpack("<QIHH", self._ring(self.desc_buf).read(spec.DESC_BYTES * i, 16))
+
+    def publish(self, head: int) -> None:
+        """Put ``head`` in the next avail slot, then make it visible by bumping avail.idx."""
+        avail = self._ring(self.avail_buf)
+        avail.write(4 + 2 * (self.avail_idx % self.queue_size), struct.pack("<H", head))
+        self.set_avail_idx((self.avail_idx + 1) & 0xFFFF)
+
+    def set_avail_idx(self, value: int) -> None:
+        self.avail_idx = value & 0xFFFF
+        self._ring(self.avail_buf).write(2, struct.pack("<H", self.avail_idx))
+
+    def set_avail_flags(self, flags: int) -> None:
+        self._ring(self.avail_buf).write(0, struct.pack("<H", flags & 0xFFFF))
+
+    def used_idx(self) -> int:
+        return _le16(self._ring(self.used_buf).read(2, 2))
+
+    def used_elem(self, i: int) -> tuple[int, int]:
+        """``(id, len)`` of used ring slot ``i % queue_size``."""
+        pos = 4 + 8 * (i % self.queue_size)
+        return struct.unpack("<II", self._ring(self.used_buf).read(pos, 8))
+
+    def take_used_raw(self) -> list[tuple[int, int]]:
+        """Consume every new used element without interpreting it (for hand-built chains
+        published with ``publish``; do not mix with requests from ``submit`` in flight)."""
+        out = []
+        while self.last_used != self.used_idx():
+            out.append(self.used_elem(self.last_used))
+            self.last_used = (self.last_used + 1) & 0xFFFF
+        return out
+
+    async def map_buffer(
+        self, length: int, direction: Direction, *, offset: int = 0
+    ) -> tuple[GuestBuffer, int]:
+        """Allocate and map a buffer as the driver would (for hand-built chains)."""
+        buf = GuestBuffer.allocate(self.alloc, length, offset=offset,
+                                   contiguous=self.dma.needs_contiguous)
+        try:
+            return buf, await self.dma.map(buf, direction)
+        except BaseException:
+            buf.free(self.alloc)
+            raise
+
+    async def unmap_buffer(self, buf: GuestBuffer, handle: int) -> None:
+        await self.dma.unmap(handle)
+        buf.free(self.alloc)
+
+    # --- requests ----------------------------------------------------------------------------
+    @property
+    def free_descriptors(self) -> int:
+        return len(self._free)
+
+    @property
+    def in_flight(self) -> list[int]:
+        return list(self._inflight)
+
+    def _slot(self, head: int, pos: int, length: int) -> GuestBuffer:
+        slot = self._ring(self.slot_buf)
+        page, off = divmod(slot.offset + SLOT_BYTES * head + pos, spec.PAGE_SIZE)
+        return GuestBuffer(slot.mem, [slot.pages[page]], off, length)
+
+    @staticmethod
+    def _check_layout(req: BlkRequest) -> tuple[list[int], list[int], list[int]]:
+        n = req.data_len
+        segs = list(req.segments) if req.segments is not None else ([n] if n else [])
+        if any(s < 0 for s in segs) or sum(segs) != n:
+            raise ValueError(f"segments {segs} must be >= 0 and sum to the data length {n}")
+        offs = list(req.offsets) if req.offsets is not None else [0] * len(segs)
+        if len(offs) != len(segs) or any(not 0 <= o < spec.PAGE_SIZE for o in offs):
+            raise ValueError(f"offsets {offs} must be one page offset per segment {segs}")
+        hsegs = list(req.header_segments) if req.header_segments else [spec.BLK_HEADER_BYTES]
+        if any(s < 0 for s in hsegs) or sum(hsegs) != spec.BLK_HEADER_BYTES:
+            raise ValueError(f"header_segments {hsegs} must be >= 0 and sum to 16")
+        if req.data is not None and req.length:
+            raise ValueError("give data (device-readable) or length (device-writable), not both")
+        if req.header_with_data and (req.data_writable or not segs or req.header_segments):
+            raise ValueError("header_with_data needs readable data segments, unsplit header")
+        if req.status_with_data and (not req.data_writable or not segs):
+            raise ValueError("status_with_data needs writable data segments")
+        if not 0 <= req.sector < 1 << 64 or not 0 <= req.type < 1 << 32:
+            raise ValueError("sector must fit 64 bits and type 32 bits")
+        return segs, offs, hsegs
+
+    async def submit(self, req: BlkRequest) -> int:
+        """Build the chain (header, data, status), map it and publish it; no notify.
+
+        Raises ``QueueFull`` (too few descriptors) or ``MemoryError`` (pages or grant refs
+        exhausted) with nothing left allocated.
+        """
+        if not self.ready:
+            raise RuntimeError("driver not initialised: call init() first")
+        segs, offs, hsegs = self._check_layout(req)
+        ndesc = (0 if req.header_with_data else len(hsegs)) + len(segs) + (
+            0 if req.status_with_data else 1)
+        if ndesc > len(self._free):
+            raise QueueFull(
+                f"request needs {ndesc} descriptor(s), {len(self._free)} free of "
+                f"{self.queue_size} ({len(self._inflight)} request(s) in flight)"
+            )
+        descs = [self._free.popleft() for _ in range(ndesc)]
+        head = descs[0]
+        header = struct.pack("<IIQ", req.type, 0, req.sector)
+        pieces: list[_Piece] = []
+        data_at: list[tuple[GuestBuffer, int, int]] = []
+        try:
+            # Header pieces (own slot) unless it shares the first data descriptor.
+            if not req.header_with_data:
+                self._slot(head, 0, 16).write(0, header)
+                pos = 0
+                for h in hsegs:
+                    pieces.append(_Piece(self._slot(head, pos, h), TO_DEVICE, False))
+                    pos += h
+            data = req.data or b""
+            pos = 0
+            for k, (s, o) in enumerate(zip(segs, offs, strict=True)):
+                extra_h = spec.BLK_HEADER_BYTES if req.header_with_data and k == 0 else 0
+                extra_s = 1 if req.status_with_data and k == len(segs) - 1 else 0
+                buf = GuestBuffer.allocate(self.alloc, extra_h + s + extra_s, offset=o,
+                                           contiguous=self.dma.needs_contiguous)
+                pieces.append(_Piece(buf, FROM_DEVICE if req.data_writable else TO_DEVICE, True))
+                if extra_h:
+                    buf.write(0, header)
+                if req.data_writable:
+                    data_at.append((buf, 0, s))
+                else:
+                    buf.write(extra_h, data[pos : pos + s])
+                pos += s
+            if req.status_with_data:
+                last = pieces[-1].buf
+                status_at = (last, last.length - 1)
+            else:
+                sbuf = self._slot(head, 16, 1)
+                pieces.append(_Piece(sbuf, FROM_DEVICE, False))
+                status_at = (sbuf, 0)
+            status_at[0].write(status_at[1], bytes([STATUS_POISON]))
+            for p in pieces:
+                p.handle = await self.dma.map(p.buf, p.direction)
+        except BaseException:
+            await self._unmap_free(pieces)
+            self._free.extendleft(reversed(descs))
+            raise
+        for k, (i, p) in enumerate(zip(descs, pieces, strict=True)):
+            more = k + 1 < len(descs)
+            flags = (spec.VIRTQ_DESC_F_NEXT if more else 0) | (
+                spec.VIRTQ_DESC_F_WRITE if p.writable else 0)
+            assert p.handle is not None
+            self.write_desc(i, p.handle, p.buf.length, flags, descs[k + 1] if more else 0)
+        token = self._next_token
+        self._next_token += 1
+        rec = _InFlight(token, head, req, descs, pieces, status_at, data_at)
+        self._inflight[token] = rec
+        self._by_head[head] = rec
+        self.publish(head)
+        return token
+
+    async def _unmap_free(self, pieces: list[_Piece]) -> None:
+        for p in pieces:
+            if p.handle is not None:
+                await self.dma.unmap(p.handle)
+                p.handle = None
+            if p.owned:
+                p.buf.free(self.alloc)
+                p.owned = False
+
+    async def _release(self, rec: _InFlight) -> None:
+        """Unmap and free a request's buffers and give its descriptors back (Linux
+        ``detach_buf_split``: the chain goes to the front of the free list)."""
+        await self._unmap_free(rec.pieces)
+        self._free.extendleft(reversed(rec.descs))
+        del self._inflight[rec.token]
+        del self._by_head[rec.head]
+
+    async def kick(self) -> None:
+        """Notify queue 0."""
+        await self._w(spec.MMIO_QUEUE_NOTIFY, 0)
+
+    async def _reap_one(self) -> bool:
+        """Consume one used element if there is one."""
+        idx = self.used_idx()
+        ahead = (idx - self.last_used) & 0xFFFF
+        if ahead == 0:
+            return False
+        if ahead > self.queue_size:
+            raise ProtocolError(
+                f"used.idx {idx} is {ahead} entries past the last reaped {self.last_used}, "
+                f"more than the queue size {self.queue_size}"
+            )
+        head, used_len = self.used_elem(self.last_used)
+        rec = self._by_head.get(head)
+        if rec is None:
+            raise ProtocolError(
+                f"used element {self.last_used} names head {head}, which is not in flight"
+            )
+        self.last_used = (self.last_used + 1) & 0xFFFF
+        sbuf, spos = rec.status_at
+        status = sbuf.read(spos, 1)[0]
+        data = b"".join(b.read(p, n) for b, p, n in rec.data_at) if rec.req.data_writable \
+            else None
+        await self._release(rec)
+        self._done[rec.token] = BlkResult(rec.token, status, used_len, data, rec.req, rec.head)
+        return True
+
+    async def wait(self, what: int | Iterable[int] | None = None) -> list[BlkResult]:
+        """Wait for completions and return their results.
+
+        ``what`` is a list of tokens (results in that order), a count (the next ``count``
+        completions in used-ring order) or None (everything outstanding). Raises
+        ``DeviceFault`` if the device needs a reset before they complete.
+        """
+        if isinstance(what, int):
+            count = what
+            if count > len(self._done) + len(self._inflight):
+                raise ValueError(f"waiting for {count} completion(s), only "
+                                 f"{len(self._done) + len(self._inflight)} outstanding")
+
+            def satisfied() -> bool:
+                return len(self._done) >= count
+        else:
+            tokens = list(self._done) + list(self._inflight) if what is None else list(what)
+            if len(set(tokens)) != len(tokens):
+                raise ValueError(f"duplicate tokens in {tokens}")
+            for t in tokens:
+                if t not in self._done and t not in self._inflight:
+                    raise ValueError(f"token {t} is neither in flight nor completed-unclaimed")
+
+            def satisfied() -> bool:
+                return all(t in self._done for t in tokens)
+
+        await self._wait_until(satisfied)
+        if isinstance(what, int):
+            return [self._done.pop(t) for t in list(self._done)[:what]]
+        return [self._done.pop(t) for t in tokens]
+
+    async def _reap_until(self, satisfied: Callable[[], bool]) -> bool:
+        while not satisfied():
+            if not await self._reap_one():
+                return False
+        return True
+
+    async def _wait_until(self, satisfied: Callable[[], bool]) -> None:
+        polls = 0
+        while not await self._reap_until(satisfied):
+            if self._needs_reset:
+                raise DeviceFault(await self.device_status(), self.in_flight)
+            if self.no_interrupt:
+                status = await self.device_status()
+                if status & spec.STATUS_DEVICE_NEEDS_RESET:
+                    await self._fault_seen(satisfied, status)
+                    return
+                polls += 1
+                if polls > self.poll_limit:
+                    raise TimeoutError(
+                        f"no completion after {self.poll_limit} polls of the used ring "
+                        f"({len(self._inflight)} in flight; was the queue kicked?)"
+                    )
+                continue
+            try:
+                if self.irq_timeout is None:
+                    await self.link.wait_irq()
+                else:
+                    await self.link.wait_irq(self.irq_timeout)
+            except TimeoutError:
+                status = await self.device_status()
+                if status & spec.STATUS_DEVICE_NEEDS_RESET:
+                    await self._fault_seen(satisfied, status)
+                    return
+                raise TimeoutError(
+                    f"no interrupt while waiting ({len(self._inflight)} request(s) in flight, "
+                    f"Status={status:#04x}; was the queue kicked?)"
+                ) from None
+            isr = await self._r(spec.MMIO_INTERRUPT_STATUS)
+            if isr:
+                await self._w(spec.MMIO_INTERRUPT_ACK, isr)
+            if isr & spec.INT_CONFIG_CHANGE:
+                status = await self.device_status()
+                if status & spec.STATUS_DEVICE_NEEDS_RESET:
+                    await self._fault_seen(satisfied, status)
+                    return
+
+    async def _fault_seen(self, satisfied: Callable[[], bool], status: int) -> None:
+        """Entries completed before the fault are still delivered; anything else raises."""
+        self._needs_reset = True
+        if not await self._reap_until(satisfied):
+            raise DeviceFault(status, self.in_flight)
+
+    # --- convenience ------------------------------------------------------------------------
+    async def request(self, req: BlkRequest) -> BlkResult:
+        """Submit, kick and wait for one request."""
+        token = await self.submit(req)
+        await self.kick()
+        return (await self.wait([token]))[0]
+
+    async def run_batch(self, reqs: Sequence[BlkRequest]) -> list[BlkResult]:
+        """Submit all, kick once, wait for all. If the ring or the grant references run out,
+        the batch is split: what fits is kicked and completed before the rest is submitted."""
+        for req in reqs:  # a bad layout must not leave half a batch published
+            self._check_layout(req)
+        results: list[BlkResult] = []
+        i = 0
+        while i < len(reqs):
+            tokens: list[int] = []
+            while i < len(reqs):
+                try:
+                    tokens.append(await self.submit(reqs[i]))
+                except (QueueFull, MemoryError):
+                    if not tokens:
+                        raise
+                    break
+                i += 1
+            await self.kick()
+            results += await self.wait(tokens)
+        return results
+
+    async def read(self, sector: int, nsectors: int = 1) -> bytes:
+        res = await self.request(BlkRequest(spec.VIRTIO_BLK_T_IN, sector,
+                                            length=nsectors * spec.SECTOR_SIZE))
+        if not res.ok:
+            raise BlkError(f"read of {nsectors} sector(s) at {sector}", res)
+        assert res.data is not None
+        return res.data
+
+    async def write(self, sector: int, data: bytes) -> None:
+        res = await self.request(BlkRequest(spec.VIRTIO_BLK_T_OUT, sector, data=bytes(data)))
+        if not res.ok:
+            raise BlkError(f"write of {len(data)} byte(s) at sector {sector}", res)
+
+    async def flush(self) -> None:
+        if not self.features >> spec.VIRTIO_BLK_F_FLUSH & 1:
+            raise RuntimeError("VIRTIO_BLK_F_FLUSH was not negotiated")
+        res = await self.request(BlkRequest(spec.VIRTIO_BLK_T_FLUSH))
+        if not res.ok:
+            raise BlkError("flush", res)
+
+    async def get_id(self) -> bytes:
+        """The 20-byte serial (NUL padded)."""
+        res = await self.request(BlkRequest(spec.VIRTIO_BLK_T_GET_ID,
+                                            length=spec.VIRTIO_BLK_ID_BYTES))
+        if not res.ok:
+            raise BlkError("get_id", res)
+        assert res.data is not None
+        return res.data
