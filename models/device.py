@@ -40,7 +40,7 @@ _HEADER = struct.Struct("<IIQ")  # virtio_blk_req header: le32 type, le32 reserv
 
 
 class _Halt(Exception):
-    """Unwinds the engine after a fault was recorded."""
+    """Unwinds the engine after a fault was recorded, or to stop it for a driver reset."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +131,12 @@ class ReferenceDevice:
     ``bus_error(txn)`` returning True makes that transaction fail (SLVERR); a transaction not
     fully inside ``mem`` fails with DECERR. Either gives fault cause 6.
 
+    ``on_transaction(txn)`` is called after every transaction completes (before the engine
+    goes on). It may write registers, which models register accesses that the RTL sees while
+    its engine runs: a QueueNotify then only sets the pending notify (one more round after the
+    engine goes idle), and Status = 0 lets the engine stop after that burst ("a reset never cuts
+    a bus transaction").
+
     Recording (not device state, kept across resets; see :meth:`clear_records`):
     ``transactions`` in issue order, ``translations`` (page pieces presented to the translation
     unit in handle mode), ``faults`` (every fault, latched or only counted) and ``completed``
@@ -146,6 +152,7 @@ class ReferenceDevice:
         disk_bytes: int = spec.DEFAULT_DISK_BYTES,
         data_width: int = spec.DEFAULT_DATA_WIDTH,
         bus_error: Callable[[Transaction], bool] | None = None,
+        on_transaction: Callable[[Transaction], None] | None = None,
     ) -> None:
         spec.burst_bytes(data_width)  # validates
         if not 1 <= queue_num_max <= 32768 or queue_num_max & (queue_num_max - 1):
@@ -158,6 +165,9 @@ class ReferenceDevice:
         self.disk_bytes = disk_bytes
         self.data_width = data_width
         self.bus_error = bus_error
+        self.on_transaction = on_transaction
+        self._running = False
+        self._abort = False
         self.grants = GrantTable(entries)
         self.disk = bytearray(spec.ramdisk_init(disk_bytes))
         self.guest = RegisterPortModel(self._guest_read, self._guest_write, "guest")
@@ -200,6 +210,9 @@ class ReferenceDevice:
         self.last_avail_idx = 0
         self.used_idx = 0
         self.halted = False
+        self.pending_notify = False
+        if self._running:
+            self._abort = True  # the engine stops after the burst in flight
 
     def clear_records(self) -> None:
         """Forget recorded transactions, translations, faults and completions."""
@@ -382,6 +395,9 @@ class ReferenceDevice:
         """QueueNotify: value 0 with QueueReady and DRIVER_OK starts the engine."""
         if value != 0 or not self.queue_ready or not self.status & spec.STATUS_DRIVER_OK:
             return
+        if self._running:
+            self.pending_notify = True
+            return
         if self.halted:
             return
         self._run()
@@ -474,22 +490,28 @@ class ReferenceDevice:
         )
 
     def _issue(self, txn: Transaction) -> bytes | None:
-        """Issue one transaction on ``m_axi``; returns the read data, or raises on an error."""
+        """Issue one transaction on ``m_axi``; returns the read data, or raises on an error
+        (fault 6) or when a driver reset arrived during it (the engine stops, no fault)."""
         ok = self.mem.contains(txn.addr, txn.nbytes)  # else DECERR
         if ok and self.bus_error is not None and self.bus_error(txn):
             ok = False  # SLVERR
+        data: bytes | None = None
         if not ok:
-            self.transactions.append(
-                Transaction(txn.kind, txn.addr, txn.nbytes, txn.data, error=True)
-            )
-            raise self._fault(spec.FAULT_BUS_ERROR, txn.addr)
-        if txn.kind == "W":
+            done = Transaction(txn.kind, txn.addr, txn.nbytes, txn.data, error=True)
+        elif txn.kind == "W":
             assert txn.data is not None
             self.mem.write(txn.addr, txn.data)
-            self.transactions.append(txn)
-            return None
-        data = self.mem.read(txn.addr, txn.nbytes)
-        self.transactions.append(Transaction("R", txn.addr, txn.nbytes, data))
+            done = txn
+        else:
+            data = self.mem.read(txn.addr, txn.nbytes)
+            done = Transaction("R", txn.addr, txn.nbytes, data)
+        self.transactions.append(done)
+        if self.on_transaction is not None:
+            self.on_transaction(done)
+        if self._abort:
+            raise _Halt()
+        if not ok:
+            raise self._fault(spec.FAULT_BUS_ERROR, txn.addr)
         return data
 
     def dma_read(self, v: int, n: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:
@@ -521,12 +543,26 @@ class ReferenceDevice:
     # Ring engine (docs "Ring engine", virtio 1.x section 2.7)
     # ==========================================================================================
     def _run(self) -> None:
-        """Run rounds until the engine goes idle (nothing pending) or halts on a fault."""
+        """Run rounds until the engine goes idle (nothing pending and no pending notify), halts
+        on a fault, or stops for a driver reset."""
+        self._running = True
         try:
-            while self._round():
-                pass
-        except _Halt:
-            pass
+            while True:
+                self._abort = False
+                try:
+                    while self._round():
+                        pass
+                except _Halt:
+                    if not self._abort:
+                        return  # fault: halted until a driver reset
+                # Idle, or stopped by a driver reset. A notify accepted since (kept pending
+                # while the engine ran) starts it again.
+                if not self.pending_notify or self.halted:
+                    return
+                self.pending_notify = False
+        finally:
+            self._running = False
+            self._abort = False
 
     def _round(self) -> bool:
         """One round. Returns False when the engine goes idle."""

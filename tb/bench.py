@@ -16,6 +16,7 @@ from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
 
 from models.memory import GuestMemory
 
+from .isolation import IsolationChecker
 from .memory import BusErrorPages, MemoryTarget
 from .monitor import AxiMonitor
 
@@ -23,16 +24,22 @@ CLOCK_NS = 10
 
 
 class AxiLitePort:
-    """A :class:`sw.transport.RegisterPort` over cocotbext-axi's AXI4-Lite manager."""
+    """A :class:`sw.transport.RegisterPort` over cocotbext-axi's AXI4-Lite manager.
 
-    def __init__(self, master: AxiLiteMaster):
+    ``on_write(offset, value)`` is called once a write has completed (its response arrived).
+    """
+
+    def __init__(self, master: AxiLiteMaster, on_write=None):
         self.master = master
+        self.on_write = on_write
 
     async def read32(self, offset: int) -> int:
         return await self.master.read_dword(offset)
 
     async def write32(self, offset: int, value: int) -> None:
         await self.master.write_dword(offset, value & 0xFFFF_FFFF)
+        if self.on_write is not None:
+            self.on_write(offset, value & 0xFFFF_FFFF)
 
 
 def pause_generator(rng: random.Random, probability: float):
@@ -73,9 +80,10 @@ class DeviceBench:
                             target=MemoryTarget(self.mem, self.errors))
         for prefix in ("m_axi_", "s_axil_", "s_hv_"):  # the bus models log every burst at INFO
             logging.getLogger(f"cocotb.{dut._name}.{prefix}").setLevel(logging.WARNING)
+        self.isolation = IsolationChecker()
         self.guest = AxiLitePort(self.guest_master)
-        self.hv = AxiLitePort(self.hv_master)
-        self.monitor = AxiMonitor(dut, data_width=data_width)
+        self.hv = AxiLitePort(self.hv_master, on_write=self.isolation.hv_write)
+        self.monitor = AxiMonitor(dut, data_width=data_width, on_address=self.isolation.check)
         self.monitor.start()
 
     # -- stimulus knobs ---------------------------------------------------------------------------

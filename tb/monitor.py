@@ -40,8 +40,9 @@ class BusRecord:
 class AxiMonitor:
     """Records every address handshake, write beat and response on ``m_axi``."""
 
-    def __init__(self, dut, prefix: str = "m_axi__", data_width: int = 64):
+    def __init__(self, dut, prefix: str = "m_axi__", data_width: int = 64, on_address=None):
         self.dut = dut
+        self.on_address = on_address  # (kind, addr, max bytes, cycle) at each handshake
         self.p = prefix
         self.lanes = data_width // 8
         self.records: list[BusRecord] = []
@@ -73,6 +74,11 @@ class AxiMonitor:
     def writes(self) -> list[BusRecord]:
         return [r for r in self.records if r.kind == "W"]
 
+    def _address(self, rec: BusRecord) -> None:
+        if self.on_address is not None:
+            span = rec.beats * self.lanes - rec.addr % self.lanes  # bytes the burst may touch
+            self.on_address(rec.kind, rec.addr, span, rec.cycle)
+
     async def _run(self) -> None:
         clk = self.dut.clk
         pending_w: list[tuple[int, int, int]] = []  # (wdata, wstrb, wlast) before their AW
@@ -90,11 +96,13 @@ class AxiMonitor:
                                 self.val("arlen") + 1, self.cycle)
                 self.records.append(rec)
                 self._open_reads.append(rec)
+                self._address(rec)
             if self.val("awvalid") and self.val("awready"):
                 rec = BusRecord("W", self.val("awaddr"),
                                 self.val("awlen") + 1, self.cycle)
                 self.records.append(rec)
                 self._open_writes.append(rec)
+                self._address(rec)
             if self.val("wvalid") and self.val("wready"):
                 pending_w.append((self.val("wdata"), self.val("wstrb"),
                                   self.val("wlast")))

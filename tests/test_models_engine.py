@@ -340,13 +340,13 @@ def test_statistics_counters_follow_rst_not_driver_reset():
     drv.request(spec.VIRTIO_BLK_T_FLUSH)
     drv.request(spec.VIRTIO_BLK_T_IN, read_len=512, data_offset=0xF00)
     drv.notify()
-    assert dev.hv.read(HV_STAT_XLATE) == dev.translations == 18
+    assert dev.hv.read(HV_STAT_XLATE) == dev.translations == 19  # 1 + 7 + 10 (2 data pages) + 1
     assert dev.hv.read(HV_STAT_REQUESTS) == dev.completed == 2
     dev.guest.write(spec.MMIO_STATUS, 0)
     assert dev.hv.read(HV_STAT_REQUESTS) == 2
     dev.reset()
     assert dev.hv.read(HV_STAT_XLATE) == dev.hv.read(HV_STAT_REQUESTS) == 0
-    assert dev.translations == 18  # recording survives; clear_records() forgets it
+    assert dev.translations == 19  # recording survives; clear_records() forgets it
     dev.clear_records()
     assert (dev.translations, dev.completed, dev.transactions, dev.faults) == (0, 0, [], [])
 
@@ -356,3 +356,65 @@ def test_gpa_mode_makes_no_table_lookups():
     drv.request(spec.VIRTIO_BLK_T_IN, read_len=8192, data_offset=0x10)
     drv.notify()
     assert dev.completed == 1 and dev.translations == 0 and dev.hv.read(HV_STAT_XLATE) == 0
+
+
+def test_notify_while_running_gives_one_more_round():
+    """A notify accepted while the engine runs is kept pending (however many arrive) and
+    restarts the engine once it goes idle: one extra queue check and poll."""
+    calls = []
+    dev, drv = make()
+
+    def hook(txn):
+        if len(calls) < 2 and txn.kind == "W" and txn.nbytes == 8:  # at the used element
+            calls.append(txn)
+            drv.notify()
+            drv.notify()
+
+    dev.on_transaction = hook
+    drv.request(spec.VIRTIO_BLK_T_FLUSH)
+    drv.notify()
+    polls = [t for t in dev.transactions if t.nbytes == 4]
+    assert len(calls) == 1 and len(polls) == 3  # poll, (request), poll -> idle, poll -> idle
+    assert dev.transactions[-1].nbytes == dev.transactions[-2].nbytes == 4
+    assert not dev.pending_notify
+
+
+def test_driver_reset_while_running_stops_after_the_burst():
+    dev, drv = make(data_width=32)
+    req = drv.request(spec.VIRTIO_BLK_T_IN, read_len=4096)
+    data_page = req.data.frames[0]
+
+    def hook(txn):
+        if txn.kind == "W" and txn.addr >> 12 == data_page:
+            dev.guest.write(spec.MMIO_STATUS, 0)  # reset during the first data burst
+
+    dev.on_transaction = hook
+    drv.notify()
+    last = dev.transactions[-1]
+    assert (last.kind, last.addr, last.nbytes) == ("W", data_page << 12, 1024)
+    assert dev.faults == [] and not dev.halted and dev.completed == 0
+    assert dev.guest.read(spec.MMIO_STATUS) == 0 and dev.last_avail_idx == 0
+    # the device works again after re-initialisation
+    dev.on_transaction = None
+    drv.setup(8)
+    r = drv.request(spec.VIRTIO_BLK_T_FLUSH)
+    drv.notify()
+    assert drv.take_used() == [(r.head, 1)]
+
+
+def test_reset_and_renotify_inside_a_run_restart_the_engine():
+    dev, drv = make()
+    state = {"done": False}
+    drv.request(spec.VIRTIO_BLK_T_FLUSH)
+
+    def hook(txn):
+        if not state["done"] and txn.kind == "W":
+            state["done"] = True
+            dev.guest.write(spec.MMIO_STATUS, 0)
+            drv.setup(4)
+            drv.request(spec.VIRTIO_BLK_T_FLUSH)
+            drv.notify()  # engine still finishing its burst: pending
+
+    dev.on_transaction = hook
+    drv.notify()
+    assert dev.completed == 1 and dev.last_avail_idx == 1 and drv.used_idx() == 1
