@@ -32,8 +32,8 @@ _U64 = spec.ADDR_MASK
 
 # Statistics counters after the fixed privileged map (read-only, cleared by rst). They are not
 # in docs/architecture.md; they mirror the RTL's extension (rtl/hvregs.py).
-HV_STAT_XLATE = 0x040  # table lookups (page pieces translated in handle mode) since rst
-HV_STAT_REQUESTS = 0x044  # used elements published since rst
+HV_STAT_XLATE = spec.HV_STAT_XLATE
+HV_STAT_REQUESTS = spec.HV_STAT_REQUESTS
 
 _DESC = struct.Struct("<QIHH")  # virtq_desc: le64 addr, le32 len, le16 flags, le16 next
 _HEADER = struct.Struct("<IIQ")  # virtio_blk_req header: le32 type, le32 reserved, le64 sector

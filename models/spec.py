@@ -55,6 +55,9 @@ HV_FAULT_ADDR_LO = 0x018
 HV_FAULT_ADDR_HI = 0x01C
 HV_FAULT_COUNT = 0x020
 HV_GRANT_BASE = 0x1000
+# Statistics, an extension after the fixed map (read-only, cleared by rst only).
+HV_STAT_XLATE = 0x040  # table lookups (page pieces translated in handle mode)
+HV_STAT_REQUESTS = 0x044  # used elements published
 
 HV_CTRL_HANDLE_MODE = 1 << 0
 HV_VERSION_VALUE = 0x0001_0000  # major 1, minor 0

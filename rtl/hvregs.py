@@ -15,11 +15,7 @@ from models import spec
 
 from .regbus import RegBusSignature
 
-__all__ = ["HV_STAT_REQUESTS", "HV_STAT_XLATE", "PrivilegedRegs", "hv_addr_width"]
-
-# Statistics counters, an extension after the fixed map (read-only, cleared by rst).
-HV_STAT_XLATE = 0x040  # table lookups since reset
-HV_STAT_REQUESTS = 0x044  # used elements written since reset
+__all__ = ["PrivilegedRegs", "hv_addr_width"]
 
 
 def hv_addr_width(entries: int) -> int:
@@ -148,9 +144,9 @@ class PrivilegedRegs(wiring.Component):
                     m.d.sync += rdata.eq(fault_addr[32:])
                 with m.Case(spec.HV_FAULT_COUNT):
                     m.d.sync += rdata.eq(fault_count)
-                with m.Case(HV_STAT_XLATE):
+                with m.Case(spec.HV_STAT_XLATE):
                     m.d.sync += rdata.eq(stat_xlate)
-                with m.Case(HV_STAT_REQUESTS):
+                with m.Case(spec.HV_STAT_REQUESTS):
                     m.d.sync += rdata.eq(stat_requests)
         with m.If(r_table):
             m.d.comb += bus.r_data.eq(self.tbl_rdata.word_select(r_hi, 32))
