@@ -11,8 +11,14 @@ from __future__ import annotations
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXI4LiteSignature", "AXI4Signature", "BURST_INCR", "RESP_OKAY", "RESP_SLVERR",
-           "RESP_DECERR"]
+__all__ = [
+    "BURST_INCR",
+    "RESP_DECERR",
+    "RESP_OKAY",
+    "RESP_SLVERR",
+    "AXI4LiteSignature",
+    "AXI4Signature",
+]
 
 BURST_INCR = 0b01
 RESP_OKAY = 0b00

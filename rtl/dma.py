@@ -21,6 +21,7 @@ from amaranth.utils import exact_log2
 from models import spec
 
 from .axi import BURST_INCR, RESP_OKAY, AXI4Signature
+from .params import check_data_width
 
 __all__ = ["SBUF_BYTES", "DmaEngine"]
 
@@ -65,9 +66,7 @@ class DmaEngine(wiring.Component):
 
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH, disk_word_bits: int,
                  id_width: int = 4):
-        if data_width not in (32, 64, 128):
-            raise ValueError(f"Data width must be 32, 64 or 128, not {data_width!r}")
-        self._data_width = data_width
+        self._data_width = check_data_width(data_width)
         lanes = data_width // 8
         self._disk_word_bits = disk_word_bits
         super().__init__({

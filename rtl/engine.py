@@ -9,14 +9,14 @@ access is translated. A fault stops the engine until the driver resets the devic
 
 from contextlib import contextmanager
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
 from models import spec
 
 from .dma import SBUF_BYTES
+from .params import check_queue_num_max
 
 __all__ = ["RingEngine"]
 
@@ -42,11 +42,7 @@ class RingEngine(wiring.Component):
 
     def __init__(self, *, queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES):
-        if (not isinstance(queue_num_max, int) or not 1 <= queue_num_max <= 32768
-                or queue_num_max & (queue_num_max - 1)):
-            raise ValueError(f"Queue size maximum must be a power of two in [1, 32768], "
-                             f"not {queue_num_max!r}")
-        self._queue_num_max = queue_num_max
+        self._queue_num_max = check_queue_num_max(queue_num_max)
         self._disk_bytes = disk_bytes
         super().__init__({
             # from the virtio-mmio register file
@@ -145,12 +141,11 @@ class RingEngine(wiring.Component):
                 ]
                 with m.If(self.cmd_ready & ~abort):
                     m.next = f"{name}_WAIT"
-            with state(f"{name}_WAIT"):
-                with m.If(self.dma_done):
-                    with m.If(self.dma_fault != 0):
-                        fault(self.dma_fault, self.dma_fault_addr)
-                    with m.Else():
-                        then()
+            with state(f"{name}_WAIT"), m.If(self.dma_done):
+                with m.If(self.dma_fault != 0):
+                    fault(self.dma_fault, self.dma_fault_addr)
+                with m.Else():
+                    then()
 
         m.d.comb += self.abort.eq(abort)
         with m.FSM():
@@ -200,7 +195,7 @@ class RingEngine(wiring.Component):
             dma("HEAD", write=0, vaddr=self.queue_avail + 4 + (ring_slot << 1), length=2,
                 then=after_head)
 
-            # ---- pass 1: walk and check the chain -------------------------------------------
+            # ---- pass 1: walk and check the chain --------------------------
             with state("WALK"):
                 with m.If(idx >= n):
                     fault(spec.FAULT_BAD_CHAIN, idx)
@@ -251,7 +246,7 @@ class RingEngine(wiring.Component):
                     m.d.sync += [k.eq(0), got.eq(0)]
                     m.next = "HDR_READ"
 
-            # ---- pass 2: header ---------------------------------------------------------------
+            # ---- pass 2: header --------------------------
             with state("HDR_READ"):  # cache read address is k
                 m.next = "HDR_SELECT"
             with state("HDR_SELECT"):
@@ -278,7 +273,7 @@ class RingEngine(wiring.Component):
                     m.next = "HDR_READ"
             dma("HDR", write=0, vaddr=ent.addr, length=take, dpos=got, then=after_hdr_piece)
 
-            # ---- decode ----------------------------------------------------------------------------
+            # ---- decode --------------------------
             with state("DECODE"):
                 req_type = sbuf[:32]
                 sector = sbuf[64:128]
@@ -328,7 +323,7 @@ class RingEngine(wiring.Component):
                         m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
                         m.next = "STATUS"
 
-            # ---- pass 2: data ----------------------------------------------------------------------
+            # ---- pass 2: data --------------------------
             with state("DATA_READ"):  # cache read address is k
                 with m.If(moved == goal):
                     m.next = "STATUS"
@@ -355,7 +350,7 @@ class RingEngine(wiring.Component):
             dma("DATA", write=dir_write, vaddr=ent.addr + off, length=take, disk=to_disk,
                 dpos=Mux(to_disk, disk_base + moved, moved), then=after_data_piece)
 
-            # ---- completion ------------------------------------------------------------------------
+            # ---- completion --------------------------
             with state("STATUS"):
                 m.d.sync += sbuf[:8].eq(blk_status)
                 m.next = "STATUS_WRITE"

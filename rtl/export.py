@@ -21,8 +21,8 @@ TOP_NAME = "virtio_blk_handle"
 # the state stays 0) keeps its outputs at X. Toggling the dummy register once at time 0, after
 # every process has started, evaluates each block. Synthesis and Verilator (which evaluates
 # every block at start-up) do not see it.
-_DUMP_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+)\s+= 0;$",
-                           re.MULTILINE)
+_DUMP_TRIGGER = re.compile(
+    r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+)\s+= 0;$", re.MULTILINE)
 
 # Categories Verilator reports on Yosys' generated code (width-extended constants, partial
 # case statements of FSM decoders, unused bits of flattened structures): not design issues.

@@ -100,15 +100,13 @@ class PrivilegedRegs(wiring.Component):
         with m.If(self.completed):
             m.d.sync += stat_requests.eq(stat_requests + 1)
 
-        with m.If(bus.w_en):
-            with m.Switch(offset):
-                with m.Case(spec.HV_CTRL):
-                    m.d.sync += ctrl.eq(bus.w_data & spec.HV_CTRL_HANDLE_MODE)
-                with m.Case(spec.HV_DOMID):
-                    m.d.sync += domid.eq(bus.w_data[:16])
-                with m.Case(spec.HV_FAULT_STATUS):
-                    with m.If(bus.w_data[0]):
-                        m.d.sync += fault_status.eq(0)
+        with m.If(bus.w_en), m.Switch(offset):
+            with m.Case(spec.HV_CTRL):
+                m.d.sync += ctrl.eq(bus.w_data & spec.HV_CTRL_HANDLE_MODE)
+            with m.Case(spec.HV_DOMID):
+                m.d.sync += domid.eq(bus.w_data[:16])
+            with m.Case(spec.HV_FAULT_STATUS), m.If(bus.w_data[0]):
+                m.d.sync += fault_status.eq(0)
 
         # A fault in the same cycle as the clearing write stays latched.
         with m.If(self.fault):

@@ -125,12 +125,10 @@ class VirtioMmioRegs(wiring.Component):
                     m.d.sync += drv_features_sel.eq(data)
                 with m.Case(spec.MMIO_QUEUE_SEL):
                     m.d.sync += queue_sel.eq(data)
-                with m.Case(spec.MMIO_QUEUE_NUM):
-                    with m.If(q0):
-                        m.d.sync += queue_num.eq(data)
-                with m.Case(spec.MMIO_QUEUE_READY):
-                    with m.If(q0):
-                        m.d.sync += queue_ready.eq(data[0])
+                with m.Case(spec.MMIO_QUEUE_NUM), m.If(q0):
+                    m.d.sync += queue_num.eq(data)
+                with m.Case(spec.MMIO_QUEUE_READY), m.If(q0):
+                    m.d.sync += queue_ready.eq(data[0])
                 with m.Case(spec.MMIO_QUEUE_NOTIFY):
                     m.d.comb += self.notify.eq(
                         (data == 0) & queue_ready & status[2])  # DRIVER_OK
@@ -150,12 +148,10 @@ class VirtioMmioRegs(wiring.Component):
                 for reg_off, reg in ((spec.MMIO_QUEUE_DESC_LOW, desc),
                                      (spec.MMIO_QUEUE_DRIVER_LOW, avail),
                                      (spec.MMIO_QUEUE_DEVICE_LOW, used)):
-                    with m.Case(reg_off):
-                        with m.If(q0):
-                            m.d.sync += reg[:32].eq(data)
-                    with m.Case(reg_off + 4):
-                        with m.If(q0):
-                            m.d.sync += reg[32:].eq(data)
+                    with m.Case(reg_off), m.If(q0):
+                        m.d.sync += reg[:32].eq(data)
+                    with m.Case(reg_off + 4), m.If(q0):
+                        m.d.sync += reg[32:].eq(data)
 
         # virtio 1.x section 2.1: the device presents 0 in Status once the reset is done, i.e.
         # once the engine has finished the burst it was in.

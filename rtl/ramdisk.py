@@ -8,12 +8,14 @@ bank: no second port and no read-modify-write.
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from models import spec
+
+from .params import check_data_width, check_disk_bytes
 
 __all__ = ["RamDisk"]
 
@@ -40,13 +42,9 @@ class RamDisk(wiring.Component):
 
     def __init__(self, disk_bytes: int = spec.DEFAULT_DISK_BYTES,
                  data_width: int = spec.DEFAULT_DATA_WIDTH):
-        if data_width not in (32, 64, 128):
-            raise ValueError(f"Data width must be 32, 64 or 128, not {data_width!r}")
+        check_data_width(data_width)
+        check_disk_bytes(disk_bytes, data_width)
         lanes = data_width // 8
-        if (not isinstance(disk_bytes, int) or disk_bytes <= 0 or disk_bytes % 512
-                or disk_bytes % (2 * lanes)):
-            raise ValueError(f"Disk size must be a positive multiple of 512 bytes, "
-                             f"not {disk_bytes!r}")
         self._disk_bytes = disk_bytes
         self._data_width = data_width
         self._words = disk_bytes // lanes
@@ -78,11 +76,13 @@ class RamDisk(wiring.Component):
             m.submodules[f"bank{b}"] = bank
             banks.append((bank.read_port(), bank.write_port(granularity=8)))
 
-        # Word k lives in bank k % 2 at row k // 2; word k + 1 in the other bank at
-        # row (k + 1) // 2.
+        # Word k lives in bank k % 2 at row k // 2; word k + 1 (wrapping to word 0 after the
+        # last word, which is odd) in the other bank at row (k + 1) // 2.
+        last = self._words - 1
+
         def rows(k):
             k1 = Signal(self._word_bits + 1)
-            m.d.comb += k1.eq(k + 1)
+            m.d.comb += k1.eq(Mux(k == last, 0, k + 1))
             return (k1[1:], k[1:])  # rows for (bank 0, bank 1)
 
         rd_rows = rows(self.rd_word)

@@ -19,6 +19,7 @@ from .dma import DmaEngine
 from .engine import RingEngine
 from .hvregs import PrivilegedRegs, hv_addr_width
 from .mmio import MMIO_ADDR_WIDTH, VirtioMmioRegs
+from .params import check_data_width, check_disk_bytes, check_entries, check_queue_num_max
 from .ramdisk import RamDisk
 from .regbus import AXI4LiteRegBridge
 from .translate import TranslationUnit
@@ -45,11 +46,10 @@ class VirtioBlkHandle(wiring.Component):
                  entries: int = spec.DEFAULT_ENTRIES,
                  queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES):
-        spec.burst_bytes(data_width)  # validates data_width
-        self.data_width = data_width
-        self.entries = entries
-        self.queue_num_max = queue_num_max
-        self.disk_bytes = disk_bytes
+        self.data_width = check_data_width(data_width)
+        self.entries = check_entries(entries)
+        self.queue_num_max = check_queue_num_max(queue_num_max)
+        self.disk_bytes = check_disk_bytes(disk_bytes, data_width)
         super().__init__({
             "irq": Out(1),
             "s_axil": In(AXI4LiteSignature(addr_width=MMIO_ADDR_WIDTH)),

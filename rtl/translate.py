@@ -14,6 +14,8 @@ from amaranth.utils import ceil_log2
 
 from models import spec
 
+from .params import check_entries
+
 __all__ = ["GrantEntry", "TranslationUnit"]
 
 
@@ -51,9 +53,7 @@ class TranslationUnit(wiring.Component):
     """
 
     def __init__(self, entries: int = spec.DEFAULT_ENTRIES):
-        if not isinstance(entries, int) or entries < 1:
-            raise ValueError(f"Entries must be a positive integer, not {entries!r}")
-        self._entries = entries
+        self._entries = check_entries(entries)
         self._ref_bits = max(1, ceil_log2(entries))
         super().__init__({
             "handle_mode": In(1),

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import cocotb
 from cocotb.triggers import RisingEdge
 
+from models.spec import MMIO_QUEUE_NOTIFY
+
 
 @dataclass
 class BusRecord:
@@ -47,6 +49,9 @@ class AxiMonitor:
         self.lanes = data_width // 8
         self.records: list[BusRecord] = []
         self.cycle = 0
+        self.notify_cycles: list[int] = []  # accepted writes to QueueNotify on s_axil
+        self.irq_rise_cycles: list[int] = []
+        self._irq = 0
         self._open_writes: list[BusRecord] = []  # AW seen, W not yet complete
         self._open_reads: list[BusRecord] = []
         self._wait_b: list[BusRecord] = []
@@ -91,6 +96,13 @@ class AxiMonitor:
                 self._wait_b.clear()
                 pending_w.clear()
                 continue
+            if (int(self.dut.s_axil__awvalid.value) and int(self.dut.s_axil__awready.value)
+                    and int(self.dut.s_axil__awaddr.value) == MMIO_QUEUE_NOTIFY):
+                self.notify_cycles.append(self.cycle)
+            irq = int(self.dut.irq.value)
+            if irq and not self._irq:
+                self.irq_rise_cycles.append(self.cycle)
+            self._irq = irq
             if self.val("arvalid") and self.val("arready"):
                 rec = BusRecord("R", self.val("araddr"),
                                 self.val("arlen") + 1, self.cycle)

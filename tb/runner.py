@@ -6,6 +6,7 @@ lock file makes parallel pytest workers share one build.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -53,7 +54,7 @@ def check_simulator() -> None:
 
 def _rtl_digest() -> str:
     h = hashlib.sha256()
-    for path in sorted((ROOT / "rtl").glob("*.py")) + [ROOT / "models" / "spec.py"]:
+    for path in [*sorted((ROOT / "rtl").glob("*.py")), ROOT / "models" / "spec.py"]:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -94,9 +95,15 @@ def run(test_module: str, config: DeviceConfig, *, testcase: str | None = None,
     test_dir = build_dir / "runs" / name
     test_dir.mkdir(parents=True, exist_ok=True)
     runner = get_runner("icarus")
-    xml = runner.test(test_module=test_module, hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
-                      testcase=testcase,
-                      build_dir=build_dir, test_dir=test_dir, extra_env=env, waves=waves,
-                      seed=seed, results_xml=str(test_dir / "results.xml"))
-    tests, failed = get_results(Path(xml))
-    return tests, failed, Path(xml)
+    xml = test_dir / "results.xml"
+    xml.unlink(missing_ok=True)
+    # Under pytest the runner exits on a failed test; the results file tells more.
+    with contextlib.suppress(SystemExit):
+        runner.test(test_module=test_module, hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+                    testcase=testcase, build_dir=build_dir, test_dir=test_dir, extra_env=env,
+                    waves=waves, seed=seed, results_xml=str(xml))
+    if not xml.exists():
+        raise RuntimeError(f"the simulation of {test_module}.{testcase} ended without results "
+                           f"(see the log above; build directory {build_dir})")
+    tests, failed = get_results(xml)
+    return tests, failed, xml

@@ -156,8 +156,6 @@ def test_no_write_without_enables(data_width):
     run(dut, bench)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="RTL bug: rd_hi of the last word does not wrap to word 0 "
-                   "when the disk has a non-power-of-two number of words (rtl/ramdisk.py rows())")
 @pytest.mark.parametrize("data_width", WIDTHS)
 def test_wrap_non_power_of_two_disk(data_width):
     """1536 bytes is a valid size (a multiple of 512); rd_hi of the last word is word 0."""

@@ -52,7 +52,10 @@ async def lookup(ctx, dut, v: int, write: bool) -> Translation:
     ctx.set(dut.req_vaddr, v)
     ctx.set(dut.req_write, write)
     await ctx.tick()
+    # Change the request inputs: the response must come from the registered request.
     ctx.set(dut.req_valid, 0)
+    ctx.set(dut.req_vaddr, v ^ U64)
+    ctx.set(dut.req_write, not write)
     assert ctx.get(dut.resp_valid) == 1
     return response(ctx, dut)
 
@@ -223,21 +226,21 @@ def test_random_lookups_match_model(entries, seed):
                 await program(ctx, dut, table, ref, entry_word(_random_entry(rng, domid)), wen)
             ctx.set(dut.handle_mode, handle_mode)
             ctx.set(dut.domid, domid)
-            for _ in range(40):
-                valid = rng.random() < 0.8
+            prev = None  # (v, write) requested in the previous cycle, if any
+            for i in range(41):
+                valid = i < 40 and rng.random() < 0.8
                 v, write = _random_vaddr(rng, entries), rng.random() < 0.5
                 ctx.set(dut.req_valid, valid)
                 ctx.set(dut.req_vaddr, v)
                 ctx.set(dut.req_write, write)
-                await ctx.tick()
-                assert ctx.get(dut.resp_valid) == valid
-                if valid:
-                    want = oracle(table, v, write, handle_mode, domid)
-                    assert response(ctx, dut) == want, (hex(v), write, handle_mode, domid)
+                # The previous request's response, with this cycle's request on the inputs.
+                assert ctx.get(dut.resp_valid) == (prev is not None)
+                if prev is not None:
+                    want = oracle(table, *prev, handle_mode, domid)
+                    assert response(ctx, dut) == want, (hex(prev[0]), prev[1], handle_mode)
                     seen[want.cause if handle_mode else -1] += 1
-            ctx.set(dut.req_valid, 0)
-            await ctx.tick()
-            assert ctx.get(dut.resp_valid) == 0
+                prev = (v, write) if valid else None
+                await ctx.tick()
 
     run(dut, bench)
     assert sum(seen.values()) > 1400
