@@ -70,3 +70,7 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info
+
+# Further targets (board build, FPGA report, formal proofs, soak runs, Linux guest) live in
+# mk/*.mk, one file per topic.
+-include mk/*.mk

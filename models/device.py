@@ -434,6 +434,8 @@ class ReferenceDevice:
                 return self.fault_addr >> 32
             case spec.HV_FAULT_COUNT:
                 return self.fault_count
+            case spec.HV_SYNC:
+                return 1  # the model completes every transaction before a register access
             case _ if offset == HV_STAT_XLATE:
                 return self.stat_xlate
             case _ if offset == HV_STAT_REQUESTS:

@@ -54,6 +54,7 @@ HV_FAULT_CAUSE = 0x014
 HV_FAULT_ADDR_LO = 0x018
 HV_FAULT_ADDR_HI = 0x01C
 HV_FAULT_COUNT = 0x020
+HV_SYNC = 0x024  # write: start a barrier; read: 1 once it is complete
 HV_GRANT_BASE = 0x1000
 # Statistics, an extension after the fixed map (read-only, cleared by rst only).
 HV_STAT_XLATE = 0x040  # table lookups (page pieces translated in handle mode)

@@ -62,6 +62,11 @@ class DmaEngine(wiring.Component):
         Pulses once per table lookup (statistics).
     abort : In
         Device reset: end the command after the burst in flight (no further burst starts).
+    tbl_changed : In
+        The grant table, mode or domain was written: the current page's translation is stale
+        and is looked up again before the next burst (grant revocation, ``HV_SYNC``).
+    burst_inflight, burst_done : Out
+        A burst has been issued and not completed; it completes this cycle.
     """
 
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH, disk_word_bits: int,
@@ -72,6 +77,9 @@ class DmaEngine(wiring.Component):
         super().__init__({
             "handle_mode": In(1),
             "abort": In(1),
+            "tbl_changed": In(1),
+            "burst_inflight": Out(1),
+            "burst_done": Out(1),
             "cmd_valid": In(1), "cmd_ready": Out(1), "cmd_write": In(1),
             "cmd_vaddr": In(64), "cmd_len": In(32), "cmd_disk": In(1), "cmd_dpos": In(32),
             "done": Out(1), "fault": Out(4), "fault_addr": Out(64), "busy": Out(1),
@@ -234,6 +242,10 @@ class DmaEngine(wiring.Component):
         ]
 
         # ---- Control ----------------------------------------------------------------------------
+        stale = Signal()
+        with m.If(self.tbl_changed):
+            m.d.sync += stale.eq(1)
+
         def finish_burst():
             """After the last beat or the write response of the current burst."""
             m.d.sync += [cur.eq(cur + b_n), rem.eq(rem - b_n), dpos.eq(dpos + b_n)]
@@ -242,7 +254,8 @@ class DmaEngine(wiring.Component):
                 m.next = "DONE"
             with m.Elif((rem == b_n) | self.abort):
                 m.next = "DONE"
-            with m.Elif(mode & ((cur + b_n)[:spec.PAGE_SHIFT] == 0)):
+            with m.Elif(mode & (((cur + b_n)[:spec.PAGE_SHIFT] == 0) | stale
+                                | self.tbl_changed)):
                 m.next = "XLATE"
             with m.Else():
                 m.next = "ADDR"
@@ -264,6 +277,7 @@ class DmaEngine(wiring.Component):
                         m.next = "ADDR"
             with m.State("XLATE"):
                 m.d.comb += [self.busy.eq(1), self.xl_req_valid.eq(1)]
+                m.d.sync += stale.eq(self.tbl_changed)  # the lookup reads the table as of now
                 m.next = "XCHECK"
                 with m.If(self.abort):
                     m.next = "DONE"
@@ -279,7 +293,9 @@ class DmaEngine(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [b_addr.eq(paddr_next), b_n.eq(n_next), arlen.eq(beats_m1),
                              b_err.eq(0)]
-                with m.If(write):
+                with m.If(mode & (stale | self.tbl_changed)):
+                    m.next = "XLATE"  # the table changed since this page was translated
+                with m.Elif(write):
                     m.d.sync += [w_active.eq(1), w_lo.eq(paddr_next[:lw]), w_left.eq(n_next),
                                  w_dpos.eq(dpos)]
                     m.next = "WADDR"
@@ -287,11 +303,12 @@ class DmaEngine(wiring.Component):
                     m.d.sync += [r_lo.eq(paddr_next[:lw]), r_left.eq(n_next), r_dpos.eq(dpos)]
                     m.next = "RADDR"
             with m.State("RADDR"):
-                m.d.comb += [self.busy.eq(1), axi.arvalid.eq(1)]
+                m.d.comb += [self.busy.eq(1), axi.arvalid.eq(1), self.burst_inflight.eq(1)]
                 with m.If(axi.arready):
                     m.next = "RDATA"
             with m.State("RDATA"):
-                m.d.comb += [self.busy.eq(1), axi.rready.eq(1)]
+                m.d.comb += [self.busy.eq(1), axi.rready.eq(1), self.burst_inflight.eq(1),
+                             self.burst_done.eq(axi.rvalid & axi.rlast)]
                 with m.If(axi.rvalid):
                     ok = axi.rresp == RESP_OKAY
                     m.d.comb += r_take.eq(ok & ~b_err)
@@ -306,11 +323,12 @@ class DmaEngine(wiring.Component):
                         with m.Else():
                             finish_burst()
             with m.State("WADDR"):
-                m.d.comb += [self.busy.eq(1), axi.awvalid.eq(1)]
+                m.d.comb += [self.busy.eq(1), axi.awvalid.eq(1), self.burst_inflight.eq(1)]
                 with m.If(axi.awready):
                     m.next = "WRESP"
             with m.State("WRESP"):
-                m.d.comb += [self.busy.eq(1), axi.bready.eq(1)]
+                m.d.comb += [self.busy.eq(1), axi.bready.eq(1), self.burst_inflight.eq(1),
+                             self.burst_done.eq(axi.bvalid)]
                 with m.If(axi.bvalid):
                     with m.If(axi.bresp != RESP_OKAY):
                         m.d.sync += [fault.eq(spec.FAULT_BUS_ERROR), fault_addr.eq(b_addr)]

@@ -39,6 +39,12 @@ class PrivilegedRegs(wiring.Component):
         HV_FAULT_STATUS.
     xlate, completed : In
         Statistics pulses.
+    burst_inflight, burst_done : In
+        A bus transaction (whose translation predates anything written now) is in flight; it
+        has completed. They complete an HV_SYNC barrier.
+    tbl_changed : Out
+        A write that can change a translation (table entry, mode, domain): the DMA engine
+        translates again before its next burst.
     """
 
     def __init__(self, *, entries: int = spec.DEFAULT_ENTRIES):
@@ -58,6 +64,9 @@ class PrivilegedRegs(wiring.Component):
             "fault_addr": In(64),
             "xlate": In(1),
             "completed": In(1),
+            "burst_inflight": In(1),
+            "burst_done": In(1),
+            "tbl_changed": Out(1),
         })
 
     @property
@@ -94,6 +103,16 @@ class PrivilegedRegs(wiring.Component):
                 m.d.comb += self.tbl_wen.eq(Cat(0, 0, 0, 0, bus.w_strb))
             with m.Else():
                 m.d.comb += self.tbl_wen.eq(bus.w_strb)
+
+        # HV_SYNC: a write starts a barrier that waits for the transaction in flight, if any
+        # (the DMA engine has at most one, and it re-translates after any table change).
+        sync_pending = Signal()
+        with m.If(self.burst_done):
+            m.d.sync += sync_pending.eq(0)
+        with m.If(bus.w_en & (offset == spec.HV_SYNC)):
+            m.d.sync += sync_pending.eq(self.burst_inflight & ~self.burst_done)
+        m.d.comb += self.tbl_changed.eq(
+            bus.w_en & (in_table | (offset == spec.HV_CTRL) | (offset == spec.HV_DOMID)))
 
         with m.If(self.xlate):
             m.d.sync += stat_xlate.eq(stat_xlate + 1)
@@ -142,6 +161,8 @@ class PrivilegedRegs(wiring.Component):
                     m.d.sync += rdata.eq(fault_addr[32:])
                 with m.Case(spec.HV_FAULT_COUNT):
                     m.d.sync += rdata.eq(fault_count)
+                with m.Case(spec.HV_SYNC):
+                    m.d.sync += rdata.eq(~sync_pending)
                 with m.Case(spec.HV_STAT_XLATE):
                     m.d.sync += rdata.eq(stat_xlate)
                 with m.Case(spec.HV_STAT_REQUESTS):

@@ -105,6 +105,9 @@ class VirtioBlkHandle(wiring.Component):
             hv.fault_addr.eq(engine.fault_addr),
             hv.completed.eq(engine.completed),
             hv.xlate.eq(dma.xlate),
+            hv.burst_inflight.eq(dma.burst_inflight),
+            hv.burst_done.eq(dma.burst_done),
+            dma.tbl_changed.eq(hv.tbl_changed),
             # ring engine to DMA
             dma.cmd_valid.eq(engine.cmd_valid),
             engine.cmd_ready.eq(dma.cmd_ready),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -39,8 +40,13 @@ def run_mode(cfg: DeviceConfig, handle_mode: bool, requests: int, seed: int,
                     "mode": "handle" if handle_mode else "gpa", "xml": str(xml)}
         summary = json.loads(out.read_text())
         summary["xml"] = str(xml)
-        summary["wave_file"] = str(xml.parent.parent.parent / "virtio_blk_handle.fst") \
-            if waves else None
+        summary["wave_file"] = None
+        if waves:  # the simulator writes <build dir>/<top>.fst; keep one file per mode
+            fst = xml.parent.parent.parent / "virtio_blk_handle.fst"
+            kept = Path("build") / f"demo_{summary['mode']}_w{cfg.data_width}.fst"
+            kept.parent.mkdir(exist_ok=True)
+            shutil.copyfile(fst, kept)
+            summary["wave_file"] = str(kept.resolve())
         return summary
 
 

@@ -41,3 +41,14 @@ async def test_identity_and_hv_map(dut):
     # the guest port cannot reach the privileged registers
     await tb.guest.write32(spec.HV_CTRL, 0)
     assert await tb.hv.read32(spec.HV_CTRL) == 1
+
+
+@cocotb.test()
+async def test_hv_sync_idle(dut):
+    """HV_SYNC with nothing in flight completes at once."""
+    cfg = DeviceConfig.from_env()
+    tb = DeviceBench(dut, data_width=cfg.data_width)
+    await tb.reset()
+    assert await tb.hv.read32(spec.HV_SYNC) == 1
+    await tb.hv.write32(spec.HV_SYNC, 1)
+    assert await tb.hv.read32(spec.HV_SYNC) == 1

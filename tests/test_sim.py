@@ -25,8 +25,8 @@ def cosim(module: str, testcase: str, params: dict, *, data_width: int = 64,
 
 @pytest.mark.parametrize("width", [32, 64, 128])
 def test_registers(width):
-    cosim("tb.test_registers", "test_identity_and_hv_map", {}, data_width=width,
-          name="registers")
+    for case in ("test_identity_and_hv_map", "test_hv_sync_idle"):
+        cosim("tb.test_registers", case, {}, data_width=width, name=f"registers_{case}")
 
 
 @pytest.mark.parametrize("width", [32, 64, 128])
