@@ -168,6 +168,7 @@ class ReferenceDevice:
         self.on_transaction = on_transaction
         self._running = False
         self._abort = False
+        self._werr: int | None = None  # first failed posted write since the last drain
         self.grants = GrantTable(entries)
         self.disk = bytearray(spec.ramdisk_init(disk_bytes))
         self.guest = RegisterPortModel(self._guest_read, self._guest_write, "guest")
@@ -211,6 +212,7 @@ class ReferenceDevice:
         self.used_idx = 0
         self.halted = False
         self.pending_notify = False
+        self._werr = None
         if self._running:
             self._abort = True  # the engine stops after the burst in flight
 
@@ -464,6 +466,7 @@ class ReferenceDevice:
     def _fault(self, cause: int, addr: int) -> _Halt:
         """Record a fault (docs "Faults") and return the exception that halts the engine."""
         addr &= _U64
+        self._werr = None  # a pending write error never surfaces once the engine has halted
         self.faults.append(Fault(cause, addr))
         self.fault_count = (self.fault_count + 1) & _U32
         if not self.fault_status & 1:
@@ -498,6 +501,18 @@ class ReferenceDevice:
         if ok and self.bus_error is not None and self.bus_error(txn):
             ok = False  # SLVERR
         data: bytes | None = None
+        if not ok and txn.kind == "W":
+            # Writes are posted (docs "Bus transactions"): the error is reported at the next
+            # drain, and the writes issued before it go ahead.
+            done = Transaction(txn.kind, txn.addr, txn.nbytes, txn.data, error=True)
+            if self._werr is None:
+                self._werr = txn.addr
+            self.transactions.append(done)
+            if self.on_transaction is not None:
+                self.on_transaction(done)
+            if self._abort:
+                raise _Halt()
+            return None
         if not ok:
             done = Transaction(txn.kind, txn.addr, txn.nbytes, txn.data, error=True)
         elif txn.kind == "W":
@@ -515,6 +530,12 @@ class ReferenceDevice:
         if not ok:
             raise self._fault(spec.FAULT_BUS_ERROR, txn.addr)
         return data
+
+    def drain(self) -> None:
+        """Wait for every posted write's response; the first failed one faults (cause 6)."""
+        if self._werr is not None:
+            addr, self._werr = self._werr, None
+            raise self._fault(spec.FAULT_BUS_ERROR, addr)
 
     def dma_read(self, v: int, n: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:
         """One DMA read access of ``n`` bytes at virtual ``v``.
@@ -692,14 +713,17 @@ class ReferenceDevice:
             written = k
         else:
             status = spec.VIRTIO_BLK_S_UNSUPP
-        # 3.6 Status byte: the last writable byte.
+        # 3.6 Status byte: the last writable byte; then no used element unless every data and
+        # status write arrived.
         self._write_range(writable, w_total - 1, bytes([status]))
+        self.drain()
         # 3.7 Used element (section 2.7.8): le32 id, le32 len.
         elem_addr = (self.queue_device + 4 + 8 * (self.used_idx % n)) & _U64
         self.dma_write(elem_addr, struct.pack("<II", head, written + 1))
         # 3.8 Used index.
         self.used_idx = (self.used_idx + 1) & _U16
         self.dma_write((self.queue_device + 2) & _U64, struct.pack("<H", self.used_idx))
+        self.drain()  # the interrupt (and the next request) follow the used index
         self.completed += 1
         self.stat_requests = (self.stat_requests + 1) & _U32
         # 3.9 Consume the entry; interrupt unless suppressed (section 2.7.7).

@@ -2,9 +2,19 @@
 
 A command is "read (or write) ``len`` bytes at virtual address ``vaddr``", with the local end of
 the transfer being either the RAM disk (at byte ``dpos``) or the 32-byte scratch buffer
-``sbuf`` of the ring engine (at byte ``dpos``). The engine splits the access as
-``docs/architecture.md`` ("Bus transactions") specifies: one translation per 4 KiB page, one INCR
-burst per ``spec.burst_bytes(data_width)`` window, one transaction at a time.
+``sbuf`` of the ring engine (at byte ``dpos``), or a *drain*: wait until every posted write has
+its response. The engine splits an access as ``docs/architecture.md`` ("Bus transactions")
+specifies: one translation per 4 KiB page, one INCR burst per ``spec.burst_bytes(data_width)``
+window. Its cycle-level behaviour is ``docs/timing.md``; in short:
+
+* the table lookup of a command's first page is issued in the cycle the command is accepted,
+  and the lookup of the next page in the cycle the previous burst ends, so a lookup never
+  adds a cycle to an access (the translation is checked in the ``ADDR`` cycle that every
+  burst has in both modes);
+* reads are one burst at a time; ``done`` pulses with the last beat;
+* writes are *posted*: ``done`` pulses once the last beat has entered the write pipeline and the
+  address has been accepted; responses are collected in the background and a drain command
+  reports the first one that failed.
 
 Bytes travel at any alignment at one bus beat per cycle: a beat's valid lanes are rotated to
 their disk lanes (reads) or from them (writes) by ``(dpos - lane) mod W``.
@@ -12,7 +22,7 @@ their disk lanes (reads) or from them (writes) by ``(dpos - lane) mod W``.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -23,9 +33,11 @@ from models import spec
 from .axi import BURST_INCR, RESP_OKAY, AXI4Signature
 from .params import check_data_width
 
-__all__ = ["SBUF_BYTES", "DmaEngine"]
+__all__ = ["MAX_POSTED_WRITES", "SBUF_BYTES", "DmaEngine"]
 
 SBUF_BYTES = 32
+MAX_POSTED_WRITES = 8  # write bursts whose response may be outstanding at once
+W_FIFO_DEPTH = 4
 
 
 def _rotl_bytes(value, amount, nbytes):
@@ -53,20 +65,24 @@ class DmaEngine(wiring.Component):
     Members
     -------
     cmd_* : In
-        A command is taken in a cycle with ``cmd_valid`` and ``cmd_ready``.
+        A command is taken in a cycle with ``cmd_valid`` and ``cmd_ready``. ``cmd_drain``
+        makes it a drain (the other fields are ignored).
     done, fault, fault_addr : Out
-        ``done`` pulses for one cycle when the command ends; ``fault`` is then 0 or the fault
-        cause, ``fault_addr`` the virtual address (translation faults) or physical address
-        (bus errors).
+        ``done`` pulses for one cycle when the command ends (see the module docstring); ``fault``
+        is then 0 or the fault cause, ``fault_addr`` the virtual address (translation faults)
+        or the physical address (bus errors; for a drain, the first failed write).
     xlate : Out
         Pulses once per table lookup (statistics).
     abort : In
-        Device reset: end the command after the burst in flight (no further burst starts).
+        Device reset: end the command at the next burst boundary (no further burst starts).
     tbl_changed : In
-        The grant table, mode or domain was written: the current page's translation is stale
-        and is looked up again before the next burst (grant revocation, ``HV_SYNC``).
-    burst_inflight, burst_done : Out
-        A burst has been issued and not completed; it completes this cycle.
+        The grant table, mode or domain was written: translations made before are stale and
+        are looked up again before the next burst (grant revocation, ``HV_SYNC``).
+    inflight, burst_done : Out
+        Number of bus transactions issued (or being issued) and not completed; one of them
+        completes this cycle. Completions come in issue order.
+    busy : Out
+        A command or a posted write is in progress.
     """
 
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH, disk_word_bits: int,
@@ -78,9 +94,9 @@ class DmaEngine(wiring.Component):
             "handle_mode": In(1),
             "abort": In(1),
             "tbl_changed": In(1),
-            "burst_inflight": Out(1),
+            "inflight": Out(range(MAX_POSTED_WRITES + 3)),
             "burst_done": Out(1),
-            "cmd_valid": In(1), "cmd_ready": Out(1), "cmd_write": In(1),
+            "cmd_valid": In(1), "cmd_ready": Out(1), "cmd_write": In(1), "cmd_drain": In(1),
             "cmd_vaddr": In(64), "cmd_len": In(32), "cmd_disk": In(1), "cmd_dpos": In(32),
             "done": Out(1), "fault": Out(4), "fault_addr": Out(64), "busy": Out(1),
             "xlate": Out(1),
@@ -112,12 +128,14 @@ class DmaEngine(wiring.Component):
         rem = Signal(32)
         dpos = Signal(32)
         page = Signal(52)  # physical page number of the current page (handle mode)
-        fault = Signal(4)
-        fault_addr = Signal(64)
+        page_ok = Signal()  # `page` holds a translation made after the last table change
+        lookup = Signal()  # a table lookup answers in this ADDR cycle
+        lookup_stale = Signal()  # ... but the table changed in the cycle it was made
         # Current burst
         b_addr = Signal(64)
         b_n = Signal(range(B + 1))
         b_err = Signal()
+        arlen = Signal(8)
 
         m.d.comb += [
             axi.awid.eq(0), axi.arid.eq(0),
@@ -127,21 +145,18 @@ class DmaEngine(wiring.Component):
             axi.awprot.eq(0b010), axi.arprot.eq(0b010),
             axi.awlock.eq(0), axi.arlock.eq(0),
             axi.awaddr.eq(b_addr), axi.araddr.eq(b_addr),
-            self.fault.eq(fault), self.fault_addr.eq(fault_addr),
-            self.xl_req_vaddr.eq(cur), self.xl_req_write.eq(write),
+            axi.awlen.eq(arlen), axi.arlen.eq(arlen),
         ]
 
-        # Burst geometry, from the command state (used in state ADDR).
+        # Burst geometry of the next burst, from the command state (used in state ADDR). The
+        # low 12 bits of the physical address are those of the virtual address, so the
+        # geometry never waits for the table.
         n_next = Signal(range(B + 1))
         room = Signal(range(B + 1))
         m.d.comb += room.eq(B - cur[:lb])
         m.d.comb += n_next.eq(Mux(rem < room, rem, room))
-        paddr_next = Signal(64)
-        m.d.comb += paddr_next.eq(Mux(mode, Cat(cur[:spec.PAGE_SHIFT], page), cur))
         beats_m1 = Signal(8)
-        m.d.comb += beats_m1.eq((paddr_next[:lw] + n_next - 1) >> lw)
-        arlen = Signal(8)
-        m.d.comb += [axi.awlen.eq(arlen), axi.arlen.eq(arlen)]
+        m.d.comb += beats_m1.eq((cur[:lw] + n_next - 1) >> lw)
 
         # ---- Read beats (R channel -> RAM disk or sbuf) ---------------------------------------
         r_lo = Signal(range(W))
@@ -150,11 +165,10 @@ class DmaEngine(wiring.Component):
         r_nb = Signal(range(W + 1))
         m.d.comb += r_nb.eq(Mux(r_left < W - r_lo, r_left, W - r_lo))
         r_take = Signal()  # a good beat is delivered this cycle
-        d0 = Signal(lw) if lw else Const(0)
+        d0 = Signal(lw)
         m.d.comb += d0.eq(r_dpos[:lw])
         rot = Signal(lw)
         m.d.comb += rot.eq(d0 - r_lo)
-        lanes = Signal(range(W + 1))
         en_lo = Signal(W)
         en_hi = Signal(W)
         for lane in range(W):
@@ -165,35 +179,30 @@ class DmaEngine(wiring.Component):
                 en_lo[lane].eq((lane >= d0) & (k < r_nb)),
                 en_hi[lane].eq((lane < d0) & (k < r_nb)),
             ]
-        del lanes
         m.d.comb += [
             self.disk_wr_word.eq(r_dpos[lw:]),
             self.disk_wr_data.eq(_rotl_bytes(axi.rdata, rot, W)),
         ]
         with m.If(r_take & to_disk):
             m.d.comb += [self.disk_wr_en_lo.eq(en_lo), self.disk_wr_en_hi.eq(en_hi)]
-        sb_shift = Signal(range(SBUF_BYTES))
         for k in range(SBUF_BYTES):
             idx = Signal(range(SBUF_BYTES), name=f"sb_idx{k}")
             m.d.comb += idx.eq(k - r_dpos[:5] + r_lo)
-            lane_sel = Signal(8, name=f"sb_lane{k}")
-            m.d.comb += lane_sel.eq(axi.rdata.word_select(idx[:lw] if lw else 0, 8))
-            m.d.comb += self.sbuf_wdata[8 * k:8 * k + 8].eq(lane_sel)
+            m.d.comb += self.sbuf_wdata[8 * k:8 * k + 8].eq(axi.rdata.word_select(idx[:lw], 8))
             in_run = Signal(name=f"sb_in{k}")
             m.d.comb += in_run.eq((k >= r_dpos) & (k < r_dpos + r_nb))
             with m.If(r_take & ~to_disk):
                 m.d.comb += self.sbuf_we[k].eq(in_run)
-        del sb_shift
 
         # ---- Write beats (RAM disk or sbuf -> W channel) ---------------------------------------
         # S0 issues a disk read for the next beat; S1 rotates the data into memory lanes and
         # pushes the beat into a small FIFO that feeds the W channel.
-        FIFO_DEPTH = 4
-        m.submodules.wfifo = wfifo = SyncFIFO(width=8 * W + W + 1, depth=FIFO_DEPTH)
+        m.submodules.wfifo = wfifo = SyncFIFO(width=8 * W + W + 1, depth=W_FIFO_DEPTH)
         w_active = Signal()
         w_lo = Signal(range(W))
         w_left = Signal(range(B + 1))
         w_dpos = Signal(32)
+        w_disk = Signal()
         w_nb = Signal(range(W + 1))
         m.d.comb += w_nb.eq(Mux(w_left < W - w_lo, w_left, W - w_lo))
         s1_valid = Signal()
@@ -201,18 +210,23 @@ class DmaEngine(wiring.Component):
         s1_nb = Signal(range(W + 1))
         s1_dpos = Signal(32)
         s1_last = Signal()
+        s1_disk = Signal()
         issue = Signal()
-        m.d.comb += issue.eq(w_active & (wfifo.level + s1_valid < FIFO_DEPTH))
-        m.d.comb += self.disk_rd_word.eq(w_dpos[lw:])
+        w_last_issue = Signal()  # the burst's last beat enters S0 this cycle
+        m.d.comb += [
+            issue.eq(w_active & (wfifo.level + s1_valid < W_FIFO_DEPTH)),
+            w_last_issue.eq(issue & (w_left == w_nb)),
+            self.disk_rd_word.eq(w_dpos[lw:]),
+        ]
         m.d.sync += s1_valid.eq(issue)
         with m.If(issue):
             m.d.sync += [
-                s1_lo.eq(w_lo), s1_nb.eq(w_nb), s1_dpos.eq(w_dpos),
+                s1_lo.eq(w_lo), s1_nb.eq(w_nb), s1_dpos.eq(w_dpos), s1_disk.eq(w_disk),
                 s1_last.eq(w_left == w_nb),
                 w_dpos.eq(w_dpos + w_nb), w_left.eq(w_left - w_nb), w_lo.eq(0),
                 w_active.eq(w_left != w_nb),
             ]
-        s1_d0 = Signal(lw) if lw else Const(0)
+        s1_d0 = Signal(lw)
         m.d.comb += s1_d0.eq(s1_dpos[:lw])
         combined = Signal(8 * W)
         for lane in range(W):
@@ -224,7 +238,7 @@ class DmaEngine(wiring.Component):
         s1_data = Signal(8 * W)
         sb_rot = Signal(5)
         m.d.comb += sb_rot.eq(s1_dpos[:5] - s1_lo)
-        with m.If(to_disk):
+        with m.If(s1_disk):
             m.d.comb += s1_data.eq(_rotr_bytes(combined, s1_rot, W))
         with m.Else():
             m.d.comb += s1_data.eq(_rotr_bytes(self.sbuf, sb_rot, SBUF_BYTES)[:8 * W])
@@ -241,25 +255,73 @@ class DmaEngine(wiring.Component):
             wfifo.r_en.eq(axi.wready),
         ]
 
-        # ---- Control ----------------------------------------------------------------------------
-        stale = Signal()
-        with m.If(self.tbl_changed):
-            m.d.sync += stale.eq(1)
+        # ---- Posted write responses ------------------------------------------------------------
+        # Every accepted write address is remembered until its response, so that a failed
+        # write can be reported with its address when the ring engine drains.
+        m.submodules.bq = bq = SyncFIFO(width=64, depth=MAX_POSTED_WRITES)
+        aw_hs = Signal()
+        m.d.comb += [
+            aw_hs.eq(axi.awvalid & axi.awready),
+            axi.bready.eq(1),
+            bq.w_en.eq(aw_hs), bq.w_data.eq(b_addr),
+            bq.r_en.eq(axi.bvalid),
+        ]
+        werr = Signal()
+        werr_addr = Signal(64)
+        with m.If(axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr):
+            m.d.sync += [werr.eq(1), werr_addr.eq(bq.r_data)]
+        posted = Signal()  # some write response is outstanding
+        m.d.comb += posted.eq(bq.level != 0)
 
-        def finish_burst():
-            """After the last beat or the write response of the current burst."""
-            m.d.sync += [cur.eq(cur + b_n), rem.eq(rem - b_n), dpos.eq(dpos + b_n)]
-            with m.If(b_err):
-                m.d.sync += [fault.eq(spec.FAULT_BUS_ERROR), fault_addr.eq(b_addr)]
-                m.next = "DONE"
-            with m.Elif((rem == b_n) | self.abort):
-                m.next = "DONE"
-            with m.Elif(mode & (((cur + b_n)[:spec.PAGE_SHIFT] == 0) | stale
-                                | self.tbl_changed)):
-                m.next = "XLATE"
+        # ---- Translation requests -----------------------------------------------------------
+        xl_vaddr = Signal(64)
+        xl_wr = Signal()
+        xl_req = Signal()
+        m.d.comb += [self.xl_req_vaddr.eq(xl_vaddr), self.xl_req_valid.eq(xl_req),
+                     self.xl_req_write.eq(xl_wr)]
+
+        def request_lookup(vaddr, wr):
+            m.d.comb += [xl_vaddr.eq(vaddr), xl_req.eq(1), xl_wr.eq(wr)]
+            m.d.sync += [lookup.eq(1), lookup_stale.eq(self.tbl_changed)]
+
+        with m.If(self.tbl_changed):
+            m.d.sync += page_ok.eq(0)
+
+        # ---- Control ----------------------------------------------------------------------------
+        fault = Signal(4)
+        fault_addr = Signal(64)
+        m.d.comb += [self.fault.eq(fault), self.fault_addr.eq(fault_addr)]
+        with m.If(self.abort & ~posted):
+            m.d.sync += werr.eq(0)  # a reset forgets the responses of the old requests
+
+        def finish(cause=0, addr=0):
+            """The command ends this cycle."""
+            m.d.comb += [self.done.eq(1), fault.eq(cause), fault_addr.eq(addr)]
+            m.next = "IDLE"
+
+        def next_burst(n_done):
+            """The current burst has ended (reads) or been handed over (writes)."""
+            nxt = Signal(64, name="nxt_vaddr")
+            m.d.comb += nxt.eq(cur + n_done)
+            m.d.sync += [cur.eq(nxt), rem.eq(rem - n_done), dpos.eq(dpos + n_done),
+                         lookup.eq(0)]
+            with m.If((rem == n_done) | self.abort):
+                finish()
             with m.Else():
+                with m.If(mode & (nxt[:spec.PAGE_SHIFT] == 0)):
+                    request_lookup(nxt, write)  # the next page, in the burst's last cycle
                 m.next = "ADDR"
 
+        rd_inflight = Signal()
+        aw_pending = Signal()
+        aw_sent = Signal()
+        pipe_busy = Signal()
+        m.d.comb += [
+            pipe_busy.eq(posted | w_active | s1_valid | wfifo.r_rdy),
+            self.busy.eq(pipe_busy),
+            self.inflight.eq(bq.level + rd_inflight + aw_pending),
+            self.burst_done.eq(axi.bvalid | (axi.rvalid & axi.rready & axi.rlast)),
+        ]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd_ready.eq(1)
@@ -267,48 +329,58 @@ class DmaEngine(wiring.Component):
                     m.d.sync += [
                         write.eq(self.cmd_write), to_disk.eq(self.cmd_disk),
                         mode.eq(self.handle_mode), cur.eq(self.cmd_vaddr),
-                        rem.eq(self.cmd_len), dpos.eq(self.cmd_dpos), fault.eq(0),
+                        rem.eq(self.cmd_len), dpos.eq(self.cmd_dpos), lookup.eq(0),
                     ]
-                    with m.If(self.cmd_len == 0):
-                        m.next = "DONE"
-                    with m.Elif(self.handle_mode):
-                        m.next = "XLATE"
+                    with m.If(self.cmd_drain):
+                        m.next = "DRAIN"
+                    with m.Elif(self.cmd_len == 0):
+                        finish()
                     with m.Else():
+                        with m.If(self.handle_mode):
+                            request_lookup(self.cmd_vaddr, self.cmd_write)
                         m.next = "ADDR"
-            with m.State("XLATE"):
-                m.d.comb += [self.busy.eq(1), self.xl_req_valid.eq(1)]
-                m.d.sync += stale.eq(self.tbl_changed)  # the lookup reads the table as of now
-                m.next = "XCHECK"
+            with m.State("XLATE"):  # a lookup again: the table changed since the last one
+                m.d.comb += self.busy.eq(1)
                 with m.If(self.abort):
-                    m.next = "DONE"
-            with m.State("XCHECK"):
-                m.d.comb += [self.busy.eq(1), self.xlate.eq(1)]
-                with m.If(self.xl_resp_fault != 0):
-                    m.d.sync += [fault.eq(self.xl_resp_fault), fault_addr.eq(cur)]
-                    m.next = "DONE"
+                    finish()
                 with m.Else():
-                    m.d.sync += page.eq(self.xl_resp_paddr[spec.PAGE_SHIFT:])
+                    request_lookup(cur, write)
                     m.next = "ADDR"
             with m.State("ADDR"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [b_addr.eq(paddr_next), b_n.eq(n_next), arlen.eq(beats_m1),
-                             b_err.eq(0)]
-                with m.If(mode & (stale | self.tbl_changed)):
-                    m.next = "XLATE"  # the table changed since this page was translated
-                with m.Elif(write):
-                    m.d.sync += [w_active.eq(1), w_lo.eq(paddr_next[:lw]), w_left.eq(n_next),
-                                 w_dpos.eq(dpos)]
-                    m.next = "WADDR"
+                m.d.comb += [self.busy.eq(1), self.xlate.eq(lookup & mode)]
+                paddr = Signal(64)
+                m.d.comb += paddr.eq(Mux(mode, Cat(cur[:spec.PAGE_SHIFT],
+                                                   Mux(lookup, self.xl_resp_paddr[12:], page)),
+                                         cur))
+                m.d.sync += [b_addr.eq(paddr), b_n.eq(n_next), arlen.eq(beats_m1),
+                             b_err.eq(0), aw_sent.eq(0), lookup.eq(0)]
+                fresh = lookup & ~lookup_stale & ~self.tbl_changed
+                with m.If(self.abort):
+                    finish()
+                with m.Elif(mode & fresh & (self.xl_resp_fault != 0)):
+                    finish(self.xl_resp_fault, cur)
+                with m.Elif(mode & ~fresh & (lookup | ~page_ok | self.tbl_changed)):
+                    m.next = "XLATE"  # never issue a burst with a translation that is stale
                 with m.Else():
-                    m.d.sync += [r_lo.eq(paddr_next[:lw]), r_left.eq(n_next), r_dpos.eq(dpos)]
-                    m.next = "RADDR"
+                    with m.If(lookup):
+                        m.d.sync += [page.eq(self.xl_resp_paddr[12:]), page_ok.eq(1)]
+                    with m.If(write & (bq.level == MAX_POSTED_WRITES)):
+                        m.next = "ADDR"  # wait for a response slot (the lookup is kept)
+                    with m.Elif(~write & posted):
+                        m.next = "ADDR"  # reads are ordered after every posted write
+                    with m.Elif(write):
+                        m.d.sync += [w_active.eq(1), w_lo.eq(cur[:lw]), w_left.eq(n_next),
+                                     w_dpos.eq(dpos), w_disk.eq(to_disk)]
+                        m.next = "WADDR"
+                    with m.Else():
+                        m.d.sync += [r_lo.eq(cur[:lw]), r_left.eq(n_next), r_dpos.eq(dpos)]
+                        m.next = "RADDR"
             with m.State("RADDR"):
-                m.d.comb += [self.busy.eq(1), axi.arvalid.eq(1), self.burst_inflight.eq(1)]
+                m.d.comb += [self.busy.eq(1), axi.arvalid.eq(1), rd_inflight.eq(1)]
                 with m.If(axi.arready):
                     m.next = "RDATA"
             with m.State("RDATA"):
-                m.d.comb += [self.busy.eq(1), axi.rready.eq(1), self.burst_inflight.eq(1),
-                             self.burst_done.eq(axi.rvalid & axi.rlast)]
+                m.d.comb += [self.busy.eq(1), axi.rready.eq(1), rd_inflight.eq(1)]
                 with m.If(axi.rvalid):
                     ok = axi.rresp == RESP_OKAY
                     m.d.comb += r_take.eq(ok & ~b_err)
@@ -316,26 +388,26 @@ class DmaEngine(wiring.Component):
                     with m.If(~ok):
                         m.d.sync += b_err.eq(1)
                     with m.If(axi.rlast):
-                        with m.If(~ok):
-                            m.d.sync += [fault.eq(spec.FAULT_BUS_ERROR), fault_addr.eq(b_addr)]
-                            m.d.sync += [cur.eq(cur + b_n), rem.eq(rem - b_n)]
-                            m.next = "DONE"
+                        with m.If(~ok | b_err):
+                            finish(spec.FAULT_BUS_ERROR, b_addr)
                         with m.Else():
-                            finish_burst()
+                            next_burst(b_n)
             with m.State("WADDR"):
-                m.d.comb += [self.busy.eq(1), axi.awvalid.eq(1), self.burst_inflight.eq(1)]
+                # The address and the beats of a burst go out side by side; the burst is
+                # handed over once both are (its response is collected in the background).
+                m.d.comb += [self.busy.eq(1), axi.awvalid.eq(~aw_sent),
+                             aw_pending.eq(~aw_sent)]
+                aw_done = aw_sent | axi.awready
                 with m.If(axi.awready):
-                    m.next = "WRESP"
-            with m.State("WRESP"):
-                m.d.comb += [self.busy.eq(1), axi.bready.eq(1), self.burst_inflight.eq(1),
-                             self.burst_done.eq(axi.bvalid)]
-                with m.If(axi.bvalid):
-                    with m.If(axi.bresp != RESP_OKAY):
-                        m.d.sync += [fault.eq(spec.FAULT_BUS_ERROR), fault_addr.eq(b_addr)]
-                        m.next = "DONE"
+                    m.d.sync += aw_sent.eq(1)
+                with m.If(aw_done & (w_last_issue | ~w_active)):
+                    next_burst(b_n)
+            with m.State("DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(~pipe_busy):
+                    m.d.sync += werr.eq(0)
+                    with m.If(werr):
+                        finish(spec.FAULT_BUS_ERROR, werr_addr)
                     with m.Else():
-                        finish_burst()
-            with m.State("DONE"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
-                m.next = "IDLE"
+                        finish()
         return m

@@ -4,8 +4,13 @@ Implements ``docs/architecture.md`` ("Ring engine") step by step: queue check, p
 ring, chain walk (pass 1, into a descriptor cache), then header, data, status, used element and
 used index (pass 2). Every memory access is a command to the :class:`~rtl.dma.DmaEngine`, so every
 access is translated. A fault stops the engine until the driver resets the device.
-"""
 
+Cycle by cycle (``docs/timing.md``): a state that issues a command does so in the cycle right
+after the previous command's ``done``, computing the address from what that command returned;
+writes are posted and drained twice per request, before the used element (so that a failed data
+or status write never gets a used element) and after the used index (so that the interrupt
+follows the used index).
+"""
 
 from contextlib import contextmanager
 
@@ -53,7 +58,7 @@ class RingEngine(wiring.Component):
             "used_irq": Out(1), "completed": Out(1),
             "fault": Out(1), "fault_cause": Out(4), "fault_addr": Out(64),
             # DMA commands
-            "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_write": Out(1),
+            "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_write": Out(1), "cmd_drain": Out(1),
             "cmd_vaddr": Out(64), "cmd_len": Out(32), "cmd_disk": Out(1), "cmd_dpos": Out(32),
             "dma_done": In(1), "dma_fault": In(4), "dma_fault_addr": In(64), "dma_busy": In(1),
             "sbuf": Out(8 * SBUF_BYTES), "sbuf_we": In(SBUF_BYTES),
@@ -66,8 +71,8 @@ class RingEngine(wiring.Component):
         cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
 
         m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
-        cache_rd = cache.read_port()
         cache_wr = cache.write_port()
+        cache_rd = cache.read_port(transparent_for=(cache_wr,))
 
         # Scratch buffer shared with the DMA engine.
         sbuf = Signal(8 * SBUF_BYTES)
@@ -95,6 +100,7 @@ class RingEngine(wiring.Component):
         status_addr = Signal(64)
         # pass 2
         k = Signal(range(qmax + 1))
+        rd_addr = Signal(range(qmax + 1))  # the descriptor the cache shows next cycle
         off = Signal(32)
         got = Signal(5)
         take = Signal(32)
@@ -105,15 +111,17 @@ class RingEngine(wiring.Component):
         dir_write = Signal()
         blk_status = Signal(8)
         written = Signal(32)
-        ent = Signal(CachedDesc)
         f_cause = Signal(4)
         f_addr = Signal(64)
 
         m.d.comb += [
-            cache_rd.addr.eq(k),
+            rd_addr.eq(k),
+            cache_rd.addr.eq(rd_addr),
             self.fault_cause.eq(f_cause),
             self.fault_addr.eq(f_addr),
+            self.abort.eq(abort),
         ]
+        ent = cache_rd.data
 
         n = self.queue_num
         desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
@@ -131,23 +139,31 @@ class RingEngine(wiring.Component):
                     m.d.sync += abort.eq(0)
                     m.next = "IDLE"
 
-        def dma(name, *, write, vaddr, length, disk=0, dpos=0, then):
-            """Two states: issue the command, then wait for its end."""
-            with state(name):
-                m.d.comb += [
-                    self.cmd_valid.eq(~abort), self.cmd_write.eq(write),
-                    self.cmd_vaddr.eq(vaddr), self.cmd_len.eq(length),
-                    self.cmd_disk.eq(disk), self.cmd_dpos.eq(dpos),
-                ]
-                with m.If(self.cmd_ready & ~abort):
-                    m.next = f"{name}_WAIT"
-            with state(f"{name}_WAIT"), m.If(self.dma_done):
+        def issue(wait_state, *, write=0, vaddr=0, length=0, disk=0, dpos=0, drain=0):
+            """Hand a command to the DMA engine (idle in every state that calls this)."""
+            m.d.comb += [
+                self.cmd_valid.eq(~abort), self.cmd_write.eq(write), self.cmd_drain.eq(drain),
+                self.cmd_vaddr.eq(vaddr), self.cmd_len.eq(length),
+                self.cmd_disk.eq(disk), self.cmd_dpos.eq(dpos),
+            ]
+            m.next = wait_state
+
+        def wait(name, then):
+            """Wait for the command's end; a DMA fault becomes the engine's fault."""
+            with state(name), m.If(self.dma_done):
                 with m.If(self.dma_fault != 0):
                     fault(self.dma_fault, self.dma_fault_addr)
                 with m.Else():
                     then()
 
-        m.d.comb += self.abort.eq(abort)
+        def goto(name):
+            return lambda: setattr(m, "next", name)
+
+        def issue_head():
+            slot = Signal(16, name="ring_slot")
+            m.d.comb += slot.eq(last_avail & qmask)
+            issue("HEAD_WAIT", vaddr=self.queue_avail + 4 + (slot << 1), length=2)
+
         with m.FSM():
             with state("IDLE"):
                 m.d.comb += self.idle.eq(~abort)
@@ -155,6 +171,7 @@ class RingEngine(wiring.Component):
                     m.d.sync += kick.eq(0)
                     m.next = "QCHECK"
 
+            # ---- step 1 and 2: queue check and poll --------------------------------------------
             with state("QCHECK"):
                 num_ok = (n != 0) & ((n & (n - 1)) == 0) & (n <= qmax)
                 m.d.sync += qmask.eq(n - 1)
@@ -167,56 +184,54 @@ class RingEngine(wiring.Component):
                 with m.Elif(self.queue_used[:2] != 0):
                     fault(spec.FAULT_BAD_RING, self.queue_used)
                 with m.Else():
-                    m.next = "POLL"
-
-            def after_poll():
-                m.d.sync += [avail_flags.eq(sbuf[:16]), avail_idx.eq(sbuf[16:32])]
-                m.next = "POLL_CHECK"
-            dma("POLL", write=0, vaddr=self.queue_avail, length=4, then=after_poll)
+                    issue("POLL_WAIT", vaddr=self.queue_avail, length=4)
+            wait("POLL_WAIT", goto("POLL_CHECK"))
 
             with state("POLL_CHECK"):
                 pending = Signal(16)
-                m.d.comb += pending.eq(avail_idx - last_avail)
+                m.d.comb += pending.eq(sbuf[16:32] - last_avail)
+                m.d.sync += [avail_flags.eq(sbuf[:16]), avail_idx.eq(sbuf[16:32])]
                 with m.If(pending > n):
-                    fault(spec.FAULT_BAD_RING, avail_idx)
+                    fault(spec.FAULT_BAD_RING, sbuf[16:32])
                 with m.Elif(pending == 0):
                     m.next = "IDLE"
                 with m.Else():
-                    m.next = "HEAD"
+                    issue_head()
 
-            def after_head():
+            # ---- step 3.1 and 3.2: head, then walk and check the chain ------------------------
+            with state("HEAD"):
+                issue_head()
+            wait("HEAD_WAIT", goto("DESC_FIRST"))
+
+            with state("DESC_FIRST"):
+                first = sbuf[:16]
                 m.d.sync += [
-                    head.eq(sbuf[:16]), idx.eq(sbuf[:16]), count.eq(0), n_readable.eq(0),
+                    head.eq(first), idx.eq(first), count.eq(0), n_readable.eq(0),
                     seen_write.eq(0), total.eq(0), r_bytes.eq(0), w_bytes.eq(0),
                 ]
-                m.next = "WALK"
-            ring_slot = Signal(16)
-            m.d.comb += ring_slot.eq(last_avail & qmask)
-            dma("HEAD", write=0, vaddr=self.queue_avail + 4 + (ring_slot << 1), length=2,
-                then=after_head)
-
-            # ---- pass 1: walk and check the chain --------------------------
-            with state("WALK"):
-                with m.If(idx >= n):
-                    fault(spec.FAULT_BAD_CHAIN, idx)
-                with m.Elif(count == n):
-                    fault(spec.FAULT_BAD_CHAIN, idx)
+                with m.If(first >= n):
+                    fault(spec.FAULT_BAD_CHAIN, first)
                 with m.Else():
-                    m.next = "DESC"
-
-            dma("DESC", write=0, vaddr=self.queue_desc + (idx << 4), length=16,
-                then=lambda: setattr(m, "next", "DESC_CHECK"))
+                    issue("DESC_WAIT", vaddr=self.queue_desc + (first << 4), length=16)
+            wait("DESC_WAIT", goto("DESC_CHECK"))
 
             with state("DESC_CHECK"):
                 d_write = desc_f.flags[1]
                 end = Signal(65)
                 new_total = Signal(34)
-                m.d.comb += [end.eq(desc_f.addr + desc_f.len),
-                             new_total.eq(total + desc_f.len)]
+                new_r = Signal(33)
+                new_w = Signal(33)
+                m.d.comb += [
+                    end.eq(desc_f.addr + desc_f.len),
+                    new_total.eq(total + desc_f.len),
+                    new_r.eq(Mux(d_write, r_bytes, r_bytes + desc_f.len)),
+                    new_w.eq(Mux(d_write, w_bytes + desc_f.len, w_bytes)),
+                ]
                 bad = ((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
                        | (~d_write & seen_write)
                        | (end[64] & (end[:64] != 0))
                        | (new_total > 0xFFFF_FFFF))
+                nxt = desc_f.next
                 with m.If(bad):
                     fault(spec.FAULT_BAD_CHAIN, idx)
                 with m.Else():
@@ -225,40 +240,39 @@ class RingEngine(wiring.Component):
                         cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
                         cache_wr.data.write.eq(d_write),
                     ]
-                    m.d.sync += [count.eq(count + 1), total.eq(new_total)]
-                    with m.If(d_write):
-                        m.d.sync += [w_bytes.eq(w_bytes + desc_f.len), seen_write.eq(1)]
-                    with m.Else():
-                        m.d.sync += [r_bytes.eq(r_bytes + desc_f.len),
-                                     n_readable.eq(n_readable + 1)]
+                    m.d.sync += [count.eq(count + 1), total.eq(new_total), r_bytes.eq(new_r),
+                                 w_bytes.eq(new_w), seen_write.eq(seen_write | d_write)]
+                    with m.If(~d_write):
+                        m.d.sync += n_readable.eq(n_readable + 1)
                     with m.If(desc_f.len != 0):
                         m.d.sync += status_addr.eq(desc_f.addr + desc_f.len - 1)
                     with m.If(desc_f.flags[0]):  # NEXT
-                        m.d.sync += idx.eq(desc_f.next)
-                        m.next = "WALK"
+                        with m.If(nxt >= n):
+                            fault(spec.FAULT_BAD_CHAIN, nxt)
+                        with m.Elif(count + 1 == n):  # the next one would be number N + 1
+                            fault(spec.FAULT_BAD_CHAIN, nxt)
+                        with m.Else():
+                            m.d.sync += idx.eq(nxt)
+                            issue("DESC_WAIT", vaddr=self.queue_desc + (nxt << 4), length=16)
+                    # step 3.3: request framing
+                    with m.Elif((new_r < spec.BLK_HEADER_BYTES) | (new_w == 0)):
+                        fault(spec.FAULT_BAD_REQUEST, head)
                     with m.Else():
-                        m.next = "FRAME"
+                        m.d.sync += [k.eq(0), got.eq(0)]
+                        m.d.comb += rd_addr.eq(0)
+                        m.next = "HDR_PIECE"
 
-            with state("FRAME"):
-                with m.If((r_bytes < spec.BLK_HEADER_BYTES) | (w_bytes == 0)):
-                    fault(spec.FAULT_BAD_REQUEST, head)
-                with m.Else():
-                    m.d.sync += [k.eq(0), got.eq(0)]
-                    m.next = "HDR_READ"
-
-            # ---- pass 2: header --------------------------
-            with state("HDR_READ"):  # cache read address is k
-                m.next = "HDR_SELECT"
-            with state("HDR_SELECT"):
+            # ---- step 3.4: header --------------------------------------------------------------
+            with state("HDR_PIECE"):  # the cache shows descriptor k
                 need = Signal(5)
                 m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
-                m.d.sync += [ent.eq(cache_rd.data),
-                             take.eq(Mux(cache_rd.data.len < need, cache_rd.data.len, need))]
-                with m.If(cache_rd.data.len == 0):
+                piece = Mux(ent.len < need, ent.len, need)
+                m.d.sync += take.eq(piece)
+                with m.If(ent.len == 0):
                     m.d.sync += k.eq(k + 1)
-                    m.next = "HDR_READ"
+                    m.d.comb += rd_addr.eq(k + 1)
                 with m.Else():
-                    m.next = "HDR"
+                    issue("HDR_WAIT", vaddr=ent.addr, length=piece, dpos=got)
 
             def after_hdr_piece():
                 m.d.sync += got.eq(got + take)
@@ -270,10 +284,11 @@ class RingEngine(wiring.Component):
                     m.next = "DECODE"
                 with m.Else():
                     m.d.sync += k.eq(k + 1)
-                    m.next = "HDR_READ"
-            dma("HDR", write=0, vaddr=ent.addr, length=take, dpos=got, then=after_hdr_piece)
+                    m.d.comb += rd_addr.eq(k + 1)
+                    m.next = "HDR_PIECE"
+            wait("HDR_WAIT", after_hdr_piece)
 
-            # ---- decode --------------------------
+            # ---- step 3.5: decode and data -----------------------------------------------------
             with state("DECODE"):
                 req_type = sbuf[:32]
                 sector = sbuf[64:128]
@@ -285,91 +300,97 @@ class RingEngine(wiring.Component):
                     return ((d[:9] == 0) & (sector <= cap_sectors)
                             & (d <= self._disk_bytes - (sector[:32] << 9)))
 
+                def data_phase(nbytes, *, first_k, disk, write):
+                    m.d.sync += [goal.eq(nbytes), to_disk.eq(disk), dir_write.eq(write)]
+                    m.d.comb += rd_addr.eq(first_k)
+                    m.d.sync += k.eq(first_k)
+                    with m.If(nbytes == 0):
+                        m.next = "STATUS"
+                    with m.Else():
+                        m.next = "DATA_PIECE"
+
                 m.d.sync += [
                     blk_status.eq(spec.VIRTIO_BLK_S_OK), written.eq(0), moved.eq(0),
-                    disk_base.eq(sector[:32] << 9), off.eq(0),
+                    disk_base.eq(sector[:32] << 9),
                 ]
                 with m.Switch(req_type):
                     with m.Case(spec.VIRTIO_BLK_T_IN):
                         with m.If(in_range(d_in)):
-                            m.d.sync += [written.eq(d_in), goal.eq(d_in), to_disk.eq(1),
-                                         dir_write.eq(1), k.eq(n_readable)]
-                            m.next = "DATA_READ"
+                            m.d.sync += [written.eq(d_in), off.eq(0)]
+                            data_phase(d_in, first_k=n_readable, disk=1, write=1)
                         with m.Else():
                             m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
                             m.next = "STATUS"
                     with m.Case(spec.VIRTIO_BLK_T_OUT):
                         with m.If(in_range(d_out)):
                             # continue after the header: keep k and off
-                            m.d.sync += [goal.eq(d_out), to_disk.eq(1), dir_write.eq(0),
-                                         off.eq(off)]
-                            m.next = "DATA_READ"
+                            data_phase(d_out, first_k=k, disk=1, write=0)
                         with m.Else():
                             m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
                             m.next = "STATUS"
                     with m.Case(spec.VIRTIO_BLK_T_FLUSH):
                         m.next = "STATUS"
                     with m.Case(spec.VIRTIO_BLK_T_GET_ID):
-                        n_id = Mux(d_in < spec.VIRTIO_BLK_ID_BYTES, d_in,
-                                   spec.VIRTIO_BLK_ID_BYTES)
+                        n_id = Signal(33)
+                        m.d.comb += n_id.eq(Mux(d_in < spec.VIRTIO_BLK_ID_BYTES, d_in,
+                                                spec.VIRTIO_BLK_ID_BYTES))
                         m.d.sync += [
-                            written.eq(n_id), goal.eq(n_id), to_disk.eq(0), dir_write.eq(1),
-                            k.eq(n_readable),
+                            written.eq(n_id), off.eq(0),
                             sbuf[:8 * spec.VIRTIO_BLK_ID_BYTES].eq(
                                 int.from_bytes(spec.DEVICE_SERIAL, "little")),
                         ]
-                        m.next = "DATA_READ"
+                        data_phase(n_id, first_k=n_readable, disk=0, write=1)
                     with m.Default():
                         m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
                         m.next = "STATUS"
 
-            # ---- pass 2: data --------------------------
-            with state("DATA_READ"):  # cache read address is k
-                with m.If(moved == goal):
-                    m.next = "STATUS"
-                with m.Else():
-                    m.next = "DATA_SELECT"
-            with state("DATA_SELECT"):
+            with state("DATA_PIECE"):  # the cache shows descriptor k; moved < goal
                 left_in_desc = Signal(32)
                 left_in_goal = Signal(32)
-                m.d.comb += [left_in_desc.eq(cache_rd.data.len - off),
-                             left_in_goal.eq(goal - moved)]
-                m.d.sync += [
-                    ent.eq(cache_rd.data),
-                    take.eq(Mux(left_in_desc < left_in_goal, left_in_desc, left_in_goal)),
-                ]
+                m.d.comb += [left_in_desc.eq(ent.len - off), left_in_goal.eq(goal - moved)]
+                piece = Mux(left_in_desc < left_in_goal, left_in_desc, left_in_goal)
+                m.d.sync += take.eq(piece)
                 with m.If(left_in_desc == 0):
                     m.d.sync += [k.eq(k + 1), off.eq(0)]
-                    m.next = "DATA_READ"
+                    m.d.comb += rd_addr.eq(k + 1)
                 with m.Else():
-                    m.next = "DATA"
+                    issue("DATA_WAIT", write=dir_write, vaddr=ent.addr + off, length=piece,
+                          disk=to_disk, dpos=Mux(to_disk, disk_base + moved, moved))
 
             def after_data_piece():
                 m.d.sync += [moved.eq(moved + take), k.eq(k + 1), off.eq(0)]
-                m.next = "DATA_READ"
-            dma("DATA", write=dir_write, vaddr=ent.addr + off, length=take, disk=to_disk,
-                dpos=Mux(to_disk, disk_base + moved, moved), then=after_data_piece)
+                m.d.comb += rd_addr.eq(k + 1)
+                with m.If(moved + take == goal):
+                    m.next = "STATUS"
+                with m.Else():
+                    m.next = "DATA_PIECE"
+            wait("DATA_WAIT", after_data_piece)
 
-            # ---- completion --------------------------
+            # ---- steps 3.6 to 3.9: status, used element, used index -------------------------
             with state("STATUS"):
                 m.d.sync += sbuf[:8].eq(blk_status)
-                m.next = "STATUS_WRITE"
-            dma("STATUS_WRITE", write=1, vaddr=status_addr, length=1,
-                then=lambda: setattr(m, "next", "USED"))
+                issue("STATUS_WAIT", write=1, vaddr=status_addr, length=1)
+            wait("STATUS_WAIT", goto("DRAIN_DATA"))
+            with state("DRAIN_DATA"):  # no used element for data that did not arrive
+                issue("DRAIN_DATA_WAIT", drain=1)
+            wait("DRAIN_DATA_WAIT", goto("USED"))
 
             with state("USED"):
                 m.d.sync += sbuf[:64].eq(Cat(head, Const(0, 16), written + 1))
-                m.next = "USED_WRITE"
-            used_slot = Signal(16)
-            m.d.comb += used_slot.eq(used_idx & qmask)
-            dma("USED_WRITE", write=1, vaddr=self.queue_used + 4 + (used_slot << 3), length=8,
-                then=lambda: setattr(m, "next", "USED_IDX"))
+                used_slot = Signal(16)
+                m.d.comb += used_slot.eq(used_idx & qmask)
+                issue("USED_WAIT", write=1, vaddr=self.queue_used + 4 + (used_slot << 3),
+                      length=8)
+            wait("USED_WAIT", goto("USED_IDX"))
 
             with state("USED_IDX"):
                 m.d.sync += sbuf[:16].eq(used_idx + 1)
-                m.next = "USED_IDX_WRITE"
+                issue("USED_IDX_WAIT", write=1, vaddr=self.queue_used + 2, length=2)
+            wait("USED_IDX_WAIT", goto("DRAIN_USED"))
+            with state("DRAIN_USED"):  # the interrupt follows the used index
+                issue("DRAIN_USED_WAIT", drain=1)
 
-            def after_used_idx():
+            def after_used():
                 m.d.sync += [used_idx.eq(used_idx + 1), last_avail.eq(last_avail + 1)]
                 m.d.comb += [self.completed.eq(1),
                              self.used_irq.eq(~avail_flags[0])]  # VIRTQ_AVAIL_F_NO_INTERRUPT
@@ -377,8 +398,7 @@ class RingEngine(wiring.Component):
                     m.next = "QCHECK"
                 with m.Else():
                     m.next = "HEAD"
-            dma("USED_IDX_WRITE", write=1, vaddr=self.queue_used + 2, length=2,
-                then=after_used_idx)
+            wait("DRAIN_USED_WAIT", after_used)
 
             with state("FAULT"):
                 m.d.comb += self.fault.eq(1)

@@ -39,9 +39,10 @@ class PrivilegedRegs(wiring.Component):
         HV_FAULT_STATUS.
     xlate, completed : In
         Statistics pulses.
-    burst_inflight, burst_done : In
-        A bus transaction (whose translation predates anything written now) is in flight; it
-        has completed. They complete an HV_SYNC barrier.
+    inflight, burst_done : In
+        Bus transactions in flight (their translations predate anything written now); one
+        completes this cycle (completions come in issue order). They complete an HV_SYNC
+        barrier.
     tbl_changed : Out
         A write that can change a translation (table entry, mode, domain): the DMA engine
         translates again before its next burst.
@@ -64,7 +65,7 @@ class PrivilegedRegs(wiring.Component):
             "fault_addr": In(64),
             "xlate": In(1),
             "completed": In(1),
-            "burst_inflight": In(1),
+            "inflight": In(range(16)),
             "burst_done": In(1),
             "tbl_changed": Out(1),
         })
@@ -104,13 +105,16 @@ class PrivilegedRegs(wiring.Component):
             with m.Else():
                 m.d.comb += self.tbl_wen.eq(bus.w_strb)
 
-        # HV_SYNC: a write starts a barrier that waits for the transaction in flight, if any
-        # (the DMA engine has at most one, and it re-translates after any table change).
-        sync_pending = Signal()
-        with m.If(self.burst_done):
-            m.d.sync += sync_pending.eq(0)
+        # HV_SYNC: a write starts a barrier that waits for the transactions in flight at that
+        # moment (completions come in issue order, so counting them down is enough; the DMA
+        # engine translates again before any burst issued after a table change).
+        sync_count = Signal(range(16))
+        with m.If(self.burst_done & (sync_count != 0)):
+            m.d.sync += sync_count.eq(sync_count - 1)
         with m.If(bus.w_en & (offset == spec.HV_SYNC)):
-            m.d.sync += sync_pending.eq(self.burst_inflight & ~self.burst_done)
+            m.d.sync += sync_count.eq(self.inflight - self.burst_done)
+        sync_pending = Signal()
+        m.d.comb += sync_pending.eq(sync_count != 0)
         m.d.comb += self.tbl_changed.eq(
             bus.w_en & (in_table | (offset == spec.HV_CTRL) | (offset == spec.HV_DOMID)))
 

@@ -230,9 +230,11 @@ def test_hv_registers():
         before = h.read(off)
         h.write(off, 0xAAAA)
         assert h.read(off) == before
-    for off in (0x024, 0x048, 0x100, 0xFFC, spec.HV_GRANT_BASE + 8 * 64, 0x8000):
+    for off in (0x028, 0x048, 0x100, 0xFFC, spec.HV_GRANT_BASE + 8 * 64, 0x8000):
         h.write(off, 0xFFFF_FFFF)
         assert h.read(off) == 0
+    h.write(spec.HV_SYNC, 1)  # the model has nothing in flight: the barrier is complete
+    assert h.read(spec.HV_SYNC) == 1
 
 
 def test_hv_grant_words_and_strobes():
