@@ -75,9 +75,10 @@ class DmaEngine(wiring.Component):
         Pulses once per table lookup (statistics).
     abort : In
         Device reset: end the command at the next burst boundary (no further burst starts).
-    tbl_changed : In
-        The grant table, mode or domain was written: translations made before are stale and
-        are looked up again before the next burst (grant revocation, ``HV_SYNC``).
+    tbl_changed, tbl_ref, cfg_changed : In
+        Grant entry ``tbl_ref`` was written; the mode or the domain was written. A translation
+        that may have changed is looked up again before the next burst (grant revocation,
+        ``HV_SYNC``).
     inflight, burst_done : Out
         Number of bus transactions issued (or being issued) and not completed; one of them
         completes this cycle. Completions come in issue order.
@@ -94,6 +95,8 @@ class DmaEngine(wiring.Component):
             "handle_mode": In(1),
             "abort": In(1),
             "tbl_changed": In(1),
+            "tbl_ref": In(51),
+            "cfg_changed": In(1),
             "inflight": Out(range(MAX_POSTED_WRITES + 3)),
             "burst_done": Out(1),
             "cmd_valid": In(1), "cmd_ready": Out(1), "cmd_write": In(1), "cmd_drain": In(1),
@@ -128,9 +131,11 @@ class DmaEngine(wiring.Component):
         rem = Signal(32)
         dpos = Signal(32)
         page = Signal(52)  # physical page number of the current page (handle mode)
-        page_ok = Signal()  # `page` holds a translation made after the last table change
+        page_ok = Signal()  # `page` holds a translation made after the last change to it
+        page_ref = Signal(51)  # the grant reference `page` was translated from
         lookup = Signal()  # a table lookup answers in this ADDR cycle
-        lookup_stale = Signal()  # ... but the table changed in the cycle it was made
+        lookup_ref = Signal(51)  # ... for this reference
+        lookup_stale = Signal()  # ... but its entry changed in the cycle it was made
         # Current burst
         b_addr = Signal(64)
         b_n = Signal(range(B + 1))
@@ -280,11 +285,16 @@ class DmaEngine(wiring.Component):
         m.d.comb += [self.xl_req_vaddr.eq(xl_vaddr), self.xl_req_valid.eq(xl_req),
                      self.xl_req_write.eq(xl_wr)]
 
-        def request_lookup(vaddr, wr):
-            m.d.comb += [xl_vaddr.eq(vaddr), xl_req.eq(1), xl_wr.eq(wr)]
-            m.d.sync += [lookup.eq(1), lookup_stale.eq(self.tbl_changed)]
+        def changed(ref):
+            """A write this cycle may change the translation of grant reference ``ref``."""
+            return self.cfg_changed | (self.tbl_changed & (self.tbl_ref == ref))
 
-        with m.If(self.tbl_changed):
+        def request_lookup(vaddr, wr):
+            ref = vaddr[spec.PAGE_SHIFT:63]
+            m.d.comb += [xl_vaddr.eq(vaddr), xl_req.eq(1), xl_wr.eq(wr)]
+            m.d.sync += [lookup.eq(1), lookup_ref.eq(ref), lookup_stale.eq(changed(ref))]
+
+        with m.If(changed(page_ref)):
             m.d.sync += page_ok.eq(0)
 
         # ---- Control ----------------------------------------------------------------------------
@@ -354,16 +364,17 @@ class DmaEngine(wiring.Component):
                                          cur))
                 m.d.sync += [b_addr.eq(paddr), b_n.eq(n_next), arlen.eq(beats_m1),
                              b_err.eq(0), aw_sent.eq(0), lookup.eq(0)]
-                fresh = lookup & ~lookup_stale & ~self.tbl_changed
+                fresh = lookup & ~lookup_stale & ~changed(lookup_ref)
                 with m.If(self.abort):
                     finish()
                 with m.Elif(mode & fresh & (self.xl_resp_fault != 0)):
                     finish(self.xl_resp_fault, cur)
-                with m.Elif(mode & ~fresh & (lookup | ~page_ok | self.tbl_changed)):
+                with m.Elif(mode & ~fresh & (lookup | ~page_ok | changed(page_ref))):
                     m.next = "XLATE"  # never issue a burst with a translation that is stale
                 with m.Else():
                     with m.If(lookup):
-                        m.d.sync += [page.eq(self.xl_resp_paddr[12:]), page_ok.eq(1)]
+                        m.d.sync += [page.eq(self.xl_resp_paddr[12:]), page_ok.eq(1),
+                                     page_ref.eq(lookup_ref)]
                     with m.If(write & (bq.level == MAX_POSTED_WRITES)):
                         m.next = "ADDR"  # wait for a response slot (the lookup is kept)
                     with m.Elif(~write & posted):

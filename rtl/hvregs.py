@@ -43,9 +43,9 @@ class PrivilegedRegs(wiring.Component):
         Bus transactions in flight (their translations predate anything written now); one
         completes this cycle (completions come in issue order). They complete an HV_SYNC
         barrier.
-    tbl_changed : Out
-        A write that can change a translation (table entry, mode, domain): the DMA engine
-        translates again before its next burst.
+    tbl_changed, tbl_ref, cfg_changed : Out
+        A write to grant entry ``tbl_ref``; a write to the mode or the domain. The DMA engine
+        looks a page up again before its next burst if its translation may have changed.
     """
 
     def __init__(self, *, entries: int = spec.DEFAULT_ENTRIES):
@@ -68,6 +68,8 @@ class PrivilegedRegs(wiring.Component):
             "inflight": In(range(16)),
             "burst_done": In(1),
             "tbl_changed": Out(1),
+            "tbl_ref": Out(self._ref_bits),
+            "cfg_changed": Out(1),
         })
 
     @property
@@ -115,8 +117,12 @@ class PrivilegedRegs(wiring.Component):
             m.d.sync += sync_count.eq(self.inflight - self.burst_done)
         sync_pending = Signal()
         m.d.comb += sync_pending.eq(sync_count != 0)
-        m.d.comb += self.tbl_changed.eq(
-            bus.w_en & (in_table | (offset == spec.HV_CTRL) | (offset == spec.HV_DOMID)))
+        m.d.comb += [
+            self.tbl_changed.eq(bus.w_en & in_table),
+            self.tbl_ref.eq(ref),
+            self.cfg_changed.eq(bus.w_en & ((offset == spec.HV_CTRL)
+                                            | (offset == spec.HV_DOMID))),
+        ]
 
         with m.If(self.xlate):
             m.d.sync += stat_xlate.eq(stat_xlate + 1)

@@ -108,6 +108,8 @@ class VirtioBlkHandle(wiring.Component):
             hv.inflight.eq(dma.inflight),
             hv.burst_done.eq(dma.burst_done),
             dma.tbl_changed.eq(hv.tbl_changed),
+            dma.tbl_ref.eq(hv.tbl_ref),
+            dma.cfg_changed.eq(hv.cfg_changed),
             # ring engine to DMA
             dma.cmd_valid.eq(engine.cmd_valid),
             engine.cmd_ready.eq(dma.cmd_ready),

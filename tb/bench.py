@@ -16,6 +16,7 @@ from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
 
 from models.memory import GuestMemory
 
+from .detmem import DeterministicMemory
 from .isolation import IsolationChecker
 from .memory import BusErrorPages, MemoryTarget
 from .monitor import AxiMonitor
@@ -58,7 +59,8 @@ class DeviceBench:
     data_width : the DUT's ``m_axi`` width
     """
 
-    def __init__(self, dut, *, mem_bytes: int = 1 << 22, data_width: int = 64):
+    def __init__(self, dut, *, mem_bytes: int = 1 << 22, data_width: int = 64,
+                 mem_latency: int | None = None):
         self.dut = dut
         self.log = logging.getLogger("cocotb.bench")
         self.data_width = data_width
@@ -76,8 +78,13 @@ class DeviceBench:
         self.guest_master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk,
                                           dut.rst)
         self.hv_master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_hv_"), dut.clk, dut.rst)
-        self.axi = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst,
-                            target=MemoryTarget(self.mem, self.errors))
+        if mem_latency is None:  # cocotbext-axi's memory model, with optional random pauses
+            self.axi = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst,
+                                target=MemoryTarget(self.mem, self.errors))
+        else:  # fixed latency, no backpressure: the cycle-exact benches
+            self.axi = None
+            self.detmem = DeterministicMemory(dut, self.mem, self.errors, latency=mem_latency,
+                                              data_width=data_width)
         for prefix in ("m_axi_", "s_axil_", "s_hv_"):  # the bus models log every burst at INFO
             logging.getLogger(f"cocotb.{dut._name}.{prefix}").setLevel(logging.WARNING)
         self.isolation = IsolationChecker()
@@ -89,6 +96,10 @@ class DeviceBench:
     # -- stimulus knobs ---------------------------------------------------------------------------
     def set_memory_timing(self, seed: int | None, probability: float = 0.3) -> None:
         """Random memory latency and backpressure on every ``m_axi`` channel (None: none)."""
+        if self.axi is None:
+            if seed is not None:
+                raise ValueError("random memory timing needs the cocotbext-axi memory model")
+            return
         channels = (self.axi.write_if.aw_channel, self.axi.write_if.w_channel,
                     self.axi.write_if.b_channel, self.axi.read_if.ar_channel,
                     self.axi.read_if.r_channel)

@@ -25,6 +25,7 @@ class BusRecord:
     data: bytes = b""
     first: int | None = None
     resp: int | None = None
+    resp_cycle: int | None = None  # write response handshake
     beats_seen: int = 0
     strobes: list[tuple[int, int]] = field(default_factory=list)  # (byte address, value)
 
@@ -136,7 +137,9 @@ class AxiMonitor:
             if self.val("bvalid") and self.val("bready"):
                 if not self._wait_b:
                     raise AssertionError("write response without a completed write")
-                self._wait_b.pop(0).resp = self.val("bresp")
+                rec = self._wait_b.pop(0)
+                rec.resp = self.val("bresp")
+                rec.resp_cycle = self.cycle
             if self.val("rvalid") and self.val("rready"):
                 if not self._open_reads:
                     raise AssertionError("read data without a read address")

@@ -34,11 +34,13 @@ def params() -> dict:
 class Pair:
     """The RTL bench and a reference device with the same configuration and memory size."""
 
-    def __init__(self, dut, sc: Scenario):
+    def __init__(self, dut, sc: Scenario, mem_latency: int | None = None,
+                 ref_cls=ReferenceDevice):
         self.cfg = DeviceConfig.from_env()
         self.sc = sc
-        self.tb = DeviceBench(dut, mem_bytes=sc.mem_bytes, data_width=self.cfg.data_width)
-        self.ref = ReferenceDevice(GuestMemory(sc.mem_bytes), entries=self.cfg.entries,
+        self.tb = DeviceBench(dut, mem_bytes=sc.mem_bytes, data_width=self.cfg.data_width,
+                              mem_latency=mem_latency)
+        self.ref = ref_cls(GuestMemory(sc.mem_bytes), entries=self.cfg.entries,
                                    queue_num_max=self.cfg.queue_num_max,
                                    disk_bytes=self.cfg.disk_bytes,
                                    data_width=self.cfg.data_width, bus_error=self.tb.errors)

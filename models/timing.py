@@ -1,0 +1,281 @@
+"""Cycle-level model of the device's datapath (``docs/timing.md``).
+
+Given the request stream and a deterministic memory (every ready high, read data ``latency``
+cycles after the address, write responses ``latency`` cycles after the last data beat), it
+predicts the cycle of every AXI address handshake and of every completion, relative to the cycle
+in which the QueueNotify write that started the engine was accepted.
+
+It is written from the pipeline description in ``docs/timing.md``, on top of the functional
+reference: :class:`TimedDevice` is a :class:`~models.device.ReferenceDevice` that also records,
+per accepted notify, the steps the engine takes (which accesses, in which order, with which
+transactions), and :meth:`TimedDevice.schedule` turns them into cycles. It never looks at the
+RTL or its traces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models import spec
+from models.bus import Transaction
+from models.device import Descriptor, ReferenceDevice
+
+__all__ = ["Handshake", "KickSchedule", "TimedDevice"]
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """An address handshake on ``m_axi``: ``cycle`` counts from the notify's cycle."""
+
+    kind: str
+    addr: int
+    beats: int
+    cycle: int
+
+
+@dataclass
+class KickSchedule:
+    """What one accepted notify made the engine do, in cycles after the notify."""
+
+    handshakes: list[Handshake] = field(default_factory=list)
+    completions: list[int] = field(default_factory=list)  # used-index write responses
+    irqs: list[int] = field(default_factory=list)  # cycles in which irq is (re)asserted
+    idle: int = 0  # first cycle the engine is idle again
+
+
+@dataclass
+class _Access:
+    step: str  # poll, head, desc, hdr, data, status, used, uidx, drain
+    kind: str  # R, W or D (drain)
+    txns: list[Transaction]
+
+
+@dataclass
+class _Request:
+    descs: list[Descriptor]
+    req_type: int
+    goal: int  # data bytes moved (0 for flush, errors, unsupported)
+    accesses: list[_Access] = field(default_factory=list)
+
+
+@dataclass
+class _Round:
+    poll: _Access | None = None
+    requests: list[_Request] = field(default_factory=list)
+
+
+class TimedDevice(ReferenceDevice):
+    """The reference device plus a record of the engine's steps for :meth:`schedule`.
+
+    Only fault-free runs are timed (a fault raises ``ValueError`` in :meth:`schedule`).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.kicks: list[list[_Round]] = []
+        self._step = ""
+        self._sink: list[_Access] | None = None
+
+    # -- recording ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        self.kicks.append([])
+        super()._run()
+
+    def _round(self) -> bool:
+        rnd = _Round()
+        self.kicks[-1].append(rnd)
+        self._sink = []
+        self._step = "poll"
+        self._current_round = rnd
+        more = super()._round()
+        return more
+
+    def _record(self, step: str, kind: str, first: int) -> None:
+        txns = self.transactions[first:]
+        access = _Access(step, kind, list(txns))
+        rnd = self._current_round
+        if step == "poll":
+            rnd.poll = access
+        else:
+            rnd.requests[-1].accesses.append(access)
+
+    def dma_read(self, v, n, sink=None):
+        first = len(self.transactions)
+        try:
+            return super().dma_read(v, n, sink)
+        finally:
+            self._record(self._step, "R", first)
+            if self._step == "poll":
+                self._step = "head"
+
+    def dma_write(self, v, data):
+        first = len(self.transactions)
+        try:
+            super().dma_write(v, data)
+        finally:
+            step = self._step
+            if step == "used_or_uidx":
+                step = "uidx" if v == (self.queue_device + 2) % (1 << 64) else "used"
+            self._record(step, "W", first)
+
+    def drain(self) -> None:
+        self._record("drain", "D", len(self.transactions))
+        super().drain()
+        self._step = "used_or_uidx"
+
+    def _serve_one(self, n: int, avail_flags: int) -> None:
+        self._current_round.requests.append(_Request([], -1, 0))
+        self._step = "head"
+        super()._serve_one(n, avail_flags)
+        self._step = "head"
+
+    def _walk_chain(self, head: int, n: int) -> list[Descriptor]:
+        self._step = "desc"
+        descs = super()._walk_chain(head, n)
+        self._current_round.requests[-1].descs = descs
+        self._step = "hdr"
+        return descs
+
+    def _read_range(self, descs, start, length, sink=None):
+        req = self._current_round.requests[-1]
+        self._step = "hdr" if start == 0 and length == spec.BLK_HEADER_BYTES else "data"
+        out = super()._read_range(descs, start, length, sink)
+        if self._step == "hdr":
+            req.req_type = int.from_bytes(out[:4], "little")
+        else:
+            req.goal = length
+        return out
+
+    def _write_range(self, descs, start, data):
+        req = self._current_round.requests[-1]
+        w_total = sum(d.len for d in descs)
+        if start == w_total - 1 and len(data) == 1:  # a data range always starts at 0
+            self._step = "status"
+        else:
+            self._step = "data"
+            req.goal = len(data)
+        super()._write_range(descs, start, data)
+
+    # -- timing -------------------------------------------------------------------------------
+    def schedule(self, kick: int, *, latency: int) -> KickSchedule:
+        """Cycles of the ``kick``-th accepted notify's work (docs/timing.md, all rules)."""
+        if self.faults:
+            raise ValueError("the timing model covers fault-free runs only")
+        return _Scheduler(self.data_width, latency).run(self.kicks[kick])
+
+
+class _Scheduler:
+    """docs/timing.md, section by section. ``t`` is always "the cycle in which the ring engine
+    is in the state that issues the next command"."""
+
+    def __init__(self, data_width: int, latency: int) -> None:
+        self.width = data_width
+        self.L = latency
+        self.out = KickSchedule()
+        self.last_b = -1  # cycle of the latest write response
+        self.outstanding: list[int] = []  # response cycles of posted writes
+
+    # DMA commands: accepted in cycle a; return the cycle of `done`.
+    def read(self, a: int, txns: list[Transaction]) -> int:
+        t = a
+        for txn in txns:
+            ar = t + 2  # ADDR, then the address handshake
+            beats = txn.beats(self.width)
+            self.out.handshakes.append(Handshake("R", txn.addr, beats, ar))
+            t = ar + self.L + beats  # the last beat; the next burst's ADDR follows
+        return t
+
+    def write(self, a: int, txns: list[Transaction]) -> int:
+        t = a
+        for txn in txns:
+            aw = t + 2
+            beats = txn.beats(self.width)
+            self.out.handshakes.append(Handshake("W", txn.addr, beats, aw))
+            self.outstanding = [b for b in self.outstanding if b >= aw]
+            if len(self.outstanding) >= 8:
+                raise ValueError("more than 8 posted writes: outside the model's scope")
+            last_w = aw + 1 + beats  # beat j goes out at aw + 2 + j
+            b = last_w + 1 + self.L
+            self.outstanding.append(b)
+            self.last_b = max(self.last_b, b)
+            t = aw + beats - 1  # the last beat enters the write pipeline (done)
+        return t
+
+    def drain(self, a: int) -> int:
+        return max(a + 1, self.last_b + 1)
+
+    def run(self, rounds: list[_Round]) -> KickSchedule:
+        t = 2  # the notify's cycle, then IDLE sees the kick, then QCHECK issues the poll
+        for rnd in rounds:
+            assert rnd.poll is not None
+            d = self.read(t, rnd.poll.txns)
+            t = d + 1  # POLL_CHECK: issues the head read, or goes idle
+            if not rnd.requests:
+                self.out.idle = t + 1
+            for i, req in enumerate(rnd.requests):
+                d = self.request(t, req)
+                self.out.irqs.append(d + 1)
+                t = d + 1  # HEAD (next entry) or QCHECK (next round) issues
+                if i == len(rnd.requests) - 1:
+                    t = d + 1  # QCHECK issues the next poll in the same cycle
+        return self.out
+
+    def request(self, t: int, req: _Request) -> int:
+        acc = iter(req.accesses)
+        a = next(acc)
+        assert a.step == "head"
+        d = self.read(t, a.txns)
+        t = d + 1  # DESC_FIRST issues the first descriptor read
+        for _ in req.descs:
+            a = next(acc)
+            assert a.step == "desc", a.step
+            d = self.read(t, a.txns)
+            t = d + 1  # DESC_CHECK issues the next one, or ends the walk
+        t += 1  # HDR_PIECE
+        # header pieces, with one cycle per descriptor skipped for being empty
+        descs = req.descs
+        k, got = 0, 0
+        while True:
+            while descs[k].len == 0:
+                k, t = k + 1, t + 1
+            take = min(descs[k].len, spec.BLK_HEADER_BYTES - got)
+            a = next(acc)
+            assert a.step == "hdr", a.step
+            d = self.read(t, a.txns)
+            got += take
+            t = d + 1
+            if got == spec.BLK_HEADER_BYTES:
+                k, off = (k + 1, 0) if take == descs[k].len else (k, take)
+                break
+            k += 1
+        t += 1  # DECODE
+        if req.goal:
+            write = req.req_type != spec.VIRTIO_BLK_T_OUT
+            if write:
+                k, off = sum(1 for x in descs if not x.writable), 0
+            moved = 0
+            while moved < req.goal:  # DATA_PIECE
+                left = descs[k].len - off
+                if left == 0:
+                    k, off, t = k + 1, 0, t + 1
+                    continue
+                take = min(left, req.goal - moved)
+                a = next(acc)
+                assert a.step == "data", a.step
+                d = self.write(t, a.txns) if write else self.read(t, a.txns)
+                moved += take
+                k, off, t = k + 1, 0, d + 1
+        a = next(acc)
+        assert a.step == "status", a.step
+        d = self.write(t, a.txns)  # STATUS
+        assert next(acc).step == "drain"
+        d = self.drain(d + 1)  # DRAIN_DATA
+        a = next(acc)
+        assert a.step == "used", a.step
+        d = self.write(d + 1, a.txns)  # USED
+        a = next(acc)
+        assert a.step == "uidx", a.step
+        d = self.write(d + 1, a.txns)  # USED_IDX
+        self.out.completions.append(self.last_b)
+        assert next(acc).step == "drain"
+        return self.drain(d + 1)  # DRAIN_USED: done in this cycle
