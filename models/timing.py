@@ -20,7 +20,7 @@ from models import spec
 from models.bus import Transaction
 from models.device import Descriptor, ReferenceDevice
 
-__all__ = ["Handshake", "KickSchedule", "TimedDevice"]
+__all__ = ["Handshake", "KickSchedule", "TimedDevice", "lower_bound", "request_traces"]
 
 
 @dataclass(frozen=True)
@@ -279,3 +279,51 @@ class _Scheduler:
         self.out.completions.append(self.last_b)
         assert next(acc).step == "drain"
         return self.drain(d + 1)  # DRAIN_USED: done in this cycle
+
+
+def lower_bound(req: _Request, poll: _Access | None, *, latency: int, data_width: int,
+                in_flight: int) -> int:
+    """Fewest cycles the request can take, from the bus transactions it cannot avoid
+    (``docs/timing.md``, "Lower bound").
+
+    One request in flight: the dependent reads (poll, ring entry, each descriptor) one after
+    the other, each paying ``1 + latency + beats``; the header read overlapped with the
+    descriptor reads after the first; the data transfer (``1 + latency + beats`` for data the
+    device reads, ``1 + beats`` for data it writes); then the status, used element and used
+    index beats, and one write-response latency. With more requests in flight an ideal device
+    overlaps requests completely, so the bound is the busier data channel's beats.
+    """
+    def beats(acc: _Access) -> int:
+        return sum(t.beats(data_width) for t in acc.txns)
+
+    def read_cost(acc: _Access) -> int:
+        return sum(1 + latency + t.beats(data_width) for t in acc.txns)
+
+    by_step: dict[str, list[_Access]] = {}
+    for acc in req.accesses:
+        by_step.setdefault(acc.step, []).append(acc)
+    if in_flight > 1:
+        r = sum(beats(a) for a in req.accesses if a.kind == "R")
+        w = sum(beats(a) for a in req.accesses if a.kind == "W")
+        return max(r, w)
+    descs = by_step.get("desc", [])
+    chain = (read_cost(poll) if poll is not None else 0) + read_cost(by_step["head"][0])
+    chain += read_cost(descs[0]) if descs else 0
+    later_descs = sum(read_cost(a) for a in descs[1:])
+    header = sum(read_cost(a) for a in by_step.get("hdr", []))
+    chain += later_descs + max(0, header - later_descs)
+    data = 0
+    for acc in by_step.get("data", []):
+        data += (latency if acc.kind == "R" else 0) + sum(1 + t.beats(data_width)
+                                                          for t in acc.txns)
+    tail = sum(beats(a) for s in ("status", "used", "uidx") for a in by_step.get(s, []))
+    return chain + data + tail + latency + 1
+
+
+def request_traces(device: TimedDevice, kick: int) -> list[tuple[_Request, _Access | None]]:
+    """The requests served after the ``kick``-th notify, each with the poll that found it."""
+    out = []
+    for rnd in device.kicks[kick]:
+        for req in rnd.requests:
+            out.append((req, rnd.poll))
+    return out
