@@ -48,7 +48,7 @@ def plan(quick: bool) -> list[dict]:
 
 def run_proc(proc: dict, out_dir: Path) -> Path:
     mode = "handle" if proc["handle_mode"] else "gpa"
-    out = out_dir / "raw" / f"w{proc['data_width']}_l{proc['latency']}_{mode}.jsonl"
+    out = (out_dir / "raw" / f"w{proc['data_width']}_l{proc['latency']}_{mode}.jsonl").resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")
     params = {k: proc[k] for k in ("handle_mode", "latency", "rows", "repeat")}
