@@ -35,11 +35,15 @@ def plan(quick: bool) -> list[dict]:
                                           ((w, 4) for w in WIDTHS if w != 64)):
         if quick and (width, latency) != (64, 4):
             continue
-        full = width == 64
-        rows = [{"size": s, "pattern": p, "align": a, "in_flight": f}
-                for s in SIZES for f in (1, 32)
-                for p in (("seq", "random") if full and not quick else ("seq",))
-                for a in (("aligned", "unaligned") if full and not quick else ("aligned",))]
+        # Data width 64: every pattern and alignment with one request in flight, sequential
+        # aligned with 32 in flight (32 x 64 KiB is 2 MiB per row: the sweep's longest rows).
+        # Other widths: sequential aligned, and 32 in flight up to 4 KiB.
+        full = width == 64 and not quick
+        rows = [{"size": s, "pattern": p, "align": a, "in_flight": 1}
+                for s in SIZES for p in (("seq", "random") if full else ("seq",))
+                for a in (("aligned", "unaligned") if full else ("aligned",))]
+        rows += [{"size": s, "pattern": "seq", "align": "aligned", "in_flight": 32}
+                 for s in SIZES if width == 64 or s <= 4096]
         for handle_mode in (False, True):
             procs.append({"data_width": width, "latency": latency, "handle_mode": handle_mode,
                           "rows": rows, "repeat": 0})
