@@ -1,0 +1,30 @@
+# make linux: an unmodified Linux guest under QEMU drives the RTL through a vhost-user-blk
+# bridge (docs/linux.md). Debian packages are installed on first use (on CI or as root); the
+# kernel, the initramfs and the RTL build are cached under build/linux/ and build/sim/.
+#
+#   make linux          the RTL (cocotb + Icarus, data width 128, 2 MiB RAM disk); < 10 minutes
+#   make linux-model    the same guest against the reference model (seconds): debugging aid
+
+LINUX_PACKAGES := qemu-system-x86 busybox-static cpio
+LINUX_ARGS     ?=
+
+.PHONY: linux linux-model check-linux
+
+check-linux:
+	@{ command -v qemu-system-x86_64 && [ -e /usr/share/qemu/qboot.rom ] && \
+	   [ -x /bin/busybox ] && command -v cpio; } >/dev/null 2>&1 || { \
+	  if [ -n "$$CI" ] || [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages for the Linux guest: $(LINUX_PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $(LINUX_PACKAGES); \
+	  else \
+	    echo "error: the Linux guest needs Debian packages: $(LINUX_PACKAGES)"; \
+	    echo "       Install them with: sudo apt-get install --no-install-recommends $(LINUX_PACKAGES)"; \
+	    exit 1; \
+	  fi; }
+
+linux: $(STAMP) check-sim check-linux
+	$(PY) -m tools.linux.run $(LINUX_ARGS)
+
+linux-model: $(STAMP) check-linux
+	$(PY) -m tools.linux.run --model $(LINUX_ARGS)

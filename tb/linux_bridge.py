@@ -1,0 +1,1147 @@
+"""The simulation side of the vhost-user bridge: a real Linux guest under QEMU drives the RTL.
+
+QEMU's ``vhost-user-blk-pci`` gives the guest a virtio-pci block device and hands its queue to
+a vhost-user back-end (``sw/vhost_user.py``). Here the back-end plays the *transport*, not the
+device: :class:`MmioTransport` programs the RTL through its virtio-mmio guest port exactly as a
+virtio-mmio driver would (features, queue size, ring addresses converted from QEMU's virtual
+addresses to guest physical addresses, DRIVER_OK), turns each kick into a QueueNotify write and
+the RTL's interrupt into a write to the call eventfd. The RTL's AXI4 manager reads and writes
+the guest's real memory, mmapped from the memfd QEMU shares (:class:`AxiRamResponder`, or
+cocotbext-axi's ``AxiSlave`` with :class:`GuestRamTarget`).
+
+:class:`LinuxBridge` runs it all inside the cocotb process: it polls the vhost-user socket and
+the kick eventfd between clock cycles (``select`` with timeout 0 while the device has work, so
+the simulation never blocks and QEMU, which waits for every reply, is answered within a few
+cycles), and blocks in ``select`` only while the device is idle, which hands the CPU to QEMU.
+
+The same transport also runs against the reference model (:class:`ModelLink`, untimed): a fast
+way to debug the protocol and the guest side without the simulator.
+
+A :class:`RequestLog` decodes every request the guest makes available (at kick time, while its
+buffers are stable), keeps a shadow of the disk with every write applied, and checks every used
+element; after the guest has powered off, the RAM disk is read back through the device and
+compared with that shadow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from models import spec
+from sw.alloc import PageAllocator
+from sw.dma import IdentityDma
+from sw.driver import BlkRequest, VirtioBlkDriver
+from sw.transport import RegisterPort
+from sw.vhost_user import (
+    IotlbMsg,
+    MemoryTable,
+    VhostUserBackend,
+    VhostUserError,
+    Vring,
+    listen,
+)
+
+_DESC = struct.Struct("<QIHH")
+_HEADER = struct.Struct("<IIQ")
+_USED_ELEM = struct.Struct("<II")
+BLK_TYPES = {spec.VIRTIO_BLK_T_IN: "read", spec.VIRTIO_BLK_T_OUT: "write",
+             spec.VIRTIO_BLK_T_FLUSH: "flush", spec.VIRTIO_BLK_T_GET_ID: "get-id"}
+
+
+class BridgeError(RuntimeError):
+    """The run cannot go on: a device fault, a protocol error, a timeout."""
+
+
+# --- guest memory on m_axi ------------------------------------------------------------------------
+
+class GuestRam:
+    """The guest's physical memory as the current vhost-user memory table maps it.
+
+    A :class:`sw.transport.GuestMemory` (``size``, ``read``, ``write``); the table is swapped
+    when QEMU sends a new one. Counts the bytes the device moves.
+    """
+
+    def __init__(self) -> None:
+        self.table: MemoryTable | None = None
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    @property
+    def size(self) -> int:
+        return self.table.size if self.table is not None else 0
+
+    def contains(self, addr: int, length: int) -> bool:
+        return self.table is not None and self.table.contains(addr, length)
+
+    def read(self, addr: int, length: int) -> bytes:
+        if self.table is None:
+            raise ValueError("no memory table yet")
+        return self.table.read(addr, length)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if self.table is None:
+            raise ValueError("no memory table yet")
+        self.table.write(addr, data)
+
+    def le16(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 2), "little")
+
+
+class GuestRamTarget:
+    """Target of cocotbext-axi's ``AxiSlave``: the device's bursts go to the guest's memory.
+
+    An access outside the memory table raises, which the model answers with SLVERR (the RTL
+    then faults with cause 6 and the bridge reports it).
+    """
+
+    def __init__(self, ram: GuestRam) -> None:
+        self.ram = ram
+        self.errors: list[str] = []
+
+    def _check(self, kind: str, address: int, length: int) -> None:
+        if not self.ram.contains(address, length):
+            self.errors.append(f"{kind} {length} B at {address:#x}")
+            raise OSError(f"{kind} of {length} bytes at {address:#x} outside guest memory")
+
+    async def read(self, address: int, length: int) -> bytes:
+        self._check("R", address, length)
+        self.ram.bytes_read += length
+        return self.ram.read(address, length)
+
+    async def write(self, address: int, data: bytes) -> None:
+        self._check("W", address, len(data))
+        self.ram.bytes_written += len(data)
+        self.ram.write(address, data)
+
+
+class AxiRamResponder:
+    """A lean AXI4 subordinate on ``m_axi`` over :class:`GuestRam`, for speed.
+
+    cocotbext-axi's ``AxiSlave`` (with :class:`GuestRamTarget`, ``axi_model="cocotbext"``) runs
+    several coroutines and a target call per beat; this one reads or writes a whole burst in
+    one memory access and does one signal round per beat, which roughly doubles the
+    simulation's speed. It serves what the device issues: INCR bursts of full-width beats
+    (``docs/architecture.md``, "Bus transactions"), any number of them, in order.
+
+    Timing: ``arready``, ``awready`` and ``wready`` are high whenever the responder is idle;
+    read data follow the address handshake by one cycle, one beat per cycle while ``rready``;
+    the write response follows the last write beat by one cycle. A burst outside the memory
+    table gets SLVERR on every beat (reads deliver zeros, writes write nothing).
+    """
+
+    def __init__(self, dut, ram: GuestRam, data_width: int, prefix: str = "m_axi__") -> None:
+        import cocotb
+
+        self.ram = ram
+        self.lanes = data_width // 8
+        self.size = self.lanes.bit_length() - 1  # AxSIZE of a full-width beat
+        self.clk = dut.clk
+        self.s = {n: getattr(dut, prefix + n) for n in (
+            "araddr", "arlen", "arsize", "arburst", "arid", "arvalid", "arready", "rdata",
+            "rresp", "rlast", "rid", "rvalid", "rready", "awaddr", "awlen", "awsize",
+            "awburst", "awid", "awvalid", "awready", "wdata", "wstrb", "wlast", "wvalid",
+            "wready", "bid", "bresp", "bvalid", "bready")}
+        # Inputs are sampled through the simulator handle's binary string: the LogicArray
+        # objects of ``.value`` cost more than the rest of a beat.
+        self._raw = {n: h._handle.get_signal_val_binstr for n, h in self.s.items()}
+        self.errors: list[str] = []
+        self.bursts = 0
+        for name, value in (("arready", 1), ("rvalid", 0), ("rlast", 0), ("rresp", 0),
+                            ("rid", 0), ("rdata", 0), ("awready", 1), ("wready", 1),
+                            ("bvalid", 0), ("bresp", 0), ("bid", 0)):
+            self.s[name].value = value
+        cocotb.start_soon(self._reads())
+        cocotb.start_soon(self._writes())
+
+    def _high(self, name: str) -> bool:
+        return self._raw[name]() == "1"
+
+    def _u(self, name: str) -> int:
+        raw = self._raw[name]()
+        try:
+            return int(raw, 2)
+        except ValueError:
+            raise ValueError(f"m_axi {name} is {raw} during a handshake") from None
+
+    def _check(self, kind: str, addr: int, beats: int, size: int, burst: int) -> tuple[int, int]:
+        """(first word address, bytes covered) of a burst; raises for what is not served."""
+        if size != self.size or burst != 1:
+            raise ValueError(f"{kind} burst at {addr:#x}: AxSIZE {size}, AxBURST {burst}; "
+                             f"only INCR bursts of full {self.lanes}-byte beats are served")
+        base = addr & ~(self.lanes - 1)
+        n = beats * self.lanes
+        if (base & 0xFFF) + n > 0x1000:
+            raise ValueError(f"{kind} burst at {addr:#x} of {beats} beats crosses a 4 KiB page")
+        return base, n
+
+    async def _reads(self) -> None:
+        from cocotb.triggers import RisingEdge
+
+        s, clk, lanes = self.s, self.clk, self.lanes
+        while True:
+            if not self._high("arvalid"):
+                await RisingEdge(s["arvalid"])
+            await RisingEdge(clk)
+            if not self._high("arvalid"):
+                continue
+            addr, beats = self._u("araddr"), self._u("arlen") + 1
+            rid = self._u("arid")
+            s["arready"].value = 0
+            resp = 0
+            try:
+                base, n = self._check("read", addr, beats, self._u("arsize"), self._u("arburst"))
+                data = self.ram.read(base, n)
+                self.ram.bytes_read += n
+            except ValueError as exc:
+                self.errors.append(str(exc))
+                data, resp = bytes(beats * lanes), 2  # SLVERR
+            self.bursts += 1
+            s["rid"].value = rid
+            s["rresp"].value = resp
+            s["rvalid"].value = 1
+            for k in range(beats):
+                s["rdata"].value = int.from_bytes(data[k * lanes:(k + 1) * lanes], "little")
+                if k == beats - 1:
+                    s["rlast"].value = 1
+                await RisingEdge(clk)
+                while not self._high("rready"):
+                    await RisingEdge(clk)
+            s["rvalid"].value = 0
+            s["rlast"].value = 0
+            s["arready"].value = 1
+
+    def _apply(self, aw: tuple[int, int, int, int], beats: list[tuple[int, int]]) -> int:
+        """Write one burst's strobed bytes; returns BRESP."""
+        addr, nbeats, size, burst = aw
+        lanes, full = self.lanes, (1 << self.lanes) - 1
+        try:
+            if len(beats) != nbeats:
+                raise ValueError(f"write burst at {addr:#x}: AWLEN+1 = {nbeats}, "
+                                 f"{len(beats)} W beats")
+            base, n = self._check("write", addr, nbeats, size, burst)
+            if not self.ram.contains(base, n):
+                raise ValueError(f"write burst at {addr:#x} outside guest memory")
+        except ValueError as exc:
+            self.errors.append(str(exc))
+            return 2
+        data = b"".join(d.to_bytes(lanes, "little") for d, _ in beats)
+        if all(strb == full for _, strb in beats):
+            self.ram.write(base, data)
+            self.ram.bytes_written += n
+            return 0
+        mask = [bool(strb >> i & 1) for _, strb in beats for i in range(lanes)]
+        i = 0
+        while i < n:  # each run of strobed bytes is one write
+            if not mask[i]:
+                i += 1
+                continue
+            j = i
+            while j < n and mask[j]:
+                j += 1
+            self.ram.write(base + i, data[i:j])
+            self.ram.bytes_written += j - i
+            i = j
+        return 0
+
+    async def _writes(self) -> None:
+        from cocotb.triggers import First, RisingEdge
+
+        s, clk = self.s, self.clk
+        aws: deque[tuple[int, int, int, int, int]] = deque()
+        bursts: deque[list[tuple[int, int]]] = deque()
+        beats: list[tuple[int, int]] = []
+        b_busy = False
+        while True:
+            if not (aws or bursts or beats or b_busy) and not self._high("awvalid") \
+                    and not self._high("wvalid"):
+                await First(RisingEdge(s["awvalid"]), RisingEdge(s["wvalid"]))
+            await RisingEdge(clk)
+            if self._high("awvalid"):  # awready is always high
+                aws.append((self._u("awaddr"), self._u("awlen") + 1, self._u("awsize"),
+                            self._u("awburst"), self._u("awid")))
+            if self._high("wvalid"):  # so is wready
+                beats.append((self._u("wdata"), self._u("wstrb")))
+                if self._high("wlast"):
+                    bursts.append(beats)
+                    beats = []
+            if b_busy and self._high("bready"):
+                s["bvalid"].value = 0
+                b_busy = False
+            if aws and bursts and not b_busy:
+                addr, nbeats, size, burst, bid = aws.popleft()
+                s["bresp"].value = self._apply((addr, nbeats, size, burst), bursts.popleft())
+                s["bid"].value = bid
+                s["bvalid"].value = 1
+                b_busy = True
+                self.bursts += 1
+
+
+# --- what the transport drives --------------------------------------------------------------------
+
+class Link(Protocol):
+    """The device under the bridge: the RTL in cocotb, or the reference model."""
+
+    guest: RegisterPort
+    hv: RegisterPort
+    ram: GuestRam
+
+    @property
+    def irq(self) -> bool: ...
+
+    @property
+    def cycle(self) -> int: ...
+
+    async def advance(self, cycles: int) -> None:
+        """Let the device run ``cycles`` clock cycles (less if ``irq`` rises)."""
+        ...
+
+
+class ModelLink:
+    """The reference model (``models.device``) behind the same interface: untimed, a
+    QueueNotify write runs the engine to idle before it returns."""
+
+    def __init__(self, disk_bytes: int, data_width: int = 128) -> None:
+        from models.device import ReferenceDevice
+
+        self.ram = GuestRam()
+        self.dev = ReferenceDevice(self.ram, disk_bytes=disk_bytes,  # type: ignore[arg-type]
+                                   data_width=data_width)
+        self.guest = self.dev.guest
+        self.hv = self.dev.hv
+        self.mem = self.ram
+
+    @property
+    def irq(self) -> bool:
+        return self.dev.irq
+
+    @property
+    def cycle(self) -> int:
+        return 0
+
+    async def advance(self, cycles: int) -> None:
+        self.dev.transactions.clear()  # the model records every transaction; keep none
+
+    async def wait_irq(self, timeout_cycles: int | None = None) -> None:
+        await self.dev.wait_irq(timeout_cycles)
+
+
+class LinuxBench:
+    """The RTL in cocotb: clock, reset, AXI4-Lite managers on both register ports and an AXI4
+    subordinate on ``m_axi`` backed by the guest's memory. No per-cycle monitor: the
+    simulation's speed is the guest's disk speed."""
+
+    def __init__(self, dut, data_width: int, axi_model: str = "fast") -> None:
+        import cocotb
+        from cocotb.clock import Clock
+        from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
+
+        from .bench import CLOCK_NS, AxiLitePort
+
+        self.dut = dut
+        self.clock_ns = CLOCK_NS
+        dut.rst.value = 1
+        for port in ("s_axil__", "s_hv__"):
+            for name in ("awvalid", "wvalid", "bready", "arvalid", "rready"):
+                getattr(dut, port + name).value = 0
+        for name in ("awready", "wready", "bvalid", "arready", "rvalid"):
+            getattr(dut, "m_axi__" + name).value = 0
+        # The clock in C (cocotb's GPI clock; the Python one costs a coroutine per edge),
+        # starting low so that the first rising edge comes after time 0 and no bus model
+        # samples the design's outputs before its initial blocks have run.
+        clock = Clock(dut.clk, CLOCK_NS, unit="ns", impl="gpi")
+        cocotb.start_soon(clock.start(start_high=False))
+        self.ram = GuestRam()
+        self.mem = self.ram  # sw.transport.DeviceLink, for the read-back driver
+        self.guest = AxiLitePort(AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"),
+                                               dut.clk, dut.rst))
+        self.hv = AxiLitePort(AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_hv_"), dut.clk,
+                                            dut.rst))
+        self.target: GuestRamTarget | AxiRamResponder
+        if axi_model == "cocotbext":
+            self.target = GuestRamTarget(self.ram)
+            self.axi = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst,
+                                target=self.target)
+        elif axi_model == "fast":
+            self.target = AxiRamResponder(dut, self.ram, data_width)
+        else:
+            raise ValueError(f"axi_model must be 'fast' or 'cocotbext', not {axi_model!r}")
+        for prefix in ("m_axi_", "s_axil_", "s_hv_"):  # the bus models log every burst at INFO
+            logging.getLogger(f"cocotb.{dut._name}.{prefix}").setLevel(logging.WARNING)
+
+    async def reset(self, cycles: int = 4) -> None:
+        from cocotb.triggers import ClockCycles, RisingEdge
+
+        self.dut.rst.value = 1
+        await ClockCycles(self.dut.clk, cycles)
+        self.dut.rst.value = 0
+        await RisingEdge(self.dut.clk)
+
+    @property
+    def irq(self) -> bool:
+        v = self.dut.irq.value
+        return v.is_resolvable and bool(int(v))
+
+    @property
+    def cycle(self) -> int:
+        from cocotb.simtime import get_sim_time
+
+        return int(get_sim_time(unit="ns")) // self.clock_ns
+
+    async def advance(self, cycles: int) -> None:
+        from cocotb.triggers import ClockCycles, First, RisingEdge
+
+        if cycles <= 1 or self.irq:
+            await ClockCycles(self.dut.clk, max(cycles, 1))
+        else:
+            await First(RisingEdge(self.dut.irq), ClockCycles(self.dut.clk, cycles))
+
+    async def wait_irq(self, timeout_cycles: int | None = 200_000) -> None:
+        """sw.transport.DeviceLink.wait_irq, for the read-back driver."""
+        from cocotb.triggers import ClockCycles, First, RisingEdge
+
+        if self.irq:
+            return
+        await First(RisingEdge(self.dut.irq), ClockCycles(self.dut.clk,
+                                                          timeout_cycles or 10**9))
+        if not self.irq:
+            raise TimeoutError(f"irq did not rise within {timeout_cycles} cycles")
+        await RisingEdge(self.dut.clk)
+
+
+# --- request decoding -----------------------------------------------------------------------------
+
+@dataclass
+class BlkReq:
+    """One request as the guest made it available (decoded from guest memory at the kick)."""
+
+    seq: int  # position in the avail ring (free-running)
+    head: int
+    type: int
+    sector: int
+    data_len: int  # data bytes (readable after the header for OUT, writable before status else)
+    writable: int  # device-writable bytes including the status byte
+    kick_cycle: int
+    kick_time: float
+    done_cycle: int | None = None
+    used_len: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return BLK_TYPES.get(self.type, f"type-{self.type}")
+
+    def expected_used_len(self, disk_bytes: int) -> int:
+        """Used ``len``: bytes written including the status byte (docs/architecture.md)."""
+        if self.type == spec.VIRTIO_BLK_T_IN and self._in_range(disk_bytes):
+            return self.data_len + 1
+        if self.type == spec.VIRTIO_BLK_T_GET_ID:
+            return min(spec.VIRTIO_BLK_ID_BYTES, self.writable - 1) + 1
+        return 1
+
+    def _in_range(self, disk_bytes: int) -> bool:
+        return (self.data_len % spec.SECTOR_SIZE == 0
+                and self.sector * spec.SECTOR_SIZE + self.data_len <= disk_bytes)
+
+
+class RequestLog:
+    """Every request the guest hands the device, and a shadow of the disk it writes.
+
+    Decoding happens at the kick, before the device is notified: from then until its used
+    element is published the guest leaves a request's descriptors and buffers alone, so reading
+    them here races with nothing.
+    """
+
+    def __init__(self, ram: GuestRam, disk_bytes: int) -> None:
+        self.ram = ram
+        self.disk_bytes = disk_bytes
+        self.shadow = bytearray(spec.ramdisk_init(disk_bytes))
+        self.pending: deque[BlkReq] = deque()
+        self.done: list[BlkReq] = []
+        self.errors: list[str] = []
+        self.num = 0
+        self.desc = self.avail = self.used = 0
+        self.seen_avail = 0
+        self.seen_used = 0
+
+    def start(self, num: int, desc: int, avail: int, used: int) -> None:
+        self.num, self.desc, self.avail, self.used = num, desc, avail, used
+        self.seen_avail = self.seen_used = 0
+        self.pending.clear()
+
+    @property
+    def running(self) -> bool:
+        return self.num != 0
+
+    def avail_idx(self) -> int:
+        return self.ram.le16(self.avail + 2)
+
+    def used_idx(self) -> int:
+        return self.ram.le16(self.used + 2)
+
+    def outstanding(self) -> bool:
+        """The device has work: entries made available that it has not used yet."""
+        return self.running and (bool(self.pending) or self.avail_idx() != self.used_idx())
+
+    def _chain(self, head: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        readable: list[tuple[int, int]] = []
+        writable: list[tuple[int, int]] = []
+        i = head
+        for _ in range(self.num):
+            addr, length, flags, nxt = _DESC.unpack(self.ram.read(self.desc + 16 * i, 16))
+            if flags & spec.VIRTQ_DESC_F_INDIRECT:
+                raise ValueError(f"descriptor {i} is INDIRECT (not offered)")
+            (writable if flags & spec.VIRTQ_DESC_F_WRITE else readable).append((addr, length))
+            if not flags & spec.VIRTQ_DESC_F_NEXT:
+                return readable, writable
+            i = nxt
+            if i >= self.num:
+                raise ValueError(f"next index {i} outside the queue")
+        raise ValueError("chain longer than the queue")
+
+    def _gather(self, pieces: list[tuple[int, int]], start: int, length: int) -> bytes:
+        out = bytearray()
+        pos = 0
+        for addr, n in pieces:
+            lo, hi = max(start, pos), min(start + length, pos + n)
+            if lo < hi:
+                out += self.ram.read(addr + lo - pos, hi - lo)
+            pos += n
+        return bytes(out)
+
+    def take_avail(self, cycle: int) -> int:
+        """Decode the entries made available since the last call. Returns how many."""
+        if not self.running:
+            return 0
+        idx = self.avail_idx()
+        new = (idx - self.seen_avail) & 0xFFFF
+        for k in range(new):
+            seq = (self.seen_avail + k) & 0xFFFF
+            head = self.ram.le16(self.avail + 4 + 2 * (seq % self.num))
+            try:
+                readable, writable = self._chain(head)
+                total_r = sum(n for _, n in readable)
+                total_w = sum(n for _, n in writable)
+                rtype, _, sector = _HEADER.unpack(self._gather(readable, 0, 16).ljust(16, b"\0"))
+            except (ValueError, struct.error) as exc:
+                self.errors.append(f"avail entry {seq} (head {head}): {exc}")
+                continue
+            data_len = total_r - 16 if rtype == spec.VIRTIO_BLK_T_OUT else max(total_w - 1, 0)
+            req = BlkReq(seq, head, rtype, sector, data_len, total_w, cycle, time.monotonic())
+            if rtype == spec.VIRTIO_BLK_T_OUT and req._in_range(self.disk_bytes):
+                off = sector * spec.SECTOR_SIZE
+                self.shadow[off:off + data_len] = self._gather(readable, 16, data_len)
+            self.pending.append(req)
+        self.seen_avail = idx
+        return new
+
+    def collect(self, cycle: int) -> int:
+        """Match the used elements published since the last call. Returns how many."""
+        if not self.running:
+            return 0
+        idx = self.used_idx()
+        # The device may have taken entries made available after the last kick we saw (it
+        # polls the avail index itself): decode those first.
+        self.take_avail(cycle)
+        new = (idx - self.seen_used) & 0xFFFF
+        for k in range(new):
+            seq = (self.seen_used + k) & 0xFFFF
+            head, used_len = _USED_ELEM.unpack(
+                self.ram.read(self.used + 4 + 8 * (seq % self.num), 8))
+            if not self.pending:
+                self.errors.append(f"used element {seq} (head {head}) for no request made "
+                                   "available")
+                continue
+            req = self.pending.popleft()
+            if head != req.head:
+                self.errors.append(f"used element {seq} names head {head}, expected "
+                                   f"{req.head} (in-order device)")
+            req.done_cycle, req.used_len = cycle, used_len
+            want = req.expected_used_len(self.disk_bytes)
+            if used_len != want:
+                self.errors.append(f"used element {seq} ({req.kind} of {req.data_len} B at "
+                                   f"sector {req.sector}): len {used_len}, expected {want}")
+            self.done.append(req)
+        self.seen_used = idx
+        return new
+
+
+# --- the transport --------------------------------------------------------------------------------
+
+@dataclass
+class Identity:
+    magic: int
+    version: int
+    device_id: int
+    vendor: int
+    features: int
+    queue_num_max: int
+    capacity: int  # sectors
+
+
+class MmioTransport:
+    """A :class:`sw.vhost_user.VhostUserDevice` that is a virtio-mmio driver of the device.
+
+    The guest's virtio-pci driver negotiated with QEMU; QEMU relays the outcome (features, ring
+    size and addresses) and this class replays it on the device's register port, in the order
+    of virtio 1.x section 3.1.1.
+    """
+
+    def __init__(self, link: Link, disk_bytes: int, *, log: logging.Logger | None = None) -> None:
+        self.link = link
+        self.ram = link.ram
+        self.log = log or logging.getLogger("linux.transport")
+        self.requests = RequestLog(self.ram, disk_bytes)
+        self.backend: VhostUserBackend | None = None
+        self.ident: Identity | None = None
+        self.features = 0
+        self.vring: Vring | None = None
+        self.notifies = 0
+        self.interrupts = 0
+        self.calls = 0
+        self.starts = 0
+        self.stops = 0
+
+    async def _r(self, off: int) -> int:
+        return await self.link.guest.read32(off)
+
+    async def _w(self, off: int, value: int) -> None:
+        await self.link.guest.write32(off, value)
+
+    async def identify(self) -> Identity:
+        """Read who the device is; put it in GPA mode (the guest's addresses are physical)."""
+        await self.link.hv.write32(spec.HV_CTRL, 0)
+        words = []
+        for sel in (0, 1):
+            await self._w(spec.MMIO_DEVICE_FEATURES_SEL, sel)
+            words.append(await self._r(spec.MMIO_DEVICE_FEATURES))
+        await self._w(spec.MMIO_QUEUE_SEL, 0)
+        ident = Identity(
+            magic=await self._r(spec.MMIO_MAGIC_VALUE),
+            version=await self._r(spec.MMIO_VERSION),
+            device_id=await self._r(spec.MMIO_DEVICE_ID),
+            vendor=await self._r(spec.MMIO_VENDOR_ID),
+            features=words[1] << 32 | words[0],
+            queue_num_max=await self._r(spec.MMIO_QUEUE_NUM_MAX),
+            capacity=(await self._r(spec.MMIO_CONFIG + 4)) << 32
+            | await self._r(spec.MMIO_CONFIG),
+        )
+        if (ident.magic, ident.version, ident.device_id) != (
+                spec.MAGIC_VALUE, spec.MMIO_VERSION_VALUE, spec.VIRTIO_ID_BLOCK):
+            raise BridgeError(f"not a virtio-mmio v2 block device: {ident}")
+        self.ident = ident
+        return ident
+
+    # -- VhostUserDevice ---------------------------------------------------------------------------
+    async def get_config(self, offset: int, size: int) -> bytes:
+        """The device's configuration space, read from its registers (32-bit accesses)."""
+        first, last = offset & ~3, (offset + size + 3) & ~3
+        raw = bytearray()
+        for off in range(first, last, 4):
+            raw += (await self._r(spec.MMIO_CONFIG + off)).to_bytes(4, "little")
+        return bytes(raw[offset - first:offset - first + size])
+
+    async def set_features(self, features: int) -> None:
+        assert self.ident is not None
+        extra = features & ~self.ident.features
+        if extra:
+            raise VhostUserError(f"the driver accepted features {extra:#x} the device does not "
+                                 f"offer ({self.ident.features:#x})")
+        self.features = features
+
+    async def set_mem_table(self, table: MemoryTable) -> None:
+        self.ram.table = table
+
+    async def start_ring(self, vring: Vring) -> None:
+        assert self.ident is not None and self.backend is not None
+        mem = self.backend.mem
+        assert mem is not None and vring.desc is not None
+        assert vring.avail is not None and vring.used is not None
+        if vring.index != 0:
+            raise VhostUserError(f"queue {vring.index}: the device has one queue")
+        if vring.base != 0:
+            raise VhostUserError(
+                f"SET_VRING_BASE {vring.base}: a virtio-mmio device starts its queue at avail "
+                "index 0 after a reset; resuming a ring elsewhere (migration, a stop/start "
+                "without a guest reset) is not supported")
+        n = vring.num
+        if not 1 <= n <= self.ident.queue_num_max or n & (n - 1):
+            raise VhostUserError(f"queue size {n} is not a power of two <= QueueNumMax "
+                                 f"{self.ident.queue_num_max}")
+        # QEMU's virtual addresses -> guest physical (the device's view), through the table.
+        desc = mem.uva_to_gpa(vring.desc, spec.DESC_BYTES * n)
+        avail = mem.uva_to_gpa(vring.avail, 6 + 2 * n)
+        used = mem.uva_to_gpa(vring.used, 6 + 8 * n)
+        await self._reset()
+        status = spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER
+        await self._w(spec.MMIO_STATUS, spec.STATUS_ACKNOWLEDGE)
+        await self._w(spec.MMIO_STATUS, status)
+        for sel in (1, 0):
+            await self._w(spec.MMIO_DRIVER_FEATURES_SEL, sel)
+            await self._w(spec.MMIO_DRIVER_FEATURES, self.features >> (32 * sel) & 0xFFFF_FFFF)
+        status |= spec.STATUS_FEATURES_OK
+        await self._w(spec.MMIO_STATUS, status)
+        got = await self._r(spec.MMIO_STATUS)
+        if not got & spec.STATUS_FEATURES_OK:
+            raise BridgeError(f"the device refused features {self.features:#x} "
+                              f"(Status {got:#04x})")
+        await self._w(spec.MMIO_QUEUE_SEL, 0)
+        await self._w(spec.MMIO_QUEUE_NUM, n)
+        for reg, addr in ((spec.MMIO_QUEUE_DESC_LOW, desc), (spec.MMIO_QUEUE_DRIVER_LOW, avail),
+                          (spec.MMIO_QUEUE_DEVICE_LOW, used)):
+            await self._w(reg, addr & 0xFFFF_FFFF)
+            await self._w(reg + 4, addr >> 32)
+        await self._w(spec.MMIO_QUEUE_READY, 1)
+        await self._w(spec.MMIO_STATUS, status | spec.STATUS_DRIVER_OK)
+        self.requests.start(n, desc, avail, used)
+        self.vring = vring
+        self.starts += 1
+        self.log.info("queue 0 running: %d entries, desc %#x avail %#x used %#x (GPA), "
+                      "features %#x", n, desc, avail, used, self.features)
+
+    async def kick(self, vring: Vring) -> None:
+        self.requests.take_avail(self.link.cycle)
+        await self._w(spec.MMIO_QUEUE_NOTIFY, 0)
+        self.notifies += 1
+
+    async def stop_ring(self, vring: Vring, drain_cycles: int = 2_000_000) -> int:
+        """Let the device finish what was made available, then reset it. The reply to
+        GET_VRING_BASE is the next avail index: the used index, as the device is in order."""
+        waited = 0
+        while self.requests.outstanding() and waited < drain_cycles:
+            if self.link.irq:
+                await self.service_irq()
+            await self.link.advance(64)
+            waited += 64
+        if self.link.irq:
+            await self.service_irq()
+        self.requests.collect(self.link.cycle)
+        base = self.requests.used_idx() if self.requests.running else 0
+        await self._reset()
+        self.requests.num = 0
+        self.vring = None
+        self.stops += 1
+        self.log.info("queue 0 stopped at avail index %d", base)
+        return base
+
+    async def iotlb_message(self, msg: IotlbMsg) -> None:
+        raise VhostUserError(
+            f"IOTLB_MSG {msg}: the device runs in GPA mode; IOVAs from the guest's IOMMU need "
+            "the associative translation mode (a later issue), which plugs in here")
+
+    # -- interrupt ---------------------------------------------------------------------------------
+    async def _reset(self, limit: int = 100_000) -> None:
+        await self._w(spec.MMIO_STATUS, 0)
+        for _ in range(limit):
+            if await self._r(spec.MMIO_STATUS) == 0:
+                return
+            await self.link.advance(4)
+        raise BridgeError("the device did not complete its reset (Status never read 0)")
+
+    async def service_irq(self) -> None:
+        """irq is high: acknowledge, account the completions, signal the call eventfd."""
+        isr = await self._r(spec.MMIO_INTERRUPT_STATUS)
+        if not isr:
+            return
+        await self._w(spec.MMIO_INTERRUPT_ACK, isr)
+        self.interrupts += 1
+        if isr & spec.INT_CONFIG_CHANGE:
+            status = await self._r(spec.MMIO_STATUS)
+            if status & spec.STATUS_DEVICE_NEEDS_RESET:
+                cause = await self.link.hv.read32(spec.HV_FAULT_CAUSE)
+                addr = (await self.link.hv.read32(spec.HV_FAULT_ADDR_HI)) << 32 | \
+                    await self.link.hv.read32(spec.HV_FAULT_ADDR_LO)
+                target = getattr(self.link, "target", None)
+                bus = target.errors[:4] if target is not None else []
+                raise BridgeError(f"device fault: cause {cause} "
+                                  f"({spec.FAULT_NAMES.get(cause, '?')}) at {addr:#x}"
+                                  + (f"; accesses outside guest memory: {bus}" if bus else ""))
+        if isr & spec.INT_USED_BUFFER:
+            # Account before signalling: once called, the guest may reuse the buffers.
+            self.requests.collect(self.link.cycle)
+            if self.backend is not None and self.vring is not None:
+                self.backend.call(self.vring)
+                self.calls += 1
+
+    def busy(self) -> bool:
+        return self.requests.outstanding()
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+_RESULT = re.compile(r"VHB RESULT (\S+) (PASS|FAIL)\s*(.*)")
+
+
+class Console:
+    """QEMU's serial console (a file), read incrementally: the guest's result lines."""
+
+    def __init__(self, path: Path, log: logging.Logger) -> None:
+        self.path = path
+        self.log = log
+        self.pos = 0
+        self.partial = b""
+        self.results: dict[str, tuple[bool, str]] = {}
+        self.started_at: float | None = None
+        self.done_at: float | None = None
+        self.dmesg: list[str] = []
+        self._last = 0.0
+
+    def poll(self, min_interval_s: float = 0.0) -> None:
+        now = time.monotonic()
+        if now - self._last < min_interval_s:
+            return
+        self._last = now
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        self.pos += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        for raw in lines:
+            line = raw.decode(errors="replace").rstrip("\r")
+            self.log.info("guest| %s", line)
+            if line.startswith("VHB START") and self.started_at is None:
+                self.started_at = time.monotonic()
+            elif line.startswith("VHB DONE"):
+                self.done_at = time.monotonic()
+            elif line.startswith("VHB DMESG"):
+                self.dmesg.append(line[10:])
+            m = _RESULT.search(line)
+            if m:
+                self.results[m.group(1)] = (m.group(2) == "PASS", m.group(3).strip())
+
+
+def _die_with_parent() -> None:
+    """In the QEMU child: SIGKILL when the simulator process dies (prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+@dataclass
+class BridgeConfig:
+    qemu: list[str]  # argv; "{socket}" is replaced by the socket path
+    console: Path
+    deadline_s: float = 480.0
+    idle_wait_s: float = 0.05
+    poll_cycles: int = 16
+    stall_cycles: int = 300_000  # requests outstanding and no used element for this long
+
+
+@dataclass
+class BridgeStats:
+    wall_s: float = 0.0
+    boot_s: float | None = None
+    guest_s: float | None = None  # VHB START to VHB DONE
+    first_kick_s: float | None = None
+    cycles: int = 0
+    busy_cycles: int = 0
+    busy_wall_s: float = 0.0
+    qemu_rc: int | None = None
+    messages: dict[str, int] = field(default_factory=dict)
+
+
+class LinuxBridge:
+    """Start QEMU, serve its vhost-user connection with the device, until the guest powers off."""
+
+    def __init__(self, link: Link, transport: MmioTransport, cfg: BridgeConfig,
+                 log: logging.Logger | None = None) -> None:
+        self.link = link
+        self.transport = transport
+        self.cfg = cfg
+        self.log = log or logging.getLogger("linux.bridge")
+        self.console = Console(cfg.console, self.log)
+        self.stats = BridgeStats()
+
+    async def run(self) -> BridgeStats:
+        ident = self.transport.ident or await self.transport.identify()
+        features = ident.features
+        with tempfile.TemporaryDirectory(prefix="vhb-linux-") as tmp:
+            path = os.path.join(tmp, "vhost-user.sock")
+            srv = listen(path)
+            argv = [a.replace("{socket}", path) for a in self.cfg.qemu]
+            self.cfg.console.parent.mkdir(parents=True, exist_ok=True)
+            self.log.info("starting: %s", " ".join(argv))
+            with open(self.cfg.console, "wb") as out:
+                qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            t0 = time.monotonic()
+            backend: VhostUserBackend | None = None
+            try:
+                backend = await self._serve(srv, qemu, features, t0)
+            finally:
+                srv.close()
+                if qemu.poll() is None:
+                    qemu.kill()
+                self.stats.qemu_rc = qemu.wait()
+                self.console.poll()
+                if backend is not None:
+                    self.stats.messages = dict(backend.counts)
+                    backend.close()
+                self.stats.wall_s = time.monotonic() - t0
+                if self.console.started_at is not None:
+                    self.stats.boot_s = self.console.started_at - t0
+                    if self.console.done_at is not None:
+                        self.stats.guest_s = self.console.done_at - self.console.started_at
+        return self.stats
+
+    async def _serve(self, srv: socket.socket, qemu: subprocess.Popen, features: int,
+                     t0: float) -> VhostUserBackend | None:
+        backend: VhostUserBackend | None = None
+        hung_up = False
+        t = self.transport
+        last_used, last_progress = -1, self.link.cycle
+        while True:
+            if time.monotonic() - t0 > self.cfg.deadline_s:
+                raise BridgeError(f"timeout: the guest did not finish within "
+                                  f"{self.cfg.deadline_s:.0f} s (see {self.cfg.console})")
+            self.console.poll(0.1)
+            if qemu.poll() is not None and (backend is None or hung_up):
+                return backend
+            busy = t.busy() or self.link.irq
+            wait = 0.0 if busy else self.cfg.idle_wait_s
+            used = t.requests.used_idx() if t.requests.running else -1
+            if not busy or used != last_used:
+                last_used, last_progress = used, self.link.cycle
+            elif self.link.cycle - last_progress > self.cfg.stall_cycles:
+                raise BridgeError(f"the device published no used element for "
+                                  f"{self.cfg.stall_cycles} cycles with requests outstanding "
+                                  f"(used index {used}, avail index "
+                                  f"{t.requests.avail_idx()})")
+            if backend is None:
+                fds: list[Any] = [srv]
+            elif not hung_up:
+                fds = [backend, *(fd for fd, _ in backend.kick_fds())]
+            else:
+                fds = []  # QEMU hung up: wait for it to exit
+            ready = select.select(fds, [], [], wait)[0] if fds else []
+            if not fds:
+                time.sleep(wait)
+            for obj in ready:
+                if obj is srv:
+                    conn, _ = srv.accept()
+                    backend = VhostUserBackend(conn, t, features=features)
+                    t.backend = backend
+                    self.log.info("QEMU connected after %.2f s", time.monotonic() - t0)
+                elif obj is backend:
+                    msg = backend.receive()
+                    if msg is None:
+                        hung_up = True
+                        self.log.info("QEMU closed the vhost-user connection")
+                    else:
+                        await backend.handle(msg)
+                elif backend is not None and not hung_up:
+                    for fd, vring in list(backend.kick_fds()):
+                        if fd == obj:
+                            if self.stats.first_kick_s is None:
+                                self.stats.first_kick_s = time.monotonic() - t0
+                            await backend.kicked(vring)
+            # Decode what the guest made available before the device can complete it (the
+            # device takes far more than poll_cycles to read a chain and move its data).
+            t.requests.take_avail(self.link.cycle)
+            if self.link.irq:
+                await t.service_irq()
+            c0, w0 = self.link.cycle, time.monotonic()
+            await self.link.advance(self.cfg.poll_cycles if busy else 1)
+            if busy:
+                self.stats.busy_cycles += self.link.cycle - c0
+                self.stats.busy_wall_s += time.monotonic() - w0
+
+
+# --- after the guest: read the disk back through the device, compare, report ---------------------
+
+SCRATCH_BASE = 16 << 20  # guest RAM the read-back driver borrows once the guest is gone
+SCRATCH_BYTES = 4 << 20
+
+
+async def read_back(link: Any, capacity: int, chunk_sectors: int = 256) -> bytes:
+    """The whole RAM disk as the device returns it, read by this project's driver model
+    (``sw/driver.py``) with rings and buffers in the dead guest's memory."""
+    alloc = PageAllocator(link.ram, base=SCRATCH_BASE, size=SCRATCH_BYTES, seed=0)
+    driver = VirtioBlkDriver(link, IdentityDma(), alloc, seed=None, irq_timeout=2_000_000)
+    await driver.init(16)
+    out = bytearray()
+    reqs = [BlkRequest(spec.VIRTIO_BLK_T_IN, s, length=min(chunk_sectors, capacity - s) * 512)
+            for s in range(0, capacity, chunk_sectors)]
+    for res in await driver.run_batch(reqs):
+        if not res.ok:
+            raise BridgeError(f"read-back of sector {res.request.sector} failed: status "
+                              f"{res.status}")
+        out += res.data or b""
+    await driver.reset()
+    return bytes(out)
+
+
+def first_difference(a: bytes, b: bytes) -> str:
+    if len(a) != len(b):
+        return f"lengths {len(a)} and {len(b)}"
+    for i in range(0, len(a), 4096):
+        if a[i:i + 4096] != b[i:i + 4096]:
+            j = next(k for k in range(i, min(i + 4096, len(a))) if a[k] != b[k])
+            return f"first difference at byte {j} (sector {j // 512})"
+    return "equal"
+
+
+def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
+              checks: list[str], readback: bytes | None, expected: bytes | None,
+              hv: dict[str, int], mode: str, errors: list[str],
+              io: list[tuple[int, int]] = ()) -> dict[str, Any]:
+    """Every check (guest's and host's) and the figures, as one JSON-able dict."""
+    log = transport.requests
+    done = log.done
+    results: list[tuple[str, bool, str]] = []
+    for name in checks:
+        ok, detail = console.results.get(name, (False, "no result line from the guest"))
+        results.append((f"guest {name}", ok, detail))
+    by_kind = Counter(r.kind for r in done)
+    data_bytes = Counter()
+    for r in done:
+        data_bytes[r.kind] += r.data_len if r.type in (spec.VIRTIO_BLK_T_IN,
+                                                       spec.VIRTIO_BLK_T_OUT) else 0
+    served = hv.get("requests", len(done))
+    results.append(("host requests", served == len(done) and not log.pending,
+                    f"device counted {served}, bridge matched {len(done)} used elements, "
+                    f"{len(log.pending)} left pending"))
+    results.append(("host used-elements", not log.errors, "; ".join(log.errors[:3]) or
+                    "every used element names the right head and length"))
+    for size, offset in io:
+        # O_DIRECT reaches the device as requests inside the range that add up to it; a
+        # buffered fallback would show as page-sized requests around unaligned ranges.
+        s0, s1 = offset // spec.SECTOR_SIZE, (offset + size) // spec.SECTOR_SIZE
+        for kind in ("write", "read"):
+            inside = sum(r.data_len for r in done if r.kind == kind and s0 <= r.sector
+                         and r.sector + r.data_len // spec.SECTOR_SIZE <= s1)
+            results.append((f"host direct-{kind}-{size}", inside == size,
+                            f"{inside} bytes in {kind} requests inside sectors [{s0}, {s1})"))
+    results.append(("host faults", hv.get("faults", 0) == 0,
+                    f"HV_FAULT_COUNT {hv.get('faults', 0)}"))
+    results.append(("host flush-served", by_kind["flush"] > 0,
+                    f"{by_kind['flush']} VIRTIO_BLK_T_FLUSH"))
+    results.append(("host get-id-served", by_kind["get-id"] > 0,
+                    f"{by_kind['get-id']} VIRTIO_BLK_T_GET_ID"))
+    if readback is not None:
+        results.append(("host disk-vs-guest-writes", readback == bytes(log.shadow),
+                        "RAM disk read back through the device vs the initial pattern with "
+                        "every write the guest made: " + first_difference(readback,
+                                                                          bytes(log.shadow))))
+    if expected is not None:
+        results.append(("host guest-writes-vs-plan", bytes(log.shadow) == expected,
+                        "what the guest wrote vs the plan: "
+                        + first_difference(bytes(log.shadow), expected)))
+    results.append(("host guest-exit", stats.qemu_rc == 0 and console.done_at is not None
+                    and not errors, f"QEMU exit {stats.qemu_rc}; " + ("; ".join(errors)
+                                                                       or "no bridge error")))
+    lat = [r.done_cycle - r.kick_cycle for r in done if r.done_cycle is not None]
+    # Service time of the in-order device: from the later of the kick and the previous
+    # completion to this completion (completions are seen within poll_cycles).
+    service: dict[str, list[int]] = {}
+    prev: int | None = None
+    for r in done:
+        if r.done_cycle is None:
+            continue
+        start = r.kick_cycle if prev is None else max(r.kick_cycle, prev)
+        service.setdefault(f"{r.kind} {r.data_len}", []).append(r.done_cycle - start)
+        prev = r.done_cycle
+    sizes = Counter(r.data_len for r in done if r.type in (spec.VIRTIO_BLK_T_IN,
+                                                           spec.VIRTIO_BLK_T_OUT))
+    figures = {
+        "mode": mode,
+        "requests": len(done),
+        "requests_by_type": dict(by_kind),
+        "data_bytes": sum(data_bytes.values()),
+        "data_bytes_by_type": dict(data_bytes),
+        "request_sizes": {str(k): v for k, v in sorted(sizes.items())},
+        "bus_bytes_read": transport.ram.bytes_read,
+        "bus_bytes_written": transport.ram.bytes_written,
+        "cycles": stats.cycles,
+        "busy_cycles": stats.busy_cycles,
+        "cycles_per_request": (stats.busy_cycles / len(done)) if done else None,
+        "latency_cycles": {"min": min(lat), "mean": sum(lat) / len(lat), "max": max(lat)}
+        if lat else None,
+        "service_cycles": {k: {"n": len(v), "mean": sum(v) / len(v), "min": min(v)}
+                           for k, v in sorted(service.items())},
+        "wall_s": stats.wall_s,
+        "boot_s": stats.boot_s,
+        "guest_s": stats.guest_s,
+        "first_kick_s": stats.first_kick_s,
+        "busy_wall_s": stats.busy_wall_s,
+        "requests_per_s": len(done) / stats.wall_s if stats.wall_s else None,
+        "requests_per_busy_s": len(done) / stats.busy_wall_s if stats.busy_wall_s else None,
+        "cycles_per_s": stats.busy_cycles / stats.busy_wall_s if stats.busy_wall_s else None,
+        "notifies": transport.notifies,
+        "interrupts": transport.interrupts,
+        "calls": transport.calls,
+        "ring_starts": transport.starts,
+        "messages": stats.messages,
+        "readback_md5": hashlib.md5(readback).hexdigest() if readback is not None else None,
+    }
+    trace = [[r.kind, r.sector, r.data_len, r.kick_cycle, r.done_cycle] for r in done]
+    return {"checks": results, "figures": figures, "dmesg": console.dmesg, "requests": trace}
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+
+
+async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
+    """The whole run on ``link`` (RTL bench or reference model): identify the device, boot the
+    guest against it, read the disk back, check everything. ``cfg`` is the JSON the
+    orchestrator (``tools/linux/run.py``) passes: ``qemu``, ``console``, ``result``,
+    ``expected``, ``checks``, ``disk_bytes``, ``deadline_s``, ``mode``."""
+    transport = MmioTransport(link, cfg["disk_bytes"], log=log)
+    errors: list[str] = []
+    ident = await transport.identify()
+    log.info("device: vendor %#x, features %#x, QueueNumMax %d, capacity %d sectors",
+             ident.vendor, ident.features, ident.queue_num_max, ident.capacity)
+    if ident.capacity * spec.SECTOR_SIZE != cfg["disk_bytes"]:
+        errors.append(f"the device has {ident.capacity} sectors, the plan "
+                      f"{cfg['disk_bytes'] // spec.SECTOR_SIZE}")
+    bridge = LinuxBridge(link, transport,
+                         BridgeConfig(qemu=cfg["qemu"], console=Path(cfg["console"]),
+                                      deadline_s=cfg["deadline_s"]), log)
+    try:
+        stats = await bridge.run()
+    except (BridgeError, VhostUserError, OSError, ValueError) as exc:
+        log.error("bridge: %s", exc)
+        errors.append(f"{type(exc).__name__}: {exc}")
+        stats = bridge.stats
+    stats.cycles = link.cycle
+    transport.requests.collect(link.cycle)
+    hv = {"requests": await link.hv.read32(spec.HV_STAT_REQUESTS),
+          "faults": await link.hv.read32(spec.HV_FAULT_COUNT)}
+    readback = None
+    rb_cycles, rb_wall = link.cycle, time.monotonic()
+    if link.ram.table is not None:
+        try:
+            readback = await read_back(link, ident.capacity)
+        except Exception as exc:  # report it with everything else
+            log.error("read-back: %s", exc)
+            errors.append(f"read-back: {type(exc).__name__}: {exc}")
+    else:
+        errors.append("no memory table: the guest never used the device")
+    rb_cycles, rb_wall = link.cycle - rb_cycles, time.monotonic() - rb_wall
+    expected = Path(cfg["expected"]).read_bytes() if cfg.get("expected") else None
+    result = summarize(transport, stats, bridge.console, cfg["checks"], readback, expected, hv,
+                       cfg.get("mode", "rtl"), errors, [tuple(x) for x in cfg.get("io", [])])
+    result["figures"].update(readback_cycles=rb_cycles, readback_wall_s=rb_wall,
+                             device=ident.__dict__)
+    write_result(Path(cfg["result"]), result)
+    return result

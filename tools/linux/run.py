@@ -1,0 +1,167 @@
+"""``make linux``: boot an unmodified Linux guest under QEMU against the RTL and check its disk.
+
+    python -m tools.linux.run            # the RTL in cocotb + Icarus (data width 128, 2 MiB disk)
+    python -m tools.linux.run --model    # the reference model instead: seconds, no simulator
+
+Builds (and caches under ``build/linux/``) the kernel and the initramfs, runs
+``tb/test_linux.py`` through ``tb/runner.py`` (the bridge starts QEMU itself), then prints the
+summary: every check of the guest and of the host, and the figures. Exit status 0 only if every
+check passed; 1 on a failed check or a timeout; 2 when something is missing to run at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tools.linux.guest import (
+    BUILD,
+    GuestPlan,
+    SetupError,
+    check_tools,
+    ensure_initramfs,
+    ensure_kernel,
+    qemu_command,
+)
+
+DATA_WIDTH = 128
+
+
+def _fmt(v, unit: str = "", digits: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}{unit}"
+    return f"{v:,}{unit}"
+
+
+def _size(n: int) -> str:
+    return f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
+
+
+def print_summary(result: dict, mode: str, total_s: float) -> bool:
+    f = result["figures"]
+    checks = result["checks"]
+    ok_all = all(ok for _, ok, _ in checks)
+    dev = f.get("device") or {}
+    what = (f"RTL (cocotb + Icarus, data width {DATA_WIDTH})" if mode == "rtl"
+            else "reference model (models/device.py, untimed)")
+    print()
+    print("=" * 100)
+    print(f"Linux guest (QEMU vhost-user-blk) against the {what}")
+    print(f"  device               vendor {dev.get('vendor', 0):#x}, features "
+          f"{dev.get('features', 0):#x}, {dev.get('capacity', 0) * 512 // 1024} KiB RAM disk")
+    by_type = ", ".join(f"{k} {v}" for k, v in sorted(f["requests_by_type"].items()))
+    print(f"  requests served      {f['requests']} ({by_type})")
+    sizes = ", ".join(f"{_size(int(k))} x{v}" for k, v in f["request_sizes"].items())
+    print(f"  data bytes           {_fmt(f['data_bytes'])} (request sizes: {sizes})")
+    if mode == "rtl":
+        print(f"  bus bytes            read {_fmt(f['bus_bytes_read'])}, written "
+              f"{_fmt(f['bus_bytes_written'])} (m_axi, rings included, read-back included)")
+        lat = f.get("latency_cycles") or {}
+        print(f"  simulated cycles     {_fmt(f['cycles'])} in all; {_fmt(f['busy_cycles'])} "
+              f"with requests outstanding; read-back {_fmt(f['readback_cycles'])}")
+        print(f"  cycles per request   {_fmt(f['cycles_per_request'])} (kick to used element: "
+              f"min {_fmt(lat.get('min'))}, mean {_fmt(lat.get('mean'))}, "
+              f"max {_fmt(lat.get('max'))})")
+        sc = f.get("service_cycles") or {}
+        picks = [f"{k.split()[0]} {_size(int(k.split()[1]))} {v['mean']:,.0f} (x{v['n']})"
+                 for k, v in sc.items() if k.split()[1] in ("512", "4096", "65536")]
+        print(f"  device cycles        per request, from the later of kick and previous "
+              f"completion: {', '.join(picks) or 'n/a'}")
+        print(f"  simulation speed     {_fmt(f['cycles_per_s'], ' cycles/s', 0)} while busy")
+    print(f"  requests per second  {_fmt(f['requests_per_s'], '', 2)} of guest wall time "
+          f"({_fmt(f['requests_per_busy_s'], '', 2)} while busy)")
+    print(f"  wall time            boot to init {_fmt(f['boot_s'], ' s')}, guest checks "
+          f"{_fmt(f['guest_s'], ' s')}, QEMU in all {_fmt(f['wall_s'], ' s')}, read-back "
+          f"{_fmt(f['readback_wall_s'], ' s')}, total {_fmt(total_s, ' s')}")
+    print("  checks")
+    for name, ok, detail in checks:
+        print(f"    {'PASS' if ok else 'FAIL'}  {name:28} {detail}")
+    for line in result.get("dmesg", []):
+        print(f"    dmesg: {line}")
+    print(f"  result               {'PASS' if ok_all else 'FAIL'} "
+          f"({sum(ok for _, ok, _ in checks)}/{len(checks)} checks passed)")
+    print("=" * 100)
+    return ok_all
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="store_true",
+                        help="serve the guest with the reference model instead of the RTL")
+    parser.add_argument("--deadline", type=float, default=360.0,
+                        help="seconds the guest may take from QEMU's start to power-off")
+    parser.add_argument("--axi-model", choices=("fast", "cocotbext"), default="fast",
+                        help="m_axi memory model: the lean responder of tb/linux_bridge.py "
+                        "(default) or cocotbext-axi's AxiSlave (slower, the other benches' model)")
+    parser.add_argument("--build-dir", type=Path, default=BUILD)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(relativeCreated)9.0fms %(message)s")
+    t0 = time.monotonic()
+    mode = "model" if args.model else "rtl"
+    plan = GuestPlan()
+    build: Path = args.build_dir
+    build.mkdir(parents=True, exist_ok=True)
+    try:
+        check_tools()
+        kernel = ensure_kernel(build)
+        initramfs = ensure_initramfs(plan, kernel, build)
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"kernel {kernel.version}, initramfs {initramfs.name} "
+          f"({initramfs.stat().st_size // 1024} KiB)")
+    run_dir = build / f"run-{mode}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    expected = run_dir / "expected-disk.bin"
+    expected.write_bytes(plan.expected_disk())
+    result_path = run_dir / "result.json"
+    result_path.unlink(missing_ok=True)
+    cfg = {
+        "qemu": qemu_command(kernel, initramfs, "{socket}"),
+        "console": str((run_dir / "console.log").resolve()),
+        "result": str(result_path.resolve()),
+        "expected": str(expected.resolve()),
+        "checks": plan.checks,
+        "io": [[c.size, c.offset] for c in plan.io],
+        "disk_bytes": plan.disk_bytes,
+        "deadline_s": args.deadline,
+        "mode": mode,
+        "data_width": DATA_WIDTH,
+        "axi_model": args.axi_model,
+    }
+    if args.model:
+        from tb.linux_bridge import ModelLink, run_guest
+
+        asyncio.run(run_guest(ModelLink(plan.disk_bytes, DATA_WIDTH), cfg,
+                              logging.getLogger("linux")))
+    else:
+        from tb.runner import DeviceConfig, run
+
+        config = DeviceConfig(data_width=DATA_WIDTH, disk_bytes=plan.disk_bytes)
+        print(f"building the RTL ({config.tag}; the first export and compile of a 2 MiB disk "
+              "take about 2 minutes)", flush=True)
+        try:
+            run("tb.test_linux", config, testcase="test_linux_guest", results_name="linux",
+                extra_env={"VHB_LINUX": json.dumps(cfg)})
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+    if not result_path.exists():
+        print(f"error: the run produced no result ({result_path}); see the log above and "
+              f"{cfg['console']}", file=sys.stderr)
+        return 1
+    result = json.loads(result_path.read_text())
+    ok = print_summary(result, mode, time.monotonic() - t0)
+    print(f"console log: {cfg['console']}\nresult: {result_path}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
