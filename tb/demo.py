@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         if "requests" in s:
             st = s["statuses"]
             print(f"  requests          {s['requests']} (ok {st['ok']}, ioerr {st['ioerr']}, "
-                  f"unsupp {st['unsupp']}) in {s['workload_cycles']} cycles")
+                  f"unsupp {st['unsupp']}) in {s['workload_cycles']} cycles "
+                  f"(the driver's register and grant traffic included)")
             print(f"  bytes moved       {s['bytes_moved']}")
         if "bus_transactions" in s:
             print(f"  bus transactions  {s['bus_transactions']}")
