@@ -148,7 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true",
                     help="data width 64, latency 4, sequential aligned rows only")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild results.json/md and overhead.png from the rows already in "
+                         "<out>/raw (for instance after an interrupted sweep)")
     args = ap.parse_args(argv)
+    if args.report_only:
+        files = sorted((args.out / "raw").glob("*.jsonl"))
+        if not files:
+            print(f"error: no raw results in {args.out}/raw", file=sys.stderr)
+            return 2
+        return report(files, args.out, time.monotonic())
     try:
         check_simulator()
         from tqdm import tqdm
@@ -186,14 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     watcher.join()
     bar.update(total - bar.n)
     bar.close()
+    return report(files, args.out, t0)
+
+
+def report(files: list[Path], out: Path, t0: float) -> int:
     rows = rows_from(files)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "results.md").write_text(markdown(rows))
-    plot(rows, args.out / "overhead.png")
+    args_out = out
+    (args_out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (args_out / "results.md").write_text(markdown(rows))
+    plot(rows, args_out / "overhead.png")
     default = [r for r in rows if r["data_width"] == DEFAULT["data_width"]
                and r["mem_latency"] == DEFAULT["mem_latency"] and r["mode"] == "handle"
                and r["workload"] == "seq-aligned-read"]
-    print(f"\n{len(rows)} rows in {time.monotonic() - t0:.0f} s; wrote {args.out}/results.json, "
+    print(f"\n{len(rows)} rows in {time.monotonic() - t0:.0f} s; wrote {args_out}/results.json, "
           f"results.md, overhead.png")
     print("\ndata width 64, memory latency 4, sequential aligned reads (handle mode):")
     print("  in flight  request   cycles/req  bytes/cycle  x bound  handle/GPA")
