@@ -68,11 +68,17 @@ def run_proc(proc: dict, out_dir: Path) -> Path:
 
 def rows_from(raw_files: list[Path]) -> list[dict]:
     rows = []
+    seen = set()
     for path in raw_files:
         for line in path.read_text().splitlines():
             r = json.loads(line)
             if "repeat_check" in r:
                 continue
+            ident = tuple(r[k] for k in ("mode", "size", "pattern", "align", "in_flight",
+                                         "mem_latency", "data_width"))
+            if ident in seen:  # the same row measured twice (exact counts: keep one)
+                continue
+            seen.add(ident)
             n = r["requests"]
             cpr = r["cycles"] / n
             rows.append({
