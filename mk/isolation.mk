@@ -1,0 +1,23 @@
+# Isolation under attack (issue 4, docs/isolation.md): the formal proof of the translation unit
+# and the adversarial soak of the RTL.
+#
+#   make formal        k-induction of the translation unit (yowasp-sby and Yices from PyPI)
+#   make soak          100,000 adversarial RTL cases on every core, with a progress bar
+#   make soak SOAK_CASES=20000 SOAK_SEED=1001 SOAK_JOBS=2
+#                      another seed range; rerunning a command resumes it (finished streams
+#                      are kept in $(SOAK_OUT))
+
+SOAK_CASES      ?= 100000
+SOAK_SEED       ?= 1
+SOAK_JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+SOAK_PER_STREAM ?= 500
+SOAK_OUT        ?= build/soak
+
+.PHONY: formal soak
+
+formal: $(STAMP)
+	$(PY) -m formal.translate
+
+soak: $(STAMP) check-sim
+	$(PY) -m tb.soak --cases $(SOAK_CASES) --seed $(SOAK_SEED) --jobs $(SOAK_JOBS) \
+	  --per-stream $(SOAK_PER_STREAM) --out $(SOAK_OUT)
