@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entries", type=int, default=spec.DEFAULT_ENTRIES)
     parser.add_argument("--queue-num-max", type=int, default=spec.DEFAULT_QUEUE_NUM_MAX)
     parser.add_argument("--disk-bytes", type=int, default=spec.DEFAULT_DISK_BYTES)
+    parser.add_argument("--template", type=Path, default=None,
+                        help="also write a Verilog instantiation template to this file")
     args = parser.parse_args(argv)
     try:
         path = generate(args.output, data_width=args.data_width, entries=args.entries,
@@ -69,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {path} (top module {TOP_NAME}, data width {args.data_width}, "
           f"{args.entries} grant entries, QueueNumMax {args.queue_num_max}, "
           f"RAM disk {args.disk_bytes} bytes)")
+    if args.template is not None:
+        from .board.template import instantiation_template
+
+        args.template.parent.mkdir(parents=True, exist_ok=True)
+        args.template.write_text(instantiation_template(
+            path.read_text(), TOP_NAME,
+            f"data width {args.data_width}, {args.entries} grant entries, QueueNumMax "
+            f"{args.queue_num_max}, RAM disk {args.disk_bytes} bytes"))
+        print(f"wrote {args.template} (instantiation template)")
     return 0
 
 

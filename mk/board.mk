@@ -1,0 +1,41 @@
+# FPGA board flow (issue 5): ULX3S bitstream, area/Fmax report, board link simulation.
+#
+#   make board          build/board/ulx3s.bit for the Radiona ULX3S (ECP5 LFE5U-85F, speed 6)
+#                       with the YoWASP toolchain from PyPI (BAUD=1000000, BOARD_MEM_BYTES=65536)
+#   make fpga-report    synthesise, place and route the device in every configuration (entries
+#                       256/1024/4096 x data width 32/64/128, handle and GPA-only forms, seeds
+#                       1 and 2): build/board/report.json and report.md. Long (hours on 2
+#                       cores); FPGA_CONFIGS=64x1024 FPGA_SEEDS=1 FPGA_JOBS=2 narrow or widen it
+#   make board-sim      the long UART-link co-simulation (full demo workload, both modes)
+#   make verilog-template  build/virtio_blk_handle.v plus build/virtio_blk_handle_inst.v
+#
+# See docs/board.md.
+
+BOARD_STAMP     := $(VENV)/.installed-board
+BAUD            ?= 1000000
+BOARD_MEM_BYTES ?= 65536
+FPGA_CONFIGS    ?= 32x256,32x1024,32x4096,64x256,64x1024,64x4096,128x256,128x1024,128x4096
+FPGA_SEEDS      ?= 1,2
+FPGA_JOBS       ?= 1
+
+.PHONY: board fpga-report board-sim verilog-template
+
+$(BOARD_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[board]'
+	@touch $@
+
+board: $(BOARD_STAMP)
+	$(PY) -m rtl.board.build --build-dir build/board --baud $(BAUD) \
+	  --mem-bytes $(BOARD_MEM_BYTES) --data-width $(DATA_WIDTH) --entries $(ENTRIES)
+
+fpga-report: $(BOARD_STAMP)
+	$(PY) -m rtl.board.report --out build/board --configs $(FPGA_CONFIGS) \
+	  --seeds $(FPGA_SEEDS) --jobs $(FPGA_JOBS)
+
+board-sim: $(STAMP) check-sim
+	VHB_BOARD_LONG=1 $(PY) -m pytest -q -n $(JOBS) tests/test_board_sim.py
+
+verilog-template: $(STAMP)
+	$(PY) -m rtl.export -o build/virtio_blk_handle.v --data-width $(DATA_WIDTH) \
+	  --entries $(ENTRIES) --queue-num-max $(QUEUE_NUM_MAX) --disk-bytes $(DISK_BYTES) \
+	  --template build/virtio_blk_handle_inst.v
