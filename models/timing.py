@@ -232,12 +232,10 @@ class _Scheduler:
             d = self.read(t, a.txns)
             t = d + 1  # DESC_CHECK issues the next one, or ends the walk
         t += 1  # HDR_PIECE
-        # header pieces, with one cycle per descriptor skipped for being empty
-        descs = req.descs
+        # pass 2 sees only the non-empty descriptors (empty ones are not cached)
+        descs = [x for x in req.descs if x.len]
         k, got = 0, 0
         while True:
-            while descs[k].len == 0:
-                k, t = k + 1, t + 1
             take = min(descs[k].len, spec.BLK_HEADER_BYTES - got)
             a = next(acc)
             assert a.step == "hdr", a.step
@@ -255,11 +253,7 @@ class _Scheduler:
                 k, off = sum(1 for x in descs if not x.writable), 0
             moved = 0
             while moved < req.goal:  # DATA_PIECE
-                left = descs[k].len - off
-                if left == 0:
-                    k, off, t = k + 1, 0, t + 1
-                    continue
-                take = min(left, req.goal - moved)
+                take = min(descs[k].len - off, req.goal - moved)
                 a = next(acc)
                 assert a.step == "data", a.step
                 d = self.write(t, a.txns) if write else self.read(t, a.txns)

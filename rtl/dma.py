@@ -87,15 +87,19 @@ class DmaEngine(wiring.Component):
     """
 
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH, disk_word_bits: int,
-                 id_width: int = 4):
+                 ref_bits: int = 51, id_width: int = 4):
         self._data_width = check_data_width(data_width)
         lanes = data_width // 8
         self._disk_word_bits = disk_word_bits
+        self._ref_bits = ref_bits
+        # byte positions on the disk (one more bit: a position may be the disk's end) or in
+        # the scratch buffer
+        self._dpos_bits = max(6, disk_word_bits + exact_log2(lanes) + 1)
         super().__init__({
             "handle_mode": In(1),
             "abort": In(1),
             "tbl_changed": In(1),
-            "tbl_ref": In(51),
+            "tbl_ref": In(ref_bits),
             "cfg_changed": In(1),
             "inflight": Out(range(MAX_POSTED_WRITES + 3)),
             "burst_done": Out(1),
@@ -129,17 +133,21 @@ class DmaEngine(wiring.Component):
         mode = Signal()
         cur = Signal(64)
         rem = Signal(32)
-        dpos = Signal(32)
-        page = Signal(52)  # physical page number of the current page (handle mode)
+        dpos = Signal(self._dpos_bits)
+        page = Signal(32)  # frame of the current page (handle mode)
         page_ok = Signal()  # `page` holds a translation made after the last change to it
-        page_ref = Signal(51)  # the grant reference `page` was translated from
+        # The grant reference `page` was translated from. References are compared on the
+        # table's index bits only: a translated page's reference is inside the table, and a
+        # reference outside it faults however often it is looked up again.
+        page_ref = Signal(self._ref_bits)
         lookup = Signal()  # a table lookup answers in this ADDR cycle
-        lookup_ref = Signal(51)  # ... for this reference
+        lookup_ref = Signal(self._ref_bits)  # ... for this reference
         lookup_stale = Signal()  # ... but its entry changed in the cycle it was made
         # Current burst
         b_addr = Signal(64)
         b_n = Signal(range(B + 1))
         b_err = Signal()
+        b_fault = Signal(4)  # the translation of this burst failed: cause
         arlen = Signal(8)
 
         m.d.comb += [
@@ -166,7 +174,7 @@ class DmaEngine(wiring.Component):
         # ---- Read beats (R channel -> RAM disk or sbuf) ---------------------------------------
         r_lo = Signal(range(W))
         r_left = Signal(range(B + 1))
-        r_dpos = Signal(32)
+        r_dpos = Signal(self._dpos_bits)
         r_nb = Signal(range(W + 1))
         m.d.comb += r_nb.eq(Mux(r_left < W - r_lo, r_left, W - r_lo))
         r_take = Signal()  # a good beat is delivered this cycle
@@ -190,14 +198,18 @@ class DmaEngine(wiring.Component):
         ]
         with m.If(r_take & to_disk):
             m.d.comb += [self.disk_wr_en_lo.eq(en_lo), self.disk_wr_en_hi.eq(en_hi)]
+        # The scratch buffer is written like the disk: as SBUF_BYTES // W words, the rotated beat
+        # going to word ``r_dpos // W`` (lanes ``en_lo``) and the next word (lanes ``en_hi``). A
+        # scratch command never crosses the buffer's end (dpos + len <= SBUF_BYTES).
+        sb_words = SBUF_BYTES // W
+        sb_word = Signal(range(sb_words))
+        m.d.comb += [sb_word.eq(r_dpos[lw:]),
+                     self.sbuf_wdata.eq(Cat(*[self.disk_wr_data] * sb_words))]
         for k in range(SBUF_BYTES):
-            idx = Signal(range(SBUF_BYTES), name=f"sb_idx{k}")
-            m.d.comb += idx.eq(k - r_dpos[:5] + r_lo)
-            m.d.comb += self.sbuf_wdata[8 * k:8 * k + 8].eq(axi.rdata.word_select(idx[:lw], 8))
-            in_run = Signal(name=f"sb_in{k}")
-            m.d.comb += in_run.eq((k >= r_dpos) & (k < r_dpos + r_nb))
+            word, lane = divmod(k, W)
+            hi = en_hi[lane] & (sb_word == word - 1) if word else 0  # never wraps to word 0
             with m.If(r_take & ~to_disk):
-                m.d.comb += self.sbuf_we[k].eq(in_run)
+                m.d.comb += self.sbuf_we[k].eq((en_lo[lane] & (sb_word == word)) | hi)
 
         # ---- Write beats (RAM disk or sbuf -> W channel) ---------------------------------------
         # S0 issues a disk read for the next beat; S1 rotates the data into memory lanes and
@@ -206,20 +218,20 @@ class DmaEngine(wiring.Component):
         w_active = Signal()
         w_lo = Signal(range(W))
         w_left = Signal(range(B + 1))
-        w_dpos = Signal(32)
+        w_dpos = Signal(self._dpos_bits)
         w_disk = Signal()
         w_nb = Signal(range(W + 1))
         m.d.comb += w_nb.eq(Mux(w_left < W - w_lo, w_left, W - w_lo))
         s1_valid = Signal()
         s1_lo = Signal(range(W))
         s1_nb = Signal(range(W + 1))
-        s1_dpos = Signal(32)
+        s1_dpos = Signal(self._dpos_bits)
         s1_last = Signal()
         s1_disk = Signal()
         issue = Signal()
         w_last_issue = Signal()  # the burst's last beat enters S0 this cycle
         m.d.comb += [
-            issue.eq(w_active & (wfifo.level + s1_valid < W_FIFO_DEPTH)),
+            issue.eq(w_active & (b_fault == 0) & (wfifo.level + s1_valid < W_FIFO_DEPTH)),
             w_last_issue.eq(issue & (w_left == w_nb)),
             self.disk_rd_word.eq(w_dpos[lw:]),
         ]
@@ -234,19 +246,24 @@ class DmaEngine(wiring.Component):
         s1_d0 = Signal(lw)
         m.d.comb += s1_d0.eq(s1_dpos[:lw])
         combined = Signal(8 * W)
+        # The scratch buffer is read like the disk: words ``w_dpos // W`` and the next one,
+        # registered in S0 (the next word wraps; its lanes are then never strobed).
+        sb_lo = Signal(8 * W)
+        sb_hi = Signal(8 * W)
+        sb_rd = Signal(range(sb_words))
+        m.d.comb += sb_rd.eq(w_dpos[lw:])
+        with m.If(issue):
+            m.d.sync += [sb_lo.eq(self.sbuf.word_select(sb_rd, 8 * W)),
+                         sb_hi.eq(self.sbuf.word_select((sb_rd + 1)[:len(sb_rd)], 8 * W))]
+        src_lo = Mux(s1_disk, self.disk_rd_lo, sb_lo)
+        src_hi = Mux(s1_disk, self.disk_rd_hi, sb_hi)
         for lane in range(W):
             m.d.comb += combined[8 * lane:8 * lane + 8].eq(
-                Mux(lane >= s1_d0, self.disk_rd_lo[8 * lane:8 * lane + 8],
-                    self.disk_rd_hi[8 * lane:8 * lane + 8]))
+                Mux(lane >= s1_d0, src_lo[8 * lane:8 * lane + 8], src_hi[8 * lane:8 * lane + 8]))
         s1_rot = Signal(lw)
         m.d.comb += s1_rot.eq(s1_d0 - s1_lo)
         s1_data = Signal(8 * W)
-        sb_rot = Signal(5)
-        m.d.comb += sb_rot.eq(s1_dpos[:5] - s1_lo)
-        with m.If(s1_disk):
-            m.d.comb += s1_data.eq(_rotr_bytes(combined, s1_rot, W))
-        with m.Else():
-            m.d.comb += s1_data.eq(_rotr_bytes(self.sbuf, sb_rot, SBUF_BYTES)[:8 * W])
+        m.d.comb += s1_data.eq(_rotr_bytes(combined, s1_rot, W))
         s1_strb = Signal(W)
         for lane in range(W):
             m.d.comb += s1_strb[lane].eq((lane >= s1_lo) & (lane < s1_lo + s1_nb))
@@ -287,10 +304,10 @@ class DmaEngine(wiring.Component):
 
         def changed(ref):
             """A write this cycle may change the translation of grant reference ``ref``."""
-            return self.cfg_changed | (self.tbl_changed & (self.tbl_ref == ref))
+            return self.cfg_changed | (self.tbl_changed & (self.tbl_ref == ref[:self._ref_bits]))
 
         def request_lookup(vaddr, wr):
-            ref = vaddr[spec.PAGE_SHIFT:63]
+            ref = vaddr[spec.PAGE_SHIFT:spec.PAGE_SHIFT + self._ref_bits]
             m.d.comb += [xl_vaddr.eq(vaddr), xl_req.eq(1), xl_wr.eq(wr)]
             m.d.sync += [lookup.eq(1), lookup_ref.eq(ref), lookup_stale.eq(changed(ref))]
 
@@ -360,20 +377,23 @@ class DmaEngine(wiring.Component):
                 m.d.comb += [self.busy.eq(1), self.xlate.eq(lookup & mode)]
                 paddr = Signal(64)
                 m.d.comb += paddr.eq(Mux(mode, Cat(cur[:spec.PAGE_SHIFT],
-                                                   Mux(lookup, self.xl_resp_paddr[12:], page)),
+                                                   Mux(lookup, self.xl_resp_paddr[12:44],
+                                                       page)),
                                          cur))
+                # The lookup's verdict is registered here and acted on in RADDR/WADDR, before any
+                # valid: the table's read data feeds registers only (issue 5, Fmax).
                 m.d.sync += [b_addr.eq(paddr), b_n.eq(n_next), arlen.eq(beats_m1),
-                             b_err.eq(0), aw_sent.eq(0), lookup.eq(0)]
+                             b_err.eq(0), aw_sent.eq(0), lookup.eq(0),
+                             b_fault.eq(Mux(mode & lookup, self.xl_resp_fault, 0))]
                 fresh = lookup & ~lookup_stale & ~changed(lookup_ref)
                 with m.If(self.abort):
                     finish()
-                with m.Elif(mode & fresh & (self.xl_resp_fault != 0)):
-                    finish(self.xl_resp_fault, cur)
                 with m.Elif(mode & ~fresh & (lookup | ~page_ok | changed(page_ref))):
                     m.next = "XLATE"  # never issue a burst with a translation that is stale
                 with m.Else():
                     with m.If(lookup):
-                        m.d.sync += [page.eq(self.xl_resp_paddr[12:]), page_ok.eq(1),
+                        m.d.sync += [page.eq(self.xl_resp_paddr[12:44]),
+                                     page_ok.eq(self.xl_resp_fault == 0),
                                      page_ref.eq(lookup_ref)]
                     with m.If(write & (bq.level == MAX_POSTED_WRITES)):
                         m.next = "ADDR"  # wait for a response slot (the lookup is kept)
@@ -387,9 +407,13 @@ class DmaEngine(wiring.Component):
                         m.d.sync += [r_lo.eq(cur[:lw]), r_left.eq(n_next), r_dpos.eq(dpos)]
                         m.next = "RADDR"
             with m.State("RADDR"):
-                m.d.comb += [self.busy.eq(1), axi.arvalid.eq(1), rd_inflight.eq(1)]
-                with m.If(axi.arready):
-                    m.next = "RDATA"
+                m.d.comb += self.busy.eq(1)
+                with m.If(b_fault != 0):
+                    finish(b_fault, cur)  # no address goes out
+                with m.Else():
+                    m.d.comb += [axi.arvalid.eq(1), rd_inflight.eq(1)]
+                    with m.If(axi.arready):
+                        m.next = "RDATA"
             with m.State("RDATA"):
                 m.d.comb += [self.busy.eq(1), axi.rready.eq(1), rd_inflight.eq(1)]
                 with m.If(axi.rvalid):
@@ -406,13 +430,17 @@ class DmaEngine(wiring.Component):
             with m.State("WADDR"):
                 # The address and the beats of a burst go out side by side; the burst is
                 # handed over once both are (its response is collected in the background).
-                m.d.comb += [self.busy.eq(1), axi.awvalid.eq(~aw_sent),
-                             aw_pending.eq(~aw_sent)]
-                aw_done = aw_sent | axi.awready
-                with m.If(axi.awready):
-                    m.d.sync += aw_sent.eq(1)
-                with m.If(aw_done & (w_last_issue | ~w_active)):
-                    next_burst(b_n)
+                m.d.comb += self.busy.eq(1)
+                with m.If(b_fault != 0):
+                    m.d.sync += w_active.eq(0)  # `issue` is held off: no beat goes out
+                    finish(b_fault, cur)
+                with m.Else():
+                    m.d.comb += [axi.awvalid.eq(~aw_sent), aw_pending.eq(~aw_sent)]
+                    aw_done = aw_sent | axi.awready
+                    with m.If(axi.awready):
+                        m.d.sync += aw_sent.eq(1)
+                    with m.If(aw_done & (w_last_issue | ~w_active)):
+                        next_burst(b_n)
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(~pipe_busy):

@@ -70,6 +70,8 @@ class RingEngine(wiring.Component):
         qmax = self._queue_num_max
         cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
 
+        # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2 reads
+        # them back through the prefetch registers below.
         m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
         cache_wr = cache.write_port()
         cache_rd = cache.read_port(transparent_for=(cache_wr,))
@@ -91,41 +93,82 @@ class RingEngine(wiring.Component):
         head = Signal(16)
         # pass 1
         idx = Signal(16)
-        count = Signal(range(qmax + 2))
-        n_readable = Signal(range(qmax + 2))
+        walked = Signal(range(qmax + 2))  # descriptors of the chain seen so far
+        count = Signal(range(qmax + 2))  # ... of which non-empty (cached)
+        n_readable = Signal(range(qmax + 2))  # ... of which device-readable
         seen_write = Signal()
+        have_w0 = Signal()
+        w0_addr = Signal(64)  # the first non-empty device-writable descriptor
+        w0_len = Signal(32)
         total = Signal(34)
         r_bytes = Signal(33)
         w_bytes = Signal(33)
         status_addr = Signal(64)
-        # pass 2
+        # pass 2: the next piece starts at p_vaddr, in cached descriptor k, with p_left bytes
+        # left in that descriptor
         k = Signal(range(qmax + 1))
-        rd_addr = Signal(range(qmax + 1))  # the descriptor the cache shows next cycle
-        off = Signal(32)
+        p_vaddr = Signal(64)
+        p_left = Signal(32)
         got = Signal(5)
         take = Signal(32)
-        moved = Signal(32)
-        goal = Signal(32)
-        disk_base = Signal(32)
+        hdr_last = Signal()  # the header piece in flight ends the header
+        reload = Signal()  # ... ends its descriptor
+        remaining = Signal(32)  # data bytes not yet moved
+        dpos = Signal(32)  # where the next data piece starts on the disk (or in sbuf)
         to_disk = Signal()
         dir_write = Signal()
         blk_status = Signal(8)
         written = Signal(32)
         f_cause = Signal(4)
         f_addr = Signal(64)
+        # the ring address the next ring command uses, computed a cycle ahead (see ring_next)
+        ring_addr = Signal(64)
 
         m.d.comb += [
-            rd_addr.eq(k),
-            cache_rd.addr.eq(rd_addr),
             self.fault_cause.eq(f_cause),
             self.fault_addr.eq(f_addr),
             self.abort.eq(abort),
         ]
-        ent = cache_rd.data
+
+        # Prefetch: while a piece is in flight the next descriptor is read from the cache; its
+        # address and length land in p_vaddr / p_left one cycle after the read (a state's own
+        # assignment to them, made later in this function, wins).
+        pf = Signal()
+        pf_d = Signal()
+        m.d.comb += cache_rd.addr.eq(k + 1)
+        m.d.sync += pf_d.eq(pf)
+        with m.If(pf_d):
+            m.d.sync += [p_vaddr.eq(cache_rd.data.addr), p_left.eq(cache_rd.data.len)]
 
         n = self.queue_num
         desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
                            sbuf[:128])
+
+        def desc_addr(index):
+            """queue_desc + 16 * index, with the carry chain cut at bit 20 (index < 2^16)."""
+            lo = Signal(21, name="desc_lo")
+            m.d.comb += lo.eq(self.queue_desc[:20] + (index << 4)[:20])
+            hi = self.queue_desc[20:]
+            return Cat(lo[:20], Mux(lo[20], hi + 1, hi))
+
+        # Ring addresses (avail ring entry, used element, used index, the avail header for the
+        # poll) only depend on registers, so they are computed into ring_addr in the cycle
+        # before the state that issues them.
+        ring_base = Signal(64)
+        ring_off = Signal(19)
+        m.d.sync += ring_addr.eq(ring_base + ring_off)
+
+        def ring_next(what, avail=None):
+            if what == "poll":
+                m.d.comb += [ring_base.eq(self.queue_avail), ring_off.eq(0)]
+            elif what == "head":
+                m.d.comb += [ring_base.eq(self.queue_avail),
+                             ring_off.eq(4 + ((avail & qmask) << 1))]
+            elif what == "used":
+                m.d.comb += [ring_base.eq(self.queue_used),
+                             ring_off.eq(4 + ((used_idx & qmask) << 3))]
+            else:  # "uidx"
+                m.d.comb += [ring_base.eq(self.queue_used), ring_off.eq(2)]
 
         def fault(cause, addr):
             m.d.sync += [f_cause.eq(cause), f_addr.eq(addr)]
@@ -148,25 +191,24 @@ class RingEngine(wiring.Component):
             ]
             m.next = wait_state
 
-        def wait(name, then):
+        def wait(name, then, before=None):
             """Wait for the command's end; a DMA fault becomes the engine's fault."""
-            with state(name), m.If(self.dma_done):
-                with m.If(self.dma_fault != 0):
-                    fault(self.dma_fault, self.dma_fault_addr)
-                with m.Else():
-                    then()
+            with state(name):
+                if before is not None:
+                    before()
+                with m.If(self.dma_done):
+                    with m.If(self.dma_fault != 0):
+                        fault(self.dma_fault, self.dma_fault_addr)
+                    with m.Else():
+                        then()
 
         def goto(name):
             return lambda: setattr(m, "next", name)
 
-        def issue_head():
-            slot = Signal(16, name="ring_slot")
-            m.d.comb += slot.eq(last_avail & qmask)
-            issue("HEAD_WAIT", vaddr=self.queue_avail + 4 + (slot << 1), length=2)
-
         with m.FSM():
             with state("IDLE"):
                 m.d.comb += self.idle.eq(~abort)
+                ring_next("poll")
                 with m.If(kick & ~abort):
                     m.d.sync += kick.eq(0)
                     m.next = "QCHECK"
@@ -184,8 +226,8 @@ class RingEngine(wiring.Component):
                 with m.Elif(self.queue_used[:2] != 0):
                     fault(spec.FAULT_BAD_RING, self.queue_used)
                 with m.Else():
-                    issue("POLL_WAIT", vaddr=self.queue_avail, length=4)
-            wait("POLL_WAIT", goto("POLL_CHECK"))
+                    issue("POLL_WAIT", vaddr=ring_addr, length=4)
+            wait("POLL_WAIT", goto("POLL_CHECK"), before=lambda: ring_next("head", last_avail))
 
             with state("POLL_CHECK"):
                 pending = Signal(16)
@@ -196,97 +238,111 @@ class RingEngine(wiring.Component):
                 with m.Elif(pending == 0):
                     m.next = "IDLE"
                 with m.Else():
-                    issue_head()
+                    issue("HEAD_WAIT", vaddr=ring_addr, length=2)
 
             # ---- step 3.1 and 3.2: head, then walk and check the chain ------------------------
             with state("HEAD"):
-                issue_head()
+                issue("HEAD_WAIT", vaddr=ring_addr, length=2)
             wait("HEAD_WAIT", goto("DESC_FIRST"))
 
             with state("DESC_FIRST"):
                 first = sbuf[:16]
                 m.d.sync += [
-                    head.eq(first), idx.eq(first), count.eq(0), n_readable.eq(0),
-                    seen_write.eq(0), total.eq(0), r_bytes.eq(0), w_bytes.eq(0),
+                    head.eq(first), idx.eq(first), walked.eq(0), count.eq(0), n_readable.eq(0),
+                    seen_write.eq(0), have_w0.eq(0), total.eq(0), r_bytes.eq(0), w_bytes.eq(0),
                 ]
                 with m.If(first >= n):
                     fault(spec.FAULT_BAD_CHAIN, first)
                 with m.Else():
-                    issue("DESC_WAIT", vaddr=self.queue_desc + (first << 4), length=16)
-            wait("DESC_WAIT", goto("DESC_CHECK"))
+                    issue("DESC_WAIT", vaddr=desc_addr(first), length=16)
+
+            def before_desc():
+                # the first cached descriptor is ready for pass 2 (it was cached at least one
+                # descriptor read ago: a request needs two non-empty descriptors)
+                m.d.comb += cache_rd.addr.eq(0)
+                m.d.sync += [k.eq(0), got.eq(0)]
+                m.d.comb += pf.eq(1)
+            wait("DESC_WAIT", goto("DESC_CHECK"), before=before_desc)
 
             with state("DESC_CHECK"):
                 d_write = desc_f.flags[1]
-                end = Signal(65)
+                lo_end = Signal(33)
                 new_total = Signal(34)
-                new_r = Signal(33)
-                new_w = Signal(33)
+                new_side = Signal(33)
                 m.d.comb += [
-                    end.eq(desc_f.addr + desc_f.len),
+                    lo_end.eq(desc_f.addr[:32] + desc_f.len),
                     new_total.eq(total + desc_f.len),
-                    new_r.eq(Mux(d_write, r_bytes, r_bytes + desc_f.len)),
-                    new_w.eq(Mux(d_write, w_bytes + desc_f.len, w_bytes)),
+                    new_side.eq(Mux(d_write, w_bytes, r_bytes) + desc_f.len),
                 ]
+                new_r = Mux(d_write, r_bytes, new_side)
+                new_w = Mux(d_write, new_side, w_bytes)
+                # addr + len > 2^64, with a 32-bit carry chain
+                wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & lo_end[32] & (lo_end[:32] != 0)
                 bad = ((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
-                       | (~d_write & seen_write)
-                       | (end[64] & (end[:64] != 0))
-                       | (new_total > 0xFFFF_FFFF))
+                       | (~d_write & seen_write) | wraps | new_total[32:].any())
                 nxt = desc_f.next
+                nonempty = desc_f.len != 0
                 with m.If(bad):
                     fault(spec.FAULT_BAD_CHAIN, idx)
                 with m.Else():
                     m.d.comb += [
-                        cache_wr.addr.eq(count), cache_wr.en.eq(1),
+                        cache_wr.addr.eq(count), cache_wr.en.eq(nonempty),
                         cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
                         cache_wr.data.write.eq(d_write),
                     ]
-                    m.d.sync += [count.eq(count + 1), total.eq(new_total), r_bytes.eq(new_r),
-                                 w_bytes.eq(new_w), seen_write.eq(seen_write | d_write)]
-                    with m.If(~d_write):
-                        m.d.sync += n_readable.eq(n_readable + 1)
-                    with m.If(desc_f.len != 0):
-                        m.d.sync += status_addr.eq(desc_f.addr + desc_f.len - 1)
+                    m.d.sync += [walked.eq(walked + 1), total.eq(new_total),
+                                 seen_write.eq(seen_write | d_write)]
+                    with m.If(d_write):
+                        m.d.sync += w_bytes.eq(new_side)
+                    with m.Else():
+                        m.d.sync += r_bytes.eq(new_side)
+                    with m.If(nonempty):
+                        m.d.sync += [count.eq(count + 1),
+                                     status_addr.eq(desc_f.addr + desc_f.len - 1)]
+                        with m.If(~d_write):
+                            m.d.sync += n_readable.eq(n_readable + 1)
+                        with m.If(d_write & ~have_w0):
+                            m.d.sync += [have_w0.eq(1), w0_addr.eq(desc_f.addr),
+                                         w0_len.eq(desc_f.len)]
                     with m.If(desc_f.flags[0]):  # NEXT
                         with m.If(nxt >= n):
                             fault(spec.FAULT_BAD_CHAIN, nxt)
-                        with m.Elif(count + 1 == n):  # the next one would be number N + 1
+                        with m.Elif(walked + 1 == n):  # the next one would be number N + 1
                             fault(spec.FAULT_BAD_CHAIN, nxt)
                         with m.Else():
                             m.d.sync += idx.eq(nxt)
-                            issue("DESC_WAIT", vaddr=self.queue_desc + (nxt << 4), length=16)
+                            issue("DESC_WAIT", vaddr=desc_addr(nxt), length=16)
                     # step 3.3: request framing
                     with m.Elif((new_r < spec.BLK_HEADER_BYTES) | (new_w == 0)):
                         fault(spec.FAULT_BAD_REQUEST, head)
                     with m.Else():
-                        m.d.sync += [k.eq(0), got.eq(0)]
-                        m.d.comb += rd_addr.eq(0)
                         m.next = "HDR_PIECE"
 
             # ---- step 3.4: header --------------------------------------------------------------
-            with state("HDR_PIECE"):  # the cache shows descriptor k
+            with state("HDR_PIECE"):  # p_vaddr / p_left: cached descriptor k, never empty
                 need = Signal(5)
                 m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
-                piece = Mux(ent.len < need, ent.len, need)
-                m.d.sync += take.eq(piece)
-                with m.If(ent.len == 0):
-                    m.d.sync += k.eq(k + 1)
-                    m.d.comb += rd_addr.eq(k + 1)
-                with m.Else():
-                    issue("HDR_WAIT", vaddr=ent.addr, length=piece, dpos=got)
+                short = (p_left[5:] == 0) & (p_left[:5] < need)
+                piece = Signal(5)
+                m.d.comb += piece.eq(Mux(short, p_left[:5], need))
+                m.d.sync += [take.eq(piece), hdr_last.eq(~short),
+                             reload.eq(p_left == piece),
+                             p_vaddr.eq(p_vaddr + piece), p_left.eq(p_left - piece)]
+                issue("HDR_WAIT", vaddr=p_vaddr, length=piece, dpos=got)
+
+            def before_hdr():
+                with m.If(reload):
+                    m.d.comb += pf.eq(1)
 
             def after_hdr_piece():
                 m.d.sync += got.eq(got + take)
-                with m.If(got + take == spec.BLK_HEADER_BYTES):
-                    with m.If(take == ent.len):
-                        m.d.sync += [k.eq(k + 1), off.eq(0)]
-                    with m.Else():
-                        m.d.sync += off.eq(take)
+                with m.If(reload):
+                    m.d.sync += k.eq(k + 1)
+                with m.If(hdr_last):
                     m.next = "DECODE"
                 with m.Else():
-                    m.d.sync += k.eq(k + 1)
-                    m.d.comb += rd_addr.eq(k + 1)
                     m.next = "HDR_PIECE"
-            wait("HDR_WAIT", after_hdr_piece)
+            wait("HDR_WAIT", after_hdr_piece, before=before_hdr)
 
             # ---- step 3.5: decode and data -----------------------------------------------------
             with state("DECODE"):
@@ -300,31 +356,32 @@ class RingEngine(wiring.Component):
                     return ((d[:9] == 0) & (sector <= cap_sectors)
                             & (d <= self._disk_bytes - (sector[:32] << 9)))
 
-                def data_phase(nbytes, *, first_k, disk, write):
-                    m.d.sync += [goal.eq(nbytes), to_disk.eq(disk), dir_write.eq(write)]
-                    m.d.comb += rd_addr.eq(first_k)
-                    m.d.sync += k.eq(first_k)
+                def data_phase(nbytes, *, disk, write):
+                    m.d.sync += [remaining.eq(nbytes), to_disk.eq(disk), dir_write.eq(write)]
+                    if write:  # the data goes to the device-writable descriptors
+                        m.d.sync += [k.eq(n_readable), p_vaddr.eq(w0_addr),
+                                     p_left.eq(w0_len)]
+                    # else: it continues after the header, where p_vaddr / p_left / k are
                     with m.If(nbytes == 0):
                         m.next = "STATUS"
                     with m.Else():
                         m.next = "DATA_PIECE"
 
                 m.d.sync += [
-                    blk_status.eq(spec.VIRTIO_BLK_S_OK), written.eq(0), moved.eq(0),
-                    disk_base.eq(sector[:32] << 9),
+                    blk_status.eq(spec.VIRTIO_BLK_S_OK), written.eq(0),
+                    dpos.eq(sector[:32] << 9),
                 ]
                 with m.Switch(req_type):
                     with m.Case(spec.VIRTIO_BLK_T_IN):
                         with m.If(in_range(d_in)):
-                            m.d.sync += [written.eq(d_in), off.eq(0)]
-                            data_phase(d_in, first_k=n_readable, disk=1, write=1)
+                            m.d.sync += written.eq(d_in)
+                            data_phase(d_in, disk=1, write=1)
                         with m.Else():
                             m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
                             m.next = "STATUS"
                     with m.Case(spec.VIRTIO_BLK_T_OUT):
                         with m.If(in_range(d_out)):
-                            # continue after the header: keep k and off
-                            data_phase(d_out, first_k=k, disk=1, write=0)
+                            data_phase(d_out, disk=1, write=0)
                         with m.Else():
                             m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
                             m.next = "STATUS"
@@ -335,36 +392,32 @@ class RingEngine(wiring.Component):
                         m.d.comb += n_id.eq(Mux(d_in < spec.VIRTIO_BLK_ID_BYTES, d_in,
                                                 spec.VIRTIO_BLK_ID_BYTES))
                         m.d.sync += [
-                            written.eq(n_id), off.eq(0),
+                            written.eq(n_id), dpos.eq(0),
                             sbuf[:8 * spec.VIRTIO_BLK_ID_BYTES].eq(
                                 int.from_bytes(spec.DEVICE_SERIAL, "little")),
                         ]
-                        data_phase(n_id, first_k=n_readable, disk=0, write=1)
+                        data_phase(n_id, disk=0, write=1)
                     with m.Default():
                         m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
                         m.next = "STATUS"
 
-            with state("DATA_PIECE"):  # the cache shows descriptor k; moved < goal
-                left_in_desc = Signal(32)
-                left_in_goal = Signal(32)
-                m.d.comb += [left_in_desc.eq(ent.len - off), left_in_goal.eq(goal - moved)]
-                piece = Mux(left_in_desc < left_in_goal, left_in_desc, left_in_goal)
+            with state("DATA_PIECE"):  # p_vaddr / p_left: cached descriptor k; remaining > 0
+                piece = Signal(32)
+                m.d.comb += piece.eq(Mux(p_left < remaining, p_left, remaining))
                 m.d.sync += take.eq(piece)
-                with m.If(left_in_desc == 0):
-                    m.d.sync += [k.eq(k + 1), off.eq(0)]
-                    m.d.comb += rd_addr.eq(k + 1)
-                with m.Else():
-                    issue("DATA_WAIT", write=dir_write, vaddr=ent.addr + off, length=piece,
-                          disk=to_disk, dpos=Mux(to_disk, disk_base + moved, moved))
+                issue("DATA_WAIT", write=dir_write, vaddr=p_vaddr, length=piece,
+                      disk=to_disk, dpos=dpos)
 
             def after_data_piece():
-                m.d.sync += [moved.eq(moved + take), k.eq(k + 1), off.eq(0)]
-                m.d.comb += rd_addr.eq(k + 1)
-                with m.If(moved + take == goal):
+                # a piece ends its descriptor or the data: the next one starts at descriptor k + 1
+                m.d.sync += [remaining.eq(remaining - take), dpos.eq(dpos + take), k.eq(k + 1)]
+                with m.If(remaining == take):
                     m.next = "STATUS"
                 with m.Else():
                     m.next = "DATA_PIECE"
-            wait("DATA_WAIT", after_data_piece)
+            def before_data():
+                m.d.comb += pf.eq(1)
+            wait("DATA_WAIT", after_data_piece, before=before_data)
 
             # ---- steps 3.6 to 3.9: status, used element, used index -------------------------
             with state("STATUS"):
@@ -373,32 +426,39 @@ class RingEngine(wiring.Component):
             wait("STATUS_WAIT", goto("DRAIN_DATA"))
             with state("DRAIN_DATA"):  # no used element for data that did not arrive
                 issue("DRAIN_DATA_WAIT", drain=1)
-            wait("DRAIN_DATA_WAIT", goto("USED"))
+            wait("DRAIN_DATA_WAIT", goto("USED"), before=lambda: ring_next("used"))
 
             with state("USED"):
                 m.d.sync += sbuf[:64].eq(Cat(head, Const(0, 16), written + 1))
-                used_slot = Signal(16)
-                m.d.comb += used_slot.eq(used_idx & qmask)
-                issue("USED_WAIT", write=1, vaddr=self.queue_used + 4 + (used_slot << 3),
-                      length=8)
-            wait("USED_WAIT", goto("USED_IDX"))
+                issue("USED_WAIT", write=1, vaddr=ring_addr, length=8)
+            wait("USED_WAIT", goto("USED_IDX"), before=lambda: ring_next("uidx"))
 
             with state("USED_IDX"):
                 m.d.sync += sbuf[:16].eq(used_idx + 1)
-                issue("USED_IDX_WAIT", write=1, vaddr=self.queue_used + 2, length=2)
+                issue("USED_IDX_WAIT", write=1, vaddr=ring_addr, length=2)
             wait("USED_IDX_WAIT", goto("DRAIN_USED"))
             with state("DRAIN_USED"):  # the interrupt follows the used index
                 issue("DRAIN_USED_WAIT", drain=1)
 
+            next_avail = Signal(16)
+            m.d.comb += next_avail.eq(last_avail + 1)
+            round_done = next_avail == avail_idx
+
+            def before_used():
+                with m.If(round_done):
+                    ring_next("poll")
+                with m.Else():
+                    ring_next("head", next_avail)
+
             def after_used():
-                m.d.sync += [used_idx.eq(used_idx + 1), last_avail.eq(last_avail + 1)]
+                m.d.sync += [used_idx.eq(used_idx + 1), last_avail.eq(next_avail)]
                 m.d.comb += [self.completed.eq(1),
                              self.used_irq.eq(~avail_flags[0])]  # VIRTQ_AVAIL_F_NO_INTERRUPT
-                with m.If((last_avail + 1)[:16] == avail_idx):
+                with m.If(round_done):
                     m.next = "QCHECK"
                 with m.Else():
                     m.next = "HEAD"
-            wait("DRAIN_USED_WAIT", after_used)
+            wait("DRAIN_USED_WAIT", after_used, before=before_used)
 
             with state("FAULT"):
                 m.d.comb += self.fault.eq(1)

@@ -67,7 +67,8 @@ class VirtioBlkHandle(wiring.Component):
         m.submodules.xlate = xlate = TranslationUnit(self.entries)
         m.submodules.disk = disk = RamDisk(self.disk_bytes, self.data_width)
         m.submodules.dma = dma = DmaEngine(data_width=self.data_width,
-                                           disk_word_bits=disk.word_bits)
+                                           disk_word_bits=disk.word_bits,
+                                           ref_bits=xlate.ref_bits)
         m.submodules.engine = engine = RingEngine(queue_num_max=self.queue_num_max,
                                                   disk_bytes=self.disk_bytes)
 

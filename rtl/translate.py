@@ -78,6 +78,15 @@ class TranslationUnit(wiring.Component):
     def ref_bits(self) -> int:
         return self._ref_bits
 
+    def _out_of_range(self, ref):
+        """``ref >= entries``, as "a bit above the table's index is set" (a wide OR) or, when
+        ``entries`` is not a power of two, a compare of the index bits only: no 51-bit carry
+        chain on the lookup path (issue 5, Fmax)."""
+        high = ref[self._ref_bits:].any()
+        if self._entries == 1 << self._ref_bits:
+            return high
+        return high | (ref[:self._ref_bits] >= self._entries)
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.table = table = memory.Memory(
@@ -108,7 +117,7 @@ class TranslationUnit(wiring.Component):
             vaddr.eq(self.req_vaddr),
             write.eq(self.req_write),
             not_handle.eq(~self.req_vaddr[63]),
-            out_of_range.eq(ref >= self._entries),
+            out_of_range.eq(self._out_of_range(ref)),
         ]
 
         # Stage 2: check the entry (docs/architecture.md, first failing check wins).
