@@ -166,8 +166,20 @@ class DmaEngine(wiring.Component):
         # geometry never waits for the table.
         n_next = Signal(range(B + 1))
         room = Signal(range(B + 1))
-        m.d.comb += room.eq(B - cur[:lb])
-        m.d.comb += n_next.eq(Mux(rem < room, rem, room))
+        fits = Signal()  # the rest of the command fits in this burst: it is the last one
+        m.d.comb += [
+            room.eq(B - cur[:lb]),
+            fits.eq((rem[lb + 1:] == 0) & (rem[:lb + 1] <= room)),
+            n_next.eq(Mux(fits, rem[:lb + 1], room)),
+        ]
+        # Where the burst ends, computed in ADDR so that the burst's last cycle only moves
+        # registers (and issues the next page's lookup from one). A burst never crosses a
+        # page, so the page number is this one or the next.
+        end_lo = Signal(spec.PAGE_SHIFT + 1)
+        m.d.comb += end_lo.eq(cur[:spec.PAGE_SHIFT] + n_next)
+        b_end = Signal(64)
+        b_cross = Signal()  # the burst ends on a page boundary
+        b_final = Signal()  # ... and ends the command
         beats_m1 = Signal(8)
         m.d.comb += beats_m1.eq((cur[:lw] + n_next - 1) >> lw)
 
@@ -328,15 +340,13 @@ class DmaEngine(wiring.Component):
 
         def next_burst(n_done):
             """The current burst has ended (reads) or been handed over (writes)."""
-            nxt = Signal(64, name="nxt_vaddr")
-            m.d.comb += nxt.eq(cur + n_done)
-            m.d.sync += [cur.eq(nxt), rem.eq(rem - n_done), dpos.eq(dpos + n_done),
+            m.d.sync += [cur.eq(b_end), rem.eq(rem - n_done), dpos.eq(dpos + n_done),
                          lookup.eq(0)]
-            with m.If((rem == n_done) | self.abort):
+            with m.If(b_final | self.abort):
                 finish()
             with m.Else():
-                with m.If(mode & (nxt[:spec.PAGE_SHIFT] == 0)):
-                    request_lookup(nxt, write)  # the next page, in the burst's last cycle
+                with m.If(mode & b_cross):
+                    request_lookup(b_end, write)  # the next page, in the burst's last cycle
                 m.next = "ADDR"
 
         rd_inflight = Signal()
@@ -352,12 +362,14 @@ class DmaEngine(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd_ready.eq(1)
+                # The command registers follow the inputs in every idle cycle (they are unused
+                # while idle), so that cmd_valid only steers the state (issue 5, Fmax).
+                m.d.sync += [
+                    write.eq(self.cmd_write), to_disk.eq(self.cmd_disk),
+                    mode.eq(self.handle_mode), cur.eq(self.cmd_vaddr),
+                    rem.eq(self.cmd_len), dpos.eq(self.cmd_dpos), lookup.eq(0),
+                ]
                 with m.If(self.cmd_valid):
-                    m.d.sync += [
-                        write.eq(self.cmd_write), to_disk.eq(self.cmd_disk),
-                        mode.eq(self.handle_mode), cur.eq(self.cmd_vaddr),
-                        rem.eq(self.cmd_len), dpos.eq(self.cmd_dpos), lookup.eq(0),
-                    ]
                     with m.If(self.cmd_drain):
                         m.next = "DRAIN"
                     with m.Elif(self.cmd_len == 0):
@@ -382,6 +394,12 @@ class DmaEngine(wiring.Component):
                                          cur))
                 # The lookup's verdict is registered here and acted on in RADDR/WADDR, before any
                 # valid: the table's read data feeds registers only (issue 5, Fmax).
+                page_no = cur[spec.PAGE_SHIFT:]
+                m.d.sync += [
+                    b_end.eq(Cat(end_lo[:spec.PAGE_SHIFT],
+                                 Mux(end_lo[spec.PAGE_SHIFT], page_no + 1, page_no))),
+                    b_cross.eq(end_lo[spec.PAGE_SHIFT]), b_final.eq(fits),
+                ]
                 m.d.sync += [b_addr.eq(paddr), b_n.eq(n_next), arlen.eq(beats_m1),
                              b_err.eq(0), aw_sent.eq(0), lookup.eq(0),
                              b_fault.eq(Mux(mode & lookup, self.xl_resp_fault, 0))]

@@ -141,6 +141,13 @@ class RingEngine(wiring.Component):
             m.d.sync += [p_vaddr.eq(cache_rd.data.addr), p_left.eq(cache_rd.data.len)]
 
         n = self.queue_num
+        # The queue size as checked by QCHECK (at most QueueNumMax): the comparisons of the
+        # round use this narrow copy rather than the 32-bit register.
+        qnum = Signal(range(qmax + 1))
+        # QueueNum is a power of two in [1, QueueNumMax], computed a cycle ahead (a notify
+        # reaches QCHECK at least two cycles after the last register write)
+        num_ok = Signal()
+        m.d.sync += num_ok.eq((n != 0) & ((n & (n - 1)) == 0) & (n <= qmax))
         desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
                            sbuf[:128])
 
@@ -215,8 +222,7 @@ class RingEngine(wiring.Component):
 
             # ---- step 1 and 2: queue check and poll --------------------------------------------
             with state("QCHECK"):
-                num_ok = (n != 0) & ((n & (n - 1)) == 0) & (n <= qmax)
-                m.d.sync += qmask.eq(n - 1)
+                m.d.sync += [qmask.eq(n - 1), qnum.eq(n)]
                 with m.If(~num_ok):
                     fault(spec.FAULT_BAD_RING, n)
                 with m.Elif(self.queue_desc[:4] != 0):
@@ -233,7 +239,7 @@ class RingEngine(wiring.Component):
                 pending = Signal(16)
                 m.d.comb += pending.eq(sbuf[16:32] - last_avail)
                 m.d.sync += [avail_flags.eq(sbuf[:16]), avail_idx.eq(sbuf[16:32])]
-                with m.If(pending > n):
+                with m.If(pending > qnum):
                     fault(spec.FAULT_BAD_RING, sbuf[16:32])
                 with m.Elif(pending == 0):
                     m.next = "IDLE"
@@ -251,7 +257,7 @@ class RingEngine(wiring.Component):
                     head.eq(first), idx.eq(first), walked.eq(0), count.eq(0), n_readable.eq(0),
                     seen_write.eq(0), have_w0.eq(0), total.eq(0), r_bytes.eq(0), w_bytes.eq(0),
                 ]
-                with m.If(first >= n):
+                with m.If(first >= qnum):
                     fault(spec.FAULT_BAD_CHAIN, first)
                 with m.Else():
                     issue("DESC_WAIT", vaddr=desc_addr(first), length=16)
@@ -305,9 +311,9 @@ class RingEngine(wiring.Component):
                             m.d.sync += [have_w0.eq(1), w0_addr.eq(desc_f.addr),
                                          w0_len.eq(desc_f.len)]
                     with m.If(desc_f.flags[0]):  # NEXT
-                        with m.If(nxt >= n):
+                        with m.If(nxt >= qnum):
                             fault(spec.FAULT_BAD_CHAIN, nxt)
-                        with m.Elif(walked + 1 == n):  # the next one would be number N + 1
+                        with m.Elif(walked + 1 == qnum):  # the next one would be number N + 1
                             fault(spec.FAULT_BAD_CHAIN, nxt)
                         with m.Else():
                             m.d.sync += idx.eq(nxt)
@@ -345,16 +351,24 @@ class RingEngine(wiring.Component):
             wait("HDR_WAIT", after_hdr_piece, before=before_hdr)
 
             # ---- step 3.5: decode and data -----------------------------------------------------
+            # Data sizes of an IN and an OUT request, and the last first sector that leaves
+            # room for them (negative: none), settled from pass 1's sums well before DECODE:
+            # a request is in range when sector * 512 + size <= disk size.
+            d_in = Signal(33)
+            d_out = Signal(33)
+            room_in = Signal(34)
+            room_out = Signal(34)
+            m.d.sync += [
+                d_in.eq(w_bytes - 1), d_out.eq(r_bytes - spec.BLK_HEADER_BYTES),
+                room_in.eq(Const(cap_sectors, 34) - (d_in >> 9)),
+                room_out.eq(Const(cap_sectors, 34) - (d_out >> 9)),
+            ]
             with state("DECODE"):
                 req_type = sbuf[:32]
                 sector = sbuf[64:128]
-                d_in = Signal(33)
-                d_out = Signal(33)
-                m.d.comb += [d_in.eq(w_bytes - 1), d_out.eq(r_bytes - spec.BLK_HEADER_BYTES)]
-
-                def in_range(d):
-                    return ((d[:9] == 0) & (sector <= cap_sectors)
-                            & (d <= self._disk_bytes - (sector[:32] << 9)))
+                def in_range(d, room):
+                    return ((d[:9] == 0) & ~room[-1] & (sector[32:] == 0)
+                            & (sector[:32] <= room[:-1]))
 
                 def data_phase(nbytes, *, disk, write):
                     m.d.sync += [remaining.eq(nbytes), to_disk.eq(disk), dir_write.eq(write)]
@@ -373,14 +387,14 @@ class RingEngine(wiring.Component):
                 ]
                 with m.Switch(req_type):
                     with m.Case(spec.VIRTIO_BLK_T_IN):
-                        with m.If(in_range(d_in)):
+                        with m.If(in_range(d_in, room_in)):
                             m.d.sync += written.eq(d_in)
                             data_phase(d_in, disk=1, write=1)
                         with m.Else():
                             m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
                             m.next = "STATUS"
                     with m.Case(spec.VIRTIO_BLK_T_OUT):
-                        with m.If(in_range(d_out)):
+                        with m.If(in_range(d_out, room_out)):
                             data_phase(d_out, disk=1, write=0)
                         with m.Else():
                             m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
@@ -442,7 +456,9 @@ class RingEngine(wiring.Component):
 
             next_avail = Signal(16)
             m.d.comb += next_avail.eq(last_avail + 1)
-            round_done = next_avail == avail_idx
+            # registered: last_avail and avail_idx are settled long before DRAIN_USED_WAIT
+            round_done = Signal()
+            m.d.sync += round_done.eq(next_avail == avail_idx)
 
             def before_used():
                 with m.If(round_done):

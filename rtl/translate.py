@@ -110,15 +110,15 @@ class TranslationUnit(wiring.Component):
         valid = Signal()
         vaddr = Signal(64)
         write = Signal()
-        not_handle = Signal()
-        out_of_range = Signal()
         m.d.sync += [
             valid.eq(self.req_valid),
             vaddr.eq(self.req_vaddr),
             write.eq(self.req_write),
-            not_handle.eq(~self.req_vaddr[63]),
-            out_of_range.eq(self._out_of_range(ref)),
         ]
+        # The handle checks that need no entry run beside the table read, on the registered
+        # request: the request's path is only the table's address (issue 5, Fmax).
+        not_handle = ~vaddr[63]
+        out_of_range = self._out_of_range(vaddr[spec.PAGE_SHIFT:63])
 
         # Stage 2: check the entry (docs/architecture.md, first failing check wins).
         entry = GrantEntry(lookup.data)
