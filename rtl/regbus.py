@@ -8,7 +8,7 @@ A register file behind :class:`AXI4LiteRegBridge` sees one access at a time on i
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -60,30 +60,37 @@ class AXI4LiteRegBridge(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         axi, reg = self.axi, self.reg
+
+        # One-hot state: every output below is a single gate of the state bits and the valids.
+        idle = Signal(init=1)
+        bresp = Signal()
+        rdata_wait = Signal()  # the cycle after r_en: the register file presents r_data
+        rresp = Signal()
         rdata = Signal(32)
 
-        m.d.comb += [axi.bresp.eq(RESP_OKAY), axi.rresp.eq(RESP_OKAY), axi.rdata.eq(rdata)]
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(axi.awvalid & axi.wvalid):
-                    m.d.comb += [
-                        axi.awready.eq(1), axi.wready.eq(1),
-                        reg.addr.eq(axi.awaddr), reg.w_en.eq(1),
-                        reg.w_data.eq(axi.wdata), reg.w_strb.eq(axi.wstrb),
-                    ]
-                    m.next = "BRESP"
-                with m.Elif(axi.arvalid):
-                    m.d.comb += [axi.arready.eq(1), reg.addr.eq(axi.araddr), reg.r_en.eq(1)]
-                    m.next = "RDATA"
-            with m.State("BRESP"):
-                m.d.comb += axi.bvalid.eq(1)
-                with m.If(axi.bready):
-                    m.next = "IDLE"
-            with m.State("RDATA"):
-                m.d.sync += rdata.eq(reg.r_data)
-                m.next = "RRESP"
-            with m.State("RRESP"):
-                m.d.comb += axi.rvalid.eq(1)
-                with m.If(axi.rready):
-                    m.next = "IDLE"
+        write = Signal()
+        read = Signal()
+        m.d.comb += [
+            write.eq(idle & axi.awvalid & axi.wvalid),
+            read.eq(idle & axi.arvalid & ~(axi.awvalid & axi.wvalid)),
+            axi.awready.eq(write), axi.wready.eq(write), axi.arready.eq(read),
+            reg.w_en.eq(write), reg.r_en.eq(read),
+            # addr, w_data and w_strb only count in a cycle with w_en or r_en, so they are not
+            # gated with the state: the address is a single 2:1 mux and the write data wires.
+            reg.addr.eq(Mux(axi.awvalid & axi.wvalid, axi.awaddr, axi.araddr)),
+            reg.w_data.eq(axi.wdata), reg.w_strb.eq(axi.wstrb),
+            axi.bvalid.eq(bresp), axi.bresp.eq(RESP_OKAY),
+            axi.rvalid.eq(rresp), axi.rresp.eq(RESP_OKAY), axi.rdata.eq(rdata),
+        ]
+
+        b_done = bresp & axi.bready
+        r_done = rresp & axi.rready
+        m.d.sync += [
+            idle.eq((idle & ~write & ~read) | b_done | r_done),
+            bresp.eq(write | (bresp & ~axi.bready)),
+            rdata_wait.eq(read),
+            rresp.eq(rdata_wait | (rresp & ~axi.rready)),
+        ]
+        with m.If(rdata_wait):
+            m.d.sync += rdata.eq(reg.r_data)
         return m
