@@ -230,7 +230,7 @@ class _Scheduler:
             a = next(acc)
             assert a.step == "desc", a.step
             d = self.read(t, a.txns)
-            t = d + 1  # DESC_CHECK issues the next one, or ends the walk
+            t = d + 2  # DESC_CHECK, then DESC_NEXT issues the next one or ends the walk
         t += 1  # HDR_PIECE
         # pass 2 sees only the non-empty descriptors (empty ones are not cached)
         descs = [x for x in req.descs if x.len]
@@ -246,7 +246,7 @@ class _Scheduler:
                 k, off = (k + 1, 0) if take == descs[k].len else (k, take)
                 break
             k += 1
-        t += 1  # DECODE
+        t += 2  # DECODE, DISPATCH
         if req.goal:
             write = req.req_type != spec.VIRTIO_BLK_T_OUT
             if write:

@@ -189,13 +189,24 @@ class RingEngine(wiring.Component):
                     m.d.sync += abort.eq(0)
                     m.next = "IDLE"
 
-        def issue(wait_state, *, write=0, vaddr=0, length=0, disk=0, dpos=0, drain=0):
+        # The command's address is one of four, chosen by the issuing state; the DMA engine
+        # samples it only in the cycle it accepts a command.
+        vsel = Signal(2)
+        desc_idx = Signal(16)
+        VADDR = {"ring": 0, "desc": 1, "piece": 2, "status": 3}
+        m.d.comb += self.cmd_vaddr.eq(Mux(vsel[1], Mux(vsel[0], status_addr, p_vaddr),
+                                          Mux(vsel[0], desc_addr(desc_idx), ring_addr)))
+
+        def issue(wait_state, *, write=0, vaddr="ring", length=0, disk=0, dpos=0, drain=0,
+                  index=None):
             """Hand a command to the DMA engine (idle in every state that calls this)."""
             m.d.comb += [
                 self.cmd_valid.eq(~abort), self.cmd_write.eq(write), self.cmd_drain.eq(drain),
-                self.cmd_vaddr.eq(vaddr), self.cmd_len.eq(length),
+                vsel.eq(VADDR[vaddr]), self.cmd_len.eq(length),
                 self.cmd_disk.eq(disk), self.cmd_dpos.eq(dpos),
             ]
+            if index is not None:
+                m.d.comb += desc_idx.eq(index)
             m.next = wait_state
 
         def wait(name, then, before=None):
@@ -232,7 +243,7 @@ class RingEngine(wiring.Component):
                 with m.Elif(self.queue_used[:2] != 0):
                     fault(spec.FAULT_BAD_RING, self.queue_used)
                 with m.Else():
-                    issue("POLL_WAIT", vaddr=ring_addr, length=4)
+                    issue("POLL_WAIT", vaddr="ring", length=4)
             wait("POLL_WAIT", goto("POLL_CHECK"), before=lambda: ring_next("head", last_avail))
 
             with state("POLL_CHECK"):
@@ -244,11 +255,11 @@ class RingEngine(wiring.Component):
                 with m.Elif(pending == 0):
                     m.next = "IDLE"
                 with m.Else():
-                    issue("HEAD_WAIT", vaddr=ring_addr, length=2)
+                    issue("HEAD_WAIT", vaddr="ring", length=2)
 
             # ---- step 3.1 and 3.2: head, then walk and check the chain ------------------------
             with state("HEAD"):
-                issue("HEAD_WAIT", vaddr=ring_addr, length=2)
+                issue("HEAD_WAIT", vaddr="ring", length=2)
             wait("HEAD_WAIT", goto("DESC_FIRST"))
 
             with state("DESC_FIRST"):
@@ -260,7 +271,7 @@ class RingEngine(wiring.Component):
                 with m.If(first >= qnum):
                     fault(spec.FAULT_BAD_CHAIN, first)
                 with m.Else():
-                    issue("DESC_WAIT", vaddr=desc_addr(first), length=16)
+                    issue("DESC_WAIT", vaddr="desc", index=first, length=16)
 
             def before_desc():
                 # the first cached descriptor is ready for pass 2 (it was cached at least one
@@ -270,6 +281,13 @@ class RingEngine(wiring.Component):
                 m.d.comb += pf.eq(1)
             wait("DESC_WAIT", goto("DESC_CHECK"), before=before_desc)
 
+            # A descriptor takes two cycles: DESC_CHECK computes its checks and sums into
+            # registers (and caches it: after a failed check nothing reads the cache), then
+            # DESC_NEXT acts on them (issue 5, Fmax).
+            bad = Signal()
+            has_next = Signal()
+            nxt = Signal(16)
+            nxt_bad = Signal()
             with state("DESC_CHECK"):
                 d_write = desc_f.flags[1]
                 lo_end = Signal(33)
@@ -280,49 +298,52 @@ class RingEngine(wiring.Component):
                     new_total.eq(total + desc_f.len),
                     new_side.eq(Mux(d_write, w_bytes, r_bytes) + desc_f.len),
                 ]
-                new_r = Mux(d_write, r_bytes, new_side)
-                new_w = Mux(d_write, new_side, w_bytes)
                 # addr + len > 2^64, with a 32-bit carry chain
                 wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & lo_end[32] & (lo_end[:32] != 0)
-                bad = ((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
-                       | (~d_write & seen_write) | wraps | new_total[32:].any())
-                nxt = desc_f.next
                 nonempty = desc_f.len != 0
+                m.d.comb += [
+                    cache_wr.addr.eq(count), cache_wr.en.eq(nonempty),
+                    cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
+                    cache_wr.data.write.eq(d_write),
+                ]
+                m.d.sync += [
+                    bad.eq((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
+                           | (~d_write & seen_write) | wraps | new_total[32:].any()),
+                    has_next.eq(desc_f.flags[0]), nxt.eq(desc_f.next),
+                    nxt_bad.eq(desc_f.next >= qnum),
+                    walked.eq(walked + 1), total.eq(new_total),
+                    seen_write.eq(seen_write | d_write),
+                ]
+                with m.If(d_write):
+                    m.d.sync += w_bytes.eq(new_side)
+                with m.Else():
+                    m.d.sync += r_bytes.eq(new_side)
+                with m.If(nonempty):
+                    m.d.sync += [count.eq(count + 1),
+                                 status_addr.eq(desc_f.addr + desc_f.len - 1)]
+                    with m.If(~d_write):
+                        m.d.sync += n_readable.eq(n_readable + 1)
+                    with m.If(d_write & ~have_w0):
+                        m.d.sync += [have_w0.eq(1), w0_addr.eq(desc_f.addr),
+                                     w0_len.eq(desc_f.len)]
+                m.next = "DESC_NEXT"
+
+            with state("DESC_NEXT"):
                 with m.If(bad):
                     fault(spec.FAULT_BAD_CHAIN, idx)
+                with m.Elif(has_next):  # NEXT
+                    with m.If(nxt_bad):
+                        fault(spec.FAULT_BAD_CHAIN, nxt)
+                    with m.Elif(walked == qnum):  # the next one would be number N + 1
+                        fault(spec.FAULT_BAD_CHAIN, nxt)
+                    with m.Else():
+                        m.d.sync += idx.eq(nxt)
+                        issue("DESC_WAIT", vaddr="desc", index=nxt, length=16)
+                # step 3.3: request framing
+                with m.Elif((r_bytes < spec.BLK_HEADER_BYTES) | (w_bytes == 0)):
+                    fault(spec.FAULT_BAD_REQUEST, head)
                 with m.Else():
-                    m.d.comb += [
-                        cache_wr.addr.eq(count), cache_wr.en.eq(nonempty),
-                        cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
-                        cache_wr.data.write.eq(d_write),
-                    ]
-                    m.d.sync += [walked.eq(walked + 1), total.eq(new_total),
-                                 seen_write.eq(seen_write | d_write)]
-                    with m.If(d_write):
-                        m.d.sync += w_bytes.eq(new_side)
-                    with m.Else():
-                        m.d.sync += r_bytes.eq(new_side)
-                    with m.If(nonempty):
-                        m.d.sync += [count.eq(count + 1),
-                                     status_addr.eq(desc_f.addr + desc_f.len - 1)]
-                        with m.If(~d_write):
-                            m.d.sync += n_readable.eq(n_readable + 1)
-                        with m.If(d_write & ~have_w0):
-                            m.d.sync += [have_w0.eq(1), w0_addr.eq(desc_f.addr),
-                                         w0_len.eq(desc_f.len)]
-                    with m.If(desc_f.flags[0]):  # NEXT
-                        with m.If(nxt >= qnum):
-                            fault(spec.FAULT_BAD_CHAIN, nxt)
-                        with m.Elif(walked + 1 == qnum):  # the next one would be number N + 1
-                            fault(spec.FAULT_BAD_CHAIN, nxt)
-                        with m.Else():
-                            m.d.sync += idx.eq(nxt)
-                            issue("DESC_WAIT", vaddr=desc_addr(nxt), length=16)
-                    # step 3.3: request framing
-                    with m.Elif((new_r < spec.BLK_HEADER_BYTES) | (new_w == 0)):
-                        fault(spec.FAULT_BAD_REQUEST, head)
-                    with m.Else():
-                        m.next = "HDR_PIECE"
+                    m.next = "HDR_PIECE"
 
             # ---- step 3.4: header --------------------------------------------------------------
             with state("HDR_PIECE"):  # p_vaddr / p_left: cached descriptor k, never empty
@@ -334,7 +355,7 @@ class RingEngine(wiring.Component):
                 m.d.sync += [take.eq(piece), hdr_last.eq(~short),
                              reload.eq(p_left == piece),
                              p_vaddr.eq(p_vaddr + piece), p_left.eq(p_left - piece)]
-                issue("HDR_WAIT", vaddr=p_vaddr, length=piece, dpos=got)
+                issue("HDR_WAIT", vaddr="piece", length=piece, dpos=got)
 
             def before_hdr():
                 with m.If(reload):
@@ -363,12 +384,33 @@ class RingEngine(wiring.Component):
                 room_in.eq(Const(cap_sectors, 34) - (d_in >> 9)),
                 room_out.eq(Const(cap_sectors, 34) - (d_out >> 9)),
             ]
+            # DECODE registers what the header says; DISPATCH acts on it (issue 5, Fmax).
+            t_in = Signal()
+            t_out = Signal()
+            t_flush = Signal()
+            t_get_id = Signal()
+            ok_in = Signal()
+            ok_out = Signal()
+            sector_base = Signal(32)
             with state("DECODE"):
                 req_type = sbuf[:32]
                 sector = sbuf[64:128]
+
                 def in_range(d, room):
                     return ((d[:9] == 0) & ~room[-1] & (sector[32:] == 0)
                             & (sector[:32] <= room[:-1]))
+
+                m.d.sync += [
+                    t_in.eq(req_type == spec.VIRTIO_BLK_T_IN),
+                    t_out.eq(req_type == spec.VIRTIO_BLK_T_OUT),
+                    t_flush.eq(req_type == spec.VIRTIO_BLK_T_FLUSH),
+                    t_get_id.eq(req_type == spec.VIRTIO_BLK_T_GET_ID),
+                    ok_in.eq(in_range(d_in, room_in)), ok_out.eq(in_range(d_out, room_out)),
+                    sector_base.eq(sector[:32] << 9),
+                ]
+                m.next = "DISPATCH"
+
+            with state("DISPATCH"):
 
                 def data_phase(nbytes, *, disk, write):
                     m.d.sync += [remaining.eq(nbytes), to_disk.eq(disk), dir_write.eq(write)]
@@ -382,44 +424,42 @@ class RingEngine(wiring.Component):
                         m.next = "DATA_PIECE"
 
                 m.d.sync += [
-                    blk_status.eq(spec.VIRTIO_BLK_S_OK), written.eq(0),
-                    dpos.eq(sector[:32] << 9),
+                    blk_status.eq(spec.VIRTIO_BLK_S_OK), written.eq(0), dpos.eq(sector_base),
                 ]
-                with m.Switch(req_type):
-                    with m.Case(spec.VIRTIO_BLK_T_IN):
-                        with m.If(in_range(d_in, room_in)):
-                            m.d.sync += written.eq(d_in)
-                            data_phase(d_in, disk=1, write=1)
-                        with m.Else():
-                            m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
-                            m.next = "STATUS"
-                    with m.Case(spec.VIRTIO_BLK_T_OUT):
-                        with m.If(in_range(d_out, room_out)):
-                            data_phase(d_out, disk=1, write=0)
-                        with m.Else():
-                            m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
-                            m.next = "STATUS"
-                    with m.Case(spec.VIRTIO_BLK_T_FLUSH):
+                with m.If(t_in):
+                    with m.If(ok_in):
+                        m.d.sync += written.eq(d_in)
+                        data_phase(d_in, disk=1, write=1)
+                    with m.Else():
+                        m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
                         m.next = "STATUS"
-                    with m.Case(spec.VIRTIO_BLK_T_GET_ID):
-                        n_id = Signal(33)
-                        m.d.comb += n_id.eq(Mux(d_in < spec.VIRTIO_BLK_ID_BYTES, d_in,
-                                                spec.VIRTIO_BLK_ID_BYTES))
-                        m.d.sync += [
-                            written.eq(n_id), dpos.eq(0),
-                            sbuf[:8 * spec.VIRTIO_BLK_ID_BYTES].eq(
-                                int.from_bytes(spec.DEVICE_SERIAL, "little")),
-                        ]
-                        data_phase(n_id, disk=0, write=1)
-                    with m.Default():
-                        m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
+                with m.Elif(t_out):
+                    with m.If(ok_out):
+                        data_phase(d_out, disk=1, write=0)
+                    with m.Else():
+                        m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
                         m.next = "STATUS"
+                with m.Elif(t_flush):
+                    m.next = "STATUS"
+                with m.Elif(t_get_id):
+                    n_id = Signal(33)
+                    m.d.comb += n_id.eq(Mux(d_in < spec.VIRTIO_BLK_ID_BYTES, d_in,
+                                            spec.VIRTIO_BLK_ID_BYTES))
+                    m.d.sync += [
+                        written.eq(n_id), dpos.eq(0),
+                        sbuf[:8 * spec.VIRTIO_BLK_ID_BYTES].eq(
+                            int.from_bytes(spec.DEVICE_SERIAL, "little")),
+                    ]
+                    data_phase(n_id, disk=0, write=1)
+                with m.Else():
+                    m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
+                    m.next = "STATUS"
 
             with state("DATA_PIECE"):  # p_vaddr / p_left: cached descriptor k; remaining > 0
                 piece = Signal(32)
                 m.d.comb += piece.eq(Mux(p_left < remaining, p_left, remaining))
                 m.d.sync += take.eq(piece)
-                issue("DATA_WAIT", write=dir_write, vaddr=p_vaddr, length=piece,
+                issue("DATA_WAIT", write=dir_write, vaddr="piece", length=piece,
                       disk=to_disk, dpos=dpos)
 
             def after_data_piece():
@@ -436,7 +476,7 @@ class RingEngine(wiring.Component):
             # ---- steps 3.6 to 3.9: status, used element, used index -------------------------
             with state("STATUS"):
                 m.d.sync += sbuf[:8].eq(blk_status)
-                issue("STATUS_WAIT", write=1, vaddr=status_addr, length=1)
+                issue("STATUS_WAIT", write=1, vaddr="status", length=1)
             wait("STATUS_WAIT", goto("DRAIN_DATA"))
             with state("DRAIN_DATA"):  # no used element for data that did not arrive
                 issue("DRAIN_DATA_WAIT", drain=1)
@@ -444,12 +484,12 @@ class RingEngine(wiring.Component):
 
             with state("USED"):
                 m.d.sync += sbuf[:64].eq(Cat(head, Const(0, 16), written + 1))
-                issue("USED_WAIT", write=1, vaddr=ring_addr, length=8)
+                issue("USED_WAIT", write=1, vaddr="ring", length=8)
             wait("USED_WAIT", goto("USED_IDX"), before=lambda: ring_next("uidx"))
 
             with state("USED_IDX"):
                 m.d.sync += sbuf[:16].eq(used_idx + 1)
-                issue("USED_IDX_WAIT", write=1, vaddr=ring_addr, length=2)
+                issue("USED_IDX_WAIT", write=1, vaddr="ring", length=2)
             wait("USED_IDX_WAIT", goto("DRAIN_USED"))
             with state("DRAIN_USED"):  # the interrupt follows the used index
                 issue("DRAIN_USED_WAIT", drain=1)
