@@ -17,6 +17,7 @@ DATA_WIDTH    ?= 64
 ENTRIES       ?= 1024
 QUEUE_NUM_MAX ?= 256
 DISK_BYTES    ?= 65536
+TRANSLATION   ?= 1
 REQUESTS      ?= 64
 JOBS          ?= 2
 
@@ -47,7 +48,8 @@ check-sim:
 
 verilog: $(STAMP)
 	$(PY) -m rtl.export -o build/virtio_blk_handle.v --data-width $(DATA_WIDTH) \
-	  --entries $(ENTRIES) --queue-num-max $(QUEUE_NUM_MAX) --disk-bytes $(DISK_BYTES)
+	  --entries $(ENTRIES) --queue-num-max $(QUEUE_NUM_MAX) --disk-bytes $(DISK_BYTES) \
+	  $(if $(filter 0,$(TRANSLATION)),--no-translation)
 
 demo: $(STAMP) check-sim verilog
 	$(PY) -m tb.demo --data-width $(DATA_WIDTH) --requests $(REQUESTS) \

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from models import spec
-from models.bus import Burst, DmaFault, Transaction
+from models.bus import Transaction
 from models.device import ReferenceDevice
 from models.grant import GrantEntry
 from models.memory import GuestMemory
@@ -1072,82 +1072,29 @@ def gen_table_write(ch: Chooser, w: World, case: Case) -> TableWrite:
 
 
 # =================================================================================================
-# The oracle: the reference model plus the contract's stale-translation rule
+# The oracle: the reference model plus an access count
 # =================================================================================================
 
 
 class OracleDevice(ReferenceDevice):
     """:class:`ReferenceDevice` plus what the isolation tests need from the oracle.
 
-    * Counts DMA accesses (``dma_accesses``), for :func:`cycle_bound`.
-    * Implements the "Grant revocation" rule of docs/architecture.md, which the reference model
-      does not (it translates once per page): a write to the table, ``HV_CTRL`` or ``HV_DOMID``
-      makes the current translation stale, and the next burst, even inside the same page, is
-      preceded by a new lookup whose fault address is the virtual address where the access
-      resumed. Without a table write in the middle of an access the bursts, lookups and faults
-      are exactly the reference's (``iter_bursts``).
+    It counts DMA accesses (``dma_accesses``), for :func:`cycle_bound`. The "Grant revocation"
+    rule of docs/architecture.md (a new lookup before the next burst after a table write, even
+    inside a page) is the reference's own (``table_gen``).
     """
 
     def __init__(self, mem: GuestMemory, **kw: Any) -> None:
-        self.table_gen = 0
         self.dma_accesses = 0
         super().__init__(mem, **kw)
 
-    def _hv_write(self, offset: int, value: int, strb: int) -> None:
-        if self._grant_word_index(offset) is not None or offset in (spec.HV_CTRL, spec.HV_DOMID):
-            self.table_gen += 1
-        super()._hv_write(offset, value, strb)
-
-    def _bursts(self, v: int, n: int, write: bool):
-        b = spec.burst_bytes(self.data_width)
-        v &= U64
-        offset = 0
-        mode = self.handle_mode  # the DMA engine latches the mode per access
-        while offset < n:
-            size = min(PAGE - (v & (PAGE - 1)), n - offset)
-            t = self._translate(v, write)
-            gen = self.table_gen
-            if t.cause or t.paddr is None:
-                yield DmaFault(t.cause, v)
-                return
-            paddr = t.paddr
-            done = 0
-            while done < size:
-                if mode and self.table_gen != gen:
-                    here = (v + done) & U64
-                    t = self._translate(here, write)
-                    gen = self.table_gen
-                    if t.cause or t.paddr is None:
-                        yield DmaFault(t.cause, here)
-                        return
-                    paddr = t.paddr
-                burst = min(b - paddr % b, size - done)
-                yield Burst(paddr, burst, offset + done)
-                paddr += burst
-                done += burst
-            v = (v + size) & U64
-            offset += size
-
     def dma_read(self, v: int, n: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:
         self.dma_accesses += 1
-        out = bytearray()
-        for item in self._bursts(v, n, False):
-            if isinstance(item, DmaFault):
-                raise self._fault(item.cause, item.addr)
-            data = self._issue(Transaction("R", item.addr, item.nbytes))
-            assert data is not None
-            if sink is not None:
-                sink(item.offset, data)
-            out += data
-        return bytes(out)
+        return super().dma_read(v, n, sink)
 
     def dma_write(self, v: int, data: bytes) -> None:
         self.dma_accesses += 1
-        for item in self._bursts(v, len(data), True):
-            if isinstance(item, DmaFault):
-                raise self._fault(item.cause, item.addr)
-            self._issue(Transaction("W", item.addr, item.nbytes,
-                                    bytes(data[item.offset:item.offset + item.nbytes])))
+        super().dma_write(v, data)
 
 
 def cycle_bound(transactions: int, beats: int, lookups: int, accesses: int, *,
@@ -1171,7 +1118,7 @@ def cycle_bound(transactions: int, beats: int, lookups: int, accesses: int, *,
 
 class GrantView:
     """Which physical frames the table grants to the configured domain, for read and for write,
-    recomputed when the table, the mode or the domain changed (``OracleDevice.table_gen``)."""
+    recomputed when the table, the mode or the domain changed (``ReferenceDevice.table_gen``)."""
 
     def __init__(self, dev: OracleDevice) -> None:
         self.dev = dev

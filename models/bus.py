@@ -105,11 +105,15 @@ def burst_pieces(paddr: int, n: int, data_width: int) -> Iterator[tuple[int, int
 
 
 def iter_bursts(
-    v: int, n: int, write: bool, data_width: int, translate_fn: TranslateFn
+    v: int, n: int, write: bool, data_width: int, translate_fn: TranslateFn,
+    generation: Callable[[], int] | None = None,
 ) -> Iterator[Burst | DmaFault]:
     """Bursts of the access in issue order; a :class:`DmaFault` ends the iteration.
 
-    ``translate_fn`` is called once per page piece, only when the iteration reaches it.
+    ``translate_fn`` is called once per page piece, only when the iteration reaches it, and
+    again before a later burst of the same page if ``generation()`` changed since the last call
+    (a write to the grant table, the mode or the domain: docs/architecture.md "Grant
+    revocation"); that lookup's fault address is where the access resumes.
     """
     b = spec.burst_bytes(data_width)
     if n < 0:
@@ -123,8 +127,17 @@ def iter_bursts(
             yield DmaFault(t.cause, v)
             return
         paddr = t.paddr
+        gen = generation() if generation is not None else 0
         done = 0
         while done < size:  # bursts (same rule as burst_pieces)
+            if generation is not None and generation() != gen:
+                here = (v + done) & spec.ADDR_MASK
+                t = translate_fn(here, write)
+                gen = generation()
+                if t.cause or t.paddr is None:
+                    yield DmaFault(t.cause, here)
+                    return
+                paddr = t.paddr
             burst = min(b - paddr % b, size - done)
             yield Burst(paddr, burst, offset + done)
             paddr += burst

@@ -154,6 +154,9 @@ class ReferenceDevice:
         bus_error: Callable[[Transaction], bool] | None = None,
         on_transaction: Callable[[Transaction], None] | None = None,
     ) -> None:
+        # Bumped by every write to the grant table, HV_CTRL or HV_DOMID: a DMA access looks its
+        # page up again before its next burst (docs/architecture.md "Grant revocation").
+        self.table_gen = 0
         spec.burst_bytes(data_width)  # validates
         if not 1 <= queue_num_max <= 32768 or queue_num_max & (queue_num_max - 1):
             raise ValueError(f"queue_num_max must be a power of two <= 32768: {queue_num_max!r}")
@@ -447,6 +450,8 @@ class ReferenceDevice:
 
     def _hv_write(self, offset: int, value: int, strb: int) -> None:
         index = self._grant_word_index(offset)
+        if index is not None or offset in (spec.HV_CTRL, spec.HV_DOMID):
+            self.table_gen += 1
         if index is not None:
             self.grants.write_word(index, value, strb)  # grant words honour wstrb
             return
@@ -537,6 +542,12 @@ class ReferenceDevice:
             addr, self._werr = self._werr, None
             raise self._fault(spec.FAULT_BUS_ERROR, addr)
 
+    def _bursts(self, v: int, n: int, write: bool):
+        """The access's bursts. The mode is latched per access, as the DMA engine does: in GPA
+        mode nothing is looked up again."""
+        gen = (lambda: self.table_gen) if self.handle_mode else None
+        return iter_bursts(v, n, write, self.data_width, self._translate, gen)
+
     def dma_read(self, v: int, n: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:
         """One DMA read access of ``n`` bytes at virtual ``v``.
 
@@ -544,7 +555,7 @@ class ReferenceDevice:
         the RAM disk). Raises the engine's halt on a fault.
         """
         out = bytearray()
-        for item in iter_bursts(v, n, False, self.data_width, self._translate):
+        for item in self._bursts(v, n, False):
             if isinstance(item, DmaFault):
                 raise self._fault(item.cause, item.addr)
             data = self._issue(Transaction("R", item.addr, item.nbytes))
@@ -556,7 +567,7 @@ class ReferenceDevice:
 
     def dma_write(self, v: int, data: bytes) -> None:
         """One DMA write access of ``data`` at virtual ``v``. Raises the halt on a fault."""
-        for item in iter_bursts(v, len(data), True, self.data_width, self._translate):
+        for item in self._bursts(v, len(data), True):
             if isinstance(item, DmaFault):
                 raise self._fault(item.cause, item.addr)
             chunk = bytes(data[item.offset : item.offset + item.nbytes])

@@ -9,8 +9,9 @@ window. Its cycle-level behaviour is ``docs/timing.md``; in short:
 
 * the table lookup of a command's first page is issued in the cycle the command is accepted,
   and the lookup of the next page in the cycle the previous burst ends, so a lookup never
-  adds a cycle to an access (the translation is checked in the ``ADDR`` cycle that every
-  burst has in both modes);
+  adds a cycle to an access (the answer is registered in the ``ADDR`` cycle that every burst
+  has in both modes, and a failed check ends the command in the next cycle instead of the
+  address handshake: no valid is raised with it);
 * reads are one burst at a time; ``done`` pulses with the last beat;
 * writes are *posted*: ``done`` pulses once the last beat has entered the write pipeline and the
   address has been accepted; responses are collected in the background and a drain command
@@ -318,9 +319,17 @@ class DmaEngine(wiring.Component):
             """A write this cycle may change the translation of grant reference ``ref``."""
             return self.cfg_changed | (self.tbl_changed & (self.tbl_ref == ref[:self._ref_bits]))
 
+        # The table is read every cycle at the address a lookup would use in this state (the
+        # command's in IDLE, the current one in XLATE, the next burst's otherwise): only the
+        # request's valid depends on the decisions of the cycle (issue 5, Fmax).
+        in_idle = Signal()
+        in_xlate = Signal()
+        m.d.comb += [xl_vaddr.eq(Mux(in_idle, self.cmd_vaddr, Mux(in_xlate, cur, b_end))),
+                     xl_wr.eq(Mux(in_idle, self.cmd_write, write))]
+
         def request_lookup(vaddr, wr):
             ref = vaddr[spec.PAGE_SHIFT:spec.PAGE_SHIFT + self._ref_bits]
-            m.d.comb += [xl_vaddr.eq(vaddr), xl_req.eq(1), xl_wr.eq(wr)]
+            m.d.comb += xl_req.eq(1)
             m.d.sync += [lookup.eq(1), lookup_ref.eq(ref), lookup_stale.eq(changed(ref))]
 
         with m.If(changed(page_ref)):
@@ -361,7 +370,7 @@ class DmaEngine(wiring.Component):
         ]
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.cmd_ready.eq(1)
+                m.d.comb += [self.cmd_ready.eq(1), in_idle.eq(1)]
                 # The command registers follow the inputs in every idle cycle (they are unused
                 # while idle), so that cmd_valid only steers the state (issue 5, Fmax).
                 m.d.sync += [
@@ -379,7 +388,7 @@ class DmaEngine(wiring.Component):
                             request_lookup(self.cmd_vaddr, self.cmd_write)
                         m.next = "ADDR"
             with m.State("XLATE"):  # a lookup again: the table changed since the last one
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += [self.busy.eq(1), in_xlate.eq(1)]
                 with m.If(self.abort):
                     finish()
                 with m.Else():

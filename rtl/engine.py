@@ -6,10 +6,11 @@ used index (pass 2). Every memory access is a command to the :class:`~rtl.dma.Dm
 access is translated. A fault stops the engine until the driver resets the device.
 
 Cycle by cycle (``docs/timing.md``): a state that issues a command does so in the cycle right
-after the previous command's ``done``, computing the address from what that command returned;
-writes are posted and drained twice per request, before the used element (so that a failed data
-or status write never gets a used element) and after the used index (so that the interrupt
-follows the used index).
+after the previous command's ``done``, or two cycles after it where the checks of what it
+returned are registered first (a descriptor, the request header). Addresses come from registers
+or from a carry chain cut at bit 20, so that the engine meets 100 MHz. Writes are posted and
+drained twice per request, before the used element (so that a failed data or status write never
+gets a used element) and after the used index (so that the interrupt follows the used index).
 """
 
 from contextlib import contextmanager

@@ -59,12 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entries", type=int, default=spec.DEFAULT_ENTRIES)
     parser.add_argument("--queue-num-max", type=int, default=spec.DEFAULT_QUEUE_NUM_MAX)
     parser.add_argument("--disk-bytes", type=int, default=spec.DEFAULT_DISK_BYTES)
+    parser.add_argument("--no-translation", action="store_true",
+                        help="the GPA-only device: no grant table, no handle checks")
     parser.add_argument("--template", type=Path, default=None,
                         help="also write a Verilog instantiation template to this file")
     args = parser.parse_args(argv)
     try:
         path = generate(args.output, data_width=args.data_width, entries=args.entries,
-                        queue_num_max=args.queue_num_max, disk_bytes=args.disk_bytes)
+                        queue_num_max=args.queue_num_max, disk_bytes=args.disk_bytes,
+                        translation=not args.no_translation)
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from .mmio import MMIO_ADDR_WIDTH, VirtioMmioRegs
 from .params import check_data_width, check_disk_bytes, check_entries, check_queue_num_max
 from .ramdisk import RamDisk
 from .regbus import AXI4LiteRegBridge
-from .translate import TranslationUnit
+from .translate import PassThroughUnit, TranslationUnit
 
 __all__ = ["VirtioBlkHandle"]
 
@@ -40,16 +40,23 @@ class VirtioBlkHandle(wiring.Component):
         QueueNumMax (default 256), a power of two.
     disk_bytes : int
         RAM disk size in bytes (default 64 KiB).
+    translation : bool
+        ``True`` (default): the device. ``False``: the GPA-only device, for comparison: the
+        grant table and its checks are left out, the device always uses guest-physical
+        addresses whatever HV_CTRL says, and table entries read 0.
     """
 
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH,
                  entries: int = spec.DEFAULT_ENTRIES,
                  queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
-                 disk_bytes: int = spec.DEFAULT_DISK_BYTES):
+                 disk_bytes: int = spec.DEFAULT_DISK_BYTES, translation: bool = True):
         self.data_width = check_data_width(data_width)
         self.entries = check_entries(entries)
         self.queue_num_max = check_queue_num_max(queue_num_max)
         self.disk_bytes = check_disk_bytes(disk_bytes, data_width)
+        if not isinstance(translation, bool):
+            raise TypeError(f"Translation must be a bool, not {translation!r}")
+        self.translation = translation
         super().__init__({
             "irq": Out(1),
             "s_axil": In(AXI4LiteSignature(addr_width=MMIO_ADDR_WIDTH)),
@@ -64,7 +71,9 @@ class VirtioBlkHandle(wiring.Component):
         m.submodules.mmio = mmio = VirtioMmioRegs(queue_num_max=self.queue_num_max,
                                                   disk_bytes=self.disk_bytes)
         m.submodules.hv = hv = PrivilegedRegs(entries=self.entries)
-        m.submodules.xlate = xlate = TranslationUnit(self.entries)
+        unit = TranslationUnit if self.translation else PassThroughUnit
+        m.submodules.xlate = xlate = unit(self.entries)
+        handle_mode = hv.handle_mode if self.translation else 0
         m.submodules.disk = disk = RamDisk(self.disk_bytes, self.data_width)
         m.submodules.dma = dma = DmaEngine(data_width=self.data_width,
                                            disk_word_bits=disk.word_bits,
@@ -81,10 +90,10 @@ class VirtioBlkHandle(wiring.Component):
         m.d.comb += [
             self.irq.eq(mmio.irq),
             # privileged configuration
-            mmio.handle_mode.eq(hv.handle_mode),
-            xlate.handle_mode.eq(hv.handle_mode),
+            mmio.handle_mode.eq(handle_mode),
+            xlate.handle_mode.eq(handle_mode),
             xlate.domid.eq(hv.domid),
-            dma.handle_mode.eq(hv.handle_mode),
+            dma.handle_mode.eq(handle_mode),
             xlate.tbl_addr.eq(hv.tbl_addr),
             xlate.tbl_wdata.eq(hv.tbl_wdata),
             xlate.tbl_wen.eq(hv.tbl_wen),

@@ -16,7 +16,7 @@ from models import spec
 
 from .params import check_entries
 
-__all__ = ["GrantEntry", "TranslationUnit"]
+__all__ = ["GrantEntry", "PassThroughUnit", "TranslationUnit"]
 
 
 class GrantEntry(data.Struct):
@@ -145,4 +145,22 @@ class TranslationUnit(wiring.Component):
                                            | vaddr[:spec.PAGE_SHIFT])
         with m.Else():
             m.d.comb += self.resp_paddr.eq(vaddr)
+        return m
+
+
+class PassThroughUnit(TranslationUnit):
+    """:class:`TranslationUnit`'s ports with no table and no check: the GPA-only device.
+
+    ``resp_paddr`` is the request's ``req_vaddr`` one cycle later, ``resp_fault`` is always 0
+    and ``tbl_rdata`` always 0. Used by ``VirtioBlkHandle(translation=False)``, whose area and
+    Fmax beside the device's are the cost of translation (``make fpga-report``).
+    """
+
+    def elaborate(self, platform):
+        m = Module()
+        valid = Signal()
+        vaddr = Signal(64)
+        m.d.sync += [valid.eq(self.req_valid), vaddr.eq(self.req_vaddr)]
+        m.d.comb += [self.resp_valid.eq(valid), self.resp_paddr.eq(vaddr),
+                     self.resp_fault.eq(0), self.tbl_rdata.eq(0)]
         return m

@@ -265,12 +265,9 @@ def test_oracle_retranslates_after_a_table_write():
     assert (dev.fault_cause, dev.fault_addr) == (spec.FAULT_NOT_PERMITTED, req.data.dma + 1024)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reference-model bug (models/device.py): dma_read/dma_write translate once per page "
-    "(models.bus.iter_bursts), so a grant revoked between two bursts of the same page is still "
-    "used; docs/architecture.md 'Grant revocation' requires a new lookup before the next "
-    "burst. The isolation tests use models.adversary.OracleDevice, which implements the rule."))
 def test_reference_retranslates_after_a_table_write():
+    """docs/architecture.md "Grant revocation": a new lookup before the next burst, even inside
+    a page."""
     _, used_after, _ = _revoke_mid_page(ReferenceDevice)
     assert len(used_after) == 1, f"{len(used_after)} bursts used the revoked frame"
 

