@@ -198,16 +198,20 @@ class RingEngine(wiring.Component):
         m.d.comb += self.cmd_vaddr.eq(Mux(vsel[1], Mux(vsel[0], status_addr, p_vaddr),
                                           Mux(vsel[0], desc_addr(desc_idx), ring_addr)))
 
-        def issue(wait_state, *, write=0, vaddr="ring", length=0, disk=0, dpos=0, drain=0,
-                  index=None):
+        def address(vaddr, index=None):
+            """The address of the command a state issues, if it does: set for the whole state,
+            outside its decisions, so that the table's read address (which the DMA engine
+            takes from it) does not wait for them (issue 5, Fmax)."""
+            m.d.comb += vsel.eq(VADDR[vaddr])
+            if index is not None:
+                m.d.comb += desc_idx.eq(index)
+
+        def issue(wait_state, *, write=0, length=0, disk=0, dpos=0, drain=0):
             """Hand a command to the DMA engine (idle in every state that calls this)."""
             m.d.comb += [
                 self.cmd_valid.eq(~abort), self.cmd_write.eq(write), self.cmd_drain.eq(drain),
-                vsel.eq(VADDR[vaddr]), self.cmd_len.eq(length),
-                self.cmd_disk.eq(disk), self.cmd_dpos.eq(dpos),
+                self.cmd_len.eq(length), self.cmd_disk.eq(disk), self.cmd_dpos.eq(dpos),
             ]
-            if index is not None:
-                m.d.comb += desc_idx.eq(index)
             m.next = wait_state
 
         def wait(name, then, before=None):
@@ -234,6 +238,7 @@ class RingEngine(wiring.Component):
 
             # ---- step 1 and 2: queue check and poll --------------------------------------------
             with state("QCHECK"):
+                address("ring")
                 m.d.sync += [qmask.eq(n - 1), qnum.eq(n)]
                 with m.If(~num_ok):
                     fault(spec.FAULT_BAD_RING, n)
@@ -244,10 +249,11 @@ class RingEngine(wiring.Component):
                 with m.Elif(self.queue_used[:2] != 0):
                     fault(spec.FAULT_BAD_RING, self.queue_used)
                 with m.Else():
-                    issue("POLL_WAIT", vaddr="ring", length=4)
+                    issue("POLL_WAIT", length=4)
             wait("POLL_WAIT", goto("POLL_CHECK"), before=lambda: ring_next("head", last_avail))
 
             with state("POLL_CHECK"):
+                address("ring")
                 pending = Signal(16)
                 m.d.comb += pending.eq(sbuf[16:32] - last_avail)
                 m.d.sync += [avail_flags.eq(sbuf[:16]), avail_idx.eq(sbuf[16:32])]
@@ -256,15 +262,17 @@ class RingEngine(wiring.Component):
                 with m.Elif(pending == 0):
                     m.next = "IDLE"
                 with m.Else():
-                    issue("HEAD_WAIT", vaddr="ring", length=2)
+                    issue("HEAD_WAIT", length=2)
 
             # ---- step 3.1 and 3.2: head, then walk and check the chain ------------------------
             with state("HEAD"):
-                issue("HEAD_WAIT", vaddr="ring", length=2)
+                address("ring")
+                issue("HEAD_WAIT", length=2)
             wait("HEAD_WAIT", goto("DESC_FIRST"))
 
             with state("DESC_FIRST"):
                 first = sbuf[:16]
+                address("desc", first)
                 m.d.sync += [
                     head.eq(first), idx.eq(first), walked.eq(0), count.eq(0), n_readable.eq(0),
                     seen_write.eq(0), have_w0.eq(0), total.eq(0), r_bytes.eq(0), w_bytes.eq(0),
@@ -272,7 +280,7 @@ class RingEngine(wiring.Component):
                 with m.If(first >= qnum):
                     fault(spec.FAULT_BAD_CHAIN, first)
                 with m.Else():
-                    issue("DESC_WAIT", vaddr="desc", index=first, length=16)
+                    issue("DESC_WAIT", length=16)
 
             def before_desc():
                 # the first cached descriptor is ready for pass 2 (it was cached at least one
@@ -330,6 +338,7 @@ class RingEngine(wiring.Component):
                 m.next = "DESC_NEXT"
 
             with state("DESC_NEXT"):
+                address("desc", nxt)
                 with m.If(bad):
                     fault(spec.FAULT_BAD_CHAIN, idx)
                 with m.Elif(has_next):  # NEXT
@@ -339,7 +348,7 @@ class RingEngine(wiring.Component):
                         fault(spec.FAULT_BAD_CHAIN, nxt)
                     with m.Else():
                         m.d.sync += idx.eq(nxt)
-                        issue("DESC_WAIT", vaddr="desc", index=nxt, length=16)
+                        issue("DESC_WAIT", length=16)
                 # step 3.3: request framing
                 with m.Elif((r_bytes < spec.BLK_HEADER_BYTES) | (w_bytes == 0)):
                     fault(spec.FAULT_BAD_REQUEST, head)
@@ -348,6 +357,7 @@ class RingEngine(wiring.Component):
 
             # ---- step 3.4: header --------------------------------------------------------------
             with state("HDR_PIECE"):  # p_vaddr / p_left: cached descriptor k, never empty
+                address("piece")
                 need = Signal(5)
                 m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
                 short = (p_left[5:] == 0) & (p_left[:5] < need)
@@ -356,7 +366,7 @@ class RingEngine(wiring.Component):
                 m.d.sync += [take.eq(piece), hdr_last.eq(~short),
                              reload.eq(p_left == piece),
                              p_vaddr.eq(p_vaddr + piece), p_left.eq(p_left - piece)]
-                issue("HDR_WAIT", vaddr="piece", length=piece, dpos=got)
+                issue("HDR_WAIT", length=piece, dpos=got)
 
             def before_hdr():
                 with m.If(reload):
@@ -457,10 +467,11 @@ class RingEngine(wiring.Component):
                     m.next = "STATUS"
 
             with state("DATA_PIECE"):  # p_vaddr / p_left: cached descriptor k; remaining > 0
+                address("piece")
                 piece = Signal(32)
                 m.d.comb += piece.eq(Mux(p_left < remaining, p_left, remaining))
                 m.d.sync += take.eq(piece)
-                issue("DATA_WAIT", write=dir_write, vaddr="piece", length=piece,
+                issue("DATA_WAIT", write=dir_write, length=piece,
                       disk=to_disk, dpos=dpos)
 
             def after_data_piece():
@@ -476,21 +487,24 @@ class RingEngine(wiring.Component):
 
             # ---- steps 3.6 to 3.9: status, used element, used index -------------------------
             with state("STATUS"):
+                address("status")
                 m.d.sync += sbuf[:8].eq(blk_status)
-                issue("STATUS_WAIT", write=1, vaddr="status", length=1)
+                issue("STATUS_WAIT", write=1, length=1)
             wait("STATUS_WAIT", goto("DRAIN_DATA"))
             with state("DRAIN_DATA"):  # no used element for data that did not arrive
                 issue("DRAIN_DATA_WAIT", drain=1)
             wait("DRAIN_DATA_WAIT", goto("USED"), before=lambda: ring_next("used"))
 
             with state("USED"):
+                address("ring")
                 m.d.sync += sbuf[:64].eq(Cat(head, Const(0, 16), written + 1))
-                issue("USED_WAIT", write=1, vaddr="ring", length=8)
+                issue("USED_WAIT", write=1, length=8)
             wait("USED_WAIT", goto("USED_IDX"), before=lambda: ring_next("uidx"))
 
             with state("USED_IDX"):
+                address("ring")
                 m.d.sync += sbuf[:16].eq(used_idx + 1)
-                issue("USED_IDX_WAIT", write=1, vaddr="ring", length=2)
+                issue("USED_IDX_WAIT", write=1, length=2)
             wait("USED_IDX_WAIT", goto("DRAIN_USED"))
             with state("DRAIN_USED"):  # the interrupt follows the used index
                 issue("DRAIN_USED_WAIT", drain=1)
