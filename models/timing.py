@@ -194,7 +194,7 @@ class _Scheduler:
             self.outstanding = [b for b in self.outstanding if b >= aw]
             if len(self.outstanding) >= 8:
                 raise ValueError("more than 8 posted writes: outside the model's scope")
-            last_w = aw + 1 + beats  # beat j goes out at aw + 2 + j
+            last_w = aw + 2 + beats  # beat j goes out at aw + 3 + j
             b = last_w + 1 + self.L
             self.outstanding.append(b)
             self.last_b = max(self.last_b, b)

@@ -225,8 +225,9 @@ class DmaEngine(wiring.Component):
                 m.d.comb += self.sbuf_we[k].eq((en_lo[lane] & (sb_word == word)) | hi)
 
         # ---- Write beats (RAM disk or sbuf -> W channel) ---------------------------------------
-        # S0 issues a disk read for the next beat; S1 rotates the data into memory lanes and
-        # pushes the beat into a small FIFO that feeds the W channel.
+        # S0 issues a disk read for the next beat; S1 waits for it (the disk's read latency is
+        # two cycles); S2 rotates the data into memory lanes and pushes the beat into a small
+        # FIFO that feeds the W channel.
         m.submodules.wfifo = wfifo = SyncFIFO(width=8 * W + W + 1, depth=W_FIFO_DEPTH)
         w_active = Signal()
         w_lo = Signal(range(W))
@@ -241,10 +242,17 @@ class DmaEngine(wiring.Component):
         s1_dpos = Signal(self._dpos_bits)
         s1_last = Signal()
         s1_disk = Signal()
+        s2_valid = Signal()
+        s2_lo = Signal(range(W))
+        s2_nb = Signal(range(W + 1))
+        s2_dpos = Signal(self._dpos_bits)
+        s2_last = Signal()
+        s2_disk = Signal()
         issue = Signal()
         w_last_issue = Signal()  # the burst's last beat enters S0 this cycle
         m.d.comb += [
-            issue.eq(w_active & (b_fault == 0) & (wfifo.level + s1_valid < W_FIFO_DEPTH)),
+            issue.eq(w_active & (b_fault == 0)
+                     & (wfifo.level + s1_valid + s2_valid < W_FIFO_DEPTH)),
             w_last_issue.eq(issue & (w_left == w_nb)),
             self.disk_rd_word.eq(w_dpos[lw:]),
         ]
@@ -256,8 +264,10 @@ class DmaEngine(wiring.Component):
                 w_dpos.eq(w_dpos + w_nb), w_left.eq(w_left - w_nb), w_lo.eq(0),
                 w_active.eq(w_left != w_nb),
             ]
-        s1_d0 = Signal(lw)
-        m.d.comb += s1_d0.eq(s1_dpos[:lw])
+        m.d.sync += [s2_valid.eq(s1_valid), s2_lo.eq(s1_lo), s2_nb.eq(s1_nb), s2_dpos.eq(s1_dpos),
+                     s2_last.eq(s1_last), s2_disk.eq(s1_disk)]
+        s2_d0 = Signal(lw)
+        m.d.comb += s2_d0.eq(s2_dpos[:lw])
         combined = Signal(8 * W)
         # The scratch buffer is read like the disk: words ``w_dpos // W`` and the next one,
         # registered in S0 (the next word wraps; its lanes are then never strobed).
@@ -265,24 +275,27 @@ class DmaEngine(wiring.Component):
         sb_hi = Signal(8 * W)
         sb_rd = Signal(range(sb_words))
         m.d.comb += sb_rd.eq(w_dpos[lw:])
+        sb_lo2 = Signal(8 * W)
+        sb_hi2 = Signal(8 * W)
         with m.If(issue):
             m.d.sync += [sb_lo.eq(self.sbuf.word_select(sb_rd, 8 * W)),
                          sb_hi.eq(self.sbuf.word_select((sb_rd + 1)[:len(sb_rd)], 8 * W))]
-        src_lo = Mux(s1_disk, self.disk_rd_lo, sb_lo)
-        src_hi = Mux(s1_disk, self.disk_rd_hi, sb_hi)
+        m.d.sync += [sb_lo2.eq(sb_lo), sb_hi2.eq(sb_hi)]
+        src_lo = Mux(s2_disk, self.disk_rd_lo, sb_lo2)
+        src_hi = Mux(s2_disk, self.disk_rd_hi, sb_hi2)
         for lane in range(W):
             m.d.comb += combined[8 * lane:8 * lane + 8].eq(
-                Mux(lane >= s1_d0, src_lo[8 * lane:8 * lane + 8], src_hi[8 * lane:8 * lane + 8]))
-        s1_rot = Signal(lw)
-        m.d.comb += s1_rot.eq(s1_d0 - s1_lo)
-        s1_data = Signal(8 * W)
-        m.d.comb += s1_data.eq(_rotr_bytes(combined, s1_rot, W))
-        s1_strb = Signal(W)
+                Mux(lane >= s2_d0, src_lo[8 * lane:8 * lane + 8], src_hi[8 * lane:8 * lane + 8]))
+        s2_rot = Signal(lw)
+        m.d.comb += s2_rot.eq(s2_d0 - s2_lo)
+        s2_data = Signal(8 * W)
+        m.d.comb += s2_data.eq(_rotr_bytes(combined, s2_rot, W))
+        s2_strb = Signal(W)
         for lane in range(W):
-            m.d.comb += s1_strb[lane].eq((lane >= s1_lo) & (lane < s1_lo + s1_nb))
+            m.d.comb += s2_strb[lane].eq((lane >= s2_lo) & (lane < s2_lo + s2_nb))
         m.d.comb += [
-            wfifo.w_en.eq(s1_valid),
-            wfifo.w_data.eq(Cat(s1_data, s1_strb, s1_last)),
+            wfifo.w_en.eq(s2_valid),
+            wfifo.w_data.eq(Cat(s2_data, s2_strb, s2_last)),
             axi.wvalid.eq(wfifo.r_rdy),
             axi.wdata.eq(wfifo.r_data[:8 * W]),
             axi.wstrb.eq(wfifo.r_data[8 * W:9 * W]),
@@ -363,7 +376,7 @@ class DmaEngine(wiring.Component):
         aw_sent = Signal()
         pipe_busy = Signal()
         m.d.comb += [
-            pipe_busy.eq(posted | w_active | s1_valid | wfifo.r_rdy),
+            pipe_busy.eq(posted | w_active | s1_valid | s2_valid | wfifo.r_rdy),
             self.busy.eq(pipe_busy),
             self.inflight.eq(bq.level + rd_inflight + aw_pending),
             self.burst_done.eq(axi.bvalid | (axi.rvalid & axi.rready & axi.rlast)),

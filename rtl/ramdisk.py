@@ -34,7 +34,9 @@ class RamDisk(wiring.Component):
     -------
     rd_word : In
         Disk word index ``k``; ``rd_lo``/``rd_hi`` hold words ``k`` and ``k + 1`` (modulo the
-        disk) one cycle later.
+        disk) two cycles later: the block RAMs' outputs are registered before they go anywhere,
+        because a block RAM read is slow (about 6 ns clock to output on an ECP5 speed 6) and a
+        large disk spreads its block RAMs over the die.
     wr_word, wr_data, wr_en_lo, wr_en_hi : In
         Write the lanes of ``wr_data`` enabled by ``wr_en_lo`` into word ``k`` and those
         enabled by ``wr_en_hi`` into word ``k + 1``.
@@ -91,9 +93,9 @@ class RamDisk(wiring.Component):
         for b, (rp, _) in enumerate(banks):
             m.d.comb += rp.addr.eq(rd_rows[b])
         with m.If(rd_odd):
-            m.d.comb += [self.rd_lo.eq(banks[1][0].data), self.rd_hi.eq(banks[0][0].data)]
+            m.d.sync += [self.rd_lo.eq(banks[1][0].data), self.rd_hi.eq(banks[0][0].data)]
         with m.Else():
-            m.d.comb += [self.rd_lo.eq(banks[0][0].data), self.rd_hi.eq(banks[1][0].data)]
+            m.d.sync += [self.rd_lo.eq(banks[0][0].data), self.rd_hi.eq(banks[1][0].data)]
 
         wr_rows = rows(self.wr_word)
         for b, (_, wp) in enumerate(banks):

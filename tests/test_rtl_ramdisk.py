@@ -38,7 +38,7 @@ async def check_all_words(ctx, dut, image, lanes, *, wrap=True):
     words = len(image) // lanes
     for k in range(words):
         ctx.set(dut.rd_word, k)
-        await ctx.tick()
+        await ctx.tick().repeat(2)
         assert ctx.get(dut.rd_lo) == word(image, k, lanes), f"rd_lo word {k}"
         if wrap or k + 1 < words:
             assert ctx.get(dut.rd_hi) == word(image, k + 1, lanes), f"rd_hi word {k + 1}"
@@ -57,8 +57,9 @@ def test_initial_image_and_wrap(data_width):
 
 
 @pytest.mark.parametrize("data_width", WIDTHS)
-def test_read_latency_one_cycle(data_width):
-    """rd_lo/rd_hi change only at the clock edge after rd_word, and then hold words k, k+1."""
+def test_read_latency_two_cycles(data_width):
+    """rd_lo/rd_hi change only at the second clock edge after rd_word (registered block RAM
+    outputs), and then hold words k, k+1; reads are pipelined one per cycle."""
     lanes = data_width // 8
     dut = RamDisk(disk_bytes=DISK_BYTES, data_width=data_width)
     image = spec.ramdisk_init(DISK_BYTES)
@@ -66,14 +67,15 @@ def test_read_latency_one_cycle(data_width):
 
     async def bench(ctx):
         ctx.set(dut.rd_word, 3)
-        await ctx.tick()
+        await ctx.tick().repeat(2)
         for k in (last, 0, 1, last - 1, 2):
             ctx.set(dut.rd_word, k)
+            await ctx.tick()
             assert ctx.get(dut.rd_lo) == word(image, 3, lanes)  # still the old word
+            ctx.set(dut.rd_word, 3)
             await ctx.tick()
             assert (ctx.get(dut.rd_lo), ctx.get(dut.rd_hi)) == (
                 word(image, k, lanes), word(image, k + 1, lanes))
-            ctx.set(dut.rd_word, 3)
             await ctx.tick()
 
     run(dut, bench)
@@ -123,6 +125,9 @@ def test_random_byte_enable_writes(data_width, disk_bytes):
             ctx.set(dut.wr_en_hi, en_hi)
             ctx.set(dut.rd_word, r)
             await ctx.tick()
+            ctx.set(dut.wr_en_lo, 0)
+            ctx.set(dut.wr_en_hi, 0)
+            await ctx.tick()
             assert ctx.get(dut.rd_lo) == word(model, r, lanes), f"word {r} after {i} writes"
             assert ctx.get(dut.rd_hi) == word(model, r + 1, lanes)
             for lane in range(lanes):
@@ -165,7 +170,7 @@ def test_wrap_non_power_of_two_disk(data_width):
 
     async def bench(ctx):
         ctx.set(dut.rd_word, 1536 // lanes - 1)
-        await ctx.tick()
+        await ctx.tick().repeat(2)
         assert ctx.get(dut.rd_lo) == word(image, -1, lanes)
         assert ctx.get(dut.rd_hi) == word(image, 0, lanes)
 
