@@ -12,7 +12,8 @@ contract and not from the RTL:
   the cause of the first failing check (1 to 5, in the contract's order);
 * the physical address of a success is ``frame << 12 | offset``; in GPA mode the address passes
   through without a fault;
-* exactly one response, one cycle after each request.
+* exactly one response, two cycles after each request (the entry is registered out of the
+  block RAM, then checked against the configuration of the response cycle).
 
 "The entry read for it" is what the unit's own privileged read port (``tbl_addr`` ->
 ``tbl_rdata``, one cycle, the hypervisor's view of ``GRANT[ref]``) shows for that reference, in
@@ -84,28 +85,37 @@ class TranslationHarness(Elaboratable):
             m.d.comb += sig.eq(AnySeq(len(sig)))
 
         ref = dut.req_vaddr[spec.PAGE_SHIFT:63]
-        # What the harness knows of the request, one cycle later (when the response is due).
-        q_valid = Signal()
-        q_vaddr = Signal(64)
-        q_write = Signal()
-        q_checked = Signal()  # the entry of this lookup is known to the harness
-        q_entry = Signal(64)
-        m.d.sync += [q_valid.eq(dut.req_valid), q_vaddr.eq(dut.req_vaddr),
-                     q_write.eq(dut.req_write)]
+        # What the harness knows of the request one cycle later (``h_``) and two cycles later
+        # (``q_``, when the response is due).
+        h_valid = Signal()
+        h_vaddr = Signal(64)
+        h_write = Signal()
+        h_checked = Signal()  # the entry of this lookup is known to the harness
+        h_entry = Signal(64)
+        m.d.sync += [h_valid.eq(dut.req_valid), h_vaddr.eq(dut.req_vaddr),
+                     h_write.eq(dut.req_write)]
 
         if self.observe == "same":
-            # The privileged port reads GRANT[tbl_addr] with the same one-cycle latency: when
-            # it names the looked-up entry in the lookup's cycle, tbl_rdata is that entry.
-            m.d.sync += q_checked.eq(dut.req_valid & (dut.tbl_addr == ref))
-            m.d.comb += q_entry.eq(dut.tbl_rdata)
+            # The privileged port reads GRANT[tbl_addr] with a one-cycle latency: when it
+            # names the looked-up entry in the lookup's cycle, tbl_rdata is that entry.
+            m.d.sync += h_checked.eq(dut.req_valid & (dut.tbl_addr == ref))
+            m.d.comb += h_entry.eq(dut.tbl_rdata)
         else:
             # Last cycle the privileged port read GRANT[p_addr] and nothing was written:
             # tbl_rdata is that entry as it still is now.
             p_addr = Signal(bits)
             p_read = Signal()
             m.d.sync += [p_addr.eq(dut.tbl_addr), p_read.eq(dut.tbl_wen == 0)]
-            m.d.sync += [q_checked.eq(dut.req_valid & p_read & (p_addr == ref)),
-                         q_entry.eq(dut.tbl_rdata)]
+            m.d.sync += [h_checked.eq(dut.req_valid & p_read & (p_addr == ref)),
+                         h_entry.eq(dut.tbl_rdata)]
+
+        q_valid = Signal()
+        q_vaddr = Signal(64)
+        q_write = Signal()
+        q_checked = Signal()
+        q_entry = Signal(64)
+        m.d.sync += [q_valid.eq(h_valid), q_vaddr.eq(h_vaddr), q_write.eq(h_write),
+                     q_checked.eq(h_checked), q_entry.eq(h_entry)]
 
         # The contract, from docs/architecture.md ("Handles and translation").
         entry = GrantEntry(q_entry)
@@ -128,8 +138,8 @@ class TranslationHarness(Elaboratable):
         with m.Elif(~write_ok):
             m.d.comb += cause.eq(spec.FAULT_READONLY)
 
-        # One response exactly one cycle after each request (for every lookup, checked or not).
-        m.d.comb += Assert(dut.resp_valid == q_valid, "a response one cycle after each request")
+        # One response exactly two cycles after each request (for every lookup, checked or not).
+        m.d.comb += Assert(dut.resp_valid == q_valid, "a response two cycles after each request")
         # A reference outside the table faults whatever the entry.
         with m.If(dut.resp_valid & hm & q_vaddr[63] & ~in_table):
             m.d.comb += Assert(dut.resp_fault == spec.FAULT_REF_RANGE, "reference outside")

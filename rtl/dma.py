@@ -148,7 +148,10 @@ class DmaEngine(wiring.Component):
         b_addr = Signal(64)
         b_n = Signal(range(B + 1))
         b_err = Signal()
-        b_fault = Signal(4)  # the translation of this burst failed: cause
+        b_lookup = Signal()  # this burst's translation is the lookup answering after ADDR
+        b_first = Signal()  # the first cycle after ADDR (the lookup's answer is valid)
+        v_fault = Signal(4)  # the translation of this burst failed: cause (that cycle only)
+        burst_addr = Signal(64)  # the burst's physical address
         arlen = Signal(8)
 
         m.d.comb += [
@@ -158,7 +161,7 @@ class DmaEngine(wiring.Component):
             axi.awcache.eq(0b0011), axi.arcache.eq(0b0011),
             axi.awprot.eq(0b010), axi.arprot.eq(0b010),
             axi.awlock.eq(0), axi.arlock.eq(0),
-            axi.awaddr.eq(b_addr), axi.araddr.eq(b_addr),
+            axi.awaddr.eq(burst_addr), axi.araddr.eq(burst_addr),
             axi.awlen.eq(arlen), axi.arlen.eq(arlen),
         ]
 
@@ -251,7 +254,7 @@ class DmaEngine(wiring.Component):
         issue = Signal()
         w_last_issue = Signal()  # the burst's last beat enters S0 this cycle
         m.d.comb += [
-            issue.eq(w_active & (b_fault == 0)
+            issue.eq(w_active & (v_fault == 0)
                      & (wfifo.level + s1_valid + s2_valid < W_FIFO_DEPTH)),
             w_last_issue.eq(issue & (w_left == w_nb)),
             self.disk_rd_word.eq(w_dpos[lw:]),
@@ -311,7 +314,7 @@ class DmaEngine(wiring.Component):
         m.d.comb += [
             aw_hs.eq(axi.awvalid & axi.awready),
             axi.bready.eq(1),
-            bq.w_en.eq(aw_hs), bq.w_data.eq(b_addr),
+            bq.w_en.eq(aw_hs), bq.w_data.eq(burst_addr),
             bq.r_en.eq(axi.bvalid),
         ]
         werr = Signal()
@@ -347,6 +350,21 @@ class DmaEngine(wiring.Component):
 
         with m.If(changed(page_ref)):
             m.d.sync += page_ok.eq(0)
+
+        # The first cycle after ADDR: a lookup made for the burst answers now. Its frame makes
+        # the burst's address (and becomes the current page, unless its entry is being
+        # written right now); a fault ends the command instead of the address handshake.
+        m.d.sync += b_first.eq(0)
+        answer = b_first & b_lookup
+        m.d.comb += [
+            v_fault.eq(Mux(answer, self.xl_resp_fault, 0)),
+            burst_addr.eq(Mux(answer, Cat(b_addr[:spec.PAGE_SHIFT], self.xl_resp_paddr[12:44]),
+                              b_addr)),
+        ]
+        with m.If(answer):
+            m.d.sync += [b_addr.eq(burst_addr), page.eq(self.xl_resp_paddr[12:44]),
+                         page_ok.eq((self.xl_resp_fault == 0) & ~changed(lookup_ref)),
+                         page_ref.eq(lookup_ref)]
 
         # ---- Control ----------------------------------------------------------------------------
         fault = Signal(4)
@@ -410,12 +428,10 @@ class DmaEngine(wiring.Component):
             with m.State("ADDR"):
                 m.d.comb += [self.busy.eq(1), self.xlate.eq(lookup & mode)]
                 paddr = Signal(64)
-                m.d.comb += paddr.eq(Mux(mode, Cat(cur[:spec.PAGE_SHIFT],
-                                                   Mux(lookup, self.xl_resp_paddr[12:44],
-                                                       page)),
-                                         cur))
-                # The lookup's verdict is registered here and acted on in RADDR/WADDR, before any
-                # valid: the table's read data feeds registers only (issue 5, Fmax).
+                m.d.comb += paddr.eq(Mux(mode, Cat(cur[:spec.PAGE_SHIFT], page), cur))
+                # A lookup made for this burst answers in the next cycle (the translation unit's
+                # latency is two cycles), the first of RADDR/WADDR, which acts on it before any
+                # valid goes out.
                 page_no = cur[spec.PAGE_SHIFT:]
                 m.d.sync += [
                     b_end.eq(Cat(end_lo[:spec.PAGE_SHIFT],
@@ -424,32 +440,33 @@ class DmaEngine(wiring.Component):
                 ]
                 m.d.sync += [b_addr.eq(paddr), b_n.eq(n_next), arlen.eq(beats_m1),
                              b_err.eq(0), aw_sent.eq(0), lookup.eq(0),
-                             b_fault.eq(Mux(mode & lookup, self.xl_resp_fault, 0))]
+                             b_lookup.eq(mode & lookup)]
                 fresh = lookup & ~lookup_stale & ~changed(lookup_ref)
                 with m.If(self.abort):
                     finish()
                 with m.Elif(mode & ~fresh & (lookup | ~page_ok | changed(page_ref))):
                     m.next = "XLATE"  # never issue a burst with a translation that is stale
                 with m.Else():
-                    with m.If(lookup):
-                        m.d.sync += [page.eq(self.xl_resp_paddr[12:44]),
-                                     page_ok.eq(self.xl_resp_fault == 0),
-                                     page_ref.eq(lookup_ref)]
                     with m.If(write & (bq.level == MAX_POSTED_WRITES)):
-                        m.next = "ADDR"  # wait for a response slot (the lookup is kept)
+                        m.next = "ADDR"  # wait for a response slot (then look up again)
+                        with m.If(lookup):
+                            m.d.sync += page_ok.eq(0)
                     with m.Elif(~write & posted):
                         m.next = "ADDR"  # reads are ordered after every posted write
+                        with m.If(lookup):
+                            m.d.sync += page_ok.eq(0)
                     with m.Elif(write):
                         m.d.sync += [w_active.eq(1), w_lo.eq(cur[:lw]), w_left.eq(n_next),
-                                     w_dpos.eq(dpos), w_disk.eq(to_disk)]
+                                     w_dpos.eq(dpos), w_disk.eq(to_disk), b_first.eq(1)]
                         m.next = "WADDR"
                     with m.Else():
-                        m.d.sync += [r_lo.eq(cur[:lw]), r_left.eq(n_next), r_dpos.eq(dpos)]
+                        m.d.sync += [r_lo.eq(cur[:lw]), r_left.eq(n_next), r_dpos.eq(dpos),
+                                     b_first.eq(1)]
                         m.next = "RADDR"
             with m.State("RADDR"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(b_fault != 0):
-                    finish(b_fault, cur)  # no address goes out
+                with m.If(v_fault != 0):
+                    finish(v_fault, cur)  # no address goes out
                 with m.Else():
                     m.d.comb += [axi.arvalid.eq(1), rd_inflight.eq(1)]
                     with m.If(axi.arready):
@@ -471,9 +488,9 @@ class DmaEngine(wiring.Component):
                 # The address and the beats of a burst go out side by side; the burst is
                 # handed over once both are (its response is collected in the background).
                 m.d.comb += self.busy.eq(1)
-                with m.If(b_fault != 0):
+                with m.If(v_fault != 0):
                     m.d.sync += w_active.eq(0)  # `issue` is held off: no beat goes out
-                    finish(b_fault, cur)
+                    finish(v_fault, cur)
                 with m.Else():
                     m.d.comb += [axi.awvalid.eq(~aw_sent), aw_pending.eq(~aw_sent)]
                     aw_done = aw_sent | axi.awready

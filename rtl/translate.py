@@ -42,8 +42,9 @@ class TranslationUnit(wiring.Component):
     req_valid, req_vaddr, req_write : In
         One lookup request per cycle at most.
     resp_valid, resp_paddr, resp_fault : Out
-        The result, exactly one cycle after the request (``resp_fault`` is 0 or a fault cause
-        from ``models.spec``). ``resp_paddr`` is only meaningful when ``resp_fault`` is 0.
+        The result, exactly two cycles after the request (``resp_fault`` is 0 or a fault cause
+        from ``models.spec``), checked against ``handle_mode`` and ``domid`` as they are in
+        that cycle. ``resp_paddr`` is only meaningful when ``resp_fault`` is 0.
     tbl_addr, tbl_wdata, tbl_wen, tbl_rdata :
         The privileged port's access to the table: byte write enables, read data one cycle
         after ``tbl_addr``.
@@ -115,13 +116,18 @@ class TranslationUnit(wiring.Component):
             vaddr.eq(self.req_vaddr),
             write.eq(self.req_write),
         ]
-        # The handle checks that need no entry run beside the table read, on the registered
-        # request: the request's path is only the table's address (issue 5, Fmax).
-        not_handle = ~vaddr[63]
-        out_of_range = self._out_of_range(vaddr[spec.PAGE_SHIFT:63])
+        # Stage 2: the entry as read, registered straight out of the block RAM (whose clock to
+        # output is most of a 10 ns cycle on an ECP5), with the request beside it.
+        valid2 = Signal()
+        vaddr2 = Signal(64)
+        write2 = Signal()
+        raw = Signal(64)
+        m.d.sync += [valid2.eq(valid), vaddr2.eq(vaddr), write2.eq(write), raw.eq(lookup.data)]
 
-        # Stage 2: check the entry (docs/architecture.md, first failing check wins).
-        entry = GrantEntry(lookup.data)
+        # The check (docs/architecture.md, first failing check wins), from registers.
+        not_handle = ~vaddr2[63]
+        out_of_range = self._out_of_range(vaddr2[spec.PAGE_SHIFT:63])
+        entry = GrantEntry(raw)
         fault = Signal(4)
         with m.If(~self.handle_mode):
             m.d.comb += fault.eq(spec.FAULT_NONE)
@@ -133,25 +139,25 @@ class TranslationUnit(wiring.Component):
             m.d.comb += fault.eq(spec.FAULT_NOT_PERMITTED)
         with m.Elif(entry.domid != self.domid):
             m.d.comb += fault.eq(spec.FAULT_WRONG_DOMAIN)
-        with m.Elif(write & entry.flags[2]):
+        with m.Elif(write2 & entry.flags[2]):
             m.d.comb += fault.eq(spec.FAULT_READONLY)
 
         m.d.comb += [
-            self.resp_valid.eq(valid),
+            self.resp_valid.eq(valid2),
             self.resp_fault.eq(fault),
         ]
         with m.If(self.handle_mode):
             m.d.comb += self.resp_paddr.eq(entry.frame << spec.PAGE_SHIFT
-                                           | vaddr[:spec.PAGE_SHIFT])
+                                           | vaddr2[:spec.PAGE_SHIFT])
         with m.Else():
-            m.d.comb += self.resp_paddr.eq(vaddr)
+            m.d.comb += self.resp_paddr.eq(vaddr2)
         return m
 
 
 class PassThroughUnit(TranslationUnit):
     """:class:`TranslationUnit`'s ports with no table and no check: the GPA-only device.
 
-    ``resp_paddr`` is the request's ``req_vaddr`` one cycle later, ``resp_fault`` is always 0
+    ``resp_paddr`` is the request's ``req_vaddr`` two cycles later, ``resp_fault`` is always 0
     and ``tbl_rdata`` always 0. Used by ``VirtioBlkHandle(translation=False)``, whose area and
     Fmax beside the device's are the cost of translation (``make fpga-report``).
     """
@@ -160,7 +166,10 @@ class PassThroughUnit(TranslationUnit):
         m = Module()
         valid = Signal()
         vaddr = Signal(64)
-        m.d.sync += [valid.eq(self.req_valid), vaddr.eq(self.req_vaddr)]
-        m.d.comb += [self.resp_valid.eq(valid), self.resp_paddr.eq(vaddr),
+        valid2 = Signal()
+        vaddr2 = Signal(64)
+        m.d.sync += [valid.eq(self.req_valid), vaddr.eq(self.req_vaddr),
+                     valid2.eq(valid), vaddr2.eq(vaddr)]
+        m.d.comb += [self.resp_valid.eq(valid2), self.resp_paddr.eq(vaddr2),
                      self.resp_fault.eq(0), self.tbl_rdata.eq(0)]
         return m

@@ -47,7 +47,7 @@ async def program(ctx, dut, table: GrantTable, ref: int, value: int, wen: int = 
 
 
 async def lookup(ctx, dut, v: int, write: bool) -> Translation:
-    """One request; returns the response of the next cycle as a model ``Translation``."""
+    """One request; returns the response two cycles later as a model ``Translation``."""
     ctx.set(dut.req_valid, 1)
     ctx.set(dut.req_vaddr, v)
     ctx.set(dut.req_write, write)
@@ -56,6 +56,8 @@ async def lookup(ctx, dut, v: int, write: bool) -> Translation:
     ctx.set(dut.req_valid, 0)
     ctx.set(dut.req_vaddr, v ^ U64)
     ctx.set(dut.req_write, not write)
+    assert ctx.get(dut.resp_valid) == 0
+    await ctx.tick()
     assert ctx.get(dut.resp_valid) == 1
     return response(ctx, dut)
 
@@ -165,8 +167,8 @@ def test_gpa_mode_passthrough(entries):
     run(dut, bench)
 
 
-def test_latency_exactly_one_cycle():
-    """resp_valid is high exactly in the cycle after each req_valid cycle, and only then."""
+def test_latency_exactly_two_cycles():
+    """resp_valid is high exactly two cycles after each req_valid cycle, and only then."""
     dut = TranslationUnit(16)
     pattern = [0, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1, 1, 0]
 
@@ -174,14 +176,14 @@ def test_latency_exactly_one_cycle():
         ctx.set(dut.handle_mode, 1)
         ctx.set(dut.domid, DOMID)
         assert ctx.get(dut.resp_valid) == 0
-        prev = 0
-        for valid in [*pattern, 0]:
+        history = [0, 0]
+        for valid in [*pattern, 0, 0]:
             ctx.set(dut.req_valid, valid)
             ctx.set(dut.req_vaddr, H(0))
-            assert ctx.get(dut.resp_valid) == prev  # not combinational from req_valid
+            assert ctx.get(dut.resp_valid) == history[-2]  # not combinational from req_valid
             await ctx.tick()
-            assert ctx.get(dut.resp_valid) == valid
-            prev = valid
+            history.append(valid)
+            assert ctx.get(dut.resp_valid) == history[-2]
 
     run(dut, bench)
 
@@ -226,20 +228,22 @@ def test_random_lookups_match_model(entries, seed):
                 await program(ctx, dut, table, ref, entry_word(_random_entry(rng, domid)), wen)
             ctx.set(dut.handle_mode, handle_mode)
             ctx.set(dut.domid, domid)
-            prev = None  # (v, write) requested in the previous cycle, if any
-            for i in range(41):
+            # (v, write) requested two cycles ago and in the previous cycle, if any
+            pipe = [None, None]
+            for i in range(42):
                 valid = i < 40 and rng.random() < 0.8
                 v, write = _random_vaddr(rng, entries), rng.random() < 0.5
                 ctx.set(dut.req_valid, valid)
                 ctx.set(dut.req_vaddr, v)
                 ctx.set(dut.req_write, write)
-                # The previous request's response, with this cycle's request on the inputs.
+                # The response to the request of two cycles ago, with later requests in flight.
+                prev = pipe[0]
                 assert ctx.get(dut.resp_valid) == (prev is not None)
                 if prev is not None:
                     want = oracle(table, *prev, handle_mode, domid)
                     assert response(ctx, dut) == want, (hex(prev[0]), prev[1], handle_mode)
                     seen[want.cause if handle_mode else -1] += 1
-                prev = (v, write) if valid else None
+                pipe = [pipe[1], (v, write) if valid else None]
                 await ctx.tick()
 
     run(dut, bench)
