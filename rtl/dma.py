@@ -184,6 +184,11 @@ class DmaEngine(wiring.Component):
         b_end = Signal(64)
         b_cross = Signal()  # the burst ends on a page boundary
         b_final = Signal()  # ... and ends the command
+        # The first beat's byte count and whether it is the burst's only beat.
+        first_nb = Signal(range(W + 1))
+        first_last = Signal()
+        m.d.comb += [first_nb.eq(Mux(n_next < W - cur[:lw], n_next, W - cur[:lw])),
+                     first_last.eq(n_next <= W - cur[:lw])]
         beats_m1 = Signal(8)
         m.d.comb += beats_m1.eq((cur[:lw] + n_next - 1) >> lw)
 
@@ -191,8 +196,7 @@ class DmaEngine(wiring.Component):
         r_lo = Signal(range(W))
         r_left = Signal(range(B + 1))
         r_dpos = Signal(self._dpos_bits)
-        r_nb = Signal(range(W + 1))
-        m.d.comb += r_nb.eq(Mux(r_left < W - r_lo, r_left, W - r_lo))
+        r_nb = Signal(range(W + 1))  # bytes of the next beat (registered, like w_nb)
         r_take = Signal()  # a good beat is delivered this cycle
         d0 = Signal(lw)
         m.d.comb += d0.eq(r_dpos[:lw])
@@ -237,8 +241,13 @@ class DmaEngine(wiring.Component):
         w_left = Signal(range(B + 1))
         w_dpos = Signal(self._dpos_bits)
         w_disk = Signal()
+        # The next beat's byte count and whether it is the burst's last, kept in registers
+        # (computed in ADDR, then from the bytes left after each beat) so that the end of a
+        # burst is one gate away from a flip-flop (issue 5, Fmax).
         w_nb = Signal(range(W + 1))
-        m.d.comb += w_nb.eq(Mux(w_left < W - w_lo, w_left, W - w_lo))
+        w_last = Signal()
+        w_rest = Signal(range(B + 1))
+        m.d.comb += w_rest.eq(w_left - w_nb)
         s1_valid = Signal()
         s1_lo = Signal(range(W))
         s1_nb = Signal(range(W + 1))
@@ -256,16 +265,17 @@ class DmaEngine(wiring.Component):
         m.d.comb += [
             issue.eq(w_active & (v_fault == 0)
                      & (wfifo.level + s1_valid + s2_valid < W_FIFO_DEPTH)),
-            w_last_issue.eq(issue & (w_left == w_nb)),
+            w_last_issue.eq(issue & w_last),
             self.disk_rd_word.eq(w_dpos[lw:]),
         ]
         m.d.sync += s1_valid.eq(issue)
         with m.If(issue):
             m.d.sync += [
                 s1_lo.eq(w_lo), s1_nb.eq(w_nb), s1_dpos.eq(w_dpos), s1_disk.eq(w_disk),
-                s1_last.eq(w_left == w_nb),
-                w_dpos.eq(w_dpos + w_nb), w_left.eq(w_left - w_nb), w_lo.eq(0),
-                w_active.eq(w_left != w_nb),
+                s1_last.eq(w_last),
+                w_dpos.eq(w_dpos + w_nb), w_left.eq(w_rest), w_lo.eq(0),
+                w_nb.eq(Mux(w_rest < W, w_rest, W)), w_last.eq(w_rest <= W),
+                w_active.eq(~w_last),
             ]
         m.d.sync += [s2_valid.eq(s1_valid), s2_lo.eq(s1_lo), s2_nb.eq(s1_nb), s2_dpos.eq(s1_dpos),
                      s2_last.eq(s1_last), s2_disk.eq(s1_disk)]
@@ -457,10 +467,12 @@ class DmaEngine(wiring.Component):
                             m.d.sync += page_ok.eq(0)
                     with m.Elif(write):
                         m.d.sync += [w_active.eq(1), w_lo.eq(cur[:lw]), w_left.eq(n_next),
+                                     w_nb.eq(first_nb), w_last.eq(first_last),
                                      w_dpos.eq(dpos), w_disk.eq(to_disk), b_first.eq(1)]
                         m.next = "WADDR"
                     with m.Else():
                         m.d.sync += [r_lo.eq(cur[:lw]), r_left.eq(n_next), r_dpos.eq(dpos),
+                                     r_nb.eq(first_nb),
                                      b_first.eq(1)]
                         m.next = "RADDR"
             with m.State("RADDR"):
@@ -476,7 +488,9 @@ class DmaEngine(wiring.Component):
                 with m.If(axi.rvalid):
                     ok = axi.rresp == RESP_OKAY
                     m.d.comb += r_take.eq(ok & ~b_err)
-                    m.d.sync += [r_lo.eq(0), r_left.eq(r_left - r_nb), r_dpos.eq(r_dpos + r_nb)]
+                    r_rest = r_left - r_nb
+                    m.d.sync += [r_lo.eq(0), r_left.eq(r_rest), r_dpos.eq(r_dpos + r_nb),
+                                 r_nb.eq(Mux(r_rest < W, r_rest, W))]
                     with m.If(~ok):
                         m.d.sync += b_err.eq(1)
                     with m.If(axi.rlast):
