@@ -122,11 +122,14 @@ class TranslationUnit(wiring.Component):
         vaddr2 = Signal(64)
         write2 = Signal()
         raw = Signal(64)
-        m.d.sync += [valid2.eq(valid), vaddr2.eq(vaddr), write2.eq(write), raw.eq(lookup.data)]
+        not_handle = Signal()
+        out_of_range = Signal()
+        m.d.sync += [valid2.eq(valid), vaddr2.eq(vaddr), write2.eq(write), raw.eq(lookup.data),
+                     # the checks that need no entry, beside the table read
+                     not_handle.eq(~vaddr[63]),
+                     out_of_range.eq(self._out_of_range(vaddr[spec.PAGE_SHIFT:63]))]
 
         # The check (docs/architecture.md, first failing check wins), from registers.
-        not_handle = ~vaddr2[63]
-        out_of_range = self._out_of_range(vaddr2[spec.PAGE_SHIFT:63])
         entry = GrantEntry(raw)
         fault = Signal(4)
         with m.If(~self.handle_mode):
