@@ -23,7 +23,7 @@ their disk lanes (reads) or from them (writes) by ``(dpos - lane) mod W``.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -179,8 +179,16 @@ class DmaEngine(wiring.Component):
         # Where the burst ends, computed in ADDR so that the burst's last cycle only moves
         # registers (and issues the next page's lookup from one). A burst never crosses a
         # page, so the page number is this one or the next.
-        end_lo = Signal(spec.PAGE_SHIFT + 1)
-        m.d.comb += end_lo.eq(cur[:spec.PAGE_SHIFT] + n_next)
+        # Either the burst runs to the next burst-size boundary (`to_edge`; the boundary is the
+        # current window plus one, an increment independent of the length), or the command
+        # ends inside the window (no carry out of the window's offset): no carry chain
+        # depends on another.
+        to_edge = Signal()
+        m.d.comb += to_edge.eq(~((rem[lb + 1:] == 0) & (rem[:lb + 1] < room)))
+        window = cur[lb:]
+        end_addr = Signal(64)
+        m.d.comb += end_addr.eq(Mux(to_edge, Cat(Const(0, lb), window + 1),
+                                    Cat((cur[:lb] + rem[:lb])[:lb], window)))
         b_end = Signal(64)
         b_cross = Signal()  # the burst ends on a page boundary
         b_final = Signal()  # ... and ends the command
@@ -442,11 +450,10 @@ class DmaEngine(wiring.Component):
                 # A lookup made for this burst answers in the next cycle (the translation unit's
                 # latency is two cycles), the first of RADDR/WADDR, which acts on it before any
                 # valid goes out.
-                page_no = cur[spec.PAGE_SHIFT:]
                 m.d.sync += [
-                    b_end.eq(Cat(end_lo[:spec.PAGE_SHIFT],
-                                 Mux(end_lo[spec.PAGE_SHIFT], page_no + 1, page_no))),
-                    b_cross.eq(end_lo[spec.PAGE_SHIFT]), b_final.eq(fits),
+                    b_end.eq(end_addr),
+                    # the window is the page's last: the burst ends on a page boundary
+                    b_cross.eq(to_edge & cur[lb:spec.PAGE_SHIFT].all()), b_final.eq(fits),
                 ]
                 m.d.sync += [b_addr.eq(paddr), b_n.eq(n_next), arlen.eq(beats_m1),
                              b_err.eq(0), aw_sent.eq(0), lookup.eq(0),
