@@ -192,13 +192,22 @@ class DmaEngine(wiring.Component):
         b_end = Signal(64)
         b_cross = Signal()  # the burst ends on a page boundary
         b_final = Signal()  # ... and ends the command
-        # The first beat's byte count and whether it is the burst's only beat.
+        # The first beat's byte count and whether it is the burst's only beat. The window's room
+        # is never less than the beat's (B is a multiple of W), so neither waits for n_next.
         first_nb = Signal(range(W + 1))
         first_last = Signal()
-        m.d.comb += [first_nb.eq(Mux(n_next < W - cur[:lw], n_next, W - cur[:lw])),
-                     first_last.eq(n_next <= W - cur[:lw])]
+        beat_room = Signal(range(W + 1))
+        m.d.comb += [
+            beat_room.eq(W - cur[:lw]),
+            first_nb.eq(Mux((rem[lw + 1:] == 0) & (rem[:lw + 1] < beat_room), rem[:lw + 1],
+                            beat_room)),
+            first_last.eq(((rem[lw + 1:] == 0) & (rem[:lw + 1] <= beat_room))
+                          | cur[lw:lb].all()),
+        ]
+        # Beats - 1: to the window's edge, the words left in the window; else from the length.
         beats_m1 = Signal(8)
-        m.d.comb += beats_m1.eq((cur[:lw] + n_next - 1) >> lw)
+        m.d.comb += beats_m1.eq(Mux(to_edge, ~cur[lw:lb],
+                                    (cur[:lw] + rem[:lb + 1] - 1) >> lw))
 
         # ---- Read beats (R channel -> RAM disk or sbuf) ---------------------------------------
         r_lo = Signal(range(W))
