@@ -209,7 +209,7 @@ class _Scheduler:
         for rnd in rounds:
             assert rnd.poll is not None
             d = self.read(t, rnd.poll.txns)
-            t = d + 1  # POLL_CHECK: issues the head read, or goes idle
+            t = d + 2  # POLL_CHECK, then POLL_ACT issues the head read or goes idle
             if not rnd.requests:
                 self.out.idle = t + 1
             for i, req in enumerate(rnd.requests):
@@ -225,7 +225,7 @@ class _Scheduler:
         a = next(acc)
         assert a.step == "head"
         d = self.read(t, a.txns)
-        t = d + 1  # DESC_FIRST issues the first descriptor read
+        t = d + 2  # DESC_FIRST, then DESC_START issues the first descriptor read
         for _ in req.descs:
             a = next(acc)
             assert a.step == "desc", a.step

@@ -252,14 +252,22 @@ class RingEngine(wiring.Component):
                     issue("POLL_WAIT", length=4)
             wait("POLL_WAIT", goto("POLL_CHECK"), before=lambda: ring_next("head", last_avail))
 
+            # POLL_CHECK registers what the avail index says, POLL_ACT acts on it (Fmax).
+            poll_bad = Signal()
+            poll_none = Signal()
             with state("POLL_CHECK"):
-                address("ring")
+                ring_next("head", last_avail)
                 pending = Signal(16)
                 m.d.comb += pending.eq(sbuf[16:32] - last_avail)
-                m.d.sync += [avail_flags.eq(sbuf[:16]), avail_idx.eq(sbuf[16:32])]
-                with m.If(pending > qnum):
-                    fault(spec.FAULT_BAD_RING, sbuf[16:32])
-                with m.Elif(pending == 0):
+                m.d.sync += [avail_flags.eq(sbuf[:16]), avail_idx.eq(sbuf[16:32]),
+                             poll_bad.eq(pending > qnum), poll_none.eq(pending == 0)]
+                m.next = "POLL_ACT"
+
+            with state("POLL_ACT"):
+                address("ring")
+                with m.If(poll_bad):
+                    fault(spec.FAULT_BAD_RING, avail_idx)
+                with m.Elif(poll_none):
                     m.next = "IDLE"
                 with m.Else():
                     issue("HEAD_WAIT", length=2)
@@ -270,15 +278,21 @@ class RingEngine(wiring.Component):
                 issue("HEAD_WAIT", length=2)
             wait("HEAD_WAIT", goto("DESC_FIRST"))
 
+            # DESC_FIRST registers the chain's head and its check, DESC_START acts on it (Fmax).
+            head_bad = Signal()
             with state("DESC_FIRST"):
                 first = sbuf[:16]
-                address("desc", first)
                 m.d.sync += [
                     head.eq(first), idx.eq(first), walked.eq(0), count.eq(0), n_readable.eq(0),
                     seen_write.eq(0), have_w0.eq(0), total.eq(0), r_bytes.eq(0), w_bytes.eq(0),
+                    head_bad.eq(first >= qnum),
                 ]
-                with m.If(first >= qnum):
-                    fault(spec.FAULT_BAD_CHAIN, first)
+                m.next = "DESC_START"
+
+            with state("DESC_START"):
+                address("desc", head)
+                with m.If(head_bad):
+                    fault(spec.FAULT_BAD_CHAIN, head)
                 with m.Else():
                     issue("DESC_WAIT", length=16)
 
