@@ -41,6 +41,11 @@ MAX_POSTED_WRITES = 8  # write bursts whose response may be outstanding at once
 W_FIFO_DEPTH = 4
 
 
+def _at_most(value, limit):
+    """``min(value, limit)``: a beat carries at most ``limit`` bytes."""
+    return Mux(value < limit, value, limit)
+
+
 def _rotl_bytes(value, amount, nbytes):
     """Rotate ``value`` (``nbytes`` bytes) left by ``amount`` bytes: byte l <- byte l - amount."""
     both = Cat(value, value)
@@ -291,7 +296,7 @@ class DmaEngine(wiring.Component):
                 s1_lo.eq(w_lo), s1_nb.eq(w_nb), s1_dpos.eq(w_dpos), s1_disk.eq(w_disk),
                 s1_last.eq(w_last),
                 w_dpos.eq(w_dpos + w_nb), w_left.eq(w_rest), w_lo.eq(0),
-                w_nb.eq(Mux(w_rest < W, w_rest, W)), w_last.eq(w_rest <= W),
+                w_nb.eq(_at_most(w_rest, W)), w_last.eq(w_rest <= W),
                 w_active.eq(~w_last),
             ]
         m.d.sync += [s2_valid.eq(s1_valid), s2_lo.eq(s1_lo), s2_nb.eq(s1_nb), s2_dpos.eq(s1_dpos),
@@ -506,7 +511,7 @@ class DmaEngine(wiring.Component):
                     m.d.comb += r_take.eq(ok & ~b_err)
                     r_rest = r_left - r_nb
                     m.d.sync += [r_lo.eq(0), r_left.eq(r_rest), r_dpos.eq(r_dpos + r_nb),
-                                 r_nb.eq(Mux(r_rest < W, r_rest, W))]
+                                 r_nb.eq(_at_most(r_rest, W))]
                     with m.If(~ok):
                         m.d.sync += b_err.eq(1)
                     with m.If(axi.rlast):

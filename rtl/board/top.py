@@ -51,8 +51,8 @@ class BoardTop(wiring.Component):
         UART bit time in clock cycles (25 for 1 Mbaud at 25 MHz).
     frame_timeout : int or None
         Cycles of silence that drop a partial request (default: 20 ms).
-    device_cls : type
-        The device class (``rtl.board.gpa.VirtioBlkHandleGpaOnly`` for the GPA-only form).
+    translation : bool
+        ``False`` builds the GPA-only device (:class:`rtl.top.VirtioBlkHandle`).
 
     Members
     -------
@@ -72,14 +72,15 @@ class BoardTop(wiring.Component):
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES,
                  mem_bytes: int = DEFAULT_MEM_BYTES, clk_hz: int = 25_000_000,
                  clks_per_bit: int = 25, frame_timeout: int | None = None,
-                 device_cls: type = VirtioBlkHandle):
+                 translation: bool = True):
         self.mem_bytes = check_mem_bytes(mem_bytes)
         if not isinstance(clk_hz, int) or clk_hz <= 0:
             raise ValueError(f"Clock frequency must be a positive integer, not {clk_hz!r}")
         self.clk_hz = clk_hz
         self.clks_per_bit = check_clks_per_bit(clks_per_bit)
-        self.device = device_cls(data_width=data_width, entries=entries,
-                                 queue_num_max=queue_num_max, disk_bytes=disk_bytes)
+        self.device = VirtioBlkHandle(data_width=data_width, entries=entries,
+                                      queue_num_max=queue_num_max, disk_bytes=disk_bytes,
+                                      translation=translation)
         self.frame_timeout = clk_hz // 50 if frame_timeout is None else frame_timeout
         self.data_width = data_width
         self.entries = entries
