@@ -5,12 +5,23 @@ ring, chain walk (pass 1, into a descriptor cache), then header, data, status, u
 used index (pass 2). Every memory access is a command to the :class:`~rtl.dma.DmaEngine`, so every
 access is translated. A fault stops the engine until the driver resets the device.
 
-Cycle by cycle (``docs/timing.md``): a state that issues a command does so in the cycle right
-after the previous command's ``done``, or two cycles after it where the checks of what it
-returned are registered first (a descriptor, the request header). Addresses come from registers
-or from a carry chain cut at bit 20, so that the engine meets 100 MHz. Writes are posted and
-drained twice per request, before the used element (so that a failed data or status write never
-gets a used element) and after the used index (so that the interrupt follows the used index).
+Area and timing (issue 5) shape the datapath:
+
+* every 64-bit address the engine produces -- ring and descriptor addresses, the pass-2 pieces,
+  the status byte, and the values the fault registers report -- comes from one register ``va``
+  fed by one adder, ``va = X + Y``, where ``X`` is a queue base or the prefetched descriptor
+  address and ``Y`` a 32-bit offset;
+* ``va`` is loaded in the cycle before the command that uses it is handed over, and its next
+  value is what the DMA engine looks up in the translation unit in that cycle (``pre_*``), so
+  translation costs no cycle;
+* the descriptor cache (block RAM) is read into a prefetch register one command ahead; the
+  common request layouts always find the descriptor they need there, the others wait two
+  cycles for it (``docs/timing.md``);
+* checks of what a read returned are registered before the engine acts on them.
+
+Writes are posted and drained twice per request, before the used element (so that a failed data
+or status write never gets a used element) and after the used index (so that the interrupt
+follows the used index).
 """
 
 from contextlib import contextmanager
@@ -18,21 +29,21 @@ from contextlib import contextmanager
 from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from models import spec
 
-from .dma import SBUF_BYTES
+from .dma import CAP_BYTES, local_bits
 from .params import check_queue_num_max
 
 __all__ = ["RingEngine"]
 
 
 class CachedDesc(data.Struct):
-    """What pass 2 needs of a descriptor (virtio 1.x section 2.7.5)."""
+    """What pass 2 needs of a non-empty descriptor (virtio 1.x section 2.7.5)."""
 
     addr: 64
     len: 32
-    write: 1
 
 
 class RingEngine(wiring.Component):
@@ -50,6 +61,7 @@ class RingEngine(wiring.Component):
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES):
         self._queue_num_max = check_queue_num_max(queue_num_max)
         self._disk_bytes = disk_bytes
+        self._len_bits = local_bits(disk_bytes)
         super().__init__({
             # from the virtio-mmio register file
             "queue_num": In(32), "queue_ready": In(1),
@@ -59,128 +71,147 @@ class RingEngine(wiring.Component):
             "used_irq": Out(1), "completed": Out(1),
             "fault": Out(1), "fault_cause": Out(4), "fault_addr": Out(64),
             # DMA commands
+            "pre_vaddr": Out(64), "pre_cont": Out(1),
             "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_write": Out(1), "cmd_drain": Out(1),
-            "cmd_vaddr": Out(64), "cmd_len": Out(32), "cmd_disk": Out(1), "cmd_dpos": Out(32),
+            "cmd_cont": Out(1), "cmd_vaddr": Out(64), "cmd_len": Out(self._len_bits),
+            "cmd_disk": Out(1), "cmd_dpos": Out(self._len_bits),
             "dma_done": In(1), "dma_fault": In(4), "dma_fault_addr": In(64), "dma_busy": In(1),
-            "sbuf": Out(8 * SBUF_BYTES), "sbuf_we": In(SBUF_BYTES),
-            "sbuf_wdata": In(8 * SBUF_BYTES),
+            "cap_we": In(CAP_BYTES), "cap_wdata": In(8 * CAP_BYTES),
+            "payload": Out(64), "serial": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         qmax = self._queue_num_max
+        qbits = ceil_log2(qmax + 1)  # an index up to qmax, or a count of descriptors
+        lbits = self._len_bits
         cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
+        cs = ceil_log2(cap_sectors + 1)
 
-        # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2 reads
-        # them back through the prefetch registers below.
+        # The capture register: what the last read to the scratch brought.
+        cap = Signal(8 * CAP_BYTES)
+        for k in range(CAP_BYTES):
+            with m.If(self.cap_we[k]):
+                m.d.sync += cap[8 * k:8 * k + 8].eq(self.cap_wdata[8 * k:8 * k + 8])
+        desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
+                           cap)
+        cap_idx = cap[16:32]  # avail.idx after a poll
+        cap_head = cap[:16]  # the ring entry after a head read
+
+        # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2
+        # reads them into the prefetch register pf, one command ahead.
         m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
         cache_wr = cache.write_port()
-        cache_rd = cache.read_port(transparent_for=(cache_wr,))
-
-        # Scratch buffer shared with the DMA engine.
-        sbuf = Signal(8 * SBUF_BYTES)
-        m.d.comb += self.sbuf.eq(sbuf)
-        for k in range(SBUF_BYTES):
-            with m.If(self.sbuf_we[k]):
-                m.d.sync += sbuf[8 * k:8 * k + 8].eq(self.sbuf_wdata[8 * k:8 * k + 8])
+        cache_rd = cache.read_port()
+        pf_addr = Signal(64)
+        pf_len = Signal(32)
+        pf_idx = Signal(qbits)  # the entry pf holds
+        rd_idx = Signal(qbits)  # the entry read this cycle (set by the state)
+        pf_load = Signal()  # ... into pf (the block RAM answers in the next cycle)
+        pf_load_d = Signal()
+        rd_idx_d = Signal(qbits)
+        m.d.comb += cache_rd.addr.eq(rd_idx)
+        m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
+        with m.If(pf_load_d):
+            m.d.sync += [pf_addr.eq(cache_rd.data.addr), pf_len.eq(cache_rd.data.len),
+                         pf_idx.eq(rd_idx_d)]
 
         kick = Signal()
         abort = Signal()
-        last_avail = Signal(16)
+        last_avail = Signal(16)  # consumed entries (incremented once the head is read)
         used_idx = Signal(16)
         avail_idx = Signal(16)
-        avail_flags = Signal(16)
-        qmask = Signal(16)
+        no_irq = Signal()  # VIRTQ_AVAIL_F_NO_INTERRUPT of the last poll
         head = Signal(16)
+        idx = Signal(16)  # the descriptor being walked; also the index a chain fault reports
         # pass 1
-        idx = Signal(16)
-        walked = Signal(range(qmax + 2))  # descriptors of the chain seen so far
-        count = Signal(range(qmax + 2))  # ... of which non-empty (cached)
-        n_readable = Signal(range(qmax + 2))  # ... of which device-readable
+        walked = Signal(qbits + 1)  # descriptors of the chain read so far
+        count = Signal(qbits)  # ... of which non-empty (cached)
+        n_readable = Signal(qbits)  # ... of which device-readable
         seen_write = Signal()
-        have_w0 = Signal()
-        w0_addr = Signal(64)  # the first non-empty device-writable descriptor
-        w0_len = Signal(32)
-        total = Signal(34)
-        r_bytes = Signal(33)
-        w_bytes = Signal(33)
-        status_addr = Signal(64)
-        # pass 2: the next piece starts at p_vaddr, in cached descriptor k, with p_left bytes
-        # left in that descriptor
-        k = Signal(range(qmax + 1))
-        p_vaddr = Signal(64)
-        p_left = Signal(32)
-        got = Signal(5)
-        take = Signal(32)
-        hdr_last = Signal()  # the header piece in flight ends the header
-        reload = Signal()  # ... ends its descriptor
-        remaining = Signal(32)  # data bytes not yet moved
-        dpos = Signal(32)  # where the next data piece starts on the disk (or in sbuf)
+        acc = Signal(33)  # sum of the lengths so far (bit 32: over 2^32 - 1)
+        r_bytes = Signal(32)  # R: the sum when the first device-writable descriptor came
+        r_lt16 = Signal()  # R < 16
+        wr_bytes = Signal(33)  # Wr = acc - R, after the walk
+        # pass 2
+        got = Signal(5)  # header bytes read
+        take = Signal(lbits)  # bytes of the piece in flight
+        piece_ends = Signal()  # ... it ends its descriptor
+        hdr_last = Signal()  # ... it ends the header
+        last_piece = Signal()  # ... it is the last data piece
+        split_rem = Signal(32)  # what the header left of its last descriptor
+        cont_next = Signal()  # the next data piece continues in that descriptor
+        remaining = Signal(lbits)  # data bytes not yet moved
+        dpos = Signal(lbits)  # where the next data piece starts on the disk (or in the serial)
         to_disk = Signal()
         dir_write = Signal()
         blk_status = Signal(8)
-        written = Signal(32)
+        used_len = Signal(32)  # the used element's len: bytes written + 1 (the status byte)
         f_cause = Signal(4)
         f_addr = Signal(64)
-        # the ring address the next ring command uses, computed a cycle ahead (see ring_next)
-        ring_addr = Signal(64)
-
         m.d.comb += [
             self.fault_cause.eq(f_cause),
             self.fault_addr.eq(f_addr),
             self.abort.eq(abort),
         ]
 
-        # Prefetch: while a piece is in flight the next descriptor is read from the cache; its
-        # address and length land in p_vaddr / p_left one cycle after the read (a state's own
-        # assignment to them, made later in this function, wins).
-        pf = Signal()
-        pf_d = Signal()
-        m.d.comb += cache_rd.addr.eq(k + 1)
-        m.d.sync += pf_d.eq(pf)
-        with m.If(pf_d):
-            m.d.sync += [p_vaddr.eq(cache_rd.data.addr), p_left.eq(cache_rd.data.len)]
-
         n = self.queue_num
-        # The queue size as checked by QCHECK (at most QueueNumMax): the comparisons of the
-        # round use this narrow copy rather than the 32-bit register.
-        qnum = Signal(range(qmax + 1))
-        # QueueNum is a power of two in [1, QueueNumMax], computed a cycle ahead (a notify
-        # reaches QCHECK at least two cycles after the last register write)
+        # The queue size as checked by QCHECK and its mask, computed every cycle (a notify
+        # reaches QCHECK at least two cycles after the last register write).
+        qnum = Signal(qbits)
+        qmask = Signal(16)
         num_ok = Signal()
-        m.d.sync += num_ok.eq((n != 0) & ((n & (n - 1)) == 0) & (n <= qmax))
-        desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
-                           sbuf[:128])
+        m.d.sync += [num_ok.eq((n != 0) & ((n & (n - 1)) == 0) & (n <= qmax)),
+                     qnum.eq(n[:qbits]), qmask.eq(n[:16] - 1)]
 
-        def desc_addr(index):
-            """queue_desc + 16 * index, with the carry chain cut at bit 20 (index < 2^16)."""
-            lo = Signal(21, name="desc_lo")
-            m.d.comb += lo.eq(self.queue_desc[:20] + (index << 4)[:20])
-            hi = self.queue_desc[20:]
-            return Cat(lo[:20], Mux(lo[20], hi + 1, hi))
+        # ---- The address register and its adder ---------------------------------------------
+        va = Signal(64)
+        x_desc, x_avail, x_used, x_pf = (Signal(name=f"x_{s}") for s in
+                                          ("desc", "avail", "used", "pf"))
+        y_ring_a, y_ring_u, y_two, y_desc, y_stat, y_num, y_idx = (
+            Signal(name=f"y_{s}") for s in ("ring_a", "ring_u", "two", "desc", "stat", "num",
+                                             "idx"))
+        va_load = Signal()
+        desc_idx = Signal(16)  # the index a descriptor address is formed from
+        ring_a_slot = Signal(16)  # (index & mask) + 2: avail entry i is at 4 + 2 * i
+        m.d.comb += ring_a_slot.eq((last_avail & qmask) + 2)
+        x = Signal(64)
+        y = Signal(32)
+        m.d.comb += [
+            x.eq(Mux(x_desc, self.queue_desc, 0) | Mux(x_avail, self.queue_avail, 0)
+                 | Mux(x_used, self.queue_used, 0) | Mux(x_pf, pf_addr, 0)),
+            y.eq(Mux(y_ring_a, ring_a_slot << 1, 0)
+                 | Mux(y_ring_u, Cat(Const(0b100, 3), used_idx & qmask), 0)
+                 | Mux(y_two, 2, 0)
+                 | Mux(y_desc, desc_idx << 4, 0)
+                 | Mux(y_stat, pf_len - 1, 0)
+                 | Mux(y_num, n, 0)
+                 | Mux(y_idx, idx, 0)),
+        ]
+        va_next = Signal(64)
+        m.d.comb += va_next.eq(x + y)
+        with m.If(va_load):
+            m.d.sync += va.eq(va_next)
+        m.d.comb += [
+            self.cmd_vaddr.eq(va),
+            # only the reference bits of this are used, looked up in the translation unit
+            self.pre_vaddr.eq(Mux(va_load, va_next, va)),
+        ]
 
-        # Ring addresses (avail ring entry, used element, used index, the avail header for the
-        # poll) only depend on registers, so they are computed into ring_addr in the cycle
-        # before the state that issues them.
-        ring_base = Signal(64)
-        ring_off = Signal(19)
-        m.d.sync += ring_addr.eq(ring_base + ring_off)
+        def load(xs=None, *ys):
+            """This state loads va = X + Y."""
+            m.d.comb += va_load.eq(1)
+            if xs is not None:
+                m.d.comb += xs.eq(1)
+            for ys_ in ys:
+                m.d.comb += ys_.eq(1)
 
-        def ring_next(what, avail=None):
-            if what == "poll":
-                m.d.comb += [ring_base.eq(self.queue_avail), ring_off.eq(0)]
-            elif what == "head":
-                m.d.comb += [ring_base.eq(self.queue_avail),
-                             ring_off.eq(4 + ((avail & qmask) << 1))]
-            elif what == "used":
-                m.d.comb += [ring_base.eq(self.queue_used),
-                             ring_off.eq(4 + ((used_idx & qmask) << 3))]
-            else:  # "uidx"
-                m.d.comb += [ring_base.eq(self.queue_used), ring_off.eq(2)]
-
-        def fault(cause, addr):
-            m.d.sync += [f_cause.eq(cause), f_addr.eq(addr)]
-            m.next = "FAULT"
+        def fault(cause, *, value=None):
+            """An engine-detected fault; ``value`` loads va with the fault address."""
+            m.d.sync += f_cause.eq(cause)
+            if value is not None:
+                value()
+            m.next = "EFAULT"
 
         @contextmanager
         def state(name):
@@ -190,21 +221,9 @@ class RingEngine(wiring.Component):
                     m.d.sync += abort.eq(0)
                     m.next = "IDLE"
 
-        # The command's address is one of four, chosen by the issuing state; the DMA engine
-        # samples it only in the cycle it accepts a command.
-        vsel = Signal(2)
-        desc_idx = Signal(16)
-        VADDR = {"ring": 0, "desc": 1, "piece": 2, "status": 3}
-        m.d.comb += self.cmd_vaddr.eq(Mux(vsel[1], Mux(vsel[0], status_addr, p_vaddr),
-                                          Mux(vsel[0], desc_addr(desc_idx), ring_addr)))
-
-        def address(vaddr, index=None):
-            """The address of the command a state issues, if it does: set for the whole state,
-            outside its decisions, so that the table's read address (which the DMA engine
-            takes from it) does not wait for them (issue 5, Fmax)."""
-            m.d.comb += vsel.eq(VADDR[vaddr])
-            if index is not None:
-                m.d.comb += desc_idx.eq(index)
+        # A data piece that continues where the header ended: the DMA engine keeps its address
+        # while idle and looks it up, from the cycle the header ends to the piece's issue.
+        m.d.comb += [self.cmd_cont.eq(cont_next), self.pre_cont.eq(cont_next)]
 
         def issue(wait_state, *, write=0, length=0, disk=0, dpos=0, drain=0):
             """Hand a command to the DMA engine (idle in every state that calls this)."""
@@ -221,52 +240,65 @@ class RingEngine(wiring.Component):
                     before()
                 with m.If(self.dma_done):
                     with m.If(self.dma_fault != 0):
-                        fault(self.dma_fault, self.dma_fault_addr)
+                        m.d.sync += [f_cause.eq(self.dma_fault), f_addr.eq(self.dma_fault_addr)]
+                        m.next = "FAULT"
                     with m.Else():
                         then()
 
         def goto(name):
             return lambda: setattr(m, "next", name)
 
+        def fetch(index):
+            """Read cache entry ``index`` into pf (there two cycles later)."""
+            m.d.comb += [rd_idx.eq(index), pf_load.eq(1)]
+
+        # Data sizes of an IN and an OUT request, in sectors, and whether they are whole
+        # sectors: D = Wr - 1 (IN) is a multiple of 512 exactly when Wr mod 512 = 1, and then
+        # D / 512 = Wr >> 9; likewise D = R - 16 (OUT). A request is in range when
+        # sector + D / 512 <= the disk's sectors.
+        def in_range(total, rest, sector):
+            dsec = total[9:]
+            fits = Signal(cs + 2, name="sum_sectors")
+            m.d.comb += fits.eq(sector[:cs] + dsec[:cs])
+            return ((total[:9] == rest) & (dsec[cs:] == 0) & (sector[cs:] == 0)
+                    & (fits <= cap_sectors))
+
         with m.FSM():
             with state("IDLE"):
                 m.d.comb += self.idle.eq(~abort)
-                ring_next("poll")
+                load(x_avail)  # the poll reads avail.flags and avail.idx
                 with m.If(kick & ~abort):
                     m.d.sync += kick.eq(0)
                     m.next = "QCHECK"
 
             # ---- step 1 and 2: queue check and poll --------------------------------------------
             with state("QCHECK"):
-                address("ring")
-                m.d.sync += [qmask.eq(n - 1), qnum.eq(n)]
                 with m.If(~num_ok):
-                    fault(spec.FAULT_BAD_RING, n)
+                    fault(spec.FAULT_BAD_RING, value=lambda: load(None, y_num))
                 with m.Elif(self.queue_desc[:4] != 0):
-                    fault(spec.FAULT_BAD_RING, self.queue_desc)
+                    fault(spec.FAULT_BAD_RING, value=lambda: load(x_desc))
                 with m.Elif(self.queue_avail[0]):
-                    fault(spec.FAULT_BAD_RING, self.queue_avail)
+                    fault(spec.FAULT_BAD_RING, value=lambda: load(x_avail))
                 with m.Elif(self.queue_used[:2] != 0):
-                    fault(spec.FAULT_BAD_RING, self.queue_used)
+                    fault(spec.FAULT_BAD_RING, value=lambda: load(x_used))
                 with m.Else():
+                    load(x_avail, y_ring_a)  # the head of the next entry, for POLL_ACT
                     issue("POLL_WAIT", length=4)
-            wait("POLL_WAIT", goto("POLL_CHECK"), before=lambda: ring_next("head", last_avail))
+            wait("POLL_WAIT", goto("POLL_CHECK"))
 
-            # POLL_CHECK registers what the avail index says, POLL_ACT acts on it (Fmax).
+            # POLL_CHECK registers what the avail index says, POLL_ACT acts on it.
             poll_bad = Signal()
             poll_none = Signal()
             with state("POLL_CHECK"):
-                ring_next("head", last_avail)
                 pending = Signal(16)
-                m.d.comb += pending.eq(sbuf[16:32] - last_avail)
-                m.d.sync += [avail_flags.eq(sbuf[:16]), avail_idx.eq(sbuf[16:32]),
+                m.d.comb += pending.eq(cap_idx - last_avail)
+                m.d.sync += [avail_idx.eq(cap_idx), no_irq.eq(cap[0]), idx.eq(cap_idx),
                              poll_bad.eq(pending > qnum), poll_none.eq(pending == 0)]
                 m.next = "POLL_ACT"
 
             with state("POLL_ACT"):
-                address("ring")
                 with m.If(poll_bad):
-                    fault(spec.FAULT_BAD_RING, avail_idx)
+                    fault(spec.FAULT_BAD_RING, value=lambda: load(None, y_idx))
                 with m.Elif(poll_none):
                     m.next = "IDLE"
                 with m.Else():
@@ -274,277 +306,302 @@ class RingEngine(wiring.Component):
 
             # ---- step 3.1 and 3.2: head, then walk and check the chain ------------------------
             with state("HEAD"):
-                address("ring")
                 issue("HEAD_WAIT", length=2)
             wait("HEAD_WAIT", goto("DESC_FIRST"))
 
-            # DESC_FIRST registers the chain's head and its check, DESC_START acts on it (Fmax).
+            # DESC_FIRST forms the first descriptor's address and registers the head's check,
+            # DESC_START acts on it.
             head_bad = Signal()
             with state("DESC_FIRST"):
-                first = sbuf[:16]
+                m.d.comb += desc_idx.eq(cap_head)
+                load(x_desc, y_desc)
                 m.d.sync += [
-                    head.eq(first), idx.eq(first), walked.eq(0), count.eq(0), n_readable.eq(0),
-                    seen_write.eq(0), have_w0.eq(0), total.eq(0), r_bytes.eq(0), w_bytes.eq(0),
-                    head_bad.eq(first >= qnum),
+                    head.eq(cap_head), idx.eq(cap_head), head_bad.eq(cap_head >= qnum),
+                    last_avail.eq(last_avail + 1),
+                    walked.eq(0), count.eq(0), n_readable.eq(0), seen_write.eq(0),
+                    acc.eq(0), r_lt16.eq(1), cont_next.eq(0),
                 ]
                 m.next = "DESC_START"
 
             with state("DESC_START"):
-                address("desc", head)
                 with m.If(head_bad):
-                    fault(spec.FAULT_BAD_CHAIN, head)
+                    fault(spec.FAULT_BAD_CHAIN, value=lambda: load(None, y_idx))
                 with m.Else():
                     issue("DESC_WAIT", length=16)
 
-            def before_desc():
-                # the first cached descriptor is ready for pass 2 (it was cached at least one
-                # descriptor read ago: a request needs two non-empty descriptors)
-                m.d.comb += cache_rd.addr.eq(0)
-                m.d.sync += [k.eq(0), got.eq(0)]
-                m.d.comb += pf.eq(1)
-            wait("DESC_WAIT", goto("DESC_CHECK"), before=before_desc)
+            # the first cached descriptor is kept in pf for the header (it was cached at least
+            # one descriptor read ago: a request needs two non-empty descriptors)
+            wait("DESC_WAIT", goto("DESC_CHECK"), before=lambda: fetch(0))
 
             # A descriptor takes two cycles: DESC_CHECK computes its checks and sums into
-            # registers (and caches it: after a failed check nothing reads the cache), then
-            # DESC_NEXT acts on them (issue 5, Fmax).
+            # registers (and caches it: after a failed check nothing reads the cache) and forms
+            # the next address, DESC_NEXT acts on them.
             bad = Signal()
             has_next = Signal()
-            nxt = Signal(16)
-            nxt_bad = Signal()
+            next_bad = Signal()
+            hdr_len = Signal(5)  # the first header piece
             with state("DESC_CHECK"):
                 d_write = desc_f.flags[1]
+                nonempty = desc_f.len != 0
                 lo_end = Signal(33)
-                new_total = Signal(34)
-                new_side = Signal(33)
-                m.d.comb += [
-                    lo_end.eq(desc_f.addr[:32] + desc_f.len),
-                    new_total.eq(total + desc_f.len),
-                    new_side.eq(Mux(d_write, w_bytes, r_bytes) + desc_f.len),
-                ]
+                new_acc = Signal(33)
+                m.d.comb += [lo_end.eq(desc_f.addr[:32] + desc_f.len),
+                             new_acc.eq(acc + desc_f.len)]
                 # addr + len > 2^64, with a 32-bit carry chain
                 wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & lo_end[32] & (lo_end[:32] != 0)
-                nonempty = desc_f.len != 0
                 m.d.comb += [
                     cache_wr.addr.eq(count), cache_wr.en.eq(nonempty),
                     cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
-                    cache_wr.data.write.eq(d_write),
+                    desc_idx.eq(desc_f.next),
                 ]
+                # the next descriptor, or the header's first piece
+                with m.If(desc_f.flags[0]):
+                    load(x_desc, y_desc)
+                with m.Else():
+                    load(x_pf)
+                short = (pf_len[5:] == 0) & (pf_len[:5] < 16)
                 m.d.sync += [
                     bad.eq((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
-                           | (~d_write & seen_write) | wraps | new_total[32:].any()),
-                    has_next.eq(desc_f.flags[0]), nxt.eq(desc_f.next),
-                    nxt_bad.eq(desc_f.next >= qnum),
-                    walked.eq(walked + 1), total.eq(new_total),
+                           | (~d_write & seen_write) | wraps | new_acc[32]),
+                    has_next.eq(desc_f.flags[0]), next_bad.eq(desc_f.next >= qnum),
+                    walked.eq(walked + 1), acc.eq(new_acc),
                     seen_write.eq(seen_write | d_write),
+                    hdr_len.eq(Mux(short, pf_len[:5], 16)),
                 ]
-                with m.If(d_write):
-                    m.d.sync += w_bytes.eq(new_side)
-                with m.Else():
-                    m.d.sync += r_bytes.eq(new_side)
+                with m.If(d_write & ~seen_write):
+                    m.d.sync += [r_bytes.eq(acc), r_lt16.eq(acc < spec.BLK_HEADER_BYTES)]
                 with m.If(nonempty):
-                    m.d.sync += [count.eq(count + 1),
-                                 status_addr.eq(desc_f.addr + desc_f.len - 1)]
+                    m.d.sync += count.eq(count + 1)
                     with m.If(~d_write):
                         m.d.sync += n_readable.eq(n_readable + 1)
-                    with m.If(d_write & ~have_w0):
-                        m.d.sync += [have_w0.eq(1), w0_addr.eq(desc_f.addr),
-                                     w0_len.eq(desc_f.len)]
                 m.next = "DESC_NEXT"
 
             with state("DESC_NEXT"):
-                address("desc", nxt)
                 with m.If(bad):
-                    fault(spec.FAULT_BAD_CHAIN, idx)
+                    fault(spec.FAULT_BAD_CHAIN, value=lambda: load(None, y_idx))
                 with m.Elif(has_next):  # NEXT
-                    with m.If(nxt_bad):
-                        fault(spec.FAULT_BAD_CHAIN, nxt)
-                    with m.Elif(walked == qnum):  # the next one would be number N + 1
-                        fault(spec.FAULT_BAD_CHAIN, nxt)
+                    m.d.sync += idx.eq(desc_f.next)
+                    # the next one is outside the queue, or would be number N + 1
+                    with m.If(next_bad | (walked == qnum)):
+                        m.next = "CHAIN_FAULT"
                     with m.Else():
-                        m.d.sync += idx.eq(nxt)
                         issue("DESC_WAIT", length=16)
-                # step 3.3: request framing
-                with m.Elif((r_bytes < spec.BLK_HEADER_BYTES) | (w_bytes == 0)):
-                    fault(spec.FAULT_BAD_REQUEST, head)
+                # step 3.3: request framing (R >= 16 and Wr >= 1: a writable byte was seen,
+                # and count > n_readable)
+                with m.Elif(r_lt16 | (count == n_readable)):
+                    m.d.sync += idx.eq(head)
+                    m.d.sync += f_cause.eq(spec.FAULT_BAD_REQUEST)
+                    m.next = "IDX_FAULT"
                 with m.Else():
-                    m.next = "HDR_PIECE"
+                    # step 3.4: the header's first piece, from cached descriptor 0
+                    m.d.sync += [got.eq(0), take.eq(hdr_len), hdr_last.eq(hdr_len == 16),
+                                 piece_ends.eq(pf_len == hdr_len)]
+                    with m.If(pf_len == hdr_len):
+                        fetch(1)
+                    issue("HDR_WAIT", length=hdr_len)
+            with state("CHAIN_FAULT"):  # idx is the offending index now
+                fault(spec.FAULT_BAD_CHAIN, value=lambda: load(None, y_idx))
+            with state("IDX_FAULT"):  # idx is the offending index, f_cause set
+                load(None, y_idx)
+                m.next = "EFAULT"
 
             # ---- step 3.4: header --------------------------------------------------------------
-            with state("HDR_PIECE"):  # p_vaddr / p_left: cached descriptor k, never empty
-                address("piece")
-                need = Signal(5)
-                m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
-                short = (p_left[5:] == 0) & (p_left[:5] < need)
-                piece = Signal(5)
-                m.d.comb += piece.eq(Mux(short, p_left[:5], need))
-                m.d.sync += [take.eq(piece), hdr_last.eq(~short),
-                             reload.eq(p_left == piece),
-                             p_vaddr.eq(p_vaddr + piece), p_left.eq(p_left - piece)]
-                issue("HDR_WAIT", length=piece, dpos=got)
-
-            def before_hdr():
-                with m.If(reload):
-                    m.d.comb += pf.eq(1)
+            # Wr = acc - R, settled long before DECODE.
+            m.d.sync += wr_bytes.eq(acc - r_bytes)
 
             def after_hdr_piece():
                 m.d.sync += got.eq(got + take)
-                with m.If(reload):
-                    m.d.sync += k.eq(k + 1)
                 with m.If(hdr_last):
+                    m.d.sync += [cont_next.eq(~piece_ends), split_rem.eq(pf_len - take)]
                     m.next = "DECODE"
                 with m.Else():
                     m.next = "HDR_PIECE"
-            wait("HDR_WAIT", after_hdr_piece, before=before_hdr)
+            # the next piece's address, if there is one (pf is the next descriptor then)
+            wait("HDR_WAIT", after_hdr_piece, before=lambda: load(x_pf))
+
+            with state("HDR_PIECE"):  # pf: the next cached descriptor, never empty
+                need = Signal(5)
+                m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
+                short = (pf_len[5:] == 0) & (pf_len[:5] < need)
+                piece = Signal(5)
+                m.d.comb += piece.eq(Mux(short, pf_len[:5], need))
+                m.d.sync += [take.eq(piece), hdr_last.eq(~short),
+                             piece_ends.eq(pf_len == piece)]
+                with m.If(pf_len == piece):
+                    fetch(pf_idx + 1)
+                issue("HDR_WAIT", length=piece, dpos=got)
 
             # ---- step 3.5: decode and data -----------------------------------------------------
-            # Data sizes of an IN and an OUT request, and the last first sector that leaves
-            # room for them (negative: none), settled from pass 1's sums well before DECODE:
-            # a request is in range when sector * 512 + size <= disk size.
-            d_in = Signal(33)
-            d_out = Signal(33)
-            room_in = Signal(34)
-            room_out = Signal(34)
-            m.d.sync += [
-                d_in.eq(w_bytes - 1), d_out.eq(r_bytes - spec.BLK_HEADER_BYTES),
-                room_in.eq(Const(cap_sectors, 34) - (d_in >> 9)),
-                room_out.eq(Const(cap_sectors, 34) - (d_out >> 9)),
-            ]
-            # DECODE registers what the header says; DISPATCH acts on it (issue 5, Fmax).
+            # DECODE registers what the header says; DISPATCH acts on it.
             t_in = Signal()
             t_out = Signal()
             t_flush = Signal()
             t_get_id = Signal()
             ok_in = Signal()
             ok_out = Signal()
-            sector_base = Signal(32)
+            sector_base = Signal(lbits)
+            id_len = Signal(5)  # GET_ID: min(20, Wr - 1)
             with state("DECODE"):
-                req_type = sbuf[:32]
-                sector = sbuf[64:128]
-
-                def in_range(d, room):
-                    return ((d[:9] == 0) & ~room[-1] & (sector[32:] == 0)
-                            & (sector[:32] <= room[:-1]))
-
+                req_type = cap[:32]
+                sector = cap[64:128]
                 m.d.sync += [
                     t_in.eq(req_type == spec.VIRTIO_BLK_T_IN),
                     t_out.eq(req_type == spec.VIRTIO_BLK_T_OUT),
                     t_flush.eq(req_type == spec.VIRTIO_BLK_T_FLUSH),
                     t_get_id.eq(req_type == spec.VIRTIO_BLK_T_GET_ID),
-                    ok_in.eq(in_range(d_in, room_in)), ok_out.eq(in_range(d_out, room_out)),
-                    sector_base.eq(sector[:32] << 9),
+                    ok_in.eq(in_range(wr_bytes, 1, sector)),
+                    ok_out.eq(in_range(r_bytes, spec.BLK_HEADER_BYTES, sector)),
+                    sector_base.eq(sector[:cs] << 9),
+                    id_len.eq(Mux(wr_bytes > spec.VIRTIO_BLK_ID_BYTES,
+                                  spec.VIRTIO_BLK_ID_BYTES, wr_bytes[:5] - 1)),
                 ]
                 m.next = "DISPATCH"
 
+            # DISPATCH decides what moves and which cached descriptor that needs first: the
+            # first device-writable one (IN, GET_ID), the one after the header (OUT), or the
+            # last one (the status byte). Where pf does not hold it, FETCH waits for it.
+            need_idx = Signal(qbits)
+            after = Signal()  # then: 0 = the status, 1 = the data
             with state("DISPATCH"):
-
-                def data_phase(nbytes, *, disk, write):
-                    m.d.sync += [remaining.eq(nbytes), to_disk.eq(disk), dir_write.eq(write)]
-                    if write:  # the data goes to the device-writable descriptors
-                        m.d.sync += [k.eq(n_readable), p_vaddr.eq(w0_addr),
-                                     p_left.eq(w0_len)]
-                    # else: it continues after the header, where p_vaddr / p_left / k are
-                    with m.If(nbytes == 0):
-                        m.next = "STATUS"
-                    with m.Else():
-                        m.next = "DATA_PIECE"
-
-                m.d.sync += [
-                    blk_status.eq(spec.VIRTIO_BLK_S_OK), written.eq(0), dpos.eq(sector_base),
-                ]
-                with m.If(t_in):
-                    with m.If(ok_in):
-                        m.d.sync += written.eq(d_in)
-                        data_phase(d_in, disk=1, write=1)
-                    with m.Else():
-                        m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
-                        m.next = "STATUS"
-                with m.Elif(t_out):
-                    with m.If(ok_out):
-                        data_phase(d_out, disk=1, write=0)
-                    with m.Else():
-                        m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
-                        m.next = "STATUS"
-                with m.Elif(t_flush):
-                    m.next = "STATUS"
-                with m.Elif(t_get_id):
-                    n_id = Signal(33)
-                    m.d.comb += n_id.eq(Mux(d_in < spec.VIRTIO_BLK_ID_BYTES, d_in,
-                                            spec.VIRTIO_BLK_ID_BYTES))
-                    m.d.sync += [
-                        written.eq(n_id), dpos.eq(0),
-                        sbuf[:8 * spec.VIRTIO_BLK_ID_BYTES].eq(
-                            int.from_bytes(spec.DEVICE_SERIAL, "little")),
-                    ]
-                    data_phase(n_id, disk=0, write=1)
-                with m.Else():
+                m.d.sync += [blk_status.eq(spec.VIRTIO_BLK_S_OK), used_len.eq(1),
+                             dpos.eq(sector_base), to_disk.eq(1), dir_write.eq(1)]
+                move_in = t_in & ok_in & (wr_bytes != 1)
+                move_out = t_out & ok_out & (r_bytes != spec.BLK_HEADER_BYTES)
+                move_id = t_get_id & (wr_bytes != 1)
+                with m.If(t_in & ok_in):
+                    m.d.sync += used_len.eq(wr_bytes)
+                with m.If(t_get_id):
+                    m.d.sync += used_len.eq(id_len + 1)
+                with m.If((t_in & ~ok_in) | (t_out & ~ok_out)):
+                    m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
+                with m.If(~t_in & ~t_out & ~t_flush & ~t_get_id):
                     m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
+                with m.If(~move_out):
+                    m.d.sync += cont_next.eq(0)  # only OUT data follows the header
+                with m.If(move_in):
+                    m.d.sync += [remaining.eq(wr_bytes[9:] << 9), need_idx.eq(n_readable),
+                                 after.eq(1)]
+                with m.Elif(move_id):
+                    m.d.sync += [remaining.eq(id_len), need_idx.eq(n_readable), dpos.eq(0),
+                                 to_disk.eq(0), after.eq(1)]
+                with m.Elif(move_out):
+                    # the data starts in the header's last descriptor (cont_next) or in the
+                    # next one, which the header's last piece fetched into pf
+                    m.d.sync += [remaining.eq(r_bytes[9:] << 9), dir_write.eq(0), after.eq(1),
+                                 need_idx.eq(pf_idx)]
+                with m.Else():
+                    m.d.sync += [need_idx.eq(count - 1), after.eq(0)]
+                m.next = "ROUTE"
+
+            # ROUTE: pf holds the descriptor needed (or the data continues in the header's
+            # last descriptor): load va and go; else fetch it first.
+            with state("ROUTE"):
+                with m.If(after & cont_next):
+                    # OUT, continuing where the header ended: the DMA engine's own address
+                    m.next = "DATA_PIECE"
+                with m.Elif(pf_idx == need_idx):
+                    with m.If(after):
+                        load(x_pf)
+                        m.next = "DATA_PIECE"
+                    with m.Else():
+                        load(x_pf, y_stat)
+                        m.next = "STATUS"
+                with m.Else():
+                    fetch(need_idx)
+                    m.next = "FETCH"
+            with state("FETCH"):
+                m.next = "ROUTE_FETCHED"
+            with state("ROUTE_FETCHED"):  # pf = need_idx now
+                with m.If(after):
+                    load(x_pf)
+                    m.next = "DATA_PIECE"
+                with m.Else():
+                    load(x_pf, y_stat)
                     m.next = "STATUS"
 
-            with state("DATA_PIECE"):  # p_vaddr / p_left: cached descriptor k; remaining > 0
-                address("piece")
-                piece = Signal(32)
-                m.d.comb += piece.eq(Mux(p_left < remaining, p_left, remaining))
-                m.d.sync += take.eq(piece)
-                issue("DATA_WAIT", write=dir_write, length=piece,
-                      disk=to_disk, dpos=dpos)
+            with state("DATA_PIECE"):  # pf: the piece's descriptor (or split_rem); remaining > 0
+                avail_len = Mux(cont_next, split_rem, pf_len)
+                piece = Signal(lbits)
+                short = (avail_len[lbits:] == 0) & (avail_len[:lbits] < remaining)
+                m.d.comb += piece.eq(Mux(short, avail_len[:lbits], remaining))
+                m.d.sync += [take.eq(piece), last_piece.eq(~short), cont_next.eq(0)]
+                # the next piece's descriptor, or the status byte's (the last one)
+                with m.If(short):
+                    fetch(pf_idx + 1)
+                with m.Else():
+                    fetch(count - 1)
+                issue("DATA_WAIT", write=dir_write, length=piece, disk=to_disk, dpos=dpos)
 
             def after_data_piece():
-                # a piece ends its descriptor or the data: the next one starts at descriptor k + 1
-                m.d.sync += [remaining.eq(remaining - take), dpos.eq(dpos + take), k.eq(k + 1)]
-                with m.If(remaining == take):
+                m.d.sync += [remaining.eq(remaining - take), dpos.eq(dpos + take)]
+                with m.If(last_piece):
                     m.next = "STATUS"
                 with m.Else():
                     m.next = "DATA_PIECE"
+
             def before_data():
-                m.d.comb += pf.eq(1)
+                m.d.comb += self.serial.eq(~to_disk)
+                with m.If(last_piece):
+                    load(x_pf, y_stat)
+                with m.Else():
+                    load(x_pf)
             wait("DATA_WAIT", after_data_piece, before=before_data)
 
             # ---- steps 3.6 to 3.9: status, used element, used index -------------------------
+            # The payload of a write from the scratch is held until the command is done.
+            def payload(value):
+                return lambda: m.d.comb.__iadd__(self.payload.eq(value))
+
             with state("STATUS"):
-                address("status")
-                m.d.sync += sbuf[:8].eq(blk_status)
+                payload(blk_status)()
                 issue("STATUS_WAIT", write=1, length=1)
-            wait("STATUS_WAIT", goto("DRAIN_DATA"))
+            wait("STATUS_WAIT", goto("DRAIN_DATA"), before=payload(blk_status))
             with state("DRAIN_DATA"):  # no used element for data that did not arrive
                 issue("DRAIN_DATA_WAIT", drain=1)
-            wait("DRAIN_DATA_WAIT", goto("USED"), before=lambda: ring_next("used"))
+            wait("DRAIN_DATA_WAIT", goto("USED"), before=lambda: load(x_used, y_ring_u))
 
+            used_elem = Cat(head, Const(0, 16), used_len)
             with state("USED"):
-                address("ring")
-                m.d.sync += sbuf[:64].eq(Cat(head, Const(0, 16), written + 1))
+                payload(used_elem)()
                 issue("USED_WAIT", write=1, length=8)
-            wait("USED_WAIT", goto("USED_IDX"), before=lambda: ring_next("uidx"))
 
+            def before_used_wait():
+                payload(used_elem)()
+                load(x_used, y_two)
+            wait("USED_WAIT", goto("USED_IDX"), before=before_used_wait)
+
+            next_used = Signal(16)
+            m.d.comb += next_used.eq(used_idx + 1)
             with state("USED_IDX"):
-                address("ring")
-                m.d.sync += sbuf[:16].eq(used_idx + 1)
+                payload(next_used)()
                 issue("USED_IDX_WAIT", write=1, length=2)
-            wait("USED_IDX_WAIT", goto("DRAIN_USED"))
+            wait("USED_IDX_WAIT", goto("DRAIN_USED"), before=payload(next_used))
             with state("DRAIN_USED"):  # the interrupt follows the used index
                 issue("DRAIN_USED_WAIT", drain=1)
 
-            next_avail = Signal(16)
-            m.d.comb += next_avail.eq(last_avail + 1)
             # registered: last_avail and avail_idx are settled long before DRAIN_USED_WAIT
             round_done = Signal()
-            m.d.sync += round_done.eq(next_avail == avail_idx)
+            m.d.sync += round_done.eq(last_avail == avail_idx)
 
             def before_used():
                 with m.If(round_done):
-                    ring_next("poll")
+                    load(x_avail)  # the next round's poll
                 with m.Else():
-                    ring_next("head", next_avail)
+                    load(x_avail, y_ring_a)  # the next entry's head
 
             def after_used():
-                m.d.sync += [used_idx.eq(used_idx + 1), last_avail.eq(next_avail)]
+                m.d.sync += used_idx.eq(next_used)
                 m.d.comb += [self.completed.eq(1),
-                             self.used_irq.eq(~avail_flags[0])]  # VIRTQ_AVAIL_F_NO_INTERRUPT
+                             self.used_irq.eq(~no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
                 with m.If(round_done):
                     m.next = "QCHECK"
                 with m.Else():
                     m.next = "HEAD"
             wait("DRAIN_USED_WAIT", after_used, before=before_used)
 
+            with state("EFAULT"):  # va holds the engine fault's address now
+                m.d.sync += f_addr.eq(va)
+                m.next = "FAULT"
             with state("FAULT"):
                 m.d.comb += self.fault.eq(1)
                 m.next = "HALT"
@@ -554,5 +611,6 @@ class RingEngine(wiring.Component):
         with m.If(self.notify):
             m.d.sync += kick.eq(1)
         with m.If(self.dev_reset):
-            m.d.sync += [abort.eq(1), kick.eq(0), last_avail.eq(0), used_idx.eq(0)]
+            m.d.sync += [abort.eq(1), kick.eq(0), last_avail.eq(0), used_idx.eq(0),
+                         cont_next.eq(0)]
         return m
