@@ -36,7 +36,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from models import spec
 
 from .axi import BURST_INCR, RESP_OKAY, AXI4Signature
-from .params import check_data_width
+from .params import check_data_width, one_hot
 from .translate import lookup_fields
 
 __all__ = ["CAP_BYTES", "MAX_POSTED_WRITES", "DmaEngine", "local_bits"]
@@ -84,10 +84,14 @@ class DmaEngine(wiring.Component):
         be the ``pre_vaddr`` of the cycle before (or ``cmd_cont`` and ``pre_cont`` both set).
         ``cmd_drain`` makes it a drain (the other fields are ignored); ``cmd_disk`` selects the
         RAM disk (else the scratch) at byte ``cmd_dpos``.
-    done, fault, fault_addr : Out
+    done, fault : Out
         ``done`` pulses for one cycle when the command ends (see the module docstring); ``fault``
-        is then 0 or the fault cause, ``fault_addr`` the virtual address (translation faults)
-        or the physical address (bus errors; for a drain, the first failed write).
+        is then 0 or the fault cause.
+    fault_addr : Out
+        In the cycle after a ``done`` with a fault: the virtual address where the access stopped
+        (translation faults) or the physical address (bus errors; for a drain, the first failed
+        write). Otherwise, while idle: ``cmd_vaddr`` of the cycle before, which the ring engine
+        uses to report its own faults' values through the same register.
     xlate : Out
         Pulses once per table lookup used in handle mode (statistics).
     abort : In
@@ -129,7 +133,8 @@ class DmaEngine(wiring.Component):
             "xlate": Out(1),
             "xl_ref": Out(ref_bits), "xl_keep": Out(1), "xl_high": Out(1), "xl_handle": Out(1),
             "xl_write": Out(1),
-            "xl_fault": In(4), "xl_frame": In(32), "xl_mode": In(1), "xl_stale": In(1),
+            "xl_fault": In(4), "xl_ok": In(1), "xl_frame": In(32), "xl_mode": In(1),
+            "xl_stale": In(1),
             "disk_rd_word": Out(self._word_bits), "disk_rd_lo": In(data_width),
             "disk_rd_hi": In(data_width),
             "disk_wr_word": Out(self._word_bits), "disk_wr_data": Out(data_width),
@@ -159,8 +164,12 @@ class DmaEngine(wiring.Component):
         # ---- Command state -----------------------------------------------------------------
         write = Signal()
         to_disk = Signal()
-        cur_lo = Signal(12)  # the next burst's virtual address: page offset ...
-        cur_hi = Signal(52)  # ... and page number (bits 63:12)
+        # The command moves on to its next burst in ADDR: nxt_* is where the next burst starts,
+        # cur_* where the current one did (its address, its fault address, its page).
+        nxt_lo = Signal(12)  # virtual address: page offset ...
+        nxt_hi = Signal(52)  # ... and page number (bits 63:12)
+        cur_lo = Signal(12)
+        cur_hi = Signal(52)
         rem = Signal(self._len_bits)  # bytes of the command not yet in a burst
         rot = Signal(lw)  # local lane = bus lane + rot (mod W), fixed for the command
         ge_rot = Signal(W)  # local lanes >= rot: they belong to the beat's first local word
@@ -171,17 +180,15 @@ class DmaEngine(wiring.Component):
         # Current burst, set up in ADDR
         b_final = Signal()  # the burst ends the command
         b_cross = Signal()  # ... or ends on a page boundary (the next burst needs a lookup)
-        b_end_lo = Signal(12)
-        b_rem = Signal(self._len_bits)
         arlen = Signal(8)
         b_addr = Signal(64)  # physical address of the burst in flight (bus error reports)
         b_err = Signal()
-        next_ref = Signal(R)  # the next page's lookup fields
-        next_high = Signal()
+        next_high = Signal()  # the next page's lookup fields
+
         next_handle = Signal()
 
-        cur_hi_inc = Signal(52)
-        m.d.comb += cur_hi_inc.eq(cur_hi + 1)
+        nxt_hi_inc = Signal(52)
+        m.d.comb += nxt_hi_inc.eq(nxt_hi + 1)
         burst_addr = Signal(64)
         m.d.comb += burst_addr.eq(Cat(cur_lo, Mux(self.xl_mode, self.xl_frame, cur_hi)))
         m.d.comb += [
@@ -206,15 +213,16 @@ class DmaEngine(wiring.Component):
         # A continue command (pre_cont) must follow a read, whose address handshakes are over
         # when it ends: ``cur`` then holds where it ended.
         cur_ref, cur_high, cur_handle = lookup_fields(cur_hi, R)
+        nxt_ref, nxt_high, nxt_handle = lookup_fields(nxt_hi, R)
         pre_ref = self.pre_vaddr[12:12 + R]
-        cmd_ref, cmd_high, cmd_handle = lookup_fields(self.cmd_vaddr[12:], R)
+        _, cmd_high, cmd_handle = lookup_fields(self.cmd_vaddr[12:], R)
         a_phase = Signal()  # the burst's address is (or may be) valid: ISSUE, RADDR, WADDR
-        with m.If(a_phase & b_cross & ~b_final):
-            m.d.comb += self.xl_ref.eq(next_ref)
-        with m.Elif(in_xlate | self.pre_cont):
-            m.d.comb += self.xl_ref.eq(cur_ref)
-        with m.Else():
-            m.d.comb += self.xl_ref.eq(pre_ref)
+        # The DMA engine's own lookups (the next page, a stale page again, a continue command)
+        # read the table at int_ref, set a cycle ahead, so that the table's address is a 2:1
+        # choice between a register and the ring engine's next address.
+        int_ref = Signal(R)
+        m.d.comb += self.xl_ref.eq(Mux((a_phase & b_cross & ~b_final) | in_xlate
+                                       | (~a_phase & self.pre_cont), int_ref, pre_ref))
         keep_next = Signal()  # keep the next page's lookup (made in an address handshake)
         waiting = Signal()  # a kept lookup has not answered yet
         fresh = Signal()  # the answer is a lookup made for this burst (statistics)
@@ -223,8 +231,8 @@ class DmaEngine(wiring.Component):
         m.d.sync += waiting.eq(self.xl_keep)
         m.d.comb += self.xl_write.eq(Mux(in_idle, self.cmd_write, write))
         with m.If(in_idle):
-            m.d.comb += [self.xl_high.eq(Mux(self.cmd_cont, cur_high, cmd_high)),
-                         self.xl_handle.eq(Mux(self.cmd_cont, cur_handle, cmd_handle))]
+            m.d.comb += [self.xl_high.eq(Mux(self.cmd_cont, nxt_high, cmd_high)),
+                         self.xl_handle.eq(Mux(self.cmd_cont, nxt_handle, cmd_handle))]
         with m.Elif(in_xkeep):
             m.d.comb += [self.xl_high.eq(cur_high), self.xl_handle.eq(cur_handle)]
         with m.Else():
@@ -356,27 +364,33 @@ class DmaEngine(wiring.Component):
 
         with m.If(w_go):
             m.d.sync += w_active.eq(~w_last_issue)
-        m.d.sync += s1_valid.eq(w_issue)
+        # S1 takes the beat whether or not it issues (only the valid bit says): no wide enable
+        m.d.sync += [
+            s1_valid.eq(w_issue),
+            s1_disk.eq(to_disk), s1_strb.eq(beat_mask(w_cnt == 0)), s1_last.eq(w_cnt == 0),
+            s1_rot.eq(-rot), s1_ge.eq(ge_rot), s1_scratch.eq(scratch_comb),
+        ]
         with m.If(w_issue):
-            m.d.sync += [
-                s1_disk.eq(to_disk), s1_strb.eq(beat_mask(w_cnt == 0)), s1_last.eq(w_cnt == 0),
-                s1_rot.eq(-rot), s1_ge.eq(ge_rot), s1_scratch.eq(scratch_comb),
-                word.eq(word_inc), first_beat.eq(0), w_cnt.eq(w_cnt - 1),
-            ]
+            m.d.sync += [word.eq(word_inc), first_beat.eq(0), w_cnt.eq(w_cnt - 1)]
         m.d.sync += [s2_valid.eq(s1_valid), s2_disk.eq(s1_disk), s2_strb.eq(s1_strb),
                      s2_last.eq(s1_last), s2_rot.eq(s1_rot), s2_ge.eq(s1_ge),
                      s2_scratch.eq(s1_scratch)]
 
         # ---- Control ----------------------------------------------------------------------------
-        fault = Signal(4)
-        fault_addr = Signal(64)
-        m.d.comb += [self.fault.eq(fault), self.fault_addr.eq(fault_addr)]
+        # The fault address: which register holds it (FA_*), set when a command faults.
+        FA_CUR, FA_BURST, FA_WRITE = 0, 1, 2
+        fault_src = Signal(2)
+        m.d.comb += self.fault_addr.eq(Mux(fault_src[1], werr_addr,
+                                           Mux(fault_src[0], b_addr, Cat(cur_lo, cur_hi))))
         with m.If(self.abort & ~posted):
             m.d.sync += werr.eq(0)  # a reset forgets the responses of the old requests
+        with m.If(self.abort):
+            m.d.sync += fault_src.eq(FA_CUR)
 
-        def finish(cause=0, addr=0):
-            """The command ends this cycle."""
-            m.d.comb += [self.done.eq(1), fault.eq(cause), fault_addr.eq(addr)]
+        def finish(cause=0, src=FA_CUR):
+            """The command ends this cycle (with fault ``cause``, its address in ``src``)."""
+            m.d.comb += [self.done.eq(1), self.fault.eq(cause)]
+            m.d.sync += fault_src.eq(src)
             m.next = "IDLE"
 
         def burst_handed_over():
@@ -402,10 +416,8 @@ class DmaEngine(wiring.Component):
             bq.w_en.eq(a_hs & write),
         ]
         m.d.sync += keep_next.eq(a_hs & b_cross & ~b_final)
-        with m.If(a_hs):
-            m.d.sync += [cur_lo.eq(b_end_lo), rem.eq(b_rem), b_addr.eq(burst_addr), b_err.eq(0)]
-            with m.If(b_cross):
-                m.d.sync += cur_hi.eq(cur_hi_inc)
+        with m.If(a_phase):  # (the value of the handshake's cycle stays)
+            m.d.sync += b_addr.eq(burst_addr)
 
         pipe_busy = Signal()
         rd_inflight = Signal()
@@ -418,24 +430,29 @@ class DmaEngine(wiring.Component):
 
         # Burst geometry of the next burst, from the command state (state ADDR). The low 12 bits
         # of the physical address are those of the virtual address, so the geometry never waits
-        # for the table.
-        room = Signal(lb + 1)
+        # for the table. One sum says it all: where the rest of the command would end, counted
+        # from the start of the burst's window.
+        end = Signal(self._len_bits + 1)
+        m.d.comb += end.eq(rem + nxt_lo[:lb])
+        reaches = Signal()  # the burst runs to the window's end (or the command ends there)
         fits = Signal()  # the rest of the command fits in this window: the last burst
         m.d.comb += [
-            room.eq(B - cur_lo[:lb]),
-            fits.eq((rem[lb + 1:] == 0) & (rem[:lb + 1] <= room)),
+            reaches.eq(end[lb:] != 0),
+            fits.eq((end[lb + 1:] == 0) & ~(end[lb] & (end[:lb] != 0))),
         ]
-        in_window_end = Signal(13)
-        m.d.comb += in_window_end.eq(cur_lo + rem[:lb + 1])
         window_next = Signal(13 - lb)
-        m.d.comb += window_next.eq(cur_lo[lb:] + 1)
+        m.d.comb += window_next.eq(nxt_lo[lb:] + 1)
+        inc_hi = Signal()  # the burst set up in the last cycle ends its page
+        m.d.sync += inc_hi.eq(0)
+        with m.If(inc_hi):
+            m.d.sync += nxt_hi.eq(nxt_hi_inc)
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += [self.cmd_ready.eq(1), in_idle.eq(1)]
                 # The command registers follow the inputs in every idle cycle (they are unused
                 # while idle), so that cmd_valid only steers the state.
-                lo = Mux(self.cmd_cont, cur_lo, self.cmd_vaddr[:12])
+                lo = Mux(self.cmd_cont, nxt_lo, self.cmd_vaddr[:12])
                 diff = Signal(self._len_bits + 1)
                 end_lane = Signal(lw)
                 m.d.comb += [diff.eq(self.cmd_dpos - lo[:lw]),
@@ -446,8 +463,11 @@ class DmaEngine(wiring.Component):
                     # a local start before the first lane's word: the word before local word 0
                     word.eq(Mux(diff[-1] & self.cmd_disk, last_word, diff[lw:lw + wb])),
                 ]
+                # cur follows too: an engine-detected fault reports its value from it
+                m.d.sync += [cur_lo.eq(self.cmd_vaddr[:12]), cur_hi.eq(self.cmd_vaddr[12:])]
                 with m.If(~self.cmd_cont):
-                    m.d.sync += [cur_lo.eq(self.cmd_vaddr[:12]), cur_hi.eq(self.cmd_vaddr[12:])]
+                    m.d.sync += [nxt_lo.eq(self.cmd_vaddr[:12]), nxt_hi.eq(self.cmd_vaddr[12:])]
+                m.d.sync += int_ref.eq(nxt_ref)  # a continue command's page
                 for lane in range(W):
                     m.d.sync += [
                         ge_rot[lane].eq(lane >= diff[:lw]),
@@ -455,27 +475,32 @@ class DmaEngine(wiring.Component):
                         last_mask[lane].eq((end_lane == 0) | (lane < end_lane)),
                     ]
                 with m.If(self.cmd_valid):
+                    m.d.sync += fault_src.eq(FA_CUR)
                     with m.If(self.cmd_drain):
                         m.next = "DRAIN"
-                    with m.Elif(self.cmd_len == 0):
-                        finish()
                     with m.Else():
                         m.next = "ADDR"
 
             with m.State("ADDR"):
                 m.d.comb += self.busy.eq(1)
-                beats_m1 = Mux(fits, (cur_lo[:lw] + rem[:lb + 1] - 1) >> lw, ~cur_lo[lw:lb])
+                first_m1 = Signal(lw + 1)  # the first byte's lane, minus one
+                m.d.comb += first_m1.eq(nxt_lo[:lw] - 1)
+                beats_m1 = Mux(fits, (rem[:lb + 1] + first_m1.as_signed()) >> lw,
+                               ~nxt_lo[lw:lb])
+                # the burst ends on a page boundary: the command moves to the next page (one
+                # cycle later, inc_hi), whose lookup the burst's address handshake starts
+                cross = reaches & nxt_lo[lb:12].all()
                 m.d.sync += [
-                    b_final.eq(fits),
-                    # the burst ends on a page boundary: the command moves to the next page
-                    b_cross.eq(Mux(fits, in_window_end[12], cur_lo[lb:12].all())),
-                    b_end_lo.eq(Mux(fits, in_window_end[:12], Cat(Const(0, lb), window_next))),
-                    b_rem.eq(rem - Mux(fits, rem[:lb + 1], room)),
+                    cur_lo.eq(nxt_lo), cur_hi.eq(nxt_hi),
+                    nxt_lo.eq(Mux(reaches, Cat(Const(0, lb), window_next),
+                                  Cat(end[:lb], nxt_lo[lb:]))),
+                    rem.eq(Cat(end[:lb], end[lb:] - 1)),  # end - B (the last burst: unused)
+                    b_final.eq(fits), b_cross.eq(cross), b_err.eq(0), inc_hi.eq(cross),
                     arlen.eq(beats_m1), w_cnt.eq(beats_m1),
-                    next_ref.eq(cur_hi_inc[:R]), next_high.eq(cur_hi_inc[R:51].any()),
-                    next_handle.eq(cur_hi_inc[51]),
+                    int_ref.eq(nxt_hi_inc[:R]), next_high.eq(nxt_hi_inc[R:51].any()),
+                    next_handle.eq(nxt_hi_inc[51]),
                 ]
-                with m.If(self.abort):
+                with m.If(self.abort | (rem == 0)):  # (an empty command moves nothing)
                     finish()
                 with m.Else():
                     m.next = "ISSUE"
@@ -484,8 +509,8 @@ class DmaEngine(wiring.Component):
                 # The verdict for this burst's page is in the translation unit's registers.
                 m.d.comb += [self.busy.eq(1), in_issue.eq(1)]
                 order_ok = Mux(write, bq.level < MAX_POSTED_WRITES, ~posted)
-                m.d.comb += go.eq(~self.abort & ~waiting & ~self.xl_stale
-                                  & (self.xl_fault == 0) & order_ok)
+                m.d.comb += go.eq(~self.abort & ~waiting & ~self.xl_stale & self.xl_ok
+                                  & order_ok)
                 with m.If(~waiting):
                     m.d.sync += fresh.eq(0)
                     m.d.comb += self.xlate.eq(fresh & self.xl_mode)
@@ -494,9 +519,10 @@ class DmaEngine(wiring.Component):
                 with m.Elif(waiting):
                     pass
                 with m.Elif(self.xl_stale):
+                    m.d.sync += int_ref.eq(cur_ref)
                     m.next = "XLATE"  # never issue a burst with a translation that is stale
-                with m.Elif(self.xl_fault != 0):
-                    finish(self.xl_fault, Cat(cur_lo, cur_hi))  # no address goes out
+                with m.Elif(~self.xl_ok):
+                    finish(self.xl_fault, FA_CUR)  # no address goes out
                 with m.Elif(~order_ok):
                     pass  # wait for a response slot, or for the posted writes (reads)
                 with m.Elif(write):
@@ -513,6 +539,7 @@ class DmaEngine(wiring.Component):
 
             with m.State("XLATE"):  # a lookup again: the table changed since the last one
                 m.d.comb += [self.busy.eq(1), in_xlate.eq(1)]
+                m.d.sync += int_ref.eq(nxt_ref)  # (the next page's, as ADDR set it)
                 with m.If(self.abort):
                     finish()
                 with m.Else():
@@ -536,7 +563,7 @@ class DmaEngine(wiring.Component):
                         m.d.sync += b_err.eq(1)
                     with m.If(axi.rlast):
                         with m.If(~ok | b_err):
-                            finish(spec.FAULT_BUS_ERROR, b_addr)
+                            finish(spec.FAULT_BUS_ERROR, FA_BURST)
                         with m.Else():
                             burst_handed_over()
 
@@ -554,9 +581,10 @@ class DmaEngine(wiring.Component):
                 with m.If(~pipe_busy):
                     m.d.sync += werr.eq(0)
                     with m.If(werr):
-                        finish(spec.FAULT_BUS_ERROR, werr_addr)
+                        finish(spec.FAULT_BUS_ERROR, FA_WRITE)
                     with m.Else():
                         finish()
 
+        one_hot(fsm)
         m.d.comb += rd_inflight.eq(axi.arvalid | axi.rready)
         return m

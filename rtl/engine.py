@@ -34,16 +34,18 @@ from amaranth.utils import ceil_log2
 from models import spec
 
 from .dma import CAP_BYTES, local_bits
-from .params import check_queue_num_max
+from .params import check_queue_num_max, one_hot
 
 __all__ = ["RingEngine"]
 
 
 class CachedDesc(data.Struct):
-    """What pass 2 needs of a non-empty descriptor (virtio 1.x section 2.7.5)."""
+    """What pass 2 needs of a non-empty descriptor (virtio 1.x section 2.7.5); ``last`` is
+    ``len - 1``, the offset of its last byte (the status byte, for the chain's last one)."""
 
     addr: 64
     len: 32
+    last: 32
 
 
 class RingEngine(wiring.Component):
@@ -69,13 +71,13 @@ class RingEngine(wiring.Component):
             "notify": In(1), "dev_reset": In(1), "idle": Out(1), "abort": Out(1),
             # events
             "used_irq": Out(1), "completed": Out(1),
-            "fault": Out(1), "fault_cause": Out(4), "fault_addr": Out(64),
+            "fault": Out(1), "fault_cause": Out(4),
             # DMA commands
             "pre_vaddr": Out(64), "pre_cont": Out(1),
             "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_write": Out(1), "cmd_drain": Out(1),
             "cmd_cont": Out(1), "cmd_vaddr": Out(64), "cmd_len": Out(self._len_bits),
             "cmd_disk": Out(1), "cmd_dpos": Out(self._len_bits),
-            "dma_done": In(1), "dma_fault": In(4), "dma_fault_addr": In(64), "dma_busy": In(1),
+            "dma_done": In(1), "dma_fault": In(4), "dma_busy": In(1),
             "cap_we": In(CAP_BYTES), "cap_wdata": In(8 * CAP_BYTES),
             "payload": Out(64), "serial": Out(1),
         })
@@ -96,7 +98,10 @@ class RingEngine(wiring.Component):
         desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
                            cap)
         cap_idx = cap[16:32]  # avail.idx after a poll
-        cap_head = cap[:16]  # the ring entry after a head read
+        # The head read puts the ring entry where a descriptor's ``next`` is, so that a
+        # descriptor address is always formed from the same bits.
+        HEAD_POS = 14
+        cap_head = cap[8 * HEAD_POS:8 * HEAD_POS + 16]
 
         # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2
         # reads them into the prefetch register pf, one command ahead.
@@ -105,6 +110,7 @@ class RingEngine(wiring.Component):
         cache_rd = cache.read_port()
         pf_addr = Signal(64)
         pf_len = Signal(32)
+        pf_last = Signal(32)
         pf_idx = Signal(qbits)  # the entry pf holds
         rd_idx = Signal(qbits)  # the entry read this cycle (set by the state)
         pf_load = Signal()  # ... into pf (the block RAM answers in the next cycle)
@@ -114,7 +120,7 @@ class RingEngine(wiring.Component):
         m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
         with m.If(pf_load_d):
             m.d.sync += [pf_addr.eq(cache_rd.data.addr), pf_len.eq(cache_rd.data.len),
-                         pf_idx.eq(rd_idx_d)]
+                         pf_last.eq(cache_rd.data.last), pf_idx.eq(rd_idx_d)]
 
         kick = Signal()
         abort = Signal()
@@ -134,24 +140,24 @@ class RingEngine(wiring.Component):
         r_lt16 = Signal()  # R < 16
         wr_bytes = Signal(33)  # Wr = acc - R, after the walk
         # pass 2
-        got = Signal(5)  # header bytes read
+        got = Signal(5)  # header bytes read (or being read)
         take = Signal(lbits)  # bytes of the piece in flight
+        hlen = Signal(5)  # the next header piece
         piece_ends = Signal()  # ... it ends its descriptor
         hdr_last = Signal()  # ... it ends the header
         last_piece = Signal()  # ... it is the last data piece
         split_rem = Signal(32)  # what the header left of its last descriptor
         cont_next = Signal()  # the next data piece continues in that descriptor
-        remaining = Signal(lbits)  # data bytes not yet moved
+        remaining = Signal(lbits)  # data bytes not yet handed to the DMA engine
+        plen = Signal(lbits)  # the next data piece
         dpos = Signal(lbits)  # where the next data piece starts on the disk (or in the serial)
         to_disk = Signal()
         dir_write = Signal()
         blk_status = Signal(8)
         used_len = Signal(32)  # the used element's len: bytes written + 1 (the status byte)
         f_cause = Signal(4)
-        f_addr = Signal(64)
         m.d.comb += [
             self.fault_cause.eq(f_cause),
-            self.fault_addr.eq(f_addr),
             self.abort.eq(abort),
         ]
 
@@ -165,53 +171,86 @@ class RingEngine(wiring.Component):
                      qnum.eq(n[:qbits]), qmask.eq(n[:16] - 1)]
 
         # ---- The address register and its adder ---------------------------------------------
+        # va = X + Y, where the operands are chosen by registers that each transition into a
+        # state sets for that state (``go``): the adder's inputs come from flip-flops through at
+        # most two LUTs, and the descriptor index just read through one (issue 5, Fmax).
         va = Signal(64)
-        x_desc, x_avail, x_used, x_pf = (Signal(name=f"x_{s}") for s in
-                                          ("desc", "avail", "used", "pf"))
-        y_ring_a, y_ring_u, y_two, y_desc, y_stat, y_num, y_idx = (
-            Signal(name=f"y_{s}") for s in ("ring_a", "ring_u", "two", "desc", "stat", "num",
-                                             "idx"))
+        XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)
+        xs = Signal(2, init=XS_AVAIL)  # X: QueueDesc, QueueDriver, QueueDevice or pf_addr ...
+        xz = Signal()  # ... or 0
+        Y_NONE, Y_CAP, Y_RING, Y_STAT, Y_NUM, Y_IDX = range(6)
+        ys_cap, ys_ring, ys_stat, ys_num, ys_idx = (Signal(name=f"ys_{n}") for n in
+                                                    ("cap", "ring", "stat", "num", "idx"))
         va_load = Signal()
-        desc_idx = Signal(16)  # the index a descriptor address is formed from
-        ring_a_slot = Signal(16)  # (index & mask) + 2: avail entry i is at 4 + 2 * i
-        m.d.comb += ring_a_slot.eq((last_avail & qmask) + 2)
+        # The ring offset of the next ring access, set a cycle ahead by the phase: avail entry
+        # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2.
+        ring_off = Signal(19)
+        ring_used = Signal()  # the phase of the used element (else: an avail entry) ...
+        ring_uidx = Signal()  # ... or of the used index
+        with m.If(ring_used):
+            m.d.sync += ring_off.eq(Cat(Const(0b100, 3), used_idx & qmask))
+        with m.Elif(ring_uidx):
+            m.d.sync += ring_off.eq(2)
+        with m.Else():
+            m.d.sync += ring_off.eq(((last_avail & qmask) + 2) << 1)
         x = Signal(64)
+        # kept, so that synthesis leaves the descriptor index one LUT away from the adder
+        y_other = Signal(32, attrs={"keep": 1})
         y = Signal(32)
         m.d.comb += [
-            x.eq(Mux(x_desc, self.queue_desc, 0) | Mux(x_avail, self.queue_avail, 0)
-                 | Mux(x_used, self.queue_used, 0) | Mux(x_pf, pf_addr, 0)),
-            y.eq(Mux(y_ring_a, ring_a_slot << 1, 0)
-                 | Mux(y_ring_u, Cat(Const(0b100, 3), used_idx & qmask), 0)
-                 | Mux(y_two, 2, 0)
-                 | Mux(y_desc, desc_idx << 4, 0)
-                 | Mux(y_stat, pf_len - 1, 0)
-                 | Mux(y_num, n, 0)
-                 | Mux(y_idx, idx, 0)),
+            x.eq(Mux(xz, 0, Mux(xs[1], Mux(xs[0], pf_addr, self.queue_used),
+                                Mux(xs[0], self.queue_avail, self.queue_desc)))),
+            y_other.eq(Mux(ys_ring, ring_off, 0) | Mux(ys_stat, pf_last, 0)
+                       | Mux(ys_num, n, 0) | Mux(ys_idx, idx, 0)),
+            y.eq(Mux(ys_cap, cap_head << 4, y_other)),
         ]
         va_next = Signal(64)
         m.d.comb += va_next.eq(x + y)
         with m.If(va_load):
             m.d.sync += va.eq(va_next)
-        m.d.comb += [
-            self.cmd_vaddr.eq(va),
-            # only the reference bits of this are used, looked up in the translation unit
-            self.pre_vaddr.eq(Mux(va_load, va_next, va)),
-        ]
+        # The address of the next command, looked up by the DMA engine in the translation unit:
+        # every state before one that issues loads va, except DESC_CHECK at a chain's end,
+        # which keeps the header's address that DESC_WAIT loaded.
+        keep_va = Signal()
+        m.d.comb += [self.cmd_vaddr.eq(va), self.pre_vaddr.eq(Mux(keep_va, va, va_next))]
 
-        def load(xs=None, *ys):
-            """This state loads va = X + Y."""
+        def operand(xsel, ysel):
+            """From the next cycle on, va loads X + Y with these operands."""
+            m.d.sync += [xs.eq(xsel & 3), xz.eq(xsel == XS_ZERO), ys_cap.eq(ysel == Y_CAP),
+                         ys_ring.eq(ysel == Y_RING), ys_stat.eq(ysel == Y_STAT),
+                         ys_num.eq(ysel == Y_NUM), ys_idx.eq(ysel == Y_IDX)]
+
+        # The operands of the states that load va; ``go`` sets them on the way in.
+        OPERANDS = {
+            "IDLE": (XS_AVAIL, Y_NONE),  # the poll reads avail.flags and avail.idx
+            "POLL_CHECK": (XS_AVAIL, Y_RING),  # the head of the next entry
+            "DESC_FIRST": (XS_DESC, Y_CAP),  # the first descriptor
+            "DESC_WAIT": (XS_PF, Y_NONE),  # the header, should this descriptor end the chain
+            "DESC_CHECK": (XS_DESC, Y_CAP),  # the next descriptor
+            "HDR_WAIT": (XS_PF, Y_NONE),  # the next header piece
+            "DRAIN_DATA_WAIT": (XS_USED, Y_RING),  # the used element
+            "USED_WAIT": (XS_USED, Y_RING),  # the used index
+            "XFAULT": (XS_ZERO, Y_IDX),  # an index the fault reports
+        }
+
+        def go(name, xsel=None, ysel=None):
+            """Move to state ``name`` and set its operands (given, or from OPERANDS)."""
+            m.next = name
+            if xsel is None and name in OPERANDS:
+                xsel, ysel = OPERANDS[name]
+            if xsel is not None:
+                operand(xsel, ysel)
+
+        def load():
+            """This state loads va with its operands."""
             m.d.comb += va_load.eq(1)
-            if xs is not None:
-                m.d.comb += xs.eq(1)
-            for ys_ in ys:
-                m.d.comb += ys_.eq(1)
 
-        def fault(cause, *, value=None):
-            """An engine-detected fault; ``value`` loads va with the fault address."""
+        def fault(cause):
+            """An engine-detected fault reporting the index in ``idx``. XFAULT loads it into va,
+            the DMA engine, idle, copies va into its address register in the next cycle
+            (EFAULT), and its fault address output shows it in the fault pulse's cycle (FAULT)."""
             m.d.sync += f_cause.eq(cause)
-            if value is not None:
-                value()
-            m.next = "EFAULT"
+            go("XFAULT")
 
         @contextmanager
         def state(name):
@@ -219,19 +258,20 @@ class RingEngine(wiring.Component):
                 yield
                 with m.If(abort & ~self.dma_busy):
                     m.d.sync += abort.eq(0)
-                    m.next = "IDLE"
+                    go("IDLE")
 
         # A data piece that continues where the header ended: the DMA engine keeps its address
         # while idle and looks it up, from the cycle the header ends to the piece's issue.
         m.d.comb += [self.cmd_cont.eq(cont_next), self.pre_cont.eq(cont_next)]
 
-        def issue(wait_state, *, write=0, length=0, disk=0, dpos=0, drain=0):
+        def issue(wait_state, *, write=0, length=0, disk=0, dpos=0, drain=0, xsel=None,
+                  ysel=None):
             """Hand a command to the DMA engine (idle in every state that calls this)."""
             m.d.comb += [
                 self.cmd_valid.eq(~abort), self.cmd_write.eq(write), self.cmd_drain.eq(drain),
                 self.cmd_len.eq(length), self.cmd_disk.eq(disk), self.cmd_dpos.eq(dpos),
             ]
-            m.next = wait_state
+            go(wait_state, xsel, ysel)
 
         def wait(name, then, before=None):
             """Wait for the command's end; a DMA fault becomes the engine's fault."""
@@ -240,13 +280,14 @@ class RingEngine(wiring.Component):
                     before()
                 with m.If(self.dma_done):
                     with m.If(self.dma_fault != 0):
-                        m.d.sync += [f_cause.eq(self.dma_fault), f_addr.eq(self.dma_fault_addr)]
-                        m.next = "FAULT"
+                        # the DMA engine holds the fault address for the FAULT cycle
+                        m.d.sync += f_cause.eq(self.dma_fault)
+                        go("FAULT")
                     with m.Else():
                         then()
 
         def goto(name):
-            return lambda: setattr(m, "next", name)
+            return lambda: go(name)
 
         def fetch(index):
             """Read cache entry ``index`` into pf (there two cycles later)."""
@@ -263,79 +304,90 @@ class RingEngine(wiring.Component):
             return ((total[:9] == rest) & (dsec[cs:] == 0) & (sector[cs:] == 0)
                     & (fits <= cap_sectors))
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with state("IDLE"):
                 m.d.comb += self.idle.eq(~abort)
-                load(x_avail)  # the poll reads avail.flags and avail.idx
+                load()
                 with m.If(kick & ~abort):
                     m.d.sync += kick.eq(0)
-                    m.next = "QCHECK"
+                    go("QCHECK")
 
             # ---- step 1 and 2: queue check and poll --------------------------------------------
             with state("QCHECK"):
-                with m.If(~num_ok):
-                    fault(spec.FAULT_BAD_RING, value=lambda: load(None, y_num))
-                with m.Elif(self.queue_desc[:4] != 0):
-                    fault(spec.FAULT_BAD_RING, value=lambda: load(x_desc))
-                with m.Elif(self.queue_avail[0]):
-                    fault(spec.FAULT_BAD_RING, value=lambda: load(x_avail))
-                with m.Elif(self.queue_used[:2] != 0):
-                    fault(spec.FAULT_BAD_RING, value=lambda: load(x_used))
-                with m.Else():
-                    load(x_avail, y_ring_a)  # the head of the next entry, for POLL_ACT
+                queue_ok = (num_ok & (self.queue_desc[:4] == 0) & ~self.queue_avail[0]
+                            & (self.queue_used[:2] == 0))
+                with m.If(queue_ok):
                     issue("POLL_WAIT", length=4)
+                with m.Else():
+                    # QFAULT loads the first offending value: QueueNum, Desc, Driver, Device
+                    m.d.sync += f_cause.eq(spec.FAULT_BAD_RING)
+                    with m.If(~num_ok):
+                        go("QFAULT", XS_ZERO, Y_NUM)
+                    with m.Elif(self.queue_desc[:4] != 0):
+                        go("QFAULT", XS_DESC, Y_NONE)
+                    with m.Elif(self.queue_avail[0]):
+                        go("QFAULT", XS_AVAIL, Y_NONE)
+                    with m.Else():
+                        go("QFAULT", XS_USED, Y_NONE)
+            with state("QFAULT"):
+                load()
+                go("EFAULT")
             wait("POLL_WAIT", goto("POLL_CHECK"))
 
             # POLL_CHECK registers what the avail index says, POLL_ACT acts on it.
             poll_bad = Signal()
             poll_none = Signal()
             with state("POLL_CHECK"):
+                load()
                 pending = Signal(16)
                 m.d.comb += pending.eq(cap_idx - last_avail)
                 m.d.sync += [avail_idx.eq(cap_idx), no_irq.eq(cap[0]), idx.eq(cap_idx),
                              poll_bad.eq(pending > qnum), poll_none.eq(pending == 0)]
-                m.next = "POLL_ACT"
+                go("POLL_ACT")
 
             with state("POLL_ACT"):
                 with m.If(poll_bad):
-                    fault(spec.FAULT_BAD_RING, value=lambda: load(None, y_idx))
+                    fault(spec.FAULT_BAD_RING)  # idx: avail.idx
                 with m.Elif(poll_none):
-                    m.next = "IDLE"
+                    go("IDLE")
                 with m.Else():
-                    issue("HEAD_WAIT", length=2)
+                    issue("HEAD_WAIT", length=2, dpos=HEAD_POS)
 
             # ---- step 3.1 and 3.2: head, then walk and check the chain ------------------------
             with state("HEAD"):
-                issue("HEAD_WAIT", length=2)
+                issue("HEAD_WAIT", length=2, dpos=HEAD_POS)
             wait("HEAD_WAIT", goto("DESC_FIRST"))
 
             # DESC_FIRST forms the first descriptor's address and registers the head's check,
             # DESC_START acts on it.
             head_bad = Signal()
             with state("DESC_FIRST"):
-                m.d.comb += desc_idx.eq(cap_head)
-                load(x_desc, y_desc)
+                load()
                 m.d.sync += [
                     head.eq(cap_head), idx.eq(cap_head), head_bad.eq(cap_head >= qnum),
                     last_avail.eq(last_avail + 1),
                     walked.eq(0), count.eq(0), n_readable.eq(0), seen_write.eq(0),
                     acc.eq(0), r_lt16.eq(1), cont_next.eq(0),
                 ]
-                m.next = "DESC_START"
+                go("DESC_START")
 
             with state("DESC_START"):
                 with m.If(head_bad):
-                    fault(spec.FAULT_BAD_CHAIN, value=lambda: load(None, y_idx))
+                    fault(spec.FAULT_BAD_CHAIN)  # idx: the head
                 with m.Else():
                     issue("DESC_WAIT", length=16)
 
-            # the first cached descriptor is kept in pf for the header (it was cached at least
-            # one descriptor read ago: a request needs two non-empty descriptors)
-            wait("DESC_WAIT", goto("DESC_CHECK"), before=lambda: fetch(0))
+            # The first cached descriptor is kept in pf for the header (it was cached at least
+            # one descriptor read ago: a request needs two non-empty descriptors), and va holds
+            # its address, should this descriptor end the chain.
+            def before_desc():
+                fetch(0)
+                load()
+            wait("DESC_WAIT", goto("DESC_CHECK"), before=before_desc)
 
             # A descriptor takes two cycles: DESC_CHECK computes its checks and sums into
             # registers (and caches it: after a failed check nothing reads the cache) and forms
-            # the next address, DESC_NEXT acts on them.
+            # the next descriptor's address, DESC_NEXT acts on them.
             bad = Signal()
             has_next = Signal()
             next_bad = Signal()
@@ -352,13 +404,12 @@ class RingEngine(wiring.Component):
                 m.d.comb += [
                     cache_wr.addr.eq(count), cache_wr.en.eq(nonempty),
                     cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
-                    desc_idx.eq(desc_f.next),
+                    cache_wr.data.last.eq(desc_f.len - 1),
                 ]
-                # the next descriptor, or the header's first piece
                 with m.If(desc_f.flags[0]):
-                    load(x_desc, y_desc)
+                    load()  # the next descriptor
                 with m.Else():
-                    load(x_pf)
+                    m.d.comb += keep_va.eq(1)  # the header's first piece
                 short = (pf_len[5:] == 0) & (pf_len[:5] < 16)
                 m.d.sync += [
                     bad.eq((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
@@ -374,62 +425,62 @@ class RingEngine(wiring.Component):
                     m.d.sync += count.eq(count + 1)
                     with m.If(~d_write):
                         m.d.sync += n_readable.eq(n_readable + 1)
-                m.next = "DESC_NEXT"
+                go("DESC_NEXT")
 
             with state("DESC_NEXT"):
                 with m.If(bad):
-                    fault(spec.FAULT_BAD_CHAIN, value=lambda: load(None, y_idx))
+                    fault(spec.FAULT_BAD_CHAIN)  # idx: this descriptor
                 with m.Elif(has_next):  # NEXT
                     m.d.sync += idx.eq(desc_f.next)
                     # the next one is outside the queue, or would be number N + 1
                     with m.If(next_bad | (walked == qnum)):
-                        m.next = "CHAIN_FAULT"
+                        fault(spec.FAULT_BAD_CHAIN)  # idx: the next one
                     with m.Else():
                         issue("DESC_WAIT", length=16)
-                # step 3.3: request framing (R >= 16 and Wr >= 1: a writable byte was seen,
-                # and count > n_readable)
+                # step 3.3: request framing (R >= 16 and Wr >= 1, a non-empty writable one)
                 with m.Elif(r_lt16 | (count == n_readable)):
                     m.d.sync += idx.eq(head)
-                    m.d.sync += f_cause.eq(spec.FAULT_BAD_REQUEST)
-                    m.next = "IDX_FAULT"
+                    fault(spec.FAULT_BAD_REQUEST)  # idx: the head
                 with m.Else():
                     # step 3.4: the header's first piece, from cached descriptor 0
-                    m.d.sync += [got.eq(0), take.eq(hdr_len), hdr_last.eq(hdr_len == 16),
+                    m.d.sync += [got.eq(hdr_len), take.eq(hdr_len), hdr_last.eq(hdr_len == 16),
                                  piece_ends.eq(pf_len == hdr_len)]
                     with m.If(pf_len == hdr_len):
                         fetch(1)
                     issue("HDR_WAIT", length=hdr_len)
-            with state("CHAIN_FAULT"):  # idx is the offending index now
-                fault(spec.FAULT_BAD_CHAIN, value=lambda: load(None, y_idx))
-            with state("IDX_FAULT"):  # idx is the offending index, f_cause set
-                load(None, y_idx)
-                m.next = "EFAULT"
+            with state("XFAULT"):  # va = idx, the fault's index; f_cause set
+                load()
+                go("EFAULT")
 
             # ---- step 3.4: header --------------------------------------------------------------
             # Wr = acc - R, settled long before DECODE.
             m.d.sync += wr_bytes.eq(acc - r_bytes)
 
             def after_hdr_piece():
-                m.d.sync += got.eq(got + take)
                 with m.If(hdr_last):
                     m.d.sync += [cont_next.eq(~piece_ends), split_rem.eq(pf_len - take)]
-                    m.next = "DECODE"
+                    go("DECODE")
                 with m.Else():
-                    m.next = "HDR_PIECE"
-            # the next piece's address, if there is one (pf is the next descriptor then)
-            wait("HDR_WAIT", after_hdr_piece, before=lambda: load(x_pf))
+                    go("HDR_PIECE")
 
-            with state("HDR_PIECE"):  # pf: the next cached descriptor, never empty
+            # The next piece's address and length, if there is one (pf is the next descriptor
+            # then, from the third cycle of the wait on; the wait lasts at least that long).
+            def before_hdr():
+                load()
                 need = Signal(5)
                 m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
                 short = (pf_len[5:] == 0) & (pf_len[:5] < need)
-                piece = Signal(5)
-                m.d.comb += piece.eq(Mux(short, pf_len[:5], need))
-                m.d.sync += [take.eq(piece), hdr_last.eq(~short),
-                             piece_ends.eq(pf_len == piece)]
-                with m.If(pf_len == piece):
+                m.d.sync += hlen.eq(Mux(short, pf_len[:5], need))
+            wait("HDR_WAIT", after_hdr_piece, before=before_hdr)
+
+            with state("HDR_PIECE"):  # pf: the next cached descriptor, never empty
+                ends = pf_len == hlen
+                m.d.sync += [take.eq(hlen), got.eq(got + hlen),
+                             hdr_last.eq(got + hlen == spec.BLK_HEADER_BYTES),
+                             piece_ends.eq(ends)]
+                with m.If(ends):
                     fetch(pf_idx + 1)
-                issue("HDR_WAIT", length=piece, dpos=got)
+                issue("HDR_WAIT", length=hlen, dpos=got)
 
             # ---- step 3.5: decode and data -----------------------------------------------------
             # DECODE registers what the header says; DISPATCH acts on it.
@@ -455,7 +506,7 @@ class RingEngine(wiring.Component):
                     id_len.eq(Mux(wr_bytes > spec.VIRTIO_BLK_ID_BYTES,
                                   spec.VIRTIO_BLK_ID_BYTES, wr_bytes[:5] - 1)),
                 ]
-                m.next = "DISPATCH"
+                go("DISPATCH")
 
             # DISPATCH decides what moves and which cached descriptor that needs first: the
             # first device-writable one (IN, GET_ID), the one after the header (OUT), or the
@@ -491,60 +542,69 @@ class RingEngine(wiring.Component):
                                  need_idx.eq(pf_idx)]
                 with m.Else():
                     m.d.sync += [need_idx.eq(count - 1), after.eq(0)]
-                m.next = "ROUTE"
+                with m.If(move_in | move_id | move_out):
+                    go("ROUTE", XS_PF, Y_NONE)
+                with m.Else():
+                    go("ROUTE", XS_PF, Y_STAT)
+
+            # The next data piece: what is left of its descriptor, at most the remaining data.
+            def next_piece_len():
+                avail_len = Mux(cont_next, split_rem, pf_len)
+                short = (avail_len[lbits:] == 0) & (avail_len[:lbits] < remaining)
+                m.d.sync += plen.eq(Mux(short, avail_len[:lbits], remaining))
 
             # ROUTE: pf holds the descriptor needed (or the data continues in the header's
-            # last descriptor): load va and go; else fetch it first.
+            # last descriptor): va loads the piece's or the status byte's address, and on;
+            # else fetch it first.
             with state("ROUTE"):
+                next_piece_len()
+                load()
                 with m.If(after & cont_next):
-                    # OUT, continuing where the header ended: the DMA engine's own address
-                    m.next = "DATA_PIECE"
+                    go("DATA_PIECE")  # OUT, continuing where the header ended
                 with m.Elif(pf_idx == need_idx):
                     with m.If(after):
-                        load(x_pf)
-                        m.next = "DATA_PIECE"
+                        go("DATA_PIECE")
                     with m.Else():
-                        load(x_pf, y_stat)
-                        m.next = "STATUS"
+                        go("STATUS")
                 with m.Else():
                     fetch(need_idx)
-                    m.next = "FETCH"
+                    go("FETCH")
             with state("FETCH"):
-                m.next = "ROUTE_FETCHED"
+                go("ROUTE_FETCHED")
             with state("ROUTE_FETCHED"):  # pf = need_idx now
+                next_piece_len()
+                load()
                 with m.If(after):
-                    load(x_pf)
-                    m.next = "DATA_PIECE"
+                    go("DATA_PIECE")
                 with m.Else():
-                    load(x_pf, y_stat)
-                    m.next = "STATUS"
+                    go("STATUS")
 
-            with state("DATA_PIECE"):  # pf: the piece's descriptor (or split_rem); remaining > 0
-                avail_len = Mux(cont_next, split_rem, pf_len)
-                piece = Signal(lbits)
-                short = (avail_len[lbits:] == 0) & (avail_len[:lbits] < remaining)
-                m.d.comb += piece.eq(Mux(short, avail_len[:lbits], remaining))
-                m.d.sync += [take.eq(piece), last_piece.eq(~short), cont_next.eq(0)]
-                # the next piece's descriptor, or the status byte's (the last one)
-                with m.If(short):
-                    fetch(pf_idx + 1)
-                with m.Else():
+            with state("DATA_PIECE"):  # plen: this piece (> 0); pf: its descriptor
+                last = plen == remaining
+                m.d.sync += [last_piece.eq(last), cont_next.eq(0),
+                             remaining.eq(remaining - plen), dpos.eq(dpos + plen)]
+                # the next piece's descriptor, or the status byte's (the last one), whose
+                # address DATA_WAIT loads
+                with m.If(last):
                     fetch(count - 1)
-                issue("DATA_WAIT", write=dir_write, length=piece, disk=to_disk, dpos=dpos)
+                    issue("DATA_WAIT", write=dir_write, length=plen, disk=to_disk, dpos=dpos,
+                          xsel=XS_PF, ysel=Y_STAT)
+                with m.Else():
+                    fetch(pf_idx + 1)
+                    issue("DATA_WAIT", write=dir_write, length=plen, disk=to_disk, dpos=dpos,
+                          xsel=XS_PF, ysel=Y_NONE)
 
             def after_data_piece():
-                m.d.sync += [remaining.eq(remaining - take), dpos.eq(dpos + take)]
                 with m.If(last_piece):
-                    m.next = "STATUS"
+                    go("STATUS")
                 with m.Else():
-                    m.next = "DATA_PIECE"
+                    go("DATA_PIECE")
 
             def before_data():
                 m.d.comb += self.serial.eq(~to_disk)
-                with m.If(last_piece):
-                    load(x_pf, y_stat)
-                with m.Else():
-                    load(x_pf)
+                load()
+                with m.If(~last_piece):
+                    next_piece_len()
             wait("DATA_WAIT", after_data_piece, before=before_data)
 
             # ---- steps 3.6 to 3.9: status, used element, used index -------------------------
@@ -557,17 +617,24 @@ class RingEngine(wiring.Component):
                 issue("STATUS_WAIT", write=1, length=1)
             wait("STATUS_WAIT", goto("DRAIN_DATA"), before=payload(blk_status))
             with state("DRAIN_DATA"):  # no used element for data that did not arrive
+                m.d.comb += ring_used.eq(1)
                 issue("DRAIN_DATA_WAIT", drain=1)
-            wait("DRAIN_DATA_WAIT", goto("USED"), before=lambda: load(x_used, y_ring_u))
+
+            def before_drain_data():
+                m.d.comb += ring_used.eq(1)
+                load()
+            wait("DRAIN_DATA_WAIT", goto("USED"), before=before_drain_data)
 
             used_elem = Cat(head, Const(0, 16), used_len)
             with state("USED"):
                 payload(used_elem)()
+                m.d.comb += ring_uidx.eq(1)
                 issue("USED_WAIT", write=1, length=8)
 
             def before_used_wait():
                 payload(used_elem)()
-                load(x_used, y_two)
+                m.d.comb += ring_uidx.eq(1)
+                load()
             wait("USED_WAIT", goto("USED_IDX"), before=before_used_wait)
 
             next_used = Signal(16)
@@ -576,38 +643,36 @@ class RingEngine(wiring.Component):
                 payload(next_used)()
                 issue("USED_IDX_WAIT", write=1, length=2)
             wait("USED_IDX_WAIT", goto("DRAIN_USED"), before=payload(next_used))
-            with state("DRAIN_USED"):  # the interrupt follows the used index
-                issue("DRAIN_USED_WAIT", drain=1)
 
             # registered: last_avail and avail_idx are settled long before DRAIN_USED_WAIT
             round_done = Signal()
             m.d.sync += round_done.eq(last_avail == avail_idx)
-
-            def before_used():
+            with state("DRAIN_USED"):  # the interrupt follows the used index
+                # DRAIN_USED_WAIT loads the next round's poll address, or the next entry's head
                 with m.If(round_done):
-                    load(x_avail)  # the next round's poll
+                    issue("DRAIN_USED_WAIT", drain=1, xsel=XS_AVAIL, ysel=Y_NONE)
                 with m.Else():
-                    load(x_avail, y_ring_a)  # the next entry's head
+                    issue("DRAIN_USED_WAIT", drain=1, xsel=XS_AVAIL, ysel=Y_RING)
 
             def after_used():
                 m.d.sync += used_idx.eq(next_used)
                 m.d.comb += [self.completed.eq(1),
                              self.used_irq.eq(~no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
                 with m.If(round_done):
-                    m.next = "QCHECK"
+                    go("QCHECK")
                 with m.Else():
-                    m.next = "HEAD"
-            wait("DRAIN_USED_WAIT", after_used, before=before_used)
+                    go("HEAD")
+            wait("DRAIN_USED_WAIT", after_used, before=load)
 
-            with state("EFAULT"):  # va holds the engine fault's address now
-                m.d.sync += f_addr.eq(va)
-                m.next = "FAULT"
+            with state("EFAULT"):  # va holds the engine fault's address; the DMA engine copies it
+                go("FAULT")
             with state("FAULT"):
                 m.d.comb += self.fault.eq(1)
-                m.next = "HALT"
+                go("HALT")
             with state("HALT"):
                 pass
 
+        one_hot(fsm)
         with m.If(self.notify):
             m.d.sync += kick.eq(1)
         with m.If(self.dev_reset):

@@ -66,9 +66,10 @@ class TranslationUnit(wiring.Component):
         ``req_write``, the direction.
     resp_new : Out
         The ``resp_*`` registers took a new answer at the start of this cycle.
-    resp_fault, resp_frame, resp_mode : Out
+    resp_fault, resp_ok, resp_frame, resp_mode : Out
         ``resp_fault`` is 0 or the cause of the first failing check, against ``handle_mode``
-        and ``domid`` as they were two cycles after the request; ``resp_frame`` is the entry's
+        and ``domid`` as they were two cycles after the request, and ``resp_ok`` is
+        ``resp_fault == 0`` (a flip-flop of its own); ``resp_frame`` is the entry's
         frame (meaningful when ``resp_fault`` is 0 and ``resp_mode`` is 1); ``resp_mode`` is
         the mode the check was made in (0: GPA mode, the address passes through).
     resp_stale : Out
@@ -95,6 +96,7 @@ class TranslationUnit(wiring.Component):
             "keep": In(1),
             "resp_new": Out(1),
             "resp_fault": Out(4),
+            "resp_ok": Out(1),
             "resp_frame": Out(32),
             "resp_mode": Out(1),
             "resp_stale": Out(1),
@@ -134,10 +136,15 @@ class TranslationUnit(wiring.Component):
         ]
 
         # Stage 1 (the cycle after the table read, that of ``keep``): the reference, and whether
-        # its entry was written in the read's cycle (the read saw it as it was before).
+        # its entry was written in the read's cycle (the read saw it as it was before), from the
+        # write registered beside it: nothing but the table's address port waits for req_ref.
         ref1 = Signal(bits)
+        wr_addr1 = Signal(bits)
+        wr_any1 = Signal()
+        m.d.sync += [ref1.eq(self.req_ref), wr_addr1.eq(self.tbl_addr),
+                     wr_any1.eq(self.tbl_wen.any())]
         tbl_stale1 = Signal()
-        m.d.sync += [ref1.eq(self.req_ref), tbl_stale1.eq(self._written(self.req_ref))]
+        m.d.comb += tbl_stale1.eq(wr_any1 & (wr_addr1 == ref1))
 
         # Stage 2: the entry registered straight out of the block RAM, for a kept lookup, with
         # the checks that need no entry.
@@ -171,23 +178,22 @@ class TranslationUnit(wiring.Component):
         with m.Elif(write2 & entry.flags[2]):
             m.d.comb += fault.eq(spec.FAULT_READONLY)
 
-        # Stage 3: the answer, held until the next kept lookup answers, and its staleness.
+        # Stage 3: the answer, held until the next kept lookup answers, and its staleness; every
+        # output is a flip-flop of its own (the DMA engine decides on them in one cycle).
         resp_ref = Signal(bits)
-        tbl_stale = Signal()
-        cfg_stale = Signal()
         m.d.sync += self.resp_new.eq(valid2)
         with m.If(valid2):
             m.d.sync += [
-                self.resp_fault.eq(fault), self.resp_frame.eq(entry.frame),
-                self.resp_mode.eq(self.handle_mode), resp_ref.eq(ref2),
-                tbl_stale.eq(tbl_stale2 | self._written(ref2)), cfg_stale.eq(self.cfg_changed),
+                self.resp_fault.eq(fault), self.resp_ok.eq(fault == spec.FAULT_NONE),
+                self.resp_frame.eq(entry.frame), self.resp_mode.eq(self.handle_mode),
+                resp_ref.eq(ref2),
+                # a table write counts in handle mode only (GPA mode reads no entry)
+                self.resp_stale.eq(self.cfg_changed
+                                   | (self.handle_mode
+                                      & (tbl_stale2 | self._written(ref2)))),
             ]
-        with m.Else():
-            with m.If(self._written(resp_ref)):
-                m.d.sync += tbl_stale.eq(1)
-            with m.If(self.cfg_changed):
-                m.d.sync += cfg_stale.eq(1)
-        m.d.comb += self.resp_stale.eq(cfg_stale | (self.resp_mode & tbl_stale))
+        with m.Elif(self.cfg_changed | (self.resp_mode & self._written(resp_ref))):
+            m.d.sync += self.resp_stale.eq(1)
         return m
 
 
@@ -204,6 +210,6 @@ class PassThroughUnit(TranslationUnit):
         m = Module()
         valid2 = Signal()
         m.d.sync += [valid2.eq(self.keep), self.resp_new.eq(valid2)]
-        m.d.comb += [self.resp_fault.eq(0), self.resp_frame.eq(0), self.resp_mode.eq(0),
-                     self.resp_stale.eq(0), self.tbl_rdata.eq(0)]
+        m.d.comb += [self.resp_fault.eq(0), self.resp_ok.eq(1), self.resp_frame.eq(0),
+                     self.resp_mode.eq(0), self.resp_stale.eq(0), self.tbl_rdata.eq(0)]
         return m
