@@ -8,13 +8,12 @@ cycle the offset is decoded, and each readable register is copied into a registe
 that a flip-flop's synchronous reset clears unless the register is the one addressed; in the
 next cycle ``r_data`` is the OR of those copies, or the table word. Gating by the flip-flops'
 reset costs no LUT, and no data bit of the read multiplexer then depends on the address bits
-(the delay-driven LUT mapping would otherwise fold the decode into each of the 32 bits).
+(the delay-driven LUT mapping would otherwise fold the decode into each of the 32 bits). The
+copies are flip-flops only; what is left in LUTs is an OR of five to seven copies per bit and
+one LUT per bit that lets the table word (late, out of a block RAM) through.
 """
 
 from __future__ import annotations
-
-import functools
-import operator
 
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
@@ -171,48 +170,68 @@ class PrivilegedRegs(wiring.Component):
         # written with 1 (RW1C). A fault in the cycle of that write is latched.
         clear = Signal()
         m.d.comb += clear.eq(bus.w_en & at(spec.HV_FAULT_STATUS) & data[0])
-        with m.If(clear):
-            m.d.sync += fault_status.eq(0)
+        latch = Signal()
+        m.d.comb += latch.eq(self.fault & (~fault_status | clear))
         with m.If(self.fault):
             m.d.sync += fault_count.eq(fault_count + 1)
-            with m.If(~fault_status | clear):
-                m.d.sync += [fault_status.eq(1), fault_cause.eq(self.fault_cause),
-                             fault_addr.eq(self.fault_addr)]
+        with m.If(latch):
+            m.d.sync += [fault_cause.eq(self.fault_cause), fault_addr.eq(self.fault_addr)]
+        with m.If(clear & ~self.fault):
+            m.d.sync += fault_status.eq(0)
+        with m.Elif(self.fault):
+            m.d.sync += fault_status.eq(1)
 
-        # --- Reads: one cycle of latency. In the r_en cycle: a copy of the addressed register,
-        # every other copy cleared (a flip-flop's synchronous reset; see the module docstring),
-        # and the table word's half. In the next cycle: the OR of the copies, or the table word.
-        terms = [  # (offset, value)
+        # --- Reads: one cycle of latency. In the r_en cycle every readable register is copied
+        # into a register of its own, cleared unless it is the one addressed (see the module
+        # docstring); in the next cycle ``word`` is the OR of the copies.
+        terms = [  # (offset, value): a constant or a signal
             (spec.HV_VERSION, spec.HV_VERSION_VALUE),
-            (spec.HV_CTRL, handle_mode),
             (spec.HV_DOMID, domid),
             (spec.HV_ENTRIES, self._entries),
-            (spec.HV_FAULT_STATUS, fault_status),
             (spec.HV_FAULT_CAUSE, fault_cause),
             (spec.HV_FAULT_ADDR_LO, fault_addr[:32]),
             (spec.HV_FAULT_ADDR_HI, fault_addr[32:]),
             (spec.HV_FAULT_COUNT, fault_count),
-            (spec.HV_SYNC, sync_count == 0),
             (spec.HV_STAT_XLATE, stat_xlate),
             (spec.HV_STAT_REQUESTS, stat_requests),
         ]
-        copies = []
+        bits = [[] for _ in range(32)]  # per bit of r_data: the copies that can set it
         for reg_offset, value in terms:
             if isinstance(value, int):
-                copy = Signal(1, name=f"r_at_{reg_offset:03x}", reset_less=True)
+                copy = Signal(name=f"r_at_{reg_offset:03x}", reset_less=True)
                 with m.If(bus.r_en):
                     m.d.sync += copy.eq(at(reg_offset))
-                copies.append(Mux(copy, value, 0))
+                for bit in range(32):
+                    if value >> bit & 1:
+                        bits[bit].append(copy)
             else:
                 copy = Signal.like(value, name=f"r_copy_{reg_offset:03x}", reset_less=True)
                 with m.If(bus.r_en):
                     m.d.sync += copy.eq(Mux(at(reg_offset), value, 0))
-                copies.append(copy)
-        # The table word (from the translation unit's block RAM, in this cycle): its half
-        # chosen by registered one-hot selects.
-        r_table = Signal(2, reset_less=True)  # reading word 0, word 1 of an entry
+                for bit in range(len(copy)):
+                    bits[bit].append(copy[bit])
+        # The one-bit registers share one copy, so that bit 0 is not an OR of many more copies
+        # than the other bits.
+        r_flags = Signal(reset_less=True)
         with m.If(bus.r_en):
-            m.d.sync += r_table.eq(Mux(in_table, Mux(offset[2], 0b10, 0b01), 0))
-        copies += [Mux(r_table[n], self.tbl_rdata.word_select(n, 32), 0) for n in range(2)]
-        m.d.comb += bus.r_data.eq(functools.reduce(operator.or_, copies))
+            m.d.sync += r_flags.eq(at(spec.HV_CTRL) & handle_mode
+                                   | at(spec.HV_FAULT_STATUS) & fault_status
+                                   | at(spec.HV_SYNC) & (sync_count == 0))
+        bits[0].append(r_flags)
+
+        # A table word comes from the translation unit's block RAM in this cycle (clock to
+        # output about 5.8 ns on an ECP5), so it goes through a single LUT to the bridge's
+        # register: r_data is ``word`` for a register read and, for a table read, word 1 of the
+        # entry if ``word`` is set (``word`` is then r_table_hi, every copy being 0), else word
+        # 0: one LUT4 of (r_table, word, word 0, word 1) per bit. ``keep`` holds ``word`` apart
+        # so that synthesis does not merge the block RAM data into the OR of the copies.
+        r_table = Signal(reset_less=True)
+        r_table_hi = Signal(reset_less=True)
+        with m.If(bus.r_en):
+            m.d.sync += [r_table.eq(in_table), r_table_hi.eq(in_table & offset[2])]
+        word = Signal(32, attrs={"keep": 1})
+        for bit in range(32):
+            m.d.comb += word[bit].eq(Cat(*bits[bit], r_table_hi).any())
+        entry = [self.tbl_rdata.word_select(n, 32) for n in range(2)]
+        m.d.comb += bus.r_data.eq(Mux(r_table, (entry[1] & word) | (entry[0] & ~word), word))
         return m
