@@ -10,7 +10,9 @@ RAM (:data:`READBACK_SLOTS`), and reads of those words come from that RAM, so th
 multiplexer does not see the 64-bit queue addresses at all. A valid bit per RAM word, cleared by
 a reset, stands for the reset value. The selectors and the driver features are kept only as a
 few flags computed when they are written (QueueSel is 0, a selector is 0 or 1, the FEATURES_OK
-conditions on each feature word), so no wide comparison is left in the design.
+conditions on each feature word), so no wide comparison is left in the design. A read copies
+the addressed value into registers in the ``r_en`` cycle, already gated by its select, and ORs
+them in the next, so no data bit of the read multiplexer depends on the address bits.
 """
 
 from __future__ import annotations
