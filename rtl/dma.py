@@ -29,13 +29,13 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from models import spec
 
 from .axi import BURST_INCR, RESP_OKAY, AXI4Signature
+from .fifo import BlockRAMFIFO
 from .params import check_data_width, one_hot
 from .translate import lookup_fields
 
@@ -43,7 +43,7 @@ __all__ = ["CAP_BYTES", "MAX_POSTED_WRITES", "DmaEngine", "local_bits"]
 
 CAP_BYTES = 16  # the ring engine's capture register (a descriptor, the request header)
 MAX_POSTED_WRITES = 8  # write bursts whose response may be outstanding at once
-W_FIFO_DEPTH = 4
+W_FIFO_DEPTH = 8  # beats in S1, S2 and the W FIFO (block RAM: two cycles from in to out)
 
 
 def local_bits(disk_bytes: int) -> int:
@@ -75,18 +75,21 @@ class DmaEngine(wiring.Component):
 
     Members
     -------
-    pre_vaddr, pre_cont : In
-        The address of the command the ring engine may hand over in the next cycle (``pre_cont``:
-        it continues where the last command ended). Looked up in the translation unit when the
-        engine is idle or ending a command.
+    pre_vaddr, pre_hold, pre_cont : In
+        The address of the command the ring engine may hand over in the next cycle (``pre_hold``:
+        it is ``cmd_vaddr`` already; ``pre_cont``: it continues where the last command ended).
+        Looked up in the translation unit when the engine is idle or ending a command.
     cmd_* : In
         A command is taken in a cycle with ``cmd_valid`` and ``cmd_ready``; ``cmd_vaddr`` must
         be the ``pre_vaddr`` of the cycle before (or ``cmd_cont`` and ``pre_cont`` both set).
         ``cmd_drain`` makes it a drain (the other fields are ignored); ``cmd_disk`` selects the
         RAM disk (else the scratch) at byte ``cmd_dpos``.
-    done, fault : Out
+    done, fault, failed : Out
         ``done`` pulses for one cycle when the command ends (see the module docstring); ``fault``
-        is then 0 or the fault cause.
+        is then 0 or the fault cause, and ``failed`` is ``fault != 0``.
+    r_last_beat : Out
+        The last beat of a read burst arrives (the ``done`` of a one-burst read, unless it
+        fails): one gate from the bus, for decisions that cannot wait for ``done``.
     fault_addr : Out
         In the cycle after a ``done`` with a fault: the virtual address where the access stopped
         (translation faults) or the physical address (bus errors; for a drain, the first failed
@@ -125,11 +128,12 @@ class DmaEngine(wiring.Component):
             "inflight": Out(range(MAX_POSTED_WRITES + 3)),
             "burst_done": Out(1),
             "busy": Out(1),
-            "pre_vaddr": In(64), "pre_cont": In(1),
+            "pre_vaddr": In(64), "pre_hold": In(1), "pre_cont": In(1),
             "cmd_valid": In(1), "cmd_ready": Out(1), "cmd_write": In(1), "cmd_drain": In(1),
             "cmd_cont": In(1), "cmd_vaddr": In(64), "cmd_len": In(self._len_bits),
             "cmd_disk": In(1), "cmd_dpos": In(self._len_bits),
-            "done": Out(1), "fault": Out(4), "fault_addr": Out(64),
+            "done": Out(1), "fault": Out(4), "failed": Out(1), "fault_addr": Out(64),
+            "r_last_beat": Out(1),
             "xlate": Out(1),
             "xl_ref": Out(ref_bits), "xl_keep": Out(1), "xl_high": Out(1), "xl_handle": Out(1),
             "xl_write": Out(1),
@@ -175,6 +179,8 @@ class DmaEngine(wiring.Component):
         ge_rot = Signal(W)  # local lanes >= rot: they belong to the beat's first local word
         first_mask = Signal(W)  # bus lanes of the command's first beat
         last_mask = Signal(W)  # ... and of its last beat
+        first_local = Signal(W)  # the same, as local lanes (reads)
+        last_local = Signal(W)
         first_beat = Signal()  # the command's first beat has not yet gone
         word = Signal(wb)  # local word of the next beat's lanes >= rot; the others: word + 1
         # Current burst, set up in ADDR
@@ -221,8 +227,9 @@ class DmaEngine(wiring.Component):
         # read the table at int_ref, set a cycle ahead, so that the table's address is a 2:1
         # choice between a register and the ring engine's next address.
         int_ref = Signal(R)
-        m.d.comb += self.xl_ref.eq(Mux((a_phase & b_cross & ~b_final) | in_xlate
-                                       | (~a_phase & self.pre_cont), int_ref, pre_ref))
+        use_int = (a_phase & b_cross & ~b_final) | in_xlate | (~a_phase & self.pre_cont)
+        held_ref = Mux(use_int, int_ref, self.cmd_vaddr[12:12 + R])  # registers
+        m.d.comb += self.xl_ref.eq(Mux(use_int | self.pre_hold, held_ref, pre_ref))
         keep_next = Signal()  # keep the next page's lookup (made in an address handshake)
         waiting = Signal()  # a kept lookup has not answered yet
         fresh = Signal()  # the answer is a lookup made for this burst (statistics)
@@ -243,7 +250,7 @@ class DmaEngine(wiring.Component):
         # ---- Local side: rotation and masks, one shared rotator -------------------------------
         # Write pipeline stages (S0 issues the beat and a local read, S1 waits for the RAM disk's
         # two-cycle read, S2 rotates the beat into bus lanes and pushes it into the W FIFO).
-        m.submodules.wfifo = wfifo = SyncFIFO(width=8 * W + W + 1, depth=W_FIFO_DEPTH)
+        m.submodules.wfifo = wfifo = BlockRAMFIFO(width=8 * W + W + 1, depth=W_FIFO_DEPTH)
         s1_valid, s2_valid = Signal(), Signal()
         s1_disk, s2_disk = Signal(), Signal()
         s1_strb, s2_strb = Signal(W), Signal(W)
@@ -253,9 +260,9 @@ class DmaEngine(wiring.Component):
         s1_scratch, s2_scratch = Signal(8 * W), Signal(8 * W)  # scratch source, combined
         # Read beat (RDATA)
         r_take = Signal()  # a good beat arrives (this cycle)
-        r_mask = Signal(W)  # its bus lanes that carry command bytes
+        r_last = Signal()  # ... the command's last
         # The rotator: a read beat (bus -> local, left by rot) or the beat in S2 (local -> bus,
-        # left by W - rot). Each lane carries its byte and a valid bit (reads).
+        # left by W - rot).
         rot_in = Signal(8 * W)
         rot_amount = Signal(lw)
         lo_hi = Signal(8 * W)  # S2: local lanes >= rot from the first word, the others the next
@@ -266,20 +273,23 @@ class DmaEngine(wiring.Component):
             rot_in.eq(Mux(s2_valid, Mux(s2_disk, lo_hi, s2_scratch), axi.rdata)),
             rot_amount.eq(Mux(s2_valid, s2_rot, rot)),
         ]
-        lanes = _rotl_lanes([Cat(rot_in[8 * x:8 * x + 8], r_mask[x]) for x in range(W)],
-                            rot_amount, W)
+        lanes = _rotl_lanes([rot_in[8 * x:8 * x + 8] for x in range(W)], rot_amount, W)
         rotated = Signal(8 * W)
-        local_mask = Signal(W)
-        m.d.comb += [rotated.eq(Cat(*[x[:8] for x in lanes])),
-                     local_mask.eq(Cat(*[x[8] for x in lanes]))]
+        local_mask = Signal(W)  # the read beat's local lanes that carry command bytes
+        m.d.comb += [rotated.eq(Cat(*lanes)),
+                     local_mask.eq(Mux(first_beat, first_local, ones)
+                                   & Mux(r_last, last_local, ones))]
 
-        # Reads: the rotated beat goes to local word `word` (lanes >= rot) and `word + 1`.
+        # Reads: the rotated beat goes to local word `word` (lanes >= rot) and `word + 1`: to
+        # the RAM disk a cycle later, from registers (its block RAMs are spread over the die;
+        # the disk is never read and written by commands in flight together), to the
+        # capture register at once (the ring engine reads it in the next cycle).
         en_lo = Signal(W)
         en_hi = Signal(W)
-        m.d.comb += [en_lo.eq(local_mask & ge_rot), en_hi.eq(local_mask & ~ge_rot),
-                     self.disk_wr_word.eq(word), self.disk_wr_data.eq(rotated)]
-        with m.If(r_take & to_disk):
-            m.d.comb += [self.disk_wr_en_lo.eq(en_lo), self.disk_wr_en_hi.eq(en_hi)]
+        m.d.comb += [en_lo.eq(local_mask & ge_rot), en_hi.eq(local_mask & ~ge_rot)]
+        m.d.sync += [self.disk_wr_word.eq(word), self.disk_wr_data.eq(rotated),
+                     self.disk_wr_en_lo.eq(Mux(r_take & to_disk, en_lo, 0)),
+                     self.disk_wr_en_hi.eq(Mux(r_take & to_disk, en_hi, 0))]
         cap_words = CAP_BYTES // W
         cw = exact_log2(cap_words)
         word_inc = Signal(wb)
@@ -335,26 +345,39 @@ class DmaEngine(wiring.Component):
         # ---- Posted write responses ----------------------------------------------------------
         # Every accepted write address is remembered until its response, so that a failed
         # write can be reported with its address when the ring engine drains.
-        m.submodules.bq = bq = SyncFIFO(width=64, depth=MAX_POSTED_WRITES)
+        m.submodules.bq = bq = BlockRAMFIFO(width=64, depth=MAX_POSTED_WRITES)
         werr = Signal()
         werr_addr = Signal(64)
         m.d.comb += [axi.bready.eq(1), bq.w_data.eq(burst_addr), bq.r_en.eq(axi.bvalid)]
         with m.If(axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr):
             m.d.sync += [werr.eq(1), werr_addr.eq(bq.r_data)]
-        posted = Signal()  # some write response is outstanding
-        m.d.comb += posted.eq(bq.level != 0)
+        # Some write response is outstanding; all MAX_POSTED_WRITES are: flags kept in registers
+        # so that a burst's decision to go waits for no compare.
+        posted = Signal()
+        bq_full = Signal()
+        bq_next = Signal(range(MAX_POSTED_WRITES + 2))
+        m.d.comb += bq_next.eq(bq.level + bq.w_en - (bq.r_en & bq.r_rdy))
+        m.d.sync += [posted.eq(bq_next != 0), bq_full.eq(bq_next == MAX_POSTED_WRITES)]
 
         # ---- Beats -----------------------------------------------------------------------------
         w_active = Signal()  # beats of the current write burst still to issue
         w_start = Signal()  # the burst's address cycle lets its beats start
         w_cnt = Signal(8)  # beats left to issue - 1
+        w_one = Signal()  # ... is 0: the next beat is the burst's last
         w_go = Signal()
         w_issue = Signal()
         w_last_issue = Signal()
+        # Beats in S1, S2 and the W FIFO, counted, and whether one more may issue next cycle: a
+        # register, so that issuing a beat waits for no arithmetic.
+        occ = Signal(range(W_FIFO_DEPTH + 1))
+        w_room = Signal(init=1)
+        occ_next = Signal(range(W_FIFO_DEPTH + 2))
+        m.d.comb += occ_next.eq(occ + w_issue - (axi.wvalid & axi.wready))
+        m.d.sync += [occ.eq(occ_next), w_room.eq(occ_next < W_FIFO_DEPTH)]
         m.d.comb += [
             w_go.eq(w_active | w_start),
-            w_issue.eq(w_go & (wfifo.level + s1_valid + s2_valid < W_FIFO_DEPTH)),
-            w_last_issue.eq(w_issue & (w_cnt == 0)),
+            w_issue.eq(w_go & w_room),
+            w_last_issue.eq(w_issue & w_one),
             self.disk_rd_word.eq(word),
         ]
 
@@ -367,11 +390,12 @@ class DmaEngine(wiring.Component):
         # S1 takes the beat whether or not it issues (only the valid bit says): no wide enable
         m.d.sync += [
             s1_valid.eq(w_issue),
-            s1_disk.eq(to_disk), s1_strb.eq(beat_mask(w_cnt == 0)), s1_last.eq(w_cnt == 0),
+            s1_disk.eq(to_disk), s1_strb.eq(beat_mask(w_one)), s1_last.eq(w_one),
             s1_rot.eq(-rot), s1_ge.eq(ge_rot), s1_scratch.eq(scratch_comb),
         ]
         with m.If(w_issue):
-            m.d.sync += [word.eq(word_inc), first_beat.eq(0), w_cnt.eq(w_cnt - 1)]
+            m.d.sync += [word.eq(word_inc), first_beat.eq(0), w_cnt.eq(w_cnt - 1),
+                         w_one.eq(w_cnt == 1)]
         m.d.sync += [s2_valid.eq(s1_valid), s2_disk.eq(s1_disk), s2_strb.eq(s1_strb),
                      s2_last.eq(s1_last), s2_rot.eq(s1_rot), s2_ge.eq(s1_ge),
                      s2_scratch.eq(s1_scratch)]
@@ -389,7 +413,7 @@ class DmaEngine(wiring.Component):
 
         def finish(cause=0, src=FA_CUR):
             """The command ends this cycle (with fault ``cause``, its address in ``src``)."""
-            m.d.comb += [self.done.eq(1), self.fault.eq(cause)]
+            m.d.comb += [self.done.eq(1), self.fault.eq(cause), self.failed.eq(cause != 0)]
             m.d.sync += fault_src.eq(src)
             m.next = "IDLE"
 
@@ -422,10 +446,11 @@ class DmaEngine(wiring.Component):
         pipe_busy = Signal()
         rd_inflight = Signal()
         m.d.comb += [
-            pipe_busy.eq(posted | w_active | s1_valid | s2_valid | wfifo.r_rdy),
+            pipe_busy.eq(posted | w_active | (occ != 0)),
             self.busy.eq(pipe_busy),
             self.inflight.eq(bq.level + rd_inflight + axi.awvalid),
             self.burst_done.eq(axi.bvalid | (axi.rvalid & axi.rready & axi.rlast)),
+            self.r_last_beat.eq(axi.rvalid & axi.rready & axi.rlast),
         ]
 
         # Burst geometry of the next burst, from the command state (state ADDR). The low 12 bits
@@ -443,6 +468,7 @@ class DmaEngine(wiring.Component):
         window_next = Signal(13 - lb)
         m.d.comb += window_next.eq(nxt_lo[lb:] + 1)
         inc_hi = Signal()  # the burst set up in the last cycle ends its page
+        empty = Signal()  # the command has no byte
         m.d.sync += inc_hi.eq(0)
         with m.If(inc_hi):
             m.d.sync += nxt_hi.eq(nxt_hi_inc)
@@ -459,6 +485,7 @@ class DmaEngine(wiring.Component):
                              end_lane.eq(lo[:lw] + self.cmd_len[:lw])]
                 m.d.sync += [
                     write.eq(self.cmd_write), to_disk.eq(self.cmd_disk), rem.eq(self.cmd_len),
+                    empty.eq(self.cmd_len == 0),
                     rot.eq(diff[:lw]), first_beat.eq(1),
                     # a local start before the first lane's word: the word before local word 0
                     word.eq(Mux(diff[-1] & self.cmd_disk, last_word, diff[lw:lw + wb])),
@@ -468,12 +495,13 @@ class DmaEngine(wiring.Component):
                 with m.If(~self.cmd_cont):
                     m.d.sync += [nxt_lo.eq(self.cmd_vaddr[:12]), nxt_hi.eq(self.cmd_vaddr[12:])]
                 m.d.sync += int_ref.eq(nxt_ref)  # a continue command's page
+                fm = Signal(W)
+                lm = Signal(W)
                 for lane in range(W):
-                    m.d.sync += [
-                        ge_rot[lane].eq(lane >= diff[:lw]),
-                        first_mask[lane].eq(lane >= lo[:lw]),
-                        last_mask[lane].eq((end_lane == 0) | (lane < end_lane)),
-                    ]
+                    m.d.comb += [fm[lane].eq(lane >= lo[:lw]),
+                                 lm[lane].eq((end_lane == 0) | (lane < end_lane))]
+                    m.d.sync += ge_rot[lane].eq(lane >= diff[:lw])
+                m.d.sync += [first_mask.eq(fm), last_mask.eq(lm)]
                 with m.If(self.cmd_valid):
                     m.d.sync += fault_src.eq(FA_CUR)
                     with m.If(self.cmd_drain):
@@ -487,10 +515,19 @@ class DmaEngine(wiring.Component):
                 m.d.comb += first_m1.eq(nxt_lo[:lw] - 1)
                 beats_m1 = Mux(fits, (rem[:lb + 1] + first_m1.as_signed()) >> lw,
                                ~nxt_lo[lw:lb])
+                # one beat: the rest fits in the first beat, or the window has one word left
+                # (in parallel with the rest: no wait for beats_m1)
+                first_room = Signal(lw + 1)
+                m.d.comb += first_room.eq(W - nxt_lo[:lw])
+                m.d.sync += w_one.eq(Mux(fits, (rem[lw + 1:] == 0) & (rem[:lw + 1] <= first_room),
+                                         nxt_lo[lw:lb].all()))
                 # the burst ends on a page boundary: the command moves to the next page (one
                 # cycle later, inc_hi), whose lookup the burst's address handshake starts
                 cross = reaches & nxt_lo[lb:12].all()
                 m.d.sync += [
+                    # the masks as local lanes, for read beats (at least two cycles away)
+                    first_local.eq(Cat(*_rotl_lanes(list(first_mask), rot, W))),
+                    last_local.eq(Cat(*_rotl_lanes(list(last_mask), rot, W))),
                     cur_lo.eq(nxt_lo), cur_hi.eq(nxt_hi),
                     nxt_lo.eq(Mux(reaches, Cat(Const(0, lb), window_next),
                                   Cat(end[:lb], nxt_lo[lb:]))),
@@ -500,7 +537,7 @@ class DmaEngine(wiring.Component):
                     int_ref.eq(nxt_hi_inc[:R]), next_high.eq(nxt_hi_inc[R:51].any()),
                     next_handle.eq(nxt_hi_inc[51]),
                 ]
-                with m.If(self.abort | (rem == 0)):  # (an empty command moves nothing)
+                with m.If(self.abort | empty):  # (an empty command moves nothing)
                     finish()
                 with m.Else():
                     m.next = "ISSUE"
@@ -508,7 +545,7 @@ class DmaEngine(wiring.Component):
             with m.State("ISSUE"):
                 # The verdict for this burst's page is in the translation unit's registers.
                 m.d.comb += [self.busy.eq(1), in_issue.eq(1)]
-                order_ok = Mux(write, bq.level < MAX_POSTED_WRITES, ~posted)
+                order_ok = Mux(write, ~bq_full, ~posted)
                 m.d.comb += go.eq(~self.abort & ~waiting & ~self.xl_stale & self.xl_ok
                                   & order_ok)
                 with m.If(~waiting):
@@ -523,6 +560,7 @@ class DmaEngine(wiring.Component):
                     m.next = "XLATE"  # never issue a burst with a translation that is stale
                 with m.Elif(~self.xl_ok):
                     finish(self.xl_fault, FA_CUR)  # no address goes out
+                    m.d.comb += self.failed.eq(1)
                 with m.Elif(~order_ok):
                     pass  # wait for a response slot, or for the posted writes (reads)
                 with m.Elif(write):
@@ -557,7 +595,7 @@ class DmaEngine(wiring.Component):
                 m.d.comb += [self.busy.eq(1), axi.rready.eq(1)]
                 with m.If(axi.rvalid):
                     ok = axi.rresp == RESP_OKAY
-                    m.d.comb += [r_take.eq(ok & ~b_err), r_mask.eq(beat_mask(axi.rlast))]
+                    m.d.comb += [r_take.eq(ok & ~b_err), r_last.eq(axi.rlast & b_final)]
                     m.d.sync += [word.eq(word_inc), first_beat.eq(0)]
                     with m.If(~ok):
                         m.d.sync += b_err.eq(1)

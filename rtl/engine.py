@@ -73,11 +73,12 @@ class RingEngine(wiring.Component):
             "used_irq": Out(1), "completed": Out(1),
             "fault": Out(1), "fault_cause": Out(4),
             # DMA commands
-            "pre_vaddr": Out(64), "pre_cont": Out(1),
+            "pre_vaddr": Out(64), "pre_hold": Out(1), "pre_cont": Out(1),
             "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_write": Out(1), "cmd_drain": Out(1),
             "cmd_cont": Out(1), "cmd_vaddr": Out(64), "cmd_len": Out(self._len_bits),
             "cmd_disk": Out(1), "cmd_dpos": Out(self._len_bits),
-            "dma_done": In(1), "dma_fault": In(4), "dma_busy": In(1),
+            "dma_done": In(1), "dma_fault": In(4), "dma_failed": In(1), "dma_busy": In(1),
+            "dma_r_last_beat": In(1),
             "cap_we": In(CAP_BYTES), "cap_wdata": In(8 * CAP_BYTES),
             "payload": Out(64), "serial": Out(1),
         })
@@ -112,6 +113,7 @@ class RingEngine(wiring.Component):
         pf_len = Signal(32)
         pf_last = Signal(32)
         pf_idx = Signal(qbits)  # the entry pf holds
+        pf_next = Signal(qbits)  # ... plus one
         rd_idx = Signal(qbits)  # the entry read this cycle (set by the state)
         pf_load = Signal()  # ... into pf (the block RAM answers in the next cycle)
         pf_load_d = Signal()
@@ -120,7 +122,8 @@ class RingEngine(wiring.Component):
         m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
         with m.If(pf_load_d):
             m.d.sync += [pf_addr.eq(cache_rd.data.addr), pf_len.eq(cache_rd.data.len),
-                         pf_last.eq(cache_rd.data.last), pf_idx.eq(rd_idx_d)]
+                         pf_last.eq(cache_rd.data.last), pf_idx.eq(rd_idx_d),
+                         pf_next.eq(rd_idx_d + 1)]
 
         kick = Signal()
         abort = Signal()
@@ -133,8 +136,10 @@ class RingEngine(wiring.Component):
         # pass 1
         walked = Signal(qbits + 1)  # descriptors of the chain read so far
         count = Signal(qbits)  # ... of which non-empty (cached)
+        last_idx = Signal(qbits)  # the last cached one (count - 1)
         n_readable = Signal(qbits)  # ... of which device-readable
         seen_write = Signal()
+        have_w = Signal()  # a non-empty device-writable descriptor was seen (Wr >= 1)
         acc = Signal(33)  # sum of the lengths so far (bit 32: over 2^32 - 1)
         r_bytes = Signal(32)  # R: the sum when the first device-writable descriptor came
         r_lt16 = Signal()  # R < 16
@@ -150,6 +155,7 @@ class RingEngine(wiring.Component):
         cont_next = Signal()  # the next data piece continues in that descriptor
         remaining = Signal(lbits)  # data bytes not yet handed to the DMA engine
         plen = Signal(lbits)  # the next data piece
+        plen_last = Signal()  # ... is the last one
         dpos = Signal(lbits)  # where the next data piece starts on the disk (or in the serial)
         to_disk = Signal()
         dir_write = Signal()
@@ -178,21 +184,27 @@ class RingEngine(wiring.Component):
         XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)
         xs = Signal(2, init=XS_AVAIL)  # X: QueueDesc, QueueDriver, QueueDevice or pf_addr ...
         xz = Signal()  # ... or 0
-        Y_NONE, Y_CAP, Y_RING, Y_STAT, Y_NUM, Y_IDX = range(6)
-        ys_cap, ys_ring, ys_stat, ys_num, ys_idx = (Signal(name=f"ys_{n}") for n in
-                                                    ("cap", "ring", "stat", "num", "idx"))
+        Y_NONE, Y_CAP, Y_REG, Y_STAT = range(4)
+        ys_cap, ys_reg, ys_stat = (Signal(name=f"ys_{n}") for n in ("cap", "reg", "stat"))
         va_load = Signal()
-        # The ring offset of the next ring access, set a cycle ahead by the phase: avail entry
-        # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2.
-        ring_off = Signal(19)
+        # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
+        # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
+        # QueueNum a fault reports.
+        y_reg = Signal(32)
         ring_used = Signal()  # the phase of the used element (else: an avail entry) ...
         ring_uidx = Signal()  # ... or of the used index
+        y_is_idx = Signal()  # ... or of a fault reporting idx
+        y_is_num = Signal()  # ... or QueueNum
         with m.If(ring_used):
-            m.d.sync += ring_off.eq(Cat(Const(0b100, 3), used_idx & qmask))
+            m.d.sync += y_reg.eq(Cat(Const(0b100, 3), used_idx & qmask))
         with m.Elif(ring_uidx):
-            m.d.sync += ring_off.eq(2)
+            m.d.sync += y_reg.eq(2)
+        with m.Elif(y_is_idx):
+            m.d.sync += y_reg.eq(idx)
+        with m.Elif(y_is_num):
+            m.d.sync += y_reg.eq(n)
         with m.Else():
-            m.d.sync += ring_off.eq(((last_avail & qmask) + 2) << 1)
+            m.d.sync += y_reg.eq(((last_avail & qmask) + 2) << 1)
         x = Signal(64)
         # kept, so that synthesis leaves the descriptor index one LUT away from the adder
         y_other = Signal(32, attrs={"keep": 1})
@@ -200,8 +212,7 @@ class RingEngine(wiring.Component):
         m.d.comb += [
             x.eq(Mux(xz, 0, Mux(xs[1], Mux(xs[0], pf_addr, self.queue_used),
                                 Mux(xs[0], self.queue_avail, self.queue_desc)))),
-            y_other.eq(Mux(ys_ring, ring_off, 0) | Mux(ys_stat, pf_last, 0)
-                       | Mux(ys_num, n, 0) | Mux(ys_idx, idx, 0)),
+            y_other.eq(Mux(ys_reg, y_reg, 0) | Mux(ys_stat, pf_last, 0)),
             y.eq(Mux(ys_cap, cap_head << 4, y_other)),
         ]
         va_next = Signal(64)
@@ -210,47 +221,32 @@ class RingEngine(wiring.Component):
             m.d.sync += va.eq(va_next)
         # The address of the next command, looked up by the DMA engine in the translation unit:
         # every state before one that issues loads va, except DESC_CHECK at a chain's end,
-        # which keeps the header's address that DESC_WAIT loaded.
+        # which keeps the header's address that DESC_WAIT loaded (pre_hold: use cmd_vaddr).
         keep_va = Signal()
-        m.d.comb += [self.cmd_vaddr.eq(va), self.pre_vaddr.eq(Mux(keep_va, va, va_next))]
+        m.d.comb += [self.cmd_vaddr.eq(va), self.pre_vaddr.eq(va_next),
+                     self.pre_hold.eq(keep_va)]
 
         def operand(xsel, ysel):
-            """From the next cycle on, va loads X + Y with these operands."""
+            """In the next cycle, va loads X + Y with these operands. Every state says which
+            operands the next cycle needs (whatever state that is), from its own identity and
+            registers: the selects are flip-flops and depend on ``done`` in one place only."""
             m.d.sync += [xs.eq(xsel & 3), xz.eq(xsel == XS_ZERO), ys_cap.eq(ysel == Y_CAP),
-                         ys_ring.eq(ysel == Y_RING), ys_stat.eq(ysel == Y_STAT),
-                         ys_num.eq(ysel == Y_NUM), ys_idx.eq(ysel == Y_IDX)]
+                         ys_reg.eq(ysel == Y_REG), ys_stat.eq(ysel == Y_STAT)]
 
-        # The operands of the states that load va; ``go`` sets them on the way in.
-        OPERANDS = {
-            "IDLE": (XS_AVAIL, Y_NONE),  # the poll reads avail.flags and avail.idx
-            "POLL_CHECK": (XS_AVAIL, Y_RING),  # the head of the next entry
-            "DESC_FIRST": (XS_DESC, Y_CAP),  # the first descriptor
-            "DESC_WAIT": (XS_PF, Y_NONE),  # the header, should this descriptor end the chain
-            "DESC_CHECK": (XS_DESC, Y_CAP),  # the next descriptor
-            "HDR_WAIT": (XS_PF, Y_NONE),  # the next header piece
-            "DRAIN_DATA_WAIT": (XS_USED, Y_RING),  # the used element
-            "USED_WAIT": (XS_USED, Y_RING),  # the used index
-            "XFAULT": (XS_ZERO, Y_IDX),  # an index the fault reports
-        }
-
-        def go(name, xsel=None, ysel=None):
-            """Move to state ``name`` and set its operands (given, or from OPERANDS)."""
+        def go(name):
             m.next = name
-            if xsel is None and name in OPERANDS:
-                xsel, ysel = OPERANDS[name]
-            if xsel is not None:
-                operand(xsel, ysel)
 
         def load():
             """This state loads va with its operands."""
             m.d.comb += va_load.eq(1)
 
         def fault(cause):
-            """An engine-detected fault reporting the index in ``idx``. XFAULT loads it into va,
-            the DMA engine, idle, copies va into its address register in the next cycle
-            (EFAULT), and its fault address output shows it in the fault pulse's cycle (FAULT)."""
+            """An engine-detected fault reporting the index in ``idx``. XIDX moves it into y_reg,
+            XFAULT into va, the DMA engine, idle, copies va into its address register in the
+            next cycle (EFAULT), and its fault address output shows it in the fault pulse's
+            cycle (FAULT)."""
             m.d.sync += f_cause.eq(cause)
-            go("XFAULT")
+            go("XIDX")
 
         @contextmanager
         def state(name):
@@ -258,20 +254,41 @@ class RingEngine(wiring.Component):
                 yield
                 with m.If(abort & ~self.dma_busy):
                     m.d.sync += abort.eq(0)
+                    operand(XS_AVAIL, Y_NONE)  # IDLE's
                     go("IDLE")
 
         # A data piece that continues where the header ended: the DMA engine keeps its address
         # while idle and looks it up, from the cycle the header ends to the piece's issue.
         m.d.comb += [self.cmd_cont.eq(cont_next), self.pre_cont.eq(cont_next)]
 
-        def issue(wait_state, *, write=0, length=0, disk=0, dpos=0, drain=0, xsel=None,
-                  ysel=None):
-            """Hand a command to the DMA engine (idle in every state that calls this)."""
-            m.d.comb += [
-                self.cmd_valid.eq(~abort), self.cmd_write.eq(write), self.cmd_drain.eq(drain),
-                self.cmd_len.eq(length), self.cmd_disk.eq(disk), self.cmd_dpos.eq(dpos),
-            ]
-            go(wait_state, xsel, ysel)
+        # The command a state hands over comes from registers, set on the way into the state
+        # (``go``): only ``cmd_valid`` depends on the state's decisions (the DMA engine's
+        # command registers follow the fields in every idle cycle).
+        c_write, c_drain, c_disk = Signal(), Signal(), Signal()
+        c_len = Signal(lbits)
+        c_dpos = Signal(lbits)
+        m.d.comb += [self.cmd_write.eq(c_write), self.cmd_drain.eq(c_drain),
+                     self.cmd_len.eq(c_len), self.cmd_disk.eq(c_disk), self.cmd_dpos.eq(c_dpos)]
+
+        def command(*, write=0, length=0, disk=0, dpos=0, drain=0):
+            """From the next cycle on, the command fields are these."""
+            m.d.sync += [c_write.eq(write), c_drain.eq(drain), c_len.eq(length),
+                         c_disk.eq(disk), c_dpos.eq(dpos)]
+
+        # The commands with fixed fields. A state that comes before one that issues sets the
+        # fields in every cycle, so that a transition on the DMA engine's ``done`` loads none.
+        POLL = {"length": 4}  # avail.flags and avail.idx
+        HEAD_READ = {"length": 2, "dpos": HEAD_POS}  # the ring entry
+        DESC_READ = {"length": 16}
+        STATUS_WRITE = {"write": 1, "length": 1}
+        DRAIN = {"drain": 1}
+        USED_WRITE = {"write": 1, "length": 8}
+        UIDX_WRITE = {"write": 1, "length": 2}
+
+        def issue(wait_state):
+            """Hand the state's command to the DMA engine (idle in every state that does)."""
+            m.d.comb += self.cmd_valid.eq(~abort)
+            go(wait_state)
 
         def wait(name, then, before=None):
             """Wait for the command's end; a DMA fault becomes the engine's fault."""
@@ -279,7 +296,7 @@ class RingEngine(wiring.Component):
                 if before is not None:
                     before()
                 with m.If(self.dma_done):
-                    with m.If(self.dma_fault != 0):
+                    with m.If(self.dma_failed):
                         # the DMA engine holds the fault address for the FAULT cycle
                         m.d.sync += f_cause.eq(self.dma_fault)
                         go("FAULT")
@@ -304,10 +321,13 @@ class RingEngine(wiring.Component):
             return ((total[:9] == rest) & (dsec[cs:] == 0) & (sector[cs:] == 0)
                     & (fits <= cap_sectors))
 
+        m.d.sync += [self.completed.eq(0), self.used_irq.eq(0)]  # pulses, set below
         with m.FSM() as fsm:
-            with state("IDLE"):
+            with state("IDLE"):  # va: the poll's address (avail.flags and avail.idx)
                 m.d.comb += self.idle.eq(~abort)
+                operand(XS_AVAIL, Y_NONE)
                 load()
+                command(**POLL)
                 with m.If(kick & ~abort):
                     m.d.sync += kick.eq(0)
                     go("QCHECK")
@@ -317,28 +337,36 @@ class RingEngine(wiring.Component):
                 queue_ok = (num_ok & (self.queue_desc[:4] == 0) & ~self.queue_avail[0]
                             & (self.queue_used[:2] == 0))
                 with m.If(queue_ok):
-                    issue("POLL_WAIT", length=4)
+                    issue("POLL_WAIT")
                 with m.Else():
                     # QFAULT loads the first offending value: QueueNum, Desc, Driver, Device
                     m.d.sync += f_cause.eq(spec.FAULT_BAD_RING)
                     with m.If(~num_ok):
-                        go("QFAULT", XS_ZERO, Y_NUM)
-                    with m.Elif(self.queue_desc[:4] != 0):
-                        go("QFAULT", XS_DESC, Y_NONE)
-                    with m.Elif(self.queue_avail[0]):
-                        go("QFAULT", XS_AVAIL, Y_NONE)
+                        go("QNUM")
                     with m.Else():
-                        go("QFAULT", XS_USED, Y_NONE)
+                        go("QFAULT")
+                with m.If(self.queue_desc[:4] != 0):
+                    operand(XS_DESC, Y_NONE)
+                with m.Elif(self.queue_avail[0]):
+                    operand(XS_AVAIL, Y_NONE)
+                with m.Else():
+                    operand(XS_USED, Y_NONE)
+            with state("QNUM"):  # y_reg = QueueNum
+                m.d.comb += y_is_num.eq(1)
+                operand(XS_ZERO, Y_REG)
+                go("QFAULT")
             with state("QFAULT"):
                 load()
                 go("EFAULT")
-            wait("POLL_WAIT", goto("POLL_CHECK"))
+            wait("POLL_WAIT", goto("POLL_CHECK"),
+                 before=lambda: operand(XS_AVAIL, Y_REG))  # POLL_CHECK's: the head
 
             # POLL_CHECK registers what the avail index says, POLL_ACT acts on it.
             poll_bad = Signal()
             poll_none = Signal()
             with state("POLL_CHECK"):
                 load()
+                command(**HEAD_READ)
                 pending = Signal(16)
                 m.d.comb += pending.eq(cap_idx - last_avail)
                 m.d.sync += [avail_idx.eq(cap_idx), no_irq.eq(cap[0]), idx.eq(cap_idx),
@@ -346,36 +374,40 @@ class RingEngine(wiring.Component):
                 go("POLL_ACT")
 
             with state("POLL_ACT"):
+                operand(XS_AVAIL, Y_NONE)  # IDLE's
                 with m.If(poll_bad):
                     fault(spec.FAULT_BAD_RING)  # idx: avail.idx
                 with m.Elif(poll_none):
                     go("IDLE")
                 with m.Else():
-                    issue("HEAD_WAIT", length=2, dpos=HEAD_POS)
+                    issue("HEAD_WAIT")
 
             # ---- step 3.1 and 3.2: head, then walk and check the chain ------------------------
             with state("HEAD"):
-                issue("HEAD_WAIT", length=2, dpos=HEAD_POS)
-            wait("HEAD_WAIT", goto("DESC_FIRST"))
+                issue("HEAD_WAIT")
+            wait("HEAD_WAIT", goto("DESC_FIRST"),
+                 before=lambda: operand(XS_DESC, Y_CAP))  # DESC_FIRST's
 
             # DESC_FIRST forms the first descriptor's address and registers the head's check,
             # DESC_START acts on it.
             head_bad = Signal()
             with state("DESC_FIRST"):
                 load()
+                command(**DESC_READ)
                 m.d.sync += [
                     head.eq(cap_head), idx.eq(cap_head), head_bad.eq(cap_head >= qnum),
                     last_avail.eq(last_avail + 1),
                     walked.eq(0), count.eq(0), n_readable.eq(0), seen_write.eq(0),
-                    acc.eq(0), r_lt16.eq(1), cont_next.eq(0),
+                    acc.eq(0), r_lt16.eq(1), cont_next.eq(0), have_w.eq(0),
                 ]
                 go("DESC_START")
 
             with state("DESC_START"):
+                operand(XS_PF, Y_NONE)  # DESC_WAIT's: the header's address
                 with m.If(head_bad):
                     fault(spec.FAULT_BAD_CHAIN)  # idx: the head
                 with m.Else():
-                    issue("DESC_WAIT", length=16)
+                    issue("DESC_WAIT")
 
             # The first cached descriptor is kept in pf for the header (it was cached at least
             # one descriptor read ago: a request needs two non-empty descriptors), and va holds
@@ -383,6 +415,12 @@ class RingEngine(wiring.Component):
             def before_desc():
                 fetch(0)
                 load()
+                # (a descriptor read is done with its last beat, unless it fails: then the engine
+                # halts and the operands do not matter)
+                with m.If(self.dma_r_last_beat):
+                    operand(XS_DESC, Y_CAP)  # DESC_CHECK's: the next descriptor
+                with m.Else():
+                    operand(XS_PF, Y_NONE)
             wait("DESC_WAIT", goto("DESC_CHECK"), before=before_desc)
 
             # A descriptor takes two cycles: DESC_CHECK computes its checks and sums into
@@ -390,8 +428,10 @@ class RingEngine(wiring.Component):
             # the next descriptor's address, DESC_NEXT acts on them.
             bad = Signal()
             has_next = Signal()
-            next_bad = Signal()
+            next_bad = Signal()  # the next index is outside the queue ...
+            chain_full = Signal()  # ... or the next descriptor would be number N + 1
             hdr_len = Signal(5)  # the first header piece
+            hdr_ends = Signal()  # ... ends its descriptor
             with state("DESC_CHECK"):
                 d_write = desc_f.flags[1]
                 nonempty = desc_f.len != 0
@@ -415,40 +455,50 @@ class RingEngine(wiring.Component):
                     bad.eq((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
                            | (~d_write & seen_write) | wraps | new_acc[32]),
                     has_next.eq(desc_f.flags[0]), next_bad.eq(desc_f.next >= qnum),
-                    walked.eq(walked + 1), acc.eq(new_acc),
+                    walked.eq(walked + 1), chain_full.eq(walked + 1 == qnum), acc.eq(new_acc),
                     seen_write.eq(seen_write | d_write),
                     hdr_len.eq(Mux(short, pf_len[:5], 16)),
+                    hdr_ends.eq((pf_len[5:] == 0) & (pf_len[:5] <= 16)),
                 ]
+                # DESC_NEXT's command: the next descriptor, or the header's first piece
+                command(length=Mux(desc_f.flags[0], 16, Mux(short, pf_len[:5], 16)))
                 with m.If(d_write & ~seen_write):
                     m.d.sync += [r_bytes.eq(acc), r_lt16.eq(acc < spec.BLK_HEADER_BYTES)]
                 with m.If(nonempty):
-                    m.d.sync += count.eq(count + 1)
+                    m.d.sync += [count.eq(count + 1), last_idx.eq(count)]
                     with m.If(~d_write):
                         m.d.sync += n_readable.eq(n_readable + 1)
+                    with m.Else():
+                        m.d.sync += have_w.eq(1)
                 go("DESC_NEXT")
 
             with state("DESC_NEXT"):
+                operand(XS_PF, Y_NONE)  # DESC_WAIT's or HDR_WAIT's
                 with m.If(bad):
                     fault(spec.FAULT_BAD_CHAIN)  # idx: this descriptor
                 with m.Elif(has_next):  # NEXT
                     m.d.sync += idx.eq(desc_f.next)
                     # the next one is outside the queue, or would be number N + 1
-                    with m.If(next_bad | (walked == qnum)):
+                    with m.If(next_bad | chain_full):
                         fault(spec.FAULT_BAD_CHAIN)  # idx: the next one
                     with m.Else():
-                        issue("DESC_WAIT", length=16)
+                        issue("DESC_WAIT")
                 # step 3.3: request framing (R >= 16 and Wr >= 1, a non-empty writable one)
-                with m.Elif(r_lt16 | (count == n_readable)):
+                with m.Elif(r_lt16 | ~have_w):
                     m.d.sync += idx.eq(head)
                     fault(spec.FAULT_BAD_REQUEST)  # idx: the head
                 with m.Else():
                     # step 3.4: the header's first piece, from cached descriptor 0
                     m.d.sync += [got.eq(hdr_len), take.eq(hdr_len), hdr_last.eq(hdr_len == 16),
-                                 piece_ends.eq(pf_len == hdr_len)]
-                    with m.If(pf_len == hdr_len):
-                        fetch(1)
-                    issue("HDR_WAIT", length=hdr_len)
-            with state("XFAULT"):  # va = idx, the fault's index; f_cause set
+                                 piece_ends.eq(hdr_ends)]
+                    with m.If(hdr_ends):
+                        fetch(pf_next)  # (pf holds cached descriptor 0)
+                    issue("HDR_WAIT")
+            with state("XIDX"):  # y_reg = idx, the fault's index
+                m.d.comb += y_is_idx.eq(1)
+                operand(XS_ZERO, Y_REG)
+                go("XFAULT")
+            with state("XFAULT"):  # va = idx; f_cause set
                 load()
                 go("EFAULT")
 
@@ -458,29 +508,38 @@ class RingEngine(wiring.Component):
 
             def after_hdr_piece():
                 with m.If(hdr_last):
-                    m.d.sync += [cont_next.eq(~piece_ends), split_rem.eq(pf_len - take)]
                     go("DECODE")
                 with m.Else():
                     go("HDR_PIECE")
 
             # The next piece's address and length, if there is one (pf is the next descriptor
             # then, from the third cycle of the wait on; the wait lasts at least that long).
+            hlen_next = Signal(5)
+            hlen_ends = Signal()  # the next header piece ends its descriptor
+
             def before_hdr():
                 load()
+                operand(XS_PF, Y_NONE)
+                command(length=hlen_next, dpos=got)  # HDR_PIECE's
+                # what the last piece leaves of its descriptor (pf, unless the piece ends it)
+                with m.If(hdr_last):
+                    m.d.sync += [cont_next.eq(~piece_ends), split_rem.eq(pf_len - take)]
                 need = Signal(5)
                 m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
                 short = (pf_len[5:] == 0) & (pf_len[:5] < need)
-                m.d.sync += hlen.eq(Mux(short, pf_len[:5], need))
+                m.d.comb += hlen_next.eq(Mux(short, pf_len[:5], need))
+                m.d.sync += [hlen.eq(hlen_next),
+                             hlen_ends.eq((pf_len[5:] == 0) & (pf_len[:5] <= need))]
             wait("HDR_WAIT", after_hdr_piece, before=before_hdr)
 
             with state("HDR_PIECE"):  # pf: the next cached descriptor, never empty
-                ends = pf_len == hlen
+                operand(XS_PF, Y_NONE)  # HDR_WAIT's
                 m.d.sync += [take.eq(hlen), got.eq(got + hlen),
                              hdr_last.eq(got + hlen == spec.BLK_HEADER_BYTES),
-                             piece_ends.eq(ends)]
-                with m.If(ends):
-                    fetch(pf_idx + 1)
-                issue("HDR_WAIT", length=hlen, dpos=got)
+                             piece_ends.eq(hlen_ends)]
+                with m.If(hlen_ends):
+                    fetch(pf_next)
+                issue("HDR_WAIT")
 
             # ---- step 3.5: decode and data -----------------------------------------------------
             # DECODE registers what the header says; DISPATCH acts on it.
@@ -541,17 +600,27 @@ class RingEngine(wiring.Component):
                     m.d.sync += [remaining.eq(r_bytes[9:] << 9), dir_write.eq(0), after.eq(1),
                                  need_idx.eq(pf_idx)]
                 with m.Else():
-                    m.d.sync += [need_idx.eq(count - 1), after.eq(0)]
+                    m.d.sync += [need_idx.eq(last_idx), after.eq(0)]
                 with m.If(move_in | move_id | move_out):
-                    go("ROUTE", XS_PF, Y_NONE)
+                    operand(XS_PF, Y_NONE)  # ROUTE's: a data piece's address
                 with m.Else():
-                    go("ROUTE", XS_PF, Y_STAT)
+                    operand(XS_PF, Y_STAT)  # ... or the status byte's
+                go("ROUTE")
 
             # The next data piece: what is left of its descriptor, at most the remaining data.
+            plen_next = Signal(lbits)
+
             def next_piece_len():
                 avail_len = Mux(cont_next, split_rem, pf_len)
                 short = (avail_len[lbits:] == 0) & (avail_len[:lbits] < remaining)
-                m.d.sync += plen.eq(Mux(short, avail_len[:lbits], remaining))
+                m.d.comb += plen_next.eq(Mux(short, avail_len[:lbits], remaining))
+                m.d.sync += [plen.eq(plen_next), plen_last.eq(~short)]
+
+            def data_command():
+                command(write=dir_write, length=plen_next, disk=to_disk, dpos=dpos)
+
+            def to_data_piece():
+                go("DATA_PIECE")
 
             # ROUTE: pf holds the descriptor needed (or the data continues in the header's
             # last descriptor): va loads the piece's or the status byte's address, and on;
@@ -559,52 +628,63 @@ class RingEngine(wiring.Component):
             with state("ROUTE"):
                 next_piece_len()
                 load()
+                operand(XS_PF, Mux(after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
+                with m.If(after):
+                    data_command()
+                with m.Else():
+                    command(**STATUS_WRITE)
                 with m.If(after & cont_next):
-                    go("DATA_PIECE")  # OUT, continuing where the header ended
+                    to_data_piece()  # OUT, continuing where the header ended
                 with m.Elif(pf_idx == need_idx):
                     with m.If(after):
-                        go("DATA_PIECE")
+                        to_data_piece()
                     with m.Else():
                         go("STATUS")
                 with m.Else():
                     fetch(need_idx)
                     go("FETCH")
             with state("FETCH"):
+                operand(XS_PF, Mux(after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
                 go("ROUTE_FETCHED")
             with state("ROUTE_FETCHED"):  # pf = need_idx now
                 next_piece_len()
                 load()
                 with m.If(after):
-                    go("DATA_PIECE")
+                    data_command()
+                with m.Else():
+                    command(**STATUS_WRITE)
+                with m.If(after):
+                    to_data_piece()
                 with m.Else():
                     go("STATUS")
 
             with state("DATA_PIECE"):  # plen: this piece (> 0); pf: its descriptor
-                last = plen == remaining
-                m.d.sync += [last_piece.eq(last), cont_next.eq(0),
+                m.d.sync += [last_piece.eq(plen_last), cont_next.eq(0),
                              remaining.eq(remaining - plen), dpos.eq(dpos + plen)]
                 # the next piece's descriptor, or the status byte's (the last one), whose
                 # address DATA_WAIT loads
-                with m.If(last):
-                    fetch(count - 1)
-                    issue("DATA_WAIT", write=dir_write, length=plen, disk=to_disk, dpos=dpos,
-                          xsel=XS_PF, ysel=Y_STAT)
+                operand(XS_PF, Mux(plen_last, Y_STAT, Y_NONE))  # DATA_WAIT's
+                with m.If(plen_last):
+                    fetch(last_idx)
                 with m.Else():
-                    fetch(pf_idx + 1)
-                    issue("DATA_WAIT", write=dir_write, length=plen, disk=to_disk, dpos=dpos,
-                          xsel=XS_PF, ysel=Y_NONE)
+                    fetch(pf_next)
+                issue("DATA_WAIT")
 
             def after_data_piece():
                 with m.If(last_piece):
                     go("STATUS")
                 with m.Else():
-                    go("DATA_PIECE")
+                    to_data_piece()
 
             def before_data():
                 m.d.comb += self.serial.eq(~to_disk)
                 load()
-                with m.If(~last_piece):
-                    next_piece_len()
+                operand(XS_PF, Mux(last_piece, Y_STAT, Y_NONE))
+                next_piece_len()
+                with m.If(last_piece):
+                    command(**STATUS_WRITE)
+                with m.Else():
+                    data_command()
             wait("DATA_WAIT", after_data_piece, before=before_data)
 
             # ---- steps 3.6 to 3.9: status, used element, used index -------------------------
@@ -614,55 +694,75 @@ class RingEngine(wiring.Component):
 
             with state("STATUS"):
                 payload(blk_status)()
-                issue("STATUS_WAIT", write=1, length=1)
-            wait("STATUS_WAIT", goto("DRAIN_DATA"), before=payload(blk_status))
+                issue("STATUS_WAIT")
+            def before_status_wait():
+                payload(blk_status)()
+                command(**DRAIN)
+            wait("STATUS_WAIT", goto("DRAIN_DATA"), before=before_status_wait)
             with state("DRAIN_DATA"):  # no used element for data that did not arrive
                 m.d.comb += ring_used.eq(1)
-                issue("DRAIN_DATA_WAIT", drain=1)
+                operand(XS_USED, Y_REG)  # DRAIN_DATA_WAIT's: the used element
+                issue("DRAIN_DATA_WAIT")
 
             def before_drain_data():
                 m.d.comb += ring_used.eq(1)
                 load()
+                operand(XS_USED, Y_REG)
+                command(**USED_WRITE)
             wait("DRAIN_DATA_WAIT", goto("USED"), before=before_drain_data)
 
             used_elem = Cat(head, Const(0, 16), used_len)
             with state("USED"):
                 payload(used_elem)()
                 m.d.comb += ring_uidx.eq(1)
-                issue("USED_WAIT", write=1, length=8)
+                operand(XS_USED, Y_REG)  # USED_WAIT's: the used index
+                issue("USED_WAIT")
 
             def before_used_wait():
                 payload(used_elem)()
                 m.d.comb += ring_uidx.eq(1)
                 load()
+                operand(XS_USED, Y_REG)
+                command(**UIDX_WRITE)
             wait("USED_WAIT", goto("USED_IDX"), before=before_used_wait)
 
             next_used = Signal(16)
             m.d.comb += next_used.eq(used_idx + 1)
             with state("USED_IDX"):
                 payload(next_used)()
-                issue("USED_IDX_WAIT", write=1, length=2)
-            wait("USED_IDX_WAIT", goto("DRAIN_USED"), before=payload(next_used))
+                issue("USED_IDX_WAIT")
+            def before_uidx_wait():
+                payload(next_used)()
+                command(**DRAIN)
+            wait("USED_IDX_WAIT", goto("DRAIN_USED"), before=before_uidx_wait)
 
             # registered: last_avail and avail_idx are settled long before DRAIN_USED_WAIT
             round_done = Signal()
             m.d.sync += round_done.eq(last_avail == avail_idx)
             with state("DRAIN_USED"):  # the interrupt follows the used index
-                # DRAIN_USED_WAIT loads the next round's poll address, or the next entry's head
-                with m.If(round_done):
-                    issue("DRAIN_USED_WAIT", drain=1, xsel=XS_AVAIL, ysel=Y_NONE)
-                with m.Else():
-                    issue("DRAIN_USED_WAIT", drain=1, xsel=XS_AVAIL, ysel=Y_RING)
+                # DRAIN_USED_WAIT loads the next round's poll address, or the next entry's head.
+                # used_idx moves on now: should the drain fail, the engine halts until a reset.
+                m.d.sync += used_idx.eq(next_used)
+                # DRAIN_USED_WAIT's: the next round's poll, or the next entry's head
+                operand(XS_AVAIL, Mux(round_done, Y_NONE, Y_REG))
+                issue("DRAIN_USED_WAIT")
 
             def after_used():
-                m.d.sync += used_idx.eq(next_used)
-                m.d.comb += [self.completed.eq(1),
+                # registered: the pulses come a cycle after the drain's end
+                m.d.sync += [self.completed.eq(1),
                              self.used_irq.eq(~no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
                 with m.If(round_done):
                     go("QCHECK")
                 with m.Else():
                     go("HEAD")
-            wait("DRAIN_USED_WAIT", after_used, before=load)
+            def before_drain_used():
+                load()
+                operand(XS_AVAIL, Mux(round_done, Y_NONE, Y_REG))
+                with m.If(round_done):
+                    command(**POLL)
+                with m.Else():
+                    command(**HEAD_READ)
+            wait("DRAIN_USED_WAIT", after_used, before=before_drain_used)
 
             with state("EFAULT"):  # va holds the engine fault's address; the DMA engine copies it
                 go("FAULT")

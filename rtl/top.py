@@ -120,6 +120,7 @@ class VirtioBlkHandle(wiring.Component):
             hv.burst_done.eq(dma.burst_done),
             # ring engine to DMA
             dma.pre_vaddr.eq(engine.pre_vaddr),
+            dma.pre_hold.eq(engine.pre_hold),
             dma.pre_cont.eq(engine.pre_cont),
             dma.cmd_valid.eq(engine.cmd_valid),
             engine.cmd_ready.eq(dma.cmd_ready),
@@ -132,6 +133,8 @@ class VirtioBlkHandle(wiring.Component):
             dma.cmd_dpos.eq(engine.cmd_dpos),
             engine.dma_done.eq(dma.done),
             engine.dma_fault.eq(dma.fault),
+            engine.dma_failed.eq(dma.failed),
+            engine.dma_r_last_beat.eq(dma.r_last_beat),
             engine.dma_busy.eq(dma.busy),
             engine.cap_we.eq(dma.cap_we),
             engine.cap_wdata.eq(dma.cap_wdata),
