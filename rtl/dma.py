@@ -196,7 +196,10 @@ class DmaEngine(wiring.Component):
         nxt_hi_inc = Signal(52)
         m.d.comb += nxt_hi_inc.eq(nxt_hi + 1)
         burst_addr = Signal(64)
-        m.d.comb += burst_addr.eq(Cat(cur_lo, Mux(self.xl_mode, self.xl_frame, cur_hi)))
+        # (with a failed check, the virtual address: no valid goes out with it, and b_addr
+        # keeps it as the fault's address)
+        m.d.comb += burst_addr.eq(Cat(cur_lo, Mux(self.xl_mode & self.xl_ok, self.xl_frame,
+                                                  cur_hi)))
         m.d.comb += [
             axi.awid.eq(0), axi.arid.eq(0),
             axi.awburst.eq(BURST_INCR), axi.arburst.eq(BURST_INCR),
@@ -321,26 +324,32 @@ class DmaEngine(wiring.Component):
         n_sw = 32 // W
         sw_bits = exact_log2(n_sw)
 
-        def scratch_word(index):
+        def serial_word(index):
             ser = Signal(8 * W, name="serial_word")
             with m.Switch(index[:sw_bits]):
                 for i in range(n_sw):
                     with m.Case(i):
                         m.d.comb += ser.eq(int.from_bytes(serial_bytes[i * W:(i + 1) * W],
                                                           "little"))
-            pay = Signal(8 * W, name="payload_word")
-            for i in range(max(1, 8 // W)):
-                with m.If(index[:sw_bits] == i):
-                    m.d.comb += pay.eq(self.payload.word_select(i, 8 * W) if W < 8
-                                       else self.payload)
-            return Mux(self.serial, ser, pay)
+            return ser
 
-        sw_lo = scratch_word(word)
-        sw_hi = scratch_word(word_inc)
+        def combine(lo, hi):
+            out = Signal(8 * W, name="combined")
+            for lane in range(W):
+                sl = slice(8 * lane, 8 * lane + 8)
+                m.d.comb += out[sl].eq(Mux(ge_rot[lane], lo[sl], hi[sl]))
+            return out
+
         scratch_comb = Signal(8 * W)
-        for lane in range(W):
-            sl = slice(8 * lane, 8 * lane + 8)
-            m.d.comb += scratch_comb[sl].eq(Mux(ge_rot[lane], sw_lo[sl], sw_hi[sl]))
+        serial_comb = combine(serial_word(word), serial_word(word_inc))
+        if W >= 8:
+            # the payload (at most 8 bytes) is local word 0 whole: the lanes of the words
+            # around it are never strobed, so it needs no word select and no combining
+            m.d.comb += scratch_comb.eq(Mux(self.serial, serial_comb, self.payload))
+        else:
+            pay_lo = Mux(word[0], self.payload[32:], self.payload[:32])
+            pay_hi = Mux(word_inc[0], self.payload[32:], self.payload[:32])
+            m.d.comb += scratch_comb.eq(Mux(self.serial, serial_comb, combine(pay_lo, pay_hi)))
 
         # ---- Posted write responses ----------------------------------------------------------
         # Every accepted write address is remembered until its response, so that a failed
@@ -401,17 +410,19 @@ class DmaEngine(wiring.Component):
                      s2_scratch.eq(s1_scratch)]
 
         # ---- Control ----------------------------------------------------------------------------
-        # The fault address: which register holds it (FA_*), set when a command faults.
-        FA_CUR, FA_BURST, FA_WRITE = 0, 1, 2
+        # The fault address: which register holds it (FA_*), set when a command faults. A burst
+        # that failed its translation or got an error keeps its address in b_addr (virtual,
+        # physical); while idle, nxt follows cmd_vaddr, for the ring engine's own faults.
+        FA_IDLE, FA_BURST, FA_WRITE = 0, 1, 2
         fault_src = Signal(2)
         m.d.comb += self.fault_addr.eq(Mux(fault_src[1], werr_addr,
-                                           Mux(fault_src[0], b_addr, Cat(cur_lo, cur_hi))))
+                                           Mux(fault_src[0], b_addr, Cat(nxt_lo, nxt_hi))))
         with m.If(self.abort & ~posted):
             m.d.sync += werr.eq(0)  # a reset forgets the responses of the old requests
         with m.If(self.abort):
-            m.d.sync += fault_src.eq(FA_CUR)
+            m.d.sync += fault_src.eq(FA_IDLE)
 
-        def finish(cause=0, src=FA_CUR):
+        def finish(cause=0, src=FA_IDLE):
             """The command ends this cycle (with fault ``cause``, its address in ``src``)."""
             m.d.comb += [self.done.eq(1), self.fault.eq(cause), self.failed.eq(cause != 0)]
             m.d.sync += fault_src.eq(src)
@@ -490,8 +501,6 @@ class DmaEngine(wiring.Component):
                     # a local start before the first lane's word: the word before local word 0
                     word.eq(Mux(diff[-1] & self.cmd_disk, last_word, diff[lw:lw + wb])),
                 ]
-                # cur follows too: an engine-detected fault reports its value from it
-                m.d.sync += [cur_lo.eq(self.cmd_vaddr[:12]), cur_hi.eq(self.cmd_vaddr[12:])]
                 with m.If(~self.cmd_cont):
                     m.d.sync += [nxt_lo.eq(self.cmd_vaddr[:12]), nxt_hi.eq(self.cmd_vaddr[12:])]
                 m.d.sync += int_ref.eq(nxt_ref)  # a continue command's page
@@ -503,7 +512,7 @@ class DmaEngine(wiring.Component):
                     m.d.sync += ge_rot[lane].eq(lane >= diff[:lw])
                 m.d.sync += [first_mask.eq(fm), last_mask.eq(lm)]
                 with m.If(self.cmd_valid):
-                    m.d.sync += fault_src.eq(FA_CUR)
+                    m.d.sync += fault_src.eq(FA_IDLE)
                     with m.If(self.cmd_drain):
                         m.next = "DRAIN"
                     with m.Else():
@@ -559,7 +568,7 @@ class DmaEngine(wiring.Component):
                     m.d.sync += int_ref.eq(cur_ref)
                     m.next = "XLATE"  # never issue a burst with a translation that is stale
                 with m.Elif(~self.xl_ok):
-                    finish(self.xl_fault, FA_CUR)  # no address goes out
+                    finish(self.xl_fault, FA_BURST)  # no address goes out
                     m.d.comb += self.failed.eq(1)
                 with m.Elif(~order_ok):
                     pass  # wait for a response slot, or for the posted writes (reads)

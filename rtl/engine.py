@@ -151,7 +151,10 @@ class RingEngine(wiring.Component):
         piece_ends = Signal()  # ... it ends its descriptor
         hdr_last = Signal()  # ... it ends the header
         last_piece = Signal()  # ... it is the last data piece
-        split_rem = Signal(32)  # what the header left of its last descriptor
+        # what the header left of its last descriptor: its low bits, and whether more than
+        # they say (it is then more than any data piece)
+        split_rem = Signal(lbits + 1)
+        split_big = Signal()
         cont_next = Signal()  # the next data piece continues in that descriptor
         remaining = Signal(lbits)  # data bytes not yet handed to the DMA engine
         plen = Signal(lbits)  # the next data piece
@@ -170,11 +173,16 @@ class RingEngine(wiring.Component):
         n = self.queue_num
         # The queue size as checked by QCHECK and its mask, computed every cycle (a notify
         # reaches QCHECK at least two cycles after the last register write).
+        # N is fine when exactly one of bits [0, log2 qmax] is set and none above; its mask
+        # N - 1 is then every bit below that one. No wide compare or decrement.
         qnum = Signal(qbits)
         qmask = Signal(16)
         num_ok = Signal()
-        m.d.sync += [num_ok.eq((n != 0) & ((n & (n - 1)) == 0) & (n <= qmax)),
-                     qnum.eq(n[:qbits]), qmask.eq(n[:16] - 1)]
+        low = n[:qbits]
+        single = Signal()  # one bit of low is set
+        m.d.comb += single.eq(sum(low[i] for i in range(qbits)) == 1)
+        m.d.sync += [num_ok.eq(single & (n[qbits:] == 0)), qnum.eq(low),
+                     qmask.eq(Cat(*[low[i + 1:].any() for i in range(min(16, qbits))]))]
 
         # ---- The address register and its adder ---------------------------------------------
         # va = X + Y, where the operands are chosen by registers that each transition into a
@@ -310,6 +318,11 @@ class RingEngine(wiring.Component):
             """Read cache entry ``index`` into pf (there two cycles later)."""
             m.d.comb += [rd_idx.eq(index), pf_load.eq(1)]
 
+        def at_least(index, bound):
+            """``index >= bound`` for a 16-bit index and a bound of qbits bits: the compare on
+            the low bits only, the high bits by an OR."""
+            return (index[qbits:] != 0) | (index[:qbits] >= bound)
+
         # Data sizes of an IN and an OUT request, in sectors, and whether they are whole
         # sectors: D = Wr - 1 (IN) is a multiple of 512 exactly when Wr mod 512 = 1, and then
         # D / 512 = Wr >> 9; likewise D = R - 16 (OUT). A request is in range when
@@ -370,7 +383,8 @@ class RingEngine(wiring.Component):
                 pending = Signal(16)
                 m.d.comb += pending.eq(cap_idx - last_avail)
                 m.d.sync += [avail_idx.eq(cap_idx), no_irq.eq(cap[0]), idx.eq(cap_idx),
-                             poll_bad.eq(pending > qnum), poll_none.eq(pending == 0)]
+                             poll_bad.eq(at_least(pending, qnum + 1)),
+                             poll_none.eq(pending == 0)]
                 go("POLL_ACT")
 
             with state("POLL_ACT"):
@@ -395,7 +409,7 @@ class RingEngine(wiring.Component):
                 load()
                 command(**DESC_READ)
                 m.d.sync += [
-                    head.eq(cap_head), idx.eq(cap_head), head_bad.eq(cap_head >= qnum),
+                    head.eq(cap_head), idx.eq(cap_head), head_bad.eq(at_least(cap_head, qnum)),
                     last_avail.eq(last_avail + 1),
                     walked.eq(0), count.eq(0), n_readable.eq(0), seen_write.eq(0),
                     acc.eq(0), r_lt16.eq(1), cont_next.eq(0), have_w.eq(0),
@@ -454,7 +468,7 @@ class RingEngine(wiring.Component):
                 m.d.sync += [
                     bad.eq((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
                            | (~d_write & seen_write) | wraps | new_acc[32]),
-                    has_next.eq(desc_f.flags[0]), next_bad.eq(desc_f.next >= qnum),
+                    has_next.eq(desc_f.flags[0]), next_bad.eq(at_least(desc_f.next, qnum)),
                     walked.eq(walked + 1), chain_full.eq(walked + 1 == qnum), acc.eq(new_acc),
                     seen_write.eq(seen_write | d_write),
                     hdr_len.eq(Mux(short, pf_len[:5], 16)),
@@ -463,7 +477,7 @@ class RingEngine(wiring.Component):
                 # DESC_NEXT's command: the next descriptor, or the header's first piece
                 command(length=Mux(desc_f.flags[0], 16, Mux(short, pf_len[:5], 16)))
                 with m.If(d_write & ~seen_write):
-                    m.d.sync += [r_bytes.eq(acc), r_lt16.eq(acc < spec.BLK_HEADER_BYTES)]
+                    m.d.sync += [r_bytes.eq(acc), r_lt16.eq(acc[4:] == 0)]  # R < 16
                 with m.If(nonempty):
                     m.d.sync += [count.eq(count + 1), last_idx.eq(count)]
                     with m.If(~d_write):
@@ -523,7 +537,8 @@ class RingEngine(wiring.Component):
                 command(length=hlen_next, dpos=got)  # HDR_PIECE's
                 # what the last piece leaves of its descriptor (pf, unless the piece ends it)
                 with m.If(hdr_last):
-                    m.d.sync += [cont_next.eq(~piece_ends), split_rem.eq(pf_len - take)]
+                    m.d.sync += [cont_next.eq(~piece_ends), split_rem.eq(pf_len[:lbits + 1] - take),
+                                 split_big.eq(pf_len[lbits + 1:] != 0)]
                 need = Signal(5)
                 m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
                 short = (pf_len[5:] == 0) & (pf_len[:5] < need)
@@ -562,7 +577,8 @@ class RingEngine(wiring.Component):
                     ok_in.eq(in_range(wr_bytes, 1, sector)),
                     ok_out.eq(in_range(r_bytes, spec.BLK_HEADER_BYTES, sector)),
                     sector_base.eq(sector[:cs] << 9),
-                    id_len.eq(Mux(wr_bytes > spec.VIRTIO_BLK_ID_BYTES,
+                    id_len.eq(Mux((wr_bytes[5:] != 0)
+                                  | (wr_bytes[:5] > spec.VIRTIO_BLK_ID_BYTES),
                                   spec.VIRTIO_BLK_ID_BYTES, wr_bytes[:5] - 1)),
                 ]
                 go("DISPATCH")
@@ -611,8 +627,10 @@ class RingEngine(wiring.Component):
             plen_next = Signal(lbits)
 
             def next_piece_len():
-                avail_len = Mux(cont_next, split_rem, pf_len)
-                short = (avail_len[lbits:] == 0) & (avail_len[:lbits] < remaining)
+                # what is left of the descriptor: its low bits, and whether more than they say
+                avail_len = Mux(cont_next, split_rem, pf_len[:lbits + 1])
+                big = Mux(cont_next, split_big, pf_len[lbits + 1:] != 0)
+                short = ~big & ~avail_len[lbits] & (avail_len[:lbits] < remaining)
                 m.d.comb += plen_next.eq(Mux(short, avail_len[:lbits], remaining))
                 m.d.sync += [plen.eq(plen_next), plen_last.eq(~short)]
 
