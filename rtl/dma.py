@@ -36,7 +36,7 @@ from models import spec
 
 from .axi import BURST_INCR, RESP_OKAY, AXI4Signature
 from .fifo import BlockRAMFIFO
-from .params import check_data_width, one_hot
+from .params import check_data_width, check_disk_bytes, one_hot
 from .translate import lookup_fields
 
 __all__ = ["CAP_BYTES", "MAX_POSTED_WRITES", "DmaEngine", "local_bits"]
@@ -118,6 +118,7 @@ class DmaEngine(wiring.Component):
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES, ref_bits: int = 10,
                  id_width: int = 4):
         self._data_width = check_data_width(data_width)
+        check_disk_bytes(disk_bytes, data_width)
         lanes = data_width // 8
         self._disk_words = disk_bytes // lanes
         self._word_bits = max(1, ceil_log2(self._disk_words))
@@ -468,7 +469,7 @@ class DmaEngine(wiring.Component):
         # of the physical address are those of the virtual address, so the geometry never waits
         # for the table. One sum says it all: where the rest of the command would end, counted
         # from the start of the burst's window.
-        end = Signal(self._len_bits + 1)
+        end = Signal(max(self._len_bits, lb) + 2)
         m.d.comb += end.eq(rem + nxt_lo[:lb])
         reaches = Signal()  # the burst runs to the window's end (or the command ends there)
         fits = Signal()  # the rest of the command fits in this window: the last burst
