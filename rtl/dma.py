@@ -196,6 +196,13 @@ class DmaEngine(wiring.Component):
 
         nxt_hi_inc = Signal(52)
         m.d.comb += nxt_hi_inc.eq(nxt_hi + 1)
+        # lookup_fields(nxt_hi + 1) without the 52-bit carry chain (a path of its own): bits
+        # R..50 of the next page are zero when they are all zero and receive no carry, or all
+        # ones and receive one; bit 63 flips when the carry runs through them.
+        carry_in = nxt_hi[:R].all()
+        mid_all = nxt_hi[R:51].all()
+        inc_high = Mux(carry_in, ~mid_all, nxt_hi[R:51].any())
+        inc_handle = nxt_hi[51] ^ (carry_in & mid_all)
         burst_addr = Signal(64)
         # (with a failed check, the virtual address: no valid goes out with it, and b_addr
         # keeps it as the fault's address)
@@ -222,7 +229,8 @@ class DmaEngine(wiring.Component):
         in_xkeep = Signal()
         # A continue command (pre_cont) must follow a read, whose address handshakes are over
         # when it ends: ``cur`` then holds where it ended.
-        cur_ref, cur_high, cur_handle = lookup_fields(cur_hi, R)
+        cur_handle = cur_hi[51]
+        cur_high = Signal()  # lookup_fields(cur_hi)'s, copied with cur_hi (no OR tree of its own)
         nxt_ref, nxt_high, nxt_handle = lookup_fields(nxt_hi, R)
         pre_ref = self.pre_vaddr[12:12 + R]
         _, cmd_high, cmd_handle = lookup_fields(self.cmd_vaddr[12:], R)
@@ -342,7 +350,10 @@ class DmaEngine(wiring.Component):
             return out
 
         scratch_comb = Signal(8 * W)
-        serial_comb = combine(serial_word(word), serial_word(word_inc))
+        # (word_inc's low bits are word's plus one, also where it wraps: the disk's word count
+        # is a multiple of n_sw; said directly, each serial bit is a function of three bits)
+        serial_comb = combine(serial_word(word), serial_word((word[:sw_bits] + 1)[:sw_bits])
+                              if sw_bits else serial_word(word))
         if W >= 8:
             # the payload (at most 8 bytes) is local word 0 whole: the lanes of the words
             # around it are never strobed, so it needs no word select and no combining
@@ -485,16 +496,28 @@ class DmaEngine(wiring.Component):
         with m.If(inc_hi):
             m.d.sync += nxt_hi.eq(nxt_hi_inc)
 
+        # What single states use is computed outside the FSM (a comb assignment inside a state
+        # would AND each bit with the state). IDLE's:
+        lo = Mux(self.cmd_cont, nxt_lo, self.cmd_vaddr[:12])
+        diff = Signal(self._len_bits + 1)
+        end_lane = Signal(lw)
+        m.d.comb += [diff.eq(self.cmd_dpos - lo[:lw]),
+                     end_lane.eq(lo[:lw] + self.cmd_len[:lw])]
+        fm = Signal(W)
+        lm = Signal(W)
+        for lane in range(W):
+            m.d.comb += [fm[lane].eq(lane >= lo[:lw]),
+                         lm[lane].eq((end_lane == 0) | (lane < end_lane))]
+        # ADDR's
+        first_m1 = Signal(lw + 1)  # the first byte's lane, minus one
+        first_room = Signal(lw + 1)
+        m.d.comb += [first_m1.eq(nxt_lo[:lw] - 1), first_room.eq(W - nxt_lo[:lw])]
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += [self.cmd_ready.eq(1), in_idle.eq(1)]
                 # The command registers follow the inputs in every idle cycle (they are unused
                 # while idle), so that cmd_valid only steers the state.
-                lo = Mux(self.cmd_cont, nxt_lo, self.cmd_vaddr[:12])
-                diff = Signal(self._len_bits + 1)
-                end_lane = Signal(lw)
-                m.d.comb += [diff.eq(self.cmd_dpos - lo[:lw]),
-                             end_lane.eq(lo[:lw] + self.cmd_len[:lw])]
                 m.d.sync += [
                     write.eq(self.cmd_write), to_disk.eq(self.cmd_disk), rem.eq(self.cmd_len),
                     empty.eq(self.cmd_len == 0),
@@ -505,15 +528,12 @@ class DmaEngine(wiring.Component):
                 with m.If(~self.cmd_cont):
                     m.d.sync += [nxt_lo.eq(self.cmd_vaddr[:12]), nxt_hi.eq(self.cmd_vaddr[12:])]
                 m.d.sync += int_ref.eq(nxt_ref)  # a continue command's page
-                fm = Signal(W)
-                lm = Signal(W)
                 for lane in range(W):
-                    m.d.comb += [fm[lane].eq(lane >= lo[:lw]),
-                                 lm[lane].eq((end_lane == 0) | (lane < end_lane))]
                     m.d.sync += ge_rot[lane].eq(lane >= diff[:lw])
                 m.d.sync += [first_mask.eq(fm), last_mask.eq(lm)]
+                # (fault_src is FA_IDLE here: every command's end sets it, and after a failed
+                # one the ring engine halts until a reset, which sets FA_IDLE)
                 with m.If(self.cmd_valid):
-                    m.d.sync += fault_src.eq(FA_IDLE)
                     with m.If(self.cmd_drain):
                         m.next = "DRAIN"
                     with m.Else():
@@ -521,14 +541,10 @@ class DmaEngine(wiring.Component):
 
             with m.State("ADDR"):
                 m.d.comb += self.busy.eq(1)
-                first_m1 = Signal(lw + 1)  # the first byte's lane, minus one
-                m.d.comb += first_m1.eq(nxt_lo[:lw] - 1)
                 beats_m1 = Mux(fits, (rem[:lb + 1] + first_m1.as_signed()) >> lw,
                                ~nxt_lo[lw:lb])
                 # one beat: the rest fits in the first beat, or the window has one word left
                 # (in parallel with the rest: no wait for beats_m1)
-                first_room = Signal(lw + 1)
-                m.d.comb += first_room.eq(W - nxt_lo[:lw])
                 m.d.sync += w_one.eq(Mux(fits, (rem[lw + 1:] == 0) & (rem[:lw + 1] <= first_room),
                                          nxt_lo[lw:lb].all()))
                 # the burst ends on a page boundary: the command moves to the next page (one
@@ -538,14 +554,13 @@ class DmaEngine(wiring.Component):
                     # the masks as local lanes, for read beats (at least two cycles away)
                     first_local.eq(Cat(*_rotl_lanes(list(first_mask), rot, W))),
                     last_local.eq(Cat(*_rotl_lanes(list(last_mask), rot, W))),
-                    cur_lo.eq(nxt_lo), cur_hi.eq(nxt_hi),
+                    cur_lo.eq(nxt_lo), cur_hi.eq(nxt_hi), cur_high.eq(nxt_high),
                     nxt_lo.eq(Mux(reaches, Cat(Const(0, lb), window_next),
                                   Cat(end[:lb], nxt_lo[lb:]))),
                     rem.eq(Cat(end[:lb], end[lb:] - 1)),  # end - B (the last burst: unused)
                     b_final.eq(fits), b_cross.eq(cross), b_err.eq(0), inc_hi.eq(cross),
                     arlen.eq(beats_m1), w_cnt.eq(beats_m1),
-                    int_ref.eq(nxt_hi_inc[:R]), next_high.eq(nxt_hi_inc[R:51].any()),
-                    next_handle.eq(nxt_hi_inc[51]),
+                    int_ref.eq(nxt_hi_inc[:R]), next_high.eq(inc_high), next_handle.eq(inc_handle),
                 ]
                 with m.If(self.abort | empty):  # (an empty command moves nothing)
                     finish()
@@ -566,7 +581,7 @@ class DmaEngine(wiring.Component):
                 with m.Elif(waiting):
                     pass
                 with m.Elif(self.xl_stale):
-                    m.d.sync += int_ref.eq(cur_ref)
+                    m.d.sync += int_ref.eq(cur_hi[:R])
                     m.next = "XLATE"  # never issue a burst with a translation that is stale
                 with m.Elif(~self.xl_ok):
                     finish(self.xl_fault, FA_BURST)  # no address goes out

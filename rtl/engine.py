@@ -329,8 +329,8 @@ class RingEngine(wiring.Component):
         # sector + D / 512 <= the disk's sectors.
         def in_range(total, rest, sector):
             dsec = total[9:]
-            fits = Signal(cs + 2, name="sum_sectors")
-            m.d.comb += fits.eq(sector[:cs] + dsec[:cs])
+            fits = sector[:cs] + dsec[:cs]  # (an expression: a comb signal here would be gated
+            # by the state that calls this)
             return ((total[:9] == rest) & (dsec[cs:] == 0) & (sector[cs:] == 0)
                     & (fits <= cap_sectors))
 
@@ -377,11 +377,13 @@ class RingEngine(wiring.Component):
             # POLL_CHECK registers what the avail index says, POLL_ACT acts on it.
             poll_bad = Signal()
             poll_none = Signal()
+            # Values only some states use are computed outside the FSM: a comb assignment inside
+            # a state would AND every bit with the state.
+            pending = Signal(16)
+            m.d.comb += pending.eq(cap_idx - last_avail)
             with state("POLL_CHECK"):
                 load()
                 command(**HEAD_READ)
-                pending = Signal(16)
-                m.d.comb += pending.eq(cap_idx - last_avail)
                 m.d.sync += [avail_idx.eq(cap_idx), no_irq.eq(cap[0]), idx.eq(cap_idx),
                              poll_bad.eq(at_least(pending, qnum + 1)),
                              poll_none.eq(pending == 0)]
@@ -446,20 +448,22 @@ class RingEngine(wiring.Component):
             chain_full = Signal()  # ... or the next descriptor would be number N + 1
             hdr_len = Signal(5)  # the first header piece
             hdr_ends = Signal()  # ... ends its descriptor
+            # The cache's address and data do not depend on the state (only its enable does):
+            # no gate in front of each data bit.
+            m.d.comb += [
+                cache_wr.addr.eq(count),
+                cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
+                cache_wr.data.last.eq(desc_f.len - 1),
+            ]
+            lo_end = Signal(33)
+            new_acc = Signal(33)
+            m.d.comb += [lo_end.eq(desc_f.addr[:32] + desc_f.len), new_acc.eq(acc + desc_f.len)]
             with state("DESC_CHECK"):
                 d_write = desc_f.flags[1]
                 nonempty = desc_f.len != 0
-                lo_end = Signal(33)
-                new_acc = Signal(33)
-                m.d.comb += [lo_end.eq(desc_f.addr[:32] + desc_f.len),
-                             new_acc.eq(acc + desc_f.len)]
                 # addr + len > 2^64, with a 32-bit carry chain
                 wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & lo_end[32] & (lo_end[:32] != 0)
-                m.d.comb += [
-                    cache_wr.addr.eq(count), cache_wr.en.eq(nonempty),
-                    cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
-                    cache_wr.data.last.eq(desc_f.len - 1),
-                ]
+                m.d.comb += cache_wr.en.eq(nonempty)  # (address and data: below, always)
                 with m.If(desc_f.flags[0]):
                     load()  # the next descriptor
                 with m.Else():
@@ -529,6 +533,12 @@ class RingEngine(wiring.Component):
             # The next piece's address and length, if there is one (pf is the next descriptor
             # then, from the third cycle of the wait on; the wait lasts at least that long).
             hlen_next = Signal(5)
+            hlen_ends_next = Signal()
+            need = Signal(5)
+            m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
+            short_h = (pf_len[5:] == 0) & (pf_len[:5] < need)
+            m.d.comb += [hlen_next.eq(Mux(short_h, pf_len[:5], need)),
+                         hlen_ends_next.eq((pf_len[5:] == 0) & (pf_len[:5] <= need))]
             hlen_ends = Signal()  # the next header piece ends its descriptor
 
             def before_hdr():
@@ -539,12 +549,7 @@ class RingEngine(wiring.Component):
                 with m.If(hdr_last):
                     m.d.sync += [cont_next.eq(~piece_ends), split_rem.eq(pf_len[:lbits + 1] - take),
                                  split_big.eq(pf_len[lbits + 1:] != 0)]
-                need = Signal(5)
-                m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
-                short = (pf_len[5:] == 0) & (pf_len[:5] < need)
-                m.d.comb += hlen_next.eq(Mux(short, pf_len[:5], need))
-                m.d.sync += [hlen.eq(hlen_next),
-                             hlen_ends.eq((pf_len[5:] == 0) & (pf_len[:5] <= need))]
+                m.d.sync += [hlen.eq(hlen_next), hlen_ends.eq(hlen_ends_next)]
             wait("HDR_WAIT", after_hdr_piece, before=before_hdr)
 
             with state("HDR_PIECE"):  # pf: the next cached descriptor, never empty
@@ -625,14 +630,17 @@ class RingEngine(wiring.Component):
 
             # The next data piece: what is left of its descriptor, at most the remaining data.
             plen_next = Signal(lbits)
+            p_short = Signal()
+            # what is left of the descriptor: its low bits, and whether more than they say
+            avail_len = Mux(cont_next, split_rem, pf_len[:lbits + 1])
+            big = Mux(cont_next, split_big, pf_len[lbits + 1:] != 0)
+            m.d.comb += [
+                p_short.eq(~big & ~avail_len[lbits] & (avail_len[:lbits] < remaining)),
+                plen_next.eq(Mux(p_short, avail_len[:lbits], remaining)),
+            ]
 
             def next_piece_len():
-                # what is left of the descriptor: its low bits, and whether more than they say
-                avail_len = Mux(cont_next, split_rem, pf_len[:lbits + 1])
-                big = Mux(cont_next, split_big, pf_len[lbits + 1:] != 0)
-                short = ~big & ~avail_len[lbits] & (avail_len[:lbits] < remaining)
-                m.d.comb += plen_next.eq(Mux(short, avail_len[:lbits], remaining))
-                m.d.sync += [plen.eq(plen_next), plen_last.eq(~short)]
+                m.d.sync += [plen.eq(plen_next), plen_last.eq(~p_short)]
 
             def data_command():
                 command(write=dir_write, length=plen_next, disk=to_disk, dpos=dpos)
@@ -706,15 +714,11 @@ class RingEngine(wiring.Component):
             wait("DATA_WAIT", after_data_piece, before=before_data)
 
             # ---- steps 3.6 to 3.9: status, used element, used index -------------------------
-            # The payload of a write from the scratch is held until the command is done.
-            def payload(value):
-                return lambda: m.d.comb.__iadd__(self.payload.eq(value))
-
+            # The payload of a write from the scratch (held until the command is done): see
+            # below the FSM.
             with state("STATUS"):
-                payload(blk_status)()
                 issue("STATUS_WAIT")
             def before_status_wait():
-                payload(blk_status)()
                 command(**DRAIN)
             wait("STATUS_WAIT", goto("DRAIN_DATA"), before=before_status_wait)
             with state("DRAIN_DATA"):  # no used element for data that did not arrive
@@ -729,15 +733,12 @@ class RingEngine(wiring.Component):
                 command(**USED_WRITE)
             wait("DRAIN_DATA_WAIT", goto("USED"), before=before_drain_data)
 
-            used_elem = Cat(head, Const(0, 16), used_len)
             with state("USED"):
-                payload(used_elem)()
                 m.d.comb += ring_uidx.eq(1)
                 operand(XS_USED, Y_REG)  # USED_WAIT's: the used index
                 issue("USED_WAIT")
 
             def before_used_wait():
-                payload(used_elem)()
                 m.d.comb += ring_uidx.eq(1)
                 load()
                 operand(XS_USED, Y_REG)
@@ -747,10 +748,8 @@ class RingEngine(wiring.Component):
             next_used = Signal(16)
             m.d.comb += next_used.eq(used_idx + 1)
             with state("USED_IDX"):
-                payload(next_used)()
                 issue("USED_IDX_WAIT")
             def before_uidx_wait():
-                payload(next_used)()
                 command(**DRAIN)
             wait("USED_IDX_WAIT", goto("DRAIN_USED"), before=before_uidx_wait)
 
@@ -791,6 +790,13 @@ class RingEngine(wiring.Component):
                 pass
 
         one_hot(fsm)
+        # The payload: the used element (id, len), whose low 16 bits are the status byte or the
+        # used index in the states that write those (their commands strobe only those bytes).
+        # Not gated by the states: only the low 16 bits need a select.
+        low16 = Mux(fsm.ongoing("USED") | fsm.ongoing("USED_WAIT"), head,
+                    Mux(fsm.ongoing("USED_IDX") | fsm.ongoing("USED_IDX_WAIT"), next_used,
+                        blk_status))
+        m.d.comb += self.payload.eq(Cat(low16, Const(0, 16), used_len))
         with m.If(self.notify):
             m.d.sync += kick.eq(1)
         with m.If(self.dev_reset):
