@@ -571,6 +571,8 @@ class RingEngine(wiring.Component):
             ok_out = Signal()
             sector_base = Signal(lbits)
             id_len = Signal(5)  # GET_ID: min(20, Wr - 1)
+            no_in_data = Signal()  # Wr = 1: only the status byte is writable
+            no_out_data = Signal()  # R = 16: only the header is readable
             with state("DECODE"):
                 req_type = cap[:32]
                 sector = cap[64:128]
@@ -582,6 +584,8 @@ class RingEngine(wiring.Component):
                     ok_in.eq(in_range(wr_bytes, 1, sector)),
                     ok_out.eq(in_range(r_bytes, spec.BLK_HEADER_BYTES, sector)),
                     sector_base.eq(sector[:cs] << 9),
+                    no_in_data.eq(wr_bytes == 1),
+                    no_out_data.eq(r_bytes == spec.BLK_HEADER_BYTES),
                     id_len.eq(Mux((wr_bytes[5:] != 0)
                                   | (wr_bytes[:5] > spec.VIRTIO_BLK_ID_BYTES),
                                   spec.VIRTIO_BLK_ID_BYTES, wr_bytes[:5] - 1)),
@@ -596,9 +600,9 @@ class RingEngine(wiring.Component):
             with state("DISPATCH"):
                 m.d.sync += [blk_status.eq(spec.VIRTIO_BLK_S_OK), used_len.eq(1),
                              dpos.eq(sector_base), to_disk.eq(1), dir_write.eq(1)]
-                move_in = t_in & ok_in & (wr_bytes != 1)
-                move_out = t_out & ok_out & (r_bytes != spec.BLK_HEADER_BYTES)
-                move_id = t_get_id & (wr_bytes != 1)
+                move_in = t_in & ok_in & ~no_in_data  # (flags registered in DECODE: no wide
+                move_out = t_out & ok_out & ~no_out_data  # compare before the operand select)
+                move_id = t_get_id & ~no_in_data
                 with m.If(t_in & ok_in):
                     m.d.sync += used_len.eq(wr_bytes)
                 with m.If(t_get_id):
