@@ -68,7 +68,8 @@ class TranslationUnit(wiring.Component):
         The ``resp_*`` registers took a new answer at the start of this cycle.
     resp_fault, resp_ok, resp_frame, resp_mode : Out
         ``resp_fault`` is 0 or the cause of the first failing check, against ``handle_mode``
-        and ``domid`` as they were two cycles after the request, and ``resp_ok`` is
+        and ``domid`` as they were in the check's cycle (two after the table read, one after
+        ``keep``), and ``resp_ok`` is
         ``resp_fault == 0`` (a flip-flop of its own); ``resp_frame`` is the entry's
         frame (meaningful when ``resp_fault`` is 0 and ``resp_mode`` is 1); ``resp_mode`` is
         the mode the check was made in (0: GPA mode, the address passes through).
