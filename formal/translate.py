@@ -10,17 +10,20 @@ contract and not from the RTL:
   ``GTF_permit_access`` for the configured domain, and not ``GTF_readonly`` for a device write;
 * **no false success**: when that check fails the response carries a fault, and the fault is
   the cause of the first failing check (1 to 5, in the contract's order);
-* the physical address of a success is ``frame << 12 | offset``; in GPA mode the address passes
-  through without a fault;
-* exactly one response, two cycles after each request (the entry is registered out of the
-  block RAM, then checked against the configuration of the response cycle).
+* a success answers the entry's frame (the DMA engine forms ``frame << 12 | offset``); in GPA
+  mode the address passes through (no fault, ``resp_mode`` 0);
+* exactly one answer, two cycles after each ``keep`` (three after the table read: the entry is
+  registered out of the block RAM, then checked, and the verdict registered), checked
+  against the configuration of the check's cycle;
+* the answer is stale exactly when its entry was written from the read to the check (in
+  handle mode), or the configuration in the check's cycle (grant revocation).
 
 "The entry read for it" is what the unit's own privileged read port (``tbl_addr`` ->
 ``tbl_rdata``, one cycle, the hypervisor's view of ``GRANT[ref]``) shows for that reference, in
 one of two ways; the inputs are free, so for every lookup some trace observes it:
 
-* *same cycle*: the privileged port addresses the looked-up entry in the lookup's cycle (a table
-  write in that cycle, to that entry, must not be seen by the lookup);
+* *same cycle*: the privileged port addresses the looked-up entry in the table read's cycle (a
+  table write in that cycle, to that entry, must not be seen by the lookup);
 * *cycle before*: the privileged port read the entry in the cycle before the lookup, with no
   table write in that cycle; in the lookup's cycle the privileged address and any table write
   (to any entry) are free. This catches a lookup port wired to the wrong address, or a write to
@@ -80,25 +83,27 @@ class TranslationHarness(Elaboratable):
         bits = dut.ref_bits
 
         # Every input free in every cycle.
-        for sig in (dut.handle_mode, dut.domid, dut.req_valid, dut.req_vaddr, dut.req_write,
-                    dut.tbl_addr, dut.tbl_wdata, dut.tbl_wen):
+        for sig in (dut.handle_mode, dut.domid, dut.cfg_changed, dut.req_ref, dut.req_high,
+                    dut.req_handle, dut.req_write, dut.keep, dut.tbl_addr, dut.tbl_wdata,
+                    dut.tbl_wen):
             m.d.comb += sig.eq(AnySeq(len(sig)))
 
-        ref = dut.req_vaddr[spec.PAGE_SHIFT:63]
-        # What the harness knows of the request one cycle later (``h_``) and two cycles later
-        # (``q_``, when the response is due).
-        h_valid = Signal()
-        h_vaddr = Signal(64)
-        h_write = Signal()
-        h_checked = Signal()  # the entry of this lookup is known to the harness
-        h_entry = Signal(64)
-        m.d.sync += [h_valid.eq(dut.req_valid), h_vaddr.eq(dut.req_vaddr),
-                     h_write.eq(dut.req_write)]
+        def written(ref):
+            return (dut.tbl_wen != 0) & (dut.tbl_addr == ref)
 
+        # A lookup: the table read at req_ref in cycle r; in r + 1 keep and the request's other
+        # fields; the answer in r + 3. What the harness knows of it in r + 1 (``h_``), r + 2
+        # (``q_``) and r + 3 (``z_``, when the answer is due).
+        ref = dut.req_ref
+        h_ref = Signal(bits)
+        h_checked = Signal()  # the entry of this read is known to the harness
+        h_entry = Signal(64)
+        h_wr = Signal()  # its entry was written in the read's cycle
+        m.d.sync += [h_ref.eq(ref), h_wr.eq(written(ref))]
         if self.observe == "same":
             # The privileged port reads GRANT[tbl_addr] with a one-cycle latency: when it
-            # names the looked-up entry in the lookup's cycle, tbl_rdata is that entry.
-            m.d.sync += h_checked.eq(dut.req_valid & (dut.tbl_addr == ref))
+            # names the looked-up entry in the read's cycle, tbl_rdata is that entry.
+            m.d.sync += h_checked.eq(dut.tbl_addr == ref)
             m.d.comb += h_entry.eq(dut.tbl_rdata)
         else:
             # Last cycle the privileged port read GRANT[p_addr] and nothing was written:
@@ -106,28 +111,36 @@ class TranslationHarness(Elaboratable):
             p_addr = Signal(bits)
             p_read = Signal()
             m.d.sync += [p_addr.eq(dut.tbl_addr), p_read.eq(dut.tbl_wen == 0)]
-            m.d.sync += [h_checked.eq(dut.req_valid & p_read & (p_addr == ref)),
-                         h_entry.eq(dut.tbl_rdata)]
+            m.d.sync += [h_checked.eq(p_read & (p_addr == ref)), h_entry.eq(dut.tbl_rdata)]
 
-        q_valid = Signal()
-        q_vaddr = Signal(64)
-        q_write = Signal()
-        q_checked = Signal()
+        q_valid, q_checked, q_high, q_handle, q_write, q_wr = (Signal() for _ in range(6))
+        q_ref = Signal(bits)
         q_entry = Signal(64)
-        m.d.sync += [q_valid.eq(h_valid), q_vaddr.eq(h_vaddr), q_write.eq(h_write),
-                     q_checked.eq(h_checked), q_entry.eq(h_entry)]
+        m.d.sync += [q_valid.eq(dut.keep), q_checked.eq(h_checked), q_entry.eq(h_entry),
+                     q_ref.eq(h_ref), q_high.eq(dut.req_high), q_handle.eq(dut.req_handle),
+                     q_write.eq(dut.req_write), q_wr.eq(h_wr | written(h_ref))]
+        z_valid, z_checked, z_high, z_handle, z_write, z_hm, z_stale = (Signal()
+                                                                      for _ in range(7))
+        z_ref = Signal(bits)
+        z_entry = Signal(64)
+        z_domid = Signal(16)
+        m.d.sync += [z_valid.eq(q_valid), z_checked.eq(q_checked), z_entry.eq(q_entry),
+                     z_ref.eq(q_ref), z_high.eq(q_high), z_handle.eq(q_handle),
+                     z_write.eq(q_write), z_hm.eq(dut.handle_mode), z_domid.eq(dut.domid),
+                     # stale: its entry written from the read to the check (handle mode), or
+                     # the configuration in the check's cycle (the check saw the old one)
+                     z_stale.eq(dut.cfg_changed
+                                | (dut.handle_mode & (q_wr | written(q_ref))))]
 
         # The contract, from docs/architecture.md ("Handles and translation").
-        entry = GrantEntry(q_entry)
-        q_ref = q_vaddr[spec.PAGE_SHIFT:63]
-        hm = dut.handle_mode
-        in_table = q_ref < self.entries
+        entry = GrantEntry(z_entry)
+        in_table = ~z_high & (z_ref < self.entries)
         permit = entry.flags[0:2] == spec.GTF_permit_access
-        our_domain = entry.domid == dut.domid
-        write_ok = ~(q_write & entry.flags[2])
-        granted = q_vaddr[63] & in_table & permit & our_domain & write_ok
+        our_domain = entry.domid == z_domid
+        write_ok = ~(z_write & entry.flags[2])
+        granted = z_handle & in_table & permit & our_domain & write_ok
         cause = Signal(4)
-        with m.If(~q_vaddr[63]):
+        with m.If(~z_handle):
             m.d.comb += cause.eq(spec.FAULT_NOT_HANDLE)
         with m.Elif(~in_table):
             m.d.comb += cause.eq(spec.FAULT_REF_RANGE)
@@ -138,23 +151,27 @@ class TranslationHarness(Elaboratable):
         with m.Elif(~write_ok):
             m.d.comb += cause.eq(spec.FAULT_READONLY)
 
-        # One response exactly two cycles after each request (for every lookup, checked or not).
-        m.d.comb += Assert(dut.resp_valid == q_valid, "a response two cycles after each request")
+        new = dut.resp_new
+        # One answer exactly two cycles after each keep (for every lookup, checked or not).
+        m.d.comb += Assert(new == z_valid, "an answer two cycles after each keep")
+        with m.If(new):
+            m.d.comb += Assert(dut.resp_ok == (dut.resp_fault == 0), "resp_ok")
+            m.d.comb += Assert(dut.resp_mode == z_hm, "the mode of the check")
+            m.d.comb += Assert(dut.resp_stale == z_stale,
+                               "stale exactly when the entry or the configuration changed")
         # A reference outside the table faults whatever the entry.
-        with m.If(dut.resp_valid & hm & q_vaddr[63] & ~in_table):
+        with m.If(new & z_hm & z_handle & ~in_table):
             m.d.comb += Assert(dut.resp_fault == spec.FAULT_REF_RANGE, "reference outside")
-        with m.If(dut.resp_valid & hm & ~q_vaddr[63]):
+        with m.If(new & z_hm & ~z_handle):
             m.d.comb += Assert(dut.resp_fault == spec.FAULT_NOT_HANDLE, "not a handle")
-        with m.If(dut.resp_valid & ~hm):
-            m.d.comb += Assert((dut.resp_fault == 0) & (dut.resp_paddr == q_vaddr),
-                               "GPA mode passes the address through")
-        with m.If(dut.resp_valid & hm & q_checked):
+        with m.If(new & ~z_hm):
+            m.d.comb += Assert(dut.resp_fault == 0, "GPA mode passes the address through")
+        with m.If(new & z_hm & z_checked):
             # Isolation: no address leaves the unit unless the entry read for it grants it.
             with m.If(dut.resp_fault == 0):
                 m.d.comb += Assert(granted, "isolation: success only for a granted access")
-                m.d.comb += Assert(dut.resp_paddr == ((entry.frame << spec.PAGE_SHIFT)
-                                                      | q_vaddr[:spec.PAGE_SHIFT]),
-                                   "physical address = frame << 12 | offset")
+                m.d.comb += Assert(dut.resp_frame == entry.frame,
+                                   "the frame of the granted entry")
             # A failed check never comes as a success, and names the first failing check.
             with m.If(~granted):
                 m.d.comb += Assert(dut.resp_fault != 0, "no success for a failed check")
@@ -164,12 +181,14 @@ class TranslationHarness(Elaboratable):
 
         # Non-vacuity: every outcome is reachable (on an observed lookup where the entry
         # matters; causes 1 and 2 are asserted for every lookup).
-        done = dut.resp_valid & q_checked
-        m.d.comb += Cover(done & hm & (dut.resp_fault == 0) & q_write, "granted write")
+        done = new & z_checked
+        m.d.comb += Cover(done & z_hm & (dut.resp_fault == 0) & z_write, "granted write")
         for c in range(spec.FAULT_NOT_HANDLE, spec.FAULT_READONLY + 1):
-            seen = dut.resp_valid if c <= spec.FAULT_REF_RANGE else done
-            m.d.comb += Cover(seen & hm & (dut.resp_fault == c), f"fault cause {c}")
-        m.d.comb += Cover(dut.resp_valid & ~hm, "GPA pass-through")
+            seen = new if c <= spec.FAULT_REF_RANGE else done
+            m.d.comb += Cover(seen & z_hm & (dut.resp_fault == c), f"fault cause {c}")
+        m.d.comb += Cover(new & ~z_hm, "GPA pass-through")
+        m.d.comb += Cover(done & z_hm & (dut.resp_fault == 0) & dut.resp_stale,
+                          "a granted answer made stale by a table write")
         return m
 
 
@@ -267,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--entries", type=int, nargs="*", default=None,
                     help="table sizes (default: 1024 and 12, a size that is not a power of two)")
     ap.add_argument("--prove-depth", type=int, default=5)
-    ap.add_argument("--cover-depth", type=int, default=5)
+    ap.add_argument("--cover-depth", type=int, default=8)
     ap.add_argument("--tasks", nargs="*",
                     default=["prove_same", "prove_before", "cover_same", "cover_before"])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -168,6 +168,9 @@ class _Scheduler:
     """docs/timing.md, section by section. ``t`` is always "the cycle in which the ring engine
     is in the state that issues the next command"."""
 
+    W_LATENCY = 4  # a write beat leaves on the W channel this many cycles after it enters
+    LOOKUP = 3  # a page's lookup answers this many cycles after the address handshake
+
     def __init__(self, data_width: int, latency: int) -> None:
         self.width = data_width
         self.L = latency
@@ -175,11 +178,16 @@ class _Scheduler:
         self.last_b = -1  # cycle of the latest write response
         self.outstanding: list[int] = []  # response cycles of posted writes
 
+    @staticmethod
+    def _ends_page(txn: Transaction) -> bool:
+        # a burst's page offset is the same virtually and physically
+        return (txn.addr + txn.nbytes) % spec.PAGE_SIZE == 0
+
     # DMA commands: accepted in cycle a; return the cycle of `done`.
     def read(self, a: int, txns: list[Transaction]) -> int:
         t = a
         for txn in txns:
-            ar = t + 2  # ADDR, then the address handshake
+            ar = t + 2  # ADDR, then ISSUE with the address handshake
             beats = txn.beats(self.width)
             self.out.handshakes.append(Handshake("R", txn.addr, beats, ar))
             t = ar + self.L + beats  # the last beat; the next burst's ADDR follows
@@ -187,18 +195,22 @@ class _Scheduler:
 
     def write(self, a: int, txns: list[Transaction]) -> int:
         t = a
-        for txn in txns:
-            aw = t + 2
+        ready = 0  # the earliest address cycle the next burst's translation allows
+        for i, txn in enumerate(txns):
+            aw = max(t + 2, ready)
             beats = txn.beats(self.width)
             self.out.handshakes.append(Handshake("W", txn.addr, beats, aw))
             self.outstanding = [b for b in self.outstanding if b >= aw]
             if len(self.outstanding) >= 8:
                 raise ValueError("more than 8 posted writes: outside the model's scope")
-            last_w = aw + 2 + beats  # beat j goes out at aw + 3 + j
+            # beat j enters the write pipeline at aw + j and leaves at aw + W_LATENCY + j
+            last_w = aw + self.W_LATENCY + beats - 1
             b = last_w + 1 + self.L
             self.outstanding.append(b)
             self.last_b = max(self.last_b, b)
             t = aw + beats - 1  # the last beat enters the write pipeline (done)
+            if i + 1 < len(txns) and self._ends_page(txn):
+                ready = aw + self.LOOKUP  # the next page is looked up in this handshake
         return t
 
     def drain(self, a: int) -> int:
@@ -212,12 +224,10 @@ class _Scheduler:
             t = d + 2  # POLL_CHECK, then POLL_ACT issues the head read or goes idle
             if not rnd.requests:
                 self.out.idle = t + 1
-            for i, req in enumerate(rnd.requests):
+            for req in rnd.requests:
                 d = self.request(t, req)
-                self.out.irqs.append(d + 1)
+                self.out.irqs.append(d + 2)  # the registered pulse, then InterruptStatus
                 t = d + 1  # HEAD (next entry) or QCHECK (next round) issues
-                if i == len(rnd.requests) - 1:
-                    t = d + 1  # QCHECK issues the next poll in the same cycle
         return self.out
 
     def request(self, t: int, req: _Request) -> int:
@@ -230,34 +240,49 @@ class _Scheduler:
             a = next(acc)
             assert a.step == "desc", a.step
             d = self.read(t, a.txns)
-            t = d + 2  # DESC_CHECK, then DESC_NEXT issues the next one or ends the walk
-        t += 1  # HDR_PIECE
+            # DESC_CHECK, then DESC_NEXT issues the next descriptor read or the header's
+            # first piece
+            t = d + 2
         # pass 2 sees only the non-empty descriptors (empty ones are not cached)
         descs = [x for x in req.descs if x.len]
-        k, got = 0, 0
+        k, got, ends = 0, 0, False
         while True:
             take = min(descs[k].len, spec.BLK_HEADER_BYTES - got)
             a = next(acc)
             assert a.step == "hdr", a.step
             d = self.read(t, a.txns)
             got += take
-            t = d + 1
+            t = d + 1  # HDR_PIECE issues the next piece
             if got == spec.BLK_HEADER_BYTES:
-                k, off = (k + 1, 0) if take == descs[k].len else (k, take)
+                ends = take == descs[k].len
                 break
             k += 1
-        t += 2  # DECODE, DISPATCH
+        # The cached descriptor in the prefetch register after the header: the one after the
+        # header's last piece if that piece ends its descriptor, else that descriptor.
+        pf = k + 1 if ends else k
+        n_readable = sum(1 for x in descs if not x.writable)
+        write = req.req_type != spec.VIRTIO_BLK_T_OUT
+        if req.goal and write:
+            need = n_readable  # IN, GET_ID: the first device-writable descriptor
+        elif req.goal:
+            need = pf  # OUT: the data follows the header
+        else:
+            need = len(descs) - 1  # the status byte's
+        t += 3  # DECODE, DISPATCH, ROUTE
+        if need != pf:
+            t += 2  # FETCH, ROUTE_FETCHED
         if req.goal:
-            write = req.req_type != spec.VIRTIO_BLK_T_OUT
             if write:
-                k, off = sum(1 for x in descs if not x.writable), 0
+                k, off = n_readable, 0
+            else:
+                k, off = (k, take) if not ends else (k + 1, 0)
             moved = 0
             while moved < req.goal:  # DATA_PIECE
-                take = min(descs[k].len - off, req.goal - moved)
+                piece = min(descs[k].len - off, req.goal - moved)
                 a = next(acc)
                 assert a.step == "data", a.step
                 d = self.write(t, a.txns) if write else self.read(t, a.txns)
-                moved += take
+                moved += piece
                 k, off, t = k + 1, 0, d + 1
         a = next(acc)
         assert a.step == "status", a.step

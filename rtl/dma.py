@@ -1,129 +1,158 @@
 """DMA engine: virtual accesses in, translated AXI4 bursts out.
 
 A command is "read (or write) ``len`` bytes at virtual address ``vaddr``", with the local end of
-the transfer being either the RAM disk (at byte ``dpos``) or the 32-byte scratch buffer
-``sbuf`` of the ring engine (at byte ``dpos``), or a *drain*: wait until every posted write has
-its response. The engine splits an access as ``docs/architecture.md`` ("Bus transactions")
-specifies: one translation per 4 KiB page, one INCR burst per ``spec.burst_bytes(data_width)``
-window. Its cycle-level behaviour is ``docs/timing.md``; in short:
+the transfer being the RAM disk (at byte ``dpos``) or the ring engine's scratch (at byte
+``dpos``: the 16-byte capture register for reads, the payload or the device serial for writes),
+or a *drain*: wait until every posted write has its response. The engine splits an access as
+``docs/architecture.md`` ("Bus transactions") specifies: one translation per 4 KiB page, one INCR
+burst per ``spec.burst_bytes(data_width)`` window. Its cycle-level behaviour is
+``docs/timing.md``; in short:
 
-* the table lookup of a command's first page is issued in the cycle the command is accepted,
-  and the lookup of the next page in the cycle the previous burst ends, so a lookup never
-  adds a cycle to an access (the answer is registered in the ``ADDR`` cycle that every burst
-  has in both modes, and a failed check ends the command in the next cycle instead of the
-  address handshake: no valid is raised with it);
+* the ring engine presents the address of its next command one cycle before it hands the command
+  over (``pre_*``); the translation unit reads the table then, and the engine *keeps* that
+  lookup when it accepts the command, so that the registered verdict is there in the burst's
+  address cycle, two cycles after the accept. The next page of a command is looked up in the
+  cycle of the address handshake of the burst that ends the page;
 * reads are one burst at a time; ``done`` pulses with the last beat;
 * writes are *posted*: ``done`` pulses once the last beat has entered the write pipeline and the
   address has been accepted; responses are collected in the background and a drain command
   reports the first one that failed.
 
-Bytes travel at any alignment at one bus beat per cycle: a beat's valid lanes are rotated to
-their disk lanes (reads) or from them (writes) by ``(dpos - lane) mod W``.
+Bytes travel at any alignment at one bus beat per cycle. Within a command a bus byte and its
+local byte are always the same distance apart, so the lane rotation between them, the lanes of
+the first and last beat and the local word of each beat are fixed when the command is accepted:
+no per-beat byte arithmetic. One rotator serves both directions: a read's beats and a write's
+beats are never in flight together (reads wait for every posted write's response).
 """
 
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import exact_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from models import spec
 
 from .axi import BURST_INCR, RESP_OKAY, AXI4Signature
-from .params import check_data_width
+from .fifo import BlockRAMFIFO
+from .params import check_data_width, check_disk_bytes, one_hot
+from .translate import lookup_fields
 
-__all__ = ["MAX_POSTED_WRITES", "SBUF_BYTES", "DmaEngine"]
+__all__ = ["CAP_BYTES", "MAX_POSTED_WRITES", "DmaEngine", "local_bits"]
 
-SBUF_BYTES = 32
+CAP_BYTES = 16  # the ring engine's capture register (a descriptor, the request header)
 MAX_POSTED_WRITES = 8  # write bursts whose response may be outstanding at once
-W_FIFO_DEPTH = 4
+W_FIFO_DEPTH = 8  # beats in S1, S2 and the W FIFO (block RAM: two cycles from in to out)
 
 
-def _at_most(value, limit):
-    """``min(value, limit)``: a beat carries at most ``limit`` bytes."""
-    return Mux(value < limit, value, limit)
+def local_bits(disk_bytes: int) -> int:
+    """Width of a command's length and local position: a command moves at most the whole disk
+    (a data piece is at most the request's data, which fits the disk) or 20 scratch bytes."""
+    return max(6, ceil_log2(disk_bytes + 1))
 
 
-def _rotl_bytes(value, amount, nbytes):
-    """Rotate ``value`` (``nbytes`` bytes) left by ``amount`` bytes: byte l <- byte l - amount."""
-    both = Cat(value, value)
-    return (both << (amount * 8))[nbytes * 8:2 * nbytes * 8]
-
-
-def _rotr_bytes(value, amount, nbytes):
-    """Rotate ``value`` right by ``amount`` bytes: byte l <- byte l + amount."""
-    both = Cat(value, value)
-    return (both >> (amount * 8))[:nbytes * 8]
+def _rotl_lanes(lanes: list, amount, n: int) -> list:
+    """Rotate a list of ``n`` equal-width lane values left by ``amount`` lanes (lane ``l`` gets
+    lane ``l - amount``), as ``log2(n)`` stages of 2:1 multiplexers."""
+    for stage in range(exact_log2(n)):
+        step = 1 << stage
+        lanes = [Mux(amount[stage], lanes[(lane - step) % n], lanes[lane]) for lane in range(n)]
+    return lanes
 
 
 class DmaEngine(wiring.Component):
-    """Translated DMA between guest memory (``m_axi``) and the RAM disk or scratch buffer.
+    """Translated DMA between guest memory (``m_axi``) and the RAM disk or scratch.
 
     Parameters
     ----------
     data_width : int
         ``m_axi`` data width: 32, 64 or 128.
-    disk_word_bits : int
-        Width of a RAM disk word index.
+    disk_bytes : int
+        RAM disk size (a multiple of ``2 * data_width / 8``).
+    ref_bits : int
+        Width of a grant table index.
 
     Members
     -------
+    pre_vaddr, pre_hold, pre_cont : In
+        The address of the command the ring engine may hand over in the next cycle (``pre_hold``:
+        it is ``cmd_vaddr`` already; ``pre_cont``: it continues where the last command ended).
+        Looked up in the translation unit when the engine is idle or ending a command.
     cmd_* : In
-        A command is taken in a cycle with ``cmd_valid`` and ``cmd_ready``. ``cmd_drain``
-        makes it a drain (the other fields are ignored).
-    done, fault, fault_addr : Out
+        A command is taken in a cycle with ``cmd_valid`` and ``cmd_ready``; ``cmd_vaddr`` must
+        be the ``pre_vaddr`` of the cycle before (or ``cmd_cont`` and ``pre_cont`` both set).
+        ``cmd_drain`` makes it a drain (the other fields are ignored); ``cmd_disk`` selects the
+        RAM disk (else the scratch) at byte ``cmd_dpos``.
+    done, fault, failed : Out
         ``done`` pulses for one cycle when the command ends (see the module docstring); ``fault``
-        is then 0 or the fault cause, ``fault_addr`` the virtual address (translation faults)
-        or the physical address (bus errors; for a drain, the first failed write).
+        is then 0 or the fault cause, and ``failed`` is ``fault != 0``.
+    r_last_beat : Out
+        The last beat of a read burst arrives (the ``done`` of a one-burst read, unless it
+        fails): one gate from the bus, for decisions that cannot wait for ``done``.
+    fault_addr : Out
+        In the cycle after a ``done`` with a fault: the virtual address where the access stopped
+        (translation faults) or the physical address (bus errors; for a drain, the first failed
+        write). Otherwise, while idle: ``cmd_vaddr`` of the cycle before, which the ring engine
+        uses to report its own faults' values through the same register.
     xlate : Out
-        Pulses once per table lookup (statistics).
+        Pulses once per table lookup used in handle mode (statistics).
     abort : In
         Device reset: end the command at the next burst boundary (no further burst starts).
-    tbl_changed, tbl_ref, cfg_changed : In
-        Grant entry ``tbl_ref`` was written; the mode or the domain was written. A translation
-        that may have changed is looked up again before the next burst (grant revocation,
-        ``HV_SYNC``).
+    xl_* :
+        The translation unit (:class:`~rtl.translate.TranslationUnit`).
     inflight, burst_done : Out
         Number of bus transactions issued (or being issued) and not completed; one of them
         completes this cycle. Completions come in issue order.
     busy : Out
         A command or a posted write is in progress.
+    cap_we, cap_wdata : Out
+        Byte writes into the ring engine's capture register (reads to the scratch).
+    payload, serial : In
+        The source of a write from the scratch: the device serial (``spec.DEVICE_SERIAL``,
+        zero-padded) when ``serial``, else ``payload`` (at most 8 bytes). Sampled while the
+        command's beats enter the write pipeline (until its ``done``).
     """
 
-    def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH, disk_word_bits: int,
-                 ref_bits: int = 51, id_width: int = 4):
+    def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH,
+                 disk_bytes: int = spec.DEFAULT_DISK_BYTES, ref_bits: int = 10,
+                 id_width: int = 4):
         self._data_width = check_data_width(data_width)
+        check_disk_bytes(disk_bytes, data_width)
         lanes = data_width // 8
-        self._disk_word_bits = disk_word_bits
+        self._disk_words = disk_bytes // lanes
+        self._word_bits = max(1, ceil_log2(self._disk_words))
         self._ref_bits = ref_bits
-        # byte positions on the disk (one more bit: a position may be the disk's end) or in
-        # the scratch buffer
-        self._dpos_bits = max(6, disk_word_bits + exact_log2(lanes) + 1)
+        self._len_bits = local_bits(disk_bytes)
         super().__init__({
-            "handle_mode": In(1),
             "abort": In(1),
-            "tbl_changed": In(1),
-            "tbl_ref": In(ref_bits),
-            "cfg_changed": In(1),
             "inflight": Out(range(MAX_POSTED_WRITES + 3)),
             "burst_done": Out(1),
+            "busy": Out(1),
+            "pre_vaddr": In(64), "pre_hold": In(1), "pre_cont": In(1),
             "cmd_valid": In(1), "cmd_ready": Out(1), "cmd_write": In(1), "cmd_drain": In(1),
-            "cmd_vaddr": In(64), "cmd_len": In(32), "cmd_disk": In(1), "cmd_dpos": In(32),
-            "done": Out(1), "fault": Out(4), "fault_addr": Out(64), "busy": Out(1),
+            "cmd_cont": In(1), "cmd_vaddr": In(64), "cmd_len": In(self._len_bits),
+            "cmd_disk": In(1), "cmd_dpos": In(self._len_bits),
+            "done": Out(1), "fault": Out(4), "failed": Out(1), "fault_addr": Out(64),
+            "r_last_beat": Out(1),
             "xlate": Out(1),
-            "xl_req_valid": Out(1), "xl_req_vaddr": Out(64), "xl_req_write": Out(1),
-            "xl_resp_valid": In(1), "xl_resp_paddr": In(64), "xl_resp_fault": In(4),
-            "disk_rd_word": Out(disk_word_bits), "disk_rd_lo": In(data_width),
+            "xl_ref": Out(ref_bits), "xl_keep": Out(1), "xl_high": Out(1), "xl_handle": Out(1),
+            "xl_write": Out(1),
+            "xl_fault": In(4), "xl_ok": In(1), "xl_frame": In(32), "xl_mode": In(1),
+            "xl_stale": In(1),
+            "disk_rd_word": Out(self._word_bits), "disk_rd_lo": In(data_width),
             "disk_rd_hi": In(data_width),
-            "disk_wr_word": Out(disk_word_bits), "disk_wr_data": Out(data_width),
+            "disk_wr_word": Out(self._word_bits), "disk_wr_data": Out(data_width),
             "disk_wr_en_lo": Out(lanes), "disk_wr_en_hi": Out(lanes),
-            "sbuf": In(8 * SBUF_BYTES), "sbuf_we": Out(SBUF_BYTES),
-            "sbuf_wdata": Out(8 * SBUF_BYTES),
+            "cap_we": Out(CAP_BYTES), "cap_wdata": Out(8 * CAP_BYTES),
+            "payload": In(64), "serial": In(1),
             "m_axi": Out(AXI4Signature(addr_width=64, data_width=data_width,
                                        id_width=id_width)),
         })
+
+    @property
+    def len_bits(self) -> int:
+        return self._len_bits
 
     def elaborate(self, platform):
         m = Module()
@@ -131,34 +160,54 @@ class DmaEngine(wiring.Component):
         lw = exact_log2(W)
         B = spec.burst_bytes(self._data_width)
         lb = exact_log2(B)
+        R = self._ref_bits
+        wb = self._word_bits
+        last_word = self._disk_words - 1
         axi = self.m_axi
+        ones = (1 << W) - 1
 
-        # Command state
+        # ---- Command state -----------------------------------------------------------------
         write = Signal()
         to_disk = Signal()
-        mode = Signal()
-        cur = Signal(64)
-        rem = Signal(32)
-        dpos = Signal(self._dpos_bits)
-        page = Signal(32)  # frame of the current page (handle mode)
-        page_ok = Signal()  # `page` holds a translation made after the last change to it
-        # The grant reference `page` was translated from. References are compared on the
-        # table's index bits only: a translated page's reference is inside the table, and a
-        # reference outside it faults however often it is looked up again.
-        page_ref = Signal(self._ref_bits)
-        lookup = Signal()  # a table lookup answers in this ADDR cycle
-        lookup_ref = Signal(self._ref_bits)  # ... for this reference
-        lookup_stale = Signal()  # ... but its entry changed in the cycle it was made
-        # Current burst
-        b_addr = Signal(64)
-        b_n = Signal(range(B + 1))
-        b_err = Signal()
-        b_lookup = Signal()  # this burst's translation is the lookup answering after ADDR
-        b_first = Signal()  # the first cycle after ADDR (the lookup's answer is valid)
-        v_fault = Signal(4)  # the translation of this burst failed: cause (that cycle only)
-        burst_addr = Signal(64)  # the burst's physical address
+        # The command moves on to its next burst in ADDR: nxt_* is where the next burst starts,
+        # cur_* where the current one did (its address, its fault address, its page).
+        nxt_lo = Signal(12)  # virtual address: page offset ...
+        nxt_hi = Signal(52)  # ... and page number (bits 63:12)
+        cur_lo = Signal(12)
+        cur_hi = Signal(52)
+        rem = Signal(self._len_bits)  # bytes of the command not yet in a burst
+        rot = Signal(lw)  # local lane = bus lane + rot (mod W), fixed for the command
+        ge_rot = Signal(W)  # local lanes >= rot: they belong to the beat's first local word
+        first_mask = Signal(W)  # bus lanes of the command's first beat
+        last_mask = Signal(W)  # ... and of its last beat
+        first_local = Signal(W)  # the same, as local lanes (reads)
+        last_local = Signal(W)
+        first_beat = Signal()  # the command's first beat has not yet gone
+        word = Signal(wb)  # local word of the next beat's lanes >= rot; the others: word + 1
+        # Current burst, set up in ADDR
+        b_final = Signal()  # the burst ends the command
+        b_cross = Signal()  # ... or ends on a page boundary (the next burst needs a lookup)
         arlen = Signal(8)
+        b_addr = Signal(64)  # physical address of the burst in flight (bus error reports)
+        b_err = Signal()
+        next_high = Signal()  # the next page's lookup fields
 
+        next_handle = Signal()
+
+        nxt_hi_inc = Signal(52)
+        m.d.comb += nxt_hi_inc.eq(nxt_hi + 1)
+        # lookup_fields(nxt_hi + 1) without the 52-bit carry chain (a path of its own): bits
+        # R..50 of the next page are zero when they are all zero and receive no carry, or all
+        # ones and receive one; bit 63 flips when the carry runs through them.
+        carry_in = nxt_hi[:R].all()
+        mid_all = nxt_hi[R:51].all()
+        inc_high = Mux(carry_in, ~mid_all, nxt_hi[R:51].any())
+        inc_handle = nxt_hi[51] ^ (carry_in & mid_all)
+        burst_addr = Signal(64)
+        # (with a failed check, the virtual address: no valid goes out with it, and b_addr
+        # keeps it as the fault's address)
+        m.d.comb += burst_addr.eq(Cat(cur_lo, Mux(self.xl_mode & self.xl_ok, self.xl_frame,
+                                                  cur_hi)))
         m.d.comb += [
             axi.awid.eq(0), axi.arid.eq(0),
             axi.awburst.eq(BURST_INCR), axi.arburst.eq(BURST_INCR),
@@ -170,167 +219,106 @@ class DmaEngine(wiring.Component):
             axi.awlen.eq(arlen), axi.arlen.eq(arlen),
         ]
 
-        # Burst geometry of the next burst, from the command state (used in state ADDR). The
-        # low 12 bits of the physical address are those of the virtual address, so the
-        # geometry never waits for the table.
-        n_next = Signal(range(B + 1))
-        room = Signal(range(B + 1))
-        fits = Signal()  # the rest of the command fits in this burst: it is the last one
-        m.d.comb += [
-            room.eq(B - cur[:lb]),
-            fits.eq((rem[lb + 1:] == 0) & (rem[:lb + 1] <= room)),
-            n_next.eq(Mux(fits, rem[:lb + 1], room)),
-        ]
-        # Where the burst ends, computed in ADDR so that the burst's last cycle only moves
-        # registers (and issues the next page's lookup from one). A burst never crosses a
-        # page, so the page number is this one or the next.
-        # Either the burst runs to the next burst-size boundary (`to_edge`; the boundary is the
-        # current window plus one, an increment independent of the length), or the command
-        # ends inside the window (no carry out of the window's offset): no carry chain
-        # depends on another.
-        to_edge = Signal()
-        m.d.comb += to_edge.eq(~((rem[lb + 1:] == 0) & (rem[:lb + 1] < room)))
-        window = cur[lb:]
-        end_addr = Signal(64)
-        m.d.comb += end_addr.eq(Mux(to_edge, Cat(Const(0, lb), window + 1),
-                                    Cat((cur[:lb] + rem[:lb])[:lb], window)))
-        b_end = Signal(64)
-        b_cross = Signal()  # the burst ends on a page boundary
-        b_final = Signal()  # ... and ends the command
-        # The first beat's byte count and whether it is the burst's only beat. The window's room
-        # is never less than the beat's (B is a multiple of W), so neither waits for n_next.
-        first_nb = Signal(range(W + 1))
-        first_last = Signal()
-        beat_room = Signal(range(W + 1))
-        m.d.comb += [
-            beat_room.eq(W - cur[:lw]),
-            first_nb.eq(Mux((rem[lw + 1:] == 0) & (rem[:lw + 1] < beat_room), rem[:lw + 1],
-                            beat_room)),
-            first_last.eq(((rem[lw + 1:] == 0) & (rem[:lw + 1] <= beat_room))
-                          | cur[lw:lb].all()),
-        ]
-        # Beats - 1: to the window's edge, the words left in the window; else from the length.
-        beats_m1 = Signal(8)
-        m.d.comb += beats_m1.eq(Mux(to_edge, ~cur[lw:lb],
-                                    (cur[:lw] + rem[:lb + 1] - 1) >> lw))
+        # ---- Translation requests -----------------------------------------------------------
+        # The table is read every cycle: at the next page's reference in the address cycle of a
+        # burst that ends a page, at the current one in XLATE, else at the ring engine's next
+        # command. Only the state steers the read address; `keep` says which lookup counts.
+        in_idle = Signal()
+        in_issue = Signal()
+        in_xlate = Signal()
+        in_xkeep = Signal()
+        # A continue command (pre_cont) must follow a read, whose address handshakes are over
+        # when it ends: ``cur`` then holds where it ended.
+        cur_handle = cur_hi[51]
+        cur_high = Signal()  # lookup_fields(cur_hi)'s, copied with cur_hi (no OR tree of its own)
+        nxt_ref, nxt_high, nxt_handle = lookup_fields(nxt_hi, R)
+        pre_ref = self.pre_vaddr[12:12 + R]
+        _, cmd_high, cmd_handle = lookup_fields(self.cmd_vaddr[12:], R)
+        a_phase = Signal()  # the burst's address is (or may be) valid: ISSUE, RADDR, WADDR
+        # The DMA engine's own lookups (the next page, a stale page again, a continue command)
+        # read the table at int_ref, set a cycle ahead, so that the table's address is a 2:1
+        # choice between a register and the ring engine's next address.
+        int_ref = Signal(R)
+        use_int = (a_phase & b_cross & ~b_final) | in_xlate | (~a_phase & self.pre_cont)
+        held_ref = Mux(use_int, int_ref, self.cmd_vaddr[12:12 + R])  # registers
+        m.d.comb += self.xl_ref.eq(Mux(use_int | self.pre_hold, held_ref, pre_ref))
+        keep_next = Signal()  # keep the next page's lookup (made in an address handshake)
+        waiting = Signal()  # a kept lookup has not answered yet
+        fresh = Signal()  # the answer is a lookup made for this burst (statistics)
+        m.d.comb += self.xl_keep.eq((in_idle & self.cmd_valid & ~self.cmd_drain) | in_xkeep
+                                    | keep_next)
+        m.d.sync += waiting.eq(self.xl_keep)
+        m.d.comb += self.xl_write.eq(Mux(in_idle, self.cmd_write, write))
+        with m.If(in_idle):
+            m.d.comb += [self.xl_high.eq(Mux(self.cmd_cont, nxt_high, cmd_high)),
+                         self.xl_handle.eq(Mux(self.cmd_cont, nxt_handle, cmd_handle))]
+        with m.Elif(in_xkeep):
+            m.d.comb += [self.xl_high.eq(cur_high), self.xl_handle.eq(cur_handle)]
+        with m.Else():
+            m.d.comb += [self.xl_high.eq(next_high), self.xl_handle.eq(next_handle)]
+        with m.If(self.xl_keep):
+            m.d.sync += fresh.eq(1)
 
-        # ---- Read beats (R channel -> RAM disk or sbuf) ---------------------------------------
-        r_lo = Signal(range(W))
-        r_left = Signal(range(B + 1))
-        r_dpos = Signal(self._dpos_bits)
-        r_nb = Signal(range(W + 1))  # bytes of the next beat (registered, like w_nb)
-        r_take = Signal()  # a good beat is delivered this cycle
-        d0 = Signal(lw)
-        m.d.comb += d0.eq(r_dpos[:lw])
-        rot = Signal(lw)
-        m.d.comb += rot.eq(d0 - r_lo)
+        # ---- Local side: rotation and masks, one shared rotator -------------------------------
+        # Write pipeline stages (S0 issues the beat and a local read, S1 waits for the RAM disk's
+        # two-cycle read, S2 rotates the beat into bus lanes and pushes it into the W FIFO).
+        m.submodules.wfifo = wfifo = BlockRAMFIFO(width=8 * W + W + 1, depth=W_FIFO_DEPTH)
+        s1_valid, s2_valid = Signal(), Signal()
+        s1_disk, s2_disk = Signal(), Signal()
+        s1_strb, s2_strb = Signal(W), Signal(W)
+        s1_last, s2_last = Signal(), Signal()
+        s1_rot, s2_rot = Signal(lw), Signal(lw)  # rotation amount towards the bus lanes
+        s1_ge, s2_ge = Signal(W), Signal(W)
+        s1_scratch, s2_scratch = Signal(8 * W), Signal(8 * W)  # scratch source, combined
+        # Read beat (RDATA)
+        r_take = Signal()  # a good beat arrives (this cycle)
+        r_last = Signal()  # ... the command's last
+        # The rotator: a read beat (bus -> local, left by rot) or the beat in S2 (local -> bus,
+        # left by W - rot).
+        rot_in = Signal(8 * W)
+        rot_amount = Signal(lw)
+        lo_hi = Signal(8 * W)  # S2: local lanes >= rot from the first word, the others the next
+        for lane in range(W):
+            sl = slice(8 * lane, 8 * lane + 8)
+            m.d.comb += lo_hi[sl].eq(Mux(s2_ge[lane], self.disk_rd_lo[sl], self.disk_rd_hi[sl]))
+        m.d.comb += [
+            rot_in.eq(Mux(s2_valid, Mux(s2_disk, lo_hi, s2_scratch), axi.rdata)),
+            rot_amount.eq(Mux(s2_valid, s2_rot, rot)),
+        ]
+        lanes = _rotl_lanes([rot_in[8 * x:8 * x + 8] for x in range(W)], rot_amount, W)
+        rotated = Signal(8 * W)
+        local_mask = Signal(W)  # the read beat's local lanes that carry command bytes
+        m.d.comb += [rotated.eq(Cat(*lanes)),
+                     local_mask.eq(Mux(first_beat, first_local, ones)
+                                   & Mux(r_last, last_local, ones))]
+
+        # Reads: the rotated beat goes to local word `word` (lanes >= rot) and `word + 1`: to
+        # the RAM disk a cycle later, from registers (its block RAMs are spread over the die;
+        # the disk is never read and written by commands in flight together), to the
+        # capture register at once (the ring engine reads it in the next cycle).
         en_lo = Signal(W)
         en_hi = Signal(W)
-        for lane in range(W):
-            # disk lane `lane` holds stream byte (lane - d0) mod W of this beat
-            k = Signal(lw + 1, name=f"r_k{lane}")
-            m.d.comb += k.eq((lane - d0) & (W - 1))
-            m.d.comb += [
-                en_lo[lane].eq((lane >= d0) & (k < r_nb)),
-                en_hi[lane].eq((lane < d0) & (k < r_nb)),
-            ]
-        m.d.comb += [
-            self.disk_wr_word.eq(r_dpos[lw:]),
-            self.disk_wr_data.eq(_rotl_bytes(axi.rdata, rot, W)),
-        ]
-        with m.If(r_take & to_disk):
-            m.d.comb += [self.disk_wr_en_lo.eq(en_lo), self.disk_wr_en_hi.eq(en_hi)]
-        # The scratch buffer is written like the disk: as SBUF_BYTES // W words, the rotated beat
-        # going to word ``r_dpos // W`` (lanes ``en_lo``) and the next word (lanes ``en_hi``). A
-        # scratch command never crosses the buffer's end (dpos + len <= SBUF_BYTES).
-        sb_words = SBUF_BYTES // W
-        sb_word = Signal(range(sb_words))
-        m.d.comb += [sb_word.eq(r_dpos[lw:]),
-                     self.sbuf_wdata.eq(Cat(*[self.disk_wr_data] * sb_words))]
-        for k in range(SBUF_BYTES):
-            word, lane = divmod(k, W)
-            hi = en_hi[lane] & (sb_word == word - 1) if word else 0  # never wraps to word 0
-            with m.If(r_take & ~to_disk):
-                m.d.comb += self.sbuf_we[k].eq((en_lo[lane] & (sb_word == word)) | hi)
+        m.d.comb += [en_lo.eq(local_mask & ge_rot), en_hi.eq(local_mask & ~ge_rot)]
+        m.d.sync += [self.disk_wr_word.eq(word), self.disk_wr_data.eq(rotated),
+                     self.disk_wr_en_lo.eq(Mux(r_take & to_disk, en_lo, 0)),
+                     self.disk_wr_en_hi.eq(Mux(r_take & to_disk, en_hi, 0))]
+        cap_words = CAP_BYTES // W
+        cw = exact_log2(cap_words)
+        word_inc = Signal(wb)
+        m.d.comb += word_inc.eq(Mux(word == last_word, 0, word + 1))
+        m.d.comb += self.cap_wdata.eq(Cat(*[rotated] * cap_words))
+        with m.If(r_take & ~to_disk):
+            for k in range(CAP_BYTES):
+                w_k, lane = divmod(k, W)
+                lo_here = (word[:cw] == w_k) if cw else Const(1)
+                hi_here = (word_inc[:cw] == w_k) if cw else Const(1)
+                m.d.comb += self.cap_we[k].eq(Mux(ge_rot[lane], en_lo[lane] & lo_here,
+                                                  en_hi[lane] & hi_here))
 
-        # ---- Write beats (RAM disk or sbuf -> W channel) ---------------------------------------
-        # S0 issues a disk read for the next beat; S1 waits for it (the disk's read latency is
-        # two cycles); S2 rotates the data into memory lanes and pushes the beat into a small
-        # FIFO that feeds the W channel.
-        m.submodules.wfifo = wfifo = SyncFIFO(width=8 * W + W + 1, depth=W_FIFO_DEPTH)
-        w_active = Signal()
-        w_lo = Signal(range(W))
-        w_left = Signal(range(B + 1))
-        w_dpos = Signal(self._dpos_bits)
-        w_disk = Signal()
-        # The next beat's byte count and whether it is the burst's last, kept in registers
-        # (computed in ADDR, then from the bytes left after each beat) so that the end of a
-        # burst is one gate away from a flip-flop (issue 5, Fmax).
-        w_nb = Signal(range(W + 1))
-        w_last = Signal()
-        w_rest = Signal(range(B + 1))
-        m.d.comb += w_rest.eq(w_left - w_nb)
-        s1_valid = Signal()
-        s1_lo = Signal(range(W))
-        s1_nb = Signal(range(W + 1))
-        s1_dpos = Signal(self._dpos_bits)
-        s1_last = Signal()
-        s1_disk = Signal()
-        s2_valid = Signal()
-        s2_lo = Signal(range(W))
-        s2_nb = Signal(range(W + 1))
-        s2_dpos = Signal(self._dpos_bits)
-        s2_last = Signal()
-        s2_disk = Signal()
-        issue = Signal()
-        w_last_issue = Signal()  # the burst's last beat enters S0 this cycle
-        m.d.comb += [
-            issue.eq(w_active & (v_fault == 0)
-                     & (wfifo.level + s1_valid + s2_valid < W_FIFO_DEPTH)),
-            w_last_issue.eq(issue & w_last),
-            self.disk_rd_word.eq(w_dpos[lw:]),
-        ]
-        m.d.sync += s1_valid.eq(issue)
-        with m.If(issue):
-            m.d.sync += [
-                s1_lo.eq(w_lo), s1_nb.eq(w_nb), s1_dpos.eq(w_dpos), s1_disk.eq(w_disk),
-                s1_last.eq(w_last),
-                w_dpos.eq(w_dpos + w_nb), w_left.eq(w_rest), w_lo.eq(0),
-                w_nb.eq(_at_most(w_rest, W)), w_last.eq(w_rest <= W),
-                w_active.eq(~w_last),
-            ]
-        m.d.sync += [s2_valid.eq(s1_valid), s2_lo.eq(s1_lo), s2_nb.eq(s1_nb), s2_dpos.eq(s1_dpos),
-                     s2_last.eq(s1_last), s2_disk.eq(s1_disk)]
-        s2_d0 = Signal(lw)
-        m.d.comb += s2_d0.eq(s2_dpos[:lw])
-        combined = Signal(8 * W)
-        # The scratch buffer is read like the disk: words ``w_dpos // W`` and the next one,
-        # registered in S0 (the next word wraps; its lanes are then never strobed).
-        sb_lo = Signal(8 * W)
-        sb_hi = Signal(8 * W)
-        sb_rd = Signal(range(sb_words))
-        m.d.comb += sb_rd.eq(w_dpos[lw:])
-        sb_lo2 = Signal(8 * W)
-        sb_hi2 = Signal(8 * W)
-        with m.If(issue):
-            m.d.sync += [sb_lo.eq(self.sbuf.word_select(sb_rd, 8 * W)),
-                         sb_hi.eq(self.sbuf.word_select((sb_rd + 1)[:len(sb_rd)], 8 * W))]
-        m.d.sync += [sb_lo2.eq(sb_lo), sb_hi2.eq(sb_hi)]
-        src_lo = Mux(s2_disk, self.disk_rd_lo, sb_lo2)
-        src_hi = Mux(s2_disk, self.disk_rd_hi, sb_hi2)
-        for lane in range(W):
-            m.d.comb += combined[8 * lane:8 * lane + 8].eq(
-                Mux(lane >= s2_d0, src_lo[8 * lane:8 * lane + 8], src_hi[8 * lane:8 * lane + 8]))
-        s2_rot = Signal(lw)
-        m.d.comb += s2_rot.eq(s2_d0 - s2_lo)
-        s2_data = Signal(8 * W)
-        m.d.comb += s2_data.eq(_rotr_bytes(combined, s2_rot, W))
-        s2_strb = Signal(W)
-        for lane in range(W):
-            m.d.comb += s2_strb[lane].eq((lane >= s2_lo) & (lane < s2_lo + s2_nb))
+        # Writes: S2's rotated beat, with its strobes and last flag, into the W FIFO.
         m.d.comb += [
             wfifo.w_en.eq(s2_valid),
-            wfifo.w_data.eq(Cat(s2_data, s2_strb, s2_last)),
+            wfifo.w_data.eq(Cat(rotated, s2_strb, s2_last)),
             axi.wvalid.eq(wfifo.r_rdy),
             axi.wdata.eq(wfifo.r_data[:8 * W]),
             axi.wstrb.eq(wfifo.r_data[8 * W:9 * W]),
@@ -338,207 +326,328 @@ class DmaEngine(wiring.Component):
             wfifo.r_en.eq(axi.wready),
         ]
 
-        # ---- Posted write responses ------------------------------------------------------------
+        # The scratch write source: words of the payload or of the serial, as the RAM disk
+        # gives words `word` and `word + 1`, combined like disk words (lanes >= rot from the
+        # first). Scratch positions start at 0, so word -1 (all ones) never has a strobed lane.
+        serial_bytes = spec.DEVICE_SERIAL.ljust(32, b"\0")
+        n_sw = 32 // W
+        sw_bits = exact_log2(n_sw)
+
+        def serial_word(index):
+            ser = Signal(8 * W, name="serial_word")
+            with m.Switch(index[:sw_bits]):
+                for i in range(n_sw):
+                    with m.Case(i):
+                        m.d.comb += ser.eq(int.from_bytes(serial_bytes[i * W:(i + 1) * W],
+                                                          "little"))
+            return ser
+
+        def combine(lo, hi):
+            out = Signal(8 * W, name="combined")
+            for lane in range(W):
+                sl = slice(8 * lane, 8 * lane + 8)
+                m.d.comb += out[sl].eq(Mux(ge_rot[lane], lo[sl], hi[sl]))
+            return out
+
+        scratch_comb = Signal(8 * W)
+        # (word_inc's low bits are word's plus one, also where it wraps: the disk's word count
+        # is a multiple of n_sw; said directly, each serial bit is a function of three bits)
+        serial_comb = combine(serial_word(word), serial_word((word[:sw_bits] + 1)[:sw_bits])
+                              if sw_bits else serial_word(word))
+        if W >= 8:
+            # the payload (at most 8 bytes) is local word 0 whole: the lanes of the words
+            # around it are never strobed, so it needs no word select and no combining
+            m.d.comb += scratch_comb.eq(Mux(self.serial, serial_comb, self.payload))
+        else:
+            pay_lo = Mux(word[0], self.payload[32:], self.payload[:32])
+            pay_hi = Mux(word_inc[0], self.payload[32:], self.payload[:32])
+            m.d.comb += scratch_comb.eq(Mux(self.serial, serial_comb, combine(pay_lo, pay_hi)))
+
+        # ---- Posted write responses ----------------------------------------------------------
         # Every accepted write address is remembered until its response, so that a failed
         # write can be reported with its address when the ring engine drains.
-        m.submodules.bq = bq = SyncFIFO(width=64, depth=MAX_POSTED_WRITES)
-        aw_hs = Signal()
-        m.d.comb += [
-            aw_hs.eq(axi.awvalid & axi.awready),
-            axi.bready.eq(1),
-            bq.w_en.eq(aw_hs), bq.w_data.eq(burst_addr),
-            bq.r_en.eq(axi.bvalid),
-        ]
+        m.submodules.bq = bq = BlockRAMFIFO(width=64, depth=MAX_POSTED_WRITES)
         werr = Signal()
         werr_addr = Signal(64)
+        m.d.comb += [axi.bready.eq(1), bq.w_data.eq(burst_addr), bq.r_en.eq(axi.bvalid)]
         with m.If(axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr):
             m.d.sync += [werr.eq(1), werr_addr.eq(bq.r_data)]
-        posted = Signal()  # some write response is outstanding
-        m.d.comb += posted.eq(bq.level != 0)
+        # Some write response is outstanding; all MAX_POSTED_WRITES are: flags kept in registers
+        # so that a burst's decision to go waits for no compare.
+        posted = Signal()
+        bq_full = Signal()
+        bq_next = Signal(range(MAX_POSTED_WRITES + 2))
+        m.d.comb += bq_next.eq(bq.level + bq.w_en - (bq.r_en & bq.r_rdy))
+        m.d.sync += [posted.eq(bq_next != 0), bq_full.eq(bq_next == MAX_POSTED_WRITES)]
 
-        # ---- Translation requests -----------------------------------------------------------
-        xl_vaddr = Signal(64)
-        xl_wr = Signal()
-        xl_req = Signal()
-        m.d.comb += [self.xl_req_vaddr.eq(xl_vaddr), self.xl_req_valid.eq(xl_req),
-                     self.xl_req_write.eq(xl_wr)]
-
-        def changed(ref):
-            """A write this cycle may change the translation of grant reference ``ref``."""
-            return self.cfg_changed | (self.tbl_changed & (self.tbl_ref == ref[:self._ref_bits]))
-
-        # The table is read every cycle at the address a lookup would use in this state (the
-        # command's in IDLE, the current one in XLATE, the next burst's otherwise): only the
-        # request's valid depends on the decisions of the cycle (issue 5, Fmax).
-        in_idle = Signal()
-        in_xlate = Signal()
-        m.d.comb += [xl_vaddr.eq(Mux(in_idle, self.cmd_vaddr, Mux(in_xlate, cur, b_end))),
-                     xl_wr.eq(Mux(in_idle, self.cmd_write, write))]
-
-        def request_lookup(vaddr, wr):
-            ref = vaddr[spec.PAGE_SHIFT:spec.PAGE_SHIFT + self._ref_bits]
-            m.d.comb += xl_req.eq(1)
-            m.d.sync += [lookup.eq(1), lookup_ref.eq(ref), lookup_stale.eq(changed(ref))]
-
-        with m.If(changed(page_ref)):
-            m.d.sync += page_ok.eq(0)
-
-        # The first cycle after ADDR: a lookup made for the burst answers now. Its frame makes
-        # the burst's address (and becomes the current page, unless its entry is being
-        # written right now); a fault ends the command instead of the address handshake.
-        m.d.sync += b_first.eq(0)
-        answer = b_first & b_lookup
+        # ---- Beats -----------------------------------------------------------------------------
+        w_active = Signal()  # beats of the current write burst still to issue
+        w_start = Signal()  # the burst's address cycle lets its beats start
+        w_cnt = Signal(8)  # beats left to issue - 1
+        w_one = Signal()  # ... is 0: the next beat is the burst's last
+        w_go = Signal()
+        w_issue = Signal()
+        w_last_issue = Signal()
+        # Beats in S1, S2 and the W FIFO, counted, and whether one more may issue next cycle: a
+        # register, so that issuing a beat waits for no arithmetic.
+        occ = Signal(range(W_FIFO_DEPTH + 1))
+        w_room = Signal(init=1)
+        occ_next = Signal(range(W_FIFO_DEPTH + 2))
+        m.d.comb += occ_next.eq(occ + w_issue - (axi.wvalid & axi.wready))
+        m.d.sync += [occ.eq(occ_next), w_room.eq(occ_next < W_FIFO_DEPTH)]
         m.d.comb += [
-            v_fault.eq(Mux(answer, self.xl_resp_fault, 0)),
-            burst_addr.eq(Mux(answer, Cat(b_addr[:spec.PAGE_SHIFT], self.xl_resp_paddr[12:44]),
-                              b_addr)),
+            w_go.eq(w_active | w_start),
+            w_issue.eq(w_go & w_room),
+            w_last_issue.eq(w_issue & w_one),
+            self.disk_rd_word.eq(word),
         ]
-        with m.If(answer):
-            m.d.sync += [b_addr.eq(burst_addr), page.eq(self.xl_resp_paddr[12:44]),
-                         page_ok.eq((self.xl_resp_fault == 0) & ~changed(lookup_ref)),
-                         page_ref.eq(lookup_ref)]
+
+        def beat_mask(last_of_burst):
+            return (Mux(first_beat, first_mask, ones)
+                    & Mux(last_of_burst & b_final, last_mask, ones))
+
+        with m.If(w_go):
+            m.d.sync += w_active.eq(~w_last_issue)
+        # S1 takes the beat whether or not it issues (only the valid bit says): no wide enable
+        m.d.sync += [
+            s1_valid.eq(w_issue),
+            s1_disk.eq(to_disk), s1_strb.eq(beat_mask(w_one)), s1_last.eq(w_one),
+            s1_rot.eq(-rot), s1_ge.eq(ge_rot), s1_scratch.eq(scratch_comb),
+        ]
+        with m.If(w_issue):
+            m.d.sync += [word.eq(word_inc), first_beat.eq(0), w_cnt.eq(w_cnt - 1),
+                         w_one.eq(w_cnt == 1)]
+        m.d.sync += [s2_valid.eq(s1_valid), s2_disk.eq(s1_disk), s2_strb.eq(s1_strb),
+                     s2_last.eq(s1_last), s2_rot.eq(s1_rot), s2_ge.eq(s1_ge),
+                     s2_scratch.eq(s1_scratch)]
 
         # ---- Control ----------------------------------------------------------------------------
-        fault = Signal(4)
-        fault_addr = Signal(64)
-        m.d.comb += [self.fault.eq(fault), self.fault_addr.eq(fault_addr)]
+        # The fault address: which register holds it (FA_*), set when a command faults. A burst
+        # that failed its translation or got an error keeps its address in b_addr (virtual,
+        # physical); while idle, nxt follows cmd_vaddr, for the ring engine's own faults.
+        FA_IDLE, FA_BURST, FA_WRITE = 0, 1, 2
+        fault_src = Signal(2)
+        m.d.comb += self.fault_addr.eq(Mux(fault_src[1], werr_addr,
+                                           Mux(fault_src[0], b_addr, Cat(nxt_lo, nxt_hi))))
         with m.If(self.abort & ~posted):
             m.d.sync += werr.eq(0)  # a reset forgets the responses of the old requests
+        with m.If(self.abort):
+            m.d.sync += fault_src.eq(FA_IDLE)
 
-        def finish(cause=0, addr=0):
-            """The command ends this cycle."""
-            m.d.comb += [self.done.eq(1), fault.eq(cause), fault_addr.eq(addr)]
+        def finish(cause=0, src=FA_IDLE):
+            """The command ends this cycle (with fault ``cause``, its address in ``src``)."""
+            m.d.comb += [self.done.eq(1), self.fault.eq(cause), self.failed.eq(cause != 0)]
+            m.d.sync += fault_src.eq(src)
             m.next = "IDLE"
 
-        def next_burst(n_done):
-            """The current burst has ended (reads) or been handed over (writes)."""
-            m.d.sync += [cur.eq(b_end), rem.eq(rem - n_done), dpos.eq(dpos + n_done),
-                         lookup.eq(0)]
+        def burst_handed_over():
             with m.If(b_final | self.abort):
                 finish()
             with m.Else():
-                with m.If(mode & b_cross):
-                    request_lookup(b_end, write)  # the next page, in the burst's last cycle
                 m.next = "ADDR"
 
-        rd_inflight = Signal()
-        aw_pending = Signal()
+        # The address phase: valid in ISSUE once the verdict allows it, then held until the
+        # handshake. At the handshake the command moves on to the next burst's start.
+        go = Signal()  # ISSUE: the burst may go out
+        avalid = Signal()
+        a_hs = Signal()
+        in_raddr = Signal()
+        in_waddr = Signal()
         aw_sent = Signal()
-        pipe_busy = Signal()
         m.d.comb += [
-            pipe_busy.eq(posted | w_active | s1_valid | s2_valid | wfifo.r_rdy),
-            self.busy.eq(pipe_busy),
-            self.inflight.eq(bq.level + rd_inflight + aw_pending),
-            self.burst_done.eq(axi.bvalid | (axi.rvalid & axi.rready & axi.rlast)),
+            a_phase.eq(in_issue | in_raddr | (in_waddr & ~aw_sent)),
+            avalid.eq((in_issue & go) | in_raddr | (in_waddr & ~aw_sent)),
+            axi.arvalid.eq(avalid & ~write), axi.awvalid.eq(avalid & write),
+            a_hs.eq(avalid & Mux(write, axi.awready, axi.arready)),
+            w_start.eq(in_issue & go & write),
+            bq.w_en.eq(a_hs & write),
         ]
-        with m.FSM():
+        m.d.sync += keep_next.eq(a_hs & b_cross & ~b_final)
+        with m.If(a_phase):  # (the value of the handshake's cycle stays)
+            m.d.sync += b_addr.eq(burst_addr)
+
+        pipe_busy = Signal()
+        rd_inflight = Signal()
+        m.d.comb += [
+            pipe_busy.eq(posted | w_active | (occ != 0)),
+            self.busy.eq(pipe_busy),
+            self.inflight.eq(bq.level + rd_inflight + axi.awvalid),
+            self.burst_done.eq(axi.bvalid | (axi.rvalid & axi.rready & axi.rlast)),
+            self.r_last_beat.eq(axi.rvalid & axi.rready & axi.rlast),
+        ]
+
+        # Burst geometry of the next burst, from the command state (state ADDR). The low 12 bits
+        # of the physical address are those of the virtual address, so the geometry never waits
+        # for the table. One sum says it all: where the rest of the command would end, counted
+        # from the start of the burst's window.
+        end = Signal(max(self._len_bits, lb) + 2)
+        m.d.comb += end.eq(rem + nxt_lo[:lb])
+        reaches = Signal()  # the burst runs to the window's end (or the command ends there)
+        fits = Signal()  # the rest of the command fits in this window: the last burst
+        m.d.comb += [
+            reaches.eq(end[lb:] != 0),
+            fits.eq((end[lb + 1:] == 0) & ~(end[lb] & (end[:lb] != 0))),
+        ]
+        window_next = Signal(13 - lb)
+        m.d.comb += window_next.eq(nxt_lo[lb:] + 1)
+        inc_hi = Signal()  # the burst set up in the last cycle ends its page
+        empty = Signal()  # the command has no byte
+        m.d.sync += inc_hi.eq(0)
+        with m.If(inc_hi):
+            m.d.sync += nxt_hi.eq(nxt_hi_inc)
+
+        # What single states use is computed outside the FSM (a comb assignment inside a state
+        # would AND each bit with the state). IDLE's:
+        lo = Mux(self.cmd_cont, nxt_lo, self.cmd_vaddr[:12])
+        diff = Signal(self._len_bits + 1)
+        end_lane = Signal(lw)
+        m.d.comb += [diff.eq(self.cmd_dpos - lo[:lw]),
+                     end_lane.eq(lo[:lw] + self.cmd_len[:lw])]
+        fm = Signal(W)
+        lm = Signal(W)
+        for lane in range(W):
+            m.d.comb += [fm[lane].eq(lane >= lo[:lw]),
+                         lm[lane].eq((end_lane == 0) | (lane < end_lane))]
+        # ADDR's
+        first_m1 = Signal(lw + 1)  # the first byte's lane, minus one
+        first_room = Signal(lw + 1)
+        m.d.comb += [first_m1.eq(nxt_lo[:lw] - 1), first_room.eq(W - nxt_lo[:lw])]
+
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += [self.cmd_ready.eq(1), in_idle.eq(1)]
                 # The command registers follow the inputs in every idle cycle (they are unused
-                # while idle), so that cmd_valid only steers the state (issue 5, Fmax).
+                # while idle), so that cmd_valid only steers the state.
                 m.d.sync += [
-                    write.eq(self.cmd_write), to_disk.eq(self.cmd_disk),
-                    mode.eq(self.handle_mode), cur.eq(self.cmd_vaddr),
-                    rem.eq(self.cmd_len), dpos.eq(self.cmd_dpos), lookup.eq(0),
+                    write.eq(self.cmd_write), to_disk.eq(self.cmd_disk), rem.eq(self.cmd_len),
+                    empty.eq(self.cmd_len == 0),
+                    rot.eq(diff[:lw]), first_beat.eq(1),
+                    # a local start before the first lane's word: the word before local word 0
+                    word.eq(Mux(diff[-1] & self.cmd_disk, last_word, diff[lw:lw + wb])),
                 ]
+                with m.If(~self.cmd_cont):
+                    m.d.sync += [nxt_lo.eq(self.cmd_vaddr[:12]), nxt_hi.eq(self.cmd_vaddr[12:])]
+                m.d.sync += int_ref.eq(nxt_ref)  # a continue command's page
+                for lane in range(W):
+                    m.d.sync += ge_rot[lane].eq(lane >= diff[:lw])
+                m.d.sync += [first_mask.eq(fm), last_mask.eq(lm)]
+                # (fault_src is FA_IDLE here: every command's end sets it, and after a failed
+                # one the ring engine halts until a reset, which sets FA_IDLE)
                 with m.If(self.cmd_valid):
                     with m.If(self.cmd_drain):
                         m.next = "DRAIN"
-                    with m.Elif(self.cmd_len == 0):
-                        finish()
                     with m.Else():
-                        with m.If(self.handle_mode):
-                            request_lookup(self.cmd_vaddr, self.cmd_write)
                         m.next = "ADDR"
-            with m.State("XLATE"):  # a lookup again: the table changed since the last one
-                m.d.comb += [self.busy.eq(1), in_xlate.eq(1)]
-                with m.If(self.abort):
-                    finish()
-                with m.Else():
-                    request_lookup(cur, write)
-                    m.next = "ADDR"
+
             with m.State("ADDR"):
-                m.d.comb += [self.busy.eq(1), self.xlate.eq(lookup & mode)]
-                paddr = Signal(64)
-                m.d.comb += paddr.eq(Mux(mode, Cat(cur[:spec.PAGE_SHIFT], page), cur))
-                # A lookup made for this burst answers in the next cycle (the translation unit's
-                # latency is two cycles), the first of RADDR/WADDR, which acts on it before any
-                # valid goes out.
-                m.d.sync += [
-                    b_end.eq(end_addr),
-                    # the window is the page's last: the burst ends on a page boundary
-                    b_cross.eq(to_edge & cur[lb:spec.PAGE_SHIFT].all()), b_final.eq(fits),
-                ]
-                m.d.sync += [b_addr.eq(paddr), b_n.eq(n_next), arlen.eq(beats_m1),
-                             b_err.eq(0), aw_sent.eq(0), lookup.eq(0),
-                             b_lookup.eq(mode & lookup)]
-                fresh = lookup & ~lookup_stale & ~changed(lookup_ref)
-                with m.If(self.abort):
-                    finish()
-                with m.Elif(mode & ~fresh & (lookup | ~page_ok | changed(page_ref))):
-                    m.next = "XLATE"  # never issue a burst with a translation that is stale
-                with m.Else():
-                    with m.If(write & (bq.level == MAX_POSTED_WRITES)):
-                        m.next = "ADDR"  # wait for a response slot (then look up again)
-                        with m.If(lookup):
-                            m.d.sync += page_ok.eq(0)
-                    with m.Elif(~write & posted):
-                        m.next = "ADDR"  # reads are ordered after every posted write
-                        with m.If(lookup):
-                            m.d.sync += page_ok.eq(0)
-                    with m.Elif(write):
-                        m.d.sync += [w_active.eq(1), w_lo.eq(cur[:lw]), w_left.eq(n_next),
-                                     w_nb.eq(first_nb), w_last.eq(first_last),
-                                     w_dpos.eq(dpos), w_disk.eq(to_disk), b_first.eq(1)]
-                        m.next = "WADDR"
-                    with m.Else():
-                        m.d.sync += [r_lo.eq(cur[:lw]), r_left.eq(n_next), r_dpos.eq(dpos),
-                                     r_nb.eq(first_nb),
-                                     b_first.eq(1)]
-                        m.next = "RADDR"
-            with m.State("RADDR"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(v_fault != 0):
-                    finish(v_fault, cur)  # no address goes out
+                beats_m1 = Mux(fits, (rem[:lb + 1] + first_m1.as_signed()) >> lw,
+                               ~nxt_lo[lw:lb])
+                # one beat: the rest fits in the first beat, or the window has one word left
+                # (in parallel with the rest: no wait for beats_m1)
+                m.d.sync += w_one.eq(Mux(fits, (rem[lw + 1:] == 0) & (rem[:lw + 1] <= first_room),
+                                         nxt_lo[lw:lb].all()))
+                # the burst ends on a page boundary: the command moves to the next page (one
+                # cycle later, inc_hi), whose lookup the burst's address handshake starts
+                cross = reaches & nxt_lo[lb:12].all()
+                m.d.sync += [
+                    # the masks as local lanes, for read beats (at least two cycles away)
+                    first_local.eq(Cat(*_rotl_lanes(list(first_mask), rot, W))),
+                    last_local.eq(Cat(*_rotl_lanes(list(last_mask), rot, W))),
+                    cur_lo.eq(nxt_lo), cur_hi.eq(nxt_hi), cur_high.eq(nxt_high),
+                    nxt_lo.eq(Mux(reaches, Cat(Const(0, lb), window_next),
+                                  Cat(end[:lb], nxt_lo[lb:]))),
+                    rem.eq(Cat(end[:lb], end[lb:] - 1)),  # end - B (the last burst: unused)
+                    b_final.eq(fits), b_cross.eq(cross), b_err.eq(0), inc_hi.eq(cross),
+                    arlen.eq(beats_m1), w_cnt.eq(beats_m1),
+                    int_ref.eq(nxt_hi_inc[:R]), next_high.eq(inc_high), next_handle.eq(inc_handle),
+                ]
+                with m.If(self.abort | empty):  # (an empty command moves nothing)
+                    finish()
                 with m.Else():
-                    m.d.comb += [axi.arvalid.eq(1), rd_inflight.eq(1)]
+                    m.next = "ISSUE"
+
+            with m.State("ISSUE"):
+                # The verdict for this burst's page is in the translation unit's registers.
+                m.d.comb += [self.busy.eq(1), in_issue.eq(1)]
+                order_ok = Mux(write, ~bq_full, ~posted)
+                m.d.comb += go.eq(~self.abort & ~waiting & ~self.xl_stale & self.xl_ok
+                                  & order_ok)
+                with m.If(~waiting):
+                    m.d.sync += fresh.eq(0)
+                    m.d.comb += self.xlate.eq(fresh & self.xl_mode)
+                with m.If(self.abort & ~waiting):
+                    finish()
+                with m.Elif(waiting):
+                    pass
+                with m.Elif(self.xl_stale):
+                    m.d.sync += int_ref.eq(cur_hi[:R])
+                    m.next = "XLATE"  # never issue a burst with a translation that is stale
+                with m.Elif(~self.xl_ok):
+                    finish(self.xl_fault, FA_BURST)  # no address goes out
+                    m.d.comb += self.failed.eq(1)
+                with m.Elif(~order_ok):
+                    pass  # wait for a response slot, or for the posted writes (reads)
+                with m.Elif(write):
+                    m.d.sync += aw_sent.eq(axi.awready)
+                    with m.If(axi.awready & w_last_issue):
+                        burst_handed_over()
+                    with m.Else():
+                        m.next = "WADDR"
+                with m.Else():
                     with m.If(axi.arready):
                         m.next = "RDATA"
+                    with m.Else():
+                        m.next = "RADDR"
+
+            with m.State("XLATE"):  # a lookup again: the table changed since the last one
+                m.d.comb += [self.busy.eq(1), in_xlate.eq(1)]
+                m.d.sync += int_ref.eq(nxt_ref)  # (the next page's, as ADDR set it)
+                with m.If(self.abort):
+                    finish()
+                with m.Else():
+                    m.next = "XKEEP"
+            with m.State("XKEEP"):
+                m.d.comb += [self.busy.eq(1), in_xkeep.eq(1), self.xl_keep.eq(1)]
+                m.next = "ISSUE"
+
+            with m.State("RADDR"):  # arvalid held until the handshake
+                m.d.comb += [self.busy.eq(1), in_raddr.eq(1)]
+                with m.If(axi.arready):
+                    m.next = "RDATA"
+
             with m.State("RDATA"):
-                m.d.comb += [self.busy.eq(1), axi.rready.eq(1), rd_inflight.eq(1)]
+                m.d.comb += [self.busy.eq(1), axi.rready.eq(1)]
                 with m.If(axi.rvalid):
                     ok = axi.rresp == RESP_OKAY
-                    m.d.comb += r_take.eq(ok & ~b_err)
-                    r_rest = r_left - r_nb
-                    m.d.sync += [r_lo.eq(0), r_left.eq(r_rest), r_dpos.eq(r_dpos + r_nb),
-                                 r_nb.eq(_at_most(r_rest, W))]
+                    m.d.comb += [r_take.eq(ok & ~b_err), r_last.eq(axi.rlast & b_final)]
+                    m.d.sync += [word.eq(word_inc), first_beat.eq(0)]
                     with m.If(~ok):
                         m.d.sync += b_err.eq(1)
                     with m.If(axi.rlast):
                         with m.If(~ok | b_err):
-                            finish(spec.FAULT_BUS_ERROR, b_addr)
+                            finish(spec.FAULT_BUS_ERROR, FA_BURST)
                         with m.Else():
-                            next_burst(b_n)
+                            burst_handed_over()
+
             with m.State("WADDR"):
                 # The address and the beats of a burst go out side by side; the burst is
                 # handed over once both are (its response is collected in the background).
-                m.d.comb += self.busy.eq(1)
-                with m.If(v_fault != 0):
-                    m.d.sync += w_active.eq(0)  # `issue` is held off: no beat goes out
-                    finish(v_fault, cur)
-                with m.Else():
-                    m.d.comb += [axi.awvalid.eq(~aw_sent), aw_pending.eq(~aw_sent)]
-                    aw_done = aw_sent | axi.awready
-                    with m.If(axi.awready):
-                        m.d.sync += aw_sent.eq(1)
-                    with m.If(aw_done & (w_last_issue | ~w_active)):
-                        next_burst(b_n)
+                m.d.comb += [self.busy.eq(1), in_waddr.eq(1)]
+                with m.If(axi.awready):
+                    m.d.sync += aw_sent.eq(1)
+                with m.If((aw_sent | axi.awready) & (w_last_issue | ~w_active)):
+                    burst_handed_over()
+
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(~pipe_busy):
                     m.d.sync += werr.eq(0)
                     with m.If(werr):
-                        finish(spec.FAULT_BUS_ERROR, werr_addr)
+                        finish(spec.FAULT_BUS_ERROR, FA_WRITE)
                     with m.Else():
                         finish()
+
+        one_hot(fsm)
+        m.d.comb += rd_inflight.eq(axi.arvalid | axi.rready)
         return m

@@ -5,12 +5,23 @@ ring, chain walk (pass 1, into a descriptor cache), then header, data, status, u
 used index (pass 2). Every memory access is a command to the :class:`~rtl.dma.DmaEngine`, so every
 access is translated. A fault stops the engine until the driver resets the device.
 
-Cycle by cycle (``docs/timing.md``): a state that issues a command does so in the cycle right
-after the previous command's ``done``, or two cycles after it where the checks of what it
-returned are registered first (a descriptor, the request header). Addresses come from registers
-or from a carry chain cut at bit 20, so that the engine meets 100 MHz. Writes are posted and
-drained twice per request, before the used element (so that a failed data or status write never
-gets a used element) and after the used index (so that the interrupt follows the used index).
+Area and timing (issue 5) shape the datapath:
+
+* every 64-bit address the engine produces -- ring and descriptor addresses, the pass-2 pieces,
+  the status byte, and the values the fault registers report -- comes from one register ``va``
+  fed by one adder, ``va = X + Y``, where ``X`` is a queue base or the prefetched descriptor
+  address and ``Y`` a 32-bit offset;
+* ``va`` is loaded in the cycle before the command that uses it is handed over, and its next
+  value is what the DMA engine looks up in the translation unit in that cycle (``pre_*``), so
+  translation costs no cycle;
+* the descriptor cache (block RAM) is read into a prefetch register one command ahead; the
+  common request layouts always find the descriptor they need there, the others wait two
+  cycles for it (``docs/timing.md``);
+* checks of what a read returned are registered before the engine acts on them.
+
+Writes are posted and drained twice per request, before the used element (so that a failed data
+or status write never gets a used element) and after the used index (so that the interrupt
+follows the used index).
 """
 
 from contextlib import contextmanager
@@ -18,21 +29,23 @@ from contextlib import contextmanager
 from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from models import spec
 
-from .dma import SBUF_BYTES
-from .params import check_queue_num_max
+from .dma import CAP_BYTES, local_bits
+from .params import check_queue_num_max, one_hot
 
 __all__ = ["RingEngine"]
 
 
 class CachedDesc(data.Struct):
-    """What pass 2 needs of a descriptor (virtio 1.x section 2.7.5)."""
+    """What pass 2 needs of a non-empty descriptor (virtio 1.x section 2.7.5); ``last`` is
+    ``len - 1``, the offset of its last byte (the status byte, for the chain's last one)."""
 
     addr: 64
     len: 32
-    write: 1
+    last: 32
 
 
 class RingEngine(wiring.Component):
@@ -50,6 +63,7 @@ class RingEngine(wiring.Component):
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES):
         self._queue_num_max = check_queue_num_max(queue_num_max)
         self._disk_bytes = disk_bytes
+        self._len_bits = local_bits(disk_bytes)
         super().__init__({
             # from the virtio-mmio register file
             "queue_num": In(32), "queue_ready": In(1),
@@ -57,130 +71,190 @@ class RingEngine(wiring.Component):
             "notify": In(1), "dev_reset": In(1), "idle": Out(1), "abort": Out(1),
             # events
             "used_irq": Out(1), "completed": Out(1),
-            "fault": Out(1), "fault_cause": Out(4), "fault_addr": Out(64),
+            "fault": Out(1), "fault_cause": Out(4),
             # DMA commands
+            "pre_vaddr": Out(64), "pre_hold": Out(1), "pre_cont": Out(1),
             "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_write": Out(1), "cmd_drain": Out(1),
-            "cmd_vaddr": Out(64), "cmd_len": Out(32), "cmd_disk": Out(1), "cmd_dpos": Out(32),
-            "dma_done": In(1), "dma_fault": In(4), "dma_fault_addr": In(64), "dma_busy": In(1),
-            "sbuf": Out(8 * SBUF_BYTES), "sbuf_we": In(SBUF_BYTES),
-            "sbuf_wdata": In(8 * SBUF_BYTES),
+            "cmd_cont": Out(1), "cmd_vaddr": Out(64), "cmd_len": Out(self._len_bits),
+            "cmd_disk": Out(1), "cmd_dpos": Out(self._len_bits),
+            "dma_done": In(1), "dma_fault": In(4), "dma_failed": In(1), "dma_busy": In(1),
+            "dma_r_last_beat": In(1),
+            "cap_we": In(CAP_BYTES), "cap_wdata": In(8 * CAP_BYTES),
+            "payload": Out(64), "serial": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         qmax = self._queue_num_max
+        qbits = ceil_log2(qmax + 1)  # an index up to qmax, or a count of descriptors
+        lbits = self._len_bits
         cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
+        cs = ceil_log2(cap_sectors + 1)
 
-        # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2 reads
-        # them back through the prefetch registers below.
+        # The capture register: what the last read to the scratch brought.
+        cap = Signal(8 * CAP_BYTES)
+        for k in range(CAP_BYTES):
+            with m.If(self.cap_we[k]):
+                m.d.sync += cap[8 * k:8 * k + 8].eq(self.cap_wdata[8 * k:8 * k + 8])
+        desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
+                           cap)
+        cap_idx = cap[16:32]  # avail.idx after a poll
+        # The head read puts the ring entry where a descriptor's ``next`` is, so that a
+        # descriptor address is always formed from the same bits.
+        HEAD_POS = 14
+        cap_head = cap[8 * HEAD_POS:8 * HEAD_POS + 16]
+
+        # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2
+        # reads them into the prefetch register pf, one command ahead.
         m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
         cache_wr = cache.write_port()
-        cache_rd = cache.read_port(transparent_for=(cache_wr,))
-
-        # Scratch buffer shared with the DMA engine.
-        sbuf = Signal(8 * SBUF_BYTES)
-        m.d.comb += self.sbuf.eq(sbuf)
-        for k in range(SBUF_BYTES):
-            with m.If(self.sbuf_we[k]):
-                m.d.sync += sbuf[8 * k:8 * k + 8].eq(self.sbuf_wdata[8 * k:8 * k + 8])
+        cache_rd = cache.read_port()
+        pf_addr = Signal(64)
+        pf_len = Signal(32)
+        pf_last = Signal(32)
+        pf_idx = Signal(qbits)  # the entry pf holds
+        pf_next = Signal(qbits)  # ... plus one
+        rd_idx = Signal(qbits)  # the entry read this cycle (set by the state)
+        pf_load = Signal()  # ... into pf (the block RAM answers in the next cycle)
+        pf_load_d = Signal()
+        rd_idx_d = Signal(qbits)
+        m.d.comb += cache_rd.addr.eq(rd_idx)
+        m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
+        with m.If(pf_load_d):
+            m.d.sync += [pf_addr.eq(cache_rd.data.addr), pf_len.eq(cache_rd.data.len),
+                         pf_last.eq(cache_rd.data.last), pf_idx.eq(rd_idx_d),
+                         pf_next.eq(rd_idx_d + 1)]
 
         kick = Signal()
         abort = Signal()
-        last_avail = Signal(16)
+        last_avail = Signal(16)  # consumed entries (incremented once the head is read)
         used_idx = Signal(16)
         avail_idx = Signal(16)
-        avail_flags = Signal(16)
-        qmask = Signal(16)
+        no_irq = Signal()  # VIRTQ_AVAIL_F_NO_INTERRUPT of the last poll
         head = Signal(16)
+        idx = Signal(16)  # the descriptor being walked; also the index a chain fault reports
         # pass 1
-        idx = Signal(16)
-        walked = Signal(range(qmax + 2))  # descriptors of the chain seen so far
-        count = Signal(range(qmax + 2))  # ... of which non-empty (cached)
-        n_readable = Signal(range(qmax + 2))  # ... of which device-readable
+        walked = Signal(qbits + 1)  # descriptors of the chain read so far
+        count = Signal(qbits)  # ... of which non-empty (cached)
+        last_idx = Signal(qbits)  # the last cached one (count - 1)
+        n_readable = Signal(qbits)  # ... of which device-readable
         seen_write = Signal()
-        have_w0 = Signal()
-        w0_addr = Signal(64)  # the first non-empty device-writable descriptor
-        w0_len = Signal(32)
-        total = Signal(34)
-        r_bytes = Signal(33)
-        w_bytes = Signal(33)
-        status_addr = Signal(64)
-        # pass 2: the next piece starts at p_vaddr, in cached descriptor k, with p_left bytes
-        # left in that descriptor
-        k = Signal(range(qmax + 1))
-        p_vaddr = Signal(64)
-        p_left = Signal(32)
-        got = Signal(5)
-        take = Signal(32)
-        hdr_last = Signal()  # the header piece in flight ends the header
-        reload = Signal()  # ... ends its descriptor
-        remaining = Signal(32)  # data bytes not yet moved
-        dpos = Signal(32)  # where the next data piece starts on the disk (or in sbuf)
+        have_w = Signal()  # a non-empty device-writable descriptor was seen (Wr >= 1)
+        acc = Signal(33)  # sum of the lengths so far (bit 32: over 2^32 - 1)
+        r_bytes = Signal(32)  # R: the sum when the first device-writable descriptor came
+        r_lt16 = Signal()  # R < 16
+        wr_bytes = Signal(33)  # Wr = acc - R, after the walk
+        # pass 2
+        got = Signal(5)  # header bytes read (or being read)
+        take = Signal(lbits)  # bytes of the piece in flight
+        hlen = Signal(5)  # the next header piece
+        piece_ends = Signal()  # ... it ends its descriptor
+        hdr_last = Signal()  # ... it ends the header
+        last_piece = Signal()  # ... it is the last data piece
+        # what the header left of its last descriptor: its low bits, and whether more than
+        # they say (it is then more than any data piece)
+        split_rem = Signal(lbits + 1)
+        split_big = Signal()
+        cont_next = Signal()  # the next data piece continues in that descriptor
+        remaining = Signal(lbits)  # data bytes not yet handed to the DMA engine
+        plen = Signal(lbits)  # the next data piece
+        plen_last = Signal()  # ... is the last one
+        dpos = Signal(lbits)  # where the next data piece starts on the disk (or in the serial)
         to_disk = Signal()
         dir_write = Signal()
         blk_status = Signal(8)
-        written = Signal(32)
+        used_len = Signal(32)  # the used element's len: bytes written + 1 (the status byte)
         f_cause = Signal(4)
-        f_addr = Signal(64)
-        # the ring address the next ring command uses, computed a cycle ahead (see ring_next)
-        ring_addr = Signal(64)
-
         m.d.comb += [
             self.fault_cause.eq(f_cause),
-            self.fault_addr.eq(f_addr),
             self.abort.eq(abort),
         ]
 
-        # Prefetch: while a piece is in flight the next descriptor is read from the cache; its
-        # address and length land in p_vaddr / p_left one cycle after the read (a state's own
-        # assignment to them, made later in this function, wins).
-        pf = Signal()
-        pf_d = Signal()
-        m.d.comb += cache_rd.addr.eq(k + 1)
-        m.d.sync += pf_d.eq(pf)
-        with m.If(pf_d):
-            m.d.sync += [p_vaddr.eq(cache_rd.data.addr), p_left.eq(cache_rd.data.len)]
-
         n = self.queue_num
-        # The queue size as checked by QCHECK (at most QueueNumMax): the comparisons of the
-        # round use this narrow copy rather than the 32-bit register.
-        qnum = Signal(range(qmax + 1))
-        # QueueNum is a power of two in [1, QueueNumMax], computed a cycle ahead (a notify
-        # reaches QCHECK at least two cycles after the last register write)
+        # The queue size as checked by QCHECK and its mask, computed every cycle (a notify
+        # reaches QCHECK at least two cycles after the last register write).
+        # N is fine when exactly one of bits [0, log2 qmax] is set and none above; its mask
+        # N - 1 is then every bit below that one. No wide compare or decrement.
+        qnum = Signal(qbits)
+        qmask = Signal(16)
         num_ok = Signal()
-        m.d.sync += num_ok.eq((n != 0) & ((n & (n - 1)) == 0) & (n <= qmax))
-        desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
-                           sbuf[:128])
+        low = n[:qbits]
+        single = Signal()  # one bit of low is set
+        m.d.comb += single.eq(sum(low[i] for i in range(qbits)) == 1)
+        m.d.sync += [num_ok.eq(single & (n[qbits:] == 0)), qnum.eq(low),
+                     qmask.eq(Cat(*[low[i + 1:].any() for i in range(min(16, qbits))]))]
 
-        def desc_addr(index):
-            """queue_desc + 16 * index, with the carry chain cut at bit 20 (index < 2^16)."""
-            lo = Signal(21, name="desc_lo")
-            m.d.comb += lo.eq(self.queue_desc[:20] + (index << 4)[:20])
-            hi = self.queue_desc[20:]
-            return Cat(lo[:20], Mux(lo[20], hi + 1, hi))
+        # ---- The address register and its adder ---------------------------------------------
+        # va = X + Y, where the operands are chosen by registers that each transition into a
+        # state sets for that state (``go``): the adder's inputs come from flip-flops through at
+        # most two LUTs, and the descriptor index just read through one (issue 5, Fmax).
+        va = Signal(64)
+        XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)
+        xs = Signal(2, init=XS_AVAIL)  # X: QueueDesc, QueueDriver, QueueDevice or pf_addr ...
+        xz = Signal()  # ... or 0
+        Y_NONE, Y_CAP, Y_REG, Y_STAT = range(4)
+        ys_cap, ys_reg, ys_stat = (Signal(name=f"ys_{n}") for n in ("cap", "reg", "stat"))
+        va_load = Signal()
+        # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
+        # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
+        # QueueNum a fault reports.
+        y_reg = Signal(32)
+        ring_used = Signal()  # the phase of the used element (else: an avail entry) ...
+        ring_uidx = Signal()  # ... or of the used index
+        y_is_idx = Signal()  # ... or of a fault reporting idx
+        y_is_num = Signal()  # ... or QueueNum
+        with m.If(ring_used):
+            m.d.sync += y_reg.eq(Cat(Const(0b100, 3), used_idx & qmask))
+        with m.Elif(ring_uidx):
+            m.d.sync += y_reg.eq(2)
+        with m.Elif(y_is_idx):
+            m.d.sync += y_reg.eq(idx)
+        with m.Elif(y_is_num):
+            m.d.sync += y_reg.eq(n)
+        with m.Else():
+            m.d.sync += y_reg.eq(((last_avail & qmask) + 2) << 1)
+        x = Signal(64)
+        # kept, so that synthesis leaves the descriptor index one LUT away from the adder
+        y_other = Signal(32, attrs={"keep": 1})
+        y = Signal(32)
+        m.d.comb += [
+            x.eq(Mux(xz, 0, Mux(xs[1], Mux(xs[0], pf_addr, self.queue_used),
+                                Mux(xs[0], self.queue_avail, self.queue_desc)))),
+            y_other.eq(Mux(ys_reg, y_reg, 0) | Mux(ys_stat, pf_last, 0)),
+            y.eq(Mux(ys_cap, cap_head << 4, y_other)),
+        ]
+        va_next = Signal(64)
+        m.d.comb += va_next.eq(x + y)
+        with m.If(va_load):
+            m.d.sync += va.eq(va_next)
+        # The address of the next command, looked up by the DMA engine in the translation unit:
+        # every state before one that issues loads va, except DESC_CHECK at a chain's end,
+        # which keeps the header's address that DESC_WAIT loaded (pre_hold: use cmd_vaddr).
+        keep_va = Signal()
+        m.d.comb += [self.cmd_vaddr.eq(va), self.pre_vaddr.eq(va_next),
+                     self.pre_hold.eq(keep_va)]
 
-        # Ring addresses (avail ring entry, used element, used index, the avail header for the
-        # poll) only depend on registers, so they are computed into ring_addr in the cycle
-        # before the state that issues them.
-        ring_base = Signal(64)
-        ring_off = Signal(19)
-        m.d.sync += ring_addr.eq(ring_base + ring_off)
+        def operand(xsel, ysel):
+            """In the next cycle, va loads X + Y with these operands. Every state says which
+            operands the next cycle needs (whatever state that is), from its own identity and
+            registers: the selects are flip-flops and depend on ``done`` in one place only."""
+            m.d.sync += [xs.eq(xsel & 3), xz.eq(xsel == XS_ZERO), ys_cap.eq(ysel == Y_CAP),
+                         ys_reg.eq(ysel == Y_REG), ys_stat.eq(ysel == Y_STAT)]
 
-        def ring_next(what, avail=None):
-            if what == "poll":
-                m.d.comb += [ring_base.eq(self.queue_avail), ring_off.eq(0)]
-            elif what == "head":
-                m.d.comb += [ring_base.eq(self.queue_avail),
-                             ring_off.eq(4 + ((avail & qmask) << 1))]
-            elif what == "used":
-                m.d.comb += [ring_base.eq(self.queue_used),
-                             ring_off.eq(4 + ((used_idx & qmask) << 3))]
-            else:  # "uidx"
-                m.d.comb += [ring_base.eq(self.queue_used), ring_off.eq(2)]
+        def go(name):
+            m.next = name
 
-        def fault(cause, addr):
-            m.d.sync += [f_cause.eq(cause), f_addr.eq(addr)]
-            m.next = "FAULT"
+        def load():
+            """This state loads va with its operands."""
+            m.d.comb += va_load.eq(1)
+
+        def fault(cause):
+            """An engine-detected fault reporting the index in ``idx``. XIDX moves it into y_reg,
+            XFAULT into va, the DMA engine, idle, copies va into its address register in the
+            next cycle (EFAULT), and its fault address output shows it in the fault pulse's
+            cycle (FAULT)."""
+            m.d.sync += f_cause.eq(cause)
+            go("XIDX")
 
         @contextmanager
         def state(name):
@@ -188,31 +262,41 @@ class RingEngine(wiring.Component):
                 yield
                 with m.If(abort & ~self.dma_busy):
                     m.d.sync += abort.eq(0)
-                    m.next = "IDLE"
+                    operand(XS_AVAIL, Y_NONE)  # IDLE's
+                    go("IDLE")
 
-        # The command's address is one of four, chosen by the issuing state; the DMA engine
-        # samples it only in the cycle it accepts a command.
-        vsel = Signal(2)
-        desc_idx = Signal(16)
-        VADDR = {"ring": 0, "desc": 1, "piece": 2, "status": 3}
-        m.d.comb += self.cmd_vaddr.eq(Mux(vsel[1], Mux(vsel[0], status_addr, p_vaddr),
-                                          Mux(vsel[0], desc_addr(desc_idx), ring_addr)))
+        # A data piece that continues where the header ended: the DMA engine keeps its address
+        # while idle and looks it up, from the cycle the header ends to the piece's issue.
+        m.d.comb += [self.cmd_cont.eq(cont_next), self.pre_cont.eq(cont_next)]
 
-        def address(vaddr, index=None):
-            """The address of the command a state issues, if it does: set for the whole state,
-            outside its decisions, so that the table's read address (which the DMA engine
-            takes from it) does not wait for them (issue 5, Fmax)."""
-            m.d.comb += vsel.eq(VADDR[vaddr])
-            if index is not None:
-                m.d.comb += desc_idx.eq(index)
+        # The command a state hands over comes from registers, set on the way into the state
+        # (``go``): only ``cmd_valid`` depends on the state's decisions (the DMA engine's
+        # command registers follow the fields in every idle cycle).
+        c_write, c_drain, c_disk = Signal(), Signal(), Signal()
+        c_len = Signal(lbits)
+        c_dpos = Signal(lbits)
+        m.d.comb += [self.cmd_write.eq(c_write), self.cmd_drain.eq(c_drain),
+                     self.cmd_len.eq(c_len), self.cmd_disk.eq(c_disk), self.cmd_dpos.eq(c_dpos)]
 
-        def issue(wait_state, *, write=0, length=0, disk=0, dpos=0, drain=0):
-            """Hand a command to the DMA engine (idle in every state that calls this)."""
-            m.d.comb += [
-                self.cmd_valid.eq(~abort), self.cmd_write.eq(write), self.cmd_drain.eq(drain),
-                self.cmd_len.eq(length), self.cmd_disk.eq(disk), self.cmd_dpos.eq(dpos),
-            ]
-            m.next = wait_state
+        def command(*, write=0, length=0, disk=0, dpos=0, drain=0):
+            """From the next cycle on, the command fields are these."""
+            m.d.sync += [c_write.eq(write), c_drain.eq(drain), c_len.eq(length),
+                         c_disk.eq(disk), c_dpos.eq(dpos)]
+
+        # The commands with fixed fields. A state that comes before one that issues sets the
+        # fields in every cycle, so that a transition on the DMA engine's ``done`` loads none.
+        POLL = {"length": 4}  # avail.flags and avail.idx
+        HEAD_READ = {"length": 2, "dpos": HEAD_POS}  # the ring entry
+        DESC_READ = {"length": 16}
+        STATUS_WRITE = {"write": 1, "length": 1}
+        DRAIN = {"drain": 1}
+        USED_WRITE = {"write": 1, "length": 8}
+        UIDX_WRITE = {"write": 1, "length": 2}
+
+        def issue(wait_state):
+            """Hand the state's command to the DMA engine (idle in every state that does)."""
+            m.d.comb += self.cmd_valid.eq(~abort)
+            go(wait_state)
 
         def wait(name, then, before=None):
             """Wait for the command's end; a DMA fault becomes the engine's fault."""
@@ -220,339 +304,506 @@ class RingEngine(wiring.Component):
                 if before is not None:
                     before()
                 with m.If(self.dma_done):
-                    with m.If(self.dma_fault != 0):
-                        fault(self.dma_fault, self.dma_fault_addr)
+                    with m.If(self.dma_failed):
+                        # the DMA engine holds the fault address for the FAULT cycle
+                        m.d.sync += f_cause.eq(self.dma_fault)
+                        go("FAULT")
                     with m.Else():
                         then()
 
         def goto(name):
-            return lambda: setattr(m, "next", name)
+            return lambda: go(name)
 
-        with m.FSM():
-            with state("IDLE"):
+        def fetch(index):
+            """Read cache entry ``index`` into pf (there two cycles later)."""
+            m.d.comb += [rd_idx.eq(index), pf_load.eq(1)]
+
+        def at_least(index, bound):
+            """``index >= bound`` for a 16-bit index and a bound of qbits bits: the compare on
+            the low bits only, the high bits by an OR."""
+            return (index[qbits:] != 0) | (index[:qbits] >= bound)
+
+        # Data sizes of an IN and an OUT request, in sectors, and whether they are whole
+        # sectors: D = Wr - 1 (IN) is a multiple of 512 exactly when Wr mod 512 = 1, and then
+        # D / 512 = Wr >> 9; likewise D = R - 16 (OUT). A request is in range when
+        # sector + D / 512 <= the disk's sectors.
+        def in_range(total, rest, sector):
+            dsec = total[9:]
+            fits = sector[:cs] + dsec[:cs]  # (an expression: a comb signal here would be gated
+            # by the state that calls this)
+            return ((total[:9] == rest) & (dsec[cs:] == 0) & (sector[cs:] == 0)
+                    & (fits <= cap_sectors))
+
+        m.d.sync += [self.completed.eq(0), self.used_irq.eq(0)]  # pulses, set below
+        with m.FSM() as fsm:
+            with state("IDLE"):  # va: the poll's address (avail.flags and avail.idx)
                 m.d.comb += self.idle.eq(~abort)
-                ring_next("poll")
+                operand(XS_AVAIL, Y_NONE)
+                load()
+                command(**POLL)
                 with m.If(kick & ~abort):
                     m.d.sync += kick.eq(0)
-                    m.next = "QCHECK"
+                    go("QCHECK")
 
             # ---- step 1 and 2: queue check and poll --------------------------------------------
             with state("QCHECK"):
-                address("ring")
-                m.d.sync += [qmask.eq(n - 1), qnum.eq(n)]
-                with m.If(~num_ok):
-                    fault(spec.FAULT_BAD_RING, n)
-                with m.Elif(self.queue_desc[:4] != 0):
-                    fault(spec.FAULT_BAD_RING, self.queue_desc)
-                with m.Elif(self.queue_avail[0]):
-                    fault(spec.FAULT_BAD_RING, self.queue_avail)
-                with m.Elif(self.queue_used[:2] != 0):
-                    fault(spec.FAULT_BAD_RING, self.queue_used)
+                queue_ok = (num_ok & (self.queue_desc[:4] == 0) & ~self.queue_avail[0]
+                            & (self.queue_used[:2] == 0))
+                with m.If(queue_ok):
+                    issue("POLL_WAIT")
                 with m.Else():
-                    issue("POLL_WAIT", length=4)
-            wait("POLL_WAIT", goto("POLL_CHECK"), before=lambda: ring_next("head", last_avail))
+                    # QFAULT loads the first offending value: QueueNum, Desc, Driver, Device
+                    m.d.sync += f_cause.eq(spec.FAULT_BAD_RING)
+                    with m.If(~num_ok):
+                        go("QNUM")
+                    with m.Else():
+                        go("QFAULT")
+                with m.If(self.queue_desc[:4] != 0):
+                    operand(XS_DESC, Y_NONE)
+                with m.Elif(self.queue_avail[0]):
+                    operand(XS_AVAIL, Y_NONE)
+                with m.Else():
+                    operand(XS_USED, Y_NONE)
+            with state("QNUM"):  # y_reg = QueueNum
+                m.d.comb += y_is_num.eq(1)
+                operand(XS_ZERO, Y_REG)
+                go("QFAULT")
+            with state("QFAULT"):
+                load()
+                go("EFAULT")
+            wait("POLL_WAIT", goto("POLL_CHECK"),
+                 before=lambda: operand(XS_AVAIL, Y_REG))  # POLL_CHECK's: the head
 
-            # POLL_CHECK registers what the avail index says, POLL_ACT acts on it (Fmax).
+            # POLL_CHECK registers what the avail index says, POLL_ACT acts on it.
             poll_bad = Signal()
             poll_none = Signal()
+            # Values only some states use are computed outside the FSM: a comb assignment inside
+            # a state would AND every bit with the state.
+            pending = Signal(16)
+            m.d.comb += pending.eq(cap_idx - last_avail)
             with state("POLL_CHECK"):
-                ring_next("head", last_avail)
-                pending = Signal(16)
-                m.d.comb += pending.eq(sbuf[16:32] - last_avail)
-                m.d.sync += [avail_flags.eq(sbuf[:16]), avail_idx.eq(sbuf[16:32]),
-                             poll_bad.eq(pending > qnum), poll_none.eq(pending == 0)]
-                m.next = "POLL_ACT"
+                load()
+                command(**HEAD_READ)
+                m.d.sync += [avail_idx.eq(cap_idx), no_irq.eq(cap[0]), idx.eq(cap_idx),
+                             poll_bad.eq(at_least(pending, qnum + 1)),
+                             poll_none.eq(pending == 0)]
+                go("POLL_ACT")
 
             with state("POLL_ACT"):
-                address("ring")
+                operand(XS_AVAIL, Y_NONE)  # IDLE's
                 with m.If(poll_bad):
-                    fault(spec.FAULT_BAD_RING, avail_idx)
+                    fault(spec.FAULT_BAD_RING)  # idx: avail.idx
                 with m.Elif(poll_none):
-                    m.next = "IDLE"
+                    go("IDLE")
                 with m.Else():
-                    issue("HEAD_WAIT", length=2)
+                    issue("HEAD_WAIT")
 
             # ---- step 3.1 and 3.2: head, then walk and check the chain ------------------------
             with state("HEAD"):
-                address("ring")
-                issue("HEAD_WAIT", length=2)
-            wait("HEAD_WAIT", goto("DESC_FIRST"))
+                issue("HEAD_WAIT")
+            wait("HEAD_WAIT", goto("DESC_FIRST"),
+                 before=lambda: operand(XS_DESC, Y_CAP))  # DESC_FIRST's
 
-            # DESC_FIRST registers the chain's head and its check, DESC_START acts on it (Fmax).
+            # DESC_FIRST forms the first descriptor's address and registers the head's check,
+            # DESC_START acts on it.
             head_bad = Signal()
             with state("DESC_FIRST"):
-                first = sbuf[:16]
+                load()
+                command(**DESC_READ)
                 m.d.sync += [
-                    head.eq(first), idx.eq(first), walked.eq(0), count.eq(0), n_readable.eq(0),
-                    seen_write.eq(0), have_w0.eq(0), total.eq(0), r_bytes.eq(0), w_bytes.eq(0),
-                    head_bad.eq(first >= qnum),
+                    head.eq(cap_head), idx.eq(cap_head), head_bad.eq(at_least(cap_head, qnum)),
+                    last_avail.eq(last_avail + 1),
+                    walked.eq(0), count.eq(0), n_readable.eq(0), seen_write.eq(0),
+                    acc.eq(0), r_lt16.eq(1), cont_next.eq(0), have_w.eq(0),
                 ]
-                m.next = "DESC_START"
+                go("DESC_START")
 
             with state("DESC_START"):
-                address("desc", head)
+                operand(XS_PF, Y_NONE)  # DESC_WAIT's: the header's address
                 with m.If(head_bad):
-                    fault(spec.FAULT_BAD_CHAIN, head)
+                    fault(spec.FAULT_BAD_CHAIN)  # idx: the head
                 with m.Else():
-                    issue("DESC_WAIT", length=16)
+                    issue("DESC_WAIT")
 
+            # The first cached descriptor is kept in pf for the header (it was cached at least
+            # one descriptor read ago: a request needs two non-empty descriptors), and va holds
+            # its address, should this descriptor end the chain.
             def before_desc():
-                # the first cached descriptor is ready for pass 2 (it was cached at least one
-                # descriptor read ago: a request needs two non-empty descriptors)
-                m.d.comb += cache_rd.addr.eq(0)
-                m.d.sync += [k.eq(0), got.eq(0)]
-                m.d.comb += pf.eq(1)
+                fetch(0)
+                load()
+                # (a descriptor read is done with its last beat, unless it fails: then the engine
+                # halts and the operands do not matter)
+                with m.If(self.dma_r_last_beat):
+                    operand(XS_DESC, Y_CAP)  # DESC_CHECK's: the next descriptor
+                with m.Else():
+                    operand(XS_PF, Y_NONE)
             wait("DESC_WAIT", goto("DESC_CHECK"), before=before_desc)
 
             # A descriptor takes two cycles: DESC_CHECK computes its checks and sums into
-            # registers (and caches it: after a failed check nothing reads the cache), then
-            # DESC_NEXT acts on them (issue 5, Fmax).
+            # registers (and caches it: after a failed check nothing reads the cache) and forms
+            # the next descriptor's address, DESC_NEXT acts on them.
             bad = Signal()
             has_next = Signal()
-            nxt = Signal(16)
-            nxt_bad = Signal()
+            next_bad = Signal()  # the next index is outside the queue ...
+            chain_full = Signal()  # ... or the next descriptor would be number N + 1
+            hdr_len = Signal(5)  # the first header piece
+            hdr_ends = Signal()  # ... ends its descriptor
+            # The cache's address and data do not depend on the state (only its enable does):
+            # no gate in front of each data bit.
+            m.d.comb += [
+                cache_wr.addr.eq(count),
+                cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
+                cache_wr.data.last.eq(desc_f.len - 1),
+            ]
+            lo_end = Signal(33)
+            new_acc = Signal(33)
+            m.d.comb += [lo_end.eq(desc_f.addr[:32] + desc_f.len), new_acc.eq(acc + desc_f.len)]
             with state("DESC_CHECK"):
                 d_write = desc_f.flags[1]
-                lo_end = Signal(33)
-                new_total = Signal(34)
-                new_side = Signal(33)
-                m.d.comb += [
-                    lo_end.eq(desc_f.addr[:32] + desc_f.len),
-                    new_total.eq(total + desc_f.len),
-                    new_side.eq(Mux(d_write, w_bytes, r_bytes) + desc_f.len),
-                ]
+                nonempty = desc_f.len != 0
                 # addr + len > 2^64, with a 32-bit carry chain
                 wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & lo_end[32] & (lo_end[:32] != 0)
-                nonempty = desc_f.len != 0
-                m.d.comb += [
-                    cache_wr.addr.eq(count), cache_wr.en.eq(nonempty),
-                    cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
-                    cache_wr.data.write.eq(d_write),
-                ]
+                m.d.comb += cache_wr.en.eq(nonempty)  # (address and data: below, always)
+                with m.If(desc_f.flags[0]):
+                    load()  # the next descriptor
+                with m.Else():
+                    m.d.comb += keep_va.eq(1)  # the header's first piece
+                short = (pf_len[5:] == 0) & (pf_len[:5] < 16)
                 m.d.sync += [
                     bad.eq((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
-                           | (~d_write & seen_write) | wraps | new_total[32:].any()),
-                    has_next.eq(desc_f.flags[0]), nxt.eq(desc_f.next),
-                    nxt_bad.eq(desc_f.next >= qnum),
-                    walked.eq(walked + 1), total.eq(new_total),
+                           | (~d_write & seen_write) | wraps | new_acc[32]),
+                    has_next.eq(desc_f.flags[0]), next_bad.eq(at_least(desc_f.next, qnum)),
+                    walked.eq(walked + 1), chain_full.eq(walked + 1 == qnum), acc.eq(new_acc),
                     seen_write.eq(seen_write | d_write),
+                    hdr_len.eq(Mux(short, pf_len[:5], 16)),
+                    hdr_ends.eq((pf_len[5:] == 0) & (pf_len[:5] <= 16)),
                 ]
-                with m.If(d_write):
-                    m.d.sync += w_bytes.eq(new_side)
-                with m.Else():
-                    m.d.sync += r_bytes.eq(new_side)
+                # DESC_NEXT's command: the next descriptor, or the header's first piece
+                command(length=Mux(desc_f.flags[0], 16, Mux(short, pf_len[:5], 16)))
+                with m.If(d_write & ~seen_write):
+                    m.d.sync += [r_bytes.eq(acc), r_lt16.eq(acc[4:] == 0)]  # R < 16
                 with m.If(nonempty):
-                    m.d.sync += [count.eq(count + 1),
-                                 status_addr.eq(desc_f.addr + desc_f.len - 1)]
+                    m.d.sync += [count.eq(count + 1), last_idx.eq(count)]
                     with m.If(~d_write):
                         m.d.sync += n_readable.eq(n_readable + 1)
-                    with m.If(d_write & ~have_w0):
-                        m.d.sync += [have_w0.eq(1), w0_addr.eq(desc_f.addr),
-                                     w0_len.eq(desc_f.len)]
-                m.next = "DESC_NEXT"
+                    with m.Else():
+                        m.d.sync += have_w.eq(1)
+                go("DESC_NEXT")
 
             with state("DESC_NEXT"):
-                address("desc", nxt)
+                operand(XS_PF, Y_NONE)  # DESC_WAIT's or HDR_WAIT's
                 with m.If(bad):
-                    fault(spec.FAULT_BAD_CHAIN, idx)
+                    fault(spec.FAULT_BAD_CHAIN)  # idx: this descriptor
                 with m.Elif(has_next):  # NEXT
-                    with m.If(nxt_bad):
-                        fault(spec.FAULT_BAD_CHAIN, nxt)
-                    with m.Elif(walked == qnum):  # the next one would be number N + 1
-                        fault(spec.FAULT_BAD_CHAIN, nxt)
+                    m.d.sync += idx.eq(desc_f.next)
+                    # the next one is outside the queue, or would be number N + 1
+                    with m.If(next_bad | chain_full):
+                        fault(spec.FAULT_BAD_CHAIN)  # idx: the next one
                     with m.Else():
-                        m.d.sync += idx.eq(nxt)
-                        issue("DESC_WAIT", length=16)
-                # step 3.3: request framing
-                with m.Elif((r_bytes < spec.BLK_HEADER_BYTES) | (w_bytes == 0)):
-                    fault(spec.FAULT_BAD_REQUEST, head)
+                        issue("DESC_WAIT")
+                # step 3.3: request framing (R >= 16 and Wr >= 1, a non-empty writable one)
+                with m.Elif(r_lt16 | ~have_w):
+                    m.d.sync += idx.eq(head)
+                    fault(spec.FAULT_BAD_REQUEST)  # idx: the head
                 with m.Else():
-                    m.next = "HDR_PIECE"
+                    # step 3.4: the header's first piece, from cached descriptor 0
+                    m.d.sync += [got.eq(hdr_len), take.eq(hdr_len), hdr_last.eq(hdr_len == 16),
+                                 piece_ends.eq(hdr_ends)]
+                    with m.If(hdr_ends):
+                        fetch(pf_next)  # (pf holds cached descriptor 0)
+                    issue("HDR_WAIT")
+            with state("XIDX"):  # y_reg = idx, the fault's index
+                m.d.comb += y_is_idx.eq(1)
+                operand(XS_ZERO, Y_REG)
+                go("XFAULT")
+            with state("XFAULT"):  # va = idx; f_cause set
+                load()
+                go("EFAULT")
 
             # ---- step 3.4: header --------------------------------------------------------------
-            with state("HDR_PIECE"):  # p_vaddr / p_left: cached descriptor k, never empty
-                address("piece")
-                need = Signal(5)
-                m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
-                short = (p_left[5:] == 0) & (p_left[:5] < need)
-                piece = Signal(5)
-                m.d.comb += piece.eq(Mux(short, p_left[:5], need))
-                m.d.sync += [take.eq(piece), hdr_last.eq(~short),
-                             reload.eq(p_left == piece),
-                             p_vaddr.eq(p_vaddr + piece), p_left.eq(p_left - piece)]
-                issue("HDR_WAIT", length=piece, dpos=got)
-
-            def before_hdr():
-                with m.If(reload):
-                    m.d.comb += pf.eq(1)
+            # Wr = acc - R, settled long before DECODE.
+            m.d.sync += wr_bytes.eq(acc - r_bytes)
 
             def after_hdr_piece():
-                m.d.sync += got.eq(got + take)
-                with m.If(reload):
-                    m.d.sync += k.eq(k + 1)
                 with m.If(hdr_last):
-                    m.next = "DECODE"
+                    go("DECODE")
                 with m.Else():
-                    m.next = "HDR_PIECE"
+                    go("HDR_PIECE")
+
+            # The next piece's address and length, if there is one (pf is the next descriptor
+            # then, from the third cycle of the wait on; the wait lasts at least that long).
+            hlen_next = Signal(5)
+            hlen_ends_next = Signal()
+            need = Signal(5)
+            m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
+            short_h = (pf_len[5:] == 0) & (pf_len[:5] < need)
+            m.d.comb += [hlen_next.eq(Mux(short_h, pf_len[:5], need)),
+                         hlen_ends_next.eq((pf_len[5:] == 0) & (pf_len[:5] <= need))]
+            hlen_ends = Signal()  # the next header piece ends its descriptor
+
+            def before_hdr():
+                load()
+                operand(XS_PF, Y_NONE)
+                command(length=hlen_next, dpos=got)  # HDR_PIECE's
+                # what the last piece leaves of its descriptor (pf, unless the piece ends it)
+                with m.If(hdr_last):
+                    m.d.sync += [cont_next.eq(~piece_ends), split_rem.eq(pf_len[:lbits + 1] - take),
+                                 split_big.eq(pf_len[lbits + 1:] != 0)]
+                m.d.sync += [hlen.eq(hlen_next), hlen_ends.eq(hlen_ends_next)]
             wait("HDR_WAIT", after_hdr_piece, before=before_hdr)
 
+            with state("HDR_PIECE"):  # pf: the next cached descriptor, never empty
+                operand(XS_PF, Y_NONE)  # HDR_WAIT's
+                m.d.sync += [take.eq(hlen), got.eq(got + hlen),
+                             hdr_last.eq(got + hlen == spec.BLK_HEADER_BYTES),
+                             piece_ends.eq(hlen_ends)]
+                with m.If(hlen_ends):
+                    fetch(pf_next)
+                issue("HDR_WAIT")
+
             # ---- step 3.5: decode and data -----------------------------------------------------
-            # Data sizes of an IN and an OUT request, and the last first sector that leaves
-            # room for them (negative: none), settled from pass 1's sums well before DECODE:
-            # a request is in range when sector * 512 + size <= disk size.
-            d_in = Signal(33)
-            d_out = Signal(33)
-            room_in = Signal(34)
-            room_out = Signal(34)
-            m.d.sync += [
-                d_in.eq(w_bytes - 1), d_out.eq(r_bytes - spec.BLK_HEADER_BYTES),
-                room_in.eq(Const(cap_sectors, 34) - (d_in >> 9)),
-                room_out.eq(Const(cap_sectors, 34) - (d_out >> 9)),
-            ]
-            # DECODE registers what the header says; DISPATCH acts on it (issue 5, Fmax).
+            # DECODE registers what the header says; DISPATCH acts on it.
             t_in = Signal()
             t_out = Signal()
             t_flush = Signal()
             t_get_id = Signal()
             ok_in = Signal()
             ok_out = Signal()
-            sector_base = Signal(32)
+            sector_base = Signal(lbits)
+            id_len = Signal(5)  # GET_ID: min(20, Wr - 1)
+            no_in_data = Signal()  # Wr = 1: only the status byte is writable
+            no_out_data = Signal()  # R = 16: only the header is readable
             with state("DECODE"):
-                req_type = sbuf[:32]
-                sector = sbuf[64:128]
-
-                def in_range(d, room):
-                    return ((d[:9] == 0) & ~room[-1] & (sector[32:] == 0)
-                            & (sector[:32] <= room[:-1]))
-
+                req_type = cap[:32]
+                sector = cap[64:128]
                 m.d.sync += [
                     t_in.eq(req_type == spec.VIRTIO_BLK_T_IN),
                     t_out.eq(req_type == spec.VIRTIO_BLK_T_OUT),
                     t_flush.eq(req_type == spec.VIRTIO_BLK_T_FLUSH),
                     t_get_id.eq(req_type == spec.VIRTIO_BLK_T_GET_ID),
-                    ok_in.eq(in_range(d_in, room_in)), ok_out.eq(in_range(d_out, room_out)),
-                    sector_base.eq(sector[:32] << 9),
+                    ok_in.eq(in_range(wr_bytes, 1, sector)),
+                    ok_out.eq(in_range(r_bytes, spec.BLK_HEADER_BYTES, sector)),
+                    sector_base.eq(sector[:cs] << 9),
+                    no_in_data.eq(wr_bytes == 1),
+                    no_out_data.eq(r_bytes == spec.BLK_HEADER_BYTES),
+                    id_len.eq(Mux((wr_bytes[5:] != 0)
+                                  | (wr_bytes[:5] > spec.VIRTIO_BLK_ID_BYTES),
+                                  spec.VIRTIO_BLK_ID_BYTES, wr_bytes[:5] - 1)),
                 ]
-                m.next = "DISPATCH"
+                go("DISPATCH")
 
+            # DISPATCH decides what moves and which cached descriptor that needs first: the
+            # first device-writable one (IN, GET_ID), the one after the header (OUT), or the
+            # last one (the status byte). Where pf does not hold it, FETCH waits for it.
+            need_idx = Signal(qbits)
+            after = Signal()  # then: 0 = the status, 1 = the data
             with state("DISPATCH"):
-
-                def data_phase(nbytes, *, disk, write):
-                    m.d.sync += [remaining.eq(nbytes), to_disk.eq(disk), dir_write.eq(write)]
-                    if write:  # the data goes to the device-writable descriptors
-                        m.d.sync += [k.eq(n_readable), p_vaddr.eq(w0_addr),
-                                     p_left.eq(w0_len)]
-                    # else: it continues after the header, where p_vaddr / p_left / k are
-                    with m.If(nbytes == 0):
-                        m.next = "STATUS"
-                    with m.Else():
-                        m.next = "DATA_PIECE"
-
-                m.d.sync += [
-                    blk_status.eq(spec.VIRTIO_BLK_S_OK), written.eq(0), dpos.eq(sector_base),
-                ]
-                with m.If(t_in):
-                    with m.If(ok_in):
-                        m.d.sync += written.eq(d_in)
-                        data_phase(d_in, disk=1, write=1)
-                    with m.Else():
-                        m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
-                        m.next = "STATUS"
-                with m.Elif(t_out):
-                    with m.If(ok_out):
-                        data_phase(d_out, disk=1, write=0)
-                    with m.Else():
-                        m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
-                        m.next = "STATUS"
-                with m.Elif(t_flush):
-                    m.next = "STATUS"
-                with m.Elif(t_get_id):
-                    n_id = Signal(33)
-                    m.d.comb += n_id.eq(Mux(d_in < spec.VIRTIO_BLK_ID_BYTES, d_in,
-                                            spec.VIRTIO_BLK_ID_BYTES))
-                    m.d.sync += [
-                        written.eq(n_id), dpos.eq(0),
-                        sbuf[:8 * spec.VIRTIO_BLK_ID_BYTES].eq(
-                            int.from_bytes(spec.DEVICE_SERIAL, "little")),
-                    ]
-                    data_phase(n_id, disk=0, write=1)
-                with m.Else():
+                m.d.sync += [blk_status.eq(spec.VIRTIO_BLK_S_OK), used_len.eq(1),
+                             dpos.eq(sector_base), to_disk.eq(1), dir_write.eq(1)]
+                move_in = t_in & ok_in & ~no_in_data  # (flags registered in DECODE: no wide
+                move_out = t_out & ok_out & ~no_out_data  # compare before the operand select)
+                move_id = t_get_id & ~no_in_data
+                with m.If(t_in & ok_in):
+                    m.d.sync += used_len.eq(wr_bytes)
+                with m.If(t_get_id):
+                    m.d.sync += used_len.eq(id_len + 1)
+                with m.If((t_in & ~ok_in) | (t_out & ~ok_out)):
+                    m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
+                with m.If(~t_in & ~t_out & ~t_flush & ~t_get_id):
                     m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
-                    m.next = "STATUS"
+                with m.If(~move_out):
+                    m.d.sync += cont_next.eq(0)  # only OUT data follows the header
+                with m.If(move_in):
+                    m.d.sync += [remaining.eq(wr_bytes[9:] << 9), need_idx.eq(n_readable),
+                                 after.eq(1)]
+                with m.Elif(move_id):
+                    m.d.sync += [remaining.eq(id_len), need_idx.eq(n_readable), dpos.eq(0),
+                                 to_disk.eq(0), after.eq(1)]
+                with m.Elif(move_out):
+                    # the data starts in the header's last descriptor (cont_next) or in the
+                    # next one, which the header's last piece fetched into pf
+                    m.d.sync += [remaining.eq(r_bytes[9:] << 9), dir_write.eq(0), after.eq(1),
+                                 need_idx.eq(pf_idx)]
+                with m.Else():
+                    m.d.sync += [need_idx.eq(last_idx), after.eq(0)]
+                with m.If(move_in | move_id | move_out):
+                    operand(XS_PF, Y_NONE)  # ROUTE's: a data piece's address
+                with m.Else():
+                    operand(XS_PF, Y_STAT)  # ... or the status byte's
+                go("ROUTE")
 
-            with state("DATA_PIECE"):  # p_vaddr / p_left: cached descriptor k; remaining > 0
-                address("piece")
-                piece = Signal(32)
-                m.d.comb += piece.eq(Mux(p_left < remaining, p_left, remaining))
-                m.d.sync += take.eq(piece)
-                issue("DATA_WAIT", write=dir_write, length=piece,
-                      disk=to_disk, dpos=dpos)
+            # The next data piece: what is left of its descriptor, at most the remaining data.
+            plen_next = Signal(lbits)
+            p_short = Signal()
+            # what is left of the descriptor: its low bits, and whether more than they say
+            avail_len = Mux(cont_next, split_rem, pf_len[:lbits + 1])
+            big = Mux(cont_next, split_big, pf_len[lbits + 1:] != 0)
+            m.d.comb += [
+                p_short.eq(~big & ~avail_len[lbits] & (avail_len[:lbits] < remaining)),
+                plen_next.eq(Mux(p_short, avail_len[:lbits], remaining)),
+            ]
+
+            def next_piece_len():
+                m.d.sync += [plen.eq(plen_next), plen_last.eq(~p_short)]
+
+            def data_command():
+                command(write=dir_write, length=plen_next, disk=to_disk, dpos=dpos)
+
+            def to_data_piece():
+                go("DATA_PIECE")
+
+            # ROUTE: pf holds the descriptor needed (or the data continues in the header's
+            # last descriptor): va loads the piece's or the status byte's address, and on;
+            # else fetch it first.
+            with state("ROUTE"):
+                next_piece_len()
+                load()
+                operand(XS_PF, Mux(after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
+                with m.If(after):
+                    data_command()
+                with m.Else():
+                    command(**STATUS_WRITE)
+                with m.If(after & cont_next):
+                    to_data_piece()  # OUT, continuing where the header ended
+                with m.Elif(pf_idx == need_idx):
+                    with m.If(after):
+                        to_data_piece()
+                    with m.Else():
+                        go("STATUS")
+                with m.Else():
+                    fetch(need_idx)
+                    go("FETCH")
+            with state("FETCH"):
+                operand(XS_PF, Mux(after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
+                go("ROUTE_FETCHED")
+            with state("ROUTE_FETCHED"):  # pf = need_idx now
+                next_piece_len()
+                load()
+                with m.If(after):
+                    data_command()
+                with m.Else():
+                    command(**STATUS_WRITE)
+                with m.If(after):
+                    to_data_piece()
+                with m.Else():
+                    go("STATUS")
+
+            with state("DATA_PIECE"):  # plen: this piece (> 0); pf: its descriptor
+                m.d.sync += [last_piece.eq(plen_last), cont_next.eq(0),
+                             remaining.eq(remaining - plen), dpos.eq(dpos + plen)]
+                # the next piece's descriptor, or the status byte's (the last one), whose
+                # address DATA_WAIT loads
+                operand(XS_PF, Mux(plen_last, Y_STAT, Y_NONE))  # DATA_WAIT's
+                with m.If(plen_last):
+                    fetch(last_idx)
+                with m.Else():
+                    fetch(pf_next)
+                issue("DATA_WAIT")
 
             def after_data_piece():
-                # a piece ends its descriptor or the data: the next one starts at descriptor k + 1
-                m.d.sync += [remaining.eq(remaining - take), dpos.eq(dpos + take), k.eq(k + 1)]
-                with m.If(remaining == take):
-                    m.next = "STATUS"
+                with m.If(last_piece):
+                    go("STATUS")
                 with m.Else():
-                    m.next = "DATA_PIECE"
+                    to_data_piece()
+
             def before_data():
-                m.d.comb += pf.eq(1)
+                m.d.comb += self.serial.eq(~to_disk)
+                load()
+                operand(XS_PF, Mux(last_piece, Y_STAT, Y_NONE))
+                next_piece_len()
+                with m.If(last_piece):
+                    command(**STATUS_WRITE)
+                with m.Else():
+                    data_command()
             wait("DATA_WAIT", after_data_piece, before=before_data)
 
             # ---- steps 3.6 to 3.9: status, used element, used index -------------------------
+            # The payload of a write from the scratch (held until the command is done): see
+            # below the FSM.
             with state("STATUS"):
-                address("status")
-                m.d.sync += sbuf[:8].eq(blk_status)
-                issue("STATUS_WAIT", write=1, length=1)
-            wait("STATUS_WAIT", goto("DRAIN_DATA"))
+                issue("STATUS_WAIT")
+            def before_status_wait():
+                command(**DRAIN)
+            wait("STATUS_WAIT", goto("DRAIN_DATA"), before=before_status_wait)
             with state("DRAIN_DATA"):  # no used element for data that did not arrive
-                issue("DRAIN_DATA_WAIT", drain=1)
-            wait("DRAIN_DATA_WAIT", goto("USED"), before=lambda: ring_next("used"))
+                m.d.comb += ring_used.eq(1)
+                operand(XS_USED, Y_REG)  # DRAIN_DATA_WAIT's: the used element
+                issue("DRAIN_DATA_WAIT")
+
+            def before_drain_data():
+                m.d.comb += ring_used.eq(1)
+                load()
+                operand(XS_USED, Y_REG)
+                command(**USED_WRITE)
+            wait("DRAIN_DATA_WAIT", goto("USED"), before=before_drain_data)
 
             with state("USED"):
-                address("ring")
-                m.d.sync += sbuf[:64].eq(Cat(head, Const(0, 16), written + 1))
-                issue("USED_WAIT", write=1, length=8)
-            wait("USED_WAIT", goto("USED_IDX"), before=lambda: ring_next("uidx"))
+                m.d.comb += ring_uidx.eq(1)
+                operand(XS_USED, Y_REG)  # USED_WAIT's: the used index
+                issue("USED_WAIT")
 
+            def before_used_wait():
+                m.d.comb += ring_uidx.eq(1)
+                load()
+                operand(XS_USED, Y_REG)
+                command(**UIDX_WRITE)
+            wait("USED_WAIT", goto("USED_IDX"), before=before_used_wait)
+
+            next_used = Signal(16)
+            m.d.comb += next_used.eq(used_idx + 1)
             with state("USED_IDX"):
-                address("ring")
-                m.d.sync += sbuf[:16].eq(used_idx + 1)
-                issue("USED_IDX_WAIT", write=1, length=2)
-            wait("USED_IDX_WAIT", goto("DRAIN_USED"))
-            with state("DRAIN_USED"):  # the interrupt follows the used index
-                issue("DRAIN_USED_WAIT", drain=1)
+                issue("USED_IDX_WAIT")
+            def before_uidx_wait():
+                command(**DRAIN)
+            wait("USED_IDX_WAIT", goto("DRAIN_USED"), before=before_uidx_wait)
 
-            next_avail = Signal(16)
-            m.d.comb += next_avail.eq(last_avail + 1)
             # registered: last_avail and avail_idx are settled long before DRAIN_USED_WAIT
             round_done = Signal()
-            m.d.sync += round_done.eq(next_avail == avail_idx)
-
-            def before_used():
-                with m.If(round_done):
-                    ring_next("poll")
-                with m.Else():
-                    ring_next("head", next_avail)
+            m.d.sync += round_done.eq(last_avail == avail_idx)
+            with state("DRAIN_USED"):  # the interrupt follows the used index
+                # DRAIN_USED_WAIT loads the next round's poll address, or the next entry's head.
+                # used_idx moves on now: should the drain fail, the engine halts until a reset.
+                m.d.sync += used_idx.eq(next_used)
+                # DRAIN_USED_WAIT's: the next round's poll, or the next entry's head
+                operand(XS_AVAIL, Mux(round_done, Y_NONE, Y_REG))
+                issue("DRAIN_USED_WAIT")
 
             def after_used():
-                m.d.sync += [used_idx.eq(used_idx + 1), last_avail.eq(next_avail)]
-                m.d.comb += [self.completed.eq(1),
-                             self.used_irq.eq(~avail_flags[0])]  # VIRTQ_AVAIL_F_NO_INTERRUPT
+                # registered: the pulses come a cycle after the drain's end
+                m.d.sync += [self.completed.eq(1),
+                             self.used_irq.eq(~no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
                 with m.If(round_done):
-                    m.next = "QCHECK"
+                    go("QCHECK")
                 with m.Else():
-                    m.next = "HEAD"
-            wait("DRAIN_USED_WAIT", after_used, before=before_used)
+                    go("HEAD")
+            def before_drain_used():
+                load()
+                operand(XS_AVAIL, Mux(round_done, Y_NONE, Y_REG))
+                with m.If(round_done):
+                    command(**POLL)
+                with m.Else():
+                    command(**HEAD_READ)
+            wait("DRAIN_USED_WAIT", after_used, before=before_drain_used)
 
+            with state("EFAULT"):  # va holds the engine fault's address; the DMA engine copies it
+                go("FAULT")
             with state("FAULT"):
                 m.d.comb += self.fault.eq(1)
-                m.next = "HALT"
+                go("HALT")
             with state("HALT"):
                 pass
 
+        one_hot(fsm)
+        # The payload: the used element (id, len), whose low 16 bits are the status byte or the
+        # used index in the states that write those (their commands strobe only those bytes).
+        # Not gated by the states: only the low 16 bits need a select.
+        low16 = Mux(fsm.ongoing("USED") | fsm.ongoing("USED_WAIT"), head,
+                    Mux(fsm.ongoing("USED_IDX") | fsm.ongoing("USED_IDX_WAIT"), next_used,
+                        blk_status))
+        m.d.comb += self.payload.eq(Cat(low16, Const(0, 16), used_len))
         with m.If(self.notify):
             m.d.sync += kick.eq(1)
         with m.If(self.dev_reset):
-            m.d.sync += [abort.eq(1), kick.eq(0), last_avail.eq(0), used_idx.eq(0)]
+            m.d.sync += [abort.eq(1), kick.eq(0), last_avail.eq(0), used_idx.eq(0),
+                         cont_next.eq(0)]
         return m

@@ -2,11 +2,20 @@
 
 The map is an external contract (``docs/architecture.md``, "Privileged register file"). Nothing
 on the guest port reaches these registers.
+
+How the read path is built, for area (the behaviour does not depend on it): in the ``r_en``
+cycle the offset is decoded, and each readable register is copied into a register of its own
+that a flip-flop's synchronous reset clears unless the register is the one addressed; in the
+next cycle ``r_data`` is the OR of those copies, or the table word. Gating by the flip-flops'
+reset costs no LUT, and no data bit of the read multiplexer then depends on the address bits
+(the delay-driven LUT mapping would otherwise fold the decode into each of the 32 bits). The
+copies are flip-flops only; what is left in LUTs is an OR of five to seven copies per bit and
+one LUT per bit that lets the table word (late, out of a block RAM) through.
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -26,26 +35,43 @@ def hv_addr_width(entries: int) -> int:
 class PrivilegedRegs(wiring.Component):
     """Hypervisor registers.
 
+    A write takes effect at the end of its ``w_en`` cycle; a read presents ``r_data`` in the
+    cycle after ``r_en``, with the registers' values of the ``r_en`` cycle (a table word: as
+    the table holds it at the end of the ``r_en`` cycle, from ``tbl_rdata``). Accesses come one
+    at a time (:class:`~rtl.regbus.RegBusSignature`). Offsets decode :func:`hv_addr_width` bits
+    (bits 1:0 ignored); unmapped offsets read 0 and ignore writes; grant words honour
+    ``w_strb``, the registers ignore it.
+
+    Parameters
+    ----------
+    entries : int
+        Grant table entries.
+
     Members
     -------
     bus : In(RegBusSignature)
         From the ``s_hv`` bridge.
     handle_mode, domid : Out
-        Translation configuration.
-    tbl_* :
-        Access to the translation unit's table (read data one cycle after the address).
+        Translation configuration (HV_CTRL bit 0, HV_DOMID).
+    tbl_addr, tbl_wdata, tbl_wen : Out
+        The table port of the translation unit: the entry of the access (the entry of
+        ``bus.addr`` in every cycle), both words of the write data, byte enables (bytes 0-3:
+        GRANT word 0, bytes 4-7: word 1) in a ``w_en`` cycle to a table word.
+    tbl_rdata : In
+        The entry at ``tbl_addr`` one cycle earlier.
     fault, fault_cause, fault_addr : In
         A one-cycle pulse per fault; the first one is latched until software clears
-        HV_FAULT_STATUS.
+        HV_FAULT_STATUS (a fault in the cycle of that write is latched).
     xlate, completed : In
-        Statistics pulses.
+        Statistics pulses (HV_STAT_XLATE, HV_STAT_REQUESTS).
     inflight, burst_done : In
         Bus transactions in flight (their translations predate anything written now); one
         completes this cycle (completions come in issue order). They complete an HV_SYNC
         barrier.
     tbl_changed, tbl_ref, cfg_changed : Out
-        A write to grant entry ``tbl_ref``; a write to the mode or the domain. The DMA engine
-        looks a page up again before its next burst if its translation may have changed.
+        In a ``w_en`` cycle: a write to grant entry ``tbl_ref``; a write to the mode or the
+        domain. The DMA engine looks a page up again before its next burst if its translation
+        may have changed.
     """
 
     def __init__(self, *, entries: int = spec.DEFAULT_ENTRIES):
@@ -79,8 +105,19 @@ class PrivilegedRegs(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         bus = self.bus
+        data = bus.w_data
 
-        ctrl = Signal(32)
+        # Register offsets: the address bits above the registers all 0 (one term shared by
+        # every register), and bits 6:2.
+        registers = Signal()
+        m.d.comb += registers.eq(bus.addr[7:] == 0)
+
+        def at(offset):
+            """The access is to the register at ``offset`` (bits 1:0 ignored)."""
+            assert offset < 0x80
+            return registers & (bus.addr[2:7] == offset >> 2)
+
+        handle_mode = Signal()
         domid = Signal(16)
         fault_status = Signal()
         fault_cause = Signal(4)
@@ -88,8 +125,9 @@ class PrivilegedRegs(wiring.Component):
         fault_count = Signal(32)
         stat_xlate = Signal(32)
         stat_requests = Signal(32)
-        m.d.comb += [self.handle_mode.eq(ctrl[0]), self.domid.eq(domid)]
+        m.d.comb += [self.handle_mode.eq(handle_mode), self.domid.eq(domid)]
 
+        # --- Grant table: GRANT[ref] at HV_GRANT_BASE + 8 * ref, word 1 (bytes 4-7) at +4.
         offset = Cat(Signal(2), bus.addr[2:])
         in_table = Signal()
         ref = Signal(self._addr_width)
@@ -99,86 +137,101 @@ class PrivilegedRegs(wiring.Component):
                            + spec.GRANT_ENTRY_BYTES * self._entries)),
             ref.eq((offset - spec.HV_GRANT_BASE) >> 3),
             self.tbl_addr.eq(ref),
-            self.tbl_wdata.eq(Cat(bus.w_data, bus.w_data)),
+            self.tbl_ref.eq(ref),
+            self.tbl_wdata.eq(Cat(data, data)),
+            self.tbl_changed.eq(bus.w_en & in_table),
         ]
         with m.If(bus.w_en & in_table):
-            with m.If(offset[2]):
-                m.d.comb += self.tbl_wen.eq(Cat(0, 0, 0, 0, bus.w_strb))
-            with m.Else():
-                m.d.comb += self.tbl_wen.eq(bus.w_strb)
+            m.d.comb += self.tbl_wen.eq(Mux(offset[2], bus.w_strb << 4, bus.w_strb))
 
-        # HV_SYNC: a write starts a barrier that waits for the transactions in flight at that
-        # moment (completions come in issue order, so counting them down is enough; the DMA
-        # engine translates again before any burst issued after a table change).
+        # --- Mode and domain.
+        with m.If(bus.w_en & at(spec.HV_CTRL)):
+            m.d.sync += handle_mode.eq(data & spec.HV_CTRL_HANDLE_MODE != 0)
+        with m.If(bus.w_en & at(spec.HV_DOMID)):
+            m.d.sync += domid.eq(data[:16])
+        m.d.comb += self.cfg_changed.eq(bus.w_en & (at(spec.HV_CTRL) | at(spec.HV_DOMID)))
+
+        # --- HV_SYNC: a write starts a barrier that waits for the transactions in flight at
+        # that moment (completions come in issue order, so counting them down is enough; the
+        # DMA engine translates again before any burst issued after a table change).
         sync_count = Signal(range(16))
         with m.If(self.burst_done & (sync_count != 0)):
             m.d.sync += sync_count.eq(sync_count - 1)
-        with m.If(bus.w_en & (offset == spec.HV_SYNC)):
+        with m.If(bus.w_en & at(spec.HV_SYNC)):
             m.d.sync += sync_count.eq(self.inflight - self.burst_done)
-        sync_pending = Signal()
-        m.d.comb += sync_pending.eq(sync_count != 0)
-        m.d.comb += [
-            self.tbl_changed.eq(bus.w_en & in_table),
-            self.tbl_ref.eq(ref),
-            self.cfg_changed.eq(bus.w_en & ((offset == spec.HV_CTRL)
-                                            | (offset == spec.HV_DOMID))),
-        ]
 
+        # --- Statistics.
         with m.If(self.xlate):
             m.d.sync += stat_xlate.eq(stat_xlate + 1)
         with m.If(self.completed):
             m.d.sync += stat_requests.eq(stat_requests + 1)
 
-        with m.If(bus.w_en), m.Switch(offset):
-            with m.Case(spec.HV_CTRL):
-                m.d.sync += ctrl.eq(bus.w_data & spec.HV_CTRL_HANDLE_MODE)
-            with m.Case(spec.HV_DOMID):
-                m.d.sync += domid.eq(bus.w_data[:16])
-            with m.Case(spec.HV_FAULT_STATUS), m.If(bus.w_data[0]):
-                m.d.sync += fault_status.eq(0)
-
-        # A fault in the same cycle as the clearing write stays latched.
+        # --- Faults: every one counts; the first is latched until HV_FAULT_STATUS bit 0 is
+        # written with 1 (RW1C). A fault in the cycle of that write is latched.
+        clear = Signal()
+        m.d.comb += clear.eq(bus.w_en & at(spec.HV_FAULT_STATUS) & data[0])
+        latch = Signal()
+        m.d.comb += latch.eq(self.fault & (~fault_status | clear))
         with m.If(self.fault):
             m.d.sync += fault_count.eq(fault_count + 1)
-            with m.If(~fault_status | (bus.w_en & (offset == spec.HV_FAULT_STATUS)
-                                        & bus.w_data[0])):
-                m.d.sync += [fault_status.eq(1), fault_cause.eq(self.fault_cause),
-                             fault_addr.eq(self.fault_addr)]
+        with m.If(latch):
+            m.d.sync += [fault_cause.eq(self.fault_cause), fault_addr.eq(self.fault_addr)]
+        with m.If(clear & ~self.fault):
+            m.d.sync += fault_status.eq(0)
+        with m.Elif(self.fault):
+            m.d.sync += fault_status.eq(1)
 
-        # Reads: registers are sampled on r_en; table words come from the block RAM a cycle
-        # later.
-        rdata = Signal(32)
-        r_table = Signal()
-        r_hi = Signal()
+        # --- Reads: one cycle of latency. In the r_en cycle every readable register is copied
+        # into a register of its own, cleared unless it is the one addressed (see the module
+        # docstring); in the next cycle ``word`` is the OR of the copies.
+        terms = [  # (offset, value): a constant or a signal
+            (spec.HV_VERSION, spec.HV_VERSION_VALUE),
+            (spec.HV_DOMID, domid),
+            (spec.HV_ENTRIES, self._entries),
+            (spec.HV_FAULT_CAUSE, fault_cause),
+            (spec.HV_FAULT_ADDR_LO, fault_addr[:32]),
+            (spec.HV_FAULT_ADDR_HI, fault_addr[32:]),
+            (spec.HV_FAULT_COUNT, fault_count),
+            (spec.HV_STAT_XLATE, stat_xlate),
+            (spec.HV_STAT_REQUESTS, stat_requests),
+        ]
+        bits = [[] for _ in range(32)]  # per bit of r_data: the copies that can set it
+        for reg_offset, value in terms:
+            if isinstance(value, int):
+                copy = Signal(name=f"r_at_{reg_offset:03x}", reset_less=True)
+                with m.If(bus.r_en):
+                    m.d.sync += copy.eq(at(reg_offset))
+                for bit in range(32):
+                    if value >> bit & 1:
+                        bits[bit].append(copy)
+            else:
+                copy = Signal.like(value, name=f"r_copy_{reg_offset:03x}", reset_less=True)
+                with m.If(bus.r_en):
+                    m.d.sync += copy.eq(Mux(at(reg_offset), value, 0))
+                for bit in range(len(copy)):
+                    bits[bit].append(copy[bit])
+        # The one-bit registers share one copy, so that bit 0 is not an OR of many more copies
+        # than the other bits.
+        r_flags = Signal(reset_less=True)
         with m.If(bus.r_en):
-            m.d.sync += [r_table.eq(in_table), r_hi.eq(offset[2]), rdata.eq(0)]
-            with m.Switch(offset):
-                with m.Case(spec.HV_VERSION):
-                    m.d.sync += rdata.eq(spec.HV_VERSION_VALUE)
-                with m.Case(spec.HV_CTRL):
-                    m.d.sync += rdata.eq(ctrl)
-                with m.Case(spec.HV_DOMID):
-                    m.d.sync += rdata.eq(domid)
-                with m.Case(spec.HV_ENTRIES):
-                    m.d.sync += rdata.eq(self._entries)
-                with m.Case(spec.HV_FAULT_STATUS):
-                    m.d.sync += rdata.eq(fault_status)
-                with m.Case(spec.HV_FAULT_CAUSE):
-                    m.d.sync += rdata.eq(fault_cause)
-                with m.Case(spec.HV_FAULT_ADDR_LO):
-                    m.d.sync += rdata.eq(fault_addr[:32])
-                with m.Case(spec.HV_FAULT_ADDR_HI):
-                    m.d.sync += rdata.eq(fault_addr[32:])
-                with m.Case(spec.HV_FAULT_COUNT):
-                    m.d.sync += rdata.eq(fault_count)
-                with m.Case(spec.HV_SYNC):
-                    m.d.sync += rdata.eq(~sync_pending)
-                with m.Case(spec.HV_STAT_XLATE):
-                    m.d.sync += rdata.eq(stat_xlate)
-                with m.Case(spec.HV_STAT_REQUESTS):
-                    m.d.sync += rdata.eq(stat_requests)
-        with m.If(r_table):
-            m.d.comb += bus.r_data.eq(self.tbl_rdata.word_select(r_hi, 32))
-        with m.Else():
-            m.d.comb += bus.r_data.eq(rdata)
+            m.d.sync += r_flags.eq(at(spec.HV_CTRL) & handle_mode
+                                   | at(spec.HV_FAULT_STATUS) & fault_status
+                                   | at(spec.HV_SYNC) & (sync_count == 0))
+        bits[0].append(r_flags)
+
+        # A table word comes from the translation unit's block RAM in this cycle (clock to
+        # output about 5.8 ns on an ECP5), so it goes through a single LUT to the bridge's
+        # register: r_data is ``word`` for a register read and, for a table read, word 1 of the
+        # entry if ``word`` is set (``word`` is then r_table_hi, every copy being 0), else word
+        # 0: one LUT4 of (r_table, word, word 0, word 1) per bit. ``keep`` holds ``word`` apart
+        # so that synthesis does not merge the block RAM data into the OR of the copies.
+        r_table = Signal(reset_less=True)
+        r_table_hi = Signal(reset_less=True)
+        with m.If(bus.r_en):
+            m.d.sync += [r_table.eq(in_table), r_table_hi.eq(in_table & offset[2])]
+        word = Signal(32, attrs={"keep": 1})
+        for bit in range(32):
+            m.d.comb += word[bit].eq(Cat(*bits[bit], r_table_hi).any())
+        entry = [self.tbl_rdata.word_select(n, 32) for n in range(2)]
+        m.d.comb += bus.r_data.eq(Mux(r_table, (entry[1] & word) | (entry[0] & ~word), word))
         return m

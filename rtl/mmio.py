@@ -2,25 +2,81 @@
 
 Behaviour, reset values and the FEATURES_OK rule are those of ``docs/architecture.md``
 ("virtio-mmio register file").
+
+How it is built, for area (the behaviour does not depend on it): the values the ring engine
+needs (QueueNum, QueueReady, the three queue addresses, Status) are flip-flops loaded straight
+from the write data; every value the guest can write is *also* written to a 16 x 32 distributed
+RAM (:data:`READBACK_SLOTS`), and reads of those words come from that RAM, so the read
+multiplexer does not see the 64-bit queue addresses at all. A valid bit per RAM word, cleared by
+a reset, stands for the reset value. The selectors and the driver features are kept only as a
+few flags computed when they are written (QueueSel is 0, a selector is 0 or 1, the FEATURES_OK
+conditions on each feature word), so no wide comparison is left in the design. A read copies
+the addressed value into registers in the ``r_en`` cycle, already gated by its select, and ORs
+them in the next, so no data bit of the read multiplexer depends on the address bits.
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal
+import functools
+import operator
+
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from models import spec
 
 from .regbus import RegBusSignature
 
-__all__ = ["MMIO_ADDR_WIDTH", "VirtioMmioRegs"]
+__all__ = ["MMIO_ADDR_WIDTH", "READBACK_SLOTS", "VirtioMmioRegs"]
 
 MMIO_ADDR_WIDTH = 9  # 0x000-0x1FF: common registers and the device configuration space
+
+_U32 = 0xFFFF_FFFF
+
+# Device features (docs/architecture.md): FLUSH and VERSION_1 always, ACCESS_PLATFORM in handle
+# mode; VERSION_1 is required, and ACCESS_PLATFORM too in handle mode.
+_OFFERED = 1 << spec.VIRTIO_BLK_F_FLUSH | 1 << spec.VIRTIO_F_VERSION_1
+_OFFERED_HANDLE = 1 << spec.VIRTIO_F_ACCESS_PLATFORM
+
+_QUEUE_ADDRESSES = (spec.MMIO_QUEUE_DESC_LOW, spec.MMIO_QUEUE_DRIVER_LOW,
+                    spec.MMIO_QUEUE_DEVICE_LOW)
+
+
+def _slot(offset: int, driver_word: int = 0) -> int:
+    """The read-back RAM word of register ``offset`` (``driver_word``: which DriverFeatures
+    word). The hardware computes it from the address bits with one XOR per slot bit (see
+    ``VirtioMmioRegs.elaborate``); :data:`READBACK_SLOTS` checks that no two words collide."""
+    bit = [offset >> n & 1 for n in range(MMIO_ADDR_WIDTH)]
+    return bit[2] | (bit[3] ^ bit[7]) << 1 | bit[4] << 2 | (bit[5] ^ driver_word) << 3
+
+
+#: Guest-writable words kept in the read-back RAM: ``(offset, DriverFeatures word) -> slot``.
+READBACK_SLOTS = {
+    key: _slot(*key) for key in (
+        (spec.MMIO_DEVICE_FEATURES_SEL, 0),
+        (spec.MMIO_DRIVER_FEATURES, 0), (spec.MMIO_DRIVER_FEATURES, 1),
+        (spec.MMIO_DRIVER_FEATURES_SEL, 0),
+        (spec.MMIO_QUEUE_SEL, 0), (spec.MMIO_QUEUE_NUM, 0),
+        *((off + hi, 0) for off in _QUEUE_ADDRESSES for hi in (0, 4)),
+    )
+}
+assert len(set(READBACK_SLOTS.values())) == len(READBACK_SLOTS), "read-back slots collide"
+# The stored-word check in elaborate() compares address bits 5 to 8; bits 6 and 8 are 0.
+assert all(offset & 0x140 == 0 for offset, _ in READBACK_SLOTS)
+# Only DriverFeatures word 1 moves with the selector, and only in slot bit 3.
+assert READBACK_SLOTS[spec.MMIO_DRIVER_FEATURES, 1] == READBACK_SLOTS[
+    spec.MMIO_DRIVER_FEATURES, 0] ^ 8
 
 
 class VirtioMmioRegs(wiring.Component):
     """Guest-visible registers.
+
+    A write takes effect at the end of its ``w_en`` cycle; a read presents ``r_data`` in the
+    cycle after ``r_en``, with the registers' values of the ``r_en`` cycle. Accesses come one
+    at a time (:class:`~rtl.regbus.RegBusSignature`). Offsets decode 9 address bits (bits 1:0
+    ignored); ``w_strb`` is ignored (every write is a full-word write).
 
     Parameters
     ----------
@@ -35,13 +91,20 @@ class VirtioMmioRegs(wiring.Component):
         From the ``s_axil`` bridge.
     handle_mode : In
         Decides whether VIRTIO_F_ACCESS_PLATFORM is offered and required.
+    queue_num, queue_ready, queue_desc, queue_avail, queue_used, status : Out
+        The registers as the ring engine uses them (queue 0; ``queue_avail`` is QueueDriver,
+        ``queue_used`` QueueDevice).
     notify, dev_reset : Out
-        One-cycle pulses: an accepted QueueNotify, a write of 0 to Status.
+        One-cycle pulses, in the ``w_en`` cycle: an accepted QueueNotify, a write of 0 to Status.
     engine_idle : In
         The ring engine is idle with no bus transaction in flight. A reset completes (the
-        registers return to their reset values and Status reads 0) only then.
+        registers return to their reset values and Status reads 0) only in a cycle with
+        ``engine_idle`` and no ``dev_reset``.
     used_irq, fault : In
-        One-cycle pulses from the ring engine.
+        One-cycle pulses from the ring engine: set InterruptStatus bit 0, bit 1 (a fault also
+        sets DEVICE_NEEDS_RESET in Status).
+    irq : Out
+        High while InterruptStatus is non-zero.
     """
 
     def __init__(self, *, queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
@@ -69,152 +132,209 @@ class VirtioMmioRegs(wiring.Component):
         m = Module()
         bus = self.bus
         qmax = self._queue_num_max
+        data = bus.w_data
+        addr = bus.addr
 
-        dev_features_sel = Signal(32)
-        drv_features_sel = Signal(32)
-        drv_features = Signal(64)
-        queue_sel = Signal(32)
+        def at(offset):
+            """The access is to the word at ``offset`` (9-bit decode; bits 1:0 ignored)."""
+            return addr[2:] == offset >> 2
+
+        # --- Stored words: every value the guest can write except QueueReady (a single bit) is
+        # written to the read-back RAM too (READBACK_SLOTS). Slot bits are address bits 2,
+        # 3 ^ 7, 4 and 5, bit 5 flipped for DriverFeatures word 1.
+        queue0 = Signal(init=1)           # QueueSel == 0
+        dev_sel = Signal(2, init=0b01)    # DeviceFeaturesSel == 0, == 1
+        drv_sel = Signal(2, init=0b01)    # DriverFeaturesSel == 0, == 1
+        queue_words = (spec.MMIO_QUEUE_NUM, *(a + h for a in _QUEUE_ADDRESSES for h in (0, 4)))
+        slot = Signal(4)
+        m.d.comb += slot.eq(Cat(addr[2], addr[3] ^ addr[7], addr[4],
+                                addr[5] ^ (at(spec.MMIO_DRIVER_FEATURES) & drv_sel[1])))
+
+        def slot_table(pred):
+            """Bit ``slot`` of a constant: ``pred(offset, word)`` of the slot's stored word
+            (0 for an unused slot)."""
+            bits = sum(1 << s for key, s in READBACK_SLOTS.items() if pred(*key))
+            return Const(bits, 16).bit_select(slot, 1)
+
+        # ``stored``: the access is to a stored word and takes the write or reads the stored
+        # value (queue registers only while QueueSel = 0, DriverFeatures only while its
+        # selector is 0 or 1). The slot fixes address bits 2, 4 and 3 ^ 7, so comparing bits
+        # 5 to 8 with those of the slot's word identifies it: a few LUTs instead of a compare
+        # of the whole offset with each stored word.
+        stored = Signal()
+        m.d.comb += stored.eq(
+            slot_table(lambda offset, word: True) & ~addr[8] & ~addr[6]
+            & (addr[7] == slot_table(lambda offset, word: offset >> 7 & 1))
+            & (addr[5] == slot_table(lambda offset, word: offset >> 5 & 1))
+            & (queue0 | ~slot_table(lambda offset, word: offset in queue_words))
+            & (drv_sel.any()
+               | ~slot_table(lambda offset, word: offset == spec.MMIO_DRIVER_FEATURES)))
+        m.submodules.readback = readback = Memory(shape=32, depth=16, init=[])
+        rd = readback.read_port(domain="comb")
+        wr = readback.write_port()
+        m.d.comb += [rd.addr.eq(slot), wr.addr.eq(slot), wr.data.eq(data),
+                     wr.en.eq(bus.w_en & stored)]
+
+        def written(offset, word=0):
+            """A write to the stored word: the RAM's write enable and its slot."""
+            return wr.en & (slot == READBACK_SLOTS[offset, word])
+
+        # A valid bit per slot: the word was written since the last reset (else it reads its
+        # reset value: 0, or QueueNumMax for QueueNum).
+        valid = Signal(16)
+        for (offset, word), s in READBACK_SLOTS.items():
+            with m.If(written(offset, word)):
+                m.d.sync += valid[s].eq(1)
+        slot_valid = Signal()
+        m.d.comb += slot_valid.eq(valid.bit_select(slot, 1))
+
+        # --- Flags computed at write time instead of keeping the selectors and the driver
+        # features: each replaces a wide comparison. Reset values are those of the registers
+        # they stand for (selectors 0, driver features 0).
+        # Per DriverFeatures word: no bit the device could not offer; VERSION_1 and
+        # ACCESS_PLATFORM (FEATURES_OK rule, virtio 1.x section 3.1.1).
+        drv_only_offered = Signal(2, init=0b11)
+        drv_version_1 = Signal()
+        drv_access_platform = Signal()
+        features_ok = Signal()
+        m.d.comb += features_ok.eq(drv_only_offered.all() & drv_version_1
+                                   & (drv_access_platform == self.handle_mode))
+
+        # Write-data checks, sharing one zero test of the bits no check looks at.
+        allowed = [(_OFFERED | _OFFERED_HANDLE) >> (32 * word) & _U32 for word in range(2)]
+        looked_at = allowed[0] | allowed[1] | 1  # 1: the selectors' "== 1"
+        rest_zero = Signal()
+        m.d.comb += rest_zero.eq((data & ~looked_at & _U32) == 0)
+
+        def equals(value):
+            """``data == value`` for a value within ``looked_at``."""
+            return rest_zero & ((data & looked_at) == value)
+
+        def only(mask):
+            """``data & ~mask == 0`` for a mask within ``looked_at``."""
+            return rest_zero & ((data & looked_at & ~mask) == 0)
+
+        data_zero = Signal()
+        m.d.comb += data_zero.eq(equals(0))
+
+        def one_hot_sel():
+            return Cat(data_zero, equals(1))
+
+        with m.If(written(spec.MMIO_DEVICE_FEATURES_SEL)):
+            m.d.sync += dev_sel.eq(one_hot_sel())
+        with m.If(written(spec.MMIO_DRIVER_FEATURES_SEL)):
+            m.d.sync += drv_sel.eq(one_hot_sel())
+        with m.If(written(spec.MMIO_QUEUE_SEL)):
+            m.d.sync += queue0.eq(data_zero)
+        for word in range(2):
+            with m.If(written(spec.MMIO_DRIVER_FEATURES, word)):
+                m.d.sync += drv_only_offered[word].eq(only(allowed[word]))
+                if word == spec.VIRTIO_F_VERSION_1 // 32:
+                    m.d.sync += drv_version_1.eq(data[spec.VIRTIO_F_VERSION_1 % 32])
+                if word == spec.VIRTIO_F_ACCESS_PLATFORM // 32:
+                    m.d.sync += drv_access_platform.eq(data[spec.VIRTIO_F_ACCESS_PLATFORM % 32])
+
+        # --- Driver reset (virtio 1.x section 2.1): Status = 0 starts it; it completes, and
+        # Status reads 0, once the engine has finished the burst it was in.
+        reset_pending = Signal()
+        reset_done = Signal()
+        m.d.comb += [
+            self.dev_reset.eq(bus.w_en & at(spec.MMIO_STATUS) & data_zero),
+            reset_done.eq(reset_pending & ~self.dev_reset & self.engine_idle),
+        ]
+        with m.If(self.dev_reset):
+            m.d.sync += reset_pending.eq(1)
+
+        # --- Queue registers: flip-flops for the engine, loaded from the write data. Queue
+        # registers ignore writes while QueueSel != 0.
         queue_num = Signal(32, init=qmax)
         queue_ready = Signal()
-        desc = Signal(64)
-        avail = Signal(64)
-        used = Signal(64)
-        status = Signal(8)
-        int_status = Signal(2)
-        reset_pending = Signal()
-
-        dev_features = Signal(64)
-        m.d.comb += dev_features.eq(
-            (1 << spec.VIRTIO_BLK_F_FLUSH) | (1 << spec.VIRTIO_F_VERSION_1)
-            | (self.handle_mode << spec.VIRTIO_F_ACCESS_PLATFORM))
-        features_ok = Signal()
-        m.d.comb += features_ok.eq(
-            ((drv_features & ~dev_features) == 0)
-            & drv_features[spec.VIRTIO_F_VERSION_1]
-            & (~self.handle_mode | drv_features[spec.VIRTIO_F_ACCESS_PLATFORM]))
-
+        queue_addr = [Signal(64, name=n) for n in ("desc", "avail", "used")]
         m.d.comb += [
             self.queue_num.eq(queue_num), self.queue_ready.eq(queue_ready),
-            self.queue_desc.eq(desc), self.queue_avail.eq(avail), self.queue_used.eq(used),
-            self.status.eq(status), self.irq.eq(int_status != 0),
+            self.queue_desc.eq(queue_addr[0]), self.queue_avail.eq(queue_addr[1]),
+            self.queue_used.eq(queue_addr[2]),
         ]
+        with m.If(written(spec.MMIO_QUEUE_NUM)):
+            m.d.sync += queue_num.eq(data)
+        with m.If(bus.w_en & queue0 & at(spec.MMIO_QUEUE_READY)):
+            m.d.sync += queue_ready.eq(data[0])
+        for offset, reg in zip(_QUEUE_ADDRESSES, queue_addr, strict=True):
+            for half in range(2):
+                with m.If(written(offset + 4 * half)):
+                    m.d.sync += reg.word_select(half, 32).eq(data)
 
-        q0 = queue_sel == 0
-        offset = Cat(Signal(2), bus.addr[2:])  # word-aligned byte offset
-
-        # Interrupt status: acknowledged bits clear, engine events set (set wins).
+        # --- Interrupt status: acknowledged bits clear, engine events set (set wins).
+        int_status = Signal(2)
         int_ack = Signal(2)
-        int_set = Signal(2)
-        m.d.comb += int_set.eq(Cat(self.used_irq, self.fault))
-        m.d.sync += int_status.eq((int_status & ~int_ack) | int_set)
+        with m.If(bus.w_en & at(spec.MMIO_INTERRUPT_ACK)):
+            m.d.comb += int_ack.eq(data[:2])
+        m.d.sync += int_status.eq((int_status & ~int_ack) | Cat(self.used_irq, self.fault))
+        m.d.comb += self.irq.eq(int_status.any())
 
+        # --- Status: a fault sets DEVICE_NEEDS_RESET, which writes keep as the device has it;
+        # FEATURES_OK is refused unless the driver features are acceptable.
+        status = Signal(8)
+        m.d.comb += self.status.eq(status)
         with m.If(self.fault):
-            m.d.sync += status.eq(status | spec.STATUS_DEVICE_NEEDS_RESET)
+            m.d.sync += status[6].eq(1)
+        with m.If(bus.w_en & at(spec.MMIO_STATUS) & ~data_zero):
+            m.d.sync += [status[:3].eq(data[:3]), status[3].eq(data[3] & features_ok),
+                         status[4:6].eq(data[4:6]), status[7].eq(data[7])]
 
-        with m.If(bus.w_en):
-            data = bus.w_data
-            with m.Switch(offset):
-                with m.Case(spec.MMIO_DEVICE_FEATURES_SEL):
-                    m.d.sync += dev_features_sel.eq(data)
-                with m.Case(spec.MMIO_DRIVER_FEATURES):
-                    with m.If(drv_features_sel == 0):
-                        m.d.sync += drv_features[:32].eq(data)
-                    with m.Elif(drv_features_sel == 1):
-                        m.d.sync += drv_features[32:].eq(data)
-                with m.Case(spec.MMIO_DRIVER_FEATURES_SEL):
-                    m.d.sync += drv_features_sel.eq(data)
-                with m.Case(spec.MMIO_QUEUE_SEL):
-                    m.d.sync += queue_sel.eq(data)
-                with m.Case(spec.MMIO_QUEUE_NUM), m.If(q0):
-                    m.d.sync += queue_num.eq(data)
-                with m.Case(spec.MMIO_QUEUE_READY), m.If(q0):
-                    m.d.sync += queue_ready.eq(data[0])
-                with m.Case(spec.MMIO_QUEUE_NOTIFY):
-                    m.d.comb += self.notify.eq(
-                        (data == 0) & queue_ready & status[2])  # DRIVER_OK
-                with m.Case(spec.MMIO_INTERRUPT_ACK):
-                    m.d.comb += int_ack.eq(data[:2])
-                with m.Case(spec.MMIO_STATUS):
-                    with m.If(data == 0):
-                        m.d.comb += self.dev_reset.eq(1)
-                        m.d.sync += reset_pending.eq(1)
-                    with m.Else():
-                        new = Signal(8)
-                        m.d.comb += new.eq(data[:8])
-                        m.d.comb += new[6].eq(status[6] | self.fault)
-                        with m.If(~features_ok):
-                            m.d.comb += new[3].eq(0)
-                        m.d.sync += status.eq(new)
-                for reg_off, reg in ((spec.MMIO_QUEUE_DESC_LOW, desc),
-                                     (spec.MMIO_QUEUE_DRIVER_LOW, avail),
-                                     (spec.MMIO_QUEUE_DEVICE_LOW, used)):
-                    with m.Case(reg_off), m.If(q0):
-                        m.d.sync += reg[:32].eq(data)
-                    with m.Case(reg_off + 4), m.If(q0):
-                        m.d.sync += reg[32:].eq(data)
+        m.d.comb += self.notify.eq(bus.w_en & at(spec.MMIO_QUEUE_NOTIFY) & data_zero
+                                   & queue_ready & status[2])  # DRIVER_OK
 
-        # virtio 1.x section 2.1: the device presents 0 in Status once the reset is done, i.e.
-        # once the engine has finished the burst it was in.
-        with m.If(reset_pending & ~self.dev_reset & self.engine_idle):
+        with m.If(reset_done):
             m.d.sync += [
                 reset_pending.eq(0),
-                dev_features_sel.eq(0), drv_features_sel.eq(0), drv_features.eq(0),
-                queue_sel.eq(0), queue_num.eq(qmax), queue_ready.eq(0),
-                desc.eq(0), avail.eq(0), used.eq(0), status.eq(0), int_status.eq(0),
+                queue0.eq(1), dev_sel.eq(0b01), drv_sel.eq(0b01),
+                drv_only_offered.eq(0b11), drv_version_1.eq(0), drv_access_platform.eq(0),
+                valid.eq(0),
+                queue_num.eq(qmax), queue_ready.eq(0), *(r.eq(0) for r in queue_addr),
+                status.eq(0), int_status.eq(0),
             ]
 
-        # Reads: one cycle of latency.
-        rdata = Signal(32)
-        m.d.comb += bus.r_data.eq(rdata)
+        # --- Reads: one cycle of latency, in two halves. In the r_en cycle the offset is
+        # decoded into one-hot selects, registered, and every value that is not a constant is
+        # registered already gated by its select (a flip-flop's clock enable and synchronous
+        # reset do that, without a LUT); in the next cycle r_data is the OR of those registers
+        # with the constants of the registered selects. No bit of the read multiplexer then
+        # depends on the address bits themselves, which keeps the delay-driven LUT mapping from
+        # folding the address decode into every data bit.
         capacity = self._disk_bytes // spec.SECTOR_SIZE
-        with m.If(bus.r_en):
-            m.d.sync += rdata.eq(0)
-            with m.Switch(offset):
-                with m.Case(spec.MMIO_MAGIC_VALUE):
-                    m.d.sync += rdata.eq(spec.MAGIC_VALUE)
-                with m.Case(spec.MMIO_VERSION):
-                    m.d.sync += rdata.eq(spec.MMIO_VERSION_VALUE)
-                with m.Case(spec.MMIO_DEVICE_ID):
-                    m.d.sync += rdata.eq(spec.VIRTIO_ID_BLOCK)
-                with m.Case(spec.MMIO_VENDOR_ID):
-                    m.d.sync += rdata.eq(spec.VENDOR_ID)
-                with m.Case(spec.MMIO_DEVICE_FEATURES):
-                    with m.If(dev_features_sel == 0):
-                        m.d.sync += rdata.eq(dev_features[:32])
-                    with m.Elif(dev_features_sel == 1):
-                        m.d.sync += rdata.eq(dev_features[32:])
-                with m.Case(spec.MMIO_DEVICE_FEATURES_SEL):
-                    m.d.sync += rdata.eq(dev_features_sel)
-                with m.Case(spec.MMIO_DRIVER_FEATURES):
-                    with m.If(drv_features_sel == 0):
-                        m.d.sync += rdata.eq(drv_features[:32])
-                    with m.Elif(drv_features_sel == 1):
-                        m.d.sync += rdata.eq(drv_features[32:])
-                with m.Case(spec.MMIO_DRIVER_FEATURES_SEL):
-                    m.d.sync += rdata.eq(drv_features_sel)
-                with m.Case(spec.MMIO_QUEUE_SEL):
-                    m.d.sync += rdata.eq(queue_sel)
-                with m.Case(spec.MMIO_QUEUE_NUM_MAX):
-                    m.d.sync += rdata.eq(q0 * qmax)
-                with m.Case(spec.MMIO_QUEUE_NUM):
-                    m.d.sync += rdata.eq(q0 * queue_num)
-                with m.Case(spec.MMIO_QUEUE_READY):
-                    m.d.sync += rdata.eq(q0 & queue_ready)
-                with m.Case(spec.MMIO_INTERRUPT_STATUS):
-                    m.d.sync += rdata.eq(int_status)
-                with m.Case(spec.MMIO_STATUS):
-                    m.d.sync += rdata.eq(status)
-                for reg_off, reg in ((spec.MMIO_QUEUE_DESC_LOW, desc),
-                                     (spec.MMIO_QUEUE_DRIVER_LOW, avail),
-                                     (spec.MMIO_QUEUE_DEVICE_LOW, used)):
-                    with m.Case(reg_off):
-                        m.d.sync += rdata.eq(q0 * reg[:32])
-                    with m.Case(reg_off + 4):
-                        m.d.sync += rdata.eq(q0 * reg[32:])
-                with m.Case(spec.MMIO_CONFIG_GENERATION):
-                    m.d.sync += rdata.eq(0)
-                with m.Case(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY):
-                    m.d.sync += rdata.eq(capacity & 0xFFFF_FFFF)
-                with m.Case(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY + 4):
-                    m.d.sync += rdata.eq(capacity >> 32)
+        access_platform = 1 << spec.VIRTIO_F_ACCESS_PLATFORM - 32
+        terms = [  # (select in the r_en cycle, value: a constant or a signal)
+            (stored & slot_valid, rd.data),
+            (at(spec.MMIO_QUEUE_NUM) & queue0 & ~valid[READBACK_SLOTS[spec.MMIO_QUEUE_NUM, 0]],
+             qmax),
+            (at(spec.MMIO_MAGIC_VALUE), spec.MAGIC_VALUE),
+            (at(spec.MMIO_VERSION), spec.MMIO_VERSION_VALUE),
+            (at(spec.MMIO_DEVICE_ID), spec.VIRTIO_ID_BLOCK),
+            (at(spec.MMIO_VENDOR_ID), spec.VENDOR_ID),
+            (at(spec.MMIO_DEVICE_FEATURES) & dev_sel[0], _OFFERED & _U32),
+            (at(spec.MMIO_DEVICE_FEATURES) & dev_sel[1], _OFFERED >> 32),
+            (at(spec.MMIO_DEVICE_FEATURES) & dev_sel[1] & self.handle_mode, access_platform),
+            (at(spec.MMIO_QUEUE_NUM_MAX) & queue0, qmax),
+            (at(spec.MMIO_QUEUE_READY) & queue0 & queue_ready, 1),
+            (at(spec.MMIO_INTERRUPT_STATUS), int_status),
+            (at(spec.MMIO_STATUS), status),
+            (at(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY), capacity & _U32),
+            (at(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY + 4), capacity >> 32 & _U32),
+        ]
+        r_terms = []
+        for n, (sel, value) in enumerate(terms):
+            if isinstance(value, int):
+                if value == 0:
+                    continue
+                r_sel = Signal(name=f"r_sel{n}", reset_less=True)
+                with m.If(bus.r_en):
+                    m.d.sync += r_sel.eq(sel)
+                r_terms.append(Mux(r_sel, value, 0))
+            else:
+                r_value = Signal.like(value, name=f"r_value{n}", reset_less=True)
+                with m.If(bus.r_en):
+                    m.d.sync += r_value.eq(Mux(sel, value, 0))
+                r_terms.append(r_value)
+        m.d.comb += bus.r_data.eq(functools.reduce(operator.or_, r_terms))
         return m

@@ -34,3 +34,15 @@ def check_disk_bytes(disk_bytes, data_width: int) -> int:
         raise ValueError(f"Disk size must be a positive multiple of 512 bytes, "
                          f"not {disk_bytes!r}")
     return disk_bytes
+
+
+def one_hot(fsm) -> None:
+    """Ask Yosys to encode the state register of Amaranth FSM ``fsm`` one-hot.
+
+    Amaranth 0.5 encodes FSM states in binary and Yosys does not extract its FSMs by itself, so
+    every "in state X" is a compare of all the state bits, several logic levels deep on an ECP5;
+    the engines' datapaths select on those. One-hot makes each a single flip-flop. The attribute
+    is Yosys's ``fsm_encoding``; Amaranth has no public way to set it on an FSM's state signal,
+    hence the private access (checked by ``tests/test_rtl_construction.py``).
+    """
+    fsm._data["signal"].attrs["fsm_encoding"] = "one-hot"

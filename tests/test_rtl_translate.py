@@ -1,10 +1,15 @@
 """TranslationUnit (rtl/translate.py) against the reference translation (models/grant.py).
 
-Contract: docs/architecture.md, "Handles and translation", and the component's docstring:
-one response exactly one cycle after each request, ``resp_fault`` = 0 or the cause of the first
-failing check, ``resp_paddr`` = ``frame << 12 | offset`` (or ``v`` in GPA mode); the table is
-written through ``tbl_addr``/``tbl_wdata``/``tbl_wen`` (byte enables; bytes 0-3 = GRANT word 0,
-bytes 4-7 = word 1) and read back on ``tbl_rdata`` one cycle after ``tbl_addr``.
+Contract: docs/architecture.md, "Handles and translation", and the component's docstring. A
+lookup is the table read at ``req_ref`` in one cycle and, in the next, ``keep`` with the request's
+other fields (``req_high``, ``req_handle``, ``req_write``); two cycles after ``keep`` the
+``resp_*`` registers hold the verdict (``resp_fault`` = 0 or the cause of the first failing
+check, ``resp_ok``, ``resp_frame``, ``resp_mode``), until the next kept lookup answers. The DMA
+engine composes the physical address as ``frame << 12 | offset`` in handle mode and passes the
+address through in GPA mode (``compose`` below restates that). ``resp_stale`` says that the
+answer's entry (handle mode), HV_CTRL or HV_DOMID was written after the table was read. The
+table is written through ``tbl_addr``/``tbl_wdata``/``tbl_wen`` (byte enables; bytes 0-3 =
+GRANT word 0, bytes 4-7 = word 1) and read back on ``tbl_rdata`` one cycle after ``tbl_addr``.
 """
 
 from __future__ import annotations
@@ -46,27 +51,50 @@ async def program(ctx, dut, table: GrantTable, ref: int, value: int, wen: int = 
     table.write_word(2 * ref + 1, value >> 32, wen >> 4)
 
 
-async def lookup(ctx, dut, v: int, write: bool) -> Translation:
-    """One request; returns the response two cycles later as a model ``Translation``."""
-    ctx.set(dut.req_valid, 1)
-    ctx.set(dut.req_vaddr, v)
-    ctx.set(dut.req_write, write)
-    await ctx.tick()
-    # Change the request inputs: the response must come from the registered request.
-    ctx.set(dut.req_valid, 0)
-    ctx.set(dut.req_vaddr, v ^ U64)
-    ctx.set(dut.req_write, not write)
-    assert ctx.get(dut.resp_valid) == 0
-    await ctx.tick()
-    assert ctx.get(dut.resp_valid) == 1
-    return response(ctx, dut)
+def fields(dut, v: int) -> tuple[int, int, int]:
+    """(req_ref, req_high, req_handle) of address ``v`` for a table of ``dut.ref_bits``."""
+    bits = dut.ref_bits
+    ref = v >> 12 & ((1 << bits) - 1)
+    high = int((v >> (12 + bits)) & ((1 << (51 - bits)) - 1) != 0)
+    return ref, high, v >> 63
 
 
-def response(ctx, dut) -> Translation:
+def present(ctx, dut, v: int, write: bool, keep: int, prev: tuple[int, bool] | None):
+    """One cycle's inputs: read the table for ``v``; ``keep`` the lookup ``prev`` of the
+    previous cycle (its fields go with keep)."""
+    ref, _, _ = fields(dut, v)
+    ctx.set(dut.req_ref, ref)
+    ctx.set(dut.keep, keep)
+    if prev is not None:
+        _, high, handle = fields(dut, prev[0])
+        ctx.set(dut.req_high, high)
+        ctx.set(dut.req_handle, handle)
+        ctx.set(dut.req_write, prev[1])
+
+
+def compose(ctx, dut, v: int) -> Translation:
+    """The answer for address ``v`` as the DMA engine uses it."""
     fault = ctx.get(dut.resp_fault)
+    assert ctx.get(dut.resp_ok) == (fault == 0)
     if fault:
         return Translation.fault(fault)
-    return Translation.hit(ctx.get(dut.resp_paddr))
+    if ctx.get(dut.resp_mode):
+        return Translation.hit(ctx.get(dut.resp_frame) << 12 | v & 0xFFF)
+    return Translation.hit(v)
+
+
+async def lookup(ctx, dut, v: int, write: bool) -> Translation:
+    """One lookup; returns its answer (two cycles after keep, three after the read)."""
+    present(ctx, dut, v, write, 0, None)
+    await ctx.tick()
+    # The next cycle reads another entry: the answer must come from the kept read.
+    present(ctx, dut, v ^ U64, not write, 1, (v, write))
+    await ctx.tick()
+    present(ctx, dut, v ^ U64, not write, 0, None)
+    assert ctx.get(dut.resp_new) == 0
+    await ctx.tick()
+    assert ctx.get(dut.resp_new) == 1
+    return compose(ctx, dut, v)
 
 
 def oracle(table: GrantTable, v: int, write: bool, handle_mode: bool, domid: int) -> Translation:
@@ -167,23 +195,36 @@ def test_gpa_mode_passthrough(entries):
     run(dut, bench)
 
 
-def test_latency_exactly_two_cycles():
-    """resp_valid is high exactly two cycles after each req_valid cycle, and only then."""
+def test_answer_two_cycles_after_keep_and_held():
+    """resp_new is high exactly two cycles after each keep, and only then; between kept lookups
+    the answer holds whatever the table is read at."""
     dut = TranslationUnit(16)
+    table = GrantTable(16)
     pattern = [0, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1, 1, 0]
 
     async def bench(ctx):
         ctx.set(dut.handle_mode, 1)
         ctx.set(dut.domid, DOMID)
-        assert ctx.get(dut.resp_valid) == 0
+        await program(ctx, dut, table, 1, entry_word(GrantEntry.permit(DOMID, 0x111)))
+        await program(ctx, dut, table, 2, entry_word(GrantEntry.permit(DOMID, 0x222)))
+        assert ctx.get(dut.resp_new) == 0
         history = [0, 0]
-        for valid in [*pattern, 0, 0]:
-            ctx.set(dut.req_valid, valid)
-            ctx.set(dut.req_vaddr, H(0))
-            assert ctx.get(dut.resp_valid) == history[-2]  # not combinational from req_valid
+        answers = [None, None]
+        held = None
+        for i, keep in enumerate([*pattern, 0, 0]):
+            ref = 1 + i % 2  # the entry read in this cycle
+            prev = 1 + (i - 1) % 2  # ... and the one kept now, read in the previous cycle
+            present(ctx, dut, spec.make_handle(ref), False, keep,
+                    (spec.make_handle(prev), False))
+            assert ctx.get(dut.resp_new) == history[-2]  # not combinational from keep
             await ctx.tick()
-            history.append(valid)
-            assert ctx.get(dut.resp_valid) == history[-2]
+            history.append(keep)
+            answers.append(prev if keep else None)
+            assert ctx.get(dut.resp_new) == history[-2]
+            if history[-2]:
+                held = answers[-2]
+            if held is not None:
+                assert ctx.get(dut.resp_frame) == 0x111 * held, i
 
     run(dut, bench)
 
@@ -210,8 +251,8 @@ def _random_vaddr(rng: random.Random, entries: int) -> int:
 
 @pytest.mark.parametrize(("entries", "seed"), [(16, 1), (12, 2)])
 def test_random_lookups_match_model(entries, seed):
-    """~2000 back-to-back lookups per table (random valid gaps, directions, modes, domids,
-    table rewrites with random byte enables) agree with models.grant.translate."""
+    """~2000 back-to-back lookups per table (a read every cycle, random keeps, directions,
+    modes, domids, table rewrites with random byte enables) agree with models.grant.translate."""
     dut = TranslationUnit(entries)
     table = GrantTable(entries)
     rng = random.Random(seed)
@@ -228,22 +269,22 @@ def test_random_lookups_match_model(entries, seed):
                 await program(ctx, dut, table, ref, entry_word(_random_entry(rng, domid)), wen)
             ctx.set(dut.handle_mode, handle_mode)
             ctx.set(dut.domid, domid)
-            # (v, write) requested two cycles ago and in the previous cycle, if any
-            pipe = [None, None]
-            for i in range(42):
-                valid = i < 40 and rng.random() < 0.8
+            prev = None  # the request read in the previous cycle
+            kept = [None, None]  # the requests kept one and two cycles ago
+            for i in range(43):
                 v, write = _random_vaddr(rng, entries), rng.random() < 0.5
-                ctx.set(dut.req_valid, valid)
-                ctx.set(dut.req_vaddr, v)
-                ctx.set(dut.req_write, write)
-                # The response to the request of two cycles ago, with later requests in flight.
-                prev = pipe[0]
-                assert ctx.get(dut.resp_valid) == (prev is not None)
-                if prev is not None:
-                    want = oracle(table, *prev, handle_mode, domid)
-                    assert response(ctx, dut) == want, (hex(prev[0]), prev[1], handle_mode)
+                keep = prev is not None and i < 41 and rng.random() < 0.8
+                present(ctx, dut, v, write, keep, prev)
+                # The answer to the lookup kept two cycles ago, later lookups in flight.
+                done = kept[0]
+                assert ctx.get(dut.resp_new) == (done is not None)
+                if done is not None:
+                    want = oracle(table, *done, handle_mode, domid)
+                    assert compose(ctx, dut, done[0]) == want, (hex(done[0]), done[1])
+                    assert ctx.get(dut.resp_stale) == 0  # no write since the read
                     seen[want.cause if handle_mode else -1] += 1
-                pipe = [pipe[1], (v, write) if valid else None]
+                kept = [kept[1], prev if keep else None]
+                prev = (v, write)
                 await ctx.tick()
 
     run(dut, bench)
@@ -251,9 +292,9 @@ def test_random_lookups_match_model(entries, seed):
     assert all(seen[outcome] >= 20 for outcome in range(-1, 6)), seen  # every outcome covered
 
 
-def test_table_write_seen_by_next_lookup_only():
-    """A lookup reads the entry as it is in the cycle of the request; a table write in that
-    same cycle is seen by the next lookup (TranslationUnit docstring)."""
+def test_table_write_in_the_read_cycle_is_stale():
+    """A lookup reads the entry as it is before a write in the read's cycle, and its answer is
+    stale; the next lookup sees the new entry."""
     dut = TranslationUnit(16)
     table = GrantTable(16)
     old, new = GrantEntry.permit(DOMID, 0x111), GrantEntry.permit(DOMID, 0x222)
@@ -265,10 +306,68 @@ def test_table_write_seen_by_next_lookup_only():
         ctx.set(dut.tbl_addr, 5)
         ctx.set(dut.tbl_wdata, entry_word(new))
         ctx.set(dut.tbl_wen, 0xFF)
-        got = await lookup(ctx, dut, H(5, 0x10), False)
+        present(ctx, dut, spec.make_handle(5, 0x10), False, 0, None)
+        await ctx.tick()
         ctx.set(dut.tbl_wen, 0)
-        assert got == Translation.hit(0x111010)
-        assert await lookup(ctx, dut, H(5, 0x10), False) == Translation.hit(0x222010)
+        present(ctx, dut, 0, False, 1, (spec.make_handle(5, 0x10), False))
+        await ctx.tick()
+        present(ctx, dut, 0, False, 0, None)
+        await ctx.tick()
+        assert compose(ctx, dut, spec.make_handle(5, 0x10)) == Translation.hit(0x111010)
+        assert ctx.get(dut.resp_stale) == 1
+        assert await lookup(ctx, dut, spec.make_handle(5, 0x10), False) == \
+            Translation.hit(0x222010)
+        assert ctx.get(dut.resp_stale) == 0
+
+    run(dut, bench)
+
+
+# (name, when relative to the table read (0 = that cycle), what is written, mode, stale?)
+STALE_CASES = [
+    ("entry written in the keep cycle", 1, "entry", 1, True),
+    ("entry written in the check cycle", 2, "entry", 1, True),
+    ("entry written after the answer", 5, "entry", 1, True),
+    ("another entry written", 1, "other", 1, False),
+    ("entry written, GPA mode", 2, "entry", 0, False),
+    ("HV_CTRL or HV_DOMID in the read cycle", 0, "cfg", 1, False),
+    ("... in the keep cycle", 1, "cfg", 1, False),
+    ("... in the check cycle", 2, "cfg", 1, True),
+    ("... after the answer", 6, "cfg", 1, True),
+    ("... after the answer, GPA mode", 6, "cfg", 0, True),
+]
+
+
+@pytest.mark.parametrize(("when", "what", "mode", "stale"), [c[1:] for c in STALE_CASES],
+                         ids=[c[0] for c in STALE_CASES])
+def test_staleness(when, what, mode, stale):
+    """Grant revocation (docs/architecture.md): the answer is stale once its entry (handle
+    mode), HV_CTRL or HV_DOMID is written after the table read it; a configuration write
+    before the check is seen by the check, so it is not."""
+    dut = TranslationUnit(16)
+    table = GrantTable(16)
+    v = spec.make_handle(5, 0x10)
+
+    async def bench(ctx):
+        ctx.set(dut.handle_mode, mode)
+        ctx.set(dut.domid, DOMID)
+        await program(ctx, dut, table, 5, entry_word(GrantEntry.permit(DOMID, 0x111)))
+        await program(ctx, dut, table, 6, entry_word(GrantEntry.permit(DOMID, 0x666)))
+        for cycle in range(8):
+            present(ctx, dut, v if cycle == 0 else 0, False, int(cycle == 1),
+                    (v, False) if cycle == 1 else None)
+            if cycle == when:
+                if what == "cfg":
+                    ctx.set(dut.cfg_changed, 1)
+                else:
+                    ctx.set(dut.tbl_addr, 5 if what == "entry" else 6)
+                    ctx.set(dut.tbl_wdata, entry_word(GrantEntry.permit(DOMID, 0x777)))
+                    ctx.set(dut.tbl_wen, 0xFF)
+            await ctx.tick()
+            ctx.set(dut.cfg_changed, 0)
+            ctx.set(dut.tbl_wen, 0)
+            if cycle >= 3:  # the answer is there from the read's cycle + 3 on
+                assert ctx.get(dut.resp_stale) == (stale and cycle >= when), cycle
+        assert compose(ctx, dut, v) == Translation.hit(0x111010 if mode else v)
 
     run(dut, bench)
 

@@ -34,6 +34,7 @@ __all__ = ["BoardTop"]
 
 DEFAULT_MEM_BYTES = 65536
 RX_FIFO_DEPTH = 64
+POR_CYCLES = 4  # cycles the device is held in reset after configuration
 
 
 class BoardTop(wiring.Component):
@@ -98,6 +99,13 @@ class BoardTop(wiring.Component):
         # The link's RESET command resets the device alone: the bridge must keep running to
         # answer, and guest memory (block RAM) is not reset anyway.
         m.submodules.device = ResetInserter({"sync": dev_reset})(dev)
+        # Power-on reset of the device: on an ECP5 the sync domain is reset-less (the global
+        # set/reset loads each flip-flop's initial value), but Yosys drops the initial value of
+        # a state register it re-encodes one-hot (rtl/params.py), so the device is held in
+        # reset for its first cycles, as a system would hold ARESETn.
+        por = Signal(range(POR_CYCLES + 1), init=POR_CYCLES)
+        with m.If(por != 0):
+            m.d.sync += por.eq(por - 1)
         m.submodules.mem = mem = AxiRam(mem_bytes=self.mem_bytes, data_width=self.data_width)
         m.submodules.uart_rx = rx = UartRx(self.clks_per_bit)
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=RX_FIFO_DEPTH)
@@ -128,7 +136,7 @@ class BoardTop(wiring.Component):
             mem.host_wen.eq(bridge.mem_wen),
             bridge.mem_ready.eq(mem.host_ready),
             bridge.irq.eq(dev.irq),
-            dev_reset.eq(bridge.dev_reset),
+            dev_reset.eq(bridge.dev_reset | (por != 0)),
             self.irq.eq(dev.irq),
             self.activity.eq(activity),
         ]
