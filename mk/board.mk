@@ -4,8 +4,9 @@
 #                       with the YoWASP toolchain from PyPI (BAUD=1000000, BOARD_MEM_BYTES=65536)
 #   make fpga-report    synthesise, place and route the device in every configuration (entries
 #                       256/1024/4096 x data width 32/64/128, handle and GPA-only forms, seeds
-#                       1 and 2): build/board/report.json and report.md. Long (hours on 2
-#                       cores); FPGA_CONFIGS=64x1024 FPGA_SEEDS=1 FPGA_JOBS=2 narrow or widen it
+#                       1 and 2): build/board/report.json and report.md, about 15 minutes on
+#                       2 cores. FPGA_CONFIGS=64x1024 FPGA_SEEDS=1,2,3,4 FPGA_JOBS=1 narrow or
+#                       widen it; FPGA_OUT=build/fpga-seeds writes elsewhere (default build/board)
 #   make board-sim      the long UART-link co-simulation (full demo workload, both modes)
 #   make verilog-template  build/virtio_blk_handle.v plus build/virtio_blk_handle_inst.v
 #
@@ -16,7 +17,8 @@ BAUD            ?= 1000000
 BOARD_MEM_BYTES ?= 65536
 FPGA_CONFIGS    ?= 32x256,32x1024,32x4096,64x256,64x1024,64x4096,128x256,128x1024,128x4096
 FPGA_SEEDS      ?= 1,2
-FPGA_JOBS       ?= 1
+FPGA_JOBS       ?= 2
+FPGA_OUT        ?= build/board
 
 .PHONY: board fpga-report board-sim verilog-template
 
@@ -29,7 +31,7 @@ board: $(BOARD_STAMP)
 	  --mem-bytes $(BOARD_MEM_BYTES) --data-width $(DATA_WIDTH) --entries $(ENTRIES)
 
 fpga-report: $(BOARD_STAMP)
-	$(PY) -m rtl.board.report --out build/board --configs $(FPGA_CONFIGS) \
+	$(PY) -m rtl.board.report --out $(FPGA_OUT) --configs $(FPGA_CONFIGS) \
 	  --seeds $(FPGA_SEEDS) --jobs $(FPGA_JOBS)
 
 board-sim: $(STAMP) check-sim
