@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from amaranth.back import rtlil
 
-from rtl.board.report import _blocks, _cell_counts, critical_path_summary
+from rtl.board.report import _blocks, cell_counts, critical_path_summary
 from rtl.board.top import BoardTop
 from rtl.export import main as export_main
 from rtl.top import VirtioBlkHandle
@@ -44,6 +44,9 @@ def test_board_top_rejects_bad_parameters():
 
 STAT = """
 === virtio_blk_handle ===
+    12 wires
+     9 cells
+     1   $scopeinfo
      5   LUT4
      2   CCU2C
      1   DP16KD
@@ -59,7 +62,7 @@ STAT = """
 
 
 def test_report_parsers():
-    counts = _cell_counts(STAT)
+    counts = cell_counts(STAT)
     assert counts["virtio_blk_handle"] == {"LUT4": 5, "CCU2C": 2, "DP16KD": 1}
     assert counts["design hierarchy"] == {"LUT4": 15, "CCU2C": 3}
     assert _blocks(STAT) == {"(top glue)": 9, "disk": 7, "xlate": 5}

