@@ -191,7 +191,6 @@ class DmaEngine(wiring.Component):
         b_addr = Signal(64)  # physical address of the burst in flight (bus error reports)
         b_err = Signal()
         next_high = Signal()  # the next page's lookup fields
-
         next_handle = Signal()
 
         nxt_hi_inc = Signal(52)

@@ -463,7 +463,7 @@ class RingEngine(wiring.Component):
                 nonempty = desc_f.len != 0
                 # addr + len > 2^64, with a 32-bit carry chain
                 wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & lo_end[32] & (lo_end[:32] != 0)
-                m.d.comb += cache_wr.en.eq(nonempty)  # (address and data: below, always)
+                m.d.comb += cache_wr.en.eq(nonempty)  # (address and data: above, always)
                 with m.If(desc_f.flags[0]):
                     load()  # the next descriptor
                 with m.Else():
