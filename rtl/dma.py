@@ -281,7 +281,8 @@ class DmaEngine(wiring.Component):
             sl = slice(8 * lane, 8 * lane + 8)
             m.d.comb += lo_hi[sl].eq(Mux(s2_ge[lane], self.disk_rd_lo[sl], self.disk_rd_hi[sl]))
         m.d.comb += [
-            rot_in.eq(Mux(s2_valid, Mux(s2_disk, lo_hi, s2_scratch), axi.rdata)),
+            # (s2_scratch is 0 for a disk beat: an OR, not a third multiplexer input)
+            rot_in.eq(Mux(s2_valid, Mux(s2_disk, lo_hi, 0) | s2_scratch, axi.rdata)),
             rot_amount.eq(Mux(s2_valid, s2_rot, rot)),
         ]
         lanes = _rotl_lanes([rot_in[8 * x:8 * x + 8] for x in range(W)], rot_amount, W)
@@ -411,8 +412,13 @@ class DmaEngine(wiring.Component):
         m.d.sync += [
             s1_valid.eq(w_issue),
             s1_disk.eq(to_disk), s1_strb.eq(beat_mask(w_one)), s1_last.eq(w_one),
-            s1_rot.eq(-rot), s1_ge.eq(ge_rot), s1_scratch.eq(scratch_comb),
+            s1_rot.eq(-rot), s1_ge.eq(ge_rot),
         ]
+        # the scratch source, cleared by the flip-flops' reset for a disk beat (no LUT)
+        with m.If(to_disk):
+            m.d.sync += s1_scratch.eq(0)
+        with m.Else():
+            m.d.sync += s1_scratch.eq(scratch_comb)
         with m.If(w_issue):
             m.d.sync += [word.eq(word_inc), first_beat.eq(0), w_cnt.eq(w_cnt - 1),
                          w_one.eq(w_cnt == 1)]
