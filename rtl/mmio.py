@@ -73,9 +73,10 @@ assert READBACK_SLOTS[spec.MMIO_DRIVER_FEATURES, 1] == READBACK_SLOTS[
 class VirtioMmioRegs(wiring.Component):
     """Guest-visible registers.
 
-    A write takes effect at the end of its ``w_en`` cycle; a read presents ``r_data`` in the
-    cycle after ``r_en``, with the registers' values of the ``r_en`` cycle. Accesses come one
-    at a time (:class:`~rtl.regbus.RegBusSignature`). Offsets decode 9 address bits (bits 1:0
+    A write takes effect at the end of its ``w_en`` cycle (a write of 0 to Status is decoded in
+    the ``w_next`` cycle before it); a read presents ``r_data`` in the cycle after ``r_en``, with
+    the registers' values of the ``r_en`` cycle. Accesses come one at a time
+    (:class:`~rtl.regbus.RegBusSignature`). Offsets decode 9 address bits (bits 1:0
     ignored); ``w_strb`` is ignored (every write is a full-word write).
 
     Parameters
@@ -238,8 +239,12 @@ class VirtioMmioRegs(wiring.Component):
         # Status reads 0, once the engine has finished the burst it was in.
         reset_pending = Signal()
         reset_done = Signal()
+        # decoded in the w_next cycle (the same address and data), so that the reset reaches
+        # the DMA engine from a flip-flop (rtl/regbus.py)
+        reset_write = Signal()
+        m.d.sync += reset_write.eq(bus.w_next & at(spec.MMIO_STATUS) & data_zero)
         m.d.comb += [
-            self.dev_reset.eq(bus.w_en & at(spec.MMIO_STATUS) & data_zero),
+            self.dev_reset.eq(reset_write),
             reset_done.eq(reset_pending & ~self.dev_reset & self.engine_idle),
         ]
         with m.If(self.dev_reset):

@@ -1,8 +1,9 @@
 """AXI4LiteRegBridge (rtl/regbus.py) driven at its AXI4-Lite pins.
 
-Contract (module and class docstrings): one access in flight; a write is accepted in a cycle
-with ``awvalid`` and ``wvalid`` both high (both channels handshake in that cycle) and is one
-cycle of ``w_en`` with ``addr``/``w_data``/``w_strb``; a read is one cycle of ``r_en`` with
+Contract (module and class docstrings): one access in flight; a write is accepted (both
+channels handshake) in the cycle after the first idle cycle with ``awvalid`` and ``wvalid``
+both high, that cycle being one of ``w_next`` and the accepting one one of ``w_en``, both with
+the write's ``addr``/``w_data``/``w_strb``; a read is one cycle of ``r_en`` with
 ``addr`` and the register file presents ``r_data`` on the next cycle; a write wins over a read
 requested in the same cycle; every response is OKAY; write response 1 cycle after the
 handshake, read data 2 cycles after ``arvalid`` is accepted.
@@ -54,7 +55,7 @@ class Harness(Elaboratable):
 
 
 AXI_OUT = ("awready", "wready", "bvalid", "bresp", "arready", "rvalid", "rdata", "rresp")
-REG_OUT = ("addr", "w_en", "w_data", "w_strb", "r_en")
+REG_OUT = ("addr", "w_next", "w_en", "w_data", "w_strb", "r_en")
 
 
 class Bus:
@@ -104,9 +105,15 @@ class Bus:
             self.set(awvalid=1, awaddr=addr)
         for _ in range(w_lead + aw_lead):
             s = await self.step()
-            assert not (s["awready"] or s["wready"] or s["w_en"]), "accepted half a write"
+            assert not (s["awready"] or s["wready"] or s["w_en"] or s["w_next"]), \
+                "accepted half a write"
         self.set(awvalid=1, awaddr=addr, wvalid=1, wdata=data, wstrb=strb)
-        hs = await self.until("w_en")
+        pre = await self.step()
+        assert pre["w_next"] and not (pre["w_en"] or pre["aw_hs"] or pre["w_hs"]), \
+            "the first cycle with both channels valid is w_next"
+        assert (pre["addr"], pre["w_data"], pre["w_strb"]) == (addr, data, strb)
+        hs = await self.step()
+        assert hs["w_en"] and not hs["w_next"], "w_en in the cycle after w_next"
         assert hs["aw_hs"] and hs["w_hs"], "both channels handshake with the w_en cycle"
         assert (hs["addr"], hs["w_data"], hs["w_strb"]) == (addr, data, strb)
         self.set(awvalid=0, wvalid=0)
@@ -157,8 +164,9 @@ WRITE_ORDERS = [
 @pytest.mark.parametrize("order", WRITE_ORDERS)
 @pytest.mark.parametrize("bready_delay", [0, 3])
 def test_write(order, bready_delay):
-    """One w_en strobe with the written address/data/strobes; both channels handshake in that
-    cycle; bvalid exactly 1 cycle later, held until bready; bresp OKAY; no read strobe."""
+    """One w_next strobe, then one w_en strobe, both with the written address/data/strobes;
+    both channels handshake in the w_en cycle; bvalid exactly 1 cycle later, held until bready;
+    bresp OKAY; no read strobe."""
     h = Harness()
 
     async def bench(ctx):
@@ -167,6 +175,7 @@ def test_write(order, bready_delay):
         for _ in range(3):
             await bus.step()
         assert bus.cycles("w_en") == bus.cycles("aw_hs") == bus.cycles("w_hs") == [hs["cycle"]]
+        assert bus.cycles("w_next") == [hs["cycle"] - 1]
         assert bus.cycles("bvalid")[0] == hs["cycle"] + 1
         assert bus.cycles("b_hs") == [b["cycle"]] == [hs["cycle"] + 1 + bready_delay]
         assert bus.cycles("bvalid") == list(range(hs["cycle"] + 1, b["cycle"] + 1))
@@ -203,14 +212,17 @@ def test_read_latency(rready_delay):
 
 
 def test_write_wins_over_simultaneous_read():
-    """aw, w and ar valid in the same cycle: the write is strobed (no r_en, no arready); the
-    read, held valid, is served after the write response and sees the written value."""
+    """aw, w and ar valid in the same cycle: the write is announced and then strobed (no
+    r_en, no arready); the read, held valid, is served after the write response and sees the
+    written value."""
     h = Harness([0x1111_1111] * WORDS)
 
     async def bench(ctx):
         bus = Bus(ctx, h)
         bus.set(awvalid=1, awaddr=0x40, wvalid=1, wdata=0xCAFE_F00D, wstrb=0xF,
                 arvalid=1, araddr=0x40, bready=1, rready=1)
+        pre = await bus.step()
+        assert pre["w_next"] and not (pre["r_en"] or pre["arready"] or pre["aw_hs"])
         first = await bus.step()
         assert first["w_en"] and first["aw_hs"] and first["w_hs"]
         assert not first["r_en"] and not first["arready"]
@@ -234,6 +246,7 @@ def test_one_access_in_flight():
     async def bench(ctx):
         bus = Bus(ctx, h)
         bus.set(awvalid=1, awaddr=0x8, wvalid=1, wdata=1, wstrb=0xF, bready=0)
+        await bus.step()  # w_next
         await bus.step()  # write accepted
         bus.set(awaddr=0xC, wdata=2, arvalid=1, araddr=0x10)
         for _ in range(4):

@@ -69,13 +69,15 @@ class Lockstep:
                                 f"(read of {self.read_addr:#x})")
 
     async def cycle_with(self, access=None):
-        """One clock cycle. ``access``: None, ("w", addr, data, strb) or ("r", addr)."""
+        """One clock cycle; two for a write, whose ``w_en`` cycle follows a ``w_next`` cycle with
+        the same address and data. ``access``: None, ("w", addr, data, strb) or ("r", addr)."""
         ctx = self.ctx
         w_en = r_en = 0
         if access is not None:
             assert self.busy == 0, "the bridge makes one access at a time"
             if access[0] == "w":
                 _, addr, data, strb = access
+                await self._w_next(addr, data, strb)
                 w_en = 1
                 self.set("bus.w_data", data)
                 self.set("bus.w_strb", strb)
@@ -91,6 +93,7 @@ class Lockstep:
             self.set("bus.addr", random.getrandbits(len(self.new.bus.addr)))
             self.set("bus.w_data", random.getrandbits(32))
             self.set("bus.w_strb", random.getrandbits(4))
+        self.set("bus.w_next", 0)
         self.set("bus.w_en", w_en)
         self.set("bus.r_en", r_en)
         self.compare()
@@ -99,6 +102,17 @@ class Lockstep:
         await ctx.tick()
         self.cycle += 1
         self.busy = max(0, self.busy - 1)
+
+
+    async def _w_next(self, addr, data, strb):
+        """The cycle before a write's ``w_en``: ``w_next`` with its address and data."""
+        for name, value in (("bus.addr", addr), ("bus.w_data", data), ("bus.w_strb", strb),
+                            ("bus.w_next", 1), ("bus.w_en", 0), ("bus.r_en", 0)):
+            self.set(name, value)
+        self.compare()
+        self.read_pending = False
+        await self.ctx.tick()
+        self.cycle += 1
 
 
 def _member(dut, name):
