@@ -188,7 +188,9 @@ class DmaEngine(wiring.Component):
         b_final = Signal()  # the burst ends the command
         b_cross = Signal()  # ... or ends on a page boundary (the next burst needs a lookup)
         arlen = Signal(8)
-        b_addr = Signal(64)  # physical address of the burst in flight (bus error reports)
+        # physical address of the burst in flight (bus error reports); no domain reset, so that
+        # the flip-flops' reset is free to clear it (see fault_addr)
+        b_addr = Signal(64, reset_less=True)
         b_err = Signal()
         next_high = Signal()  # the next page's lookup fields
         next_handle = Signal()
@@ -368,10 +370,15 @@ class DmaEngine(wiring.Component):
         # write can be reported with its address when the ring engine drains.
         m.submodules.bq = bq = BlockRAMFIFO(width=64, depth=MAX_POSTED_WRITES)
         werr = Signal()
-        werr_addr = Signal(64)
+        werr_addr = Signal(64, reset_less=True)  # (as b_addr)
         m.d.comb += [axi.bready.eq(1), bq.w_data.eq(burst_addr), bq.r_en.eq(axi.bvalid)]
+        werr_clear = Signal()  # a burst fails (see fault_addr)
         with m.If(axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr):
-            m.d.sync += [werr.eq(1), werr_addr.eq(bq.r_data)]
+            m.d.sync += werr.eq(1)
+        with m.If(werr_clear):
+            m.d.sync += werr_addr.eq(0)
+        with m.Elif(axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr):
+            m.d.sync += werr_addr.eq(bq.r_data)
         # Some write response is outstanding; all MAX_POSTED_WRITES are: flags kept in registers
         # so that a burst's decision to go waits for no compare.
         posted = Signal()
@@ -429,20 +436,26 @@ class DmaEngine(wiring.Component):
         # ---- Control ----------------------------------------------------------------------------
         # The fault address: which register holds it (FA_*), set when a command faults. A burst
         # that failed its translation or got an error keeps its address in b_addr (virtual,
-        # physical); while idle, nxt follows cmd_vaddr, for the ring engine's own faults.
+        # physical), a failed posted write in werr_addr; while idle, nxt follows cmd_vaddr, for
+        # the ring engine's own faults. For a command's fault the other of b_addr and werr_addr
+        # is 0 (cleared by the flip-flops' reset: b_addr while draining, werr_addr as a burst
+        # fails, after which the ring engine halts and drains no more), so the address is one
+        # 2:1 choice, not two.
         FA_IDLE, FA_BURST, FA_WRITE = 0, 1, 2
-        fault_src = Signal(2)
-        m.d.comb += self.fault_addr.eq(Mux(fault_src[1], werr_addr,
-                                           Mux(fault_src[0], b_addr, Cat(nxt_lo, nxt_hi))))
+        fa_idle = Signal(init=1)
+        in_drain = Signal()
+        m.d.comb += self.fault_addr.eq(Mux(fa_idle, Cat(nxt_lo, nxt_hi), b_addr | werr_addr))
         with m.If(self.abort & ~posted):
             m.d.sync += werr.eq(0)  # a reset forgets the responses of the old requests
         with m.If(self.abort):
-            m.d.sync += fault_src.eq(FA_IDLE)
+            m.d.sync += fa_idle.eq(1)
 
         def finish(cause=0, src=FA_IDLE):
             """The command ends this cycle (with fault ``cause``, its address in ``src``)."""
             m.d.comb += [self.done.eq(1), self.fault.eq(cause), self.failed.eq(cause != 0)]
-            m.d.sync += fault_src.eq(src)
+            m.d.sync += fa_idle.eq(src == FA_IDLE)
+            if src == FA_BURST:
+                m.d.comb += werr_clear.eq(1)
             m.next = "IDLE"
 
         def burst_handed_over():
@@ -470,6 +483,8 @@ class DmaEngine(wiring.Component):
         m.d.sync += keep_next.eq(a_hs & b_cross & ~b_final)
         with m.If(a_phase):  # (the value of the handshake's cycle stays)
             m.d.sync += b_addr.eq(burst_addr)
+        with m.Elif(in_drain):
+            m.d.sync += b_addr.eq(0)  # a drain's fault reports werr_addr
 
         pipe_busy = Signal()
         rd_inflight = Signal()
@@ -536,8 +551,8 @@ class DmaEngine(wiring.Component):
                 for lane in range(W):
                     m.d.sync += ge_rot[lane].eq(lane >= diff[:lw])
                 m.d.sync += [first_mask.eq(fm), last_mask.eq(lm)]
-                # (fault_src is FA_IDLE here: every command's end sets it, and after a failed
-                # one the ring engine halts until a reset, which sets FA_IDLE)
+                # (fa_idle is set here: every command's end sets it, and after a failed one
+                # the ring engine halts until a reset, which sets it)
                 with m.If(self.cmd_valid):
                     with m.If(self.cmd_drain):
                         m.next = "DRAIN"
@@ -645,7 +660,7 @@ class DmaEngine(wiring.Component):
                     burst_handed_over()
 
             with m.State("DRAIN"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += [self.busy.eq(1), in_drain.eq(1)]
                 with m.If(~pipe_busy):
                     m.d.sync += werr.eq(0)
                     with m.If(werr):
