@@ -103,7 +103,6 @@ class Lockstep:
         self.cycle += 1
         self.busy = max(0, self.busy - 1)
 
-
     async def _w_next(self, addr, data, strb):
         """The cycle before a write's ``w_en``: ``w_next`` with its address and data."""
         for name, value in (("bus.addr", addr), ("bus.w_data", data), ("bus.w_strb", strb),
