@@ -39,6 +39,14 @@ from .params import check_queue_num_max, one_hot
 __all__ = ["RingEngine"]
 
 
+def work_reg(*args, src_loc_at=0, **kwargs) -> Signal:
+    """A register that every request writes before it reads it, so it needs no reset: no
+    domain reset, which leaves each flip-flop's synchronous reset free for synthesis to clear it
+    with (a multiplexer input that is 0 then costs no LUT). The device reset (``dev_reset``)
+    never reset these registers either."""
+    return Signal(*args, reset_less=True, src_loc_at=src_loc_at + 1, **kwargs)
+
+
 class CachedDesc(data.Struct):
     """What pass 2 needs of a non-empty descriptor (virtio 1.x section 2.7.5); ``last`` is
     ``len - 1``, the offset of its last byte (the status byte, for the chain's last one)."""
@@ -92,7 +100,7 @@ class RingEngine(wiring.Component):
         cs = ceil_log2(cap_sectors + 1)
 
         # The capture register: what the last read to the scratch brought.
-        cap = Signal(8 * CAP_BYTES)
+        cap = work_reg(8 * CAP_BYTES)
         for k in range(CAP_BYTES):
             with m.If(self.cap_we[k]):
                 m.d.sync += cap[8 * k:8 * k + 8].eq(self.cap_wdata[8 * k:8 * k + 8])
@@ -109,15 +117,15 @@ class RingEngine(wiring.Component):
         m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
         cache_wr = cache.write_port()
         cache_rd = cache.read_port()
-        pf_addr = Signal(64)
-        pf_len = Signal(32)
-        pf_last = Signal(32)
-        pf_idx = Signal(qbits)  # the entry pf holds
-        pf_next = Signal(qbits)  # ... plus one
+        pf_addr = work_reg(64)
+        pf_len = work_reg(32)
+        pf_last = work_reg(32)
+        pf_idx = work_reg(qbits)  # the entry pf holds
+        pf_next = work_reg(qbits)  # ... plus one
         rd_idx = Signal(qbits)  # the entry read this cycle (set by the state)
         pf_load = Signal()  # ... into pf (the block RAM answers in the next cycle)
         pf_load_d = Signal()
-        rd_idx_d = Signal(qbits)
+        rd_idx_d = work_reg(qbits)
         m.d.comb += cache_rd.addr.eq(rd_idx)
         m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
         with m.If(pf_load_d):
@@ -129,41 +137,41 @@ class RingEngine(wiring.Component):
         abort = Signal()
         last_avail = Signal(16)  # consumed entries (incremented once the head is read)
         used_idx = Signal(16)
-        avail_idx = Signal(16)
-        no_irq = Signal()  # VIRTQ_AVAIL_F_NO_INTERRUPT of the last poll
-        head = Signal(16)
-        idx = Signal(16)  # the descriptor being walked; also the index a chain fault reports
+        avail_idx = work_reg(16)
+        no_irq = work_reg()  # VIRTQ_AVAIL_F_NO_INTERRUPT of the last poll
+        head = work_reg(16)
+        idx = work_reg(16)  # the descriptor being walked; also the index a chain fault reports
         # pass 1
-        walked = Signal(qbits + 1)  # descriptors of the chain read so far
-        count = Signal(qbits)  # ... of which non-empty (cached)
-        last_idx = Signal(qbits)  # the last cached one (count - 1)
-        n_readable = Signal(qbits)  # ... of which device-readable
-        seen_write = Signal()
-        have_w = Signal()  # a non-empty device-writable descriptor was seen (Wr >= 1)
-        acc = Signal(33)  # sum of the lengths so far (bit 32: over 2^32 - 1)
-        r_bytes = Signal(32)  # R: the sum when the first device-writable descriptor came
-        r_lt16 = Signal()  # R < 16
-        wr_bytes = Signal(33)  # Wr = acc - R, after the walk
+        walked = work_reg(qbits + 1)  # descriptors of the chain read so far
+        count = work_reg(qbits)  # ... of which non-empty (cached)
+        last_idx = work_reg(qbits)  # the last cached one (count - 1)
+        n_readable = work_reg(qbits)  # ... of which device-readable
+        seen_write = work_reg()
+        have_w = work_reg()  # a non-empty device-writable descriptor was seen (Wr >= 1)
+        acc = work_reg(33)  # sum of the lengths so far (bit 32: over 2^32 - 1)
+        r_bytes = work_reg(32)  # R: the sum when the first device-writable descriptor came
+        r_lt16 = work_reg()  # R < 16
+        wr_bytes = work_reg(33)  # Wr = acc - R, after the walk
         # pass 2
-        got = Signal(5)  # header bytes read (or being read)
-        take = Signal(lbits)  # bytes of the piece in flight
-        hlen = Signal(5)  # the next header piece
-        piece_ends = Signal()  # ... it ends its descriptor
-        hdr_last = Signal()  # ... it ends the header
-        last_piece = Signal()  # ... it is the last data piece
+        got = work_reg(5)  # header bytes read (or being read)
+        take = work_reg(lbits)  # bytes of the piece in flight
+        hlen = work_reg(5)  # the next header piece
+        piece_ends = work_reg()  # ... it ends its descriptor
+        hdr_last = work_reg()  # ... it ends the header
+        last_piece = work_reg()  # ... it is the last data piece
         # what the header left of its last descriptor: its low bits, and whether more than
         # they say (it is then more than any data piece)
-        split_rem = Signal(lbits + 1)
-        split_big = Signal()
+        split_rem = work_reg(lbits + 1)
+        split_big = work_reg()
         cont_next = Signal()  # the next data piece continues in that descriptor
-        remaining = Signal(lbits)  # data bytes not yet handed to the DMA engine
-        plen = Signal(lbits)  # the next data piece
-        plen_last = Signal()  # ... is the last one
-        dpos = Signal(lbits)  # where the next data piece starts on the disk (or in the serial)
-        to_disk = Signal()
-        dir_write = Signal()
-        blk_status = Signal(8)
-        used_len = Signal(32)  # the used element's len: bytes written + 1 (the status byte)
+        remaining = work_reg(lbits)  # data bytes not yet handed to the DMA engine
+        plen = work_reg(lbits)  # the next data piece
+        plen_last = work_reg()  # ... is the last one
+        dpos = work_reg(lbits)  # where the next data piece starts on the disk (or in the serial)
+        to_disk = work_reg()
+        dir_write = work_reg()
+        blk_status = work_reg(8)
+        used_len = work_reg(32)  # the used element's len: bytes written + 1 (the status byte)
         f_cause = Signal(4)
         m.d.comb += [
             self.fault_cause.eq(f_cause),
@@ -175,9 +183,9 @@ class RingEngine(wiring.Component):
         # reaches QCHECK at least two cycles after the last register write).
         # N is fine when exactly one of bits [0, log2 qmax] is set and none above; its mask
         # N - 1 is then every bit below that one. No wide compare or decrement.
-        qnum = Signal(qbits)
-        qmask = Signal(16)
-        num_ok = Signal()
+        qnum = work_reg(qbits)
+        qmask = work_reg(16)
+        num_ok = work_reg()
         low = n[:qbits]
         single = Signal()  # one bit of low is set
         m.d.comb += single.eq(sum(low[i] for i in range(qbits)) == 1)
@@ -188,7 +196,7 @@ class RingEngine(wiring.Component):
         # va = X + Y, where the operands are chosen by registers that each transition into a
         # state sets for that state (``go``): the adder's inputs come from flip-flops through at
         # most two LUTs, and the descriptor index just read through one (issue 5, Fmax).
-        va = Signal(64)
+        va = work_reg(64)
         XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)
         xs = Signal(2, init=XS_AVAIL)  # X: QueueDesc, QueueDriver, QueueDevice or pf_addr ...
         xz = Signal()  # ... or 0
@@ -198,7 +206,7 @@ class RingEngine(wiring.Component):
         # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
         # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
         # QueueNum a fault reports.
-        y_reg = Signal(32)
+        y_reg = work_reg(32)
         ring_used = Signal()  # the phase of the used element (else: an avail entry) ...
         ring_uidx = Signal()  # ... or of the used index
         y_is_idx = Signal()  # ... or of a fault reporting idx
@@ -273,8 +281,8 @@ class RingEngine(wiring.Component):
         # (``go``): only ``cmd_valid`` depends on the state's decisions (the DMA engine's
         # command registers follow the fields in every idle cycle).
         c_write, c_drain, c_disk = Signal(), Signal(), Signal()
-        c_len = Signal(lbits)
-        c_dpos = Signal(lbits)
+        c_len = work_reg(lbits)
+        c_dpos = work_reg(lbits)
         m.d.comb += [self.cmd_write.eq(c_write), self.cmd_drain.eq(c_drain),
                      self.cmd_len.eq(c_len), self.cmd_disk.eq(c_disk), self.cmd_dpos.eq(c_dpos)]
 
@@ -375,8 +383,8 @@ class RingEngine(wiring.Component):
                  before=lambda: operand(XS_AVAIL, Y_REG))  # POLL_CHECK's: the head
 
             # POLL_CHECK registers what the avail index says, POLL_ACT acts on it.
-            poll_bad = Signal()
-            poll_none = Signal()
+            poll_bad = work_reg()
+            poll_none = work_reg()
             # Values only some states use are computed outside the FSM: a comb assignment inside
             # a state would AND every bit with the state.
             pending = Signal(16)
@@ -406,7 +414,7 @@ class RingEngine(wiring.Component):
 
             # DESC_FIRST forms the first descriptor's address and registers the head's check,
             # DESC_START acts on it.
-            head_bad = Signal()
+            head_bad = work_reg()
             with state("DESC_FIRST"):
                 load()
                 command(**DESC_READ)
@@ -442,12 +450,12 @@ class RingEngine(wiring.Component):
             # A descriptor takes two cycles: DESC_CHECK computes its checks and sums into
             # registers (and caches it: after a failed check nothing reads the cache) and forms
             # the next descriptor's address, DESC_NEXT acts on them.
-            bad = Signal()
-            has_next = Signal()
-            next_bad = Signal()  # the next index is outside the queue ...
-            chain_full = Signal()  # ... or the next descriptor would be number N + 1
-            hdr_len = Signal(5)  # the first header piece
-            hdr_ends = Signal()  # ... ends its descriptor
+            bad = work_reg()
+            has_next = work_reg()
+            next_bad = work_reg()  # the next index is outside the queue ...
+            chain_full = work_reg()  # ... or the next descriptor would be number N + 1
+            hdr_len = work_reg(5)  # the first header piece
+            hdr_ends = work_reg()  # ... ends its descriptor
             # The cache's address and data do not depend on the state (only its enable does):
             # no gate in front of each data bit.
             m.d.comb += [
@@ -539,7 +547,7 @@ class RingEngine(wiring.Component):
             short_h = (pf_len[5:] == 0) & (pf_len[:5] < need)
             m.d.comb += [hlen_next.eq(Mux(short_h, pf_len[:5], need)),
                          hlen_ends_next.eq((pf_len[5:] == 0) & (pf_len[:5] <= need))]
-            hlen_ends = Signal()  # the next header piece ends its descriptor
+            hlen_ends = work_reg()  # the next header piece ends its descriptor
 
             def before_hdr():
                 load()
@@ -563,16 +571,16 @@ class RingEngine(wiring.Component):
 
             # ---- step 3.5: decode and data -----------------------------------------------------
             # DECODE registers what the header says; DISPATCH acts on it.
-            t_in = Signal()
-            t_out = Signal()
-            t_flush = Signal()
-            t_get_id = Signal()
-            ok_in = Signal()
-            ok_out = Signal()
-            sector_base = Signal(lbits)
-            id_len = Signal(5)  # GET_ID: min(20, Wr - 1)
-            no_in_data = Signal()  # Wr = 1: only the status byte is writable
-            no_out_data = Signal()  # R = 16: only the header is readable
+            t_in = work_reg()
+            t_out = work_reg()
+            t_flush = work_reg()
+            t_get_id = work_reg()
+            ok_in = work_reg()
+            ok_out = work_reg()
+            sector_base = work_reg(lbits)
+            id_len = work_reg(5)  # GET_ID: min(20, Wr - 1)
+            no_in_data = work_reg()  # Wr = 1: only the status byte is writable
+            no_out_data = work_reg()  # R = 16: only the header is readable
             with state("DECODE"):
                 req_type = cap[:32]
                 sector = cap[64:128]
@@ -595,8 +603,8 @@ class RingEngine(wiring.Component):
             # DISPATCH decides what moves and which cached descriptor that needs first: the
             # first device-writable one (IN, GET_ID), the one after the header (OUT), or the
             # last one (the status byte). Where pf does not hold it, FETCH waits for it.
-            need_idx = Signal(qbits)
-            after = Signal()  # then: 0 = the status, 1 = the data
+            need_idx = work_reg(qbits)
+            after = work_reg()  # then: 0 = the status, 1 = the data
             with state("DISPATCH"):
                 m.d.sync += [blk_status.eq(spec.VIRTIO_BLK_S_OK), used_len.eq(1),
                              dpos.eq(sector_base), to_disk.eq(1), dir_write.eq(1)]
@@ -758,7 +766,7 @@ class RingEngine(wiring.Component):
             wait("USED_IDX_WAIT", goto("DRAIN_USED"), before=before_uidx_wait)
 
             # registered: last_avail and avail_idx are settled long before DRAIN_USED_WAIT
-            round_done = Signal()
+            round_done = work_reg()
             m.d.sync += round_done.eq(last_avail == avail_idx)
             with state("DRAIN_USED"):  # the interrupt follows the used index
                 # DRAIN_USED_WAIT loads the next round's poll address, or the next entry's head.
