@@ -193,13 +193,30 @@ class RingEngine(wiring.Component):
                      qmask.eq(Cat(*[low[i + 1:].any() for i in range(min(16, qbits))]))]
 
         # ---- The address register and its adder ---------------------------------------------
-        # va = X + Y, where the operands are chosen by registers that each transition into a
-        # state sets for that state (``go``): the adder's inputs come from flip-flops through at
-        # most two LUTs, and the descriptor index just read through one (issue 5, Fmax).
+        # va = X + Y, where the operands are chosen a cycle ahead by each state for the next
+        # cycle (``operand``): the adder's inputs come from flip-flops through at most two LUTs,
+        # and the descriptor index just read through one (issue 5, Fmax).
         va = work_reg(64)
-        XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)
-        xs = Signal(2, init=XS_AVAIL)  # X: QueueDesc, QueueDriver, QueueDevice or pf_addr ...
-        xz = Signal()  # ... or 0
+        XS_DESC, XS_AVAIL, XS_USED, XS_NUM, XS_PF, XS_ZERO = range(6)
+        # X: QueueDesc, QueueDriver, QueueDevice, pf_addr or 0. Each queue base has a copy that
+        # its flip-flops' reset clears unless it is the next cycle's X, so that X is an OR
+        # (issue 5, area: two LUTs a bit, not three). A copy lags its register by a cycle,
+        # which no driver sees: a notify reaches QCHECK at least two cycles after the last
+        # register write, and QCHECK checks what the next cycle's X copies.
+        xs_next = Signal(range(6), init=XS_AVAIL)  # set by ``operand``; else X stays
+        xs = Signal(range(6), init=XS_AVAIL)
+        x_pf = Signal()
+        m.d.comb += xs_next.eq(xs)  # (the FSM below overrides it)
+        m.d.sync += [xs.eq(xs_next), x_pf.eq(xs_next == XS_PF)]
+        x_bases = []
+        for sel, base in ((XS_DESC, self.queue_desc), (XS_AVAIL, self.queue_avail),
+                          (XS_USED, self.queue_used), (XS_NUM, n)):
+            copy = Signal(len(base), reset_less=True, name=f"x_base{sel}")
+            with m.If(xs_next == sel):
+                m.d.sync += copy.eq(base)
+            with m.Else():
+                m.d.sync += copy.eq(0)
+            x_bases.append(copy)
         Y_NONE, Y_CAP, Y_REG, Y_STAT = range(4)
         ys_cap, ys_reg, ys_stat = (Signal(name=f"ys_{n}") for n in ("cap", "reg", "stat"))
         va_load = Signal()
@@ -210,15 +227,12 @@ class RingEngine(wiring.Component):
         ring_used = Signal()  # the phase of the used element (else: an avail entry) ...
         ring_uidx = Signal()  # ... or of the used index
         y_is_idx = Signal()  # ... or of a fault reporting idx
-        y_is_num = Signal()  # ... or QueueNum
         with m.If(ring_used):
             m.d.sync += y_reg.eq(Cat(Const(0b100, 3), used_idx & qmask))
         with m.Elif(ring_uidx):
             m.d.sync += y_reg.eq(2)
         with m.Elif(y_is_idx):
             m.d.sync += y_reg.eq(idx)
-        with m.Elif(y_is_num):
-            m.d.sync += y_reg.eq(n)
         with m.Else():
             m.d.sync += y_reg.eq(((last_avail & qmask) + 2) << 1)
         x = Signal(64)
@@ -226,8 +240,7 @@ class RingEngine(wiring.Component):
         y_other = Signal(32, attrs={"keep": 1})
         y = Signal(32)
         m.d.comb += [
-            x.eq(Mux(xz, 0, Mux(xs[1], Mux(xs[0], pf_addr, self.queue_used),
-                                Mux(xs[0], self.queue_avail, self.queue_desc)))),
+            x.eq(x_bases[0] | x_bases[1] | x_bases[2] | x_bases[3] | Mux(x_pf, pf_addr, 0)),
             y_other.eq(Mux(ys_reg, y_reg, 0) | Mux(ys_stat, pf_last, 0)),
             y.eq(Mux(ys_cap, cap_head << 4, y_other)),
         ]
@@ -246,8 +259,9 @@ class RingEngine(wiring.Component):
             """In the next cycle, va loads X + Y with these operands. Every state says which
             operands the next cycle needs (whatever state that is), from its own identity and
             registers: the selects are flip-flops and depend on ``done`` in one place only."""
-            m.d.sync += [xs.eq(xsel & 3), xz.eq(xsel == XS_ZERO), ys_cap.eq(ysel == Y_CAP),
-                         ys_reg.eq(ysel == Y_REG), ys_stat.eq(ysel == Y_STAT)]
+            m.d.comb += xs_next.eq(xsel)
+            m.d.sync += [ys_cap.eq(ysel == Y_CAP), ys_reg.eq(ysel == Y_REG),
+                         ys_stat.eq(ysel == Y_STAT)]
 
         def go(name):
             m.next = name
@@ -373,8 +387,7 @@ class RingEngine(wiring.Component):
                 with m.Else():
                     operand(XS_USED, Y_NONE)
             with state("QNUM"):  # y_reg = QueueNum
-                m.d.comb += y_is_num.eq(1)
-                operand(XS_ZERO, Y_REG)
+                operand(XS_NUM, Y_NONE)
                 go("QFAULT")
             with state("QFAULT"):
                 load()
