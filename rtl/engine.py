@@ -165,8 +165,7 @@ class RingEngine(wiring.Component):
         split_big = work_reg()
         cont_next = Signal()  # the next data piece continues in that descriptor
         remaining = work_reg(lbits)  # data bytes not yet handed to the DMA engine
-        plen = work_reg(lbits)  # the next data piece
-        plen_last = work_reg()  # ... is the last one
+        plen_last = work_reg()  # the next data piece is the last one (its length: c_len)
         dpos = work_reg(lbits)  # where the next data piece starts on the disk (or in the serial)
         to_disk = work_reg()
         dir_write = work_reg()
@@ -665,7 +664,7 @@ class RingEngine(wiring.Component):
             ]
 
             def next_piece_len():
-                m.d.sync += [plen.eq(plen_next), plen_last.eq(~p_short)]
+                m.d.sync += plen_last.eq(~p_short)
 
             def data_command():
                 command(write=dir_write, length=plen_next, disk=to_disk, dpos=dpos)
@@ -709,9 +708,11 @@ class RingEngine(wiring.Component):
                 with m.Else():
                     go("STATUS")
 
-            with state("DATA_PIECE"):  # plen: this piece (> 0); pf: its descriptor
+            # DATA_PIECE issues the piece whose length the state before put in the command (the
+            # piece's length; the status byte's command never reaches DATA_PIECE)
+            with state("DATA_PIECE"):  # c_len: this piece (> 0); pf: its descriptor
                 m.d.sync += [last_piece.eq(plen_last), cont_next.eq(0),
-                             remaining.eq(remaining - plen), dpos.eq(dpos + plen)]
+                             remaining.eq(remaining - c_len), dpos.eq(dpos + c_len)]
                 # the next piece's descriptor, or the status byte's (the last one), whose
                 # address DATA_WAIT loads
                 operand(XS_PF, Mux(plen_last, Y_STAT, Y_NONE))  # DATA_WAIT's
