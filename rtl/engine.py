@@ -294,15 +294,20 @@ class RingEngine(wiring.Component):
         # (``go``): only ``cmd_valid`` depends on the state's decisions (the DMA engine's
         # command registers follow the fields in every idle cycle).
         c_write, c_drain, c_disk = Signal(), Signal(), Signal()
+        # Length and local position: bits 0-4 hold every value but a data piece's, whose bits
+        # 5 and up are set after the FSM (a data piece's, or 0 from the flip-flops' reset).
         c_len = work_reg(lbits)
         c_dpos = work_reg(lbits)
+        c_set = Signal()  # a state sets the fields ...
+        c_data = Signal()  # ... to a data piece's
         m.d.comb += [self.cmd_write.eq(c_write), self.cmd_drain.eq(c_drain),
                      self.cmd_len.eq(c_len), self.cmd_disk.eq(c_disk), self.cmd_dpos.eq(c_dpos)]
 
-        def command(*, write=0, length=0, disk=0, dpos=0, drain=0):
+        def command(*, write=0, length=0, disk=0, dpos=0, drain=0, data_piece=False):
             """From the next cycle on, the command fields are these."""
-            m.d.sync += [c_write.eq(write), c_drain.eq(drain), c_len.eq(length),
-                         c_disk.eq(disk), c_dpos.eq(dpos)]
+            m.d.comb += [c_set.eq(1), c_data.eq(data_piece)]
+            m.d.sync += [c_write.eq(write), c_drain.eq(drain), c_len[:5].eq(length),
+                         c_disk.eq(disk), c_dpos[:5].eq(dpos)]
 
         # The commands with fixed fields. A state that comes before one that issues sets the
         # fields in every cycle, so that a transition on the DMA engine's ``done`` loads none.
@@ -667,7 +672,8 @@ class RingEngine(wiring.Component):
                 m.d.sync += plen_last.eq(~p_short)
 
             def data_command():
-                command(write=dir_write, length=plen_next, disk=to_disk, dpos=dpos)
+                command(write=dir_write, length=plen_next[:5], disk=to_disk, dpos=dpos[:5],
+                        data_piece=True)
 
             def to_data_piece():
                 go("DATA_PIECE")
@@ -816,6 +822,10 @@ class RingEngine(wiring.Component):
                 pass
 
         one_hot(fsm)
+        with m.If(c_data):
+            m.d.sync += [c_len[5:].eq(plen_next[5:]), c_dpos[5:].eq(dpos[5:])]
+        with m.Elif(c_set):
+            m.d.sync += [c_len[5:].eq(0), c_dpos[5:].eq(0)]
         # The payload: the used element (id, len), whose low 16 bits are the status byte or the
         # used index in the states that write those (their commands strobe only those bytes).
         # Not gated by the states: only the low 16 bits need a select.
