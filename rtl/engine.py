@@ -106,11 +106,15 @@ class RingEngine(wiring.Component):
                 m.d.sync += cap[8 * k:8 * k + 8].eq(self.cap_wdata[8 * k:8 * k + 8])
         desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
                            cap)
-        cap_idx = cap[16:32]  # avail.idx after a poll
         # The head read puts the ring entry where a descriptor's ``next`` is, so that a
-        # descriptor address is always formed from the same bits.
+        # descriptor address is always formed from the same bits; the poll puts avail.idx
+        # there too (avail.flags just below), so that the index a fault reports is one of two
+        # registers' bits, not three.
         HEAD_POS = 14
+        POLL_POS = HEAD_POS - 2
         cap_head = cap[8 * HEAD_POS:8 * HEAD_POS + 16]
+        cap_idx = cap_head  # avail.idx after a poll
+        cap_flags = cap[8 * POLL_POS:8 * POLL_POS + 16]  # avail.flags after a poll
 
         # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2
         # reads them into the prefetch register pf, one command ahead.
@@ -311,7 +315,7 @@ class RingEngine(wiring.Component):
 
         # The commands with fixed fields. A state that comes before one that issues sets the
         # fields in every cycle, so that a transition on the DMA engine's ``done`` loads none.
-        POLL = {"length": 4}  # avail.flags and avail.idx
+        POLL = {"length": 4, "dpos": POLL_POS}  # avail.flags and avail.idx
         HEAD_READ = {"length": 2, "dpos": HEAD_POS}  # the ring entry
         DESC_READ = {"length": 16}
         STATUS_WRITE = {"write": 1, "length": 1}
@@ -409,7 +413,7 @@ class RingEngine(wiring.Component):
             with state("POLL_CHECK"):
                 load()
                 command(**HEAD_READ)
-                m.d.sync += [avail_idx.eq(cap_idx), no_irq.eq(cap[0]), idx.eq(cap_idx),
+                m.d.sync += [avail_idx.eq(cap_idx), no_irq.eq(cap_flags[0]), idx.eq(cap_idx),
                              poll_bad.eq(at_least(pending, qnum + 1)),
                              poll_none.eq(pending == 0)]
                 go("POLL_ACT")
