@@ -193,6 +193,7 @@ class DmaEngine(wiring.Component):
         b_addr = Signal(64, reset_less=True)
         b_err = Signal()
         next_high = Signal()  # the next page's lookup fields
+        nxt_high = Signal()  # lookup_fields(nxt_hi)'s, set with nxt_hi (no OR tree of its own)
         next_handle = Signal()
 
         nxt_hi_inc = Signal(52)
@@ -202,7 +203,7 @@ class DmaEngine(wiring.Component):
         # ones and receive one; bit 63 flips when the carry runs through them.
         carry_in = nxt_hi[:R].all()
         mid_all = nxt_hi[R:51].all()
-        inc_high = Mux(carry_in, ~mid_all, nxt_hi[R:51].any())
+        inc_high = Mux(carry_in, ~mid_all, nxt_high)
         inc_handle = nxt_hi[51] ^ (carry_in & mid_all)
         burst_addr = Signal(64)
         # (with a failed check, the virtual address: no valid goes out with it, and b_addr
@@ -232,7 +233,7 @@ class DmaEngine(wiring.Component):
         # when it ends: ``cur`` then holds where it ended.
         cur_handle = cur_hi[51]
         cur_high = Signal()  # lookup_fields(cur_hi)'s, copied with cur_hi (no OR tree of its own)
-        nxt_ref, nxt_high, nxt_handle = lookup_fields(nxt_hi, R)
+        nxt_ref, _, nxt_handle = lookup_fields(nxt_hi, R)
         pre_ref = self.pre_vaddr[12:12 + R]
         _, cmd_high, cmd_handle = lookup_fields(self.cmd_vaddr[12:], R)
         a_phase = Signal()  # the burst's address is (or may be) valid: ISSUE, RADDR, WADDR
@@ -514,7 +515,7 @@ class DmaEngine(wiring.Component):
         empty = Signal()  # the command has no byte
         m.d.sync += inc_hi.eq(0)
         with m.If(inc_hi):
-            m.d.sync += nxt_hi.eq(nxt_hi_inc)
+            m.d.sync += [nxt_hi.eq(nxt_hi_inc), nxt_high.eq(next_high)]
 
         # What single states use is computed outside the FSM (a comb assignment inside a state
         # would AND each bit with the state). IDLE's:
@@ -546,7 +547,8 @@ class DmaEngine(wiring.Component):
                     word.eq(Mux(diff[-1] & self.cmd_disk, last_word, diff[lw:lw + wb])),
                 ]
                 with m.If(~self.cmd_cont):
-                    m.d.sync += [nxt_lo.eq(self.cmd_vaddr[:12]), nxt_hi.eq(self.cmd_vaddr[12:])]
+                    m.d.sync += [nxt_lo.eq(self.cmd_vaddr[:12]), nxt_hi.eq(self.cmd_vaddr[12:]),
+                                 nxt_high.eq(cmd_high)]
                 m.d.sync += int_ref.eq(nxt_ref)  # a continue command's page
                 for lane in range(W):
                     m.d.sync += ge_rot[lane].eq(lane >= diff[:lw])
