@@ -149,7 +149,9 @@ class RingEngine(wiring.Component):
         walked = work_reg(qbits + 1)  # descriptors of the chain read so far
         count = work_reg(qbits)  # ... of which non-empty (cached)
         last_idx = work_reg(qbits)  # the last cached one (count - 1)
-        n_readable = work_reg(qbits)  # ... of which device-readable
+        # ... of which device-readable: the count when the first non-empty device-writable one
+        # comes (a chain whose readable descriptors do not all come first faults)
+        n_readable = work_reg(qbits)
         seen_write = work_reg()
         have_w = work_reg()  # a non-empty device-writable descriptor was seen (Wr >= 1)
         acc = work_reg(33)  # sum of the lengths so far (bit 32: over 2^32 - 1)
@@ -442,7 +444,7 @@ class RingEngine(wiring.Component):
                 m.d.sync += [
                     head.eq(cap_head), idx.eq(cap_head), head_bad.eq(at_least(cap_head, qnum)),
                     last_avail.eq(last_avail + 1),
-                    walked.eq(0), count.eq(0), n_readable.eq(0), seen_write.eq(0),
+                    walked.eq(0), count.eq(0), seen_write.eq(0),
                     acc.eq(0), r_lt16.eq(1), cont_next.eq(0), have_w.eq(0),
                 ]
                 go("DESC_START")
@@ -513,10 +515,8 @@ class RingEngine(wiring.Component):
                     m.d.sync += [r_bytes.eq(acc), r_lt16.eq(acc[4:] == 0)]  # R < 16
                 with m.If(nonempty):
                     m.d.sync += [count.eq(count + 1), last_idx.eq(count)]
-                    with m.If(~d_write):
-                        m.d.sync += n_readable.eq(n_readable + 1)
-                    with m.Else():
-                        m.d.sync += have_w.eq(1)
+                    with m.If(d_write & ~have_w):
+                        m.d.sync += [n_readable.eq(count), have_w.eq(1)]
                 go("DESC_NEXT")
 
             with state("DESC_NEXT"):
