@@ -481,19 +481,22 @@ class RingEngine(wiring.Component):
             hdr_ends = work_reg()  # ... ends its descriptor
             # The cache's address and data do not depend on the state (only its enable does):
             # no gate in front of each data bit.
+            last = Signal(32)  # len - 1, the offset of the descriptor's last byte
+            lo_last = Signal(33)  # addr[31:0] + last: bit 32 is the carry into addr[63:32]
             m.d.comb += [
                 cache_wr.addr.eq(count),
                 cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
-                cache_wr.data.last.eq(desc_f.len - 1),
+                cache_wr.data.last.eq(last),
             ]
-            lo_end = Signal(33)
             new_acc = Signal(33)
-            m.d.comb += [lo_end.eq(desc_f.addr[:32] + desc_f.len), new_acc.eq(acc + desc_f.len)]
+            m.d.comb += [last.eq(desc_f.len - 1), lo_last.eq(desc_f.addr[:32] + last),
+                         new_acc.eq(acc + desc_f.len)]
             with state("DESC_CHECK"):
                 d_write = desc_f.flags[1]
                 nonempty = desc_f.len != 0
-                # addr + len > 2^64, with a 32-bit carry chain
-                wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & lo_end[32] & (lo_end[:32] != 0)
+                # addr + len > 2^64: a non-empty descriptor whose last byte is past 2^64 - 1,
+                # with the carry chain that forms the cached ``last`` (no zero test of a sum)
+                wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & nonempty & lo_last[32]
                 m.d.comb += cache_wr.en.eq(nonempty)  # (address and data: above, always)
                 with m.If(desc_f.flags[0]):
                     load()  # the next descriptor
