@@ -302,9 +302,17 @@ class DmaEngine(wiring.Component):
         en_lo = Signal(W)
         en_hi = Signal(W)
         m.d.comb += [en_lo.eq(local_mask & ge_rot), en_hi.eq(local_mask & ~ge_rot)]
-        m.d.sync += [self.disk_wr_word.eq(word), self.disk_wr_data.eq(rotated),
-                     self.disk_wr_en_lo.eq(Mux(r_take & to_disk, en_lo, 0)),
-                     self.disk_wr_en_hi.eq(Mux(r_take & to_disk, en_hi, 0))]
+        # (registers with no domain reset: they follow the beat in every cycle, and the flip-flops'
+        # reset is then free to clear the enables)
+        d_word = Signal(wb, reset_less=True)
+        d_data = Signal(8 * W, reset_less=True)
+        d_en_lo = Signal(W, reset_less=True)
+        d_en_hi = Signal(W, reset_less=True)
+        m.d.comb += [self.disk_wr_word.eq(d_word), self.disk_wr_data.eq(d_data),
+                     self.disk_wr_en_lo.eq(d_en_lo), self.disk_wr_en_hi.eq(d_en_hi)]
+        m.d.sync += [d_word.eq(word), d_data.eq(rotated),
+                     d_en_lo.eq(Mux(r_take & to_disk, en_lo, 0)),
+                     d_en_hi.eq(Mux(r_take & to_disk, en_hi, 0))]
         cap_words = CAP_BYTES // W
         cw = exact_log2(cap_words)
         word_inc = Signal(wb)
