@@ -416,7 +416,7 @@ class RingEngine(wiring.Component):
                 load()
                 command(**HEAD_READ)
                 m.d.sync += [avail_idx.eq(cap_idx), no_irq.eq(cap_flags[0]), idx.eq(cap_idx),
-                             poll_bad.eq(at_least(pending, qnum + 1)),
+                             poll_bad.eq((pending[qbits:] != 0) | (pending[:qbits] > qnum)),
                              poll_none.eq(pending == 0)]
                 go("POLL_ACT")
 
