@@ -117,11 +117,12 @@ class RingEngine(wiring.Component):
         cap_flags = cap[8 * POLL_POS:8 * POLL_POS + 16]  # avail.flags after a poll
 
         # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2
-        # reads them into the prefetch register pf, one command ahead.
+        # reads them into the prefetch register pf, one command ahead. pf's address is the block
+        # RAM's output itself, read only when fetched so that it holds: only the X operand's
+        # copy (below) takes it, into a register.
         m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
         cache_wr = cache.write_port()
         cache_rd = cache.read_port()
-        pf_addr = work_reg(64)
         pf_len = work_reg(32)
         pf_last = work_reg(32)
         pf_idx = work_reg(qbits)  # the entry pf holds
@@ -130,10 +131,10 @@ class RingEngine(wiring.Component):
         pf_load = Signal()  # ... into pf (the block RAM answers in the next cycle)
         pf_load_d = Signal()
         rd_idx_d = work_reg(qbits)
-        m.d.comb += cache_rd.addr.eq(rd_idx)
+        m.d.comb += [cache_rd.addr.eq(rd_idx), cache_rd.en.eq(pf_load)]
         m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
         with m.If(pf_load_d):
-            m.d.sync += [pf_addr.eq(cache_rd.data.addr), pf_len.eq(cache_rd.data.len),
+            m.d.sync += [pf_len.eq(cache_rd.data.len),
                          pf_last.eq(cache_rd.data.last), pf_idx.eq(rd_idx_d),
                          pf_next.eq(rd_idx_d + 1)]
 
@@ -199,25 +200,25 @@ class RingEngine(wiring.Component):
 
         # ---- The address register and its adder ---------------------------------------------
         # va = X + Y, where the operands are chosen a cycle ahead by each state for the next
-        # cycle (``operand``): the adder's inputs come from flip-flops through at most two LUTs,
-        # and the descriptor index just read through one (issue 5, Fmax).
+        # cycle (``operand``): X comes from flip-flops through one LUT, Y through at most two,
+        # the descriptor index just read through one (issue 5, Fmax).
         va = work_reg(64)
-        XS_DESC, XS_AVAIL, XS_USED, XS_NUM, XS_PF, XS_ZERO = range(6)
-        # X: QueueDesc, QueueDriver, QueueDevice, pf_addr or 0. Each queue base has a copy that
-        # its flip-flops' reset clears unless it is the next cycle's X, so that X is an OR
-        # (issue 5, area: two LUTs a bit, not three). A copy lags its register by a cycle,
-        # which no driver sees: a notify reaches QCHECK at least two cycles after the last
-        # register write, and QCHECK checks what the next cycle's X copies.
-        xs_next = Signal(range(6), init=XS_AVAIL)  # set by ``operand``; else X stays
-        xs = Signal(range(6), init=XS_AVAIL)
-        x_pf = Signal()
-        m.d.comb += xs_next.eq(xs)  # (the FSM below overrides it)
-        m.d.sync += [xs.eq(xs_next), x_pf.eq(xs_next == XS_PF)]
+        XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)
+        # X: QueueDesc, QueueDriver, QueueDevice, the prefetched descriptor's address, or 0.
+        # Each has a copy that its flip-flops' reset clears unless it is the next cycle's X, so
+        # that X is a 4-input OR, one LUT a bit (issue 5: a 4:1 multiplexer with a zero took
+        # three, and two levels). ``operand`` raises one select; after a state that does not call
+        # it, X is 0 (no cycle that uses X follows such a state). A copy lags
+        # its queue register by a cycle, which no driver sees: a notify reaches QCHECK at least
+        # two cycles after the last register write, and QCHECK checks the value that the next
+        # cycle's X copies.
+        x_next = {sel: Signal(name=f"x_next{sel}") for sel in (XS_DESC, XS_AVAIL, XS_USED,
+                                                                XS_PF)}
         x_bases = []
         for sel, base in ((XS_DESC, self.queue_desc), (XS_AVAIL, self.queue_avail),
-                          (XS_USED, self.queue_used), (XS_NUM, n)):
+                          (XS_USED, self.queue_used), (XS_PF, cache_rd.data.addr)):
             copy = Signal(len(base), reset_less=True, name=f"x_base{sel}")
-            with m.If(xs_next == sel):
+            with m.If(x_next[sel]):
                 m.d.sync += copy.eq(base)
             with m.Else():
                 m.d.sync += copy.eq(0)
@@ -232,12 +233,15 @@ class RingEngine(wiring.Component):
         ring_used = Signal()  # the phase of the used element (else: an avail entry) ...
         ring_uidx = Signal()  # ... or of the used index
         y_is_idx = Signal()  # ... or of a fault reporting idx
+        y_is_num = Signal()  # ... or QueueNum
         with m.If(ring_used):
             m.d.sync += y_reg.eq(Cat(Const(0b100, 3), used_idx & qmask))
         with m.Elif(ring_uidx):
             m.d.sync += y_reg.eq(2)
         with m.Elif(y_is_idx):
             m.d.sync += y_reg.eq(idx)
+        with m.Elif(y_is_num):
+            m.d.sync += y_reg.eq(n)
         with m.Else():
             m.d.sync += y_reg.eq(((last_avail & qmask) + 2) << 1)
         x = Signal(64)
@@ -245,7 +249,7 @@ class RingEngine(wiring.Component):
         y_other = Signal(32, attrs={"keep": 1})
         y = Signal(32)
         m.d.comb += [
-            x.eq(x_bases[0] | x_bases[1] | x_bases[2] | x_bases[3] | Mux(x_pf, pf_addr, 0)),
+            x.eq(x_bases[0] | x_bases[1] | x_bases[2] | x_bases[3]),
             y_other.eq(Mux(ys_reg, y_reg, 0) | Mux(ys_stat, pf_last, 0)),
             y.eq(Mux(ys_cap, cap_head << 4, y_other)),
         ]
@@ -263,8 +267,9 @@ class RingEngine(wiring.Component):
         def operand(xsel, ysel):
             """In the next cycle, va loads X + Y with these operands. Every state says which
             operands the next cycle needs (whatever state that is), from its own identity and
-            registers: the selects are flip-flops and depend on ``done`` in one place only."""
-            m.d.comb += xs_next.eq(xsel)
+            registers: X's select clears the operand copies that are not chosen, Y's are
+            flip-flops, and both depend on ``done`` in one place only."""
+            m.d.comb += [flag.eq(sel == xsel) for sel, flag in x_next.items()]
             m.d.sync += [ys_cap.eq(ysel == Y_CAP), ys_reg.eq(ysel == Y_REG),
                          ys_stat.eq(ysel == Y_STAT)]
 
@@ -397,7 +402,8 @@ class RingEngine(wiring.Component):
                 with m.Else():
                     operand(XS_USED, Y_NONE)
             with state("QNUM"):  # y_reg = QueueNum
-                operand(XS_NUM, Y_NONE)
+                m.d.comb += y_is_num.eq(1)
+                operand(XS_ZERO, Y_REG)
                 go("QFAULT")
             with state("QFAULT"):
                 load()
@@ -829,6 +835,10 @@ class RingEngine(wiring.Component):
                 pass
 
         one_hot(fsm)
+        # While the engine aborts, X is IDLE's (the state's own choice does not matter: no
+        # command goes out), so that the selects do not wait for the DMA engine's ``busy``.
+        with m.If(abort):
+            m.d.comb += [flag.eq(sel == XS_AVAIL) for sel, flag in x_next.items()]
         with m.If(c_data):
             m.d.sync += [c_len[5:].eq(plen_next[5:]), c_dpos[5:].eq(dpos[5:])]
         with m.Elif(c_set):

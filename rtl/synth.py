@@ -16,8 +16,8 @@ value read in a colliding cycle is undefined (``COLLISION_X_MASK`` all ones):
   marked stale (``resp_stale``) and is looked up again before any burst uses it
   (``rtl/translate.py``); the privileged read port: the register bridge makes one access at a
   time, so a cycle that writes the table never reads it;
-* descriptor cache (``rtl/engine.py``): written only in DESC_CHECK, whose read is never loaded
-  into the prefetch register;
+* descriptor cache (``rtl/engine.py``): written only in DESC_CHECK, and read only when a state
+  fetches an entry into the prefetch register, which DESC_CHECK never does;
 * RAM disk (``rtl/ramdisk.py``): the DMA engine reads it only for a write command and writes it
   only for a read command; the two are never in flight together.
 
