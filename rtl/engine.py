@@ -124,7 +124,6 @@ class RingEngine(wiring.Component):
         cache_wr = cache.write_port()
         cache_rd = cache.read_port()
         pf_len = work_reg(32)
-        pf_last = work_reg(32)
         pf_idx = work_reg(qbits)  # the entry pf holds
         pf_next = work_reg(qbits)  # ... plus one
         rd_idx = Signal(qbits)  # the entry read this cycle (set by the state)
@@ -135,7 +134,7 @@ class RingEngine(wiring.Component):
         m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
         with m.If(pf_load_d):
             m.d.sync += [pf_len.eq(cache_rd.data.len),
-                         pf_last.eq(cache_rd.data.last), pf_idx.eq(rd_idx_d),
+                         pf_idx.eq(rd_idx_d),
                          pf_next.eq(rd_idx_d + 1)]
 
         kick = Signal()
@@ -223,8 +222,18 @@ class RingEngine(wiring.Component):
             with m.Else():
                 m.d.sync += copy.eq(0)
             x_bases.append(copy)
+        # Y: the descriptor index just read (times 16), y_reg, the prefetched descriptor's last
+        # byte, or 0. y_reg and the copy of ``last`` are cleared, like X's copies, unless they
+        # are the next cycle's Y, so that Y is one LUT a bit too.
         Y_NONE, Y_CAP, Y_REG, Y_STAT = range(4)
-        ys_cap, ys_reg, ys_stat = (Signal(name=f"ys_{n}") for n in ("cap", "reg", "stat"))
+        y_next = {sel: Signal(name=f"y_next{sel}") for sel in (Y_CAP, Y_REG, Y_STAT)}
+        ys_cap = Signal()
+        m.d.sync += ys_cap.eq(y_next[Y_CAP])
+        y_last = Signal(32, reset_less=True)
+        with m.If(y_next[Y_STAT]):
+            m.d.sync += y_last.eq(cache_rd.data.last)
+        with m.Else():
+            m.d.sync += y_last.eq(0)
         va_load = Signal()
         # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
         # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
@@ -234,7 +243,9 @@ class RingEngine(wiring.Component):
         ring_uidx = Signal()  # ... or of the used index
         y_is_idx = Signal()  # ... or of a fault reporting idx
         y_is_num = Signal()  # ... or QueueNum
-        with m.If(ring_used):
+        with m.If(~y_next[Y_REG]):
+            m.d.sync += y_reg.eq(0)
+        with m.Elif(ring_used):
             m.d.sync += y_reg.eq(Cat(Const(0b100, 3), used_idx & qmask))
         with m.Elif(ring_uidx):
             m.d.sync += y_reg.eq(2)
@@ -245,13 +256,10 @@ class RingEngine(wiring.Component):
         with m.Else():
             m.d.sync += y_reg.eq(((last_avail & qmask) + 2) << 1)
         x = Signal(64)
-        # kept, so that synthesis leaves the descriptor index one LUT away from the adder
-        y_other = Signal(32, attrs={"keep": 1})
         y = Signal(32)
         m.d.comb += [
             x.eq(x_bases[0] | x_bases[1] | x_bases[2] | x_bases[3]),
-            y_other.eq(Mux(ys_reg, y_reg, 0) | Mux(ys_stat, pf_last, 0)),
-            y.eq(Mux(ys_cap, cap_head << 4, y_other)),
+            y.eq(Mux(ys_cap, cap_head << 4, 0) | y_reg | y_last),
         ]
         va_next = Signal(64)
         m.d.comb += va_next.eq(x + y)
@@ -267,11 +275,10 @@ class RingEngine(wiring.Component):
         def operand(xsel, ysel):
             """In the next cycle, va loads X + Y with these operands. Every state says which
             operands the next cycle needs (whatever state that is), from its own identity and
-            registers: X's select clears the operand copies that are not chosen, Y's are
-            flip-flops, and both depend on ``done`` in one place only."""
+            registers: the selects clear the operand copies that are not chosen (Y_CAP's is a
+            flip-flop), and they depend on ``done`` in one place only."""
             m.d.comb += [flag.eq(sel == xsel) for sel, flag in x_next.items()]
-            m.d.sync += [ys_cap.eq(ysel == Y_CAP), ys_reg.eq(ysel == Y_REG),
-                         ys_stat.eq(ysel == Y_STAT)]
+            m.d.comb += [flag.eq(sel == ysel) for sel, flag in y_next.items()]
 
         def go(name):
             m.next = name
@@ -839,6 +846,7 @@ class RingEngine(wiring.Component):
         # command goes out), so that the selects do not wait for the DMA engine's ``busy``.
         with m.If(abort):
             m.d.comb += [flag.eq(sel == XS_AVAIL) for sel, flag in x_next.items()]
+            m.d.comb += [flag.eq(0) for flag in y_next.values()]
         with m.If(c_data):
             m.d.sync += [c_len[5:].eq(plen_next[5:]), c_dpos[5:].eq(dpos[5:])]
         with m.Elif(c_set):
