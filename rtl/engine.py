@@ -199,18 +199,17 @@ class RingEngine(wiring.Component):
 
         # ---- The address register and its adder ---------------------------------------------
         # va = X + Y, where the operands are chosen a cycle ahead by each state for the next
-        # cycle (``operand``): X comes from flip-flops through one LUT, Y through at most two,
-        # the descriptor index just read through one (issue 5, Fmax).
+        # cycle (``operand``): each comes from flip-flops through one LUT (issue 5, Fmax: this
+        # adder feeds the grant table's address).
         va = work_reg(64)
         XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)
         # X: QueueDesc, QueueDriver, QueueDevice, the prefetched descriptor's address, or 0.
         # Each has a copy that its flip-flops' reset clears unless it is the next cycle's X, so
         # that X is a 4-input OR, one LUT a bit (issue 5: a 4:1 multiplexer with a zero took
         # three, and two levels). ``operand`` raises one select; after a state that does not call
-        # it, X is 0 (no cycle that uses X follows such a state). A copy lags
-        # its queue register by a cycle, which no driver sees: a notify reaches QCHECK at least
-        # two cycles after the last register write, and QCHECK checks the value that the next
-        # cycle's X copies.
+        # it, X is 0 (no cycle that uses X follows such a state). A copy lags its queue register
+        # by a cycle, which no driver sees: a notify reaches QCHECK at least two cycles after the
+        # last register write, and QCHECK checks the value that the next cycle's X copies.
         x_next = {sel: Signal(name=f"x_next{sel}") for sel in (XS_DESC, XS_AVAIL, XS_USED,
                                                                 XS_PF)}
         x_bases = []
@@ -842,8 +841,9 @@ class RingEngine(wiring.Component):
                 pass
 
         one_hot(fsm)
-        # While the engine aborts, X is IDLE's (the state's own choice does not matter: no
-        # command goes out), so that the selects do not wait for the DMA engine's ``busy``.
+        # While the engine aborts, X is IDLE's and Y is 0 (the state's own choice does not
+        # matter: no command goes out), so that the selects do not wait for the DMA engine's
+        # ``busy``.
         with m.If(abort):
             m.d.comb += [flag.eq(sel == XS_AVAIL) for sel, flag in x_next.items()]
             m.d.comb += [flag.eq(0) for flag in y_next.values()]
