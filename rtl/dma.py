@@ -382,11 +382,12 @@ class DmaEngine(wiring.Component):
         werr_addr = Signal(64, reset_less=True)  # (as b_addr)
         m.d.comb += [axi.bready.eq(1), bq.w_data.eq(burst_addr), bq.r_en.eq(axi.bvalid)]
         werr_clear = Signal()  # a burst fails (see fault_addr)
-        with m.If(axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr):
+        werr_first = axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr  # the first failed response
+        with m.If(werr_first):
             m.d.sync += werr.eq(1)
         with m.If(werr_clear):
             m.d.sync += werr_addr.eq(0)
-        with m.Elif(axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr):
+        with m.Elif(werr_first):
             m.d.sync += werr_addr.eq(bq.r_data)
         # Some write response is outstanding; all MAX_POSTED_WRITES are: flags kept in registers
         # so that a burst's decision to go waits for no compare.

@@ -212,15 +212,19 @@ class RingEngine(wiring.Component):
         # last register write, and QCHECK checks the value that the next cycle's X copies.
         x_next = {sel: Signal(name=f"x_next{sel}") for sel in (XS_DESC, XS_AVAIL, XS_USED,
                                                                 XS_PF)}
-        x_bases = []
-        for sel, base in ((XS_DESC, self.queue_desc), (XS_AVAIL, self.queue_avail),
-                          (XS_USED, self.queue_used), (XS_PF, cache_rd.data.addr)):
-            copy = Signal(len(base), reset_less=True, name=f"x_base{sel}")
-            with m.If(x_next[sel]):
-                m.d.sync += copy.eq(base)
+
+        def gated_copy(value, select, name):
+            """A register of ``value`` that its flip-flops' reset clears unless ``select``."""
+            copy = Signal(len(value), reset_less=True, name=name)
+            with m.If(select):
+                m.d.sync += copy.eq(value)
             with m.Else():
                 m.d.sync += copy.eq(0)
-            x_bases.append(copy)
+            return copy
+
+        x_bases = [gated_copy(base, x_next[sel], f"x_base{sel}")
+                   for sel, base in ((XS_DESC, self.queue_desc), (XS_AVAIL, self.queue_avail),
+                                     (XS_USED, self.queue_used), (XS_PF, cache_rd.data.addr))]
         # Y: the descriptor index just read (times 16), y_reg, the prefetched descriptor's last
         # byte, or 0. y_reg and the copy of ``last`` are cleared, like X's copies, unless they
         # are the next cycle's Y, so that Y is one LUT a bit too.
@@ -228,11 +232,7 @@ class RingEngine(wiring.Component):
         y_next = {sel: Signal(name=f"y_next{sel}") for sel in (Y_CAP, Y_REG, Y_STAT)}
         ys_cap = Signal()
         m.d.sync += ys_cap.eq(y_next[Y_CAP])
-        y_last = Signal(32, reset_less=True)
-        with m.If(y_next[Y_STAT]):
-            m.d.sync += y_last.eq(cache_rd.data.last)
-        with m.Else():
-            m.d.sync += y_last.eq(0)
+        y_last = gated_copy(cache_rd.data.last, y_next[Y_STAT], "y_last")
         va_load = Signal()
         # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
         # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
