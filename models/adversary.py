@@ -35,7 +35,7 @@ from models import spec
 from models.bus import Transaction
 from models.device import ReferenceDevice
 from models.grant import GrantEntry
-from models.memory import GuestMemory
+from models.memory import BusErrorPages, GuestMemory
 
 U64 = spec.ADDR_MASK
 PAGE = spec.PAGE_SIZE
@@ -1172,29 +1172,12 @@ class Link(Protocol):
     errors: ErrorSet
 
 
-class ErrorPages:
-    """``(direction, physical page)`` pairs that answer with an error response; the reference's
-    ``bus_error`` hook (same rule as ``tb.memory.BusErrorPages``)."""
-
-    def __init__(self) -> None:
-        self.pages: set[tuple[str, int]] = set()
-
-    def add(self, kind: str, addr: int) -> None:
-        self.pages.add((kind, addr >> spec.PAGE_SHIFT))
-
-    def clear(self) -> None:
-        self.pages.clear()
-
-    def __call__(self, txn: Transaction) -> bool:
-        return (txn.kind, txn.addr >> spec.PAGE_SHIFT) in self.pages
-
-
 @dataclass
 class ReferenceLink:
     """The reference device as a :class:`Link`."""
 
     dev: OracleDevice
-    errors: ErrorPages
+    errors: BusErrorPages
 
     @property
     def guest(self):
@@ -1441,7 +1424,7 @@ class ReferenceStream:
 
     def __init__(self, world: World) -> None:
         self.w = world
-        self.errors = ErrorPages()
+        self.errors = BusErrorPages()
         self.dev = OracleDevice(GuestMemory(world.mem_bytes, world.initial_memory()),
                                 entries=world.entries, queue_num_max=world.queue_num_max,
                                 disk_bytes=world.disk_bytes, data_width=world.data_width,

@@ -1,7 +1,10 @@
-"""What the driver and hypervisor models need from a device, whatever implements it.
+"""The one link protocol between a driver and a device, whatever implements the device.
 
 The same driver code runs against the reference model (``models.device``), the simulated RTL
-(``tb/``) and, later, a board. Each of those provides a :class:`DeviceLink`.
+(``tb/``) and a board (``sw/board.py``). Each of those provides a :class:`DeviceLink`; a bench
+that injects bus errors adds :class:`ErrorSet` (:class:`FaultLink`), and one whose clock the
+caller steps (the vhost-user bridge) adds :class:`ClockedLink`. Drivers name the narrowest
+protocol they need.
 """
 
 from __future__ import annotations
@@ -40,4 +43,33 @@ class DeviceLink(Protocol):
         Raises ``TimeoutError`` if it does not rise within ``timeout_cycles`` (implementation
         defined unit for the reference model, which never waits).
         """
+        ...
+
+
+class ErrorSet(Protocol):
+    """Pages of guest memory that answer with an error response
+    (:class:`models.memory.BusErrorPages`)."""
+
+    def add(self, kind: str, addr: int) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class FaultLink(DeviceLink, Protocol):
+    """A device link whose memory can be made to answer bus errors."""
+
+    errors: ErrorSet
+
+
+class ClockedLink(DeviceLink, Protocol):
+    """A device link whose clock the caller advances, and whose interrupt line it samples."""
+
+    @property
+    def irq(self) -> bool: ...
+
+    @property
+    def cycle(self) -> int: ...
+
+    async def advance(self, cycles: int) -> None:
+        """Let the device run ``cycles`` clock cycles (fewer if ``irq`` rises)."""
         ...

@@ -4,34 +4,9 @@ cocotbext-axi's AXI4 subordinate model, with bus errors on chosen pages.
 
 from __future__ import annotations
 
-from models import spec
-from models.memory import GuestMemory
+from models.memory import BusErrorPages, GuestMemory
 
-
-class BusErrorPages:
-    """Which (direction, physical page) pairs answer with an error response.
-
-    Bursts never cross a 4 KiB page, so marking a page fails every beat of every transaction
-    that touches it, in one direction: exactly the model's ``bus_error`` rule.
-    """
-
-    def __init__(self) -> None:
-        self.pages: set[tuple[str, int]] = set()
-
-    def add(self, kind: str, addr: int) -> None:
-        if kind not in ("R", "W"):
-            raise ValueError(f"kind must be 'R' or 'W', not {kind!r}")
-        self.pages.add((kind, addr >> spec.PAGE_SHIFT))
-
-    def clear(self) -> None:
-        self.pages.clear()
-
-    def hit(self, kind: str, addr: int) -> bool:
-        return (kind, addr >> spec.PAGE_SHIFT) in self.pages
-
-    def __call__(self, txn) -> bool:
-        """The reference model's hook: does transaction ``txn`` get an error response?"""
-        return self.hit(txn.kind, txn.addr)
+__all__ = ["BusErrorPages", "MemoryTarget"]
 
 
 class MemoryTarget:
