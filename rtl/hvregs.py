@@ -1,7 +1,8 @@
 """Privileged register file (``s_hv``): mode, domain, fault registers and the grant table.
 
-The map is an external contract (``docs/architecture.md``, "Privileged register file"). Nothing
-on the guest port reaches these registers.
+The map is an external contract (``docs/architecture.md``, "Privileged register file"), declared
+in :data:`models.regmap.HV`: the read multiplexer is generated from it, the decode is by its
+register names. Nothing on the guest port reaches these registers.
 
 How the read path is built, for area (the behaviour does not depend on it): in the ``r_en``
 cycle the offset is decoded, and each readable register is copied into a register of its own
@@ -15,12 +16,16 @@ one LUT per bit that lets the table word (late, out of a block RAM) through.
 
 from __future__ import annotations
 
+import functools
+import operator
+
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from models import spec
+from models.regmap import HV, Access
 
 from .regbus import RegBusSignature
 
@@ -112,8 +117,10 @@ class PrivilegedRegs(wiring.Component):
         registers = Signal()
         m.d.comb += registers.eq(bus.addr[7:] == 0)
 
-        def at(offset):
-            """The access is to the register at ``offset`` (bits 1:0 ignored)."""
+        def at(name):
+            """The access is to register ``name`` of :data:`models.regmap.HV` (bits 1:0
+            ignored)."""
+            offset = HV[name].offset
             assert offset < 0x80
             return registers & (bus.addr[2:7] == offset >> 2)
 
@@ -145,11 +152,11 @@ class PrivilegedRegs(wiring.Component):
             m.d.comb += self.tbl_wen.eq(Mux(offset[2], bus.w_strb << 4, bus.w_strb))
 
         # --- Mode and domain.
-        with m.If(bus.w_en & at(spec.HV_CTRL)):
+        with m.If(bus.w_en & at("HV_CTRL")):
             m.d.sync += handle_mode.eq(data & spec.HV_CTRL_HANDLE_MODE != 0)
-        with m.If(bus.w_en & at(spec.HV_DOMID)):
+        with m.If(bus.w_en & at("HV_DOMID")):
             m.d.sync += domid.eq(data[:16])
-        m.d.comb += self.cfg_changed.eq(bus.w_en & (at(spec.HV_CTRL) | at(spec.HV_DOMID)))
+        m.d.comb += self.cfg_changed.eq(bus.w_en & (at("HV_CTRL") | at("HV_DOMID")))
 
         # --- HV_SYNC: a write starts a barrier that waits for the transactions in flight at
         # that moment (completions come in issue order, so counting them down is enough; the
@@ -157,7 +164,7 @@ class PrivilegedRegs(wiring.Component):
         sync_count = Signal(range(16))
         with m.If(self.burst_done & (sync_count != 0)):
             m.d.sync += sync_count.eq(sync_count - 1)
-        with m.If(bus.w_en & at(spec.HV_SYNC)):
+        with m.If(bus.w_en & at("HV_SYNC")):
             m.d.sync += sync_count.eq(self.inflight - self.burst_done)
 
         # --- Statistics.
@@ -169,7 +176,7 @@ class PrivilegedRegs(wiring.Component):
         # --- Faults: every one counts; the first is latched until HV_FAULT_STATUS bit 0 is
         # written with 1 (RW1C). A fault in the cycle of that write is latched.
         clear = Signal()
-        m.d.comb += clear.eq(bus.w_en & at(spec.HV_FAULT_STATUS) & data[0])
+        m.d.comb += clear.eq(bus.w_en & at("HV_FAULT_STATUS") & data[0])
         latch = Signal()
         m.d.comb += latch.eq(self.fault & (~fault_status | clear))
         with m.If(self.fault):
@@ -184,39 +191,38 @@ class PrivilegedRegs(wiring.Component):
         # --- Reads: one cycle of latency. In the r_en cycle every readable register is copied
         # into a register of its own, cleared unless it is the one addressed (see the module
         # docstring); in the next cycle ``word`` is the OR of the copies.
-        terms = [  # (offset, value): a constant or a signal
-            (spec.HV_VERSION, spec.HV_VERSION_VALUE),
-            (spec.HV_DOMID, domid),
-            (spec.HV_ENTRIES, self._entries),
-            (spec.HV_FAULT_CAUSE, fault_cause),
-            (spec.HV_FAULT_ADDR_LO, fault_addr[:32]),
-            (spec.HV_FAULT_ADDR_HI, fault_addr[32:]),
-            (spec.HV_FAULT_COUNT, fault_count),
-            (spec.HV_STAT_XLATE, stat_xlate),
-            (spec.HV_STAT_REQUESTS, stat_requests),
-        ]
+        values = {  # what each register reads that is not its reset value (models.regmap)
+            "HV_CTRL": handle_mode, "HV_DOMID": domid, "HV_FAULT_STATUS": fault_status,
+            "HV_FAULT_CAUSE": fault_cause, "HV_FAULT_ADDR_LO": fault_addr[:32],
+            "HV_FAULT_ADDR_HI": fault_addr[32:], "HV_FAULT_COUNT": fault_count,
+            "HV_SYNC": sync_count == 0, "HV_STAT_XLATE": stat_xlate,
+            "HV_STAT_REQUESTS": stat_requests,
+        }
         bits = [[] for _ in range(32)]  # per bit of r_data: the copies that can set it
-        for reg_offset, value in terms:
-            if isinstance(value, int):
-                copy = Signal(name=f"r_at_{reg_offset:03x}", reset_less=True)
+        flags = []  # the one-bit registers share one copy, so that bit 0 is not an OR of many
+        # more copies than the other bits
+        for reg in HV:
+            if reg.count or reg.access is Access.WO:
+                continue  # the grant table is read below
+            value = values.get(reg.name, HV.resets(reg, {"entries": self._entries})[0])
+            if reg.width == 1:
+                flags.append(at(reg.name) & value)
+            elif isinstance(value, int):
+                copy = Signal(name=f"r_at_{reg.offset:03x}", reset_less=True)
                 with m.If(bus.r_en):
-                    m.d.sync += copy.eq(at(reg_offset))
+                    m.d.sync += copy.eq(at(reg.name))
                 for bit in range(32):
                     if value >> bit & 1:
                         bits[bit].append(copy)
             else:
-                copy = Signal.like(value, name=f"r_copy_{reg_offset:03x}", reset_less=True)
+                copy = Signal.like(value, name=f"r_copy_{reg.offset:03x}", reset_less=True)
                 with m.If(bus.r_en):
-                    m.d.sync += copy.eq(Mux(at(reg_offset), value, 0))
+                    m.d.sync += copy.eq(Mux(at(reg.name), value, 0))
                 for bit in range(len(copy)):
                     bits[bit].append(copy[bit])
-        # The one-bit registers share one copy, so that bit 0 is not an OR of many more copies
-        # than the other bits.
         r_flags = Signal(reset_less=True)
         with m.If(bus.r_en):
-            m.d.sync += r_flags.eq(at(spec.HV_CTRL) & handle_mode
-                                   | at(spec.HV_FAULT_STATUS) & fault_status
-                                   | at(spec.HV_SYNC) & (sync_count == 0))
+            m.d.sync += r_flags.eq(functools.reduce(operator.or_, flags))
         bits[0].append(r_flags)
 
         # A table word comes from the translation unit's block RAM in this cycle (clock to

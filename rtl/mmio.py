@@ -1,7 +1,8 @@
 """virtio-mmio version 2 register file (virtio 1.x section 4.2.2) for one virtio-blk queue.
 
 Behaviour, reset values and the FEATURES_OK rule are those of ``docs/architecture.md``
-("virtio-mmio register file").
+("virtio-mmio register file"); the map is :data:`models.regmap.GUEST`, from which the read
+multiplexer and the read-back RAM's words are generated; the decode is by its register names.
 
 How it is built, for area (the behaviour does not depend on it): the values the ring engine
 needs (QueueNum, QueueReady, the three queue addresses, Status) are flip-flops loaded straight
@@ -26,6 +27,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from models import spec
+from models.regmap import GUEST, Access
 
 from .regbus import RegBusSignature
 
@@ -40,10 +42,6 @@ _U32 = 0xFFFF_FFFF
 _OFFERED = 1 << spec.VIRTIO_BLK_F_FLUSH | 1 << spec.VIRTIO_F_VERSION_1
 _OFFERED_HANDLE = 1 << spec.VIRTIO_F_ACCESS_PLATFORM
 
-_QUEUE_ADDRESSES = (spec.MMIO_QUEUE_DESC_LOW, spec.MMIO_QUEUE_DRIVER_LOW,
-                    spec.MMIO_QUEUE_DEVICE_LOW)
-
-
 def _slot(offset: int, driver_word: int = 0) -> int:
     """The read-back RAM word of register ``offset`` (``driver_word``: which DriverFeatures
     word). The hardware computes it from the address bits with one XOR per slot bit (see
@@ -52,22 +50,19 @@ def _slot(offset: int, driver_word: int = 0) -> int:
     return bit[2] | (bit[3] ^ bit[7]) << 1 | bit[4] << 2 | (bit[5] ^ driver_word) << 3
 
 
-#: Guest-writable words kept in the read-back RAM: ``(offset, DriverFeatures word) -> slot``.
+#: Guest-writable words kept in the read-back RAM, ``(register name, selected word) -> slot``:
+#: every RW register of :data:`models.regmap.GUEST` that is 32 bits wide or more (QueueReady and
+#: Status, narrower, are only flip-flops), a word per DriverFeatures word.
 READBACK_SLOTS = {
-    key: _slot(*key) for key in (
-        (spec.MMIO_DEVICE_FEATURES_SEL, 0),
-        (spec.MMIO_DRIVER_FEATURES, 0), (spec.MMIO_DRIVER_FEATURES, 1),
-        (spec.MMIO_DRIVER_FEATURES_SEL, 0),
-        (spec.MMIO_QUEUE_SEL, 0), (spec.MMIO_QUEUE_NUM, 0),
-        *((off + hi, 0) for off in _QUEUE_ADDRESSES for hi in (0, 4)),
-    )
+    (reg.name, word): _slot(reg.offset, word)
+    for reg in GUEST if reg.access is Access.RW and reg.width >= 32
+    for word in range(reg.width // 32)
 }
 assert len(set(READBACK_SLOTS.values())) == len(READBACK_SLOTS), "read-back slots collide"
 # The stored-word check in elaborate() compares address bits 5 to 8; bits 6 and 8 are 0.
-assert all(offset & 0x140 == 0 for offset, _ in READBACK_SLOTS)
+assert all(GUEST[name].offset & 0x140 == 0 for name, _ in READBACK_SLOTS)
 # Only DriverFeatures word 1 moves with the selector, and only in slot bit 3.
-assert READBACK_SLOTS[spec.MMIO_DRIVER_FEATURES, 1] == READBACK_SLOTS[
-    spec.MMIO_DRIVER_FEATURES, 0] ^ 8
+assert READBACK_SLOTS["DriverFeatures", 1] == READBACK_SLOTS["DriverFeatures", 0] ^ 8
 
 
 class VirtioMmioRegs(wiring.Component):
@@ -136,9 +131,10 @@ class VirtioMmioRegs(wiring.Component):
         data = bus.w_data
         addr = bus.addr
 
-        def at(offset):
-            """The access is to the word at ``offset`` (9-bit decode; bits 1:0 ignored)."""
-            return addr[2:] == offset >> 2
+        def at(name, word=0):
+            """The access is to word ``word`` of register ``name`` of :data:`GUEST` (9-bit
+            decode; bits 1:0 ignored)."""
+            return addr[2:] == GUEST[name].offsets[word] >> 2
 
         # --- Stored words: every value the guest can write except QueueReady (a single bit) is
         # written to the read-back RAM too (READBACK_SLOTS). Slot bits are address bits 2,
@@ -146,15 +142,15 @@ class VirtioMmioRegs(wiring.Component):
         queue0 = Signal(init=1)           # QueueSel == 0
         dev_sel = Signal(2, init=0b01)    # DeviceFeaturesSel == 0, == 1
         drv_sel = Signal(2, init=0b01)    # DriverFeaturesSel == 0, == 1
-        queue_words = (spec.MMIO_QUEUE_NUM, *(a + h for a in _QUEUE_ADDRESSES for h in (0, 4)))
         slot = Signal(4)
         m.d.comb += slot.eq(Cat(addr[2], addr[3] ^ addr[7], addr[4],
-                                addr[5] ^ (at(spec.MMIO_DRIVER_FEATURES) & drv_sel[1])))
+                                addr[5] ^ (at("DriverFeatures") & drv_sel[1])))
 
         def slot_table(pred):
-            """Bit ``slot`` of a constant: ``pred(offset, word)`` of the slot's stored word
+            """Bit ``slot`` of a constant: ``pred(register, word)`` of the slot's stored word
             (0 for an unused slot)."""
-            bits = sum(1 << s for key, s in READBACK_SLOTS.items() if pred(*key))
+            bits = sum(1 << s for (name, word), s in READBACK_SLOTS.items()
+                       if pred(GUEST[name], word))
             return Const(bits, 16).bit_select(slot, 1)
 
         # ``stored``: the access is to a stored word and takes the write or reads the stored
@@ -164,27 +160,26 @@ class VirtioMmioRegs(wiring.Component):
         # of the whole offset with each stored word.
         stored = Signal()
         m.d.comb += stored.eq(
-            slot_table(lambda offset, word: True) & ~addr[8] & ~addr[6]
-            & (addr[7] == slot_table(lambda offset, word: offset >> 7 & 1))
-            & (addr[5] == slot_table(lambda offset, word: offset >> 5 & 1))
-            & (queue0 | ~slot_table(lambda offset, word: offset in queue_words))
-            & (drv_sel.any()
-               | ~slot_table(lambda offset, word: offset == spec.MMIO_DRIVER_FEATURES)))
+            slot_table(lambda reg, word: True) & ~addr[8] & ~addr[6]
+            & (addr[7] == slot_table(lambda reg, word: reg.offset >> 7 & 1))
+            & (addr[5] == slot_table(lambda reg, word: reg.offset >> 5 & 1))
+            & (queue0 | ~slot_table(lambda reg, word: reg.queue))
+            & (drv_sel.any() | ~slot_table(lambda reg, word: reg.name == "DriverFeatures")))
         m.submodules.readback = readback = Memory(shape=32, depth=16, init=[])
         rd = readback.read_port(domain="comb")
         wr = readback.write_port()
         m.d.comb += [rd.addr.eq(slot), wr.addr.eq(slot), wr.data.eq(data),
                      wr.en.eq(bus.w_en & stored)]
 
-        def written(offset, word=0):
+        def written(name, word=0):
             """A write to the stored word: the RAM's write enable and its slot."""
-            return wr.en & (slot == READBACK_SLOTS[offset, word])
+            return wr.en & (slot == READBACK_SLOTS[name, word])
 
         # A valid bit per slot: the word was written since the last reset (else it reads its
         # reset value: 0, or QueueNumMax for QueueNum).
         valid = Signal(16)
-        for (offset, word), s in READBACK_SLOTS.items():
-            with m.If(written(offset, word)):
+        for (name, word), s in READBACK_SLOTS.items():
+            with m.If(written(name, word)):
                 m.d.sync += valid[s].eq(1)
         slot_valid = Signal()
         m.d.comb += slot_valid.eq(valid.bit_select(slot, 1))
@@ -221,14 +216,14 @@ class VirtioMmioRegs(wiring.Component):
         def one_hot_sel():
             return Cat(data_zero, equals(1))
 
-        with m.If(written(spec.MMIO_DEVICE_FEATURES_SEL)):
+        with m.If(written("DeviceFeaturesSel")):
             m.d.sync += dev_sel.eq(one_hot_sel())
-        with m.If(written(spec.MMIO_DRIVER_FEATURES_SEL)):
+        with m.If(written("DriverFeaturesSel")):
             m.d.sync += drv_sel.eq(one_hot_sel())
-        with m.If(written(spec.MMIO_QUEUE_SEL)):
+        with m.If(written("QueueSel")):
             m.d.sync += queue0.eq(data_zero)
         for word in range(2):
-            with m.If(written(spec.MMIO_DRIVER_FEATURES, word)):
+            with m.If(written("DriverFeatures", word)):
                 m.d.sync += drv_only_offered[word].eq(only(allowed[word]))
                 if word == spec.VIRTIO_F_VERSION_1 // 32:
                     m.d.sync += drv_version_1.eq(data[spec.VIRTIO_F_VERSION_1 % 32])
@@ -242,7 +237,7 @@ class VirtioMmioRegs(wiring.Component):
         # decoded in the w_next cycle (the same address and data), so that the reset reaches
         # the DMA engine from a flip-flop (rtl/regbus.py)
         reset_write = Signal()
-        m.d.sync += reset_write.eq(bus.w_next & at(spec.MMIO_STATUS) & data_zero)
+        m.d.sync += reset_write.eq(bus.w_next & at("Status") & data_zero)
         m.d.comb += [
             self.dev_reset.eq(reset_write),
             reset_done.eq(reset_pending & ~self.dev_reset & self.engine_idle),
@@ -260,19 +255,19 @@ class VirtioMmioRegs(wiring.Component):
             self.queue_desc.eq(queue_addr[0]), self.queue_avail.eq(queue_addr[1]),
             self.queue_used.eq(queue_addr[2]),
         ]
-        with m.If(written(spec.MMIO_QUEUE_NUM)):
+        with m.If(written("QueueNum")):
             m.d.sync += queue_num.eq(data)
-        with m.If(bus.w_en & queue0 & at(spec.MMIO_QUEUE_READY)):
+        with m.If(bus.w_en & queue0 & at("QueueReady")):
             m.d.sync += queue_ready.eq(data[0])
-        for offset, reg in zip(_QUEUE_ADDRESSES, queue_addr, strict=True):
-            for half in range(2):
-                with m.If(written(offset + 4 * half)):
+        for name, reg in zip(("QueueDesc", "QueueDriver", "QueueDevice"), queue_addr, strict=True):
+            for half, suffix in enumerate(("Low", "High")):
+                with m.If(written(name + suffix)):
                     m.d.sync += reg.word_select(half, 32).eq(data)
 
         # --- Interrupt status: acknowledged bits clear, engine events set (set wins).
         int_status = Signal(2)
         int_ack = Signal(2)
-        with m.If(bus.w_en & at(spec.MMIO_INTERRUPT_ACK)):
+        with m.If(bus.w_en & at("InterruptACK")):
             m.d.comb += int_ack.eq(data[:2])
         m.d.sync += int_status.eq((int_status & ~int_ack) | Cat(self.used_irq, self.fault))
         m.d.comb += self.irq.eq(int_status.any())
@@ -283,11 +278,11 @@ class VirtioMmioRegs(wiring.Component):
         m.d.comb += self.status.eq(status)
         with m.If(self.fault):
             m.d.sync += status[6].eq(1)
-        with m.If(bus.w_en & at(spec.MMIO_STATUS) & ~data_zero):
+        with m.If(bus.w_en & at("Status") & ~data_zero):
             m.d.sync += [status[:3].eq(data[:3]), status[3].eq(data[3] & features_ok),
                          status[4:6].eq(data[4:6]), status[7].eq(data[7])]
 
-        m.d.comb += self.notify.eq(bus.w_en & at(spec.MMIO_QUEUE_NOTIFY) & data_zero
+        m.d.comb += self.notify.eq(bus.w_en & at("QueueNotify") & data_zero
                                    & queue_ready & status[2])  # DRIVER_OK
 
         with m.If(reset_done):
@@ -307,26 +302,37 @@ class VirtioMmioRegs(wiring.Component):
         # with the constants of the registered selects. No bit of the read multiplexer then
         # depends on the address bits themselves, which keeps the delay-driven LUT mapping from
         # folding the address decode into every data bit.
-        capacity = self._disk_bytes // spec.SECTOR_SIZE
         access_platform = 1 << spec.VIRTIO_F_ACCESS_PLATFORM - 32
-        terms = [  # (select in the r_en cycle, value: a constant or a signal)
-            (stored & slot_valid, rd.data),
-            (at(spec.MMIO_QUEUE_NUM) & queue0 & ~valid[READBACK_SLOTS[spec.MMIO_QUEUE_NUM, 0]],
-             qmax),
-            (at(spec.MMIO_MAGIC_VALUE), spec.MAGIC_VALUE),
-            (at(spec.MMIO_VERSION), spec.MMIO_VERSION_VALUE),
-            (at(spec.MMIO_DEVICE_ID), spec.VIRTIO_ID_BLOCK),
-            (at(spec.MMIO_VENDOR_ID), spec.VENDOR_ID),
-            (at(spec.MMIO_DEVICE_FEATURES) & dev_sel[0], _OFFERED & _U32),
-            (at(spec.MMIO_DEVICE_FEATURES) & dev_sel[1], _OFFERED >> 32),
-            (at(spec.MMIO_DEVICE_FEATURES) & dev_sel[1] & self.handle_mode, access_platform),
-            (at(spec.MMIO_QUEUE_NUM_MAX) & queue0, qmax),
-            (at(spec.MMIO_QUEUE_READY) & queue0 & queue_ready, 1),
-            (at(spec.MMIO_INTERRUPT_STATUS), int_status),
-            (at(spec.MMIO_STATUS), status),
-            (at(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY), capacity & _U32),
-            (at(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY + 4), capacity >> 32 & _U32),
-        ]
+        values = {  # (conditions, value) read terms of the registers that change (models.regmap)
+            "DeviceFeatures": [((dev_sel[0],), _OFFERED & _U32), ((dev_sel[1],), _OFFERED >> 32),
+                               ((dev_sel[1], self.handle_mode), access_platform)],
+            "QueueReady": [((queue_ready,), 1)],
+            "InterruptStatus": [((), int_status)],
+            "Status": [((), status)],
+        }
+        params = {"queue_num_max": qmax, "disk_bytes / 512": self._disk_bytes // spec.SECTOR_SIZE}
+
+        def selected(reg, word=0):
+            """The access is to the word, and QueueSel is 0 if it is a queue register."""
+            return at(reg.name, word) & queue0 if reg.queue else at(reg.name, word)
+
+        # (select in the r_en cycle, value: a constant or a signal): a stored word from the RAM,
+        # or its reset value until it is written; then every other register that can read
+        # non-zero, its reset value unless ``values`` says otherwise.
+        terms = [(stored & slot_valid, rd.data)]
+        for (name, word), s in READBACK_SLOTS.items():
+            reset = GUEST.resets(GUEST[name], params)[word]
+            if reset:
+                terms.append((selected(GUEST[name]) & ~valid[s], reset))
+        for reg in GUEST:
+            if reg.access is Access.WO or (reg.name, 0) in READBACK_SLOTS or (
+                    reg.reset == 0 and reg.name not in values):
+                continue
+            resets = GUEST.resets(reg, params)
+            for word in range(reg.words):
+                for conds, value in values.get(reg.name, [((), resets[word])]):
+                    terms.append((functools.reduce(operator.and_, conds, selected(reg, word)),
+                                  value))
         r_terms = []
         for n, (sel, value) in enumerate(terms):
             if isinstance(value, int):

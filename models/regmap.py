@@ -1,0 +1,177 @@
+"""The device's two register maps, declared once: offset, name, access, reset value, meaning.
+
+``GUEST`` is the virtio-mmio version 2 register file of the guest port ``s_axil`` (virtio 1.2
+section 4.2.2, one queue, with the virtio-blk configuration space of section 5.2.4); ``HV`` is
+the privileged register file of the hypervisor port ``s_hv`` (``docs/architecture.md``). The
+offsets are the names of :mod:`models.spec`; everything else about a register is said here, once.
+
+From these tables ``rtl/mmio.py`` and ``rtl/hvregs.py`` generate their read multiplexers and
+take their decodes (by register name); ``tests/test_models_registers.py`` checks the reference
+model's register ports against them and ``tests/test_rtl_registers.py`` the RTL against the
+model; ``tools/regdoc.py`` prints the tables of ``README.md`` and ``docs/architecture.md``. The
+pattern is amaranth-soc's (``csr.Register`` with an access mode, collected into a map), without
+the dependency: a register is a declaration, and behaviour beyond "store what is written" stays
+explicit code in the register files, keyed by these names.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from models import spec
+
+__all__ = ["GUEST", "HV", "Access", "Register", "RegisterMap"]
+
+
+class Access(enum.Enum):
+    """What an access does, beyond the side effects the meaning states."""
+
+    RO = "RO"  #: writes are ignored
+    WO = "WO"  #: reads return 0
+    RW = "RW"  #: a read returns what was written (``width`` bits), unless the meaning says
+    RW1C = "RW1C"  #: writing a 1 clears that bit
+
+
+RO, WO, RW, RW1C = Access.RO, Access.WO, Access.RW, Access.RW1C
+
+
+@dataclass(frozen=True)
+class Register:
+    """One register of a map.
+
+    ``reset`` is what a read returns after reset: an int, the name of a device parameter (a
+    ``str``, resolved with :meth:`RegisterMap.resets`), or None for storage reset does not touch.
+    ``width`` bits are stored (or read); the others read 0. A register wider than 32 bits is
+    read as 32-bit words: at one offset, word ``selector`` (the selector register's name), or,
+    without a selector, at consecutive offsets. ``queue``: a register of the queue QueueSel
+    selects; only queue 0 exists, so while QueueSel != 0 it reads 0 and ignores writes.
+    ``count``: an array of that many registers (a device parameter), ``width // 8`` bytes apart.
+    """
+
+    offset: int
+    name: str
+    access: Access
+    reset: int | str | None
+    meaning: str
+    width: int = 32
+    selector: str | None = None
+    queue: bool = False
+    count: str | None = None
+
+    @property
+    def words(self) -> int:
+        """32-bit words at consecutive offsets (1 for a selected or a one-word register)."""
+        return 1 if self.selector else max(1, self.width // 32)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return tuple(self.offset + 4 * word for word in range(self.words))
+
+
+class RegisterMap:
+    """Registers by offset, each found by its name; no two may overlap."""
+
+    def __init__(self, name: str, registers: list[Register]):
+        self.name = name
+        self._registers = sorted(registers, key=lambda r: r.offset)
+        self._by_name = {r.name: r for r in self._registers}
+        offsets = [o for r in self._registers for o in r.offsets]
+        if len(self._by_name) != len(registers) or len(set(offsets)) != len(offsets):
+            raise ValueError(f"{name}: register names or offsets repeat")
+
+    def __iter__(self) -> Iterator[Register]:
+        return iter(self._registers)
+
+    def __getitem__(self, name: str) -> Register:
+        return self._by_name[name]
+
+    def resets(self, r: Register, params: dict[str, int]) -> list[int]:
+        """The reset value of each of ``r``'s words, parameters taken from ``params``."""
+        value = params[r.reset] if isinstance(r.reset, str) else r.reset or 0
+        words = r.width // 32 if r.selector else r.words
+        return [value >> (32 * word) & 0xFFFF_FFFF for word in range(max(1, words))]
+
+
+_Q = {"queue": True}
+
+#: virtio-mmio version 2 (virtio 1.2 section 4.2.2), one queue, virtio-blk (section 5.2).
+GUEST = RegisterMap("guest", [
+    Register(spec.MMIO_MAGIC_VALUE, "MagicValue", RO, spec.MAGIC_VALUE, '"virt"'),
+    Register(spec.MMIO_VERSION, "Version", RO, spec.MMIO_VERSION_VALUE,
+             "virtio-mmio version 2 (not legacy)"),
+    Register(spec.MMIO_DEVICE_ID, "DeviceID", RO, spec.VIRTIO_ID_BLOCK, "block device"),
+    Register(spec.MMIO_VENDOR_ID, "VendorID", RO, spec.VENDOR_ID, '"HANK", this project'),
+    Register(spec.MMIO_DEVICE_FEATURES, "DeviceFeatures", RO,
+             1 << spec.VIRTIO_BLK_F_FLUSH | 1 << spec.VIRTIO_F_VERSION_1,
+             "word DeviceFeaturesSel (others read 0) of FLUSH (9), VERSION_1 (32) and, when "
+             "handle mode is on, ACCESS_PLATFORM (33)", width=64, selector="DeviceFeaturesSel"),
+    Register(spec.MMIO_DEVICE_FEATURES_SEL, "DeviceFeaturesSel", RW, 0,
+             "word of DeviceFeatures (write-only in the specification; reads back)"),
+    Register(spec.MMIO_DRIVER_FEATURES, "DriverFeatures", RW, 0,
+             "word DriverFeaturesSel of the driver's features (words 0 and 1 stored, others "
+             "ignore writes and read 0)", width=64, selector="DriverFeaturesSel"),
+    Register(spec.MMIO_DRIVER_FEATURES_SEL, "DriverFeaturesSel", RW, 0,
+             "word of DriverFeatures"),
+    Register(spec.MMIO_QUEUE_SEL, "QueueSel", RW, 0,
+             "queue of the queue registers; only queue 0 exists"),
+    Register(spec.MMIO_QUEUE_NUM_MAX, "QueueNumMax", RO, "queue_num_max", "largest queue size",
+             **_Q),
+    Register(spec.MMIO_QUEUE_NUM, "QueueNum", RW, "queue_num_max", "queue size", **_Q),
+    Register(spec.MMIO_QUEUE_READY, "QueueReady", RW, 0, "bit 0: the queue may be used",
+             width=1, **_Q),
+    Register(spec.MMIO_QUEUE_NOTIFY, "QueueNotify", WO, 0,
+             "write 0 while QueueReady = 1 and Status has DRIVER_OK: start the engine; any "
+             "other write is ignored"),
+    Register(spec.MMIO_INTERRUPT_STATUS, "InterruptStatus", RO, 0,
+             "bit 0 used buffer, bit 1 configuration change (a fault)", width=2),
+    Register(spec.MMIO_INTERRUPT_ACK, "InterruptACK", WO, 0,
+             "write 1s to clear InterruptStatus bits"),
+    Register(spec.MMIO_STATUS, "Status", RW, 0,
+             "device status byte (section 2.1); 0 resets the device; FEATURES_OK refused, "
+             "DEVICE_NEEDS_RESET kept (see below)", width=8),
+    Register(spec.MMIO_QUEUE_DESC_LOW, "QueueDescLow", RW, 0, "descriptor table, bits 31:0",
+             **_Q),
+    Register(spec.MMIO_QUEUE_DESC_HIGH, "QueueDescHigh", RW, 0, "descriptor table, bits 63:32",
+             **_Q),
+    Register(spec.MMIO_QUEUE_DRIVER_LOW, "QueueDriverLow", RW, 0, "avail ring, bits 31:0", **_Q),
+    Register(spec.MMIO_QUEUE_DRIVER_HIGH, "QueueDriverHigh", RW, 0, "avail ring, bits 63:32",
+             **_Q),
+    Register(spec.MMIO_QUEUE_DEVICE_LOW, "QueueDeviceLow", RW, 0, "used ring, bits 31:0", **_Q),
+    Register(spec.MMIO_QUEUE_DEVICE_HIGH, "QueueDeviceHigh", RW, 0, "used ring, bits 63:32",
+             **_Q),
+    Register(spec.MMIO_CONFIG_GENERATION, "ConfigGeneration", RO, 0,
+             "the configuration never changes"),
+    Register(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY, "capacity", RO, "disk_bytes / 512",
+             "virtio_blk_config.capacity (section 5.2.4): the disk in 512-byte sectors",
+             width=64),
+])
+
+#: The privileged register file (docs/architecture.md, "Privileged register file").
+HV = RegisterMap("hv", [
+    Register(spec.HV_VERSION, "HV_VERSION", RO, spec.HV_VERSION_VALUE,
+             "implementation version (major 1, minor 0)"),
+    Register(spec.HV_CTRL, "HV_CTRL", RW, 0, "bit 0: 1 = handle mode, 0 = GPA mode", width=1),
+    Register(spec.HV_DOMID, "HV_DOMID", RW, 0,
+             "bits 15:0: the domain id every grant entry must name", width=16),
+    Register(spec.HV_ENTRIES, "HV_ENTRIES", RO, "entries", "number of table entries"),
+    Register(spec.HV_FAULT_STATUS, "HV_FAULT_STATUS", RW1C, 0, "bit 0: a fault is latched",
+             width=1),
+    Register(spec.HV_FAULT_CAUSE, "HV_FAULT_CAUSE", RO, 0, "cause of the first latched fault",
+             width=4),
+    Register(spec.HV_FAULT_ADDR_LO, "HV_FAULT_ADDR_LO", RO, 0,
+             "the address or handle that faulted, bits 31:0"),
+    Register(spec.HV_FAULT_ADDR_HI, "HV_FAULT_ADDR_HI", RO, 0, "the same, bits 63:32"),
+    Register(spec.HV_FAULT_COUNT, "HV_FAULT_COUNT", RO, 0, "faults since reset"),
+    Register(spec.HV_SYNC, "HV_SYNC", RW, 1,
+             "write: start a barrier; read: 1 once every transaction issued before the write "
+             "has completed (a later burst is looked up again if its entry was written)",
+             width=1),
+    Register(spec.HV_STAT_XLATE, "HV_STAT_XLATE", RO, 0,
+             "table lookups since reset (extension)"),
+    Register(spec.HV_STAT_REQUESTS, "HV_STAT_REQUESTS", RO, 0,
+             "used elements published since reset (extension)"),
+    Register(spec.HV_GRANT_BASE, "GRANT[ref]", RW, None,
+             "word 0: flags (15:0), domid (31:16); word 1: frame", width=64, count="entries"),
+])
