@@ -10,6 +10,9 @@ from models import spec
 from models.device import ReferenceDevice
 from models.grant import GrantEntry
 from models.memory import GuestMemory
+from models.regmap import GUEST, HV
+
+from .regmap_check import check_map
 
 F_FLUSH = 1 << spec.VIRTIO_BLK_F_FLUSH
 F_V1 = 1 << spec.VIRTIO_F_VERSION_1
@@ -295,3 +298,26 @@ def test_constructor_validation():
         dev_(queue_num_max=100)
     with pytest.raises(ValueError):
         dev_(disk_bytes=1000)
+
+
+@pytest.mark.parametrize("kw", [{}, {"queue_num_max": 4, "disk_bytes": 1 << 20, "entries": 3},
+                                {"queue_num_max": 32768, "disk_bytes": 512, "entries": 1}])
+def test_ports_follow_the_maps(kw):
+    """Both ports against models/regmap.py: offsets, reset values (after construction and after
+    ``rst``), access, widths, QueueSel and the selectors, the grant array, unmapped words."""
+    d = dev_(**kw)
+    params = {"queue_num_max": d.queue_num_max, "disk_bytes / 512": d.disk_bytes // 512,
+              "entries": d.entries}
+    for _ in range(2):
+        asyncio.run(check_map(GUEST, d.guest, params, window=0x200))
+        asyncio.run(check_map(HV, d.hv, params, window=spec.HV_GRANT_BASE))
+        d.reset()
+
+
+def test_maps_name_every_offset_of_the_specification():
+    """Each register offset of models/spec.py starts exactly one entry of its map, and back."""
+    for prefix, regmap in (("MMIO_", GUEST), ("HV_", HV)):
+        named = sorted(value for name, value in vars(spec).items() if name.startswith(prefix)
+                       and name not in ("MMIO_VERSION_VALUE", "HV_VERSION_VALUE",
+                                        "HV_CTRL_HANDLE_MODE"))
+        assert named == [reg.offset for reg in regmap]
