@@ -8,7 +8,8 @@ offsets are the names of :mod:`models.spec`; everything else about a register is
 From these tables ``rtl/mmio.py`` and ``rtl/hvregs.py`` generate their read multiplexers and
 take their decodes (by register name); ``tests/test_models_registers.py`` checks the reference
 model's register ports against them and ``tests/test_rtl_registers.py`` the RTL against the
-model; ``tools/regdoc.py`` prints the tables of ``README.md`` and ``docs/architecture.md``. The
+model; :meth:`RegisterMap.markdown` writes the tables of ``README.md`` and ``docs/architecture.md``
+(``tools/regdoc.py``). The
 pattern is amaranth-soc's (``csr.Register`` with an access mode, collected into a map), without
 the dependency: a register is a declaration, and behaviour beyond "store what is written" stays
 explicit code in the register files, keyed by these names.
@@ -87,6 +88,18 @@ class RegisterMap:
     def __getitem__(self, name: str) -> Register:
         return self._by_name[name]
 
+    def markdown(self) -> str:
+        """The map as the Markdown table of README.md and docs/architecture.md."""
+        rows = ["| offset | name | access | reset | meaning |", "|---|---|---|---|---|"]
+        for r in self:
+            offset = "/".join(f"0x{o:03X}" for o in r.offsets)
+            if r.count:  # an array: "GRANT[ref]" at offset + 8·ref
+                offset = f"0x{r.offset:03X} + {r.width // 8}·{r.name[r.name.index('[') + 1:-1]}"
+            reset = ("not reset" if r.reset is None else f"`{r.reset}`" if isinstance(r.reset, str)
+                     else f"{r.reset}" if r.reset < 10 else f"0x{r.reset:X}")
+            rows.append(f"| {offset} | {r.name} | {r.access.value} | {reset} | {r.meaning} |")
+        return "\n".join(rows) + "\n"
+
     def resets(self, r: Register, params: dict[str, int]) -> list[int]:
         """The reset value of each of ``r``'s words, parameters taken from ``params``."""
         value = params[r.reset] if isinstance(r.reset, str) else r.reset or 0
@@ -98,24 +111,27 @@ _Q = {"queue": True}
 
 #: virtio-mmio version 2 (virtio 1.2 section 4.2.2), one queue, virtio-blk (section 5.2).
 GUEST = RegisterMap("guest", [
-    Register(spec.MMIO_MAGIC_VALUE, "MagicValue", RO, spec.MAGIC_VALUE, '"virt"'),
+    Register(spec.MMIO_MAGIC_VALUE, "MagicValue", RO, spec.MAGIC_VALUE, 'the string "virt"'),
     Register(spec.MMIO_VERSION, "Version", RO, spec.MMIO_VERSION_VALUE,
              "virtio-mmio version 2 (not legacy)"),
     Register(spec.MMIO_DEVICE_ID, "DeviceID", RO, spec.VIRTIO_ID_BLOCK, "block device"),
-    Register(spec.MMIO_VENDOR_ID, "VendorID", RO, spec.VENDOR_ID, '"HANK", this project'),
+    Register(spec.MMIO_VENDOR_ID, "VendorID", RO, spec.VENDOR_ID,
+             'the string "HANK": this project'),
     Register(spec.MMIO_DEVICE_FEATURES, "DeviceFeatures", RO,
              1 << spec.VIRTIO_BLK_F_FLUSH | 1 << spec.VIRTIO_F_VERSION_1,
-             "word DeviceFeaturesSel (others read 0) of FLUSH (9), VERSION_1 (32) and, when "
-             "handle mode is on, ACCESS_PLATFORM (33)", width=64, selector="DeviceFeaturesSel"),
+             "features offered, 64 bits read as word DeviceFeaturesSel (others read 0): FLUSH "
+             "(9), VERSION_1 (32) and, in handle mode, ACCESS_PLATFORM (33)", width=64,
+             selector="DeviceFeaturesSel"),
     Register(spec.MMIO_DEVICE_FEATURES_SEL, "DeviceFeaturesSel", RW, 0,
              "word of DeviceFeatures (write-only in the specification; reads back)"),
     Register(spec.MMIO_DRIVER_FEATURES, "DriverFeatures", RW, 0,
-             "word DriverFeaturesSel of the driver's features (words 0 and 1 stored, others "
+             "features the driver accepts, 64 bits written as word DriverFeaturesSel (others "
              "ignore writes and read 0)", width=64, selector="DriverFeaturesSel"),
     Register(spec.MMIO_DRIVER_FEATURES_SEL, "DriverFeaturesSel", RW, 0,
              "word of DriverFeatures"),
     Register(spec.MMIO_QUEUE_SEL, "QueueSel", RW, 0,
-             "queue of the queue registers; only queue 0 exists"),
+             "queue of the queue registers (QueueNumMax to QueueDeviceHigh but QueueNotify): "
+             "only queue 0 exists; for any other they read 0 and ignore writes"),
     Register(spec.MMIO_QUEUE_NUM_MAX, "QueueNumMax", RO, "queue_num_max", "largest queue size",
              **_Q),
     Register(spec.MMIO_QUEUE_NUM, "QueueNum", RW, "queue_num_max", "queue size", **_Q),
@@ -129,8 +145,9 @@ GUEST = RegisterMap("guest", [
     Register(spec.MMIO_INTERRUPT_ACK, "InterruptACK", WO, 0,
              "write 1s to clear InterruptStatus bits"),
     Register(spec.MMIO_STATUS, "Status", RW, 0,
-             "device status byte (section 2.1); 0 resets the device; FEATURES_OK refused, "
-             "DEVICE_NEEDS_RESET kept (see below)", width=8),
+             "device status byte (section 2.1); writing 0 resets the device; FEATURES_OK is "
+             "refused unless the driver features are acceptable, DEVICE_NEEDS_RESET is kept",
+             width=8),
     Register(spec.MMIO_QUEUE_DESC_LOW, "QueueDescLow", RW, 0, "descriptor table, bits 31:0",
              **_Q),
     Register(spec.MMIO_QUEUE_DESC_HIGH, "QueueDescHigh", RW, 0, "descriptor table, bits 63:32",
