@@ -7,12 +7,12 @@ offsets are the names of :mod:`models.spec`; everything else about a register is
 
 From these tables ``rtl/mmio.py`` and ``rtl/hvregs.py`` generate their read multiplexers and
 take their decodes (by register name); ``tests/test_models_registers.py`` checks the reference
-model's register ports against them and ``tests/test_rtl_registers.py`` the RTL against the
-model; :meth:`RegisterMap.markdown` writes the tables of ``README.md`` and ``docs/architecture.md``
-(``tools/regdoc.py``). The
-pattern is amaranth-soc's (``csr.Register`` with an access mode, collected into a map), without
-the dependency: a register is a declaration, and behaviour beyond "store what is written" stays
-explicit code in the register files, keyed by these names.
+model's register ports against them, ``tests/test_rtl_registers.py`` the RTL against them and
+against the model; :meth:`RegisterMap.markdown` writes the tables of ``README.md`` and
+``docs/architecture.md`` (``tools/regdoc.py``). The pattern is amaranth-soc's (``csr.Register``
+with an access mode, collected into a map), without the dependency: a register is a
+declaration, and behaviour beyond "store what is written" stays explicit code in the register
+files, keyed by these names.
 """
 
 from __future__ import annotations

@@ -199,11 +199,11 @@ class PrivilegedRegs(wiring.Component):
             "HV_STAT_REQUESTS": stat_requests,
         }
         bits = [[] for _ in range(32)]  # per bit of r_data: the copies that can set it
-        flags = []  # the one-bit registers share one copy, so that bit 0 is not an OR of many
-        # more copies than the other bits
+        flags = []  # the one-bit registers share one copy (r_flags), so that bit 0 is not an
+        # OR of many more copies than the other bits
         for reg in HV:
             if reg.count or reg.access is Access.WO:
-                continue  # the grant table is read below
+                continue  # the grant table is read below; a WO register reads 0
             value = values.get(reg.name, HV.resets(reg, {"entries": self._entries})[0])
             if reg.width == 1:
                 flags.append(at(reg.name) & value)
