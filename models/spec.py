@@ -44,7 +44,7 @@ GTF_accept_transfer = 2
 GTF_readonly = 1 << 2
 GRANT_ENTRY_BYTES = 8  # u16 flags, u16 domid, u32 frame
 
-# --- Privileged (hypervisor) register port ----------------------------------------------------
+# --- Privileged (hypervisor) register port: offsets (the map is models.regmap.HV) -------------
 HV_VERSION = 0x000
 HV_CTRL = 0x004
 HV_DOMID = 0x008
@@ -89,7 +89,7 @@ FAULT_NAMES = {
     FAULT_BAD_REQUEST: "malformed virtio-blk request",
 }
 
-# --- virtio-mmio version 2 (virtio 1.x section 4.2.2) ------------------------------------------
+# --- virtio-mmio version 2 (virtio 1.x section 4.2.2): offsets (the map is models.regmap.GUEST)
 MMIO_MAGIC_VALUE = 0x000
 MMIO_VERSION = 0x004
 MMIO_DEVICE_ID = 0x008
