@@ -1,18 +1,10 @@
 """Reference model of the virtio-blk device with grant-handle DMA.
 
 Implements docs/architecture.md (the behavioural contract) and, where it is silent, virtio 1.x.
-The device is split the way ``rtl/`` is:
-
-* ``models/mmio.py``: virtio-mmio version 2 register file (virtio 1.x section 4.2.2), one queue;
-* ``models/hvregs.py``: the privileged register file (mode, domain, fault latch), the grant
-  table's words, and faults: halt until a driver reset, ``DEVICE_NEEDS_RESET`` (section
-  2.1.2), configuration change interrupt;
-* ``models/dma.py``: translation (``models.grant``) and DMA splitting (``models.bus``) of every
-  device access;
-* ``models/engine.py``: the split virtqueue ring engine (section 2.7) serving virtio-blk
-  requests (section 5.2.6).
-
-:class:`ReferenceDevice` composes them and owns the state they share. The model is untimed: an
+Split the way ``rtl/`` is: the virtio-mmio register file (``models/mmio.py``), the privileged
+registers and faults (``models/hvregs.py``), the DMA engine with its translation per page
+(``models/dma.py``) and the ring engine (``models/engine.py``); :class:`ReferenceDevice`
+composes them and owns the state they share. The model is untimed: an
 accepted QueueNotify write runs the engine to idle (or halt) inside the write. It records every
 bus transaction in issue order so the RTL can be compared with it transaction by transaction.
 """
@@ -54,17 +46,12 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
     (used elements published).
     """
 
-    def __init__(
-        self,
-        mem: GuestMemory,
-        *,
-        entries: int = spec.DEFAULT_ENTRIES,
-        queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
-        disk_bytes: int = spec.DEFAULT_DISK_BYTES,
-        data_width: int = spec.DEFAULT_DATA_WIDTH,
-        bus_error: Callable[[Transaction], bool] | None = None,
-        on_transaction: Callable[[Transaction], None] | None = None,
-    ) -> None:
+    def __init__(self, mem: GuestMemory, *, entries: int = spec.DEFAULT_ENTRIES,
+                 queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
+                 disk_bytes: int = spec.DEFAULT_DISK_BYTES,
+                 data_width: int = spec.DEFAULT_DATA_WIDTH,
+                 bus_error: Callable[[Transaction], bool] | None = None,
+                 on_transaction: Callable[[Transaction], None] | None = None) -> None:
         # Bumped by every write to the grant table, HV_CTRL or HV_DOMID: a DMA access looks its
         # page up again before its next burst (docs/architecture.md "Grant revocation").
         self.table_gen = 0

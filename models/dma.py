@@ -1,9 +1,7 @@
 """The reference model's DMA engine and translation per page (``rtl/dma.py``, ``rtl/translate.py``).
 
-docs/architecture.md "Bus transactions": an access is cut at every 4 KiB page (one translation
-each, ``models.grant``) and into bursts that never cross a page (``models.bus``); writes are
-posted and their errors reported at the next drain; a transaction not fully inside guest memory
-answers DECERR, one the ``bus_error`` hook picks SLVERR (fault cause 6 either way).
+docs/architecture.md "Bus transactions": one translation per 4 KiB page (``models.grant``),
+bursts that never cross a page (``models.bus``), posted writes whose errors surface at a drain.
 """
 
 from __future__ import annotations

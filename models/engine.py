@@ -1,10 +1,7 @@
 """The reference model's ring engine: one split virtqueue serving virtio-blk (``rtl/engine.py``).
 
-docs/architecture.md "Ring engine", virtio 1.x sections 2.7 and 5.2.6: poll the avail ring, walk
-and validate a chain, read the header, move the data, write the status byte, the used element
-and the used index, raise the used-buffer interrupt. Every access is a DMA access
-(:class:`models.dma.DmaEngine`); rings and structures are read through the layouts of
-:mod:`models.virtio`.
+docs/architecture.md "Ring engine" (virtio 1.x sections 2.7, 5.2.6). Every access is a DMA
+access (:class:`models.dma.DmaEngine`); rings are read through :mod:`models.virtio`.
 """
 
 from __future__ import annotations
@@ -143,13 +140,8 @@ class RingEngine:
                 return descs
             i = nxt
 
-    def _read_range(
-        self,
-        descs: list[Descriptor],
-        start: int,
-        length: int,
-        sink: Callable[[int, bytes], None] | None = None,
-    ) -> bytes:
+    def _read_range(self, descs: list[Descriptor], start: int, length: int,
+                    sink: Callable[[int, bytes], None] | None = None) -> bytes:
         """Read bytes ``[start, start + length)`` of the readable buffers, one access per
         descriptor share; ``sink(offset in range, data)`` per transaction."""
         out = bytearray()

@@ -1,9 +1,7 @@
 """The reference model's privileged register file and fault latch (``rtl/hvregs.py``).
 
-The hypervisor's port ``s_hv`` (docs/architecture.md "Privileged registers"): mode, domain, the
-fault latch, the statistics counters and the grant table words; and what a fault does
-(docs "Faults"): latch cause and address, set DEVICE_NEEDS_RESET, raise the configuration
-change interrupt, halt the engine.
+The hypervisor's port ``s_hv``: mode, domain, fault latch, statistics, grant table words; and
+what a fault does (docs/architecture.md "Faults").
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The reference model's virtio-mmio register file (``rtl/mmio.py``).
 
-The guest port ``s_axil``: the virtio-mmio version 2 layout of virtio 1.x section 4.2.2, one
-queue, the features (VERSION_1, FLUSH, and ACCESS_PLATFORM in handle mode), the Status rules of
-section 3.1.1 and the notify that starts the engine; plus :class:`RegisterPortModel`, the
-32-bit window both of the model's ports are.
+The guest port ``s_axil`` (virtio 1.x section 4.2.2, one queue): features, Status rules of
+section 3.1.1, the notify that starts the engine; and :class:`RegisterPortModel`, both ports.
 """
 
 from __future__ import annotations
@@ -23,12 +21,8 @@ class RegisterPortModel:
     are ignored (a word access covers the aligned word). Values are taken modulo 2**32.
     """
 
-    def __init__(
-        self,
-        reader: Callable[[int], int],
-        writer: Callable[[int, int, int], None],
-        name: str,
-    ) -> None:
+    def __init__(self, reader: Callable[[int], int], writer: Callable[[int, int, int], None],
+                 name: str) -> None:
         self._reader = reader
         self._writer = writer
         self.name = name
@@ -83,19 +77,10 @@ class MmioRegisters:
             return False
         return not (self.handle_mode and not drv >> spec.VIRTIO_F_ACCESS_PLATFORM & 1)
 
-    _QUEUE_REGS = frozenset(
-        {
-            spec.MMIO_QUEUE_NUM_MAX,
-            spec.MMIO_QUEUE_NUM,
-            spec.MMIO_QUEUE_READY,
-            spec.MMIO_QUEUE_DESC_LOW,
-            spec.MMIO_QUEUE_DESC_HIGH,
-            spec.MMIO_QUEUE_DRIVER_LOW,
-            spec.MMIO_QUEUE_DRIVER_HIGH,
-            spec.MMIO_QUEUE_DEVICE_LOW,
-            spec.MMIO_QUEUE_DEVICE_HIGH,
-        }
-    )
+    _QUEUE_REGS = frozenset({
+        spec.MMIO_QUEUE_NUM_MAX, spec.MMIO_QUEUE_NUM, spec.MMIO_QUEUE_READY,
+        spec.MMIO_QUEUE_DESC_LOW, spec.MMIO_QUEUE_DESC_HIGH, spec.MMIO_QUEUE_DRIVER_LOW,
+        spec.MMIO_QUEUE_DRIVER_HIGH, spec.MMIO_QUEUE_DEVICE_LOW, spec.MMIO_QUEUE_DEVICE_HIGH})
 
     def _guest_read(self, offset: int) -> int:
         if offset in self._QUEUE_REGS and self.queue_sel != 0:

@@ -16,21 +16,23 @@ from typing import Any
 from models import spec, virtio
 from models.bus import Transaction
 from models.device import ReferenceDevice
-from models.memory import GuestMemory
+from models.memory import BusErrorPages, GuestMemory
 from verif.world import U64, Case, World
 
 
 class OracleDevice(ReferenceDevice):
     """:class:`ReferenceDevice` plus what the isolation tests need from the oracle.
 
-    It counts DMA accesses (``dma_accesses``), for :func:`cycle_bound`. The "Grant revocation"
+    It counts DMA accesses (``dma_accesses``), for :func:`cycle_bound`, and its ``errors``
+    (the failing bus pages) make it a :class:`sw.transport.FaultLink`. The "Grant revocation"
     rule of docs/architecture.md (a new lookup before the next burst after a table write, even
     inside a page) is the reference's own (``table_gen``).
     """
 
     def __init__(self, mem: GuestMemory, **kw: Any) -> None:
         self.dma_accesses = 0
-        super().__init__(mem, **kw)
+        self.errors = BusErrorPages()
+        super().__init__(mem, bus_error=self.errors, **kw)
 
     def dma_read(self, v: int, n: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:
         self.dma_accesses += 1

@@ -11,36 +11,15 @@ the real driver never would (through the layouts of :mod:`models.virtio`).
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from models import spec, virtio
 from models.bus import Transaction
 from models.grant import GrantEntry
-from models.memory import BusErrorPages, GuestMemory
+from models.memory import GuestMemory
 from sw.transport import FaultLink
 from verif.oracle import GrantView, OracleDevice, Outcome, read_completions
 from verif.world import F_AVAIL, F_DESC, F_USED, PAGE, Case, QueueSpec, World
-
-
-@dataclass
-class ReferenceLink:
-    """The reference device as a :class:`sw.transport.FaultLink`."""
-
-    dev: OracleDevice
-    errors: BusErrorPages
-
-    @property
-    def guest(self):
-        return self.dev.guest
-
-    @property
-    def hv(self):
-        return self.dev.hv
-
-    @property
-    def mem(self) -> GuestMemory:
-        return self.dev.mem
 
 
 def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -74,9 +53,7 @@ class StreamDriver:
 
     async def hv_setup(self) -> None:
         """Hypervisor: domain, mode, every grant entry of the world (word 1 first)."""
-        hv = self.link.hv
-        await hv.write32(spec.HV_DOMID, self.w.domid)
-        await hv.write32(spec.HV_CTRL, spec.HV_CTRL_HANDLE_MODE if self.w.handle_mode else 0)
+        await self.hv_config()
         if self.w.handle_mode:
             for ref, e in sorted(self.w.grants.items()):
                 await self.write_grant(ref, e)
@@ -180,13 +157,10 @@ class ReferenceStream:
 
     def __init__(self, world: World) -> None:
         self.w = world
-        self.errors = BusErrorPages()
         self.dev = OracleDevice(GuestMemory(world.mem_bytes, world.initial_memory()),
                                 entries=world.entries, queue_num_max=world.queue_num_max,
-                                disk_bytes=world.disk_bytes, data_width=world.data_width,
-                                bus_error=self.errors)
-        self.link = ReferenceLink(self.dev, self.errors)
-        self.drv = StreamDriver(self.link, world)
+                                disk_bytes=world.disk_bytes, data_width=world.data_width)
+        self.drv = StreamDriver(self.dev, world)
         self.view = GrantView(self.dev)
         self.violations: list[str] = []
         self.case: Case | None = None
