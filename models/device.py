@@ -18,9 +18,10 @@ from models.bus import Transaction
 from models.dma import DmaEngine
 from models.engine import Descriptor, RingEngine
 from models.grant import GrantTable
-from models.hvregs import HV_STAT_REQUESTS, HV_STAT_XLATE, Fault, HvRegisters
+from models.hvregs import Fault, HvRegisters
 from models.memory import GuestMemory
 from models.mmio import MmioRegisters, RegisterPortModel
+from models.spec import HV_STAT_REQUESTS, HV_STAT_XLATE
 
 __all__ = ["HV_STAT_REQUESTS", "HV_STAT_XLATE", "Descriptor", "Fault", "ReferenceDevice",
            "RegisterPortModel"]

@@ -14,11 +14,6 @@ _U16 = 0xFFFF
 _U32 = 0xFFFF_FFFF
 _U64 = spec.ADDR_MASK
 
-# Statistics counters after the fixed privileged map (read-only, cleared by rst). They are not
-# in docs/architecture.md; they mirror the RTL's extension (rtl/hvregs.py).
-HV_STAT_XLATE = spec.HV_STAT_XLATE
-HV_STAT_REQUESTS = spec.HV_STAT_REQUESTS
-
 
 class Halt(Exception):
     """Unwinds the engine after a fault was recorded, or to stop it for a driver reset."""
@@ -71,9 +66,10 @@ class HvRegisters:
                 return self.fault_count
             case spec.HV_SYNC:
                 return 1  # the model completes every transaction before a register access
-            case _ if offset == HV_STAT_XLATE:
+            # statistics after the fixed map (read-only, cleared by rst), as rtl/hvregs.py has
+            case _ if offset == spec.HV_STAT_XLATE:
                 return self.stat_xlate
-            case _ if offset == HV_STAT_REQUESTS:
+            case _ if offset == spec.HV_STAT_REQUESTS:
                 return self.stat_requests
             case _:
                 return 0

@@ -35,6 +35,8 @@ from verif.world import (
     World,
 )
 
+HDR = virtio.BLK_HEADER.size  # the virtio-blk request header (16 bytes)
+
 
 @dataclass
 class Seg:
@@ -178,18 +180,18 @@ def _good_request(b: _CaseBuilder, *, kinds: Sequence[str] | None = None,
     share_header = bool(not writable and data_len and odd())
     data_addr = None
     if share_header:
-        buf = b.buffer(16 + data_len, writable=False)
+        buf = b.buffer(HDR + data_len, writable=False)
         b.put(buf, header)
-        segs.append(Seg(buf, 16 + data_len, False))
-        data_addr = buf + 16
+        segs.append(Seg(buf, HDR + data_len, False))
+        data_addr = buf + HDR
     else:
         b.put(slot, header)
         if odd():
-            k = ch.int(1, 15)
-            segs += [Seg(slot, k, False), Seg(slot + k, 16 - k, False)]
+            k = ch.int(1, HDR - 1)
+            segs += [Seg(slot, k, False), Seg(slot + k, HDR - k, False)]
         else:
-            segs.append(Seg(slot, 16, False))
-    status_addr = slot + 16 + ch.int(0, 15)
+            segs.append(Seg(slot, HDR, False))
+    status_addr = slot + HDR + ch.int(0, 15)
     status_with_data = bool(writable and data_len and odd())
     if data_len and not share_header:
         if status_with_data:
@@ -391,7 +393,7 @@ def gen_run_off_grant(ch: Chooser, w: World, index: int) -> Case:
     addr = spec.make_handle(ref, off)
     if not write:
         b.put(addr, b.payload(data_len))
-    segs = [Seg(slot, 16, False), Seg(addr, data_len, write), Seg(slot + 20, 1, True)]
+    segs = [Seg(slot, HDR, False), Seg(addr, data_len, write), Seg(slot + 20, 1, True)]
     return _assemble(ch, w, index, "run_off_grant", Expect(cause), [*pre, _Req(segs, None)], b,
                      patches=patches, note=f"ref {ref} + 1")
 
@@ -495,8 +497,8 @@ def gen_chain_too_long(ch: Chooser, w: World, index: int) -> Case:
     descs = []
     for k, i in enumerate(order):
         writable = k >= n // 2 or n == 1
-        addr = slot if not writable else slot + 16 + k
-        ln = 16 if k == 0 else (0 if not writable else 1)
+        addr = slot if not writable else slot + HDR + k
+        ln = HDR if k == 0 else (0 if not writable else 1)
         nxt = order[k + 1] if k + 1 < n else order[ch.int(0, n - 1)]
         descs.append((i, addr, ln, (spec.VIRTQ_DESC_F_WRITE if writable else 0)
                       | spec.VIRTQ_DESC_F_NEXT, nxt))
@@ -526,7 +528,7 @@ def gen_readable_after_writable(ch: Chooser, w: World, index: int) -> Case:
         free = [j for j in range(n) if j not in {d[0] for d in descs}]
         j = ch.choice(free)
         descs[-1] = (i, a, ln, fl | spec.VIRTQ_DESC_F_NEXT, j)
-        descs.append((j, descs[0][1], 16, 0, 0))
+        descs.append((j, descs[0][1], HDR, 0, 0))
     return _chain_case(ch, w, index, "readable_after_writable", spec.FAULT_BAD_CHAIN, mutate,
                        kinds=("out", "out", "flush", "in"), n=ch.choice((8, 16)))
 
@@ -659,9 +661,9 @@ def gen_edge_ok(ch: Chooser, w: World, index: int) -> Case:
         q = w.standard_queue(n)
         slot = b.slot()
         b.put(slot, virtio.BLK_HEADER.pack(spec.VIRTIO_BLK_T_FLUSH, 0, 0))
-        b.put(slot + 16, bytes(n))
-        segs = [Seg(slot, 16, False)] + [Seg(0, 0, False)] * (n // 2 - 1) \
-            + [Seg(slot + 16 + k, 1 if k == n - n // 2 - 1 else 0, True)
+        b.put(slot + HDR, bytes(n))
+        segs = [Seg(slot, HDR, False)] + [Seg(0, 0, False)] * (n // 2 - 1) \
+            + [Seg(slot + HDR + k, 1 if k == n - n // 2 - 1 else 0, True)
                for k in range(n - n // 2)]
         return _assemble(ch, w, index, "edge_ok", Expect(0), [_Req(segs, 0)], b, queue=q,
                          note="chain of N")
@@ -767,7 +769,7 @@ def gen_big_request(ch: Chooser, w: World, index: int, *, disk_writes: bool = Tr
     req_type = spec.VIRTIO_BLK_T_IN if kind == "in" else spec.VIRTIO_BLK_T_OUT
     slot = b.slot()
     b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, sector))
-    segs = [Seg(slot, 16, False)]
+    segs = [Seg(slot, HDR, False)]
     cut = ch.choice((d, d, ch.int(1, d - 1)))
     for ln in (cut, d - cut):
         if ln:

@@ -115,8 +115,8 @@ class HandDriver:
     def set_grant(self, ref: int, entry: GrantEntry) -> None:
         """Program ``GRANT[ref]`` through the hypervisor port."""
         w0, w1 = entry.pack()
-        self.dev.hv.write(spec.HV_GRANT_BASE + 8 * ref, w0)
-        self.dev.hv.write(spec.HV_GRANT_BASE + 8 * ref + 4, w1)
+        self.dev.hv.write(spec.HV_GRANT_BASE + spec.GRANT_ENTRY_BYTES * ref, w0)
+        self.dev.hv.write(spec.HV_GRANT_BASE + spec.GRANT_ENTRY_BYTES * ref + 4, w1)
 
     def buffer(
         self,
