@@ -5,8 +5,8 @@ Three cocotb tests, each running many cases in one simulator process (the knobs 
 ``VHB_PARAMS``, JSON; the figures go to the JSON file named by ``report``):
 
 ``test_stream``
-    A seeded stream of :mod:`models.adversary` cases. For each case the reference
-    (:class:`models.adversary.OracleDevice`) runs first; then the RTL must make the same bus
+    A seeded stream of :mod:`verif.cases` cases. For each case the reference
+    (:class:`verif.oracle.OracleDevice`) runs first; then the RTL must make the same bus
     transactions (``tb.scoreboard``), leave the same guest memory, latch the same fault (cause,
     address, count) or none, within the cycle bound the reference's counts give; the bench's
     :class:`tb.isolation.IsolationChecker` checks every ``m_axi`` handshake.
@@ -37,25 +37,12 @@ import cocotb
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from models import spec
-from models.adversary import (
-    F_QUARANTINE,
-    R_DATA,
-    Case,
-    Expect,
-    Outcome,
-    RandomChooser,
-    ReferenceStream,
-    StreamDriver,
-    TableWrite,
-    World,
-    case_refs,
-    check_expectation,
-    gen_big_request,
-    gen_table_write,
-    generate,
-    run_sync,
-)
 from models.grant import GrantEntry
+from verif.cases import TableWrite, case_refs, gen_big_request, gen_table_write, generate
+from verif.choosers import RandomChooser
+from verif.oracle import Outcome, check_expectation
+from verif.stream import ReferenceStream, StreamDriver, run_coroutine
+from verif.world import F_QUARANTINE, R_DATA, Case, Expect, World
 
 from .bench import DeviceBench
 from .runner import DeviceConfig
@@ -353,7 +340,7 @@ class RaceBench(RtlStream):
 
     async def both(self, fn) -> None:
         """The same driver step on the reference (synchronously) and on the RTL."""
-        run_sync(fn(self.ref.drv))
+        run_coroutine(fn(self.ref.drv))
         await fn(self.drv)
 
     async def ack(self) -> None:

@@ -1,5 +1,5 @@
 """Adversarial cases on the reference model (issue 4): more than 20,000 hostile and good cases
-from :mod:`models.adversary`, seeded streams and hypothesis-drawn ones, with the isolation
+from :mod:`verif.cases`, seeded streams and hypothesis-drawn ones, with the isolation
 invariants checked on every case:
 
 * every bus transaction in handle mode lies in one page granted, at that moment, to the
@@ -27,27 +27,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import spec
-from models.adversary import (
+from models.device import ReferenceDevice
+from models.grant import GrantEntry
+from models.memory import GuestMemory
+from verif.cases import (
     CATEGORIES,
-    PAGE,
-    Case,
-    DrawChooser,
-    OracleDevice,
-    RandomChooser,
-    ReferenceStream,
-    World,
     case_refs,
     categories_for,
-    check_expectation,
-    cycle_bound,
     gen_big_request,
     gen_table_write,
     generate,
 )
-from models.device import ReferenceDevice
-from models.grant import GrantEntry
-from models.harness import HandDriver
-from models.memory import GuestMemory
+from verif.choosers import DrawChooser, RandomChooser
+from verif.harness import HandDriver
+from verif.oracle import OracleDevice, check_expectation, cycle_bound
+from verif.stream import ReferenceStream
+from verif.world import PAGE, Case, World
 
 FIGURES: Counter = Counter()  # summed over the module, printed by test_figures
 

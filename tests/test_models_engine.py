@@ -8,7 +8,7 @@ import pytest
 
 from models import spec
 from models.device import HV_STAT_REQUESTS, HV_STAT_XLATE
-from models.harness import make
+from verif.harness import make
 
 MODES = pytest.mark.parametrize("handle_mode", [False, True], ids=["gpa", "handle"])
 SERIAL = spec.DEVICE_SERIAL

@@ -8,7 +8,7 @@ import pytest
 
 from models import spec
 from models.grant import GrantEntry
-from models.harness import make
+from verif.harness import make
 
 ENTRIES = 64
 

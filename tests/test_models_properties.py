@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from models import spec
 from models.grant import GrantEntry
-from models.harness import make
+from verif.harness import make
 
 ENTRIES = 32
 DOMID = 1

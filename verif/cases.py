@@ -1,284 +1,41 @@
-"""Hostile request streams for the isolation tests (issue 4), with the reference model as oracle.
+"""The hostile case generators: about 25 categories, each aiming at one outcome.
 
-A *stream* is a sequence of :class:`Case` objects over one fixed :class:`World` (guest memory
-layout and grant table). A case is one notify: the driver lays out zero or more chains, some
-well-formed and some hostile, and kicks the device; the reference model
-(:class:`OracleDevice`) says what must happen: which chains complete with which status, or which
-fault (cause and address) stops the device, and how many bus transactions, beats and table
-lookups that takes, from which :func:`cycle_bound` derives the "no hang" bound for the RTL.
-
-The same generator is driven by hypothesis (:class:`DrawChooser`, pure-Python tests) and by
-seeded :class:`random.Random` streams (:class:`RandomChooser`, RTL co-simulation and the soak):
-one vocabulary, two sources of randomness.
-
-:class:`StreamDriver` applies a case to anything with the :class:`sw.transport.DeviceLink`
-shape (register ports, guest memory) plus an ``errors`` set of failing bus pages, so the same
-code lays out the case in the reference model's memory and in the RTL bench's. It is
-deliberately not ``sw.driver``: a hostile driver writes raw descriptors, ring indices and queue
-registers that the real driver never would.
-
-Every category of the issue has a generator (see :data:`CATEGORIES`); each states the outcome it
-aims at (:class:`Expect`) and the tests check that the reference agrees, so that a generator
-that silently stopped producing its hostile input, or a reference that silently stopped
-rejecting it, is caught.
+Every category of issue 4 has a generator (see :data:`CATEGORIES`); each states the outcome it
+aims at (:class:`verif.world.Expect`) and the tests check that the reference agrees, so that a
+generator that silently stopped producing its hostile input, or a reference that silently
+stopped rejecting it, is caught. Headers and ring geometry come from :mod:`models.virtio`.
 """
 
 from __future__ import annotations
 
 import random
-import struct
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from models import spec
-from models.bus import Transaction
-from models.device import ReferenceDevice
+from models import spec, virtio
 from models.grant import GrantEntry
-from models.memory import BusErrorPages, GuestMemory
+from verif.choosers import Chooser
+from verif.world import (
+    F_DATA,
+    F_DESC,
+    F_QUARANTINE,
+    F_SLOT,
+    F_USED,
+    PAGE,
+    R_DATA,
+    R_DECERR,
+    R_SLOT,
+    R_SPARE,
+    R_USED,
+    U64,
+    Case,
+    Expect,
+    QueueSpec,
+    World,
+)
 
-U64 = spec.ADDR_MASK
-PAGE = spec.PAGE_SIZE
-
-# =================================================================================================
-# Randomness: one generator, two sources
-# =================================================================================================
-
-
-class Chooser(Protocol):
-    """Where the generator takes its decisions from."""
-
-    def int(self, lo: int, hi: int) -> int:
-        """An integer in ``[lo, hi]`` (both included)."""
-        ...
-
-    def choice(self, seq: Sequence[Any]) -> Any: ...
-
-    def bool(self, p: float = 0.5) -> bool:
-        """True with probability about ``p``."""
-        ...
-
-    def seed(self) -> int:
-        """A 32-bit seed for bulk data (payload bytes)."""
-        ...
-
-
-class RandomChooser:
-    """Decisions from a seeded :class:`random.Random` (RTL streams, soak, seeded loops)."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def int(self, lo: int, hi: int) -> int:
-        return self.rng.randint(lo, hi)
-
-    def choice(self, seq: Sequence[Any]) -> Any:
-        return seq[self.rng.randrange(len(seq))]
-
-    def bool(self, p: float = 0.5) -> bool:
-        return self.rng.random() < p
-
-    def seed(self) -> int:
-        return self.rng.getrandbits(32)
-
-
-class DrawChooser:
-    """Decisions drawn from hypothesis (``draw`` of ``st.data()`` or ``@st.composite``), so that
-    failing streams shrink."""
-
-    def __init__(self, draw: Callable[[Any], Any]) -> None:
-        from hypothesis import strategies as st
-
-        self._draw = draw
-        self._st = st
-
-    def int(self, lo: int, hi: int) -> int:
-        return self._draw(self._st.integers(lo, hi))
-
-    def choice(self, seq: Sequence[Any]) -> Any:
-        return seq[self._draw(self._st.integers(0, len(seq) - 1))]
-
-    def bool(self, p: float = 0.5) -> bool:
-        # shrinks towards False for rare events (p < 0.5), towards True otherwise
-        k = self._draw(self._st.integers(0, 99))
-        return k < round(100 * p) if p >= 0.5 else k >= 100 - round(100 * p)
-
-    def seed(self) -> int:
-        return self._draw(self._st.integers(0, 2**32 - 1))
-
-
-# =================================================================================================
-# The world: guest memory layout and grant table of one stream
-# =================================================================================================
-
-# Physical frames (4 KiB) of the default 256 KiB guest memory.
-F_DESC, F_AVAIL, F_USED = 1, 2, 3  # the rings (one page each: fits QueueNumMax 256)
-F_SLOT = (4, 5)  # request headers and status bytes
-F_DATA = range(8, 40)  # data buffers
-F_HOSTILE = range(40, 48)  # frames named by entries that must never be usable
-F_QUARANTINE = range(48, 56)  # targets of remapped grants in the revocation tests
-# Frame 0 and 56..63 are never named by any grant: "secret" guest memory.
-MEM_BYTES = 64 * PAGE
-
-# Grant references (handle mode).
-R_DESC, R_AVAIL, R_USED = 0, 1, 2
-R_SLOT = (3, 4)
-R_DATA = range(8, 40)  # refs 8..39 -> the data frames, in a seeded shuffled order
-R_HOSTILE = range(40, 48)
-R_SPARE = range(48, 56)  # free references (remapping tests)
-# Hostile entries: (flags, domid is ours, frame); what translating them must give.
-HOSTILE_ENTRIES = {
-    40: (spec.GTF_invalid, True, 40),  # cause 3
-    41: (spec.GTF_accept_transfer, True, 41),  # cause 3
-    42: (3, True, 42),  # cause 3 (type 3)
-    43: (spec.GTF_readonly, True, 43),  # cause 3 (read-only without permit)
-    44: (spec.GTF_permit_access, False, 44),  # cause 4
-    45: (spec.GTF_permit_access | spec.GTF_readonly, False, 45),  # cause 4
-    46: (spec.GTF_permit_access, True, 0xFFFF_F),  # translates, beyond memory: DECERR (6)
-    47: (spec.GTF_invalid, False, 47),  # cause 3 beats 4
-}
-R_DECERR = 46
-N_READONLY_DATA = 6  # data references granted read-only
-
-
-@dataclass(frozen=True)
-class QueueSpec:
-    """What the driver programs into the queue registers (addresses as the device sees them)."""
-
-    n: int
-    desc: int
-    avail: int
-    used: int
-
-
-@dataclass
-class World:
-    """Layout of one stream: the device configuration, the mode and domain, the grant table the
-    hypervisor programs, and where everything lives in guest physical memory."""
-
-    seed: int
-    handle_mode: bool = True
-    domid: int = 7
-    entries: int = spec.DEFAULT_ENTRIES
-    queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX
-    disk_bytes: int = spec.DEFAULT_DISK_BYTES
-    data_width: int = spec.DEFAULT_DATA_WIDTH
-    mem_bytes: int = MEM_BYTES
-    queue_size: int = 16  # the standard queue of the stream
-    grants: dict[int, GrantEntry] = field(default_factory=dict)
-    data_frame: dict[int, int] = field(default_factory=dict)  # ref -> frame (handle mode)
-    readonly_refs: frozenset[int] = frozenset()
-
-    def __post_init__(self) -> None:
-        if self.mem_bytes < MEM_BYTES:
-            raise ValueError(f"mem_bytes must be at least {MEM_BYTES:#x}, not {self.mem_bytes!r}")
-        if self.entries <= max(R_SPARE):
-            raise ValueError(f"entries must exceed {max(R_SPARE)}, not {self.entries!r}")
-        rng = random.Random(self.seed * 7919 + 1)
-        frames = list(F_DATA)
-        rng.shuffle(frames)
-        self.data_frame = dict(zip(R_DATA, frames, strict=True))
-        self.readonly_refs = frozenset(rng.sample(list(R_DATA), N_READONLY_DATA))
-        g: dict[int, GrantEntry] = {}
-        for ref, frame in ((R_DESC, F_DESC), (R_AVAIL, F_AVAIL), (R_USED, F_USED),
-                           (R_SLOT[0], F_SLOT[0]), (R_SLOT[1], F_SLOT[1])):
-            g[ref] = GrantEntry.permit(self.domid, frame)
-        for ref, frame in self.data_frame.items():
-            g[ref] = GrantEntry.permit(self.domid, frame, readonly=ref in self.readonly_refs)
-        other = self.domid ^ 0x5A5A
-        for ref, (flags, ours, frame) in HOSTILE_ENTRIES.items():
-            g[ref] = GrantEntry(flags, self.domid if ours else other, frame)
-        self.grants = g
-
-    # --- addresses -------------------------------------------------------------------------------
-    def ring_ref_frame(self) -> tuple[tuple[int, int], ...]:
-        return (R_DESC, F_DESC), (R_AVAIL, F_AVAIL), (R_USED, F_USED)
-
-    def dma(self, ref: int, frame: int, offset: int) -> int:
-        """The address the device is given for byte ``offset`` of ``ref`` (handle mode) or of
-        ``frame`` (GPA mode)."""
-        if self.handle_mode:
-            return spec.make_handle(ref, offset)
-        return frame << spec.PAGE_SHIFT | offset
-
-    def standard_queue(self, n: int | None = None, offsets: tuple[int, int, int] = (0, 0, 0)
-                       ) -> QueueSpec:
-        n = self.queue_size if n is None else n
-        (rd, fd), (ra, fa), (ru, fu) = self.ring_ref_frame()
-        return QueueSpec(n, self.dma(rd, fd, offsets[0]), self.dma(ra, fa, offsets[1]),
-                         self.dma(ru, fu, offsets[2]))
-
-    def phys(self, addr: int) -> int | None:
-        """Physical address of device address ``addr`` under the world's own grants (None if
-        it does not translate); used only to lay out memory contents."""
-        if not self.handle_mode:
-            return addr
-        if not addr >> 63:
-            return None
-        ref, off = spec.split_handle(addr)
-        e = self.grants.get(ref)
-        if e is None or not e.permits_access or e.domid != self.domid:
-            return None
-        return e.frame << spec.PAGE_SHIFT | off
-
-    def initial_memory(self) -> bytes:
-        """Guest memory at the start of the stream: seeded noise everywhere (so that a read of
-        the wrong place shows), rings zeroed."""
-        mem = bytearray(random.Random(self.seed * 104729 + 3).randbytes(self.mem_bytes))
-        for f in (F_DESC, F_AVAIL, F_USED):
-            mem[f * PAGE:(f + 1) * PAGE] = bytes(PAGE)
-        return bytes(mem)
-
-    @property
-    def capacity(self) -> int:
-        return self.disk_bytes // spec.SECTOR_SIZE
-
-
-# =================================================================================================
-# Cases
-# =================================================================================================
-
-
-@dataclass(frozen=True)
-class Expect:
-    """The outcome a category aims at. ``cause`` (a fault cause, or 0 for "no fault"); for
-    ``cause == 0`` the statuses the chains may complete with (None: any)."""
-
-    cause: int = 0
-    statuses: tuple[int, ...] | None = None
-    ignored_notify: bool = False  # the first notify must be ignored (no bus access)
-
-
-@dataclass
-class Case:
-    """One notify's worth of stimulus.
-
-    ``descs`` are written to the descriptor table (index, addr, len, flags, next); ``heads`` go
-    to consecutive avail ring slots from the driver's avail index, which then advances by
-    ``avail_delta`` (default ``len(heads)``). ``writes`` are memory contents at physical
-    addresses (headers, payloads). ``patches`` are grant entries written before the notify and
-    restored after the case; ``errors`` are ``(kind, physical address)`` pages that answer with
-    a bus error. ``notify`` is how the driver kicks: ``"ok"``, or a kick the device must ignore
-    first (``"not_ready"``: QueueReady = 0, ``"bad_value"``: a queue index other than 0,
-    ``"no_driver_ok"``: DRIVER_OK clear), after which the driver fixes it and kicks again.
-    """
-
-    index: int
-    category: str
-    expect: Expect
-    queue: QueueSpec
-    descs: list[tuple[int, int, int, int, int]] = field(default_factory=list)
-    heads: list[int] = field(default_factory=list)
-    avail_delta: int | None = None
-    avail_flags: int = 0
-    writes: list[tuple[int, bytes]] = field(default_factory=list)
-    patches: list[tuple[int, GrantEntry]] = field(default_factory=list)
-    errors: list[tuple[str, int]] = field(default_factory=list)
-    notify: str = "ok"
-    note: str = ""
-
-    def describe(self) -> str:
-        return f"case {self.index} [{self.category}] {self.note}".rstrip()
+HDR = virtio.BLK_HEADER.size  # the virtio-blk request header (16 bytes)
 
 
 @dataclass
@@ -416,25 +173,25 @@ def _good_request(b: _CaseBuilder, *, kinds: Sequence[str] | None = None,
         status = spec.VIRTIO_BLK_S_IOERR
     elif kind == "in_zero":
         data_len = 0
-    header = struct.pack("<IIQ", req_type, ch.int(0, 3) * 0x10001, sector)
+    header = virtio.BLK_HEADER.pack(req_type, ch.int(0, 3) * 0x10001, sector)
     slot = b.slot()
     segs: list[Seg] = []
     # header: one descriptor, split in two, or shared with readable data
     share_header = bool(not writable and data_len and odd())
     data_addr = None
     if share_header:
-        buf = b.buffer(16 + data_len, writable=False)
+        buf = b.buffer(HDR + data_len, writable=False)
         b.put(buf, header)
-        segs.append(Seg(buf, 16 + data_len, False))
-        data_addr = buf + 16
+        segs.append(Seg(buf, HDR + data_len, False))
+        data_addr = buf + HDR
     else:
         b.put(slot, header)
         if odd():
-            k = ch.int(1, 15)
-            segs += [Seg(slot, k, False), Seg(slot + k, 16 - k, False)]
+            k = ch.int(1, HDR - 1)
+            segs += [Seg(slot, k, False), Seg(slot + k, HDR - k, False)]
         else:
-            segs.append(Seg(slot, 16, False))
-    status_addr = slot + 16 + ch.int(0, 15)
+            segs.append(Seg(slot, HDR, False))
+    status_addr = slot + HDR + ch.int(0, 15)
     status_with_data = bool(writable and data_len and odd())
     if data_len and not share_header:
         if status_with_data:
@@ -632,11 +389,11 @@ def gen_run_off_grant(ch: Chooser, w: World, index: int) -> Case:
     off = ch.int(PAGE - data_len + 1, PAGE - 1)
     req_type = spec.VIRTIO_BLK_T_IN if write else spec.VIRTIO_BLK_T_OUT
     slot = b.slot()
-    b.put(slot, struct.pack("<IIQ", req_type, 0, ch.int(0, w.capacity - nsec)))
+    b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, w.capacity - nsec)))
     addr = spec.make_handle(ref, off)
     if not write:
         b.put(addr, b.payload(data_len))
-    segs = [Seg(slot, 16, False), Seg(addr, data_len, write), Seg(slot + 20, 1, True)]
+    segs = [Seg(slot, HDR, False), Seg(addr, data_len, write), Seg(slot + 20, 1, True)]
     return _assemble(ch, w, index, "run_off_grant", Expect(cause), [*pre, _Req(segs, None)], b,
                      patches=patches, note=f"ref {ref} + 1")
 
@@ -734,14 +491,14 @@ def gen_chain_too_long(ch: Chooser, w: World, index: int) -> Case:
     b = _CaseBuilder(ch, w)
     q = w.standard_queue(n)
     slot = b.slot()
-    b.put(slot, struct.pack("<IIQ", spec.VIRTIO_BLK_T_FLUSH, 0, 0))
+    b.put(slot, virtio.BLK_HEADER.pack(spec.VIRTIO_BLK_T_FLUSH, 0, 0))
     order = list(range(n))
     random.Random(ch.seed()).shuffle(order)
     descs = []
     for k, i in enumerate(order):
         writable = k >= n // 2 or n == 1
-        addr = slot if not writable else slot + 16 + k
-        ln = 16 if k == 0 else (0 if not writable else 1)
+        addr = slot if not writable else slot + HDR + k
+        ln = HDR if k == 0 else (0 if not writable else 1)
         nxt = order[k + 1] if k + 1 < n else order[ch.int(0, n - 1)]
         descs.append((i, addr, ln, (spec.VIRTQ_DESC_F_WRITE if writable else 0)
                       | spec.VIRTQ_DESC_F_NEXT, nxt))
@@ -771,7 +528,7 @@ def gen_readable_after_writable(ch: Chooser, w: World, index: int) -> Case:
         free = [j for j in range(n) if j not in {d[0] for d in descs}]
         j = ch.choice(free)
         descs[-1] = (i, a, ln, fl | spec.VIRTQ_DESC_F_NEXT, j)
-        descs.append((j, descs[0][1], 16, 0, 0))
+        descs.append((j, descs[0][1], HDR, 0, 0))
     return _chain_case(ch, w, index, "readable_after_writable", spec.FAULT_BAD_CHAIN, mutate,
                        kinds=("out", "out", "flush", "in"), n=ch.choice((8, 16)))
 
@@ -903,10 +660,10 @@ def gen_edge_ok(ch: Chooser, w: World, index: int) -> Case:
         n = ch.choice((2, 4, 8))
         q = w.standard_queue(n)
         slot = b.slot()
-        b.put(slot, struct.pack("<IIQ", spec.VIRTIO_BLK_T_FLUSH, 0, 0))
-        b.put(slot + 16, bytes(n))
-        segs = [Seg(slot, 16, False)] + [Seg(0, 0, False)] * (n // 2 - 1) \
-            + [Seg(slot + 16 + k, 1 if k == n - n // 2 - 1 else 0, True)
+        b.put(slot, virtio.BLK_HEADER.pack(spec.VIRTIO_BLK_T_FLUSH, 0, 0))
+        b.put(slot + HDR, bytes(n))
+        segs = [Seg(slot, HDR, False)] + [Seg(0, 0, False)] * (n // 2 - 1) \
+            + [Seg(slot + HDR + k, 1 if k == n - n // 2 - 1 else 0, True)
                for k in range(n - n // 2)]
         return _assemble(ch, w, index, "edge_ok", Expect(0), [_Req(segs, 0)], b, queue=q,
                          note="chain of N")
@@ -919,8 +676,10 @@ def gen_edge_ok(ch: Chooser, w: World, index: int) -> Case:
         case.note = f"{n} chains in a queue of {n}"
         return case
     n = ch.choice((2, 4, 16, 32, w.queue_num_max))
-    offs = (ch.int(0, (PAGE - 16 * n) // 16) * 16, ch.int(0, (PAGE - 6 - 2 * n) // 2) * 2,
-            ch.int(0, (PAGE - 6 - 8 * n) // 4) * 4)
+    ring = virtio.SplitRing(n)
+    offs = tuple(ch.int(0, (PAGE - size) // align) * align for size, align in (
+        (ring.desc_bytes, ring.DESC_ALIGN), (ring.avail_bytes, ring.AVAIL_ALIGN),
+        (ring.used_bytes, ring.USED_ALIGN)))
     q = w.standard_queue(n, offs)
     reqs = [_good_request(b, compact=n < 8) for _ in range(ch.int(1, 2))]
     if n == 2:
@@ -1009,8 +768,8 @@ def gen_big_request(ch: Chooser, w: World, index: int, *, disk_writes: bool = Tr
     sector = ch.int(0, w.capacity - nsec)
     req_type = spec.VIRTIO_BLK_T_IN if kind == "in" else spec.VIRTIO_BLK_T_OUT
     slot = b.slot()
-    b.put(slot, struct.pack("<IIQ", req_type, 0, sector))
-    segs = [Seg(slot, 16, False)]
+    b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, sector))
+    segs = [Seg(slot, HDR, False)]
     cut = ch.choice((d, d, ch.int(1, d - 1)))
     for ln in (cut, d - cut):
         if ln:
@@ -1069,441 +828,3 @@ def gen_table_write(ch: Chooser, w: World, case: Case) -> TableWrite:
     if what == "readonly":
         return TableWrite(ref, 0, e.pack()[0] | spec.GTF_readonly, "readonly")
     return TableWrite(ref, 1, F_QUARANTINE[ref % len(F_QUARANTINE)], "remap")
-
-
-# =================================================================================================
-# The oracle: the reference model plus an access count
-# =================================================================================================
-
-
-class OracleDevice(ReferenceDevice):
-    """:class:`ReferenceDevice` plus what the isolation tests need from the oracle.
-
-    It counts DMA accesses (``dma_accesses``), for :func:`cycle_bound`. The "Grant revocation"
-    rule of docs/architecture.md (a new lookup before the next burst after a table write, even
-    inside a page) is the reference's own (``table_gen``).
-    """
-
-    def __init__(self, mem: GuestMemory, **kw: Any) -> None:
-        self.dma_accesses = 0
-        super().__init__(mem, **kw)
-
-    def dma_read(self, v: int, n: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:
-        self.dma_accesses += 1
-        return super().dma_read(v, n, sink)
-
-    def dma_write(self, v: int, data: bytes) -> None:
-        self.dma_accesses += 1
-        super().dma_write(v, data)
-
-
-def cycle_bound(transactions: int, beats: int, lookups: int, accesses: int, *,
-                pause: float = 0.0) -> int:
-    """Cycles within which the RTL must finish what the reference did with these counts.
-
-    Per DMA access a few cycles of engine and DMA control, per lookup the translation's two
-    cycles, per transaction an address handshake, per beat one cycle (all stretched by the
-    memory model's random pauses of probability ``pause`` on every channel), then a factor 2 of
-    margin. A device that spins on a bad chain, or never advances after an error, blows it.
-    """
-    stretch = 1.0 / (1.0 - pause) if pause < 1 else 100.0
-    base = 64 + 12 * accesses + 4 * lookups + (12 * transactions + 2 * beats) * stretch
-    return int(2 * base)
-
-
-# =================================================================================================
-# Isolation on the reference's transactions
-# =================================================================================================
-
-
-class GrantView:
-    """Which physical frames the table grants to the configured domain, for read and for write,
-    recomputed when the table, the mode or the domain changed (``ReferenceDevice.table_gen``)."""
-
-    def __init__(self, dev: OracleDevice) -> None:
-        self.dev = dev
-        self._gen = -1
-        self.readable: set[int] = set()
-        self.writable: set[int] = set()
-
-    def refresh(self) -> None:
-        if self._gen == self.dev.table_gen:
-            return
-        self._gen = self.dev.table_gen
-        self.readable, self.writable = set(), set()
-        for e in self.dev.grants:
-            if e.permits_access and e.domid == self.dev.domid & 0xFFFF:
-                self.readable.add(e.frame)
-                if not e.readonly:
-                    self.writable.add(e.frame)
-
-    def permits(self, kind: str, addr: int, nbytes: int) -> bool:
-        self.refresh()
-        page = addr >> spec.PAGE_SHIFT
-        if (addr + max(nbytes, 1) - 1) >> spec.PAGE_SHIFT != page:
-            return False
-        return page in (self.writable if kind == "W" else self.readable)
-
-
-# =================================================================================================
-# Applying cases: one driver for the reference and the RTL
-# =================================================================================================
-
-DRIVER_FEATURES_HI = 1 << (spec.VIRTIO_F_VERSION_1 - 32)
-STATUS_BRINGUP = spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER
-
-
-class Port(Protocol):
-    async def read32(self, offset: int) -> int: ...
-
-    async def write32(self, offset: int, value: int) -> None: ...
-
-
-class ErrorSet(Protocol):
-    def add(self, kind: str, addr: int) -> None: ...
-
-    def clear(self) -> None: ...
-
-
-class Link(Protocol):
-    guest: Port
-    hv: Port
-    mem: GuestMemory
-    errors: ErrorSet
-
-
-@dataclass
-class ReferenceLink:
-    """The reference device as a :class:`Link`."""
-
-    dev: OracleDevice
-    errors: BusErrorPages
-
-    @property
-    def guest(self):
-        return self.dev.guest
-
-    @property
-    def hv(self):
-        return self.dev.hv
-
-    @property
-    def mem(self) -> GuestMemory:
-        return self.dev.mem
-
-
-def run_sync(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine that never suspends (the reference model's ports) to its end."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("a reference-model coroutine suspended")
-
-
-class StreamDriver:
-    """The hostile driver's shadow state and register sequences, over any :class:`Link`.
-
-    The register accesses are those of virtio 1.x section 3.1.1 with nothing optional: reset
-    (waiting for Status to read 0), ACKNOWLEDGE | DRIVER, VERSION_1 (and ACCESS_PLATFORM in
-    handle mode), FEATURES_OK, the queue registers, QueueReady, DRIVER_OK.
-    """
-
-    def __init__(self, link: Link, world: World, *, reset_poll_limit: int = 10_000) -> None:
-        self.link = link
-        self.w = world
-        self.queue: QueueSpec | None = None  # programmed queue, None after a reset
-        self.avail_idx = 0
-        self.needs_reset = True
-        self.reset_poll_limit = reset_poll_limit
-
-    async def hv_setup(self) -> None:
-        """Hypervisor: domain, mode, every grant entry of the world (word 1 first)."""
-        hv = self.link.hv
-        await hv.write32(spec.HV_DOMID, self.w.domid)
-        await hv.write32(spec.HV_CTRL, spec.HV_CTRL_HANDLE_MODE if self.w.handle_mode else 0)
-        if self.w.handle_mode:
-            for ref, e in sorted(self.w.grants.items()):
-                await self.write_grant(ref, e)
-
-    async def hv_config(self) -> None:
-        """Domain and mode only (after ``rst``: the table survives in block RAM)."""
-        await self.link.hv.write32(spec.HV_DOMID, self.w.domid)
-        await self.link.hv.write32(spec.HV_CTRL,
-                                   spec.HV_CTRL_HANDLE_MODE if self.w.handle_mode else 0)
-
-    async def write_grant(self, ref: int, e: GrantEntry) -> None:
-        w0, w1 = e.pack()
-        off = spec.HV_GRANT_BASE + spec.GRANT_ENTRY_BYTES * ref
-        await self.link.hv.write32(off + 4, w1)
-        await self.link.hv.write32(off, w0)
-
-    async def reset(self) -> None:
-        g = self.link.guest
-        await g.write32(spec.MMIO_STATUS, 0)
-        for _ in range(self.reset_poll_limit):
-            if await g.read32(spec.MMIO_STATUS) == 0:
-                break
-        else:
-            raise TimeoutError("Status did not read 0 after a reset")
-        self.queue = None
-        self.avail_idx = 0
-        self.needs_reset = False
-
-    async def init(self, q: QueueSpec) -> None:
-        """Reset and bring the device up with queue ``q`` (rings zeroed in memory first)."""
-        g = self.link.guest
-        await self.reset()
-        for f in (F_DESC, F_AVAIL, F_USED):
-            self.link.mem.write(f * PAGE, bytes(PAGE))
-        await g.write32(spec.MMIO_STATUS, STATUS_BRINGUP)
-        await g.write32(spec.MMIO_DRIVER_FEATURES_SEL, 1)
-        hi = DRIVER_FEATURES_HI | (2 if self.w.handle_mode else 0)  # ACCESS_PLATFORM
-        await g.write32(spec.MMIO_DRIVER_FEATURES, hi)
-        await g.write32(spec.MMIO_STATUS, STATUS_BRINGUP | spec.STATUS_FEATURES_OK)
-        await g.write32(spec.MMIO_QUEUE_NUM, q.n & 0xFFFF_FFFF)
-        for lo, value in ((spec.MMIO_QUEUE_DESC_LOW, q.desc), (spec.MMIO_QUEUE_DRIVER_LOW,
-                          q.avail), (spec.MMIO_QUEUE_DEVICE_LOW, q.used)):
-            await g.write32(lo, value & 0xFFFF_FFFF)
-            await g.write32(lo + 4, value >> 32)
-        await g.write32(spec.MMIO_QUEUE_READY, 1)
-        await g.write32(spec.MMIO_STATUS, STATUS_BRINGUP | spec.STATUS_FEATURES_OK
-                        | spec.STATUS_DRIVER_OK)
-        self.queue = q
-
-    async def prepare(self, case: Case) -> None:
-        """Everything up to the notify: reset and init if needed, memory, rings, grants, bus
-        errors; and the register state an ignored notify needs."""
-        if self.needs_reset or self.queue != case.queue:
-            await self.init(case.queue)
-        mem = self.link.mem
-        for addr, data in case.writes:
-            mem.write(addr, data)
-        q = case.queue
-        valid_n = 1 <= q.n <= self.w.queue_num_max and not q.n & (q.n - 1)
-        dbase, abase = self.w.phys(q.desc), self.w.phys(q.avail)
-        if valid_n and dbase is not None:
-            for i, a, ln, fl, nx in case.descs:
-                mem.write(dbase + 16 * i, struct.pack("<QIHH", a, ln, fl, nx))
-        if valid_n and abase is not None:
-            for k, h in enumerate(case.heads):
-                mem.write(abase + 4 + 2 * ((self.avail_idx + k) % q.n), struct.pack("<H", h))
-            delta = len(case.heads) if case.avail_delta is None else case.avail_delta
-            mem.write(abase, struct.pack("<HH", case.avail_flags,
-                                         (self.avail_idx + delta) & 0xFFFF))
-            self.avail_idx = (self.avail_idx + delta) & 0xFFFF
-        for ref, e in case.patches:
-            await self.write_grant(ref, e)
-        for kind, addr in case.errors:
-            self.link.errors.add(kind, addr)
-        g = self.link.guest
-        if case.notify == "not_ready":
-            await g.write32(spec.MMIO_QUEUE_READY, 0)
-        elif case.notify == "no_driver_ok":
-            await g.write32(spec.MMIO_STATUS, STATUS_BRINGUP | spec.STATUS_FEATURES_OK)
-
-    async def kick(self, case: Case, *, first: bool) -> None:
-        """The notify; for an ignored-notify case, ``first`` is the notify to be ignored and
-        the second call fixes the register state and kicks properly."""
-        g = self.link.guest
-        if first and case.notify == "bad_value":
-            await g.write32(spec.MMIO_QUEUE_NOTIFY, 1)
-            return
-        if not first:
-            if case.notify == "not_ready":
-                await g.write32(spec.MMIO_QUEUE_READY, 1)
-            elif case.notify == "no_driver_ok":
-                await g.write32(spec.MMIO_STATUS, STATUS_BRINGUP | spec.STATUS_FEATURES_OK
-                                | spec.STATUS_DRIVER_OK)
-        await g.write32(spec.MMIO_QUEUE_NOTIFY, 0)
-
-    async def finish(self, case: Case, faulted: bool) -> None:
-        """After the case: bus errors off, patched grants restored, fault unlatched."""
-        self.link.errors.clear()
-        for ref, _ in case.patches:
-            await self.write_grant(ref, self.w.grants.get(ref, GrantEntry()))
-        if faulted:
-            await self.link.hv.write32(spec.HV_FAULT_STATUS, 1)
-            self.needs_reset = True
-
-
-# =================================================================================================
-# One case on the reference: outcome and bound
-# =================================================================================================
-
-
-@dataclass
-class Outcome:
-    """What the device did in one case: used elements published ``(id, len, status byte)``,
-    the fault it raised (cause, address) if any, and the counts the bound is computed from."""
-
-    completions: list[tuple[int, int, int]]
-    fault: tuple[int, int] | None
-    transactions: list[Transaction]
-    lookups: int
-    accesses: int
-    ignored_ok: bool = True  # an ignored notify made no bus access
-    fault_count: int = 0  # HV_FAULT_COUNT after the case
-
-    def beats(self, data_width: int) -> int:
-        return sum(t.beats(data_width) for t in self.transactions)
-
-    def bound(self, data_width: int, pause: float = 0.0) -> int:
-        return cycle_bound(len(self.transactions), self.beats(data_width), self.lookups,
-                           self.accesses, pause=pause)
-
-    def summary(self) -> str:
-        done = f"{len(self.completions)} completion(s), statuses " \
-               f"{[c[2] for c in self.completions]}"
-        if self.fault:
-            return (f"fault cause {self.fault[0]} ({spec.FAULT_NAMES.get(self.fault[0])}) at "
-                    f"{self.fault[1]:#x} after {done}")
-        return done
-
-
-def status_addr(case: Case, head: int) -> int | None:
-    """Device address of the status byte of the chain at ``head``: the last byte of the last
-    non-empty device-writable descriptor (docs "Ring engine", step 6)."""
-    by_idx = {d[0]: d for d in case.descs}
-    i, last = head, None
-    for _ in range(len(by_idx) + 1):
-        if i not in by_idx:
-            break
-        _, a, ln, fl, nx = by_idx[i]
-        if fl & spec.VIRTQ_DESC_F_WRITE and ln:
-            last = (a + ln - 1) & U64
-        if not fl & spec.VIRTQ_DESC_F_NEXT:
-            break
-        i = nx
-    return last
-
-
-def read_completions(mem: GuestMemory, w: World, case: Case, first: int, count: int
-                     ) -> list[tuple[int, int, int]]:
-    """Used elements ``first .. first + count - 1`` of the case's queue, each with the status
-    byte its chain ended with (-1 where that is not in memory)."""
-    q = case.queue
-    base = w.phys(q.used)
-    assert base is not None
-    out = []
-    for k in range(count):
-        uid, ulen = struct.unpack("<II", mem.read(base + 4 + 8 * ((first + k) % q.n), 8))
-        a = status_addr(case, uid)
-        p = w.phys(a) if a is not None else None
-        st = mem.read(p, 1)[0] if p is not None and mem.contains(p, 1) else -1
-        out.append((uid, ulen, st))
-    return out
-
-
-def check_expectation(case: Case, out: Outcome) -> str | None:
-    """None if the reference's outcome is the one the case's category aims at, else why not."""
-    e = case.expect
-    if e.ignored_notify and not out.ignored_ok:
-        return "the notify that must be ignored made the device act"
-    if e.cause:
-        if out.fault is None or out.fault[0] != e.cause:
-            return f"expected fault cause {e.cause}, got {out.summary()}"
-        return None
-    if out.fault is not None:
-        return f"expected completions, got {out.summary()}"
-    if len(out.completions) != len(case.heads):
-        return f"expected {len(case.heads)} completion(s), got {out.summary()}"
-    got = [c[2] for c in out.completions]
-    if e.statuses is not None and None not in e.statuses and len(e.statuses) == len(got) \
-            and got != list(e.statuses):
-        return f"expected statuses {list(e.statuses)}, got {got}"
-    return None
-
-
-class ReferenceStream:
-    """A stream of cases on the reference model, checking the invariants of issue 4 on every
-    case: every transaction in handle mode lies in a page granted, at that moment, with the
-    permission it needs; nothing outside pages granted writable changed; the outcome is the one
-    the category aims at. (Recovery after a fault is the next case's reset and init.)"""
-
-    def __init__(self, world: World) -> None:
-        self.w = world
-        self.errors = BusErrorPages()
-        self.dev = OracleDevice(GuestMemory(world.mem_bytes, world.initial_memory()),
-                                entries=world.entries, queue_num_max=world.queue_num_max,
-                                disk_bytes=world.disk_bytes, data_width=world.data_width,
-                                bus_error=self.errors)
-        self.link = ReferenceLink(self.dev, self.errors)
-        self.drv = StreamDriver(self.link, world)
-        self.view = GrantView(self.dev)
-        self.violations: list[str] = []
-        self.case: Case | None = None
-        self.granted_w: set[int] = set()
-        self.extra_hook: Callable[[Transaction], None] | None = None
-        self.dev.on_transaction = self._on_transaction
-        run_sync(self.drv.hv_setup())
-
-    def _on_transaction(self, t: Transaction) -> None:
-        if self.dev.handle_mode:
-            if not self.view.permits(t.kind, t.addr, t.nbytes):
-                what = self.case.describe() if self.case else "set-up"
-                self.violations.append(
-                    f"{what}: {t.kind} {t.addr:#x}+{t.nbytes} outside the pages granted for "
-                    f"{'write' if t.kind == 'W' else 'read'}")
-            self.granted_w |= self.view.writable
-        if self.extra_hook is not None:
-            self.extra_hook(t)
-
-    def run(self, case: Case, at: tuple[int, Callable[[], None]] | None = None) -> Outcome:
-        """Run one case, check its invariants (into ``violations``) and return its outcome.
-
-        ``at = (k, action)``: call ``action()`` (register writes that race with the device)
-        right after the case's ``k``-th bus transaction, or before the notify if ``k == 0``.
-        This is how a race seen on the RTL is replayed: the RTL's transactions issued before
-        the racing write took effect are the ``k`` the reference must make before it.
-        """
-        self.case = case
-        dev = self.dev
-        run_sync(self.drv.prepare(case))
-        hook = self.extra_hook
-        if at is not None:
-            k_at, action = at
-            count = [0]
-
-            def race(t: Transaction) -> None:
-                count[0] += 1
-                if count[0] == k_at:
-                    action()
-            self.extra_hook = race
-        used_before = dev.used_idx
-        dev.clear_records()
-        acc0 = dev.dma_accesses
-        self.view.refresh()
-        self.granted_w = set(self.view.writable)
-        before = dev.mem._mem.copy()  # a cheap snapshot (numpy)
-        ignored_ok = True
-        if case.expect.ignored_notify:
-            run_sync(self.drv.kick(case, first=True))
-            ignored_ok = not dev.transactions and not dev.faults
-        if at is not None and at[0] == 0:
-            at[1]()
-        try:
-            run_sync(self.drv.kick(case, first=False))
-        finally:
-            self.extra_hook = hook
-        fault = (dev.faults[0].cause, dev.faults[0].addr) if dev.faults else None
-        completions = read_completions(dev.mem, self.w, case, used_before, dev.completed) \
-            if dev.completed else []
-        out = Outcome(completions, fault, list(dev.transactions), dev.translations,
-                      dev.dma_accesses - acc0, ignored_ok, dev.fault_count)
-        self._check_memory(before, case)
-        run_sync(self.drv.finish(case, fault is not None))
-        return out
-
-    def _check_memory(self, before: Any, case: Case) -> None:
-        """Nothing outside the pages granted writable during the case changed."""
-        if not self.w.handle_mode:
-            return
-        diff = (self.dev.mem._mem != before).nonzero()[0]
-        if not len(diff):
-            return
-        bad = set((diff >> spec.PAGE_SHIFT).tolist()) - self.granted_w
-        if bad:
-            self.violations.append(f"{case.describe()}: frames {sorted(bad)} changed without "
-                                   "a writable grant")

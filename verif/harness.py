@@ -1,9 +1,10 @@
 """A hand-written minimal driver for exercising :class:`models.device.ReferenceDevice`.
 
-It lays out a split virtqueue (virtio 1.x section 2.7) directly in :class:`GuestMemory` and talks
-to the register ports synchronously. It deliberately does not use ``sw/`` (the real driver
-model), so the reference can be tested on its own; it also makes hand-crafted malformed rings
-easy (raw descriptor and avail-ring writes).
+It lays out a split virtqueue (virtio 1.x section 2.7) directly in :class:`GuestMemory` through
+the layouts and ring geometry of :mod:`models.virtio`, and runs its bring-up programs on the
+register ports synchronously. It deliberately does not use ``sw/`` (the real driver model), so
+the reference can be tested on its own; it also makes hand-crafted malformed rings easy (raw
+descriptor and avail-ring writes).
 
 Addresses the device sees ("DMA addresses") are guest physical addresses in GPA mode and grant
 handles in handle mode; the harness keeps the physical location of everything so it can read
@@ -13,10 +14,9 @@ and write the structures directly.
 from __future__ import annotations
 
 import itertools
-import struct
 from dataclasses import dataclass, field
 
-from models import spec
+from models import spec, virtio
 from models.device import ReferenceDevice
 from models.grant import GrantEntry
 from models.memory import GuestMemory
@@ -115,8 +115,8 @@ class HandDriver:
     def set_grant(self, ref: int, entry: GrantEntry) -> None:
         """Program ``GRANT[ref]`` through the hypervisor port."""
         w0, w1 = entry.pack()
-        self.dev.hv.write(spec.HV_GRANT_BASE + 8 * ref, w0)
-        self.dev.hv.write(spec.HV_GRANT_BASE + 8 * ref + 4, w1)
+        self.dev.hv.write(spec.HV_GRANT_BASE + spec.GRANT_ENTRY_BYTES * ref, w0)
+        self.dev.hv.write(spec.HV_GRANT_BASE + spec.GRANT_ENTRY_BYTES * ref + 4, w1)
 
     def buffer(
         self,
@@ -153,32 +153,30 @@ class HandDriver:
 
     # --- device initialisation (virtio 1.x section 3.1.1) --------------------------------------
     def negotiate(self, features: int | None = None) -> bool:
-        """Reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK; True if the device kept it."""
-        g = self.dev.guest
-        g.write(spec.MMIO_STATUS, 0)
-        g.write(spec.MMIO_STATUS, spec.STATUS_ACKNOWLEDGE)
-        g.write(spec.MMIO_STATUS, spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER)
-        if features is None:
-            g.write(spec.MMIO_DEVICE_FEATURES_SEL, 0)
-            lo = g.read(spec.MMIO_DEVICE_FEATURES)
-            g.write(spec.MMIO_DEVICE_FEATURES_SEL, 1)
-            hi = g.read(spec.MMIO_DEVICE_FEATURES)
-            features = lo | hi << 32
-        for sel in (0, 1):
-            g.write(spec.MMIO_DRIVER_FEATURES_SEL, sel)
-            g.write(spec.MMIO_DRIVER_FEATURES, features >> (32 * sel) & 0xFFFF_FFFF)
-        s = spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER | spec.STATUS_FEATURES_OK
-        g.write(spec.MMIO_STATUS, s)
-        return bool(g.read(spec.MMIO_STATUS) & spec.STATUS_FEATURES_OK)
+        """Reset, ACKNOWLEDGE, DRIVER, features (by default the offered ones), FEATURES_OK;
+        True if the device kept it."""
+
+        def program() -> virtio.Program:
+            yield from virtio.reset()
+            yield from virtio.acknowledge()
+            offered = (yield from virtio.read_device_features()) if features is None else None
+            yield from virtio.negotiate(offered if features is None else features)
+
+        try:
+            virtio.run_sync(program(), self.dev.guest)
+        except virtio.FeaturesRefused:
+            return False
+        return True
 
     def setup(self, n: int = 8, *, avail_offset: int = 0, used_offset: int = 0) -> None:
         """Full initialisation with an ``n``-entry queue; rings in fresh (granted) pages."""
         if not self.negotiate():
             raise RuntimeError("device refused FEATURES_OK")
         self.n = n
-        self.desc = self.buffer(spec.DESC_BYTES * n)
-        self.avail = self.buffer(6 + 2 * n, offset=avail_offset)
-        self.used = self.buffer(6 + 8 * n, offset=used_offset)
+        self.ring = virtio.SplitRing(n)
+        self.desc = self.buffer(self.ring.desc_bytes)
+        self.avail = self.buffer(self.ring.avail_bytes, offset=avail_offset)
+        self.used = self.buffer(self.ring.used_bytes, offset=used_offset)
         self.avail_idx = 0
         self.used_seen = 0
         self.next_desc = 0
@@ -186,40 +184,26 @@ class HandDriver:
         self.driver_ok()
 
     def program_queue(self, desc: int, driver: int, device: int, n: int) -> None:
-        g = self.dev.guest
-        g.write(spec.MMIO_QUEUE_SEL, 0)
-        g.write(spec.MMIO_QUEUE_NUM, n)
-        for lo, value in (
-            (spec.MMIO_QUEUE_DESC_LOW, desc),
-            (spec.MMIO_QUEUE_DRIVER_LOW, driver),
-            (spec.MMIO_QUEUE_DEVICE_LOW, device),
-        ):
-            g.write(lo, value & 0xFFFF_FFFF)
-            g.write(lo + 4, value >> 32)
-        g.write(spec.MMIO_QUEUE_READY, 1)
+        """Queue 0 with any size and addresses (unchecked: hostile values welcome)."""
+        virtio.run_sync(virtio.setup_queue(n, desc, driver, device, check=False), self.dev.guest)
 
     def driver_ok(self) -> None:
-        s = (
-            spec.STATUS_ACKNOWLEDGE
-            | spec.STATUS_DRIVER
-            | spec.STATUS_FEATURES_OK
-            | spec.STATUS_DRIVER_OK
-        )
-        self.dev.guest.write(spec.MMIO_STATUS, s)
+        virtio.run_sync(virtio.driver_ok(), self.dev.guest)
 
     # --- raw ring access -----------------------------------------------------------------------
     def write_desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0) -> None:
-        self.write_buf(self.desc, struct.pack("<QIHH", addr, length, flags, nxt), 16 * i)
+        self.write_buf(self.desc, virtio.DESC.pack(addr, length, flags, nxt), self.ring.desc(i))
 
     def set_avail_flags(self, flags: int) -> None:
-        self.write_buf(self.avail, struct.pack("<H", flags), 0)
+        offset = virtio.AVAIL_HEADER.offsets["flags"]
+        self.write_buf(self.avail, flags.to_bytes(2, "little"), offset)
 
     def set_avail_idx(self, idx: int) -> None:
         self.avail_idx = idx & 0xFFFF
-        self.write_buf(self.avail, struct.pack("<H", self.avail_idx), 2)
+        self.write_buf(self.avail, self.avail_idx.to_bytes(2, "little"), self.ring.AVAIL_IDX)
 
     def set_ring(self, pos: int, head: int) -> None:
-        self.write_buf(self.avail, struct.pack("<H", head), 4 + 2 * pos)
+        self.write_buf(self.avail, virtio.AVAIL_ELEM.pack(head), self.ring.avail_ring(pos))
 
     def publish(self, head: int) -> None:
         """Put ``head`` in the next avail ring slot and advance avail.idx."""
@@ -230,11 +214,12 @@ class HandDriver:
         self.dev.guest.write(spec.MMIO_QUEUE_NOTIFY, 0)
 
     def used_idx(self) -> int:
-        return struct.unpack("<H", self.read_buf(self.used, 2, 2))[0]
+        return int.from_bytes(self.read_buf(self.used, self.ring.USED_IDX, 2), "little")
 
     def used_elem(self, k: int) -> tuple[int, int]:
         """Used ring element at ring position ``k mod n``: ``(id, len)``."""
-        return struct.unpack("<II", self.read_buf(self.used, 4 + 8 * (k % self.n), 8))
+        elem = self.read_buf(self.used, self.ring.used_ring(k), virtio.USED_ELEM.size)
+        return virtio.USED_ELEM.unpack(elem)
 
     def take_used(self) -> list[tuple[int, int]]:
         """Used elements published since the last call."""
@@ -277,7 +262,7 @@ class HandDriver:
         (T_IN, GET_ID).
         """
         header = self.buffer(spec.BLK_HEADER_BYTES, readonly=True)
-        self.write_buf(header, struct.pack("<IIQ", req_type, 0, sector))
+        self.write_buf(header, virtio.BLK_HEADER.pack(req_type, 0, sector))
         segs = [(header.dma, spec.BLK_HEADER_BYTES, False)]
         buf = None
         writable = False

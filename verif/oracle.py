@@ -1,0 +1,178 @@
+"""The oracle: the reference model says what must happen in a case, and how fast.
+
+:class:`OracleDevice` is the reference device plus an access count; :class:`Outcome` is what it
+did in one case (completions, or the fault that stopped it, and the counts from which
+:func:`cycle_bound` derives the "no hang" bound for the RTL); :func:`check_expectation` says
+whether that is the outcome the case's category aims at; :class:`GrantView` is the isolation
+invariant on the reference's own transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from models import spec, virtio
+from models.bus import Transaction
+from models.device import ReferenceDevice
+from models.memory import BusErrorPages, GuestMemory
+from verif.world import U64, Case, World
+
+
+class OracleDevice(ReferenceDevice):
+    """:class:`ReferenceDevice` plus what the isolation tests need from the oracle.
+
+    It counts DMA accesses (``dma_accesses``), for :func:`cycle_bound`, and its ``errors``
+    (the failing bus pages) make it a :class:`sw.transport.FaultLink`. The "Grant revocation"
+    rule of docs/architecture.md (a new lookup before the next burst after a table write, even
+    inside a page) is the reference's own (``table_gen``).
+    """
+
+    def __init__(self, mem: GuestMemory, **kw: Any) -> None:
+        self.dma_accesses = 0
+        self.errors = BusErrorPages()
+        super().__init__(mem, bus_error=self.errors, **kw)
+
+    def dma_read(self, v: int, n: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:
+        self.dma_accesses += 1
+        return super().dma_read(v, n, sink)
+
+    def dma_write(self, v: int, data: bytes) -> None:
+        self.dma_accesses += 1
+        super().dma_write(v, data)
+
+
+def cycle_bound(transactions: int, beats: int, lookups: int, accesses: int, *,
+                pause: float = 0.0) -> int:
+    """Cycles within which the RTL must finish what the reference did with these counts.
+
+    Per DMA access a few cycles of engine and DMA control, per lookup the translation's two
+    cycles, per transaction an address handshake, per beat one cycle (all stretched by the
+    memory model's random pauses of probability ``pause`` on every channel), then a factor 2 of
+    margin. A device that spins on a bad chain, or never advances after an error, blows it.
+    """
+    stretch = 1.0 / (1.0 - pause) if pause < 1 else 100.0
+    base = 64 + 12 * accesses + 4 * lookups + (12 * transactions + 2 * beats) * stretch
+    return int(2 * base)
+
+
+# =================================================================================================
+# Isolation on the reference's transactions
+# =================================================================================================
+
+
+class GrantView:
+    """Which physical frames the table grants to the configured domain, for read and for write,
+    recomputed when the table, the mode or the domain changed (``ReferenceDevice.table_gen``)."""
+
+    def __init__(self, dev: OracleDevice) -> None:
+        self.dev = dev
+        self._gen = -1
+        self.readable: set[int] = set()
+        self.writable: set[int] = set()
+
+    def refresh(self) -> None:
+        if self._gen == self.dev.table_gen:
+            return
+        self._gen = self.dev.table_gen
+        self.readable, self.writable = set(), set()
+        for e in self.dev.grants:
+            if e.permits_access and e.domid == self.dev.domid & 0xFFFF:
+                self.readable.add(e.frame)
+                if not e.readonly:
+                    self.writable.add(e.frame)
+
+    def permits(self, kind: str, addr: int, nbytes: int) -> bool:
+        self.refresh()
+        page = addr >> spec.PAGE_SHIFT
+        if (addr + max(nbytes, 1) - 1) >> spec.PAGE_SHIFT != page:
+            return False
+        return page in (self.writable if kind == "W" else self.readable)
+
+
+
+@dataclass
+class Outcome:
+    """What the device did in one case: used elements published ``(id, len, status byte)``,
+    the fault it raised (cause, address) if any, and the counts the bound is computed from."""
+
+    completions: list[tuple[int, int, int]]
+    fault: tuple[int, int] | None
+    transactions: list[Transaction]
+    lookups: int
+    accesses: int
+    ignored_ok: bool = True  # an ignored notify made no bus access
+    fault_count: int = 0  # HV_FAULT_COUNT after the case
+
+    def beats(self, data_width: int) -> int:
+        return sum(t.beats(data_width) for t in self.transactions)
+
+    def bound(self, data_width: int, pause: float = 0.0) -> int:
+        return cycle_bound(len(self.transactions), self.beats(data_width), self.lookups,
+                           self.accesses, pause=pause)
+
+    def summary(self) -> str:
+        done = f"{len(self.completions)} completion(s), statuses " \
+               f"{[c[2] for c in self.completions]}"
+        if self.fault:
+            return (f"fault cause {self.fault[0]} ({spec.FAULT_NAMES.get(self.fault[0])}) at "
+                    f"{self.fault[1]:#x} after {done}")
+        return done
+
+
+def status_addr(case: Case, head: int) -> int | None:
+    """Device address of the status byte of the chain at ``head``: the last byte of the last
+    non-empty device-writable descriptor (docs "Ring engine", step 6)."""
+    by_idx = {d[0]: d for d in case.descs}
+    i, last = head, None
+    for _ in range(len(by_idx) + 1):
+        if i not in by_idx:
+            break
+        _, a, ln, fl, nx = by_idx[i]
+        if fl & spec.VIRTQ_DESC_F_WRITE and ln:
+            last = (a + ln - 1) & U64
+        if not fl & spec.VIRTQ_DESC_F_NEXT:
+            break
+        i = nx
+    return last
+
+
+def read_completions(mem: GuestMemory, w: World, case: Case, first: int, count: int
+                     ) -> list[tuple[int, int, int]]:
+    """Used elements ``first .. first + count - 1`` of the case's queue, each with the status
+    byte its chain ended with (-1 where that is not in memory)."""
+    q = case.queue
+    base = w.phys(q.used)
+    assert base is not None
+    ring = virtio.SplitRing(q.n)
+    out = []
+    for k in range(count):
+        elem = mem.read(base + ring.used_ring(first + k), virtio.USED_ELEM.size)
+        uid, ulen = virtio.USED_ELEM.unpack(elem)
+        a = status_addr(case, uid)
+        p = w.phys(a) if a is not None else None
+        st = mem.read(p, 1)[0] if p is not None and mem.contains(p, 1) else -1
+        out.append((uid, ulen, st))
+    return out
+
+
+def check_expectation(case: Case, out: Outcome) -> str | None:
+    """None if the reference's outcome is the one the case's category aims at, else why not."""
+    e = case.expect
+    if e.ignored_notify and not out.ignored_ok:
+        return "the notify that must be ignored made the device act"
+    if e.cause:
+        if out.fault is None or out.fault[0] != e.cause:
+            return f"expected fault cause {e.cause}, got {out.summary()}"
+        return None
+    if out.fault is not None:
+        return f"expected completions, got {out.summary()}"
+    if len(out.completions) != len(case.heads):
+        return f"expected {len(case.heads)} completion(s), got {out.summary()}"
+    got = [c[2] for c in out.completions]
+    if e.statuses is not None and None not in e.statuses and len(e.statuses) == len(got) \
+            and got != list(e.statuses):
+        return f"expected statuses {list(e.statuses)}, got {got}"
+    return None
+

@@ -1,0 +1,183 @@
+"""The world of a hostile stream: guest memory layout, grant table, and what a case is.
+
+A *stream* is a sequence of :class:`Case` objects over one fixed :class:`World`. A case is one
+notify: the driver lays out zero or more chains, some well-formed and some hostile, and kicks
+the device; :class:`Expect` is the outcome its category aims at.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from models import spec
+from models.grant import GrantEntry
+
+U64 = spec.ADDR_MASK
+PAGE = spec.PAGE_SIZE
+
+# Physical frames (4 KiB) of the default 256 KiB guest memory.
+F_DESC, F_AVAIL, F_USED = 1, 2, 3  # the rings (one page each: fits QueueNumMax 256)
+F_SLOT = (4, 5)  # request headers and status bytes
+F_DATA = range(8, 40)  # data buffers
+F_HOSTILE = range(40, 48)  # frames named by entries that must never be usable
+F_QUARANTINE = range(48, 56)  # targets of remapped grants in the revocation tests
+# Frame 0 and 56..63 are never named by any grant: "secret" guest memory.
+MEM_BYTES = 64 * PAGE
+
+# Grant references (handle mode).
+R_DESC, R_AVAIL, R_USED = 0, 1, 2
+R_SLOT = (3, 4)
+R_DATA = range(8, 40)  # refs 8..39 -> the data frames, in a seeded shuffled order
+R_HOSTILE = range(40, 48)
+R_SPARE = range(48, 56)  # free references (remapping tests)
+# Hostile entries: (flags, domid is ours, frame); what translating them must give.
+HOSTILE_ENTRIES = {
+    40: (spec.GTF_invalid, True, 40),  # cause 3
+    41: (spec.GTF_accept_transfer, True, 41),  # cause 3
+    42: (3, True, 42),  # cause 3 (type 3)
+    43: (spec.GTF_readonly, True, 43),  # cause 3 (read-only without permit)
+    44: (spec.GTF_permit_access, False, 44),  # cause 4
+    45: (spec.GTF_permit_access | spec.GTF_readonly, False, 45),  # cause 4
+    46: (spec.GTF_permit_access, True, 0xFFFF_F),  # translates, beyond memory: DECERR (6)
+    47: (spec.GTF_invalid, False, 47),  # cause 3 beats 4
+}
+R_DECERR = 46
+N_READONLY_DATA = 6  # data references granted read-only
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """What the driver programs into the queue registers (addresses as the device sees them)."""
+
+    n: int
+    desc: int
+    avail: int
+    used: int
+
+
+@dataclass
+class World:
+    """Layout of one stream: the device configuration, the mode and domain, the grant table the
+    hypervisor programs, and where everything lives in guest physical memory."""
+
+    seed: int
+    handle_mode: bool = True
+    domid: int = 7
+    entries: int = spec.DEFAULT_ENTRIES
+    queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX
+    disk_bytes: int = spec.DEFAULT_DISK_BYTES
+    data_width: int = spec.DEFAULT_DATA_WIDTH
+    mem_bytes: int = MEM_BYTES
+    queue_size: int = 16  # the standard queue of the stream
+    grants: dict[int, GrantEntry] = field(default_factory=dict)
+    data_frame: dict[int, int] = field(default_factory=dict)  # ref -> frame (handle mode)
+    readonly_refs: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.mem_bytes < MEM_BYTES:
+            raise ValueError(f"mem_bytes must be at least {MEM_BYTES:#x}, not {self.mem_bytes!r}")
+        if self.entries <= max(R_SPARE):
+            raise ValueError(f"entries must exceed {max(R_SPARE)}, not {self.entries!r}")
+        rng = random.Random(self.seed * 7919 + 1)
+        frames = list(F_DATA)
+        rng.shuffle(frames)
+        self.data_frame = dict(zip(R_DATA, frames, strict=True))
+        self.readonly_refs = frozenset(rng.sample(list(R_DATA), N_READONLY_DATA))
+        g: dict[int, GrantEntry] = {}
+        for ref, frame in ((R_DESC, F_DESC), (R_AVAIL, F_AVAIL), (R_USED, F_USED),
+                           (R_SLOT[0], F_SLOT[0]), (R_SLOT[1], F_SLOT[1])):
+            g[ref] = GrantEntry.permit(self.domid, frame)
+        for ref, frame in self.data_frame.items():
+            g[ref] = GrantEntry.permit(self.domid, frame, readonly=ref in self.readonly_refs)
+        other = self.domid ^ 0x5A5A
+        for ref, (flags, ours, frame) in HOSTILE_ENTRIES.items():
+            g[ref] = GrantEntry(flags, self.domid if ours else other, frame)
+        self.grants = g
+
+    # --- addresses -------------------------------------------------------------------------------
+    def ring_ref_frame(self) -> tuple[tuple[int, int], ...]:
+        return (R_DESC, F_DESC), (R_AVAIL, F_AVAIL), (R_USED, F_USED)
+
+    def dma(self, ref: int, frame: int, offset: int) -> int:
+        """The address the device is given for byte ``offset`` of ``ref`` (handle mode) or of
+        ``frame`` (GPA mode)."""
+        if self.handle_mode:
+            return spec.make_handle(ref, offset)
+        return frame << spec.PAGE_SHIFT | offset
+
+    def standard_queue(self, n: int | None = None, offsets: tuple[int, int, int] = (0, 0, 0)
+                       ) -> QueueSpec:
+        n = self.queue_size if n is None else n
+        (rd, fd), (ra, fa), (ru, fu) = self.ring_ref_frame()
+        return QueueSpec(n, self.dma(rd, fd, offsets[0]), self.dma(ra, fa, offsets[1]),
+                         self.dma(ru, fu, offsets[2]))
+
+    def phys(self, addr: int) -> int | None:
+        """Physical address of device address ``addr`` under the world's own grants (None if
+        it does not translate); used only to lay out memory contents."""
+        if not self.handle_mode:
+            return addr
+        if not addr >> 63:
+            return None
+        ref, off = spec.split_handle(addr)
+        e = self.grants.get(ref)
+        if e is None or not e.permits_access or e.domid != self.domid:
+            return None
+        return e.frame << spec.PAGE_SHIFT | off
+
+    def initial_memory(self) -> bytes:
+        """Guest memory at the start of the stream: seeded noise everywhere (so that a read of
+        the wrong place shows), rings zeroed."""
+        mem = bytearray(random.Random(self.seed * 104729 + 3).randbytes(self.mem_bytes))
+        for f in (F_DESC, F_AVAIL, F_USED):
+            mem[f * PAGE:(f + 1) * PAGE] = bytes(PAGE)
+        return bytes(mem)
+
+    @property
+    def capacity(self) -> int:
+        return self.disk_bytes // spec.SECTOR_SIZE
+
+
+
+@dataclass(frozen=True)
+class Expect:
+    """The outcome a category aims at. ``cause`` (a fault cause, or 0 for "no fault"); for
+    ``cause == 0`` the statuses the chains may complete with (None: any)."""
+
+    cause: int = 0
+    statuses: tuple[int, ...] | None = None
+    ignored_notify: bool = False  # the first notify must be ignored (no bus access)
+
+
+@dataclass
+class Case:
+    """One notify's worth of stimulus.
+
+    ``descs`` are written to the descriptor table (index, addr, len, flags, next); ``heads`` go
+    to consecutive avail ring slots from the driver's avail index, which then advances by
+    ``avail_delta`` (default ``len(heads)``). ``writes`` are memory contents at physical
+    addresses (headers, payloads). ``patches`` are grant entries written before the notify and
+    restored after the case; ``errors`` are ``(kind, physical address)`` pages that answer with
+    a bus error. ``notify`` is how the driver kicks: ``"ok"``, or a kick the device must ignore
+    first (``"not_ready"``: QueueReady = 0, ``"bad_value"``: a queue index other than 0,
+    ``"no_driver_ok"``: DRIVER_OK clear), after which the driver fixes it and kicks again.
+    """
+
+    index: int
+    category: str
+    expect: Expect
+    queue: QueueSpec
+    descs: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    heads: list[int] = field(default_factory=list)
+    avail_delta: int | None = None
+    avail_flags: int = 0
+    writes: list[tuple[int, bytes]] = field(default_factory=list)
+    patches: list[tuple[int, GrantEntry]] = field(default_factory=list)
+    errors: list[tuple[str, int]] = field(default_factory=list)
+    notify: str = "ok"
+    note: str = ""
+
+    def describe(self) -> str:
+        return f"case {self.index} [{self.category}] {self.note}".rstrip()
+
