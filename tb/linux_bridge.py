@@ -42,13 +42,14 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from models import spec
+from models import spec, virtio
+from models.virtio import BLK_HEADER, DESC, USED_ELEM, InitError, SplitRing
 from sw.alloc import PageAllocator
 from sw.dma import IdentityDma
 from sw.driver import BlkRequest, VirtioBlkDriver
-from sw.transport import RegisterPort
+from sw.transport import ClockedLink
 from sw.vhost_user import (
     IotlbMsg,
     MemoryTable,
@@ -58,9 +59,6 @@ from sw.vhost_user import (
     listen,
 )
 
-_DESC = struct.Struct("<QIHH")
-_HEADER = struct.Struct("<IIQ")
-_USED_ELEM = struct.Struct("<II")
 BLK_TYPES = {spec.VIRTIO_BLK_T_IN: "read", spec.VIRTIO_BLK_T_OUT: "write",
              spec.VIRTIO_BLK_T_FLUSH: "flush", spec.VIRTIO_BLK_T_GET_ID: "get-id"}
 
@@ -293,29 +291,12 @@ class AxiRamResponder:
                 self.bursts += 1
 
 
-# --- what the transport drives --------------------------------------------------------------------
-
-class Link(Protocol):
-    """The device under the bridge: the RTL in cocotb, or the reference model."""
-
-    guest: RegisterPort
-    hv: RegisterPort
-    ram: GuestRam
-
-    @property
-    def irq(self) -> bool: ...
-
-    @property
-    def cycle(self) -> int: ...
-
-    async def advance(self, cycles: int) -> None:
-        """Let the device run ``cycles`` clock cycles (less if ``irq`` rises)."""
-        ...
-
+# --- what the transport drives: a sw.transport.ClockedLink whose ``mem`` (and ``ram``) is a
+# GuestRam -----------------------------------------------------------------------------------------
 
 class ModelLink:
-    """The reference model (``models.device``) behind the same interface: untimed, a
-    QueueNotify write runs the engine to idle before it returns."""
+    """The reference model (``models.device``) as a :class:`sw.transport.ClockedLink`: untimed,
+    a QueueNotify write runs the engine to idle before it returns."""
 
     def __init__(self, disk_bytes: int, data_width: int = 128) -> None:
         from models.device import ReferenceDevice
@@ -475,12 +456,14 @@ class RequestLog:
         self.done: list[BlkReq] = []
         self.errors: list[str] = []
         self.num = 0
+        self.ring = SplitRing(0)
         self.desc = self.avail = self.used = 0
         self.seen_avail = 0
         self.seen_used = 0
 
     def start(self, num: int, desc: int, avail: int, used: int) -> None:
         self.num, self.desc, self.avail, self.used = num, desc, avail, used
+        self.ring = SplitRing(num)
         self.seen_avail = self.seen_used = 0
         self.pending.clear()
 
@@ -489,10 +472,10 @@ class RequestLog:
         return self.num != 0
 
     def avail_idx(self) -> int:
-        return self.ram.le16(self.avail + 2)
+        return self.ram.le16(self.avail + SplitRing.AVAIL_IDX)
 
     def used_idx(self) -> int:
-        return self.ram.le16(self.used + 2)
+        return self.ram.le16(self.used + SplitRing.USED_IDX)
 
     def outstanding(self) -> bool:
         """The device has work: entries made available that it has not used yet."""
@@ -503,7 +486,8 @@ class RequestLog:
         writable: list[tuple[int, int]] = []
         i = head
         for _ in range(self.num):
-            addr, length, flags, nxt = _DESC.unpack(self.ram.read(self.desc + 16 * i, 16))
+            addr, length, flags, nxt = DESC.unpack(self.ram.read(self.desc + self.ring.desc(i),
+                                                                 DESC.size))
             if flags & spec.VIRTQ_DESC_F_INDIRECT:
                 raise ValueError(f"descriptor {i} is INDIRECT (not offered)")
             (writable if flags & spec.VIRTQ_DESC_F_WRITE else readable).append((addr, length))
@@ -532,20 +516,22 @@ class RequestLog:
         new = (idx - self.seen_avail) & 0xFFFF
         for k in range(new):
             seq = (self.seen_avail + k) & 0xFFFF
-            head = self.ram.le16(self.avail + 4 + 2 * (seq % self.num))
+            head = self.ram.le16(self.avail + self.ring.avail_ring(seq))
             try:
                 readable, writable = self._chain(head)
                 total_r = sum(n for _, n in readable)
                 total_w = sum(n for _, n in writable)
-                rtype, _, sector = _HEADER.unpack(self._gather(readable, 0, 16).ljust(16, b"\0"))
+                rtype, _, sector = BLK_HEADER.unpack(
+                    self._gather(readable, 0, BLK_HEADER.size).ljust(BLK_HEADER.size, b"\0"))
             except (ValueError, struct.error) as exc:
                 self.errors.append(f"avail entry {seq} (head {head}): {exc}")
                 continue
-            data_len = total_r - 16 if rtype == spec.VIRTIO_BLK_T_OUT else max(total_w - 1, 0)
+            data_len = (total_r - BLK_HEADER.size if rtype == spec.VIRTIO_BLK_T_OUT
+                        else max(total_w - 1, 0))
             req = BlkReq(seq, head, rtype, sector, data_len, total_w, cycle, time.monotonic())
             if rtype == spec.VIRTIO_BLK_T_OUT and req._in_range(self.disk_bytes):
                 off = sector * spec.SECTOR_SIZE
-                self.shadow[off:off + data_len] = self._gather(readable, 16, data_len)
+                self.shadow[off:off + data_len] = self._gather(readable, BLK_HEADER.size, data_len)
             self.pending.append(req)
         self.seen_avail = idx
         return new
@@ -561,8 +547,8 @@ class RequestLog:
         new = (idx - self.seen_used) & 0xFFFF
         for k in range(new):
             seq = (self.seen_used + k) & 0xFFFF
-            head, used_len = _USED_ELEM.unpack(
-                self.ram.read(self.used + 4 + 8 * (seq % self.num), 8))
+            head, used_len = USED_ELEM.unpack(
+                self.ram.read(self.used + self.ring.used_ring(seq), USED_ELEM.size))
             if not self.pending:
                 self.errors.append(f"used element {seq} (head {head}) for no request made "
                                    "available")
@@ -602,9 +588,10 @@ class MmioTransport:
     of virtio 1.x section 3.1.1.
     """
 
-    def __init__(self, link: Link, disk_bytes: int, *, log: logging.Logger | None = None) -> None:
+    def __init__(self, link: ClockedLink, disk_bytes: int, *,
+                 log: logging.Logger | None = None) -> None:
         self.link = link
-        self.ram = link.ram
+        self.ram: GuestRam = link.mem  # type: ignore[assignment]
         self.log = log or logging.getLogger("linux.transport")
         self.requests = RequestLog(self.ram, disk_bytes)
         self.backend: VhostUserBackend | None = None
@@ -626,17 +613,14 @@ class MmioTransport:
     async def identify(self) -> Identity:
         """Read who the device is; put it in GPA mode (the guest's addresses are physical)."""
         await self.link.hv.write32(spec.HV_CTRL, 0)
-        words = []
-        for sel in (0, 1):
-            await self._w(spec.MMIO_DEVICE_FEATURES_SEL, sel)
-            words.append(await self._r(spec.MMIO_DEVICE_FEATURES))
+        features = await virtio.run_async(virtio.read_device_features(), self.link.guest)
         await self._w(spec.MMIO_QUEUE_SEL, 0)
         ident = Identity(
             magic=await self._r(spec.MMIO_MAGIC_VALUE),
             version=await self._r(spec.MMIO_VERSION),
             device_id=await self._r(spec.MMIO_DEVICE_ID),
             vendor=await self._r(spec.MMIO_VENDOR_ID),
-            features=words[1] << 32 | words[0],
+            features=features,
             queue_num_max=await self._r(spec.MMIO_QUEUE_NUM_MAX),
             capacity=(await self._r(spec.MMIO_CONFIG + 4)) << 32
             | await self._r(spec.MMIO_CONFIG),
@@ -684,30 +668,13 @@ class MmioTransport:
             raise VhostUserError(f"queue size {n} is not a power of two <= QueueNumMax "
                                  f"{self.ident.queue_num_max}")
         # QEMU's virtual addresses -> guest physical (the device's view), through the table.
-        desc = mem.uva_to_gpa(vring.desc, spec.DESC_BYTES * n)
-        avail = mem.uva_to_gpa(vring.avail, 6 + 2 * n)
-        used = mem.uva_to_gpa(vring.used, 6 + 8 * n)
-        await self._reset()
-        status = spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER
-        await self._w(spec.MMIO_STATUS, spec.STATUS_ACKNOWLEDGE)
-        await self._w(spec.MMIO_STATUS, status)
-        for sel in (1, 0):
-            await self._w(spec.MMIO_DRIVER_FEATURES_SEL, sel)
-            await self._w(spec.MMIO_DRIVER_FEATURES, self.features >> (32 * sel) & 0xFFFF_FFFF)
-        status |= spec.STATUS_FEATURES_OK
-        await self._w(spec.MMIO_STATUS, status)
-        got = await self._r(spec.MMIO_STATUS)
-        if not got & spec.STATUS_FEATURES_OK:
-            raise BridgeError(f"the device refused features {self.features:#x} "
-                              f"(Status {got:#04x})")
-        await self._w(spec.MMIO_QUEUE_SEL, 0)
-        await self._w(spec.MMIO_QUEUE_NUM, n)
-        for reg, addr in ((spec.MMIO_QUEUE_DESC_LOW, desc), (spec.MMIO_QUEUE_DRIVER_LOW, avail),
-                          (spec.MMIO_QUEUE_DEVICE_LOW, used)):
-            await self._w(reg, addr & 0xFFFF_FFFF)
-            await self._w(reg + 4, addr >> 32)
-        await self._w(spec.MMIO_QUEUE_READY, 1)
-        await self._w(spec.MMIO_STATUS, status | spec.STATUS_DRIVER_OK)
+        ring = SplitRing(n)
+        desc = mem.uva_to_gpa(vring.desc, ring.desc_bytes)
+        avail = mem.uva_to_gpa(vring.avail, ring.avail_bytes)
+        used = mem.uva_to_gpa(vring.used, ring.used_bytes)
+        # virtio 1.2 section 3.1.1, FeaturesRefused if FEATURES_OK does not stick
+        await virtio.run_async(virtio.bring_up(self.features, n, desc, avail, used),
+                               self.link.guest)
         self.requests.start(n, desc, avail, used)
         self.vring = vring
         self.starts += 1
@@ -732,7 +699,7 @@ class MmioTransport:
             await self.service_irq()
         self.requests.collect(self.link.cycle)
         base = self.requests.used_idx() if self.requests.running else 0
-        await self._reset()
+        await virtio.run_async(virtio.reset(), self.link.guest)
         self.requests.num = 0
         self.vring = None
         self.stops += 1
@@ -745,14 +712,6 @@ class MmioTransport:
             "the associative translation mode (a later issue), which plugs in here")
 
     # -- interrupt ---------------------------------------------------------------------------------
-    async def _reset(self, limit: int = 100_000) -> None:
-        await self._w(spec.MMIO_STATUS, 0)
-        for _ in range(limit):
-            if await self._r(spec.MMIO_STATUS) == 0:
-                return
-            await self.link.advance(4)
-        raise BridgeError("the device did not complete its reset (Status never read 0)")
-
     async def service_irq(self) -> None:
         """irq is high: acknowledge, account the completions, signal the call eventfd."""
         isr = await self._r(spec.MMIO_INTERRUPT_STATUS)
@@ -861,7 +820,7 @@ class BridgeStats:
 class LinuxBridge:
     """Start QEMU, serve its vhost-user connection with the device, until the guest powers off."""
 
-    def __init__(self, link: Link, transport: MmioTransport, cfg: BridgeConfig,
+    def __init__(self, link: ClockedLink, transport: MmioTransport, cfg: BridgeConfig,
                  log: logging.Logger | None = None) -> None:
         self.link = link
         self.transport = transport
@@ -1119,7 +1078,7 @@ async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict
                                       deadline_s=cfg["deadline_s"]), log)
     try:
         stats = await bridge.run()
-    except (BridgeError, VhostUserError, OSError, ValueError) as exc:
+    except (BridgeError, InitError, VhostUserError, OSError, ValueError) as exc:
         log.error("bridge: %s", exc)
         errors.append(f"{type(exc).__name__}: {exc}")
         stats = bridge.stats
