@@ -6,8 +6,9 @@ device: :class:`MmioTransport` programs the RTL through its virtio-mmio guest po
 virtio-mmio driver would (features, queue size, ring addresses converted from QEMU's virtual
 addresses to guest physical addresses, DRIVER_OK), turns each kick into a QueueNotify write and
 the RTL's interrupt into a write to the call eventfd. The RTL's AXI4 manager reads and writes
-the guest's real memory, mmapped from the memfd QEMU shares (:class:`AxiRamResponder`, or
-cocotbext-axi's ``AxiSlave`` with :class:`GuestRamTarget`).
+the guest's real memory, mmapped from the memfd QEMU shares, served by the benches' fast
+deterministic AXI4 memory (``tb/detmem.py``, latency 0) or cocotbext-axi's ``AxiSlave``
+(``tb/memory.py``).
 
 :class:`LinuxBridge` runs it all inside the cocotb process: it polls the vhost-user socket and
 the kick eventfd between clock cycles (``select`` with timeout 0 while the device has work, so
@@ -73,13 +74,11 @@ class GuestRam:
     """The guest's physical memory as the current vhost-user memory table maps it.
 
     A :class:`sw.transport.GuestMemory` (``size``, ``read``, ``write``); the table is swapped
-    when QEMU sends a new one. Counts the bytes the device moves.
+    when QEMU sends a new one.
     """
 
     def __init__(self) -> None:
         self.table: MemoryTable | None = None
-        self.bytes_read = 0
-        self.bytes_written = 0
 
     @property
     def size(self) -> int:
@@ -100,195 +99,6 @@ class GuestRam:
 
     def le16(self, addr: int) -> int:
         return int.from_bytes(self.read(addr, 2), "little")
-
-
-class GuestRamTarget:
-    """Target of cocotbext-axi's ``AxiSlave``: the device's bursts go to the guest's memory.
-
-    An access outside the memory table raises, which the model answers with SLVERR (the RTL
-    then faults with cause 6 and the bridge reports it).
-    """
-
-    def __init__(self, ram: GuestRam) -> None:
-        self.ram = ram
-        self.errors: list[str] = []
-
-    def _check(self, kind: str, address: int, length: int) -> None:
-        if not self.ram.contains(address, length):
-            self.errors.append(f"{kind} {length} B at {address:#x}")
-            raise OSError(f"{kind} of {length} bytes at {address:#x} outside guest memory")
-
-    async def read(self, address: int, length: int) -> bytes:
-        self._check("R", address, length)
-        self.ram.bytes_read += length
-        return self.ram.read(address, length)
-
-    async def write(self, address: int, data: bytes) -> None:
-        self._check("W", address, len(data))
-        self.ram.bytes_written += len(data)
-        self.ram.write(address, data)
-
-
-class AxiRamResponder:
-    """A lean AXI4 subordinate on ``m_axi`` over :class:`GuestRam`, for speed.
-
-    cocotbext-axi's ``AxiSlave`` (with :class:`GuestRamTarget`, ``axi_model="cocotbext"``) runs
-    several coroutines and a target call per beat; this one reads or writes a whole burst in
-    one memory access and does one signal round per beat, which roughly doubles the
-    simulation's speed. It serves what the device issues: INCR bursts of full-width beats
-    (``docs/architecture.md``, "Bus transactions"), any number of them, in order.
-
-    Timing: ``arready``, ``awready`` and ``wready`` are high whenever the responder is idle;
-    read data follow the address handshake by one cycle, one beat per cycle while ``rready``;
-    the write response follows the last write beat by one cycle. A burst outside the memory
-    table gets SLVERR on every beat (reads deliver zeros, writes write nothing).
-    """
-
-    def __init__(self, dut, ram: GuestRam, data_width: int, prefix: str = "m_axi__") -> None:
-        import cocotb
-
-        self.ram = ram
-        self.lanes = data_width // 8
-        self.size = self.lanes.bit_length() - 1  # AxSIZE of a full-width beat
-        self.clk = dut.clk
-        self.s = {n: getattr(dut, prefix + n) for n in (
-            "araddr", "arlen", "arsize", "arburst", "arid", "arvalid", "arready", "rdata",
-            "rresp", "rlast", "rid", "rvalid", "rready", "awaddr", "awlen", "awsize",
-            "awburst", "awid", "awvalid", "awready", "wdata", "wstrb", "wlast", "wvalid",
-            "wready", "bid", "bresp", "bvalid", "bready")}
-        # Inputs are sampled through the simulator handle's binary string: the LogicArray
-        # objects of ``.value`` cost more than the rest of a beat.
-        self._raw = {n: h._handle.get_signal_val_binstr for n, h in self.s.items()}
-        self.errors: list[str] = []
-        self.bursts = 0
-        for name, value in (("arready", 1), ("rvalid", 0), ("rlast", 0), ("rresp", 0),
-                            ("rid", 0), ("rdata", 0), ("awready", 1), ("wready", 1),
-                            ("bvalid", 0), ("bresp", 0), ("bid", 0)):
-            self.s[name].value = value
-        cocotb.start_soon(self._reads())
-        cocotb.start_soon(self._writes())
-
-    def _high(self, name: str) -> bool:
-        return self._raw[name]() == "1"
-
-    def _u(self, name: str) -> int:
-        raw = self._raw[name]()
-        try:
-            return int(raw, 2)
-        except ValueError:
-            raise ValueError(f"m_axi {name} is {raw} during a handshake") from None
-
-    def _check(self, kind: str, addr: int, beats: int, size: int, burst: int) -> tuple[int, int]:
-        """(first word address, bytes covered) of a burst; raises for what is not served."""
-        if size != self.size or burst != 1:
-            raise ValueError(f"{kind} burst at {addr:#x}: AxSIZE {size}, AxBURST {burst}; "
-                             f"only INCR bursts of full {self.lanes}-byte beats are served")
-        base = addr & ~(self.lanes - 1)
-        n = beats * self.lanes
-        if (base & 0xFFF) + n > 0x1000:
-            raise ValueError(f"{kind} burst at {addr:#x} of {beats} beats crosses a 4 KiB page")
-        return base, n
-
-    async def _reads(self) -> None:
-        from cocotb.triggers import RisingEdge
-
-        s, clk, lanes = self.s, self.clk, self.lanes
-        while True:
-            if not self._high("arvalid"):
-                await RisingEdge(s["arvalid"])
-            await RisingEdge(clk)
-            if not self._high("arvalid"):
-                continue
-            addr, beats = self._u("araddr"), self._u("arlen") + 1
-            rid = self._u("arid")
-            s["arready"].value = 0
-            resp = 0
-            try:
-                base, n = self._check("read", addr, beats, self._u("arsize"), self._u("arburst"))
-                data = self.ram.read(base, n)
-                self.ram.bytes_read += n
-            except ValueError as exc:
-                self.errors.append(str(exc))
-                data, resp = bytes(beats * lanes), 2  # SLVERR
-            self.bursts += 1
-            s["rid"].value = rid
-            s["rresp"].value = resp
-            s["rvalid"].value = 1
-            for k in range(beats):
-                s["rdata"].value = int.from_bytes(data[k * lanes:(k + 1) * lanes], "little")
-                if k == beats - 1:
-                    s["rlast"].value = 1
-                await RisingEdge(clk)
-                while not self._high("rready"):
-                    await RisingEdge(clk)
-            s["rvalid"].value = 0
-            s["rlast"].value = 0
-            s["arready"].value = 1
-
-    def _apply(self, aw: tuple[int, int, int, int], beats: list[tuple[int, int]]) -> int:
-        """Write one burst's strobed bytes; returns BRESP."""
-        addr, nbeats, size, burst = aw
-        lanes, full = self.lanes, (1 << self.lanes) - 1
-        try:
-            if len(beats) != nbeats:
-                raise ValueError(f"write burst at {addr:#x}: AWLEN+1 = {nbeats}, "
-                                 f"{len(beats)} W beats")
-            base, n = self._check("write", addr, nbeats, size, burst)
-            if not self.ram.contains(base, n):
-                raise ValueError(f"write burst at {addr:#x} outside guest memory")
-        except ValueError as exc:
-            self.errors.append(str(exc))
-            return 2
-        data = b"".join(d.to_bytes(lanes, "little") for d, _ in beats)
-        if all(strb == full for _, strb in beats):
-            self.ram.write(base, data)
-            self.ram.bytes_written += n
-            return 0
-        mask = [bool(strb >> i & 1) for _, strb in beats for i in range(lanes)]
-        i = 0
-        while i < n:  # each run of strobed bytes is one write
-            if not mask[i]:
-                i += 1
-                continue
-            j = i
-            while j < n and mask[j]:
-                j += 1
-            self.ram.write(base + i, data[i:j])
-            self.ram.bytes_written += j - i
-            i = j
-        return 0
-
-    async def _writes(self) -> None:
-        from cocotb.triggers import First, RisingEdge
-
-        s, clk = self.s, self.clk
-        aws: deque[tuple[int, int, int, int, int]] = deque()
-        bursts: deque[list[tuple[int, int]]] = deque()
-        beats: list[tuple[int, int]] = []
-        b_busy = False
-        while True:
-            if not (aws or bursts or beats or b_busy) and not self._high("awvalid") \
-                    and not self._high("wvalid"):
-                await First(RisingEdge(s["awvalid"]), RisingEdge(s["wvalid"]))
-            await RisingEdge(clk)
-            if self._high("awvalid"):  # awready is always high
-                aws.append((self._u("awaddr"), self._u("awlen") + 1, self._u("awsize"),
-                            self._u("awburst"), self._u("awid")))
-            if self._high("wvalid"):  # so is wready
-                beats.append((self._u("wdata"), self._u("wstrb")))
-                if self._high("wlast"):
-                    bursts.append(beats)
-                    beats = []
-            if b_busy and self._high("bready"):
-                s["bvalid"].value = 0
-                b_busy = False
-            if aws and bursts and not b_busy:
-                addr, nbeats, size, burst, bid = aws.popleft()
-                s["bresp"].value = self._apply((addr, nbeats, size, burst), bursts.popleft())
-                s["bid"].value = bid
-                s["bvalid"].value = 1
-                b_busy = True
-                self.bursts += 1
 
 
 # --- what the transport drives: a sw.transport.ClockedLink whose ``mem`` (and ``ram``) is a
@@ -334,6 +144,8 @@ class LinuxBench:
         from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
 
         from .bench import CLOCK_NS, AxiLitePort
+        from .detmem import DeterministicMemory
+        from .memory import BusErrorPages, MemoryTarget
 
         self.dut = dut
         self.clock_ns = CLOCK_NS
@@ -354,13 +166,13 @@ class LinuxBench:
                                                dut.clk, dut.rst))
         self.hv = AxiLitePort(AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_hv_"), dut.clk,
                                             dut.rst))
-        self.target: GuestRamTarget | AxiRamResponder
+        self.target: MemoryTarget | DeterministicMemory  # bytes_read, bytes_written, refused
         if axi_model == "cocotbext":
-            self.target = GuestRamTarget(self.ram)
+            self.target = MemoryTarget(self.ram, BusErrorPages())
             self.axi = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst,
                                 target=self.target)
         elif axi_model == "fast":
-            self.target = AxiRamResponder(dut, self.ram, data_width)
+            self.target = DeterministicMemory(dut, self.ram, latency=0, data_width=data_width)
         else:
             raise ValueError(f"axi_model must be 'fast' or 'cocotbext', not {axi_model!r}")
         for prefix in ("m_axi_", "s_axil_", "s_hv_"):  # the bus models log every burst at INFO
@@ -726,7 +538,7 @@ class MmioTransport:
                 addr = (await self.link.hv.read32(spec.HV_FAULT_ADDR_HI)) << 32 | \
                     await self.link.hv.read32(spec.HV_FAULT_ADDR_LO)
                 target = getattr(self.link, "target", None)
-                bus = target.errors[:4] if target is not None else []
+                bus = target.refused[:4] if target is not None else []
                 raise BridgeError(f"device fault: cause {cause} "
                                   f"({spec.FAULT_NAMES.get(cause, '?')}) at {addr:#x}"
                                   + (f"; accesses outside guest memory: {bus}" if bus else ""))
@@ -1020,6 +832,7 @@ def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
         prev = r.done_cycle
     sizes = Counter(r.data_len for r in done if r.type in (spec.VIRTIO_BLK_T_IN,
                                                            spec.VIRTIO_BLK_T_OUT))
+    bus = getattr(transport.link, "target", None)  # the m_axi model (none for the reference)
     figures = {
         "mode": mode,
         "requests": len(done),
@@ -1027,8 +840,8 @@ def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
         "data_bytes": sum(data_bytes.values()),
         "data_bytes_by_type": dict(data_bytes),
         "request_sizes": {str(k): v for k, v in sorted(sizes.items())},
-        "bus_bytes_read": transport.ram.bytes_read,
-        "bus_bytes_written": transport.ram.bytes_written,
+        "bus_bytes_read": bus.bytes_read if bus else 0,
+        "bus_bytes_written": bus.bytes_written if bus else 0,
         "cycles": stats.cycles,
         "busy_cycles": stats.busy_cycles,
         "cycles_per_request": (stats.busy_cycles / len(done)) if done else None,
