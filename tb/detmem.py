@@ -6,9 +6,10 @@ other); a write burst whose last data beat is sampled at edge ``w`` gets its res
 ``w + 1 + latency``. Edges are counted by :class:`tb.monitor.AxiMonitor` (``monitor.cycle``), the
 same numbering ``models.timing`` predicts. Responses carry the burst's ID.
 
-A burst whose first address is on an error page (``errors``) or that is not inside ``mem`` is
-answered SLVERR (reads deliver zeros, writes write nothing) and recorded in ``refused``. A burst
-is read or written with one memory access per run of strobed bytes.
+A burst whose first address is on an error page (``errors``), that is not inside ``mem``, or
+that the device must not issue (anything but an INCR burst of full beats inside one 4 KiB page)
+is answered SLVERR (reads deliver zeros, writes write nothing) and recorded in ``refused``. A
+burst is read or written with one memory access per run of strobed bytes.
 
 Speed (the vhost-user bridge serves a whole Linux guest with it): only public cocotb API
 (``handle.value``, ints), but the model sleeps until a valid rises while it has nothing to do,
@@ -19,6 +20,7 @@ samples only the signals it needs and drives a signal only when its value change
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import Protocol
 
@@ -42,6 +44,8 @@ class BusMemory(Protocol):
 
 
 class DeterministicMemory:
+    """An AXI4 subordinate on ``dut``'s ``m_axi`` ports over ``mem`` (see the module)."""
+
     def __init__(self, dut, mem: BusMemory, errors: BusErrorPages | None = None, *,
                  latency: int, data_width: int, prefix: str = "m_axi__"):
         self.dut = dut
@@ -50,8 +54,8 @@ class DeterministicMemory:
         self.latency = latency
         self.lanes = data_width // 8
         self.s = {n: getattr(dut, prefix + n) for n in (
-            "araddr", "arlen", "arid", "arvalid", "rready", "awaddr", "awlen", "awid",
-            "awvalid", "wdata", "wstrb", "wlast", "wvalid",
+            "araddr", "arlen", "arsize", "arburst", "arid", "arvalid", "rready", "awaddr",
+            "awlen", "awsize", "awburst", "awid", "awvalid", "wdata", "wstrb", "wlast", "wvalid",
             "arready", "awready", "wready", "rvalid", "rlast", "rresp", "rid", "rdata",
             "bvalid", "bresp", "bid")}
         self.refused: list[str] = []  # bursts answered SLVERR
@@ -88,9 +92,22 @@ class DeterministicMemory:
             return True
         return False
 
+    def _address(self, ch: str) -> tuple[int, int]:
+        """(address, beats) of the burst on channel ``ch`` ("ar", "aw"); the address is -1
+        (SLVERR) for what the device must not issue: anything but INCR bursts of full beats
+        inside one 4 KiB page (``docs/architecture.md``, "Bus transactions")."""
+        addr, beats = self._u(ch + "addr"), self._u(ch + "len") + 1
+        size, burst = self._u(ch + "size"), self._u(ch + "burst")
+        first = addr & 0xFFF & -self.lanes  # the first beat's offset in its page
+        if 1 << size != self.lanes or burst != 1 or first + beats * self.lanes > 0x1000:
+            self.refused.append(f"{ch} at {addr:#x}: {beats} beats, AxSIZE {size}, "
+                                f"AxBURST {burst}")
+            return -1, beats
+        return addr, beats
+
     def _read_burst(self, addr: int, beats: int) -> tuple[bytes, int]:
         base, n = addr // self.lanes * self.lanes, beats * self.lanes
-        if self._refuse("R", base, n):
+        if addr < 0 or self._refuse("R", base, n):
             return bytes(n), SLVERR
         self.bytes_read += n
         return self.mem.read(base, n), OKAY
@@ -99,24 +116,14 @@ class DeterministicMemory:
         if len(self._wbeats) != beats:
             raise AssertionError(f"write at {addr:#x}: {len(self._wbeats)} beats, "
                                  f"awlen says {beats}")
-        lanes, full = self.lanes, (1 << self.lanes) - 1
+        lanes = self.lanes
         base = addr // lanes * lanes
         data = b"".join(d.to_bytes(lanes, "little") for d, _ in self._wbeats)
-        if all(strb == full for _, strb in self._wbeats):
-            runs = [(0, len(data))]
-        else:
-            mask = [bool(strb >> i & 1) for _, strb in self._wbeats for i in range(lanes)]
-            runs, i = [], 0
-            while i < len(mask):
-                if mask[i]:
-                    j = mask.index(False, i) if False in mask[i:] else len(mask)
-                    runs.append((i, j))
-                    i = j
-                else:
-                    i += 1
+        strobes = "".join(f"{strb:0{lanes}b}"[::-1] for _, strb in self._wbeats)  # byte order
+        runs = [m.span() for m in re.finditer("1+", strobes)]
         self._wbeats = []
         nbytes = sum(j - i for i, j in runs)
-        if not runs or self._refuse("W", base + runs[0][0], nbytes):
+        if addr < 0 or not runs or self._refuse("W", base + runs[0][0], nbytes):
             return SLVERR
         for i, j in runs:
             self.mem.write(base + i, data[i:j])
@@ -143,12 +150,12 @@ class DeterministicMemory:
                 raise AssertionError("deterministic memory: read data not accepted "
                                      "(the device applied backpressure)")
             if self._u("arvalid"):
-                beats = self._u("arlen") + 1
+                addr, beats = self._address("ar")
                 start = max(e + self.latency, self._r_free)
-                self._reads.append([start, self._u("araddr"), self._u("arid"), beats, 0])
+                self._reads.append([start, addr, self._u("arid"), beats, 0])
                 self._r_free = start + beats
             if self._u("awvalid"):
-                self._aws.append((self._u("awaddr"), self._u("awlen") + 1, self._u("awid")))
+                self._aws.append((*self._address("aw"), self._u("awid")))
             if self._u("wvalid"):
                 self._wbeats.append((self._u("wdata"), self._u("wstrb")))
                 if self._u("wlast"):
