@@ -461,7 +461,7 @@ class VirtioBlkDriver:
         try:
             # Header pieces (own slot) unless it shares the first data descriptor.
             if not req.header_with_data:
-                self._slot(head, 0, 16).write(0, header)
+                self._slot(head, 0, len(header)).write(0, header)
                 pos = 0
                 for h in hsegs:
                     pieces.append(_Piece(self._slot(head, pos, h), TO_DEVICE, False))
@@ -485,7 +485,7 @@ class VirtioBlkDriver:
                 last = pieces[-1].buf
                 status_at = (last, last.length - 1)
             else:
-                sbuf = self._slot(head, 16, 1)
+                sbuf = self._slot(head, len(header), 1)
                 pieces.append(_Piece(sbuf, FROM_DEVICE, False))
                 status_at = (sbuf, 0)
             status_at[0].write(status_at[1], bytes([STATUS_POISON]))
