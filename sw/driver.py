@@ -13,13 +13,13 @@ it waits for is complete, so how far it reaps never depends on how fast the devi
 from __future__ import annotations
 
 import random
-import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from models import spec
+from models import spec, virtio
+from models.virtio import FeaturesRefused, InitError
 from sw.alloc import PageAllocator
 from sw.dma import FROM_DEVICE, TO_DEVICE, Direction, DmaApi, GuestBuffer
 from sw.transport import DeviceLink
@@ -33,12 +33,8 @@ SLOT_BYTES = 32  # per-head area: 16-byte request header at 0, status byte at 16
 STATUS_POISON = 0xFF  # not a valid virtio-blk status: shows a status the device never wrote
 
 
-class InitError(RuntimeError):
-    """The device cannot be driven (wrong magic/version/id, features, queue)."""
-
-
-class FeaturesRefused(InitError):
-    """The device cleared FEATURES_OK after the driver wrote its features."""
+__all__ = ["BlkError", "BlkRequest", "BlkResult", "DeviceFault", "FeaturesRefused", "InitError",
+           "ProtocolError", "QueueFull", "VirtioBlkDriver"]
 
 
 class DeviceFault(RuntimeError):
@@ -154,10 +150,6 @@ class _InFlight:
     data_at: list[tuple[GuestBuffer, int, int]] = field(default_factory=list)
 
 
-def _le16(b: bytes) -> int:
-    return int.from_bytes(b, "little")
-
-
 class VirtioBlkDriver:
     """One virtio-blk device, queue 0."""
 
@@ -190,6 +182,7 @@ class VirtioBlkDriver:
         self.capacity = 0  # sectors
         self.queue_num_max = 0
         self.queue_size = 0
+        self.ring = virtio.SplitRing(0)
         self.desc_buf: GuestBuffer | None = None
         self.avail_buf: GuestBuffer | None = None
         self.used_buf: GuestBuffer | None = None
@@ -216,12 +209,9 @@ class VirtioBlkDriver:
     async def device_status(self) -> int:
         return await self._r(spec.MMIO_STATUS)
 
-    async def _add_status(self, bit: int) -> None:
-        """Linux ``virtio_add_status``: read-modify-write."""
-        await self._w(spec.MMIO_STATUS, await self.device_status() | bit)
-
     async def _fail(self, exc: InitError) -> NoReturn:
-        await self._add_status(spec.STATUS_FAILED)
+        """Set FAILED (read-modify-write, Linux ``virtio_add_status``), then raise ``exc``."""
+        await self._w(spec.MMIO_STATUS, await self.device_status() | spec.STATUS_FAILED)
         raise exc
 
     # --- bring-up --------------------------------------------------------------------------
@@ -249,20 +239,16 @@ class VirtioBlkDriver:
         self.vendor_id = await self._r(spec.MMIO_VENDOR_ID)
 
         await self.reset()
-        await self._add_status(spec.STATUS_ACKNOWLEDGE)
-        await self._add_status(spec.STATUS_DRIVER)
+        await virtio.run_async(virtio.acknowledge(), self.regs)
         await self._negotiate(features)
         await self._setup_queue(queue_size)
         self.capacity = await self._read_capacity()
-        await self._add_status(spec.STATUS_DRIVER_OK)
+        await virtio.run_async(virtio.driver_ok(), self.regs)
         self.ready = True
 
     async def _negotiate(self, override: int | None) -> None:
-        await self._w(spec.MMIO_DEVICE_FEATURES_SEL, 1)
-        hi = await self._r(spec.MMIO_DEVICE_FEATURES)
-        await self._w(spec.MMIO_DEVICE_FEATURES_SEL, 0)
-        lo = await self._r(spec.MMIO_DEVICE_FEATURES)
-        self.device_features = dev = hi << 32 | lo
+        self.device_features = dev = await virtio.run_async(virtio.read_device_features(),
+                                                            self.regs)
         if override is None:
             if not dev >> spec.VIRTIO_F_VERSION_1 & 1:
                 await self._fail(InitError(
@@ -276,18 +262,12 @@ class VirtioBlkDriver:
         else:
             drv = override
         self.features = drv
-        await self._w(spec.MMIO_DRIVER_FEATURES_SEL, 1)
-        await self._w(spec.MMIO_DRIVER_FEATURES, drv >> 32)
-        await self._w(spec.MMIO_DRIVER_FEATURES_SEL, 0)
-        await self._w(spec.MMIO_DRIVER_FEATURES, drv)
-        await self._add_status(spec.STATUS_FEATURES_OK)
-        status = await self.device_status()
-        if not status & spec.STATUS_FEATURES_OK:
-            await self._fail(FeaturesRefused(
-                f"device refused features {drv:#x} (offered {dev:#x}): FEATURES_OK did not "
-                f"stick (Status={status:#04x})"))
+        await virtio.run_async(virtio.negotiate(drv), self.regs)  # FeaturesRefused, FAILED set
 
     async def _setup_queue(self, queue_size: int | None) -> None:
+        """Queue 0 as Linux ``vm_setup_vq`` sets it up: probe, allocate and map the rings, then
+        the shared queue program (which selects queue 0 again: the probe and the setup are
+        one selection in Linux, two idempotent writes here)."""
         await self._w(spec.MMIO_QUEUE_SEL, 0)
         if await self._r(spec.MMIO_QUEUE_READY):
             raise InitError("queue 0 is already ready after reset")
@@ -301,6 +281,7 @@ class VirtioBlkDriver:
                 f"(QueueNumMax={nmax})"
             )
         self.queue_size = n
+        self.ring = ring = virtio.SplitRing(n)
         contig = self.dma.needs_contiguous
 
         def new(length: int) -> GuestBuffer:
@@ -308,9 +289,9 @@ class VirtioBlkDriver:
             self._ring_bufs.append(buf)
             return buf
 
-        self.desc_buf = new(spec.DESC_BYTES * n)
-        self.avail_buf = new(6 + 2 * n)
-        self.used_buf = new(6 + 8 * n)
+        self.desc_buf = new(ring.desc_bytes)
+        self.avail_buf = new(ring.avail_bytes)
+        self.used_buf = new(ring.used_bytes)
         self.slot_buf = new(SLOT_BYTES * n)
         for b in (self.desc_buf, self.avail_buf, self.used_buf):
             b.write(0, bytes(b.length))
@@ -325,9 +306,8 @@ class VirtioBlkDriver:
                                (self.used_buf, FROM_DEVICE)):
             self._ring_handles.append(await self.dma.map(buf, direction))
         self.desc_addr, self.avail_addr, self.used_addr = self._ring_handles
-        await self._w(spec.MMIO_QUEUE_NUM, n)
-        await self.set_queue_addresses(self.desc_addr, self.avail_addr, self.used_addr)
-        await self._w(spec.MMIO_QUEUE_READY, 1)
+        await virtio.run_async(virtio.setup_queue(n, *self._ring_handles, check=False),
+                               self.regs)
 
     async def _read_capacity(self) -> int:
         """64-bit config read inside a ConfigGeneration loop (Linux ``virtio_cread64``)."""
@@ -344,12 +324,7 @@ class VirtioBlkDriver:
 
         Unclaimed completed results stay claimable; requests in flight are dropped.
         """
-        await self._w(spec.MMIO_STATUS, 0)
-        for _ in range(self.poll_limit):
-            if await self.device_status() == 0:
-                break
-        else:
-            raise TimeoutError("Status did not read 0 after reset")
+        await virtio.run_async(virtio.reset(self.poll_limit), self.regs)
         for rec in list(self._inflight.values()):
             await self._release(rec)
         for handle in self._ring_handles:
@@ -363,13 +338,7 @@ class VirtioBlkDriver:
     # --- low-level ring access (also for hostile tests) ------------------------------------
     async def set_queue_addresses(self, desc: int, driver: int, device: int) -> None:
         """Write the six queue address registers (Linux order: desc, driver, device)."""
-        for off, v in (
-            (spec.MMIO_QUEUE_DESC_LOW, desc),
-            (spec.MMIO_QUEUE_DRIVER_LOW, driver),
-            (spec.MMIO_QUEUE_DEVICE_LOW, device),
-        ):
-            await self._w(off, v & 0xFFFF_FFFF)
-            await self._w(off + 4, (v >> 32) & 0xFFFF_FFFF)
+        await virtio.run_async(virtio.set_queue_addresses(desc, driver, device), self.regs)
 
     def _ring(self, buf: GuestBuffer | None) -> GuestBuffer:
         if buf is None:
@@ -378,35 +347,34 @@ class VirtioBlkDriver:
 
     def write_desc(self, i: int, addr: int, length: int, flags: int, next_: int) -> None:
         """Store descriptor ``i`` in the table (guest memory write, no bus access)."""
-        self._ring(self.desc_buf).write(
-            spec.DESC_BYTES * i,
-            struct.pack("<QIHH", addr & spec.ADDR_MASK, length & 0xFFFF_FFFF, flags & 0xFFFF,
-                        next_ & 0xFFFF),
-        )
+        self._ring(self.desc_buf).write(self.ring.desc(i),
+                                        virtio.DESC.pack(addr, length, flags, next_))
 
     def read_desc(self, i: int) -> tuple[int, int, int, int]:
-        return struct.unpack("<QIHH", self._ring(self.desc_buf).read(spec.DESC_BYTES * i, 16))
+        return virtio.DESC.unpack(self._ring(self.desc_buf).read(self.ring.desc(i),
+                                                                 virtio.DESC.size))
 
     def publish(self, head: int) -> None:
         """Put ``head`` in the next avail slot, then make it visible by bumping avail.idx."""
-        avail = self._ring(self.avail_buf)
-        avail.write(4 + 2 * (self.avail_idx % self.queue_size), struct.pack("<H", head))
+        self._ring(self.avail_buf).write(self.ring.avail_ring(self.avail_idx),
+                                         virtio.AVAIL_ELEM.pack(head))
         self.set_avail_idx((self.avail_idx + 1) & 0xFFFF)
 
     def set_avail_idx(self, value: int) -> None:
         self.avail_idx = value & 0xFFFF
-        self._ring(self.avail_buf).write(2, struct.pack("<H", self.avail_idx))
+        self._ring(self.avail_buf).write(self.ring.AVAIL_IDX, self.avail_idx.to_bytes(2, "little"))
 
     def set_avail_flags(self, flags: int) -> None:
-        self._ring(self.avail_buf).write(0, struct.pack("<H", flags & 0xFFFF))
+        self._ring(self.avail_buf).write(virtio.AVAIL_HEADER.offsets["flags"],
+                                         (flags & 0xFFFF).to_bytes(2, "little"))
 
     def used_idx(self) -> int:
-        return _le16(self._ring(self.used_buf).read(2, 2))
+        return int.from_bytes(self._ring(self.used_buf).read(self.ring.USED_IDX, 2), "little")
 
     def used_elem(self, i: int) -> tuple[int, int]:
         """``(id, len)`` of used ring slot ``i % queue_size``."""
-        pos = 4 + 8 * (i % self.queue_size)
-        return struct.unpack("<II", self._ring(self.used_buf).read(pos, 8))
+        return virtio.USED_ELEM.unpack(self._ring(self.used_buf).read(self.ring.used_ring(i),
+                                                                      virtio.USED_ELEM.size))
 
     def take_used_raw(self) -> list[tuple[int, int]]:
         """Consume every new used element without interpreting it (for hand-built chains
@@ -487,13 +455,13 @@ class VirtioBlkDriver:
             )
         descs = [self._free.popleft() for _ in range(ndesc)]
         head = descs[0]
-        header = struct.pack("<IIQ", req.type, 0, req.sector)
+        header = virtio.BLK_HEADER.pack(req.type, 0, req.sector)
         pieces: list[_Piece] = []
         data_at: list[tuple[GuestBuffer, int, int]] = []
         try:
             # Header pieces (own slot) unless it shares the first data descriptor.
             if not req.header_with_data:
-                self._slot(head, 0, 16).write(0, header)
+                self._slot(head, 0, len(header)).write(0, header)
                 pos = 0
                 for h in hsegs:
                     pieces.append(_Piece(self._slot(head, pos, h), TO_DEVICE, False))
@@ -517,7 +485,7 @@ class VirtioBlkDriver:
                 last = pieces[-1].buf
                 status_at = (last, last.length - 1)
             else:
-                sbuf = self._slot(head, 16, 1)
+                sbuf = self._slot(head, len(header), 1)
                 pieces.append(_Piece(sbuf, FROM_DEVICE, False))
                 status_at = (sbuf, 0)
             status_at[0].write(status_at[1], bytes([STATUS_POISON]))

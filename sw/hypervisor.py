@@ -8,9 +8,11 @@ the hypervisor to copy entries into it).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from models import spec
+from models.virtio import GRANT_ENTRY
 from sw.transport import RegisterPort
 
 
@@ -39,8 +41,11 @@ class FaultInfo:
         )
 
 
+_WORDS = struct.Struct("<II")  # a grant entry as the two 32-bit registers that hold it
+
+
 def _grant_offset(ref: int) -> int:
-    return spec.HV_GRANT_BASE + spec.GRANT_ENTRY_BYTES * ref
+    return spec.HV_GRANT_BASE + GRANT_ENTRY.size * ref
 
 
 class Hypervisor:
@@ -100,15 +105,15 @@ class Hypervisor:
         if not 0 <= frame <= 0xFFFF_FFFF:
             raise ValueError(f"frame {frame!r} must fit 32 bits")
         off = _grant_offset(ref)
-        await self.hv.write32(off + 4, frame)
-        await self.hv.write32(off, flags | domid << 16)
+        w0, w1 = _WORDS.unpack(GRANT_ENTRY.pack(flags, domid, frame))
+        await self.hv.write32(off + 4, w1)
+        await self.hv.write32(off, w0)
 
     async def read_entry(self, ref: int) -> tuple[int, int, int]:
         """``(flags, domid, frame)`` of entry ``ref``."""
         off = _grant_offset(ref)
         w0 = await self.hv.read32(off)
-        w1 = await self.hv.read32(off + 4)
-        return w0 & 0xFFFF, w0 >> 16, w1
+        return GRANT_ENTRY.unpack(_WORDS.pack(w0, await self.hv.read32(off + 4)))
 
     async def fault(self) -> FaultInfo:
         status = await self.hv.read32(spec.HV_FAULT_STATUS)

@@ -32,7 +32,8 @@ class ExpectedDisk:
         writable = 1 + (req.data_len if req.data_writable else 0)
         cap = len(self.data)
         if req.type in (spec.VIRTIO_BLK_T_IN, spec.VIRTIO_BLK_T_OUT):
-            d = writable - 1 if req.type == spec.VIRTIO_BLK_T_IN else readable - 16
+            d = (writable - 1 if req.type == spec.VIRTIO_BLK_T_IN
+                 else readable - spec.BLK_HEADER_BYTES)
             base = req.sector * spec.SECTOR_SIZE
             if d % spec.SECTOR_SIZE or base + d > cap:
                 return Expected(spec.VIRTIO_BLK_S_IOERR, 1, None)

@@ -6,8 +6,9 @@ device: :class:`MmioTransport` programs the RTL through its virtio-mmio guest po
 virtio-mmio driver would (features, queue size, ring addresses converted from QEMU's virtual
 addresses to guest physical addresses, DRIVER_OK), turns each kick into a QueueNotify write and
 the RTL's interrupt into a write to the call eventfd. The RTL's AXI4 manager reads and writes
-the guest's real memory, mmapped from the memfd QEMU shares (:class:`AxiRamResponder`, or
-cocotbext-axi's ``AxiSlave`` with :class:`GuestRamTarget`).
+the guest's real memory, mmapped from the memfd QEMU shares, served by the benches' fast
+deterministic AXI4 memory (``tb/detmem.py``, latency 0) or cocotbext-axi's ``AxiSlave``
+(``tb/memory.py``).
 
 :class:`LinuxBridge` runs it all inside the cocotb process: it polls the vhost-user socket and
 the kick eventfd between clock cycles (``select`` with timeout 0 while the device has work, so
@@ -42,13 +43,14 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from models import spec
+from models import spec, virtio
+from models.virtio import BLK_HEADER, DESC, USED_ELEM, InitError, SplitRing
 from sw.alloc import PageAllocator
 from sw.dma import IdentityDma
 from sw.driver import BlkRequest, VirtioBlkDriver
-from sw.transport import RegisterPort
+from sw.transport import ClockedLink
 from sw.vhost_user import (
     IotlbMsg,
     MemoryTable,
@@ -58,9 +60,6 @@ from sw.vhost_user import (
     listen,
 )
 
-_DESC = struct.Struct("<QIHH")
-_HEADER = struct.Struct("<IIQ")
-_USED_ELEM = struct.Struct("<II")
 BLK_TYPES = {spec.VIRTIO_BLK_T_IN: "read", spec.VIRTIO_BLK_T_OUT: "write",
              spec.VIRTIO_BLK_T_FLUSH: "flush", spec.VIRTIO_BLK_T_GET_ID: "get-id"}
 
@@ -75,13 +74,11 @@ class GuestRam:
     """The guest's physical memory as the current vhost-user memory table maps it.
 
     A :class:`sw.transport.GuestMemory` (``size``, ``read``, ``write``); the table is swapped
-    when QEMU sends a new one. Counts the bytes the device moves.
+    when QEMU sends a new one.
     """
 
     def __init__(self) -> None:
         self.table: MemoryTable | None = None
-        self.bytes_read = 0
-        self.bytes_written = 0
 
     @property
     def size(self) -> int:
@@ -104,218 +101,12 @@ class GuestRam:
         return int.from_bytes(self.read(addr, 2), "little")
 
 
-class GuestRamTarget:
-    """Target of cocotbext-axi's ``AxiSlave``: the device's bursts go to the guest's memory.
-
-    An access outside the memory table raises, which the model answers with SLVERR (the RTL
-    then faults with cause 6 and the bridge reports it).
-    """
-
-    def __init__(self, ram: GuestRam) -> None:
-        self.ram = ram
-        self.errors: list[str] = []
-
-    def _check(self, kind: str, address: int, length: int) -> None:
-        if not self.ram.contains(address, length):
-            self.errors.append(f"{kind} {length} B at {address:#x}")
-            raise OSError(f"{kind} of {length} bytes at {address:#x} outside guest memory")
-
-    async def read(self, address: int, length: int) -> bytes:
-        self._check("R", address, length)
-        self.ram.bytes_read += length
-        return self.ram.read(address, length)
-
-    async def write(self, address: int, data: bytes) -> None:
-        self._check("W", address, len(data))
-        self.ram.bytes_written += len(data)
-        self.ram.write(address, data)
-
-
-class AxiRamResponder:
-    """A lean AXI4 subordinate on ``m_axi`` over :class:`GuestRam`, for speed.
-
-    cocotbext-axi's ``AxiSlave`` (with :class:`GuestRamTarget`, ``axi_model="cocotbext"``) runs
-    several coroutines and a target call per beat; this one reads or writes a whole burst in
-    one memory access and does one signal round per beat, which roughly doubles the
-    simulation's speed. It serves what the device issues: INCR bursts of full-width beats
-    (``docs/architecture.md``, "Bus transactions"), any number of them, in order.
-
-    Timing: ``arready``, ``awready`` and ``wready`` are high whenever the responder is idle;
-    read data follow the address handshake by one cycle, one beat per cycle while ``rready``;
-    the write response follows the last write beat by one cycle. A burst outside the memory
-    table gets SLVERR on every beat (reads deliver zeros, writes write nothing).
-    """
-
-    def __init__(self, dut, ram: GuestRam, data_width: int, prefix: str = "m_axi__") -> None:
-        import cocotb
-
-        self.ram = ram
-        self.lanes = data_width // 8
-        self.size = self.lanes.bit_length() - 1  # AxSIZE of a full-width beat
-        self.clk = dut.clk
-        self.s = {n: getattr(dut, prefix + n) for n in (
-            "araddr", "arlen", "arsize", "arburst", "arid", "arvalid", "arready", "rdata",
-            "rresp", "rlast", "rid", "rvalid", "rready", "awaddr", "awlen", "awsize",
-            "awburst", "awid", "awvalid", "awready", "wdata", "wstrb", "wlast", "wvalid",
-            "wready", "bid", "bresp", "bvalid", "bready")}
-        # Inputs are sampled through the simulator handle's binary string: the LogicArray
-        # objects of ``.value`` cost more than the rest of a beat.
-        self._raw = {n: h._handle.get_signal_val_binstr for n, h in self.s.items()}
-        self.errors: list[str] = []
-        self.bursts = 0
-        for name, value in (("arready", 1), ("rvalid", 0), ("rlast", 0), ("rresp", 0),
-                            ("rid", 0), ("rdata", 0), ("awready", 1), ("wready", 1),
-                            ("bvalid", 0), ("bresp", 0), ("bid", 0)):
-            self.s[name].value = value
-        cocotb.start_soon(self._reads())
-        cocotb.start_soon(self._writes())
-
-    def _high(self, name: str) -> bool:
-        return self._raw[name]() == "1"
-
-    def _u(self, name: str) -> int:
-        raw = self._raw[name]()
-        try:
-            return int(raw, 2)
-        except ValueError:
-            raise ValueError(f"m_axi {name} is {raw} during a handshake") from None
-
-    def _check(self, kind: str, addr: int, beats: int, size: int, burst: int) -> tuple[int, int]:
-        """(first word address, bytes covered) of a burst; raises for what is not served."""
-        if size != self.size or burst != 1:
-            raise ValueError(f"{kind} burst at {addr:#x}: AxSIZE {size}, AxBURST {burst}; "
-                             f"only INCR bursts of full {self.lanes}-byte beats are served")
-        base = addr & ~(self.lanes - 1)
-        n = beats * self.lanes
-        if (base & 0xFFF) + n > 0x1000:
-            raise ValueError(f"{kind} burst at {addr:#x} of {beats} beats crosses a 4 KiB page")
-        return base, n
-
-    async def _reads(self) -> None:
-        from cocotb.triggers import RisingEdge
-
-        s, clk, lanes = self.s, self.clk, self.lanes
-        while True:
-            if not self._high("arvalid"):
-                await RisingEdge(s["arvalid"])
-            await RisingEdge(clk)
-            if not self._high("arvalid"):
-                continue
-            addr, beats = self._u("araddr"), self._u("arlen") + 1
-            rid = self._u("arid")
-            s["arready"].value = 0
-            resp = 0
-            try:
-                base, n = self._check("read", addr, beats, self._u("arsize"), self._u("arburst"))
-                data = self.ram.read(base, n)
-                self.ram.bytes_read += n
-            except ValueError as exc:
-                self.errors.append(str(exc))
-                data, resp = bytes(beats * lanes), 2  # SLVERR
-            self.bursts += 1
-            s["rid"].value = rid
-            s["rresp"].value = resp
-            s["rvalid"].value = 1
-            for k in range(beats):
-                s["rdata"].value = int.from_bytes(data[k * lanes:(k + 1) * lanes], "little")
-                if k == beats - 1:
-                    s["rlast"].value = 1
-                await RisingEdge(clk)
-                while not self._high("rready"):
-                    await RisingEdge(clk)
-            s["rvalid"].value = 0
-            s["rlast"].value = 0
-            s["arready"].value = 1
-
-    def _apply(self, aw: tuple[int, int, int, int], beats: list[tuple[int, int]]) -> int:
-        """Write one burst's strobed bytes; returns BRESP."""
-        addr, nbeats, size, burst = aw
-        lanes, full = self.lanes, (1 << self.lanes) - 1
-        try:
-            if len(beats) != nbeats:
-                raise ValueError(f"write burst at {addr:#x}: AWLEN+1 = {nbeats}, "
-                                 f"{len(beats)} W beats")
-            base, n = self._check("write", addr, nbeats, size, burst)
-            if not self.ram.contains(base, n):
-                raise ValueError(f"write burst at {addr:#x} outside guest memory")
-        except ValueError as exc:
-            self.errors.append(str(exc))
-            return 2
-        data = b"".join(d.to_bytes(lanes, "little") for d, _ in beats)
-        if all(strb == full for _, strb in beats):
-            self.ram.write(base, data)
-            self.ram.bytes_written += n
-            return 0
-        mask = [bool(strb >> i & 1) for _, strb in beats for i in range(lanes)]
-        i = 0
-        while i < n:  # each run of strobed bytes is one write
-            if not mask[i]:
-                i += 1
-                continue
-            j = i
-            while j < n and mask[j]:
-                j += 1
-            self.ram.write(base + i, data[i:j])
-            self.ram.bytes_written += j - i
-            i = j
-        return 0
-
-    async def _writes(self) -> None:
-        from cocotb.triggers import First, RisingEdge
-
-        s, clk = self.s, self.clk
-        aws: deque[tuple[int, int, int, int, int]] = deque()
-        bursts: deque[list[tuple[int, int]]] = deque()
-        beats: list[tuple[int, int]] = []
-        b_busy = False
-        while True:
-            if not (aws or bursts or beats or b_busy) and not self._high("awvalid") \
-                    and not self._high("wvalid"):
-                await First(RisingEdge(s["awvalid"]), RisingEdge(s["wvalid"]))
-            await RisingEdge(clk)
-            if self._high("awvalid"):  # awready is always high
-                aws.append((self._u("awaddr"), self._u("awlen") + 1, self._u("awsize"),
-                            self._u("awburst"), self._u("awid")))
-            if self._high("wvalid"):  # so is wready
-                beats.append((self._u("wdata"), self._u("wstrb")))
-                if self._high("wlast"):
-                    bursts.append(beats)
-                    beats = []
-            if b_busy and self._high("bready"):
-                s["bvalid"].value = 0
-                b_busy = False
-            if aws and bursts and not b_busy:
-                addr, nbeats, size, burst, bid = aws.popleft()
-                s["bresp"].value = self._apply((addr, nbeats, size, burst), bursts.popleft())
-                s["bid"].value = bid
-                s["bvalid"].value = 1
-                b_busy = True
-                self.bursts += 1
-
-
-# --- what the transport drives --------------------------------------------------------------------
-
-class Link(Protocol):
-    """The device under the bridge: the RTL in cocotb, or the reference model."""
-
-    guest: RegisterPort
-    hv: RegisterPort
-    ram: GuestRam
-
-    @property
-    def irq(self) -> bool: ...
-
-    @property
-    def cycle(self) -> int: ...
-
-    async def advance(self, cycles: int) -> None:
-        """Let the device run ``cycles`` clock cycles (less if ``irq`` rises)."""
-        ...
-
+# --- what the transport drives: a sw.transport.ClockedLink whose ``mem`` (and ``ram``) is a
+# GuestRam -----------------------------------------------------------------------------------------
 
 class ModelLink:
-    """The reference model (``models.device``) behind the same interface: untimed, a
-    QueueNotify write runs the engine to idle before it returns."""
+    """The reference model (``models.device``) as a :class:`sw.transport.ClockedLink`: untimed,
+    a QueueNotify write runs the engine to idle before it returns."""
 
     def __init__(self, disk_bytes: int, data_width: int = 128) -> None:
         from models.device import ReferenceDevice
@@ -353,6 +144,8 @@ class LinuxBench:
         from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
 
         from .bench import CLOCK_NS, AxiLitePort
+        from .detmem import DeterministicMemory
+        from .memory import BusErrorPages, MemoryTarget
 
         self.dut = dut
         self.clock_ns = CLOCK_NS
@@ -373,13 +166,13 @@ class LinuxBench:
                                                dut.clk, dut.rst))
         self.hv = AxiLitePort(AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_hv_"), dut.clk,
                                             dut.rst))
-        self.target: GuestRamTarget | AxiRamResponder
+        self.target: MemoryTarget | DeterministicMemory  # bytes_read, bytes_written, refused
         if axi_model == "cocotbext":
-            self.target = GuestRamTarget(self.ram)
+            self.target = MemoryTarget(self.ram, BusErrorPages())
             self.axi = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst,
                                 target=self.target)
         elif axi_model == "fast":
-            self.target = AxiRamResponder(dut, self.ram, data_width)
+            self.target = DeterministicMemory(dut, self.ram, latency=0, data_width=data_width)
         else:
             raise ValueError(f"axi_model must be 'fast' or 'cocotbext', not {axi_model!r}")
         for prefix in ("m_axi_", "s_axil_", "s_hv_"):  # the bus models log every burst at INFO
@@ -475,12 +268,14 @@ class RequestLog:
         self.done: list[BlkReq] = []
         self.errors: list[str] = []
         self.num = 0
+        self.ring = SplitRing(0)
         self.desc = self.avail = self.used = 0
         self.seen_avail = 0
         self.seen_used = 0
 
     def start(self, num: int, desc: int, avail: int, used: int) -> None:
         self.num, self.desc, self.avail, self.used = num, desc, avail, used
+        self.ring = SplitRing(num)
         self.seen_avail = self.seen_used = 0
         self.pending.clear()
 
@@ -489,10 +284,10 @@ class RequestLog:
         return self.num != 0
 
     def avail_idx(self) -> int:
-        return self.ram.le16(self.avail + 2)
+        return self.ram.le16(self.avail + SplitRing.AVAIL_IDX)
 
     def used_idx(self) -> int:
-        return self.ram.le16(self.used + 2)
+        return self.ram.le16(self.used + SplitRing.USED_IDX)
 
     def outstanding(self) -> bool:
         """The device has work: entries made available that it has not used yet."""
@@ -503,7 +298,8 @@ class RequestLog:
         writable: list[tuple[int, int]] = []
         i = head
         for _ in range(self.num):
-            addr, length, flags, nxt = _DESC.unpack(self.ram.read(self.desc + 16 * i, 16))
+            addr, length, flags, nxt = DESC.unpack(self.ram.read(self.desc + self.ring.desc(i),
+                                                                 DESC.size))
             if flags & spec.VIRTQ_DESC_F_INDIRECT:
                 raise ValueError(f"descriptor {i} is INDIRECT (not offered)")
             (writable if flags & spec.VIRTQ_DESC_F_WRITE else readable).append((addr, length))
@@ -532,20 +328,22 @@ class RequestLog:
         new = (idx - self.seen_avail) & 0xFFFF
         for k in range(new):
             seq = (self.seen_avail + k) & 0xFFFF
-            head = self.ram.le16(self.avail + 4 + 2 * (seq % self.num))
+            head = self.ram.le16(self.avail + self.ring.avail_ring(seq))
             try:
                 readable, writable = self._chain(head)
                 total_r = sum(n for _, n in readable)
                 total_w = sum(n for _, n in writable)
-                rtype, _, sector = _HEADER.unpack(self._gather(readable, 0, 16).ljust(16, b"\0"))
+                rtype, _, sector = BLK_HEADER.unpack(
+                    self._gather(readable, 0, BLK_HEADER.size).ljust(BLK_HEADER.size, b"\0"))
             except (ValueError, struct.error) as exc:
                 self.errors.append(f"avail entry {seq} (head {head}): {exc}")
                 continue
-            data_len = total_r - 16 if rtype == spec.VIRTIO_BLK_T_OUT else max(total_w - 1, 0)
+            data_len = (total_r - BLK_HEADER.size if rtype == spec.VIRTIO_BLK_T_OUT
+                        else max(total_w - 1, 0))
             req = BlkReq(seq, head, rtype, sector, data_len, total_w, cycle, time.monotonic())
             if rtype == spec.VIRTIO_BLK_T_OUT and req._in_range(self.disk_bytes):
                 off = sector * spec.SECTOR_SIZE
-                self.shadow[off:off + data_len] = self._gather(readable, 16, data_len)
+                self.shadow[off:off + data_len] = self._gather(readable, BLK_HEADER.size, data_len)
             self.pending.append(req)
         self.seen_avail = idx
         return new
@@ -561,8 +359,8 @@ class RequestLog:
         new = (idx - self.seen_used) & 0xFFFF
         for k in range(new):
             seq = (self.seen_used + k) & 0xFFFF
-            head, used_len = _USED_ELEM.unpack(
-                self.ram.read(self.used + 4 + 8 * (seq % self.num), 8))
+            head, used_len = USED_ELEM.unpack(
+                self.ram.read(self.used + self.ring.used_ring(seq), USED_ELEM.size))
             if not self.pending:
                 self.errors.append(f"used element {seq} (head {head}) for no request made "
                                    "available")
@@ -602,9 +400,10 @@ class MmioTransport:
     of virtio 1.x section 3.1.1.
     """
 
-    def __init__(self, link: Link, disk_bytes: int, *, log: logging.Logger | None = None) -> None:
+    def __init__(self, link: ClockedLink, disk_bytes: int, *,
+                 log: logging.Logger | None = None) -> None:
         self.link = link
-        self.ram = link.ram
+        self.ram: GuestRam = link.mem  # type: ignore[assignment]
         self.log = log or logging.getLogger("linux.transport")
         self.requests = RequestLog(self.ram, disk_bytes)
         self.backend: VhostUserBackend | None = None
@@ -626,17 +425,14 @@ class MmioTransport:
     async def identify(self) -> Identity:
         """Read who the device is; put it in GPA mode (the guest's addresses are physical)."""
         await self.link.hv.write32(spec.HV_CTRL, 0)
-        words = []
-        for sel in (0, 1):
-            await self._w(spec.MMIO_DEVICE_FEATURES_SEL, sel)
-            words.append(await self._r(spec.MMIO_DEVICE_FEATURES))
+        features = await virtio.run_async(virtio.read_device_features(), self.link.guest)
         await self._w(spec.MMIO_QUEUE_SEL, 0)
         ident = Identity(
             magic=await self._r(spec.MMIO_MAGIC_VALUE),
             version=await self._r(spec.MMIO_VERSION),
             device_id=await self._r(spec.MMIO_DEVICE_ID),
             vendor=await self._r(spec.MMIO_VENDOR_ID),
-            features=words[1] << 32 | words[0],
+            features=features,
             queue_num_max=await self._r(spec.MMIO_QUEUE_NUM_MAX),
             capacity=(await self._r(spec.MMIO_CONFIG + 4)) << 32
             | await self._r(spec.MMIO_CONFIG),
@@ -684,30 +480,13 @@ class MmioTransport:
             raise VhostUserError(f"queue size {n} is not a power of two <= QueueNumMax "
                                  f"{self.ident.queue_num_max}")
         # QEMU's virtual addresses -> guest physical (the device's view), through the table.
-        desc = mem.uva_to_gpa(vring.desc, spec.DESC_BYTES * n)
-        avail = mem.uva_to_gpa(vring.avail, 6 + 2 * n)
-        used = mem.uva_to_gpa(vring.used, 6 + 8 * n)
-        await self._reset()
-        status = spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER
-        await self._w(spec.MMIO_STATUS, spec.STATUS_ACKNOWLEDGE)
-        await self._w(spec.MMIO_STATUS, status)
-        for sel in (1, 0):
-            await self._w(spec.MMIO_DRIVER_FEATURES_SEL, sel)
-            await self._w(spec.MMIO_DRIVER_FEATURES, self.features >> (32 * sel) & 0xFFFF_FFFF)
-        status |= spec.STATUS_FEATURES_OK
-        await self._w(spec.MMIO_STATUS, status)
-        got = await self._r(spec.MMIO_STATUS)
-        if not got & spec.STATUS_FEATURES_OK:
-            raise BridgeError(f"the device refused features {self.features:#x} "
-                              f"(Status {got:#04x})")
-        await self._w(spec.MMIO_QUEUE_SEL, 0)
-        await self._w(spec.MMIO_QUEUE_NUM, n)
-        for reg, addr in ((spec.MMIO_QUEUE_DESC_LOW, desc), (spec.MMIO_QUEUE_DRIVER_LOW, avail),
-                          (spec.MMIO_QUEUE_DEVICE_LOW, used)):
-            await self._w(reg, addr & 0xFFFF_FFFF)
-            await self._w(reg + 4, addr >> 32)
-        await self._w(spec.MMIO_QUEUE_READY, 1)
-        await self._w(spec.MMIO_STATUS, status | spec.STATUS_DRIVER_OK)
+        ring = SplitRing(n)
+        desc = mem.uva_to_gpa(vring.desc, ring.desc_bytes)
+        avail = mem.uva_to_gpa(vring.avail, ring.avail_bytes)
+        used = mem.uva_to_gpa(vring.used, ring.used_bytes)
+        # virtio 1.2 section 3.1.1, FeaturesRefused if FEATURES_OK does not stick
+        await virtio.run_async(virtio.bring_up(self.features, n, desc, avail, used),
+                               self.link.guest)
         self.requests.start(n, desc, avail, used)
         self.vring = vring
         self.starts += 1
@@ -732,7 +511,7 @@ class MmioTransport:
             await self.service_irq()
         self.requests.collect(self.link.cycle)
         base = self.requests.used_idx() if self.requests.running else 0
-        await self._reset()
+        await virtio.run_async(virtio.reset(), self.link.guest)
         self.requests.num = 0
         self.vring = None
         self.stops += 1
@@ -745,14 +524,6 @@ class MmioTransport:
             "the associative translation mode (a later issue), which plugs in here")
 
     # -- interrupt ---------------------------------------------------------------------------------
-    async def _reset(self, limit: int = 100_000) -> None:
-        await self._w(spec.MMIO_STATUS, 0)
-        for _ in range(limit):
-            if await self._r(spec.MMIO_STATUS) == 0:
-                return
-            await self.link.advance(4)
-        raise BridgeError("the device did not complete its reset (Status never read 0)")
-
     async def service_irq(self) -> None:
         """irq is high: acknowledge, account the completions, signal the call eventfd."""
         isr = await self._r(spec.MMIO_INTERRUPT_STATUS)
@@ -767,7 +538,7 @@ class MmioTransport:
                 addr = (await self.link.hv.read32(spec.HV_FAULT_ADDR_HI)) << 32 | \
                     await self.link.hv.read32(spec.HV_FAULT_ADDR_LO)
                 target = getattr(self.link, "target", None)
-                bus = target.errors[:4] if target is not None else []
+                bus = target.refused[:4] if target is not None else []
                 raise BridgeError(f"device fault: cause {cause} "
                                   f"({spec.FAULT_NAMES.get(cause, '?')}) at {addr:#x}"
                                   + (f"; accesses outside guest memory: {bus}" if bus else ""))
@@ -861,7 +632,7 @@ class BridgeStats:
 class LinuxBridge:
     """Start QEMU, serve its vhost-user connection with the device, until the guest powers off."""
 
-    def __init__(self, link: Link, transport: MmioTransport, cfg: BridgeConfig,
+    def __init__(self, link: ClockedLink, transport: MmioTransport, cfg: BridgeConfig,
                  log: logging.Logger | None = None) -> None:
         self.link = link
         self.transport = transport
@@ -1061,6 +832,7 @@ def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
         prev = r.done_cycle
     sizes = Counter(r.data_len for r in done if r.type in (spec.VIRTIO_BLK_T_IN,
                                                            spec.VIRTIO_BLK_T_OUT))
+    bus = getattr(transport.link, "target", None)  # the m_axi model (none for the reference)
     figures = {
         "mode": mode,
         "requests": len(done),
@@ -1068,8 +840,8 @@ def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
         "data_bytes": sum(data_bytes.values()),
         "data_bytes_by_type": dict(data_bytes),
         "request_sizes": {str(k): v for k, v in sorted(sizes.items())},
-        "bus_bytes_read": transport.ram.bytes_read,
-        "bus_bytes_written": transport.ram.bytes_written,
+        "bus_bytes_read": bus.bytes_read if bus else 0,
+        "bus_bytes_written": bus.bytes_written if bus else 0,
         "cycles": stats.cycles,
         "busy_cycles": stats.busy_cycles,
         "cycles_per_request": (stats.busy_cycles / len(done)) if done else None,
@@ -1119,7 +891,7 @@ async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict
                                       deadline_s=cfg["deadline_s"]), log)
     try:
         stats = await bridge.run()
-    except (BridgeError, VhostUserError, OSError, ValueError) as exc:
+    except (BridgeError, InitError, VhostUserError, OSError, ValueError) as exc:
         log.error("bridge: %s", exc)
         errors.append(f"{type(exc).__name__}: {exc}")
         stats = bridge.stats

@@ -10,22 +10,26 @@ __all__ = ["BusErrorPages", "MemoryTarget"]
 
 
 class MemoryTarget:
-    """Target of ``cocotbext.axi.AxiSlave``: raising makes the model answer SLVERR."""
+    """Target of ``cocotbext.axi.AxiSlave``: raising makes the model answer SLVERR. Counts the
+    bytes moved and records the refused accesses, as ``tb.detmem.DeterministicMemory`` does."""
 
     def __init__(self, mem: GuestMemory, errors: BusErrorPages):
         self.mem = mem
         self.errors = errors
+        self.refused: list[str] = []
+        self.bytes_read = self.bytes_written = 0
 
     def _check(self, kind: str, address: int, length: int) -> None:
-        if self.errors.hit(kind, address):
-            raise OSError(f"injected bus error: {kind} at {address:#x}")
-        if not self.mem.contains(address, length):
-            raise OSError(f"{kind} of {length} bytes at {address:#x} outside guest memory")
+        if self.errors.hit(kind, address) or not self.mem.contains(address, length):
+            self.refused.append(f"{kind} {length} B at {address:#x}")
+            raise OSError(f"bus error (injected or outside memory): {self.refused[-1]}")
 
     async def read(self, address: int, length: int) -> bytes:
         self._check("R", address, length)
+        self.bytes_read += length
         return self.mem.read(address, length)
 
     async def write(self, address: int, data: bytes) -> None:
         self._check("W", address, len(data))
+        self.bytes_written += len(data)
         self.mem.write(address, data)

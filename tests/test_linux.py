@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -333,3 +334,22 @@ def test_linux_guest(mode):
     tail = (res.stdout + res.stderr)[-6000:]
     assert res.returncode == 0, f"make linux ({mode}) failed:\n{tail}"
     assert "result               PASS" in res.stdout, tail
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                    reason="the configuration is built for make linux only")
+@pytest.mark.parametrize("model", ["fast", "cocotbext"])
+def test_bridge_memory_models(model):
+    """Both ``m_axi`` models of the bridge (``--axi-model``) serve 4 KiB writes and reads on
+    the configuration ``make linux`` runs, and count the bytes; the simulation log has cycles
+    per second (``-s`` shows it; 200 requests gave the figures in docs/linux.md)."""
+    if os.environ.get("VHB_SKIP_LINUX"):
+        pytest.skip("VHB_SKIP_LINUX is set (CI runs make linux separately)")
+    from tb.runner import DeviceConfig, run
+
+    tests, failed, xml = run(
+        "tb.test_linux", DeviceConfig(data_width=128, disk_bytes=2 << 20),
+        testcase="test_memory_model_speed", results_name=f"linux_speed_{model}",
+        extra_env={"VHB_LINUX": json.dumps({"axi_model": model, "requests": 8})})
+    assert (tests, failed) == (1, 0), f"the {model} model failed; log above, results {xml}"

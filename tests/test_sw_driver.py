@@ -483,6 +483,13 @@ class _Lying:
         await self.inner.wait_irq(timeout_cycles)
 
 
+def test_bring_up_errors_are_the_vocabulary_s() -> None:
+    """One exception type per failure everywhere: the driver raises models.virtio's."""
+    from models import virtio
+
+    assert InitError is virtio.InitError and FeaturesRefused is virtio.FeaturesRefused
+
+
 @pytest.mark.parametrize("offset,value,msg", [
     (spec.MMIO_MAGIC_VALUE, 0x12345678, "MagicValue"),
     (spec.MMIO_VERSION, 1, "legacy"),

@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=360.0,
                         help="seconds the guest may take from QEMU's start to power-off")
     parser.add_argument("--axi-model", choices=("fast", "cocotbext"), default="fast",
-                        help="m_axi memory model: the lean responder of tb/linux_bridge.py "
-                        "(default) or cocotbext-axi's AxiSlave (slower, the other benches' model)")
+                        help="m_axi memory model: the benches' fast deterministic memory "
+                        "(tb/detmem.py, default) or cocotbext-axi's AxiSlave (slower)")
     parser.add_argument("--build-dir", type=Path, default=BUILD)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(relativeCreated)9.0fms %(message)s")
