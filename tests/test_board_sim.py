@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def run_board(params: dict, name: str) -> None:
     from cocotb_tools.runner import get_runner
 
     from rtl.board.build import SIM_TOP, generate_sim_verilog
-    from tb.runner import check_simulator
+    from tb.runner import bench_env, check_simulator
 
     check_simulator()
     top = {k: params[k] for k in ("data_width", "mem_bytes", "clks_per_bit") if k in params}
@@ -59,7 +58,7 @@ def run_board(params: dict, name: str) -> None:
     xml.unlink(missing_ok=True)
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "PYTHONWARNINGS": "ignore::DeprecationWarning",
-           "VHB_BOARD": json.dumps({**params, **top})}
+           **bench_env({**params, **top})}
     with contextlib.suppress(SystemExit):
         runner.test(test_module="tb.test_board", hdl_toplevel=SIM_TOP,
                     hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=test_dir,
