@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,8 +67,9 @@ def check_simulator() -> None:
 
 
 def _rtl_digest() -> str:
+    """Of the RTL and of the models it reads (any of them may change the Verilog)."""
     h = hashlib.sha256()
-    for path in [*sorted((ROOT / "rtl").glob("*.py")), ROOT / "models" / "spec.py"]:
+    for path in [*sorted((ROOT / "rtl").rglob("*.py")), *sorted((ROOT / "models").glob("*.py"))]:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -81,38 +82,49 @@ def _runner(quiet: bool):
     return runner
 
 
-def build(config: DeviceConfig, *, waves: bool = False, quiet: bool = False) -> Path:
-    """Export the Verilog (if the RTL changed) and compile it with iverilog (its output in
-    ``build.log`` of the build directory if ``quiet``). Returns the build directory."""
+def compile_top(build_dir: Path, top: str, write_verilog: Callable[[Path], object], *,
+                waves: bool = False, quiet: bool = False) -> Path:
+    """Write ``<build_dir>/<top>.v`` with ``write_verilog`` (if the RTL changed) and compile it
+    with iverilog (its output in ``build.log`` if ``quiet``). Returns ``build_dir``."""
     check_simulator()
-    from rtl.export import generate
-
-    build_dir = ROOT / "build" / "sim" / (config.tag + ("_waves" if waves else ""))
     build_dir.mkdir(parents=True, exist_ok=True)
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        verilog = build_dir / f"{TOP}.v"
+        verilog = build_dir / f"{top}.v"
         stamp = build_dir / "rtl.digest"
         digest = _rtl_digest()
         fresh = not (verilog.exists() and stamp.exists() and stamp.read_text() == digest)
         if fresh:
-            generate(verilog, data_width=config.data_width, entries=config.entries,
-                     queue_num_max=config.queue_num_max, disk_bytes=config.disk_bytes)
-        _runner(quiet).build(sources=[verilog], hdl_toplevel=TOP, build_dir=build_dir,
+            write_verilog(verilog)
+        _runner(quiet).build(sources=[verilog], hdl_toplevel=top, build_dir=build_dir,
                              timescale=("1ns", "1ps"), waves=waves, always=fresh,
                              log_file=build_dir / "build.log" if quiet else None)
         stamp.write_text(digest)
     return build_dir
 
 
-def run(test_module: str, config: DeviceConfig, *, testcase: str | None = None,
+def build(config: DeviceConfig, *, waves: bool = False, quiet: bool = False) -> Path:
+    """The device in ``config``, exported and compiled in ``build/sim/<tag>``."""
+    from rtl.export import generate
+
+    return compile_top(
+        ROOT / "build" / "sim" / (config.tag + ("_waves" if waves else "")), TOP,
+        lambda v: generate(v, data_width=config.data_width, entries=config.entries,
+                           queue_num_max=config.queue_num_max, disk_bytes=config.disk_bytes),
+        waves=waves, quiet=quiet)
+
+
+def run(test_module: str, config: DeviceConfig | None = None, *, testcase: str | None = None,
         params: Mapping | None = None, extra_env: Mapping[str, str] | None = None,
         waves: bool = False, seed: int = 1, results_name: str | None = None,
-        log: Path | None = None) -> tuple[int, int, Path]:
-    """Run the cocotb tests of ``test_module`` on ``config`` with the bench's ``params``
+        log: Path | None = None, top: str = TOP,
+        build_dir: Path | None = None) -> tuple[int, int, Path]:
+    """Run the cocotb tests of ``test_module`` on the device in ``config`` (or on ``top``
+    compiled in ``build_dir`` by :func:`compile_top`) with the bench's ``params``
     (``extra_env``: cocotb's own variables). The simulator's output goes to the file ``log``
     if given, else to the terminal. Returns (tests, failed, results xml)."""
-    build_dir = build(config, waves=waves, quiet=log is not None)
+    if build_dir is None:
+        build_dir = build(config or DeviceConfig(), waves=waves, quiet=log is not None)
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            # cocotbext-axi still calls task.kill(); the warning is theirs, not ours
            "PYTHONWARNINGS": "ignore::DeprecationWarning",
@@ -125,7 +137,7 @@ def run(test_module: str, config: DeviceConfig, *, testcase: str | None = None,
     # Under pytest the runner exits on a failed test; the results file tells more.
     with contextlib.suppress(SystemExit):
         _runner(log is not None).test(
-            test_module=test_module, hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+            test_module=test_module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
             testcase=testcase, build_dir=build_dir, test_dir=test_dir, extra_env=env,
             waves=waves, seed=seed, results_xml=str(xml), log_file=log)
     if not xml.exists():
