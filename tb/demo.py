@@ -13,8 +13,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 from .runner import ROOT, DeviceConfig, check_simulator, run
 
@@ -30,31 +28,27 @@ def run_mode(cfg: DeviceConfig, handle_mode: bool, requests: int, seed: int,
              waves: bool) -> dict:
     mode = "handle" if handle_mode else "gpa"
     log = LOG_DIR / f"demo_{mode}_w{cfg.data_width}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "summary.json"
-        params = {"handle_mode": handle_mode, "requests": requests, "seed": seed,
-                  "summary": str(out)}
-        try:
-            _tests, _failed, xml = run("tb.demo_bench", cfg, testcase="test_demo",
-                                       params=params, waves=waves, log=log,
-                                       results_name=f"demo_{mode}")
-        except RuntimeError as exc:
-            return {"matches_reference": False, "mismatch": str(exc), "mode": mode,
-                    "log": str(log)}
-        if not out.exists():
-            return {"matches_reference": False, "mismatch": f"the bench did not finish: {xml}",
-                    "mode": mode, "log": str(log)}
-        summary = json.loads(out.read_text())
-        summary["log"] = str(log)
-        summary["wave_file"] = None
-        if waves:  # the simulator writes <build dir>/<top>.fst; keep one file per mode
-            fst = xml.parent.parent.parent / "virtio_blk_handle.fst"
-            kept = Path("build") / f"demo_{summary['mode']}_w{cfg.data_width}.fst"
-            kept.parent.mkdir(exist_ok=True)
-            shutil.copyfile(fst, kept)
-            summary["wave_file"] = str(kept.resolve())
-        return summary
+    out = log.with_suffix(".json")  # the bench's summary
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    failed = {"matches_reference": False, "mode": mode, "log": str(log),
+              "mismatch": "the bench did not finish"}
+    params = {"handle_mode": handle_mode, "requests": requests, "seed": seed,
+              "summary": str(out)}
+    try:
+        _tests, _failed, xml = run("tb.demo_bench", cfg, testcase="test_demo", params=params,
+                                   waves=waves, log=log, results_name=f"demo_{mode}")
+    except RuntimeError as exc:
+        return failed | {"mismatch": str(exc)}
+    if not out.exists():
+        return failed
+    summary = json.loads(out.read_text()) | {"log": str(log), "wave_file": None}
+    if waves:  # the simulator writes <build dir>/<top>.fst; keep one file per mode
+        fst = xml.parent.parent.parent / "virtio_blk_handle.fst"
+        kept = LOG_DIR.parent / f"demo_{mode}_w{cfg.data_width}.fst"
+        shutil.copyfile(fst, kept)
+        summary["wave_file"] = str(kept.resolve())
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

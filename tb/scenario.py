@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from models.device import ReferenceDevice
 from models.memory import GuestMemory
 from sw.alloc import PageAllocator
-from sw.compare import compare_bytes, compare_results, read_disk
+from sw.compare import compare_bytes, compare_results
 from sw.dma import DmaApi, GrantDma, IdentityDma
 from sw.driver import BlkRequest, BlkResult, VirtioBlkDriver
 from sw.hypervisor import Hypervisor
@@ -50,11 +50,6 @@ async def bring_up(link: DeviceLink, sc: Scenario) -> Session:
     driver = VirtioBlkDriver(link, dma, alloc, seed=sc.seed, no_interrupt=sc.no_interrupt)
     await driver.init(sc.queue_size)
     return Session(link, driver, hv, dma)
-
-
-async def read_whole_disk(driver: VirtioBlkDriver, chunk_sectors: int = 16) -> bytes:
-    """The RAM disk as the device returns it, read in ``chunk_sectors`` requests."""
-    return await read_disk(driver.run_batch, driver.capacity, chunk_sectors)
 
 
 class Pair:

@@ -14,12 +14,12 @@ import random
 import cocotb
 
 from models import spec
-from sw.compare import compare_bytes
+from sw.compare import compare_bytes, read_disk
 from sw.driver import BlkRequest
 from sw.workload import random_requests
 
 from .runner import params
-from .scenario import Pair, Scenario, read_whole_disk, run_on_both
+from .scenario import Pair, Scenario, run_on_both
 
 
 @cocotb.test()
@@ -45,8 +45,8 @@ async def test_basic(dut):
     assert rtl_res[3].data == data1
     assert rtl_res[5].data == data2
     pair.check(" after basic requests")
-    ref_disk = await read_whole_disk(ref_s.driver)
-    rtl_disk = await read_whole_disk(rtl_s.driver)
+    ref_disk = await read_disk(ref_s.driver.run_batch, ref_s.driver.capacity)
+    rtl_disk = await read_disk(rtl_s.driver.run_batch, rtl_s.driver.capacity)
     compare_bytes("RAM disk read back", bytes(pair.ref.disk), rtl_disk)
     compare_bytes("reference read-back", bytes(pair.ref.disk), ref_disk)
     pair.check(" after disk read-back")
@@ -66,8 +66,8 @@ async def test_random(dut):
     for i in range(0, len(reqs), batch):
         await run_on_both(pair, ref_s, rtl_s, reqs[i:i + batch])
     pair.check(f" after {len(reqs)} random requests")
-    rtl_disk = await read_whole_disk(rtl_s.driver)
-    await read_whole_disk(ref_s.driver)
+    rtl_disk = await read_disk(rtl_s.driver.run_batch, rtl_s.driver.capacity)
+    await read_disk(ref_s.driver.run_batch, ref_s.driver.capacity)
     compare_bytes("RAM disk read back", bytes(pair.ref.disk), rtl_disk)
     pair.check(" after disk read-back")
 
