@@ -3,9 +3,9 @@
 Each configuration gets its own ``.v`` and its own build directory under ``build/sim/``; a
 lock file makes parallel pytest workers share one build.
 
-Parameters reach a simulator process one way: :func:`run` (or :func:`bench_env` for another
-top) writes the device configuration and the bench's parameters as JSON into ``VHB_BENCH``,
-and the bench reads them back with :meth:`DeviceConfig.from_env` and :func:`params`.
+Parameters reach a simulator process one way: :func:`run` writes the device configuration and
+the bench's parameters as JSON into ``VHB_BENCH``, and the bench reads them back with
+:meth:`DeviceConfig.from_env` and :func:`params`.
 """
 
 from __future__ import annotations
@@ -52,12 +52,6 @@ class DeviceConfig:
 def params() -> dict:
     """In the simulator process: the bench's parameters :func:`run` was given."""
     return json.loads(os.environ.get(ENV, "{}")).get("params", {})
-
-
-def bench_env(params: Mapping | None = None, config: DeviceConfig | None = None) -> dict:
-    """The environment that carries ``config`` and ``params`` to a simulator process."""
-    return {ENV: json.dumps({"config": asdict(config) if config else {},
-                             "params": dict(params or {})})}
 
 
 def check_simulator() -> None:
@@ -128,7 +122,8 @@ def run(test_module: str, config: DeviceConfig | None = None, *, testcase: str |
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            # cocotbext-axi still calls task.kill(); the warning is theirs, not ours
            "PYTHONWARNINGS": "ignore::DeprecationWarning",
-           **bench_env(params, config), **(extra_env or {})}
+           ENV: json.dumps({"config": asdict(config) if config else {},
+                            "params": dict(params or {})}), **(extra_env or {})}
     name = results_name or f"{test_module.rsplit('.', 1)[-1]}_{testcase or 'all'}"
     test_dir = build_dir / "runs" / name
     test_dir.mkdir(parents=True, exist_ok=True)

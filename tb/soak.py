@@ -44,6 +44,8 @@ KINDS = [
 
 @dataclass(frozen=True)
 class Stream:
+    """One shard: a configuration (test, data width, parameters) and a seed, ``cases`` long."""
+
     seed: int
     test: str
     width: int
