@@ -52,7 +52,7 @@ verilog: $(STAMP)
 	  $(if $(filter 0,$(TRANSLATION)),--no-translation)
 
 demo: $(STAMP) check-sim verilog
-	$(PY) -m tb.demo --data-width $(DATA_WIDTH) --requests $(REQUESTS) \
+	@$(PY) -m tb.demo --data-width $(DATA_WIDTH) --requests $(REQUESTS) \
 	  $(if $(filter 1 yes true,$(WAVES)),--waves,)
 
 lint: $(STAMP)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.entries} grant entries, QueueNumMax {args.queue_num_max}, "
           f"RAM disk {args.disk_bytes} bytes)")
     if args.template is not None:
-        from .board.template import instantiation_template
+        from .template import instantiation_template
 
         args.template.parent.mkdir(parents=True, exist_ok=True)
         args.template.write_text(instantiation_template(

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from models import spec
 from models.device import ReferenceDevice
 from models.memory import GuestMemory
 from sw.alloc import PageAllocator
+from sw.compare import Mismatch, compare_bytes, compare_results, read_disk
 from sw.dma import DmaApi, GrantDma, IdentityDma
 from sw.driver import BlkRequest, BlkResult, VirtioBlkDriver
 from sw.hypervisor import Hypervisor
@@ -36,10 +37,6 @@ from sw.workload import random_requests
 __all__ = ["DemoConfig", "Mismatch", "run_demo"]
 
 DOMID = 7
-
-
-class Mismatch(AssertionError):
-    """The board and the reference model disagree."""
 
 
 @dataclass(frozen=True)
@@ -78,29 +75,6 @@ async def _bring_up(link: DeviceLink, cfg: DemoConfig) -> VirtioBlkDriver:
     return driver
 
 
-def _compare_bytes(what: str, expected: bytes, actual: bytes) -> None:
-    if expected == actual:
-        return
-    if len(expected) != len(actual):
-        raise Mismatch(f"{what}: {len(expected)} bytes expected, {len(actual)} found")
-    first = next(i for i, (a, b) in enumerate(zip(expected, actual, strict=True)) if a != b)
-    lo = max(0, first - 8)
-    raise Mismatch(f"{what} differs at offset {first:#x}:\n"
-                   f"  expected {expected[lo:first + 16].hex(' ')}\n"
-                   f"  actual   {actual[lo:first + 16].hex(' ')}")
-
-
-def _compare_results(expected: Sequence[BlkResult], actual: Sequence[BlkResult]) -> None:
-    if len(expected) != len(actual):
-        raise Mismatch(f"{len(expected)} completions expected, {len(actual)} seen")
-    for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
-        if (e.status, e.used_len, e.head) != (a.status, a.used_len, a.head):
-            raise Mismatch(f"request #{i} (type {e.request.type}, sector {e.request.sector}): "
-                           f"expected status={e.status} used_len={e.used_len} head={e.head}, "
-                           f"got status={a.status} used_len={a.used_len} head={a.head}")
-        _compare_bytes(f"data of request #{i}", e.data or b"", a.data or b"")
-
-
 async def run_demo(link: UartLink, cfg: DemoConfig, *, entries: int | None = None,
                    queue_num_max: int | None = None,
                    log: Callable[[str], None] | None = None) -> DemoResult:
@@ -135,7 +109,7 @@ async def run_demo(link: UartLink, cfg: DemoConfig, *, entries: int | None = Non
     async def both(reqs: list[BlkRequest]) -> list[BlkResult]:
         expected = await ref_drv.run_batch(reqs)
         actual = await drv.run_batch(reqs)
-        _compare_results(expected, actual)
+        compare_results(expected, actual)
         return actual
 
     cap = drv.capacity
@@ -156,17 +130,15 @@ async def run_demo(link: UartLink, cfg: DemoConfig, *, entries: int | None = Non
         data = bytes(range(256)) * (size // 256)
         await both([BlkRequest(spec.VIRTIO_BLK_T_OUT, 0, data=data)])
         got = await both([BlkRequest(spec.VIRTIO_BLK_T_IN, 0, length=size)])
-        _compare_bytes(f"{size}-byte read after write", data, got[0].data or b"")
+        compare_bytes(f"{size}-byte read after write", data, got[0].data or b"")
         say(f"  {size}-byte write and read match")
 
     if cfg.readback_disk:
-        disk = b"".join(r.data or b"" for r in await both(
-            [BlkRequest(spec.VIRTIO_BLK_T_IN, s, length=min(16, cap - s) * spec.SECTOR_SIZE)
-             for s in range(0, cap, 16)]))
-        _compare_bytes("RAM disk read back", bytes(ref.disk), disk)
+        disk = await read_disk(both, cap)
+        compare_bytes("RAM disk read back", bytes(ref.disk), disk)
         say("  RAM disk read back matches")
     if cfg.compare_memory:
-        _compare_bytes("guest memory", ref.mem.snapshot(), link.mem.read(0, info.mem_bytes))
+        compare_bytes("guest memory", ref.mem.snapshot(), link.mem.read(0, info.mem_bytes))
         say("  all of guest memory matches")
     xlate = await link.hv.read32(spec.HV_STAT_XLATE)
     completed = await link.hv.read32(spec.HV_STAT_REQUESTS)

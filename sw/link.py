@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from rtl.board import protocol as p
+from models import hostlink as p
 
 __all__ = ["BoardInfo", "BytePipe", "LinkError", "SerialPipe", "UartLink"]
 

@@ -2,15 +2,14 @@
 data width), measured on the RTL with the deterministic memory. Each row's requests also run on
 the timed reference model, which must predict every completion's cycle exactly.
 
-``VHB_PARAMS``: ``{"handle_mode", "latency", "rows": [{"size", "pattern", "align",
-"in_flight"}, ...], "repeat": index of a row to run twice}``; results are appended, one JSON
-object per line, to the file named by ``VHB_OUT``.
+Parameters (:func:`tb.runner.params`): ``{"handle_mode", "latency", "rows": [{"size",
+"pattern", "align", "in_flight"}, ...], "repeat": index of a row to run twice, "out"}``;
+results are appended, one JSON object per line, to the file named by ``out``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import cocotb
@@ -19,8 +18,8 @@ from models import spec
 from models.timing import TimedDevice, lower_bound, request_traces
 from sw.driver import BlkRequest
 
-from .scenario import Scenario
-from .test_system import Pair, run_on_both
+from .runner import params
+from .scenario import Pair, Scenario, run_on_both
 
 UNALIGNED_OFFSET = 100  # bytes into the page: unaligned to the page and to every bus width
 
@@ -75,13 +74,13 @@ async def measure(pair: Pair, ref_s, rtl_s, row: dict, latency: int, seed: int) 
 
 @cocotb.test()
 async def test_sweep(dut):
-    p = json.loads(os.environ["VHB_PARAMS"])
+    p = params()
     latency = p["latency"]
     handle_mode = p["handle_mode"]
     pair = Pair(dut, Scenario(handle_mode=handle_mode, seed=1, mem_bytes=1 << 23),
                 mem_latency=latency, ref_cls=TimedDevice)
     ref_s, rtl_s = await pair.start()
-    out = os.environ["VHB_OUT"]
+    out = p["out"]
     results = []
     for i, row in enumerate(p["rows"]):
         m = await measure(pair, ref_s, rtl_s, row, latency, seed=i)

@@ -58,8 +58,8 @@ def run_proc(proc: dict, out_dir: Path) -> Path:
     params = {k: proc[k] for k in ("handle_mode", "latency", "rows", "repeat")}
     tests, failed, xml = run("tb.bench_sweep", DeviceConfig(data_width=proc["data_width"]),
                              testcase="test_sweep",
-                             extra_env={"VHB_PARAMS": json.dumps(params), "VHB_OUT": str(out),
-                                        "COCOTB_LOG_LEVEL": "WARNING"},
+                             params={**params, "out": str(out)},
+                             extra_env={"COCOTB_LOG_LEVEL": "WARNING"},
                              results_name=f"bench_l{proc['latency']}_{mode}")
     if tests != 1 or failed:
         raise RuntimeError(f"benchmark process {out.name} failed; see {xml}")

@@ -13,12 +13,11 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
-from pathlib import Path
 
-from .runner import DeviceConfig, check_simulator, run
+from .runner import ROOT, DeviceConfig, check_simulator, run
 
 SIZES = (512, 4096, 65536)
+LOG_DIR = ROOT / "build" / "demo"  # the simulator's own output, one log per mode
 
 
 def _size(n: int) -> str:
@@ -27,27 +26,29 @@ def _size(n: int) -> str:
 
 def run_mode(cfg: DeviceConfig, handle_mode: bool, requests: int, seed: int,
              waves: bool) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "summary.json"
-        params = {"handle_mode": handle_mode, "requests": requests, "seed": seed}
-        _tests, _failed, xml = run("tb.demo_bench", cfg, testcase="test_demo", waves=waves,
-                                 extra_env={"VHB_PARAMS": json.dumps(params),
-                                            "VHB_SUMMARY": str(out),
-                                            "COCOTB_LOG_LEVEL": "WARNING"},
-                                 results_name=f"demo_{'handle' if handle_mode else 'gpa'}")
-        if not out.exists():
-            return {"matches_reference": False, "mismatch": f"the bench did not finish: {xml}",
-                    "mode": "handle" if handle_mode else "gpa", "xml": str(xml)}
-        summary = json.loads(out.read_text())
-        summary["xml"] = str(xml)
-        summary["wave_file"] = None
-        if waves:  # the simulator writes <build dir>/<top>.fst; keep one file per mode
-            fst = xml.parent.parent.parent / "virtio_blk_handle.fst"
-            kept = Path("build") / f"demo_{summary['mode']}_w{cfg.data_width}.fst"
-            kept.parent.mkdir(exist_ok=True)
-            shutil.copyfile(fst, kept)
-            summary["wave_file"] = str(kept.resolve())
-        return summary
+    mode = "handle" if handle_mode else "gpa"
+    log = LOG_DIR / f"demo_{mode}_w{cfg.data_width}.log"
+    out = log.with_suffix(".json")  # the bench's summary
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    failed = {"matches_reference": False, "mode": mode, "log": str(log),
+              "mismatch": "the bench did not finish"}
+    params = {"handle_mode": handle_mode, "requests": requests, "seed": seed,
+              "summary": str(out)}
+    try:
+        _tests, _failed, xml = run("tb.demo_bench", cfg, testcase="test_demo", params=params,
+                                   waves=waves, log=log, results_name=f"demo_{mode}")
+    except RuntimeError as exc:
+        return failed | {"mismatch": str(exc)}
+    if not out.exists():
+        return failed
+    summary = json.loads(out.read_text()) | {"log": str(log), "wave_file": None}
+    if waves:  # the simulator writes <build dir>/<top>.fst; keep one file per mode
+        fst = xml.parent.parent.parent / "virtio_blk_handle.fst"
+        kept = LOG_DIR.parent / f"demo_{mode}_w{cfg.data_width}.fst"
+        shutil.copyfile(fst, kept)
+        summary["wave_file"] = str(kept.resolve())
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"write {lat[f'write_{size}']:6d}")
         print(f"  matches reference: {'yes' if s['matches_reference'] else 'no'}")
         if not s["matches_reference"]:
-            print(f"    {s.get('mismatch')}\n    log and results: {s.get('xml')}")
+            print(f"    {s.get('mismatch')}\n    simulator log: {s['log']}")
         if s.get("wave_file"):
             print(f"  waveform: {s['wave_file']}")
     if len(summaries) == 2 and all("latency_cycles" in s for s in summaries):

@@ -2,14 +2,13 @@
 the RTL in the chosen mode, the same workload runs on the reference model, and the scoreboard
 compares them. Then single requests of 512 B, 4 KiB and 64 KiB measure the device's latency.
 
-Parameters come from ``VHB_PARAMS`` (JSON: ``handle_mode``, ``requests``, ``seed``); the
-summary is written as JSON to the file named by ``VHB_SUMMARY``.
+Parameters (:func:`tb.runner.params`): ``handle_mode``, ``requests``, ``seed``, and
+``summary``, the file the summary is written to as JSON.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import cocotb
 
@@ -17,15 +16,15 @@ from models import spec
 from sw.driver import BlkRequest
 from sw.workload import random_requests
 
-from .scenario import Scenario
-from .test_system import Pair, run_on_both
+from .runner import params
+from .scenario import Pair, Scenario, run_on_both
 
 SIZES = (512, 4096, 65536)
 
 
 @cocotb.test()
 async def test_demo(dut):
-    p = json.loads(os.environ.get("VHB_PARAMS", "{}"))
+    p = params()
     handle_mode = p.get("handle_mode", True)
     seed = p.get("seed", 1)
     pair = Pair(dut, Scenario(handle_mode=handle_mode, seed=seed))
@@ -70,6 +69,6 @@ async def test_demo(dut):
     summary["completed"] = await rtl_s.hv.hv.read32(spec.HV_STAT_REQUESTS)
     summary["faults"] = (await rtl_s.hv.fault()).count
     summary["total_cycles"] = pair.tb.cycle
-    with open(os.environ["VHB_SUMMARY"], "w") as f:
+    with open(p["summary"], "w") as f:
         json.dump(summary, f, indent=2)
     assert matches, summary.get("mismatch")

@@ -48,8 +48,9 @@ from typing import Any
 from models import spec, virtio
 from models.virtio import BLK_HEADER, DESC, USED_ELEM, InitError, SplitRing
 from sw.alloc import PageAllocator
+from sw.compare import first_difference, read_disk
 from sw.dma import IdentityDma
-from sw.driver import BlkRequest, VirtioBlkDriver
+from sw.driver import VirtioBlkDriver
 from sw.transport import ClockedLink
 from sw.vhost_user import (
     IotlbMsg,
@@ -748,26 +749,9 @@ async def read_back(link: Any, capacity: int, chunk_sectors: int = 256) -> bytes
     alloc = PageAllocator(link.ram, base=SCRATCH_BASE, size=SCRATCH_BYTES, seed=0)
     driver = VirtioBlkDriver(link, IdentityDma(), alloc, seed=None, irq_timeout=2_000_000)
     await driver.init(16)
-    out = bytearray()
-    reqs = [BlkRequest(spec.VIRTIO_BLK_T_IN, s, length=min(chunk_sectors, capacity - s) * 512)
-            for s in range(0, capacity, chunk_sectors)]
-    for res in await driver.run_batch(reqs):
-        if not res.ok:
-            raise BridgeError(f"read-back of sector {res.request.sector} failed: status "
-                              f"{res.status}")
-        out += res.data or b""
+    out = await read_disk(driver.run_batch, capacity, chunk_sectors)
     await driver.reset()
-    return bytes(out)
-
-
-def first_difference(a: bytes, b: bytes) -> str:
-    if len(a) != len(b):
-        return f"lengths {len(a)} and {len(b)}"
-    for i in range(0, len(a), 4096):
-        if a[i:i + 4096] != b[i:i + 4096]:
-            j = next(k for k in range(i, min(i + 4096, len(a))) if a[k] != b[k])
-            return f"first difference at byte {j} (sector {j // 512})"
-    return "equal"
+    return out
 
 
 def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,

@@ -2,6 +2,7 @@
 
 Every comparison fails on the first difference with a readable report: which transaction (or
 byte, or request), the expected and the actual value, and the transactions just before it.
+Bytes and completions are compared as the board demo does (:mod:`sw.compare`).
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from models.bus import Transaction
+from sw.compare import compare_bytes, compare_results
 
 from .monitor import BusRecord
+
+__all__ = ["compare_bytes", "compare_results", "compare_transactions"]
 
 
 def _fmt_ref(t: Transaction, width: int) -> str:
@@ -52,32 +56,3 @@ def compare_transactions(expected: Sequence[Transaction], actual: Sequence[BusRe
                  else f"actual #{n}: {_fmt_rtl(actual[n])}")
         raise AssertionError(f"the reference made {len(expected)} bus transactions, the RTL "
                              f"{len(actual)}; first unmatched: {extra}")
-
-
-def compare_bytes(what: str, expected: bytes, actual: bytes) -> None:
-    """Equal byte strings, or the first differing offset with a window around it."""
-    if expected == actual:
-        return
-    if len(expected) != len(actual):
-        raise AssertionError(f"{what}: {len(expected)} bytes expected, {len(actual)} found")
-    first = next(i for i, (a, b) in enumerate(zip(expected, actual, strict=True)) if a != b)
-    lo = max(0, first - 8)
-    ndiff = sum(a != b for a, b in zip(expected, actual, strict=True))
-    raise AssertionError(
-        f"{what} differs at offset {first:#x} ({ndiff} byte(s) differ):\n"
-        f"  expected {expected[lo:first + 16].hex(' ')}\n"
-        f"  actual   {actual[lo:first + 16].hex(' ')}")
-
-
-def compare_results(expected: Sequence, actual: Sequence) -> None:
-    """Driver-visible completions (status, used length, data) request by request."""
-    if len(expected) != len(actual):
-        raise AssertionError(f"{len(expected)} completions expected, {len(actual)} seen")
-    for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
-        if (e.status, e.used_len, e.head) != (a.status, a.used_len, a.head):
-            raise AssertionError(
-                f"request #{i} (type {e.request.type}, sector {e.request.sector}): expected "
-                f"status={e.status} used_len={e.used_len} head={e.head}, got status={a.status} "
-                f"used_len={a.used_len} head={a.head}")
-        if e.data != a.data:
-            compare_bytes(f"data of request #{i}", e.data or b"", a.data or b"")

@@ -1,5 +1,7 @@
 """Adversarial soak of the RTL (issue 4): many seeded streams of ``tb/test_adversarial.py`` in
-parallel simulator processes, with a progress bar and the figures at the end.
+parallel simulator processes (a ``concurrent.futures`` process pool, one stream per task; each
+simulator's output in ``<out>/logs/<seed>.log``), with a ``tqdm`` progress bar and the figures
+at the end.
 
     python -m tb.soak --cases 100000 --seed 1 --jobs 2     (make soak SOAK_CASES=... SOAK_SEED=...)
 
@@ -16,13 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
-from tb.runner import ROOT, DeviceConfig, build
+from tqdm import tqdm
+
+from tb.runner import ROOT, DeviceConfig, build, run
 
 # (weight, test, data width, params, share of --per-stream)
 KINDS = [
@@ -39,6 +44,8 @@ KINDS = [
 
 @dataclass(frozen=True)
 class Stream:
+    """One shard: a configuration (test, data width, parameters) and a seed, ``cases`` long."""
+
     seed: int
     test: str
     width: int
@@ -79,18 +86,6 @@ def plan(seed: int, per_stream: int, cases: int | None, streams: int | None) -> 
     return out
 
 
-def run_worker(spec: dict, report: Path) -> int:
-    """In a child process: one stream in one simulator process."""
-    from tb.runner import run
-
-    params = {**spec["params"], "seed": spec["seed"], "cases": spec["cases"],
-              "report": str(report)}
-    tests, failed, _ = run("tb.test_adversarial", DeviceConfig(data_width=spec["width"]),
-                           testcase=spec["test"], extra_env={"VHB_PARAMS": json.dumps(params)},
-                           results_name=f"soak_{spec['seed']}")
-    return 0 if tests == 1 and failed == 0 else 1
-
-
 FIELDS = ("cases", "hostile", "faults", "requests", "transactions", "cycles", "violations",
           "hangs", "mismatches")
 
@@ -103,14 +98,35 @@ def load(out: Path, st: Stream) -> dict | None:
     return data if data.get("spec") == st.spec() else None
 
 
-def bar(done: int, total: int, fig: dict, elapsed: float, running: int) -> str:
-    width = 30
-    frac = done / total if total else 1.0
-    fill = int(width * frac)
-    eta = f"{elapsed / frac - elapsed:5.0f} s" if 0 < frac < 1 else "  --  "
-    return (f"\r[{'#' * fill}{'.' * (width - fill)}] {done:>7}/{total} cases "
-            f"{100 * frac:5.1f}%  violations {fig['violations']}  hangs {fig['hangs']}  "
-            f"mismatches {fig['mismatches']}  {elapsed:6.0f} s  eta {eta}  ({running} running)")
+def run_stream(st: Stream, out: Path) -> dict:
+    """One stream in one simulator process: its figures, also kept in ``<out>/<seed>.json``.
+    A pure function of the stream (its configuration and seed) and ``out``, so any process
+    pool can run it."""
+    report = out / f"{st.name}.part.json"
+    report.unlink(missing_ok=True)
+    log = out / "logs" / f"{st.name}.log"
+    try:
+        run("tb.test_adversarial", DeviceConfig(data_width=st.width), testcase=st.test,
+            params={**st.params, "seed": st.seed, "cases": st.cases, "report": str(report)},
+            results_name=f"soak_{st.seed}", log=log)
+        error = ""
+    except RuntimeError as exc:
+        error = f": {exc}"
+    if report.exists():
+        got = json.loads(report.read_text())
+    else:
+        got = {k: 0 for k in FIELDS} | {"failures": [
+            f"[mismatch] the simulation ended without a report (log {log}){error}"],
+            "mismatches": 1, "wall": 0}
+    (out / f"{st.name}.json").write_text(json.dumps({"spec": st.spec(), "figures": got}))
+    report.unlink(missing_ok=True)
+    return got
+
+
+def add(fig: dict, got: dict) -> None:
+    for k in FIELDS:
+        fig[k] += got[k]
+    fig["wall"] += got.get("wall", 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,76 +137,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-stream", type=int, default=500, help="cases per hostile stream")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "soak")
-    ap.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--report", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        return run_worker(json.loads(args.worker), args.report)
 
     streams = plan(args.seed, args.per_stream, None if args.streams else args.cases,
                    args.streams)
     out = args.out.resolve()  # the simulator runs in its own directory
     (out / "logs").mkdir(parents=True, exist_ok=True)
     for width in sorted({st.width for st in streams}):
-        build(DeviceConfig(data_width=width))
+        build(DeviceConfig(data_width=width), quiet=True)
     total = sum(st.cases for st in streams)
-    fig = {k: 0 for k in FIELDS}
+    fig = {k: 0 for k in FIELDS} | {"wall": 0.0}  # wall: the simulator processes' own time
     failures: list[tuple[Stream, str]] = []
-    done_cases = 0
-    stream_wall = 0.0  # the simulator processes' own time, summed
     todo: list[Stream] = []
     for st in streams:
         prev = load(out, st)
         if prev is None:
             todo.append(st)
-            continue
-        done_cases += st.cases
-        for k in FIELDS:
-            fig[k] += prev["figures"][k]
-        stream_wall += prev["figures"].get("wall", 0.0)
-        failures += [(st, f) for f in prev["figures"]["failures"]]
+        else:
+            add(fig, prev["figures"])
+            failures += [(st, f) for f in prev["figures"]["failures"]]
     print(f"soak: {len(streams)} streams, seeds {streams[0].seed}..{streams[-1].seed}, "
           f"{total} cases; {len(streams) - len(todo)} streams already done in {out}, "
           f"{len(todo)} to run on {args.jobs} jobs", flush=True)
     t0 = time.monotonic()
-    running: dict[subprocess.Popen, tuple[Stream, Path, object]] = {}
-    queue = list(todo)
-    last = 0.0
-    while queue or running:
-        while queue and len(running) < args.jobs:
-            st = queue.pop(0)
-            report = out / f"{st.name}.part.json"
-            report.unlink(missing_ok=True)
-            log = open(out / "logs" / f"{st.name}.log", "w")  # noqa: SIM115 (closed below)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tb.soak", "--worker", json.dumps(st.spec()),
-                 "--report", str(report)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-            running[proc] = (st, report, log)
-        time.sleep(0.5)
-        for proc in [p for p in running if p.poll() is not None]:
-            st, report, log = running.pop(proc)
-            log.close()
-            if report.exists():
-                got = json.loads(report.read_text())
-            else:
-                got = {k: 0 for k in FIELDS} | {"failures": [
-                    f"[mismatch] the simulation ended without a report (exit {proc.returncode};"
-                    f" log {out / 'logs' / (st.name + '.log')})"], "mismatches": 1, "wall": 0}
-            for k in FIELDS:
-                fig[k] += got[k]
-            stream_wall += got.get("wall", 0.0)
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool, \
+            tqdm(total=total, initial=total - sum(st.cases for st in todo), unit="case",
+                 desc="soak", smoothing=0) as bar:
+        running = {pool.submit(run_stream, st, out): st for st in todo}
+        for done in as_completed(running):
+            st = running[done]
+            got = done.result()
+            add(fig, got)
             failures += [(st, f) for f in got["failures"]]
-            (out / f"{st.name}.json").write_text(json.dumps({"spec": st.spec(),
-                                                             "figures": got}))
-            report.unlink(missing_ok=True)
-            done_cases += st.cases
-        now = time.monotonic()
-        if now - last > 2 or not (queue or running):
-            print(bar(done_cases, total, fig, now - t0, len(running)), end="", file=sys.stderr,
-                  flush=True)
-            last = now
+            bar.update(st.cases)
+            bar.set_postfix(violations=fig["violations"], hangs=fig["hangs"],
+                            mismatches=fig["mismatches"])
     wall = time.monotonic() - t0
-    print(file=sys.stderr)
     print(f"soak: {fig['cases']} cases run ({fig['hostile']} hostile, {fig['faults']} faults, "
           f"{fig['requests']} requests, {fig['transactions']} bus transactions, "
           f"{fig['cycles']} cycles)")
@@ -198,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{fig['mismatches']}")
     print(f"soak: wall time {wall:.0f} s for the {len(todo)} streams run now on {args.jobs} jobs"
           f" ({sum(st.cases for st in todo) / wall if wall and todo else 0:.1f} cases/s); "
-          f"all {len(streams)} streams together took {stream_wall:.0f} s of simulator time")
-    for st, f in failures:
+          f"all {len(streams)} streams together took {fig['wall']:.0f} s of simulator time")
+    for st, f in sorted(failures, key=lambda x: x[0].seed):
         print(f"soak: seed {st.seed} ({st.test}, width {st.width}, {st.params}): {f}\n"
               f"      replay: {sys.executable} -m tb.soak --seed {st.seed} --streams 1 "
               f"--per-stream {args.per_stream} --out {out}-replay")

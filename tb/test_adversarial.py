@@ -2,7 +2,7 @@
 grant revocation racing in-flight DMA, every case compared with the reference model.
 
 Three cocotb tests, each running many cases in one simulator process (the knobs come from
-``VHB_PARAMS``, JSON; the figures go to the JSON file named by ``report``):
+:func:`tb.runner.params`; the figures go to the JSON file named by ``report``):
 
 ``test_stream``
     A seeded stream of :mod:`verif.cases` cases. For each case the reference
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -45,14 +44,10 @@ from verif.stream import ReferenceStream, StreamDriver, run_coroutine
 from verif.world import F_QUARANTINE, R_DATA, Case, Expect, World
 
 from .bench import DeviceBench
-from .runner import DeviceConfig
+from .runner import DeviceConfig, params
 from .scoreboard import compare_bytes, compare_transactions
 
 SETTLE = 24  # cycles after the last expected transaction in which nothing more may happen
-
-
-def params() -> dict:
-    return json.loads(os.environ.get("VHB_PARAMS", "{}"))
 
 
 class CaseFailure(AssertionError):

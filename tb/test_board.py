@@ -12,7 +12,7 @@ Beyond what ``python -m sw.board`` checks on hardware, the bench records the dev
 transactions inside the board top and compares them with the reference, transaction by
 transaction (``tb/scoreboard.py``).
 
-Parameters come from ``VHB_BOARD`` (JSON): the board top's (``data_width``, ``mem_bytes``,
+Parameters (:func:`tb.runner.params`): the board top's (``data_width``, ``mem_bytes``,
 ``clks_per_bit``) and the demo's (``mode``, ``requests``, ``sizes``, ``seed``, ...). One mode
 per simulator process: the board starts from its configuration state.
 """
@@ -20,9 +20,7 @@ per simulator process: the board starts from its configuration state.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
 
 import cocotb
@@ -36,13 +34,10 @@ from sw.board import DemoConfig, DemoResult, run_demo
 from sw.link import UartLink
 
 from .monitor import BusRecord
+from .runner import params
 from .scoreboard import compare_bytes, compare_transactions
 
 CLOCK_NS = 10
-
-
-def params() -> dict:
-    return json.loads(os.environ.get("VHB_BOARD", "{}"))
 
 
 class CocotbPipe:

@@ -2,21 +2,18 @@
 bus transactions up to the fault (none to the offending address), isolation on every
 handshake, and recovery after a driver reset.
 
-The cocotb test ``test_fault`` reads the case name from ``VHB_PARAMS`` (``{"case": ...}``).
+The cocotb test ``test_fault`` reads the case name from its parameters (``{"case": ...}``).
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 import cocotb
 
 from models import spec
 from sw.driver import BlkRequest, DeviceFault
 
-from .scenario import Scenario, Session
-from .test_system import Pair, run_on_both
+from .runner import params
+from .scenario import Pair, Scenario, Session, run_on_both
 
 
 def _token_descs(sess: Session, token: int) -> list[int]:
@@ -145,7 +142,7 @@ def _request(kind: str) -> BlkRequest:
 
 @cocotb.test()
 async def test_fault(dut):
-    p = json.loads(os.environ.get("VHB_PARAMS", "{}"))
+    p = params()
     name = p["case"]
     kind, mutate, cause, handle_only = CASES[name]
     handle_mode = p.get("handle_mode", True) or handle_only

@@ -1,23 +1,22 @@
 """cocotb test: an unmodified Linux guest under QEMU drives the RTL (``make linux``).
 
 The orchestrator ``tools/linux/run.py`` builds the guest and passes the run's configuration in
-``VHB_LINUX`` (JSON); this module only ties the bench to :func:`tb.linux_bridge.run_guest`.
+its parameters; this module only ties the bench to :func:`tb.linux_bridge.run_guest`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import cocotb
 
 from .linux_bridge import LinuxBench, run_guest
+from .runner import params
 
 
 @cocotb.test()
 async def test_linux_guest(dut):
-    cfg = json.loads(os.environ["VHB_LINUX"])
+    cfg = params()
     log = logging.getLogger("cocotb.linux")
     bench = LinuxBench(dut, cfg["data_width"], cfg.get("axi_model", "fast"))
     await bench.reset()
@@ -29,7 +28,7 @@ async def test_linux_guest(dut):
 @cocotb.test()
 async def test_memory_model_speed(dut):
     """The bridge's bus traffic without QEMU: this project's driver writes and reads 4 KiB
-    requests through the bench, with ``m_axi`` served by the model ``VHB_LINUX`` names
+    requests through the bench, with ``m_axi`` served by the model the bench's parameters name
     (``{"axi_model": ..., "requests": ...}``);
     logs simulated cycles per wall second and per CPU second (``docs/linux.md`` compares the
     models by these figures)."""
@@ -41,7 +40,7 @@ async def test_memory_model_speed(dut):
     from sw.dma import IdentityDma
     from sw.driver import VirtioBlkDriver
 
-    cfg = json.loads(os.environ.get("VHB_LINUX", "{}"))
+    cfg = params()
     model, requests = cfg.get("axi_model", "fast"), cfg.get("requests", 40)
     bench = LinuxBench(dut, 128, model)
     await bench.reset()

@@ -2,73 +2,24 @@
 the scoreboard compares bus transactions, completions, guest memory and the RAM disk.
 
 Each cocotb test runs in its own simulator process (``tests/test_sim.py`` selects one with
-``testcase=``), so the RAM disk starts from its initial image every time. Knobs come from the
-environment variable ``VHB_PARAMS`` (JSON): ``handle_mode``, ``seed``, ``requests``,
-``timing`` (seed of random memory latency and backpressure, or null).
+``testcase=``), so the RAM disk starts from its initial image every time. Knobs
+(:func:`tb.runner.params`): ``handle_mode``, ``seed``, ``requests``, ``timing`` (seed of
+random memory latency and backpressure, or null).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 
 import cocotb
 
 from models import spec
-from models.device import ReferenceDevice
-from models.memory import GuestMemory
+from sw.compare import compare_bytes, read_disk
 from sw.driver import BlkRequest
 from sw.workload import random_requests
 
-from .bench import DeviceBench
-from .runner import DeviceConfig
-from .scenario import Scenario, bring_up, read_whole_disk
-from .scoreboard import compare_bytes, compare_results, compare_transactions
-
-
-def params() -> dict:
-    return json.loads(os.environ.get("VHB_PARAMS", "{}"))
-
-
-class Pair:
-    """The RTL bench and a reference device with the same configuration and memory size."""
-
-    def __init__(self, dut, sc: Scenario, mem_latency: int | None = None,
-                 ref_cls=ReferenceDevice):
-        self.cfg = DeviceConfig.from_env()
-        self.sc = sc
-        self.tb = DeviceBench(dut, mem_bytes=sc.mem_bytes, data_width=self.cfg.data_width,
-                              mem_latency=mem_latency)
-        self.ref = ref_cls(GuestMemory(sc.mem_bytes), entries=self.cfg.entries,
-                                   queue_num_max=self.cfg.queue_num_max,
-                                   disk_bytes=self.cfg.disk_bytes,
-                                   data_width=self.cfg.data_width, bus_error=self.tb.errors)
-        self.log = self.tb.log
-
-    async def start(self, timing: int | None = None):
-        await self.tb.reset()
-        self.tb.set_memory_timing(timing)
-        return await bring_up(self.ref, self.sc), await bring_up(self.tb, self.sc)
-
-    def check(self, what: str = "") -> None:
-        iso = self.tb.isolation
-        if iso.violations:
-            raise AssertionError(f"isolation violated ({len(iso.violations)} transaction(s)): "
-                                 + "; ".join(iso.violations[:5]))
-        compare_transactions(self.ref.transactions, self.tb.monitor.records,
-                             self.cfg.data_width)
-        compare_bytes(f"guest memory{what}", self.ref.mem.snapshot(), self.tb.mem.snapshot())
-        self.log.info("scoreboard%s: %d bus transactions and all of guest memory match; "
-                      "isolation held on %d address handshakes", what,
-                      len(self.ref.transactions), iso.checked)
-
-
-async def run_on_both(pair: Pair, ref_sess, rtl_sess, reqs: list[BlkRequest]):
-    ref_res = await ref_sess.driver.run_batch(reqs)
-    rtl_res = await rtl_sess.driver.run_batch(reqs)
-    compare_results(ref_res, rtl_res)
-    return ref_res, rtl_res
+from .runner import params
+from .scenario import Pair, Scenario, run_on_both
 
 
 @cocotb.test()
@@ -94,8 +45,8 @@ async def test_basic(dut):
     assert rtl_res[3].data == data1
     assert rtl_res[5].data == data2
     pair.check(" after basic requests")
-    ref_disk = await read_whole_disk(ref_s.driver)
-    rtl_disk = await read_whole_disk(rtl_s.driver)
+    ref_disk = await read_disk(ref_s.driver.run_batch, ref_s.driver.capacity)
+    rtl_disk = await read_disk(rtl_s.driver.run_batch, rtl_s.driver.capacity)
     compare_bytes("RAM disk read back", bytes(pair.ref.disk), rtl_disk)
     compare_bytes("reference read-back", bytes(pair.ref.disk), ref_disk)
     pair.check(" after disk read-back")
@@ -115,11 +66,10 @@ async def test_random(dut):
     for i in range(0, len(reqs), batch):
         await run_on_both(pair, ref_s, rtl_s, reqs[i:i + batch])
     pair.check(f" after {len(reqs)} random requests")
-    rtl_disk = await read_whole_disk(rtl_s.driver)
-    await read_whole_disk(ref_s.driver)
+    rtl_disk = await read_disk(rtl_s.driver.run_batch, rtl_s.driver.capacity)
+    await read_disk(ref_s.driver.run_batch, ref_s.driver.capacity)
     compare_bytes("RAM disk read back", bytes(pair.ref.disk), rtl_disk)
     pair.check(" after disk read-back")
-
 
 
 @cocotb.test()

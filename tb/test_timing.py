@@ -2,22 +2,19 @@
 on ``m_axi`` and every completion (the used index's write response) must happen on exactly the
 cycle ``models.timing`` predicts from ``docs/timing.md``.
 
-Knobs (``VHB_PARAMS``): ``latency``, ``handle_mode``, ``seed``, ``requests``, ``batch`` (requests
-per notify), ``max_sectors``.
+Knobs (:func:`tb.runner.params`): ``latency``, ``handle_mode``, ``seed``, ``requests``,
+``batch`` (requests per notify), ``max_sectors``.
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 import cocotb
 
 from models.timing import TimedDevice
 from sw.workload import random_requests
 
-from .scenario import Scenario
-from .test_system import Pair, run_on_both
+from .runner import params
+from .scenario import Pair, Scenario, run_on_both
 
 
 def _fmt(h) -> str:
@@ -65,7 +62,7 @@ async def check_batches(pair: Pair, ref_s, rtl_s, reqs, *, batch: int, latency: 
 
 @cocotb.test()
 async def test_cycle_exact(dut):
-    p = json.loads(os.environ.get("VHB_PARAMS", "{}"))
+    p = params()
     latency = p.get("latency", 4)
     seed = p.get("seed", 1)
     pair = Pair(dut, Scenario(handle_mode=p.get("handle_mode", True), seed=seed),

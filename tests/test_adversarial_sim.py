@@ -40,9 +40,8 @@ def cosim(test: str, width: int, params: dict, name: str) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     report = run_dir / "report.json"
     report.unlink(missing_ok=True)
-    env = {"VHB_PARAMS": json.dumps({**params, "report": str(report)})}
-    tests, failed, xml = run("tb.test_adversarial", config, testcase=test, extra_env=env,
-                             results_name=name)
+    tests, failed, xml = run("tb.test_adversarial", config, testcase=test,
+                             params={**params, "report": str(report)}, results_name=name)
     assert tests == 1, f"tb.test_adversarial.{test} did not run (see {xml})"
     if not report.exists():
         raise AssertionError(f"{name}: no report (the simulation stopped early; see {xml})")

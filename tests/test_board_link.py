@@ -1,6 +1,6 @@
 """The host transport (``sw/link.py``) and the demo (``sw/board.py``) without a simulator.
 
-:class:`ModelBoard` is a byte-level model of the bridge's contract (``rtl/board/protocol.py``)
+:class:`ModelBoard` is a byte-level model of the bridge's contract (``models/hostlink.py``)
 in front of the reference device, so the framing, the posted writes, the error paths and the
 whole demo workload are checked in milliseconds; ``tests/test_board_sim.py`` runs the same
 transport against the RTL.
@@ -13,9 +13,9 @@ import tty
 
 import pytest
 
+from models import hostlink as p
 from models.device import ReferenceDevice
 from models.memory import GuestMemory
-from rtl.board import protocol as p
 from sw.board import DemoConfig, Mismatch, run_demo
 from sw.link import LinkError, UartLink
 

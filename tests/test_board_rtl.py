@@ -1,6 +1,6 @@
 """Amaranth-simulator tests of the board blocks: UART, the link bridge, the AXI4 guest memory.
 
-The bridge is checked against the protocol (``rtl/board/protocol.py``) with frames built by
+The bridge is checked against the protocol (``models/hostlink.py``) with frames built by
 the host's own encoder, including the paths the end-to-end co-simulation never takes: CRC
 errors, a frame cut short, bad lengths, ranges, bus errors, WAIT_IRQ timeouts and RESET.
 """
@@ -15,8 +15,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 from amaranth.sim import Simulator
 
+from models import hostlink as p
 from rtl.axi import RESP_DECERR, RESP_OKAY, RESP_SLVERR, AXI4LiteSignature
-from rtl.board import protocol as p
 from rtl.board.bridge import LinkBridge
 from rtl.board.memory import AxiRam
 from rtl.board.uart import UartRx, UartTx

@@ -7,10 +7,6 @@ runs the long form (``VHB_BOARD_LONG=1``): the full demo workload in both modes.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -21,51 +17,19 @@ pytestmark = pytest.mark.sim
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _digest() -> str:
-    h = hashlib.sha256()
-    for path in [*sorted((ROOT / "rtl").rglob("*.py")), ROOT / "models" / "spec.py"]:
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def run_board(params: dict, name: str) -> None:
-    from cocotb_tools.check_results import get_results
-    from cocotb_tools.runner import get_runner
-
     from rtl.board.build import SIM_TOP, generate_sim_verilog
-    from tb.runner import check_simulator
+    from tb.runner import compile_top, run
 
-    check_simulator()
     top = {k: params[k] for k in ("data_width", "mem_bytes", "clks_per_bit") if k in params}
     top.setdefault("clks_per_bit", 4)
     tag = "_".join(f"{k}{v}" for k, v in sorted(top.items()))
-    build_dir = ROOT / "build" / "sim" / f"board_{tag}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    runner = get_runner("icarus")
-    with open(build_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        verilog = build_dir / f"{SIM_TOP}.v"
-        stamp = build_dir / "rtl.digest"
-        fresh = not (verilog.exists() and stamp.exists() and stamp.read_text() == _digest())
-        if fresh:
-            # 100 MHz simulated clock; a short frame timeout keeps a lost byte cheap
-            generate_sim_verilog(verilog, clk_hz=100_000_000, frame_timeout=100_000, **top)
-        runner.build(sources=[verilog], hdl_toplevel=SIM_TOP, build_dir=build_dir,
-                     timescale=("1ns", "1ps"), always=fresh)
-        stamp.write_text(_digest())
-    test_dir = build_dir / "runs" / name
-    test_dir.mkdir(parents=True, exist_ok=True)
-    xml = test_dir / "results.xml"
-    xml.unlink(missing_ok=True)
-    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "PYTHONWARNINGS": "ignore::DeprecationWarning",
-           "VHB_BOARD": json.dumps({**params, **top})}
-    with contextlib.suppress(SystemExit):
-        runner.test(test_module="tb.test_board", hdl_toplevel=SIM_TOP,
-                    hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=test_dir,
-                    extra_env=env, results_xml=str(xml))
-    assert xml.exists(), f"the board simulation ended without results ({build_dir})"
-    tests, failed = get_results(xml)
+    # 100 MHz simulated clock; a short frame timeout keeps a lost byte cheap
+    build_dir = compile_top(ROOT / "build" / "sim" / f"board_{tag}", SIM_TOP,
+                            lambda v: generate_sim_verilog(v, clk_hz=100_000_000,
+                                                           frame_timeout=100_000, **top))
+    tests, failed, xml = run("tb.test_board", top=SIM_TOP, build_dir=build_dir,
+                             params={**params, **top}, results_name=name)
     assert tests == 1 and failed == 0, f"board simulation {name} failed: log above, {xml}"
 
 

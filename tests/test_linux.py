@@ -351,5 +351,5 @@ def test_bridge_memory_models(model):
     tests, failed, xml = run(
         "tb.test_linux", DeviceConfig(data_width=128, disk_bytes=2 << 20),
         testcase="test_memory_model_speed", results_name=f"linux_speed_{model}",
-        extra_env={"VHB_LINUX": json.dumps({"axi_model": model, "requests": 8})})
+        params={"axi_model": model, "requests": 8})
     assert (tests, failed) == (1, 0), f"the {model} model failed; log above, results {xml}"

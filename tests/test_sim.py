@@ -5,8 +5,6 @@ runner. Every case compares the RTL with the reference model transaction by tran
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tb.runner import DeviceConfig, run
@@ -18,7 +16,7 @@ pytestmark = pytest.mark.sim
 def cosim(module: str, testcase: str, params: dict, *, data_width: int = 64,
           name: str) -> None:
     tests, failed, xml = run(module, DeviceConfig(data_width=data_width), testcase=testcase,
-                             extra_env={"VHB_PARAMS": json.dumps(params)}, results_name=name)
+                             params=params, results_name=name)
     assert tests == 1, f"{module}.{testcase} did not run (see {xml})"
     assert failed == 0, f"{module}.{testcase} with {params} failed; log above, results {xml}"
 

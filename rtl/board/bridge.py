@@ -1,6 +1,6 @@
 """The board's host link bridge: UART frames to register and guest-memory accesses.
 
-The framing, commands and status bits are in :mod:`rtl.board.protocol` (and docs/board.md).
+The framing, commands and status bits are in :mod:`models.hostlink` (and docs/board.md).
 The bridge executes one request at a time, in order, and only once its CRC has checked good;
 every framed request gets exactly one response. A frame that stalls for ``frame_timeout``
 cycles between two bytes is dropped without a response, so a host can always resynchronise by
@@ -14,8 +14,9 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
+from models import hostlink as p
+
 from ..axi import AXI4LiteSignature
-from . import protocol as p
 
 __all__ = ["LinkBridge", "crc16_byte"]
 
@@ -57,7 +58,7 @@ class LinkBridge(wiring.Component):
     irq : In(1)
         The device's interrupt line (reported in every response, waited for by WAIT_IRQ).
     dev_reset : Out(1)
-        High for :data:`protocol.RESET_CYCLES` cycles on a RESET request.
+        High for :data:`models.hostlink.RESET_CYCLES` cycles on a RESET request.
     """
 
     def __init__(self, *, guest_addr_width: int, hv_addr_width: int, mem_bytes: int,

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
               "take about 2 minutes)", flush=True)
         try:
             run("tb.test_linux", config, testcase="test_linux_guest", results_name="linux",
-                extra_env={"VHB_LINUX": json.dumps(cfg)})
+                params=cfg)
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
     if not result_path.exists():

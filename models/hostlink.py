@@ -1,7 +1,8 @@
-"""The UART link protocol between a host and the board's bridge (``rtl.board.bridge``).
+"""The wire format of the UART link between a host and the board's bridge.
 
-Pure Python with no Amaranth import: the gateware and the host transport (``sw/link.py``) use
-the same constants. docs/board.md ("Link protocol") is the user-facing description.
+A specification of this project's link, so it sits at the ground floor: the gateware
+(``rtl/board/bridge.py``) and the host transport (``sw/link.py``) both read it here.
+docs/board.md ("Link protocol") is the user-facing description.
 
 A request::
 
