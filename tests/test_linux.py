@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import json
 import os
 import shutil
 import socket
