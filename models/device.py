@@ -66,6 +66,9 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
         self.queue_num_max = queue_num_max
         self.disk_bytes = disk_bytes
         self.data_width = data_width
+        #: The device parameters the register maps' reset values name (models.regmap).
+        self.params = {"queue_num_max": queue_num_max, "disk_bytes / 512": disk_bytes // 512,
+                       "entries": entries}
         self.bus_error = bus_error
         self.on_transaction = on_transaction
         self._running = False
@@ -81,14 +84,7 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
     def reset(self) -> None:
         """Hardware reset (``rst``): every register to its reset value, fault registers
         cleared, ``HV_CTRL``/``HV_DOMID`` 0. The grant table and the disk are kept."""
-        self.handle_mode = False
-        self.domid = 0
-        self.fault_status = 0
-        self.fault_cause = spec.FAULT_NONE
-        self.fault_addr = 0
-        self.fault_count = 0
-        self.stat_xlate = 0
-        self.stat_requests = 0
+        self.HV_REGS.reset(self)
         self._driver_reset()
 
     def _driver_reset(self) -> None:
@@ -96,17 +92,7 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
 
         The privileged fault registers are not touched; a halted engine restarts.
         """
-        self.status = 0
-        self.device_features_sel = 0
-        self.driver_features = [0, 0]
-        self.driver_features_sel = 0
-        self.queue_sel = 0
-        self.queue_num = self.queue_num_max
-        self.queue_ready = 0
-        self.queue_desc = 0
-        self.queue_driver = 0
-        self.queue_device = 0
-        self.interrupt_status = 0
+        self.GUEST_REGS.reset(self)
         self.last_avail_idx = 0
         self.used_idx = 0
         self.halted = False
