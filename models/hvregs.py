@@ -1,8 +1,5 @@
-"""The reference model's privileged register file and fault latch (``rtl/hvregs.py``).
-
-The hypervisor's port ``s_hv``: mode, domain, fault latch, statistics, grant table words; and
-what a fault does (docs/architecture.md "Faults").
-"""
+"""The reference model's privileged register file (``rtl/hvregs.py``), map
+:data:`models.regmap.HV`, and what a fault does (docs/architecture.md "Faults")."""
 
 from __future__ import annotations
 
@@ -10,9 +7,6 @@ from typing import NamedTuple
 
 from models import spec
 from models.regmap import HV, Access, Storage
-
-_U32 = 0xFFFF_FFFF
-_U64 = spec.ADDR_MASK
 
 
 class Halt(Exception):
@@ -61,15 +55,12 @@ class HvRegisters:
         elif hit and hit[0].access is Access.RW and name != "HV_SYNC":  # a barrier: no state
             self.HV_REGS.store(self, *hit, value)
 
-    # ==========================================================================================
-    # Faults
-    # ==========================================================================================
     def _fault(self, cause: int, addr: int) -> Halt:
         """Record a fault (docs "Faults") and return the exception that halts the engine."""
-        addr &= _U64
+        addr &= spec.ADDR_MASK
         self._werr = None  # a pending write error never surfaces once the engine has halted
         self.faults.append(Fault(cause, addr))
-        self.fault_count = (self.fault_count + 1) & _U32
+        self.fault_count = (self.fault_count + 1) & 0xFFFF_FFFF
         if not self.fault_status & 1:
             self.fault_status, self.fault_cause, self.fault_addr = 1, cause, addr
         self.status |= spec.STATUS_DEVICE_NEEDS_RESET

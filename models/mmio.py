@@ -59,9 +59,8 @@ class MmioRegisters:
         "DriverFeatures": "driver_features", "DriverFeaturesSel": "driver_features_sel",
         "QueueSel": "queue_sel", "QueueNum": "queue_num", "QueueReady": "queue_ready",
         "InterruptStatus": "interrupt_status", "Status": "status",
-        "QueueDescLow": "queue_desc", "QueueDescHigh": "queue_desc",
-        "QueueDriverLow": "queue_driver", "QueueDriverHigh": "queue_driver",
-        "QueueDeviceLow": "queue_device", "QueueDeviceHigh": "queue_device"})
+        **{f"Queue{ring}{half}": f"queue_{ring.lower()}" for ring in ("Desc", "Driver", "Device")
+           for half in ("Low", "High")}})
 
     @property
     def device_features(self) -> int:

@@ -1,21 +1,19 @@
 """The device's two register maps, declared once: offset, name, access, reset value, meaning.
 
-``GUEST`` is the virtio-mmio version 2 register file of the guest port ``s_axil`` (virtio 1.2
-section 4.2.2, one queue, with the virtio-blk configuration space of section 5.2.4); ``HV`` the
-privileged register file of the hypervisor port ``s_hv`` (``docs/architecture.md``). Offsets are
-the names of :mod:`models.spec`; everything else about a register is said here, once. From these
-tables ``rtl/mmio.py`` and ``rtl/hvregs.py`` generate their read multiplexers and take their
-decodes by register name, the reference model its reads, resets and plain writes
-(:class:`Storage`), ``tools/regdoc.py`` the tables of the documents (:meth:`RegisterMap.markdown`);
-``tests/regmap_check.py`` checks a port against them. The pattern is amaranth-soc's (a register
-with an access mode, collected into a map), without the dependency: behaviour beyond "store what
-is written" stays explicit code in the register files, keyed by these names.
+``GUEST``: the virtio-mmio version 2 registers of the guest port ``s_axil`` (virtio 1.2 section
+4.2.2, one queue, virtio-blk configuration of section 5.2.4); ``HV``: the privileged registers of
+``s_hv`` (``docs/architecture.md``); offsets are the names of :mod:`models.spec`. From them
+``rtl/mmio.py`` and ``rtl/hvregs.py`` generate their read multiplexers and decode by name, the
+reference model reads, resets and stores (:class:`Storage`), ``tools/regdoc.py`` writes the
+documents' tables and ``tests/regmap_check.py`` checks a port. The pattern is amaranth-soc's
+(registers with an access mode, collected into a map) without the dependency: behaviour beyond
+"store what is written" is explicit code in the register files, keyed by these names.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +82,6 @@ class RegisterMap:
     def __init__(self, name: str, registers: list[Register]):
         self.name, self._registers = name, sorted(registers, key=lambda r: r.offset)
         self._by_name = {r.name: r for r in self._registers}
-        self._at = {o: (r, w) for r in self if not r.count for w, o in enumerate(r.offsets)}
         offsets = [o for r in self._registers for o in r.offsets]
         if len(self._by_name) != len(registers) or len(set(offsets)) != len(offsets):
             raise ValueError(f"{name}: register names or offsets repeat")
@@ -111,34 +108,29 @@ class RegisterMap:
         """The reset value of each of ``r``'s words, parameters taken from ``params``."""
         return [r.value(params) >> 32 * word & 0xFFFF_FFFF for word in range(max(1, r.width // 32))]
 
-    def locate(self, offset: int, value: Callable[[str], int]) -> tuple[Register, int] | None:
-        """The register and its word a 32-bit access at ``offset`` reaches (``value(name)`` is
-        what a selector or QueueSel holds), or None: unmapped or an array, a queue register
-        while QueueSel != 0, a selected word beyond the register."""
-        reg, word = self._at.get(offset, (None, 0))
-        if reg is None or (reg.queue and value("QueueSel")):
-            return None
-        word = value(reg.selector) if reg.selector else word
-        return (reg, word) if word < max(1, reg.width // 32) else None
-
 
 class Storage:
-    """A map's registers kept in attributes of a model that has its device parameters as
-    ``params`` (the reference device). ``attrs[name]`` is the attribute register ``name`` reads
-    and a plain write stores; registers naming one attribute are its 32-bit words, in offset
-    order. Any other register reads its reset value."""
+    """A map's registers kept in attributes of a model (with its device parameters as ``params``):
+    ``attrs[name]`` is what register ``name`` reads and a plain write stores, registers naming one
+    attribute its 32-bit words in offset order; any other register reads its reset value."""
 
     def __init__(self, regmap: RegisterMap, attrs: dict[str, str]):
         self.regmap, self.attrs, names = regmap, attrs, [r.name for r in regmap if r.name in attrs]
         self._shift = {n: 32 * [attrs[m] for m in names[:i]].count(attrs[n])
                        for i, n in enumerate(names)}
+        self._at = {o: (r, w) for r in regmap if not r.count for w, o in enumerate(r.offsets)}
 
-    def get(self, model: Any, name: str) -> int:
-        """What register ``name`` holds, from its word 0 on."""
+    def get(self, model: Any, name: str) -> int:  # register ``name``, from its word 0 on
         return int(getattr(model, self.attrs[name])) >> self._shift[name]
 
     def locate(self, model: Any, offset: int) -> tuple[Register, int] | None:
-        return self.regmap.locate(offset, lambda name: self.get(model, name))
+        """The register and its word an access at ``offset`` reaches, or None: unmapped or an
+        array, a queue register while QueueSel != 0, a selected word beyond the register."""
+        reg, word = self._at.get(offset, (None, 0))
+        if reg is None or (reg.queue and self.get(model, "QueueSel")):
+            return None
+        word = self.get(model, reg.selector) if reg.selector else word
+        return (reg, word) if word < max(1, reg.width // 32) else None
 
     def read(self, model: Any, offset: int) -> int:
         """What a read at ``offset`` returns: 0 if it reaches no register or a WO one."""
@@ -156,12 +148,10 @@ class Storage:
 
     def reset(self, model: Any) -> None:
         """Every stored register to its reset value (a property is computed, not stored)."""
-        values = dict.fromkeys(self.attrs.values(), 0)
-        for name, attr in self.attrs.items():
-            values[attr] |= self.regmap[name].value(model.params) << self._shift[name]
-        for attr, value in values.items():
+        for attr in dict.fromkeys(self.attrs.values()):
             if not isinstance(getattr(type(model), attr, None), property):
-                setattr(model, attr, value)
+                setattr(model, attr, sum(self.regmap[n].value(model.params) << self._shift[n]
+                                         for n, a in self.attrs.items() if a == attr))
 
 
 _R, _Q = Register, {"queue": True}
