@@ -66,9 +66,6 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
         self.queue_num_max = queue_num_max
         self.disk_bytes = disk_bytes
         self.data_width = data_width
-        #: The device parameters the register maps' reset values name (models.regmap).
-        self.params = {"queue_num_max": queue_num_max, "disk_bytes / 512": disk_bytes // 512,
-                       "entries": entries}
         self.bus_error = bus_error
         self.on_transaction = on_transaction
         self._running = False
@@ -107,6 +104,12 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
         self.translations = 0
         self.faults: list[Fault] = []
         self.completed = 0
+
+    @property
+    def params(self) -> dict[str, int]:
+        """The device parameters the register maps' reset values name (models.regmap)."""
+        return {"queue_num_max": self.queue_num_max, "entries": self.entries,
+                "disk_bytes / 512": self.disk_bytes // spec.SECTOR_SIZE}
 
     @property
     def irq(self) -> bool:

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from models import spec
 from models.regmap import GUEST, Access, Storage
 
-_U32 = 0xFFFF_FFFF
-
 
 class RegisterPortModel:
     """A 32-bit register window (AXI4-Lite port) of the reference device.
@@ -33,10 +31,10 @@ class RegisterPortModel:
         return offset & ~3
 
     def read(self, offset: int) -> int:
-        return self._reader(self._word(offset)) & _U32
+        return self._reader(self._word(offset)) & 0xFFFF_FFFF
 
     def write(self, offset: int, value: int, strb: int = 0xF) -> None:
-        self._writer(self._word(offset), value & _U32, strb & 0xF)
+        self._writer(self._word(offset), value & 0xFFFF_FFFF, strb & 0xF)
 
     async def read32(self, offset: int) -> int:
         return self.read(offset)
