@@ -23,8 +23,8 @@ class Fault(NamedTuple):
 class HvRegisters:
     """The hypervisor port's registers and the fault latch, a mixin of
     :class:`models.device.ReferenceDevice`; the state is on the device, in the attributes
-    :attr:`HV_REGS` names, and ``grants``, ``table_gen`` (bumped by every write to the table,
-    HV_CTRL or HV_DOMID)."""
+    :attr:`HV_REGS` names (``handle_mode`` is HV_CTRL's bit, 0 or 1), and ``grants``,
+    ``table_gen`` (bumped by every write to the table, HV_CTRL or HV_DOMID)."""
 
     #: The device attribute each register of HV with state reads and a plain write stores.
     HV_REGS = Storage(HV, {
