@@ -81,14 +81,7 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
     def reset(self) -> None:
         """Hardware reset (``rst``): every register to its reset value, fault registers
         cleared, ``HV_CTRL``/``HV_DOMID`` 0. The grant table and the disk are kept."""
-        self.handle_mode = False
-        self.domid = 0
-        self.fault_status = 0
-        self.fault_cause = spec.FAULT_NONE
-        self.fault_addr = 0
-        self.fault_count = 0
-        self.stat_xlate = 0
-        self.stat_requests = 0
+        self.HV_REGS.reset(self)
         self._driver_reset()
 
     def _driver_reset(self) -> None:
@@ -96,17 +89,7 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
 
         The privileged fault registers are not touched; a halted engine restarts.
         """
-        self.status = 0
-        self.device_features_sel = 0
-        self.driver_features = [0, 0]
-        self.driver_features_sel = 0
-        self.queue_sel = 0
-        self.queue_num = self.queue_num_max
-        self.queue_ready = 0
-        self.queue_desc = 0
-        self.queue_driver = 0
-        self.queue_device = 0
-        self.interrupt_status = 0
+        self.GUEST_REGS.reset(self)
         self.last_avail_idx = 0
         self.used_idx = 0
         self.halted = False
@@ -121,6 +104,12 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
         self.translations = 0
         self.faults: list[Fault] = []
         self.completed = 0
+
+    @property
+    def params(self) -> dict[str, int]:
+        """The device parameters the register maps' reset values name (models.regmap)."""
+        return {"queue_num_max": self.queue_num_max, "entries": self.entries,
+                "disk_bytes / 512": self.disk_bytes // spec.SECTOR_SIZE}
 
     @property
     def irq(self) -> bool:

@@ -1,18 +1,12 @@
-"""The reference model's privileged register file and fault latch (``rtl/hvregs.py``).
-
-The hypervisor's port ``s_hv``: mode, domain, fault latch, statistics, grant table words; and
-what a fault does (docs/architecture.md "Faults").
-"""
+"""The reference model's privileged register file (``rtl/hvregs.py``), map
+:data:`models.regmap.HV`, and what a fault does (docs/architecture.md "Faults")."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 from models import spec
-
-_U16 = 0xFFFF
-_U32 = 0xFFFF_FFFF
-_U64 = spec.ADDR_MASK
+from models.regmap import HV, Access, Storage
 
 
 class Halt(Exception):
@@ -26,84 +20,49 @@ class Fault(NamedTuple):
     addr: int
 
 
-
 class HvRegisters:
-    """The hypervisor port's decode and the fault latch, a mixin of
-    :class:`models.device.ReferenceDevice`.
+    """The hypervisor port's registers and the fault latch, a mixin of
+    :class:`models.device.ReferenceDevice`; the state is on the device, in the attributes
+    :attr:`HV_REGS` names (``handle_mode`` is HV_CTRL's bit, 0 or 1), and ``grants``,
+    ``table_gen`` (bumped by every write to the table, HV_CTRL or HV_DOMID)."""
 
-    State (on the device): ``handle_mode``, ``domid``, ``fault_*``, ``stat_*``, ``grants``,
-    ``table_gen`` (bumped by every write to the table, HV_CTRL or HV_DOMID).
-    """
+    #: The device attribute each register of HV with state reads and a plain write stores.
+    HV_REGS = Storage(HV, {
+        "HV_CTRL": "handle_mode", "HV_DOMID": "domid", "HV_FAULT_STATUS": "fault_status",
+        "HV_FAULT_CAUSE": "fault_cause", "HV_FAULT_ADDR_LO": "fault_addr",
+        "HV_FAULT_ADDR_HI": "fault_addr", "HV_FAULT_COUNT": "fault_count",
+        "HV_STAT_XLATE": "stat_xlate", "HV_STAT_REQUESTS": "stat_requests"})
 
-    def _grant_word_index(self, offset: int) -> int | None:
-        if offset < spec.HV_GRANT_BASE:
-            return None
-        index = (offset - spec.HV_GRANT_BASE) // 4
-        return index if index < 2 * self.entries else None
+    def _grant_word(self, offset: int) -> int | None:
+        """The index of the grant table word (array GRANT[ref]) at ``offset``, if it is one."""
+        index = (offset - HV["GRANT[ref]"].offset) // 4
+        return index if 0 <= index < 2 * self.entries else None
 
     def _hv_read(self, offset: int) -> int:
-        index = self._grant_word_index(offset)
-        if index is not None:
-            return self.grants.read_word(index)
-        match offset:
-            case spec.HV_VERSION:
-                return spec.HV_VERSION_VALUE
-            case spec.HV_CTRL:
-                return spec.HV_CTRL_HANDLE_MODE if self.handle_mode else 0
-            case spec.HV_DOMID:
-                return self.domid
-            case spec.HV_ENTRIES:
-                return self.entries
-            case spec.HV_FAULT_STATUS:
-                return self.fault_status
-            case spec.HV_FAULT_CAUSE:
-                return self.fault_cause
-            case spec.HV_FAULT_ADDR_LO:
-                return self.fault_addr & _U32
-            case spec.HV_FAULT_ADDR_HI:
-                return self.fault_addr >> 32
-            case spec.HV_FAULT_COUNT:
-                return self.fault_count
-            case spec.HV_SYNC:
-                return 1  # the model completes every transaction before a register access
-            # statistics after the fixed map (read-only, cleared by rst), as rtl/hvregs.py has
-            case _ if offset == spec.HV_STAT_XLATE:
-                return self.stat_xlate
-            case _ if offset == spec.HV_STAT_REQUESTS:
-                return self.stat_requests
-            case _:
-                return 0
+        # HV_SYNC reads its reset value, 1: the model completes every transaction at once.
+        index = self._grant_word(offset)
+        return self.HV_REGS.read(self, offset) if index is None else self.grants.read_word(index)
 
     def _hv_write(self, offset: int, value: int, strb: int) -> None:
-        index = self._grant_word_index(offset)
-        if index is not None or offset in (spec.HV_CTRL, spec.HV_DOMID):
+        index, hit = self._grant_word(offset), self.HV_REGS.locate(self, offset)
+        name = hit and hit[0].name
+        if index is not None or name in ("HV_CTRL", "HV_DOMID"):
             self.table_gen += 1
         if index is not None:
             self.grants.write_word(index, value, strb)  # grant words honour wstrb
-            return
-        match offset:
-            case spec.HV_CTRL:
-                self.handle_mode = bool(value & spec.HV_CTRL_HANDLE_MODE)
-            case spec.HV_DOMID:
-                self.domid = value & _U16
-            case spec.HV_FAULT_STATUS:
-                self.fault_status &= ~value & 1  # RW1C
-            case _:
-                pass  # read-only or unmapped
+        elif name == "HV_FAULT_STATUS":
+            self.fault_status &= ~value & 1  # RW1C
+        elif hit and hit[0].access is Access.RW and name != "HV_SYNC":  # a barrier: no state
+            self.HV_REGS.store(self, *hit, value)
 
-    # ==========================================================================================
-    # Faults
-    # ==========================================================================================
     def _fault(self, cause: int, addr: int) -> Halt:
         """Record a fault (docs "Faults") and return the exception that halts the engine."""
-        addr &= _U64
+        addr &= spec.ADDR_MASK
         self._werr = None  # a pending write error never surfaces once the engine has halted
         self.faults.append(Fault(cause, addr))
-        self.fault_count = (self.fault_count + 1) & _U32
+        self.fault_count = (self.fault_count + 1) & 0xFFFF_FFFF
         if not self.fault_status & 1:
-            self.fault_status = 1
-            self.fault_cause = cause
-            self.fault_addr = addr
+            self.fault_status, self.fault_cause, self.fault_addr = 1, cause, addr
         self.status |= spec.STATUS_DEVICE_NEEDS_RESET
         self.interrupt_status |= spec.INT_CONFIG_CHANGE
         self.halted = True

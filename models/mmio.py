@@ -1,7 +1,8 @@
-"""The reference model's virtio-mmio register file (``rtl/mmio.py``).
+"""The reference model's virtio-mmio register file (``rtl/mmio.py``), and both ports.
 
-The guest port ``s_axil`` (virtio 1.x section 4.2.2, one queue): features, Status rules of
-section 3.1.1, the notify that starts the engine; and :class:`RegisterPortModel`, both ports.
+The guest port ``s_axil``, map :data:`models.regmap.GUEST` (virtio 1.x section 4.2.2, one
+queue): reads, resets and plain writes come from the map; the Status rules of section 3.1.1 and
+the notify that starts the engine are written here, by register name.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from models import spec
-
-_U32 = 0xFFFF_FFFF
+from models.regmap import GUEST, Access, Storage
 
 
 class RegisterPortModel:
@@ -23,19 +23,18 @@ class RegisterPortModel:
 
     def __init__(self, reader: Callable[[int], int], writer: Callable[[int, int, int], None],
                  name: str) -> None:
-        self._reader = reader
-        self._writer = writer
-        self.name = name
+        self._reader, self._writer, self.name = reader, writer, name
+
+    def _word(self, offset: int) -> int:
+        if offset < 0:
+            raise ValueError(f"{self.name}: negative register offset {offset!r}")
+        return offset & ~3
 
     def read(self, offset: int) -> int:
-        if offset < 0:
-            raise ValueError(f"{self.name}: negative register offset {offset!r}")
-        return self._reader(offset & ~3) & _U32
+        return self._reader(self._word(offset)) & 0xFFFF_FFFF
 
     def write(self, offset: int, value: int, strb: int = 0xF) -> None:
-        if offset < 0:
-            raise ValueError(f"{self.name}: negative register offset {offset!r}")
-        self._writer(offset & ~3, value & _U32, strb & 0xF)
+        self._writer(self._word(offset), value & 0xFFFF_FFFF, strb & 0xF)
 
     async def read32(self, offset: int) -> int:
         return self.read(offset)
@@ -47,166 +46,53 @@ class RegisterPortModel:
         return f"<RegisterPortModel {self.name}>"
 
 
-
 class MmioRegisters:
-    """The guest port's decode, a mixin of :class:`models.device.ReferenceDevice`.
+    """The guest port's registers, a mixin of :class:`models.device.ReferenceDevice`; the state
+    is on the device, in the attributes :attr:`GUEST_REGS` names. A QueueNotify runs the engine
+    (``_run``)."""
 
-    State (on the device): ``status``, the feature words and selectors, ``queue_*``,
-    ``interrupt_status``; a QueueNotify runs the engine (``_run``).
-    """
+    #: The device attribute each register of GUEST with state reads and a plain write stores.
+    GUEST_REGS = Storage(GUEST, {
+        "DeviceFeatures": "device_features", "DeviceFeaturesSel": "device_features_sel",
+        "DriverFeatures": "driver_features", "DriverFeaturesSel": "driver_features_sel",
+        "QueueSel": "queue_sel", "QueueNum": "queue_num", "QueueReady": "queue_ready",
+        "InterruptStatus": "interrupt_status", "Status": "status",
+        **{f"Queue{ring}{half}": f"queue_{ring.lower()}" for ring in ("Desc", "Driver", "Device")
+           for half in ("Low", "High")}})
 
     @property
     def device_features(self) -> int:
         """64-bit device feature set: FLUSH, VERSION_1, and ACCESS_PLATFORM in handle mode."""
-        f = 1 << spec.VIRTIO_BLK_F_FLUSH | 1 << spec.VIRTIO_F_VERSION_1
-        if self.handle_mode:
-            f |= 1 << spec.VIRTIO_F_ACCESS_PLATFORM
-        return f
-
-    @property
-    def driver_features_value(self) -> int:
-        return self.driver_features[0] | self.driver_features[1] << 32
+        return GUEST["DeviceFeatures"].reset | self.handle_mode << spec.VIRTIO_F_ACCESS_PLATFORM
 
     def features_acceptable(self) -> bool:
         """FEATURES_OK may be set (virtio 1.x section 3.1.1 step 5/6): the driver's features are
         a subset of the device's, contain VERSION_1, and ACCESS_PLATFORM in handle mode."""
-        drv = self.driver_features_value
-        if drv & ~self.device_features:
-            return False
-        if not drv >> spec.VIRTIO_F_VERSION_1 & 1:
-            return False
-        return not (self.handle_mode and not drv >> spec.VIRTIO_F_ACCESS_PLATFORM & 1)
-
-    _QUEUE_REGS = frozenset({
-        spec.MMIO_QUEUE_NUM_MAX, spec.MMIO_QUEUE_NUM, spec.MMIO_QUEUE_READY,
-        spec.MMIO_QUEUE_DESC_LOW, spec.MMIO_QUEUE_DESC_HIGH, spec.MMIO_QUEUE_DRIVER_LOW,
-        spec.MMIO_QUEUE_DRIVER_HIGH, spec.MMIO_QUEUE_DEVICE_LOW, spec.MMIO_QUEUE_DEVICE_HIGH})
+        drv = self.driver_features
+        return not drv & ~self.device_features and bool(drv >> spec.VIRTIO_F_VERSION_1 & 1) and (
+            not (self.handle_mode and not drv >> spec.VIRTIO_F_ACCESS_PLATFORM & 1))
 
     def _guest_read(self, offset: int) -> int:
-        if offset in self._QUEUE_REGS and self.queue_sel != 0:
-            return 0
-        match offset:
-            case spec.MMIO_MAGIC_VALUE:
-                return spec.MAGIC_VALUE
-            case spec.MMIO_VERSION:
-                return spec.MMIO_VERSION_VALUE
-            case spec.MMIO_DEVICE_ID:
-                return spec.VIRTIO_ID_BLOCK
-            case spec.MMIO_VENDOR_ID:
-                return spec.VENDOR_ID
-            case spec.MMIO_DEVICE_FEATURES:
-                sel = self.device_features_sel
-                return self.device_features >> (32 * sel) & _U32 if sel < 2 else 0
-            case spec.MMIO_DEVICE_FEATURES_SEL:
-                return self.device_features_sel
-            case spec.MMIO_DRIVER_FEATURES:
-                sel = self.driver_features_sel
-                return self.driver_features[sel] if sel < 2 else 0
-            case spec.MMIO_DRIVER_FEATURES_SEL:
-                return self.driver_features_sel
-            case spec.MMIO_QUEUE_SEL:
-                return self.queue_sel
-            case spec.MMIO_QUEUE_NUM_MAX:
-                return self.queue_num_max
-            case spec.MMIO_QUEUE_NUM:
-                return self.queue_num
-            case spec.MMIO_QUEUE_READY:
-                return self.queue_ready
-            case spec.MMIO_INTERRUPT_STATUS:
-                return self.interrupt_status
-            case spec.MMIO_STATUS:
-                return self.status
-            case spec.MMIO_QUEUE_DESC_LOW:
-                return self.queue_desc & _U32
-            case spec.MMIO_QUEUE_DESC_HIGH:
-                return self.queue_desc >> 32
-            case spec.MMIO_QUEUE_DRIVER_LOW:
-                return self.queue_driver & _U32
-            case spec.MMIO_QUEUE_DRIVER_HIGH:
-                return self.queue_driver >> 32
-            case spec.MMIO_QUEUE_DEVICE_LOW:
-                return self.queue_device & _U32
-            case spec.MMIO_QUEUE_DEVICE_HIGH:
-                return self.queue_device >> 32
-            case spec.MMIO_CONFIG_GENERATION:
-                return 0
-            case 0x100:  # virtio_blk_config.capacity, low word (section 5.2.4)
-                return (self.disk_bytes // spec.SECTOR_SIZE) & _U32
-            case 0x104:  # capacity, high word
-                return (self.disk_bytes // spec.SECTOR_SIZE) >> 32 & _U32
-            case _:
-                # QueueNotify and InterruptACK have no storage; everything else is unmapped.
-                return 0
-
-    @staticmethod
-    def _set_lo(reg: int, value: int) -> int:
-        return reg & ~_U32 | value
-
-    @staticmethod
-    def _set_hi(reg: int, value: int) -> int:
-        return reg & _U32 | value << 32
+        return self.GUEST_REGS.read(self, offset)
 
     def _guest_write(self, offset: int, value: int, strb: int) -> None:
-        # wstrb is ignored on the guest port: every write is a full-word write.
-        del strb
-        if offset in self._QUEUE_REGS and self.queue_sel != 0:
-            return
-        match offset:
-            case spec.MMIO_DEVICE_FEATURES_SEL:
-                self.device_features_sel = value
-            case spec.MMIO_DRIVER_FEATURES:
-                if self.driver_features_sel < 2:
-                    self.driver_features[self.driver_features_sel] = value
-            case spec.MMIO_DRIVER_FEATURES_SEL:
-                self.driver_features_sel = value
-            case spec.MMIO_QUEUE_SEL:
-                self.queue_sel = value
-            case spec.MMIO_QUEUE_NUM:
-                self.queue_num = value
-            case spec.MMIO_QUEUE_READY:
-                self.queue_ready = value & 1
-            case spec.MMIO_QUEUE_NOTIFY:
-                self._notify(value)
-            case spec.MMIO_INTERRUPT_ACK:
+        del strb  # wstrb is ignored on the guest port: every write is a full-word write
+        hit = self.GUEST_REGS.locate(self, offset)
+        keep = spec.STATUS_DEVICE_NEEDS_RESET
+        match hit and hit[0].name:
+            case "Status" if value == 0:  # section 4.2.2: writing 0 resets the device
+                self._driver_reset()
+            case "Status":  # the status byte (section 2.1); DEVICE_NEEDS_RESET is the device's
+                self.status = value & 0xFF & ~keep | self.status & keep
+                if not self.features_acceptable():  # section 3.1.1: FEATURES_OK is refused
+                    self.status &= ~spec.STATUS_FEATURES_OK
+            case "QueueNotify" if value == 0 and self.queue_ready and (
+                    self.status & spec.STATUS_DRIVER_OK):
+                if self._running:  # once more when the engine goes idle
+                    self.pending_notify = True
+                elif not self.halted:
+                    self._run()
+            case "InterruptACK":
                 self.interrupt_status &= ~value
-            case spec.MMIO_STATUS:
-                self._write_status(value)
-            case spec.MMIO_QUEUE_DESC_LOW:
-                self.queue_desc = self._set_lo(self.queue_desc, value)
-            case spec.MMIO_QUEUE_DESC_HIGH:
-                self.queue_desc = self._set_hi(self.queue_desc, value)
-            case spec.MMIO_QUEUE_DRIVER_LOW:
-                self.queue_driver = self._set_lo(self.queue_driver, value)
-            case spec.MMIO_QUEUE_DRIVER_HIGH:
-                self.queue_driver = self._set_hi(self.queue_driver, value)
-            case spec.MMIO_QUEUE_DEVICE_LOW:
-                self.queue_device = self._set_lo(self.queue_device, value)
-            case spec.MMIO_QUEUE_DEVICE_HIGH:
-                self.queue_device = self._set_hi(self.queue_device, value)
-            case _:
-                pass  # read-only or unmapped
-
-    def _write_status(self, value: int) -> None:
-        """Status write (section 4.2.2): 0 resets the device; otherwise store the device status
-        byte (bits 7:0, section 2.1), keeping DEVICE_NEEDS_RESET as the device has it and
-        refusing FEATURES_OK (section 3.1.1)."""
-        if value == 0:
-            self._driver_reset()
-            return
-        value = value & 0xFF & ~spec.STATUS_DEVICE_NEEDS_RESET | (
-            self.status & spec.STATUS_DEVICE_NEEDS_RESET
-        )
-        if value & spec.STATUS_FEATURES_OK and not self.features_acceptable():
-            value &= ~spec.STATUS_FEATURES_OK
-        self.status = value
-
-    def _notify(self, value: int) -> None:
-        """QueueNotify: value 0 with QueueReady and DRIVER_OK starts the engine."""
-        if value != 0 or not self.queue_ready or not self.status & spec.STATUS_DRIVER_OK:
-            return
-        if self._running:
-            self.pending_notify = True
-            return
-        if self.halted:
-            return
-        self._run()
+            case _ if hit and hit[0].access is Access.RW:
+                self.GUEST_REGS.store(self, *hit, value)

@@ -1,13 +1,7 @@
-"""The register tables of README.md and docs/architecture.md, from models/regmap.py.
-
-    PYTHONPATH=. python tools/regdoc.py                      # print both tables
-    PYTHONPATH=. python tools/regdoc.py README.md docs/architecture.md   # rewrite them there
-
-In a document, a table stands between ``<!-- regdoc guest -->`` (or ``hv``) and
-``<!-- /regdoc -->``; ``tests/test_regdoc.py`` fails when one differs from what this writes.
-"""
-
-from __future__ import annotations
+"""The register tables of README.md and docs/architecture.md, from models/regmap.py: a table stands
+between ``<!-- regdoc guest -->`` (or ``hv``) and ``<!-- /regdoc -->``; ``tests/test_regdoc.py``
+fails when one differs. ``PYTHONPATH=. python tools/regdoc.py [FILE...]`` prints both tables, or
+rewrites them in each FILE."""
 
 import re
 import sys
@@ -25,8 +19,8 @@ def regenerate(text: str) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 1:
-        for name, regmap in MAPS.items():
-            print(f"<!-- regdoc {name} -->\n{regmap.markdown()}<!-- /regdoc -->\n")
     for path in map(Path, sys.argv[1:]):
         path.write_text(regenerate(path.read_text()))
+    if len(sys.argv) == 1:
+        empty = "".join(f"<!-- regdoc {name} -->\n<!-- /regdoc -->\n\n" for name in MAPS)
+        print(regenerate(empty), end="")
