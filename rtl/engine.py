@@ -31,9 +31,10 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from models import spec
+from models import spec, virtio
 
-from .dma import CAP_BYTES, local_bits
+from .interfaces import CAP_BYTES, DmaPortSignature, EngineStatus, QueueSignature, local_bits
+from .layouts import BlkHeader, Descriptor
 from .params import check_queue_num_max, one_hot
 
 __all__ = ["RingEngine"]
@@ -65,6 +66,18 @@ class RingEngine(wiring.Component):
         Largest queue size; also the depth of the descriptor cache.
     disk_bytes : int
         RAM disk size in bytes.
+
+    Members
+    -------
+    queue : In(:func:`~rtl.interfaces.QueueSignature`)
+        The virtio-mmio registers of queue 0; ``idle`` back: no request in progress.
+    dma : Out(:func:`~rtl.interfaces.DmaPortSignature`)
+        Commands to the :class:`~rtl.dma.DmaEngine`.
+    status : Out(:data:`~rtl.interfaces.EngineStatus`)
+        A fault (pulse) and its cause, a completed request (pulse), for the privileged
+        registers.
+    abort : Out
+        A device reset is in progress: the DMA engine ends its command at a burst boundary.
     """
 
     def __init__(self, *, queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
@@ -73,26 +86,16 @@ class RingEngine(wiring.Component):
         self._disk_bytes = disk_bytes
         self._len_bits = local_bits(disk_bytes)
         super().__init__({
-            # from the virtio-mmio register file
-            "queue_num": In(32), "queue_ready": In(1),
-            "queue_desc": In(64), "queue_avail": In(64), "queue_used": In(64),
-            "notify": In(1), "dev_reset": In(1), "idle": Out(1), "abort": Out(1),
-            # events
-            "used_irq": Out(1), "completed": Out(1),
-            "fault": Out(1), "fault_cause": Out(4),
-            # DMA commands
-            "pre_vaddr": Out(64), "pre_hold": Out(1), "pre_cont": Out(1),
-            "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_write": Out(1), "cmd_drain": Out(1),
-            "cmd_cont": Out(1), "cmd_vaddr": Out(64), "cmd_len": Out(self._len_bits),
-            "cmd_disk": Out(1), "cmd_dpos": Out(self._len_bits),
-            "dma_done": In(1), "dma_fault": In(4), "dma_failed": In(1), "dma_busy": In(1),
-            "dma_r_last_beat": In(1),
-            "cap_we": In(CAP_BYTES), "cap_wdata": In(8 * CAP_BYTES),
-            "payload": Out(64), "serial": Out(1),
+            "queue": In(QueueSignature()),
+            "dma": Out(DmaPortSignature(self._len_bits)),
+            "status": Out(EngineStatus),
+            "abort": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
+        q, dma = self.queue, self.dma
+        c = dma.cmd.payload
         qmax = self._queue_num_max
         qbits = ceil_log2(qmax + 1)  # an index up to qmax, or a count of descriptors
         lbits = self._len_bits
@@ -102,19 +105,20 @@ class RingEngine(wiring.Component):
         # The capture register: what the last read to the scratch brought.
         cap = work_reg(8 * CAP_BYTES)
         for k in range(CAP_BYTES):
-            with m.If(self.cap_we[k]):
-                m.d.sync += cap[8 * k:8 * k + 8].eq(self.cap_wdata[8 * k:8 * k + 8])
-        desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
-                           cap)
+            with m.If(dma.cap_we[k]):
+                m.d.sync += cap.word_select(k, 8).eq(dma.cap_wdata.word_select(k, 8))
+        desc_f = Descriptor(cap)
+        hdr = BlkHeader(cap)
         # The head read puts the ring entry where a descriptor's ``next`` is, so that a
         # descriptor address is always formed from the same bits; the poll puts avail.idx
-        # there too (avail.flags just below), so that the index a fault reports is one of two
-        # registers' bits, not three.
-        HEAD_POS = 14
-        POLL_POS = HEAD_POS - 2
-        cap_head = cap[8 * HEAD_POS:8 * HEAD_POS + 16]
+        # there too (avail.flags where a descriptor's flags are), so that the index a fault
+        # reports is one of two registers' bits, not three.
+        HEAD_POS = virtio.DESC.offsets["next"]
+        POLL_POS = HEAD_POS - virtio.AVAIL_HEADER.offsets["idx"]
+        assert virtio.DESC.offsets["flags"] == POLL_POS
+        cap_head = desc_f.next
         cap_idx = cap_head  # avail.idx after a poll
-        cap_flags = cap[8 * POLL_POS:8 * POLL_POS + 16]  # avail.flags after a poll
+        cap_flags = desc_f.flags.as_value()  # avail.flags after a poll
 
         # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2
         # reads them into the prefetch register pf, one command ahead. pf's address is the block
@@ -179,11 +183,11 @@ class RingEngine(wiring.Component):
         used_len = work_reg(32)  # the used element's len: bytes written + 1 (the status byte)
         f_cause = Signal(4)
         m.d.comb += [
-            self.fault_cause.eq(f_cause),
+            self.status.fault_cause.eq(f_cause),
             self.abort.eq(abort),
         ]
 
-        n = self.queue_num
+        n = q.num
         # The queue size as checked by QCHECK and its mask, computed every cycle (a notify
         # reaches QCHECK at least two cycles after the last register write).
         # N is fine when exactly one of bits [0, log2 qmax] is set and none above; its mask
@@ -223,8 +227,8 @@ class RingEngine(wiring.Component):
             return copy
 
         x_bases = [gated_copy(base, x_next[sel], f"x_base{sel}")
-                   for sel, base in ((XS_DESC, self.queue_desc), (XS_AVAIL, self.queue_avail),
-                                     (XS_USED, self.queue_used), (XS_PF, cache_rd.data.addr))]
+                   for sel, base in ((XS_DESC, q.desc), (XS_AVAIL, q.avail),
+                                     (XS_USED, q.used), (XS_PF, cache_rd.data.addr))]
         # Y: the descriptor index just read (times 16), y_reg, the prefetched descriptor's last
         # byte, or 0. y_reg and the copy of ``last`` are cleared, like X's copies, unless they
         # are the next cycle's Y, so that Y is one LUT a bit too.
@@ -268,8 +272,8 @@ class RingEngine(wiring.Component):
         # every state before one that issues loads va, except DESC_CHECK at a chain's end,
         # which keeps the header's address that DESC_WAIT loaded (pre_hold: use cmd_vaddr).
         keep_va = Signal()
-        m.d.comb += [self.cmd_vaddr.eq(va), self.pre_vaddr.eq(va_next),
-                     self.pre_hold.eq(keep_va)]
+        m.d.comb += [c.vaddr.eq(va), dma.pre.vaddr.eq(va_next),
+                     dma.pre.hold.eq(keep_va)]
 
         def operand(xsel, ysel):
             """In the next cycle, va loads X + Y with these operands. Every state says which
@@ -298,14 +302,14 @@ class RingEngine(wiring.Component):
         def state(name):
             with m.State(name):
                 yield
-                with m.If(abort & ~self.dma_busy):
+                with m.If(abort & ~dma.busy):
                     m.d.sync += abort.eq(0)
                     operand(XS_AVAIL, Y_NONE)  # IDLE's
                     go("IDLE")
 
         # A data piece that continues where the header ended: the DMA engine keeps its address
         # while idle and looks it up, from the cycle the header ends to the piece's issue.
-        m.d.comb += [self.cmd_cont.eq(cont_next), self.pre_cont.eq(cont_next)]
+        m.d.comb += [c.cont.eq(cont_next), dma.pre.cont.eq(cont_next)]
 
         # The command a state hands over comes from registers, set on the way into the state
         # (``go``): only ``cmd_valid`` depends on the state's decisions (the DMA engine's
@@ -317,8 +321,8 @@ class RingEngine(wiring.Component):
         c_dpos = work_reg(lbits)
         c_set = Signal()  # a state sets the fields ...
         c_data = Signal()  # ... to a data piece's
-        m.d.comb += [self.cmd_write.eq(c_write), self.cmd_drain.eq(c_drain),
-                     self.cmd_len.eq(c_len), self.cmd_disk.eq(c_disk), self.cmd_dpos.eq(c_dpos)]
+        m.d.comb += [c.write.eq(c_write), c.drain.eq(c_drain),
+                     c.len.eq(c_len), c.disk.eq(c_disk), c.dpos.eq(c_dpos)]
 
         def command(*, write=0, length=0, disk=0, dpos=0, drain=0, data_piece=False):
             """From the next cycle on, the command fields are these."""
@@ -338,7 +342,7 @@ class RingEngine(wiring.Component):
 
         def issue(wait_state):
             """Hand the state's command to the DMA engine (idle in every state that does)."""
-            m.d.comb += self.cmd_valid.eq(~abort)
+            m.d.comb += dma.cmd.valid.eq(~abort)
             go(wait_state)
 
         def wait(name, then, before=None):
@@ -346,10 +350,10 @@ class RingEngine(wiring.Component):
             with state(name):
                 if before is not None:
                     before()
-                with m.If(self.dma_done):
-                    with m.If(self.dma_failed):
+                with m.If(dma.done):
+                    with m.If(dma.failed):
                         # the DMA engine holds the fault address for the FAULT cycle
-                        m.d.sync += f_cause.eq(self.dma_fault)
+                        m.d.sync += f_cause.eq(dma.fault)
                         go("FAULT")
                     with m.Else():
                         then()
@@ -377,10 +381,10 @@ class RingEngine(wiring.Component):
             return ((total[:9] == rest) & (dsec[cs:] == 0) & (sector[cs:] == 0)
                     & (fits <= cap_sectors))
 
-        m.d.sync += [self.completed.eq(0), self.used_irq.eq(0)]  # pulses, set below
+        m.d.sync += [self.status.completed.eq(0), q.used_irq.eq(0)]  # pulses, set below
         with m.FSM() as fsm:
             with state("IDLE"):  # va: the poll's address (avail.flags and avail.idx)
-                m.d.comb += self.idle.eq(~abort)
+                m.d.comb += q.idle.eq(~abort)
                 operand(XS_AVAIL, Y_NONE)
                 load()
                 command(**POLL)
@@ -390,8 +394,8 @@ class RingEngine(wiring.Component):
 
             # ---- step 1 and 2: queue check and poll --------------------------------------------
             with state("QCHECK"):
-                queue_ok = (num_ok & (self.queue_desc[:4] == 0) & ~self.queue_avail[0]
-                            & (self.queue_used[:2] == 0))
+                queue_ok = (num_ok & (q.desc[:4] == 0) & ~q.avail[0]
+                            & (q.used[:2] == 0))
                 with m.If(queue_ok):
                     issue("POLL_WAIT")
                 with m.Else():
@@ -401,9 +405,9 @@ class RingEngine(wiring.Component):
                         go("QNUM")
                     with m.Else():
                         go("QFAULT")
-                with m.If(self.queue_desc[:4] != 0):
+                with m.If(q.desc[:4] != 0):
                     operand(XS_DESC, Y_NONE)
-                with m.Elif(self.queue_avail[0]):
+                with m.Elif(q.avail[0]):
                     operand(XS_AVAIL, Y_NONE)
                 with m.Else():
                     operand(XS_USED, Y_NONE)
@@ -476,7 +480,7 @@ class RingEngine(wiring.Component):
                 load()
                 # (a descriptor read is done with its last beat, unless it fails: then the engine
                 # halts and the operands do not matter)
-                with m.If(self.dma_r_last_beat):
+                with m.If(dma.r_last_beat):
                     operand(XS_DESC, Y_CAP)  # DESC_CHECK's: the next descriptor
                 with m.Else():
                     operand(XS_PF, Y_NONE)
@@ -504,28 +508,28 @@ class RingEngine(wiring.Component):
             m.d.comb += [last.eq(desc_f.len - 1), lo_last.eq(desc_f.addr[:32] + last),
                          new_acc.eq(acc + desc_f.len)]
             with state("DESC_CHECK"):
-                d_write = desc_f.flags[1]
+                d_write = desc_f.flags.write
                 nonempty = desc_f.len != 0
                 # addr + len > 2^64: a non-empty descriptor whose last byte is past 2^64 - 1,
                 # with the carry chain that forms the cached ``last`` (no zero test of a sum)
                 wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & nonempty & lo_last[32]
                 m.d.comb += cache_wr.en.eq(nonempty)  # (address and data: above, always)
-                with m.If(desc_f.flags[0]):
+                with m.If(desc_f.flags.next):
                     load()  # the next descriptor
                 with m.Else():
                     m.d.comb += keep_va.eq(1)  # the header's first piece
                 short = (pf_len[5:] == 0) & (pf_len[:5] < 16)
                 m.d.sync += [
-                    bad.eq((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
+                    bad.eq(desc_f.flags.indirect
                            | (~d_write & seen_write) | wraps | new_acc[32]),
-                    has_next.eq(desc_f.flags[0]), next_bad.eq(at_least(desc_f.next, qnum)),
+                    has_next.eq(desc_f.flags.next), next_bad.eq(at_least(desc_f.next, qnum)),
                     walked.eq(walked + 1), chain_full.eq(walked + 1 == qnum), acc.eq(new_acc),
                     seen_write.eq(seen_write | d_write),
                     hdr_len.eq(Mux(short, pf_len[:5], 16)),
                     hdr_ends.eq((pf_len[5:] == 0) & (pf_len[:5] <= 16)),
                 ]
                 # DESC_NEXT's command: the next descriptor, or the header's first piece
-                command(length=Mux(desc_f.flags[0], 16, Mux(short, pf_len[:5], 16)))
+                command(length=Mux(desc_f.flags.next, 16, Mux(short, pf_len[:5], 16)))
                 with m.If(d_write & ~seen_write):
                     m.d.sync += [r_bytes.eq(acc), r_lt16.eq(acc[4:] == 0)]  # R < 16
                 with m.If(nonempty):
@@ -618,8 +622,8 @@ class RingEngine(wiring.Component):
             no_in_data = work_reg()  # Wr = 1: only the status byte is writable
             no_out_data = work_reg()  # R = 16: only the header is readable
             with state("DECODE"):
-                req_type = cap[:32]
-                sector = cap[64:128]
+                req_type = hdr.type
+                sector = hdr.sector
                 m.d.sync += [
                     t_in.eq(req_type == spec.VIRTIO_BLK_T_IN),
                     t_out.eq(req_type == spec.VIRTIO_BLK_T_OUT),
@@ -754,7 +758,7 @@ class RingEngine(wiring.Component):
                     to_data_piece()
 
             def before_data():
-                m.d.comb += self.serial.eq(~to_disk)
+                m.d.comb += dma.serial.eq(~to_disk)
                 load()
                 operand(XS_PF, Mux(last_piece, Y_STAT, Y_NONE))
                 next_piece_len()
@@ -817,8 +821,8 @@ class RingEngine(wiring.Component):
 
             def after_used():
                 # registered: the pulses come a cycle after the drain's end
-                m.d.sync += [self.completed.eq(1),
-                             self.used_irq.eq(~no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
+                m.d.sync += [self.status.completed.eq(1),
+                             q.used_irq.eq(~no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
                 with m.If(round_done):
                     go("QCHECK")
                 with m.Else():
@@ -835,7 +839,7 @@ class RingEngine(wiring.Component):
             with state("EFAULT"):  # va holds the engine fault's address; the DMA engine copies it
                 go("FAULT")
             with state("FAULT"):
-                m.d.comb += self.fault.eq(1)
+                m.d.comb += [q.fault.eq(1), self.status.fault.eq(1)]
                 go("HALT")
             with state("HALT"):
                 pass
@@ -857,10 +861,10 @@ class RingEngine(wiring.Component):
         low16 = Mux(fsm.ongoing("USED") | fsm.ongoing("USED_WAIT"), head,
                     Mux(fsm.ongoing("USED_IDX") | fsm.ongoing("USED_IDX_WAIT"), next_used,
                         blk_status))
-        m.d.comb += self.payload.eq(Cat(low16, Const(0, 16), used_len))
-        with m.If(self.notify):
+        m.d.comb += dma.payload.eq(Cat(low16, Const(0, 16), used_len))
+        with m.If(q.notify):
             m.d.sync += kick.eq(1)
-        with m.If(self.dev_reset):
+        with m.If(q.dev_reset):
             m.d.sync += [abort.eq(1), kick.eq(0), last_avail.eq(0), used_idx.eq(0),
                          cont_next.eq(0)]
         return m

@@ -16,6 +16,7 @@ from amaranth.utils import ceil_log2
 
 from models import spec
 from rtl.hvregs import hv_addr_width
+from rtl.interfaces import QueueSignature, StatusSignature, TableSignature
 from rtl.mmio import MMIO_ADDR_WIDTH
 from rtl.regbus import RegBusSignature
 
@@ -54,23 +55,14 @@ class ReferenceMmioRegs(wiring.Component):
         super().__init__({
             "bus": In(RegBusSignature(MMIO_ADDR_WIDTH)),
             "handle_mode": In(1),
-            "queue_num": Out(32),
-            "queue_ready": Out(1),
-            "queue_desc": Out(64),
-            "queue_avail": Out(64),
-            "queue_used": Out(64),
+            "queue": Out(QueueSignature()),
             "status": Out(8),
-            "notify": Out(1),
-            "dev_reset": Out(1),
-            "used_irq": In(1),
-            "fault": In(1),
-            "engine_idle": In(1),
             "irq": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        bus = self.bus
+        bus, q = self.bus, self.queue
         qmax = self._queue_num_max
 
         dev_features_sel = Signal(32)
@@ -97,8 +89,8 @@ class ReferenceMmioRegs(wiring.Component):
             & (~self.handle_mode | drv_features[spec.VIRTIO_F_ACCESS_PLATFORM]))
 
         m.d.comb += [
-            self.queue_num.eq(queue_num), self.queue_ready.eq(queue_ready),
-            self.queue_desc.eq(desc), self.queue_avail.eq(avail), self.queue_used.eq(used),
+            q.num.eq(queue_num), q.ready.eq(queue_ready),
+            q.desc.eq(desc), q.avail.eq(avail), q.used.eq(used),
             self.status.eq(status), self.irq.eq(int_status != 0),
         ]
 
@@ -108,10 +100,10 @@ class ReferenceMmioRegs(wiring.Component):
         # Interrupt status: acknowledged bits clear, engine events set (set wins).
         int_ack = Signal(2)
         int_set = Signal(2)
-        m.d.comb += int_set.eq(Cat(self.used_irq, self.fault))
+        m.d.comb += int_set.eq(Cat(q.used_irq, q.fault))
         m.d.sync += int_status.eq((int_status & ~int_ack) | int_set)
 
-        with m.If(self.fault):
+        with m.If(q.fault):
             m.d.sync += status.eq(status | spec.STATUS_DEVICE_NEEDS_RESET)
 
         with m.If(bus.w_en):
@@ -133,18 +125,18 @@ class ReferenceMmioRegs(wiring.Component):
                 with m.Case(spec.MMIO_QUEUE_READY), m.If(q0):
                     m.d.sync += queue_ready.eq(data[0])
                 with m.Case(spec.MMIO_QUEUE_NOTIFY):
-                    m.d.comb += self.notify.eq(
+                    m.d.comb += q.notify.eq(
                         (data == 0) & queue_ready & status[2])  # DRIVER_OK
                 with m.Case(spec.MMIO_INTERRUPT_ACK):
                     m.d.comb += int_ack.eq(data[:2])
                 with m.Case(spec.MMIO_STATUS):
                     with m.If(data == 0):
-                        m.d.comb += self.dev_reset.eq(1)
+                        m.d.comb += q.dev_reset.eq(1)
                         m.d.sync += reset_pending.eq(1)
                     with m.Else():
                         new = Signal(8)
                         m.d.comb += new.eq(data[:8])
-                        m.d.comb += new[6].eq(status[6] | self.fault)
+                        m.d.comb += new[6].eq(status[6] | q.fault)
                         with m.If(~features_ok):
                             m.d.comb += new[3].eq(0)
                         m.d.sync += status.eq(new)
@@ -158,7 +150,7 @@ class ReferenceMmioRegs(wiring.Component):
 
         # virtio 1.x section 2.1: the device presents 0 in Status once the reset is done, i.e.
         # once the engine has finished the burst it was in.
-        with m.If(reset_pending & ~self.dev_reset & self.engine_idle):
+        with m.If(reset_pending & ~q.dev_reset & q.idle):
             m.d.sync += [
                 reset_pending.eq(0),
                 dev_features_sel.eq(0), drv_features_sel.eq(0), drv_features.eq(0),
@@ -254,22 +246,10 @@ class ReferencePrivilegedRegs(wiring.Component):
         self._ref_bits = max(1, ceil_log2(entries))
         super().__init__({
             "bus": In(RegBusSignature(self._addr_width)),
-            "handle_mode": Out(1),
-            "domid": Out(16),
-            "tbl_addr": Out(self._ref_bits),
-            "tbl_wdata": Out(64),
-            "tbl_wen": Out(8),
-            "tbl_rdata": In(64),
-            "fault": In(1),
-            "fault_cause": In(4),
-            "fault_addr": In(64),
-            "xlate": In(1),
-            "completed": In(1),
-            "inflight": In(range(16)),
-            "burst_done": In(1),
+            "table": Out(TableSignature(self._ref_bits)),
+            "status": In(StatusSignature()),
             "tbl_changed": Out(1),
             "tbl_ref": Out(self._ref_bits),
-            "cfg_changed": Out(1),
         })
 
     @property
@@ -278,7 +258,7 @@ class ReferencePrivilegedRegs(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        bus = self.bus
+        bus, tb, st = self.bus, self.table, self.status
 
         ctrl = Signal(32)
         domid = Signal(16)
@@ -288,7 +268,7 @@ class ReferencePrivilegedRegs(wiring.Component):
         fault_count = Signal(32)
         stat_xlate = Signal(32)
         stat_requests = Signal(32)
-        m.d.comb += [self.handle_mode.eq(ctrl[0]), self.domid.eq(domid)]
+        m.d.comb += [tb.handle_mode.eq(ctrl[0]), tb.domid.eq(domid)]
 
         offset = Cat(Signal(2), bus.addr[2:])
         in_table = Signal()
@@ -298,35 +278,35 @@ class ReferencePrivilegedRegs(wiring.Component):
                         & (offset < spec.HV_GRANT_BASE
                            + spec.GRANT_ENTRY_BYTES * self._entries)),
             ref.eq((offset - spec.HV_GRANT_BASE) >> 3),
-            self.tbl_addr.eq(ref),
-            self.tbl_wdata.eq(Cat(bus.w_data, bus.w_data)),
+            tb.addr.eq(ref),
+            tb.wdata.eq(Cat(bus.w_data, bus.w_data)),
         ]
         with m.If(bus.w_en & in_table):
             with m.If(offset[2]):
-                m.d.comb += self.tbl_wen.eq(Cat(0, 0, 0, 0, bus.w_strb))
+                m.d.comb += tb.wen.eq(Cat(0, 0, 0, 0, bus.w_strb))
             with m.Else():
-                m.d.comb += self.tbl_wen.eq(bus.w_strb)
+                m.d.comb += tb.wen.eq(bus.w_strb)
 
         # HV_SYNC: a write starts a barrier that waits for the transactions in flight at that
         # moment (completions come in issue order, so counting them down is enough; the DMA
         # engine translates again before any burst issued after a table change).
         sync_count = Signal(range(16))
-        with m.If(self.burst_done & (sync_count != 0)):
+        with m.If(st.dma.burst_done & (sync_count != 0)):
             m.d.sync += sync_count.eq(sync_count - 1)
         with m.If(bus.w_en & (offset == spec.HV_SYNC)):
-            m.d.sync += sync_count.eq(self.inflight - self.burst_done)
+            m.d.sync += sync_count.eq(st.dma.inflight - st.dma.burst_done)
         sync_pending = Signal()
         m.d.comb += sync_pending.eq(sync_count != 0)
         m.d.comb += [
             self.tbl_changed.eq(bus.w_en & in_table),
             self.tbl_ref.eq(ref),
-            self.cfg_changed.eq(bus.w_en & ((offset == spec.HV_CTRL)
+            tb.cfg_changed.eq(bus.w_en & ((offset == spec.HV_CTRL)
                                             | (offset == spec.HV_DOMID))),
         ]
 
-        with m.If(self.xlate):
+        with m.If(st.dma.xlate):
             m.d.sync += stat_xlate.eq(stat_xlate + 1)
-        with m.If(self.completed):
+        with m.If(st.engine.completed):
             m.d.sync += stat_requests.eq(stat_requests + 1)
 
         with m.If(bus.w_en), m.Switch(offset):
@@ -338,12 +318,12 @@ class ReferencePrivilegedRegs(wiring.Component):
                 m.d.sync += fault_status.eq(0)
 
         # A fault in the same cycle as the clearing write stays latched.
-        with m.If(self.fault):
+        with m.If(st.engine.fault):
             m.d.sync += fault_count.eq(fault_count + 1)
             with m.If(~fault_status | (bus.w_en & (offset == spec.HV_FAULT_STATUS)
                                         & bus.w_data[0])):
-                m.d.sync += [fault_status.eq(1), fault_cause.eq(self.fault_cause),
-                             fault_addr.eq(self.fault_addr)]
+                m.d.sync += [fault_status.eq(1), fault_cause.eq(st.engine.fault_cause),
+                             fault_addr.eq(st.dma.fault_addr)]
 
         # Reads: registers are sampled on r_en; table words come from the block RAM a cycle
         # later.
@@ -378,7 +358,7 @@ class ReferencePrivilegedRegs(wiring.Component):
                 with m.Case(spec.HV_STAT_REQUESTS):
                     m.d.sync += rdata.eq(stat_requests)
         with m.If(r_table):
-            m.d.comb += bus.r_data.eq(self.tbl_rdata.word_select(r_hi, 32))
+            m.d.comb += bus.r_data.eq(tb.rdata.word_select(r_hi, 32))
         with m.Else():
             m.d.comb += bus.r_data.eq(rdata)
         return m

@@ -132,8 +132,8 @@ def run(new, ref, bench):
 # virtio-mmio register file
 # ------------------------------------------------------------------------------------------------
 
-MMIO_OUTPUTS = ("queue_num", "queue_ready", "queue_desc", "queue_avail", "queue_used", "status",
-                "notify", "dev_reset", "irq")
+MMIO_OUTPUTS = ("queue.num", "queue.ready", "queue.desc", "queue.avail", "queue.used", "status",
+                "queue.notify", "queue.dev_reset", "irq")
 MMIO_OFFSETS = [
     spec.MMIO_MAGIC_VALUE, spec.MMIO_VERSION, spec.MMIO_DEVICE_ID, spec.MMIO_VENDOR_ID,
     spec.MMIO_DEVICE_FEATURES, spec.MMIO_DEVICE_FEATURES_SEL, spec.MMIO_DRIVER_FEATURES,
@@ -219,9 +219,9 @@ def test_mmio_lockstep(queue_num_max, disk_bytes, seed):
         for _ in range(6000):
             if random.random() < 0.01:
                 idle_bias = random.choice([0.05, 0.5, 0.9, 1.0])  # long busy engine phases too
-            ls.set("engine_idle", int(random.random() < idle_bias))
-            ls.set("used_irq", int(random.random() < 0.04))
-            ls.set("fault", int(random.random() < 0.02))
+            ls.set("queue.idle", int(random.random() < idle_bias))
+            ls.set("queue.used_irq", int(random.random() < 0.04))
+            ls.set("queue.fault", int(random.random() < 0.02))
             if random.random() < 0.005:
                 handle_mode = random.getrandbits(1)
                 ls.set("handle_mode", handle_mode)
@@ -232,16 +232,16 @@ def test_mmio_lockstep(queue_num_max, disk_bytes, seed):
                 access = script.pop(0) if script else mmio_access()
             if access and access[0] == "w" and access[1] >> 2 == spec.MMIO_QUEUE_SEL >> 2:
                 ls.seen["queue_sel_not_0"] += access[2] != 0
-            idle = ctx.get(ref.engine_idle)
+            idle = ctx.get(ref.queue.idle)
             await ls.cycle_with(access)
             # Coverage of the cases the register file must get right.
             now = ls.now
             ls.seen["features_ok_kept"] += bool(now["status"] & spec.STATUS_FEATURES_OK)
             ls.seen["needs_reset"] += bool(now["status"] & spec.STATUS_DEVICE_NEEDS_RESET)
-            ls.seen["notify"] += now["notify"]
+            ls.seen["notify"] += now["queue.notify"]
             ls.seen["reset_waits"] += resetting and not idle
-            ls.seen["reset_again"] += resetting and bool(now["dev_reset"])
-            resetting = bool(now["dev_reset"]) or (resetting and not idle)
+            ls.seen["reset_again"] += resetting and bool(now["queue.dev_reset"])
+            resetting = bool(now["queue.dev_reset"]) or (resetting and not idle)
         for case in ("features_ok_kept", "needs_reset", "queue_sel_not_0", "notify",
                      "reset_waits", "reset_again"):
             assert ls.seen[case] > 0, f"{case} never happened"
@@ -263,7 +263,7 @@ def test_mmio_every_offset():
 
     async def bench(ctx):
         ls = Lockstep(ctx, new, ref, MMIO_OUTPUTS)
-        ls.set("engine_idle", 1)
+        ls.set("queue.idle", 1)
 
         async def play(accesses):
             for access in accesses:
@@ -290,8 +290,8 @@ def test_mmio_every_offset():
 # privileged register file
 # ------------------------------------------------------------------------------------------------
 
-HV_OUTPUTS = ("handle_mode", "domid", "tbl_addr", "tbl_wdata", "tbl_wen", "tbl_changed",
-              "tbl_ref", "cfg_changed")
+HV_OUTPUTS = ("table.handle_mode", "table.domid", "table.addr", "table.wdata", "table.wen",
+              "tbl_changed", "tbl_ref", "table.cfg_changed")
 HV_OFFSETS = [spec.HV_VERSION, spec.HV_CTRL, spec.HV_DOMID, spec.HV_ENTRIES,
               spec.HV_FAULT_STATUS, spec.HV_FAULT_CAUSE, spec.HV_FAULT_ADDR_LO,
               spec.HV_FAULT_ADDR_HI, spec.HV_FAULT_COUNT, spec.HV_SYNC, spec.HV_STAT_XLATE,
@@ -338,14 +338,14 @@ def test_hv_lockstep(entries, seed):
             if random.random() < 0.01:
                 fault_rate = random.choice([0.0, 0.05, 0.3])
             fault = int(random.random() < fault_rate)
-            ls.set("fault", fault)
-            ls.set("fault_cause", random.getrandbits(4))
-            ls.set("fault_addr", random.getrandbits(64))
-            ls.set("xlate", int(random.random() < 0.3))
-            ls.set("completed", int(random.random() < 0.1))
-            ls.set("inflight", random.randrange(16))
-            ls.set("burst_done", int(random.random() < 0.3))
-            ls.set("tbl_rdata", random.getrandbits(64))
+            ls.set("status.engine.fault", fault)
+            ls.set("status.engine.fault_cause", random.getrandbits(4))
+            ls.set("status.dma.fault_addr", random.getrandbits(64))
+            ls.set("status.dma.xlate", int(random.random() < 0.3))
+            ls.set("status.engine.completed", int(random.random() < 0.1))
+            ls.set("status.dma.inflight", random.randrange(16))
+            ls.set("status.dma.burst_done", int(random.random() < 0.3))
+            ls.set("table.rdata", random.getrandbits(64))
             access = hv_access(entries, new.addr_width) \
                 if ls.busy == 0 and random.random() < 0.6 else None
             if (access and access[0] == "w" and access[1] >> 2 == spec.HV_FAULT_STATUS >> 2
