@@ -64,6 +64,82 @@ def _rotl_lanes(lanes: list, amount, n: int) -> list:
     return lanes
 
 
+def _combine(m, ge_rot, lo, hi):
+    """Lanes >= rot (``ge_rot``) from ``lo``, the others from ``hi``: a beat's two local
+    words as one (combinational)."""
+    out = Signal(len(lo), name="combined")
+    for lane in range(len(ge_rot)):
+        sl = slice(8 * lane, 8 * lane + 8)
+        m.d.comb += out[sl].eq(Mux(ge_rot[lane], lo[sl], hi[sl]))
+    return out
+
+
+def scratch_source(m, word, word_inc, ge_rot, payload, serial):
+    """The scratch write source of the beat at local word ``word``: the payload, or the device
+    serial when ``serial``, as the RAM disk gives words ``word`` and ``word + 1``, combined
+    like disk words (lanes >= rot from the first). Combinational, like the disk's registered
+    read data two cycles later. Scratch positions start at 0, so word -1 (all ones) never has
+    a strobed lane."""
+    W = len(ge_rot)
+    serial_bytes = spec.DEVICE_SERIAL.ljust(32, b"\0")
+    n_sw = 32 // W
+    sw_bits = exact_log2(n_sw)
+
+    def serial_word(index):
+        ser = Signal(8 * W, name="serial_word")
+        with m.Switch(index[:sw_bits]):
+            for i in range(n_sw):
+                with m.Case(i):
+                    m.d.comb += ser.eq(int.from_bytes(serial_bytes[i * W:(i + 1) * W],
+                                                      "little"))
+        return ser
+
+    scratch_comb = Signal(8 * W)
+    # (word_inc's low bits are word's plus one, also where it wraps: the disk's word count
+    # is a multiple of n_sw; said directly, each serial bit is a function of three bits)
+    serial_comb = _combine(m, ge_rot, serial_word(word),
+                           serial_word((word[:sw_bits] + 1)[:sw_bits])
+                           if sw_bits else serial_word(word))
+    if W >= 8:
+        # the payload (at most 8 bytes) is local word 0 whole: the lanes of the words
+        # around it are never strobed, so it needs no word select and no combining
+        m.d.comb += scratch_comb.eq(Mux(serial, serial_comb, payload))
+    else:
+        pay_lo = Mux(word[0], payload[32:], payload[:32])
+        pay_hi = Mux(word_inc[0], payload[32:], payload[:32])
+        m.d.comb += scratch_comb.eq(Mux(serial, serial_comb, _combine(m, ge_rot, pay_lo, pay_hi)))
+    return scratch_comb
+
+
+def posted_responses(m, axi, burst_addr):
+    """Posted write responses: every accepted write address (``bq.w_en`` in its handshake
+    cycle) is remembered until its response, so that a failed write can be reported with its
+    address when the ring engine drains. Returns ``(bq, werr, werr_addr, werr_clear, posted,
+    bq_full)``: ``werr`` (a response failed) and ``werr_addr`` (the first failed one's
+    address, cleared in the cycle after ``werr_clear``) one cycle after the response;
+    ``posted`` (a response is outstanding) and ``bq_full`` (all ``MAX_POSTED_WRITES`` are)
+    one cycle after the address or response handshake, as registers so that a burst's
+    decision to go waits for no compare."""
+    m.submodules.bq = bq = BlockRAMFIFO(width=64, depth=MAX_POSTED_WRITES)
+    werr = Signal()
+    werr_addr = Signal(64, reset_less=True)  # (as b_addr)
+    m.d.comb += [axi.bready.eq(1), bq.w_data.eq(burst_addr), bq.r_en.eq(axi.bvalid)]
+    werr_clear = Signal()  # a burst fails (see fault_addr)
+    werr_first = axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr  # the first failed response
+    with m.If(werr_first):
+        m.d.sync += werr.eq(1)
+    with m.If(werr_clear):
+        m.d.sync += werr_addr.eq(0)
+    with m.Elif(werr_first):
+        m.d.sync += werr_addr.eq(bq.r_data)
+    posted = Signal()
+    bq_full = Signal()
+    bq_next = Signal(range(MAX_POSTED_WRITES + 2))
+    m.d.comb += bq_next.eq(bq.level + bq.w_en - (bq.r_en & bq.r_rdy))
+    m.d.sync += [posted.eq(bq_next != 0), bq_full.eq(bq_next == MAX_POSTED_WRITES)]
+    return bq, werr, werr_addr, werr_clear, posted, bq_full
+
+
 class DmaEngine(wiring.Component):
     """Translated DMA between guest memory (``m_axi``) and the RAM disk or scratch.
 
@@ -320,65 +396,8 @@ class DmaEngine(wiring.Component):
             wfifo.r_en.eq(axi.wready),
         ]
 
-        # The scratch write source: words of the payload or of the serial, as the RAM disk
-        # gives words `word` and `word + 1`, combined like disk words (lanes >= rot from the
-        # first). Scratch positions start at 0, so word -1 (all ones) never has a strobed lane.
-        serial_bytes = spec.DEVICE_SERIAL.ljust(32, b"\0")
-        n_sw = 32 // W
-        sw_bits = exact_log2(n_sw)
-
-        def serial_word(index):
-            ser = Signal(8 * W, name="serial_word")
-            with m.Switch(index[:sw_bits]):
-                for i in range(n_sw):
-                    with m.Case(i):
-                        m.d.comb += ser.eq(int.from_bytes(serial_bytes[i * W:(i + 1) * W],
-                                                          "little"))
-            return ser
-
-        def combine(lo, hi):
-            out = Signal(8 * W, name="combined")
-            for lane in range(W):
-                sl = slice(8 * lane, 8 * lane + 8)
-                m.d.comb += out[sl].eq(Mux(ge_rot[lane], lo[sl], hi[sl]))
-            return out
-
-        scratch_comb = Signal(8 * W)
-        # (word_inc's low bits are word's plus one, also where it wraps: the disk's word count
-        # is a multiple of n_sw; said directly, each serial bit is a function of three bits)
-        serial_comb = combine(serial_word(word), serial_word((word[:sw_bits] + 1)[:sw_bits])
-                              if sw_bits else serial_word(word))
-        if W >= 8:
-            # the payload (at most 8 bytes) is local word 0 whole: the lanes of the words
-            # around it are never strobed, so it needs no word select and no combining
-            m.d.comb += scratch_comb.eq(Mux(ring.serial, serial_comb, ring.payload))
-        else:
-            pay_lo = Mux(word[0], ring.payload[32:], ring.payload[:32])
-            pay_hi = Mux(word_inc[0], ring.payload[32:], ring.payload[:32])
-            m.d.comb += scratch_comb.eq(Mux(ring.serial, serial_comb, combine(pay_lo, pay_hi)))
-
-        # ---- Posted write responses ----------------------------------------------------------
-        # Every accepted write address is remembered until its response, so that a failed
-        # write can be reported with its address when the ring engine drains.
-        m.submodules.bq = bq = BlockRAMFIFO(width=64, depth=MAX_POSTED_WRITES)
-        werr = Signal()
-        werr_addr = Signal(64, reset_less=True)  # (as b_addr)
-        m.d.comb += [axi.bready.eq(1), bq.w_data.eq(burst_addr), bq.r_en.eq(axi.bvalid)]
-        werr_clear = Signal()  # a burst fails (see fault_addr)
-        werr_first = axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr  # the first failed response
-        with m.If(werr_first):
-            m.d.sync += werr.eq(1)
-        with m.If(werr_clear):
-            m.d.sync += werr_addr.eq(0)
-        with m.Elif(werr_first):
-            m.d.sync += werr_addr.eq(bq.r_data)
-        # Some write response is outstanding; all MAX_POSTED_WRITES are: flags kept in registers
-        # so that a burst's decision to go waits for no compare.
-        posted = Signal()
-        bq_full = Signal()
-        bq_next = Signal(range(MAX_POSTED_WRITES + 2))
-        m.d.comb += bq_next.eq(bq.level + bq.w_en - (bq.r_en & bq.r_rdy))
-        m.d.sync += [posted.eq(bq_next != 0), bq_full.eq(bq_next == MAX_POSTED_WRITES)]
+        scratch_comb = scratch_source(m, word, word_inc, ge_rot, ring.payload, ring.serial)
+        bq, werr, werr_addr, werr_clear, posted, bq_full = posted_responses(m, axi, burst_addr)
 
         # ---- Beats -----------------------------------------------------------------------------
         w_active = Signal()  # beats of the current write burst still to issue

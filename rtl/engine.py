@@ -48,6 +48,33 @@ def work_reg(*args, src_loc_at=0, **kwargs) -> Signal:
     return Signal(*args, reset_less=True, src_loc_at=src_loc_at + 1, **kwargs)
 
 
+def gated_copy(m, value, select, name):
+    """A register of ``value`` that its flip-flops' reset clears unless ``select`` (area and
+    Fmax: an operand multiplexer becomes an OR of such copies, one LUT a bit)."""
+    copy = Signal(len(value), reset_less=True, name=name)
+    with m.If(select):
+        m.d.sync += copy.eq(value)
+    with m.Else():
+        m.d.sync += copy.eq(0)
+    return copy
+
+
+def queue_size_check(m, n, qbits):
+    """``(qnum, qmask, num_ok)``, registered (one cycle after QueueNum ``n``): the low
+    ``qbits`` bits of ``n``, the mask ``n - 1`` and "``n`` is a power of two that fits". N is
+    fine when exactly one of bits [0, log2 qmax] is set and none above; its mask N - 1 is then
+    every bit below that one (Fmax: no wide compare or decrement)."""
+    qnum = work_reg(qbits)
+    qmask = work_reg(16)
+    num_ok = work_reg()
+    low = n[:qbits]
+    single = Signal()  # one bit of low is set
+    m.d.comb += single.eq(sum(low[i] for i in range(qbits)) == 1)
+    m.d.sync += [num_ok.eq(single & (n[qbits:] == 0)), qnum.eq(low),
+                 qmask.eq(Cat(*[low[i + 1:].any() for i in range(min(16, qbits))]))]
+    return qnum, qmask, num_ok
+
+
 class CachedDesc(data.Struct):
     """What pass 2 needs of a non-empty descriptor (virtio 1.x section 2.7.5); ``last`` is
     ``len - 1``, the offset of its last byte (the status byte, for the chain's last one)."""
@@ -190,16 +217,7 @@ class RingEngine(wiring.Component):
         n = q.num
         # The queue size as checked by QCHECK and its mask, computed every cycle (a notify
         # reaches QCHECK at least two cycles after the last register write).
-        # N is fine when exactly one of bits [0, log2 qmax] is set and none above; its mask
-        # N - 1 is then every bit below that one. No wide compare or decrement.
-        qnum = work_reg(qbits)
-        qmask = work_reg(16)
-        num_ok = work_reg()
-        low = n[:qbits]
-        single = Signal()  # one bit of low is set
-        m.d.comb += single.eq(sum(low[i] for i in range(qbits)) == 1)
-        m.d.sync += [num_ok.eq(single & (n[qbits:] == 0)), qnum.eq(low),
-                     qmask.eq(Cat(*[low[i + 1:].any() for i in range(min(16, qbits))]))]
+        qnum, qmask, num_ok = queue_size_check(m, n, qbits)
 
         # ---- The address register and its adder ---------------------------------------------
         # va = X + Y, where the operands are chosen a cycle ahead by each state for the next
@@ -217,16 +235,7 @@ class RingEngine(wiring.Component):
         x_next = {sel: Signal(name=f"x_next{sel}") for sel in (XS_DESC, XS_AVAIL, XS_USED,
                                                                 XS_PF)}
 
-        def gated_copy(value, select, name):
-            """A register of ``value`` that its flip-flops' reset clears unless ``select``."""
-            copy = Signal(len(value), reset_less=True, name=name)
-            with m.If(select):
-                m.d.sync += copy.eq(value)
-            with m.Else():
-                m.d.sync += copy.eq(0)
-            return copy
-
-        x_bases = [gated_copy(base, x_next[sel], f"x_base{sel}")
+        x_bases = [gated_copy(m, base, x_next[sel], f"x_base{sel}")
                    for sel, base in ((XS_DESC, q.desc), (XS_AVAIL, q.avail),
                                      (XS_USED, q.used), (XS_PF, cache_rd.data.addr))]
         # Y: the descriptor index just read (times 16), y_reg, the prefetched descriptor's last
@@ -236,7 +245,7 @@ class RingEngine(wiring.Component):
         y_next = {sel: Signal(name=f"y_next{sel}") for sel in (Y_CAP, Y_REG, Y_STAT)}
         ys_cap = Signal()
         m.d.sync += ys_cap.eq(y_next[Y_CAP])
-        y_last = gated_copy(cache_rd.data.last, y_next[Y_STAT], "y_last")
+        y_last = gated_copy(m, cache_rd.data.last, y_next[Y_STAT], "y_last")
         va_load = Signal()
         # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
         # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
