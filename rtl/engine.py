@@ -75,6 +75,75 @@ def queue_size_check(m, n, qbits):
     return qnum, qmask, num_ok
 
 
+XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)  # X operands
+Y_NONE, Y_CAP, Y_REG, Y_STAT = range(4)  # Y operands
+
+
+class AddressAdder:
+    """The ring engine's address register ``va = X + Y`` (area and Fmax, issue 5: every 64-bit
+    address comes from one adder, and each operand from flip-flops through one LUT, since the
+    adder feeds the grant table's address).
+
+    ``operand(xsel, ysel)`` in a cycle chooses the operands of the next cycle; in that cycle
+    ``va_next`` is X + Y (combinational: the DMA engine's early lookup address) and ``load()``
+    makes ``va`` take it at the cycle's end. X (``x_bases``: QueueDesc, QueueDriver, QueueDevice,
+    the prefetched descriptor's address; or ``XS_ZERO``) has a copy per base that its
+    flip-flops' reset clears unless it is the next cycle's X, so that X is a 4-input OR (a 4:1
+    multiplexer with a zero took three LUTs, and two levels); after a state that does not call
+    ``operand``, X is 0 (no cycle that uses X follows such a state). A copy lags its queue
+    register by a cycle, which no driver sees: a notify reaches QCHECK at least two cycles after
+    the last register write, and QCHECK checks the value that the next cycle's X copies. Y is
+    the descriptor index just read (``cap_head``, times 16; ``Y_CAP``), ``y_reg`` (``Y_REG``:
+    the first value of ``y_cases`` whose flag is set in the ``operand`` cycle, else
+    ``y_default``), the prefetched descriptor's last byte (``Y_STAT``) or 0, each cleared like
+    X's copies unless chosen, so that Y is one LUT a bit too.
+    """
+
+    def __init__(self, m, x_bases, cap_head, pf_last, y_cases, y_default):
+        self._m = m
+        va = work_reg(64)
+        x_next = {sel: Signal(name=f"x_next{sel}") for sel in (XS_DESC, XS_AVAIL, XS_USED,
+                                                                XS_PF)}
+        x_copies = [gated_copy(m, x_bases[sel], x_next[sel], f"x_base{sel}") for sel in x_next]
+        y_next = {sel: Signal(name=f"y_next{sel}") for sel in (Y_CAP, Y_REG, Y_STAT)}
+        ys_cap = Signal()
+        m.d.sync += ys_cap.eq(y_next[Y_CAP])
+        y_last = gated_copy(m, pf_last, y_next[Y_STAT], "y_last")
+        va_load = Signal()
+        y_reg = work_reg(32)
+        with m.If(~y_next[Y_REG]):
+            m.d.sync += y_reg.eq(0)
+        for flag, value in y_cases:
+            with m.Elif(flag):
+                m.d.sync += y_reg.eq(value)
+        with m.Else():
+            m.d.sync += y_reg.eq(y_default)
+        x = Signal(64)
+        y = Signal(32)
+        m.d.comb += [
+            x.eq(x_copies[0] | x_copies[1] | x_copies[2] | x_copies[3]),
+            y.eq(Mux(ys_cap, cap_head << 4, 0) | y_reg | y_last),
+        ]
+        va_next = Signal(64)
+        m.d.comb += va_next.eq(x + y)
+        with m.If(va_load):
+            m.d.sync += va.eq(va_next)
+        self.va, self.va_next, self.x_next, self.y_next = va, va_next, x_next, y_next
+        self._va_load = va_load
+
+    def operand(self, xsel, ysel):
+        """In the next cycle, va loads X + Y with these operands. Every state says which
+        operands the next cycle needs (whatever state that is), from its own identity and
+        registers: the selects clear the operand copies that are not chosen (Y_CAP's is a
+        flip-flop), and they depend on ``done`` in one place only."""
+        self._m.d.comb += [flag.eq(sel == xsel) for sel, flag in self.x_next.items()]
+        self._m.d.comb += [flag.eq(sel == ysel) for sel, flag in self.y_next.items()]
+
+    def load(self):
+        """This state loads va with its operands."""
+        self._m.d.comb += self._va_load.eq(1)
+
+
 class CachedDesc(data.Struct):
     """What pass 2 needs of a non-empty descriptor (virtio 1.x section 2.7.5); ``last`` is
     ``len - 1``, the offset of its last byte (the status byte, for the chain's last one)."""
@@ -219,85 +288,29 @@ class RingEngine(wiring.Component):
         # reaches QCHECK at least two cycles after the last register write).
         qnum, qmask, num_ok = queue_size_check(m, n, qbits)
 
-        # ---- The address register and its adder ---------------------------------------------
-        # va = X + Y, where the operands are chosen a cycle ahead by each state for the next
-        # cycle (``operand``): each comes from flip-flops through one LUT (issue 5, Fmax: this
-        # adder feeds the grant table's address).
-        va = work_reg(64)
-        XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)
-        # X: QueueDesc, QueueDriver, QueueDevice, the prefetched descriptor's address, or 0.
-        # Each has a copy that its flip-flops' reset clears unless it is the next cycle's X, so
-        # that X is a 4-input OR, one LUT a bit (issue 5: a 4:1 multiplexer with a zero took
-        # three, and two levels). ``operand`` raises one select; after a state that does not call
-        # it, X is 0 (no cycle that uses X follows such a state). A copy lags its queue register
-        # by a cycle, which no driver sees: a notify reaches QCHECK at least two cycles after the
-        # last register write, and QCHECK checks the value that the next cycle's X copies.
-        x_next = {sel: Signal(name=f"x_next{sel}") for sel in (XS_DESC, XS_AVAIL, XS_USED,
-                                                                XS_PF)}
-
-        x_bases = [gated_copy(m, base, x_next[sel], f"x_base{sel}")
-                   for sel, base in ((XS_DESC, q.desc), (XS_AVAIL, q.avail),
-                                     (XS_USED, q.used), (XS_PF, cache_rd.data.addr))]
-        # Y: the descriptor index just read (times 16), y_reg, the prefetched descriptor's last
-        # byte, or 0. y_reg and the copy of ``last`` are cleared, like X's copies, unless they
-        # are the next cycle's Y, so that Y is one LUT a bit too.
-        Y_NONE, Y_CAP, Y_REG, Y_STAT = range(4)
-        y_next = {sel: Signal(name=f"y_next{sel}") for sel in (Y_CAP, Y_REG, Y_STAT)}
-        ys_cap = Signal()
-        m.d.sync += ys_cap.eq(y_next[Y_CAP])
-        y_last = gated_copy(m, cache_rd.data.last, y_next[Y_STAT], "y_last")
-        va_load = Signal()
-        # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
-        # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
-        # QueueNum a fault reports.
-        y_reg = work_reg(32)
+        # ---- The address register and its adder (area and Fmax: AddressAdder) ---------------
         ring_used = Signal()  # the phase of the used element (else: an avail entry) ...
         ring_uidx = Signal()  # ... or of the used index
         y_is_idx = Signal()  # ... or of a fault reporting idx
         y_is_num = Signal()  # ... or QueueNum
-        with m.If(~y_next[Y_REG]):
-            m.d.sync += y_reg.eq(0)
-        with m.Elif(ring_used):
-            m.d.sync += y_reg.eq(Cat(Const(0b100, 3), used_idx & qmask))
-        with m.Elif(ring_uidx):
-            m.d.sync += y_reg.eq(2)
-        with m.Elif(y_is_idx):
-            m.d.sync += y_reg.eq(idx)
-        with m.Elif(y_is_num):
-            m.d.sync += y_reg.eq(n)
-        with m.Else():
-            m.d.sync += y_reg.eq(((last_avail & qmask) + 2) << 1)
-        x = Signal(64)
-        y = Signal(32)
-        m.d.comb += [
-            x.eq(x_bases[0] | x_bases[1] | x_bases[2] | x_bases[3]),
-            y.eq(Mux(ys_cap, cap_head << 4, 0) | y_reg | y_last),
-        ]
-        va_next = Signal(64)
-        m.d.comb += va_next.eq(x + y)
-        with m.If(va_load):
-            m.d.sync += va.eq(va_next)
+        # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
+        # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
+        # QueueNum a fault reports.
+        adder = AddressAdder(
+            m, {XS_DESC: q.desc, XS_AVAIL: q.avail, XS_USED: q.used, XS_PF: cache_rd.data.addr},
+            cap_head, cache_rd.data.last,
+            [(ring_used, Cat(Const(0b100, 3), used_idx & qmask)), (ring_uidx, 2), (y_is_idx, idx),
+             (y_is_num, n)], ((last_avail & qmask) + 2) << 1)
+        operand, load = adder.operand, adder.load
         # The address of the next command, looked up by the DMA engine in the translation unit:
         # every state before one that issues loads va, except DESC_CHECK at a chain's end,
         # which keeps the header's address that DESC_WAIT loaded (pre_hold: use cmd_vaddr).
         keep_va = Signal()
-        m.d.comb += [c.vaddr.eq(va), dma.pre.vaddr.eq(va_next),
+        m.d.comb += [c.vaddr.eq(adder.va), dma.pre.vaddr.eq(adder.va_next),
                      dma.pre.hold.eq(keep_va)]
-
-        def operand(xsel, ysel):
-            """In the next cycle, va loads X + Y with these operands. Every state says which
-            operands the next cycle needs (whatever state that is), from its own identity and
-            registers: the selects clear the operand copies that are not chosen (Y_CAP's is a
-            flip-flop), and they depend on ``done`` in one place only."""
-            m.d.comb += [flag.eq(sel == xsel) for sel, flag in x_next.items()]
-            m.d.comb += [flag.eq(sel == ysel) for sel, flag in y_next.items()]
 
         def go(name):
             m.next = name
-
-        def load():
-            """This state loads va with its operands."""
-            m.d.comb += va_load.eq(1)
 
         def fault(cause):
             """An engine-detected fault reporting the index in ``idx``. XIDX moves it into y_reg,
@@ -858,8 +871,8 @@ class RingEngine(wiring.Component):
         # matter: no command goes out), so that the selects do not wait for the DMA engine's
         # ``busy``.
         with m.If(abort):
-            m.d.comb += [flag.eq(sel == XS_AVAIL) for sel, flag in x_next.items()]
-            m.d.comb += [flag.eq(0) for flag in y_next.values()]
+            m.d.comb += [flag.eq(sel == XS_AVAIL) for sel, flag in adder.x_next.items()]
+            m.d.comb += [flag.eq(0) for flag in adder.y_next.values()]
         with m.If(c_data):
             m.d.sync += [c_len[5:].eq(plen_next[5:]), c_dpos[5:].eq(dpos[5:])]
         with m.Elif(c_set):
