@@ -64,6 +64,27 @@ def _rotl_lanes(lanes: list, amount, n: int) -> list:
     return lanes
 
 
+def burst_window(m, rem, nxt_lo, lb):
+    """The geometry of the next burst (state ADDR, combinational), from the command state:
+    ``rem`` bytes left from page offset ``nxt_lo``, in ``2 ** lb``-byte windows. The low 12
+    bits of the physical address are those of the virtual address, so the geometry never waits
+    for the table. One sum says it all: ``end``, where the rest of the command would end,
+    counted from the start of the burst's window; ``reaches``, the burst runs to the window's
+    end (or the command ends there); ``fits``, the rest fits in this window (the last burst);
+    ``window_next``, the next window's index in the page."""
+    end = Signal(max(len(rem), lb) + 2)
+    m.d.comb += end.eq(rem + nxt_lo[:lb])
+    reaches = Signal()
+    fits = Signal()
+    m.d.comb += [
+        reaches.eq(end[lb:] != 0),
+        fits.eq((end[lb + 1:] == 0) & ~(end[lb] & (end[:lb] != 0))),
+    ]
+    window_next = Signal(13 - lb)
+    m.d.comb += window_next.eq(nxt_lo[lb:] + 1)
+    return end, reaches, fits, window_next
+
+
 def _combine(m, ge_rot, lo, hi):
     """Lanes >= rot (``ge_rot``) from ``lo``, the others from ``hi``: a beat's two local
     words as one (combinational)."""
@@ -508,20 +529,7 @@ class DmaEngine(wiring.Component):
             ring.r_last_beat.eq(axi.rvalid & axi.rready & axi.rlast),
         ]
 
-        # Burst geometry of the next burst, from the command state (state ADDR). The low 12 bits
-        # of the physical address are those of the virtual address, so the geometry never waits
-        # for the table. One sum says it all: where the rest of the command would end, counted
-        # from the start of the burst's window.
-        end = Signal(max(self._len_bits, lb) + 2)
-        m.d.comb += end.eq(rem + nxt_lo[:lb])
-        reaches = Signal()  # the burst runs to the window's end (or the command ends there)
-        fits = Signal()  # the rest of the command fits in this window: the last burst
-        m.d.comb += [
-            reaches.eq(end[lb:] != 0),
-            fits.eq((end[lb + 1:] == 0) & ~(end[lb] & (end[:lb] != 0))),
-        ]
-        window_next = Signal(13 - lb)
-        m.d.comb += window_next.eq(nxt_lo[lb:] + 1)
+        end, reaches, fits, window_next = burst_window(m, rem, nxt_lo, lb)
         inc_hi = Signal()  # the burst set up in the last cycle ends its page
         empty = Signal()  # the command has no byte
         m.d.sync += inc_hi.eq(0)

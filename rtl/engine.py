@@ -144,6 +144,17 @@ class AddressAdder:
         self._m.d.comb += self._va_load.eq(1)
 
 
+def capture_register(m, dma):
+    """The capture register: what the last read to the scratch brought (a descriptor, the
+    request header, avail.idx or a ring entry), a byte each ``dma.cap_we`` lane writes at the
+    end of its cycle. No reset (``work_reg``): every request writes it before it reads it."""
+    cap = work_reg(8 * CAP_BYTES)
+    for k in range(CAP_BYTES):
+        with m.If(dma.cap_we[k]):
+            m.d.sync += cap.word_select(k, 8).eq(dma.cap_wdata.word_select(k, 8))
+    return cap
+
+
 class CachedDesc(data.Struct):
     """What pass 2 needs of a non-empty descriptor (virtio 1.x section 2.7.5); ``last`` is
     ``len - 1``, the offset of its last byte (the status byte, for the chain's last one)."""
@@ -198,11 +209,7 @@ class RingEngine(wiring.Component):
         cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
         cs = ceil_log2(cap_sectors + 1)
 
-        # The capture register: what the last read to the scratch brought.
-        cap = work_reg(8 * CAP_BYTES)
-        for k in range(CAP_BYTES):
-            with m.If(dma.cap_we[k]):
-                m.d.sync += cap.word_select(k, 8).eq(dma.cap_wdata.word_select(k, 8))
+        cap = capture_register(m, dma)
         desc_f = Descriptor(cap)
         hdr = BlkHeader(cap)
         # The head read puts the ring entry where a descriptor's ``next`` is, so that a
