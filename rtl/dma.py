@@ -64,6 +64,29 @@ def _rotl_lanes(lanes: list, amount, n: int) -> list:
     return lanes
 
 
+def lane_rotator(m, rdata, rot, s2_valid, s2_disk, s2_rot, s2_ge, s2_scratch, disk):
+    """The one lane rotator (combinational): a read beat ``rdata`` (bus -> local lanes, left
+    by ``rot``) or, when ``s2_valid``, the write beat in stage S2 (local -> bus, left by
+    ``s2_rot`` = W - rot): the RAM disk's two words (lanes >= rot, ``s2_ge``, from the first)
+    or the scratch source ``s2_scratch`` (0 for a disk beat: an OR, not a third multiplexer
+    input). Reads and writes never have beats in flight together, so one serves both."""
+    W = len(s2_ge)
+    rot_in = Signal(8 * W)
+    rot_amount = Signal(len(rot))
+    lo_hi = Signal(8 * W)  # S2: local lanes >= rot from the first word, the others the next
+    for lane in range(W):
+        sl = slice(8 * lane, 8 * lane + 8)
+        m.d.comb += lo_hi[sl].eq(Mux(s2_ge[lane], disk.rd_lo[sl], disk.rd_hi[sl]))
+    m.d.comb += [
+        rot_in.eq(Mux(s2_valid, Mux(s2_disk, lo_hi, 0) | s2_scratch, rdata)),
+        rot_amount.eq(Mux(s2_valid, s2_rot, rot)),
+    ]
+    lanes = _rotl_lanes([rot_in[8 * x:8 * x + 8] for x in range(W)], rot_amount, W)
+    rotated = Signal(8 * W)
+    m.d.comb += rotated.eq(Cat(*lanes))
+    return rotated
+
+
 def burst_window(m, rem, nxt_lo, lb):
     """The geometry of the next burst (state ADDR, combinational), from the command state:
     ``rem`` bytes left from page offset ``nxt_lo``, in ``2 ** lb``-byte windows. The low 12
@@ -355,25 +378,11 @@ class DmaEngine(wiring.Component):
         # Read beat (RDATA)
         r_take = Signal()  # a good beat arrives (this cycle)
         r_last = Signal()  # ... the command's last
-        # The rotator: a read beat (bus -> local, left by rot) or the beat in S2 (local -> bus,
-        # left by W - rot).
-        rot_in = Signal(8 * W)
-        rot_amount = Signal(lw)
-        lo_hi = Signal(8 * W)  # S2: local lanes >= rot from the first word, the others the next
-        for lane in range(W):
-            sl = slice(8 * lane, 8 * lane + 8)
-            m.d.comb += lo_hi[sl].eq(Mux(s2_ge[lane], disk.rd_lo[sl], disk.rd_hi[sl]))
-        m.d.comb += [
-            # (s2_scratch is 0 for a disk beat: an OR, not a third multiplexer input)
-            rot_in.eq(Mux(s2_valid, Mux(s2_disk, lo_hi, 0) | s2_scratch, axi.rdata)),
-            rot_amount.eq(Mux(s2_valid, s2_rot, rot)),
-        ]
-        lanes = _rotl_lanes([rot_in[8 * x:8 * x + 8] for x in range(W)], rot_amount, W)
-        rotated = Signal(8 * W)
+        rotated = lane_rotator(m, axi.rdata, rot, s2_valid, s2_disk, s2_rot, s2_ge, s2_scratch,
+                               disk)
         local_mask = Signal(W)  # the read beat's local lanes that carry command bytes
-        m.d.comb += [rotated.eq(Cat(*lanes)),
-                     local_mask.eq(Mux(first_beat, first_local, ones)
-                                   & Mux(r_last, last_local, ones))]
+        m.d.comb += local_mask.eq(Mux(first_beat, first_local, ones)
+                                  & Mux(r_last, last_local, ones))
 
         # Reads: the rotated beat goes to local word `word` (lanes >= rot) and `word + 1`: to
         # the RAM disk a cycle later, from registers (its block RAMs are spread over the die;
