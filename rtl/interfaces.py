@@ -1,17 +1,6 @@
 """The device's internal interfaces, each declared once and joined with ``wiring.connect`` in
-``rtl/top.py``. Members are named from the side that starts the exchange (``Out``: it drives).
-
-=====================  ===============================  ==================================
-signature              from (its ``Out`` side)           to
-=====================  ===============================  ==================================
-:func:`QueueSignature`     ``VirtioMmioRegs.queue``      ``RingEngine.queue``
-:func:`DmaPortSignature`   ``RingEngine.dma``            ``DmaEngine.ring``
-:func:`LookupSignature`    ``DmaEngine.lookup``          ``TranslationUnit.lookup``
-:func:`DiskSignature`      ``DmaEngine.disk``            ``RamDisk.port``
-:func:`TableSignature`     ``PrivilegedRegs.table``      ``TranslationUnit.table``
-:data:`EngineStatus`       ``RingEngine.status``         ``PrivilegedRegs.status.engine``
-:func:`DmaStatus`          ``DmaEngine.status``          ``PrivilegedRegs.status.dma``
-=====================  ===============================  ==================================
+``rtl/top.py`` (which block has which: docs/architecture.md, "Where things are"). Members are
+named from the side that starts the exchange (``Out``: it drives).
 """
 
 from __future__ import annotations
