@@ -164,6 +164,34 @@ class CachedDesc(data.Struct):
     last: 32
 
 
+def descriptor_cache(m, qmax):
+    """The descriptor cache (block RAM, ``qmax`` entries of :class:`CachedDesc`) and its
+    prefetch register pf. Pass 1 writes a chain's non-empty descriptors through ``cache_wr``
+    (empty ones move no byte); pass 2 reads entry ``rd_idx`` in a cycle with ``pf_load``, one
+    command ahead: ``cache_rd.data`` holds it from the next cycle until the next read (pf's
+    address is the block RAM's output itself, which only the X operand's copy takes into a
+    register), and ``pf_len``, ``pf_idx`` (the entry) and ``pf_next`` (plus one) from the cycle
+    after. Returns ``(cache_wr, cache_rd, pf_len, pf_idx, pf_next, rd_idx, pf_load)``."""
+    qbits = ceil_log2(qmax + 1)
+    m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
+    cache_wr = cache.write_port()
+    cache_rd = cache.read_port()
+    pf_len = work_reg(32)
+    pf_idx = work_reg(qbits)  # the entry pf holds
+    pf_next = work_reg(qbits)  # ... plus one
+    rd_idx = Signal(qbits)  # the entry read this cycle (set by the state)
+    pf_load = Signal()  # ... into pf (the block RAM answers in the next cycle)
+    pf_load_d = Signal()
+    rd_idx_d = work_reg(qbits)
+    m.d.comb += [cache_rd.addr.eq(rd_idx), cache_rd.en.eq(pf_load)]
+    m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
+    with m.If(pf_load_d):
+        m.d.sync += [pf_len.eq(cache_rd.data.len),
+                     pf_idx.eq(rd_idx_d),
+                     pf_next.eq(rd_idx_d + 1)]
+    return cache_wr, cache_rd, pf_len, pf_idx, pf_next, rd_idx, pf_load
+
+
 class RingEngine(wiring.Component):
     """Split-virtqueue engine for one virtio-blk request queue.
 
@@ -223,26 +251,7 @@ class RingEngine(wiring.Component):
         cap_idx = cap_head  # avail.idx after a poll
         cap_flags = desc_f.flags.as_value()  # avail.flags after a poll
 
-        # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2
-        # reads them into the prefetch register pf, one command ahead. pf's address is the block
-        # RAM's output itself, read only when fetched so that it holds: only the X operand's
-        # copy (below) takes it, into a register.
-        m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
-        cache_wr = cache.write_port()
-        cache_rd = cache.read_port()
-        pf_len = work_reg(32)
-        pf_idx = work_reg(qbits)  # the entry pf holds
-        pf_next = work_reg(qbits)  # ... plus one
-        rd_idx = Signal(qbits)  # the entry read this cycle (set by the state)
-        pf_load = Signal()  # ... into pf (the block RAM answers in the next cycle)
-        pf_load_d = Signal()
-        rd_idx_d = work_reg(qbits)
-        m.d.comb += [cache_rd.addr.eq(rd_idx), cache_rd.en.eq(pf_load)]
-        m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
-        with m.If(pf_load_d):
-            m.d.sync += [pf_len.eq(cache_rd.data.len),
-                         pf_idx.eq(rd_idx_d),
-                         pf_next.eq(rd_idx_d + 1)]
+        cache_wr, cache_rd, pf_len, pf_idx, pf_next, rd_idx, pf_load = descriptor_cache(m, qmax)
 
         kick = Signal()
         abort = Signal()
