@@ -57,7 +57,8 @@ from amaranth.back import rtlil
 from amaranth.hdl import Assert, Cover
 
 from models import spec
-from rtl.translate import GrantEntry, TranslationUnit
+from rtl.layouts import GrantEntry
+from rtl.translate import TranslationUnit
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "build" / "formal"
@@ -83,18 +84,18 @@ class TranslationHarness(Elaboratable):
         bits = dut.ref_bits
 
         # Every input free in every cycle.
-        for sig in (dut.handle_mode, dut.domid, dut.cfg_changed, dut.req_ref, dut.req_high,
-                    dut.req_handle, dut.req_write, dut.keep, dut.tbl_addr, dut.tbl_wdata,
-                    dut.tbl_wen):
+        lk, tb = dut.lookup, dut.table
+        for sig in (tb.handle_mode, tb.domid, tb.cfg_changed, lk.ref, lk.high, lk.handle,
+                    lk.write, lk.keep, tb.addr, tb.wdata, tb.wen):
             m.d.comb += sig.eq(AnySeq(len(sig)))
 
         def written(ref):
-            return (dut.tbl_wen != 0) & (dut.tbl_addr == ref)
+            return (dut.table.wen != 0) & (dut.table.addr == ref)
 
         # A lookup: the table read at req_ref in cycle r; in r + 1 keep and the request's other
         # fields; the answer in r + 3. What the harness knows of it in r + 1 (``h_``), r + 2
         # (``q_``) and r + 3 (``z_``, when the answer is due).
-        ref = dut.req_ref
+        ref = dut.lookup.ref
         h_ref = Signal(bits)
         h_checked = Signal()  # the entry of this read is known to the harness
         h_entry = Signal(64)
@@ -103,22 +104,22 @@ class TranslationHarness(Elaboratable):
         if self.observe == "same":
             # The privileged port reads GRANT[tbl_addr] with a one-cycle latency: when it
             # names the looked-up entry in the read's cycle, tbl_rdata is that entry.
-            m.d.sync += h_checked.eq(dut.tbl_addr == ref)
-            m.d.comb += h_entry.eq(dut.tbl_rdata)
+            m.d.sync += h_checked.eq(dut.table.addr == ref)
+            m.d.comb += h_entry.eq(dut.table.rdata)
         else:
             # Last cycle the privileged port read GRANT[p_addr] and nothing was written:
             # tbl_rdata is that entry as it still is now.
             p_addr = Signal(bits)
             p_read = Signal()
-            m.d.sync += [p_addr.eq(dut.tbl_addr), p_read.eq(dut.tbl_wen == 0)]
-            m.d.sync += [h_checked.eq(p_read & (p_addr == ref)), h_entry.eq(dut.tbl_rdata)]
+            m.d.sync += [p_addr.eq(dut.table.addr), p_read.eq(dut.table.wen == 0)]
+            m.d.sync += [h_checked.eq(p_read & (p_addr == ref)), h_entry.eq(dut.table.rdata)]
 
         q_valid, q_checked, q_high, q_handle, q_write, q_wr = (Signal() for _ in range(6))
         q_ref = Signal(bits)
         q_entry = Signal(64)
-        m.d.sync += [q_valid.eq(dut.keep), q_checked.eq(h_checked), q_entry.eq(h_entry),
-                     q_ref.eq(h_ref), q_high.eq(dut.req_high), q_handle.eq(dut.req_handle),
-                     q_write.eq(dut.req_write), q_wr.eq(h_wr | written(h_ref))]
+        m.d.sync += [q_valid.eq(dut.lookup.keep), q_checked.eq(h_checked), q_entry.eq(h_entry),
+                     q_ref.eq(h_ref), q_high.eq(dut.lookup.high), q_handle.eq(dut.lookup.handle),
+                     q_write.eq(dut.lookup.write), q_wr.eq(h_wr | written(h_ref))]
         z_valid, z_checked, z_high, z_handle, z_write, z_hm, z_stale = (Signal()
                                                                       for _ in range(7))
         z_ref = Signal(bits)
@@ -126,18 +127,19 @@ class TranslationHarness(Elaboratable):
         z_domid = Signal(16)
         m.d.sync += [z_valid.eq(q_valid), z_checked.eq(q_checked), z_entry.eq(q_entry),
                      z_ref.eq(q_ref), z_high.eq(q_high), z_handle.eq(q_handle),
-                     z_write.eq(q_write), z_hm.eq(dut.handle_mode), z_domid.eq(dut.domid),
+                     z_write.eq(q_write), z_hm.eq(dut.table.handle_mode),
+                     z_domid.eq(dut.table.domid),
                      # stale: its entry written from the read to the check (handle mode), or
                      # the configuration in the check's cycle (the check saw the old one)
-                     z_stale.eq(dut.cfg_changed
-                                | (dut.handle_mode & (q_wr | written(q_ref))))]
+                     z_stale.eq(dut.table.cfg_changed
+                                | (dut.table.handle_mode & (q_wr | written(q_ref))))]
 
         # The contract, from docs/architecture.md ("Handles and translation").
         entry = GrantEntry(z_entry)
         in_table = ~z_high & (z_ref < self.entries)
-        permit = entry.flags[0:2] == spec.GTF_permit_access
+        permit = entry.flags.type == spec.GTF_permit_access
         our_domain = entry.domid == z_domid
-        write_ok = ~(z_write & entry.flags[2])
+        write_ok = ~(z_write & entry.flags.readonly)
         granted = z_handle & in_table & permit & our_domain & write_ok
         cause = Signal(4)
         with m.If(~z_handle):
@@ -151,43 +153,43 @@ class TranslationHarness(Elaboratable):
         with m.Elif(~write_ok):
             m.d.comb += cause.eq(spec.FAULT_READONLY)
 
-        new = dut.resp_new
+        new = dut.lookup.new
         # One answer exactly two cycles after each keep (for every lookup, checked or not).
         m.d.comb += Assert(new == z_valid, "an answer two cycles after each keep")
         with m.If(new):
-            m.d.comb += Assert(dut.resp_ok == (dut.resp_fault == 0), "resp_ok")
-            m.d.comb += Assert(dut.resp_mode == z_hm, "the mode of the check")
-            m.d.comb += Assert(dut.resp_stale == z_stale,
+            m.d.comb += Assert(dut.lookup.ok == (dut.lookup.fault == 0), "resp_ok")
+            m.d.comb += Assert(dut.lookup.mode == z_hm, "the mode of the check")
+            m.d.comb += Assert(dut.lookup.stale == z_stale,
                                "stale exactly when the entry or the configuration changed")
         # A reference outside the table faults whatever the entry.
         with m.If(new & z_hm & z_handle & ~in_table):
-            m.d.comb += Assert(dut.resp_fault == spec.FAULT_REF_RANGE, "reference outside")
+            m.d.comb += Assert(dut.lookup.fault == spec.FAULT_REF_RANGE, "reference outside")
         with m.If(new & z_hm & ~z_handle):
-            m.d.comb += Assert(dut.resp_fault == spec.FAULT_NOT_HANDLE, "not a handle")
+            m.d.comb += Assert(dut.lookup.fault == spec.FAULT_NOT_HANDLE, "not a handle")
         with m.If(new & ~z_hm):
-            m.d.comb += Assert(dut.resp_fault == 0, "GPA mode passes the address through")
+            m.d.comb += Assert(dut.lookup.fault == 0, "GPA mode passes the address through")
         with m.If(new & z_hm & z_checked):
             # Isolation: no address leaves the unit unless the entry read for it grants it.
-            with m.If(dut.resp_fault == 0):
+            with m.If(dut.lookup.fault == 0):
                 m.d.comb += Assert(granted, "isolation: success only for a granted access")
-                m.d.comb += Assert(dut.resp_frame == entry.frame,
+                m.d.comb += Assert(dut.lookup.frame == entry.frame,
                                    "the frame of the granted entry")
             # A failed check never comes as a success, and names the first failing check.
             with m.If(~granted):
-                m.d.comb += Assert(dut.resp_fault != 0, "no success for a failed check")
-                m.d.comb += Assert(dut.resp_fault == cause, "the first failing check")
+                m.d.comb += Assert(dut.lookup.fault != 0, "no success for a failed check")
+                m.d.comb += Assert(dut.lookup.fault == cause, "the first failing check")
             with m.If(granted):
-                m.d.comb += Assert(dut.resp_fault == 0, "a granted access is not refused")
+                m.d.comb += Assert(dut.lookup.fault == 0, "a granted access is not refused")
 
         # Non-vacuity: every outcome is reachable (on an observed lookup where the entry
         # matters; causes 1 and 2 are asserted for every lookup).
         done = new & z_checked
-        m.d.comb += Cover(done & z_hm & (dut.resp_fault == 0) & z_write, "granted write")
+        m.d.comb += Cover(done & z_hm & (dut.lookup.fault == 0) & z_write, "granted write")
         for c in range(spec.FAULT_NOT_HANDLE, spec.FAULT_READONLY + 1):
             seen = new if c <= spec.FAULT_REF_RANGE else done
-            m.d.comb += Cover(seen & z_hm & (dut.resp_fault == c), f"fault cause {c}")
+            m.d.comb += Cover(seen & z_hm & (dut.lookup.fault == c), f"fault cause {c}")
         m.d.comb += Cover(new & ~z_hm, "GPA pass-through")
-        m.d.comb += Cover(done & z_hm & (dut.resp_fault == 0) & dut.resp_stale,
+        m.d.comb += Cover(done & z_hm & (dut.lookup.fault == 0) & dut.lookup.stale,
                           "a granted answer made stale by a table write")
         return m
 

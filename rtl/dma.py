@@ -30,26 +30,29 @@ from __future__ import annotations
 from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2, exact_log2
+from amaranth.utils import exact_log2
 
 from models import spec
 
 from .axi import BURST_INCR, RESP_OKAY, AXI4Signature
 from .fifo import BlockRAMFIFO
+from .interfaces import (
+    CAP_BYTES,
+    MAX_POSTED_WRITES,
+    DiskSignature,
+    DmaPortSignature,
+    DmaStatus,
+    LookupSignature,
+    disk_word_bits,
+    local_bits,
+)
+from .layouts import VirtualPage
 from .params import check_data_width, check_disk_bytes, one_hot
 from .translate import lookup_fields
 
 __all__ = ["CAP_BYTES", "MAX_POSTED_WRITES", "DmaEngine", "local_bits"]
 
-CAP_BYTES = 16  # the ring engine's capture register (a descriptor, the request header)
-MAX_POSTED_WRITES = 8  # write bursts whose response may be outstanding at once
 W_FIFO_DEPTH = 8  # beats in S1, S2 and the W FIFO (block RAM: two cycles from in to out)
-
-
-def local_bits(disk_bytes: int) -> int:
-    """Width of a command's length and local position: a command moves at most the whole disk
-    (a data piece is at most the request's data, which fits the disk) or 20 scratch bytes."""
-    return max(6, ceil_log2(disk_bytes + 1))
 
 
 def _rotl_lanes(lanes: list, amount, n: int) -> list:
@@ -59,6 +62,126 @@ def _rotl_lanes(lanes: list, amount, n: int) -> list:
         step = 1 << stage
         lanes = [Mux(amount[stage], lanes[(lane - step) % n], lanes[lane]) for lane in range(n)]
     return lanes
+
+
+def lane_rotator(m, rdata, rot, s2_valid, s2_disk, s2_rot, s2_ge, s2_scratch, disk):
+    """The one lane rotator (combinational): a read beat ``rdata`` (bus -> local lanes, left
+    by ``rot``) or, when ``s2_valid``, the write beat in stage S2 (local -> bus, left by
+    ``s2_rot`` = W - rot): the RAM disk's two words (lanes >= rot, ``s2_ge``, from the first)
+    or the scratch source ``s2_scratch`` (0 for a disk beat: an OR, not a third multiplexer
+    input). Reads and writes never have beats in flight together, so one serves both."""
+    W = len(s2_ge)
+    rot_in = Signal(8 * W)
+    rot_amount = Signal(len(rot))
+    lo_hi = Signal(8 * W)  # S2: local lanes >= rot from the first word, the others the next
+    for lane in range(W):
+        sl = slice(8 * lane, 8 * lane + 8)
+        m.d.comb += lo_hi[sl].eq(Mux(s2_ge[lane], disk.rd_lo[sl], disk.rd_hi[sl]))
+    m.d.comb += [
+        rot_in.eq(Mux(s2_valid, Mux(s2_disk, lo_hi, 0) | s2_scratch, rdata)),
+        rot_amount.eq(Mux(s2_valid, s2_rot, rot)),
+    ]
+    lanes = _rotl_lanes([rot_in[8 * x:8 * x + 8] for x in range(W)], rot_amount, W)
+    rotated = Signal(8 * W)
+    m.d.comb += rotated.eq(Cat(*lanes))
+    return rotated
+
+
+def burst_window(m, rem, nxt_lo, lb):
+    """The geometry of the next burst (state ADDR, combinational), from the command state:
+    ``rem`` bytes left from page offset ``nxt_lo``, in ``2 ** lb``-byte windows. The low 12
+    bits of the physical address are those of the virtual address, so the geometry never waits
+    for the table. One sum says it all: ``end``, where the rest of the command would end,
+    counted from the start of the burst's window; ``reaches``, the burst runs to the window's
+    end (or the command ends there); ``fits``, the rest fits in this window (the last burst);
+    ``window_next``, the next window's index in the page."""
+    end = Signal(max(len(rem), lb) + 2)
+    m.d.comb += end.eq(rem + nxt_lo[:lb])
+    reaches = Signal()
+    fits = Signal()
+    m.d.comb += [
+        reaches.eq(end[lb:] != 0),
+        fits.eq((end[lb + 1:] == 0) & ~(end[lb] & (end[:lb] != 0))),
+    ]
+    window_next = Signal(13 - lb)
+    m.d.comb += window_next.eq(nxt_lo[lb:] + 1)
+    return end, reaches, fits, window_next
+
+
+def _combine(m, ge_rot, lo, hi):
+    """Lanes >= rot (``ge_rot``) from ``lo``, the others from ``hi``: a beat's two local
+    words as one (combinational)."""
+    out = Signal(len(lo), name="combined")
+    for lane in range(len(ge_rot)):
+        sl = slice(8 * lane, 8 * lane + 8)
+        m.d.comb += out[sl].eq(Mux(ge_rot[lane], lo[sl], hi[sl]))
+    return out
+
+
+def scratch_source(m, word, word_inc, ge_rot, payload, serial):
+    """The scratch write source of the beat at local word ``word``: the payload, or the device
+    serial when ``serial``, as the RAM disk gives words ``word`` and ``word + 1``, combined
+    like disk words (lanes >= rot from the first). Combinational, like the disk's registered
+    read data two cycles later. Scratch positions start at 0, so word -1 (all ones) never has
+    a strobed lane."""
+    W = len(ge_rot)
+    serial_bytes = spec.DEVICE_SERIAL.ljust(32, b"\0")
+    n_sw = 32 // W
+    sw_bits = exact_log2(n_sw)
+
+    def serial_word(index):
+        ser = Signal(8 * W, name="serial_word")
+        with m.Switch(index[:sw_bits]):
+            for i in range(n_sw):
+                with m.Case(i):
+                    m.d.comb += ser.eq(int.from_bytes(serial_bytes[i * W:(i + 1) * W],
+                                                      "little"))
+        return ser
+
+    scratch_comb = Signal(8 * W)
+    # (word_inc's low bits are word's plus one, also where it wraps: the disk's word count
+    # is a multiple of n_sw; said directly, each serial bit is a function of three bits)
+    serial_comb = _combine(m, ge_rot, serial_word(word),
+                           serial_word((word[:sw_bits] + 1)[:sw_bits])
+                           if sw_bits else serial_word(word))
+    if W >= 8:
+        # the payload (at most 8 bytes) is local word 0 whole: the lanes of the words
+        # around it are never strobed, so it needs no word select and no combining
+        m.d.comb += scratch_comb.eq(Mux(serial, serial_comb, payload))
+    else:
+        pay_lo = Mux(word[0], payload[32:], payload[:32])
+        pay_hi = Mux(word_inc[0], payload[32:], payload[:32])
+        m.d.comb += scratch_comb.eq(Mux(serial, serial_comb, _combine(m, ge_rot, pay_lo, pay_hi)))
+    return scratch_comb
+
+
+def posted_responses(m, axi, burst_addr):
+    """Posted write responses: every accepted write address (``bq.w_en`` in its handshake
+    cycle) is remembered until its response, so that a failed write can be reported with its
+    address when the ring engine drains. Returns ``(bq, werr, werr_addr, werr_clear, posted,
+    bq_full)``: ``werr`` (a response failed) and ``werr_addr`` (the first failed one's
+    address, cleared in the cycle after ``werr_clear``) one cycle after the response;
+    ``posted`` (a response is outstanding) and ``bq_full`` (all ``MAX_POSTED_WRITES`` are)
+    one cycle after the address or response handshake, as registers so that a burst's
+    decision to go waits for no compare."""
+    m.submodules.bq = bq = BlockRAMFIFO(width=64, depth=MAX_POSTED_WRITES)
+    werr = Signal()
+    werr_addr = Signal(64, reset_less=True)  # (as b_addr)
+    m.d.comb += [axi.bready.eq(1), bq.w_data.eq(burst_addr), bq.r_en.eq(axi.bvalid)]
+    werr_clear = Signal()  # a burst fails (see fault_addr)
+    werr_first = axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr  # the first failed response
+    with m.If(werr_first):
+        m.d.sync += werr.eq(1)
+    with m.If(werr_clear):
+        m.d.sync += werr_addr.eq(0)
+    with m.Elif(werr_first):
+        m.d.sync += werr_addr.eq(bq.r_data)
+    posted = Signal()
+    bq_full = Signal()
+    bq_next = Signal(range(MAX_POSTED_WRITES + 2))
+    m.d.comb += bq_next.eq(bq.level + bq.w_en - (bq.r_en & bq.r_rdy))
+    m.d.sync += [posted.eq(bq_next != 0), bq_full.eq(bq_next == MAX_POSTED_WRITES)]
+    return bq, werr, werr_addr, werr_clear, posted, bq_full
 
 
 class DmaEngine(wiring.Component):
@@ -75,43 +198,34 @@ class DmaEngine(wiring.Component):
 
     Members
     -------
-    pre_vaddr, pre_hold, pre_cont : In
-        The address of the command the ring engine may hand over in the next cycle (``pre_hold``:
-        it is ``cmd_vaddr`` already; ``pre_cont``: it continues where the last command ended).
-        Looked up in the translation unit when the engine is idle or ending a command.
-    cmd_* : In
-        A command is taken in a cycle with ``cmd_valid`` and ``cmd_ready``; ``cmd_vaddr`` must
-        be the ``pre_vaddr`` of the cycle before (or ``cmd_cont`` and ``pre_cont`` both set).
-        ``cmd_drain`` makes it a drain (the other fields are ignored); ``cmd_disk`` selects the
-        RAM disk (else the scratch) at byte ``cmd_dpos``.
-    done, fault, failed : Out
-        ``done`` pulses for one cycle when the command ends (see the module docstring); ``fault``
-        is then 0 or the fault cause, and ``failed`` is ``fault != 0``.
-    r_last_beat : Out
-        The last beat of a read burst arrives (the ``done`` of a one-burst read, unless it
-        fails): one gate from the bus, for decisions that cannot wait for ``done``.
-    fault_addr : Out
-        In the cycle after a ``done`` with a fault: the virtual address where the access stopped
-        (translation faults) or the physical address (bus errors; for a drain, the first failed
-        write). Otherwise, while idle: ``cmd_vaddr`` of the cycle before, which the ring engine
-        uses to report its own faults' values through the same register.
-    xlate : Out
-        Pulses once per table lookup used in handle mode (statistics).
+    ring : In(:func:`~rtl.interfaces.DmaPortSignature`)
+        From the ring engine. ``pre``: the address of the command it may hand over in the next
+        cycle (``pre.hold``: it is ``cmd.payload.vaddr`` already; ``pre.cont``: it continues
+        where the last command ended), looked up when the engine is idle or ending a command.
+        ``cmd``: a command is taken in a cycle with ``valid`` and ``ready``; its ``vaddr`` must
+        be the ``pre.vaddr`` of the cycle before (or ``cont`` and ``pre.cont`` both set).
+        ``done`` pulses for one cycle when the command ends (see the module docstring);
+        ``fault`` is then 0 or the fault cause, and ``failed`` is ``fault != 0``.
+        ``r_last_beat``: the last beat of a read burst arrives (the ``done`` of a one-burst
+        read, unless it fails), one gate from the bus. ``busy``: a command or a posted write is
+        in progress. ``cap_we``, ``cap_wdata``: byte writes into the ring engine's capture
+        register (reads to the scratch). ``payload``, ``serial``: the source of a write from
+        the scratch: the device serial (``spec.DEVICE_SERIAL``, zero-padded) when ``serial``,
+        else ``payload`` (at most 8 bytes), sampled until the command's ``done``.
+    lookup : Out(:func:`~rtl.interfaces.LookupSignature`)
+        The translation unit (:class:`~rtl.translate.TranslationUnit`).
+    disk : Out(:func:`~rtl.interfaces.DiskSignature`)
+        The RAM disk (:class:`~rtl.ramdisk.RamDisk`).
+    status : Out(:func:`~rtl.interfaces.DmaStatus`)
+        ``fault_addr``: in the cycle after a ``done`` with a fault, the virtual address where
+        the access stopped (translation faults) or the physical address (bus errors; for a
+        drain, the first failed write); otherwise, while idle, ``cmd.payload.vaddr`` of the
+        cycle before, which the ring engine uses to report its own faults' values. ``xlate``
+        pulses once per table lookup used in handle mode (statistics). ``inflight``,
+        ``burst_done``: bus transactions issued (or being issued) and not completed; one of
+        them completes this cycle. Completions come in issue order.
     abort : In
         Device reset: end the command at the next burst boundary (no further burst starts).
-    xl_* :
-        The translation unit (:class:`~rtl.translate.TranslationUnit`).
-    inflight, burst_done : Out
-        Number of bus transactions issued (or being issued) and not completed; one of them
-        completes this cycle. Completions come in issue order.
-    busy : Out
-        A command or a posted write is in progress.
-    cap_we, cap_wdata : Out
-        Byte writes into the ring engine's capture register (reads to the scratch).
-    payload, serial : In
-        The source of a write from the scratch: the device serial (``spec.DEVICE_SERIAL``,
-        zero-padded) when ``serial``, else ``payload`` (at most 8 bytes). Sampled while the
-        command's beats enter the write pipeline (until its ``done``).
     """
 
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH,
@@ -121,31 +235,15 @@ class DmaEngine(wiring.Component):
         check_disk_bytes(disk_bytes, data_width)
         lanes = data_width // 8
         self._disk_words = disk_bytes // lanes
-        self._word_bits = max(1, ceil_log2(self._disk_words))
+        self._word_bits = disk_word_bits(disk_bytes, data_width)
         self._ref_bits = ref_bits
         self._len_bits = local_bits(disk_bytes)
         super().__init__({
             "abort": In(1),
-            "inflight": Out(range(MAX_POSTED_WRITES + 3)),
-            "burst_done": Out(1),
-            "busy": Out(1),
-            "pre_vaddr": In(64), "pre_hold": In(1), "pre_cont": In(1),
-            "cmd_valid": In(1), "cmd_ready": Out(1), "cmd_write": In(1), "cmd_drain": In(1),
-            "cmd_cont": In(1), "cmd_vaddr": In(64), "cmd_len": In(self._len_bits),
-            "cmd_disk": In(1), "cmd_dpos": In(self._len_bits),
-            "done": Out(1), "fault": Out(4), "failed": Out(1), "fault_addr": Out(64),
-            "r_last_beat": Out(1),
-            "xlate": Out(1),
-            "xl_ref": Out(ref_bits), "xl_keep": Out(1), "xl_high": Out(1), "xl_handle": Out(1),
-            "xl_write": Out(1),
-            "xl_fault": In(4), "xl_ok": In(1), "xl_frame": In(32), "xl_mode": In(1),
-            "xl_stale": In(1),
-            "disk_rd_word": Out(self._word_bits), "disk_rd_lo": In(data_width),
-            "disk_rd_hi": In(data_width),
-            "disk_wr_word": Out(self._word_bits), "disk_wr_data": Out(data_width),
-            "disk_wr_en_lo": Out(lanes), "disk_wr_en_hi": Out(lanes),
-            "cap_we": Out(CAP_BYTES), "cap_wdata": Out(8 * CAP_BYTES),
-            "payload": In(64), "serial": In(1),
+            "ring": In(DmaPortSignature(self._len_bits)),
+            "lookup": Out(LookupSignature(ref_bits)),
+            "disk": Out(DiskSignature(self._word_bits, data_width)),
+            "status": Out(DmaStatus()),
             "m_axi": Out(AXI4Signature(addr_width=64, data_width=data_width,
                                        id_width=id_width)),
         })
@@ -164,6 +262,9 @@ class DmaEngine(wiring.Component):
         wb = self._word_bits
         last_word = self._disk_words - 1
         axi = self.m_axi
+        ring, lk, disk = self.ring, self.lookup, self.disk
+        cmd = ring.cmd
+        c = cmd.payload
         ones = (1 << W) - 1
 
         # ---- Command state -----------------------------------------------------------------
@@ -199,16 +300,18 @@ class DmaEngine(wiring.Component):
         nxt_hi_inc = Signal(52)
         m.d.comb += nxt_hi_inc.eq(nxt_hi + 1)
         # lookup_fields(nxt_hi + 1) without the 52-bit carry chain (a path of its own): bits
-        # R..50 of the next page are zero when they are all zero and receive no carry, or all
-        # ones and receive one; bit 63 flips when the carry runs through them.
-        carry_in = nxt_hi[:R].all()
-        mid_all = nxt_hi[R:51].all()
+        # R..50 (the reference above the index) of the next page are zero when they are all
+        # zero and receive no carry, or all ones and receive one; bit 63 flips when the carry
+        # runs through them.
+        nxt_page = VirtualPage(nxt_hi)
+        carry_in = nxt_page.ref[:R].all()
+        mid_all = nxt_page.ref[R:].all()
         inc_high = Mux(carry_in, ~mid_all, nxt_high)
-        inc_handle = nxt_hi[51] ^ (carry_in & mid_all)
+        inc_handle = nxt_page.handle ^ (carry_in & mid_all)
         burst_addr = Signal(64)
         # (with a failed check, the virtual address: no valid goes out with it, and b_addr
         # keeps it as the fault's address)
-        m.d.comb += burst_addr.eq(Cat(cur_lo, Mux(self.xl_mode & self.xl_ok, self.xl_frame,
+        m.d.comb += burst_addr.eq(Cat(cur_lo, Mux(lk.mode & lk.ok, lk.frame,
                                                   cur_hi)))
         m.d.comb += [
             axi.awid.eq(0), axi.arid.eq(0),
@@ -231,34 +334,34 @@ class DmaEngine(wiring.Component):
         in_xkeep = Signal()
         # A continue command (pre_cont) must follow a read, whose address handshakes are over
         # when it ends: ``cur`` then holds where it ended.
-        cur_handle = cur_hi[51]
+        cur_handle = VirtualPage(cur_hi).handle
         cur_high = Signal()  # lookup_fields(cur_hi)'s, copied with cur_hi (no OR tree of its own)
         nxt_ref, _, nxt_handle = lookup_fields(nxt_hi, R)
-        pre_ref = self.pre_vaddr[12:12 + R]
-        _, cmd_high, cmd_handle = lookup_fields(self.cmd_vaddr[12:], R)
+        pre_ref = ring.pre.vaddr[12:12 + R]
+        _, cmd_high, cmd_handle = lookup_fields(c.vaddr[12:], R)
         a_phase = Signal()  # the burst's address is (or may be) valid: ISSUE, RADDR, WADDR
         # The DMA engine's own lookups (the next page, a stale page again, a continue command)
         # read the table at int_ref, set a cycle ahead, so that the table's address is a 2:1
         # choice between a register and the ring engine's next address.
         int_ref = Signal(R)
-        use_int = (a_phase & b_cross & ~b_final) | in_xlate | (~a_phase & self.pre_cont)
-        held_ref = Mux(use_int, int_ref, self.cmd_vaddr[12:12 + R])  # registers
-        m.d.comb += self.xl_ref.eq(Mux(use_int | self.pre_hold, held_ref, pre_ref))
+        use_int = (a_phase & b_cross & ~b_final) | in_xlate | (~a_phase & ring.pre.cont)
+        held_ref = Mux(use_int, int_ref, c.vaddr[12:12 + R])  # registers
+        m.d.comb += lk.ref.eq(Mux(use_int | ring.pre.hold, held_ref, pre_ref))
         keep_next = Signal()  # keep the next page's lookup (made in an address handshake)
         waiting = Signal()  # a kept lookup has not answered yet
         fresh = Signal()  # the answer is a lookup made for this burst (statistics)
-        m.d.comb += self.xl_keep.eq((in_idle & self.cmd_valid & ~self.cmd_drain) | in_xkeep
+        m.d.comb += lk.keep.eq((in_idle & cmd.valid & ~c.drain) | in_xkeep
                                     | keep_next)
-        m.d.sync += waiting.eq(self.xl_keep)
-        m.d.comb += self.xl_write.eq(Mux(in_idle, self.cmd_write, write))
+        m.d.sync += waiting.eq(lk.keep)
+        m.d.comb += lk.write.eq(Mux(in_idle, c.write, write))
         with m.If(in_idle):
-            m.d.comb += [self.xl_high.eq(Mux(self.cmd_cont, nxt_high, cmd_high)),
-                         self.xl_handle.eq(Mux(self.cmd_cont, nxt_handle, cmd_handle))]
+            m.d.comb += [lk.high.eq(Mux(c.cont, nxt_high, cmd_high)),
+                         lk.handle.eq(Mux(c.cont, nxt_handle, cmd_handle))]
         with m.Elif(in_xkeep):
-            m.d.comb += [self.xl_high.eq(cur_high), self.xl_handle.eq(cur_handle)]
+            m.d.comb += [lk.high.eq(cur_high), lk.handle.eq(cur_handle)]
         with m.Else():
-            m.d.comb += [self.xl_high.eq(next_high), self.xl_handle.eq(next_handle)]
-        with m.If(self.xl_keep):
+            m.d.comb += [lk.high.eq(next_high), lk.handle.eq(next_handle)]
+        with m.If(lk.keep):
             m.d.sync += fresh.eq(1)
 
         # ---- Local side: rotation and masks, one shared rotator -------------------------------
@@ -275,25 +378,11 @@ class DmaEngine(wiring.Component):
         # Read beat (RDATA)
         r_take = Signal()  # a good beat arrives (this cycle)
         r_last = Signal()  # ... the command's last
-        # The rotator: a read beat (bus -> local, left by rot) or the beat in S2 (local -> bus,
-        # left by W - rot).
-        rot_in = Signal(8 * W)
-        rot_amount = Signal(lw)
-        lo_hi = Signal(8 * W)  # S2: local lanes >= rot from the first word, the others the next
-        for lane in range(W):
-            sl = slice(8 * lane, 8 * lane + 8)
-            m.d.comb += lo_hi[sl].eq(Mux(s2_ge[lane], self.disk_rd_lo[sl], self.disk_rd_hi[sl]))
-        m.d.comb += [
-            # (s2_scratch is 0 for a disk beat: an OR, not a third multiplexer input)
-            rot_in.eq(Mux(s2_valid, Mux(s2_disk, lo_hi, 0) | s2_scratch, axi.rdata)),
-            rot_amount.eq(Mux(s2_valid, s2_rot, rot)),
-        ]
-        lanes = _rotl_lanes([rot_in[8 * x:8 * x + 8] for x in range(W)], rot_amount, W)
-        rotated = Signal(8 * W)
+        rotated = lane_rotator(m, axi.rdata, rot, s2_valid, s2_disk, s2_rot, s2_ge, s2_scratch,
+                               disk)
         local_mask = Signal(W)  # the read beat's local lanes that carry command bytes
-        m.d.comb += [rotated.eq(Cat(*lanes)),
-                     local_mask.eq(Mux(first_beat, first_local, ones)
-                                   & Mux(r_last, last_local, ones))]
+        m.d.comb += local_mask.eq(Mux(first_beat, first_local, ones)
+                                  & Mux(r_last, last_local, ones))
 
         # Reads: the rotated beat goes to local word `word` (lanes >= rot) and `word + 1`: to
         # the RAM disk a cycle later, from registers (its block RAMs are spread over the die;
@@ -308,8 +397,8 @@ class DmaEngine(wiring.Component):
         d_data = Signal(8 * W, reset_less=True)
         d_en_lo = Signal(W, reset_less=True)
         d_en_hi = Signal(W, reset_less=True)
-        m.d.comb += [self.disk_wr_word.eq(d_word), self.disk_wr_data.eq(d_data),
-                     self.disk_wr_en_lo.eq(d_en_lo), self.disk_wr_en_hi.eq(d_en_hi)]
+        m.d.comb += [disk.wr_word.eq(d_word), disk.wr_data.eq(d_data),
+                     disk.wr_en_lo.eq(d_en_lo), disk.wr_en_hi.eq(d_en_hi)]
         m.d.sync += [d_word.eq(word), d_data.eq(rotated),
                      d_en_lo.eq(Mux(r_take & to_disk, en_lo, 0)),
                      d_en_hi.eq(Mux(r_take & to_disk, en_hi, 0))]
@@ -317,13 +406,13 @@ class DmaEngine(wiring.Component):
         cw = exact_log2(cap_words)
         word_inc = Signal(wb)
         m.d.comb += word_inc.eq(Mux(word == last_word, 0, word + 1))
-        m.d.comb += self.cap_wdata.eq(Cat(*[rotated] * cap_words))
+        m.d.comb += ring.cap_wdata.eq(Cat(*[rotated] * cap_words))
         with m.If(r_take & ~to_disk):
             for k in range(CAP_BYTES):
                 w_k, lane = divmod(k, W)
                 lo_here = (word[:cw] == w_k) if cw else Const(1)
                 hi_here = (word_inc[:cw] == w_k) if cw else Const(1)
-                m.d.comb += self.cap_we[k].eq(Mux(ge_rot[lane], en_lo[lane] & lo_here,
+                m.d.comb += ring.cap_we[k].eq(Mux(ge_rot[lane], en_lo[lane] & lo_here,
                                                   en_hi[lane] & hi_here))
 
         # Writes: S2's rotated beat, with its strobes and last flag, into the W FIFO.
@@ -337,65 +426,8 @@ class DmaEngine(wiring.Component):
             wfifo.r_en.eq(axi.wready),
         ]
 
-        # The scratch write source: words of the payload or of the serial, as the RAM disk
-        # gives words `word` and `word + 1`, combined like disk words (lanes >= rot from the
-        # first). Scratch positions start at 0, so word -1 (all ones) never has a strobed lane.
-        serial_bytes = spec.DEVICE_SERIAL.ljust(32, b"\0")
-        n_sw = 32 // W
-        sw_bits = exact_log2(n_sw)
-
-        def serial_word(index):
-            ser = Signal(8 * W, name="serial_word")
-            with m.Switch(index[:sw_bits]):
-                for i in range(n_sw):
-                    with m.Case(i):
-                        m.d.comb += ser.eq(int.from_bytes(serial_bytes[i * W:(i + 1) * W],
-                                                          "little"))
-            return ser
-
-        def combine(lo, hi):
-            out = Signal(8 * W, name="combined")
-            for lane in range(W):
-                sl = slice(8 * lane, 8 * lane + 8)
-                m.d.comb += out[sl].eq(Mux(ge_rot[lane], lo[sl], hi[sl]))
-            return out
-
-        scratch_comb = Signal(8 * W)
-        # (word_inc's low bits are word's plus one, also where it wraps: the disk's word count
-        # is a multiple of n_sw; said directly, each serial bit is a function of three bits)
-        serial_comb = combine(serial_word(word), serial_word((word[:sw_bits] + 1)[:sw_bits])
-                              if sw_bits else serial_word(word))
-        if W >= 8:
-            # the payload (at most 8 bytes) is local word 0 whole: the lanes of the words
-            # around it are never strobed, so it needs no word select and no combining
-            m.d.comb += scratch_comb.eq(Mux(self.serial, serial_comb, self.payload))
-        else:
-            pay_lo = Mux(word[0], self.payload[32:], self.payload[:32])
-            pay_hi = Mux(word_inc[0], self.payload[32:], self.payload[:32])
-            m.d.comb += scratch_comb.eq(Mux(self.serial, serial_comb, combine(pay_lo, pay_hi)))
-
-        # ---- Posted write responses ----------------------------------------------------------
-        # Every accepted write address is remembered until its response, so that a failed
-        # write can be reported with its address when the ring engine drains.
-        m.submodules.bq = bq = BlockRAMFIFO(width=64, depth=MAX_POSTED_WRITES)
-        werr = Signal()
-        werr_addr = Signal(64, reset_less=True)  # (as b_addr)
-        m.d.comb += [axi.bready.eq(1), bq.w_data.eq(burst_addr), bq.r_en.eq(axi.bvalid)]
-        werr_clear = Signal()  # a burst fails (see fault_addr)
-        werr_first = axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr  # the first failed response
-        with m.If(werr_first):
-            m.d.sync += werr.eq(1)
-        with m.If(werr_clear):
-            m.d.sync += werr_addr.eq(0)
-        with m.Elif(werr_first):
-            m.d.sync += werr_addr.eq(bq.r_data)
-        # Some write response is outstanding; all MAX_POSTED_WRITES are: flags kept in registers
-        # so that a burst's decision to go waits for no compare.
-        posted = Signal()
-        bq_full = Signal()
-        bq_next = Signal(range(MAX_POSTED_WRITES + 2))
-        m.d.comb += bq_next.eq(bq.level + bq.w_en - (bq.r_en & bq.r_rdy))
-        m.d.sync += [posted.eq(bq_next != 0), bq_full.eq(bq_next == MAX_POSTED_WRITES)]
+        scratch_comb = scratch_source(m, word, word_inc, ge_rot, ring.payload, ring.serial)
+        bq, werr, werr_addr, werr_clear, posted, bq_full = posted_responses(m, axi, burst_addr)
 
         # ---- Beats -----------------------------------------------------------------------------
         w_active = Signal()  # beats of the current write burst still to issue
@@ -416,7 +448,7 @@ class DmaEngine(wiring.Component):
             w_go.eq(w_active | w_start),
             w_issue.eq(w_go & w_room),
             w_last_issue.eq(w_issue & w_one),
-            self.disk_rd_word.eq(word),
+            disk.rd_word.eq(word),
         ]
 
         def beat_mask(last_of_burst):
@@ -454,7 +486,7 @@ class DmaEngine(wiring.Component):
         FA_IDLE, FA_BURST, FA_WRITE = 0, 1, 2
         fa_idle = Signal(init=1)
         in_drain = Signal()
-        m.d.comb += self.fault_addr.eq(Mux(fa_idle, Cat(nxt_lo, nxt_hi), b_addr | werr_addr))
+        m.d.comb += self.status.fault_addr.eq(Mux(fa_idle, Cat(nxt_lo, nxt_hi), b_addr | werr_addr))
         with m.If(self.abort & ~posted):
             m.d.sync += werr.eq(0)  # a reset forgets the responses of the old requests
         with m.If(self.abort):
@@ -462,7 +494,7 @@ class DmaEngine(wiring.Component):
 
         def finish(cause=0, src=FA_IDLE):
             """The command ends this cycle (with fault ``cause``, its address in ``src``)."""
-            m.d.comb += [self.done.eq(1), self.fault.eq(cause), self.failed.eq(cause != 0)]
+            m.d.comb += [ring.done.eq(1), ring.fault.eq(cause), ring.failed.eq(cause != 0)]
             m.d.sync += fa_idle.eq(src == FA_IDLE)
             if src == FA_BURST:
                 m.d.comb += werr_clear.eq(1)
@@ -500,26 +532,13 @@ class DmaEngine(wiring.Component):
         rd_inflight = Signal()
         m.d.comb += [
             pipe_busy.eq(posted | w_active | (occ != 0)),
-            self.busy.eq(pipe_busy),
-            self.inflight.eq(bq.level + rd_inflight + axi.awvalid),
-            self.burst_done.eq(axi.bvalid | (axi.rvalid & axi.rready & axi.rlast)),
-            self.r_last_beat.eq(axi.rvalid & axi.rready & axi.rlast),
+            ring.busy.eq(pipe_busy),
+            self.status.inflight.eq(bq.level + rd_inflight + axi.awvalid),
+            self.status.burst_done.eq(axi.bvalid | (axi.rvalid & axi.rready & axi.rlast)),
+            ring.r_last_beat.eq(axi.rvalid & axi.rready & axi.rlast),
         ]
 
-        # Burst geometry of the next burst, from the command state (state ADDR). The low 12 bits
-        # of the physical address are those of the virtual address, so the geometry never waits
-        # for the table. One sum says it all: where the rest of the command would end, counted
-        # from the start of the burst's window.
-        end = Signal(max(self._len_bits, lb) + 2)
-        m.d.comb += end.eq(rem + nxt_lo[:lb])
-        reaches = Signal()  # the burst runs to the window's end (or the command ends there)
-        fits = Signal()  # the rest of the command fits in this window: the last burst
-        m.d.comb += [
-            reaches.eq(end[lb:] != 0),
-            fits.eq((end[lb + 1:] == 0) & ~(end[lb] & (end[:lb] != 0))),
-        ]
-        window_next = Signal(13 - lb)
-        m.d.comb += window_next.eq(nxt_lo[lb:] + 1)
+        end, reaches, fits, window_next = burst_window(m, rem, nxt_lo, lb)
         inc_hi = Signal()  # the burst set up in the last cycle ends its page
         empty = Signal()  # the command has no byte
         m.d.sync += inc_hi.eq(0)
@@ -528,11 +547,11 @@ class DmaEngine(wiring.Component):
 
         # What single states use is computed outside the FSM (a comb assignment inside a state
         # would AND each bit with the state). IDLE's:
-        lo = Mux(self.cmd_cont, nxt_lo, self.cmd_vaddr[:12])
+        lo = Mux(c.cont, nxt_lo, c.vaddr[:12])
         diff = Signal(self._len_bits + 1)
         end_lane = Signal(lw)
-        m.d.comb += [diff.eq(self.cmd_dpos - lo[:lw]),
-                     end_lane.eq(lo[:lw] + self.cmd_len[:lw])]
+        m.d.comb += [diff.eq(c.dpos - lo[:lw]),
+                     end_lane.eq(lo[:lw] + c.len[:lw])]
         fm = Signal(W)
         lm = Signal(W)
         for lane in range(W):
@@ -545,18 +564,18 @@ class DmaEngine(wiring.Component):
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += [self.cmd_ready.eq(1), in_idle.eq(1)]
+                m.d.comb += [cmd.ready.eq(1), in_idle.eq(1)]
                 # The command registers follow the inputs in every idle cycle (they are unused
                 # while idle), so that cmd_valid only steers the state.
                 m.d.sync += [
-                    write.eq(self.cmd_write), to_disk.eq(self.cmd_disk), rem.eq(self.cmd_len),
-                    empty.eq(self.cmd_len == 0),
+                    write.eq(c.write), to_disk.eq(c.disk), rem.eq(c.len),
+                    empty.eq(c.len == 0),
                     rot.eq(diff[:lw]), first_beat.eq(1),
                     # a local start before the first lane's word: the word before local word 0
-                    word.eq(Mux(diff[-1] & self.cmd_disk, last_word, diff[lw:lw + wb])),
+                    word.eq(Mux(diff[-1] & c.disk, last_word, diff[lw:lw + wb])),
                 ]
-                with m.If(~self.cmd_cont):
-                    m.d.sync += [nxt_lo.eq(self.cmd_vaddr[:12]), nxt_hi.eq(self.cmd_vaddr[12:]),
+                with m.If(~c.cont):
+                    m.d.sync += [nxt_lo.eq(c.vaddr[:12]), nxt_hi.eq(c.vaddr[12:]),
                                  nxt_high.eq(cmd_high)]
                 m.d.sync += int_ref.eq(nxt_ref)  # a continue command's page
                 for lane in range(W):
@@ -564,14 +583,14 @@ class DmaEngine(wiring.Component):
                 m.d.sync += [first_mask.eq(fm), last_mask.eq(lm)]
                 # (fa_idle is set here: every command's end sets it, and after a failed one
                 # the ring engine halts until a reset, which sets it)
-                with m.If(self.cmd_valid):
-                    with m.If(self.cmd_drain):
+                with m.If(cmd.valid):
+                    with m.If(c.drain):
                         m.next = "DRAIN"
                     with m.Else():
                         m.next = "ADDR"
 
             with m.State("ADDR"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += ring.busy.eq(1)
                 beats_m1 = Mux(fits, (rem[:lb + 1] + first_m1.as_signed()) >> lw,
                                ~nxt_lo[lw:lb])
                 # one beat: the rest fits in the first beat, or the window has one word left
@@ -600,23 +619,23 @@ class DmaEngine(wiring.Component):
 
             with m.State("ISSUE"):
                 # The verdict for this burst's page is in the translation unit's registers.
-                m.d.comb += [self.busy.eq(1), in_issue.eq(1)]
+                m.d.comb += [ring.busy.eq(1), in_issue.eq(1)]
                 order_ok = Mux(write, ~bq_full, ~posted)
-                m.d.comb += go.eq(~self.abort & ~waiting & ~self.xl_stale & self.xl_ok
+                m.d.comb += go.eq(~self.abort & ~waiting & ~lk.stale & lk.ok
                                   & order_ok)
                 with m.If(~waiting):
                     m.d.sync += fresh.eq(0)
-                    m.d.comb += self.xlate.eq(fresh & self.xl_mode)
+                    m.d.comb += self.status.xlate.eq(fresh & lk.mode)
                 with m.If(self.abort & ~waiting):
                     finish()
                 with m.Elif(waiting):
                     pass
-                with m.Elif(self.xl_stale):
+                with m.Elif(lk.stale):
                     m.d.sync += int_ref.eq(cur_hi[:R])
                     m.next = "XLATE"  # never issue a burst with a translation that is stale
-                with m.Elif(~self.xl_ok):
-                    finish(self.xl_fault, FA_BURST)  # no address goes out
-                    m.d.comb += self.failed.eq(1)
+                with m.Elif(~lk.ok):
+                    finish(lk.fault, FA_BURST)  # no address goes out
+                    m.d.comb += ring.failed.eq(1)
                 with m.Elif(~order_ok):
                     pass  # wait for a response slot, or for the posted writes (reads)
                 with m.Elif(write):
@@ -632,23 +651,23 @@ class DmaEngine(wiring.Component):
                         m.next = "RADDR"
 
             with m.State("XLATE"):  # a lookup again: the table changed since the last one
-                m.d.comb += [self.busy.eq(1), in_xlate.eq(1)]
+                m.d.comb += [ring.busy.eq(1), in_xlate.eq(1)]
                 m.d.sync += int_ref.eq(nxt_ref)  # (the next page's, as ADDR set it)
                 with m.If(self.abort):
                     finish()
                 with m.Else():
                     m.next = "XKEEP"
             with m.State("XKEEP"):
-                m.d.comb += [self.busy.eq(1), in_xkeep.eq(1), self.xl_keep.eq(1)]
+                m.d.comb += [ring.busy.eq(1), in_xkeep.eq(1), lk.keep.eq(1)]
                 m.next = "ISSUE"
 
             with m.State("RADDR"):  # arvalid held until the handshake
-                m.d.comb += [self.busy.eq(1), in_raddr.eq(1)]
+                m.d.comb += [ring.busy.eq(1), in_raddr.eq(1)]
                 with m.If(axi.arready):
                     m.next = "RDATA"
 
             with m.State("RDATA"):
-                m.d.comb += [self.busy.eq(1), axi.rready.eq(1)]
+                m.d.comb += [ring.busy.eq(1), axi.rready.eq(1)]
                 with m.If(axi.rvalid):
                     ok = axi.rresp == RESP_OKAY
                     m.d.comb += [r_take.eq(ok & ~b_err), r_last.eq(axi.rlast & b_final)]
@@ -664,14 +683,14 @@ class DmaEngine(wiring.Component):
             with m.State("WADDR"):
                 # The address and the beats of a burst go out side by side; the burst is
                 # handed over once both are (its response is collected in the background).
-                m.d.comb += [self.busy.eq(1), in_waddr.eq(1)]
+                m.d.comb += [ring.busy.eq(1), in_waddr.eq(1)]
                 with m.If(axi.awready):
                     m.d.sync += aw_sent.eq(1)
                 with m.If((aw_sent | axi.awready) & (w_last_issue | ~w_active)):
                     burst_handed_over()
 
             with m.State("DRAIN"):
-                m.d.comb += [self.busy.eq(1), in_drain.eq(1)]
+                m.d.comb += [ring.busy.eq(1), in_drain.eq(1)]
                 with m.If(~pipe_busy):
                     m.d.sync += werr.eq(0)
                     with m.If(werr):

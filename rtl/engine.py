@@ -31,9 +31,10 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from models import spec
+from models import spec, virtio
 
-from .dma import CAP_BYTES, local_bits
+from .interfaces import CAP_BYTES, DmaPortSignature, EngineStatus, QueueSignature, local_bits
+from .layouts import BlkHeader, Descriptor
 from .params import check_queue_num_max, one_hot
 
 __all__ = ["RingEngine"]
@@ -47,6 +48,113 @@ def work_reg(*args, src_loc_at=0, **kwargs) -> Signal:
     return Signal(*args, reset_less=True, src_loc_at=src_loc_at + 1, **kwargs)
 
 
+def gated_copy(m, value, select, name):
+    """A register of ``value`` that its flip-flops' reset clears unless ``select`` (area and
+    Fmax: an operand multiplexer becomes an OR of such copies, one LUT a bit)."""
+    copy = Signal(len(value), reset_less=True, name=name)
+    with m.If(select):
+        m.d.sync += copy.eq(value)
+    with m.Else():
+        m.d.sync += copy.eq(0)
+    return copy
+
+
+def queue_size_check(m, n, qbits):
+    """``(qnum, qmask, num_ok)``, registered (one cycle after QueueNum ``n``): the low
+    ``qbits`` bits of ``n``, the mask ``n - 1`` and "``n`` is a power of two that fits". N is
+    fine when exactly one of bits [0, log2 qmax] is set and none above; its mask N - 1 is then
+    every bit below that one (Fmax: no wide compare or decrement)."""
+    qnum = work_reg(qbits)
+    qmask = work_reg(16)
+    num_ok = work_reg()
+    low = n[:qbits]
+    single = Signal()  # one bit of low is set
+    m.d.comb += single.eq(sum(low[i] for i in range(qbits)) == 1)
+    m.d.sync += [num_ok.eq(single & (n[qbits:] == 0)), qnum.eq(low),
+                 qmask.eq(Cat(*[low[i + 1:].any() for i in range(min(16, qbits))]))]
+    return qnum, qmask, num_ok
+
+
+XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)  # X operands
+Y_NONE, Y_CAP, Y_REG, Y_STAT = range(4)  # Y operands
+
+
+class AddressAdder:
+    """The ring engine's address register ``va = X + Y`` (area and Fmax, issue 5: every 64-bit
+    address comes from one adder, and each operand from flip-flops through one LUT, since the
+    adder feeds the grant table's address).
+
+    ``operand(xsel, ysel)`` in a cycle chooses the operands of the next cycle; in that cycle
+    ``va_next`` is X + Y (combinational: the DMA engine's early lookup address) and ``load()``
+    makes ``va`` take it at the cycle's end. X (``x_bases``: QueueDesc, QueueDriver, QueueDevice,
+    the prefetched descriptor's address; or ``XS_ZERO``) has a copy per base that its
+    flip-flops' reset clears unless it is the next cycle's X, so that X is a 4-input OR (a 4:1
+    multiplexer with a zero took three LUTs, and two levels); after a state that does not call
+    ``operand``, X is 0 (no cycle that uses X follows such a state). A copy lags its queue
+    register by a cycle, which no driver sees: a notify reaches QCHECK at least two cycles after
+    the last register write, and QCHECK checks the value that the next cycle's X copies. Y is
+    the descriptor index just read (``cap_head``, times 16; ``Y_CAP``), ``y_reg`` (``Y_REG``:
+    the first value of ``y_cases`` whose flag is set in the ``operand`` cycle, else
+    ``y_default``), the prefetched descriptor's last byte (``Y_STAT``) or 0, each cleared like
+    X's copies unless chosen, so that Y is one LUT a bit too.
+    """
+
+    def __init__(self, m, x_bases, cap_head, pf_last, y_cases, y_default):
+        self._m = m
+        va = work_reg(64)
+        x_next = {sel: Signal(name=f"x_next{sel}") for sel in (XS_DESC, XS_AVAIL, XS_USED,
+                                                                XS_PF)}
+        x_copies = [gated_copy(m, x_bases[sel], x_next[sel], f"x_base{sel}") for sel in x_next]
+        y_next = {sel: Signal(name=f"y_next{sel}") for sel in (Y_CAP, Y_REG, Y_STAT)}
+        ys_cap = Signal()
+        m.d.sync += ys_cap.eq(y_next[Y_CAP])
+        y_last = gated_copy(m, pf_last, y_next[Y_STAT], "y_last")
+        va_load = Signal()
+        y_reg = work_reg(32)
+        with m.If(~y_next[Y_REG]):
+            m.d.sync += y_reg.eq(0)
+        for flag, value in y_cases:
+            with m.Elif(flag):
+                m.d.sync += y_reg.eq(value)
+        with m.Else():
+            m.d.sync += y_reg.eq(y_default)
+        x = Signal(64)
+        y = Signal(32)
+        m.d.comb += [
+            x.eq(x_copies[0] | x_copies[1] | x_copies[2] | x_copies[3]),
+            y.eq(Mux(ys_cap, cap_head << 4, 0) | y_reg | y_last),
+        ]
+        va_next = Signal(64)
+        m.d.comb += va_next.eq(x + y)
+        with m.If(va_load):
+            m.d.sync += va.eq(va_next)
+        self.va, self.va_next, self.x_next, self.y_next = va, va_next, x_next, y_next
+        self._va_load = va_load
+
+    def operand(self, xsel, ysel):
+        """In the next cycle, va loads X + Y with these operands. Every state says which
+        operands the next cycle needs (whatever state that is), from its own identity and
+        registers: the selects clear the operand copies that are not chosen (Y_CAP's is a
+        flip-flop), and they depend on ``done`` in one place only."""
+        self._m.d.comb += [flag.eq(sel == xsel) for sel, flag in self.x_next.items()]
+        self._m.d.comb += [flag.eq(sel == ysel) for sel, flag in self.y_next.items()]
+
+    def load(self):
+        """This state loads va with its operands."""
+        self._m.d.comb += self._va_load.eq(1)
+
+
+def capture_register(m, dma):
+    """The capture register: what the last read to the scratch brought (a descriptor, the
+    request header, avail.idx or a ring entry), a byte each ``dma.cap_we`` lane writes at the
+    end of its cycle. No reset (``work_reg``): every request writes it before it reads it."""
+    cap = work_reg(8 * CAP_BYTES)
+    for k in range(CAP_BYTES):
+        with m.If(dma.cap_we[k]):
+            m.d.sync += cap.word_select(k, 8).eq(dma.cap_wdata.word_select(k, 8))
+    return cap
+
+
 class CachedDesc(data.Struct):
     """What pass 2 needs of a non-empty descriptor (virtio 1.x section 2.7.5); ``last`` is
     ``len - 1``, the offset of its last byte (the status byte, for the chain's last one)."""
@@ -54,6 +162,34 @@ class CachedDesc(data.Struct):
     addr: 64
     len: 32
     last: 32
+
+
+def descriptor_cache(m, qmax):
+    """The descriptor cache (block RAM, ``qmax`` entries of :class:`CachedDesc`) and its
+    prefetch register pf. Pass 1 writes a chain's non-empty descriptors through ``cache_wr``
+    (empty ones move no byte); pass 2 reads entry ``rd_idx`` in a cycle with ``pf_load``, one
+    command ahead: ``cache_rd.data`` holds it from the next cycle until the next read (pf's
+    address is the block RAM's output itself, which only the X operand's copy takes into a
+    register), and ``pf_len``, ``pf_idx`` (the entry) and ``pf_next`` (plus one) from the cycle
+    after. Returns ``(cache_wr, cache_rd, pf_len, pf_idx, pf_next, rd_idx, pf_load)``."""
+    qbits = ceil_log2(qmax + 1)
+    m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
+    cache_wr = cache.write_port()
+    cache_rd = cache.read_port()
+    pf_len = work_reg(32)
+    pf_idx = work_reg(qbits)  # the entry pf holds
+    pf_next = work_reg(qbits)  # ... plus one
+    rd_idx = Signal(qbits)  # the entry read this cycle (set by the state)
+    pf_load = Signal()  # ... into pf (the block RAM answers in the next cycle)
+    pf_load_d = Signal()
+    rd_idx_d = work_reg(qbits)
+    m.d.comb += [cache_rd.addr.eq(rd_idx), cache_rd.en.eq(pf_load)]
+    m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
+    with m.If(pf_load_d):
+        m.d.sync += [pf_len.eq(cache_rd.data.len),
+                     pf_idx.eq(rd_idx_d),
+                     pf_next.eq(rd_idx_d + 1)]
+    return cache_wr, cache_rd, pf_len, pf_idx, pf_next, rd_idx, pf_load
 
 
 class RingEngine(wiring.Component):
@@ -65,6 +201,18 @@ class RingEngine(wiring.Component):
         Largest queue size; also the depth of the descriptor cache.
     disk_bytes : int
         RAM disk size in bytes.
+
+    Members
+    -------
+    queue : In(:func:`~rtl.interfaces.QueueSignature`)
+        The virtio-mmio registers of queue 0; ``idle`` back: no request in progress.
+    dma : Out(:func:`~rtl.interfaces.DmaPortSignature`)
+        Commands to the :class:`~rtl.dma.DmaEngine`.
+    status : Out(:data:`~rtl.interfaces.EngineStatus`)
+        A fault (pulse) and its cause, a completed request (pulse), for the privileged
+        registers.
+    abort : Out
+        A device reset is in progress: the DMA engine ends its command at a burst boundary.
     """
 
     def __init__(self, *, queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
@@ -73,69 +221,37 @@ class RingEngine(wiring.Component):
         self._disk_bytes = disk_bytes
         self._len_bits = local_bits(disk_bytes)
         super().__init__({
-            # from the virtio-mmio register file
-            "queue_num": In(32), "queue_ready": In(1),
-            "queue_desc": In(64), "queue_avail": In(64), "queue_used": In(64),
-            "notify": In(1), "dev_reset": In(1), "idle": Out(1), "abort": Out(1),
-            # events
-            "used_irq": Out(1), "completed": Out(1),
-            "fault": Out(1), "fault_cause": Out(4),
-            # DMA commands
-            "pre_vaddr": Out(64), "pre_hold": Out(1), "pre_cont": Out(1),
-            "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_write": Out(1), "cmd_drain": Out(1),
-            "cmd_cont": Out(1), "cmd_vaddr": Out(64), "cmd_len": Out(self._len_bits),
-            "cmd_disk": Out(1), "cmd_dpos": Out(self._len_bits),
-            "dma_done": In(1), "dma_fault": In(4), "dma_failed": In(1), "dma_busy": In(1),
-            "dma_r_last_beat": In(1),
-            "cap_we": In(CAP_BYTES), "cap_wdata": In(8 * CAP_BYTES),
-            "payload": Out(64), "serial": Out(1),
+            "queue": In(QueueSignature()),
+            "dma": Out(DmaPortSignature(self._len_bits)),
+            "status": Out(EngineStatus),
+            "abort": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
+        q, dma = self.queue, self.dma
+        c = dma.cmd.payload
         qmax = self._queue_num_max
         qbits = ceil_log2(qmax + 1)  # an index up to qmax, or a count of descriptors
         lbits = self._len_bits
         cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
         cs = ceil_log2(cap_sectors + 1)
 
-        # The capture register: what the last read to the scratch brought.
-        cap = work_reg(8 * CAP_BYTES)
-        for k in range(CAP_BYTES):
-            with m.If(self.cap_we[k]):
-                m.d.sync += cap[8 * k:8 * k + 8].eq(self.cap_wdata[8 * k:8 * k + 8])
-        desc_f = data.View(data.StructLayout({"addr": 64, "len": 32, "flags": 16, "next": 16}),
-                           cap)
+        cap = capture_register(m, dma)
+        desc_f = Descriptor(cap)
+        hdr = BlkHeader(cap)
         # The head read puts the ring entry where a descriptor's ``next`` is, so that a
         # descriptor address is always formed from the same bits; the poll puts avail.idx
-        # there too (avail.flags just below), so that the index a fault reports is one of two
-        # registers' bits, not three.
-        HEAD_POS = 14
-        POLL_POS = HEAD_POS - 2
-        cap_head = cap[8 * HEAD_POS:8 * HEAD_POS + 16]
+        # there too (avail.flags where a descriptor's flags are), so that the index a fault
+        # reports is one of two registers' bits, not three.
+        HEAD_POS = virtio.DESC.offsets["next"]
+        POLL_POS = HEAD_POS - virtio.AVAIL_HEADER.offsets["idx"]
+        assert virtio.DESC.offsets["flags"] == POLL_POS
+        cap_head = desc_f.next
         cap_idx = cap_head  # avail.idx after a poll
-        cap_flags = cap[8 * POLL_POS:8 * POLL_POS + 16]  # avail.flags after a poll
+        cap_flags = desc_f.flags.as_value()  # avail.flags after a poll
 
-        # Pass 1 caches the chain's non-empty descriptors (empty ones move no byte); pass 2
-        # reads them into the prefetch register pf, one command ahead. pf's address is the block
-        # RAM's output itself, read only when fetched so that it holds: only the X operand's
-        # copy (below) takes it, into a register.
-        m.submodules.cache = cache = memory.Memory(shape=CachedDesc, depth=qmax, init=[])
-        cache_wr = cache.write_port()
-        cache_rd = cache.read_port()
-        pf_len = work_reg(32)
-        pf_idx = work_reg(qbits)  # the entry pf holds
-        pf_next = work_reg(qbits)  # ... plus one
-        rd_idx = Signal(qbits)  # the entry read this cycle (set by the state)
-        pf_load = Signal()  # ... into pf (the block RAM answers in the next cycle)
-        pf_load_d = Signal()
-        rd_idx_d = work_reg(qbits)
-        m.d.comb += [cache_rd.addr.eq(rd_idx), cache_rd.en.eq(pf_load)]
-        m.d.sync += [pf_load_d.eq(pf_load), rd_idx_d.eq(rd_idx)]
-        with m.If(pf_load_d):
-            m.d.sync += [pf_len.eq(cache_rd.data.len),
-                         pf_idx.eq(rd_idx_d),
-                         pf_next.eq(rd_idx_d + 1)]
+        cache_wr, cache_rd, pf_len, pf_idx, pf_next, rd_idx, pf_load = descriptor_cache(m, qmax)
 
         kick = Signal()
         abort = Signal()
@@ -179,112 +295,38 @@ class RingEngine(wiring.Component):
         used_len = work_reg(32)  # the used element's len: bytes written + 1 (the status byte)
         f_cause = Signal(4)
         m.d.comb += [
-            self.fault_cause.eq(f_cause),
+            self.status.fault_cause.eq(f_cause),
             self.abort.eq(abort),
         ]
 
-        n = self.queue_num
+        n = q.num
         # The queue size as checked by QCHECK and its mask, computed every cycle (a notify
         # reaches QCHECK at least two cycles after the last register write).
-        # N is fine when exactly one of bits [0, log2 qmax] is set and none above; its mask
-        # N - 1 is then every bit below that one. No wide compare or decrement.
-        qnum = work_reg(qbits)
-        qmask = work_reg(16)
-        num_ok = work_reg()
-        low = n[:qbits]
-        single = Signal()  # one bit of low is set
-        m.d.comb += single.eq(sum(low[i] for i in range(qbits)) == 1)
-        m.d.sync += [num_ok.eq(single & (n[qbits:] == 0)), qnum.eq(low),
-                     qmask.eq(Cat(*[low[i + 1:].any() for i in range(min(16, qbits))]))]
+        qnum, qmask, num_ok = queue_size_check(m, n, qbits)
 
-        # ---- The address register and its adder ---------------------------------------------
-        # va = X + Y, where the operands are chosen a cycle ahead by each state for the next
-        # cycle (``operand``): each comes from flip-flops through one LUT (issue 5, Fmax: this
-        # adder feeds the grant table's address).
-        va = work_reg(64)
-        XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)
-        # X: QueueDesc, QueueDriver, QueueDevice, the prefetched descriptor's address, or 0.
-        # Each has a copy that its flip-flops' reset clears unless it is the next cycle's X, so
-        # that X is a 4-input OR, one LUT a bit (issue 5: a 4:1 multiplexer with a zero took
-        # three, and two levels). ``operand`` raises one select; after a state that does not call
-        # it, X is 0 (no cycle that uses X follows such a state). A copy lags its queue register
-        # by a cycle, which no driver sees: a notify reaches QCHECK at least two cycles after the
-        # last register write, and QCHECK checks the value that the next cycle's X copies.
-        x_next = {sel: Signal(name=f"x_next{sel}") for sel in (XS_DESC, XS_AVAIL, XS_USED,
-                                                                XS_PF)}
-
-        def gated_copy(value, select, name):
-            """A register of ``value`` that its flip-flops' reset clears unless ``select``."""
-            copy = Signal(len(value), reset_less=True, name=name)
-            with m.If(select):
-                m.d.sync += copy.eq(value)
-            with m.Else():
-                m.d.sync += copy.eq(0)
-            return copy
-
-        x_bases = [gated_copy(base, x_next[sel], f"x_base{sel}")
-                   for sel, base in ((XS_DESC, self.queue_desc), (XS_AVAIL, self.queue_avail),
-                                     (XS_USED, self.queue_used), (XS_PF, cache_rd.data.addr))]
-        # Y: the descriptor index just read (times 16), y_reg, the prefetched descriptor's last
-        # byte, or 0. y_reg and the copy of ``last`` are cleared, like X's copies, unless they
-        # are the next cycle's Y, so that Y is one LUT a bit too.
-        Y_NONE, Y_CAP, Y_REG, Y_STAT = range(4)
-        y_next = {sel: Signal(name=f"y_next{sel}") for sel in (Y_CAP, Y_REG, Y_STAT)}
-        ys_cap = Signal()
-        m.d.sync += ys_cap.eq(y_next[Y_CAP])
-        y_last = gated_copy(cache_rd.data.last, y_next[Y_STAT], "y_last")
-        va_load = Signal()
-        # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
-        # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
-        # QueueNum a fault reports.
-        y_reg = work_reg(32)
+        # ---- The address register and its adder (area and Fmax: AddressAdder) ---------------
         ring_used = Signal()  # the phase of the used element (else: an avail entry) ...
         ring_uidx = Signal()  # ... or of the used index
         y_is_idx = Signal()  # ... or of a fault reporting idx
         y_is_num = Signal()  # ... or QueueNum
-        with m.If(~y_next[Y_REG]):
-            m.d.sync += y_reg.eq(0)
-        with m.Elif(ring_used):
-            m.d.sync += y_reg.eq(Cat(Const(0b100, 3), used_idx & qmask))
-        with m.Elif(ring_uidx):
-            m.d.sync += y_reg.eq(2)
-        with m.Elif(y_is_idx):
-            m.d.sync += y_reg.eq(idx)
-        with m.Elif(y_is_num):
-            m.d.sync += y_reg.eq(n)
-        with m.Else():
-            m.d.sync += y_reg.eq(((last_avail & qmask) + 2) << 1)
-        x = Signal(64)
-        y = Signal(32)
-        m.d.comb += [
-            x.eq(x_bases[0] | x_bases[1] | x_bases[2] | x_bases[3]),
-            y.eq(Mux(ys_cap, cap_head << 4, 0) | y_reg | y_last),
-        ]
-        va_next = Signal(64)
-        m.d.comb += va_next.eq(x + y)
-        with m.If(va_load):
-            m.d.sync += va.eq(va_next)
+        # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
+        # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
+        # QueueNum a fault reports.
+        adder = AddressAdder(
+            m, {XS_DESC: q.desc, XS_AVAIL: q.avail, XS_USED: q.used, XS_PF: cache_rd.data.addr},
+            cap_head, cache_rd.data.last,
+            [(ring_used, Cat(Const(0b100, 3), used_idx & qmask)), (ring_uidx, 2), (y_is_idx, idx),
+             (y_is_num, n)], ((last_avail & qmask) + 2) << 1)
+        operand, load = adder.operand, adder.load
         # The address of the next command, looked up by the DMA engine in the translation unit:
         # every state before one that issues loads va, except DESC_CHECK at a chain's end,
         # which keeps the header's address that DESC_WAIT loaded (pre_hold: use cmd_vaddr).
         keep_va = Signal()
-        m.d.comb += [self.cmd_vaddr.eq(va), self.pre_vaddr.eq(va_next),
-                     self.pre_hold.eq(keep_va)]
-
-        def operand(xsel, ysel):
-            """In the next cycle, va loads X + Y with these operands. Every state says which
-            operands the next cycle needs (whatever state that is), from its own identity and
-            registers: the selects clear the operand copies that are not chosen (Y_CAP's is a
-            flip-flop), and they depend on ``done`` in one place only."""
-            m.d.comb += [flag.eq(sel == xsel) for sel, flag in x_next.items()]
-            m.d.comb += [flag.eq(sel == ysel) for sel, flag in y_next.items()]
+        m.d.comb += [c.vaddr.eq(adder.va), dma.pre.vaddr.eq(adder.va_next),
+                     dma.pre.hold.eq(keep_va)]
 
         def go(name):
             m.next = name
-
-        def load():
-            """This state loads va with its operands."""
-            m.d.comb += va_load.eq(1)
 
         def fault(cause):
             """An engine-detected fault reporting the index in ``idx``. XIDX moves it into y_reg,
@@ -298,14 +340,14 @@ class RingEngine(wiring.Component):
         def state(name):
             with m.State(name):
                 yield
-                with m.If(abort & ~self.dma_busy):
+                with m.If(abort & ~dma.busy):
                     m.d.sync += abort.eq(0)
                     operand(XS_AVAIL, Y_NONE)  # IDLE's
                     go("IDLE")
 
         # A data piece that continues where the header ended: the DMA engine keeps its address
         # while idle and looks it up, from the cycle the header ends to the piece's issue.
-        m.d.comb += [self.cmd_cont.eq(cont_next), self.pre_cont.eq(cont_next)]
+        m.d.comb += [c.cont.eq(cont_next), dma.pre.cont.eq(cont_next)]
 
         # The command a state hands over comes from registers, set on the way into the state
         # (``go``): only ``cmd_valid`` depends on the state's decisions (the DMA engine's
@@ -317,8 +359,8 @@ class RingEngine(wiring.Component):
         c_dpos = work_reg(lbits)
         c_set = Signal()  # a state sets the fields ...
         c_data = Signal()  # ... to a data piece's
-        m.d.comb += [self.cmd_write.eq(c_write), self.cmd_drain.eq(c_drain),
-                     self.cmd_len.eq(c_len), self.cmd_disk.eq(c_disk), self.cmd_dpos.eq(c_dpos)]
+        m.d.comb += [c.write.eq(c_write), c.drain.eq(c_drain),
+                     c.len.eq(c_len), c.disk.eq(c_disk), c.dpos.eq(c_dpos)]
 
         def command(*, write=0, length=0, disk=0, dpos=0, drain=0, data_piece=False):
             """From the next cycle on, the command fields are these."""
@@ -338,7 +380,7 @@ class RingEngine(wiring.Component):
 
         def issue(wait_state):
             """Hand the state's command to the DMA engine (idle in every state that does)."""
-            m.d.comb += self.cmd_valid.eq(~abort)
+            m.d.comb += dma.cmd.valid.eq(~abort)
             go(wait_state)
 
         def wait(name, then, before=None):
@@ -346,10 +388,10 @@ class RingEngine(wiring.Component):
             with state(name):
                 if before is not None:
                     before()
-                with m.If(self.dma_done):
-                    with m.If(self.dma_failed):
+                with m.If(dma.done):
+                    with m.If(dma.failed):
                         # the DMA engine holds the fault address for the FAULT cycle
-                        m.d.sync += f_cause.eq(self.dma_fault)
+                        m.d.sync += f_cause.eq(dma.fault)
                         go("FAULT")
                     with m.Else():
                         then()
@@ -377,10 +419,10 @@ class RingEngine(wiring.Component):
             return ((total[:9] == rest) & (dsec[cs:] == 0) & (sector[cs:] == 0)
                     & (fits <= cap_sectors))
 
-        m.d.sync += [self.completed.eq(0), self.used_irq.eq(0)]  # pulses, set below
+        m.d.sync += [self.status.completed.eq(0), q.used_irq.eq(0)]  # pulses, set below
         with m.FSM() as fsm:
             with state("IDLE"):  # va: the poll's address (avail.flags and avail.idx)
-                m.d.comb += self.idle.eq(~abort)
+                m.d.comb += q.idle.eq(~abort)
                 operand(XS_AVAIL, Y_NONE)
                 load()
                 command(**POLL)
@@ -390,8 +432,8 @@ class RingEngine(wiring.Component):
 
             # ---- step 1 and 2: queue check and poll --------------------------------------------
             with state("QCHECK"):
-                queue_ok = (num_ok & (self.queue_desc[:4] == 0) & ~self.queue_avail[0]
-                            & (self.queue_used[:2] == 0))
+                queue_ok = (num_ok & (q.desc[:4] == 0) & ~q.avail[0]
+                            & (q.used[:2] == 0))
                 with m.If(queue_ok):
                     issue("POLL_WAIT")
                 with m.Else():
@@ -401,9 +443,9 @@ class RingEngine(wiring.Component):
                         go("QNUM")
                     with m.Else():
                         go("QFAULT")
-                with m.If(self.queue_desc[:4] != 0):
+                with m.If(q.desc[:4] != 0):
                     operand(XS_DESC, Y_NONE)
-                with m.Elif(self.queue_avail[0]):
+                with m.Elif(q.avail[0]):
                     operand(XS_AVAIL, Y_NONE)
                 with m.Else():
                     operand(XS_USED, Y_NONE)
@@ -476,7 +518,7 @@ class RingEngine(wiring.Component):
                 load()
                 # (a descriptor read is done with its last beat, unless it fails: then the engine
                 # halts and the operands do not matter)
-                with m.If(self.dma_r_last_beat):
+                with m.If(dma.r_last_beat):
                     operand(XS_DESC, Y_CAP)  # DESC_CHECK's: the next descriptor
                 with m.Else():
                     operand(XS_PF, Y_NONE)
@@ -504,28 +546,28 @@ class RingEngine(wiring.Component):
             m.d.comb += [last.eq(desc_f.len - 1), lo_last.eq(desc_f.addr[:32] + last),
                          new_acc.eq(acc + desc_f.len)]
             with state("DESC_CHECK"):
-                d_write = desc_f.flags[1]
+                d_write = desc_f.flags.write
                 nonempty = desc_f.len != 0
                 # addr + len > 2^64: a non-empty descriptor whose last byte is past 2^64 - 1,
                 # with the carry chain that forms the cached ``last`` (no zero test of a sum)
                 wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & nonempty & lo_last[32]
                 m.d.comb += cache_wr.en.eq(nonempty)  # (address and data: above, always)
-                with m.If(desc_f.flags[0]):
+                with m.If(desc_f.flags.next):
                     load()  # the next descriptor
                 with m.Else():
                     m.d.comb += keep_va.eq(1)  # the header's first piece
                 short = (pf_len[5:] == 0) & (pf_len[:5] < 16)
                 m.d.sync += [
-                    bad.eq((desc_f.flags & spec.VIRTQ_DESC_F_INDIRECT).bool()
+                    bad.eq(desc_f.flags.indirect
                            | (~d_write & seen_write) | wraps | new_acc[32]),
-                    has_next.eq(desc_f.flags[0]), next_bad.eq(at_least(desc_f.next, qnum)),
+                    has_next.eq(desc_f.flags.next), next_bad.eq(at_least(desc_f.next, qnum)),
                     walked.eq(walked + 1), chain_full.eq(walked + 1 == qnum), acc.eq(new_acc),
                     seen_write.eq(seen_write | d_write),
                     hdr_len.eq(Mux(short, pf_len[:5], 16)),
                     hdr_ends.eq((pf_len[5:] == 0) & (pf_len[:5] <= 16)),
                 ]
                 # DESC_NEXT's command: the next descriptor, or the header's first piece
-                command(length=Mux(desc_f.flags[0], 16, Mux(short, pf_len[:5], 16)))
+                command(length=Mux(desc_f.flags.next, 16, Mux(short, pf_len[:5], 16)))
                 with m.If(d_write & ~seen_write):
                     m.d.sync += [r_bytes.eq(acc), r_lt16.eq(acc[4:] == 0)]  # R < 16
                 with m.If(nonempty):
@@ -618,8 +660,8 @@ class RingEngine(wiring.Component):
             no_in_data = work_reg()  # Wr = 1: only the status byte is writable
             no_out_data = work_reg()  # R = 16: only the header is readable
             with state("DECODE"):
-                req_type = cap[:32]
-                sector = cap[64:128]
+                req_type = hdr.type
+                sector = hdr.sector
                 m.d.sync += [
                     t_in.eq(req_type == spec.VIRTIO_BLK_T_IN),
                     t_out.eq(req_type == spec.VIRTIO_BLK_T_OUT),
@@ -754,7 +796,7 @@ class RingEngine(wiring.Component):
                     to_data_piece()
 
             def before_data():
-                m.d.comb += self.serial.eq(~to_disk)
+                m.d.comb += dma.serial.eq(~to_disk)
                 load()
                 operand(XS_PF, Mux(last_piece, Y_STAT, Y_NONE))
                 next_piece_len()
@@ -817,8 +859,8 @@ class RingEngine(wiring.Component):
 
             def after_used():
                 # registered: the pulses come a cycle after the drain's end
-                m.d.sync += [self.completed.eq(1),
-                             self.used_irq.eq(~no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
+                m.d.sync += [self.status.completed.eq(1),
+                             q.used_irq.eq(~no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
                 with m.If(round_done):
                     go("QCHECK")
                 with m.Else():
@@ -835,7 +877,7 @@ class RingEngine(wiring.Component):
             with state("EFAULT"):  # va holds the engine fault's address; the DMA engine copies it
                 go("FAULT")
             with state("FAULT"):
-                m.d.comb += self.fault.eq(1)
+                m.d.comb += [q.fault.eq(1), self.status.fault.eq(1)]
                 go("HALT")
             with state("HALT"):
                 pass
@@ -845,8 +887,8 @@ class RingEngine(wiring.Component):
         # matter: no command goes out), so that the selects do not wait for the DMA engine's
         # ``busy``.
         with m.If(abort):
-            m.d.comb += [flag.eq(sel == XS_AVAIL) for sel, flag in x_next.items()]
-            m.d.comb += [flag.eq(0) for flag in y_next.values()]
+            m.d.comb += [flag.eq(sel == XS_AVAIL) for sel, flag in adder.x_next.items()]
+            m.d.comb += [flag.eq(0) for flag in adder.y_next.values()]
         with m.If(c_data):
             m.d.sync += [c_len[5:].eq(plen_next[5:]), c_dpos[5:].eq(dpos[5:])]
         with m.Elif(c_set):
@@ -857,10 +899,10 @@ class RingEngine(wiring.Component):
         low16 = Mux(fsm.ongoing("USED") | fsm.ongoing("USED_WAIT"), head,
                     Mux(fsm.ongoing("USED_IDX") | fsm.ongoing("USED_IDX_WAIT"), next_used,
                         blk_status))
-        m.d.comb += self.payload.eq(Cat(low16, Const(0, 16), used_len))
-        with m.If(self.notify):
+        m.d.comb += dma.payload.eq(Cat(low16, Const(0, 16), used_len))
+        with m.If(q.notify):
             m.d.sync += kick.eq(1)
-        with m.If(self.dev_reset):
+        with m.If(q.dev_reset):
             m.d.sync += [abort.eq(1), kick.eq(0), last_avail.eq(0), used_idx.eq(0),
                          cont_next.eq(0)]
         return m

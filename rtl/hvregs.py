@@ -27,6 +27,7 @@ from amaranth.utils import ceil_log2
 from models import spec
 from models.regmap import HV, Access
 
+from .interfaces import StatusSignature, TableSignature
 from .regbus import RegBusSignature
 
 __all__ = ["PrivilegedRegs", "hv_addr_width"]
@@ -56,27 +57,23 @@ class PrivilegedRegs(wiring.Component):
     -------
     bus : In(RegBusSignature)
         From the ``s_hv`` bridge.
-    handle_mode, domid : Out
-        Translation configuration (HV_CTRL bit 0, HV_DOMID).
-    tbl_addr, tbl_wdata, tbl_wen : Out
-        The table port of the translation unit: the entry of the access (the entry of
-        ``bus.addr`` in every cycle), both words of the write data, byte enables (bytes 0-3:
-        GRANT word 0, bytes 4-7: word 1) in a ``w_en`` cycle to a table word.
-    tbl_rdata : In
-        The entry at ``tbl_addr`` one cycle earlier.
-    fault, fault_cause, fault_addr : In
-        A one-cycle pulse per fault; the first one is latched until software clears
-        HV_FAULT_STATUS (a fault in the cycle of that write is latched).
-    xlate, completed : In
-        Statistics pulses (HV_STAT_XLATE, HV_STAT_REQUESTS).
-    inflight, burst_done : In
-        Bus transactions in flight (their translations predate anything written now); one
+    table : Out(:func:`~rtl.interfaces.TableSignature`)
+        To the translation unit: ``handle_mode``, ``domid`` (HV_CTRL bit 0, HV_DOMID);
+        ``cfg_changed``, a write to the mode or the domain in a ``w_en`` cycle; ``addr``,
+        ``wdata``, ``wen``: the entry of the access (the entry of ``bus.addr`` in every cycle),
+        both words of the write data, byte enables (bytes 0-3: GRANT word 0, bytes 4-7: word 1)
+        in a ``w_en`` cycle to a table word; ``rdata``, the entry at ``addr`` one cycle earlier.
+    status : In(:func:`~rtl.interfaces.StatusSignature`)
+        ``engine.fault``, ``engine.fault_cause``, ``dma.fault_addr``: a one-cycle pulse per
+        fault; the first one is latched until software clears HV_FAULT_STATUS (a fault in the
+        cycle of that write is latched). ``dma.xlate``, ``engine.completed``: statistics
+        pulses (HV_STAT_XLATE, HV_STAT_REQUESTS). ``dma.inflight``, ``dma.burst_done``: bus
+        transactions in flight (their translations predate anything written now); one
         completes this cycle (completions come in issue order). They complete an HV_SYNC
         barrier.
-    tbl_changed, tbl_ref, cfg_changed : Out
-        In a ``w_en`` cycle: a write to grant entry ``tbl_ref``; a write to the mode or the
-        domain. The DMA engine looks a page up again before its next burst if its translation
-        may have changed.
+    tbl_changed, tbl_ref : Out
+        In a ``w_en`` cycle: a write to grant entry ``tbl_ref``. The DMA engine looks a page up
+        again before its next burst if its translation may have changed.
     """
 
     def __init__(self, *, entries: int = spec.DEFAULT_ENTRIES):
@@ -85,22 +82,10 @@ class PrivilegedRegs(wiring.Component):
         self._ref_bits = max(1, ceil_log2(entries))
         super().__init__({
             "bus": In(RegBusSignature(self._addr_width)),
-            "handle_mode": Out(1),
-            "domid": Out(16),
-            "tbl_addr": Out(self._ref_bits),
-            "tbl_wdata": Out(64),
-            "tbl_wen": Out(8),
-            "tbl_rdata": In(64),
-            "fault": In(1),
-            "fault_cause": In(4),
-            "fault_addr": In(64),
-            "xlate": In(1),
-            "completed": In(1),
-            "inflight": In(range(16)),
-            "burst_done": In(1),
+            "table": Out(TableSignature(self._ref_bits)),
+            "status": In(StatusSignature()),
             "tbl_changed": Out(1),
             "tbl_ref": Out(self._ref_bits),
-            "cfg_changed": Out(1),
         })
 
     @property
@@ -109,7 +94,7 @@ class PrivilegedRegs(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        bus = self.bus
+        bus, tb, st = self.bus, self.table, self.status
         data = bus.w_data
 
         # Register offsets: the address bits above the registers all 0 (one term shared by
@@ -132,7 +117,7 @@ class PrivilegedRegs(wiring.Component):
         fault_count = Signal(32)
         stat_xlate = Signal(32)
         stat_requests = Signal(32)
-        m.d.comb += [self.handle_mode.eq(handle_mode), self.domid.eq(domid)]
+        m.d.comb += [tb.handle_mode.eq(handle_mode), tb.domid.eq(domid)]
 
         # --- Grant table: GRANT[ref] at HV_GRANT_BASE + 8 * ref, word 1 (bytes 4-7) at +4.
         offset = Cat(Signal(2), bus.addr[2:])
@@ -143,34 +128,34 @@ class PrivilegedRegs(wiring.Component):
                         & (offset < spec.HV_GRANT_BASE
                            + spec.GRANT_ENTRY_BYTES * self._entries)),
             ref.eq((offset - spec.HV_GRANT_BASE) >> 3),
-            self.tbl_addr.eq(ref),
+            tb.addr.eq(ref),
             self.tbl_ref.eq(ref),
-            self.tbl_wdata.eq(Cat(data, data)),
+            tb.wdata.eq(Cat(data, data)),
             self.tbl_changed.eq(bus.w_en & in_table),
         ]
         with m.If(bus.w_en & in_table):
-            m.d.comb += self.tbl_wen.eq(Mux(offset[2], bus.w_strb << 4, bus.w_strb))
+            m.d.comb += tb.wen.eq(Mux(offset[2], bus.w_strb << 4, bus.w_strb))
 
         # --- Mode and domain.
         with m.If(bus.w_en & at("HV_CTRL")):
             m.d.sync += handle_mode.eq(data & spec.HV_CTRL_HANDLE_MODE != 0)
         with m.If(bus.w_en & at("HV_DOMID")):
             m.d.sync += domid.eq(data[:16])
-        m.d.comb += self.cfg_changed.eq(bus.w_en & (at("HV_CTRL") | at("HV_DOMID")))
+        m.d.comb += tb.cfg_changed.eq(bus.w_en & (at("HV_CTRL") | at("HV_DOMID")))
 
         # --- HV_SYNC: a write starts a barrier that waits for the transactions in flight at
         # that moment (completions come in issue order, so counting them down is enough; the
         # DMA engine translates again before any burst issued after a table change).
         sync_count = Signal(range(16))
-        with m.If(self.burst_done & (sync_count != 0)):
+        with m.If(st.dma.burst_done & (sync_count != 0)):
             m.d.sync += sync_count.eq(sync_count - 1)
         with m.If(bus.w_en & at("HV_SYNC")):
-            m.d.sync += sync_count.eq(self.inflight - self.burst_done)
+            m.d.sync += sync_count.eq(st.dma.inflight - st.dma.burst_done)
 
         # --- Statistics.
-        with m.If(self.xlate):
+        with m.If(st.dma.xlate):
             m.d.sync += stat_xlate.eq(stat_xlate + 1)
-        with m.If(self.completed):
+        with m.If(st.engine.completed):
             m.d.sync += stat_requests.eq(stat_requests + 1)
 
         # --- Faults: every one counts; the first is latched until HV_FAULT_STATUS bit 0 is
@@ -178,14 +163,14 @@ class PrivilegedRegs(wiring.Component):
         clear = Signal()
         m.d.comb += clear.eq(bus.w_en & at("HV_FAULT_STATUS") & data[0])
         latch = Signal()
-        m.d.comb += latch.eq(self.fault & (~fault_status | clear))
-        with m.If(self.fault):
+        m.d.comb += latch.eq(st.engine.fault & (~fault_status | clear))
+        with m.If(st.engine.fault):
             m.d.sync += fault_count.eq(fault_count + 1)
         with m.If(latch):
-            m.d.sync += [fault_cause.eq(self.fault_cause), fault_addr.eq(self.fault_addr)]
-        with m.If(clear & ~self.fault):
+            m.d.sync += [fault_cause.eq(st.engine.fault_cause), fault_addr.eq(st.dma.fault_addr)]
+        with m.If(clear & ~st.engine.fault):
             m.d.sync += fault_status.eq(0)
-        with m.Elif(self.fault):
+        with m.Elif(st.engine.fault):
             m.d.sync += fault_status.eq(1)
 
         # --- Reads: one cycle of latency. In the r_en cycle every readable register is copied
@@ -238,6 +223,6 @@ class PrivilegedRegs(wiring.Component):
         word = Signal(32, attrs={"keep": 1})
         for bit in range(32):
             m.d.comb += word[bit].eq(Cat(*bits[bit], r_table_hi).any())
-        entry = [self.tbl_rdata.word_select(n, 32) for n in range(2)]
+        entry = [tb.rdata.word_select(n, 32) for n in range(2)]
         m.d.comb += bus.r_data.eq(Mux(r_table, (entry[1] & word) | (entry[0] & ~word), word))
         return m

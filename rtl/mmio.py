@@ -29,6 +29,7 @@ from amaranth.lib.wiring import In, Out
 from models import spec
 from models.regmap import GUEST, Access
 
+from .interfaces import QueueSignature
 from .regbus import RegBusSignature
 
 __all__ = ["MMIO_ADDR_WIDTH", "READBACK_SLOTS", "VirtioMmioRegs"]
@@ -87,18 +88,16 @@ class VirtioMmioRegs(wiring.Component):
         From the ``s_axil`` bridge.
     handle_mode : In
         Decides whether VIRTIO_F_ACCESS_PLATFORM is offered and required.
-    queue_num, queue_ready, queue_desc, queue_avail, queue_used, status : Out
-        The registers as the ring engine uses them (queue 0; ``queue_avail`` is QueueDriver,
-        ``queue_used`` QueueDevice).
-    notify, dev_reset : Out
-        One-cycle pulses, in the ``w_en`` cycle: an accepted QueueNotify, a write of 0 to Status.
-    engine_idle : In
-        The ring engine is idle with no bus transaction in flight. A reset completes (the
-        registers return to their reset values and Status reads 0) only in a cycle with
-        ``engine_idle`` and no ``dev_reset``.
-    used_irq, fault : In
-        One-cycle pulses from the ring engine: set InterruptStatus bit 0, bit 1 (a fault also
-        sets DEVICE_NEEDS_RESET in Status).
+    queue : Out(:func:`~rtl.interfaces.QueueSignature`)
+        To the ring engine: the registers of queue 0 (``avail`` is QueueDriver, ``used``
+        QueueDevice); ``notify``, ``dev_reset``: one-cycle pulses in the ``w_en`` cycle, an
+        accepted QueueNotify, a write of 0 to Status. Back: ``idle``, the ring engine is idle
+        with no bus transaction in flight (a reset completes, the registers return to their
+        reset values and Status reads 0, only in a cycle with ``idle`` and no ``dev_reset``);
+        ``used_irq``, ``fault``: one-cycle pulses that set InterruptStatus bit 0, bit 1 (a fault
+        also sets DEVICE_NEEDS_RESET in Status).
+    status : Out
+        Status as the driver reads it.
     irq : Out
         High while InterruptStatus is non-zero.
     """
@@ -110,23 +109,14 @@ class VirtioMmioRegs(wiring.Component):
         super().__init__({
             "bus": In(RegBusSignature(MMIO_ADDR_WIDTH)),
             "handle_mode": In(1),
-            "queue_num": Out(32),
-            "queue_ready": Out(1),
-            "queue_desc": Out(64),
-            "queue_avail": Out(64),
-            "queue_used": Out(64),
+            "queue": Out(QueueSignature()),
             "status": Out(8),
-            "notify": Out(1),
-            "dev_reset": Out(1),
-            "used_irq": In(1),
-            "fault": In(1),
-            "engine_idle": In(1),
             "irq": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        bus = self.bus
+        bus, q = self.bus, self.queue
         qmax = self._queue_num_max
         data = bus.w_data
         addr = bus.addr
@@ -239,10 +229,10 @@ class VirtioMmioRegs(wiring.Component):
         reset_write = Signal()
         m.d.sync += reset_write.eq(bus.w_next & at("Status") & data_zero)
         m.d.comb += [
-            self.dev_reset.eq(reset_write),
-            reset_done.eq(reset_pending & ~self.dev_reset & self.engine_idle),
+            q.dev_reset.eq(reset_write),
+            reset_done.eq(reset_pending & ~q.dev_reset & q.idle),
         ]
-        with m.If(self.dev_reset):
+        with m.If(q.dev_reset):
             m.d.sync += reset_pending.eq(1)
 
         # --- Queue registers: flip-flops for the engine, loaded from the write data. Queue
@@ -251,9 +241,9 @@ class VirtioMmioRegs(wiring.Component):
         queue_ready = Signal()
         queue_addr = [Signal(64, name=n) for n in ("desc", "avail", "used")]
         m.d.comb += [
-            self.queue_num.eq(queue_num), self.queue_ready.eq(queue_ready),
-            self.queue_desc.eq(queue_addr[0]), self.queue_avail.eq(queue_addr[1]),
-            self.queue_used.eq(queue_addr[2]),
+            q.num.eq(queue_num), q.ready.eq(queue_ready),
+            q.desc.eq(queue_addr[0]), q.avail.eq(queue_addr[1]),
+            q.used.eq(queue_addr[2]),
         ]
         with m.If(written("QueueNum")):
             m.d.sync += queue_num.eq(data)
@@ -269,20 +259,20 @@ class VirtioMmioRegs(wiring.Component):
         int_ack = Signal(2)
         with m.If(bus.w_en & at("InterruptACK")):
             m.d.comb += int_ack.eq(data[:2])
-        m.d.sync += int_status.eq((int_status & ~int_ack) | Cat(self.used_irq, self.fault))
+        m.d.sync += int_status.eq((int_status & ~int_ack) | Cat(q.used_irq, q.fault))
         m.d.comb += self.irq.eq(int_status.any())
 
         # --- Status: a fault sets DEVICE_NEEDS_RESET, which writes keep as the device has it;
         # FEATURES_OK is refused unless the driver features are acceptable.
         status = Signal(8)
         m.d.comb += self.status.eq(status)
-        with m.If(self.fault):
+        with m.If(q.fault):
             m.d.sync += status[6].eq(1)
         with m.If(bus.w_en & at("Status") & ~data_zero):
             m.d.sync += [status[:3].eq(data[:3]), status[3].eq(data[3] & features_ok),
                          status[4:6].eq(data[4:6]), status[7].eq(data[7])]
 
-        m.d.comb += self.notify.eq(bus.w_en & at("QueueNotify") & data_zero
+        m.d.comb += q.notify.eq(bus.w_en & at("QueueNotify") & data_zero
                                    & queue_ready & status[2])  # DRIVER_OK
 
         with m.If(reset_done):

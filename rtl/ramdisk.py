@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
-from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
+from amaranth.lib.wiring import In
 
 from models import spec
 
+from .interfaces import DiskSignature, disk_word_bits
 from .params import check_data_width, check_disk_bytes
 
 __all__ = ["RamDisk"]
@@ -32,34 +32,24 @@ class RamDisk(wiring.Component):
 
     Members
     -------
-    rd_word : In
-        Disk word index ``k``; ``rd_lo``/``rd_hi`` hold words ``k`` and ``k + 1`` (modulo the
-        disk) two cycles later: the block RAMs' outputs are registered before they go anywhere,
-        because a block RAM read is slow (about 6 ns clock to output on an ECP5 speed 6) and a
-        large disk spreads its block RAMs over the die.
-    wr_word, wr_data, wr_en_lo, wr_en_hi : In
-        Write the lanes of ``wr_data`` enabled by ``wr_en_lo`` into word ``k`` and those
-        enabled by ``wr_en_hi`` into word ``k + 1``.
+    port : In(:func:`~rtl.interfaces.DiskSignature`)
+        ``rd_word``: disk word index ``k``; ``rd_lo``/``rd_hi`` hold words ``k`` and ``k + 1``
+        (modulo the disk) two cycles later: the block RAMs' outputs are registered before they
+        go anywhere, because a block RAM read is slow (about 6 ns clock to output on an ECP5
+        speed 6) and a large disk spreads its block RAMs over the die. ``wr_word``,
+        ``wr_data``, ``wr_en_lo``, ``wr_en_hi``: write the lanes of ``wr_data`` enabled by
+        ``wr_en_lo`` into word ``k`` and those enabled by ``wr_en_hi`` into word ``k + 1``.
     """
 
     def __init__(self, disk_bytes: int = spec.DEFAULT_DISK_BYTES,
                  data_width: int = spec.DEFAULT_DATA_WIDTH):
         check_data_width(data_width)
         check_disk_bytes(disk_bytes, data_width)
-        lanes = data_width // 8
         self._disk_bytes = disk_bytes
         self._data_width = data_width
-        self._words = disk_bytes // lanes
-        self._word_bits = ceil_log2(self._words)
-        super().__init__({
-            "rd_word": In(self._word_bits),
-            "rd_lo": Out(data_width),
-            "rd_hi": Out(data_width),
-            "wr_word": In(self._word_bits),
-            "wr_data": In(data_width),
-            "wr_en_lo": In(lanes),
-            "wr_en_hi": In(lanes),
-        })
+        self._words = disk_bytes // (data_width // 8)
+        self._word_bits = disk_word_bits(disk_bytes, data_width)
+        super().__init__({"port": In(DiskSignature(self._word_bits, data_width))})
 
     @property
     def word_bits(self) -> int:
@@ -67,6 +57,7 @@ class RamDisk(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        port = self.port
         lanes = self._data_width // 8
         image = spec.ramdisk_init(self._disk_bytes)
         words = [int.from_bytes(image[i * lanes:(i + 1) * lanes], "little")
@@ -87,21 +78,21 @@ class RamDisk(wiring.Component):
             m.d.comb += k1.eq(Mux(k == last, 0, k + 1))
             return (k1[1:], k[1:])  # rows for (bank 0, bank 1)
 
-        rd_rows = rows(self.rd_word)
+        rd_rows = rows(port.rd_word)
         rd_odd = Signal()
-        m.d.sync += rd_odd.eq(self.rd_word[0])
+        m.d.sync += rd_odd.eq(port.rd_word[0])
         for b, (rp, _) in enumerate(banks):
             m.d.comb += rp.addr.eq(rd_rows[b])
         with m.If(rd_odd):
-            m.d.sync += [self.rd_lo.eq(banks[1][0].data), self.rd_hi.eq(banks[0][0].data)]
+            m.d.sync += [port.rd_lo.eq(banks[1][0].data), port.rd_hi.eq(banks[0][0].data)]
         with m.Else():
-            m.d.sync += [self.rd_lo.eq(banks[0][0].data), self.rd_hi.eq(banks[1][0].data)]
+            m.d.sync += [port.rd_lo.eq(banks[0][0].data), port.rd_hi.eq(banks[1][0].data)]
 
-        wr_rows = rows(self.wr_word)
+        wr_rows = rows(port.wr_word)
         for b, (_, wp) in enumerate(banks):
-            m.d.comb += [wp.addr.eq(wr_rows[b]), wp.data.eq(self.wr_data)]
-        with m.If(self.wr_word[0]):
-            m.d.comb += [banks[1][1].en.eq(self.wr_en_lo), banks[0][1].en.eq(self.wr_en_hi)]
+            m.d.comb += [wp.addr.eq(wr_rows[b]), wp.data.eq(port.wr_data)]
+        with m.If(port.wr_word[0]):
+            m.d.comb += [banks[1][1].en.eq(port.wr_en_lo), banks[0][1].en.eq(port.wr_en_hi)]
         with m.Else():
-            m.d.comb += [banks[0][1].en.eq(self.wr_en_lo), banks[1][1].en.eq(self.wr_en_hi)]
+            m.d.comb += [banks[0][1].en.eq(port.wr_en_lo), banks[1][1].en.eq(port.wr_en_hi)]
         return m

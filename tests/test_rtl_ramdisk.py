@@ -1,7 +1,7 @@
 """RamDisk (rtl/ramdisk.py) against a bytearray model.
 
 Contract (RamDisk docstring): the disk starts as ``spec.ramdisk_init(disk_bytes)``; with
-``rd_word = k``, ``rd_lo``/``rd_hi`` hold disk words ``k`` and ``k + 1`` (modulo the disk) one
+``port.rd_word = k``, ``rd_lo``/``rd_hi`` hold disk words ``k`` and ``k + 1`` (modulo the disk) one
 cycle later; a write puts the lanes of ``wr_data`` enabled by ``wr_en_lo`` into word ``k`` and
 those enabled by ``wr_en_hi`` into word ``k + 1`` (lane ``j`` = byte ``j`` of a word).
 """
@@ -37,11 +37,11 @@ async def check_all_words(ctx, dut, image, lanes, *, wrap=True):
     (``wrap=False``: not rd_hi of the last word)."""
     words = len(image) // lanes
     for k in range(words):
-        ctx.set(dut.rd_word, k)
+        ctx.set(dut.port.rd_word, k)
         await ctx.tick().repeat(2)
-        assert ctx.get(dut.rd_lo) == word(image, k, lanes), f"rd_lo word {k}"
+        assert ctx.get(dut.port.rd_lo) == word(image, k, lanes), f"rd_lo word {k}"
         if wrap or k + 1 < words:
-            assert ctx.get(dut.rd_hi) == word(image, k + 1, lanes), f"rd_hi word {k + 1}"
+            assert ctx.get(dut.port.rd_hi) == word(image, k + 1, lanes), f"rd_hi word {k + 1}"
 
 
 @pytest.mark.parametrize("data_width", WIDTHS)
@@ -66,15 +66,15 @@ def test_read_latency_two_cycles(data_width):
     last = DISK_BYTES // lanes - 1
 
     async def bench(ctx):
-        ctx.set(dut.rd_word, 3)
+        ctx.set(dut.port.rd_word, 3)
         await ctx.tick().repeat(2)
         for k in (last, 0, 1, last - 1, 2):
-            ctx.set(dut.rd_word, k)
+            ctx.set(dut.port.rd_word, k)
             await ctx.tick()
-            assert ctx.get(dut.rd_lo) == word(image, 3, lanes)  # still the old word
-            ctx.set(dut.rd_word, 3)
+            assert ctx.get(dut.port.rd_lo) == word(image, 3, lanes)  # still the old word
+            ctx.set(dut.port.rd_word, 3)
             await ctx.tick()
-            assert (ctx.get(dut.rd_lo), ctx.get(dut.rd_hi)) == (
+            assert (ctx.get(dut.port.rd_lo), ctx.get(dut.port.rd_hi)) == (
                 word(image, k, lanes), word(image, k + 1, lanes))
             await ctx.tick()
 
@@ -119,25 +119,25 @@ def test_random_byte_enable_writes(data_width, disk_bytes):
             while not {r, (r + 1) % words}.isdisjoint({k, k + 1}) or (
                     not wrap and r == words - 1):
                 r = rng.randrange(words)
-            ctx.set(dut.wr_word, k)
-            ctx.set(dut.wr_data, data)
-            ctx.set(dut.wr_en_lo, en_lo)
-            ctx.set(dut.wr_en_hi, en_hi)
-            ctx.set(dut.rd_word, r)
+            ctx.set(dut.port.wr_word, k)
+            ctx.set(dut.port.wr_data, data)
+            ctx.set(dut.port.wr_en_lo, en_lo)
+            ctx.set(dut.port.wr_en_hi, en_hi)
+            ctx.set(dut.port.rd_word, r)
             await ctx.tick()
-            ctx.set(dut.wr_en_lo, 0)
-            ctx.set(dut.wr_en_hi, 0)
+            ctx.set(dut.port.wr_en_lo, 0)
+            ctx.set(dut.port.wr_en_hi, 0)
             await ctx.tick()
-            assert ctx.get(dut.rd_lo) == word(model, r, lanes), f"word {r} after {i} writes"
-            assert ctx.get(dut.rd_hi) == word(model, r + 1, lanes)
+            assert ctx.get(dut.port.rd_lo) == word(model, r, lanes), f"word {r} after {i} writes"
+            assert ctx.get(dut.port.rd_hi) == word(model, r + 1, lanes)
             for lane in range(lanes):
                 byte = data >> 8 * lane & 0xFF
                 if en_lo >> lane & 1:
                     model[k * lanes + lane] = byte
                 if en_hi >> lane & 1:
                     model[(k + 1) * lanes + lane] = byte
-        ctx.set(dut.wr_en_lo, 0)
-        ctx.set(dut.wr_en_hi, 0)
+        ctx.set(dut.port.wr_en_lo, 0)
+        ctx.set(dut.port.wr_en_hi, 0)
         await check_all_words(ctx, dut, model, lanes, wrap=wrap)
 
     run(dut, bench)
@@ -153,8 +153,8 @@ def test_no_write_without_enables(data_width):
 
     async def bench(ctx):
         for k in range(DISK_BYTES // lanes):
-            ctx.set(dut.wr_word, k)
-            ctx.set(dut.wr_data, (1 << data_width) - 1)
+            ctx.set(dut.port.wr_word, k)
+            ctx.set(dut.port.wr_data, (1 << data_width) - 1)
             await ctx.tick()
         await check_all_words(ctx, dut, image, lanes)
 
@@ -169,9 +169,9 @@ def test_wrap_non_power_of_two_disk(data_width):
     image = spec.ramdisk_init(1536)
 
     async def bench(ctx):
-        ctx.set(dut.rd_word, 1536 // lanes - 1)
+        ctx.set(dut.port.rd_word, 1536 // lanes - 1)
         await ctx.tick().repeat(2)
-        assert ctx.get(dut.rd_lo) == word(image, -1, lanes)
-        assert ctx.get(dut.rd_hi) == word(image, 0, lanes)
+        assert ctx.get(dut.port.rd_lo) == word(image, -1, lanes)
+        assert ctx.get(dut.port.rd_hi) == word(image, 0, lanes)
 
     run(dut, bench)

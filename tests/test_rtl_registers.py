@@ -218,8 +218,23 @@ class Lockstep:
         await self._tick()
 
 
+# The register files' ports to the engines, by the names the models above give them.
+PORTS = {"queue_num": "queue.num", "queue_ready": "queue.ready", "queue_desc": "queue.desc",
+         "queue_avail": "queue.avail", "queue_used": "queue.used", "notify": "queue.notify",
+         "dev_reset": "queue.dev_reset", "used_irq": "queue.used_irq", "fault": "queue.fault",
+         "engine_idle": "queue.idle"}
+HV_PORTS = {"handle_mode": "table.handle_mode", "domid": "table.domid", "tbl_addr": "table.addr",
+            "tbl_wdata": "table.wdata", "tbl_wen": "table.wen",
+            "cfg_changed": "table.cfg_changed", "tbl_rdata": "table.rdata",
+            "fault": "status.engine.fault", "fault_cause": "status.engine.fault_cause",
+            "completed": "status.engine.completed", "fault_addr": "status.dma.fault_addr",
+            "xlate": "status.dma.xlate", "inflight": "status.dma.inflight",
+            "burst_done": "status.dma.burst_done"}
+
+
 def _member(dut, name):
     obj = dut
+    name = (HV_PORTS if isinstance(dut, PrivilegedRegs) else PORTS).get(name, name)
     for part in name.split("."):
         obj = getattr(obj, part)
     return obj

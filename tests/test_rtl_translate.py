@@ -1,15 +1,15 @@
 """TranslationUnit (rtl/translate.py) against the reference translation (models/grant.py).
 
 Contract: docs/architecture.md, "Handles and translation", and the component's docstring. A
-lookup is the table read at ``req_ref`` in one cycle and, in the next, ``keep`` with the request's
-other fields (``req_high``, ``req_handle``, ``req_write``); two cycles after ``keep`` the
-``resp_*`` registers hold the verdict (``resp_fault`` = 0 or the cause of the first failing
-check, ``resp_ok``, ``resp_frame``, ``resp_mode``), until the next kept lookup answers. The DMA
-engine composes the physical address as ``frame << 12 | offset`` in handle mode and passes the
-address through in GPA mode (``compose`` below restates that). ``resp_stale`` says that the
-answer's entry (handle mode), HV_CTRL or HV_DOMID was written after the table was read. The
-table is written through ``tbl_addr``/``tbl_wdata``/``tbl_wen`` (byte enables; bytes 0-3 =
-GRANT word 0, bytes 4-7 = word 1) and read back on ``tbl_rdata`` one cycle after ``tbl_addr``.
+lookup is the table read at ``lookup.ref`` in one cycle and, in the next, ``lookup.keep`` with
+the request's other fields (``high``, ``handle``, ``write``); two cycles after ``keep`` the
+answer registers hold the verdict (``lookup.fault`` = 0 or the cause of the first failing
+check, ``ok``, ``frame``, ``mode``), until the next kept lookup answers. The DMA engine
+composes the physical address as ``frame << 12 | offset`` in handle mode and passes the address
+through in GPA mode (``compose`` below restates that). ``lookup.stale`` says that the answer's
+entry (handle mode), HV_CTRL or HV_DOMID was written after the table was read. The table is
+written through ``table.addr``/``wdata``/``wen`` (byte enables; bytes 0-3 = GRANT word 0,
+bytes 4-7 = word 1) and read back on ``table.rdata`` one cycle after ``table.addr``.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ def entry_word(entry: GrantEntry) -> int:
 
 async def program(ctx, dut, table: GrantTable, ref: int, value: int, wen: int = 0xFF):
     """Write ``value`` to entry ``ref`` with byte enables ``wen``, in the RTL and the model."""
-    ctx.set(dut.tbl_addr, ref)
-    ctx.set(dut.tbl_wdata, value)
-    ctx.set(dut.tbl_wen, wen)
+    ctx.set(dut.table.addr, ref)
+    ctx.set(dut.table.wdata, value)
+    ctx.set(dut.table.wen, wen)
     await ctx.tick()
-    ctx.set(dut.tbl_wen, 0)
+    ctx.set(dut.table.wen, 0)
     table.write_word(2 * ref, value & 0xFFFF_FFFF, wen & 0xF)
     table.write_word(2 * ref + 1, value >> 32, wen >> 4)
 
@@ -63,23 +63,23 @@ def present(ctx, dut, v: int, write: bool, keep: int, prev: tuple[int, bool] | N
     """One cycle's inputs: read the table for ``v``; ``keep`` the lookup ``prev`` of the
     previous cycle (its fields go with keep)."""
     ref, _, _ = fields(dut, v)
-    ctx.set(dut.req_ref, ref)
-    ctx.set(dut.keep, keep)
+    ctx.set(dut.lookup.ref, ref)
+    ctx.set(dut.lookup.keep, keep)
     if prev is not None:
         _, high, handle = fields(dut, prev[0])
-        ctx.set(dut.req_high, high)
-        ctx.set(dut.req_handle, handle)
-        ctx.set(dut.req_write, prev[1])
+        ctx.set(dut.lookup.high, high)
+        ctx.set(dut.lookup.handle, handle)
+        ctx.set(dut.lookup.write, prev[1])
 
 
 def compose(ctx, dut, v: int) -> Translation:
     """The answer for address ``v`` as the DMA engine uses it."""
-    fault = ctx.get(dut.resp_fault)
-    assert ctx.get(dut.resp_ok) == (fault == 0)
+    fault = ctx.get(dut.lookup.fault)
+    assert ctx.get(dut.lookup.ok) == (fault == 0)
     if fault:
         return Translation.fault(fault)
-    if ctx.get(dut.resp_mode):
-        return Translation.hit(ctx.get(dut.resp_frame) << 12 | v & 0xFFF)
+    if ctx.get(dut.lookup.mode):
+        return Translation.hit(ctx.get(dut.lookup.frame) << 12 | v & 0xFFF)
     return Translation.hit(v)
 
 
@@ -91,9 +91,9 @@ async def lookup(ctx, dut, v: int, write: bool) -> Translation:
     present(ctx, dut, v ^ U64, not write, 1, (v, write))
     await ctx.tick()
     present(ctx, dut, v ^ U64, not write, 0, None)
-    assert ctx.get(dut.resp_new) == 0
+    assert ctx.get(dut.lookup.new) == 0
     await ctx.tick()
-    assert ctx.get(dut.resp_new) == 1
+    assert ctx.get(dut.lookup.new) == 1
     return compose(ctx, dut, v)
 
 
@@ -157,8 +157,8 @@ def test_fault_causes(entries, v, write, cause):
     table = GrantTable(entries)
 
     async def bench(ctx):
-        ctx.set(dut.handle_mode, 1)
-        ctx.set(dut.domid, DOMID)
+        ctx.set(dut.table.handle_mode, 1)
+        ctx.set(dut.table.domid, DOMID)
         for ref, entry in NAMED_ENTRIES.items():
             if ref < entries:
                 await program(ctx, dut, table, ref, entry_word(entry))
@@ -184,8 +184,8 @@ def test_gpa_mode_passthrough(entries):
     addrs += [rng.getrandbits(64) for _ in range(50)]
 
     async def bench(ctx):
-        ctx.set(dut.handle_mode, 0)
-        ctx.set(dut.domid, DOMID)
+        ctx.set(dut.table.handle_mode, 0)
+        ctx.set(dut.table.domid, DOMID)
         await program(ctx, dut, table, 0, entry_word(GrantEntry.permit(DOMID, 0x55)))
         await program(ctx, dut, table, 1, entry_word(GrantEntry()))
         for i, v in enumerate(addrs):
@@ -203,11 +203,11 @@ def test_answer_two_cycles_after_keep_and_held():
     pattern = [0, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1, 1, 0]
 
     async def bench(ctx):
-        ctx.set(dut.handle_mode, 1)
-        ctx.set(dut.domid, DOMID)
+        ctx.set(dut.table.handle_mode, 1)
+        ctx.set(dut.table.domid, DOMID)
         await program(ctx, dut, table, 1, entry_word(GrantEntry.permit(DOMID, 0x111)))
         await program(ctx, dut, table, 2, entry_word(GrantEntry.permit(DOMID, 0x222)))
-        assert ctx.get(dut.resp_new) == 0
+        assert ctx.get(dut.lookup.new) == 0
         history = [0, 0]
         answers = [None, None]
         held = None
@@ -216,15 +216,15 @@ def test_answer_two_cycles_after_keep_and_held():
             prev = 1 + (i - 1) % 2  # ... and the one kept now, read in the previous cycle
             present(ctx, dut, spec.make_handle(ref), False, keep,
                     (spec.make_handle(prev), False))
-            assert ctx.get(dut.resp_new) == history[-2]  # not combinational from keep
+            assert ctx.get(dut.lookup.new) == history[-2]  # not combinational from keep
             await ctx.tick()
             history.append(keep)
             answers.append(prev if keep else None)
-            assert ctx.get(dut.resp_new) == history[-2]
+            assert ctx.get(dut.lookup.new) == history[-2]
             if history[-2]:
                 held = answers[-2]
             if held is not None:
-                assert ctx.get(dut.resp_frame) == 0x111 * held, i
+                assert ctx.get(dut.lookup.frame) == 0x111 * held, i
 
     run(dut, bench)
 
@@ -267,8 +267,8 @@ def test_random_lookups_match_model(entries, seed):
             for ref in refs:
                 wen = 0xFF if batch == 0 or rng.random() < 0.5 else rng.getrandbits(8)
                 await program(ctx, dut, table, ref, entry_word(_random_entry(rng, domid)), wen)
-            ctx.set(dut.handle_mode, handle_mode)
-            ctx.set(dut.domid, domid)
+            ctx.set(dut.table.handle_mode, handle_mode)
+            ctx.set(dut.table.domid, domid)
             prev = None  # the request read in the previous cycle
             kept = [None, None]  # the requests kept one and two cycles ago
             for i in range(43):
@@ -277,11 +277,11 @@ def test_random_lookups_match_model(entries, seed):
                 present(ctx, dut, v, write, keep, prev)
                 # The answer to the lookup kept two cycles ago, later lookups in flight.
                 done = kept[0]
-                assert ctx.get(dut.resp_new) == (done is not None)
+                assert ctx.get(dut.lookup.new) == (done is not None)
                 if done is not None:
                     want = oracle(table, *done, handle_mode, domid)
                     assert compose(ctx, dut, done[0]) == want, (hex(done[0]), done[1])
-                    assert ctx.get(dut.resp_stale) == 0  # no write since the read
+                    assert ctx.get(dut.lookup.stale) == 0  # no write since the read
                     seen[want.cause if handle_mode else -1] += 1
                 kept = [kept[1], prev if keep else None]
                 prev = (v, write)
@@ -300,24 +300,24 @@ def test_table_write_in_the_read_cycle_is_stale():
     old, new = GrantEntry.permit(DOMID, 0x111), GrantEntry.permit(DOMID, 0x222)
 
     async def bench(ctx):
-        ctx.set(dut.handle_mode, 1)
-        ctx.set(dut.domid, DOMID)
+        ctx.set(dut.table.handle_mode, 1)
+        ctx.set(dut.table.domid, DOMID)
         await program(ctx, dut, table, 5, entry_word(old))
-        ctx.set(dut.tbl_addr, 5)
-        ctx.set(dut.tbl_wdata, entry_word(new))
-        ctx.set(dut.tbl_wen, 0xFF)
+        ctx.set(dut.table.addr, 5)
+        ctx.set(dut.table.wdata, entry_word(new))
+        ctx.set(dut.table.wen, 0xFF)
         present(ctx, dut, spec.make_handle(5, 0x10), False, 0, None)
         await ctx.tick()
-        ctx.set(dut.tbl_wen, 0)
+        ctx.set(dut.table.wen, 0)
         present(ctx, dut, 0, False, 1, (spec.make_handle(5, 0x10), False))
         await ctx.tick()
         present(ctx, dut, 0, False, 0, None)
         await ctx.tick()
         assert compose(ctx, dut, spec.make_handle(5, 0x10)) == Translation.hit(0x111010)
-        assert ctx.get(dut.resp_stale) == 1
+        assert ctx.get(dut.lookup.stale) == 1
         assert await lookup(ctx, dut, spec.make_handle(5, 0x10), False) == \
             Translation.hit(0x222010)
-        assert ctx.get(dut.resp_stale) == 0
+        assert ctx.get(dut.lookup.stale) == 0
 
     run(dut, bench)
 
@@ -348,8 +348,8 @@ def test_staleness(when, what, mode, stale):
     v = spec.make_handle(5, 0x10)
 
     async def bench(ctx):
-        ctx.set(dut.handle_mode, mode)
-        ctx.set(dut.domid, DOMID)
+        ctx.set(dut.table.handle_mode, mode)
+        ctx.set(dut.table.domid, DOMID)
         await program(ctx, dut, table, 5, entry_word(GrantEntry.permit(DOMID, 0x111)))
         await program(ctx, dut, table, 6, entry_word(GrantEntry.permit(DOMID, 0x666)))
         for cycle in range(8):
@@ -357,16 +357,16 @@ def test_staleness(when, what, mode, stale):
                     (v, False) if cycle == 1 else None)
             if cycle == when:
                 if what == "cfg":
-                    ctx.set(dut.cfg_changed, 1)
+                    ctx.set(dut.table.cfg_changed, 1)
                 else:
-                    ctx.set(dut.tbl_addr, 5 if what == "entry" else 6)
-                    ctx.set(dut.tbl_wdata, entry_word(GrantEntry.permit(DOMID, 0x777)))
-                    ctx.set(dut.tbl_wen, 0xFF)
+                    ctx.set(dut.table.addr, 5 if what == "entry" else 6)
+                    ctx.set(dut.table.wdata, entry_word(GrantEntry.permit(DOMID, 0x777)))
+                    ctx.set(dut.table.wen, 0xFF)
             await ctx.tick()
-            ctx.set(dut.cfg_changed, 0)
-            ctx.set(dut.tbl_wen, 0)
+            ctx.set(dut.table.cfg_changed, 0)
+            ctx.set(dut.table.wen, 0)
             if cycle >= 3:  # the answer is there from the read's cycle + 3 on
-                assert ctx.get(dut.resp_stale) == (stale and cycle >= when), cycle
+                assert ctx.get(dut.lookup.stale) == (stale and cycle >= when), cycle
         assert compose(ctx, dut, v) == Translation.hit(0x111010 if mode else v)
 
     run(dut, bench)
@@ -388,11 +388,11 @@ def test_table_readback_and_byte_enables(entries, seed):
         rng.shuffle(order)
         last = None
         for ref in order:
-            ctx.set(dut.tbl_addr, ref)
+            ctx.set(dut.table.addr, ref)
             if last is not None:  # rdata does not follow tbl_addr combinationally
-                assert ctx.get(dut.tbl_rdata) == model_word(last)
+                assert ctx.get(dut.table.rdata) == model_word(last)
             await ctx.tick()
-            assert ctx.get(dut.tbl_rdata) == model_word(ref), f"entry {ref}"
+            assert ctx.get(dut.table.rdata) == model_word(ref), f"entry {ref}"
             last = ref
 
     async def bench(ctx):
@@ -405,9 +405,9 @@ def test_table_readback_and_byte_enables(entries, seed):
             ref = rng.randrange(entries)
             before = model_word(ref)
             await program(ctx, dut, table, ref, rng.getrandbits(64), wen)
-            ctx.set(dut.tbl_addr, ref)
+            ctx.set(dut.table.addr, ref)
             await ctx.tick()
-            got = ctx.get(dut.tbl_rdata)
+            got = ctx.get(dut.table.rdata)
             assert got == model_word(ref)
             for k in range(8):  # the disabled bytes kept their old value
                 if not wen >> k & 1:

@@ -1,0 +1,110 @@
+"""The device's internal interfaces, each declared once and joined with ``wiring.connect`` in
+``rtl/top.py`` (which block has which: docs/architecture.md, "Where things are"). Members are
+named from the side that starts the exchange (``Out``: it drives).
+"""
+
+from __future__ import annotations
+
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+__all__ = ["CAP_BYTES", "MAX_POSTED_WRITES", "DiskSignature", "DmaCommand", "DmaPortSignature",
+           "DmaStatus", "EngineStatus", "LookupSignature", "PreLookup", "QueueSignature",
+           "StatusSignature", "TableSignature", "local_bits"]
+
+CAP_BYTES = 16  # the ring engine's capture register (a descriptor, the request header)
+MAX_POSTED_WRITES = 8  # write bursts whose response may be outstanding at once
+
+
+def local_bits(disk_bytes: int) -> int:
+    """Width of a command's length and local position: a command moves at most the whole disk
+    (a data piece is at most the request's data, which fits the disk) or 20 scratch bytes."""
+    return max(6, ceil_log2(disk_bytes + 1))
+
+
+def DmaCommand(len_bits: int) -> data.StructLayout:
+    """A DMA command: move ``len`` bytes at virtual address ``vaddr`` to (``write`` 0) or from
+    the RAM disk (``disk``) or the ring engine's scratch at byte ``dpos``; ``cont``: ``vaddr`` is
+    where the last command ended; ``drain``: wait for every posted write's response instead."""
+    return data.StructLayout({"write": 1, "drain": 1, "cont": 1, "vaddr": 64, "len": len_bits,
+                              "disk": 1, "dpos": len_bits})
+
+
+# The address of the command the ring engine may hand over in the next cycle, for the DMA
+# engine's one-cycle-early table lookup (``hold``: it is the current ``cmd.vaddr`` already;
+# ``cont``: it continues where the last command ended).
+PreLookup = data.StructLayout({"vaddr": 64, "hold": 1, "cont": 1})
+
+
+def DmaPortSignature(len_bits: int) -> wiring.Signature:
+    """Ring engine -> DMA engine: the command stream, its early address, its end (``done``,
+    ``fault``, ``failed``), the capture register's byte writes and the scratch write source
+    (see :class:`~rtl.dma.DmaEngine` for the timing)."""
+    return wiring.Signature({
+        "pre": Out(PreLookup),
+        "cmd": Out(stream.Signature(DmaCommand(len_bits))),
+        "done": In(1), "fault": In(4), "failed": In(1), "r_last_beat": In(1), "busy": In(1),
+        "cap_we": In(CAP_BYTES), "cap_wdata": In(8 * CAP_BYTES),
+        "payload": Out(64), "serial": Out(1),
+    })
+
+
+def LookupSignature(ref_bits: int) -> wiring.Signature:
+    """DMA engine -> translation unit: the table read address ``ref`` (every cycle), ``keep``
+    with the request fields, and the registered answer (see
+    :class:`~rtl.translate.TranslationUnit`)."""
+    return wiring.Signature({
+        "ref": Out(ref_bits), "keep": Out(1), "high": Out(1), "handle": Out(1), "write": Out(1),
+        "new": In(1), "fault": In(4), "ok": In(1), "frame": In(32), "mode": In(1),
+        "stale": In(1),
+    })
+
+
+def disk_word_bits(disk_bytes: int, data_width: int) -> int:
+    return max(1, ceil_log2(disk_bytes // (data_width // 8)))
+
+
+def DiskSignature(word_bits: int, data_width: int) -> wiring.Signature:
+    """DMA engine -> RAM disk: words ``rd_word`` and ``rd_word + 1`` read (two cycles), lanes
+    written into words ``wr_word`` and ``wr_word + 1`` (see :class:`~rtl.ramdisk.RamDisk`)."""
+    lanes = data_width // 8
+    return wiring.Signature({
+        "rd_word": Out(word_bits), "rd_lo": In(data_width), "rd_hi": In(data_width),
+        "wr_word": Out(word_bits), "wr_data": Out(data_width),
+        "wr_en_lo": Out(lanes), "wr_en_hi": Out(lanes),
+    })
+
+
+def TableSignature(ref_bits: int) -> wiring.Signature:
+    """Privileged registers -> translation unit: the configuration and the grant table access
+    (byte write enables; ``rdata`` one cycle after ``addr``)."""
+    return wiring.Signature({
+        "handle_mode": Out(1), "domid": Out(16), "cfg_changed": Out(1),
+        "addr": Out(ref_bits), "wdata": Out(64), "wen": Out(8), "rdata": In(64),
+    })
+
+
+def QueueSignature() -> wiring.Signature:
+    """virtio-mmio registers -> ring engine: queue 0's registers (``avail`` is QueueDriver,
+    ``used`` QueueDevice), the notify and reset pulses, and the engine's events back."""
+    return wiring.Signature({
+        "num": Out(32), "ready": Out(1), "desc": Out(64), "avail": Out(64), "used": Out(64),
+        "notify": Out(1), "dev_reset": Out(1),
+        "used_irq": In(1), "fault": In(1), "idle": In(1),
+    })
+
+
+EngineStatus = wiring.Signature({"fault": Out(1), "fault_cause": Out(4), "completed": Out(1)})
+
+
+def DmaStatus() -> wiring.Signature:
+    return wiring.Signature({"fault_addr": Out(64), "xlate": Out(1),
+                             "inflight": Out(range(MAX_POSTED_WRITES + 3)),
+                             "burst_done": Out(1)})
+
+
+def StatusSignature() -> wiring.Signature:
+    """What the privileged registers read (their ``In`` side): the ring engine's and the DMA
+    engine's status."""
+    return wiring.Signature({"engine": Out(EngineStatus), "dma": Out(DmaStatus())})
