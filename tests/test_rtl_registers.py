@@ -522,7 +522,7 @@ def test_mmio_follows_the_map(queue_num_max, disk_bytes):
     params = {"queue_num_max": queue_num_max, "disk_bytes / 512": disk_bytes // 512}
 
     async def bench(ctx):
-        ctx.set(dut.engine_idle, 1)
+        ctx.set(dut.queue.idle, 1)
         await check_map(GUEST, BusPort(ctx, dut.bus), params, window=1 << MMIO_ADDR_WIDTH)
 
     run(dut, bench)
