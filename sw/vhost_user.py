@@ -511,13 +511,17 @@ class VhostUserBackend:
         self._reply_u64(msg, self.features)
         return True
 
+    @staticmethod
+    def _offered(msg: Message, what: str, offered: int) -> int:
+        """The u64 ``msg`` carries, which must have no bit outside ``offered``."""
+        value = msg.u64()
+        if value & ~offered:
+            raise VhostUserError(f"{what} {value:#x} has bits {value & ~offered:#x} that were "
+                                 f"not offered ({offered:#x})")
+        return value
+
     async def _on_set_features(self, msg: Message) -> bool:
-        features = msg.u64()
-        extra = features & ~self.features
-        if extra:
-            raise VhostUserError(f"SET_FEATURES {features:#x} has bits {extra:#x} that were "
-                                 f"not offered ({self.features:#x})")
-        self.acked_features = features
+        features = self.acked_features = self._offered(msg, "SET_FEATURES", self.features)
         await self.device.set_features(
             features & ~(1 << VHOST_USER_F_PROTOCOL_FEATURES | 1 << VHOST_F_LOG_ALL))
         return False
@@ -527,12 +531,8 @@ class VhostUserBackend:
         return True
 
     async def _on_set_protocol_features(self, msg: Message) -> bool:
-        value = msg.u64()
-        extra = value & ~self.protocol_features
-        if extra:
-            raise VhostUserError(f"SET_PROTOCOL_FEATURES {value:#x} has bits {extra:#x} that "
-                                 f"were not offered ({self.protocol_features:#x})")
-        self.acked_protocol_features = value
+        self.acked_protocol_features = self._offered(msg, "SET_PROTOCOL_FEATURES",
+                                                     self.protocol_features)
         return False
 
     async def _on_set_owner(self, msg: Message) -> bool:
