@@ -383,6 +383,13 @@ class VhostUserDevice(Protocol):
 
 # --- the back-end ---------------------------------------------------------------------------------
 
+def _set_fd(v: Vring, name: str, fd: int | None) -> None:
+    """Store ``fd`` as the ring's ``name`` file descriptor, closing the one it replaces."""
+    if getattr(v, name) is not None:
+        os.close(getattr(v, name))
+    setattr(v, name, fd)
+
+
 class VhostUserBackend:
     """The back-end end of one vhost-user connection.
 
@@ -593,27 +600,21 @@ class VhostUserBackend:
         if fd is None:
             raise VhostUserError("SET_VRING_KICK without an fd (a polling back-end) is not "
                                  "supported: the bridge turns kicks into QueueNotify writes")
-        if v.kick_fd is not None:
-            os.close(v.kick_fd)
         os.set_blocking(fd, False)
-        v.kick_fd = fd
+        _set_fd(v, "kick_fd", fd)
         await self._maybe_start(v)
         return False
 
     async def _on_set_vring_call(self, msg: Message) -> bool:
         v, fd = self._vring_fd(msg)
-        if v.call_fd is not None:
-            os.close(v.call_fd)
-        v.call_fd = fd
+        _set_fd(v, "call_fd", fd)
         if fd is not None and v.call_pending:
             self.call(v)
         return False
 
     async def _on_set_vring_err(self, msg: Message) -> bool:
         v, fd = self._vring_fd(msg)
-        if v.err_fd is not None:
-            os.close(v.err_fd)
-        v.err_fd = fd
+        _set_fd(v, "err_fd", fd)
         return False
 
     async def _on_set_vring_enable(self, msg: Message) -> bool:

@@ -42,6 +42,13 @@ def data_write_frames(dev) -> set[int]:
 
 
 # --- causes 1-5: translation ----------------------------------------------------------------
+def _regrant(drv, req, ref: int, entry: GrantEntry) -> None:
+    """Overwrite grant ``ref`` with ``entry``, then publish ``req`` and notify."""
+    drv.set_grant(ref, entry)
+    drv.publish(req.head)
+    drv.notify()
+
+
 def test_cause_1_queue_address_not_a_handle():
     dev, drv = make(handle_mode=True, entries=ENTRIES)
     gpa = drv.avail.phys(0)
@@ -98,9 +105,7 @@ def test_cause_3_entry_not_permit_access(flags):
     req = drv.request(spec.VIRTIO_BLK_T_OUT, data=bytes(512), publish=False)
     ref = req.data.refs[0]
     frame = req.data.frames[0]
-    drv.set_grant(ref, GrantEntry(flags=flags, domid=drv.domid, frame=frame))
-    drv.publish(req.head)
-    drv.notify()
+    _regrant(drv, req, ref, GrantEntry(flags=flags, domid=drv.domid, frame=frame))
     assert_fault(dev, spec.FAULT_NOT_PERMITTED, req.data.dma)
     assert untouched(dev, frame)
 
@@ -118,9 +123,7 @@ def test_cause_4_wrong_domain_on_the_header():
     dev, drv = make(handle_mode=True, entries=ENTRIES)
     req = drv.request(spec.VIRTIO_BLK_T_FLUSH, publish=False)
     frame = req.header.frames[0]
-    drv.set_grant(req.header.refs[0], GrantEntry.permit(drv.domid + 1, frame))
-    drv.publish(req.head)
-    drv.notify()
+    _regrant(drv, req, req.header.refs[0], GrantEntry.permit(drv.domid + 1, frame))
     assert_fault(dev, spec.FAULT_WRONG_DOMAIN, req.header.dma)
     assert untouched(dev, frame)
 
@@ -129,9 +132,7 @@ def test_cause_5_device_write_to_read_only_data_buffer():
     dev, drv = make(handle_mode=True, entries=ENTRIES)
     req = drv.request(spec.VIRTIO_BLK_T_IN, read_len=1024, data_offset=0x100, publish=False)
     frame = req.data.frames[0]
-    drv.set_grant(req.data.refs[0], GrantEntry.permit(drv.domid, frame, readonly=True))
-    drv.publish(req.head)
-    drv.notify()
+    _regrant(drv, req, req.data.refs[0], GrantEntry.permit(drv.domid, frame, readonly=True))
     assert_fault(dev, spec.FAULT_READONLY, req.data.dma)
     assert untouched(dev, frame)
     assert drv.status_of(req) == 0xFF
@@ -141,9 +142,7 @@ def test_cause_5_on_the_second_page():
     dev, drv = make(handle_mode=True, entries=ENTRIES)
     req = drv.request(spec.VIRTIO_BLK_T_IN, read_len=1024, data_offset=0xE00, publish=False)
     f0, f1 = req.data.frames
-    drv.set_grant(req.data.refs[1], GrantEntry.permit(drv.domid, f1, readonly=True))
-    drv.publish(req.head)
-    drv.notify()
+    _regrant(drv, req, req.data.refs[1], GrantEntry.permit(drv.domid, f1, readonly=True))
     assert_fault(dev, spec.FAULT_READONLY, spec.make_handle(req.data.refs[1], 0))
     assert f0 in data_write_frames(dev) and untouched(dev, f1)
     assert drv.read_buf(req.data, 0, 0x200) == bytes(dev.disk[:0x200])
@@ -190,9 +189,7 @@ def test_cause_6_transaction_straddling_the_end_of_memory():
 def test_cause_6_decerr_for_a_granted_frame_outside_memory():
     dev, drv = make(handle_mode=True, entries=ENTRIES)
     req = drv.request(spec.VIRTIO_BLK_T_FLUSH, publish=False)
-    drv.set_grant(req.status.refs[0], GrantEntry.permit(drv.domid, 0xFFFF_FFFF))
-    drv.publish(req.head)
-    drv.notify()
+    _regrant(drv, req, req.status.refs[0], GrantEntry.permit(drv.domid, 0xFFFF_FFFF))
     assert_fault(dev, spec.FAULT_BUS_ERROR, 0xFFFF_FFFF << 12)
     assert dev.transactions[-1].key() == ("W", 0xFFFF_FFFF << 12, 1, b"\x00")
 
