@@ -43,20 +43,12 @@ class DmaEngine:
         if ok and self.bus_error is not None and self.bus_error(txn):
             ok = False  # SLVERR
         data: bytes | None = None
-        if not ok and txn.kind == "W":
-            # Writes are posted (docs "Bus transactions"): the error is reported at the next
-            # drain, and the writes issued before it go ahead.
-            done = Transaction(txn.kind, txn.addr, txn.nbytes, txn.data, error=True)
-            if self._werr is None:
-                self._werr = txn.addr
-            self.transactions.append(done)
-            if self.on_transaction is not None:
-                self.on_transaction(done)
-            if self._abort:
-                raise Halt()
-            return None
         if not ok:
             done = Transaction(txn.kind, txn.addr, txn.nbytes, txn.data, error=True)
+            if txn.kind == "W" and self._werr is None:
+                # Writes are posted (docs "Bus transactions"): the error is reported at the
+                # next drain, and the writes issued before it go ahead.
+                self._werr = txn.addr
         elif txn.kind == "W":
             assert txn.data is not None
             self.mem.write(txn.addr, txn.data)
@@ -69,7 +61,7 @@ class DmaEngine:
             self.on_transaction(done)
         if self._abort:
             raise Halt()
-        if not ok:
+        if not ok and txn.kind != "W":
             raise self._fault(spec.FAULT_BUS_ERROR, txn.addr)
         return data
 

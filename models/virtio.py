@@ -1,20 +1,15 @@
 """The virtio vocabulary, defined once: structure layouts, split-ring geometry, device bring-up.
 
-Everything here is read from the virtio 1.2 specification (section numbers in each docstring)
-and from Xen's ``grant_table.h``; nothing from the implementation. Every layer uses it:
+Read from the virtio 1.2 specification (section numbers in each docstring) and Xen's
+``grant_table.h``, nothing from the implementation. The reference model decodes guest memory
+with these layouts; the RTL derives its ``data.StructLayout``s from the same field lists
+(``rtl/layouts.py``); every driver (the guest model, the benches, the hostile driver, the
+vhost-user bridge) lays out rings and brings the device up with them. Nothing is checked: a
+layout packs whatever fits its width, so a hostile driver writes raw values the same way.
 
-* the reference model (``models/``) decodes what it reads from guest memory with these layouts;
-* the RTL derives its ``data.StructLayout`` from the same field lists (``rtl/layouts.py``), so a
-  field added here reaches the Python ``struct`` form and the Amaranth form together;
-* the guest driver model, the bench drivers, the hostile driver and the vhost-user bridge lay
-  out rings and run the device initialisation of section 3.1.1 through :func:`bring_up` and its
-  phases. A hostile driver writes raw values through the same layouts (no field is checked
-  here: a layout packs whatever fits its width).
-
-The bring-up is written once as a *register program*: a generator that yields
-:class:`Read` and :class:`Write` operations and receives each read's value. :func:`run_sync`
-runs it against a synchronous register port (the reference model), :func:`run_async` against
-an asynchronous one (AXI4-Lite in simulation, a board's link). So one sequence serves both.
+The bring-up (section 3.1.1) is a *register program*: a generator that yields :class:`Read` and
+:class:`Write` and receives each read's value, run by :func:`run_sync` on a synchronous port
+(the reference model) or :func:`run_async` on an asynchronous one (AXI4-Lite, a board's link).
 """
 
 from __future__ import annotations
@@ -23,53 +18,26 @@ import struct
 from collections import namedtuple
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from models import spec
 
 __all__ = [
-    "AVAIL_ELEM",
-    "AVAIL_HEADER",
-    "BLK_HEADER",
-    "DESC",
-    "GRANT_ENTRY",
-    "USED_ELEM",
-    "USED_HEADER",
-    "FeaturesRefused",
-    "InitError",
-    "Layout",
-    "Read",
-    "SplitRing",
-    "Write",
-    "acknowledge",
-    "bring_up",
-    "driver_ok",
-    "negotiate",
-    "read_device_features",
-    "reset",
-    "run_async",
-    "run_sync",
-    "set_queue_addresses",
-    "setup_queue",
+    "AVAIL_ELEM", "AVAIL_HEADER", "BLK_HEADER", "DESC", "GRANT_ENTRY", "USED_ELEM", "USED_HEADER",
+    "FeaturesRefused", "InitError", "Layout", "Read", "SplitRing", "Write", "acknowledge",
+    "bring_up", "driver_ok", "negotiate", "read_device_features", "reset", "run_async",
+    "run_sync", "set_queue_addresses", "setup_queue",
 ]
 
 _FORMAT = {8: "B", 16: "H", 32: "I", 64: "Q"}
 
 
 class Layout:
-    """A little-endian structure in guest memory: named unsigned fields, in memory order.
-
-    ``fields`` is the one definition; the ``struct`` format, the byte offsets and (in
-    ``rtl/layouts.py``) the Amaranth ``data.StructLayout`` are all derived from it. Fields are
-    8, 16, 32 or 64 bits wide; the first field is at byte 0 (least significant bits of the
-    structure read as one little-endian integer, as Amaranth lays out a ``StructLayout``).
-
-    Parameters
-    ----------
-    name : str
-        The specification's name (``virtq_desc``).
-    fields : sequence of (str, int)
-        ``(field name, width in bits)``.
+    """A little-endian structure in guest memory, ``name`` in the specification (``virtq_desc``):
+    ``fields``, ``(name, bits)`` pairs of 8, 16, 32 or 64 bits in memory order, from which the
+    ``struct`` format, the byte ``offsets`` and (``rtl/layouts.py``) the Amaranth
+    ``data.StructLayout`` are derived. The first field is at byte 0, the least significant bits
+    of the structure read as one little-endian integer, as Amaranth lays out a ``StructLayout``.
     """
 
     def __init__(self, name: str, fields: tuple[tuple[str, int], ...]) -> None:
@@ -78,13 +46,10 @@ class Layout:
                 raise ValueError(f"field {fname!r} must be 8, 16, 32 or 64 bits, not {bits!r}")
         self.name = name
         self.fields = tuple(fields)
-        self.struct = struct.Struct("<" + "".join(_FORMAT[b] for _, b in self.fields))
+        fmt = "<" + "".join(_FORMAT[b] for _, b in self.fields)
+        self.struct = struct.Struct(fmt)
         self.size = self.struct.size
-        self.offsets: dict[str, int] = {}
-        pos = 0
-        for fname, bits in self.fields:
-            self.offsets[fname] = pos
-            pos += bits // 8
+        self.offsets = {f: struct.calcsize(fmt[:i + 1]) for i, (f, _) in enumerate(self.fields)}
         self.tuple = namedtuple(name, [f for f, _ in self.fields])  # type: ignore[misc]
 
     def pack(self, *values: int, **named: int) -> bytes:
@@ -211,20 +176,9 @@ class Write:
 Program = Generator[Read | Write, int | None, Any]
 
 
-class SyncPort(Protocol):
-    def read(self, offset: int) -> int: ...
-
-    def write(self, offset: int, value: int) -> None: ...
-
-
-class AsyncPort(Protocol):
-    async def read32(self, offset: int) -> int: ...
-
-    async def write32(self, offset: int, value: int) -> None: ...
-
-
-def run_sync(program: Program, port: SyncPort) -> Any:
-    """Run a register program on a synchronous port; return what the program returns."""
+def run_sync(program: Program, port: Any) -> Any:
+    """Run a register program on a synchronous port (``read``/``write``); return what the
+    program returns."""
     try:
         op = next(program)
         while True:
@@ -237,7 +191,7 @@ def run_sync(program: Program, port: SyncPort) -> Any:
         return stop.value
 
 
-async def run_async(program: Program, port: AsyncPort) -> Any:
+async def run_async(program: Program, port: Any) -> Any:
     """Run a register program on an asynchronous port (``read32``/``write32``)."""
     try:
         op = next(program)

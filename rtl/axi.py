@@ -27,7 +27,24 @@ RESP_SLVERR = 0b10
 RESP_DECERR = 0b11
 
 
-class AXI4LiteSignature(wiring.Signature):
+class _AxiSignature(wiring.Signature):
+    """What the two signatures share: their widths, as properties, in ``==`` and ``repr``."""
+
+    def __init__(self, members: dict, **widths: int):
+        self._widths = widths
+        super().__init__(members)
+
+    addr_width = property(lambda self: self._widths["addr_width"])
+    data_width = property(lambda self: self._widths["data_width"])
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other._widths == self._widths
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self._widths.items())})"
+
+
+class AXI4LiteSignature(_AxiSignature):
     """AXI4-Lite, from the manager's point of view (use ``.flip()`` for a subordinate port).
 
     Parameters
@@ -43,8 +60,6 @@ class AXI4LiteSignature(wiring.Signature):
             raise TypeError(f"Address width must be a positive integer, not {addr_width!r}")
         if data_width not in (32, 64):
             raise ValueError(f"Data width must be 32 or 64, not {data_width!r}")
-        self._addr_width = addr_width
-        self._data_width = data_width
         super().__init__({
             "awaddr": Out(addr_width), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
             "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wvalid": Out(1),
@@ -52,25 +67,10 @@ class AXI4LiteSignature(wiring.Signature):
             "bresp": In(2), "bvalid": In(1), "bready": Out(1),
             "araddr": Out(addr_width), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
             "rdata": In(data_width), "rresp": In(2), "rvalid": In(1), "rready": Out(1),
-        })
-
-    @property
-    def addr_width(self) -> int:
-        return self._addr_width
-
-    @property
-    def data_width(self) -> int:
-        return self._data_width
-
-    def __eq__(self, other):
-        return (isinstance(other, AXI4LiteSignature) and self.addr_width == other.addr_width
-                and self.data_width == other.data_width)
-
-    def __repr__(self):
-        return f"AXI4LiteSignature(addr_width={self.addr_width}, data_width={self.data_width})"
+        }, addr_width=addr_width, data_width=data_width)
 
 
-class AXI4Signature(wiring.Signature):
+class AXI4Signature(_AxiSignature):
     """AXI4 (full), from the manager's point of view, with every signal cocotbext-axi's
     ``AxiBus`` requires (the ID signals included) plus ``lock``, ``cache`` and ``prot``.
     """
@@ -80,9 +80,6 @@ class AXI4Signature(wiring.Signature):
             raise ValueError(f"Data width must be 32, 64 or 128, not {data_width!r}")
         if not isinstance(id_width, int) or id_width < 1:
             raise TypeError(f"ID width must be a positive integer, not {id_width!r}")
-        self._addr_width = addr_width
-        self._data_width = data_width
-        self._id_width = id_width
         members = {}
         for ch in ("aw", "ar"):
             members.update({
@@ -98,24 +95,7 @@ class AXI4Signature(wiring.Signature):
             "rid": In(id_width), "rdata": In(data_width), "rresp": In(2), "rlast": In(1),
             "rvalid": In(1), "rready": Out(1),
         })
-        super().__init__(members)
+        super().__init__(members, addr_width=addr_width, data_width=data_width,
+                         id_width=id_width)
 
-    @property
-    def addr_width(self) -> int:
-        return self._addr_width
-
-    @property
-    def data_width(self) -> int:
-        return self._data_width
-
-    @property
-    def id_width(self) -> int:
-        return self._id_width
-
-    def __eq__(self, other):
-        return (isinstance(other, AXI4Signature) and self.addr_width == other.addr_width
-                and self.data_width == other.data_width and self.id_width == other.id_width)
-
-    def __repr__(self):
-        return (f"AXI4Signature(addr_width={self.addr_width}, data_width={self.data_width}, "
-                f"id_width={self.id_width})")
+    id_width = property(lambda self: self._widths["id_width"])

@@ -156,9 +156,7 @@ class UartLink:
         self.max_posted = max_posted
         self.irq_timeout = irq_timeout
         self.irq = False
-        self.requests = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self.requests = self.bytes_sent = self.bytes_received = 0
         self._posted: deque[str] = deque()  # descriptions of requests awaiting responses
         self._posted_bytes = 0  # response bytes they will produce
         self.info = self._read_info()

@@ -383,6 +383,13 @@ class VhostUserDevice(Protocol):
 
 # --- the back-end ---------------------------------------------------------------------------------
 
+def _set_fd(v: Vring, name: str, fd: int | None) -> None:
+    """Store ``fd`` as the ring's ``name`` file descriptor, closing the one it replaces."""
+    if getattr(v, name) is not None:
+        os.close(getattr(v, name))
+    setattr(v, name, fd)
+
+
 class VhostUserBackend:
     """The back-end end of one vhost-user connection.
 
@@ -511,13 +518,17 @@ class VhostUserBackend:
         self._reply_u64(msg, self.features)
         return True
 
+    @staticmethod
+    def _offered(msg: Message, what: str, offered: int) -> int:
+        """The u64 ``msg`` carries, which must have no bit outside ``offered``."""
+        value = msg.u64()
+        if value & ~offered:
+            raise VhostUserError(f"{what} {value:#x} has bits {value & ~offered:#x} that were "
+                                 f"not offered ({offered:#x})")
+        return value
+
     async def _on_set_features(self, msg: Message) -> bool:
-        features = msg.u64()
-        extra = features & ~self.features
-        if extra:
-            raise VhostUserError(f"SET_FEATURES {features:#x} has bits {extra:#x} that were "
-                                 f"not offered ({self.features:#x})")
-        self.acked_features = features
+        features = self.acked_features = self._offered(msg, "SET_FEATURES", self.features)
         await self.device.set_features(
             features & ~(1 << VHOST_USER_F_PROTOCOL_FEATURES | 1 << VHOST_F_LOG_ALL))
         return False
@@ -527,12 +538,8 @@ class VhostUserBackend:
         return True
 
     async def _on_set_protocol_features(self, msg: Message) -> bool:
-        value = msg.u64()
-        extra = value & ~self.protocol_features
-        if extra:
-            raise VhostUserError(f"SET_PROTOCOL_FEATURES {value:#x} has bits {extra:#x} that "
-                                 f"were not offered ({self.protocol_features:#x})")
-        self.acked_protocol_features = value
+        self.acked_protocol_features = self._offered(msg, "SET_PROTOCOL_FEATURES",
+                                                     self.protocol_features)
         return False
 
     async def _on_set_owner(self, msg: Message) -> bool:
@@ -593,27 +600,21 @@ class VhostUserBackend:
         if fd is None:
             raise VhostUserError("SET_VRING_KICK without an fd (a polling back-end) is not "
                                  "supported: the bridge turns kicks into QueueNotify writes")
-        if v.kick_fd is not None:
-            os.close(v.kick_fd)
         os.set_blocking(fd, False)
-        v.kick_fd = fd
+        _set_fd(v, "kick_fd", fd)
         await self._maybe_start(v)
         return False
 
     async def _on_set_vring_call(self, msg: Message) -> bool:
         v, fd = self._vring_fd(msg)
-        if v.call_fd is not None:
-            os.close(v.call_fd)
-        v.call_fd = fd
+        _set_fd(v, "call_fd", fd)
         if fd is not None and v.call_pending:
             self.call(v)
         return False
 
     async def _on_set_vring_err(self, msg: Message) -> bool:
         v, fd = self._vring_fd(msg)
-        if v.err_fd is not None:
-            os.close(v.err_fd)
-        v.err_fd = fd
+        _set_fd(v, "err_fd", fd)
         return False
 
     async def _on_set_vring_enable(self, msg: Message) -> bool:

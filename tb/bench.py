@@ -49,6 +49,25 @@ def pause_generator(rng: random.Random, probability: float):
         yield rng.random() < probability
 
 
+def hold_reset(dut) -> None:
+    """Hold reset and drive every handshake input low until the bus models take over, so no
+    X/Z reaches the DUT's state machines."""
+    dut.rst.value = 1
+    for port in ("s_axil__", "s_hv__"):
+        for name in ("awvalid", "wvalid", "bready", "arvalid", "rready"):
+            getattr(dut, port + name).value = 0
+    for name in ("awready", "wready", "bvalid", "arready", "rvalid"):
+        getattr(dut, "m_axi__" + name).value = 0
+
+
+async def reset(dut, cycles: int = 4) -> None:
+    """Synchronous reset (``rst`` high for ``cycles`` clock cycles)."""
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, cycles)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+
+
 class DeviceBench:
     """Everything around one DUT instance.
 
@@ -66,14 +85,7 @@ class DeviceBench:
         self.data_width = data_width
         self.mem = GuestMemory(mem_bytes)
         self.errors = BusErrorPages()
-        # Hold reset and drive every handshake input low until the bus models take over, so
-        # no X/Z reaches the DUT's state machines.
-        dut.rst.value = 1
-        for port in ("s_axil__", "s_hv__"):
-            for name in ("awvalid", "wvalid", "bready", "arvalid", "rready"):
-                getattr(dut, port + name).value = 0
-        for name in ("awready", "wready", "bvalid", "arready", "rvalid"):
-            getattr(dut, "m_axi__" + name).value = 0
+        hold_reset(dut)
         cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
         self.guest_master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk,
                                           dut.rst)
@@ -111,11 +123,7 @@ class DeviceBench:
                                                        probability))
 
     async def reset(self, cycles: int = 4) -> None:
-        """Synchronous reset (``rst`` high for ``cycles`` clock cycles)."""
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, cycles)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await reset(self.dut, cycles)
 
     @property
     def cycle(self) -> int:

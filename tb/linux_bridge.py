@@ -144,18 +144,13 @@ class LinuxBench:
         from cocotb.clock import Clock
         from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
 
-        from .bench import CLOCK_NS, AxiLitePort
+        from .bench import CLOCK_NS, AxiLitePort, hold_reset
         from .detmem import DeterministicMemory
         from .memory import BusErrorPages, MemoryTarget
 
         self.dut = dut
         self.clock_ns = CLOCK_NS
-        dut.rst.value = 1
-        for port in ("s_axil__", "s_hv__"):
-            for name in ("awvalid", "wvalid", "bready", "arvalid", "rready"):
-                getattr(dut, port + name).value = 0
-        for name in ("awready", "wready", "bvalid", "arready", "rvalid"):
-            getattr(dut, "m_axi__" + name).value = 0
+        hold_reset(dut)
         # The clock in C (cocotb's GPI clock; the Python one costs a coroutine per edge),
         # starting low so that the first rising edge comes after time 0 and no bus model
         # samples the design's outputs before its initial blocks have run.
@@ -180,12 +175,9 @@ class LinuxBench:
             logging.getLogger(f"cocotb.{dut._name}.{prefix}").setLevel(logging.WARNING)
 
     async def reset(self, cycles: int = 4) -> None:
-        from cocotb.triggers import ClockCycles, RisingEdge
+        from .bench import reset
 
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, cycles)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await reset(self.dut, cycles)
 
     @property
     def irq(self) -> bool:

@@ -104,18 +104,13 @@ class AxiMonitor:
             if irq and not self._irq:
                 self.irq_rise_cycles.append(self.cycle)
             self._irq = irq
-            if self.val("arvalid") and self.val("arready"):
-                rec = BusRecord("R", self.val("araddr"),
-                                self.val("arlen") + 1, self.cycle)
-                self.records.append(rec)
-                self._open_reads.append(rec)
-                self._address(rec)
-            if self.val("awvalid") and self.val("awready"):
-                rec = BusRecord("W", self.val("awaddr"),
-                                self.val("awlen") + 1, self.cycle)
-                self.records.append(rec)
-                self._open_writes.append(rec)
-                self._address(rec)
+            for kind, ch, opened in (("R", "ar", self._open_reads), ("W", "aw", self._open_writes)):
+                if self.val(ch + "valid") and self.val(ch + "ready"):
+                    rec = BusRecord(kind, self.val(ch + "addr"), self.val(ch + "len") + 1,
+                                    self.cycle)
+                    self.records.append(rec)
+                    opened.append(rec)
+                    self._address(rec)
             if self.val("wvalid") and self.val("wready"):
                 pending_w.append((self.val("wdata"), self.val("wstrb"),
                                   self.val("wlast")))

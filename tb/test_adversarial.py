@@ -206,36 +206,57 @@ class RtlStream:
         return ref_out
 
 
+async def _begin(dut, test: str, bench: type, handle_mode: bool | None = None):
+    """A campaign's start: its params, its figures, a started ``bench`` on a seeded world, and
+    the seeded chooser."""
+    p = params()
+    seed = p.get("seed", 1)
+    fig = Figures(test, seed, wall=time.monotonic())  # the start, until _end
+    mode = p if handle_mode is None else {"handle_mode": handle_mode}
+    world = _world(mode, DeviceConfig.from_env(), seed)
+    pause = p.get("pause", 0.0)
+    b = bench(dut, world, pause=pause, timing_seed=seed if pause else None)
+    await b.start()
+    return p, fig, b, RandomChooser(random.Random(seed))
+
+
+async def _attempt(b: RtlStream, fig: Figures, step) -> bool:
+    """Await one case; on a :class:`CaseFailure` log and count it and say False: the two sides
+    no longer start from the same state, so the campaign stops."""
+    try:
+        await step
+        return True
+    except CaseFailure as exc:
+        b.log.error("seed %d %s", fig.seed, exc)
+        fig.fail(exc)
+        return False
+
+
+def _end(fig: Figures, p: dict) -> None:
+    fig.wall = time.monotonic() - fig.wall
+    fig.write(p.get("report"))
+
+
 @cocotb.test()
 async def test_stream(dut):
     """A seeded adversarial stream; params: seed, cases, handle_mode, pause, keep_going."""
-    p = params()
-    cfg = DeviceConfig.from_env()
-    seed = p.get("seed", 1)
-    fig = Figures("stream", seed)
-    t0 = time.monotonic()
-    world = _world(p, cfg, seed)
-    pause = p.get("pause", 0.0)
-    rs = RtlStream(dut, world, pause=pause, timing_seed=seed if pause else None)
-    await rs.start()
-    ch = RandomChooser(random.Random(seed))
+    p, fig, rs, ch = await _begin(dut, "stream", RtlStream)
+
+    async def one(case: Case) -> None:
+        out = await rs.run_case(case, fig)
+        fig.faults += out.fault is not None
+        fig.requests += len(out.completions) + (out.fault is not None)
+
     for i in range(p.get("cases", 100)):
-        case = generate(ch, world, i)
+        case = generate(ch, rs.w, i)
         fig.cases += 1
         fig.by_category[case.category] = fig.by_category.get(case.category, 0) + 1
         fig.hostile += case.category != "good"
-        try:
-            out = await rs.run_case(case, fig)
-        except CaseFailure as exc:
-            rs.log.error("seed %d %s", seed, exc)
-            fig.fail(exc)
-            break  # the two sides no longer start from the same state
-        fig.faults += out.fault is not None
-        fig.requests += len(out.completions) + (out.fault is not None)
-    fig.wall = time.monotonic() - t0
-    fig.write(p.get("report"))
+        if not await _attempt(rs, fig, one(case)):
+            break
+    _end(fig, p)
     rs.log.info("stream seed %d: %d cases (%d hostile), %d faults, %d transactions, %d cycles, "
-                "max %.2f of the bound", seed, fig.cases, fig.hostile, fig.faults,
+                "max %.2f of the bound", fig.seed, fig.cases, fig.hostile, fig.faults,
                 fig.transactions, fig.cycles, fig.max_bound_ratio)
     assert not fig.failures, fig.failures[0]
 
@@ -505,31 +526,17 @@ async def _revoke_case(rb: RaceBench, case: Case, tw: TableWrite, delay: int,
 @cocotb.test()
 async def test_revoke_race(dut):
     """Grant revocation racing in-flight DMA; params: seed, cases, pause."""
-    p = params()
-    cfg = DeviceConfig.from_env()
-    seed = p.get("seed", 1)
-    fig = Figures("revoke", seed)
-    t0 = time.monotonic()
-    world = _world({"handle_mode": True}, cfg, seed)
-    pause = p.get("pause", 0.0)
-    rb = RaceBench(dut, world, pause=pause, timing_seed=seed if pause else None)
-    await rb.start()
-    ch = RandomChooser(random.Random(seed))
+    p, fig, rb, ch = await _begin(dut, "revoke", RaceBench, handle_mode=True)
     for i in range(p.get("cases", 20)):
-        case = gen_big_request(ch, world, i)
-        tw = gen_table_write(ch, world, case)
+        case = gen_big_request(ch, rb.w, i)
+        tw = gen_table_write(ch, rb.w, case)
         delay = ch.int(0, rb.estimate(case) * 3 // 4)
         fig.cases += 1
         fig.hostile += 1
         fig.by_category[tw.what] = fig.by_category.get(tw.what, 0) + 1
-        try:
-            await _revoke_case(rb, case, tw, delay, fig)
-        except CaseFailure as exc:
-            rb.log.error("seed %d %s", seed, exc)
-            fig.fail(exc)
+        if not await _attempt(rb, fig, _revoke_case(rb, case, tw, delay, fig)):
             break
-    fig.wall = time.monotonic() - t0
-    fig.write(p.get("report"))
+    _end(fig, p)
     assert not fig.failures, fig.failures[0]
 
 
@@ -595,30 +602,16 @@ async def test_reset_race(dut):
     cases, pause, how ("status", "rst" or "mixed"), window (cycles after the reset write in
     which a transaction may still start: 0 is the contract; see docs/isolation.md, "Known
     deviations")."""
-    p = params()
-    cfg = DeviceConfig.from_env()
-    seed = p.get("seed", 1)
-    fig = Figures("reset", seed)
-    t0 = time.monotonic()
-    world = _world(p, cfg, seed)
-    pause = p.get("pause", 0.0)
-    rb = RaceBench(dut, world, pause=pause, timing_seed=seed if pause else None)
-    await rb.start()
-    ch = RandomChooser(random.Random(seed))
+    p, fig, rb, ch = await _begin(dut, "reset", RaceBench)
     mode = p.get("how", "mixed")
     for i in range(p.get("cases", 20)):
         how = ch.choice(("status", "status", "rst")) if mode == "mixed" else mode
-        case = gen_big_request(ch, world, i, disk_writes=how == "status")
+        case = gen_big_request(ch, rb.w, i, disk_writes=how == "status")
         delay = ch.int(0, rb.estimate(case))
         fig.cases += 1
         fig.hostile += 1
         fig.by_category[how] = fig.by_category.get(how, 0) + 1
-        try:
-            await _reset_case(rb, case, how, delay, fig, p.get("window", 0))
-        except CaseFailure as exc:
-            rb.log.error("seed %d %s", seed, exc)
-            fig.fail(exc)
+        if not await _attempt(rb, fig, _reset_case(rb, case, how, delay, fig, p.get("window", 0))):
             break
-    fig.wall = time.monotonic() - t0
-    fig.write(p.get("report"))
+    _end(fig, p)
     assert not fig.failures, fig.failures[0]

@@ -52,14 +52,12 @@ class LiteRegs(wiring.Component):
                                 m.d.sync += regs[i].eq(bus.wdata)
                     m.d.sync += bus.bresp.eq(RESP_OKAY)
                     m.next = "B"
-            with m.State("R"):
-                m.d.comb += bus.rvalid.eq(1)
-                with m.If(bus.rready):
-                    m.next = "IDLE"
-            with m.State("B"):
-                m.d.comb += bus.bvalid.eq(1)
-                with m.If(bus.bready):
-                    m.next = "IDLE"
+            for state, valid, ready in (("R", bus.rvalid, bus.rready),
+                                        ("B", bus.bvalid, bus.bready)):
+                with m.State(state):
+                    m.d.comb += valid.eq(1)
+                    with m.If(ready):
+                        m.next = "IDLE"
         return m
 
 

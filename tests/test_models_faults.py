@@ -42,6 +42,13 @@ def data_write_frames(dev) -> set[int]:
 
 
 # --- causes 1-5: translation ----------------------------------------------------------------
+def _regrant(drv, req, ref: int, entry: GrantEntry) -> None:
+    """Overwrite grant ``ref`` with ``entry``, then publish ``req`` and notify."""
+    drv.set_grant(ref, entry)
+    drv.publish(req.head)
+    drv.notify()
+
+
 def test_cause_1_queue_address_not_a_handle():
     dev, drv = make(handle_mode=True, entries=ENTRIES)
     gpa = drv.avail.phys(0)
@@ -98,9 +105,7 @@ def test_cause_3_entry_not_permit_access(flags):
     req = drv.request(spec.VIRTIO_BLK_T_OUT, data=bytes(512), publish=False)
     ref = req.data.refs[0]
     frame = req.data.frames[0]
-    drv.set_grant(ref, GrantEntry(flags=flags, domid=drv.domid, frame=frame))
-    drv.publish(req.head)
-    drv.notify()
+    _regrant(drv, req, ref, GrantEntry(flags=flags, domid=drv.domid, frame=frame))
     assert_fault(dev, spec.FAULT_NOT_PERMITTED, req.data.dma)
     assert untouched(dev, frame)
 
@@ -118,9 +123,7 @@ def test_cause_4_wrong_domain_on_the_header():
     dev, drv = make(handle_mode=True, entries=ENTRIES)
     req = drv.request(spec.VIRTIO_BLK_T_FLUSH, publish=False)
     frame = req.header.frames[0]
-    drv.set_grant(req.header.refs[0], GrantEntry.permit(drv.domid + 1, frame))
-    drv.publish(req.head)
-    drv.notify()
+    _regrant(drv, req, req.header.refs[0], GrantEntry.permit(drv.domid + 1, frame))
     assert_fault(dev, spec.FAULT_WRONG_DOMAIN, req.header.dma)
     assert untouched(dev, frame)
 
@@ -129,9 +132,7 @@ def test_cause_5_device_write_to_read_only_data_buffer():
     dev, drv = make(handle_mode=True, entries=ENTRIES)
     req = drv.request(spec.VIRTIO_BLK_T_IN, read_len=1024, data_offset=0x100, publish=False)
     frame = req.data.frames[0]
-    drv.set_grant(req.data.refs[0], GrantEntry.permit(drv.domid, frame, readonly=True))
-    drv.publish(req.head)
-    drv.notify()
+    _regrant(drv, req, req.data.refs[0], GrantEntry.permit(drv.domid, frame, readonly=True))
     assert_fault(dev, spec.FAULT_READONLY, req.data.dma)
     assert untouched(dev, frame)
     assert drv.status_of(req) == 0xFF
@@ -141,9 +142,7 @@ def test_cause_5_on_the_second_page():
     dev, drv = make(handle_mode=True, entries=ENTRIES)
     req = drv.request(spec.VIRTIO_BLK_T_IN, read_len=1024, data_offset=0xE00, publish=False)
     f0, f1 = req.data.frames
-    drv.set_grant(req.data.refs[1], GrantEntry.permit(drv.domid, f1, readonly=True))
-    drv.publish(req.head)
-    drv.notify()
+    _regrant(drv, req, req.data.refs[1], GrantEntry.permit(drv.domid, f1, readonly=True))
     assert_fault(dev, spec.FAULT_READONLY, spec.make_handle(req.data.refs[1], 0))
     assert f0 in data_write_frames(dev) and untouched(dev, f1)
     assert drv.read_buf(req.data, 0, 0x200) == bytes(dev.disk[:0x200])
@@ -190,9 +189,7 @@ def test_cause_6_transaction_straddling_the_end_of_memory():
 def test_cause_6_decerr_for_a_granted_frame_outside_memory():
     dev, drv = make(handle_mode=True, entries=ENTRIES)
     req = drv.request(spec.VIRTIO_BLK_T_FLUSH, publish=False)
-    drv.set_grant(req.status.refs[0], GrantEntry.permit(drv.domid, 0xFFFF_FFFF))
-    drv.publish(req.head)
-    drv.notify()
+    _regrant(drv, req, req.status.refs[0], GrantEntry.permit(drv.domid, 0xFFFF_FFFF))
     assert_fault(dev, spec.FAULT_BUS_ERROR, 0xFFFF_FFFF << 12)
     assert dev.transactions[-1].key() == ("W", 0xFFFF_FFFF << 12, 1, b"\x00")
 
@@ -255,16 +252,6 @@ def test_cause_7_head_outside_the_queue():
     assert [t.nbytes for t in dev.transactions] == [4, 2]  # no descriptor read
 
 
-def test_cause_7_next_outside_the_queue():
-    def setup(d, h, s):
-        d.write_desc(0, h, 16, NEXT, 0xFFFF)
-        return 0
-
-    dev, _ = _chain_fault(setup)
-    assert_fault(dev, spec.FAULT_BAD_CHAIN, 0xFFFF)
-    assert [t.nbytes for t in dev.transactions] == [4, 2, 16]
-
-
 def test_cause_7_loop_detected_at_descriptor_n_plus_1():
     def setup(d, h, s):
         for i in range(4):
@@ -287,82 +274,52 @@ def test_cause_7_self_loop():
     assert sum(t.nbytes == 16 for t in dev.transactions) == 4
 
 
-def test_cause_7_indirect():
-    def setup(d, h, s):
-        d.write_desc(0, h, 16, NEXT, 3)
-        d.write_desc(3, s, 16, spec.VIRTQ_DESC_F_INDIRECT)
-        return 0
-
-    dev, _ = _chain_fault(setup)
-    assert_fault(dev, spec.FAULT_BAD_CHAIN, 3)
-
-
-def test_cause_7_readable_after_writable():
-    def setup(d, h, s):
-        d.write_desc(0, s, 1, WRITE | NEXT, 1)
-        d.write_desc(1, h, 16, 0)
-        return 0
-
-    dev, _ = _chain_fault(setup)
-    assert_fault(dev, spec.FAULT_BAD_CHAIN, 1)
-
-
-def test_cause_7_readable_after_empty_writable():
-    def setup(d, h, s):
-        d.write_desc(0, h, 16, NEXT, 1)
-        d.write_desc(1, s, 0, WRITE | NEXT, 2)
-        d.write_desc(2, h, 0, NEXT, 3)
-        d.write_desc(3, s, 1, WRITE)
-        return 0
-
-    dev, _ = _chain_fault(setup)
-    assert_fault(dev, spec.FAULT_BAD_CHAIN, 2)
-
-
-def test_cause_7_buffer_wraps_the_address_space():
-    def setup(d, h, s):
-        d.write_desc(0, h, 16, NEXT, 1)
-        d.write_desc(1, 2**64 - 8, 9, WRITE)
-        return 0
-
-    dev, _ = _chain_fault(setup)
-    assert_fault(dev, spec.FAULT_BAD_CHAIN, 1)
-
-
-def test_buffer_ending_exactly_at_2_64_is_well_formed():
-    def setup(d, h, s):
-        d.write_desc(0, h, 16, NEXT, 1)
-        d.write_desc(1, 2**64 - 8, 8, WRITE)
-        return 0
-
-    dev, _ = _chain_fault(setup)
+# A chain: (index, buffer, length, flags[, next]) a descriptor, the first one the head; the buffer
+# "h" (the flush header), "h+8", "s" (the status byte) or an address.
+INDIRECT = spec.VIRTQ_DESC_F_INDIRECT
+CHAINS = {
+    "cause_7_next_outside_the_queue":
+        ([(0, "h", 16, NEXT, 0xFFFF)], spec.FAULT_BAD_CHAIN, 0xFFFF, [4, 2, 16]),
+    "cause_7_indirect":
+        ([(0, "h", 16, NEXT, 3), (3, "s", 16, INDIRECT)], spec.FAULT_BAD_CHAIN, 3, None),
+    "cause_7_readable_after_writable":
+        ([(0, "s", 1, WRITE | NEXT, 1), (1, "h", 16, 0)], spec.FAULT_BAD_CHAIN, 1, None),
+    "cause_7_readable_after_empty_writable":
+        ([(0, "h", 16, NEXT, 1), (1, "s", 0, WRITE | NEXT, 2), (2, "h", 0, NEXT, 3),
+          (3, "s", 1, WRITE)], spec.FAULT_BAD_CHAIN, 2, None),
+    "cause_7_buffer_wraps_the_address_space":
+        ([(0, "h", 16, NEXT, 1), (1, 2**64 - 8, 9, WRITE)], spec.FAULT_BAD_CHAIN, 1, None),
     # well-formed: the status write to 2**64 - 1 is outside memory -> bus error
-    assert_fault(dev, spec.FAULT_BUS_ERROR, 2**64 - 1)
+    "buffer_ending_exactly_at_2_64_is_well_formed":
+        ([(0, "h", 16, NEXT, 1), (1, 2**64 - 8, 8, WRITE)], spec.FAULT_BUS_ERROR, 2**64 - 1,
+         None),
+    # total 2**32 - 1 after the second descriptor: still fine; 2**32 after the third
+    "cause_7_total_length_exceeds_u32":
+        ([(0, "h", 16, NEXT, 1), (1, 0x1000, 0xFFFF_FFEF, NEXT, 2), (2, "s", 1, WRITE)],
+         spec.FAULT_BAD_CHAIN, 2, None),
+    # pass 1 validates the whole chain before the header is read
+    "cause_7_is_found_before_any_data_access":
+        ([(0, "h", 16, NEXT, 1), (1, "s", 1, WRITE | NEXT, 2), (2, "s", 1, INDIRECT | WRITE)],
+         spec.FAULT_BAD_CHAIN, 2, [4, 2, 16, 16, 16]),
+    "cause_9_short_header":
+        ([(0, "h", 8, NEXT, 1), (1, "h+8", 7, NEXT, 2), (2, "s", 1, WRITE)],
+         spec.FAULT_BAD_REQUEST, 0, [4, 2, 16, 16, 16]),
+    "cause_9_no_writable_byte":
+        ([(3, "h", 16, NEXT, 2), (2, "s", 0, WRITE)], spec.FAULT_BAD_REQUEST, 3, None),
+}
 
 
-def test_cause_7_total_length_exceeds_u32():
+@pytest.mark.parametrize(("chain", "cause", "addr", "nbytes"), CHAINS.values(), ids=CHAINS)
+def test_malformed_chain(chain, cause, addr, nbytes):
     def setup(d, h, s):
-        d.write_desc(0, h, 16, NEXT, 1)
-        d.write_desc(1, 0x1000, 0xFFFF_FFEF, NEXT, 2)  # total 2**32 - 1: still fine
-        d.write_desc(2, s, 1, WRITE)  # total 2**32
-        return 0
+        for i, buf, length, flags, *nxt in chain:
+            d.write_desc(i, {"h": h, "h+8": h + 8, "s": s}.get(buf, buf), length, flags, *nxt)
+        return chain[0][0]
 
     dev, _ = _chain_fault(setup)
-    assert_fault(dev, spec.FAULT_BAD_CHAIN, 2)
-
-
-def test_cause_7_is_found_before_any_data_access():
-    """Pass 1 validates the whole chain before the header is read."""
-
-    def setup(d, h, s):
-        d.write_desc(0, h, 16, NEXT, 1)
-        d.write_desc(1, s, 1, WRITE | NEXT, 2)
-        d.write_desc(2, s, 1, spec.VIRTQ_DESC_F_INDIRECT | WRITE)
-        return 0
-
-    dev, _ = _chain_fault(setup)
-    assert_fault(dev, spec.FAULT_BAD_CHAIN, 2)
-    assert [t.nbytes for t in dev.transactions] == [4, 2, 16, 16, 16]
+    assert_fault(dev, cause, addr)
+    if nbytes is not None:
+        assert [t.nbytes for t in dev.transactions] == nbytes
 
 
 # --- cause 8: malformed ring ------------------------------------------------------------------
@@ -409,29 +366,6 @@ def test_cause_8_pending_after_a_round():
     drv.set_ring(1, r.head)
     drv.notify()
     assert_fault(dev, spec.FAULT_BAD_RING, 0xFFFF)
-
-
-# --- cause 9: malformed virtio-blk request ----------------------------------------------------
-def test_cause_9_short_header():
-    def setup(d, h, s):
-        d.write_desc(0, h, 8, NEXT, 1)
-        d.write_desc(1, h + 8, 7, NEXT, 2)
-        d.write_desc(2, s, 1, WRITE)
-        return 0
-
-    dev, _ = _chain_fault(setup)
-    assert_fault(dev, spec.FAULT_BAD_REQUEST, 0)
-    assert [t.nbytes for t in dev.transactions] == [4, 2, 16, 16, 16]
-
-
-def test_cause_9_no_writable_byte():
-    def setup(d, h, s):
-        d.write_desc(3, h, 16, NEXT, 2)
-        d.write_desc(2, s, 0, WRITE)
-        return 3
-
-    dev, _ = _chain_fault(setup)
-    assert_fault(dev, spec.FAULT_BAD_REQUEST, 3)
 
 
 # --- fault bookkeeping --------------------------------------------------------------------

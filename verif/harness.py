@@ -86,10 +86,7 @@ class HandDriver:
         self.domid = domid
         self.next_frame = first_frame
         self.next_ref = first_ref
-        self.n = 0
-        self.avail_idx = 0
-        self.used_seen = 0
-        self.next_desc = 0
+        self.n = self.avail_idx = self.used_seen = self.next_desc = 0
         dev.hv.write(spec.HV_CTRL, spec.HV_CTRL_HANDLE_MODE if handle_mode else 0)
         dev.hv.write(spec.HV_DOMID, domid)
 

@@ -56,7 +56,7 @@ class AxiRam(wiring.Component):
     """
 
     def __init__(self, *, mem_bytes: int = 65536, data_width: int = 64, id_width: int = 4):
-        self._mem_bytes = check_mem_bytes(mem_bytes)
+        check_mem_bytes(mem_bytes)
         self._data_width = check_data_width(data_width)
         self._depth = mem_bytes // (data_width // 8)
         super().__init__({
@@ -67,14 +67,6 @@ class AxiRam(wiring.Component):
             "host_wen": In(data_width // 8),
             "host_ready": Out(1),
         })
-
-    @property
-    def mem_bytes(self) -> int:
-        return self._mem_bytes
-
-    @property
-    def data_width(self) -> int:
-        return self._data_width
 
     def elaborate(self, platform):
         m = Module()

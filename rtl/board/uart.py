@@ -23,13 +23,14 @@ def check_clks_per_bit(clks_per_bit) -> int:
     return clks_per_bit
 
 
-class UartRx(wiring.Component):
-    """UART receiver.
+class _Uart(wiring.Component):
+    def __init__(self, clks_per_bit: int, members: dict):
+        self._clks_per_bit = check_clks_per_bit(clks_per_bit)
+        super().__init__(members)
 
-    Parameters
-    ----------
-    clks_per_bit : int
-        Bit time in clock cycles, at least 4.
+
+class UartRx(_Uart):
+    """UART receiver of ``clks_per_bit`` (at least 4) cycles a bit.
 
     Members
     -------
@@ -43,8 +44,7 @@ class UartRx(wiring.Component):
     """
 
     def __init__(self, clks_per_bit: int):
-        self._clks_per_bit = check_clks_per_bit(clks_per_bit)
-        super().__init__({
+        super().__init__(clks_per_bit, {
             "rx": In(1, init=1),
             "data": Out(stream.Signature(8, always_ready=True)),
             "frame_error": Out(1),
@@ -92,13 +92,8 @@ class UartRx(wiring.Component):
         return m
 
 
-class UartTx(wiring.Component):
-    """UART transmitter.
-
-    Parameters
-    ----------
-    clks_per_bit : int
-        Bit time in clock cycles, at least 4.
+class UartTx(_Uart):
+    """UART transmitter of ``clks_per_bit`` (at least 4) cycles a bit.
 
     Members
     -------
@@ -110,8 +105,7 @@ class UartTx(wiring.Component):
     """
 
     def __init__(self, clks_per_bit: int):
-        self._clks_per_bit = check_clks_per_bit(clks_per_bit)
-        super().__init__({
+        super().__init__(clks_per_bit, {
             "data": In(stream.Signature(8)),
             "tx": Out(1, init=1),
         })
