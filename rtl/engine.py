@@ -723,42 +723,30 @@ def completion_writer(m, e):
     used-buffer interrupt (unless ``no_irq``) and go on with the next entry (HEAD) or the poll
     (QCHECK). The payload of these writes is selected after the FSM. Latency: 1 cycle per
     write or drain besides the DMA engine's."""
-    with e.state("STATUS"):
-        e.issue("STATUS_WAIT")
-    def before_status_wait():
-        e.command(**DRAIN)
-    e.wait("STATUS_WAIT", e.goto("DRAIN_DATA"), before=before_status_wait)
-    with e.state("DRAIN_DATA"):  # no used element for data that did not arrive
-        m.d.comb += e.ring_used.eq(1)
-        e.operand(XS_USED, Y_REG)  # DRAIN_DATA_WAIT's: the used element
-        e.issue("DRAIN_DATA_WAIT")
+    def issue_then(name, then, command, ring=None):
+        """``name`` issues the command set up before it; ``name``_WAIT waits for its end and
+        sets up ``command``, a write at QueueDevice + y_reg in the phase ``ring`` if given."""
+        with e.state(name):
+            if ring is not None:
+                m.d.comb += ring.eq(1)
+                e.operand(XS_USED, Y_REG)  # the wait's: the used element or the used index
+            e.issue(name + "_WAIT")
 
-    def before_drain_data():
-        m.d.comb += e.ring_used.eq(1)
-        e.load()
-        e.operand(XS_USED, Y_REG)
-        e.command(**USED_WRITE)
-    e.wait("DRAIN_DATA_WAIT", e.goto("USED"), before=before_drain_data)
+        def before():
+            if ring is not None:
+                m.d.comb += ring.eq(1)
+                e.load()
+                e.operand(XS_USED, Y_REG)
+            e.command(**command)
+        e.wait(name + "_WAIT", e.goto(then), before=before)
 
-    with e.state("USED"):
-        m.d.comb += e.ring_uidx.eq(1)
-        e.operand(XS_USED, Y_REG)  # USED_WAIT's: the used index
-        e.issue("USED_WAIT")
-
-    def before_used_wait():
-        m.d.comb += e.ring_uidx.eq(1)
-        e.load()
-        e.operand(XS_USED, Y_REG)
-        e.command(**UIDX_WRITE)
-    e.wait("USED_WAIT", e.goto("USED_IDX"), before=before_used_wait)
-
+    issue_then("STATUS", "DRAIN_DATA", DRAIN)
+    # no used element for data that did not arrive
+    issue_then("DRAIN_DATA", "USED", USED_WRITE, e.ring_used)
+    issue_then("USED", "USED_IDX", UIDX_WRITE, e.ring_uidx)
     e.next_used = Signal(16)
     m.d.comb += e.next_used.eq(e.used_idx + 1)
-    with e.state("USED_IDX"):
-        e.issue("USED_IDX_WAIT")
-    def before_uidx_wait():
-        e.command(**DRAIN)
-    e.wait("USED_IDX_WAIT", e.goto("DRAIN_USED"), before=before_uidx_wait)
+    issue_then("USED_IDX", "DRAIN_USED", DRAIN)
 
     # registered: last_avail and avail_idx are settled long before DRAIN_USED_WAIT
     round_done = work_reg()
