@@ -300,6 +300,8 @@ def poll(m, e):
     ``no_irq``, ``idx``) and act on it: nothing pending, IDLE; more than the queue holds, a
     fault; else the head's read, issued. Latency: QCHECK issues the poll in the cycle after
     IDLE; POLL_CHECK and POLL_ACT take 2 cycles after the poll's end."""
+    cap_idx = e.cap_head  # avail.idx after a poll
+    cap_flags = e.desc_f.flags.as_value()  # avail.flags after a poll
     with e.state("IDLE"):  # va: the poll's address (avail.flags and avail.idx)
         m.d.comb += e.q.idle.eq(~e.abort)
         e.operand(XS_AVAIL, Y_NONE)
@@ -342,11 +344,11 @@ def poll(m, e):
     # Values only some states use are computed outside the FSM: a comb assignment inside
     # a state would AND every bit with the state.
     pending = Signal(16)
-    m.d.comb += pending.eq(e.cap_idx - e.last_avail)
+    m.d.comb += pending.eq(cap_idx - e.last_avail)
     with e.state("POLL_CHECK"):
         e.load()
         e.command(**HEAD_READ)
-        m.d.sync += [e.avail_idx.eq(e.cap_idx), e.no_irq.eq(e.cap_flags[0]), e.idx.eq(e.cap_idx),
+        m.d.sync += [e.avail_idx.eq(cap_idx), e.no_irq.eq(cap_flags[0]), e.idx.eq(cap_idx),
                      poll_bad.eq((pending[e.qbits:] != 0) | (pending[:e.qbits] > e.qnum)),
                      poll_none.eq(pending == 0)]
         e.go("POLL_ACT")
@@ -370,6 +372,11 @@ def chain_walker(m, e):
     ``take``, ``hdr_last``, ``piece_ends``; to HDR_WAIT). A fault reports ``idx`` through XIDX
     and XFAULT (:meth:`_Shared.fault`), which are here too. Latency: 2 cycles from the head's
     end to the first descriptor's read, 2 cycles per descriptor after its read."""
+    walked = work_reg(e.qbits + 1)  # descriptors of the chain read so far
+    count = work_reg(e.qbits)  # ... of which non-empty (cached)
+    seen_write = work_reg()
+    have_w = work_reg()  # a non-empty device-writable descriptor was seen (Wr >= 1)
+    r_lt16 = work_reg()  # R < 16
     with e.state("HEAD"):
         e.issue("HEAD_WAIT")
     e.wait("HEAD_WAIT", e.goto("DESC_FIRST"),
@@ -385,8 +392,8 @@ def chain_walker(m, e):
             e.head.eq(e.cap_head), e.idx.eq(e.cap_head),
             head_bad.eq(e.at_least(e.cap_head, e.qnum)),
             e.last_avail.eq(e.last_avail + 1),
-            e.walked.eq(0), e.count.eq(0), e.seen_write.eq(0),
-            e.acc.eq(0), e.r_lt16.eq(1), e.cont_next.eq(0), e.have_w.eq(0),
+            walked.eq(0), count.eq(0), seen_write.eq(0),
+            e.acc.eq(0), r_lt16.eq(1), e.cont_next.eq(0), have_w.eq(0),
         ]
         e.go("DESC_START")
 
@@ -425,7 +432,7 @@ def chain_walker(m, e):
     last = Signal(32)  # len - 1, the offset of the descriptor's last byte
     lo_last = Signal(33)  # addr[31:0] + last: bit 32 is the carry into addr[63:32]
     m.d.comb += [
-        e.cache_wr.addr.eq(e.count),
+        e.cache_wr.addr.eq(count),
         e.cache_wr.data.addr.eq(e.desc_f.addr), e.cache_wr.data.len.eq(e.desc_f.len),
         e.cache_wr.data.last.eq(last),
     ]
@@ -446,21 +453,21 @@ def chain_walker(m, e):
         short = (e.pf_len[5:] == 0) & (e.pf_len[:5] < 16)
         m.d.sync += [
             bad.eq(e.desc_f.flags.indirect
-                   | (~d_write & e.seen_write) | wraps | new_acc[32]),
+                   | (~d_write & seen_write) | wraps | new_acc[32]),
             has_next.eq(e.desc_f.flags.next), next_bad.eq(e.at_least(e.desc_f.next, e.qnum)),
-            e.walked.eq(e.walked + 1), chain_full.eq(e.walked + 1 == e.qnum), e.acc.eq(new_acc),
-            e.seen_write.eq(e.seen_write | d_write),
+            walked.eq(walked + 1), chain_full.eq(walked + 1 == e.qnum), e.acc.eq(new_acc),
+            seen_write.eq(seen_write | d_write),
             hdr_len.eq(Mux(short, e.pf_len[:5], 16)),
             hdr_ends.eq((e.pf_len[5:] == 0) & (e.pf_len[:5] <= 16)),
         ]
         # DESC_NEXT's command: the next descriptor, or the header's first piece
         e.command(length=Mux(e.desc_f.flags.next, 16, Mux(short, e.pf_len[:5], 16)))
-        with m.If(d_write & ~e.seen_write):
-            m.d.sync += [e.r_bytes.eq(e.acc), e.r_lt16.eq(e.acc[4:] == 0)]  # R < 16
+        with m.If(d_write & ~seen_write):
+            m.d.sync += [e.r_bytes.eq(e.acc), r_lt16.eq(e.acc[4:] == 0)]  # R < 16
         with m.If(nonempty):
-            m.d.sync += [e.count.eq(e.count + 1), e.last_idx.eq(e.count)]
-            with m.If(d_write & ~e.have_w):
-                m.d.sync += [e.n_readable.eq(e.count), e.have_w.eq(1)]
+            m.d.sync += [count.eq(count + 1), e.last_idx.eq(count)]
+            with m.If(d_write & ~have_w):
+                m.d.sync += [e.n_readable.eq(count), have_w.eq(1)]
         e.go("DESC_NEXT")
 
     with e.state("DESC_NEXT"):
@@ -475,7 +482,7 @@ def chain_walker(m, e):
             with m.Else():
                 e.issue("DESC_WAIT")
         # step 3.3: request framing (R >= 16 and Wr >= 1, a non-empty writable one)
-        with m.Elif(e.r_lt16 | ~e.have_w):
+        with m.Elif(r_lt16 | ~have_w):
             m.d.sync += e.idx.eq(e.head)
             e.fault(spec.FAULT_BAD_REQUEST)  # idx: the head
         with m.Else():
@@ -500,6 +507,7 @@ def header_reader(m, e):
     remains of its descriptor for the data (``cont_next``, ``split_rem``, ``split_big``).
     Latency: 1 cycle (HDR_PIECE) between a piece's end and the next one's issue; DECODE
     follows the last piece's end."""
+    hlen = work_reg(5)  # the next header piece
     # Wr = acc - R, settled long before DECODE.
     m.d.sync += e.wr_bytes.eq(e.acc - e.r_bytes)
 
@@ -529,13 +537,13 @@ def header_reader(m, e):
             m.d.sync += [e.cont_next.eq(~e.piece_ends),
                          e.split_rem.eq(e.pf_len[:e.lbits + 1] - e.take),
                          e.split_big.eq(e.pf_len[e.lbits + 1:] != 0)]
-        m.d.sync += [e.hlen.eq(hlen_next), hlen_ends.eq(hlen_ends_next)]
+        m.d.sync += [hlen.eq(hlen_next), hlen_ends.eq(hlen_ends_next)]
     e.wait("HDR_WAIT", after_hdr_piece, before=before_hdr)
 
     with e.state("HDR_PIECE"):  # pf: the next cached descriptor, never empty
         e.operand(XS_PF, Y_NONE)  # HDR_WAIT's
-        m.d.sync += [e.take.eq(e.hlen), e.got.eq(e.got + e.hlen),
-                     e.hdr_last.eq(e.got + e.hlen == spec.BLK_HEADER_BYTES),
+        m.d.sync += [e.take.eq(hlen), e.got.eq(e.got + hlen),
+                     e.hdr_last.eq(e.got + hlen == spec.BLK_HEADER_BYTES),
                      e.piece_ends.eq(hlen_ends)]
         with m.If(hlen_ends):
             e.fetch(e.pf_next)
@@ -627,6 +635,8 @@ def data_mover(m, e):
     DATA_WAIT waits for it while it sets up the next command. ``plen_next`` is the next piece's
     length (its bits 5 and up reach the command after the FSM). Latency: 1 cycle (DATA_PIECE)
     between pieces; STATUS follows the last piece's end."""
+    last_piece = work_reg()  # the piece in flight is the last data piece
+    plen_last = work_reg()  # the next data piece is the last one (its length: c_len)
     # The next data piece: what is left of its descriptor, at most the remaining data.
     e.plen_next = Signal(e.lbits)
     p_short = Signal()
@@ -639,7 +649,7 @@ def data_mover(m, e):
     ]
 
     def next_piece_len():
-        m.d.sync += e.plen_last.eq(~p_short)
+        m.d.sync += plen_last.eq(~p_short)
 
     def data_command():
         e.command(write=e.dir_write, length=e.plen_next[:5], disk=e.to_disk, dpos=e.dpos[:5],
@@ -687,19 +697,19 @@ def data_mover(m, e):
     # DATA_PIECE issues the piece whose length the state before put in the command (the
     # piece's length; the status byte's command never reaches DATA_PIECE)
     with e.state("DATA_PIECE"):  # c_len: this piece (> 0); pf: its descriptor
-        m.d.sync += [e.last_piece.eq(e.plen_last), e.cont_next.eq(0),
+        m.d.sync += [last_piece.eq(plen_last), e.cont_next.eq(0),
                      e.remaining.eq(e.remaining - e.c_len), e.dpos.eq(e.dpos + e.c_len)]
         # the next piece's descriptor, or the status byte's (the last one), whose
         # address DATA_WAIT loads
-        e.operand(XS_PF, Mux(e.plen_last, Y_STAT, Y_NONE))  # DATA_WAIT's
-        with m.If(e.plen_last):
+        e.operand(XS_PF, Mux(plen_last, Y_STAT, Y_NONE))  # DATA_WAIT's
+        with m.If(plen_last):
             e.fetch(e.last_idx)
         with m.Else():
             e.fetch(e.pf_next)
         e.issue("DATA_WAIT")
 
     def after_data_piece():
-        with m.If(e.last_piece):
+        with m.If(last_piece):
             e.go("STATUS")
         with m.Else():
             to_data_piece()
@@ -707,9 +717,9 @@ def data_mover(m, e):
     def before_data():
         m.d.comb += e.dma.serial.eq(~e.to_disk)
         e.load()
-        e.operand(XS_PF, Mux(e.last_piece, Y_STAT, Y_NONE))
+        e.operand(XS_PF, Mux(last_piece, Y_STAT, Y_NONE))
         next_piece_len()
-        with m.If(e.last_piece):
+        with m.If(last_piece):
             e.command(**STATUS_WRITE)
         with m.Else():
             data_command()
@@ -839,8 +849,6 @@ class RingEngine(wiring.Component):
         e.desc_f = Descriptor(cap)
         e.hdr = BlkHeader(cap)
         e.cap_head = e.desc_f.next
-        e.cap_idx = e.cap_head  # avail.idx after a poll
-        e.cap_flags = e.desc_f.flags.as_value()  # avail.flags after a poll
 
         (e.cache_wr, cache_rd, e.pf_len, e.pf_idx, e.pf_next, e.rd_idx,
          e.pf_load) = descriptor_cache(m, qmax)
@@ -854,32 +862,25 @@ class RingEngine(wiring.Component):
         e.head = work_reg(16)
         e.idx = work_reg(16)  # the descriptor being walked; also the index a chain fault reports
         # pass 1
-        e.walked = work_reg(e.qbits + 1)  # descriptors of the chain read so far
-        e.count = work_reg(e.qbits)  # ... of which non-empty (cached)
-        e.last_idx = work_reg(e.qbits)  # the last cached one (count - 1)
-        # ... of which device-readable: the count when the first non-empty device-writable one
-        # comes (a chain whose readable descriptors do not all come first faults)
+        e.last_idx = work_reg(e.qbits)  # the last cached descriptor of the chain
+        # how many of the cached ones are device-readable: their count when the first non-empty
+        # device-writable one comes (a chain whose readable descriptors do not all come first
+        # faults)
         e.n_readable = work_reg(e.qbits)
-        e.seen_write = work_reg()
-        e.have_w = work_reg()  # a non-empty device-writable descriptor was seen (Wr >= 1)
         e.acc = work_reg(33)  # sum of the lengths so far (bit 32: over 2^32 - 1)
         e.r_bytes = work_reg(32)  # R: the sum when the first device-writable descriptor came
-        e.r_lt16 = work_reg()  # R < 16
         e.wr_bytes = work_reg(33)  # Wr = acc - R, after the walk
         # pass 2
         e.got = work_reg(5)  # header bytes read (or being read)
         e.take = work_reg(e.lbits)  # bytes of the piece in flight
-        e.hlen = work_reg(5)  # the next header piece
         e.piece_ends = work_reg()  # ... it ends its descriptor
         e.hdr_last = work_reg()  # ... it ends the header
-        e.last_piece = work_reg()  # ... it is the last data piece
         # what the header left of its last descriptor: its low bits, and whether more than
         # they say (it is then more than any data piece)
         e.split_rem = work_reg(e.lbits + 1)
         e.split_big = work_reg()
         e.cont_next = Signal()  # the next data piece continues in that descriptor
         e.remaining = work_reg(e.lbits)  # data bytes not yet handed to the DMA engine
-        e.plen_last = work_reg()  # the next data piece is the last one (its length: c_len)
         e.dpos = work_reg(e.lbits)  # where the next data piece starts on the disk (or serial)
         e.to_disk = work_reg()
         e.dir_write = work_reg()
@@ -935,13 +936,9 @@ class RingEngine(wiring.Component):
                      c.len.eq(e.c_len), c.disk.eq(e.c_disk), c.dpos.eq(e.c_dpos)]
         m.d.sync += [self.status.completed.eq(0), e.q.used_irq.eq(0)]  # pulses, set below
         with m.FSM() as fsm:
-            poll(m, e)
-            chain_walker(m, e)
-            header_reader(m, e)
-            request_decoder(m, e)
-            data_mover(m, e)
-            completion_writer(m, e)
-            halt(m, e)
+            for part in (poll, chain_walker, header_reader, request_decoder, data_mover,
+                         completion_writer, halt):
+                part(m, e)  # each adds its states, in this order
 
         one_hot(fsm)
         # While the engine aborts, X is IDLE's and Y is 0 (the state's own choice does not
