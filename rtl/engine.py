@@ -282,10 +282,10 @@ class _Shared:
         return (index[self.qbits:] != 0) | (index[:self.qbits] >= bound)
 
     def in_range(self, total, rest, sector):
-        """Data sizes of an IN and an OUT request, in sectors, and whether they are whole
-        sectors: D = Wr - 1 (IN) is a multiple of 512 exactly when Wr mod 512 = 1, and then
-        D / 512 = Wr >> 9; likewise D = R - 16 (OUT). A request is in range when
-        sector + D / 512 <= the disk's sectors."""
+        """Whether a request's data, D = ``total`` - ``rest`` bytes (Wr - 1 for an IN, R - 16
+        for an OUT), is whole sectors from ``sector`` on within the disk: D is a multiple of
+        512 exactly when total mod 512 = rest, and then D / 512 = total >> 9; it is in range
+        when sector + D / 512 <= the disk's sectors."""
         cs, dsec = self.cs, total[9:]
         fits = sector[:cs] + dsec[:cs]  # (an expression: a comb signal here would be gated
         # by the state that calls this)
@@ -336,7 +336,7 @@ def poll(m, e):
         e.load()
         e.go("EFAULT")
     e.wait("POLL_WAIT", e.goto("POLL_CHECK"),
-         before=lambda: e.operand(XS_AVAIL, Y_REG))  # POLL_CHECK's: the head
+           before=lambda: e.operand(XS_AVAIL, Y_REG))  # POLL_CHECK's: the head
 
     # POLL_CHECK registers what the avail index says, POLL_ACT acts on it.
     poll_bad = work_reg()
@@ -380,7 +380,7 @@ def chain_walker(m, e):
     with e.state("HEAD"):
         e.issue("HEAD_WAIT")
     e.wait("HEAD_WAIT", e.goto("DESC_FIRST"),
-         before=lambda: e.operand(XS_DESC, Y_CAP))  # DESC_FIRST's
+           before=lambda: e.operand(XS_DESC, Y_CAP))  # DESC_FIRST's
 
     # DESC_FIRST forms the first descriptor's address and registers the head's check,
     # DESC_START acts on it.
@@ -653,7 +653,7 @@ def data_mover(m, e):
 
     def data_command():
         e.command(write=e.dir_write, length=e.plen_next[:5], disk=e.to_disk, dpos=e.dpos[:5],
-                data_piece=True)
+                  data_piece=True)
 
     def to_data_piece():
         e.go("DATA_PIECE")
@@ -941,19 +941,20 @@ class RingEngine(wiring.Component):
                 part(m, e)  # each adds its states, in this order
 
         one_hot(fsm)
-        # While the engine aborts, X is IDLE's and Y is 0 (the state's own choice does not
-        # matter: no command goes out), so that the selects do not wait for the DMA engine's
-        # ``busy``.
+        # Fmax: while the engine aborts, X is IDLE's and Y is 0 (the state's own choice does
+        # not matter: no command goes out), so that the selects do not wait for the DMA
+        # engine's ``busy``.
         with m.If(e.abort):
             m.d.comb += [flag.eq(sel == XS_AVAIL) for sel, flag in adder.x_next.items()]
             m.d.comb += [flag.eq(0) for flag in adder.y_next.values()]
+        # Area: a command's length and position above bit 4, a data piece's or 0, set here.
         with m.If(e.c_data):
             m.d.sync += [e.c_len[5:].eq(e.plen_next[5:]), e.c_dpos[5:].eq(e.dpos[5:])]
         with m.Elif(e.c_set):
             m.d.sync += [e.c_len[5:].eq(0), e.c_dpos[5:].eq(0)]
         # The payload: the used element (id, len), whose low 16 bits are the status byte or the
         # used index in the states that write those (their commands strobe only those bytes).
-        # Not gated by the states: only the low 16 bits need a select.
+        # Area: not gated by the states, only the low 16 bits need a select.
         low16 = Mux(fsm.ongoing("USED") | fsm.ongoing("USED_WAIT"), e.head,
                     Mux(fsm.ongoing("USED_IDX") | fsm.ongoing("USED_IDX_WAIT"), e.next_used,
                         e.blk_status))
