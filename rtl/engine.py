@@ -338,7 +338,6 @@ def poll(m, e):
     e.wait("POLL_WAIT", e.goto("POLL_CHECK"),
            before=lambda: e.operand(XS_AVAIL, Y_REG))  # POLL_CHECK's: the head
 
-    # POLL_CHECK registers what the avail index says, POLL_ACT acts on it.
     poll_bad = work_reg()
     poll_none = work_reg()
     # Values only some states use are computed outside the FSM: a comb assignment inside
@@ -555,8 +554,9 @@ def request_decoder(m, e):
     request type, whether its sectors are in range and whole), DISPATCH acts on it: the status
     byte (``blk_status``) and the used element's ``used_len`` as they stand unless the data
     fails, what moves where (``remaining``, ``dpos``, ``to_disk``, ``dir_write``), and the
-    cached descriptor it needs first (``need_idx``; ``after``: 1 the data, 0 the status byte).
-    Latency: 2 cycles, then ROUTE."""
+    cached descriptor it needs first (``need_idx``: the first device-writable one for IN and
+    GET_ID, the one after the header for OUT, else the last one, the status byte's; ``after``:
+    1 the data, 0 the status byte). Latency: 2 cycles, then ROUTE."""
     t_in = work_reg()
     t_out = work_reg()
     t_flush = work_reg()
@@ -586,9 +586,6 @@ def request_decoder(m, e):
         ]
         e.go("DISPATCH")
 
-    # DISPATCH decides what moves and which cached descriptor that needs first: the
-    # first device-writable one (IN, GET_ID), the one after the header (OUT), or the
-    # last one (the status byte). Where pf does not hold it, FETCH waits for it.
     e.need_idx = work_reg(e.qbits)
     e.after = work_reg()  # then: 0 = the status, 1 = the data
     with e.state("DISPATCH"):
@@ -630,8 +627,9 @@ def request_decoder(m, e):
 def data_mover(m, e):
     """Step 3.5, the data (ROUTE, FETCH, ROUTE_FETCHED, DATA_PIECE, DATA_WAIT): move the data in
     pieces, one per descriptor (the first may continue in the header's last one): ROUTE sets up
-    the first piece's command, or the status byte's, after fetching ``need_idx`` into pf where
-    pf does not hold it (FETCH, ROUTE_FETCHED: 2 more cycles); DATA_PIECE issues a piece and
+    the first piece's command, or the status byte's, and goes on if pf holds ``need_idx`` (or
+    the data continues in the header's last descriptor), else fetches it first (FETCH,
+    ROUTE_FETCHED: 2 more cycles); DATA_PIECE issues a piece and
     DATA_WAIT waits for it while it sets up the next command. ``plen_next`` is the next piece's
     length (its bits 5 and up reach the command after the FSM). Latency: 1 cycle (DATA_PIECE)
     between pieces; STATUS follows the last piece's end."""
@@ -658,9 +656,6 @@ def data_mover(m, e):
     def to_data_piece():
         e.go("DATA_PIECE")
 
-    # ROUTE: pf holds the descriptor needed (or the data continues in the header's
-    # last descriptor): va loads the piece's or the status byte's address, and on;
-    # else fetch it first.
     with e.state("ROUTE"):
         next_piece_len()
         e.load()
