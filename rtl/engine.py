@@ -2,8 +2,10 @@
 
 Implements ``docs/architecture.md`` ("Ring engine") step by step: queue check, poll of the avail
 ring, chain walk (pass 1, into a descriptor cache), then header, data, status, used element and
-used index (pass 2). Every memory access is a command to the :class:`~rtl.dma.DmaEngine`, so every
-access is translated. A fault stops the engine until the driver resets the device.
+used index (pass 2), one part of the FSM per step (``poll``, ``chain_walker``, ``header_reader``,
+``request_decoder``, ``data_mover``, ``completion_writer``, and ``halt`` after a fault). Every
+memory access is a command to the :class:`~rtl.dma.DmaEngine`, so every access is translated. A
+fault stops the engine until the driver resets the device.
 
 Area and timing (issue 5) shape the datapath:
 
@@ -843,7 +845,7 @@ class RingEngine(wiring.Component):
         cap = capture_register(m, e.dma)
         e.desc_f = Descriptor(cap)
         e.hdr = BlkHeader(cap)
-        e.cap_head = e.desc_f.next
+        e.cap_head = e.desc_f.next  # the ring entry after the head's read (HEAD_POS)
 
         (e.cache_wr, cache_rd, e.pf_len, e.pf_idx, e.pf_next, e.rd_idx,
          e.pf_load) = descriptor_cache(m, qmax)
