@@ -2,8 +2,10 @@
 
 Implements ``docs/architecture.md`` ("Ring engine") step by step: queue check, poll of the avail
 ring, chain walk (pass 1, into a descriptor cache), then header, data, status, used element and
-used index (pass 2). Every memory access is a command to the :class:`~rtl.dma.DmaEngine`, so every
-access is translated. A fault stops the engine until the driver resets the device.
+used index (pass 2), one part of the FSM per step (``poll``, ``chain_walker``, ``header_reader``,
+``request_decoder``, ``data_mover``, ``completion_writer``, and ``halt`` after a fault). Every
+memory access is a command to the :class:`~rtl.dma.DmaEngine`, so every access is translated. A
+fault stops the engine until the driver resets the device.
 
 Area and timing (issue 5) shape the datapath:
 
@@ -192,6 +194,608 @@ def descriptor_cache(m, qmax):
     return cache_wr, cache_rd, pf_len, pf_idx, pf_next, rd_idx, pf_load
 
 
+# The head read puts the ring entry where a descriptor's ``next`` is, so that a descriptor
+# address is always formed from the same bits; the poll puts avail.idx there too (avail.flags
+# where a descriptor's flags are), so that the index a fault reports is one of two registers'
+# bits, not three.
+HEAD_POS = virtio.DESC.offsets["next"]
+POLL_POS = HEAD_POS - virtio.AVAIL_HEADER.offsets["idx"]
+assert virtio.DESC.offsets["flags"] == POLL_POS
+
+# The commands with fixed fields. A state that comes before one that issues sets the fields in
+# every cycle, so that a transition on the DMA engine's ``done`` loads none.
+POLL = {"length": 4, "dpos": POLL_POS}  # avail.flags and avail.idx
+HEAD_READ = {"length": 2, "dpos": HEAD_POS}  # the ring entry
+DESC_READ = {"length": 16}
+STATUS_WRITE = {"write": 1, "length": 1}
+DRAIN = {"drain": 1}
+USED_WRITE = {"write": 1, "length": 8}
+UIDX_WRITE = {"write": 1, "length": 2}
+
+
+class _Shared:
+    """What the parts of the ring engine's FSM share: the registers that more than one part
+    reads or writes (attributes named as their signals, set by :meth:`RingEngine.elaborate`)
+    and the FSM's vocabulary (``state``, ``go``, ``issue``, ``wait``, ``command``, ``fetch``,
+    ``fault``). Every part adds its states to the one FSM of ``m``."""
+
+    def __init__(self, m):
+        self.m = m
+
+    def go(self, name):
+        self.m.next = name
+
+    def goto(self, name):
+        return lambda: self.go(name)
+
+    def fault(self, cause):
+        """An engine-detected fault reporting the index in ``idx``. XIDX moves it into y_reg,
+        XFAULT into va, the DMA engine, idle, copies va into its address register in the
+        next cycle (EFAULT), and its fault address output shows it in the fault pulse's
+        cycle (FAULT)."""
+        self.m.d.sync += self.f_cause.eq(cause)
+        self.go("XIDX")
+
+    @contextmanager
+    def state(self, name):
+        """A state of the FSM; in every state a device reset, once the DMA engine is idle,
+        returns to IDLE."""
+        m = self.m
+        with m.State(name):
+            yield
+            with m.If(self.abort & ~self.dma.busy):
+                m.d.sync += self.abort.eq(0)
+                self.operand(XS_AVAIL, Y_NONE)  # IDLE's
+                self.go("IDLE")
+
+    def command(self, *, write=0, length=0, disk=0, dpos=0, drain=0, data_piece=False):
+        """From the next cycle on, the command fields are these."""
+        self.m.d.comb += [self.c_set.eq(1), self.c_data.eq(data_piece)]
+        self.m.d.sync += [self.c_write.eq(write), self.c_drain.eq(drain),
+                          self.c_len[:5].eq(length), self.c_disk.eq(disk),
+                          self.c_dpos[:5].eq(dpos)]
+
+    def issue(self, wait_state):
+        """Hand the state's command to the DMA engine (idle in every state that does)."""
+        self.m.d.comb += self.dma.cmd.valid.eq(~self.abort)
+        self.go(wait_state)
+
+    def wait(self, name, then, before=None):
+        """Wait for the command's end; a DMA fault becomes the engine's fault."""
+        m, dma = self.m, self.dma
+        with self.state(name):
+            if before is not None:
+                before()
+            with m.If(dma.done):
+                with m.If(dma.failed):
+                    # the DMA engine holds the fault address for the FAULT cycle
+                    m.d.sync += self.f_cause.eq(dma.fault)
+                    self.go("FAULT")
+                with m.Else():
+                    then()
+
+    def fetch(self, index):
+        """Read cache entry ``index`` into pf (there two cycles later)."""
+        self.m.d.comb += [self.rd_idx.eq(index), self.pf_load.eq(1)]
+
+    def at_least(self, index, bound):
+        """``index >= bound`` for a 16-bit index and a bound of qbits bits: the compare on
+        the low bits only, the high bits by an OR."""
+        return (index[self.qbits:] != 0) | (index[:self.qbits] >= bound)
+
+    def in_range(self, total, rest, sector):
+        """Whether a request's data, D = ``total`` - ``rest`` bytes (Wr - 1 for an IN, R - 16
+        for an OUT), is whole sectors from ``sector`` on within the disk: D is a multiple of
+        512 exactly when total mod 512 = rest, and then D / 512 = total >> 9; it is in range
+        when sector + D / 512 <= the disk's sectors."""
+        cs, dsec = self.cs, total[9:]
+        fits = sector[:cs] + dsec[:cs]  # (an expression: a comb signal here would be gated
+        # by the state that calls this)
+        return ((total[:9] == rest) & (dsec[cs:] == 0) & (sector[cs:] == 0)
+                & (fits <= self.cap_sectors))
+
+
+def poll(m, e):
+    """Steps 1 and 2 (IDLE, QCHECK, QNUM, QFAULT, POLL_WAIT, POLL_CHECK, POLL_ACT): wait in IDLE
+    for a notify (``kick``), check the queue registers (a bad one: QNUM, QFAULT, then EFAULT),
+    read avail.flags and avail.idx into cap, register what the index says (``avail_idx``,
+    ``no_irq``, ``idx``) and act on it: nothing pending, IDLE; more than the queue holds, a
+    fault; else the head's read, issued. Latency: QCHECK issues the poll in the cycle after
+    IDLE; POLL_CHECK and POLL_ACT take 2 cycles after the poll's end."""
+    cap_idx = e.cap_head  # avail.idx after a poll
+    cap_flags = e.desc_f.flags.as_value()  # avail.flags after a poll
+    with e.state("IDLE"):  # va: the poll's address (avail.flags and avail.idx)
+        m.d.comb += e.q.idle.eq(~e.abort)
+        e.operand(XS_AVAIL, Y_NONE)
+        e.load()
+        e.command(**POLL)
+        with m.If(e.kick & ~e.abort):
+            m.d.sync += e.kick.eq(0)
+            e.go("QCHECK")
+    with e.state("QCHECK"):
+        queue_ok = (e.num_ok & (e.q.desc[:4] == 0) & ~e.q.avail[0]
+                    & (e.q.used[:2] == 0))
+        with m.If(queue_ok):
+            e.issue("POLL_WAIT")
+        with m.Else():
+            # QFAULT loads the first offending value: QueueNum, Desc, Driver, Device
+            m.d.sync += e.f_cause.eq(spec.FAULT_BAD_RING)
+            with m.If(~e.num_ok):
+                e.go("QNUM")
+            with m.Else():
+                e.go("QFAULT")
+        with m.If(e.q.desc[:4] != 0):
+            e.operand(XS_DESC, Y_NONE)
+        with m.Elif(e.q.avail[0]):
+            e.operand(XS_AVAIL, Y_NONE)
+        with m.Else():
+            e.operand(XS_USED, Y_NONE)
+    with e.state("QNUM"):  # y_reg = QueueNum
+        m.d.comb += e.y_is_num.eq(1)
+        e.operand(XS_ZERO, Y_REG)
+        e.go("QFAULT")
+    with e.state("QFAULT"):
+        e.load()
+        e.go("EFAULT")
+    e.wait("POLL_WAIT", e.goto("POLL_CHECK"),
+           before=lambda: e.operand(XS_AVAIL, Y_REG))  # POLL_CHECK's: the head
+
+    poll_bad = work_reg()
+    poll_none = work_reg()
+    # Values only some states use are computed outside the FSM: a comb assignment inside
+    # a state would AND every bit with the state.
+    pending = Signal(16)
+    m.d.comb += pending.eq(cap_idx - e.last_avail)
+    with e.state("POLL_CHECK"):
+        e.load()
+        e.command(**HEAD_READ)
+        m.d.sync += [e.avail_idx.eq(cap_idx), e.no_irq.eq(cap_flags[0]), e.idx.eq(cap_idx),
+                     poll_bad.eq((pending[e.qbits:] != 0) | (pending[:e.qbits] > e.qnum)),
+                     poll_none.eq(pending == 0)]
+        e.go("POLL_ACT")
+
+    with e.state("POLL_ACT"):
+        e.operand(XS_AVAIL, Y_NONE)  # IDLE's
+        with m.If(poll_bad):
+            e.fault(spec.FAULT_BAD_RING)  # idx: avail.idx
+        with m.Elif(poll_none):
+            e.go("IDLE")
+        with m.Else():
+            e.issue("HEAD_WAIT")
+
+
+def chain_walker(m, e):
+    """Steps 3.1 to 3.3 (HEAD, HEAD_WAIT, DESC_FIRST, DESC_START, DESC_WAIT, DESC_CHECK,
+    DESC_NEXT): read the head (``head``, ``idx``; ``last_avail`` counts it), then walk the chain
+    (pass 1): each descriptor is read into cap, checked, summed (``acc``, ``r_bytes``,
+    ``n_readable``, ``last_idx``) and, if not empty, written to the descriptor cache. At the
+    chain's end the request's framing is checked and the header's first piece issued (``got``,
+    ``take``, ``hdr_last``, ``piece_ends``; to HDR_WAIT). A fault reports ``idx`` through XIDX
+    and XFAULT (:meth:`_Shared.fault`), which are here too. Latency: 2 cycles from the head's
+    end to the first descriptor's read, 2 cycles per descriptor after its read."""
+    walked = work_reg(e.qbits + 1)  # descriptors of the chain read so far
+    count = work_reg(e.qbits)  # ... of which non-empty (cached)
+    seen_write = work_reg()
+    have_w = work_reg()  # a non-empty device-writable descriptor was seen (Wr >= 1)
+    r_lt16 = work_reg()  # R < 16
+    with e.state("HEAD"):
+        e.issue("HEAD_WAIT")
+    e.wait("HEAD_WAIT", e.goto("DESC_FIRST"),
+           before=lambda: e.operand(XS_DESC, Y_CAP))  # DESC_FIRST's
+
+    # DESC_FIRST forms the first descriptor's address and registers the head's check,
+    # DESC_START acts on it.
+    head_bad = work_reg()
+    with e.state("DESC_FIRST"):
+        e.load()
+        e.command(**DESC_READ)
+        m.d.sync += [
+            e.head.eq(e.cap_head), e.idx.eq(e.cap_head),
+            head_bad.eq(e.at_least(e.cap_head, e.qnum)),
+            e.last_avail.eq(e.last_avail + 1),
+            walked.eq(0), count.eq(0), seen_write.eq(0),
+            e.acc.eq(0), r_lt16.eq(1), e.cont_next.eq(0), have_w.eq(0),
+        ]
+        e.go("DESC_START")
+
+    with e.state("DESC_START"):
+        e.operand(XS_PF, Y_NONE)  # DESC_WAIT's: the header's address
+        with m.If(head_bad):
+            e.fault(spec.FAULT_BAD_CHAIN)  # idx: the head
+        with m.Else():
+            e.issue("DESC_WAIT")
+
+    # The first cached descriptor is kept in pf for the header (it was cached at least
+    # one descriptor read ago: a request needs two non-empty descriptors), and va holds
+    # its address, should this descriptor end the chain.
+    def before_desc():
+        e.fetch(0)
+        e.load()
+        # (a descriptor read is done with its last beat, unless it fails: then the engine
+        # halts and the operands do not matter)
+        with m.If(e.dma.r_last_beat):
+            e.operand(XS_DESC, Y_CAP)  # DESC_CHECK's: the next descriptor
+        with m.Else():
+            e.operand(XS_PF, Y_NONE)
+    e.wait("DESC_WAIT", e.goto("DESC_CHECK"), before=before_desc)
+
+    # A descriptor takes two cycles: DESC_CHECK computes its checks and sums into
+    # registers (and caches it: after a failed check nothing reads the cache) and forms
+    # the next descriptor's address, DESC_NEXT acts on them.
+    bad = work_reg()
+    has_next = work_reg()
+    next_bad = work_reg()  # the next index is outside the queue ...
+    chain_full = work_reg()  # ... or the next descriptor would be number N + 1
+    hdr_len = work_reg(5)  # the first header piece
+    hdr_ends = work_reg()  # ... ends its descriptor
+    # The cache's address and data do not depend on the state (only its enable does):
+    # no gate in front of each data bit.
+    last = Signal(32)  # len - 1, the offset of the descriptor's last byte
+    lo_last = Signal(33)  # addr[31:0] + last: bit 32 is the carry into addr[63:32]
+    m.d.comb += [
+        e.cache_wr.addr.eq(count),
+        e.cache_wr.data.addr.eq(e.desc_f.addr), e.cache_wr.data.len.eq(e.desc_f.len),
+        e.cache_wr.data.last.eq(last),
+    ]
+    new_acc = Signal(33)
+    m.d.comb += [last.eq(e.desc_f.len - 1), lo_last.eq(e.desc_f.addr[:32] + last),
+                 new_acc.eq(e.acc + e.desc_f.len)]
+    with e.state("DESC_CHECK"):
+        d_write = e.desc_f.flags.write
+        nonempty = e.desc_f.len != 0
+        # addr + len > 2^64: a non-empty descriptor whose last byte is past 2^64 - 1,
+        # with the carry chain that forms the cached ``last`` (no zero test of a sum)
+        wraps = (e.desc_f.addr[32:] == 0xFFFF_FFFF) & nonempty & lo_last[32]
+        m.d.comb += e.cache_wr.en.eq(nonempty)  # (address and data: above, always)
+        with m.If(e.desc_f.flags.next):
+            e.load()  # the next descriptor
+        with m.Else():
+            m.d.comb += e.keep_va.eq(1)  # the header's first piece
+        short = (e.pf_len[5:] == 0) & (e.pf_len[:5] < 16)
+        m.d.sync += [
+            bad.eq(e.desc_f.flags.indirect
+                   | (~d_write & seen_write) | wraps | new_acc[32]),
+            has_next.eq(e.desc_f.flags.next), next_bad.eq(e.at_least(e.desc_f.next, e.qnum)),
+            walked.eq(walked + 1), chain_full.eq(walked + 1 == e.qnum), e.acc.eq(new_acc),
+            seen_write.eq(seen_write | d_write),
+            hdr_len.eq(Mux(short, e.pf_len[:5], 16)),
+            hdr_ends.eq((e.pf_len[5:] == 0) & (e.pf_len[:5] <= 16)),
+        ]
+        # DESC_NEXT's command: the next descriptor, or the header's first piece
+        e.command(length=Mux(e.desc_f.flags.next, 16, Mux(short, e.pf_len[:5], 16)))
+        with m.If(d_write & ~seen_write):
+            m.d.sync += [e.r_bytes.eq(e.acc), r_lt16.eq(e.acc[4:] == 0)]  # R < 16
+        with m.If(nonempty):
+            m.d.sync += [count.eq(count + 1), e.last_idx.eq(count)]
+            with m.If(d_write & ~have_w):
+                m.d.sync += [e.n_readable.eq(count), have_w.eq(1)]
+        e.go("DESC_NEXT")
+
+    with e.state("DESC_NEXT"):
+        e.operand(XS_PF, Y_NONE)  # DESC_WAIT's or HDR_WAIT's
+        with m.If(bad):
+            e.fault(spec.FAULT_BAD_CHAIN)  # idx: this descriptor
+        with m.Elif(has_next):  # NEXT
+            m.d.sync += e.idx.eq(e.desc_f.next)
+            # the next one is outside the queue, or would be number N + 1
+            with m.If(next_bad | chain_full):
+                e.fault(spec.FAULT_BAD_CHAIN)  # idx: the next one
+            with m.Else():
+                e.issue("DESC_WAIT")
+        # step 3.3: request framing (R >= 16 and Wr >= 1, a non-empty writable one)
+        with m.Elif(r_lt16 | ~have_w):
+            m.d.sync += e.idx.eq(e.head)
+            e.fault(spec.FAULT_BAD_REQUEST)  # idx: the head
+        with m.Else():
+            # step 3.4: the header's first piece, from cached descriptor 0
+            m.d.sync += [e.got.eq(hdr_len), e.take.eq(hdr_len), e.hdr_last.eq(hdr_len == 16),
+                         e.piece_ends.eq(hdr_ends)]
+            with m.If(hdr_ends):
+                e.fetch(e.pf_next)  # (pf holds cached descriptor 0)
+            e.issue("HDR_WAIT")
+    with e.state("XIDX"):  # y_reg = idx, the fault's index
+        m.d.comb += e.y_is_idx.eq(1)
+        e.operand(XS_ZERO, Y_REG)
+        e.go("XFAULT")
+    with e.state("XFAULT"):  # va = idx; f_cause set
+        e.load()
+        e.go("EFAULT")
+
+
+def header_reader(m, e):
+    """Step 3.4 (HDR_WAIT, HDR_PIECE): read the rest of the 16-byte request header into cap, a
+    piece per cached descriptor it spans (pf holds the next one); the last piece leaves what
+    remains of its descriptor for the data (``cont_next``, ``split_rem``, ``split_big``).
+    Latency: 1 cycle (HDR_PIECE) between a piece's end and the next one's issue; DECODE
+    follows the last piece's end."""
+    hlen = work_reg(5)  # the next header piece
+    # Wr = acc - R, settled long before DECODE.
+    m.d.sync += e.wr_bytes.eq(e.acc - e.r_bytes)
+
+    def after_hdr_piece():
+        with m.If(e.hdr_last):
+            e.go("DECODE")
+        with m.Else():
+            e.go("HDR_PIECE")
+
+    # The next piece's address and length, if there is one (pf is the next descriptor
+    # then, from the third cycle of the wait on; the wait lasts at least that long).
+    hlen_next = Signal(5)
+    hlen_ends_next = Signal()
+    need = Signal(5)
+    m.d.comb += need.eq(spec.BLK_HEADER_BYTES - e.got)
+    short_h = (e.pf_len[5:] == 0) & (e.pf_len[:5] < need)
+    m.d.comb += [hlen_next.eq(Mux(short_h, e.pf_len[:5], need)),
+                 hlen_ends_next.eq((e.pf_len[5:] == 0) & (e.pf_len[:5] <= need))]
+    hlen_ends = work_reg()  # the next header piece ends its descriptor
+
+    def before_hdr():
+        e.load()
+        e.operand(XS_PF, Y_NONE)
+        e.command(length=hlen_next, dpos=e.got)  # HDR_PIECE's
+        # what the last piece leaves of its descriptor (pf, unless the piece ends it)
+        with m.If(e.hdr_last):
+            m.d.sync += [e.cont_next.eq(~e.piece_ends),
+                         e.split_rem.eq(e.pf_len[:e.lbits + 1] - e.take),
+                         e.split_big.eq(e.pf_len[e.lbits + 1:] != 0)]
+        m.d.sync += [hlen.eq(hlen_next), hlen_ends.eq(hlen_ends_next)]
+    e.wait("HDR_WAIT", after_hdr_piece, before=before_hdr)
+
+    with e.state("HDR_PIECE"):  # pf: the next cached descriptor, never empty
+        e.operand(XS_PF, Y_NONE)  # HDR_WAIT's
+        m.d.sync += [e.take.eq(hlen), e.got.eq(e.got + hlen),
+                     e.hdr_last.eq(e.got + hlen == spec.BLK_HEADER_BYTES),
+                     e.piece_ends.eq(hlen_ends)]
+        with m.If(hlen_ends):
+            e.fetch(e.pf_next)
+        e.issue("HDR_WAIT")
+
+
+def request_decoder(m, e):
+    """Step 3.5, the decision (DECODE, DISPATCH): DECODE registers what the header says (the
+    request type, whether its sectors are in range and whole), DISPATCH acts on it: the status
+    byte (``blk_status``) and the used element's ``used_len`` as they stand unless the data
+    fails, what moves where (``remaining``, ``dpos``, ``to_disk``, ``dir_write``), and the
+    cached descriptor it needs first (``need_idx``: the first device-writable one for IN and
+    GET_ID, the one after the header for OUT, else the last one, the status byte's; ``after``:
+    1 the data, 0 the status byte). Latency: 2 cycles, then ROUTE."""
+    t_in = work_reg()
+    t_out = work_reg()
+    t_flush = work_reg()
+    t_get_id = work_reg()
+    ok_in = work_reg()
+    ok_out = work_reg()
+    sector_base = work_reg(e.lbits)
+    id_len = work_reg(5)  # GET_ID: min(20, Wr - 1)
+    no_in_data = work_reg()  # Wr = 1: only the status byte is writable
+    no_out_data = work_reg()  # R = 16: only the header is readable
+    with e.state("DECODE"):
+        req_type = e.hdr.type
+        sector = e.hdr.sector
+        m.d.sync += [
+            t_in.eq(req_type == spec.VIRTIO_BLK_T_IN),
+            t_out.eq(req_type == spec.VIRTIO_BLK_T_OUT),
+            t_flush.eq(req_type == spec.VIRTIO_BLK_T_FLUSH),
+            t_get_id.eq(req_type == spec.VIRTIO_BLK_T_GET_ID),
+            ok_in.eq(e.in_range(e.wr_bytes, 1, sector)),
+            ok_out.eq(e.in_range(e.r_bytes, spec.BLK_HEADER_BYTES, sector)),
+            sector_base.eq(sector[:e.cs] << 9),
+            no_in_data.eq(e.wr_bytes == 1),
+            no_out_data.eq(e.r_bytes == spec.BLK_HEADER_BYTES),
+            id_len.eq(Mux((e.wr_bytes[5:] != 0)
+                          | (e.wr_bytes[:5] > spec.VIRTIO_BLK_ID_BYTES),
+                          spec.VIRTIO_BLK_ID_BYTES, e.wr_bytes[:5] - 1)),
+        ]
+        e.go("DISPATCH")
+
+    e.need_idx = work_reg(e.qbits)
+    e.after = work_reg()  # then: 0 = the status, 1 = the data
+    with e.state("DISPATCH"):
+        m.d.sync += [e.blk_status.eq(spec.VIRTIO_BLK_S_OK), e.used_len.eq(1),
+                     e.dpos.eq(sector_base), e.to_disk.eq(1), e.dir_write.eq(1)]
+        move_in = t_in & ok_in & ~no_in_data  # (flags registered in DECODE: no wide
+        move_out = t_out & ok_out & ~no_out_data  # compare before the operand select)
+        move_id = t_get_id & ~no_in_data
+        with m.If(t_in & ok_in):
+            m.d.sync += e.used_len.eq(e.wr_bytes)
+        with m.If(t_get_id):
+            m.d.sync += e.used_len.eq(id_len + 1)
+        with m.If((t_in & ~ok_in) | (t_out & ~ok_out)):
+            m.d.sync += e.blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
+        with m.If(~t_in & ~t_out & ~t_flush & ~t_get_id):
+            m.d.sync += e.blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
+        with m.If(~move_out):
+            m.d.sync += e.cont_next.eq(0)  # only OUT data follows the header
+        with m.If(move_in):
+            m.d.sync += [e.remaining.eq(e.wr_bytes[9:] << 9), e.need_idx.eq(e.n_readable),
+                         e.after.eq(1)]
+        with m.Elif(move_id):
+            m.d.sync += [e.remaining.eq(id_len), e.need_idx.eq(e.n_readable), e.dpos.eq(0),
+                         e.to_disk.eq(0), e.after.eq(1)]
+        with m.Elif(move_out):
+            # the data starts in the header's last descriptor (cont_next) or in the
+            # next one, which the header's last piece fetched into pf
+            m.d.sync += [e.remaining.eq(e.r_bytes[9:] << 9), e.dir_write.eq(0), e.after.eq(1),
+                         e.need_idx.eq(e.pf_idx)]
+        with m.Else():
+            m.d.sync += [e.need_idx.eq(e.last_idx), e.after.eq(0)]
+        with m.If(move_in | move_id | move_out):
+            e.operand(XS_PF, Y_NONE)  # ROUTE's: a data piece's address
+        with m.Else():
+            e.operand(XS_PF, Y_STAT)  # ... or the status byte's
+        e.go("ROUTE")
+
+
+def data_mover(m, e):
+    """Step 3.5, the data (ROUTE, FETCH, ROUTE_FETCHED, DATA_PIECE, DATA_WAIT): move the data in
+    pieces, one per descriptor (the first may continue in the header's last one): ROUTE sets up
+    the first piece's command, or the status byte's, and goes on if pf holds ``need_idx`` (or
+    the data continues in the header's last descriptor), else fetches it first (FETCH,
+    ROUTE_FETCHED: 2 more cycles); DATA_PIECE issues a piece and
+    DATA_WAIT waits for it while it sets up the next command. ``plen_next`` is the next piece's
+    length (its bits 5 and up reach the command after the FSM). Latency: 1 cycle (DATA_PIECE)
+    between pieces; STATUS follows the last piece's end."""
+    last_piece = work_reg()  # the piece in flight is the last data piece
+    plen_last = work_reg()  # the next data piece is the last one (its length: c_len)
+    # The next data piece: what is left of its descriptor, at most the remaining data.
+    e.plen_next = Signal(e.lbits)
+    p_short = Signal()
+    # what is left of the descriptor: its low bits, and whether more than they say
+    avail_len = Mux(e.cont_next, e.split_rem, e.pf_len[:e.lbits + 1])
+    big = Mux(e.cont_next, e.split_big, e.pf_len[e.lbits + 1:] != 0)
+    m.d.comb += [
+        p_short.eq(~big & ~avail_len[e.lbits] & (avail_len[:e.lbits] < e.remaining)),
+        e.plen_next.eq(Mux(p_short, avail_len[:e.lbits], e.remaining)),
+    ]
+
+    def next_piece_len():
+        m.d.sync += plen_last.eq(~p_short)
+
+    def data_command():
+        e.command(write=e.dir_write, length=e.plen_next[:5], disk=e.to_disk, dpos=e.dpos[:5],
+                  data_piece=True)
+
+    def to_data_piece():
+        e.go("DATA_PIECE")
+
+    with e.state("ROUTE"):
+        next_piece_len()
+        e.load()
+        e.operand(XS_PF, Mux(e.after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
+        with m.If(e.after):
+            data_command()
+        with m.Else():
+            e.command(**STATUS_WRITE)
+        with m.If(e.after & e.cont_next):
+            to_data_piece()  # OUT, continuing where the header ended
+        with m.Elif(e.pf_idx == e.need_idx):
+            with m.If(e.after):
+                to_data_piece()
+            with m.Else():
+                e.go("STATUS")
+        with m.Else():
+            e.fetch(e.need_idx)
+            e.go("FETCH")
+    with e.state("FETCH"):
+        e.operand(XS_PF, Mux(e.after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
+        e.go("ROUTE_FETCHED")
+    with e.state("ROUTE_FETCHED"):  # pf = need_idx now
+        next_piece_len()
+        e.load()
+        with m.If(e.after):
+            data_command()
+        with m.Else():
+            e.command(**STATUS_WRITE)
+        with m.If(e.after):
+            to_data_piece()
+        with m.Else():
+            e.go("STATUS")
+
+    # DATA_PIECE issues the piece whose length the state before put in the command (the
+    # piece's length; the status byte's command never reaches DATA_PIECE)
+    with e.state("DATA_PIECE"):  # c_len: this piece (> 0); pf: its descriptor
+        m.d.sync += [last_piece.eq(plen_last), e.cont_next.eq(0),
+                     e.remaining.eq(e.remaining - e.c_len), e.dpos.eq(e.dpos + e.c_len)]
+        # the next piece's descriptor, or the status byte's (the last one), whose
+        # address DATA_WAIT loads
+        e.operand(XS_PF, Mux(plen_last, Y_STAT, Y_NONE))  # DATA_WAIT's
+        with m.If(plen_last):
+            e.fetch(e.last_idx)
+        with m.Else():
+            e.fetch(e.pf_next)
+        e.issue("DATA_WAIT")
+
+    def after_data_piece():
+        with m.If(last_piece):
+            e.go("STATUS")
+        with m.Else():
+            to_data_piece()
+
+    def before_data():
+        m.d.comb += e.dma.serial.eq(~e.to_disk)
+        e.load()
+        e.operand(XS_PF, Mux(last_piece, Y_STAT, Y_NONE))
+        next_piece_len()
+        with m.If(last_piece):
+            e.command(**STATUS_WRITE)
+        with m.Else():
+            data_command()
+    e.wait("DATA_WAIT", after_data_piece, before=before_data)
+
+
+def completion_writer(m, e):
+    """Steps 3.6 to 3.9 (STATUS to DRAIN_USED_WAIT): write the status byte, drain the posted
+    writes (no used element for data that did not arrive), write the used element and the used
+    index, drain again (the interrupt follows the used index), then pulse ``completed`` and the
+    used-buffer interrupt (unless ``no_irq``) and go on with the next entry (HEAD) or the poll
+    (QCHECK). The payload of these writes is selected after the FSM. Latency: 1 cycle per
+    write or drain besides the DMA engine's."""
+    def issue_then(name, then, command, ring=None):
+        """``name`` issues the command set up before it; ``name``_WAIT waits for its end and
+        sets up ``command``, a write at QueueDevice + y_reg in the phase ``ring`` if given."""
+        with e.state(name):
+            if ring is not None:
+                m.d.comb += ring.eq(1)
+                e.operand(XS_USED, Y_REG)  # the wait's: the used element or the used index
+            e.issue(name + "_WAIT")
+
+        def before():
+            if ring is not None:
+                m.d.comb += ring.eq(1)
+                e.load()
+                e.operand(XS_USED, Y_REG)
+            e.command(**command)
+        e.wait(name + "_WAIT", e.goto(then), before=before)
+
+    issue_then("STATUS", "DRAIN_DATA", DRAIN)
+    # no used element for data that did not arrive
+    issue_then("DRAIN_DATA", "USED", USED_WRITE, e.ring_used)
+    issue_then("USED", "USED_IDX", UIDX_WRITE, e.ring_uidx)
+    e.next_used = Signal(16)
+    m.d.comb += e.next_used.eq(e.used_idx + 1)
+    issue_then("USED_IDX", "DRAIN_USED", DRAIN)
+
+    # registered: last_avail and avail_idx are settled long before DRAIN_USED_WAIT
+    round_done = work_reg()
+    m.d.sync += round_done.eq(e.last_avail == e.avail_idx)
+    with e.state("DRAIN_USED"):  # the interrupt follows the used index
+        # DRAIN_USED_WAIT loads the next round's poll address, or the next entry's head.
+        # used_idx moves on now: should the drain fail, the engine halts until a reset.
+        m.d.sync += e.used_idx.eq(e.next_used)
+        # DRAIN_USED_WAIT's: the next round's poll, or the next entry's head
+        e.operand(XS_AVAIL, Mux(round_done, Y_NONE, Y_REG))
+        e.issue("DRAIN_USED_WAIT")
+
+    def after_used():
+        # registered: the pulses come a cycle after the drain's end
+        m.d.sync += [e.status.completed.eq(1),
+                     e.q.used_irq.eq(~e.no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
+        with m.If(round_done):
+            e.go("QCHECK")
+        with m.Else():
+            e.go("HEAD")
+    def before_drain_used():
+        e.load()
+        e.operand(XS_AVAIL, Mux(round_done, Y_NONE, Y_REG))
+        with m.If(round_done):
+            e.command(**POLL)
+        with m.Else():
+            e.command(**HEAD_READ)
+    e.wait("DRAIN_USED_WAIT", after_used, before=before_drain_used)
+
+
+def halt(m, e):
+    """The end of every fault (EFAULT, FAULT, HALT): the DMA engine copies va, the engine fault's
+    address (EFAULT), the fault pulse (FAULT), then nothing until a device reset. 2 cycles."""
+    with e.state("EFAULT"):  # va holds the engine fault's address; the DMA engine copies it
+        e.go("FAULT")
+    with e.state("FAULT"):
+        m.d.comb += [e.q.fault.eq(1), e.status.fault.eq(1)]
+        e.go("HALT")
+    with e.state("HALT"):
+        pass
+
+
 class RingEngine(wiring.Component):
     """Split-virtqueue engine for one virtio-blk request queue.
 
@@ -229,680 +833,132 @@ class RingEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        q, dma = self.queue, self.dma
-        c = dma.cmd.payload
+        e = _Shared(m)
+        e.q, e.dma, e.status = self.queue, self.dma, self.status
+        c = e.dma.cmd.payload
         qmax = self._queue_num_max
-        qbits = ceil_log2(qmax + 1)  # an index up to qmax, or a count of descriptors
-        lbits = self._len_bits
-        cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
-        cs = ceil_log2(cap_sectors + 1)
+        e.qbits = ceil_log2(qmax + 1)  # an index up to qmax, or a count of descriptors
+        e.lbits = self._len_bits
+        e.cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
+        e.cs = ceil_log2(e.cap_sectors + 1)
 
-        cap = capture_register(m, dma)
-        desc_f = Descriptor(cap)
-        hdr = BlkHeader(cap)
-        # The head read puts the ring entry where a descriptor's ``next`` is, so that a
-        # descriptor address is always formed from the same bits; the poll puts avail.idx
-        # there too (avail.flags where a descriptor's flags are), so that the index a fault
-        # reports is one of two registers' bits, not three.
-        HEAD_POS = virtio.DESC.offsets["next"]
-        POLL_POS = HEAD_POS - virtio.AVAIL_HEADER.offsets["idx"]
-        assert virtio.DESC.offsets["flags"] == POLL_POS
-        cap_head = desc_f.next
-        cap_idx = cap_head  # avail.idx after a poll
-        cap_flags = desc_f.flags.as_value()  # avail.flags after a poll
+        cap = capture_register(m, e.dma)
+        e.desc_f = Descriptor(cap)
+        e.hdr = BlkHeader(cap)
+        e.cap_head = e.desc_f.next  # the ring entry after the head's read (HEAD_POS)
 
-        cache_wr, cache_rd, pf_len, pf_idx, pf_next, rd_idx, pf_load = descriptor_cache(m, qmax)
+        (e.cache_wr, cache_rd, e.pf_len, e.pf_idx, e.pf_next, e.rd_idx,
+         e.pf_load) = descriptor_cache(m, qmax)
 
-        kick = Signal()
-        abort = Signal()
-        last_avail = Signal(16)  # consumed entries (incremented once the head is read)
-        used_idx = Signal(16)
-        avail_idx = work_reg(16)
-        no_irq = work_reg()  # VIRTQ_AVAIL_F_NO_INTERRUPT of the last poll
-        head = work_reg(16)
-        idx = work_reg(16)  # the descriptor being walked; also the index a chain fault reports
+        e.kick = Signal()
+        e.abort = Signal()
+        e.last_avail = Signal(16)  # consumed entries (incremented once the head is read)
+        e.used_idx = Signal(16)
+        e.avail_idx = work_reg(16)
+        e.no_irq = work_reg()  # VIRTQ_AVAIL_F_NO_INTERRUPT of the last poll
+        e.head = work_reg(16)
+        e.idx = work_reg(16)  # the descriptor being walked; also the index a chain fault reports
         # pass 1
-        walked = work_reg(qbits + 1)  # descriptors of the chain read so far
-        count = work_reg(qbits)  # ... of which non-empty (cached)
-        last_idx = work_reg(qbits)  # the last cached one (count - 1)
-        # ... of which device-readable: the count when the first non-empty device-writable one
-        # comes (a chain whose readable descriptors do not all come first faults)
-        n_readable = work_reg(qbits)
-        seen_write = work_reg()
-        have_w = work_reg()  # a non-empty device-writable descriptor was seen (Wr >= 1)
-        acc = work_reg(33)  # sum of the lengths so far (bit 32: over 2^32 - 1)
-        r_bytes = work_reg(32)  # R: the sum when the first device-writable descriptor came
-        r_lt16 = work_reg()  # R < 16
-        wr_bytes = work_reg(33)  # Wr = acc - R, after the walk
+        e.last_idx = work_reg(e.qbits)  # the last cached descriptor of the chain
+        # how many of the cached ones are device-readable: their count when the first non-empty
+        # device-writable one comes (a chain whose readable descriptors do not all come first
+        # faults)
+        e.n_readable = work_reg(e.qbits)
+        e.acc = work_reg(33)  # sum of the lengths so far (bit 32: over 2^32 - 1)
+        e.r_bytes = work_reg(32)  # R: the sum when the first device-writable descriptor came
+        e.wr_bytes = work_reg(33)  # Wr = acc - R, after the walk
         # pass 2
-        got = work_reg(5)  # header bytes read (or being read)
-        take = work_reg(lbits)  # bytes of the piece in flight
-        hlen = work_reg(5)  # the next header piece
-        piece_ends = work_reg()  # ... it ends its descriptor
-        hdr_last = work_reg()  # ... it ends the header
-        last_piece = work_reg()  # ... it is the last data piece
+        e.got = work_reg(5)  # header bytes read (or being read)
+        e.take = work_reg(e.lbits)  # bytes of the piece in flight
+        e.piece_ends = work_reg()  # ... it ends its descriptor
+        e.hdr_last = work_reg()  # ... it ends the header
         # what the header left of its last descriptor: its low bits, and whether more than
         # they say (it is then more than any data piece)
-        split_rem = work_reg(lbits + 1)
-        split_big = work_reg()
-        cont_next = Signal()  # the next data piece continues in that descriptor
-        remaining = work_reg(lbits)  # data bytes not yet handed to the DMA engine
-        plen_last = work_reg()  # the next data piece is the last one (its length: c_len)
-        dpos = work_reg(lbits)  # where the next data piece starts on the disk (or in the serial)
-        to_disk = work_reg()
-        dir_write = work_reg()
-        blk_status = work_reg(8)
-        used_len = work_reg(32)  # the used element's len: bytes written + 1 (the status byte)
-        f_cause = Signal(4)
+        e.split_rem = work_reg(e.lbits + 1)
+        e.split_big = work_reg()
+        e.cont_next = Signal()  # the next data piece continues in that descriptor
+        e.remaining = work_reg(e.lbits)  # data bytes not yet handed to the DMA engine
+        e.dpos = work_reg(e.lbits)  # where the next data piece starts on the disk (or serial)
+        e.to_disk = work_reg()
+        e.dir_write = work_reg()
+        e.blk_status = work_reg(8)
+        e.used_len = work_reg(32)  # the used element's len: bytes written + 1 (the status byte)
+        e.f_cause = Signal(4)
         m.d.comb += [
-            self.status.fault_cause.eq(f_cause),
-            self.abort.eq(abort),
+            self.status.fault_cause.eq(e.f_cause),
+            self.abort.eq(e.abort),
         ]
 
-        n = q.num
+        n = e.q.num
         # The queue size as checked by QCHECK and its mask, computed every cycle (a notify
         # reaches QCHECK at least two cycles after the last register write).
-        qnum, qmask, num_ok = queue_size_check(m, n, qbits)
+        e.qnum, qmask, e.num_ok = queue_size_check(m, n, e.qbits)
 
         # ---- The address register and its adder (area and Fmax: AddressAdder) ---------------
-        ring_used = Signal()  # the phase of the used element (else: an avail entry) ...
-        ring_uidx = Signal()  # ... or of the used index
-        y_is_idx = Signal()  # ... or of a fault reporting idx
-        y_is_num = Signal()  # ... or QueueNum
+        e.ring_used = Signal()  # the phase of the used element (else: an avail entry) ...
+        e.ring_uidx = Signal()  # ... or of the used index
+        e.y_is_idx = Signal()  # ... or of a fault reporting idx
+        e.y_is_num = Signal()  # ... or QueueNum
         # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
         # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
         # QueueNum a fault reports.
         adder = AddressAdder(
-            m, {XS_DESC: q.desc, XS_AVAIL: q.avail, XS_USED: q.used, XS_PF: cache_rd.data.addr},
-            cap_head, cache_rd.data.last,
-            [(ring_used, Cat(Const(0b100, 3), used_idx & qmask)), (ring_uidx, 2), (y_is_idx, idx),
-             (y_is_num, n)], ((last_avail & qmask) + 2) << 1)
-        operand, load = adder.operand, adder.load
+            m, {XS_DESC: e.q.desc, XS_AVAIL: e.q.avail, XS_USED: e.q.used,
+                XS_PF: cache_rd.data.addr},
+            e.cap_head, cache_rd.data.last,
+            [(e.ring_used, Cat(Const(0b100, 3), e.used_idx & qmask)), (e.ring_uidx, 2),
+             (e.y_is_idx, e.idx), (e.y_is_num, n)], ((e.last_avail & qmask) + 2) << 1)
+        e.operand, e.load = adder.operand, adder.load
         # The address of the next command, looked up by the DMA engine in the translation unit:
         # every state before one that issues loads va, except DESC_CHECK at a chain's end,
         # which keeps the header's address that DESC_WAIT loaded (pre_hold: use cmd_vaddr).
-        keep_va = Signal()
-        m.d.comb += [c.vaddr.eq(adder.va), dma.pre.vaddr.eq(adder.va_next),
-                     dma.pre.hold.eq(keep_va)]
-
-        def go(name):
-            m.next = name
-
-        def fault(cause):
-            """An engine-detected fault reporting the index in ``idx``. XIDX moves it into y_reg,
-            XFAULT into va, the DMA engine, idle, copies va into its address register in the
-            next cycle (EFAULT), and its fault address output shows it in the fault pulse's
-            cycle (FAULT)."""
-            m.d.sync += f_cause.eq(cause)
-            go("XIDX")
-
-        @contextmanager
-        def state(name):
-            with m.State(name):
-                yield
-                with m.If(abort & ~dma.busy):
-                    m.d.sync += abort.eq(0)
-                    operand(XS_AVAIL, Y_NONE)  # IDLE's
-                    go("IDLE")
-
+        e.keep_va = Signal()
+        m.d.comb += [c.vaddr.eq(adder.va), e.dma.pre.vaddr.eq(adder.va_next),
+                     e.dma.pre.hold.eq(e.keep_va)]
         # A data piece that continues where the header ended: the DMA engine keeps its address
         # while idle and looks it up, from the cycle the header ends to the piece's issue.
-        m.d.comb += [c.cont.eq(cont_next), dma.pre.cont.eq(cont_next)]
+        m.d.comb += [c.cont.eq(e.cont_next), e.dma.pre.cont.eq(e.cont_next)]
 
         # The command a state hands over comes from registers, set on the way into the state
         # (``go``): only ``cmd_valid`` depends on the state's decisions (the DMA engine's
         # command registers follow the fields in every idle cycle).
-        c_write, c_drain, c_disk = Signal(), Signal(), Signal()
+        e.c_write, e.c_drain, e.c_disk = Signal(), Signal(), Signal()
         # Length and local position: bits 0-4 hold every value but a data piece's, whose bits
         # 5 and up are set after the FSM (a data piece's, or 0 from the flip-flops' reset).
-        c_len = work_reg(lbits)
-        c_dpos = work_reg(lbits)
-        c_set = Signal()  # a state sets the fields ...
-        c_data = Signal()  # ... to a data piece's
-        m.d.comb += [c.write.eq(c_write), c.drain.eq(c_drain),
-                     c.len.eq(c_len), c.disk.eq(c_disk), c.dpos.eq(c_dpos)]
-
-        def command(*, write=0, length=0, disk=0, dpos=0, drain=0, data_piece=False):
-            """From the next cycle on, the command fields are these."""
-            m.d.comb += [c_set.eq(1), c_data.eq(data_piece)]
-            m.d.sync += [c_write.eq(write), c_drain.eq(drain), c_len[:5].eq(length),
-                         c_disk.eq(disk), c_dpos[:5].eq(dpos)]
-
-        # The commands with fixed fields. A state that comes before one that issues sets the
-        # fields in every cycle, so that a transition on the DMA engine's ``done`` loads none.
-        POLL = {"length": 4, "dpos": POLL_POS}  # avail.flags and avail.idx
-        HEAD_READ = {"length": 2, "dpos": HEAD_POS}  # the ring entry
-        DESC_READ = {"length": 16}
-        STATUS_WRITE = {"write": 1, "length": 1}
-        DRAIN = {"drain": 1}
-        USED_WRITE = {"write": 1, "length": 8}
-        UIDX_WRITE = {"write": 1, "length": 2}
-
-        def issue(wait_state):
-            """Hand the state's command to the DMA engine (idle in every state that does)."""
-            m.d.comb += dma.cmd.valid.eq(~abort)
-            go(wait_state)
-
-        def wait(name, then, before=None):
-            """Wait for the command's end; a DMA fault becomes the engine's fault."""
-            with state(name):
-                if before is not None:
-                    before()
-                with m.If(dma.done):
-                    with m.If(dma.failed):
-                        # the DMA engine holds the fault address for the FAULT cycle
-                        m.d.sync += f_cause.eq(dma.fault)
-                        go("FAULT")
-                    with m.Else():
-                        then()
-
-        def goto(name):
-            return lambda: go(name)
-
-        def fetch(index):
-            """Read cache entry ``index`` into pf (there two cycles later)."""
-            m.d.comb += [rd_idx.eq(index), pf_load.eq(1)]
-
-        def at_least(index, bound):
-            """``index >= bound`` for a 16-bit index and a bound of qbits bits: the compare on
-            the low bits only, the high bits by an OR."""
-            return (index[qbits:] != 0) | (index[:qbits] >= bound)
-
-        # Data sizes of an IN and an OUT request, in sectors, and whether they are whole
-        # sectors: D = Wr - 1 (IN) is a multiple of 512 exactly when Wr mod 512 = 1, and then
-        # D / 512 = Wr >> 9; likewise D = R - 16 (OUT). A request is in range when
-        # sector + D / 512 <= the disk's sectors.
-        def in_range(total, rest, sector):
-            dsec = total[9:]
-            fits = sector[:cs] + dsec[:cs]  # (an expression: a comb signal here would be gated
-            # by the state that calls this)
-            return ((total[:9] == rest) & (dsec[cs:] == 0) & (sector[cs:] == 0)
-                    & (fits <= cap_sectors))
-
-        m.d.sync += [self.status.completed.eq(0), q.used_irq.eq(0)]  # pulses, set below
+        e.c_len = work_reg(e.lbits)
+        e.c_dpos = work_reg(e.lbits)
+        e.c_set = Signal()  # a state sets the fields ...
+        e.c_data = Signal()  # ... to a data piece's
+        m.d.comb += [c.write.eq(e.c_write), c.drain.eq(e.c_drain),
+                     c.len.eq(e.c_len), c.disk.eq(e.c_disk), c.dpos.eq(e.c_dpos)]
+        m.d.sync += [self.status.completed.eq(0), e.q.used_irq.eq(0)]  # pulses, set below
         with m.FSM() as fsm:
-            with state("IDLE"):  # va: the poll's address (avail.flags and avail.idx)
-                m.d.comb += q.idle.eq(~abort)
-                operand(XS_AVAIL, Y_NONE)
-                load()
-                command(**POLL)
-                with m.If(kick & ~abort):
-                    m.d.sync += kick.eq(0)
-                    go("QCHECK")
-
-            # ---- step 1 and 2: queue check and poll --------------------------------------------
-            with state("QCHECK"):
-                queue_ok = (num_ok & (q.desc[:4] == 0) & ~q.avail[0]
-                            & (q.used[:2] == 0))
-                with m.If(queue_ok):
-                    issue("POLL_WAIT")
-                with m.Else():
-                    # QFAULT loads the first offending value: QueueNum, Desc, Driver, Device
-                    m.d.sync += f_cause.eq(spec.FAULT_BAD_RING)
-                    with m.If(~num_ok):
-                        go("QNUM")
-                    with m.Else():
-                        go("QFAULT")
-                with m.If(q.desc[:4] != 0):
-                    operand(XS_DESC, Y_NONE)
-                with m.Elif(q.avail[0]):
-                    operand(XS_AVAIL, Y_NONE)
-                with m.Else():
-                    operand(XS_USED, Y_NONE)
-            with state("QNUM"):  # y_reg = QueueNum
-                m.d.comb += y_is_num.eq(1)
-                operand(XS_ZERO, Y_REG)
-                go("QFAULT")
-            with state("QFAULT"):
-                load()
-                go("EFAULT")
-            wait("POLL_WAIT", goto("POLL_CHECK"),
-                 before=lambda: operand(XS_AVAIL, Y_REG))  # POLL_CHECK's: the head
-
-            # POLL_CHECK registers what the avail index says, POLL_ACT acts on it.
-            poll_bad = work_reg()
-            poll_none = work_reg()
-            # Values only some states use are computed outside the FSM: a comb assignment inside
-            # a state would AND every bit with the state.
-            pending = Signal(16)
-            m.d.comb += pending.eq(cap_idx - last_avail)
-            with state("POLL_CHECK"):
-                load()
-                command(**HEAD_READ)
-                m.d.sync += [avail_idx.eq(cap_idx), no_irq.eq(cap_flags[0]), idx.eq(cap_idx),
-                             poll_bad.eq((pending[qbits:] != 0) | (pending[:qbits] > qnum)),
-                             poll_none.eq(pending == 0)]
-                go("POLL_ACT")
-
-            with state("POLL_ACT"):
-                operand(XS_AVAIL, Y_NONE)  # IDLE's
-                with m.If(poll_bad):
-                    fault(spec.FAULT_BAD_RING)  # idx: avail.idx
-                with m.Elif(poll_none):
-                    go("IDLE")
-                with m.Else():
-                    issue("HEAD_WAIT")
-
-            # ---- step 3.1 and 3.2: head, then walk and check the chain ------------------------
-            with state("HEAD"):
-                issue("HEAD_WAIT")
-            wait("HEAD_WAIT", goto("DESC_FIRST"),
-                 before=lambda: operand(XS_DESC, Y_CAP))  # DESC_FIRST's
-
-            # DESC_FIRST forms the first descriptor's address and registers the head's check,
-            # DESC_START acts on it.
-            head_bad = work_reg()
-            with state("DESC_FIRST"):
-                load()
-                command(**DESC_READ)
-                m.d.sync += [
-                    head.eq(cap_head), idx.eq(cap_head), head_bad.eq(at_least(cap_head, qnum)),
-                    last_avail.eq(last_avail + 1),
-                    walked.eq(0), count.eq(0), seen_write.eq(0),
-                    acc.eq(0), r_lt16.eq(1), cont_next.eq(0), have_w.eq(0),
-                ]
-                go("DESC_START")
-
-            with state("DESC_START"):
-                operand(XS_PF, Y_NONE)  # DESC_WAIT's: the header's address
-                with m.If(head_bad):
-                    fault(spec.FAULT_BAD_CHAIN)  # idx: the head
-                with m.Else():
-                    issue("DESC_WAIT")
-
-            # The first cached descriptor is kept in pf for the header (it was cached at least
-            # one descriptor read ago: a request needs two non-empty descriptors), and va holds
-            # its address, should this descriptor end the chain.
-            def before_desc():
-                fetch(0)
-                load()
-                # (a descriptor read is done with its last beat, unless it fails: then the engine
-                # halts and the operands do not matter)
-                with m.If(dma.r_last_beat):
-                    operand(XS_DESC, Y_CAP)  # DESC_CHECK's: the next descriptor
-                with m.Else():
-                    operand(XS_PF, Y_NONE)
-            wait("DESC_WAIT", goto("DESC_CHECK"), before=before_desc)
-
-            # A descriptor takes two cycles: DESC_CHECK computes its checks and sums into
-            # registers (and caches it: after a failed check nothing reads the cache) and forms
-            # the next descriptor's address, DESC_NEXT acts on them.
-            bad = work_reg()
-            has_next = work_reg()
-            next_bad = work_reg()  # the next index is outside the queue ...
-            chain_full = work_reg()  # ... or the next descriptor would be number N + 1
-            hdr_len = work_reg(5)  # the first header piece
-            hdr_ends = work_reg()  # ... ends its descriptor
-            # The cache's address and data do not depend on the state (only its enable does):
-            # no gate in front of each data bit.
-            last = Signal(32)  # len - 1, the offset of the descriptor's last byte
-            lo_last = Signal(33)  # addr[31:0] + last: bit 32 is the carry into addr[63:32]
-            m.d.comb += [
-                cache_wr.addr.eq(count),
-                cache_wr.data.addr.eq(desc_f.addr), cache_wr.data.len.eq(desc_f.len),
-                cache_wr.data.last.eq(last),
-            ]
-            new_acc = Signal(33)
-            m.d.comb += [last.eq(desc_f.len - 1), lo_last.eq(desc_f.addr[:32] + last),
-                         new_acc.eq(acc + desc_f.len)]
-            with state("DESC_CHECK"):
-                d_write = desc_f.flags.write
-                nonempty = desc_f.len != 0
-                # addr + len > 2^64: a non-empty descriptor whose last byte is past 2^64 - 1,
-                # with the carry chain that forms the cached ``last`` (no zero test of a sum)
-                wraps = (desc_f.addr[32:] == 0xFFFF_FFFF) & nonempty & lo_last[32]
-                m.d.comb += cache_wr.en.eq(nonempty)  # (address and data: above, always)
-                with m.If(desc_f.flags.next):
-                    load()  # the next descriptor
-                with m.Else():
-                    m.d.comb += keep_va.eq(1)  # the header's first piece
-                short = (pf_len[5:] == 0) & (pf_len[:5] < 16)
-                m.d.sync += [
-                    bad.eq(desc_f.flags.indirect
-                           | (~d_write & seen_write) | wraps | new_acc[32]),
-                    has_next.eq(desc_f.flags.next), next_bad.eq(at_least(desc_f.next, qnum)),
-                    walked.eq(walked + 1), chain_full.eq(walked + 1 == qnum), acc.eq(new_acc),
-                    seen_write.eq(seen_write | d_write),
-                    hdr_len.eq(Mux(short, pf_len[:5], 16)),
-                    hdr_ends.eq((pf_len[5:] == 0) & (pf_len[:5] <= 16)),
-                ]
-                # DESC_NEXT's command: the next descriptor, or the header's first piece
-                command(length=Mux(desc_f.flags.next, 16, Mux(short, pf_len[:5], 16)))
-                with m.If(d_write & ~seen_write):
-                    m.d.sync += [r_bytes.eq(acc), r_lt16.eq(acc[4:] == 0)]  # R < 16
-                with m.If(nonempty):
-                    m.d.sync += [count.eq(count + 1), last_idx.eq(count)]
-                    with m.If(d_write & ~have_w):
-                        m.d.sync += [n_readable.eq(count), have_w.eq(1)]
-                go("DESC_NEXT")
-
-            with state("DESC_NEXT"):
-                operand(XS_PF, Y_NONE)  # DESC_WAIT's or HDR_WAIT's
-                with m.If(bad):
-                    fault(spec.FAULT_BAD_CHAIN)  # idx: this descriptor
-                with m.Elif(has_next):  # NEXT
-                    m.d.sync += idx.eq(desc_f.next)
-                    # the next one is outside the queue, or would be number N + 1
-                    with m.If(next_bad | chain_full):
-                        fault(spec.FAULT_BAD_CHAIN)  # idx: the next one
-                    with m.Else():
-                        issue("DESC_WAIT")
-                # step 3.3: request framing (R >= 16 and Wr >= 1, a non-empty writable one)
-                with m.Elif(r_lt16 | ~have_w):
-                    m.d.sync += idx.eq(head)
-                    fault(spec.FAULT_BAD_REQUEST)  # idx: the head
-                with m.Else():
-                    # step 3.4: the header's first piece, from cached descriptor 0
-                    m.d.sync += [got.eq(hdr_len), take.eq(hdr_len), hdr_last.eq(hdr_len == 16),
-                                 piece_ends.eq(hdr_ends)]
-                    with m.If(hdr_ends):
-                        fetch(pf_next)  # (pf holds cached descriptor 0)
-                    issue("HDR_WAIT")
-            with state("XIDX"):  # y_reg = idx, the fault's index
-                m.d.comb += y_is_idx.eq(1)
-                operand(XS_ZERO, Y_REG)
-                go("XFAULT")
-            with state("XFAULT"):  # va = idx; f_cause set
-                load()
-                go("EFAULT")
-
-            # ---- step 3.4: header --------------------------------------------------------------
-            # Wr = acc - R, settled long before DECODE.
-            m.d.sync += wr_bytes.eq(acc - r_bytes)
-
-            def after_hdr_piece():
-                with m.If(hdr_last):
-                    go("DECODE")
-                with m.Else():
-                    go("HDR_PIECE")
-
-            # The next piece's address and length, if there is one (pf is the next descriptor
-            # then, from the third cycle of the wait on; the wait lasts at least that long).
-            hlen_next = Signal(5)
-            hlen_ends_next = Signal()
-            need = Signal(5)
-            m.d.comb += need.eq(spec.BLK_HEADER_BYTES - got)
-            short_h = (pf_len[5:] == 0) & (pf_len[:5] < need)
-            m.d.comb += [hlen_next.eq(Mux(short_h, pf_len[:5], need)),
-                         hlen_ends_next.eq((pf_len[5:] == 0) & (pf_len[:5] <= need))]
-            hlen_ends = work_reg()  # the next header piece ends its descriptor
-
-            def before_hdr():
-                load()
-                operand(XS_PF, Y_NONE)
-                command(length=hlen_next, dpos=got)  # HDR_PIECE's
-                # what the last piece leaves of its descriptor (pf, unless the piece ends it)
-                with m.If(hdr_last):
-                    m.d.sync += [cont_next.eq(~piece_ends), split_rem.eq(pf_len[:lbits + 1] - take),
-                                 split_big.eq(pf_len[lbits + 1:] != 0)]
-                m.d.sync += [hlen.eq(hlen_next), hlen_ends.eq(hlen_ends_next)]
-            wait("HDR_WAIT", after_hdr_piece, before=before_hdr)
-
-            with state("HDR_PIECE"):  # pf: the next cached descriptor, never empty
-                operand(XS_PF, Y_NONE)  # HDR_WAIT's
-                m.d.sync += [take.eq(hlen), got.eq(got + hlen),
-                             hdr_last.eq(got + hlen == spec.BLK_HEADER_BYTES),
-                             piece_ends.eq(hlen_ends)]
-                with m.If(hlen_ends):
-                    fetch(pf_next)
-                issue("HDR_WAIT")
-
-            # ---- step 3.5: decode and data -----------------------------------------------------
-            # DECODE registers what the header says; DISPATCH acts on it.
-            t_in = work_reg()
-            t_out = work_reg()
-            t_flush = work_reg()
-            t_get_id = work_reg()
-            ok_in = work_reg()
-            ok_out = work_reg()
-            sector_base = work_reg(lbits)
-            id_len = work_reg(5)  # GET_ID: min(20, Wr - 1)
-            no_in_data = work_reg()  # Wr = 1: only the status byte is writable
-            no_out_data = work_reg()  # R = 16: only the header is readable
-            with state("DECODE"):
-                req_type = hdr.type
-                sector = hdr.sector
-                m.d.sync += [
-                    t_in.eq(req_type == spec.VIRTIO_BLK_T_IN),
-                    t_out.eq(req_type == spec.VIRTIO_BLK_T_OUT),
-                    t_flush.eq(req_type == spec.VIRTIO_BLK_T_FLUSH),
-                    t_get_id.eq(req_type == spec.VIRTIO_BLK_T_GET_ID),
-                    ok_in.eq(in_range(wr_bytes, 1, sector)),
-                    ok_out.eq(in_range(r_bytes, spec.BLK_HEADER_BYTES, sector)),
-                    sector_base.eq(sector[:cs] << 9),
-                    no_in_data.eq(wr_bytes == 1),
-                    no_out_data.eq(r_bytes == spec.BLK_HEADER_BYTES),
-                    id_len.eq(Mux((wr_bytes[5:] != 0)
-                                  | (wr_bytes[:5] > spec.VIRTIO_BLK_ID_BYTES),
-                                  spec.VIRTIO_BLK_ID_BYTES, wr_bytes[:5] - 1)),
-                ]
-                go("DISPATCH")
-
-            # DISPATCH decides what moves and which cached descriptor that needs first: the
-            # first device-writable one (IN, GET_ID), the one after the header (OUT), or the
-            # last one (the status byte). Where pf does not hold it, FETCH waits for it.
-            need_idx = work_reg(qbits)
-            after = work_reg()  # then: 0 = the status, 1 = the data
-            with state("DISPATCH"):
-                m.d.sync += [blk_status.eq(spec.VIRTIO_BLK_S_OK), used_len.eq(1),
-                             dpos.eq(sector_base), to_disk.eq(1), dir_write.eq(1)]
-                move_in = t_in & ok_in & ~no_in_data  # (flags registered in DECODE: no wide
-                move_out = t_out & ok_out & ~no_out_data  # compare before the operand select)
-                move_id = t_get_id & ~no_in_data
-                with m.If(t_in & ok_in):
-                    m.d.sync += used_len.eq(wr_bytes)
-                with m.If(t_get_id):
-                    m.d.sync += used_len.eq(id_len + 1)
-                with m.If((t_in & ~ok_in) | (t_out & ~ok_out)):
-                    m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
-                with m.If(~t_in & ~t_out & ~t_flush & ~t_get_id):
-                    m.d.sync += blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
-                with m.If(~move_out):
-                    m.d.sync += cont_next.eq(0)  # only OUT data follows the header
-                with m.If(move_in):
-                    m.d.sync += [remaining.eq(wr_bytes[9:] << 9), need_idx.eq(n_readable),
-                                 after.eq(1)]
-                with m.Elif(move_id):
-                    m.d.sync += [remaining.eq(id_len), need_idx.eq(n_readable), dpos.eq(0),
-                                 to_disk.eq(0), after.eq(1)]
-                with m.Elif(move_out):
-                    # the data starts in the header's last descriptor (cont_next) or in the
-                    # next one, which the header's last piece fetched into pf
-                    m.d.sync += [remaining.eq(r_bytes[9:] << 9), dir_write.eq(0), after.eq(1),
-                                 need_idx.eq(pf_idx)]
-                with m.Else():
-                    m.d.sync += [need_idx.eq(last_idx), after.eq(0)]
-                with m.If(move_in | move_id | move_out):
-                    operand(XS_PF, Y_NONE)  # ROUTE's: a data piece's address
-                with m.Else():
-                    operand(XS_PF, Y_STAT)  # ... or the status byte's
-                go("ROUTE")
-
-            # The next data piece: what is left of its descriptor, at most the remaining data.
-            plen_next = Signal(lbits)
-            p_short = Signal()
-            # what is left of the descriptor: its low bits, and whether more than they say
-            avail_len = Mux(cont_next, split_rem, pf_len[:lbits + 1])
-            big = Mux(cont_next, split_big, pf_len[lbits + 1:] != 0)
-            m.d.comb += [
-                p_short.eq(~big & ~avail_len[lbits] & (avail_len[:lbits] < remaining)),
-                plen_next.eq(Mux(p_short, avail_len[:lbits], remaining)),
-            ]
-
-            def next_piece_len():
-                m.d.sync += plen_last.eq(~p_short)
-
-            def data_command():
-                command(write=dir_write, length=plen_next[:5], disk=to_disk, dpos=dpos[:5],
-                        data_piece=True)
-
-            def to_data_piece():
-                go("DATA_PIECE")
-
-            # ROUTE: pf holds the descriptor needed (or the data continues in the header's
-            # last descriptor): va loads the piece's or the status byte's address, and on;
-            # else fetch it first.
-            with state("ROUTE"):
-                next_piece_len()
-                load()
-                operand(XS_PF, Mux(after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
-                with m.If(after):
-                    data_command()
-                with m.Else():
-                    command(**STATUS_WRITE)
-                with m.If(after & cont_next):
-                    to_data_piece()  # OUT, continuing where the header ended
-                with m.Elif(pf_idx == need_idx):
-                    with m.If(after):
-                        to_data_piece()
-                    with m.Else():
-                        go("STATUS")
-                with m.Else():
-                    fetch(need_idx)
-                    go("FETCH")
-            with state("FETCH"):
-                operand(XS_PF, Mux(after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
-                go("ROUTE_FETCHED")
-            with state("ROUTE_FETCHED"):  # pf = need_idx now
-                next_piece_len()
-                load()
-                with m.If(after):
-                    data_command()
-                with m.Else():
-                    command(**STATUS_WRITE)
-                with m.If(after):
-                    to_data_piece()
-                with m.Else():
-                    go("STATUS")
-
-            # DATA_PIECE issues the piece whose length the state before put in the command (the
-            # piece's length; the status byte's command never reaches DATA_PIECE)
-            with state("DATA_PIECE"):  # c_len: this piece (> 0); pf: its descriptor
-                m.d.sync += [last_piece.eq(plen_last), cont_next.eq(0),
-                             remaining.eq(remaining - c_len), dpos.eq(dpos + c_len)]
-                # the next piece's descriptor, or the status byte's (the last one), whose
-                # address DATA_WAIT loads
-                operand(XS_PF, Mux(plen_last, Y_STAT, Y_NONE))  # DATA_WAIT's
-                with m.If(plen_last):
-                    fetch(last_idx)
-                with m.Else():
-                    fetch(pf_next)
-                issue("DATA_WAIT")
-
-            def after_data_piece():
-                with m.If(last_piece):
-                    go("STATUS")
-                with m.Else():
-                    to_data_piece()
-
-            def before_data():
-                m.d.comb += dma.serial.eq(~to_disk)
-                load()
-                operand(XS_PF, Mux(last_piece, Y_STAT, Y_NONE))
-                next_piece_len()
-                with m.If(last_piece):
-                    command(**STATUS_WRITE)
-                with m.Else():
-                    data_command()
-            wait("DATA_WAIT", after_data_piece, before=before_data)
-
-            # ---- steps 3.6 to 3.9: status, used element, used index -------------------------
-            # The payload of a write from the scratch (held until the command is done): see
-            # below the FSM.
-            with state("STATUS"):
-                issue("STATUS_WAIT")
-            def before_status_wait():
-                command(**DRAIN)
-            wait("STATUS_WAIT", goto("DRAIN_DATA"), before=before_status_wait)
-            with state("DRAIN_DATA"):  # no used element for data that did not arrive
-                m.d.comb += ring_used.eq(1)
-                operand(XS_USED, Y_REG)  # DRAIN_DATA_WAIT's: the used element
-                issue("DRAIN_DATA_WAIT")
-
-            def before_drain_data():
-                m.d.comb += ring_used.eq(1)
-                load()
-                operand(XS_USED, Y_REG)
-                command(**USED_WRITE)
-            wait("DRAIN_DATA_WAIT", goto("USED"), before=before_drain_data)
-
-            with state("USED"):
-                m.d.comb += ring_uidx.eq(1)
-                operand(XS_USED, Y_REG)  # USED_WAIT's: the used index
-                issue("USED_WAIT")
-
-            def before_used_wait():
-                m.d.comb += ring_uidx.eq(1)
-                load()
-                operand(XS_USED, Y_REG)
-                command(**UIDX_WRITE)
-            wait("USED_WAIT", goto("USED_IDX"), before=before_used_wait)
-
-            next_used = Signal(16)
-            m.d.comb += next_used.eq(used_idx + 1)
-            with state("USED_IDX"):
-                issue("USED_IDX_WAIT")
-            def before_uidx_wait():
-                command(**DRAIN)
-            wait("USED_IDX_WAIT", goto("DRAIN_USED"), before=before_uidx_wait)
-
-            # registered: last_avail and avail_idx are settled long before DRAIN_USED_WAIT
-            round_done = work_reg()
-            m.d.sync += round_done.eq(last_avail == avail_idx)
-            with state("DRAIN_USED"):  # the interrupt follows the used index
-                # DRAIN_USED_WAIT loads the next round's poll address, or the next entry's head.
-                # used_idx moves on now: should the drain fail, the engine halts until a reset.
-                m.d.sync += used_idx.eq(next_used)
-                # DRAIN_USED_WAIT's: the next round's poll, or the next entry's head
-                operand(XS_AVAIL, Mux(round_done, Y_NONE, Y_REG))
-                issue("DRAIN_USED_WAIT")
-
-            def after_used():
-                # registered: the pulses come a cycle after the drain's end
-                m.d.sync += [self.status.completed.eq(1),
-                             q.used_irq.eq(~no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
-                with m.If(round_done):
-                    go("QCHECK")
-                with m.Else():
-                    go("HEAD")
-            def before_drain_used():
-                load()
-                operand(XS_AVAIL, Mux(round_done, Y_NONE, Y_REG))
-                with m.If(round_done):
-                    command(**POLL)
-                with m.Else():
-                    command(**HEAD_READ)
-            wait("DRAIN_USED_WAIT", after_used, before=before_drain_used)
-
-            with state("EFAULT"):  # va holds the engine fault's address; the DMA engine copies it
-                go("FAULT")
-            with state("FAULT"):
-                m.d.comb += [q.fault.eq(1), self.status.fault.eq(1)]
-                go("HALT")
-            with state("HALT"):
-                pass
+            for part in (poll, chain_walker, header_reader, request_decoder, data_mover,
+                         completion_writer, halt):
+                part(m, e)  # each adds its states, in this order
 
         one_hot(fsm)
-        # While the engine aborts, X is IDLE's and Y is 0 (the state's own choice does not
-        # matter: no command goes out), so that the selects do not wait for the DMA engine's
-        # ``busy``.
-        with m.If(abort):
+        # Fmax: while the engine aborts, X is IDLE's and Y is 0 (the state's own choice does
+        # not matter: no command goes out), so that the selects do not wait for the DMA
+        # engine's ``busy``.
+        with m.If(e.abort):
             m.d.comb += [flag.eq(sel == XS_AVAIL) for sel, flag in adder.x_next.items()]
             m.d.comb += [flag.eq(0) for flag in adder.y_next.values()]
-        with m.If(c_data):
-            m.d.sync += [c_len[5:].eq(plen_next[5:]), c_dpos[5:].eq(dpos[5:])]
-        with m.Elif(c_set):
-            m.d.sync += [c_len[5:].eq(0), c_dpos[5:].eq(0)]
+        # Area: a command's length and position above bit 4, a data piece's or 0, set here.
+        with m.If(e.c_data):
+            m.d.sync += [e.c_len[5:].eq(e.plen_next[5:]), e.c_dpos[5:].eq(e.dpos[5:])]
+        with m.Elif(e.c_set):
+            m.d.sync += [e.c_len[5:].eq(0), e.c_dpos[5:].eq(0)]
         # The payload: the used element (id, len), whose low 16 bits are the status byte or the
         # used index in the states that write those (their commands strobe only those bytes).
-        # Not gated by the states: only the low 16 bits need a select.
-        low16 = Mux(fsm.ongoing("USED") | fsm.ongoing("USED_WAIT"), head,
-                    Mux(fsm.ongoing("USED_IDX") | fsm.ongoing("USED_IDX_WAIT"), next_used,
-                        blk_status))
-        m.d.comb += dma.payload.eq(Cat(low16, Const(0, 16), used_len))
-        with m.If(q.notify):
-            m.d.sync += kick.eq(1)
-        with m.If(q.dev_reset):
-            m.d.sync += [abort.eq(1), kick.eq(0), last_avail.eq(0), used_idx.eq(0),
-                         cont_next.eq(0)]
+        # Area: not gated by the states, only the low 16 bits need a select.
+        low16 = Mux(fsm.ongoing("USED") | fsm.ongoing("USED_WAIT"), e.head,
+                    Mux(fsm.ongoing("USED_IDX") | fsm.ongoing("USED_IDX_WAIT"), e.next_used,
+                        e.blk_status))
+        m.d.comb += e.dma.payload.eq(Cat(low16, Const(0, 16), e.used_len))
+        with m.If(e.q.notify):
+            m.d.sync += e.kick.eq(1)
+        with m.If(e.q.dev_reset):
+            m.d.sync += [e.abort.eq(1), e.kick.eq(0), e.last_avail.eq(0), e.used_idx.eq(0),
+                         e.cont_next.eq(0)]
         return m
