@@ -92,7 +92,7 @@ class TranslationHarness(Elaboratable):
         def written(ref):
             return (dut.table.wen != 0) & (dut.table.addr == ref)
 
-        # A lookup: the table read at req_ref in cycle r; in r + 1 keep and the request's other
+        # A lookup: the table read at lookup.ref in cycle r; in r + 1 keep and the request's other
         # fields; the answer in r + 3. What the harness knows of it in r + 1 (``h_``), r + 2
         # (``q_``) and r + 3 (``z_``, when the answer is due).
         ref = dut.lookup.ref

@@ -566,7 +566,7 @@ class DmaEngine(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += [cmd.ready.eq(1), in_idle.eq(1)]
                 # The command registers follow the inputs in every idle cycle (they are unused
-                # while idle), so that cmd_valid only steers the state.
+                # while idle), so that ring.cmd.valid only steers the state.
                 m.d.sync += [
                     write.eq(c.write), to_disk.eq(c.disk), rem.eq(c.len),
                     empty.eq(c.len == 0),

@@ -920,7 +920,7 @@ class RingEngine(wiring.Component):
         m.d.comb += [c.cont.eq(e.cont_next), e.dma.pre.cont.eq(e.cont_next)]
 
         # The command a state hands over comes from registers, set on the way into the state
-        # (``go``): only ``cmd_valid`` depends on the state's decisions (the DMA engine's
+        # (``go``): only ``dma.cmd.valid`` depends on the state's decisions (the DMA engine's
         # command registers follow the fields in every idle cycle).
         e.c_write, e.c_drain, e.c_disk = Signal(), Signal(), Signal()
         # Length and local position: bits 0-4 hold every value but a data piece's, whose bits

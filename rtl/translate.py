@@ -106,7 +106,7 @@ class TranslationUnit(wiring.Component):
 
         # Stage 1 (the cycle after the table read, that of ``keep``): the reference, and whether
         # its entry was written in the read's cycle (the read saw it as it was before), from the
-        # write registered beside it: nothing but the table's address port waits for req_ref.
+        # write registered beside it: nothing but the table's address port waits for lookup.ref.
         ref1 = Signal(bits)
         wr_addr1 = Signal(bits)
         wr_any1 = Signal()

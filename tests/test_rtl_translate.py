@@ -52,7 +52,7 @@ async def program(ctx, dut, table: GrantTable, ref: int, value: int, wen: int = 
 
 
 def fields(dut, v: int) -> tuple[int, int, int]:
-    """(req_ref, req_high, req_handle) of address ``v`` for a table of ``dut.ref_bits``."""
+    """(lookup.ref, lookup.high, lookup.handle) of address ``v`` for a table of ``dut.ref_bits``."""
     bits = dut.ref_bits
     ref = v >> 12 & ((1 << bits) - 1)
     high = int((v >> (12 + bits)) & ((1 << (51 - bits)) - 1) != 0)
@@ -375,7 +375,7 @@ def test_staleness(when, what, mode, stale):
 @pytest.mark.parametrize(("entries", "seed"), [(16, 3), (12, 4)])
 def test_table_readback_and_byte_enables(entries, seed):
     """tbl_rdata holds entry tbl_addr one cycle later (pipelined, one read per cycle); a
-    write changes exactly the bytes enabled in tbl_wen (models.grant.GrantTable.write_word)."""
+    write changes exactly the bytes enabled in table.wen (models.grant.GrantTable.write_word)."""
     dut = TranslationUnit(entries)
     table = GrantTable(entries)
     rng = random.Random(seed)
