@@ -202,7 +202,8 @@ GUEST = RegisterMap("guest", [
 HV = RegisterMap("hv", [
     _R(spec.HV_VERSION, "HV_VERSION", RO, spec.HV_VERSION_VALUE,
        "implementation version (major 1, minor 0)"),
-    _R(spec.HV_CTRL, "HV_CTRL", RW, 0, "bit 0: 1 = handle mode, 0 = GPA mode", 1),
+    _R(spec.HV_CTRL, "HV_CTRL", RW, 0, "bits 1:0: the mode, 0 GPA, 1 grant handles, 2 IOVA "
+       "(docs/iotlb.md); a write of 3 leaves it unchanged", 2),
     _R(spec.HV_DOMID, "HV_DOMID", RW, 0, "bits 15:0: the domain id every grant entry must name",
        16),
     _R(spec.HV_ENTRIES, "HV_ENTRIES", RO, "entries", "number of table entries"),
@@ -218,6 +219,27 @@ HV = RegisterMap("hv", [
     _R(spec.HV_STAT_XLATE, "HV_STAT_XLATE", RO, 0, "table lookups since reset (extension)"),
     _R(spec.HV_STAT_REQUESTS, "HV_STAT_REQUESTS", RO, 0,
        "used elements published since reset (extension)"),
+    _R(spec.HV_IOTLB_IOVA_LO, "IOTLB_IOVA", RW, 0, "staged IOVA (the low bits below the staged "
+       "size are ignored), 64 bits: LO, HI", 64),
+    _R(spec.HV_IOTLB_PA_LO, "IOTLB_PA", RW, 0, "staged physical address (same alignment), 64 "
+       "bits: LO, HI", 64),
+    _R(spec.HV_IOTLB_ATTR, "IOTLB_ATTR", RW, 0, "bits 5:0 log2 of the size, 12 to 30; bit 8 the "
+       "device may read; bit 9 the device may write", 10),
+    _R(spec.HV_IOTLB_CMD, "IOTLB_CMD", WO, 0, "1 insert the staged mapping (replacing every "
+       "entry it overlaps); 2 invalidate every entry overlapping the staged range; 3 "
+       "invalidate all"),
+    _R(spec.HV_IOTLB_MISS, "IOTLB_MISS", RO, 0, "bit 0 a miss is pending; bit 1 the access "
+       "reads memory; bit 2 it writes memory", 3),
+    _R(spec.HV_MISS_IOVA_LO, "MISS_IOVA", RO, 0, "the IOVA of the first byte the stalled access "
+       "needs in its 4 KiB page, 64 bits: LO, HI", 64),
+    _R(spec.HV_MISS_RESOLVE, "MISS_RESOLVE", WO, 0, "1 look up again (a second miss raises a new "
+       "one); 2 fail: the access faults with cause 10"),
+    _R(spec.HV_STAT_IOTLB_HITS, "STAT_IOTLB_HITS", RO, 0, "IOTLB lookups that hit, since rst"),
+    _R(spec.HV_STAT_IOTLB_MISSES, "STAT_IOTLB_MISSES", RO, 0, "IOTLB misses raised, since rst"),
+    _R(spec.HV_STAT_IOTLB_INVALIDATED, "STAT_IOTLB_INVALIDATED", RO, 0,
+       "IOTLB entries removed by invalidation (commands 2 and 3), since rst"),
+    _R(spec.HV_IOTLB_ENTRIES, "HV_IOTLB_ENTRIES", RO, "iotlb_entries",
+       "number of IOTLB entries"),
     _R(spec.HV_GRANT_BASE, "GRANT[ref]", RW, None,
        "word 0: flags (15:0), domid (31:16); word 1: frame", 64, count="entries"),
 ])

@@ -59,8 +59,43 @@ HV_GRANT_BASE = 0x1000
 # Statistics, an extension after the fixed map (read-only, cleared by rst only).
 HV_STAT_XLATE = 0x040  # table lookups (page pieces translated in handle mode)
 HV_STAT_REQUESTS = 0x044  # used elements published
+# IOVA mode's IOTLB (docs/iotlb.md).
+HV_IOTLB_IOVA_LO = 0x080
+HV_IOTLB_IOVA_HI = 0x084
+HV_IOTLB_PA_LO = 0x088
+HV_IOTLB_PA_HI = 0x08C
+HV_IOTLB_ATTR = 0x090
+HV_IOTLB_CMD = 0x094
+HV_IOTLB_MISS = 0x098
+HV_MISS_IOVA_LO = 0x0A0
+HV_MISS_IOVA_HI = 0x0A4
+HV_MISS_RESOLVE = 0x0A8
+HV_STAT_IOTLB_HITS = 0x0B0
+HV_STAT_IOTLB_MISSES = 0x0B4
+HV_STAT_IOTLB_INVALIDATED = 0x0B8
+HV_IOTLB_ENTRIES = 0x0BC
 
-HV_CTRL_HANDLE_MODE = 1 << 0
+IOTLB_ATTR_SIZE_MASK = 0x3F  # log2 of the mapping's size, 12 to 30
+IOTLB_ATTR_READ = 1 << 8  # the device may read memory through the mapping
+IOTLB_ATTR_WRITE = 1 << 9  # ... and write it
+IOTLB_MIN_SIZE = 12
+IOTLB_MAX_SIZE = 30
+IOTLB_CMD_INSERT = 1
+IOTLB_CMD_INVALIDATE = 2
+IOTLB_CMD_INVALIDATE_ALL = 3
+IOTLB_MISS_PENDING = 1 << 0
+IOTLB_MISS_READ = 1 << 1
+IOTLB_MISS_WRITE = 1 << 2
+MISS_RESOLVE_RETRY = 1
+MISS_RESOLVE_FAIL = 2
+IOTLB_WAYS = 4
+DEFAULT_IOTLB_ENTRIES = 64
+
+HV_CTRL_HANDLE_MODE = 1 << 0  # mode 1 (grant handles), kept for the foundation's callers
+HV_CTRL_MODE_MASK = 0x3  # HV_CTRL bits 1:0; a write of 3 leaves the mode unchanged
+MODE_GPA = 0
+MODE_GRANT = 1
+MODE_IOVA = 2
 HV_VERSION_VALUE = 0x0001_0000  # major 1, minor 0
 
 # Fault causes (HV_FAULT_CAUSE).  1-8 are the foundation's contract; 9 is documented in
@@ -75,6 +110,8 @@ FAULT_BUS_ERROR = 6
 FAULT_BAD_CHAIN = 7
 FAULT_BAD_RING = 8
 FAULT_BAD_REQUEST = 9
+FAULT_IOTLB_FAILED = 10  # IOVA mode: the hypervisor failed the miss (MISS_RESOLVE = 2)
+FAULT_IOTLB_NO_READ = 11  # IOVA mode: a device read through a mapping without R
 
 FAULT_NAMES = {
     FAULT_NONE: "none",
@@ -87,6 +124,8 @@ FAULT_NAMES = {
     FAULT_BAD_CHAIN: "malformed descriptor chain",
     FAULT_BAD_RING: "malformed ring",
     FAULT_BAD_REQUEST: "malformed virtio-blk request",
+    FAULT_IOTLB_FAILED: "IOTLB miss failed by the hypervisor",
+    FAULT_IOTLB_NO_READ: "device read through a mapping without read permission",
 }
 
 # --- virtio-mmio version 2 (virtio 1.x section 4.2.2): offsets (the map is models.regmap.GUEST)
