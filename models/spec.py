@@ -88,7 +88,7 @@ IOTLB_MISS_READ = 1 << 1
 IOTLB_MISS_WRITE = 1 << 2
 MISS_RESOLVE_RETRY = 1
 MISS_RESOLVE_FAIL = 2
-IOTLB_WAYS = 4
+IOTLB_WAYS = 2  # ways per set (docs/iotlb.md)
 DEFAULT_IOTLB_ENTRIES = 64
 
 HV_CTRL_HANDLE_MODE = 1 << 0  # mode 1 (grant handles), kept for the foundation's callers

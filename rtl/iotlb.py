@@ -1,7 +1,7 @@
 """IOVA mode's IOTLB: a 4-way set-associative translation cache in block RAM that the
 hypervisor fills (docs/iotlb.md is the specification; ``models/iotlb.py`` the reference).
 
-Organisation: ``entries / 4`` sets of 4 ways. A 4 KiB entry lives in the *small set* of its
+Organisation: ``entries / 2`` sets of 2 ways. A 4 KiB entry lives in the *small set* of its
 IOVA (page-number bits ``sb - 1 : 0``), a larger one (8 KiB to 1 GiB) in the *large set*
 (page-number bits ``18 + sb - 1 : 18``, IOVA bits 30 and up), so every page an entry covers
 names the same set of the entry's kind, and a lookup reads two sets, one per kind, in one cycle
@@ -19,6 +19,9 @@ again.
 """
 
 from __future__ import annotations
+
+import functools
+import operator
 
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, wiring
@@ -119,7 +122,7 @@ class Iotlb(wiring.Component):
         port_b = ram.read_port()
         wr = ram.write_port(granularity=E)
         valid = Signal(S * WAYS)
-        rr = Signal(2 * S)  # round-robin pointer of each set
+        rr = Signal(exact_log2(WAYS) * S)  # round-robin pointer of each set
 
         # ---- Command: latched from the staging registers in its IOTLB_CMD write cycle --------
         op = Signal(2)
@@ -211,9 +214,10 @@ class Iotlb(wiring.Component):
         # page-number bit outside both ranges (a lookup's range is its one page).
         same = Signal()
         m.d.comb += same.eq(set_a2 == set_b2)  # (both reads named one set: count it once)
-        ways = []  # (entry, match, set, way)
-        for raw, set2, tag in ((raw_a, set_a2, "a"), (raw_b, set_b2, "b")):
-            vbits = valid.word_select(set2, WAYS)
+        ways = []  # (entry, match)
+        v_a = valid.word_select(set_a2, WAYS)
+        v_b = valid.word_select(set_b2, WAYS)
+        for raw, vbits, tag in ((raw_a, v_a, "a"), (raw_b, v_b, "b")):
             for w in range(WAYS):
                 entry = Entry(raw[w * E:(w + 1) * E])
                 diff = Signal(VPN_BITS, name=f"diff_{tag}{w}")
@@ -222,41 +226,35 @@ class Iotlb(wiring.Component):
                 match = Signal(name=f"match_{tag}{w}")
                 m.d.comb += match.eq(vbits[w] & (kall2 | (diff == 0))
                                      & (~same if tag == "b" else 1))
-                ways.append((entry, match, set2, w))
+                ways.append((entry, match))
+        match_a = Cat(*[mt for _, mt in ways[:WAYS]])
+        match_b = Cat(*[mt for _, mt in ways[WAYS:]])
 
         # A lookup's answer: the one way that matched (at most one: entries never overlap).
-        m.d.comb += self.hit.eq(Cat(*[mt for _, mt, _, _ in ways]).any())
-        r_any, w_any, ppn_any = [], [], []
-        for entry, match, _, _ in ways:
-            r_any.append(match & entry.r)
-            w_any.append(match & entry.w)
-            ppn_any.append(Mux(match, entry.ppn | (key2 & Cat(entry.mask,
-                                                   Const(0, VPN_BITS - MASK_BITS))), 0))
-        ppn = Const(0, VPN_BITS)
-        for p in ppn_any:
-            ppn = ppn | p
-        m.d.comb += [self.r.eq(Cat(*r_any).any()), self.w.eq(Cat(*w_any).any()),
-                     self.ppn.eq(ppn)]
+        m.d.comb += self.hit.eq(Cat(*[mt for _, mt in ways]).any())
+        # (an AND-OR of the ways; the page bits inside the mapping come from the key through
+        # the hit way's mask, selected like its other fields)
+        sel = Signal(Entry)
+        m.d.comb += sel.eq(functools.reduce(
+            operator.or_, [Mux(match, entry.as_value(), 0) for entry, match in ways]))
+        m.d.comb += [self.r.eq(sel.r), self.w.eq(sel.w),
+                     self.ppn.eq(sel.ppn | (key2 & Cat(sel.mask,
+                                                       Const(0, VPN_BITS - MASK_BITS))))]
 
         # A command's step: clear the ways that overlap; invalidations count them.
         removed = Signal(range(2 * WAYS + 1))
-        m.d.comb += removed.eq(sum(mt for _, mt, _, _ in ways))
+        m.d.comb += removed.eq(sum(mt for _, mt in ways))
         counted = Signal(32)
         m.d.comb += ctrl.invalidated.eq(counted)
         with m.If(step2 & (op != spec.IOTLB_CMD_INSERT)):
             m.d.sync += counted.eq(counted + removed)
-        clear = Signal(S * WAYS)
-        for s in range(S):
-            at_a, at_b = set_a2 == s, set_b2 == s
-            for w in range(WAYS):
-                m.d.comb += clear[s * WAYS + w].eq((ways[w][1] & at_a)
-                                                   | (ways[WAYS + w][1] & at_b))
         # The insert's way: the lowest invalid one of its set, else the set's pointer's.
+        wb = exact_log2(WAYS)
         t_set = Signal(sb)
         m.d.comb += t_set.eq(Mux(c_mask[0], c_vpn[MASK_BITS:MASK_BITS + sb], c_vpn[:sb]))
         t_valid = valid.word_select(t_set, WAYS)
-        t_rr = rr.word_select(t_set, 2)
-        victim = Signal(2)
+        t_rr = rr.word_select(t_set, wb)
+        victim = Signal(wb)
         m.d.comb += victim.eq(t_rr)
         for w in reversed(range(WAYS)):
             with m.If(~t_valid[w]):
@@ -265,14 +263,24 @@ class Iotlb(wiring.Component):
         m.d.comb += [new.vpn.eq(c_vpn & ~Cat(c_mask, Const(0, VPN_BITS - MASK_BITS))),
                      new.mask.eq(c_mask), new.ppn.eq(c_ppn), new.r.eq(c_r), new.w.eq(c_w)]
         m.d.comb += [wr.addr.eq(t_set), wr.data.eq(Cat(*[new] * WAYS))]
-        set_bit = Signal(S * WAYS)
         with m.If(writing):
             m.d.comb += wr.en.eq(1 << victim)
-            m.d.comb += set_bit.eq(1 << Cat(victim, t_set))
             with m.If(t_valid.all()):
-                m.d.sync += rr.word_select(t_set, 2).eq(t_rr + 1)
-        with m.If(step2):
-            m.d.sync += valid.eq((valid & ~clear) | set_bit)
-        with m.Else():
-            m.d.sync += valid.eq(valid | set_bit)
+                m.d.sync += rr.word_select(t_set, wb).eq(t_rr + 1)
+        # The valid bits change one or two sets at a time: a step's two sets (the ways that
+        # matched cleared), or the insert's set (its way set). Each set takes its new bits from
+        # one of two shared sources, so a valid bit costs a multiplexer, not a decoder.
+        set_1, bits_1, en_1 = Signal(sb), Signal(WAYS), Signal()
+        m.d.comb += [
+            en_1.eq(step2 | writing),
+            set_1.eq(Mux(writing, t_set, set_a2)),
+            bits_1.eq(Mux(writing, t_valid | (1 << victim), v_a & ~match_a)),
+        ]
+        bits_2 = Signal(WAYS)
+        m.d.comb += bits_2.eq(v_b & ~match_b)
+        for n in range(S):
+            with m.If(en_1 & (set_1 == n)):
+                m.d.sync += valid.word_select(n, WAYS).eq(bits_1)
+            with m.Elif(step2 & ~same & (set_b2 == n)):
+                m.d.sync += valid.word_select(n, WAYS).eq(bits_2)
         return m
