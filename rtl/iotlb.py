@@ -157,7 +157,8 @@ class Iotlb(wiring.Component):
                         op.eq(ctrl.cmd), c_vpn.eq(ctrl.stage_iova[spec.PAGE_SHIFT:]),
                         c_mask.eq(new_mask), c_all.eq(inval_all),
                         c_wide.eq(inval_all | (size > spec.IOTLB_MIN_SIZE)),
-                        c_ppn.eq(ctrl.stage_pa[spec.PAGE_SHIFT:] & ~new_mask),
+                        c_ppn.eq(ctrl.stage_pa[spec.PAGE_SHIFT:]
+                                 & ~Cat(new_mask, Const(0, VPN_BITS - MASK_BITS))),
                         c_r.eq(ctrl.stage_r), c_w.eq(ctrl.stage_w),
                         step.eq(0), busy.eq(1),
                     ]
