@@ -647,7 +647,7 @@ class DmaEngine(wiring.Component):
                                   & order_ok)
                 with m.If(~waiting):
                     m.d.sync += fresh.eq(0)
-                    m.d.comb += self.status.xlate.eq(fresh & lk.mode)
+                    m.d.comb += self.status.xlate.eq(fresh & lk.mode & ~lk.stale)
                 with m.If(self.abort & ~waiting):
                     finish()
                 with m.Elif(waiting):
