@@ -81,6 +81,9 @@ class Iotlb(wiring.Component):
         The sets a lookup reads: in the translation unit's table-read cycle (``t``).
     key, write : In
         The page number of the lookup kept in cycle ``t + 1``, and its direction.
+    fast_key, fast : In
+        In cycle ``t + 1``: the page number is ``fast_key`` instead. It passes a single gate to
+        the key's register (``key`` may pass more): for an address that arrives late.
     enable : In
         IOVA mode: lookups answer only while it is high (commands work in every mode).
     hit, ok, fault, r, w, ppn : Out
@@ -105,7 +108,8 @@ class Iotlb(wiring.Component):
         self._sets = entries // WAYS
         self._sb = exact_log2(self._sets)
         super().__init__({
-            "small": In(self._sb), "large": In(self._sb), "key": In(VPN_BITS), "write": In(1),
+            "small": In(self._sb), "large": In(self._sb), "key": In(VPN_BITS),
+            "fast_key": In(VPN_BITS), "fast": In(1), "write": In(1),
             "enable": In(1),
             "hit": Out(1), "ok": Out(1), "fault": Out(4), "r": Out(1), "w": Out(1),
             "ppn": Out(VPN_BITS), "stale": Out(1), "active": Out(1),
@@ -222,7 +226,8 @@ class Iotlb(wiring.Component):
         act2 = Signal()
         m.d.sync += [
             raw_a.eq(port_a.data), raw_b.eq(port_b.data),
-            key2.eq(Mux(step1, c_vpn, self.key)), kmask2.eq(Mux(step1, c_mask, 0)),
+            key2.eq(Mux(self.fast & ~step1, self.fast_key, Mux(step1, c_vpn, self.key))),
+            kmask2.eq(Mux(step1, c_mask, 0)),
             kall2.eq(step1 & c_all), write2.eq(self.write),
             set_a2.eq(set_a1), set_b2.eq(set_b1), step2.eq(step1),
             act2.eq(act1 | self.active),

@@ -194,9 +194,10 @@ class TranslationUnit(wiring.Component):
         wiring.connect(m, wiring.flipped(ctl.cmd), iotlb.ctrl)
         sb = self._set_bits
         vaddr2 = Signal(64)
-        m.d.sync += vaddr2.eq(lk.vaddr)
+        m.d.sync += vaddr2.eq(Mux(lk.fast, lk.cvaddr, lk.vaddr))
         m.d.comb += [iotlb.small.eq(lk.ref[:sb]), iotlb.large.eq(lk.lset),
-                     iotlb.key.eq(lk.vaddr[spec.PAGE_SHIFT:])]
+                     iotlb.key.eq(lk.vaddr[spec.PAGE_SHIFT:]),
+                     iotlb.fast_key.eq(lk.cvaddr[spec.PAGE_SHIFT:]), iotlb.fast.eq(lk.fast)]
         assert large_set_shift() == 18
 
         iova = ctl.iova_mode
@@ -242,7 +243,8 @@ class TranslationUnit(wiring.Component):
         with m.If(raise_miss):
             m.d.sync += [miss.eq(1), miss_write.eq(write2), miss_iova.eq(vaddr2),
                          misses.eq(misses + 1)]
-        with m.Elif(lk.cancel | (ctl.resolve != 0)):
+        with m.Elif(lk.cancel | (ctl.resolve == spec.MISS_RESOLVE_RETRY)
+                    | (ctl.resolve == spec.MISS_RESOLVE_FAIL)):  # (3: nothing)
             m.d.sync += miss.eq(0)
         with m.If(lk.used & io_answer & io_hit & ~lk.stale):
             m.d.sync += hits.eq(hits + 1)
