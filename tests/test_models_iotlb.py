@@ -623,15 +623,37 @@ def test_an_iotlb_command_makes_the_next_burst_look_up_again():
     assert dev.misses[-2:] == [(iova + 0x10, True), (iova + 1024, True)]
     assert [t.nbytes for t in dev.transactions[-3:]] == [1024 - 0x10, 1024, 3000 - 2048 + 0x10]
     assert stats(dev)[3] - xlate == 4 and stats(dev)[2] == 1  # miss, again, miss, again
-    # Any command does: an insert elsewhere makes the next burst look the page up again (a hit).
-    invalidated.clear()
 
-    def insert_elsewhere(t):
-        if not invalidated and t.addr >> 12 == frames[0]:
-            insert(dev, 0x8_0000_0000, 0)
-            invalidated.append(t)
 
-    dev.on_transaction = insert_elsewhere
-    hits, xlate = stats(dev)[0], stats(dev)[3]
-    dev.dma_read(iova, 3000)
-    assert stats(dev)[0] - hits == 2 == stats(dev)[3] - xlate
+@pytest.mark.parametrize(("action", "again"), [
+    (lambda d: insert(d, 0x8_0000_0000, 0), True),  # any command that runs: an insert elsewhere
+    (lambda d: d.hv.write(spec.HV_IOTLB_CMD, spec.IOTLB_CMD_INVALIDATE_ALL), None),
+    (lambda d: d.hv.write(spec.HV_DOMID, 5), True),  # "Grant revocation": the mode or the domain
+    (lambda d: d.hv.write(spec.HV_CTRL, 3), True),  # a write of HV_CTRL, even one of 3
+    (lambda d: insert(d, 0x8_0000_0000, 0, 31), False),  # a command that does nothing
+    (lambda d: d.hv.write(spec.HV_IOTLB_CMD, 0), False),
+    (lambda d: d.hv.write(spec.HV_GRANT_BASE, 0x1_0001), False),  # the grant table: not IOVA
+])
+def test_what_makes_the_next_burst_look_up_again(action, again):
+    dev, drv, hyp = iova_setup(data_width=32)  # 1 KiB bursts: 4 per page
+    frames = drv.alloc_frames(1)
+    iova = 0x7_0000_0000
+    hyp.pages[iova >> 12] = (frames[0], True, True)
+    dev.dma_read(iova, 1)  # mapped
+    done = []
+
+    def once(t):
+        if not done:
+            action(dev)
+            done.append(t)
+
+    dev.on_transaction = once
+    hits, misses, xlate = stats(dev)[0], stats(dev)[1], stats(dev)[3]
+    dev.dma_read(iova, 3000)  # 3 bursts
+    if again is None:  # the entry is gone: a miss at the second burst, then a hit
+        assert dev.misses[-1] == (iova + 1024, False) and stats(dev)[1] - misses == 1
+        assert (stats(dev)[0] - hits, stats(dev)[3] - xlate) == (2, 3)
+    else:
+        assert stats(dev)[1] == misses
+        assert stats(dev)[0] - hits == 1 + again == stats(dev)[3] - xlate
+    assert dev.mode == spec.MODE_IOVA and dev.faults == []
