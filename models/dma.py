@@ -71,7 +71,7 @@ class DmaEngine:
             resets = self._resets
             self.on_iotlb_miss(self)
             resolve, self._miss_resolve = self._miss_resolve, 0
-            if self._resets != resets or self._abort:
+            if self._resets != resets:
                 raise Halt()  # a driver reset cancelled the miss: the engine stops
             if resolve == spec.MISS_RESOLVE_FAIL:
                 return Translation(None, spec.FAULT_IOTLB_FAILED)
