@@ -19,7 +19,7 @@ from models import spec
 from models.device import ReferenceDevice
 from models.iotlb import Iotlb, IotlbEntry, overlaps
 from models.memory import GuestMemory
-from verif.harness import Buffer, HandDriver
+from verif.harness import Buffer, HandDriver, make
 
 K = 1 << 12  # 4 KiB
 M2 = 1 << 21  # 2 MiB
@@ -657,3 +657,36 @@ def test_what_makes_the_next_burst_look_up_again(action, again):
         assert stats(dev)[1] == misses
         assert stats(dev)[0] - hits == 1 + again == stats(dev)[3] - xlate
     assert dev.mode == spec.MODE_IOVA and dev.faults == []
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(width=st.sampled_from([32, 64, 128]), entries=st.sampled_from([8, 64]),
+       requests=st.lists(st.tuples(st.sampled_from([spec.VIRTIO_BLK_T_IN, spec.VIRTIO_BLK_T_OUT,
+                                                     spec.VIRTIO_BLK_T_GET_ID]),
+                                   st.integers(1, 9), st.integers(0, 4095), st.integers(0, 60)),
+                         min_size=1, max_size=5))
+def test_iova_mode_issues_the_gpa_mode_transactions(width, entries, requests):
+    """With 4 KiB mappings of the same frames, IOVA mode moves the same bytes in the same
+    transactions as GPA mode: the IOTLB changes addresses, never the bursts."""
+
+    gpa, gdrv = make(data_width=width, mem_size=1 << 21)
+    iova, idrv, _ = iova_setup(data_width=width, iotlb_entries=entries)
+    for req_type, sectors, offset, sector in requests:
+        for drv in (gdrv, idrv):
+            if req_type == spec.VIRTIO_BLK_T_OUT:
+                drv.request(req_type, sector, data=bytes([sector]) * 512 * sectors,
+                            data_offset=offset)
+            else:
+                drv.request(req_type, sector, read_len=512 * sectors, data_offset=offset)
+            drv.notify()
+        assert idrv.take_used() == gdrv.take_used()
+    def seen(dev: ReferenceDevice) -> list[tuple]:  # descriptors hold IOVAs or GPAs
+        return [(t.kind, t.addr, t.nbytes, t.data if t.kind == "W" else None)
+                for t in dev.transactions]
+
+    assert seen(iova) == seen(gpa)
+    assert iova.disk == gpa.disk and iova.faults == gpa.faults == []
+    hits, misses, _, xlate = stats(iova)
+    assert misses == len(iova.misses) and xlate == hits + misses == iova.translations
+    # A page misses again only after its entry was evicted (nothing is invalidated here).
+    assert len(iova.misses) <= len({i >> 12 for i, _ in iova.misses}) + len(iova.iotlb.evictions)
