@@ -76,6 +76,14 @@ class IotlbStats:
                           (self.invalidated - other.invalidated) & m)
 
 
+def decode_miss(miss: int, iova_lo: int, iova_hi: int) -> IotlbMiss | None:
+    """The miss ``IOTLB_MISS`` and ``MISS_IOVA_LO``/``HI`` describe, or None if none pends."""
+    if not miss & spec.IOTLB_MISS_PENDING:
+        return None
+    return IotlbMiss(iova_hi << 32 | iova_lo, bool(miss & spec.IOTLB_MISS_READ),
+                     bool(miss & spec.IOTLB_MISS_WRITE))
+
+
 #: One register write on ``s_hv``: ``(offset, value)``.
 RegWrite = tuple[int, int]
 
@@ -293,9 +301,7 @@ class Hypervisor:
         if not miss & spec.IOTLB_MISS_PENDING:
             return None
         lo = await self.hv.read32(spec.HV_MISS_IOVA_LO)
-        hi = await self.hv.read32(spec.HV_MISS_IOVA_HI)
-        return IotlbMiss(hi << 32 | lo, bool(miss & spec.IOTLB_MISS_READ),
-                         bool(miss & spec.IOTLB_MISS_WRITE))
+        return decode_miss(miss, lo, await self.hv.read32(spec.HV_MISS_IOVA_HI))
 
     async def resolve_miss(self, retry: bool = True) -> None:
         """``MISS_RESOLVE``: look up again (``retry``) or fail the access with cause 10."""

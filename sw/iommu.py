@@ -21,18 +21,36 @@ import bisect
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from models import spec
 from sw.hypervisor import (
     Hypervisor,
     IotlbMiss,
     RegWrite,
+    decode_miss,
     insert_writes,
     resolve_writes,
 )
 
 __all__ = ["Answer", "IommuError", "IommuMapping", "IommuModel", "IommuPageTable",
            "IovaAllocator", "MissPolicy", "MissRecord", "OutOfIova", "answer_miss"]
+
+
+class SyncPort(Protocol):
+    """A register port with synchronous access (``models.mmio.RegisterPortModel``)."""
+
+    def read(self, offset: int) -> int: ...
+
+    def write(self, offset: int, value: int) -> None: ...
+
+
+class SyncPortOwner(Protocol):
+    """What the reference model passes its ``on_iotlb_miss`` hook: the device, ``hv`` its
+    privileged port."""
+
+    @property
+    def hv(self) -> SyncPort: ...
 
 
 class IommuError(ValueError):
@@ -298,9 +316,10 @@ class IommuModel:
 
     Two ways to run it:
 
-    * synchronous, inside the reference model: :meth:`hook` gives a function that the model
-      calls with each miss it raises, which writes the answer through ``write(offset, value)``
-      at once (an untimed model: every latency is zero, a timeout has always expired);
+    * synchronous, inside the reference model: :meth:`hook` gives the device's
+      ``on_iotlb_miss(device)``, which reads the miss and writes the answer at once through
+      ``device.hv`` (untimed: every latency is zero, a timeout has always expired);
+      :meth:`answer_now` answers a miss given as such through any ``write(offset, value)``;
     * asynchronous: :meth:`serve_one` reads the pending miss through a :class:`Hypervisor` and
       answers it; :meth:`serve` loops on ``wait()`` (e.g. ``RisingEdge(dut.hv_irq)``).
     """
@@ -325,12 +344,25 @@ class IommuModel:
     def misses(self) -> list[IotlbMiss]:
         return [r.miss for r in self.log]
 
-    def hook(self, write: Callable[[int, int], object]) -> Callable[[IotlbMiss], None]:
-        """A synchronous miss handler writing through ``write(offset, value)``."""
-        def on_miss(miss: IotlbMiss) -> None:
-            for offset, value in self.decide(IotlbMiss(*miss)).writes:
-                write(offset, value)
-        return on_miss
+    def answer_now(self, miss: IotlbMiss, write: Callable[[int, int], object]) -> MissRecord:
+        """Decide and write the answer at once through ``write(offset, value)`` (untimed)."""
+        rec = self.decide(IotlbMiss(*miss))
+        for offset, value in rec.writes:
+            write(offset, value)
+        return rec
+
+    def hook(self) -> Callable[[SyncPortOwner], None]:
+        """The reference model's ``on_iotlb_miss(device)``: read the pending miss through
+        ``device.hv`` (synchronous ``read``/``write``) and answer it at once. Every latency is
+        zero in the untimed model, and a timeout has always expired (NEVER with a timeout
+        fails the miss; NEVER without one leaves it pending, which the model refuses)."""
+        def on_iotlb_miss(device: SyncPortOwner) -> None:
+            port = device.hv
+            miss = decode_miss(port.read(spec.HV_IOTLB_MISS), port.read(spec.HV_MISS_IOVA_LO),
+                               port.read(spec.HV_MISS_IOVA_HI))
+            if miss is not None:
+                self.answer_now(miss, port.write)
+        return on_iotlb_miss
 
     async def answer(self, hv: Hypervisor, miss: IotlbMiss) -> MissRecord:
         """Decide, wait the latency (or the timeout), write the answer."""

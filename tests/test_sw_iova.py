@@ -5,10 +5,15 @@ backend (sw/dma.py); expected values from docs/iotlb.md and Linux dma-iommu / io
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from models import spec
+from models.device import ReferenceDevice
 from models.memory import GuestMemory
 from sw.alloc import PageAllocator
 from sw.dma import (
@@ -19,6 +24,7 @@ from sw.dma import (
     GuestBuffer,
     IovaDma,
 )
+from sw.driver import BlkRequest, DeviceFault, VirtioBlkDriver
 from sw.hypervisor import (
     Hypervisor,
     HypervisorError,
@@ -38,6 +44,7 @@ from sw.iommu import (
     OutOfIova,
     answer_miss,
 )
+from sw.workload import ExpectedDisk, random_requests
 
 LO, HI = spec.HV_IOTLB_IOVA_LO, spec.HV_IOTLB_IOVA_HI
 PLO, PHI = spec.HV_IOTLB_PA_LO, spec.HV_IOTLB_PA_HI
@@ -247,15 +254,18 @@ def test_answer_miss_policies() -> None:
         *insert_writes(0x4012_3000, 0x8012_3000, 12), (RESOLVE, 1)]
 
 
-def test_model_hook_and_log() -> None:
+def test_model_answer_now_and_log() -> None:
     t = IommuPageTable()
     t.map(0x5000, 0x22000)
     writes: list[tuple[int, int]] = []
     model = IommuModel(t, lambda m: MissPolicy(Answer.FAIL) if m.iova >= 0x9000 else MissPolicy())
-    hook = model.hook(lambda o, v: writes.append((o, v)))
-    hook(IotlbMiss(0x5010, True, False))
-    hook((0x9000, False, True))  # type: ignore[arg-type]  # a plain tuple from the model
-    hook(IotlbMiss(0x7000, True, False))
+
+    def write(offset: int, value: int) -> None:
+        writes.append((offset, value))
+
+    model.answer_now(IotlbMiss(0x5010, True, False), write)
+    model.answer_now((0x9000, False, True), write)  # type: ignore[arg-type]  # a plain tuple
+    model.answer_now(IotlbMiss(0x7000, True, False), write)
     assert writes == [*insert_writes(0x5000, 0x22000), (RESOLVE, 1), (RESOLVE, 2), (RESOLVE, 2)]
     assert model.misses == [IotlbMiss(0x5010, True, False), IotlbMiss(0x9000, False, True),
                             IotlbMiss(0x7000, True, False)]
@@ -381,3 +391,184 @@ def test_iova_lazy_flush_and_prefetch(alloc: PageAllocator) -> None:
     assert port.writes == [] and len(dma.iovad) == 2  # deferred: IOVA not reused yet
     run(dma.unmap(h2))
     assert port.writes == [(CMD, 3), (SYNC, 1)] and len(dma.iovad) == 0
+
+
+# --- the driver in IOVA mode against the reference model ------------------------------------------
+DOMID = 3
+IN, OUT = spec.VIRTIO_BLK_T_IN, spec.VIRTIO_BLK_T_OUT
+
+
+@dataclass
+class Rig:
+    dev: ReferenceDevice
+    hv: Hypervisor
+    dma: IovaDma
+    iommu: IommuModel
+    drv: VirtioBlkDriver
+
+
+async def make_rig(*, seed: int = 0, iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES,
+                   policy: MissPolicy | Callable[[IotlbMiss], MissPolicy] | None = None,
+                   data_width: int = 64, **drv_kw: Any) -> Rig:
+    """The guest's page table shared by its IovaDma and the hypervisor's IommuModel, which
+    answers the model's misses through ``on_iotlb_miss``."""
+    mem = GuestMemory(4 << 20)
+    table = IommuPageTable()
+    iommu = IommuModel(table, MissPolicy() if policy is None else policy)
+    dev = ReferenceDevice(mem, iotlb_entries=iotlb_entries, on_iotlb_miss=iommu.hook(),
+                          data_width=data_width)
+    hv = Hypervisor(dev.hv)
+    await hv.setup(spec.MODE_IOVA, DOMID)
+    dma = await IovaDma.create(hv, table)
+    alloc = PageAllocator(mem, 0x1000, (4 << 20) - 0x1000, seed=seed)
+    return Rig(dev, hv, dma, iommu, VirtioBlkDriver(dev, dma, alloc, seed=seed, **drv_kw))
+
+
+def arun(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def test_driver_init_in_iova_mode() -> None:
+    async def body() -> None:
+        rig = await make_rig()
+        d = rig.drv
+        await d.init()
+        assert await rig.hv.mode() == spec.MODE_IOVA
+        assert d.features >> spec.VIRTIO_F_ACCESS_PLATFORM & 1  # offered in mode 2, accepted
+        # the rings are mapped through IovaDma: IOVAs below 4 GiB, translated by the table
+        for addr, buf in ((d.desc_addr, d.desc_buf), (d.avail_addr, d.avail_buf),
+                          (d.used_addr, d.used_buf)):
+            assert buf is not None and 0xFFF0_0000 <= addr < 1 << 32
+            m = rig.dma.table.lookup(addr)
+            assert m is not None and m.translate(addr) == buf.phys(0)
+        assert rig.dev.queue_desc == d.desc_addr and rig.dev.queue_device == d.used_addr
+        assert rig.iommu.log == []  # nothing touched memory yet
+
+    arun(body)
+
+
+def test_driver_round_trip_miss_sequence_and_stats() -> None:
+    async def body() -> None:
+        rig = await make_rig()
+        d, dev = rig.drv, rig.dev
+        await d.init()
+        data = bytes(range(256)) * 4 + bytes(512)  # 3 sectors, one page
+        seen: list[list[tuple[int, bool]]] = []
+        maps: list[list[tuple[int, bool, bool]]] = []
+        orig_map = rig.dma.map
+
+        async def spy_map(buf: GuestBuffer, direction: Any) -> int:
+            h = await orig_map(buf, direction)
+            maps[-1].append((h, *IovaDma.prot(direction)))
+            return h
+
+        rig.dma.map = spy_map  # type: ignore[method-assign]
+        for q in (BlkRequest(OUT, 5, data=data), BlkRequest(IN, 5, length=len(data)),
+                  BlkRequest(IN, 5, length=len(data))):
+            before, nlog = await rig.hv.iotlb_stats(), len(rig.iommu.log)
+            xlate = await rig.hv.hv.read32(spec.HV_STAT_XLATE)
+            maps.append([])
+            res = await d.request(q)
+            assert res.ok and (q.data is not None or res.data == data)
+            new = rig.iommu.log[nlog:]
+            seen.append([(r.miss.iova >> 12, r.miss.write) for r in new])
+            assert all(r.resolved == 1 and r.mapping is not None for r in new)
+            # each miss was for a mapping of this request or of the rings, in its direction
+            for r in new:
+                assert r.miss.read != r.miss.write
+                assert (r.mapping.read, r.mapping.write)[r.miss.write]  # type: ignore[union-attr]
+            stats = await rig.hv.iotlb_stats() - before
+            lookups = await rig.hv.hv.read32(spec.HV_STAT_XLATE) - xlate
+            assert stats.misses == len(new) and lookups == stats.hits + stats.misses
+            # strict unmap: this request's entries (header, data, status) invalidated
+            assert stats.invalidated == len(maps[-1])
+            for h, _, _ in maps[-1]:
+                assert dev.iotlb.lookup(h) is None and rig.dma.table.lookup(h) is None
+        ring = [(d.avail_addr >> 12, False), (d.desc_addr >> 12, False)]
+        used = (d.used_addr >> 12, True)
+        # first request: the rings miss too; (header R, data R, status W); the used ring W
+        hdr, dat, st = (h >> 12 for h, _, _ in maps[0])
+        assert seen[0] == [*ring, (hdr, False), (dat, False), (st, True), used]
+        for k in (1, 2):  # later: the rings hit; the request's fresh IOVAs miss
+            hdr, dat, st = (h >> 12 for h, _, _ in maps[k])
+            assert seen[k] == [(hdr, False), (dat, True), (st, True)]
+        # the hypervisor saw exactly the misses the device raised, in order
+        assert [(m.iova, m.write) for m in rig.iommu.misses] == dev.misses
+        assert dev.faults == []
+
+    arun(body)
+
+
+def test_driver_random_workload_small_iotlb() -> None:
+    """Evictions under pressure (8 entries): every miss answered from the table, data right."""
+    async def body() -> None:
+        rig = await make_rig(seed=5, iotlb_entries=8)
+        d = rig.drv
+        await d.init()
+        exp = ExpectedDisk()
+        reqs = random_requests(99, 150, d.capacity)
+        done, rng = 0, random.Random(7)
+        while done < len(reqs):
+            batch = reqs[done : done + rng.choice([1, 3, 20])]
+            results = await d.run_batch(batch)
+            for q, r in zip(batch, results, strict=True):
+                e = exp.expect(q)
+                assert (r.status, r.used_len) == (e.status, e.used_len)
+                if e.data is not None:
+                    assert r.data[: len(e.data)] == e.data
+            done += len(batch)
+        assert bytes(rig.dev.disk) == bytes(exp.data)
+        assert rig.dev.faults == []
+        stats = await rig.hv.iotlb_stats()
+        assert stats.misses == len(rig.iommu.log) == len(rig.dev.misses) > 150
+        assert len(rig.dev.iotlb.evictions) > 0
+        assert all(r.resolved == 1 for r in rig.iommu.log)
+        assert len(rig.dma.mappings) == 3 and len(rig.dma.table) == 3  # only the rings left
+        assert d.free_descriptors == d.queue_size
+
+    arun(body)
+
+
+@pytest.mark.parametrize("case,cause", [
+    ("fail", spec.FAULT_IOTLB_FAILED),  # the hypervisor fails the data page's miss
+    ("timeout", spec.FAULT_IOTLB_FAILED),  # never answers: the timeout fails it
+    ("readonly", spec.FAULT_READONLY),  # maps the device-written data page read-only
+    ("writeonly", spec.FAULT_IOTLB_NO_READ),  # maps the header page write-only
+])
+def test_driver_faults_from_hostile_answers(case: str, cause: int) -> None:
+    async def body() -> None:
+        target: list[int] = []
+
+        def policy(miss: IotlbMiss) -> MissPolicy:
+            if miss.iova >> 12 not in target:
+                return MissPolicy()
+            return {"fail": MissPolicy(Answer.FAIL),
+                    "timeout": MissPolicy(Answer.NEVER, timeout=1000),
+                    "readonly": MissPolicy(perms=(True, False)),
+                    "writeonly": MissPolicy(perms=(False, True))}[case]
+
+        rig = await make_rig(policy=policy)
+        d = rig.drv
+        await d.init()
+        await d.write(0, b"\x11" * 512)
+        token = await d.submit(BlkRequest(IN, 0, length=512))
+        rec = d._inflight[token]  # the test aims at one mapping of the request
+        piece = rec.pieces[0 if case == "writeonly" else 1]
+        assert piece.handle is not None
+        target.append(piece.handle >> 12)
+        await d.kick()
+        with pytest.raises(DeviceFault):
+            await d.wait([token])
+        f = await rig.hv.fault()
+        assert f.latched and f.cause == cause and f.addr >> 12 == piece.handle >> 12
+        if case == "timeout":
+            assert rig.iommu.log[-1].timed_out
+        # recovery: driver reset, init, the same request goes through
+        await rig.hv.clear_fault()
+        target.clear()
+        await d.reset()
+        assert not rig.dma.mappings  # everything unmapped, strictly
+        await d.init()
+        assert await d.read(0) == b"\x11" * 512
+
+    arun(body)
