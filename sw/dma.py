@@ -415,3 +415,18 @@ class IovaDma(DmaApi):
         for m in self._flush_queue:
             self.iovad.free(m.pfn)
         self._flush_queue.clear()
+
+
+async def dma_for_mode(hv: Hypervisor, mode: bool | int, domid: int, *,
+                       table: IommuPageTable | None = None, **kw: object) -> DmaApi:
+    """The backend Linux would use for the device in ``mode`` (``spec.MODE_*``, or the
+    foundation's bool): identity in GPA mode, grant DMA in mode 1, dma-iommu in mode 2 (over
+    ``table``, the page table the hypervisor's :class:`sw.iommu.IommuModel` answers from).
+    ``kw`` goes to the backend's ``create``."""
+    if mode == spec.MODE_IOVA:
+        return await IovaDma.create(hv, table, **kw)
+    if mode == spec.MODE_GRANT:
+        return await GrantDma.create(hv, domid, **kw)  # type: ignore[arg-type]
+    if mode == spec.MODE_GPA:
+        return IdentityDma()
+    raise ValueError(f"mode must be 0 (GPA), 1 (grant handles) or 2 (IOVA), not {mode!r}")

@@ -275,6 +275,15 @@ class Hypervisor:
         removes every entry it overlaps first)."""
         await self.apply(insert_writes(iova, pa, size_log2, read, write))
 
+    async def iotlb_stage(self, iova: int | None = None, pa: int | None = None,
+                          attr: int | None = None) -> None:
+        """Raw staging writes, unchecked (hostile tests: unaligned, sizes out of range)."""
+        await self.apply(stage_writes(iova, pa, attr))
+
+    async def iotlb_command(self, cmd: int) -> None:
+        """Raw ``IOTLB_CMD`` write with the staging registers as they are."""
+        await self.hv.write32(spec.HV_IOTLB_CMD, cmd)
+
     async def iotlb_invalidate(self, iova: int, size_log2: int = spec.IOTLB_MIN_SIZE) -> None:
         """Remove every entry overlapping the aligned ``2**size_log2`` range holding ``iova``.
         Follow with :meth:`sync` before relying on it (strict invalidation)."""

@@ -121,7 +121,16 @@ class IommuPageTable:
         return None
 
     def overlapping(self, iova: int, length: int) -> list[IommuMapping]:
-        return [m for m in self if m.overlaps(iova, length)]
+        """The mappings overlapping ``[iova, iova + length)``, by IOVA."""
+        out = []
+        for size_log2, d in self._by_size.items():
+            first, last = iova >> size_log2, (iova + max(length, 1) - 1) >> size_log2
+            if last - first < len(d):  # probe the aligned bases the range touches
+                hits = (d.get(b << size_log2) for b in range(first, last + 1))
+                out += [m for m in hits if m is not None]
+            else:
+                out += [m for m in d.values() if m.overlaps(iova, length)]
+        return sorted(out, key=lambda m: m.iova)
 
     def map(self, iova: int, pa: int, size_log2: int = spec.PAGE_SHIFT, *, read: bool = True,
             write: bool = True) -> IommuMapping:

@@ -21,8 +21,11 @@ from sw.dma import (
     FROM_DEVICE,
     TO_DEVICE,
     DmaMappingError,
+    GrantDma,
     GuestBuffer,
+    IdentityDma,
     IovaDma,
+    dma_for_mode,
 )
 from sw.driver import BlkRequest, DeviceFault, VirtioBlkDriver
 from sw.hypervisor import (
@@ -58,7 +61,7 @@ class FakeHvPort:
     ``sync_busy`` reads after each write of it, then 1."""
 
     def __init__(self, iotlb_entries: int = 64, sync_busy: int = 0) -> None:
-        self.words: dict[int, int] = {spec.HV_VERSION: spec.HV_VERSION_VALUE,
+        self.words: dict[int, int] = {spec.HV_VERSION: spec.HV_VERSION_VALUE, spec.HV_ENTRIES: 64,
                                       spec.HV_IOTLB_ENTRIES: iotlb_entries, SYNC: 1}
         self.writes: list[tuple[int, int]] = []
         self.log: list[tuple[str, int, int]] = []
@@ -572,3 +575,34 @@ def test_driver_faults_from_hostile_answers(case: str, cause: int) -> None:
         assert await d.read(0) == b"\x11" * 512
 
     arun(body)
+
+
+def test_page_table_overlap_scan_matches_probe() -> None:
+    t = IommuPageTable()
+    for k in range(40):
+        t.map(k * 0x3000, k << 12)
+    t.map(0x20_0000, 0x20_0000, 21)
+    for lo, n in ((0, 1), (0x2FFF, 2), (0x10000, 0x30000), (0, 1 << 22), (0x1F_F000, 0x2000)):
+        assert t.overlapping(lo, n) == [m for m in t if m.overlaps(lo, n)]
+
+
+def test_dma_for_mode() -> None:
+    async def body() -> None:
+        hv = Hypervisor(FakeHvPort())
+        assert isinstance(await dma_for_mode(hv, False, 1), IdentityDma)
+        assert isinstance(await dma_for_mode(hv, spec.MODE_GRANT, 1), GrantDma)
+        table = IommuPageTable()
+        iova = await dma_for_mode(hv, spec.MODE_IOVA, 1, table=table, strict=False)
+        assert isinstance(iova, IovaDma) and iova.table is table and not iova.strict
+        with pytest.raises(ValueError, match="mode must be"):
+            await dma_for_mode(hv, 3, 1)
+
+    arun(body)
+
+
+def test_raw_staging_for_hostile_use() -> None:
+    port = FakeHvPort()
+    hv = Hypervisor(port)
+    run(hv.iotlb_stage(iova=0x1234, attr=0x3F))
+    run(hv.iotlb_command(7))
+    assert port.writes == [(LO, 0x1234), (HI, 0), (ATTR, 0x3F), (CMD, 7)]
