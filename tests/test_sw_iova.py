@@ -27,7 +27,7 @@ from sw.dma import (
     IovaDma,
     dma_for_mode,
 )
-from sw.driver import BlkRequest, DeviceFault, VirtioBlkDriver
+from sw.driver import BlkRequest, DeviceFault, InitError, VirtioBlkDriver
 from sw.hypervisor import (
     Hypervisor,
     HypervisorError,
@@ -502,10 +502,13 @@ def test_driver_round_trip_miss_sequence_and_stats() -> None:
     arun(body)
 
 
-def test_driver_random_workload_small_iotlb() -> None:
-    """Evictions under pressure (8 entries): every miss answered from the table, data right."""
+@pytest.mark.parametrize("entries,width,no_irq", [(8, 64, False), (64, 32, True),
+                                                  (16, 128, False)])
+def test_driver_random_workload(entries: int, width: int, no_irq: bool) -> None:
+    """Every miss answered from the table, data right; evictions under pressure (8 entries)."""
     async def body() -> None:
-        rig = await make_rig(seed=5, iotlb_entries=8)
+        rig = await make_rig(seed=entries, iotlb_entries=entries, data_width=width,
+                             no_interrupt=no_irq)
         d = rig.drv
         await d.init()
         exp = ExpectedDisk()
@@ -524,7 +527,7 @@ def test_driver_random_workload_small_iotlb() -> None:
         assert rig.dev.faults == []
         stats = await rig.hv.iotlb_stats()
         assert stats.misses == len(rig.iommu.log) == len(rig.dev.misses) > 150
-        assert len(rig.dev.iotlb.evictions) > 0
+        assert len(rig.dev.iotlb.evictions) > (100 if entries == 8 else 0)  # under pressure
         assert all(r.resolved == 1 for r in rig.iommu.log)
         assert len(rig.dma.mappings) == 3 and len(rig.dma.table) == 3  # only the rings left
         assert d.free_descriptors == d.queue_size
@@ -606,3 +609,13 @@ def test_raw_staging_for_hostile_use() -> None:
     run(hv.iotlb_stage(iova=0x1234, attr=0x3F))
     run(hv.iotlb_command(7))
     assert port.writes == [(LO, 0x1234), (HI, 0), (ATTR, 0x3F), (CMD, 7)]
+
+
+def test_driver_refuses_iova_backend_on_a_gpa_device() -> None:
+    async def body() -> None:
+        rig = await make_rig()
+        await rig.hv.set_mode(spec.MODE_GPA)  # no ACCESS_PLATFORM offered
+        with pytest.raises(InitError, match="ACCESS_PLATFORM"):
+            await rig.drv.init()
+
+    arun(body)
