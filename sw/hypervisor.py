@@ -16,7 +16,9 @@ reference model and an asynchronous bench coroutine issue exactly the same seque
 from __future__ import annotations
 
 import struct
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import NamedTuple
 
 from models import spec
@@ -158,12 +160,45 @@ def _grant_offset(ref: int) -> int:
     return spec.HV_GRANT_BASE + GRANT_ENTRY.size * ref
 
 
-class Hypervisor:
-    """Privileged register access. All methods are bus transactions, hence ``async``."""
+class PortLock(AbstractAsyncContextManager[None]):
+    """Mutual exclusion for the IOTLB's command sequences, whatever runs the coroutines.
 
-    def __init__(self, hv: RegisterPort, *, sync_poll_limit: int = 10_000) -> None:
+    The staging registers are shared: a miss handler inserting while the DMA backend
+    invalidates would otherwise mix the two commands' IOVAs and attributes. A coroutine that
+    finds the lock held waits by reading ``HV_VERSION`` (a bus access, so the holder runs on);
+    a port whose accesses never yield (the reference model's) never finds it held. A bench can
+    pass its framework's lock instead (``Hypervisor(port, lock=cocotb.triggers.Lock())``).
+    """
+
+    def __init__(self, port: RegisterPort, spin_limit: int = 1_000_000) -> None:
+        self.port, self.spin_limit, self.held = port, spin_limit, False
+
+    async def __aenter__(self) -> None:
+        for _ in range(self.spin_limit):
+            if not self.held:
+                self.held = True
+                return
+            await self.port.read32(spec.HV_VERSION)
+        raise TimeoutError(f"IOTLB command lock still held after {self.spin_limit} polls")
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.held = False
+
+
+class Hypervisor:
+    """Privileged register access. All methods are bus transactions, hence ``async``.
+
+    ``lock`` serialises the IOTLB command sequences (staging writes and ``IOTLB_CMD``) of
+    concurrent coroutines (a miss server and a DMA backend); default :class:`PortLock`.
+    ``sync_poll_limit`` bounds the reads of ``HV_SYNC`` in :meth:`sync`.
+    """
+
+    def __init__(self, hv: RegisterPort, *, sync_poll_limit: int = 10_000,
+                 lock: AbstractAsyncContextManager[object] | None = None) -> None:
         self.hv = hv
         self.sync_poll_limit = sync_poll_limit
+        self.lock = PortLock(hv) if lock is None else lock
         self._entries: int | None = None
         self._iotlb_entries: int | None = None
 
@@ -259,9 +294,13 @@ class Hypervisor:
 
     # --- IOVA mode: the IOTLB (docs/iotlb.md) ----------------------------------------------
     async def apply(self, writes: list[RegWrite]) -> None:
-        """Issue register writes in order (what the pure ``*_writes`` functions build)."""
-        for offset, value in writes:
-            await self.hv.write32(offset, value)
+        """Issue register writes in order (what the pure ``*_writes`` functions build), as one
+        sequence no other :meth:`apply` of this hypervisor interleaves with."""
+        if not writes:
+            return
+        async with self.lock:
+            for offset, value in writes:
+                await self.hv.write32(offset, value)
 
     async def iotlb_entries(self) -> int:
         """``HV_IOTLB_ENTRIES`` (read once, then cached: a synthesis constant)."""
@@ -282,7 +321,7 @@ class Hypervisor:
 
     async def iotlb_command(self, cmd: int) -> None:
         """Raw ``IOTLB_CMD`` write with the staging registers as they are."""
-        await self.hv.write32(spec.HV_IOTLB_CMD, cmd)
+        await self.apply([(spec.HV_IOTLB_CMD, cmd)])
 
     async def iotlb_invalidate(self, iova: int, size_log2: int = spec.IOTLB_MIN_SIZE) -> None:
         """Remove every entry overlapping the aligned ``2**size_log2`` range holding ``iova``.

@@ -619,3 +619,29 @@ def test_driver_refuses_iova_backend_on_a_gpa_device() -> None:
             await rig.drv.init()
 
     arun(body)
+
+
+def test_concurrent_command_sequences_do_not_interleave() -> None:
+    """A miss server inserting while the DMA backend invalidates: the staging registers are
+    shared, so each command's writes must stay together (a real interleaving put an invalidate's
+    IOVA under an insert's attributes on the RTL bench)."""
+    class YieldingPort(FakeHvPort):
+        async def read32(self, offset: int) -> int:
+            await asyncio.sleep(0)
+            return await super().read32(offset)
+
+        async def write32(self, offset: int, value: int) -> None:
+            await asyncio.sleep(0)
+            await super().write32(offset, value)
+
+    port = YieldingPort()
+    hv = Hypervisor(port)
+
+    async def body() -> None:
+        await asyncio.gather(hv.iotlb_insert(0x5000, 0x9000, 12, True, False),
+                             hv.iotlb_invalidate(0x8000, 13), hv.iotlb_invalidate_all())
+
+    run(body())
+    assert port.writes == [*insert_writes(0x5000, 0x9000, 12, True, False),
+                           *invalidate_writes(0x8000, 13), (CMD, 3)]
+    assert {o for k, o, _ in port.log if k == "R"} == {spec.HV_VERSION}  # waiting, by reading
