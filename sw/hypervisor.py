@@ -16,6 +16,7 @@ reference model and an asynchronous bench coroutine issue exactly the same seque
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -301,6 +302,16 @@ class Hypervisor:
         async with self.lock:
             for offset, value in writes:
                 await self.hv.write32(offset, value)
+
+    async def apply_built(self, build: Callable[[], list[RegWrite]]) -> list[RegWrite]:
+        """Under the lock, ``build()`` the writes, then issue them; returns them. A miss server
+        looks the page table up inside ``build``, so an unmap's invalidation (which follows its
+        removal from the table) either precedes the lookup or removes what was inserted."""
+        async with self.lock:
+            writes = build()
+            for offset, value in writes:
+                await self.hv.write32(offset, value)
+        return writes
 
     async def iotlb_entries(self) -> int:
         """``HV_IOTLB_ENTRIES`` (read once, then cached: a synthesis constant)."""

@@ -341,9 +341,9 @@ class IommuModel:
     def policy_for(self, miss: IotlbMiss) -> MissPolicy:
         return self.policy(miss) if callable(self.policy) else self.policy
 
-    def decide(self, miss: IotlbMiss) -> MissRecord:
+    def decide(self, miss: IotlbMiss, policy: MissPolicy | None = None) -> MissRecord:
         """Decide and log (no register access)."""
-        policy = self.policy_for(miss)
+        policy = self.policy_for(miss) if policy is None else policy
         rec = MissRecord(miss, policy, self.table.lookup(miss.iova),
                          answer_miss(self.table, miss, policy), policy.times_out)
         self.log.append(rec)
@@ -374,13 +374,22 @@ class IommuModel:
         return on_iotlb_miss
 
     async def answer(self, hv: Hypervisor, miss: IotlbMiss) -> MissRecord:
-        """Decide, wait the latency (or the timeout), write the answer."""
-        rec = self.decide(miss)
-        wait = rec.policy.timeout if rec.timed_out else rec.policy.latency
-        if rec.writes and self.delay is not None and wait:
+        """Wait the latency (or the timeout), then look the table up and write the answer as
+        one locked sequence (:meth:`Hypervisor.apply_built`)."""
+        policy = self.policy_for(miss)
+        if policy.answer is Answer.NEVER and not policy.times_out:
+            return self.decide(miss, policy)  # left pending: nothing to wait for
+        wait = policy.timeout if policy.times_out else policy.latency
+        if self.delay is not None and wait:
             await self.delay(wait)
-        await hv.apply(rec.writes)
-        return rec
+        recs: list[MissRecord] = []
+
+        def build() -> list[RegWrite]:
+            recs.append(self.decide(miss, policy))
+            return recs[0].writes
+
+        await hv.apply_built(build)
+        return recs[0]
 
     async def serve_one(self, hv: Hypervisor) -> MissRecord | None:
         """Answer the pending miss, if there is one."""

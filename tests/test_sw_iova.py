@@ -645,3 +645,19 @@ def test_concurrent_command_sequences_do_not_interleave() -> None:
     assert port.writes == [*insert_writes(0x5000, 0x9000, 12, True, False),
                            *invalidate_writes(0x8000, 13), (CMD, 3)]
     assert {o for k, o, _ in port.log if k == "R"} == {spec.HV_VERSION}  # waiting, by reading
+
+
+def test_miss_answer_looks_up_under_the_lock() -> None:
+    """An unmap racing a miss's answer: the lookup happens with the lock held, after the
+    latency, so a page unmapped during the latency is failed, not inserted."""
+    port = FakeHvPort()
+    hv = Hypervisor(port)
+    t = IommuPageTable()
+    t.map(0x8000, 0x1000)
+
+    async def delay(n: int) -> None:
+        t.unmap(0x8000)  # the guest unmaps while the hypervisor waits
+
+    model = IommuModel(t, MissPolicy(latency=10), delay=delay)
+    rec = run(model.answer(hv, IotlbMiss(0x8000, True, False)))
+    assert rec.mapping is None and port.writes == [(RESOLVE, 2)]
