@@ -35,8 +35,9 @@ class HvRegisters:
         "HV_FAULT_CAUSE": "fault_cause", "HV_FAULT_ADDR_LO": "fault_addr",
         "HV_FAULT_ADDR_HI": "fault_addr", "HV_FAULT_COUNT": "fault_count",
         "HV_STAT_XLATE": "stat_xlate", "HV_STAT_REQUESTS": "stat_requests",
-        "IOTLB_IOVA": "iotlb_iova", "IOTLB_PA": "iotlb_pa", "IOTLB_ATTR": "iotlb_attr",
-        "IOTLB_MISS": "iotlb_miss", "MISS_IOVA": "miss_iova",
+        "IOTLB_IOVA_LO": "iotlb_iova", "IOTLB_IOVA_HI": "iotlb_iova",
+        "IOTLB_PA_LO": "iotlb_pa", "IOTLB_PA_HI": "iotlb_pa", "IOTLB_ATTR": "iotlb_attr",
+        "IOTLB_MISS": "iotlb_miss", "MISS_IOVA_LO": "miss_iova", "MISS_IOVA_HI": "miss_iova",
         "STAT_IOTLB_HITS": "stat_iotlb_hits", "STAT_IOTLB_MISSES": "stat_iotlb_misses",
         "STAT_IOTLB_INVALIDATED": "stat_iotlb_invalidated"})
 
