@@ -327,7 +327,8 @@ class IommuModel:
 
     * synchronous, inside the reference model: :meth:`hook` gives the device's
       ``on_iotlb_miss(device)``, which reads the miss and writes the answer at once through
-      ``device.hv`` (untimed: every latency is zero, a timeout has always expired);
+      ``device.hv`` (untimed: nothing waits; a policy that times out, NEVER with a timeout
+      or a latency beyond it, fails the miss at once);
       :meth:`answer_now` answers a miss given as such through any ``write(offset, value)``;
     * asynchronous: :meth:`serve_one` reads the pending miss through a :class:`Hypervisor` and
       answers it; :meth:`serve` loops on ``wait()`` (e.g. ``RisingEdge(dut.hv_irq)``).
@@ -362,9 +363,9 @@ class IommuModel:
 
     def hook(self) -> Callable[[SyncPortOwner], None]:
         """The reference model's ``on_iotlb_miss(device)``: read the pending miss through
-        ``device.hv`` (synchronous ``read``/``write``) and answer it at once. Every latency is
-        zero in the untimed model, and a timeout has always expired (NEVER with a timeout
-        fails the miss; NEVER without one leaves it pending, which the model refuses)."""
+        ``device.hv`` (synchronous ``read``/``write``) and answer it at once: nothing waits in
+        the untimed model; a policy that times out fails the miss, NEVER without a timeout
+        leaves it pending (which the model refuses: ``RuntimeError``)."""
         def on_iotlb_miss(device: SyncPortOwner) -> None:
             port = device.hv
             miss = decode_miss(port.read(spec.HV_IOTLB_MISS), port.read(spec.HV_MISS_IOVA_LO),
