@@ -128,19 +128,21 @@ def _registered(fragment, src: Signal) -> Signal:
 class IotlbHarness(Elaboratable):
     """The IOTLB with free inputs, the shadow of the watched page and the assertions.
 
-    ``iotlb_cls``: the component to check (:class:`rtl.iotlb.Iotlb`, or a mutant).
+    ``iotlb_cls``: the component to check (:class:`rtl.iotlb.Iotlb`, or a mutant);
+    ``invariants``: also assert the induction's invariants (off for the mutants' bounded check,
+    so that what fails there is the property itself).
     """
 
-    def __init__(self, entries: int = 8, iotlb_cls=None):
+    def __init__(self, entries: int = 8, iotlb_cls=None, invariants: bool = True):
         if iotlb_cls is None:
             from rtl.iotlb import Iotlb as iotlb_cls
         self.entries = entries
+        self.invariants = invariants
         self.dut = iotlb_cls(entries)
 
     def elaborate(self, platform):
         m = Module()
         dut = self.dut
-        sets = self.entries // spec.IOTLB_WAYS
         sb = dut.set_bits
         inner = dut.elaborate(platform)  # (elaborated here: the invariants add read ports)
         dut._MustUse__used = True
@@ -215,7 +217,31 @@ class IotlbHarness(Elaboratable):
                 Assert(dut.ppn == expect_ppn, "the page's physical page through the mapping"),
             ]
 
-        # ---- Invariants for the induction -----------------------------------------------------
+        if self.invariants:
+            self._invariants(m, inner, platform, watched, starts, cmd, size, is_all, c_ppn,
+                             live, s_base, s_size, s_bits, s_ppn, s_r, s_w)
+        else:
+            m.submodules.dut = inner
+
+        # ---- Non-vacuity ---------------------------------------------------------------------
+        was_live = Signal()
+        with m.If(live):
+            m.d.sync += was_live.eq(1)
+        m.d.comb += [
+            Cover(answer & dut.hit & (s_size == PAGE) & dut.w, "a hit through a 4 KiB mapping"),
+            Cover(answer & dut.hit & (s_size > PAGE) & dut.r,
+                  "a hit through a large mapping"),
+            Cover(answer & ~dut.hit & ~live & was_live, "a miss after the mapping was removed"),
+        ]
+        return m
+
+    def _invariants(self, m, inner, platform, watched, starts, cmd, size, is_all, c_ppn,
+                    live, s_base, s_size, s_bits, s_ppn, s_r, s_w):
+        """The invariants that make the properties inductive (checked like the properties)."""
+        dut = self.dut
+        ctrl = dut.ctrl
+        sets = self.entries // spec.IOTLB_WAYS
+        sb = dut.set_bits
         # The harness's record of the command in flight (set in its start cycle) and of the
         # mapping that was live for A before it.
         h_cmd = Signal(2)
@@ -332,18 +358,6 @@ class IotlbHarness(Elaboratable):
                         f"inv: set {n} way {w} covers A only as the live mapping, in its set "
                         "(or as the one before, until the command compares its set)")
 
-        # ---- Non-vacuity ---------------------------------------------------------------------
-        was_live = Signal()
-        with m.If(live):
-            m.d.sync += was_live.eq(1)
-        m.d.comb += [
-            Cover(answer & dut.hit & (s_size == PAGE) & dut.w, "a hit through a 4 KiB mapping"),
-            Cover(answer & dut.hit & (s_size > PAGE) & dut.r,
-                  "a hit through a large mapping"),
-            Cover(answer & ~dut.hit & ~live & was_live, "a miss after the mapping was removed"),
-        ]
-        return m
-
 
 # ---- Mutants: broken copies of rtl/iotlb.py that the proof must reject -------------------------
 
@@ -397,21 +411,28 @@ bmc: depth {bmc_depth}
 smtbmc {solver}
 
 [script]
-read_rtlil iotlb.il
+prove: read_rtlil iotlb.il
+cover: read_rtlil props.il
+bmc: read_rtlil props.il
 prep -top top
 
 [files]
 iotlb.il
+props.il
 """
 
 
 def write_job(out: Path, *, entries: int = 8, mutant: str | None = None, prove_depth: int,
               cover_depth: int, bmc_depth: int, solver: str = "yices") -> Path:
-    """Write ``iotlb.il`` and ``iotlb.sby`` into ``out``."""
+    """Write ``iotlb.il`` (the harness with the invariants, for ``prove``), ``props.il`` (the
+    properties alone, for ``cover`` and ``bmc``: a mutant must fail the property itself) and
+    ``iotlb.sby`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    cls = load_variant(mutant) if mutant else None
-    text = rtlil.convert(IotlbHarness(entries, cls), name="top", ports=[])
-    (out / "iotlb.il").write_text(text)
+    for name, invariants in (("iotlb", True), ("props", False)):
+        cls = load_variant(mutant) if mutant else None
+        text = rtlil.convert(IotlbHarness(entries, cls, invariants=invariants), name="top",
+                             ports=[])
+        (out / f"{name}.il").write_text(text)
     sby = out / "iotlb.sby"
     sby.write_text(SBY.format(prove_depth=prove_depth, cover_depth=cover_depth,
                               bmc_depth=bmc_depth, solver=solver))
@@ -421,9 +442,9 @@ def write_job(out: Path, *, entries: int = 8, mutant: str | None = None, prove_d
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=8)
-    ap.add_argument("--prove-depth", type=int, default=8)
-    ap.add_argument("--cover-depth", type=int, default=20)
-    ap.add_argument("--bmc-depth", type=int, default=16,
+    ap.add_argument("--prove-depth", type=int, default=3)
+    ap.add_argument("--cover-depth", type=int, default=16)
+    ap.add_argument("--bmc-depth", type=int, default=14,
                     help="depth of the bounded check each mutant must fail")
     ap.add_argument("--tasks", nargs="*", default=["prove", "cover"])
     ap.add_argument("--mutants", nargs="*", default=list(MUTANTS),
@@ -431,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args(argv)
+    args.out = args.out.resolve()
     problem = check_tools()
     if problem:
         print(f"formal: {problem}", file=sys.stderr)
