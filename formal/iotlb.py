@@ -23,19 +23,23 @@ the RTL:
 The one assumption is the register file's: ``IOTLB_CMD`` is not written while ``ctrl.busy``
 (writes on ``s_hv`` wait while a command runs).
 
-For the induction the harness also asserts invariants on the IOTLB's storage (the only
-place it reads the RTL's internals; the property above does not): whenever no command runs,
-every valid way that covers ``A`` holds exactly the live mapping (base page, size, physical
-page, R, W) in the set a lookup of ``A`` reads for its size; and ``ctrl.busy`` is set exactly
-outside the command state machine's idle state. The stored way is decoded by its layout in
-block RAM (base page, covered page-number bits, physical page, R, W; docs/iotlb.md fixes what
-an entry holds, not its bits). With these the ``prove`` task (k-induction) proves the
-properties for every trace of any length; the ``cover`` task shows that hits through a 4 KiB
-and a large mapping, and a miss after an invalidation, are reached by checked lookups.
+For the induction the harness also asserts invariants, the only place it reads the RTL's
+internals (the properties above do not): every valid way that covers ``A`` holds exactly the
+live mapping (base page, size, physical page, R, W) in the set a lookup of ``A`` reads for its
+size, or, while a command runs, the mapping live before it, in a set the command has not
+compared yet; ``ctrl.busy`` exactly outside the state machine's ``IDLE``; while a command runs,
+the latched registers hold the harness's record of it, and a step's read data and compare
+operands are its sets' rows and the command's range. The storage is read through extra
+asynchronous read ports of the block RAM; a way is decoded by its layout (base page, covered
+page-number bits, physical page, R, W: docs/iotlb.md fixes what an entry holds, not its bits).
+With these the ``prove`` task (k-induction, depth 3) proves the properties for every trace of
+any length; the ``cover`` task shows that hits through a 4 KiB and a large mapping, and a miss
+after the mapping was removed, are reached by checked lookups.
 
 ``MUTANTS`` are broken copies of ``rtl/iotlb.py`` (a compare that ignores a bit, an
 invalidation that clears only one of the two sets, an answer not marked stale): each must fail
-the bounded check (``bmc`` task), which shows the proof bites.
+the bounded check from reset (``bmc`` task, on the properties without the invariants), which
+shows the proof bites.
 
 Run ``python -m formal.iotlb`` (``make formal``): it writes the RTLIL and the ``.sby`` file
 under ``build/formal/`` and runs ``yowasp-sby`` with the Yices SMT solver, as
