@@ -1,7 +1,9 @@
-# Isolation under attack (issue 4, docs/isolation.md): the formal proof of the translation unit
-# and the adversarial soak of the RTL.
+# Isolation under attack (issue 4, docs/isolation.md): the formal proofs of the translation unit
+# and of the IOTLB, and the adversarial soak of the RTL.
 #
-#   make formal        k-induction of the translation unit (yowasp-sby and Yices from PyPI)
+#   make formal        k-induction of the translation unit and of the IOTLB (8 entries), the
+#                      IOTLB's covers and its mutants (yowasp-sby and Yices from PyPI; a few
+#                      minutes)
 #   make soak          100,000 adversarial RTL cases on every core, with a progress bar
 #   make soak SOAK_CASES=20000 SOAK_SEED=1001 SOAK_JOBS=2
 #                      another seed range; rerunning a command resumes it (finished streams
@@ -17,6 +19,7 @@ SOAK_OUT        ?= build/soak
 
 formal: $(STAMP)
 	$(PY) -m formal.translate
+	$(PY) -m formal.iotlb
 
 soak: $(STAMP) check-sim
 	$(PY) -m tb.soak --cases $(SOAK_CASES) --seed $(SOAK_SEED) --jobs $(SOAK_JOBS) \
