@@ -37,6 +37,8 @@ from cocotb.triggers import ClockCycles, RisingEdge
 
 from models import spec
 from models.grant import GrantEntry
+from sw.hypervisor import Hypervisor, IotlbMiss
+from sw.iommu import Answer, IommuModel
 from verif.cases import TableWrite, case_refs, gen_big_request, gen_table_write, generate
 from verif.choosers import RandomChooser
 from verif.oracle import Outcome, check_expectation
@@ -74,6 +76,9 @@ class Figures:
     mismatches: int = 0
     cycles: int = 0
     max_bound_ratio: float = 0.0
+    misses: int = 0  # IOVA: IOTLB misses raised (the same sequence as the reference's)
+    evictions: int = 0  # IOVA: entries the reference's IOTLB replaced round robin
+    isolation: dict[str, int] = field(default_factory=dict)  # handshakes checked per mode
     by_category: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     wall: float = 0.0
@@ -94,7 +99,8 @@ class Figures:
 
 
 def _world(p: dict, cfg: DeviceConfig, seed: int) -> World:
-    return World(seed=seed, handle_mode=p.get("handle_mode", True), domid=seed % 0xFFF0 + 1,
+    return World(seed=seed, handle_mode=p.get("handle_mode", True), iova=p.get("iova", False),
+                 domid=seed % 0xFFF0 + 1,
                  entries=cfg.entries, queue_num_max=cfg.queue_num_max,
                  disk_bytes=cfg.disk_bytes, data_width=cfg.data_width)
 
@@ -115,12 +121,71 @@ class RtlStream:
         self.pause = pause
         self.timing_seed = timing_seed
         self.log = self.tb.log
+        iso = self.tb.isolation
+        iso.clock = lambda: self.tb.monitor.cycle
+        if not world.translated:
+            iso.mem_bytes = world.mem_bytes  # GPA: bursts stay inside guest memory
+        # IOVA mode: the hypervisor answering misses (the reference's policy, sw.iommu)
+        self.hvm = Hypervisor(self.tb.hv)
+        self.model = IommuModel(self.drv.table, self.drv.policy_for,
+                                delay=lambda n: ClockCycles(dut.clk, n))
+        self.serving = False
+        self.server_errors: list[str] = []
 
     async def start(self) -> None:
         await self.tb.reset()
         if self.pause:
             self.tb.set_memory_timing(self.timing_seed, self.pause)
         await self.drv.hv_setup()
+        if self.w.iova:
+            cocotb.start_soon(self._serve_misses())
+
+    # -- IOVA mode: the bench's hypervisor -------------------------------------------------------
+    def hv_irq(self) -> bool:
+        v = self.dut.hv_irq.value
+        return bool(int(v)) if v.is_resolvable else False
+
+    async def _serve_misses(self) -> None:
+        """Watch ``hv_irq``; read each miss (IOTLB_MISS, MISS_IOVA) and answer it with the
+        case's policy after its latency or timeout (``IommuModel.answer``); a miss it never
+        answers (NEVER, no timeout) ends with the driver's reset (Status = 0), after which the
+        miss must be cancelled: IOTLB_MISS reads 0 and ``hv_irq`` is low."""
+        while True:
+            if not self.hv_irq():
+                await RisingEdge(self.dut.hv_irq)
+            self.serving = True
+            miss = await self.hvm.pending_miss()
+            if miss is not None:
+                policy = self.drv.policy_for(miss)
+                if policy.answer is Answer.NEVER and not policy.times_out:
+                    self.model.decide(miss, policy)
+                    await self._reset_in_miss(miss)
+                else:
+                    await self.model.answer(self.hvm, miss)
+            self.serving = False
+            await RisingEdge(self.dut.clk)
+
+    async def _reset_in_miss(self, miss: IotlbMiss) -> None:
+        g = self.tb.guest
+        await ClockCycles(self.dut.clk, 10)
+        await g.write32(spec.MMIO_STATUS, 0)
+        for _ in range(1000):
+            if await g.read32(spec.MMIO_STATUS) == 0:
+                break
+        pending = await self.tb.hv.read32(spec.HV_IOTLB_MISS)
+        if pending & spec.IOTLB_MISS_PENDING or self.hv_irq():
+            self.server_errors.append(f"{miss}: a driver reset did not cancel it (IOTLB_MISS "
+                                      f"{pending:#x}, hv_irq {int(self.hv_irq())})")
+
+    async def wait_misses(self, k0: int, count: int, bound: int) -> int:
+        """Wait until ``count`` misses were seen since log entry ``k0`` and none is pending or
+        being answered; returns the cycles waited (``bound + 1`` if not within ``bound``)."""
+        c0 = self.tb.cycle
+        while len(self.model.log) - k0 < count or self.serving or self.hv_irq():
+            if self.tb.cycle - c0 > bound:
+                return bound + 1
+            await RisingEdge(self.dut.clk)
+        return self.tb.cycle - c0
 
     # -- helpers -------------------------------------------------------------------------------
     async def fault_regs(self) -> tuple[int, int, int, int]:
@@ -160,8 +225,10 @@ class RtlStream:
         if self.ref.violations:
             raise CaseFailure("violation", f"reference: {self.ref.violations[0]}")
         mon = self.tb.monitor
+        iso = self.tb.isolation
+        iso.outside_ok = case.category == "bus_error" and case.note == "decerr"
         await self.drv.prepare(case)
-        i0 = len(mon.records)
+        i0, k0 = len(mon.records), len(self.model.log)
         if case.expect.ignored_notify:
             await self.drv.kick(case, first=True)
             await ClockCycles(self.dut.clk, SETTLE)
@@ -172,13 +239,25 @@ class RtlStream:
         bound = ref_out.bound(self.w.data_width, self.pause)
         n = len(ref_out.transactions)
         waited = await self.wait_transactions(i0, n, bound)
+        if self.w.iova and waited <= bound:
+            await ClockCycles(self.dut.clk, SETTLE)
+            waited += SETTLE + await self.wait_misses(k0, len(ref_out.misses), bound - waited)
         fig.cycles += min(waited, bound)
         fig.max_bound_ratio = max(fig.max_bound_ratio, waited / bound)
         await ClockCycles(self.dut.clk, SETTLE)
         got = mon.records[i0:]
-        iso = self.tb.isolation
         if iso.violations:
             raise CaseFailure("violation", f"{case.describe()}: {iso.violations[0]}")
+        if self.server_errors:
+            raise CaseFailure("mismatch", f"{case.describe()}: {self.server_errors[0]}")
+        if self.w.iova:
+            rtl_misses = [(r.miss.iova, r.miss.write) for r in self.model.log[k0:]]
+            if rtl_misses != ref_out.misses:
+                raise CaseFailure("mismatch", f"{case.describe()}: misses (IOVA, write) "
+                                  f"{[(hex(a), w) for a, w in rtl_misses]}, reference "
+                                  f"{[(hex(a), w) for a, w in ref_out.misses]}")
+            fig.misses += len(rtl_misses)
+            fig.evictions += ref_out.evictions
         status, cause, addr, count = await self.fault_regs()
         want_count = ref_out.fault_count
         if waited > bound:
@@ -232,14 +311,16 @@ async def _attempt(b: RtlStream, fig: Figures, step) -> bool:
         return False
 
 
-def _end(fig: Figures, p: dict) -> None:
+def _end(fig: Figures, p: dict, b: RtlStream | None = None) -> None:
     fig.wall = time.monotonic() - fig.wall
+    if b is not None:
+        fig.isolation = b.tb.isolation.summary()
     fig.write(p.get("report"))
 
 
 @cocotb.test()
 async def test_stream(dut):
-    """A seeded adversarial stream; params: seed, cases, handle_mode, pause, keep_going."""
+    """A seeded adversarial stream; params: seed, cases, handle_mode, iova, pause."""
     p, fig, rs, ch = await _begin(dut, "stream", RtlStream)
 
     async def one(case: Case) -> None:
@@ -254,7 +335,12 @@ async def test_stream(dut):
         fig.hostile += case.category != "good"
         if not await _attempt(rs, fig, one(case)):
             break
-    _end(fig, p)
+    if not fig.failures:  # the monitor checked the stream's mode (GPA: memory bounds)
+        try:
+            rs.tb.isolation.require_checked(rs.w.mode, at_least=fig.cases // 4)
+        except AssertionError as exc:
+            fig.fail(CaseFailure("violation", str(exc)))
+    _end(fig, p, rs)
     rs.log.info("stream seed %d: %d cases (%d hostile), %d faults, %d transactions, %d cycles, "
                 "max %.2f of the bound", fig.seed, fig.cases, fig.hostile, fig.faults,
                 fig.transactions, fig.cycles, fig.max_bound_ratio)
