@@ -43,7 +43,17 @@ from verif.cases import TableWrite, case_refs, gen_big_request, gen_table_write,
 from verif.choosers import RandomChooser
 from verif.oracle import Outcome, check_expectation
 from verif.stream import ReferenceStream, StreamDriver, run_coroutine
-from verif.world import F_QUARANTINE, R_DATA, Case, Expect, World
+from verif.world import (
+    F_QUARANTINE,
+    R_AVAIL,
+    R_DATA,
+    R_DESC,
+    R_SLOT,
+    R_USED,
+    Case,
+    Expect,
+    World,
+)
 
 from .bench import DeviceBench
 from .runner import DeviceConfig, params
@@ -131,6 +141,7 @@ class RtlStream:
                                 delay=lambda n: ClockCycles(dut.clk, n))
         self.serving = False
         self.server_errors: list[str] = []
+        self.miss_cycles: list[tuple[int, int]] = []  # per logged miss: (read, answered) cycles
 
     async def start(self) -> None:
         await self.tb.reset()
@@ -156,12 +167,14 @@ class RtlStream:
             self.serving = True
             miss = await self.hvm.pending_miss()
             if miss is not None:
+                seen = self.tb.cycle
                 policy = self.drv.policy_for(miss)
                 if policy.answer is Answer.NEVER and not policy.times_out:
                     self.model.decide(miss, policy)
                     await self._reset_in_miss(miss)
                 else:
                     await self.model.answer(self.hvm, miss)
+                self.miss_cycles.append((seen, self.tb.cycle))
             self.serving = False
             await RisingEdge(self.dut.clk)
 
@@ -285,13 +298,16 @@ class RtlStream:
         return ref_out
 
 
-async def _begin(dut, test: str, bench: type, handle_mode: bool | None = None):
+async def _begin(dut, test: str, bench: type, handle_mode: bool | None = None,
+                 iova: bool = False):
     """A campaign's start: its params, its figures, a started ``bench`` on a seeded world, and
     the seeded chooser."""
     p = params()
     seed = p.get("seed", 1)
     fig = Figures(test, seed, wall=time.monotonic())  # the start, until _end
     mode = p if handle_mode is None else {"handle_mode": handle_mode}
+    if iova:
+        mode = {"handle_mode": False, "iova": True}
     world = _world(mode, DeviceConfig.from_env(), seed)
     pause = p.get("pause", 0.0)
     b = bench(dut, world, pause=pause, timing_seed=seed if pause else None)
@@ -700,4 +716,176 @@ async def test_reset_race(dut):
         if not await _attempt(rb, fig, _reset_case(rb, case, how, delay, fig, p.get("window", 0))):
             break
     _end(fig, p)
+    assert not fig.failures, fig.failures[0]
+
+
+# =================================================================================================
+# IOVA mode: invalidation racing DMA
+# =================================================================================================
+
+
+def _iova_pages(case: Case, rb: RaceBench) -> list[int]:
+    """IOVA pages of the case's buffers (every page they span), in order, rings and header
+    slots first."""
+    w = rb.w
+    pages = [w.iova_page(r) for r in (R_DESC, R_AVAIL, R_USED, *R_SLOT)]
+    for _, a, ln, _, _ in case.descs:
+        if ln:
+            pages += [pg for pg in range(a >> spec.PAGE_SHIFT, ((a + ln - 1) >> spec.PAGE_SHIFT)
+                                         + 1) if pg not in pages]
+    return pages
+
+
+def _reachable(table, pages: list[int]) -> set[tuple[int, str]]:
+    """(frame, "R"/"W") the device may use through ``pages`` under ``table``."""
+    out = set()
+    for pg in pages:
+        m = table.lookup(pg << spec.PAGE_SHIFT)
+        if m is not None:
+            frame = m.translate(pg << spec.PAGE_SHIFT) >> spec.PAGE_SHIFT
+            out |= {(frame, k) for k, ok in (("R", m.read), ("W", m.write)) if ok}
+    return out
+
+
+async def _invalidator(rb: RaceBench, page: int, new, delay: int, log: dict) -> None:
+    """The guest's strict unmap racing the request: after ``delay`` cycles, under the
+    hypervisor's IOTLB lock (which the miss server also takes), change the page table at
+    ``page`` and invalidate it; then HV_SYNC written and polled until it reads 1."""
+    await ClockCycles(rb.dut.clk, delay)
+    async with rb.hvm.lock:
+        await rb.drv._remap(page, new)
+        log["cmd"] = next(c for c, off, _ in reversed(rb.watch.hv_writes)
+                          if off == spec.HV_IOTLB_CMD)
+    await rb.tb.hv.write32(spec.HV_SYNC, 1)
+    log["sync_write"] = rb.watch.hv_writes[-1][0]
+    for _ in range(10_000):
+        if await rb.tb.hv.read32(spec.HV_SYNC) & 1:
+            log["sync_read"] = rb.watch.hv_reads[-1][0]
+            return
+
+
+async def _iova_race_case(rb: RaceBench, case: Case, page: int, what: str, new, delay: int,
+                          fig: Figures) -> None:
+    w = rb.w
+    await rb.ack()
+    await rb.drv.prepare(case)
+    i0, t0, k0 = len(rb.tb.monitor.records), len(rb.watch.txns), len(rb.model.log)
+    pages = _iova_pages(case, rb)
+    before = _reachable(rb.drv.table, pages)
+    log: dict = {}
+    await rb.drv.kick(case, first=False)
+    race = cocotb.start_soon(_invalidator(rb, page, new, delay, log))
+    limit = 20 * rb.estimate(case) + 2000 + 8 * 400
+    waited = await rb.wait_end(limit)
+    await race
+    await ClockCycles(rb.dut.clk, SETTLE)
+    waited += SETTLE + await rb.wait_misses(k0, 0, limit)
+    txns = rb.watch.txns[t0:]
+    label = f"{case.describe()}: {what} of IOVA page {page:#x} after {delay} cycles"
+    if "sync_read" not in log:
+        raise CaseFailure("hang", f"{label}: HV_SYNC never read 1")
+    after = _reachable(rb.drv.table, pages)
+    # 1. Nothing issued after the invalidation command used the removed mapping.
+    for t in txns:
+        allowed = before if t.rise <= log["cmd"] else after
+        if (t.addr >> spec.PAGE_SHIFT, t.kind) not in allowed:
+            raise CaseFailure("violation", f"{label}: {t.kind} at {t.addr:#x} issued in cycle "
+                              f"{t.rise} (invalidation in cycle {log['cmd']}) is not mapped "
+                              f"at that moment")
+    # 2. HV_SYNC read 1 only once everything issued up to its write had completed.
+    for t in txns:
+        if t.rise <= log["sync_write"] and (t.end is None or t.end >= log["sync_read"]):
+            raise CaseFailure("violation", f"{label}: HV_SYNC written in cycle "
+                              f"{log['sync_write']} read 1 in cycle {log['sync_read']} while "
+                              f"{t.kind} at {t.addr:#x} (issued {t.rise}) completed {t.end}")
+    # 3. The reference, with the same change after the same transactions and the same
+    #    answered misses (the RTL looks a page up before its bursts: a miss answered before
+    #    the change and raised again after it is in both), agrees.
+    k = sum(t.rise <= log["cmd"] for t in txns)
+    cycles = rb.miss_cycles[k0:]
+    m = sum(done < log["cmd"] for _, done in cycles)
+    racy = any(seen < log["cmd"] < done for seen, done in cycles)  # pending across the change
+    tally = fig.by_category
+    if 0 < k < len(txns):
+        tally["landed_mid_request"] = tally.get("landed_mid_request", 0) + 1
+    ref = rb.ref
+    state = {"tx": False, "done": False}
+
+    def change(tx: bool = False) -> None:
+        state["tx"] |= tx
+        if state["tx"] and not state["done"] and len(ref.dev.misses) >= m:
+            state["done"] = True
+            run_coroutine(ref.drv._remap(page, new))
+    ref.after_miss = change
+    try:
+        ref_out = ref.run(case, at=(k, lambda: change(True)))
+    finally:
+        ref.after_miss = None
+    if ref.violations:
+        raise CaseFailure("violation", f"reference: {ref.violations[0]}")
+    bound = ref_out.bound(w.data_width, rb.pause)
+    if waited > limit or waited > bound + delay + 1000:
+        raise CaseFailure("hang", rb.dump(f"{label}: no completion or fault after {waited} "
+                                          f"cycles (bound {bound})", t0))
+    fig.max_bound_ratio = max(fig.max_bound_ratio, waited / (bound + delay + 1000))
+    fig.cycles += waited
+    rb.compare_bus(label, ref_out.transactions, i0)
+    status, cause, addr, count = await rb.fault_regs()
+    want = (1, *ref_out.fault, ref_out.fault_count) if ref_out.fault else (0, count)
+    have = (status, cause, addr, count) if ref_out.fault else (status, count)
+    if have != want:
+        raise CaseFailure("mismatch", f"{label}: fault registers {have}, reference {want}")
+    rb.compare_memory(label)
+    rtl_misses = [(r.miss.iova, r.miss.write) for r in rb.model.log[k0:]]
+    if rtl_misses != ref_out.misses:
+        if not racy:
+            writes = [(c, hex(o), hex(v)) for c, o, v in rb.watch.hv_writes
+                      if c >= rb.watch.txns[t0].rise - 200] if txns else []
+            raise CaseFailure("mismatch", f"{label}: misses "
+                              f"{[(hex(a), wr) for a, wr in rtl_misses]}, reference "
+                              f"{[(hex(a), wr) for a, wr in ref_out.misses]}; invalidation "
+                              f"in cycle {log['cmd']}; s_hv writes {writes}; transactions "
+                              f"{[(t.kind, hex(t.addr), t.rise, t.end) for t in txns]}; k {k}")
+        tally["misses_differ_miss_in_flight"] = tally.get("misses_differ_miss_in_flight", 0) + 1
+    fig.misses += len(rtl_misses)
+    fig.transactions += len(txns)
+    fig.faults += ref_out.fault is not None
+    fig.requests += 1
+    await rb.drv.finish(case, ref_out.fault is not None)
+
+    async def restore(d: StreamDriver) -> None:
+        await d._remap(page, w.iova_map.get(page))
+        await d.sync()
+    await rb.both(restore)
+
+
+@cocotb.test()
+async def test_iova_race(dut):
+    """IOVA mode: the guest unmaps, write-protects, remaps or only invalidates a page a
+    request uses, at a random cycle of it, with the IOTLB invalidation and HV_SYNC of a strict
+    unmap, while the bench's hypervisor answers misses; params: seed, cases, pause."""
+    p, fig, rb, ch = await _begin(dut, "iova_race", RaceBench, iova=True)
+    w = rb.w
+    for i in range(p.get("cases", 20)):
+        case = gen_big_request(ch, w, i)
+        case.flush = True  # only this request's pages are in the IOTLB
+        data = [pg for pg in _iova_pages(case, rb)[5:] if pg in w.iova_map]
+        page = ch.choice(data)
+        frame = w.iova_map[page][0]
+        what = ch.choice(("unmap", "unmap", "readonly", "remap", "invalidate"))
+        new = {"unmap": None, "readonly": (frame, True, False),
+               "remap": (F_QUARANTINE[page % len(F_QUARANTINE)], True, True),
+               "invalidate": w.iova_map[page]}[what]
+        delay = ch.int(0, rb.estimate(case))
+        fig.cases += 1
+        fig.hostile += 1
+        fig.by_category[what] = fig.by_category.get(what, 0) + 1
+        if not await _attempt(rb, fig, _iova_race_case(rb, case, page, what, new, delay, fig)):
+            break
+    if not fig.failures:
+        try:
+            rb.tb.isolation.require_checked("iova", at_least=fig.cases)
+        except AssertionError as exc:
+            fig.fail(CaseFailure("violation", str(exc)))
+    _end(fig, p, rb)
     assert not fig.failures, fig.failures[0]

@@ -43,7 +43,7 @@ class OracleDevice(ReferenceDevice):
         super().dma_write(v, data)
 
 
-MISS_COST = 400  # cycles the bench's hypervisor may take to read and answer one miss, beyond
+MISS_COST = 500  # cycles the bench's hypervisor may take to read and answer one miss, beyond
 # its chosen latency or timeout (3 register reads, 6 writes on AXI4-Lite, a command)
 
 

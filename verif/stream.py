@@ -223,6 +223,7 @@ class ReferenceStream:
                                 on_iotlb_miss=self._on_miss if world.iova else None)
         self.drv = StreamDriver(self.dev, world)
         self.model = IommuModel(self.drv.table) if self.drv.table is not None else None
+        self.after_miss: Callable[[], None] | None = None  # called once a miss is answered
         self.view = GrantView(self.dev)
         self.violations: list[str] = []
         self.case: Case | None = None
@@ -243,6 +244,8 @@ class ReferenceStream:
             return
         for offset, value in rec.writes:
             port.write(offset, value)
+        if self.after_miss is not None:
+            self.after_miss()
 
     def _iova_permits(self, t: Transaction) -> bool:
         n = max(t.nbytes, 1)
@@ -250,11 +253,14 @@ class ReferenceStream:
                    and e.permits(t.kind == "W") for e in self.dev.iotlb.entries())
 
     def _on_transaction(self, t: Transaction) -> None:
-        if self.dev.mode == spec.MODE_IOVA and not self._iova_permits(t):
-            what = self.case.describe() if self.case else "set-up"
-            self.violations.append(
-                f"{what}: {t.kind} {t.addr:#x}+{t.nbytes} outside the IOTLB entries mapped for "
-                f"{'write' if t.kind == 'W' else 'read'}")
+        if self.dev.mode == spec.MODE_IOVA:
+            if not self._iova_permits(t):
+                what = self.case.describe() if self.case else "set-up"
+                self.violations.append(
+                    f"{what}: {t.kind} {t.addr:#x}+{t.nbytes} outside the IOTLB entries mapped "
+                    f"for {'write' if t.kind == 'W' else 'read'}")
+            elif t.kind == "W":  # mapped writable when written (a remap during the case)
+                self.granted_w.add(t.addr >> spec.PAGE_SHIFT)
         if self.dev.handle_mode:
             if not self.view.permits(t.kind, t.addr, t.nbytes):
                 what = self.case.describe() if self.case else "set-up"
