@@ -525,5 +525,7 @@ def test_soak_plan():
     assert sum(s.cases for s in p) == 100_000
     assert [s.seed for s in p] == list(range(1, len(p) + 1))
     assert all(s == stream_for(s.seed, 500) for s in p[:-1])
-    assert {s.test for s in p} == {"test_stream", "test_revoke_race", "test_reset_race"}
+    assert {s.test for s in p} == {"test_stream", "test_revoke_race", "test_reset_race",
+                                   "test_iova_race"}
+    assert any(s.params.get("iova") for s in p)
     assert plan(7, 500, None, 1)[0] == stream_for(7, 500)

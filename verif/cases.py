@@ -864,13 +864,34 @@ def gen_iova_reset_miss(ch: Chooser, w: World, index: int) -> Case:
 
 
 def gen_iova_pressure(ch: Chooser, w: World, index: int) -> Case:
-    """Two or three requests over fresh IOVA aliases of many pages: more pages than the
-    IOTLB's sets hold, so inserts evict (round robin) and pages miss again."""
+    """Three or four requests whose data pages (fresh IOVA aliases) all fall in one IOTLB set
+    of the default 64-entry IOTLB: more pages than the set's ways, so inserts evict (round
+    robin) and pages miss again; every request completes."""
     b = _CaseBuilder(ch, w)
-    reqs = [_good_request(b, kinds=("in", "out")) for _ in range(ch.choice((2, 3)))]
+    n_sets = spec.DEFAULT_IOTLB_ENTRIES // spec.IOTLB_WAYS
+    target = ch.int(0, n_sets - 1)
+    cands = [(r, k) for k in range(IOVA_ALIASES) for r in R_DATA
+             if w.iova_page(r, k) % n_sets == target]
+    picks: list[tuple[int, int]] = []
+    for r, k in sorted(cands, key=lambda _: ch.int(0, 1 << 16)):
+        if r not in [p[0] for p in picks]:
+            picks.append((r, k))
+    reqs = []
+    for r, k in picks[:ch.choice((3, 4))]:
+        b.free_refs.remove(r)
+        write = r in w.writeonly_refs or (r not in w.readonly_refs and ch.bool())
+        nsec = 1
+        slot = b.slot()
+        req_type = spec.VIRTIO_BLK_T_IN if write else spec.VIRTIO_BLK_T_OUT
+        b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, w.capacity - nsec)))
+        addr = w.iova_addr(r, ch.int(0, PAGE - 512 * nsec), k)
+        if not write:
+            b.put(addr, b.payload(512 * nsec))
+        b.put(slot + 20, b"\xa5")
+        reqs.append(_Req([Seg(slot, HDR, False), Seg(addr, 512 * nsec, write),
+                          Seg(slot + 20, 1, True)], spec.VIRTIO_BLK_S_OK))
     return _assemble(ch, w, index, "iova_pressure", Expect(0, tuple(r.status for r in reqs)),
-                     reqs, b, flush=ch.bool(0.2))
-
+                     reqs, b, flush=ch.bool(0.2), note=f"{len(reqs)} pages in set {target}")
 
 # Category -> (generator, weight, modes: "any", "grant" (handle mode only) or "iova")
 CATEGORIES: dict[str, tuple[Gen, int, str]] = {
