@@ -111,6 +111,7 @@ class Figures:
 def _world(p: dict, cfg: DeviceConfig, seed: int) -> World:
     return World(seed=seed, handle_mode=p.get("handle_mode", True), iova=p.get("iova", False),
                  domid=seed % 0xFFF0 + 1,
+                 iotlb_entries=getattr(cfg, "iotlb_entries", spec.DEFAULT_IOTLB_ENTRIES),
                  entries=cfg.entries, queue_num_max=cfg.queue_num_max,
                  disk_bytes=cfg.disk_bytes, data_width=cfg.data_width)
 

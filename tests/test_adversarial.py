@@ -111,6 +111,7 @@ STREAMS = [
     ("iova-w64", {"iova": True}, 108, 3000),
     ("iova-w32", {"iova": True, "data_width": 32}, 109, 1500),
     ("iova-w128", {"iova": True, "data_width": 128}, 110, 1500),
+    ("iova-t8", {"iova": True, "iotlb_entries": 8}, 111, 1000),  # an 8-entry IOTLB
 ]
 
 

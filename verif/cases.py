@@ -865,10 +865,10 @@ def gen_iova_reset_miss(ch: Chooser, w: World, index: int) -> Case:
 
 def gen_iova_pressure(ch: Chooser, w: World, index: int) -> Case:
     """Three or four requests whose data pages (fresh IOVA aliases) all fall in one IOTLB set
-    of the default 64-entry IOTLB: more pages than the set's ways, so inserts evict (round
+    (small sets: IOVA bits above 12): more pages than the set's ways, so inserts evict (round
     robin) and pages miss again; every request completes."""
     b = _CaseBuilder(ch, w)
-    n_sets = spec.DEFAULT_IOTLB_ENTRIES // spec.IOTLB_WAYS
+    n_sets = w.iotlb_entries // spec.IOTLB_WAYS
     target = ch.int(0, n_sets - 1)
     cands = [(r, k) for k in range(IOVA_ALIASES) for r in R_DATA
              if w.iova_page(r, k) % n_sets == target]

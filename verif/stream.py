@@ -220,6 +220,7 @@ class ReferenceStream:
         self.dev = OracleDevice(GuestMemory(world.mem_bytes, world.initial_memory()),
                                 entries=world.entries, queue_num_max=world.queue_num_max,
                                 disk_bytes=world.disk_bytes, data_width=world.data_width,
+                                iotlb_entries=world.iotlb_entries,
                                 on_iotlb_miss=self._on_miss if world.iova else None)
         self.drv = StreamDriver(self.dev, world)
         self.model = IommuModel(self.drv.table) if self.drv.table is not None else None

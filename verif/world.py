@@ -82,6 +82,7 @@ class World:
     queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX
     disk_bytes: int = spec.DEFAULT_DISK_BYTES
     data_width: int = spec.DEFAULT_DATA_WIDTH
+    iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES  # IOVA mode
     mem_bytes: int = MEM_BYTES
     queue_size: int = 16  # the standard queue of the stream
     grants: dict[int, GrantEntry] = field(default_factory=dict)
