@@ -69,8 +69,8 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
         # Bumped by every write to the grant table, HV_CTRL or HV_DOMID: a DMA access looks its
         # page up again before its next burst (docs/architecture.md "Grant revocation").
         self.table_gen = 0
-        # Bumped by every IOTLB command and HV_CTRL write: the same, in IOVA mode (docs/iotlb.md
-        # "Invalidation is strict").
+        # Bumped by every IOTLB command that runs and every write to HV_CTRL or HV_DOMID: the
+        # same, in IOVA mode (docs/iotlb.md "Invalidation is strict").
         self.iotlb_gen = 0
         self.iotlb = Iotlb(iotlb_entries)  # validates
         self.iotlb_entries = iotlb_entries

@@ -71,7 +71,7 @@ class DmaEngine:
             resets = self._resets
             self.on_iotlb_miss(self)
             resolve, self._miss_resolve = self._miss_resolve, 0
-            if self._resets != resets or self._abort:
+            if self._resets != resets:
                 raise Halt()  # a driver reset cancelled the miss: the engine stops
             if resolve == spec.MISS_RESOLVE_FAIL:
                 return Translation(None, spec.FAULT_IOTLB_FAILED)
@@ -118,8 +118,8 @@ class DmaEngine:
     def _bursts(self, v: int, n: int, write: bool):
         """The access's bursts. The mode is latched per access, as the DMA engine does: in GPA
         mode nothing is looked up again; in grant mode a page is looked up again after a write
-        to the table, HV_CTRL or HV_DOMID, in IOVA mode after an IOTLB command or an HV_CTRL
-        write."""
+        to the table, HV_CTRL or HV_DOMID, in IOVA mode after an IOTLB command that ran or a
+        write to HV_CTRL or HV_DOMID."""
         gen = {spec.MODE_GRANT: lambda: self.table_gen,
                spec.MODE_IOVA: lambda: self.iotlb_gen}.get(self.mode)
         return iter_bursts(v, n, write, self.data_width, self._translate, gen)

@@ -26,8 +26,8 @@ class HvRegisters:
     :attr:`HV_REGS` names (``mode`` is HV_CTRL's bits 1:0: ``spec.MODE_GPA``, ``MODE_GRANT``
     or ``MODE_IOVA``), and ``grants``, ``table_gen`` (bumped by every write to the table,
     HV_CTRL or HV_DOMID), ``iotlb`` (:class:`models.iotlb.Iotlb`), ``iotlb_gen`` (bumped by
-    every IOTLB command and HV_CTRL write) and the pending miss's resolution
-    (``_miss_resolve``, docs/iotlb.md)."""
+    every IOTLB command that runs and every write to HV_CTRL or HV_DOMID) and the pending
+    miss's resolution (``_miss_resolve``, docs/iotlb.md)."""
 
     #: The device attribute each register of HV with state reads and a plain write stores.
     HV_REGS = Storage(HV, {
@@ -66,8 +66,8 @@ class HvRegisters:
         name = hit and hit[0].name
         if index is not None or name in ("HV_CTRL", "HV_DOMID"):
             self.table_gen += 1
-        if name == "HV_CTRL":
-            self.iotlb_gen += 1
+        if name in ("HV_CTRL", "HV_DOMID"):
+            self.iotlb_gen += 1  # docs/architecture.md "Grant revocation": any translation
         if index is not None:
             self.grants.write_word(index, value, strb)  # grant words honour wstrb
         elif name == "HV_FAULT_STATUS":
@@ -84,13 +84,16 @@ class HvRegisters:
             self.HV_REGS.store(self, *hit, value)
 
     def _iotlb_command(self, cmd: int) -> None:
-        """``IOTLB_CMD`` (docs/iotlb.md): the staging registers as they are now. Every command
-        (1 to 3) makes the answers the DMA engine holds stale: it looks its page up again."""
+        """``IOTLB_CMD`` (docs/iotlb.md): the staging registers as they are now. A command that
+        runs (an insert of a size from 12 to 30, an invalidate, an invalidate all) makes the
+        answers the DMA engine holds stale: it looks its page up again ("Invalidation is
+        strict"); one that does nothing does not."""
         size = self.iotlb_attr & spec.IOTLB_ATTR_SIZE_MASK
         if cmd == spec.IOTLB_CMD_INSERT:
-            self.iotlb.insert(self.iotlb_iova, self.iotlb_pa, size,
-                              bool(self.iotlb_attr & spec.IOTLB_ATTR_READ),
-                              bool(self.iotlb_attr & spec.IOTLB_ATTR_WRITE))
+            if self.iotlb.insert(self.iotlb_iova, self.iotlb_pa, size,
+                                 bool(self.iotlb_attr & spec.IOTLB_ATTR_READ),
+                                 bool(self.iotlb_attr & spec.IOTLB_ATTR_WRITE)) is None:
+                return  # a size outside 12 to 30: the command does nothing
         elif cmd == spec.IOTLB_CMD_INVALIDATE:
             self._count_invalidated(self.iotlb.invalidate(self.iotlb_iova, size))
         elif cmd == spec.IOTLB_CMD_INVALIDATE_ALL:

@@ -19,7 +19,7 @@ from models import spec
 from models.device import ReferenceDevice
 from models.iotlb import Iotlb, IotlbEntry, overlaps
 from models.memory import GuestMemory
-from verif.harness import Buffer, HandDriver
+from verif.harness import Buffer, HandDriver, make
 
 K = 1 << 12  # 4 KiB
 M2 = 1 << 21  # 2 MiB
@@ -623,15 +623,70 @@ def test_an_iotlb_command_makes_the_next_burst_look_up_again():
     assert dev.misses[-2:] == [(iova + 0x10, True), (iova + 1024, True)]
     assert [t.nbytes for t in dev.transactions[-3:]] == [1024 - 0x10, 1024, 3000 - 2048 + 0x10]
     assert stats(dev)[3] - xlate == 4 and stats(dev)[2] == 1  # miss, again, miss, again
-    # Any command does: an insert elsewhere makes the next burst look the page up again (a hit).
-    invalidated.clear()
 
-    def insert_elsewhere(t):
-        if not invalidated and t.addr >> 12 == frames[0]:
-            insert(dev, 0x8_0000_0000, 0)
-            invalidated.append(t)
 
-    dev.on_transaction = insert_elsewhere
-    hits, xlate = stats(dev)[0], stats(dev)[3]
-    dev.dma_read(iova, 3000)
-    assert stats(dev)[0] - hits == 2 == stats(dev)[3] - xlate
+@pytest.mark.parametrize(("action", "again"), [
+    (lambda d: insert(d, 0x8_0000_0000, 0), True),  # any command that runs: an insert elsewhere
+    (lambda d: d.hv.write(spec.HV_IOTLB_CMD, spec.IOTLB_CMD_INVALIDATE_ALL), None),
+    (lambda d: d.hv.write(spec.HV_DOMID, 5), True),  # "Grant revocation": the mode or the domain
+    (lambda d: d.hv.write(spec.HV_CTRL, 3), True),  # a write of HV_CTRL, even one of 3
+    (lambda d: insert(d, 0x8_0000_0000, 0, 31), False),  # a command that does nothing
+    (lambda d: d.hv.write(spec.HV_IOTLB_CMD, 0), False),
+    (lambda d: d.hv.write(spec.HV_GRANT_BASE, 0x1_0001), False),  # the grant table: not IOVA
+])
+def test_what_makes_the_next_burst_look_up_again(action, again):
+    dev, drv, hyp = iova_setup(data_width=32)  # 1 KiB bursts: 4 per page
+    frames = drv.alloc_frames(1)
+    iova = 0x7_0000_0000
+    hyp.pages[iova >> 12] = (frames[0], True, True)
+    dev.dma_read(iova, 1)  # mapped
+    done = []
+
+    def once(t):
+        if not done:
+            action(dev)
+            done.append(t)
+
+    dev.on_transaction = once
+    hits, misses, xlate = stats(dev)[0], stats(dev)[1], stats(dev)[3]
+    dev.dma_read(iova, 3000)  # 3 bursts
+    if again is None:  # the entry is gone: a miss at the second burst, then a hit
+        assert dev.misses[-1] == (iova + 1024, False) and stats(dev)[1] - misses == 1
+        assert (stats(dev)[0] - hits, stats(dev)[3] - xlate) == (2, 3)
+    else:
+        assert stats(dev)[1] == misses
+        assert stats(dev)[0] - hits == 1 + again == stats(dev)[3] - xlate
+    assert dev.mode == spec.MODE_IOVA and dev.faults == []
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(width=st.sampled_from([32, 64, 128]), entries=st.sampled_from([8, 64]),
+       requests=st.lists(st.tuples(st.sampled_from([spec.VIRTIO_BLK_T_IN, spec.VIRTIO_BLK_T_OUT,
+                                                     spec.VIRTIO_BLK_T_GET_ID]),
+                                   st.integers(1, 9), st.integers(0, 4095), st.integers(0, 60)),
+                         min_size=1, max_size=5))
+def test_iova_mode_issues_the_gpa_mode_transactions(width, entries, requests):
+    """With 4 KiB mappings of the same frames, IOVA mode moves the same bytes in the same
+    transactions as GPA mode: the IOTLB changes addresses, never the bursts."""
+
+    gpa, gdrv = make(data_width=width, mem_size=1 << 21)
+    iova, idrv, _ = iova_setup(data_width=width, iotlb_entries=entries)
+    for req_type, sectors, offset, sector in requests:
+        for drv in (gdrv, idrv):
+            if req_type == spec.VIRTIO_BLK_T_OUT:
+                drv.request(req_type, sector, data=bytes([sector]) * 512 * sectors,
+                            data_offset=offset)
+            else:
+                drv.request(req_type, sector, read_len=512 * sectors, data_offset=offset)
+            drv.notify()
+        assert idrv.take_used() == gdrv.take_used()
+    def seen(dev: ReferenceDevice) -> list[tuple]:  # descriptors hold IOVAs or GPAs
+        return [(t.kind, t.addr, t.nbytes, t.data if t.kind == "W" else None)
+                for t in dev.transactions]
+
+    assert seen(iova) == seen(gpa)
+    assert iova.disk == gpa.disk and iova.faults == gpa.faults == []
+    hits, misses, _, xlate = stats(iova)
+    assert misses == len(iova.misses) and xlate == hits + misses == iova.translations
+    # A page misses again only after its entry was evicted (nothing is invalidated here).
+    assert len(iova.misses) <= len({i >> 12 for i, _ in iova.misses}) + len(iova.iotlb.evictions)

@@ -661,3 +661,29 @@ def test_miss_answer_looks_up_under_the_lock() -> None:
     model = IommuModel(t, MissPolicy(latency=10), delay=delay)
     rec = run(model.answer(hv, IotlbMiss(0x8000, True, False)))
     assert rec.mapping is None and port.writes == [(RESOLVE, 2)]
+
+
+def test_driver_lazy_unmap_keeps_entries_until_the_flush() -> None:
+    """iommu.strict=0: the IOTLB keeps a freed page's translation until the flush queue
+    flushes (invalidate all + sync); IOVAs are reused only after it."""
+    async def body() -> None:
+        mem = GuestMemory(4 << 20)
+        table = IommuPageTable()
+        iommu = IommuModel(table)
+        dev = ReferenceDevice(mem, on_iotlb_miss=iommu.hook())
+        hv = Hypervisor(dev.hv)
+        await hv.setup(spec.MODE_IOVA, DOMID)
+        dma = IovaDma(hv, table, strict=False, flush_queue_size=6)
+        d = VirtioBlkDriver(dev, dma, PageAllocator(mem, 0x1000, (4 << 20) - 0x1000), seed=0)
+        await d.init()
+        await d.write(3, b"\x5a" * 512)  # header, data, status: 3 unmaps queued
+        stale = [m.iova for m in dma._flush_queue]
+        assert len(stale) == 3 and all(dev.iotlb.lookup(i) is not None for i in stale)
+        assert all(table.lookup(i) is None for i in stale)
+        assert (await hv.iotlb_stats()).invalidated == 0
+        assert await d.read(3) == b"\x5a" * 512  # 3 more: the queue flushes
+        assert not dma._flush_queue and len(dev.iotlb) == 0  # the rings' entries went too
+        assert (await hv.iotlb_stats()).invalidated == 3 + 6  # rings + two requests
+        assert len(dma.iovad) == 3
+
+    arun(body)
