@@ -377,14 +377,13 @@ class DmaEngine(wiring.Component):
             m.d.comb += [lk.high.eq(next_high), lk.handle.eq(next_handle)]
         with m.If(lk.keep):
             m.d.sync += fresh.eq(1)
-        if LS:  # the IOTLB compares the whole page number and reports a miss's whole address
-            with m.If(in_idle):
-                m.d.comb += lk.vaddr.eq(Mux(c.cont, Cat(nxt_lo, nxt_hi), c.vaddr))
-            with m.Elif(in_xkeep):
-                m.d.comb += lk.vaddr.eq(Cat(cur_lo, cur_hi))
-            with m.Else():
-                m.d.comb += lk.vaddr.eq(Cat(nxt_lo, nxt_hi))
-            m.d.comb += [lk.used.eq(self.status.xlate), lk.cancel.eq(self.abort)]
+        if LS:  # the IOTLB compares the whole page number and reports a miss's whole address:
+            # the command's (late, from the ring engine: apart), else ours (registers)
+            m.d.comb += [
+                lk.fast.eq(in_idle & ~c.cont), lk.cvaddr.eq(c.vaddr),
+                lk.vaddr.eq(Mux(in_xkeep, Cat(cur_lo, cur_hi), Cat(nxt_lo, nxt_hi))),
+                lk.used.eq(self.status.xlate), lk.cancel.eq(self.abort),
+            ]
 
         # ---- Local side: rotation and masks, one shared rotator -------------------------------
         # Write pipeline stages (S0 issues the beat and a local read, S1 waits for the RAM disk's
@@ -647,7 +646,7 @@ class DmaEngine(wiring.Component):
                                   & order_ok)
                 with m.If(~waiting):
                     m.d.sync += fresh.eq(0)
-                    m.d.comb += self.status.xlate.eq(fresh & lk.mode)
+                    m.d.comb += self.status.xlate.eq(fresh & lk.mode & ~lk.stale)
                 with m.If(self.abort & ~waiting):
                     finish()
                 with m.Elif(waiting):

@@ -58,14 +58,18 @@ def LookupSignature(ref_bits: int, set_bits: int = 0) -> wiring.Signature:
     width): ``lset``, the large set read with ``ref`` (page-number bits ``18 + set_bits - 1 :
     18``); ``vaddr``, the whole address with ``keep``; ``used``, the DMA engine uses the
     answer (statistics); ``cancel``, the access is abandoned (a driver reset); ``miss``, the
-    answer is a miss the hypervisor has not resolved; the frame is then 52 bits wide."""
+    answer is a miss the hypervisor has not resolved; the frame is then 52 bits wide. The
+    whole address comes in two forms: ``cvaddr`` when ``fast`` (the ring engine's command
+    address, late in the cycle: it gets a single gate to the IOTLB's key register), else
+    ``vaddr`` (the DMA engine's own registers)."""
     members = {
         "ref": Out(ref_bits), "keep": Out(1), "high": Out(1), "handle": Out(1), "write": Out(1),
         "new": In(1), "fault": In(4), "ok": In(1), "frame": In(52 if set_bits else 32),
         "mode": In(1), "stale": In(1),
     }
     if set_bits:
-        members.update({"lset": Out(set_bits), "vaddr": Out(64), "used": Out(1),
+        members.update({"lset": Out(set_bits), "vaddr": Out(64), "cvaddr": Out(64),
+                        "fast": Out(1), "used": Out(1),
                         "cancel": Out(1), "miss": In(1)})
     return wiring.Signature(members)
 

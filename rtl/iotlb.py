@@ -79,11 +79,18 @@ class Iotlb(wiring.Component):
     -------
     small, large : In
         The sets a lookup reads: in the translation unit's table-read cycle (``t``).
-    key : In(52)
-        The page number of the lookup kept in cycle ``t + 1``.
-    hit, r, w, ppn : Out
-        In cycle ``t + 2`` (combinational, from registers): a valid entry covers ``key``, its
-        permissions, and the physical page of ``key`` through it.
+    key, write : In
+        The page number of the lookup kept in cycle ``t + 1``, and its direction.
+    fast_key, fast : In
+        In cycle ``t + 1``: the page number is ``fast_key`` instead. It passes a single gate to
+        the key's register (``key`` may pass more): for an address that arrives late.
+    enable : In
+        IOVA mode: lookups answer only while it is high (commands work in every mode).
+    hit, ok, fault, r, w, ppn : Out
+        In cycle ``t + 2`` (combinational, from registers): a valid entry covers ``key``; it
+        allows the direction; 0 or the fault cause of a hit without the permission (5 for a
+        write, 11 for a read); its permissions; the physical page of ``key`` through it. All
+        0 without a hit.
     stale : Out
         In cycle ``t + 2``: a command ran (or started) in cycle ``t``, ``t + 1`` or ``t + 2``;
         the answer must not be used.
@@ -102,8 +109,10 @@ class Iotlb(wiring.Component):
         self._sb = exact_log2(self._sets)
         super().__init__({
             "small": In(self._sb), "large": In(self._sb), "key": In(VPN_BITS),
-            "hit": Out(1), "r": Out(1), "w": Out(1), "ppn": Out(VPN_BITS),
-            "stale": Out(1), "active": Out(1),
+            "fast_key": In(VPN_BITS), "fast": In(1), "write": In(1),
+            "enable": In(1),
+            "hit": Out(1), "ok": Out(1), "fault": Out(4), "r": Out(1), "w": Out(1),
+            "ppn": Out(VPN_BITS), "stale": Out(1), "active": Out(1),
             "ctrl": In(IotlbCmdSignature()),
         })
 
@@ -115,6 +124,7 @@ class Iotlb(wiring.Component):
         m = Module()
         S, sb = self._sets, self._sb
         E = Entry.size
+        wb = exact_log2(WAYS)
         ctrl = self.ctrl
         m.submodules.ram = ram = memory.Memory(shape=unsigned(WAYS * E), depth=S, init=[],
                                                attrs={"ram_style": "block"})
@@ -122,7 +132,7 @@ class Iotlb(wiring.Component):
         port_b = ram.read_port()
         wr = ram.write_port(granularity=E)
         valid = Signal(S * WAYS)
-        rr = Signal(exact_log2(WAYS) * S)  # round-robin pointer of each set
+        rr = Signal(wb * S)  # round-robin pointer of each set
 
         # ---- Command: latched from the staging registers in its IOTLB_CMD write cycle --------
         op = Signal(2)
@@ -130,9 +140,8 @@ class Iotlb(wiring.Component):
         c_mask = Signal(MASK_BITS)
         c_all = Signal()
         c_wide = Signal()  # the range is larger than 4 KiB: every set is visited
-        c_ppn = Signal(VPN_BITS)
-        c_r = Signal()
-        c_w = Signal()
+        c_set = Signal(sb)  # an insert's set
+        new = Signal(Entry)  # an insert's entry
         size = ctrl.stage_size
         size_ok = (size >= spec.IOTLB_MIN_SIZE) & (size <= spec.IOTLB_MAX_SIZE)
         start = Signal()
@@ -140,11 +149,14 @@ class Iotlb(wiring.Component):
             ((ctrl.cmd == spec.IOTLB_CMD_INSERT) & size_ok)
             | (ctrl.cmd == spec.IOTLB_CMD_INVALIDATE) | (ctrl.cmd == spec.IOTLB_CMD_INVALIDATE_ALL))
         new_mask = thermometer(m, size, "new_mask")
+        above = Cat(new_mask, Const(0, VPN_BITS - MASK_BITS))  # page bits inside the range
         step = Signal(max(1, sb - 1))  # the walk's step (sets 2k and 2k + 1)
         last_step = Signal()
         walking = Signal()  # the read ports are the command's this cycle
         busy = Signal()
-        writing = Signal()
+        choosing = Signal()  # VICTIM: the insert's way is chosen
+        writing = Signal()  # WRITE: the insert's entry is written
+
         m.d.comb += [ctrl.busy.eq(busy), self.active.eq(busy | start)]
 
         with m.FSM():
@@ -153,13 +165,16 @@ class Iotlb(wiring.Component):
                     inval_all = ((ctrl.cmd == spec.IOTLB_CMD_INVALIDATE_ALL)
                                  | ((ctrl.cmd == spec.IOTLB_CMD_INVALIDATE)
                                     & (size > spec.IOTLB_MAX_SIZE)))
+                    iova_page = ctrl.stage_iova[spec.PAGE_SHIFT:]
                     m.d.sync += [
-                        op.eq(ctrl.cmd), c_vpn.eq(ctrl.stage_iova[spec.PAGE_SHIFT:]),
+                        op.eq(ctrl.cmd), c_vpn.eq(iova_page),
                         c_mask.eq(new_mask), c_all.eq(inval_all),
                         c_wide.eq(inval_all | (size > spec.IOTLB_MIN_SIZE)),
-                        c_ppn.eq(ctrl.stage_pa[spec.PAGE_SHIFT:]
-                                 & ~Cat(new_mask, Const(0, VPN_BITS - MASK_BITS))),
-                        c_r.eq(ctrl.stage_r), c_w.eq(ctrl.stage_w),
+                        c_set.eq(Mux(size > spec.IOTLB_MIN_SIZE,
+                                     iova_page[MASK_BITS:MASK_BITS + sb], iova_page[:sb])),
+                        new.vpn.eq(iova_page & ~above), new.mask.eq(new_mask),
+                        new.ppn.eq(ctrl.stage_pa[spec.PAGE_SHIFT:] & ~above),
+                        new.r.eq(ctrl.stage_r), new.w.eq(ctrl.stage_w),
                         step.eq(0), busy.eq(1),
                     ]
                     m.next = "WALK"
@@ -169,15 +184,20 @@ class Iotlb(wiring.Component):
                 m.d.sync += step.eq(step + 1)
                 with m.If(last_step):
                     m.next = "DRAIN1"
-            with m.State("DRAIN1"):  # the last step's words come out of the RAM
+            with m.State("DRAIN1"):  # the last step's words come out of the RAM,
                 m.next = "DRAIN2"
-            with m.State("DRAIN2"):  # ... and are compared: the overlapping ways are cleared
+            with m.State("DRAIN2"):  # are compared,
+                m.next = "DRAIN3"
+            with m.State("DRAIN3"):  # and the ways that overlap are cleared
                 with m.If(op == spec.IOTLB_CMD_INSERT):
-                    m.next = "WRITE"
+                    m.next = "VICTIM"
                 with m.Else():
                     m.d.sync += busy.eq(0)
                     m.next = "IDLE"
-            with m.State("WRITE"):  # the new entry into its set's victim way
+            with m.State("VICTIM"):
+                m.d.comb += choosing.eq(1)
+                m.next = "WRITE"
+            with m.State("WRITE"):  # the new entry into its set's chosen way
                 m.d.comb += writing.eq(1)
                 m.d.sync += busy.eq(0)
                 m.next = "IDLE"
@@ -200,88 +220,110 @@ class Iotlb(wiring.Component):
         key2 = Signal(VPN_BITS)
         kmask2 = Signal(MASK_BITS)
         kall2 = Signal()
+        write2 = Signal()
         set_a2, set_b2 = Signal(sb), Signal(sb)
         step2 = Signal()
         act2 = Signal()
         m.d.sync += [
             raw_a.eq(port_a.data), raw_b.eq(port_b.data),
-            key2.eq(Mux(step1, c_vpn, self.key)), kmask2.eq(Mux(step1, c_mask, 0)),
-            kall2.eq(step1 & c_all), set_a2.eq(set_a1), set_b2.eq(set_b1), step2.eq(step1),
+            key2.eq(Mux(self.fast & ~step1, self.fast_key, Mux(step1, c_vpn, self.key))),
+            kmask2.eq(Mux(step1, c_mask, 0)),
+            kall2.eq(step1 & c_all), write2.eq(self.write),
+            set_a2.eq(set_a1), set_b2.eq(set_b1), step2.eq(step1),
             act2.eq(act1 | self.active),
         ]
         m.d.comb += self.stale.eq(act2 | self.active)
 
         # The compare: a way matches when it is valid and agrees with the key on every
-        # page-number bit outside both ranges (a lookup's range is its one page).
+        # page-number bit outside both ranges (a lookup's range is its one page). Everything a
+        # lookup answers is prepared per way beside the compare (the physical page with the
+        # key's bits inside the mapping, the verdict for the direction), so that after it only
+        # an AND-OR of the ways remains: that is the unit's longest path.
         same = Signal()
         m.d.comb += same.eq(set_a2 == set_b2)  # (both reads named one set: count it once)
-        ways = []  # (entry, match)
         v_a = valid.word_select(set_a2, WAYS)
         v_b = valid.word_select(set_b2, WAYS)
+        ways = []  # (match, entry, physical page, fault)
         for raw, vbits, tag in ((raw_a, v_a, "a"), (raw_b, v_b, "b")):
             for w in range(WAYS):
                 entry = Entry(raw[w * E:(w + 1) * E])
+                inside = Cat(entry.mask | kmask2, Const(0, VPN_BITS - MASK_BITS))
                 diff = Signal(VPN_BITS, name=f"diff_{tag}{w}")
-                m.d.comb += diff.eq((entry.vpn ^ key2)
-                                    & ~Cat(entry.mask | kmask2, Const(0, VPN_BITS - MASK_BITS)))
+                m.d.comb += diff.eq((entry.vpn ^ key2) & ~inside)
                 match = Signal(name=f"match_{tag}{w}")
-                m.d.comb += match.eq(vbits[w] & (kall2 | (diff == 0))
+                m.d.comb += match.eq(vbits[w] & (kall2 | (diff == 0)) & (step2 | self.enable)
                                      & (~same if tag == "b" else 1))
-                ways.append((entry, match))
-        match_a = Cat(*[mt for _, mt in ways[:WAYS]])
-        match_b = Cat(*[mt for _, mt in ways[WAYS:]])
+                ppn = Signal(VPN_BITS, name=f"ppn_{tag}{w}")
+                m.d.comb += ppn.eq(entry.ppn | (key2 & Cat(entry.mask,
+                                                           Const(0, VPN_BITS - MASK_BITS))))
+                fault = Mux(write2, Mux(entry.w, 0, spec.FAULT_READONLY),
+                            Mux(entry.r, 0, spec.FAULT_IOTLB_NO_READ))
+                ways.append((match, entry, ppn, fault))
 
-        # A lookup's answer: the one way that matched (at most one: entries never overlap).
-        m.d.comb += self.hit.eq(Cat(*[mt for _, mt in ways]).any())
-        # (an AND-OR of the ways; the page bits inside the mapping come from the key through
-        # the hit way's mask, selected like its other fields)
-        sel = Signal(Entry)
-        m.d.comb += sel.eq(functools.reduce(
-            operator.or_, [Mux(match, entry.as_value(), 0) for entry, match in ways]))
-        m.d.comb += [self.r.eq(sel.r), self.w.eq(sel.w),
-                     self.ppn.eq(sel.ppn | (key2 & Cat(sel.mask,
-                                                       Const(0, VPN_BITS - MASK_BITS))))]
+        def any_way(value):
+            return functools.reduce(operator.or_, [Mux(mt, value(e, p, f), 0)
+                                                   for mt, e, p, f in ways])
 
-        # A command's step: clear the ways that overlap; invalidations count them.
+        m.d.comb += [
+            self.hit.eq(Cat(*[mt for mt, _, _, _ in ways]).any()),
+            self.ppn.eq(any_way(lambda e, p, f: p)),
+            self.fault.eq(any_way(lambda e, p, f: f)),
+            self.ok.eq(any_way(lambda e, p, f: f == 0)),
+            self.r.eq(any_way(lambda e, p, f: e.r)),
+            self.w.eq(any_way(lambda e, p, f: e.w)),
+        ]
+
+        # ---- A command's step, one cycle later: the ways that matched are cleared ------------
+        match_a3 = Signal(WAYS)
+        match_b3 = Signal(WAYS)
+        set_a3, set_b3 = Signal(sb), Signal(sb)
+        step3 = Signal()
+        same3 = Signal()
+        m.d.sync += [
+            match_a3.eq(Cat(*[mt for mt, _, _, _ in ways[:WAYS]])),
+            match_b3.eq(Cat(*[mt for mt, _, _, _ in ways[WAYS:]])),
+            set_a3.eq(set_a2), set_b3.eq(set_b2), step3.eq(step2), same3.eq(same),
+        ]
         removed = Signal(range(2 * WAYS + 1))
-        m.d.comb += removed.eq(sum(mt for _, mt in ways))
+        m.d.comb += removed.eq(sum(match_a3) + sum(match_b3))
         counted = Signal(32)
         m.d.comb += ctrl.invalidated.eq(counted)
-        with m.If(step2 & (op != spec.IOTLB_CMD_INSERT)):
+        with m.If(step3 & (op != spec.IOTLB_CMD_INSERT)):
             m.d.sync += counted.eq(counted + removed)
-        # The insert's way: the lowest invalid one of its set, else the set's pointer's.
-        wb = exact_log2(WAYS)
-        t_set = Signal(sb)
-        m.d.comb += t_set.eq(Mux(c_mask[0], c_vpn[MASK_BITS:MASK_BITS + sb], c_vpn[:sb]))
-        t_valid = valid.word_select(t_set, WAYS)
-        t_rr = rr.word_select(t_set, wb)
+
+        # The insert's way (VICTIM, from the valid bits once its overlaps are cleared): the
+        # lowest invalid one of its set, else the one the set's pointer names; written in WRITE.
+        t_valid = valid.word_select(c_set, WAYS)
+        t_rr = rr.word_select(c_set, wb)
         victim = Signal(wb)
         m.d.comb += victim.eq(t_rr)
         for w in reversed(range(WAYS)):
             with m.If(~t_valid[w]):
                 m.d.comb += victim.eq(w)
-        new = Signal(Entry)
-        m.d.comb += [new.vpn.eq(c_vpn & ~Cat(c_mask, Const(0, VPN_BITS - MASK_BITS))),
-                     new.mask.eq(c_mask), new.ppn.eq(c_ppn), new.r.eq(c_r), new.w.eq(c_w)]
-        m.d.comb += [wr.addr.eq(t_set), wr.data.eq(Cat(*[new] * WAYS))]
-        with m.If(writing):
-            m.d.comb += wr.en.eq(1 << victim)
+        w_way = Signal(WAYS)  # the chosen way, one-hot
+        w_bits = Signal(WAYS)  # the set's valid bits with it
+        with m.If(choosing):
+            m.d.sync += [w_way.eq(1 << victim), w_bits.eq(t_valid | (1 << victim))]
             with m.If(t_valid.all()):
-                m.d.sync += rr.word_select(t_set, wb).eq(t_rr + 1)
+                m.d.sync += rr.word_select(c_set, wb).eq(t_rr + 1)
+        m.d.comb += [wr.addr.eq(c_set), wr.data.eq(Cat(*[new] * WAYS))]
+        with m.If(writing):
+            m.d.comb += wr.en.eq(w_way)
+
         # The valid bits change one or two sets at a time: a step's two sets (the ways that
-        # matched cleared), or the insert's set (its way set). Each set takes its new bits from
-        # one of two shared sources, so a valid bit costs a multiplexer, not a decoder.
+        # matched cleared), or the insert's set. Each set takes its new bits from one of two
+        # shared sources, so a valid bit costs a multiplexer, not a decoder.
         set_1, bits_1, en_1 = Signal(sb), Signal(WAYS), Signal()
         m.d.comb += [
-            en_1.eq(step2 | writing),
-            set_1.eq(Mux(writing, t_set, set_a2)),
-            bits_1.eq(Mux(writing, t_valid | (1 << victim), v_a & ~match_a)),
+            en_1.eq(step3 | writing),
+            set_1.eq(Mux(writing, c_set, set_a3)),
+            bits_1.eq(Mux(writing, w_bits, valid.word_select(set_a3, WAYS) & ~match_a3)),
         ]
         bits_2 = Signal(WAYS)
-        m.d.comb += bits_2.eq(v_b & ~match_b)
+        m.d.comb += bits_2.eq(valid.word_select(set_b3, WAYS) & ~match_b3)
         for n in range(S):
             with m.If(en_1 & (set_1 == n)):
                 m.d.sync += valid.word_select(n, WAYS).eq(bits_1)
-            with m.Elif(step2 & ~same & (set_b2 == n)):
+            with m.Elif(step3 & ~same3 & (set_b3 == n)):
                 m.d.sync += valid.word_select(n, WAYS).eq(bits_2)
         return m

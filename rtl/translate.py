@@ -194,19 +194,17 @@ class TranslationUnit(wiring.Component):
         wiring.connect(m, wiring.flipped(ctl.cmd), iotlb.ctrl)
         sb = self._set_bits
         vaddr2 = Signal(64)
-        m.d.sync += vaddr2.eq(lk.vaddr)
+        m.d.sync += vaddr2.eq(Mux(lk.fast, lk.cvaddr, lk.vaddr))
         m.d.comb += [iotlb.small.eq(lk.ref[:sb]), iotlb.large.eq(lk.lset),
-                     iotlb.key.eq(lk.vaddr[spec.PAGE_SHIFT:])]
+                     iotlb.key.eq(lk.vaddr[spec.PAGE_SHIFT:]),
+                     iotlb.fast_key.eq(lk.cvaddr[spec.PAGE_SHIFT:]), iotlb.fast.eq(lk.fast)]
         assert large_set_shift() == 18
 
         iova = ctl.iova_mode
-        io_fault = Signal(4)
-        with m.If(write2 & ~iotlb.w):
-            m.d.comb += io_fault.eq(spec.FAULT_READONLY)
-        with m.Elif(~write2 & ~iotlb.r):
-            m.d.comb += io_fault.eq(spec.FAULT_IOTLB_NO_READ)
+        m.d.comb += [iotlb.write.eq(lk.write), iotlb.enable.eq(iova)]
+        # (the IOTLB answers nothing outside IOVA mode: its verdict ORs with the grant one)
         fault = Signal(4)
-        m.d.comb += fault.eq(Mux(iova, Mux(iotlb.hit, io_fault, 0), grant_fault))
+        m.d.comb += fault.eq(iotlb.fault | Mux(iova, 0, grant_fault))
         io_stale = iotlb.stale | iotlb.active
 
         # Stage 3, as the grant unit's, plus the IOTLB's verdict and the pending miss.
@@ -226,8 +224,9 @@ class TranslationUnit(wiring.Component):
         m.d.sync += lk.new.eq(valid2)
         with m.If(valid2):
             m.d.sync += [
-                lk.fault.eq(fault), lk.ok.eq(Mux(iova, iotlb.hit, 1) & (fault == spec.FAULT_NONE)),
-                lk.frame.eq(Mux(iova, iotlb.ppn, entry.frame)),
+                lk.fault.eq(fault),
+                lk.ok.eq(iotlb.ok | (~iova & (grant_fault == spec.FAULT_NONE))),
+                lk.frame.eq(iotlb.ppn | Mux(iova, 0, entry.frame)),
                 lk.mode.eq(tb.handle_mode | iova),
                 resp_ref.eq(ref2), io_answer.eq(iova), io_hit.eq(iotlb.hit),
                 lk.stale.eq(tb.cfg_changed
@@ -244,7 +243,8 @@ class TranslationUnit(wiring.Component):
         with m.If(raise_miss):
             m.d.sync += [miss.eq(1), miss_write.eq(write2), miss_iova.eq(vaddr2),
                          misses.eq(misses + 1)]
-        with m.Elif(lk.cancel | (ctl.resolve != 0)):
+        with m.Elif(lk.cancel | (ctl.resolve == spec.MISS_RESOLVE_RETRY)
+                    | (ctl.resolve == spec.MISS_RESOLVE_FAIL)):  # (3: nothing)
             m.d.sync += miss.eq(0)
         with m.If(lk.used & io_answer & io_hit & ~lk.stale):
             m.d.sync += hits.eq(hits + 1)

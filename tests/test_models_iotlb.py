@@ -668,7 +668,6 @@ def test_what_makes_the_next_burst_look_up_again(action, again):
 def test_iova_mode_issues_the_gpa_mode_transactions(width, entries, requests):
     """With 4 KiB mappings of the same frames, IOVA mode moves the same bytes in the same
     transactions as GPA mode: the IOTLB changes addresses, never the bursts."""
-
     gpa, gdrv = make(data_width=width, mem_size=1 << 21)
     iova, idrv, _ = iova_setup(data_width=width, iotlb_entries=entries)
     for req_type, sectors, offset, sector in requests:

@@ -117,7 +117,18 @@ class HvModel:
         write = i["bus.w_en"]
         strb = i["bus.w_strb"] << 4 if offset & 4 else i["bus.w_strb"]
         r_data = self.r_reg if self.r_word is None else i["tbl_rdata"] >> 32 * self.r_word & U32
-        return {"handle_mode": int(d.handle_mode), "domid": d.domid, "tbl_addr": ref,
+        iotlb_write = write and offset in (spec.HV_IOTLB_CMD, spec.HV_MISS_RESOLVE) \
+            and 1 <= data <= 3  # docs/iotlb.md: the commands are 1 to 3 (the unit ignores
+        #                          MISS_RESOLVE = 3)
+        return {"handle_mode": int(d.handle_mode), "iova_mode": int(d.mode == spec.MODE_IOVA),
+                "stage_iova": d.iotlb_iova, "stage_pa": d.iotlb_pa,
+                "stage_size": d.iotlb_attr & spec.IOTLB_ATTR_SIZE_MASK,
+                "stage_r": int(bool(d.iotlb_attr & spec.IOTLB_ATTR_READ)),
+                "stage_w": int(bool(d.iotlb_attr & spec.IOTLB_ATTR_WRITE)),
+                "iotlb_cmd": data if iotlb_write and offset == spec.HV_IOTLB_CMD else 0,
+                "resolve": data if iotlb_write and offset == spec.HV_MISS_RESOLVE else 0,
+                "w_hold": i["iotlb_busy"],
+                "domid": d.domid, "tbl_addr": ref,
                 "tbl_ref": ref, "tbl_wdata": data | data << 32,
                 "tbl_wen": strb if write and in_table else 0,
                 "tbl_changed": int(bool(write and in_table)),
@@ -127,10 +138,18 @@ class HvModel:
     def edge(self, i: dict) -> None:
         d = self.dev
         offset, data, in_table = self._access(i)
+        # What the translation unit reports (docs/iotlb.md: IOTLB_MISS bit 0 pending, bit 1 the
+        # access reads memory, bit 2 it writes), read through these registers.
+        miss = i["miss"]
+        d.iotlb_miss = miss | (miss & ~i["miss_write"] & 1) << 1 | (miss & i["miss_write"]) << 2
+        d.miss_iova = i["miss_iova"]
+        d.stat_iotlb_hits, d.stat_iotlb_misses = i["hits"], i["misses"]
+        d.stat_iotlb_invalidated = i["invalidated"]
         if i["bus.r_en"]:
             self.r_word = offset >> 2 & 1 if in_table else None
-            self.r_reg = int(self.sync_count == 0) if offset == spec.HV_SYNC \
-                else d.hv.read(offset)
+            # HV_SYNC: 1 once the barrier's transactions completed and no IOTLB command runs
+            self.r_reg = int(self.sync_count == 0 and not i["iotlb_busy"]) \
+                if offset == spec.HV_SYNC else d.hv.read(offset)
         if i["bus.w_en"]:
             d.hv.write(offset, data, i["bus.w_strb"])
         if i["fault"]:
@@ -223,7 +242,14 @@ PORTS = {"queue_num": "queue.num", "queue_ready": "queue.ready", "queue_desc": "
          "queue_avail": "queue.avail", "queue_used": "queue.used", "notify": "queue.notify",
          "dev_reset": "queue.dev_reset", "used_irq": "queue.used_irq", "fault": "queue.fault",
          "engine_idle": "queue.idle"}
-HV_PORTS = {"handle_mode": "table.handle_mode", "domid": "table.domid", "tbl_addr": "table.addr",
+HV_PORTS = {"iova_mode": "iotlb.iova_mode", "stage_iova": "iotlb.cmd.stage_iova",
+            "stage_pa": "iotlb.cmd.stage_pa", "stage_size": "iotlb.cmd.stage_size",
+            "stage_r": "iotlb.cmd.stage_r", "stage_w": "iotlb.cmd.stage_w",
+            "iotlb_cmd": "iotlb.cmd.cmd", "resolve": "iotlb.resolve", "w_hold": "bus.w_hold",
+            "iotlb_busy": "iotlb.cmd.busy", "invalidated": "iotlb.cmd.invalidated",
+            "miss": "iotlb.miss", "miss_write": "iotlb.miss_write", "miss_iova": "iotlb.miss_iova",
+            "hits": "iotlb.hits", "misses": "iotlb.misses",
+            "handle_mode": "table.handle_mode", "domid": "table.domid", "tbl_addr": "table.addr",
             "tbl_wdata": "table.wdata", "tbl_wen": "table.wen",
             "cfg_changed": "table.cfg_changed", "tbl_rdata": "table.rdata",
             "fault": "status.engine.fault", "fault_cause": "status.engine.fault_cause",
@@ -413,20 +439,25 @@ def test_mmio_every_offset():
 # ------------------------------------------------------------------------------------------------
 
 HV_OUTPUTS = ("handle_mode", "domid", "tbl_addr", "tbl_wdata", "tbl_wen", "tbl_changed",
-              "tbl_ref", "cfg_changed")
+              "tbl_ref", "cfg_changed", "iova_mode", "stage_iova", "stage_pa", "stage_size",
+              "stage_r", "stage_w", "iotlb_cmd", "resolve", "w_hold")
 HV_INPUTS = ("fault", "fault_cause", "fault_addr", "xlate", "completed", "inflight", "burst_done",
-             "tbl_rdata")
+             "tbl_rdata", "iotlb_busy", "invalidated", "miss", "miss_write", "miss_iova", "hits",
+             "misses")
 HV_OFFSETS = [spec.HV_VERSION, spec.HV_CTRL, spec.HV_DOMID, spec.HV_ENTRIES,
               spec.HV_FAULT_STATUS, spec.HV_FAULT_CAUSE, spec.HV_FAULT_ADDR_LO,
               spec.HV_FAULT_ADDR_HI, spec.HV_FAULT_COUNT, spec.HV_SYNC, spec.HV_STAT_XLATE,
               spec.HV_STAT_REQUESTS]
+IOTLB_OFFSETS = list(range(spec.HV_IOTLB_IOVA_LO, spec.HV_IOTLB_ENTRIES + 4, 4))
 
 
 def hv_access(entries: int, addr_width: int):
     r = random.random()
     end = spec.HV_GRANT_BASE + spec.GRANT_ENTRY_BYTES * entries
-    if r < 0.55:
+    if r < 0.5:
         offset = random.choice(HV_OFFSETS)
+    elif r < 0.6:
+        offset = random.choice(IOTLB_OFFSETS)
     elif r < 0.85:
         offset = spec.HV_GRANT_BASE + 4 * random.randrange(2 * entries)
     elif r < 0.9:
@@ -440,6 +471,8 @@ def hv_access(entries: int, addr_width: int):
             data = random.choice([0, 1, 1, 2, 3, random.getrandbits(32)])
         elif offset == spec.HV_CTRL:
             data = random.choice([0, 1, 2, 3, random.getrandbits(32)])
+        elif offset in (spec.HV_IOTLB_CMD, spec.HV_MISS_RESOLVE):
+            data = random.choice([0, 1, 2, 3, 4, 5, random.getrandbits(32)])
         else:
             data = random.getrandbits(32)
         strb = 0xF if random.random() < 0.6 else random.getrandbits(4)
@@ -452,7 +485,7 @@ def hv_access(entries: int, addr_width: int):
 ])
 def test_hv_lockstep(entries, seed):
     random.seed(seed)
-    dut = PrivilegedRegs(entries=entries)
+    dut = PrivilegedRegs(entries=entries, iotlb_entries=spec.DEFAULT_IOTLB_ENTRIES)
     # the registers and GRANT[entries - 1]: ceil(log2(0x1000 + 8 * entries)) bits
     end = spec.HV_GRANT_BASE + spec.GRANT_ENTRY_BYTES * entries
     assert dut.addr_width == (end - 1).bit_length()
@@ -472,6 +505,13 @@ def test_hv_lockstep(entries, seed):
             ls.set("inflight", random.randrange(16))
             ls.set("burst_done", int(random.random() < 0.3))
             ls.set("tbl_rdata", random.getrandbits(64))
+            ls.set("iotlb_busy", int(random.random() < 0.1))
+            if random.random() < 0.05:
+                for name in ("invalidated", "hits", "misses"):
+                    ls.set(name, random.getrandbits(32))
+                ls.set("miss", random.getrandbits(1))
+                ls.set("miss_write", random.getrandbits(1))
+                ls.set("miss_iova", random.getrandbits(64))
             access = hv_access(entries, dut.addr_width) \
                 if ls.busy == 0 and random.random() < 0.6 else None
             if (access and access[0] == "w" and access[1] >> 2 == spec.HV_FAULT_STATUS >> 2
@@ -531,10 +571,11 @@ def test_mmio_follows_the_map(queue_num_max, disk_bytes):
 @pytest.mark.parametrize("entries", [1024, 3])
 def test_hv_follows_the_map(entries):
     """The registers; the grant words are the translation unit's (tbl_*, checked above)."""
-    dut = PrivilegedRegs(entries=entries)
+    dut = PrivilegedRegs(entries=entries, iotlb_entries=spec.DEFAULT_IOTLB_ENTRIES)
 
     async def bench(ctx):
-        await check_map(HV, BusPort(ctx, dut.bus), {"entries": entries},
+        await check_map(HV, BusPort(ctx, dut.bus),
+                        {"entries": entries, "iotlb_entries": spec.DEFAULT_IOTLB_ENTRIES},
                         window=spec.HV_GRANT_BASE, arrays=False)
 
     run(dut, bench)

