@@ -166,7 +166,7 @@ GUEST = RegisterMap("guest", [
     _R(spec.MMIO_DEVICE_FEATURES, "DeviceFeatures", RO,
        1 << spec.VIRTIO_BLK_F_FLUSH | 1 << spec.VIRTIO_F_VERSION_1, "features offered, 64 bits "
        "read as word DeviceFeaturesSel (others read 0): FLUSH (9), VERSION_1 (32) and, in "
-       "handle mode, ACCESS_PLATFORM (33)", 64, "DeviceFeaturesSel"),
+       "handle and IOVA modes, ACCESS_PLATFORM (33)", 64, "DeviceFeaturesSel"),
     _R(spec.MMIO_DEVICE_FEATURES_SEL, "DeviceFeaturesSel", RW, 0,
        "word of DeviceFeatures (write-only in the specification; reads back)"),
     _R(spec.MMIO_DRIVER_FEATURES, "DriverFeatures", RW, 0, "features the driver accepts, 64 bits "

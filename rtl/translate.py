@@ -207,20 +207,21 @@ class TranslationUnit(wiring.Component):
         m.d.comb += fault.eq(iotlb.fault | Mux(iova, 0, grant_fault))
         io_stale = iotlb.stale | iotlb.active
 
-        # Stage 3, as the grant unit's, plus the IOTLB's verdict and the pending miss.
+        # Stage 3, as the grant unit's, plus the IOTLB's verdict and the pending miss. The miss
+        # is a field of the answer like ``ok`` (``miss``: the DMA engine waits, hv_irq is high),
+        # so that the compare's result reaches one register; what the hypervisor reads of it
+        # (MISS_IOVA, the count) follows a cycle later, from registers.
         resp_ref = Signal(self._ref_bits)
         io_answer = Signal()  # the held answer is an IOVA-mode one
         io_hit = Signal()
         miss = Signal()
-        miss_write = Signal()
+        vaddr3 = Signal(64)  # the held answer's address
+        write3 = Signal()
         miss_iova = Signal(64)
         hits = Signal(32)
         misses = Signal(32)
-        m.d.comb += [lk.miss.eq(miss), ctl.miss.eq(miss), ctl.miss_write.eq(miss_write),
+        m.d.comb += [lk.miss.eq(miss), ctl.miss.eq(miss), ctl.miss_write.eq(write3),
                      ctl.miss_iova.eq(miss_iova), ctl.hits.eq(hits), ctl.misses.eq(misses)]
-        raise_miss = Signal()
-        m.d.comb += raise_miss.eq(valid2 & iova & ~iotlb.hit & ~io_stale & ~tb.cfg_changed
-                                  & ~lk.cancel)
         m.d.sync += lk.new.eq(valid2)
         with m.If(valid2):
             m.d.sync += [
@@ -228,24 +229,25 @@ class TranslationUnit(wiring.Component):
                 lk.ok.eq(iotlb.ok | (~iova & (grant_fault == spec.FAULT_NONE))),
                 lk.frame.eq(iotlb.ppn | Mux(iova, 0, entry.frame)),
                 lk.mode.eq(tb.handle_mode | iova),
+                # a stale answer is looked up again, not reported
+                miss.eq(iova & ~iotlb.hit & ~io_stale & ~tb.cfg_changed & ~lk.cancel),
                 resp_ref.eq(ref2), io_answer.eq(iova), io_hit.eq(iotlb.hit),
+                vaddr3.eq(vaddr2), write3.eq(write2),
                 lk.stale.eq(tb.cfg_changed
                             | (tb.handle_mode & (self._tbl_stale2 | self._written(ref2)))
                             | (iova & io_stale)),
             ]
         with m.Elif(miss & (ctl.resolve == spec.MISS_RESOLVE_FAIL)):
-            m.d.sync += [lk.fault.eq(spec.FAULT_IOTLB_FAILED), lk.ok.eq(0), lk.stale.eq(0)]
+            m.d.sync += [lk.fault.eq(spec.FAULT_IOTLB_FAILED), lk.ok.eq(0), lk.stale.eq(0),
+                         miss.eq(0)]
+        with m.Elif(miss & ((ctl.resolve == spec.MISS_RESOLVE_RETRY) | lk.cancel)):
+            m.d.sync += [lk.stale.eq(1), miss.eq(0)]  # (MISS_RESOLVE = 3: nothing)
         with m.Elif(tb.cfg_changed | (lk.mode & ~io_answer & self._written(resp_ref))
-                    | (io_answer & iotlb.active)
-                    | (miss & ((ctl.resolve == spec.MISS_RESOLVE_RETRY) | lk.cancel))):
+                    | (io_answer & iotlb.active)):
             m.d.sync += lk.stale.eq(1)
 
-        with m.If(raise_miss):
-            m.d.sync += [miss.eq(1), miss_write.eq(write2), miss_iova.eq(vaddr2),
-                         misses.eq(misses + 1)]
-        with m.Elif(lk.cancel | (ctl.resolve == spec.MISS_RESOLVE_RETRY)
-                    | (ctl.resolve == spec.MISS_RESOLVE_FAIL)):  # (3: nothing)
-            m.d.sync += miss.eq(0)
+        with m.If(lk.new & miss):  # a miss was raised
+            m.d.sync += [miss_iova.eq(vaddr3), misses.eq(misses + 1)]
         with m.If(lk.used & io_answer & io_hit & ~lk.stale):
             m.d.sync += hits.eq(hits + 1)
 
