@@ -410,6 +410,7 @@ class RequestLog:
         self.kicked = False  # a kick since start (IOVA mode: the avail ring may be unreadable)
         self.first_seen: dict[int, tuple[int, float]] = {}  # avail seq -> (cycle, time)
         self.deferred = ""  # why the last decode had to wait
+        self.unread_since: tuple[int, float] | None = None  # kicked, avail ring unreadable
         self.disk_bytes = disk_bytes
         self.shadow = bytearray(spec.ramdisk_init(disk_bytes))
         self.pending: deque[BlkReq] = deque()
@@ -428,6 +429,7 @@ class RequestLog:
         self.pending.clear()
         self.first_seen.clear()
         self.kicked = False
+        self.unread_since = None
 
     @property
     def running(self) -> bool:
@@ -485,12 +487,16 @@ class RequestLog:
         try:
             idx = self.avail_idx()
         except Untranslated as exc:
+            # Entries were made available, we cannot tell which yet: they date from now.
             self.deferred = str(exc)
+            if self.kicked and self.unread_since is None:
+                self.unread_since = (cycle, time.monotonic())
             return 0
         new = (idx - self.seen_avail) & 0xFFFF
-        now = time.monotonic()
+        seen = self.unread_since or (cycle, time.monotonic())
+        self.unread_since = None
         for k in range(new):
-            self.first_seen.setdefault((self.seen_avail + k) & 0xFFFF, (cycle, now))
+            self.first_seen.setdefault((self.seen_avail + k) & 0xFFFF, seen)
         done = 0
         for k in range(new):
             seq = (self.seen_avail + k) & 0xFFFF

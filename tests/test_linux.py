@@ -69,10 +69,10 @@ class FakeDevice:
 class FrontEnd:
     """A scripted QEMU: sends messages, reads replies."""
 
-    def __init__(self, features: int = 1 << 32 | 1 << 9) -> None:
+    def __init__(self, features: int = 1 << 32 | 1 << 9, iommu: bool = False) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.dev = FakeDevice()
-        self.be = VhostUserBackend(theirs, self.dev, features=features)
+        self.be = VhostUserBackend(theirs, self.dev, features=features, iommu=iommu)
 
     def send(self, req: int, payload: bytes = b"", fds: list[int] = (), flags: int = 0) -> None:
         data = HEADER.pack(req, VHOST_USER_VERSION | flags, len(payload)) + payload
@@ -352,3 +352,310 @@ def test_bridge_memory_models(model):
         testcase="test_memory_model_speed", results_name=f"linux_speed_{model}",
         params={"axi_model": model, "requests": 8})
     assert (tests, failed) == (1, 0), f"the {model} model failed; log above, results {xml}"
+
+
+# --- IOVA mode: the bridge as the hypervisor, a scripted QEMU, a recording s_hv -------------------
+
+class RecordingHv:
+    """The device's privileged port as far as the bridge's IOTLB code uses it: records every
+    write; HV_SYNC reads 0 ``sync_busy`` times after each write before it reads 1 (and the
+    test's ``on_sync`` sees the moment it completes); a miss can be raised."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, int]] = []
+        self.start = 0  # commands() shows the writes from here
+        self.regs: dict[int, int] = {}
+        self.sync_busy = 2
+        self._busy = 0
+        self.on_sync = None
+
+    async def write32(self, off: int, value: int) -> None:
+        from models import spec
+
+        self.writes.append((off, value))
+        self.regs[off] = value
+        if off == spec.HV_SYNC:
+            self._busy = self.sync_busy
+        if off == spec.HV_MISS_RESOLVE:
+            self.regs[spec.HV_IOTLB_MISS] = 0
+
+    async def read32(self, off: int) -> int:
+        from models import spec
+
+        if off == spec.HV_SYNC:
+            if self._busy:
+                self._busy -= 1
+                return 0
+            if self.on_sync is not None:
+                self.on_sync()
+            return 1
+        return self.regs.get(off, 0)
+
+    def raise_miss(self, iova: int, write: bool) -> None:
+        from models import spec
+
+        self.regs[spec.HV_IOTLB_MISS] = spec.IOTLB_MISS_PENDING | (
+            spec.IOTLB_MISS_WRITE if write else spec.IOTLB_MISS_READ)
+        self.regs[spec.HV_MISS_IOVA_LO] = iova & 0xFFFF_FFFF
+        self.regs[spec.HV_MISS_IOVA_HI] = iova >> 32
+
+    def clear(self) -> None:
+        self.start = len(self.writes)
+
+    def commands(self) -> list[tuple]:
+        """The IOTLB commands as (cmd, iova, pa, attr), with the staging registers' values
+        when each command was written; ("sync",) and ("resolve", how) in between."""
+        from models import spec
+
+        staged: dict[int, int] = {}
+        out: list[tuple] = []
+        for i, (off, v) in enumerate(self.writes):
+            staged[off] = v
+            if i < self.start:
+                continue
+            if off == spec.HV_IOTLB_CMD:
+                out.append((v, staged.get(spec.HV_IOTLB_IOVA_HI, 0) << 32
+                            | staged.get(spec.HV_IOTLB_IOVA_LO, 0),
+                            staged.get(spec.HV_IOTLB_PA_HI, 0) << 32
+                            | staged.get(spec.HV_IOTLB_PA_LO, 0),
+                            staged.get(spec.HV_IOTLB_ATTR, 0)))
+            elif off == spec.HV_SYNC:
+                out.append(("sync",))
+            elif off == spec.HV_MISS_RESOLVE:
+                out.append(("resolve", v))
+        return out
+
+
+class IovaLink:
+    """A :class:`sw.transport.ClockedLink` with a recording s_hv and no device behind it."""
+
+    def __init__(self) -> None:
+        from tb.linux_bridge import GuestRam
+
+        self.ram = GuestRam()
+        self.mem = self.ram
+        self.hv = RecordingHv()
+        self.guest = None
+        self.cycle = 0
+        self.irq = False
+
+    @property
+    def hv_irq(self) -> bool:
+        from models import spec
+
+        return bool(self.hv.regs.get(spec.HV_IOTLB_MISS, 0) & spec.IOTLB_MISS_PENDING)
+
+    async def advance(self, cycles: int) -> None:
+        self.cycle += max(cycles, 1)
+
+
+UVA = 0x7F00_0000_0000  # where the scripted QEMU has the guest's RAM (GPA 0 up)
+
+
+def _iova_setup(miss_timeout_s: float = 10.0):
+    """A scripted QEMU connected to an IOVA-mode transport, a memory table of 8 MiB at GPA 0
+    and the back-end channel; returns (front-end, transport, link, backend-channel socket)."""
+    from models import spec
+    from tb.linux_bridge import MmioTransport
+
+    link = IovaLink()
+    t = MmioTransport(link, 64 * 1024, mode="iova", miss_timeout_s=miss_timeout_s)
+    fe = FrontEnd(features=1 << 32 | 1 << spec.VIRTIO_F_ACCESS_PLATFORM, iommu=True)
+    fe.be.device = t
+    t.backend = fe.be
+    fd = os.memfd_create("guest")
+    os.ftruncate(fd, 8 << 20)
+    fe.send(Request.SET_MEM_TABLE, struct.pack("<II", 1, 0)
+            + struct.pack("<QQQQ", 0, 8 << 20, UVA, 0), fds=[fd], flags=FLAG_NEED_REPLY)
+    fe.step()
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+    os.close(fd)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fe.send(Request.SET_BACKEND_REQ_FD, fds=[theirs.fileno()], flags=FLAG_NEED_REPLY)
+    theirs.close()
+    fe.step()
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+    assert fe.be.backend_channel is not None
+    return fe, t, link, ours
+
+
+def _update(fe: FrontEnd, iova: int, size: int, gpa: int, perm: int) -> None:
+    msg = IotlbMsg(iova, size, UVA + gpa, perm, IotlbType.UPDATE)
+    fe.send(Request.IOTLB_MSG, msg.pack(), flags=FLAG_NEED_REPLY)
+    fe.step()
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+
+
+def test_iommu_mode_offers_access_platform_reply_ack_and_backend_req():
+    from models import spec
+
+    fe = FrontEnd(features=1 << 32, iommu=True)
+    assert fe.u64(Request.GET_FEATURES) >> spec.VIRTIO_F_ACCESS_PLATFORM & 1
+    pf = fe.u64(Request.GET_PROTOCOL_FEATURES)
+    # QEMU refuses iommu_platform=on without both (vhost-user.rst).
+    assert pf >> ProtocolFeature.REPLY_ACK & 1 and pf >> ProtocolFeature.BACKEND_REQ & 1
+    assert ProtocolFeature.BACKEND_REQ == 5 and Request.SET_BACKEND_REQ_FD == 21
+    plain = FrontEnd(features=1 << 32)
+    assert not plain.u64(Request.GET_FEATURES) >> spec.VIRTIO_F_ACCESS_PLATFORM & 1
+    assert not plain.u64(Request.GET_PROTOCOL_FEATURES) >> ProtocolFeature.BACKEND_REQ & 1
+
+
+def test_update_inserts_aligned_pieces_translated_through_the_memory_table():
+    from models import spec
+
+    fe, t, link, _ = _iova_setup()
+    # SET_MEM_TABLE dropped every translation: invalidate all, then the barrier.
+    assert link.hv.commands() == [(spec.IOTLB_CMD_INVALIDATE_ALL, 0, 0, 0), ("sync",)]
+    link.hv.clear()
+    r, w = spec.IOTLB_ATTR_READ, spec.IOTLB_ATTR_WRITE
+    _update(fe, 0xFFFF_0000, 0x1000, 0x30_0000, 1)  # read-only page
+    _update(fe, 0x1_0000_3000, 0x3000, 0x50_3000, 3)  # 12 KiB: 4 KiB + 8 KiB pieces
+    _update(fe, 0x20_0000, 0x20_0000, 0x60_0000, 2)  # 2 MiB, write-only, one piece
+    assert link.hv.commands() == [
+        (1, 0xFFFF_0000, 0x30_0000, 12 | r),
+        (1, 0x1_0000_3000, 0x50_3000, 12 | r | w),
+        (1, 0x1_0000_4000, 0x50_4000, 13 | r | w),
+        (1, 0x20_0000, 0x60_0000, 21 | w),
+    ]
+    assert t.iomap.translate(0x1_0000_4ff0, 0x20) == [(0x50_4ff0, 0x20)]
+    assert t.iotlb.updates == 3 and t.iotlb.inserts == 4
+    # No miss was pending: nothing is resolved.
+    assert not any(c[0] == "resolve" for c in link.hv.commands())
+
+
+def test_invalidate_removes_syncs_then_acks():
+    """QEMU's INVALIDATE: invalidate commands over the range (split like updates), then
+    HV_SYNC until it reads 1, and only then the REPLY_ACK."""
+    import select as sel
+
+    from models import spec
+
+    fe, t, link, _ = _iova_setup()
+    _update(fe, 0x40_0000, 0x4000, 0x10_0000, 3)
+    link.hv.clear()
+    acked_before_sync: list[bool] = []
+    link.hv.on_sync = lambda: acked_before_sync.append(
+        bool(sel.select([fe.sock], [], [], 0)[0]))
+    msg = IotlbMsg(0x40_1000, 0x3000, 0, 0, IotlbType.INVALIDATE)
+    fe.send(Request.IOTLB_MSG, msg.pack(), flags=FLAG_NEED_REPLY)
+    fe.step()
+    assert acked_before_sync == [False]  # the barrier completed before the ack went out
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+    assert link.hv.commands() == [(2, 0x40_1000, 0x10_0000, 12), (2, 0x40_2000, 0x10_0000, 13),
+                                  ("sync",)]
+    assert t.iomap.lookup(0x40_0000) is not None and t.iomap.lookup(0x40_1000) is None
+    assert t.iotlb.invalidations == 1
+    # A whole address space at once: one invalidate-all.
+    link.hv.clear()
+    fe.send(Request.IOTLB_MSG, IotlbMsg(0, 2**64 - 1, 0, 0, IotlbType.INVALIDATE).pack(),
+            flags=FLAG_NEED_REPLY)
+    fe.step()
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+    assert link.hv.commands()[-2:] == [(spec.IOTLB_CMD_INVALIDATE_ALL, 0x40_2000, 0x10_0000, 13),
+                                       ("sync",)]
+    assert len(t.iomap) == 0
+
+
+def _backend_message(sock: socket.socket) -> tuple[int, int, IotlbMsg]:
+    sock.settimeout(2)
+    req, flags, size = HEADER.unpack(sock.recv(HEADER.size))
+    return req, flags, IotlbMsg.unpack(sock.recv(size))
+
+
+def test_device_miss_goes_to_qemu_without_need_reply_and_its_update_resolves_it():
+    from models import spec
+
+    fe, t, link, chan = _iova_setup()
+    link.hv.clear()
+    link.hv.raise_miss(0x7_1234, write=True)
+    link.cycle = 100
+    asyncio.run(t.poll_miss())
+    req, flags, msg = _backend_message(chan)
+    assert req == 1 and flags == VHOST_USER_VERSION  # BACKEND_IOTLB_MSG, no NEED_REPLY
+    assert (msg.iova, msg.perm, msg.type) == (0x7_1234, 2, IotlbType.MISS)
+    assert t.waiting_for_qemu and t.busy()
+    asyncio.run(t.poll_miss())  # still pending: nothing more is sent, nothing resolved
+    chan.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        chan.recv(1)
+    link.cycle = 130
+    _update(fe, 0x7_1000, 0x1000, 0x20_0000, 3)
+    assert link.hv.commands() == [(1, 0x7_1000, 0x20_0000, 12 | spec.IOTLB_ATTR_READ
+                                   | spec.IOTLB_ATTR_WRITE), ("resolve", 1)]
+    assert t.miss is None and not link.hv_irq
+    (m,) = t.iotlb.misses
+    assert (m.source, m.start_cycle, m.end_cycle, m.write) == ("qemu", 100, 130, True)
+
+
+def test_miss_on_an_evicted_entry_is_answered_from_the_bridges_copy():
+    fe, t, link, chan = _iova_setup()
+    _update(fe, 0x20_0000, 0x20_0000, 0x60_0000, 1)  # 2 MiB read-only
+    link.hv.clear()
+    link.hv.raise_miss(0x2F_F008, write=False)  # the device evicted it
+    asyncio.run(t.poll_miss())
+    assert link.hv.commands() == [(1, 0x20_0000, 0x60_0000, 21 | 1 << 8), ("resolve", 1)]
+    assert t.iotlb.misses[-1].source == "bridge"
+    chan.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        chan.recv(1)  # QEMU was not asked
+
+
+def test_unanswered_miss_is_failed_after_the_timeout():
+    _fe, t, link, chan = _iova_setup(miss_timeout_s=0.0)
+    link.hv.clear()
+    link.hv.raise_miss(0xDEAD_0000, write=False)
+    asyncio.run(t.poll_miss())
+    assert _backend_message(chan)[2].perm == 1
+    asyncio.run(t.poll_miss())  # the timeout (0 s) has passed: MISS_RESOLVE = 2
+    assert link.hv.commands() == [("resolve", 2)]
+    assert t.iotlb.misses[-1].source == "failed" and t.miss is None
+
+
+def test_iova_map_and_aligned_pieces():
+    from tb.linux_bridge import IovaMap, Untranslated, aligned_pieces
+
+    m = IovaMap()
+    m.insert(0x1000, 0x4000, 0x10_0000, 3)
+    m.insert(0x3000, 0x1000, 0x80_0000, 1)  # replaces the middle of the first
+    assert m.translate(0x2ff0, 0x20) == [(0x10_1ff0, 0x10), (0x80_0000, 0x10)]
+    assert m.lookup(0x4000).gpa == 0x10_3000
+    assert m.remove(0x0, 0x2000) == 0x1000
+    with pytest.raises(Untranslated):
+        m.translate(0x1ff0, 0x20)
+    assert aligned_pieces(0x1000, 0x7000) == [(0x1000, None, 12), (0x2000, None, 13),
+                                              (0x4000, None, 14)]
+    # The physical address's alignment limits a piece too; 1 GiB at most.
+    assert aligned_pieces(0x20_0000, 0x20_0000, 0x1000) == [
+        (0x20_0000 + k * 0x1000, 0x1000 + k * 0x1000, 12) for k in range(512)]
+    assert aligned_pieces(0, 1 << 31, 0) == [(0, 0, 30), (1 << 30, 1 << 30, 30)]
+    assert aligned_pieces(0x1800, 0x100) == [(0x1000, None, 12)]  # widened to its page
+
+
+def test_request_log_waits_for_translations_in_iova_mode():
+    """The bridge reads rings and buffers through QEMU's translations: an entry whose pages
+    are not translated yet is decoded once they are."""
+    from models import spec
+    from models.memory import GuestMemory
+    from tb.linux_bridge import GuestRam, IovaMap, IovaView, RequestLog
+
+    ram = GuestRam()
+    ram.table = GuestMemory(1 << 20)  # type: ignore[assignment]
+    iomap = IovaMap()
+    log = RequestLog(ram, 64 * 1024)
+    log.mem = IovaView(ram, iomap)
+    log.start(4, 0xA000_1000, 0xA000_2000, 0xA000_3000)  # IOVAs
+    iomap.insert(0xA000_3000, 0x1000, 0x3000, 2)  # QEMU pushes the used ring only
+    log.kicked = True
+    assert log.outstanding() and log.take_avail(5) == 0
+    iomap.insert(0xA000_1000, 0x2000, 0x1000, 1)  # desc and avail (the device's misses)
+    ram.write(0x2000, struct.pack("<HHH", 0, 1, 0))
+    ram.write(0x1000, struct.pack("<QIHH", 0xB000_0000, 16, 1, 1)
+              + struct.pack("<QIHH", 0xB000_0010, 512, 1, 2)
+              + struct.pack("<QIHH", 0xB000_0210, 1, 2, 0))
+    ram.write(0x8000, struct.pack("<IIQ", spec.VIRTIO_BLK_T_OUT, 0, 3) + b"\xab" * 512)
+    assert log.take_avail(7) == 0 and "0xb0000000" in log.deferred  # the buffer is not yet
+    iomap.insert(0xB000_0000, 0x1000, 0x8000, 3)
+    assert log.take_avail(9) == 1
+    (req,) = log.pending
+    assert (req.kind, req.sector, req.data_len, req.kick_cycle) == ("write", 3, 512, 5)
+    assert bytes(log.shadow[1536:2048]) == b"\xab" * 512
