@@ -3,7 +3,8 @@
 #
 #   make demo      export the Verilog, run the default workload on the RTL, print a summary
 #   make test      ruff and the whole pytest suite (models, driver, RTL units, co-simulation)
-#   make verilog   build/virtio_blk_handle.v (DATA_WIDTH=, ENTRIES=, QUEUE_NUM_MAX=, DISK_BYTES=)
+#   make verilog   build/virtio_blk_handle.v (DATA_WIDTH=, ENTRIES=, IOTLB_ENTRIES=,
+#                  QUEUE_NUM_MAX=, DISK_BYTES=)
 #
 # Everything else is bootstrapped: a .venv with the pinned Python packages, and a check that
 # Icarus Verilog is installed (installed automatically on CI or when running as root).
@@ -15,6 +16,7 @@ STAMP         := $(VENV)/.installed
 WAVES         ?= 0
 DATA_WIDTH    ?= 64
 ENTRIES       ?= 1024
+IOTLB_ENTRIES ?= 64
 QUEUE_NUM_MAX ?= 256
 DISK_BYTES    ?= 65536
 TRANSLATION   ?= 1
@@ -48,8 +50,8 @@ check-sim:
 
 verilog: $(STAMP)
 	$(PY) -m rtl.export -o build/virtio_blk_handle.v --data-width $(DATA_WIDTH) \
-	  --entries $(ENTRIES) --queue-num-max $(QUEUE_NUM_MAX) --disk-bytes $(DISK_BYTES) \
-	  $(if $(filter 0,$(TRANSLATION)),--no-translation)
+	  --entries $(ENTRIES) --iotlb-entries $(IOTLB_ENTRIES) --queue-num-max $(QUEUE_NUM_MAX) \
+	  --disk-bytes $(DISK_BYTES) $(if $(filter 0,$(TRANSLATION)),--no-translation)
 
 demo: $(STAMP) check-sim verilog
 	@$(PY) -m tb.demo --data-width $(DATA_WIDTH) --requests $(REQUESTS) \

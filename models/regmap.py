@@ -219,10 +219,12 @@ HV = RegisterMap("hv", [
     _R(spec.HV_STAT_XLATE, "HV_STAT_XLATE", RO, 0, "table lookups since reset (extension)"),
     _R(spec.HV_STAT_REQUESTS, "HV_STAT_REQUESTS", RO, 0,
        "used elements published since reset (extension)"),
-    _R(spec.HV_IOTLB_IOVA_LO, "IOTLB_IOVA", RW, 0, "staged IOVA (the low bits below the staged "
-       "size are ignored), 64 bits: LO, HI", 64),
-    _R(spec.HV_IOTLB_PA_LO, "IOTLB_PA", RW, 0, "staged physical address (same alignment), 64 "
-       "bits: LO, HI", 64),
+    _R(spec.HV_IOTLB_IOVA_LO, "IOTLB_IOVA_LO", RW, 0, "staged IOVA, bits 31:0 (the low bits "
+       "below the staged size are ignored)"),
+    _R(spec.HV_IOTLB_IOVA_HI, "IOTLB_IOVA_HI", RW, 0, "staged IOVA, bits 63:32"),
+    _R(spec.HV_IOTLB_PA_LO, "IOTLB_PA_LO", RW, 0, "staged physical address, bits 31:0 (same "
+       "alignment)"),
+    _R(spec.HV_IOTLB_PA_HI, "IOTLB_PA_HI", RW, 0, "staged physical address, bits 63:32"),
     _R(spec.HV_IOTLB_ATTR, "IOTLB_ATTR", RW, 0, "bits 5:0 log2 of the size, 12 to 30; bit 8 the "
        "device may read; bit 9 the device may write", 10),
     _R(spec.HV_IOTLB_CMD, "IOTLB_CMD", WO, 0, "1 insert the staged mapping (replacing every "
@@ -230,8 +232,9 @@ HV = RegisterMap("hv", [
        "invalidate all"),
     _R(spec.HV_IOTLB_MISS, "IOTLB_MISS", RO, 0, "bit 0 a miss is pending; bit 1 the access "
        "reads memory; bit 2 it writes memory", 3),
-    _R(spec.HV_MISS_IOVA_LO, "MISS_IOVA", RO, 0, "the IOVA of the first byte the stalled access "
-       "needs in its 4 KiB page, 64 bits: LO, HI", 64),
+    _R(spec.HV_MISS_IOVA_LO, "MISS_IOVA_LO", RO, 0, "the IOVA of the first byte the stalled "
+       "access needs in its 4 KiB page, bits 31:0"),
+    _R(spec.HV_MISS_IOVA_HI, "MISS_IOVA_HI", RO, 0, "the same, bits 63:32"),
     _R(spec.HV_MISS_RESOLVE, "MISS_RESOLVE", WO, 0, "1 look up again (a second miss raises a new "
        "one); 2 fail: the access faults with cause 10"),
     _R(spec.HV_STAT_IOTLB_HITS, "STAT_IOTLB_HITS", RO, 0, "IOTLB lookups that hit, since rst"),

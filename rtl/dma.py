@@ -195,6 +195,8 @@ class DmaEngine(wiring.Component):
         RAM disk size (a multiple of ``2 * data_width / 8``).
     ref_bits : int
         Width of a grant table index.
+    set_bits : int
+        Width of an IOTLB set index (0: no IOTLB, no IOVA mode).
 
     Members
     -------
@@ -230,18 +232,19 @@ class DmaEngine(wiring.Component):
 
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH,
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES, ref_bits: int = 10,
-                 id_width: int = 4):
+                 set_bits: int = 0, id_width: int = 4):
         self._data_width = check_data_width(data_width)
         check_disk_bytes(disk_bytes, data_width)
         lanes = data_width // 8
         self._disk_words = disk_bytes // lanes
         self._word_bits = disk_word_bits(disk_bytes, data_width)
         self._ref_bits = ref_bits
+        self._set_bits = set_bits
         self._len_bits = local_bits(disk_bytes)
         super().__init__({
             "abort": In(1),
             "ring": In(DmaPortSignature(self._len_bits)),
-            "lookup": Out(LookupSignature(ref_bits)),
+            "lookup": Out(LookupSignature(ref_bits, set_bits)),
             "disk": Out(DiskSignature(self._word_bits, data_width)),
             "status": Out(DmaStatus()),
             "m_axi": Out(AXI4Signature(addr_width=64, data_width=data_width,
@@ -336,17 +339,28 @@ class DmaEngine(wiring.Component):
         # when it ends: ``cur`` then holds where it ended.
         cur_handle = VirtualPage(cur_hi).handle
         cur_high = Signal()  # lookup_fields(cur_hi)'s, copied with cur_hi (no OR tree of its own)
-        nxt_ref, _, nxt_handle = lookup_fields(nxt_hi, R)
-        pre_ref = ring.pre.vaddr[12:12 + R]
+        LS = self._set_bits
+
+        def key(vpn):
+            """What the table read needs of page ``vpn``: the grant reference bits and, with an
+            IOTLB, the large set's index (page-number bits 18 and up)."""
+            return Cat(vpn[:R], vpn[18:18 + LS]) if LS else vpn[:R]
+
+        _, _, nxt_handle = lookup_fields(nxt_hi, R)
+        nxt_ref = key(nxt_hi)
+        pre_ref = key(ring.pre.vaddr[12:])
         _, cmd_high, cmd_handle = lookup_fields(c.vaddr[12:], R)
         a_phase = Signal()  # the burst's address is (or may be) valid: ISSUE, RADDR, WADDR
         # The DMA engine's own lookups (the next page, a stale page again, a continue command)
         # read the table at int_ref, set a cycle ahead, so that the table's address is a 2:1
         # choice between a register and the ring engine's next address.
-        int_ref = Signal(R)
+        int_ref = Signal(R + LS)
         use_int = (a_phase & b_cross & ~b_final) | in_xlate | (~a_phase & ring.pre.cont)
-        held_ref = Mux(use_int, int_ref, c.vaddr[12:12 + R])  # registers
-        m.d.comb += lk.ref.eq(Mux(use_int | ring.pre.hold, held_ref, pre_ref))
+        held_ref = Mux(use_int, int_ref, key(c.vaddr[12:]))  # registers
+        table_key = Mux(use_int | ring.pre.hold, held_ref, pre_ref)
+        m.d.comb += lk.ref.eq(table_key[:R])
+        if LS:
+            m.d.comb += lk.lset.eq(table_key[R:])
         keep_next = Signal()  # keep the next page's lookup (made in an address handshake)
         waiting = Signal()  # a kept lookup has not answered yet
         fresh = Signal()  # the answer is a lookup made for this burst (statistics)
@@ -363,6 +377,14 @@ class DmaEngine(wiring.Component):
             m.d.comb += [lk.high.eq(next_high), lk.handle.eq(next_handle)]
         with m.If(lk.keep):
             m.d.sync += fresh.eq(1)
+        if LS:  # the IOTLB compares the whole page number and reports a miss's whole address
+            with m.If(in_idle):
+                m.d.comb += lk.vaddr.eq(Mux(c.cont, Cat(nxt_lo, nxt_hi), c.vaddr))
+            with m.Elif(in_xkeep):
+                m.d.comb += lk.vaddr.eq(Cat(cur_lo, cur_hi))
+            with m.Else():
+                m.d.comb += lk.vaddr.eq(Cat(nxt_lo, nxt_hi))
+            m.d.comb += [lk.used.eq(self.status.xlate), lk.cancel.eq(self.abort)]
 
         # ---- Local side: rotation and masks, one shared rotator -------------------------------
         # Write pipeline stages (S0 issues the beat and a local read, S1 waits for the RAM disk's
@@ -610,7 +632,7 @@ class DmaEngine(wiring.Component):
                     rem.eq(Cat(end[:lb], end[lb:] - 1)),  # end - B (the last burst: unused)
                     b_final.eq(fits), b_cross.eq(cross), b_err.eq(0), inc_hi.eq(cross),
                     arlen.eq(beats_m1), w_cnt.eq(beats_m1),
-                    int_ref.eq(nxt_hi_inc[:R]), next_high.eq(inc_high), next_handle.eq(inc_handle),
+                    int_ref.eq(key(nxt_hi_inc)), next_high.eq(inc_high), next_handle.eq(inc_handle),
                 ]
                 with m.If(self.abort | empty):  # (an empty command moves nothing)
                     finish()
@@ -630,8 +652,11 @@ class DmaEngine(wiring.Component):
                     finish()
                 with m.Elif(waiting):
                     pass
+                if LS:
+                    with m.Elif(lk.miss):
+                        pass  # an IOTLB miss: wait until the hypervisor resolves it
                 with m.Elif(lk.stale):
-                    m.d.sync += int_ref.eq(cur_hi[:R])
+                    m.d.sync += int_ref.eq(key(cur_hi))
                     m.next = "XLATE"  # never issue a burst with a translation that is stale
                 with m.Elif(~lk.ok):
                     finish(lk.fault, FA_BURST)  # no address goes out

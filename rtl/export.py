@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entries", type=int, default=spec.DEFAULT_ENTRIES)
     parser.add_argument("--queue-num-max", type=int, default=spec.DEFAULT_QUEUE_NUM_MAX)
     parser.add_argument("--disk-bytes", type=int, default=spec.DEFAULT_DISK_BYTES)
+    parser.add_argument("--iotlb-entries", type=int, default=spec.DEFAULT_IOTLB_ENTRIES,
+                        help="IOTLB entries for IOVA mode (0: none; docs/iotlb.md)")
     parser.add_argument("--no-translation", action="store_true",
                         help="the GPA-only device: no grant table, no handle checks")
     parser.add_argument("--template", type=Path, default=None,
@@ -67,20 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = generate(args.output, data_width=args.data_width, entries=args.entries,
                         queue_num_max=args.queue_num_max, disk_bytes=args.disk_bytes,
-                        translation=not args.no_translation)
+                        iotlb_entries=args.iotlb_entries, translation=not args.no_translation)
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path} (top module {TOP_NAME}, data width {args.data_width}, "
-          f"{args.entries} grant entries, QueueNumMax {args.queue_num_max}, "
-          f"RAM disk {args.disk_bytes} bytes)")
+          f"{args.entries} grant entries, {args.iotlb_entries} IOTLB entries, QueueNumMax "
+          f"{args.queue_num_max}, RAM disk {args.disk_bytes} bytes)")
     if args.template is not None:
         from .template import instantiation_template
 
         args.template.parent.mkdir(parents=True, exist_ok=True)
         args.template.write_text(instantiation_template(
             path.read_text(), TOP_NAME,
-            f"data width {args.data_width}, {args.entries} grant entries, QueueNumMax "
+            f"data width {args.data_width}, {args.entries} grant entries, "
+            f"{args.iotlb_entries} IOTLB entries, QueueNumMax "
             f"{args.queue_num_max}, RAM disk {args.disk_bytes} bytes"))
         print(f"wrote {args.template} (instantiation template)")
     return 0

@@ -27,7 +27,7 @@ from amaranth.utils import ceil_log2
 from models import spec
 from models.regmap import HV, Access
 
-from .interfaces import StatusSignature, TableSignature
+from .interfaces import IotlbCtrlSignature, StatusSignature, TableSignature
 from .regbus import RegBusSignature
 
 __all__ = ["PrivilegedRegs", "hv_addr_width"]
@@ -76,17 +76,21 @@ class PrivilegedRegs(wiring.Component):
         again before its next burst if its translation may have changed.
     """
 
-    def __init__(self, *, entries: int = spec.DEFAULT_ENTRIES):
+    def __init__(self, *, entries: int = spec.DEFAULT_ENTRIES, iotlb_entries: int = 0):
         self._entries = entries
+        self._iotlb_entries = iotlb_entries
         self._addr_width = hv_addr_width(entries)
         self._ref_bits = max(1, ceil_log2(entries))
-        super().__init__({
+        members = {
             "bus": In(RegBusSignature(self._addr_width)),
             "table": Out(TableSignature(self._ref_bits)),
             "status": In(StatusSignature()),
             "tbl_changed": Out(1),
             "tbl_ref": Out(self._ref_bits),
-        })
+        }
+        if iotlb_entries:
+            members["iotlb"] = Out(IotlbCtrlSignature())
+        super().__init__(members)
 
     @property
     def addr_width(self) -> int:
@@ -98,16 +102,17 @@ class PrivilegedRegs(wiring.Component):
         data = bus.w_data
 
         # Register offsets: the address bits above the registers all 0 (one term shared by
-        # every register), and bits 6:2.
+        # every register), and bits 6:2 (7:2 with the IOTLB's registers).
+        top = 8 if self._iotlb_entries else 7
         registers = Signal()
-        m.d.comb += registers.eq(bus.addr[7:] == 0)
+        m.d.comb += registers.eq(bus.addr[top:] == 0)
 
         def at(name):
             """The access is to register ``name`` of :data:`models.regmap.HV` (bits 1:0
             ignored)."""
             offset = HV[name].offset
-            assert offset < 0x80
-            return registers & (bus.addr[2:7] == offset >> 2)
+            assert offset < 1 << top
+            return registers & (bus.addr[2:top] == offset >> 2)
 
         handle_mode = Signal()
         domid = Signal(16)
@@ -137,8 +142,16 @@ class PrivilegedRegs(wiring.Component):
             m.d.comb += tb.wen.eq(Mux(offset[2], bus.w_strb << 4, bus.w_strb))
 
         # --- Mode and domain.
-        with m.If(bus.w_en & at("HV_CTRL")):
-            m.d.sync += handle_mode.eq(data & spec.HV_CTRL_HANDLE_MODE != 0)
+        mode = handle_mode
+        if self._iotlb_entries:  # HV_CTRL bits 1:0; a write of 3 leaves the mode unchanged
+            mode = Signal(2)
+            with m.If(bus.w_en & at("HV_CTRL") & (data[:2] != 3)):
+                m.d.sync += mode.eq(data[:2])
+            m.d.comb += [handle_mode.eq(mode == spec.MODE_GRANT),
+                         self.iotlb.iova_mode.eq(mode == spec.MODE_IOVA)]
+        else:  # no IOTLB: modes 0 and 1 only
+            with m.If(bus.w_en & at("HV_CTRL") & ~data[1]):
+                m.d.sync += handle_mode.eq(data[0])
         with m.If(bus.w_en & at("HV_DOMID")):
             m.d.sync += domid.eq(data[:16])
         m.d.comb += tb.cfg_changed.eq(bus.w_en & (at("HV_CTRL") | at("HV_DOMID")))
@@ -151,6 +164,41 @@ class PrivilegedRegs(wiring.Component):
             m.d.sync += sync_count.eq(sync_count - 1)
         with m.If(bus.w_en & at("HV_SYNC")):
             m.d.sync += sync_count.eq(st.dma.inflight - st.dma.burst_done)
+        synced = sync_count == 0
+
+        # --- IOTLB (docs/iotlb.md): the staged mapping, the commands, the miss's resolution.
+        iotlb_values = {}
+        if self._iotlb_entries:
+            io = self.iotlb
+            stage_iova = Signal(64)
+            stage_pa = Signal(64)
+            attr = Signal(10)
+            for name, reg, lo in (("IOTLB_IOVA_LO", stage_iova, 0),
+                                  ("IOTLB_IOVA_HI", stage_iova, 32),
+                                  ("IOTLB_PA_LO", stage_pa, 0), ("IOTLB_PA_HI", stage_pa, 32)):
+                with m.If(bus.w_en & at(name)):
+                    m.d.sync += reg[lo:lo + 32].eq(data)
+            with m.If(bus.w_en & at("IOTLB_ATTR")):
+                m.d.sync += attr.eq(data[:10])
+            one_of_three = data[2:] == 0  # (IOTLB_CMD and MISS_RESOLVE take 1 to 3)
+            m.d.comb += [
+                io.cmd.stage_iova.eq(stage_iova), io.cmd.stage_pa.eq(stage_pa),
+                io.cmd.stage_size.eq(attr[:6]), io.cmd.stage_r.eq(attr[8]),
+                io.cmd.stage_w.eq(attr[9]),
+                io.cmd.cmd.eq(Mux(bus.w_en & at("IOTLB_CMD") & one_of_three, data[:2], 0)),
+                io.resolve.eq(Mux(bus.w_en & at("MISS_RESOLVE") & one_of_three, data[:2], 0)),
+                # a command runs: writes wait (the s_hv bridge does not take one)
+                bus.w_hold.eq(io.cmd.busy),
+            ]
+            synced = synced & ~io.cmd.busy
+            iotlb_values = {
+                "IOTLB_IOVA_LO": stage_iova[:32], "IOTLB_IOVA_HI": stage_iova[32:],
+                "IOTLB_PA_LO": stage_pa[:32], "IOTLB_PA_HI": stage_pa[32:], "IOTLB_ATTR": attr,
+                "IOTLB_MISS": Cat(io.miss, io.miss & ~io.miss_write, io.miss & io.miss_write),
+                "MISS_IOVA_LO": io.miss_iova[:32], "MISS_IOVA_HI": io.miss_iova[32:],
+                "STAT_IOTLB_HITS": io.hits, "STAT_IOTLB_MISSES": io.misses,
+                "STAT_IOTLB_INVALIDATED": io.cmd.invalidated,
+            }
 
         # --- Statistics.
         with m.If(st.dma.xlate):
@@ -177,11 +225,11 @@ class PrivilegedRegs(wiring.Component):
         # into a register of its own, cleared unless it is the one addressed (see the module
         # docstring); in the next cycle ``word`` is the OR of the copies.
         values = {  # what each register reads that is not its reset value (models.regmap)
-            "HV_CTRL": handle_mode, "HV_DOMID": domid, "HV_FAULT_STATUS": fault_status,
+            "HV_CTRL": mode, "HV_DOMID": domid, "HV_FAULT_STATUS": fault_status,
             "HV_FAULT_CAUSE": fault_cause, "HV_FAULT_ADDR_LO": fault_addr[:32],
             "HV_FAULT_ADDR_HI": fault_addr[32:], "HV_FAULT_COUNT": fault_count,
-            "HV_SYNC": sync_count == 0, "HV_STAT_XLATE": stat_xlate,
-            "HV_STAT_REQUESTS": stat_requests,
+            "HV_SYNC": synced, "HV_STAT_XLATE": stat_xlate,
+            "HV_STAT_REQUESTS": stat_requests, **iotlb_values,
         }
         bits = [[] for _ in range(32)]  # per bit of r_data: the copies that can set it
         flags = []  # the one-bit registers share one copy (r_flags), so that bit 0 is not an
@@ -189,7 +237,10 @@ class PrivilegedRegs(wiring.Component):
         for reg in HV:
             if reg.count or reg.access is Access.WO:
                 continue  # the grant table is read below; a WO register reads 0
-            value = values.get(reg.name, HV.resets(reg, {"entries": self._entries})[0])
+            if reg.offset >= 1 << top:
+                continue  # (no IOTLB: its registers read 0)
+            value = values.get(reg.name, HV.resets(reg, {"entries": self._entries,
+                                                         "iotlb_entries": self._iotlb_entries})[0])
             if reg.width == 1:
                 flags.append(at(reg.name) & value)
             elif isinstance(value, int):

@@ -10,8 +10,9 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 __all__ = ["CAP_BYTES", "MAX_POSTED_WRITES", "DiskSignature", "DmaCommand", "DmaPortSignature",
-           "DmaStatus", "EngineStatus", "LookupSignature", "PreLookup", "QueueSignature",
-           "StatusSignature", "TableSignature", "local_bits"]
+           "DmaStatus", "EngineStatus", "IotlbCmdSignature", "IotlbCtrlSignature",
+           "LookupSignature", "PreLookup", "QueueSignature", "StatusSignature", "TableSignature",
+           "local_bits"]
 
 CAP_BYTES = 16  # the ring engine's capture register (a descriptor, the request header)
 MAX_POSTED_WRITES = 8  # write bursts whose response may be outstanding at once
@@ -50,14 +51,44 @@ def DmaPortSignature(len_bits: int) -> wiring.Signature:
     })
 
 
-def LookupSignature(ref_bits: int) -> wiring.Signature:
+def LookupSignature(ref_bits: int, set_bits: int = 0) -> wiring.Signature:
     """DMA engine -> translation unit: the table read address ``ref`` (every cycle), ``keep``
     with the request fields, and the registered answer (see
-    :class:`~rtl.translate.TranslationUnit`)."""
-    return wiring.Signature({
+    :class:`~rtl.translate.TranslationUnit`). With an IOTLB (``set_bits``, its set index
+    width): ``lset``, the large set read with ``ref`` (page-number bits ``18 + set_bits - 1 :
+    18``); ``vaddr``, the whole address with ``keep``; ``used``, the DMA engine uses the
+    answer (statistics); ``cancel``, the access is abandoned (a driver reset); ``miss``, the
+    answer is a miss the hypervisor has not resolved; the frame is then 52 bits wide."""
+    members = {
         "ref": Out(ref_bits), "keep": Out(1), "high": Out(1), "handle": Out(1), "write": Out(1),
-        "new": In(1), "fault": In(4), "ok": In(1), "frame": In(32), "mode": In(1),
-        "stale": In(1),
+        "new": In(1), "fault": In(4), "ok": In(1), "frame": In(52 if set_bits else 32),
+        "mode": In(1), "stale": In(1),
+    }
+    if set_bits:
+        members.update({"lset": Out(set_bits), "vaddr": Out(64), "used": Out(1),
+                        "cancel": Out(1), "miss": In(1)})
+    return wiring.Signature(members)
+
+
+def IotlbCmdSignature() -> wiring.Signature:
+    """Privileged registers -> IOTLB: the staged mapping (IOTLB_IOVA, IOTLB_PA, IOTLB_ATTR's
+    size and permissions) and ``cmd``, IOTLB_CMD's value (1 to 3) in the cycle it is written
+    (0 otherwise); back: ``busy``, a command runs; ``invalidated``, STAT_IOTLB_INVALIDATED."""
+    return wiring.Signature({
+        "stage_iova": Out(64), "stage_pa": Out(64), "stage_size": Out(6),
+        "stage_r": Out(1), "stage_w": Out(1), "cmd": Out(2),
+        "busy": In(1), "invalidated": In(32),
+    })
+
+
+def IotlbCtrlSignature() -> wiring.Signature:
+    """Privileged registers -> translation unit, IOVA mode: the commands, ``iova_mode`` (HV_CTRL
+    is 2), ``resolve`` (MISS_RESOLVE's value, 1 or 2, in the cycle it is written); back: the
+    pending miss (``miss``, ``miss_write``, ``miss_iova``) and the statistics."""
+    return wiring.Signature({
+        "cmd": Out(IotlbCmdSignature()), "iova_mode": Out(1), "resolve": Out(2),
+        "miss": In(1), "miss_write": In(1), "miss_iova": In(64),
+        "hits": In(32), "misses": In(32),
     })
 
 

@@ -24,14 +24,15 @@ __all__ = ["AXI4LiteRegBridge", "RegBusSignature"]
 
 
 class RegBusSignature(wiring.Signature):
-    """Register strobes, from the bridge's (manager's) point of view."""
+    """Register strobes, from the bridge's (manager's) point of view. ``w_hold``: the register
+    file cannot take a write now; the bridge does not start one while it is high."""
 
     def __init__(self, addr_width: int):
         self._addr_width = addr_width
         super().__init__({
             "addr": Out(addr_width),
             "w_next": Out(1), "w_en": Out(1), "w_data": Out(32), "w_strb": Out(4),
-            "r_en": Out(1), "r_data": In(32),
+            "r_en": Out(1), "r_data": In(32), "w_hold": In(1),
         })
 
     @property
@@ -80,7 +81,7 @@ class AXI4LiteRegBridge(wiring.Component):
         write = Signal()  # w_next
         read = Signal()
         m.d.comb += [
-            write.eq(idle & axi.awvalid & axi.wvalid),
+            write.eq(idle & axi.awvalid & axi.wvalid & ~reg.w_hold),
             read.eq(idle & axi.arvalid & ~(axi.awvalid & axi.wvalid)),
             axi.awready.eq(w_accept), axi.wready.eq(w_accept), axi.arready.eq(read),
             reg.w_next.eq(write), reg.w_en.eq(w_accept), reg.r_en.eq(read),

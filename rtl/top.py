@@ -1,7 +1,8 @@
 """Top level: ``virtio_blk_handle``, the handle-addressed virtio-blk device.
 
 Ports (an external contract, docs/architecture.md and README "Integrating the Verilog"):
-``clk``, ``rst`` (synchronous, active high), ``irq``, the guest register port ``s_axil``
+``clk``, ``rst`` (synchronous, active high), ``irq``, ``hv_irq`` (an IOTLB miss is pending,
+docs/iotlb.md), the guest register port ``s_axil``
 (AXI4-Lite), the privileged port ``s_hv`` (AXI4-Lite) and the DMA port ``m_axi`` (AXI4, 64-bit
 addresses). In Verilog the AXI members are flattened to ``s_axil__awaddr`` etc.
 """
@@ -18,6 +19,7 @@ from .axi import AXI4LiteSignature, AXI4Signature
 from .dma import DmaEngine
 from .engine import RingEngine
 from .hvregs import PrivilegedRegs, hv_addr_width
+from .iotlb import check_iotlb_entries
 from .mmio import MMIO_ADDR_WIDTH, VirtioMmioRegs
 from .params import check_data_width, check_disk_bytes, check_entries, check_queue_num_max
 from .ramdisk import RamDisk
@@ -40,6 +42,9 @@ class VirtioBlkHandle(wiring.Component):
         QueueNumMax (default 256), a power of two.
     disk_bytes : int
         RAM disk size in bytes (default 64 KiB).
+    iotlb_entries : int
+        IOTLB entries for IOVA mode (default 64; 0: no IOTLB, HV_CTRL takes modes 0 and 1
+        only; docs/iotlb.md).
     translation : bool
         ``True`` (default): the device. ``False``: the GPA-only device, for comparison: the
         grant table and its checks are left out, the device always uses guest-physical
@@ -49,7 +54,8 @@ class VirtioBlkHandle(wiring.Component):
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH,
                  entries: int = spec.DEFAULT_ENTRIES,
                  queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
-                 disk_bytes: int = spec.DEFAULT_DISK_BYTES, translation: bool = True):
+                 disk_bytes: int = spec.DEFAULT_DISK_BYTES,
+                 iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES, translation: bool = True):
         self.data_width = check_data_width(data_width)
         self.entries = check_entries(entries)
         self.queue_num_max = check_queue_num_max(queue_num_max)
@@ -57,8 +63,10 @@ class VirtioBlkHandle(wiring.Component):
         if not isinstance(translation, bool):
             raise TypeError(f"Translation must be a bool, not {translation!r}")
         self.translation = translation
+        self.iotlb_entries = check_iotlb_entries(iotlb_entries) if translation else 0
         super().__init__({
             "irq": Out(1),
+            "hv_irq": Out(1),
             "s_axil": In(AXI4LiteSignature(addr_width=MMIO_ADDR_WIDTH)),
             "s_hv": In(AXI4LiteSignature(addr_width=hv_addr_width(entries))),
             "m_axi": Out(AXI4Signature(addr_width=64, data_width=data_width)),
@@ -70,13 +78,14 @@ class VirtioBlkHandle(wiring.Component):
         m.submodules.hv_bridge = hv_bridge = AXI4LiteRegBridge(hv_addr_width(self.entries))
         m.submodules.mmio = mmio = VirtioMmioRegs(queue_num_max=self.queue_num_max,
                                                   disk_bytes=self.disk_bytes)
-        m.submodules.hv = hv = PrivilegedRegs(entries=self.entries)
+        m.submodules.hv = hv = PrivilegedRegs(entries=self.entries,
+                                              iotlb_entries=self.iotlb_entries)
         unit = TranslationUnit if self.translation else PassThroughUnit
-        m.submodules.xlate = xlate = unit(self.entries)
+        m.submodules.xlate = xlate = unit(self.entries, self.iotlb_entries)
         m.submodules.disk = disk = RamDisk(self.disk_bytes, self.data_width)
         m.submodules.dma = dma = DmaEngine(data_width=self.data_width,
                                            disk_bytes=self.disk_bytes,
-                                           ref_bits=xlate.ref_bits)
+                                           ref_bits=xlate.ref_bits, set_bits=xlate.set_bits)
         m.submodules.engine = engine = RingEngine(queue_num_max=self.queue_num_max,
                                                   disk_bytes=self.disk_bytes)
 
@@ -92,10 +101,15 @@ class VirtioBlkHandle(wiring.Component):
         wiring.connect(m, dma.m_axi, wiring.flipped(self.m_axi))
         wiring.connect(m, engine.status, hv.status.engine)
         wiring.connect(m, dma.status, hv.status.dma)
+        if self.iotlb_entries:
+            wiring.connect(m, hv.iotlb, xlate.iotlb)
+            m.d.comb += self.hv_irq.eq(hv.iotlb.miss)
         m.d.comb += [
             self.irq.eq(mmio.irq),
-            # (the GPA-only device offers no VIRTIO_F_ACCESS_PLATFORM whatever HV_CTRL says)
-            mmio.handle_mode.eq(hv.table.handle_mode if self.translation else 0),
+            # ACCESS_PLATFORM in modes 1 and 2 (the GPA-only device: never)
+            mmio.handle_mode.eq((hv.table.handle_mode
+                                 | (hv.iotlb.iova_mode if self.iotlb_entries else 0))
+                                if self.translation else 0),
             # the reset write's own cycle too: no burst starts once it is accepted
             dma.abort.eq(engine.abort | mmio.queue.dev_reset),
         ]

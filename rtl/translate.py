@@ -13,14 +13,15 @@ The DMA engine hides the three cycles by looking up the address a command will u
 before the command is handed over (``docs/timing.md``).
 """
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2
 
 from models import spec
 
-from .interfaces import LookupSignature, TableSignature
+from .interfaces import IotlbCtrlSignature, LookupSignature, TableSignature
+from .iotlb import Iotlb, check_iotlb_entries, large_set_shift
 from .layouts import GrantEntry, VirtualPage
 from .params import check_entries
 
@@ -68,11 +69,18 @@ class TranslationUnit(wiring.Component):
         the cycle of the read itself counts: the read sees the entry as it was before it.
     """
 
-    def __init__(self, entries: int = spec.DEFAULT_ENTRIES):
+    def __init__(self, entries: int = spec.DEFAULT_ENTRIES, iotlb_entries: int = 0):
         self._entries = check_entries(entries)
-        self._ref_bits = max(1, ceil_log2(entries))
-        super().__init__({"lookup": In(LookupSignature(self._ref_bits)),
-                          "table": In(TableSignature(self._ref_bits))})
+        self._iotlb_entries = check_iotlb_entries(iotlb_entries)
+        self._grant_bits = max(1, ceil_log2(entries))
+        self._set_bits = ceil_log2(iotlb_entries // spec.IOTLB_WAYS) if iotlb_entries else 0
+        # (the lookup's ``ref`` carries the IOTLB's small set too: page-number bits from 0)
+        self._ref_bits = max(self._grant_bits, self._set_bits)
+        members = {"lookup": In(LookupSignature(self._ref_bits, self._set_bits)),
+                   "table": In(TableSignature(self._grant_bits))}
+        if iotlb_entries:
+            members["iotlb"] = In(IotlbCtrlSignature())
+        super().__init__(members)
 
     @property
     def entries(self) -> int:
@@ -82,9 +90,14 @@ class TranslationUnit(wiring.Component):
     def ref_bits(self) -> int:
         return self._ref_bits
 
+    @property
+    def set_bits(self) -> int:
+        """The IOTLB's set index width (0: no IOTLB)."""
+        return self._set_bits
+
     def _written(self, ref):
         """Entry ``ref`` is written in this cycle."""
-        return self.table.wen.any() & (self.table.addr == ref)
+        return self.table.wen.any() & (self.table.addr == ref[:self._grant_bits])
 
     def elaborate(self, platform):
         m = Module()
@@ -96,7 +109,7 @@ class TranslationUnit(wiring.Component):
         hv_read = table.read_port()
         hv_write = table.write_port(granularity=8)
         m.d.comb += [
-            lookup.addr.eq(lk.ref),
+            lookup.addr.eq(lk.ref[:self._grant_bits]),
             hv_read.addr.eq(tb.addr),
             tb.rdata.eq(hv_read.data),
             hv_write.addr.eq(tb.addr),
@@ -130,6 +143,7 @@ class TranslationUnit(wiring.Component):
         m.d.sync += [valid2.eq(lk.keep), raw.eq(lookup.data), ref2.eq(ref1),
                      not_handle2.eq(~lk.handle), out_of_range2.eq(oor),
                      write2.eq(lk.write), tbl_stale2.eq(tbl_stale1 | self._written(ref1))]
+        self._tbl_stale2 = tbl_stale2
 
         # The check (docs/architecture.md, first failing check wins), from registers only.
         entry = GrantEntry(raw)
@@ -146,6 +160,10 @@ class TranslationUnit(wiring.Component):
             m.d.comb += fault.eq(spec.FAULT_WRONG_DOMAIN)
         with m.Elif(write2 & entry.flags.readonly):
             m.d.comb += fault.eq(spec.FAULT_READONLY)
+
+        if self._iotlb_entries:
+            self._iova(m, valid2, write2, ref2, fault, entry)
+            return m
 
         # Stage 3: the answer, held until the next kept lookup answers, and its staleness; every
         # output is a flip-flop of its own (the DMA engine decides on them in one cycle).
@@ -164,6 +182,72 @@ class TranslationUnit(wiring.Component):
         with m.Elif(tb.cfg_changed | (lk.mode & self._written(resp_ref))):
             m.d.sync += lk.stale.eq(1)
         return m
+
+
+    def _iova(self, m, valid2, write2, ref2, grant_fault, entry):
+        """IOVA mode beside the grant check: the IOTLB looks up the same page in the same
+        cycles (docs/iotlb.md), and stage 3 takes its verdict in mode 2. A miss is held
+        (``lookup.miss``, ``iotlb.miss``: the ``hv_irq`` port) until the hypervisor resolves it:
+        1, the answer turns stale (the DMA engine looks up again); 2, it turns into fault 10."""
+        lk, tb, ctl = self.lookup, self.table, self.iotlb
+        m.submodules.iotlb = iotlb = Iotlb(self._iotlb_entries)
+        wiring.connect(m, wiring.flipped(ctl.cmd), iotlb.ctrl)
+        sb = self._set_bits
+        vaddr2 = Signal(64)
+        m.d.sync += vaddr2.eq(lk.vaddr)
+        m.d.comb += [iotlb.small.eq(lk.ref[:sb]), iotlb.large.eq(lk.lset),
+                     iotlb.key.eq(lk.vaddr[spec.PAGE_SHIFT:])]
+        assert large_set_shift() == 18
+
+        iova = ctl.iova_mode
+        io_fault = Signal(4)
+        with m.If(write2 & ~iotlb.w):
+            m.d.comb += io_fault.eq(spec.FAULT_READONLY)
+        with m.Elif(~write2 & ~iotlb.r):
+            m.d.comb += io_fault.eq(spec.FAULT_IOTLB_NO_READ)
+        fault = Signal(4)
+        m.d.comb += fault.eq(Mux(iova, Mux(iotlb.hit, io_fault, 0), grant_fault))
+        io_stale = iotlb.stale | iotlb.active
+
+        # Stage 3, as the grant unit's, plus the IOTLB's verdict and the pending miss.
+        resp_ref = Signal(self._ref_bits)
+        io_answer = Signal()  # the held answer is an IOVA-mode one
+        io_hit = Signal()
+        miss = Signal()
+        miss_write = Signal()
+        miss_iova = Signal(64)
+        hits = Signal(32)
+        misses = Signal(32)
+        m.d.comb += [lk.miss.eq(miss), ctl.miss.eq(miss), ctl.miss_write.eq(miss_write),
+                     ctl.miss_iova.eq(miss_iova), ctl.hits.eq(hits), ctl.misses.eq(misses)]
+        raise_miss = Signal()
+        m.d.comb += raise_miss.eq(valid2 & iova & ~iotlb.hit & ~io_stale & ~tb.cfg_changed
+                                  & ~lk.cancel)
+        m.d.sync += lk.new.eq(valid2)
+        with m.If(valid2):
+            m.d.sync += [
+                lk.fault.eq(fault), lk.ok.eq(Mux(iova, iotlb.hit, 1) & (fault == spec.FAULT_NONE)),
+                lk.frame.eq(Mux(iova, iotlb.ppn, entry.frame)),
+                lk.mode.eq(tb.handle_mode | iova),
+                resp_ref.eq(ref2), io_answer.eq(iova), io_hit.eq(iotlb.hit),
+                lk.stale.eq(tb.cfg_changed
+                            | (tb.handle_mode & (self._tbl_stale2 | self._written(ref2)))
+                            | (iova & io_stale)),
+            ]
+        with m.Elif(miss & (ctl.resolve == spec.MISS_RESOLVE_FAIL)):
+            m.d.sync += [lk.fault.eq(spec.FAULT_IOTLB_FAILED), lk.ok.eq(0), lk.stale.eq(0)]
+        with m.Elif(tb.cfg_changed | (lk.mode & ~io_answer & self._written(resp_ref))
+                    | (io_answer & iotlb.active)
+                    | (miss & ((ctl.resolve == spec.MISS_RESOLVE_RETRY) | lk.cancel))):
+            m.d.sync += lk.stale.eq(1)
+
+        with m.If(raise_miss):
+            m.d.sync += [miss.eq(1), miss_write.eq(write2), miss_iova.eq(vaddr2),
+                         misses.eq(misses + 1)]
+        with m.Elif(lk.cancel | (ctl.resolve != 0)):
+            m.d.sync += miss.eq(0)
+        with m.If(lk.used & io_answer & io_hit & ~lk.stale):
+            m.d.sync += hits.eq(hits + 1)
 
 
 class PassThroughUnit(TranslationUnit):

@@ -1,0 +1,278 @@
+"""IOVA mode's IOTLB: a 4-way set-associative translation cache in block RAM that the
+hypervisor fills (docs/iotlb.md is the specification; ``models/iotlb.py`` the reference).
+
+Organisation: ``entries / 4`` sets of 4 ways. A 4 KiB entry lives in the *small set* of its
+IOVA (page-number bits ``sb - 1 : 0``), a larger one (8 KiB to 1 GiB) in the *large set*
+(page-number bits ``18 + sb - 1 : 18``, IOVA bits 30 and up), so every page an entry covers
+names the same set of the entry's kind, and a lookup reads two sets, one per kind, in one cycle
+(two read ports: Yosys gives each its own copy of the block RAM). The valid bits are flip-flops,
+so that ``rst`` clears them and invalidation needs no RAM write.
+
+The lookup is the translation unit's pipeline (``rtl/translate.py``): the sets are read in the
+cycle of the table read, the words registered straight out of the RAM in the next, and the ways
+compared in the third, from registers. A hypervisor command uses the same read ports and the
+same compare: it visits the sets a range can touch (the two a lookup of its IOVA reads, for a
+4 KiB range; every set, two per cycle, otherwise), and the ways that overlap the range are
+cleared where the compare sees them; an insert then writes its way. While a command runs the
+lookups read what the command reads: their answers are *stale* and the DMA engine looks up
+again.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from models import spec
+
+from .interfaces import IotlbCmdSignature
+
+__all__ = ["Entry", "Iotlb", "check_iotlb_entries", "large_set_shift"]
+
+WAYS = spec.IOTLB_WAYS
+VPN_BITS = 64 - spec.PAGE_SHIFT  # an IOVA's page number
+MASK_BITS = spec.IOTLB_MAX_SIZE - spec.PAGE_SHIFT  # page-number bits a mapping may cover (18)
+
+
+def large_set_shift() -> int:
+    """Page-number bit where a large entry's set index starts (IOVA bit 30)."""
+    return MASK_BITS
+
+
+#: One way of a set, as stored: the base page number, the page-number bits the entry covers
+#: (``mask``: bit ``i`` set when page-number bit ``i`` lies inside the mapping, a thermometer
+#: of ``size - 12`` ones), the base physical page, the permissions.
+Entry = data.StructLayout({"vpn": VPN_BITS, "mask": MASK_BITS, "ppn": VPN_BITS,
+                           "r": 1, "w": 1})
+
+
+def check_iotlb_entries(entries) -> int:
+    if (not isinstance(entries, int) or isinstance(entries, bool)
+            or not (entries == 0 or 8 <= entries <= 1024) or entries & (entries - 1)):
+        raise ValueError(f"IOTLB entries must be 0 or a power of two in [8, 1024], "
+                         f"not {entries!r}")
+    return entries
+
+
+def thermometer(m, size, name):
+    """``size - 12`` ones (sizes 12..30), as the page-number bits a mapping covers."""
+    out = Signal(MASK_BITS, name=name)
+    for i in range(MASK_BITS):
+        m.d.comb += out[i].eq(size > spec.PAGE_SHIFT + i)
+    return out
+
+
+class Iotlb(wiring.Component):
+    """The IOTLB's storage, commands and compare.
+
+    Parameters
+    ----------
+    entries : int
+        Number of entries (a power of two, 8 to 1024).
+
+    Members
+    -------
+    small, large : In
+        The sets a lookup reads: in the translation unit's table-read cycle (``t``).
+    key : In(52)
+        The page number of the lookup kept in cycle ``t + 1``.
+    hit, r, w, ppn : Out
+        In cycle ``t + 2`` (combinational, from registers): a valid entry covers ``key``, its
+        permissions, and the physical page of ``key`` through it.
+    stale : Out
+        In cycle ``t + 2``: a command ran (or started) in cycle ``t``, ``t + 1`` or ``t + 2``;
+        the answer must not be used.
+    active : Out
+        A command starts in this cycle (``ctrl.cmd``) or runs.
+    ctrl : In(:func:`~rtl.interfaces.IotlbCmdSignature`)
+        From the privileged registers: the staged mapping and the command pulse; ``busy`` (a
+        command runs: the register file holds writes) and ``invalidated`` back.
+    """
+
+    def __init__(self, entries: int = spec.DEFAULT_IOTLB_ENTRIES):
+        self._entries = check_iotlb_entries(entries)
+        if not entries:
+            raise ValueError("An IOTLB needs at least 8 entries")
+        self._sets = entries // WAYS
+        self._sb = exact_log2(self._sets)
+        super().__init__({
+            "small": In(self._sb), "large": In(self._sb), "key": In(VPN_BITS),
+            "hit": Out(1), "r": Out(1), "w": Out(1), "ppn": Out(VPN_BITS),
+            "stale": Out(1), "active": Out(1),
+            "ctrl": In(IotlbCmdSignature()),
+        })
+
+    @property
+    def set_bits(self) -> int:
+        return self._sb
+
+    def elaborate(self, platform):
+        m = Module()
+        S, sb = self._sets, self._sb
+        E = Entry.size
+        ctrl = self.ctrl
+        m.submodules.ram = ram = memory.Memory(shape=unsigned(WAYS * E), depth=S, init=[],
+                                               attrs={"ram_style": "block"})
+        port_a = ram.read_port()
+        port_b = ram.read_port()
+        wr = ram.write_port(granularity=E)
+        valid = Signal(S * WAYS)
+        rr = Signal(2 * S)  # round-robin pointer of each set
+
+        # ---- Command: latched from the staging registers in its IOTLB_CMD write cycle --------
+        op = Signal(2)
+        c_vpn = Signal(VPN_BITS)
+        c_mask = Signal(MASK_BITS)
+        c_all = Signal()
+        c_wide = Signal()  # the range is larger than 4 KiB: every set is visited
+        c_ppn = Signal(VPN_BITS)
+        c_r = Signal()
+        c_w = Signal()
+        size = ctrl.stage_size
+        size_ok = (size >= spec.IOTLB_MIN_SIZE) & (size <= spec.IOTLB_MAX_SIZE)
+        start = Signal()
+        m.d.comb += start.eq(
+            ((ctrl.cmd == spec.IOTLB_CMD_INSERT) & size_ok)
+            | (ctrl.cmd == spec.IOTLB_CMD_INVALIDATE) | (ctrl.cmd == spec.IOTLB_CMD_INVALIDATE_ALL))
+        new_mask = thermometer(m, size, "new_mask")
+        step = Signal(max(1, sb - 1))  # the walk's step (sets 2k and 2k + 1)
+        last_step = Signal()
+        walking = Signal()  # the read ports are the command's this cycle
+        busy = Signal()
+        writing = Signal()
+        m.d.comb += [ctrl.busy.eq(busy), self.active.eq(busy | start)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(start):
+                    inval_all = ((ctrl.cmd == spec.IOTLB_CMD_INVALIDATE_ALL)
+                                 | ((ctrl.cmd == spec.IOTLB_CMD_INVALIDATE)
+                                    & (size > spec.IOTLB_MAX_SIZE)))
+                    m.d.sync += [
+                        op.eq(ctrl.cmd), c_vpn.eq(ctrl.stage_iova[spec.PAGE_SHIFT:]),
+                        c_mask.eq(new_mask), c_all.eq(inval_all),
+                        c_wide.eq(inval_all | (size > spec.IOTLB_MIN_SIZE)),
+                        c_ppn.eq(ctrl.stage_pa[spec.PAGE_SHIFT:] & ~new_mask),
+                        c_r.eq(ctrl.stage_r), c_w.eq(ctrl.stage_w),
+                        step.eq(0), busy.eq(1),
+                    ]
+                    m.next = "WALK"
+            with m.State("WALK"):
+                m.d.comb += walking.eq(1)
+                m.d.comb += last_step.eq(~c_wide | (step == (S // 2) - 1))
+                m.d.sync += step.eq(step + 1)
+                with m.If(last_step):
+                    m.next = "DRAIN1"
+            with m.State("DRAIN1"):  # the last step's words come out of the RAM
+                m.next = "DRAIN2"
+            with m.State("DRAIN2"):  # ... and are compared: the overlapping ways are cleared
+                with m.If(op == spec.IOTLB_CMD_INSERT):
+                    m.next = "WRITE"
+                with m.Else():
+                    m.d.sync += busy.eq(0)
+                    m.next = "IDLE"
+            with m.State("WRITE"):  # the new entry into its set's victim way
+                m.d.comb += writing.eq(1)
+                m.d.sync += busy.eq(0)
+                m.next = "IDLE"
+
+        # ---- Read ports: the lookup's two sets, or the command's --------------------------------
+        walk_a = Mux(c_wide, Cat(Const(0, 1), step)[:sb], c_vpn[:sb])
+        walk_b = Mux(c_wide, Cat(Const(1, 1), step)[:sb], c_vpn[MASK_BITS:MASK_BITS + sb])
+        m.d.comb += [port_a.addr.eq(Mux(walking, walk_a, self.small)),
+                     port_b.addr.eq(Mux(walking, walk_b, self.large))]
+
+        # Stage 1: what the read was for.
+        set_a1, set_b1 = Signal(sb), Signal(sb)
+        step1 = Signal()
+        act1 = Signal()
+        m.d.sync += [set_a1.eq(port_a.addr), set_b1.eq(port_b.addr), step1.eq(walking),
+                     act1.eq(self.active)]
+        # Stage 2: the words registered straight out of the RAM, the key and its range.
+        raw_a = Signal(WAYS * E, reset_less=True)
+        raw_b = Signal(WAYS * E, reset_less=True)
+        key2 = Signal(VPN_BITS)
+        kmask2 = Signal(MASK_BITS)
+        kall2 = Signal()
+        set_a2, set_b2 = Signal(sb), Signal(sb)
+        step2 = Signal()
+        act2 = Signal()
+        m.d.sync += [
+            raw_a.eq(port_a.data), raw_b.eq(port_b.data),
+            key2.eq(Mux(step1, c_vpn, self.key)), kmask2.eq(Mux(step1, c_mask, 0)),
+            kall2.eq(step1 & c_all), set_a2.eq(set_a1), set_b2.eq(set_b1), step2.eq(step1),
+            act2.eq(act1 | self.active),
+        ]
+        m.d.comb += self.stale.eq(act2 | self.active)
+
+        # The compare: a way matches when it is valid and agrees with the key on every
+        # page-number bit outside both ranges (a lookup's range is its one page).
+        same = Signal()
+        m.d.comb += same.eq(set_a2 == set_b2)  # (both reads named one set: count it once)
+        ways = []  # (entry, match, set, way)
+        for raw, set2, tag in ((raw_a, set_a2, "a"), (raw_b, set_b2, "b")):
+            vbits = valid.word_select(set2, WAYS)
+            for w in range(WAYS):
+                entry = Entry(raw[w * E:(w + 1) * E])
+                diff = Signal(VPN_BITS, name=f"diff_{tag}{w}")
+                m.d.comb += diff.eq((entry.vpn ^ key2)
+                                    & ~Cat(entry.mask | kmask2, Const(0, VPN_BITS - MASK_BITS)))
+                match = Signal(name=f"match_{tag}{w}")
+                m.d.comb += match.eq(vbits[w] & (kall2 | (diff == 0))
+                                     & (~same if tag == "b" else 1))
+                ways.append((entry, match, set2, w))
+
+        # A lookup's answer: the one way that matched (at most one: entries never overlap).
+        m.d.comb += self.hit.eq(Cat(*[mt for _, mt, _, _ in ways]).any())
+        r_any, w_any, ppn_any = [], [], []
+        for entry, match, _, _ in ways:
+            r_any.append(match & entry.r)
+            w_any.append(match & entry.w)
+            ppn_any.append(Mux(match, entry.ppn | (key2 & Cat(entry.mask,
+                                                   Const(0, VPN_BITS - MASK_BITS))), 0))
+        ppn = Const(0, VPN_BITS)
+        for p in ppn_any:
+            ppn = ppn | p
+        m.d.comb += [self.r.eq(Cat(*r_any).any()), self.w.eq(Cat(*w_any).any()),
+                     self.ppn.eq(ppn)]
+
+        # A command's step: clear the ways that overlap; invalidations count them.
+        removed = Signal(range(2 * WAYS + 1))
+        m.d.comb += removed.eq(sum(mt for _, mt, _, _ in ways))
+        counted = Signal(32)
+        m.d.comb += ctrl.invalidated.eq(counted)
+        with m.If(step2 & (op != spec.IOTLB_CMD_INSERT)):
+            m.d.sync += counted.eq(counted + removed)
+        clear = Signal(S * WAYS)
+        for s in range(S):
+            at_a, at_b = set_a2 == s, set_b2 == s
+            for w in range(WAYS):
+                m.d.comb += clear[s * WAYS + w].eq((ways[w][1] & at_a)
+                                                   | (ways[WAYS + w][1] & at_b))
+        # The insert's way: the lowest invalid one of its set, else the set's pointer's.
+        t_set = Signal(sb)
+        m.d.comb += t_set.eq(Mux(c_mask[0], c_vpn[MASK_BITS:MASK_BITS + sb], c_vpn[:sb]))
+        t_valid = valid.word_select(t_set, WAYS)
+        t_rr = rr.word_select(t_set, 2)
+        victim = Signal(2)
+        m.d.comb += victim.eq(t_rr)
+        for w in reversed(range(WAYS)):
+            with m.If(~t_valid[w]):
+                m.d.comb += victim.eq(w)
+        new = Signal(Entry)
+        m.d.comb += [new.vpn.eq(c_vpn & ~Cat(c_mask, Const(0, VPN_BITS - MASK_BITS))),
+                     new.mask.eq(c_mask), new.ppn.eq(c_ppn), new.r.eq(c_r), new.w.eq(c_w)]
+        m.d.comb += [wr.addr.eq(t_set), wr.data.eq(Cat(*[new] * WAYS))]
+        set_bit = Signal(S * WAYS)
+        with m.If(writing):
+            m.d.comb += wr.en.eq(1 << victim)
+            m.d.comb += set_bit.eq(1 << Cat(victim, t_set))
+            with m.If(t_valid.all()):
+                m.d.sync += rr.word_select(t_set, 2).eq(t_rr + 1)
+        with m.If(step2):
+            m.d.sync += valid.eq((valid & ~clear) | set_bit)
+        with m.Else():
+            m.d.sync += valid.eq(valid | set_bit)
+        return m
