@@ -60,6 +60,7 @@ from sw.vhost_user import (
     IotlbMsg,
     IotlbType,
     MemoryTable,
+    Request,
     VhostUserBackend,
     VhostUserError,
     Vring,
@@ -112,21 +113,37 @@ class GuestRam:
 
 class ModelLink:
     """The reference model (``models.device``) as a :class:`sw.transport.ClockedLink`: untimed,
-    a QueueNotify write runs the engine to idle before it returns."""
+    a QueueNotify write runs the engine to idle before it returns.
+
+    In IOVA mode the model raises an IOTLB miss inside that write and calls its
+    ``on_iotlb_miss`` hook, which must resolve it before returning: ``miss_handler`` (set by
+    :class:`MmioTransport`) serves it there, talking to QEMU synchronously
+    (:meth:`MmioTransport.serve_miss_now`)."""
 
     def __init__(self, disk_bytes: int, data_width: int = 128) -> None:
         from models.device import ReferenceDevice
 
         self.ram = GuestRam()
+        self.miss_handler: Any = None
         self.dev = ReferenceDevice(self.ram, disk_bytes=disk_bytes,  # type: ignore[arg-type]
-                                   data_width=data_width)
+                                   data_width=data_width, on_iotlb_miss=self._on_miss)
         self.guest = self.dev.guest
         self.hv = self.dev.hv
         self.mem = self.ram
 
+    def _on_miss(self, dev: Any) -> None:
+        if self.miss_handler is None:
+            dev.hv.write(spec.HV_MISS_RESOLVE, spec.MISS_RESOLVE_FAIL)
+        else:
+            self.miss_handler()
+
     @property
     def irq(self) -> bool:
         return self.dev.irq
+
+    @property
+    def hv_irq(self) -> bool:
+        return bool(self.dev.hv.read(spec.HV_IOTLB_MISS) & spec.IOTLB_MISS_PENDING)
 
     @property
     def cycle(self) -> int:
@@ -644,6 +661,9 @@ class MmioTransport:
         self.miss: PendingMiss | None = None
         self.miss_timeout_s = miss_timeout_s
         self._staged: dict[int, int] = {}  # IOTLB staging registers as last written
+        self.held: list[Any] = []  # messages read while serving a miss synchronously
+        if mode == "iova" and hasattr(link, "miss_handler"):
+            link.miss_handler = self.serve_miss_now  # type: ignore[attr-defined]
         self.backend: VhostUserBackend | None = None
         self.ident: Identity | None = None
         self.features = 0
@@ -913,6 +933,30 @@ class MmioTransport:
             self.backend.send_iotlb_miss(iova, VHOST_ACCESS_WO if write else VHOST_ACCESS_RO)
             miss.asked = True
 
+    def serve_miss_now(self) -> None:
+        """Serve the pending miss before returning (the untimed model calls this inside a
+        register write): the bridge's copy, else a miss message to QEMU and the main socket
+        read here until its update has resolved it. Other messages are held for the main loop
+        (QEMU waits for their replies, so a miss behind one times out)."""
+        _run_sync(self.poll_miss())
+        deadline = self.miss.t0 + self.miss_timeout_s if self.miss is not None else 0.0
+        while self.miss is not None:
+            be = self.backend
+            left = deadline - time.monotonic()
+            if be is None or be.closed or left <= 0:
+                _run_sync(self.poll_miss(can_ask=False))
+                break
+            if not select.select([be], [], [], left)[0]:
+                continue
+            msg = be.receive()
+            if msg is None:
+                _run_sync(self.poll_miss(can_ask=False))
+                break
+            if msg.request == Request.IOTLB_MSG:
+                _run_sync(be.handle(msg))
+            else:
+                self.held.append(msg)
+
     async def iotlb_counters(self) -> dict[str, int]:
         """The device's IOTLB statistics (0 in GPA mode)."""
         return {"hits": await self.link.hv.read32(spec.HV_STAT_IOTLB_HITS),
@@ -961,6 +1005,16 @@ class MmioTransport:
     def waiting_for_qemu(self) -> bool:
         """A miss is with QEMU: the device can do nothing until its update arrives."""
         return self.miss is not None and self.miss.asked
+
+
+def _run_sync(coro: Any) -> Any:
+    """Run a coroutine that never suspends (register accesses on the untimed model)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("a register access of the untimed model suspended")
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -1141,6 +1195,8 @@ class LinuxBridge:
                             if self.stats.first_kick_s is None:
                                 self.stats.first_kick_s = time.monotonic() - t0
                             await backend.kicked(vring)
+            while t.held and backend is not None:  # read while a miss was served in a write
+                await backend.handle(t.held.pop(0))
             # Decode what the guest made available before the device can complete it (the
             # device takes far more than poll_cycles to read a chain and move its data).
             t.requests.take_avail(self.link.cycle)
