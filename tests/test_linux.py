@@ -316,22 +316,23 @@ def _missing() -> str | None:
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tools.linux.run", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, check=False)
+                          capture_output=True, text=True, timeout=1500, check=False)
 
 
 @pytest.mark.sim
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                     reason="qemu-system-x86_64 is not installed (make linux installs it)")
+@pytest.mark.parametrize("translation", ["gpa", "iova"])
 @pytest.mark.parametrize("mode", ["model", "rtl"])
-def test_linux_guest(mode):
+def test_linux_guest(mode, translation):
     if os.environ.get("VHB_SKIP_LINUX"):
         pytest.skip("VHB_SKIP_LINUX is set (CI runs make linux separately)")
     reason = _missing()
     if reason:
         pytest.skip(reason)
-    res = _run(*(["--model"] if mode == "model" else []))
+    res = _run(*(["--model"] if mode == "model" else []), "--mode", translation)
     tail = (res.stdout + res.stderr)[-6000:]
-    assert res.returncode == 0, f"make linux ({mode}) failed:\n{tail}"
+    assert res.returncode == 0, f"make linux ({mode}, {translation}) failed:\n{tail}"
     assert "result               PASS" in res.stdout, tail
 
 
