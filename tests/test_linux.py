@@ -660,3 +660,86 @@ def test_request_log_waits_for_translations_in_iova_mode():
     (req,) = log.pending
     assert (req.kind, req.sector, req.data_len, req.kick_cycle) == ("write", 3, 512, 5)
     assert bytes(log.shadow[1536:2048]) == b"\xab" * 512
+
+
+def test_transport_in_iova_mode_on_the_reference_model():
+    """IOVA mode end to end without QEMU: rings and buffers at IOVAs, the used ring's
+    translation pushed at start, the rest answered as the model misses (the updates are already
+    in the socket when the kick comes: the untimed model's miss is served inside the
+    QueueNotify write), then the completion unmapped by an invalidation."""
+    from models import spec
+    from tb.linux_bridge import MmioTransport, ModelLink
+
+    disk = 64 * 1024
+    link = ModelLink(disk, data_width=64)
+    t = MmioTransport(link, disk, mode="iova")
+    ident = asyncio.run(t.identify())
+    assert ident.features >> spec.VIRTIO_F_ACCESS_PLATFORM & 1
+    fe = FrontEnd(features=ident.features, iommu=True)
+    fe.be.device = t
+    t.backend = fe.be
+    fd = os.memfd_create("guest")
+    os.ftruncate(fd, 1 << 20)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fe.send(Request.SET_FEATURES, struct.pack("<Q", ident.features))
+    fe.send(Request.SET_MEM_TABLE, struct.pack("<II", 1, 0)
+            + struct.pack("<QQQQ", 0, 1 << 20, UVA, 0), fds=[fd])
+    fe.send(Request.SET_BACKEND_REQ_FD, fds=[theirs.fileno()])
+    theirs.close()
+    ring_iova, n = 0xFFFF_0000, 8  # desc, avail (+0x800), used (+0xC00): one page at GPA 0x10000
+    fe.send(Request.SET_VRING_NUM, struct.pack("<II", 0, n))
+    fe.send(Request.SET_VRING_BASE, struct.pack("<II", 0, 0))
+    fe.send(Request.SET_VRING_ADDR, struct.pack("<IIQQQQ", 0, 0, ring_iova, ring_iova + 0xC00,
+                                                ring_iova + 0x800, 0))
+    kick, call = os.eventfd(0), os.eventfd(0)
+    fe.send(Request.SET_VRING_CALL, struct.pack("<Q", 0), fds=[os.dup(call)])
+    fe.send(Request.SET_VRING_KICK, struct.pack("<Q", 0), fds=[os.dup(kick)])
+    fe.send(Request.SET_VRING_ENABLE, struct.pack("<II", 0, 1))
+    for _ in range(9):
+        fe.step()
+    regs = link.dev
+    assert (regs.queue_desc, regs.queue_driver) == (ring_iova, ring_iova + 0x800)  # IOVAs
+    # A write of 512 bytes at sector 2: header, data and status at IOVA 0x5000_0000 (GPA 0x20000).
+    mem = os.fdopen(os.dup(fd), "r+b", buffering=0)
+    data = bytes(range(256)) * 2
+    buf = 0x5000_0000
+    mem.seek(0x20000)
+    mem.write(struct.pack("<IIQ", spec.VIRTIO_BLK_T_OUT, 0, 2) + data + b"\xff")
+    mem.seek(0x10000)
+    mem.write(struct.pack("<QIHH", buf, 16, 1, 1) + struct.pack("<QIHH", buf + 16, 512, 1, 2)
+              + struct.pack("<QIHH", buf + 0x210, 1, 2, 0))
+    mem.seek(0x10800)
+    mem.write(struct.pack("<HHH", 0, 1, 0))
+    # QEMU's answers to the misses to come (the ring page, then the buffer page).
+    for iova, gpa, perm in ((ring_iova, 0x10000, 3), (buf, 0x20000, 3)):
+        fe.send(Request.IOTLB_MSG, IotlbMsg(iova, 0x1000, UVA + gpa, perm,
+                                            IotlbType.UPDATE).pack(), flags=FLAG_NEED_REPLY)
+    os.eventfd_write(kick, 1)
+    asyncio.run(fe.be.kicked(fe.be.vrings[0]))
+    misses = [_backend_message(ours)[2] for _ in range(2)]
+    ours.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        ours.recv(1)  # no third miss
+    assert [(m.iova & ~0xFFF, m.type) for m in misses] == [(ring_iova, IotlbType.MISS),
+                                                           (buf, IotlbType.MISS)]
+    assert [fe.reply()[2] for _ in range(2)] == [struct.pack("<Q", 0)] * 2  # both acked
+    assert link.irq
+    asyncio.run(t.service_irq())
+    assert os.eventfd_read(call) == 1
+    mem.seek(0x10C00)
+    assert mem.read(12) == struct.pack("<HHII", 0, 1, 0, 1)
+    mem.seek(0x20210)
+    assert mem.read(1) == b"\0"  # VIRTIO_BLK_S_OK
+    assert bytes(regs.disk[1024:1536]) == data == bytes(t.requests.shadow[1024:1536])
+    assert [r.kind for r in t.requests.done] == ["write"] and not t.requests.errors
+    assert [m.source for m in t.iotlb.misses] == ["qemu", "qemu"]
+    # The guest unmaps the buffer: the device forgets it, a later access would miss again.
+    fe.send(Request.IOTLB_MSG, IotlbMsg(buf, 0x1000, 0, 0, IotlbType.INVALIDATE).pack(),
+            flags=FLAG_NEED_REPLY)
+    fe.step()
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+    assert regs.hv.read(spec.HV_STAT_IOTLB_INVALIDATED) == 1 and t.iomap.lookup(buf) is None
+    mem.close()
+    for f in (fd, kick, call):
+        os.close(f)
+    ours.close()
