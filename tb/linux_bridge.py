@@ -911,13 +911,14 @@ class MmioTransport:
             return
         if getattr(self.link, "hv_irq", None) is False:  # None: no port, read the register
             return
+        seen = self.link.cycle  # hv_irq ends the bridge's wait: the miss rose just before
         status = await self.link.hv.read32(spec.HV_IOTLB_MISS)
         if not status & spec.IOTLB_MISS_PENDING:
             return
         iova = await self.link.hv.read32(spec.HV_MISS_IOVA_LO) \
             | await self.link.hv.read32(spec.HV_MISS_IOVA_HI) << 32
         write = bool(status & spec.IOTLB_MISS_WRITE)
-        miss = self.miss = PendingMiss(iova, write, self.link.cycle, time.monotonic())
+        miss = self.miss = PendingMiss(iova, write, seen, time.monotonic())
         m = self.iomap.lookup(iova)
         if m is not None:
             # The device's IOTLB had it and evicted it: insert the aligned piece that holds it.
