@@ -609,6 +609,7 @@ class IotlbStats:
     """What the bridge did as the hypervisor (IOVA mode)."""
 
     updates: int = 0  # IOTLB_MSG updates from QEMU
+    update_perms: Counter = field(default_factory=Counter)  # by perm: 1 RO, 2 WO, 3 RW
     invalidations: int = 0  # IOTLB_MSG invalidations from QEMU
     inserts: int = 0  # IOTLB_CMD 1 written
     invalidate_cmds: int = 0  # IOTLB_CMD 2 or 3 written for QEMU's invalidations
@@ -850,6 +851,7 @@ class MmioTransport:
         """Insert what QEMU maps (its ``uaddr`` -> guest physical through the memory table),
         in naturally aligned pieces; resolve the pending miss it answers."""
         self.iotlb.updates += 1
+        self.iotlb.update_perms[msg.perm] += 1
         mem = self.backend.mem if self.backend is not None else None
         if mem is None:
             raise VhostUserError(f"IOTLB update {msg} before any memory table")
@@ -1377,6 +1379,8 @@ def _iotlb_figures(transport: MmioTransport, hv: dict[str, Any], done: list[BlkR
         "misses_per_request": dev["misses"] / n if "misses" in dev else None,
         "invalidated_per_request": dev["invalidated"] / n if "invalidated" in dev else None,
         "qemu_updates": st.updates,
+        "qemu_updates_by_perm": {{1: "read-only", 2: "write-only", 3: "read-write"}.get(k, str(k)):
+                                 v for k, v in sorted(st.update_perms.items())},
         "qemu_invalidations": st.invalidations,
         "qemu_invalidations_per_request": st.invalidations / n,
         "inserts": st.inserts,

@@ -108,7 +108,8 @@ def _print_iotlb(it: dict, mode: str) -> None:
           f"{_fmt(it.get('hits'))} / {_fmt(it.get('misses'))} / {_fmt(it.get('invalidated'))})")
     if not it.get("qemu_updates") and not it.get("misses_served"):
         return
-    print(f"  hypervisor (bridge)  QEMU sent {_fmt(it['qemu_updates'])} updates and "
+    perms = ", ".join(f"{k} {v:,}" for k, v in (it.get("qemu_updates_by_perm") or {}).items())
+    print(f"  hypervisor (bridge)  QEMU sent {_fmt(it['qemu_updates'])} updates ({perms}) and "
           f"{_fmt(it['qemu_invalidations'])} invalidations "
           f"({_fmt(it['qemu_invalidations_per_request'], '', 2)} per request); misses served "
           f"{_fmt(it['misses_served'])}: {_fmt(it['misses_answered_by_qemu'])} by QEMU, "
