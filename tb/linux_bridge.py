@@ -18,6 +18,13 @@ cycles), and blocks in ``select`` only while the device is idle, which hands the
 The same transport also runs against the reference model (:class:`ModelLink`, untimed): a fast
 way to debug the protocol and the guest side without the simulator.
 
+In IOVA mode (``make linux LINUX_MODE=iova``, docs/linux.md) the guest sits behind QEMU's
+emulated IOMMU, the device translates every address through its IOTLB (docs/iotlb.md) and the
+transport plays the hypervisor: QEMU's IOTLB updates and invalidations become IOTLB commands
+(an invalidation acknowledged only after ``HV_SYNC``), a device miss (``hv_irq``) becomes a miss
+message to QEMU or is answered from the bridge's own copy of QEMU's updates (:class:`IovaMap`),
+through which the request log reads guest memory too (:class:`IovaView`).
+
 A :class:`RequestLog` decodes every request the guest makes available (at kick time, while its
 buffers are stable), keeps a shadow of the disk with every write applied, and checks every used
 element; after the guest has powered off, the RAM disk is read back through the device and
