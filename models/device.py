@@ -1,4 +1,4 @@
-"""Reference model of the virtio-blk device with grant-handle DMA.
+"""Reference model of the virtio-blk device with grant-handle and IOVA DMA.
 
 Implements docs/architecture.md (the behavioural contract) and, where it is silent, virtio 1.x.
 Split the way ``rtl/`` is: the virtio-mmio register file (``models/mmio.py``), the privileged
@@ -19,6 +19,7 @@ from models.dma import DmaEngine
 from models.engine import Descriptor, RingEngine
 from models.grant import GrantTable
 from models.hvregs import Fault, HvRegisters
+from models.iotlb import Iotlb
 from models.memory import GuestMemory
 from models.mmio import MmioRegisters, RegisterPortModel
 from models.spec import HV_STAT_REQUESTS, HV_STAT_XLATE
@@ -28,9 +29,11 @@ __all__ = ["HV_STAT_REQUESTS", "HV_STAT_XLATE", "Descriptor", "Fault", "Referenc
 
 
 class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
-    """The whole device: guest and hypervisor register ports, grant table, RAM disk, engine.
+    """The whole device: guest and hypervisor register ports, grant table, IOTLB, RAM disk,
+    engine.
 
-    Parameters mirror the RTL's: ``entries`` grant table entries, ``queue_num_max``,
+    Parameters mirror the RTL's: ``entries`` grant table entries, ``iotlb_entries`` IOTLB
+    entries (docs/iotlb.md: a power of two from 8 to 1024), ``queue_num_max``,
     ``disk_bytes`` of RAM disk (a multiple of 512), ``data_width`` of ``m_axi`` (32/64/128).
     ``bus_error(txn)`` returning True makes that transaction fail (SLVERR); a transaction not
     fully inside ``mem`` fails with DECERR. Either gives fault cause 6.
@@ -41,10 +44,18 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
     engine goes idle), and Status = 0 lets the engine stop after that burst ("a reset never cuts
     a bus transaction").
 
+    ``on_iotlb_miss(device)`` models the hypervisor in IOVA mode (docs/iotlb.md "Lookups,
+    misses and faults"): it is called once per IOTLB miss raised, with the miss pending
+    (``IOTLB_MISS``, ``MISS_IOVA`` set), and must either write ``MISS_RESOLVE`` (1 or 2; it may
+    insert or invalidate mappings first) or reset the device (Status = 0); the engine then
+    looks the page up again, faults (cause 10) or stops. A miss without a hook, or a hook that
+    leaves the miss pending, is a usage error of the model (``RuntimeError``).
+
     Recording (not device state, kept across resets; see :meth:`clear_records`):
     ``transactions`` in issue order, ``translations`` (page pieces presented to the translation
-    unit in handle mode), ``faults`` (every fault, latched or only counted) and ``completed``
-    (used elements published).
+    unit in grant and IOVA modes, one per lookup), ``misses`` (``(iova, write)`` of every IOTLB
+    miss raised), ``iotlb.evictions`` (entries an insert replaced), ``faults`` (every fault,
+    latched or only counted) and ``completed`` (used elements published).
     """
 
     def __init__(self, mem: GuestMemory, *, entries: int = spec.DEFAULT_ENTRIES,
@@ -52,10 +63,20 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES,
                  data_width: int = spec.DEFAULT_DATA_WIDTH,
                  bus_error: Callable[[Transaction], bool] | None = None,
-                 on_transaction: Callable[[Transaction], None] | None = None) -> None:
+                 on_transaction: Callable[[Transaction], None] | None = None,
+                 iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES,
+                 on_iotlb_miss: Callable[[ReferenceDevice], None] | None = None) -> None:
         # Bumped by every write to the grant table, HV_CTRL or HV_DOMID: a DMA access looks its
         # page up again before its next burst (docs/architecture.md "Grant revocation").
         self.table_gen = 0
+        # Bumped by every IOTLB command and HV_CTRL write: the same, in IOVA mode (docs/iotlb.md
+        # "Invalidation is strict").
+        self.iotlb_gen = 0
+        self.iotlb = Iotlb(iotlb_entries)  # validates
+        self.iotlb_entries = iotlb_entries
+        self.on_iotlb_miss = on_iotlb_miss
+        self._miss_resolve = 0  # MISS_RESOLVE's value for the pending miss, 0 while none
+        self._resets = 0  # driver resets (and rst) so far
         spec.burst_bytes(data_width)  # validates
         if not 1 <= queue_num_max <= 32768 or queue_num_max & (queue_num_max - 1):
             raise ValueError(f"queue_num_max must be a power of two <= 32768: {queue_num_max!r}")
@@ -80,14 +101,18 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
 
     def reset(self) -> None:
         """Hardware reset (``rst``): every register to its reset value, fault registers
-        cleared, ``HV_CTRL``/``HV_DOMID`` 0. The grant table and the disk are kept."""
+        cleared, ``HV_CTRL``/``HV_DOMID`` 0, the IOTLB empty (entries, round-robin pointers,
+        staging registers, statistics). The grant table and the disk are kept."""
         self.HV_REGS.reset(self)
+        self.iotlb.reset()
         self._driver_reset()
 
     def _driver_reset(self) -> None:
         """Status = 0 (virtio 1.x section 4.2.2.1): the guest-visible state to reset values.
 
-        The privileged fault registers are not touched; a halted engine restarts.
+        The privileged fault registers are not touched; a halted engine restarts. A pending
+        IOTLB miss is cancelled (``IOTLB_MISS`` reads 0); the IOTLB keeps its entries, which
+        are the hypervisor's (docs/iotlb.md).
         """
         self.GUEST_REGS.reset(self)
         self.last_avail_idx = 0
@@ -95,13 +120,18 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
         self.halted = False
         self.pending_notify = False
         self._werr = None
+        self.iotlb_miss = 0  # cancels a pending miss
+        self._resets += 1  # a DMA access waiting for a miss's resolution stops
         if self._running:
             self._abort = True  # the engine stops after the burst in flight
 
     def clear_records(self) -> None:
-        """Forget recorded transactions, translations, faults and completions."""
+        """Forget recorded transactions, translations, misses, evictions, faults and
+        completions."""
         self.transactions: list[Transaction] = []
         self.translations = 0
+        self.misses: list[tuple[int, bool]] = []
+        self.iotlb.evictions.clear()
         self.faults: list[Fault] = []
         self.completed = 0
 
@@ -109,7 +139,8 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
     def params(self) -> dict[str, int]:
         """The device parameters the register maps' reset values name (models.regmap)."""
         return {"queue_num_max": self.queue_num_max, "entries": self.entries,
-                "disk_bytes / 512": self.disk_bytes // spec.SECTOR_SIZE}
+                "disk_bytes / 512": self.disk_bytes // spec.SECTOR_SIZE,
+                "iotlb_entries": self.iotlb_entries}
 
     @property
     def irq(self) -> bool:

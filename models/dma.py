@@ -1,7 +1,8 @@
 """The reference model's DMA engine and translation per page (``rtl/dma.py``, ``rtl/translate.py``).
 
-docs/architecture.md "Bus transactions": one translation per 4 KiB page (``models.grant``),
-bursts that never cross a page (``models.bus``), posted writes whose errors surface at a drain.
+docs/architecture.md "Bus transactions": one translation per 4 KiB page (``models.grant`` in
+grant mode, the IOTLB of ``models.iotlb`` in IOVA mode, docs/iotlb.md), bursts that never cross
+a page (``models.bus``), posted writes whose errors surface at a drain.
 """
 
 from __future__ import annotations
@@ -20,21 +21,64 @@ class DmaEngine:
     """DMA accesses on ``m_axi``, a mixin of :class:`models.device.ReferenceDevice`.
 
     State (on the device): ``mem``, ``data_width``, ``bus_error``, ``on_transaction``, the
-    first failed posted write (``_werr``), the records ``transactions`` and ``translations``.
+    first failed posted write (``_werr``), ``iotlb``, ``on_iotlb_miss``, the records
+    ``transactions``, ``translations`` and ``misses``.
     """
 
+    def _count_lookup(self) -> None:
+        self.translations += 1
+        self.stat_xlate = (self.stat_xlate + 1) & _U32
+
     def _translate(self, v: int, write: bool) -> Translation:
-        if self.handle_mode:
-            self.translations += 1
-            self.stat_xlate = (self.stat_xlate + 1) & _U32
+        if self.mode == spec.MODE_IOVA:
+            return self._translate_iova(v, write)
+        grant = self.mode == spec.MODE_GRANT
+        if grant:
+            self._count_lookup()
         return translate(
             v,
             write,
-            handle_mode=self.handle_mode,
+            handle_mode=grant,
             domid=self.domid,
             table=self.grants,
             entries=self.entries,
         )
+
+    def _translate_iova(self, iova: int, write: bool) -> Translation:
+        """Look the page piece starting at ``iova`` up in the IOTLB (docs/iotlb.md "Lookups,
+        misses and faults"); on a miss, raise it and let ``on_iotlb_miss`` resolve it, until a
+        lookup hits or the miss is failed (cause 10). A driver reset during the miss stops the
+        engine (:class:`models.hvregs.Halt`)."""
+        while True:
+            self._count_lookup()
+            entry = self.iotlb.lookup(iova)
+            if entry is not None:
+                self.stat_iotlb_hits = (self.stat_iotlb_hits + 1) & _U32
+                if entry.permits(write):
+                    return Translation(entry.translate(iova))
+                return Translation(None, spec.FAULT_READONLY if write
+                                   else spec.FAULT_IOTLB_NO_READ)
+            self.misses.append((iova, write))
+            self.iotlb_miss = spec.IOTLB_MISS_PENDING | (
+                spec.IOTLB_MISS_WRITE if write else spec.IOTLB_MISS_READ)
+            self.miss_iova = iova
+            self.stat_iotlb_misses = (self.stat_iotlb_misses + 1) & _U32
+            self._miss_resolve = 0
+            if self.on_iotlb_miss is None:
+                raise RuntimeError(
+                    f"IOTLB miss at IOVA {iova:#x} and no hypervisor: IOVA mode needs an "
+                    f"on_iotlb_miss hook that writes MISS_RESOLVE (or resets the device)")
+            resets = self._resets
+            self.on_iotlb_miss(self)
+            resolve, self._miss_resolve = self._miss_resolve, 0
+            if self._resets != resets or self._abort:
+                raise Halt()  # a driver reset cancelled the miss: the engine stops
+            if resolve == spec.MISS_RESOLVE_FAIL:
+                return Translation(None, spec.FAULT_IOTLB_FAILED)
+            if resolve != spec.MISS_RESOLVE_RETRY:
+                raise RuntimeError(
+                    f"the on_iotlb_miss hook left the miss at IOVA {iova:#x} pending: it must "
+                    f"write MISS_RESOLVE 1 or 2, or reset the device")
 
     def _issue(self, txn: Transaction) -> bytes | None:
         """Issue one transaction on ``m_axi``; returns the read data, or raises on an error
@@ -73,8 +117,11 @@ class DmaEngine:
 
     def _bursts(self, v: int, n: int, write: bool):
         """The access's bursts. The mode is latched per access, as the DMA engine does: in GPA
-        mode nothing is looked up again."""
-        gen = (lambda: self.table_gen) if self.handle_mode else None
+        mode nothing is looked up again; in grant mode a page is looked up again after a write
+        to the table, HV_CTRL or HV_DOMID, in IOVA mode after an IOTLB command or an HV_CTRL
+        write."""
+        gen = {spec.MODE_GRANT: lambda: self.table_gen,
+               spec.MODE_IOVA: lambda: self.iotlb_gen}.get(self.mode)
         return iter_bursts(v, n, write, self.data_width, self._translate, gen)
 
     def dma_read(self, v: int, n: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:

@@ -61,16 +61,24 @@ class MmioRegisters:
            for half in ("Low", "High")}})
 
     @property
+    def access_platform(self) -> bool:
+        """ACCESS_PLATFORM is offered (and required): grant and IOVA modes (docs/iotlb.md)."""
+        return self.mode in (spec.MODE_GRANT, spec.MODE_IOVA)
+
+    @property
     def device_features(self) -> int:
-        """64-bit device feature set: FLUSH, VERSION_1, and ACCESS_PLATFORM in handle mode."""
-        return GUEST["DeviceFeatures"].reset | self.handle_mode << spec.VIRTIO_F_ACCESS_PLATFORM
+        """64-bit device feature set: FLUSH, VERSION_1, and ACCESS_PLATFORM in grant and IOVA
+        modes."""
+        return GUEST["DeviceFeatures"].reset | (
+            self.access_platform << spec.VIRTIO_F_ACCESS_PLATFORM)
 
     def features_acceptable(self) -> bool:
         """FEATURES_OK may be set (virtio 1.x section 3.1.1 step 5/6): the driver's features are
-        a subset of the device's, contain VERSION_1, and ACCESS_PLATFORM in handle mode."""
+        a subset of the device's, contain VERSION_1, and ACCESS_PLATFORM in grant and IOVA
+        modes."""
         drv = self.driver_features
         return not drv & ~self.device_features and bool(drv >> spec.VIRTIO_F_VERSION_1 & 1) and (
-            not (self.handle_mode and not drv >> spec.VIRTIO_F_ACCESS_PLATFORM & 1))
+            not (self.access_platform and not drv >> spec.VIRTIO_F_ACCESS_PLATFORM & 1))
 
     def _guest_read(self, offset: int) -> int:
         return self.GUEST_REGS.read(self, offset)

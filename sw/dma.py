@@ -6,6 +6,11 @@ DMA API returns. Two backends mirror the two Linux cases:
 * :class:`IdentityDma` -- no IOMMU: the DMA address is the guest physical address (GPA mode).
 * :class:`GrantDma` -- Linux ``drivers/xen/grant-dma-ops.c``: the buffer's pages are granted
   under consecutive references and the DMA address is ``1 << 63 | first_ref << 12 | offset``.
+* :class:`IovaDma` -- Linux ``drivers/iommu/dma-iommu.c`` behind an IOMMU (IOVA mode,
+  ``docs/iotlb.md``): the buffer's pages are mapped at consecutive IOVA pages of a range from an
+  IOVA allocator, in the IOMMU page table the hypervisor answers the device's IOTLB misses
+  from; unmap is strict (``iommu.strict=1``): the IOTLB range is invalidated and an
+  ``HV_SYNC`` barrier completes before unmap returns.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from dataclasses import dataclass, field
 
 from models import spec
 from sw.alloc import PageAllocator
-from sw.hypervisor import Hypervisor
+from sw.hypervisor import Hypervisor, HypervisorError
+from sw.iommu import IommuMapping, IommuPageTable, IovaAllocator
 from sw.transport import GuestMemory
 
 
@@ -250,3 +256,177 @@ class GrantDma(DmaApi):
         for ref in m.refs:
             await self.hv.revoke(ref)
             self._used[ref] = False
+
+
+@dataclass
+class IovaMapping:
+    """One live :class:`IovaDma` mapping: ``npages`` IOVA pages allocated from ``pfn`` (after
+    the allocator's rounding), ``frames`` mapped at the first ``len(frames)`` of them."""
+
+    pfn: int
+    npages: int
+    frames: list[int]
+    offset: int
+    direction: Direction
+    read: bool
+    write: bool
+
+    @property
+    def iova(self) -> int:
+        """IOVA of the first mapped page."""
+        return self.pfn << spec.PAGE_SHIFT
+
+    @property
+    def handle(self) -> int:
+        """What ``map`` returned: the IOVA of the buffer's first byte."""
+        return self.iova + self.offset
+
+    @property
+    def end(self) -> int:
+        return self.iova + (len(self.frames) << spec.PAGE_SHIFT)
+
+    def invalidate_ranges(self) -> list[tuple[int, int]]:
+        """``(iova, size_log2)`` commands covering the allocated range: one aligned power of
+        two, as VT-d's page-selective invalidation (address mask) flushes it, split at 1 GiB
+        (the largest size ``IOTLB_CMD`` takes) or into aligned pieces if unaligned."""
+        pfn, n = self.pfn, self.npages
+        top = spec.IOTLB_MAX_SIZE - spec.PAGE_SHIFT
+        order = (n - 1).bit_length()
+        if order <= top and pfn % (1 << order) == 0:
+            return [(pfn << spec.PAGE_SHIFT, spec.PAGE_SHIFT + order)]
+        out = []
+        end = pfn + n
+        while pfn < end:
+            k = min(top, (pfn & -pfn).bit_length() - 1 if pfn else top,
+                    (end - pfn).bit_length() - 1)
+            out.append((pfn << spec.PAGE_SHIFT, spec.PAGE_SHIFT + k))
+            pfn += 1 << k
+        return out
+
+
+class IovaDma(DmaApi):
+    """IOVA mode: Linux dma-iommu over the guest's IOMMU domain (``sw.iommu``).
+
+    ``map`` allocates an IOVA range for the pages the buffer touches (:class:`IovaAllocator`:
+    top-down below ``limit_pfn``, power-of-two sizes under 32 pages, size aligned), maps each
+    page at the next IOVA page in ``table`` with the permission Linux ``dma_info_to_prot``
+    gives (TO_DEVICE: the device may read; FROM_DEVICE: write; BIDIRECTIONAL: both) and
+    returns the IOVA of the buffer's first byte. The IOTLB is not touched (the hypervisor fills
+    it on a miss) unless ``prefetch``, which inserts the new pages at once.
+
+    ``unmap`` with ``strict`` (``iommu.strict=1``, the default): remove the pages from the
+    table, invalidate the range in the IOTLB (one command per aligned power of two), wait for
+    ``HV_SYNC``, and only then free the IOVA range. Without ``strict`` (lazy, Linux's flush
+    queue): the IOTLB may keep the old translation until :meth:`flush` (invalidate all and
+    sync), which runs when ``flush_queue_size`` unmaps are pending; their IOVAs are reused only
+    after it.
+    """
+
+    requires_access_platform = True
+
+    def __init__(self, hv: Hypervisor, table: IommuPageTable | None = None,
+                 allocator: IovaAllocator | None = None, *, strict: bool = True,
+                 prefetch: bool = False, flush_queue_size: int = 256) -> None:
+        self.hv = hv
+        self.table = IommuPageTable() if table is None else table
+        self.iovad = IovaAllocator() if allocator is None else allocator
+        self.strict = strict
+        self.prefetch = prefetch
+        self.flush_queue_size = flush_queue_size
+        self.mappings: dict[int, IovaMapping] = {}  # handle -> mapping
+        self._unmapped: set[int] = set()  # handles unmapped and not handed out again
+        self._flush_queue: list[IovaMapping] = []
+
+    @classmethod
+    async def create(cls, hv: Hypervisor, table: IommuPageTable | None = None,
+                     **kw: object) -> IovaDma:
+        """Backend for a device with an IOTLB (``HV_IOTLB_ENTRIES`` non-zero)."""
+        n = await hv.iotlb_entries()
+        if n == 0:
+            raise HypervisorError("HV_IOTLB_ENTRIES reads 0: this device has no IOTLB, so no "
+                                  "IOVA mode")
+        return cls(hv, table, **kw)  # type: ignore[arg-type]
+
+    @staticmethod
+    def prot(direction: Direction) -> tuple[bool, bool]:
+        """``(read, write)`` the device gets: Linux ``dma_info_to_prot``."""
+        return {Direction.BIDIRECTIONAL: (True, True), Direction.TO_DEVICE: (True, False),
+                Direction.FROM_DEVICE: (False, True)}[direction]
+
+    async def map(self, buf: GuestBuffer, direction: Direction) -> int:
+        direction = self._check_direction(direction)
+        frames = list(buf.used_pages)
+        read, write = self.prot(direction)
+        pfn = self.iovad.alloc(len(frames))
+        m = IovaMapping(pfn, self.iovad.size_of(pfn) or len(frames), frames, buf.offset,
+                        direction, read, write)
+        done: list[IommuMapping] = []
+        try:
+            for i, frame in enumerate(frames):
+                done.append(self.table.map((pfn + i) << spec.PAGE_SHIFT,
+                                           frame << spec.PAGE_SHIFT, read=read, write=write))
+        except BaseException:
+            for d in done:
+                self.table.unmap(d.iova)
+            self.iovad.free(pfn)
+            raise
+        self.mappings[m.handle] = m
+        self._unmapped.discard(m.handle)
+        if self.prefetch:
+            for d in done:
+                await self.hv.iotlb_insert(d.iova, d.pa, d.size_log2, d.read, d.write)
+        return m.handle
+
+    def lookup(self, handle: int) -> IovaMapping | None:
+        """The live mapping whose pages hold the IOVA ``handle`` (any byte of them)."""
+        for m in self.mappings.values():
+            if m.iova <= handle < m.end:
+                return m
+        return None
+
+    async def unmap(self, handle: int) -> None:
+        m = self.mappings.pop(handle, None)
+        if m is None:
+            if handle in self._unmapped:
+                raise DmaMappingError(f"double unmap of IOVA {handle:#x}: it was already "
+                                      "unmapped")
+            inside = self.lookup(handle)
+            where = (f"; it lies inside the mapping at {inside.handle:#x}, and unmap takes "
+                     "the address map returned" if inside else "")
+            raise DmaMappingError(f"unmap of IOVA {handle:#x}, which is not mapped{where}")
+        self._unmapped.add(handle)
+        self.table.unmap(m.iova, m.end - m.iova)
+        if not self.strict:
+            self._flush_queue.append(m)
+            if len(self._flush_queue) >= self.flush_queue_size:
+                await self.flush()
+            return
+        for iova, size_log2 in m.invalidate_ranges():
+            await self.hv.iotlb_invalidate(iova, size_log2)
+        await self.hv.sync()
+        self.iovad.free(m.pfn)
+
+    async def flush(self) -> None:
+        """Lazy mode: invalidate the whole IOTLB, sync, then free the queued IOVA ranges."""
+        if not self._flush_queue:
+            return
+        await self.hv.iotlb_invalidate_all()
+        await self.hv.sync()
+        for m in self._flush_queue:
+            self.iovad.free(m.pfn)
+        self._flush_queue.clear()
+
+
+async def dma_for_mode(hv: Hypervisor, mode: bool | int, domid: int, *,
+                       table: IommuPageTable | None = None, **kw: object) -> DmaApi:
+    """The backend Linux would use for the device in ``mode`` (``spec.MODE_*``, or the
+    foundation's bool): identity in GPA mode, grant DMA in mode 1, dma-iommu in mode 2 (over
+    ``table``, the page table the hypervisor's :class:`sw.iommu.IommuModel` answers from).
+    ``kw`` goes to the backend's ``create``."""
+    if mode == spec.MODE_IOVA:
+        return await IovaDma.create(hv, table, **kw)
+    if mode == spec.MODE_GRANT:
+        return await GrantDma.create(hv, domid, **kw)  # type: ignore[arg-type]
+    if mode == spec.MODE_GPA:
+        return IdentityDma()
+    raise ValueError(f"mode must be 0 (GPA), 1 (grant handles) or 2 (IOVA), not {mode!r}")

@@ -255,9 +255,10 @@ class VirtioBlkDriver:
                     f"device does not offer VIRTIO_F_VERSION_1 (features {dev:#x})"))
             if self.dma.requires_access_platform and not dev >> spec.VIRTIO_F_ACCESS_PLATFORM & 1:
                 await self._fail(InitError(
-                    f"the DMA backend ({type(self.dma).__name__}) hands out grant handles, but "
-                    f"the device does not offer VIRTIO_F_ACCESS_PLATFORM (features {dev:#x}): "
-                    "it would treat them as physical addresses"))
+                    f"the DMA backend ({type(self.dma).__name__}) hands out handles (grant "
+                    "references or IOVAs), but the device does not offer "
+                    f"VIRTIO_F_ACCESS_PLATFORM (features {dev:#x}): it would treat them as "
+                    "physical addresses"))
             drv = dev & SUPPORTED_FEATURES
         else:
             drv = override
@@ -301,7 +302,8 @@ class VirtioBlkDriver:
         if self.seed is not None:
             random.Random(self.seed).shuffle(order)
         self._free = deque(order)
-        # Linux maps the (coherent) ring like any DMA buffer: handles in handle mode.
+        # Linux maps the (coherent) ring like any DMA buffer: grant handles in mode 1, IOVAs
+        # in mode 2.
         for buf, direction in ((self.desc_buf, TO_DEVICE), (self.avail_buf, TO_DEVICE),
                                (self.used_buf, FROM_DEVICE)):
             self._ring_handles.append(await self.dma.map(buf, direction))

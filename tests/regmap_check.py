@@ -14,8 +14,9 @@ from models.regmap import Access, Register, RegisterMap
 U32 = 0xFFFF_FFFF
 PROBES = (U32, 0x5A5A_A5A5, 0xA5A5_5A5A)
 #: Write data for registers whose meaning gives some bits a rule of their own: Status refuses
-#: FEATURES_OK (no driver features were written), keeps DEVICE_NEEDS_RESET, and 0 resets.
-SPECIAL_PROBES = {"Status": (0xFFFF_FF07, 0x5A5A_A503)}
+#: FEATURES_OK (no driver features were written), keeps DEVICE_NEEDS_RESET, and 0 resets;
+#: HV_CTRL ignores a write of mode 3 (docs/iotlb.md).
+SPECIAL_PROBES = {"Status": (0xFFFF_FF07, 0x5A5A_A503), "HV_CTRL": (0xFFFF_FFFE, 0x5A5A_A5A5)}
 #: What a register reads after any write, where its meaning says so: the barrier of HV_SYNC
 #: completes at once with nothing in flight.
 READS_AFTER_WRITE = {"HV_SYNC": 1}

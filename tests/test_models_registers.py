@@ -225,8 +225,15 @@ def test_hv_registers():
     assert h.read(spec.HV_VERSION) == spec.HV_VERSION_VALUE
     assert h.read(spec.HV_ENTRIES) == 64
     assert h.read(spec.HV_CTRL) == 0 and h.read(spec.HV_DOMID) == 0
-    h.write(spec.HV_CTRL, 0xFFFF_FFFF)
+    h.write(spec.HV_CTRL, 0xFFFF_FFFD)  # bits 1:0 are the mode (docs/iotlb.md)
     assert h.read(spec.HV_CTRL) == 1 and d.handle_mode
+    h.write(spec.HV_CTRL, 0xFFFF_FFFF)  # mode 3: unchanged
+    assert h.read(spec.HV_CTRL) == 1 and d.handle_mode
+    h.write(spec.HV_CTRL, 0xFFFF_FFFE)  # IOVA mode is not grant mode
+    assert h.read(spec.HV_CTRL) == 2 and not d.handle_mode
+    h.write(spec.HV_CTRL, 3)
+    assert h.read(spec.HV_CTRL) == 2
+    h.write(spec.HV_CTRL, 1)
     h.write(spec.HV_DOMID, 0x1234_5678)
     assert h.read(spec.HV_DOMID) == 0x5678
     for off in (spec.HV_VERSION, spec.HV_ENTRIES, spec.HV_FAULT_CAUSE, spec.HV_FAULT_COUNT):
@@ -307,7 +314,7 @@ def test_ports_follow_the_maps(kw):
     ``rst``), access, widths, QueueSel and the selectors, the grant array, unmapped words."""
     d = dev_(**kw)
     params = {"queue_num_max": d.queue_num_max, "disk_bytes / 512": d.disk_bytes // 512,
-              "entries": d.entries}
+              "entries": d.entries, "iotlb_entries": d.iotlb_entries}
     for _ in range(2):
         asyncio.run(check_map(GUEST, d.guest, params, window=0x200))
         asyncio.run(check_map(HV, d.hv, params, window=spec.HV_GRANT_BASE))
@@ -319,5 +326,5 @@ def test_maps_name_every_offset_of_the_specification():
     for prefix, regmap in (("MMIO_", GUEST), ("HV_", HV)):
         named = sorted(value for name, value in vars(spec).items() if name.startswith(prefix)
                        and name not in ("MMIO_VERSION_VALUE", "HV_VERSION_VALUE",
-                                        "HV_CTRL_HANDLE_MODE"))
+                                        "HV_CTRL_HANDLE_MODE", "HV_CTRL_MODE_MASK"))
         assert named == [reg.offset for reg in regmap]
