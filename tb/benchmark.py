@@ -33,7 +33,7 @@ WIDTHS = (32, 64, 128)
 DEFAULT = {"data_width": 64, "mem_latency": 4}
 HV_LATENCIES = (0, 16, 64, 256)  # cycles the hypervisor waits before answering a miss
 IOTLB_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
-SWEEP = {"in_flight": 8, "pool_pages": 1024, "hv_latency": 32, "seed": 1}
+SWEEP = {"in_flight": 8, "pool_pages": 256, "hv_latency": 32, "seed": 1}
 
 
 def plan(quick: bool) -> list[dict]:
