@@ -12,7 +12,7 @@ follows the cycle its ``MISS_RESOLVE`` write was accepted.
 Parameters (:func:`tb.runner.params`): ``latency`` (memory), ``out`` (JSON lines appended),
 and any of
 
-* ``warm``: workload rows (as ``tb.bench_sweep``); the row's first notify fills the IOTLB (the
+* ``warm``: workload rows (as ``tb.bench_sweep``); the row's first request fills the IOTLB (the
   1 GiB page covers every page the row uses), then the whole row runs, measured, with
   ``STAT_IOTLB_MISSES`` unchanged;
 * ``miss``: ``{"rows": [...], "hv_latencies": [...]}``: per row and hypervisor latency, the
@@ -204,8 +204,9 @@ async def test_iova(dut):
     capacity = cfg.disk_bytes // spec.SECTOR_SIZE
     for i, row in enumerate(p.get("warm", [])):
         bench.policy = WHOLE
-        # the row's first notify inserts the one mapping that covers every page the row uses
-        await bench.run(requests_for(row, capacity, random.Random(i))[:1], expect_misses=True)
+        # the row's first request inserts the one mapping that covers every page the row uses
+        first = requests_for(row, capacity, random.Random(i))[0][:1]
+        await bench.run([first], expect_misses=True)
         m = await bench.run(requests_for(row, capacity, random.Random(i)), expect_misses=False)
         assert m["cycles"] == m["warm_predicted"]
         emit(p["out"], {"kind": "warm", **row, **common, **m, "mode": "iova"})
@@ -214,7 +215,7 @@ async def test_iova(dut):
         for hv_latency in miss["hv_latencies"]:
             bench.policy = WHOLE
             batches = requests_for(row, capacity, random.Random(100 + i))
-            await bench.run(batches[:1], expect_misses=True)  # the 1 GiB entry in
+            await bench.run([batches[0][:1]], expect_misses=True)  # the 1 GiB entry in
             warm = await bench.run(batches, expect_misses=False)
             bench.policy, bench.server.latency = SMALL, hv_latency
             cold = await bench.run(batches, expect_misses=True, invalidate=True)
