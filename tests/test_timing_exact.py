@@ -70,7 +70,7 @@ def test_cycle_exact_iova_misses(tmp_path):
 @pytest.mark.parametrize(("entries", "width"), [(8, 64), (16, 128)])
 def test_cycle_exact_iova_evictions(entries, width, tmp_path):
     """Reads and writes over more pages than the IOTLB holds: misses and evictions."""
-    iova({"latency": 4, "sweep": {"requests": 24, "in_flight": 4, "pool_pages": 256,
+    iova({"latency": 4, "sweep": {"requests": 24, "in_flight": 4, "pool_pages": 48,
                                   "hv_latency": 11, "seed": entries, "mixed": True}},
          tmp_path, name=f"timing_iova_sweep_{entries}", iotlb_entries=entries,
          data_width=width)
