@@ -14,6 +14,7 @@ RTL or its traces.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from models import spec
@@ -75,6 +76,10 @@ class TimedDevice(ReferenceDevice):
         self.kicks: list[list[_Round]] = []
         self._step = ""
         self._sink: list[_Access] | None = None
+        # IOVA mode: for each IOTLB miss raised (``self.misses``, in order), the transaction
+        # whose page it was raised for: the index the page's first burst gets in
+        # ``transactions``
+        self.miss_txns: list[int] = []
 
     # -- recording ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -156,12 +161,50 @@ class TimedDevice(ReferenceDevice):
             req.goal = len(data)
         super()._write_range(descs, start, data)
 
+    def _translate_iova(self, iova, write):
+        before = len(self.misses)
+        try:
+            return super()._translate_iova(iova, write)
+        finally:  # (the page's burst, if any, is the next transaction)
+            self.miss_txns += [len(self.transactions)] * (len(self.misses) - before)
+
+    def clear_records(self) -> None:
+        super().clear_records()
+        self.miss_txns = []
+
     # -- timing -------------------------------------------------------------------------------
-    def schedule(self, kick: int, *, latency: int) -> KickSchedule:
-        """Cycles of the ``kick``-th accepted notify's work (docs/timing.md, all rules)."""
+    def schedule(self, kick: int, *, latency: int,
+                 resolved: Mapping[int, int] | None = None) -> KickSchedule:
+        """Cycles of the ``kick``-th accepted notify's work (docs/timing.md, all rules).
+
+        IOVA mode: every lookup that hit costs what a grant lookup costs. ``resolved`` maps
+        the index of a miss (in ``misses``) to the cycle, counted from this notify, in which
+        the hypervisor's ``MISS_RESOLVE`` write that answered it was accepted on ``s_hv``; a
+        miss of this kick not in ``resolved`` raises ``ValueError``. Without ``resolved``
+        (None) every lookup is taken as a hit: the warm-IOTLB prediction of the same requests.
+        """
         if self.faults:
             raise ValueError("the timing model covers fault-free runs only")
-        return _Scheduler(self.data_width, latency).run(self.kicks[kick])
+        waits: dict[int, int] | None = None
+        if resolved is not None:
+            last = {}  # transaction -> the miss answered last before its burst
+            for k, t in enumerate(self.miss_txns):
+                last[t] = k
+            ids = {id(x): i for i, x in enumerate(self.transactions)}
+            waits = {}
+            for rnd in self.kicks[kick]:
+                accesses = ([rnd.poll] if rnd.poll else []) + [
+                    a for r in rnd.requests for a in r.accesses]
+                for acc in accesses:
+                    for txn in acc.txns:
+                        k = last.get(ids[id(txn)])
+                        if k is None:
+                            continue
+                        if k not in resolved:
+                            raise ValueError(f"miss {k} ({self.misses[k][0]:#x}) has no "
+                                             "resolve cycle")
+                        waits[id(txn)] = resolved[k]
+        return _Scheduler(self.data_width, latency, waits).run(self.kicks[kick])
 
 
 class _Scheduler:
@@ -171,9 +214,17 @@ class _Scheduler:
     W_LATENCY = 4  # a write beat leaves on the W channel this many cycles after it enters
     LOOKUP = 3  # a page's lookup answers this many cycles after the address handshake
 
-    def __init__(self, data_width: int, latency: int) -> None:
+    # docs/timing.md "IOVA misses": the burst's address handshake is RESOLVE_TO_ISSUE cycles
+    # after the MISS_RESOLVE write's acceptance (stale seen in ISSUE, XLATE, XKEEP, the lookup's
+    # three cycles, ISSUE), or that many after the cycle ISSUE would have issued it, when the
+    # hypervisor answered before the DMA engine got there
+    RESOLVE_TO_ISSUE = 5
+
+    def __init__(self, data_width: int, latency: int,
+                 waits: dict[int, int] | None = None) -> None:
         self.width = data_width
         self.L = latency
+        self.waits = waits or {}  # id(transaction) -> its miss's resolve cycle
         self.out = KickSchedule()
         self.last_b = -1  # cycle of the latest write response
         self.outstanding: list[int] = []  # response cycles of posted writes
@@ -183,11 +234,18 @@ class _Scheduler:
         # a burst's page offset is the same virtually and physically
         return (txn.addr + txn.nbytes) % spec.PAGE_SIZE == 0
 
+    def _after_miss(self, txn: Transaction, issue: int) -> int:
+        """The address handshake of ``txn``, which ISSUE would make at ``issue`` on a hit."""
+        r = self.waits.get(id(txn))
+        if r is None:
+            return issue
+        return max(issue, r + 1) + self.RESOLVE_TO_ISSUE - 1
+
     # DMA commands: accepted in cycle a; return the cycle of `done`.
     def read(self, a: int, txns: list[Transaction]) -> int:
         t = a
         for txn in txns:
-            ar = t + 2  # ADDR, then ISSUE with the address handshake
+            ar = self._after_miss(txn, t + 2)  # ADDR, then ISSUE with the address handshake
             beats = txn.beats(self.width)
             self.out.handshakes.append(Handshake("R", txn.addr, beats, ar))
             t = ar + self.L + beats  # the last beat; the next burst's ADDR follows
@@ -197,7 +255,7 @@ class _Scheduler:
         t = a
         ready = 0  # the earliest address cycle the next burst's translation allows
         for i, txn in enumerate(txns):
-            aw = max(t + 2, ready)
+            aw = self._after_miss(txn, max(t + 2, ready))
             beats = txn.beats(self.width)
             self.out.handshakes.append(Handshake("W", txn.addr, beats, aw))
             self.outstanding = [b for b in self.outstanding if b >= aw]

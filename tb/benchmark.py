@@ -7,6 +7,11 @@ Runs every workload row in both modes under the deterministic memory (``tb/detme
 simulator process per (mode, memory latency, data width), checks every completion's cycle
 against ``models.timing``, and writes ``results.json``, ``results.md`` and ``overhead.png``.
 Cycle counts are exact: each process also runs one row twice and asserts the same count.
+
+IOVA mode (``tb/bench_iova.py``, docs/bench-iova.md): the same rows on a warm IOTLB (ratio to
+GPA), the device's own cycles per miss beyond the hypervisor's latency, and hit rate and cycles
+per request against ``IOTLB_ENTRIES`` (``iova.md``, ``iotlb.png``, the ``iova`` part of
+``results.json``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ SIZES = (512, 4096, 16384, 65536)
 LATENCIES = (0, 4, 32)
 WIDTHS = (32, 64, 128)
 DEFAULT = {"data_width": 64, "mem_latency": 4}
+HV_LATENCIES = (0, 16, 64, 256)  # cycles the hypervisor waits before answering a miss
+IOTLB_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
+SWEEP = {"in_flight": 8, "pool_pages": 256, "hv_latency": 32, "seed": 1}
 
 
 def plan(quick: bool) -> list[dict]:
@@ -47,10 +55,41 @@ def plan(quick: bool) -> list[dict]:
         for handle_mode in (False, True):
             procs.append({"data_width": width, "latency": latency, "handle_mode": handle_mode,
                           "rows": rows, "repeat": 0})
+        if width == 64:  # IOVA on a warm IOTLB: the same rows
+            procs.append({"bench": "iova", "name": f"w{width}_l{latency}_iova_warm",
+                          "data_width": width, "latency": latency, "rows": rows,
+                          "params": {"latency": latency, "warm": rows}})
+    miss_rows = [{"size": s, "pattern": "seq", "align": "aligned", "in_flight": 1}
+                 for s in (4096, 65536)]
+    hv = (0, 64) if quick else HV_LATENCIES
+    procs.append({"bench": "iova", "name": "w64_l4_iova_miss", "data_width": 64, "latency": 4,
+                  "rows": [{} for _ in range(len(miss_rows) * len(hv))],
+                  "params": {"latency": 4, "miss": {"rows": miss_rows, "hv_latencies": hv}}})
+    for n in ((8, 32, 128, 512) if quick else IOTLB_SIZES):
+        procs.append({"bench": "iova", "name": f"w64_l4_iova_t{n}", "data_width": 64,
+                      "latency": 4, "iotlb_entries": n, "rows": [{}],
+                      "params": {"latency": 4, "sweep": {
+                          **SWEEP, "requests": 128 if quick else 256}}})
+    # the longest processes first: two workers stay busy to the end
+    procs.sort(key=lambda p: -sum(r.get("size", 4096) * r.get("in_flight", 1) *
+                                  (2 if p.get("bench") else 1) for r in p["rows"]))
     return procs
 
 
 def run_proc(proc: dict, out_dir: Path) -> Path:
+    if proc.get("bench") == "iova":
+        out = (out_dir / "raw" / f"{proc['name']}.jsonl").resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("")
+        cfg = DeviceConfig(data_width=proc["data_width"],
+                           iotlb_entries=proc.get("iotlb_entries", DeviceConfig.iotlb_entries))
+        tests, failed, xml = run("tb.bench_iova", cfg, testcase="test_iova",
+                                 params={**proc["params"], "out": str(out)},
+                                 extra_env={"COCOTB_LOG_LEVEL": "WARNING"},
+                                 results_name=f"bench_{proc['name']}")
+        if tests != 1 or failed:
+            raise RuntimeError(f"benchmark process {out.name} failed; see {xml}")
+        return out
     mode = "handle" if proc["handle_mode"] else "gpa"
     out = (out_dir / "raw" / f"w{proc['data_width']}_l{proc['latency']}_{mode}.jsonl").resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +111,7 @@ def rows_from(raw_files: list[Path]) -> list[dict]:
     for path in raw_files:
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            if "repeat_check" in r:
+            if "repeat_check" in r or r.get("kind") in ("miss", "sweep"):
                 continue
             ident = tuple(r[k] for k in ("mode", "size", "pattern", "align", "in_flight",
                                          "mem_latency", "data_width"))
@@ -81,6 +120,8 @@ def rows_from(raw_files: list[Path]) -> list[dict]:
             seen.add(ident)
             n = r["requests"]
             cpr = r["cycles"] / n
+            if r.get("kind") == "warm":  # (IOVA: the same requests' bound, from the GPA row)
+                r = {**r, "translations": r["hits"], "bound": None, "data_beats": None}
             rows.append({
                 "workload": f"{r['pattern']}-{r['align']}-read",
                 "mode": r["mode"],
@@ -90,10 +131,12 @@ def rows_from(raw_files: list[Path]) -> list[dict]:
                 "data_width": r["data_width"],
                 "cycles_per_request": round(cpr, 3),
                 "bytes_per_cycle": round(r["size"] / cpr, 4),
-                "bus_utilisation": round(r["data_beats"] / r["cycles"], 4),
+                "bus_utilisation": (None if r["data_beats"] is None
+                                    else round(r["data_beats"] / r["cycles"], 4)),
                 "translations_per_request": round(r["translations"] / n, 3),
-                "bound_cycles_per_request": round(r["bound"] / n, 3),
-                "above_bound": round(cpr / (r["bound"] / n), 4),
+                "bound_cycles_per_request": (None if r["bound"] is None
+                                             else round(r["bound"] / n, 3)),
+                "above_bound": None if r["bound"] is None else round(cpr / (r["bound"] / n), 4),
             })
     key = ("workload", "request_bytes", "in_flight", "mem_latency", "data_width")
     gpa = {tuple(r[k] for k in key): r for r in rows if r["mode"] == "gpa"}
@@ -101,6 +144,10 @@ def rows_from(raw_files: list[Path]) -> list[dict]:
         g = gpa.get(tuple(r[k] for k in key))
         r["handle_gpa_ratio"] = round(r["cycles_per_request"] / g["cycles_per_request"], 4) \
             if g else None
+        if g and r["bound_cycles_per_request"] is None:  # IOVA: the same bus transactions
+            for k in ("bus_utilisation", "bound_cycles_per_request"):
+                r[k] = g[k]
+            r["above_bound"] = round(r["cycles_per_request"] / g["bound_cycles_per_request"], 4)
     rows.sort(key=lambda r: (r["data_width"], r["mem_latency"], r["workload"], r["in_flight"],
                              r["request_bytes"], r["mode"]))
     return rows
@@ -110,11 +157,14 @@ def markdown(rows: list[dict]) -> str:
     head = ("| data width | latency | workload | in flight | request | mode | cycles/req | "
             "bytes/cycle | bus util. | xlate/req | bound | x bound | handle/GPA |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    def f(v, spec):
+        return "" if v is None else format(v, spec)
+
     lines = [f"| {r['data_width']} | {r['mem_latency']} | {r['workload']} | {r['in_flight']} "
              f"| {r['request_bytes']} | {r['mode']} | {r['cycles_per_request']:.1f} | "
-             f"{r['bytes_per_cycle']:.2f} | {r['bus_utilisation']:.3f} | "
-             f"{r['translations_per_request']:.1f} | {r['bound_cycles_per_request']:.1f} | "
-             f"{r['above_bound']:.3f} | "
+             f"{r['bytes_per_cycle']:.2f} | {f(r['bus_utilisation'], '.3f')} | "
+             f"{r['translations_per_request']:.1f} | "
+             f"{f(r['bound_cycles_per_request'], '.1f')} | {f(r['above_bound'], '.3f')} | "
              f"{'' if r['handle_gpa_ratio'] is None else format(r['handle_gpa_ratio'], '.4f')} |"
              for r in rows]
     return head + "\n".join(lines) + "\n"
@@ -143,6 +193,115 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("handle / GPA cycles per request")
     ax.set_title("Cost of handle translation (data width 64, sequential aligned reads)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def iova_from(raw_files: list[Path]) -> dict:
+    """The IOVA miss and IOTLB-size rows (docs/bench-iova.md defines every figure)."""
+    miss, sweep = [], []
+    for path in raw_files:
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("kind") == "miss":
+                extra = r["cycles"] - r["warm_cycles"]
+                miss.append({
+                    "workload": f"{r['pattern']}-{r['align']}-read", "request_bytes": r["size"],
+                    "in_flight": r["in_flight"], "mem_latency": r["mem_latency"],
+                    "data_width": r["data_width"], "iotlb_entries": r["iotlb_entries"],
+                    "hv_latency": r["hv_latency"], "requests": r["requests"],
+                    "misses": r["misses"], "misses_per_request": round(r["misses"] /
+                                                                       r["requests"], 3),
+                    "cycles_per_request": round(r["cycles"] / r["requests"], 3),
+                    "warm_cycles_per_request": round(r["warm_cycles"] / r["requests"], 3),
+                    "held_per_miss": round(r["held"] / r["misses"], 3),
+                    "extra_per_miss": round(extra / r["misses"], 3),
+                    "own_cycles_per_miss": round((extra - r["held"]) / r["misses"], 3),
+                })
+            elif r.get("kind") == "sweep":
+                # every page access ends in one hit (a miss's second lookup hits: the page was
+                # inserted), so HITS counts accesses and HITS - MISSES the first-time hits
+                lookups = r["hits"]
+                sweep.append({
+                    "iotlb_entries": r["iotlb_entries"], "pool_pages": r["pool_pages"],
+                    "requests": r["requests"], "in_flight": r["in_flight"],
+                    "hv_latency": r["hv_latency"], "mem_latency": r["mem_latency"],
+                    "data_width": r["data_width"],
+                    "hit_rate": round((r["hits"] - r["misses"]) / lookups, 4),
+                    "lookups_per_request": round(lookups / r["requests"], 3),
+                    "misses_per_request": round(r["misses"] / r["requests"], 3),
+                    "cycles_per_request": round(r["cycles"] / r["requests"], 3),
+                    "warm_cycles_per_request": round(r["warm_predicted"] / r["requests"], 3),
+                    "held_per_request": round(r["held"] / r["requests"], 3),
+                    "own_cycles_per_miss": (round((r["cycles"] - r["warm_predicted"]
+                                                   - r["held"]) / r["misses"], 3)
+                                            if r["misses"] else None),
+                })
+    miss.sort(key=lambda r: (r["request_bytes"], r["hv_latency"]))
+    sweep.sort(key=lambda r: r["iotlb_entries"])
+    return {"miss": miss, "iotlb_size": sweep}
+
+
+def iova_markdown(rows: list[dict], iova: dict) -> str:
+    out = ["## IOVA on a warm IOTLB against GPA (data width 64)\n",
+           "| latency | workload | in flight | request | GPA cycles/req | IOVA cycles/req | "
+           "IOVA/GPA |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["mode"] == "iova":
+            ratio = r["handle_gpa_ratio"]
+            g = f"{r['cycles_per_request'] / ratio:.1f}" if ratio else ""
+            out.append(f"| {r['mem_latency']} | {r['workload']} | {r['in_flight']} | "
+                       f"{r['request_bytes']} | {g} | {r['cycles_per_request']:.1f} | "
+                       f"{'' if ratio is None else format(ratio, '.4f')} |")
+    out += ["", "## IOTLB misses: the device's own cycles per miss (memory latency 4)\n",
+            "| request | hv latency | misses/req | cycles/req | warm cycles/req | "
+            "held/miss | extra/miss | own cycles/miss |", "|---|---|---|---|---|---|---|---|"]
+    for r in iova["miss"]:
+        out.append(f"| {r['request_bytes']} | {r['hv_latency']} | {r['misses_per_request']:.2f}"
+                   f" | {r['cycles_per_request']:.1f} | {r['warm_cycles_per_request']:.1f} | "
+                   f"{r['held_per_miss']:.2f} | {r['extra_per_miss']:.2f} | "
+                   f"{r['own_cycles_per_miss']:.2f} |")
+    out += ["", "## Hit rate against IOTLB entries (4 KiB reads over a pool of pages)\n",
+            "| IOTLB entries | pool pages | requests | hit rate | misses/req | cycles/req | "
+            "warm cycles/req | hv held/req | own cycles/miss |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in iova["iotlb_size"]:
+        own = "" if r["own_cycles_per_miss"] is None else f"{r['own_cycles_per_miss']:.2f}"
+        out.append(f"| {r['iotlb_entries']} | {r['pool_pages']} | {r['requests']} | "
+                   f"{r['hit_rate']:.4f} | {r['misses_per_request']:.2f} | "
+                   f"{r['cycles_per_request']:.1f} | {r['warm_cycles_per_request']:.1f} | "
+                   f"{r['held_per_request']:.1f} | {own} |")
+    return "\n".join(out) + "\n"
+
+
+def iova_plot(sweep: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not sweep:
+        return
+    n = [r["iotlb_entries"] for r in sweep]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(n, [r["hit_rate"] for r in sweep], "-o", color="tab:blue", label="hit rate")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(n, [str(x) for x in n])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("IOTLB entries")
+    ax.set_ylabel("hit rate (page accesses)", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(n, [r["cycles_per_request"] for r in sweep], "--s", color="tab:red",
+             label="cycles per request")
+    ax2.plot(n, [r["warm_cycles_per_request"] for r in sweep], ":", color="grey",
+             label="cycles per request, all hits")
+    ax2.set_ylabel("cycles per request", color="tab:red")
+    ax2.set_ylim(0, None)
+    s = sweep[0]
+    ax.set_title(f"4 KiB reads over {s['pool_pages']} pages, {s['in_flight']} in flight, "
+                 f"hypervisor latency {s['hv_latency']}", fontsize=10)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -210,17 +369,31 @@ def report(files: list[Path], out: Path, t0: float) -> int:
     (args_out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args_out / "results.md").write_text(markdown(rows))
     plot(rows, args_out / "overhead.png")
+    iova = iova_from(files)
+    (args_out / "iova.json").write_text(json.dumps(iova, indent=1) + "\n")
+    (args_out / "iova.md").write_text(iova_markdown(rows, iova))
+    iova_plot(iova["iotlb_size"], args_out / "iotlb.png")
     default = [r for r in rows if r["data_width"] == DEFAULT["data_width"]
                and r["mem_latency"] == DEFAULT["mem_latency"] and r["mode"] == "handle"
                and r["workload"] == "seq-aligned-read"]
     print(f"\n{len(rows)} rows in {time.monotonic() - t0:.0f} s; wrote {args_out}/results.json, "
-          f"results.md, overhead.png")
+          f"results.md, overhead.png, iova.json, iova.md, iotlb.png")
     print("\ndata width 64, memory latency 4, sequential aligned reads (handle mode):")
     print("  in flight  request   cycles/req  bytes/cycle  x bound  handle/GPA")
     for r in default:
         print(f"  {r['in_flight']:9d}  {r['request_bytes']:7d}  {r['cycles_per_request']:11.1f}"
               f"  {r['bytes_per_cycle']:11.2f}  {r['above_bound']:7.3f}  "
               f"{r['handle_gpa_ratio']:.4f}")
+    print("\nIOVA, warm IOTLB (IOVA/GPA):",
+          ", ".join(f"{r['request_bytes']}x{r['in_flight']} {r['handle_gpa_ratio']:.4f}"
+                    for r in rows if r["mode"] == "iova" and r["data_width"] == 64
+                    and r["mem_latency"] == 4 and r["workload"] == "seq-aligned-read"))
+    print("IOVA misses, own cycles per miss (request, hypervisor latency):",
+          ", ".join(f"{r['request_bytes']}@{r['hv_latency']}: {r['own_cycles_per_miss']:.2f}"
+                    for r in iova["miss"]))
+    print("IOTLB entries -> hit rate, cycles/request:",
+          ", ".join(f"{r['iotlb_entries']}: {r['hit_rate']:.3f}, {r['cycles_per_request']:.0f}"
+                    for r in iova["iotlb_size"]))
     return 0
 
 

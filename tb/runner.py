@@ -37,11 +37,15 @@ class DeviceConfig:
     entries: int = spec.DEFAULT_ENTRIES
     queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX
     disk_bytes: int = spec.DEFAULT_DISK_BYTES
+    iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES
 
     @property
     def tag(self) -> str:
+        # (the default IOTLB adds nothing: the build directories of before it stay valid)
+        iotlb = ("" if self.iotlb_entries == spec.DEFAULT_IOTLB_ENTRIES
+                 else f"_t{self.iotlb_entries}")
         return (f"w{self.data_width}_e{self.entries}_q{self.queue_num_max}"
-                f"_d{self.disk_bytes}")
+                f"_d{self.disk_bytes}{iotlb}")
 
     @classmethod
     def from_env(cls) -> DeviceConfig:
@@ -104,7 +108,8 @@ def build(config: DeviceConfig, *, waves: bool = False, quiet: bool = False) -> 
     return compile_top(
         ROOT / "build" / "sim" / (config.tag + ("_waves" if waves else "")), TOP,
         lambda v: generate(v, data_width=config.data_width, entries=config.entries,
-                           queue_num_max=config.queue_num_max, disk_bytes=config.disk_bytes),
+                           queue_num_max=config.queue_num_max, disk_bytes=config.disk_bytes,
+                           iotlb_entries=config.iotlb_entries),
         waves=waves, quiet=quiet)
 
 
