@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--entries", type=int, default=8)
     ap.add_argument("--prove-depth", type=int, default=3)
     ap.add_argument("--cover-depth", type=int, default=16)
-    ap.add_argument("--bmc-depth", type=int, default=14,
+    ap.add_argument("--bmc-depth", type=int, default=16,
                     help="depth of the bounded check each mutant must fail")
     ap.add_argument("--tasks", nargs="*", default=["prove", "cover"])
     ap.add_argument("--mutants", nargs="*", default=list(MUTANTS),

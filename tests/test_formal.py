@@ -41,7 +41,7 @@ def test_iotlb_proof(capsys):
 def test_iotlb_proof_bites(capsys):
     """Each mutant (a compare that ignores a page bit, an invalidation that clears only one of
     the two sets it reads, an answer not marked stale when a command starts) fails the
-    properties within 14 cycles of reset."""
+    properties within 16 cycles of reset."""
     problem = translate.check_tools()
     if problem:
         pytest.skip(f"formal tools missing: {problem}")
@@ -49,7 +49,7 @@ def test_iotlb_proof_bites(capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     for name in iotlb.MUTANTS:
-        assert f"mutant {name} bmc    (bounded, depth 14): FAIL as it must" in out, out
+        assert f"mutant {name} bmc    (bounded, depth 16): FAIL as it must" in out, out
 
 
 def test_iotlb_mutants_apply():
