@@ -2,7 +2,8 @@
 
 The harness instantiates :class:`rtl.iotlb.Iotlb` unchanged (8 entries: 4 sets of 2 ways),
 drives every input with a free value each cycle (``AnySeq``: the staged mapping, the command,
-the sets and key of a lookup, ``rst``) and checks its answers against a *shadow* of the
+the sets, ``key``, ``fast_key``, ``fast``, ``write`` and ``enable`` of a lookup, ``rst``) and
+checks its answers against a *shadow* of the
 mappings the hypervisor's commands leave live, written here from docs/iotlb.md and not from
 the RTL:
 
@@ -12,10 +13,14 @@ the RTL:
   overlaps it without covering ``A``, an invalidation (command 2) that overlaps it and an
   invalidate all (command 3, or command 2 with a size above 30) remove it; ``rst`` clears it;
 * **no hit without a live mapping**: a lookup of ``A`` (its small and large set read in cycle
-  ``t``, key ``A`` in ``t + 1``) that answers in ``t + 2`` without ``stale`` answers a miss when
-  no mapping covering ``A`` is live, and on a hit it answers that mapping's R and W and the
-  physical page of ``A`` through it (``pa + (A - base)``). A miss while one is live is allowed:
-  the IOTLB is a cache and an insert elsewhere may evict it;
+  ``t``, key ``A`` in ``t + 1`` from the source the RTL selects, ``fast_key`` when ``fast``, else
+  ``key``, with the direction ``write``) that answers in ``t + 2`` without ``stale`` answers a
+  miss when no mapping covering ``A`` is live, and on a hit it answers that mapping's R and W,
+  the physical page of ``A`` through it (``pa + (A - base)``), and ``fault``/``ok`` for the
+  direction (5 for a write without W, 11 for a read without R, else 0 and ``ok``). A miss while
+  one is live is allowed: the IOTLB is a cache and an insert elsewhere may evict it;
+* **enable**: no answer that is not ``stale`` is a hit while ``enable`` is low (IOVA mode off);
+  a miss answers 0 on ``ok``, ``fault``, ``r``, ``w`` and ``ppn``;
 * **stale exactly while a command runs**: ``stale`` in ``t + 2`` exactly when a command ran
   or started in ``t``, ``t + 1`` or ``t + 2`` (so answers are not withheld forever), and
   ``active`` exactly in the cycles a command starts or runs.
@@ -27,14 +32,21 @@ For the induction the harness also asserts invariants, the only place it reads t
 internals (the properties above do not): every valid way that covers ``A`` holds exactly the
 live mapping (base page, size, physical page, R, W) in the set a lookup of ``A`` reads for its
 size, or, while a command runs, the mapping live before it, in a set the command has not
-compared yet; ``ctrl.busy`` exactly outside the state machine's ``IDLE``; while a command runs,
-the latched registers hold the harness's record of it, and a step's read data and compare
-operands are its sets' rows and the command's range. The storage is read through extra
-asynchronous read ports of the block RAM; a way is decoded by its layout (base page, covered
-page-number bits, physical page, R, W: docs/iotlb.md fixes what an entry holds, not its bits).
+cleared yet (stage 3 clears a step's sets one cycle after the compare); ``ctrl.busy`` exactly
+outside the state machine's ``IDLE``; while a command runs, the latched registers (``op``, the
+range, ``c_set``, the new entry ``new``) hold the harness's record of it; the walk's pipeline
+is consistent (each stage's sets are a step's, a narrow command has one step, a wide walk's
+stages hold consecutive steps, ``DRAIN1`` to ``DRAIN3`` hold the last step in stage 1 to 3); a
+step's read data and compare operands are its sets' rows and the command's range, and the
+ways stage 3 clears (``match_a3``, ``match_b3``) are those of its sets that overlap the range;
+in ``WRITE`` the chosen way is one-hot and ``w_bits`` is the set's valid bits with it. The
+storage is read through extra asynchronous read ports of the block RAM; a way is decoded by its
+layout (base page, covered page-number bits, physical page, R, W: docs/iotlb.md fixes what an
+entry holds, not its bits).
 With these the ``prove`` task (k-induction, depth 3) proves the properties for every trace of
-any length; the ``cover`` task shows that hits through a 4 KiB and a large mapping, and a miss
-after the mapping was removed, are reached by checked lookups.
+any length; the ``cover`` task shows that a write hit through a 4 KiB mapping, a read hit
+through a large mapping, a write hit without W (fault 5) and a miss after the mapping was
+removed are reached by checked lookups.
 
 ``MUTANTS`` are broken copies of ``rtl/iotlb.py`` (a compare that ignores a bit, an
 invalidation that clears only one of the two sets, an answer not marked stale): each must fail
