@@ -4,8 +4,9 @@
   depth 5 for a 1024-entry and a 12-entry table, and the covers that show they are not vacuous
   (about 25 s on one core).
 * The IOTLB (``formal/iotlb.py``, 8 entries): k-induction at depth 3 of "no hit unless a live
-  mapping covers the page, with its permissions and physical page", the covers, and three
-  mutants of ``rtl/iotlb.py`` that the bounded check must catch (about 90 s of CPU).
+  mapping covers the page, with its permissions, physical page and fault for the direction; no
+  hit while enable is low", the covers, and three mutants of ``rtl/iotlb.py`` that the bounded
+  check must catch (about 110 s of CPU).
 """
 
 from __future__ import annotations
