@@ -4,9 +4,13 @@
 #
 #   make linux          the RTL (cocotb + Icarus, data width 128, 2 MiB RAM disk); < 10 minutes
 #   make linux-model    the same guest against the reference model (seconds): debugging aid
+#   make linux LINUX_MODE=iova   behind QEMU's intel-iommu: the guest's DMA goes through IOVAs
+#                       the device translates with its IOTLB, the bridge plays the hypervisor
+#                       (4 MiB RAM disk, an ext2 filesystem checked on it)
 
 LINUX_PACKAGES := qemu-system-x86 busybox-static cpio
 LINUX_ARGS     ?=
+LINUX_MODE     ?= gpa
 
 .PHONY: linux linux-model check-linux
 
@@ -24,7 +28,7 @@ check-linux:
 	  fi; }
 
 linux: $(STAMP) check-sim check-linux
-	$(PY) -m tools.linux.run $(LINUX_ARGS)
+	$(PY) -m tools.linux.run --mode $(LINUX_MODE) $(LINUX_ARGS)
 
 linux-model: $(STAMP) check-linux
-	$(PY) -m tools.linux.run --model $(LINUX_ARGS)
+	$(PY) -m tools.linux.run --model --mode $(LINUX_MODE) $(LINUX_ARGS)

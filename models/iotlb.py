@@ -1,12 +1,12 @@
 """The IOTLB of IOVA mode (docs/iotlb.md "Organisation"), the reference model of ``rtl/iotlb.py``.
 
-``N`` entries in ``S = N / 4`` sets of 4 ways. An entry maps the naturally aligned IOVA range
+``N`` entries in ``S = N / 2`` sets of 2 ways. An entry maps the naturally aligned IOVA range
 ``[base, base + 2**size)`` (``size`` 12 to 30) to the physical range at ``pa`` with the R and W
 permissions. A 4 KiB entry lives in the *small set* of its IOVA, ``IOVA[12 + b - 1 : 12]``, a
 larger one in the *large set*, ``IOVA[30 + b - 1 : 30]`` (``b = log2(S)``); a lookup reads both
 sets of its page. No two valid entries overlap (an insert removes what it overlaps), so at most
 one hits. The victim of an insert is the lowest invalid way of the set, else the way the set's
-round-robin pointer names (the pointer then moves on, mod 4). Only :meth:`Iotlb.reset` (``rst``)
+round-robin pointer names (the pointer then moves on, mod 2). Only :meth:`Iotlb.reset` (``rst``)
 resets the pointers.
 
 The model is untimed and keeps every entry in the set and way the hardware would, so its
@@ -56,7 +56,7 @@ class IotlbEntry(NamedTuple):
 
 
 class Iotlb:
-    """The IOTLB: ``entries`` entries (a power of two, 8 to 1024), ``entries // 4`` sets of 4
+    """The IOTLB: ``entries`` entries (a power of two, 8 to 1024), ``entries // 2`` sets of 2
     ways, all invalid at construction and after :meth:`reset`.
 
     Commands (the hypervisor's ``IOTLB_CMD``): :meth:`insert`, :meth:`invalidate`,
@@ -64,7 +64,7 @@ class Iotlb:
     (``STAT_IOTLB_INVALIDATED``). :meth:`lookup` is the DMA engine's lookup of one page.
 
     Records (not state; :meth:`reset` keeps them): ``evictions``, every valid entry an insert
-    replaced through the round-robin pointer (all 4 ways valid), in order; an entry an insert
+    replaced through the round-robin pointer (both ways valid), in order; an entry an insert
     removes because it overlaps the new one is not an eviction.
     """
 
@@ -100,7 +100,7 @@ class Iotlb:
     # --- lookup -------------------------------------------------------------------------------
     def lookup(self, iova: int) -> IotlbEntry | None:
         """The entry covering ``iova``, or None (a miss): the page's small and large sets are
-        probed, all 8 ways compared."""
+        probed, all 4 ways compared."""
         iova &= spec.ADDR_MASK
         small, large = self.small_set(iova), self.large_set(iova)
         hits = [e for s in dict.fromkeys((small, large)) for e in self._sets[s]

@@ -359,8 +359,12 @@ class DmaEngine(wiring.Component):
         held_ref = Mux(use_int, int_ref, key(c.vaddr[12:]))  # registers
         table_key = Mux(use_int | ring.pre.hold, held_ref, pre_ref)
         m.d.comb += lk.ref.eq(table_key[:R])
-        if LS:
-            m.d.comb += lk.lset.eq(table_key[R:])
+        if LS:  # the large set (page bits 18 and up): the ring engine's address arrives late
+            # (the top of its adder), so it is presented apart, for a single gate
+            m.d.comb += [
+                lk.lset.eq(int_ref[R:]), lk.lset_sel.eq(~use_int),
+                lk.lset_fast.eq(Mux(ring.pre.hold, c.vaddr, ring.pre.vaddr)[30:30 + LS]),
+            ]
         keep_next = Signal()  # keep the next page's lookup (made in an address handshake)
         waiting = Signal()  # a kept lookup has not answered yet
         fresh = Signal()  # the answer is a lookup made for this burst (statistics)

@@ -55,9 +55,10 @@ def LookupSignature(ref_bits: int, set_bits: int = 0) -> wiring.Signature:
     """DMA engine -> translation unit: the table read address ``ref`` (every cycle), ``keep``
     with the request fields, and the registered answer (see
     :class:`~rtl.translate.TranslationUnit`). With an IOTLB (``set_bits``, its set index
-    width): ``lset``, the large set read with ``ref`` (page-number bits ``18 + set_bits - 1 :
-    18``); ``vaddr``, the whole address with ``keep``; ``used``, the DMA engine uses the
-    answer (statistics); ``cancel``, the access is abandoned (a driver reset); ``miss``, the
+    width): the large set read with ``ref`` (page-number bits ``18 + set_bits - 1 : 18``),
+    ``lset_fast`` when ``lset_sel`` (the ring engine's address, late), else ``lset``;
+    ``vaddr``, the whole address with ``keep``; ``used``, the DMA engine uses the answer
+    (statistics); ``cancel``, the access is abandoned (a driver reset); ``miss``, the
     answer is a miss the hypervisor has not resolved; the frame is then 52 bits wide. The
     whole address comes in two forms: ``cvaddr`` when ``fast`` (the ring engine's command
     address, late in the cycle: it gets a single gate to the IOTLB's key register), else
@@ -68,7 +69,8 @@ def LookupSignature(ref_bits: int, set_bits: int = 0) -> wiring.Signature:
         "mode": In(1), "stale": In(1),
     }
     if set_bits:
-        members.update({"lset": Out(set_bits), "vaddr": Out(64), "cvaddr": Out(64),
+        members.update({"lset": Out(set_bits), "lset_fast": Out(set_bits), "lset_sel": Out(1),
+                        "vaddr": Out(64), "cvaddr": Out(64),
                         "fast": Out(1), "used": Out(1),
                         "cancel": Out(1), "miss": In(1)})
     return wiring.Signature(members)

@@ -78,7 +78,8 @@ class Iotlb(wiring.Component):
     Members
     -------
     small, large : In
-        The sets a lookup reads: in the translation unit's table-read cycle (``t``).
+        The sets a lookup reads: in the translation unit's table-read cycle (``t``); the large
+        one is ``large_fast`` instead when ``large_sel`` (a late address: one gate to the RAM).
     key, write : In
         The page number of the lookup kept in cycle ``t + 1``, and its direction.
     fast_key, fast : In
@@ -108,7 +109,8 @@ class Iotlb(wiring.Component):
         self._sets = entries // WAYS
         self._sb = exact_log2(self._sets)
         super().__init__({
-            "small": In(self._sb), "large": In(self._sb), "key": In(VPN_BITS),
+            "small": In(self._sb), "large": In(self._sb), "large_fast": In(self._sb),
+            "large_sel": In(1), "key": In(VPN_BITS),
             "fast_key": In(VPN_BITS), "fast": In(1), "write": In(1),
             "enable": In(1),
             "hit": Out(1), "ok": Out(1), "fault": Out(4), "r": Out(1), "w": Out(1),
@@ -206,7 +208,8 @@ class Iotlb(wiring.Component):
         walk_a = Mux(c_wide, Cat(Const(0, 1), step)[:sb], c_vpn[:sb])
         walk_b = Mux(c_wide, Cat(Const(1, 1), step)[:sb], c_vpn[MASK_BITS:MASK_BITS + sb])
         m.d.comb += [port_a.addr.eq(Mux(walking, walk_a, self.small)),
-                     port_b.addr.eq(Mux(walking, walk_b, self.large))]
+                     port_b.addr.eq(Mux(self.large_sel & ~walking, self.large_fast,
+                                        Mux(walking, walk_b, self.large)))]
 
         # Stage 1: what the read was for.
         set_a1, set_b1 = Signal(sb), Signal(sb)

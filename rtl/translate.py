@@ -196,6 +196,7 @@ class TranslationUnit(wiring.Component):
         vaddr2 = Signal(64)
         m.d.sync += vaddr2.eq(Mux(lk.fast, lk.cvaddr, lk.vaddr))
         m.d.comb += [iotlb.small.eq(lk.ref[:sb]), iotlb.large.eq(lk.lset),
+                     iotlb.large_fast.eq(lk.lset_fast), iotlb.large_sel.eq(lk.lset_sel),
                      iotlb.key.eq(lk.vaddr[spec.PAGE_SHIFT:]),
                      iotlb.fast_key.eq(lk.cvaddr[spec.PAGE_SHIFT:]), iotlb.fast.eq(lk.fast)]
         assert large_set_shift() == 18

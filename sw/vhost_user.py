@@ -13,10 +13,17 @@ never blocking when the caller asks first whether the socket is readable
 clock cycles, and QEMU, which waits synchronously for every reply, is answered at the next
 poll.
 
-Not offered: dirty logging, in-flight tracking, memory hot-plug slots, ``STATUS``. The IOMMU
-path (``VIRTIO_F_ACCESS_PLATFORM``, ``IOTLB_MSG``, the slave channel for misses) is parsed and
-handed to :meth:`VhostUserDevice.iotlb_message`; the associative translation mode of a later
-issue plugs in there.
+Not offered: dirty logging, in-flight tracking, memory hot-plug slots, ``STATUS``.
+
+IOMMU mode (``iommu=True``, ``../shared/notes/vhost-user-iotlb.md``): the back-end offers
+``VIRTIO_F_ACCESS_PLATFORM`` and the protocol features ``REPLY_ACK`` and ``BACKEND_REQ`` (QEMU
+refuses ``iommu_platform=on`` without both), takes the back-end channel (``SET_BACKEND_REQ_FD``)
+and hands every ``IOTLB_MSG`` (update, invalidate) to :meth:`VhostUserDevice.iotlb_message`. QEMU
+sends those with ``NEED_REPLY`` and blocks until the acknowledgement, which :meth:`handle` sends
+only once the hook has returned: an invalidation is complete in the device before QEMU hears of
+it. A device miss goes to QEMU as a back-end ``IOTLB_MSG`` of type miss, without ``NEED_REPLY``
+(:meth:`VhostUserBackend.send_iotlb_miss`): QEMU answers with an update on the main socket, so
+the caller must keep serving that socket instead of waiting.
 """
 
 from __future__ import annotations
@@ -72,7 +79,8 @@ class Request(enum.IntEnum):
     SET_VRING_ENABLE = 18
     SEND_RARP = 19
     NET_SET_MTU = 20
-    SET_SLAVE_REQ_FD = 21
+    SET_BACKEND_REQ_FD = 21
+    SET_SLAVE_REQ_FD = 21  # the name before QEMU 8.1 (an alias)
     IOTLB_MSG = 22
     SET_VRING_ENDIAN = 23
     GET_CONFIG = 24
@@ -94,12 +102,16 @@ class Request(enum.IntEnum):
     GET_STATUS = 40
 
 
-class SlaveRequest(enum.IntEnum):
-    """Back-end to front-end messages on the slave channel (``VhostUserSlaveRequest``)."""
+class BackendRequest(enum.IntEnum):
+    """Back-end to front-end messages on the back-end channel (``VhostUserBackendRequest``,
+    ``VhostUserSlaveRequest`` before QEMU 8.1)."""
 
     IOTLB_MSG = 1
     CONFIG_CHANGE_MSG = 2
     VRING_HOST_NOTIFIER_MSG = 3
+
+
+SlaveRequest = BackendRequest
 
 
 class ProtocolFeature(enum.IntEnum):
@@ -110,12 +122,13 @@ class ProtocolFeature(enum.IntEnum):
     RARP = 2
     REPLY_ACK = 3
     NET_MTU = 4
-    SLAVE_REQ = 5
+    BACKEND_REQ = 5
+    SLAVE_REQ = 5  # the name before QEMU 8.1 (an alias)
     CROSS_ENDIAN = 6
     CRYPTO_SESSION = 7
     PAGEFAULT = 8
     CONFIG = 9
-    SLAVE_SEND_FD = 10
+    BACKEND_SEND_FD = 10
     HOST_NOTIFIER = 11
     INFLIGHT_SHMFD = 12
     RESET_DEVICE = 13
@@ -131,6 +144,13 @@ class IotlbType(enum.IntEnum):
     UPDATE = 2
     INVALIDATE = 3
     ACCESS_FAIL = 4
+
+
+# ``perm`` of ``struct vhost_iotlb_msg`` (VHOST_ACCESS_*): what the device may do through it.
+VHOST_ACCESS_RO = 1  # the device may read memory
+VHOST_ACCESS_WO = 2  # the device may write memory
+VHOST_ACCESS_RW = 3
+VIRTIO_F_ACCESS_PLATFORM = 33  # virtio 1.x section 6: addresses go through the platform IOMMU
 
 
 class VhostUserError(RuntimeError):
@@ -399,7 +419,8 @@ class VhostUserBackend:
     device : what serves the queues
     features : virtio device features to offer; ``VHOST_USER_F_PROTOCOL_FEATURES`` is added
     num_queues : reply to GET_QUEUE_NUM
-    iommu : offer the slave channel so that IOTLB misses can be reported (IOMMU mode, later)
+    iommu : IOMMU mode: offer ``VIRTIO_F_ACCESS_PLATFORM`` and the back-end channel
+        (``BACKEND_REQ``) on which IOTLB misses are reported
     """
 
     def __init__(self, sock: socket.socket, device: VhostUserDevice, *, features: int,
@@ -411,15 +432,18 @@ class VhostUserBackend:
         self.features = features | 1 << VHOST_USER_F_PROTOCOL_FEATURES
         self.protocol_features = (1 << ProtocolFeature.MQ | 1 << ProtocolFeature.REPLY_ACK
                                   | 1 << ProtocolFeature.CONFIG)
+        self.iommu = iommu
         if iommu:
-            self.protocol_features |= 1 << ProtocolFeature.SLAVE_REQ
+            self.features |= 1 << VIRTIO_F_ACCESS_PLATFORM
+            self.protocol_features |= 1 << ProtocolFeature.BACKEND_REQ
         self.num_queues = num_queues
         self.acked_features = 0
         self.acked_protocol_features = 0
         self.owner = False
         self.mem: MemoryTable | None = None
         self.vrings = [Vring(i) for i in range(num_queues)]
-        self.slave: socket.socket | None = None
+        self.backend_channel: socket.socket | None = None  # SET_BACKEND_REQ_FD
+        self.misses_sent = 0
         self.closed = False
         self.counts: dict[str, int] = {}  # messages received, by name
 
@@ -480,8 +504,8 @@ class VhostUserBackend:
         self.closed = True
         for v in self.vrings:
             v.close()
-        if self.slave is not None:
-            self.slave.close()
+        if self.backend_channel is not None:
+            self.backend_channel.close()
         self.sock.close()
         # The memory table stays mapped: the bridge may still read the guest's memory.
 
@@ -639,16 +663,18 @@ class VhostUserBackend:
         self._send(msg.request, VRING_STATE.pack(index, base))
         return True
 
-    async def _on_set_slave_req_fd(self, msg: Message) -> bool:
+    async def _on_set_backend_req_fd(self, msg: Message) -> bool:
         fd = msg.take_fd()
         if fd is None:
-            raise VhostUserError("SET_SLAVE_REQ_FD without a file descriptor")
-        if self.slave is not None:
-            self.slave.close()
-        self.slave = socket.socket(fileno=fd)
+            raise VhostUserError("SET_BACKEND_REQ_FD without a file descriptor")
+        if self.backend_channel is not None:
+            self.backend_channel.close()
+        self.backend_channel = socket.socket(fileno=fd)
         return False
 
     async def _on_iotlb_msg(self, msg: Message) -> bool:
+        # The REPLY_ACK status goes out (in handle) only after the device has acted on it: an
+        # invalidation is complete, HV_SYNC included, before QEMU is told so.
         await self.device.iotlb_message(IotlbMsg.unpack(msg.payload))
         return False
 
@@ -690,13 +716,19 @@ class VhostUserBackend:
         os.eventfd_write(v.call_fd, 1)
 
     def send_iotlb_miss(self, iova: int, perm: int) -> None:
-        """Report an IOTLB miss on the slave channel (IOMMU mode). QEMU answers with an
-        IOTLB_MSG update on the main socket; the caller must not block waiting for it."""
-        if self.slave is None:
-            raise VhostUserError("an IOTLB miss needs the slave channel (SET_SLAVE_REQ_FD)")
+        """Report an IOTLB miss on the back-end channel (IOMMU mode): ``perm`` is what the
+        device needs (``VHOST_ACCESS_RO`` to read, ``VHOST_ACCESS_WO`` to write). Sent without
+        ``NEED_REPLY`` (as DPDK does): QEMU answers with an ``IOTLB_MSG`` update on the main
+        socket and waits for its acknowledgement there, so the caller must keep serving the
+        main socket and never wait for the answer here. QEMU sends nothing for an IOVA the
+        guest has not mapped: the caller times the miss out."""
+        if self.backend_channel is None:
+            raise VhostUserError("an IOTLB miss needs the back-end channel "
+                                 "(SET_BACKEND_REQ_FD)")
         payload = IotlbMsg(iova, 0, 0, perm, IotlbType.MISS).pack()
-        self.slave.sendall(HEADER.pack(SlaveRequest.IOTLB_MSG, VHOST_USER_VERSION,
-                                       len(payload)) + payload)
+        self.backend_channel.sendall(HEADER.pack(BackendRequest.IOTLB_MSG, VHOST_USER_VERSION,
+                                                 len(payload)) + payload)
+        self.misses_sent += 1
 
 
 _HAS_REPLY = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,

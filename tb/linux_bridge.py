@@ -18,6 +18,13 @@ cycles), and blocks in ``select`` only while the device is idle, which hands the
 The same transport also runs against the reference model (:class:`ModelLink`, untimed): a fast
 way to debug the protocol and the guest side without the simulator.
 
+In IOVA mode (``make linux LINUX_MODE=iova``, docs/linux.md) the guest sits behind QEMU's
+emulated IOMMU, the device translates every address through its IOTLB (docs/iotlb.md) and the
+transport plays the hypervisor: QEMU's IOTLB updates and invalidations become IOTLB commands
+(an invalidation acknowledged only after ``HV_SYNC``), a device miss (``hv_irq``) becomes a miss
+message to QEMU or is answered from the bridge's own copy of QEMU's updates (:class:`IovaMap`),
+through which the request log reads guest memory too (:class:`IovaView`).
+
 A :class:`RequestLog` decodes every request the guest makes available (at kick time, while its
 buffers are stable), keeps a shadow of the disk with every write applied, and checks every used
 element; after the guest has powered off, the RAM disk is read back through the device and
@@ -40,10 +47,11 @@ import struct
 import subprocess
 import tempfile
 import time
+from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from models import spec, virtio
 from models.virtio import BLK_HEADER, DESC, USED_ELEM, InitError, SplitRing
@@ -53,8 +61,13 @@ from sw.dma import IdentityDma
 from sw.driver import VirtioBlkDriver
 from sw.transport import ClockedLink
 from sw.vhost_user import (
+    VHOST_ACCESS_RO,
+    VHOST_ACCESS_RW,
+    VHOST_ACCESS_WO,
     IotlbMsg,
+    IotlbType,
     MemoryTable,
+    Request,
     VhostUserBackend,
     VhostUserError,
     Vring,
@@ -107,21 +120,37 @@ class GuestRam:
 
 class ModelLink:
     """The reference model (``models.device``) as a :class:`sw.transport.ClockedLink`: untimed,
-    a QueueNotify write runs the engine to idle before it returns."""
+    a QueueNotify write runs the engine to idle before it returns.
+
+    In IOVA mode the model raises an IOTLB miss inside that write and calls its
+    ``on_iotlb_miss`` hook, which must resolve it before returning: ``miss_handler`` (set by
+    :class:`MmioTransport`) serves it there, talking to QEMU synchronously
+    (:meth:`MmioTransport.serve_miss_now`)."""
 
     def __init__(self, disk_bytes: int, data_width: int = 128) -> None:
         from models.device import ReferenceDevice
 
         self.ram = GuestRam()
+        self.miss_handler: Any = None
         self.dev = ReferenceDevice(self.ram, disk_bytes=disk_bytes,  # type: ignore[arg-type]
-                                   data_width=data_width)
+                                   data_width=data_width, on_iotlb_miss=self._on_miss)
         self.guest = self.dev.guest
         self.hv = self.dev.hv
         self.mem = self.ram
 
+    def _on_miss(self, dev: Any) -> None:
+        if self.miss_handler is None:
+            dev.hv.write(spec.HV_MISS_RESOLVE, spec.MISS_RESOLVE_FAIL)
+        else:
+            self.miss_handler()
+
     @property
     def irq(self) -> bool:
         return self.dev.irq
+
+    @property
+    def hv_irq(self) -> bool:
+        return bool(self.dev.hv.read(spec.HV_IOTLB_MISS) & spec.IOTLB_MISS_PENDING)
 
     @property
     def cycle(self) -> int:
@@ -151,6 +180,7 @@ class LinuxBench:
         self.dut = dut
         self.clock_ns = CLOCK_NS
         hold_reset(dut)
+        self._hv_irq = getattr(dut, "hv_irq", None)  # IOVA mode's miss line (issue 16)
         # The clock in C (cocotb's GPI clock; the Python one costs a coroutine per edge),
         # starting low so that the first rising edge comes after time 0 and no bus model
         # samples the design's outputs before its initial blocks have run.
@@ -185,18 +215,31 @@ class LinuxBench:
         return v.is_resolvable and bool(int(v))
 
     @property
+    def hv_irq(self) -> bool | None:
+        """The ``hv_irq`` port (an IOTLB miss is pending); None if the design has none."""
+        port = self._hv_irq
+        if port is None:
+            return None
+        v = port.value
+        return v.is_resolvable and bool(int(v))
+
+    @property
     def cycle(self) -> int:
         from cocotb.simtime import get_sim_time
 
         return int(get_sim_time(unit="ns")) // self.clock_ns
 
     async def advance(self, cycles: int) -> None:
+        """``cycles`` clock cycles, or fewer if ``irq`` or ``hv_irq`` rises meanwhile."""
         from cocotb.triggers import ClockCycles, First, RisingEdge
 
-        if cycles <= 1 or self.irq:
+        if cycles <= 1 or self.irq or self.hv_irq:
             await ClockCycles(self.dut.clk, max(cycles, 1))
         else:
-            await First(RisingEdge(self.dut.irq), ClockCycles(self.dut.clk, cycles))
+            edges = [RisingEdge(self.dut.irq)]
+            if self._hv_irq is not None:
+                edges.append(RisingEdge(self._hv_irq))
+            await First(*edges, ClockCycles(self.dut.clk, cycles))
 
     async def wait_irq(self, timeout_cycles: int | None = 200_000) -> None:
         """sw.transport.DeviceLink.wait_irq, for the read-back driver."""
@@ -209,6 +252,131 @@ class LinuxBench:
         if not self.irq:
             raise TimeoutError(f"irq did not rise within {timeout_cycles} cycles")
         await RisingEdge(self.dut.clk)
+
+
+# --- IOVA mode: the bridge's own view of QEMU's translations -------------------------------------
+
+PAGE = 1 << spec.IOTLB_MIN_SIZE
+
+
+class Untranslated(LookupError):
+    """An IOVA the bridge has no translation for (yet): QEMU has not sent its update."""
+
+
+class Mapping(NamedTuple):
+    iova: int
+    size: int
+    gpa: int
+    perm: int  # VHOST_ACCESS_RO 1, WO 2, RW 3
+
+    @property
+    def end(self) -> int:
+        return self.iova + self.size
+
+
+class IovaMap:
+    """QEMU's IOTLB updates as the bridge keeps them (IOVA range -> guest physical address,
+    permission): the hypervisor's own table, of which the device's IOTLB holds a subset.
+
+    Ranges never overlap: an insert replaces what it overlaps, an invalidation trims.
+    """
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.maps: list[Mapping] = []
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def clear(self) -> None:
+        self.starts.clear()
+        self.maps.clear()
+
+    def remove(self, iova: int, size: int) -> int:
+        """Forget ``[iova, iova + size)``; returns how many bytes of mappings went."""
+        end = iova + size
+        i = max(bisect_right(self.starts, iova) - 1, 0)
+        gone = 0
+        keep: list[Mapping] = []
+        j = i
+        while j < len(self.maps) and self.maps[j].iova < end:
+            m = self.maps[j]
+            if m.end > iova:
+                lo, hi = max(m.iova, iova), min(m.end, end)
+                gone += hi - lo
+                if m.iova < iova:
+                    keep.append(Mapping(m.iova, iova - m.iova, m.gpa, m.perm))
+                if m.end > end:
+                    keep.append(Mapping(end, m.end - end, m.gpa + end - m.iova, m.perm))
+            else:
+                keep.append(m)
+            j += 1
+        self.maps[i:j] = keep
+        self.starts[i:j] = [m.iova for m in keep]
+        return gone
+
+    def insert(self, iova: int, size: int, gpa: int, perm: int) -> None:
+        self.remove(iova, size)
+        i = bisect_right(self.starts, iova)
+        self.maps.insert(i, Mapping(iova, size, gpa, perm))
+        self.starts.insert(i, iova)
+
+    def lookup(self, iova: int) -> Mapping | None:
+        i = bisect_right(self.starts, iova) - 1
+        if i >= 0 and self.maps[i].iova <= iova < self.maps[i].end:
+            return self.maps[i]
+        return None
+
+    def translate(self, iova: int, length: int) -> list[tuple[int, int]]:
+        """``(gpa, n)`` pieces of ``[iova, iova + length)``; :class:`Untranslated` if a byte of
+        it has no mapping."""
+        out = []
+        while length > 0:
+            m = self.lookup(iova)
+            if m is None:
+                raise Untranslated(f"IOVA {iova:#x} is not mapped (no update from QEMU)")
+            n = min(length, m.end - iova)
+            out.append((m.gpa + iova - m.iova, n))
+            iova += n
+            length -= n
+        return out
+
+
+def aligned_pieces(iova: int, size: int, gpa: int | None = None) -> list[tuple[int, int, int]]:
+    """``[iova, iova + size)`` as naturally aligned powers of two of 4 KiB to 1 GiB, the sizes
+    the device's IOTLB takes: ``(iova, gpa, log2 size)`` (``gpa`` None for an invalidation, else
+    each piece's IOVA and physical address are both aligned to its size). The range is widened
+    to whole 4 KiB pages."""
+    lo = iova & ~(PAGE - 1)
+    end = (iova + size + PAGE - 1) & ~(PAGE - 1)
+    delta = None if gpa is None else gpa - iova
+    if delta is not None and delta % PAGE:
+        raise ValueError(f"IOVA {iova:#x} and physical address {gpa:#x} differ inside a page")
+    out = []
+    while lo < end:
+        k = spec.IOTLB_MAX_SIZE
+        while k > spec.IOTLB_MIN_SIZE and (lo & ((1 << k) - 1) or lo + (1 << k) > end
+                                           or (delta is not None and delta & ((1 << k) - 1))):
+            k -= 1
+        out.append((lo, None if delta is None else lo + delta, k))
+        lo += 1 << k
+    return out
+
+
+class IovaView:
+    """Guest memory addressed by IOVA through the bridge's :class:`IovaMap`: what the request
+    log reads in IOVA mode (rings, descriptors, buffers). :class:`Untranslated` for an IOVA
+    QEMU has not mapped yet."""
+
+    def __init__(self, ram: GuestRam, iomap: IovaMap) -> None:
+        self.ram = ram
+        self.map = iomap
+
+    def read(self, addr: int, length: int) -> bytes:
+        return b"".join(self.ram.read(g, n) for g, n in self.map.translate(addr, length))
+
+    def le16(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 2), "little")
 
 
 # --- request decoding -----------------------------------------------------------------------------
@@ -251,10 +419,22 @@ class RequestLog:
     Decoding happens at the kick, before the device is notified: from then until its used
     element is published the guest leaves a request's descriptors and buffers alone, so reading
     them here races with nothing.
+
+    In IOVA mode ``mem`` is an :class:`IovaView`: the rings, descriptors and buffers are read
+    through the translations QEMU sent. QEMU pushes only the used ring's; the others come as
+    the device misses on them, so an entry whose pages are not translated yet is decoded later
+    (at every poll, at the latest when its used element is matched: by then the device has
+    had every page of it translated, and the guest unmaps nothing before it sees the used
+    element). Its kick cycle is the one at which its avail entry was first seen.
     """
 
     def __init__(self, ram: GuestRam, disk_bytes: int) -> None:
         self.ram = ram
+        self.mem: GuestRam | IovaView = ram
+        self.kicked = False  # a kick since start (IOVA mode: the avail ring may be unreadable)
+        self.first_seen: dict[int, tuple[int, float]] = {}  # avail seq -> (cycle, time)
+        self.deferred = ""  # why the last decode had to wait
+        self.unread_since: tuple[int, float] | None = None  # kicked, avail ring unreadable
         self.disk_bytes = disk_bytes
         self.shadow = bytearray(spec.ramdisk_init(disk_bytes))
         self.pending: deque[BlkReq] = deque()
@@ -271,27 +451,37 @@ class RequestLog:
         self.ring = SplitRing(num)
         self.seen_avail = self.seen_used = 0
         self.pending.clear()
+        self.first_seen.clear()
+        self.kicked = False
+        self.unread_since = None
 
     @property
     def running(self) -> bool:
         return self.num != 0
 
     def avail_idx(self) -> int:
-        return self.ram.le16(self.avail + SplitRing.AVAIL_IDX)
+        return self.mem.le16(self.avail + SplitRing.AVAIL_IDX)
 
     def used_idx(self) -> int:
-        return self.ram.le16(self.used + SplitRing.USED_IDX)
+        return self.mem.le16(self.used + SplitRing.USED_IDX)
 
     def outstanding(self) -> bool:
         """The device has work: entries made available that it has not used yet."""
-        return self.running and (bool(self.pending) or self.avail_idx() != self.used_idx())
+        if not self.running:
+            return False
+        if self.pending:
+            return True
+        try:
+            return self.avail_idx() != self.used_idx()
+        except Untranslated:  # IOVA mode, before the device first read the avail ring
+            return self.kicked
 
     def _chain(self, head: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         readable: list[tuple[int, int]] = []
         writable: list[tuple[int, int]] = []
         i = head
         for _ in range(self.num):
-            addr, length, flags, nxt = DESC.unpack(self.ram.read(self.desc + self.ring.desc(i),
+            addr, length, flags, nxt = DESC.unpack(self.mem.read(self.desc + self.ring.desc(i),
                                                                  DESC.size))
             if flags & spec.VIRTQ_DESC_F_INDIRECT:
                 raise ValueError(f"descriptor {i} is INDIRECT (not offered)")
@@ -309,43 +499,77 @@ class RequestLog:
         for addr, n in pieces:
             lo, hi = max(start, pos), min(start + length, pos + n)
             if lo < hi:
-                out += self.ram.read(addr + lo - pos, hi - lo)
+                out += self.mem.read(addr + lo - pos, hi - lo)
             pos += n
         return bytes(out)
 
     def take_avail(self, cycle: int) -> int:
-        """Decode the entries made available since the last call. Returns how many."""
+        """Decode the entries made available since the last call, in order, as far as their
+        pages are translated (IOVA mode). Returns how many were decoded."""
         if not self.running:
             return 0
-        idx = self.avail_idx()
+        try:
+            idx = self.avail_idx()
+        except Untranslated as exc:
+            # Entries were made available, we cannot tell which yet: they date from now.
+            self.deferred = str(exc)
+            if self.kicked and self.unread_since is None:
+                self.unread_since = (cycle, time.monotonic())
+            return 0
         new = (idx - self.seen_avail) & 0xFFFF
+        seen = self.unread_since or (cycle, time.monotonic())
+        self.unread_since = None
+        for k in range(new):
+            self.first_seen.setdefault((self.seen_avail + k) & 0xFFFF, seen)
+        done = 0
         for k in range(new):
             seq = (self.seen_avail + k) & 0xFFFF
-            head = self.ram.le16(self.avail + self.ring.avail_ring(seq))
             try:
-                readable, writable = self._chain(head)
-                total_r = sum(n for _, n in readable)
-                total_w = sum(n for _, n in writable)
-                rtype, _, sector = BLK_HEADER.unpack(
-                    self._gather(readable, 0, BLK_HEADER.size).ljust(BLK_HEADER.size, b"\0"))
-            except (ValueError, struct.error) as exc:
-                self.errors.append(f"avail entry {seq} (head {head}): {exc}")
-                continue
+                head = self.mem.le16(self.avail + self.ring.avail_ring(seq))
+                req = self._decode(seq, head)
+            except Untranslated as exc:
+                self.deferred = f"avail entry {seq}: {exc}"
+                break
+            done += 1
+            if req is not None:
+                self.pending.append(req)
+        self.seen_avail = (self.seen_avail + done) & 0xFFFF
+        return done
+
+    def _decode(self, seq: int, head: int) -> BlkReq | None:
+        """One avail entry as a request (None, with an error noted, if it is malformed); the
+        shadow disk takes a write's data. Raises :class:`Untranslated` before changing
+        anything."""
+        try:
+            readable, writable = self._chain(head)
+            total_r = sum(n for _, n in readable)
+            total_w = sum(n for _, n in writable)
+            rtype, _, sector = BLK_HEADER.unpack(
+                self._gather(readable, 0, BLK_HEADER.size).ljust(BLK_HEADER.size, b"\0"))
             data_len = (total_r - BLK_HEADER.size if rtype == spec.VIRTIO_BLK_T_OUT
                         else max(total_w - 1, 0))
-            req = BlkReq(seq, head, rtype, sector, data_len, total_w, cycle, time.monotonic())
+            cycle, when = self.first_seen.get(seq, (0, time.monotonic()))
+            req = BlkReq(seq, head, rtype, sector, data_len, total_w, cycle, when)
             if rtype == spec.VIRTIO_BLK_T_OUT and req._in_range(self.disk_bytes):
+                data = self._gather(readable, BLK_HEADER.size, data_len)
                 off = sector * spec.SECTOR_SIZE
-                self.shadow[off:off + data_len] = self._gather(readable, BLK_HEADER.size, data_len)
-            self.pending.append(req)
-        self.seen_avail = idx
-        return new
+                self.shadow[off:off + data_len] = data
+        except (ValueError, struct.error) as exc:
+            self.errors.append(f"avail entry {seq} (head {head}): {exc}")
+            self.first_seen.pop(seq, None)
+            return None
+        self.first_seen.pop(seq, None)
+        return req
 
     def collect(self, cycle: int) -> int:
         """Match the used elements published since the last call. Returns how many."""
         if not self.running:
             return 0
-        idx = self.used_idx()
+        try:
+            idx = self.used_idx()
+        except Untranslated as exc:  # QEMU pushes the used ring's translation first
+            self.errors.append(f"the used ring cannot be read: {exc}")
+            return 0
         # The device may have taken entries made available after the last kick we saw (it
         # polls the avail index itself): decode those first.
         self.take_avail(cycle)
@@ -353,10 +577,11 @@ class RequestLog:
         for k in range(new):
             seq = (self.seen_used + k) & 0xFFFF
             head, used_len = USED_ELEM.unpack(
-                self.ram.read(self.used + self.ring.used_ring(seq), USED_ELEM.size))
+                self.mem.read(self.used + self.ring.used_ring(seq), USED_ELEM.size))
             if not self.pending:
                 self.errors.append(f"used element {seq} (head {head}) for no request made "
-                                   "available")
+                                   "available" + (f" that the bridge could decode "
+                                                  f"({self.deferred})" if self.deferred else ""))
                 continue
             req = self.pending.popleft()
             if head != req.head:
@@ -370,6 +595,33 @@ class RequestLog:
             self.done.append(req)
         self.seen_used = idx
         return new
+
+
+@dataclass
+class PendingMiss:
+    """A device IOTLB miss the bridge is serving."""
+
+    iova: int
+    write: bool
+    start_cycle: int
+    t0: float
+    asked: bool = False  # sent to QEMU
+    end_cycle: int | None = None  # MISS_RESOLVE written
+    wall_s: float = 0.0
+    source: str = ""  # "qemu" (its update), "bridge" (the bridge's copy), "failed"
+
+
+@dataclass
+class IotlbStats:
+    """What the bridge did as the hypervisor (IOVA mode)."""
+
+    updates: int = 0  # IOTLB_MSG updates from QEMU
+    update_perms: Counter = field(default_factory=Counter)  # by perm: 1 RO, 2 WO, 3 RW
+    invalidations: int = 0  # IOTLB_MSG invalidations from QEMU
+    inserts: int = 0  # IOTLB_CMD 1 written
+    invalidate_cmds: int = 0  # IOTLB_CMD 2 or 3 written for QEMU's invalidations
+    hv_writes: int = 0  # register writes on s_hv for the IOTLB
+    misses: list[PendingMiss] = field(default_factory=list)  # resolved or failed, in order
 
 
 # --- the transport --------------------------------------------------------------------------------
@@ -391,14 +643,35 @@ class MmioTransport:
     The guest's virtio-pci driver negotiated with QEMU; QEMU relays the outcome (features, ring
     size and addresses) and this class replays it on the device's register port, in the order
     of virtio 1.x section 3.1.1.
+
+    ``mode`` ``"gpa"``: the device runs in GPA mode (``HV_CTRL`` 0), ring addresses are
+    converted from QEMU's virtual addresses to guest physical ones. ``"iova"``: the device runs
+    in IOVA mode (``HV_CTRL`` 2) behind the guest's IOMMU and this class plays the hypervisor
+    (docs/iotlb.md, ``../shared/notes/vhost-user-iotlb.md``): QEMU's IOTLB updates become
+    inserts into the device's IOTLB (and resolve the miss they answer), its invalidations
+    become invalidate commands and an ``HV_SYNC`` barrier before the acknowledgement, and a
+    device miss (:meth:`poll_miss`) becomes a miss message to QEMU, or is answered from the
+    bridge's own copy of QEMU's updates (:class:`IovaMap`) when the device had evicted the
+    entry. A miss QEMU does not answer within ``miss_timeout_s`` is failed (cause 10).
     """
 
-    def __init__(self, link: ClockedLink, disk_bytes: int, *,
-                 log: logging.Logger | None = None) -> None:
+    def __init__(self, link: ClockedLink, disk_bytes: int, *, mode: str = "gpa",
+                 miss_timeout_s: float = 10.0, log: logging.Logger | None = None) -> None:
+        if mode not in ("gpa", "iova"):
+            raise ValueError(f"mode must be 'gpa' or 'iova', not {mode!r}")
         self.link = link
+        self.mode = mode
         self.ram: GuestRam = link.mem  # type: ignore[assignment]
         self.log = log or logging.getLogger("linux.transport")
         self.requests = RequestLog(self.ram, disk_bytes)
+        self.iomap = IovaMap()
+        self.iotlb = IotlbStats()
+        self.miss: PendingMiss | None = None
+        self.miss_timeout_s = miss_timeout_s
+        self._staged: dict[int, int] = {}  # IOTLB staging registers as last written
+        self.held: list[Any] = []  # messages read while serving a miss synchronously
+        if mode == "iova" and hasattr(link, "miss_handler"):
+            link.miss_handler = self.serve_miss_now  # type: ignore[attr-defined]
         self.backend: VhostUserBackend | None = None
         self.ident: Identity | None = None
         self.features = 0
@@ -415,9 +688,14 @@ class MmioTransport:
     async def _w(self, off: int, value: int) -> None:
         await self.link.guest.write32(off, value)
 
+    @property
+    def iova(self) -> bool:
+        return self.mode == "iova"
+
     async def identify(self) -> Identity:
-        """Read who the device is; put it in GPA mode (the guest's addresses are physical)."""
-        await self.link.hv.write32(spec.HV_CTRL, 0)
+        """Put the device in its mode (GPA: the guest's addresses are physical; IOVA: they are
+        the guest IOMMU's) and read who it is (IOVA mode offers ACCESS_PLATFORM)."""
+        await self.link.hv.write32(spec.HV_CTRL, spec.MODE_IOVA if self.iova else spec.MODE_GPA)
         features = await virtio.run_async(virtio.read_device_features(), self.link.guest)
         await self._w(spec.MMIO_QUEUE_SEL, 0)
         ident = Identity(
@@ -455,6 +733,11 @@ class MmioTransport:
 
     async def set_mem_table(self, table: MemoryTable) -> None:
         self.ram.table = table
+        if self.iova:
+            # Every translation names a place in the old table: forget them all (as DPDK does).
+            self.iomap.clear()
+            await self._iotlb_cmd(spec.IOTLB_CMD_INVALIDATE_ALL)
+            await self._sync()
 
     async def start_ring(self, vring: Vring) -> None:
         assert self.ident is not None and self.backend is not None
@@ -472,21 +755,28 @@ class MmioTransport:
         if not 1 <= n <= self.ident.queue_num_max or n & (n - 1):
             raise VhostUserError(f"queue size {n} is not a power of two <= QueueNumMax "
                                  f"{self.ident.queue_num_max}")
-        # QEMU's virtual addresses -> guest physical (the device's view), through the table.
         ring = SplitRing(n)
-        desc = mem.uva_to_gpa(vring.desc, ring.desc_bytes)
-        avail = mem.uva_to_gpa(vring.avail, ring.avail_bytes)
-        used = mem.uva_to_gpa(vring.used, ring.used_bytes)
+        if self.iova:
+            # With ACCESS_PLATFORM, SET_VRING_ADDR carries IOVAs: the device translates them.
+            desc, avail, used = vring.desc, vring.avail, vring.used
+            self.requests.mem = IovaView(self.ram, self.iomap)
+        else:
+            # QEMU's virtual addresses -> guest physical (the device's view), through the table.
+            desc = mem.uva_to_gpa(vring.desc, ring.desc_bytes)
+            avail = mem.uva_to_gpa(vring.avail, ring.avail_bytes)
+            used = mem.uva_to_gpa(vring.used, ring.used_bytes)
         # virtio 1.2 section 3.1.1, FeaturesRefused if FEATURES_OK does not stick
         await virtio.run_async(virtio.bring_up(self.features, n, desc, avail, used),
                                self.link.guest)
         self.requests.start(n, desc, avail, used)
         self.vring = vring
         self.starts += 1
-        self.log.info("queue 0 running: %d entries, desc %#x avail %#x used %#x (GPA), "
-                      "features %#x", n, desc, avail, used, self.features)
+        self.log.info("queue 0 running: %d entries, desc %#x avail %#x used %#x (%s), "
+                      "features %#x", n, desc, avail, used, "IOVA" if self.iova else "GPA",
+                      self.features)
 
     async def kick(self, vring: Vring) -> None:
+        self.requests.kicked = True
         self.requests.take_avail(self.link.cycle)
         await self._w(spec.MMIO_QUEUE_NOTIFY, 0)
         self.notifies += 1
@@ -498,6 +788,9 @@ class MmioTransport:
         while self.requests.outstanding() and waited < drain_cycles:
             if self.link.irq:
                 await self.service_irq()
+            # QEMU waits for this message's reply and reads nothing else meanwhile: a miss
+            # the bridge cannot answer itself is failed at once.
+            await self.poll_miss(can_ask=False)
             await self.link.advance(64)
             waited += 64
         if self.link.irq:
@@ -512,9 +805,182 @@ class MmioTransport:
         return base
 
     async def iotlb_message(self, msg: IotlbMsg) -> None:
-        raise VhostUserError(
-            f"IOTLB_MSG {msg}: the device runs in GPA mode; IOVAs from the guest's IOMMU need "
-            "the associative translation mode (a later issue), which plugs in here")
+        """QEMU's update or invalidation; the acknowledgement goes out after this returns."""
+        if not self.iova:
+            raise VhostUserError(f"IOTLB_MSG {msg}: the device runs in GPA mode "
+                                 "(LINUX_MODE=iova runs it behind the guest's IOMMU)")
+        if msg.type == IotlbType.UPDATE:
+            await self._update(msg)
+        elif msg.type == IotlbType.INVALIDATE:
+            await self._invalidate(msg.iova, msg.size)
+        else:
+            raise VhostUserError(f"IOTLB_MSG of type {msg.type} from the front-end ({msg})")
+
+    # -- IOVA mode: the hypervisor's side of the IOTLB --------------------------------------------
+    async def _hv_w(self, off: int, value: int, *, staging: bool = False) -> None:
+        """A write on s_hv; a staging register is written only when its value changes (the
+        registers keep what was written, docs/iotlb.md)."""
+        if staging and self._staged.get(off) == value:
+            return
+        await self.link.hv.write32(off, value)
+        if staging:
+            self._staged[off] = value
+        self.iotlb.hv_writes += 1
+
+    async def _stage(self, iova: int, log2: int, gpa: int = 0, perm: int = 0) -> None:
+        attr = log2 | (spec.IOTLB_ATTR_READ if perm & VHOST_ACCESS_RO else 0) \
+            | (spec.IOTLB_ATTR_WRITE if perm & VHOST_ACCESS_WO else 0)
+        await self._hv_w(spec.HV_IOTLB_IOVA_LO, iova & 0xFFFF_FFFF, staging=True)
+        await self._hv_w(spec.HV_IOTLB_IOVA_HI, iova >> 32, staging=True)
+        if perm:
+            await self._hv_w(spec.HV_IOTLB_PA_LO, gpa & 0xFFFF_FFFF, staging=True)
+            await self._hv_w(spec.HV_IOTLB_PA_HI, gpa >> 32, staging=True)
+        await self._hv_w(spec.HV_IOTLB_ATTR, attr, staging=True)
+
+    async def _iotlb_cmd(self, cmd: int) -> None:
+        await self._hv_w(spec.HV_IOTLB_CMD, cmd)
+
+    async def _sync(self) -> None:
+        """``HV_SYNC``: once it reads 1, no bus transaction uses a removed translation."""
+        await self._hv_w(spec.HV_SYNC, 1)
+        for _ in range(100_000):
+            if await self.link.hv.read32(spec.HV_SYNC) & 1:
+                return
+            await self.link.advance(1)
+        raise BridgeError("HV_SYNC did not complete within 100,000 polls")
+
+    async def _insert(self, iova: int, gpa: int, log2: int, perm: int) -> None:
+        await self._stage(iova, log2, gpa, perm)
+        await self._iotlb_cmd(spec.IOTLB_CMD_INSERT)
+        self.iotlb.inserts += 1
+
+    async def _update(self, msg: IotlbMsg) -> None:
+        """Insert what QEMU maps (its ``uaddr`` -> guest physical through the memory table),
+        in naturally aligned pieces; resolve the pending miss it answers."""
+        self.iotlb.updates += 1
+        self.iotlb.update_perms[msg.perm] += 1
+        mem = self.backend.mem if self.backend is not None else None
+        if mem is None:
+            raise VhostUserError(f"IOTLB update {msg} before any memory table")
+        if msg.perm & VHOST_ACCESS_RW == 0 or msg.size == 0:
+            self.log.warning("IOTLB update without permission or size ignored: %s", msg)
+            return
+        gpa = mem.uva_to_gpa(msg.uaddr, msg.size)
+        if (msg.iova | gpa | msg.size) % PAGE:
+            raise VhostUserError(f"IOTLB update {msg} is not made of whole 4 KiB pages "
+                                 f"(guest physical {gpa:#x})")
+        self.iomap.insert(msg.iova, msg.size, gpa, msg.perm & VHOST_ACCESS_RW)
+        for iova, pa, log2 in aligned_pieces(msg.iova, msg.size, gpa):
+            await self._insert(iova, pa, log2, msg.perm)  # type: ignore[arg-type]
+        miss = self.miss
+        if miss is not None and msg.iova <= miss.iova < msg.iova + msg.size:
+            await self._resolve(spec.MISS_RESOLVE_RETRY, "qemu")
+
+    async def _invalidate(self, iova: int, size: int) -> None:
+        """Remove ``[iova, iova + size)`` from the device (and the bridge's copy), then
+        ``HV_SYNC``: QEMU is acknowledged only once no transaction can use it any more."""
+        self.iotlb.invalidations += 1
+        self.iomap.remove(iova, size)
+        pieces = aligned_pieces(iova, min(size, 1 << 48))
+        if size >= 1 << 48 or len(pieces) > 64:  # a whole address space: one command
+            await self._iotlb_cmd(spec.IOTLB_CMD_INVALIDATE_ALL)
+            self.iotlb.invalidate_cmds += 1
+        else:
+            for lo, _, log2 in pieces:
+                await self._stage(lo, log2)
+                await self._iotlb_cmd(spec.IOTLB_CMD_INVALIDATE)
+                self.iotlb.invalidate_cmds += 1
+        await self._sync()
+
+    async def _resolve(self, how: int, source: str) -> None:
+        miss = self.miss
+        assert miss is not None
+        await self._hv_w(spec.HV_MISS_RESOLVE, how)
+        self.miss = None
+        miss.end_cycle = self.link.cycle
+        miss.wall_s = time.monotonic() - miss.t0
+        miss.source = source if how == spec.MISS_RESOLVE_RETRY else "failed"
+        self.iotlb.misses.append(miss)
+
+    async def poll_miss(self, *, can_ask: bool = True) -> None:
+        """Serve the device's IOTLB miss, if one is pending (``hv_irq``): from the bridge's
+        copy of QEMU's updates if it has the page (the device evicted it), else by a miss
+        message to QEMU, whose update resolves it later (:meth:`_update`). A miss QEMU leaves
+        unanswered for ``miss_timeout_s`` (or any, when QEMU cannot answer: ``can_ask``
+        False) is failed."""
+        if not self.iova:
+            return
+        miss = self.miss
+        if miss is not None:
+            if not can_ask or time.monotonic() - miss.t0 > self.miss_timeout_s:
+                self.log.error("IOTLB miss at IOVA %#x (%s) unanswered after %.1f s: failed",
+                               miss.iova, "write" if miss.write else "read",
+                               time.monotonic() - miss.t0)
+                await self._resolve(spec.MISS_RESOLVE_FAIL, "failed")
+            return
+        if getattr(self.link, "hv_irq", None) is False:  # None: no port, read the register
+            return
+        seen = self.link.cycle  # hv_irq ends the bridge's wait: the miss rose just before
+        status = await self.link.hv.read32(spec.HV_IOTLB_MISS)
+        if not status & spec.IOTLB_MISS_PENDING:
+            return
+        iova = await self.link.hv.read32(spec.HV_MISS_IOVA_LO) \
+            | await self.link.hv.read32(spec.HV_MISS_IOVA_HI) << 32
+        write = bool(status & spec.IOTLB_MISS_WRITE)
+        miss = self.miss = PendingMiss(iova, write, seen, time.monotonic())
+        m = self.iomap.lookup(iova)
+        if m is not None:
+            # The device's IOTLB had it and evicted it: insert the aligned piece that holds it.
+            for k in range(spec.IOTLB_MAX_SIZE, spec.IOTLB_MIN_SIZE - 1, -1):
+                base = iova & ~((1 << k) - 1)
+                if base >= m.iova and base + (1 << k) <= m.end and not (m.gpa - m.iova) % (1 << k):
+                    await self._insert(base, m.gpa + base - m.iova, k, m.perm)
+                    break
+            await self._resolve(spec.MISS_RESOLVE_RETRY, "bridge")
+        elif not can_ask or self.backend is None or self.backend.backend_channel is None:
+            await self._resolve(spec.MISS_RESOLVE_FAIL, "failed")
+        else:
+            self.backend.send_iotlb_miss(iova, VHOST_ACCESS_WO if write else VHOST_ACCESS_RO)
+            miss.asked = True
+
+    def serve_miss_now(self) -> None:
+        """Serve the pending miss before returning (the untimed model calls this inside a
+        register write): the bridge's copy, else a miss message to QEMU and the main socket
+        read here until its update has resolved it. Other messages are held for the main loop
+        (QEMU waits for their replies, so a miss behind one times out)."""
+        _run_sync(self.poll_miss())
+        deadline = self.miss.t0 + self.miss_timeout_s if self.miss is not None else 0.0
+        while self.miss is not None:
+            be = self.backend
+            left = deadline - time.monotonic()
+            if be is None or be.closed or left <= 0:
+                _run_sync(self.poll_miss(can_ask=False))
+                break
+            if not select.select([be], [], [], left)[0]:
+                continue
+            msg = be.receive()
+            if msg is None:
+                _run_sync(self.poll_miss(can_ask=False))
+                break
+            if msg.request == Request.IOTLB_MSG:
+                _run_sync(be.handle(msg))
+            else:
+                self.held.append(msg)
+
+    async def iotlb_counters(self) -> dict[str, int]:
+        """The device's IOTLB statistics (0 in GPA mode)."""
+        return {"hits": await self.link.hv.read32(spec.HV_STAT_IOTLB_HITS),
+                "misses": await self.link.hv.read32(spec.HV_STAT_IOTLB_MISSES),
+                "invalidated": await self.link.hv.read32(spec.HV_STAT_IOTLB_INVALIDATED),
+                "entries": await self.link.hv.read32(spec.HV_IOTLB_ENTRIES)}
+
+    async def identity_map(self) -> None:
+        """After the guest: forget QEMU's translations and map IOVA = guest physical over the
+        first GiB, read and write (the read-back driver's addresses are physical)."""
+        self.iomap.clear()
+        await self._iotlb_cmd(spec.IOTLB_CMD_INVALIDATE_ALL)
+        await self._insert(0, 0, spec.IOTLB_MAX_SIZE, VHOST_ACCESS_RO | VHOST_ACCESS_WO)
+        await self._sync()
 
     # -- interrupt ---------------------------------------------------------------------------------
     async def service_irq(self) -> None:
@@ -543,7 +1009,22 @@ class MmioTransport:
                 self.calls += 1
 
     def busy(self) -> bool:
-        return self.requests.outstanding()
+        return self.requests.outstanding() or self.miss is not None
+
+    @property
+    def waiting_for_qemu(self) -> bool:
+        """A miss is with QEMU: the device can do nothing until its update arrives."""
+        return self.miss is not None and self.miss.asked
+
+
+def _run_sync(coro: Any) -> Any:
+    """Run a coroutine that never suspends (register accesses on the untimed model)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("a register access of the untimed model suspended")
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -606,6 +1087,7 @@ class BridgeConfig:
     deadline_s: float = 480.0
     idle_wait_s: float = 0.05
     poll_cycles: int = 16
+    miss_wait_s: float = 0.02  # select timeout while a miss is with QEMU
     stall_cycles: int = 300_000  # requests outstanding and no used element for this long
 
 
@@ -616,8 +1098,9 @@ class BridgeStats:
     guest_s: float | None = None  # VHB START to VHB DONE
     first_kick_s: float | None = None
     cycles: int = 0
-    busy_cycles: int = 0
-    busy_wall_s: float = 0.0
+    busy_cycles: int = 0  # cycles with requests outstanding, the bridge's register traffic too
+    sim_cycles: int = 0  # of those, the cycles simulated while the bridge waited for a poll
+    busy_wall_s: float = 0.0  # the wall time of those sim_cycles
     qemu_rc: int | None = None
     messages: dict[str, int] = field(default_factory=dict)
 
@@ -672,7 +1155,13 @@ class LinuxBridge:
         hung_up = False
         t = self.transport
         last_used, last_progress = -1, self.link.cycle
+        c_iter, busy_prev = self.link.cycle, False
         while True:
+            # Cycles of the last iteration, its handlers' register accesses included (IOVA
+            # mode: inserts, invalidations and HV_SYNC barriers run there), if it had work.
+            if busy_prev:
+                self.stats.busy_cycles += self.link.cycle - c_iter
+            c_iter = self.link.cycle
             if time.monotonic() - t0 > self.cfg.deadline_s:
                 raise BridgeError(f"timeout: the guest did not finish within "
                                   f"{self.cfg.deadline_s:.0f} s (see {self.cfg.console})")
@@ -680,8 +1169,14 @@ class LinuxBridge:
             if qemu.poll() is not None and (backend is None or hung_up):
                 return backend
             busy = t.busy() or self.link.irq
-            wait = 0.0 if busy else self.cfg.idle_wait_s
-            used = t.requests.used_idx() if t.requests.running else -1
+            # While a miss is with QEMU the device can do nothing: wait for its update in
+            # select (the clock stops) instead of simulating cycles that change nothing.
+            asking = t.waiting_for_qemu and not self.link.irq
+            wait = self.cfg.miss_wait_s if asking else 0.0 if busy else self.cfg.idle_wait_s
+            try:
+                used = t.requests.used_idx() if t.requests.running else -1
+            except Untranslated:
+                used = -1
             if not busy or used != last_used:
                 last_used, last_progress = used, self.link.cycle
             elif self.link.cycle - last_progress > self.cfg.stall_cycles:
@@ -701,7 +1196,7 @@ class LinuxBridge:
             for obj in ready:
                 if obj is srv:
                     conn, _ = srv.accept()
-                    backend = VhostUserBackend(conn, t, features=features)
+                    backend = VhostUserBackend(conn, t, features=features, iommu=t.iova)
                     t.backend = backend
                     self.log.info("QEMU connected after %.2f s", time.monotonic() - t0)
                 elif obj is backend:
@@ -717,15 +1212,20 @@ class LinuxBridge:
                             if self.stats.first_kick_s is None:
                                 self.stats.first_kick_s = time.monotonic() - t0
                             await backend.kicked(vring)
+            while t.held and backend is not None:  # read while a miss was served in a write
+                await backend.handle(t.held.pop(0))
             # Decode what the guest made available before the device can complete it (the
             # device takes far more than poll_cycles to read a chain and move its data).
             t.requests.take_avail(self.link.cycle)
             if self.link.irq:
                 await t.service_irq()
+            if backend is not None and not hung_up:
+                await t.poll_miss()
             c0, w0 = self.link.cycle, time.monotonic()
-            await self.link.advance(self.cfg.poll_cycles if busy else 1)
+            await self.link.advance(self.cfg.poll_cycles if busy and not asking else 1)
+            busy_prev = busy
             if busy:
-                self.stats.busy_cycles += self.link.cycle - c0
+                self.stats.sim_cycles += self.link.cycle - c0
                 self.stats.busy_wall_s += time.monotonic() - w0
 
 
@@ -789,9 +1289,17 @@ def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
                         "every write the guest made: " + first_difference(readback,
                                                                           bytes(log.shadow))))
     if expected is not None:
-        results.append(("host guest-writes-vs-plan", bytes(log.shadow) == expected,
-                        "what the guest wrote vs the plan: "
-                        + first_difference(bytes(log.shadow), expected)))
+        # The plan covers the disk's first len(expected) bytes (in IOVA mode the rest holds
+        # the guest's filesystem, which the guest checks itself; the read-back covers it all).
+        wrote = bytes(log.shadow[:len(expected)])
+        results.append(("host guest-writes-vs-plan", wrote == expected,
+                        "what the guest wrote vs the plan"
+                        + ("" if len(expected) == len(log.shadow)
+                           else f" (first {len(expected) // 1024} KiB)") + ": "
+                        + first_difference(wrote, expected)))
+    iotlb = _iotlb_figures(transport, hv, done, stats) if transport.iova or "iotlb" in hv else None
+    if transport.iova and iotlb is not None:
+        results += _iova_checks(transport, hv, iotlb)
     results.append(("host guest-exit", stats.qemu_rc == 0 and console.done_at is not None
                     and not errors, f"QEMU exit {stats.qemu_rc}; " + ("; ".join(errors)
                                                                        or "no bridge error")))
@@ -832,16 +1340,105 @@ def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
         "busy_wall_s": stats.busy_wall_s,
         "requests_per_s": len(done) / stats.wall_s if stats.wall_s else None,
         "requests_per_busy_s": len(done) / stats.busy_wall_s if stats.busy_wall_s else None,
-        "cycles_per_s": stats.busy_cycles / stats.busy_wall_s if stats.busy_wall_s else None,
+        "cycles_per_s": stats.sim_cycles / stats.busy_wall_s if stats.busy_wall_s else None,
         "notifies": transport.notifies,
         "interrupts": transport.interrupts,
         "calls": transport.calls,
         "ring_starts": transport.starts,
         "messages": stats.messages,
         "readback_md5": hashlib.md5(readback).hexdigest() if readback is not None else None,
+        "translation": transport.mode,
+        "iotlb": iotlb,
     }
     trace = [[r.kind, r.sector, r.data_len, r.kick_cycle, r.done_cycle] for r in done]
     return {"checks": results, "figures": figures, "dmesg": console.dmesg, "requests": trace}
+
+
+def _overlap(a0: int, a1: int, spans: list[tuple[int, int]]) -> int:
+    return sum(max(0, min(a1, b1) - max(a0, b0)) for b0, b1 in spans)
+
+
+def _iotlb_figures(transport: MmioTransport, hv: dict[str, Any], done: list[BlkReq],
+                   stats: BridgeStats) -> dict[str, Any]:
+    """IOTLB figures of the guest phase: the device's counters, what the bridge did as the
+    hypervisor, and the cycles requests spent stalled on misses (a miss's first cycle to the
+    cycle its MISS_RESOLVE was written), separated from the device's own cycles."""
+    st = transport.iotlb
+    dev = hv.get("iotlb") or {}
+    n = len(done) or 1
+    misses = st.misses
+    spans = [(m.start_cycle, m.end_cycle) for m in misses if m.end_cycle is not None]
+    stall = sum(b - a for a, b in spans)
+    by_source = Counter(m.source for m in misses)
+    asked = [m.wall_s for m in misses if m.asked and m.source == "qemu"]
+    # Per request: stall cycles inside its service interval (in-order device: from the later
+    # of its kick and the previous completion), and the device's own cycles beside them.
+    own: dict[str, list[int]] = {}
+    stalled: dict[str, list[int]] = {}
+    prev: int | None = None
+    for r in done:
+        if r.done_cycle is None:
+            continue
+        start = r.kick_cycle if prev is None else max(r.kick_cycle, prev)
+        s = _overlap(start, r.done_cycle, spans)
+        key = f"{r.kind} {r.data_len}"
+        stalled.setdefault(key, []).append(s)
+        own.setdefault(key, []).append(r.done_cycle - start - s)
+        prev = r.done_cycle
+    return {
+        "entries": dev.get("entries"),
+        "hits": dev.get("hits"),
+        "misses": dev.get("misses"),
+        "invalidated": dev.get("invalidated"),
+        "hits_per_request": dev["hits"] / n if "hits" in dev else None,
+        "misses_per_request": dev["misses"] / n if "misses" in dev else None,
+        "invalidated_per_request": dev["invalidated"] / n if "invalidated" in dev else None,
+        "qemu_updates": st.updates,
+        "qemu_updates_by_perm": {{1: "read-only", 2: "write-only", 3: "read-write"}.get(k, str(k)):
+                                 v for k, v in sorted(st.update_perms.items())},
+        "qemu_invalidations": st.invalidations,
+        "qemu_invalidations_per_request": st.invalidations / n,
+        "inserts": st.inserts,
+        "invalidate_cmds": st.invalidate_cmds,
+        "hv_writes": st.hv_writes,
+        "misses_served": len(misses),
+        "misses_answered_by_qemu": by_source["qemu"],
+        "misses_answered_by_bridge": by_source["bridge"],
+        "misses_failed": by_source["failed"],
+        "failed": [[m.iova, m.write, round(m.wall_s, 3)] for m in misses
+                   if m.source == "failed"],
+        "stall_cycles": stall,
+        "stall_cycles_per_request": stall / n,
+        "stall_cycles_per_miss": stall / len(spans) if spans else None,
+        "device_cycles_per_request": (stats.busy_cycles - stall) / n,
+        "qemu_miss_ms": {"n": len(asked), "mean": 1e3 * sum(asked) / len(asked),
+                         "max": 1e3 * max(asked)} if asked else None,
+        "service_own_cycles": {k: {"n": len(v), "mean": sum(v) / len(v)}
+                               for k, v in sorted(own.items())},
+        "service_stall_cycles": {k: {"n": len(v), "mean": sum(v) / len(v)}
+                                 for k, v in sorted(stalled.items())},
+    }
+
+
+def _iova_checks(transport: MmioTransport, hv: dict[str, Any],
+                 f: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The host's checks that the guest's DMA went through IOVA handles."""
+    ctrl = hv.get("ctrl", 0) & spec.HV_CTRL_MODE_MASK
+    platform = bool(transport.features >> spec.VIRTIO_F_ACCESS_PLATFORM & 1)
+    return [
+        ("host iova-mode", ctrl == spec.MODE_IOVA and platform,
+         f"HV_CTRL mode {ctrl}; the driver {'accepted' if platform else 'did not accept'} "
+         "VIRTIO_F_ACCESS_PLATFORM"),
+        ("host iotlb-used", bool(f["hits"]) and bool(f["misses"]) and bool(f["qemu_updates"]),
+         f"{f['hits']} hits, {f['misses']} misses, {f['qemu_updates']} updates from QEMU"),
+        ("host iotlb-invalidations", f["qemu_invalidations"] > 0,
+         f"{f['qemu_invalidations']} invalidations from QEMU (strict mode), "
+         f"{f['invalidated']} entries removed"),
+        ("host iotlb-misses-answered", f["misses_failed"] == 0,
+         f"{f['misses_served']} misses served: {f['misses_answered_by_qemu']} by QEMU, "
+         f"{f['misses_answered_by_bridge']} from the bridge's copy, {f['misses_failed']} failed"
+         + (f" {f['failed'][:3]}" if f["failed"] else "")),
+    ]
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
@@ -854,7 +1451,9 @@ async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict
     guest against it, read the disk back, check everything. ``cfg`` is the JSON the
     orchestrator (``tools/linux/run.py``) passes: ``qemu``, ``console``, ``result``,
     ``expected``, ``checks``, ``disk_bytes``, ``deadline_s``, ``mode``."""
-    transport = MmioTransport(link, cfg["disk_bytes"], log=log)
+    mode = cfg.get("linux_mode", "gpa")
+    transport = MmioTransport(link, cfg["disk_bytes"], mode=mode,
+                              miss_timeout_s=cfg.get("miss_timeout_s", 10.0), log=log)
     errors: list[str] = []
     ident = await transport.identify()
     log.info("device: vendor %#x, features %#x, QueueNumMax %d, capacity %d sectors",
@@ -873,12 +1472,22 @@ async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict
         stats = bridge.stats
     stats.cycles = link.cycle
     transport.requests.collect(link.cycle)
-    hv = {"requests": await link.hv.read32(spec.HV_STAT_REQUESTS),
-          "faults": await link.hv.read32(spec.HV_FAULT_COUNT)}
+    hv: dict[str, Any] = {"requests": await link.hv.read32(spec.HV_STAT_REQUESTS),
+                          "faults": await link.hv.read32(spec.HV_FAULT_COUNT),
+                          "ctrl": await link.hv.read32(spec.HV_CTRL)}
+    if mode == "iova" or cfg.get("iotlb_counters", True):
+        try:
+            hv["iotlb"] = await transport.iotlb_counters()
+        except Exception as exc:  # a device without the IOTLB registers (GPA-only builds)
+            log.info("no IOTLB counters: %s", exc)
+    if transport.miss is not None:  # QEMU is gone: it will not answer
+        await transport.poll_miss(can_ask=False)
     readback = None
     rb_cycles, rb_wall = link.cycle, time.monotonic()
     if link.ram.table is not None:
         try:
+            if mode == "iova":  # the read-back driver's addresses are physical: map them 1:1
+                await transport.identity_map()
             readback = await read_back(link, ident.capacity)
         except Exception as exc:  # report it with everything else
             log.error("read-back: %s", exc)

@@ -6,11 +6,13 @@ at the end.
     python -m tb.soak --cases 100000 --seed 1 --jobs 2     (make soak SOAK_CASES=... SOAK_SEED=...)
 
 The plan is a function of ``--seed``, ``--cases`` (or ``--streams``) and ``--per-stream``:
-stream ``k`` has seed ``seed + k``, and its kind (hostile stream in handle or GPA mode at a data
-width, with or without random memory pauses; grant revocation races; reset races) depends on
-its seed alone. Every finished stream leaves ``<out>/<seed>.json``; running the same command
-again skips them (resumable), and another ``--seed`` covers another range. A stream stops at
-its first violation, hang or mismatch; the figures list it with the command that replays it.
+stream ``k`` has seed ``seed + k``, and its kind (hostile stream in handle, GPA or IOVA mode at a
+data width, with or without random memory pauses; grant revocation races; reset races; strict
+IOVA unmaps racing requests) depends on its seed alone (for a given ``KINDS``: adding the IOVA
+kinds moved the kinds of the earlier seeds). Every finished stream leaves
+``<out>/<seed>.json``; running the same command again skips them (resumable), and another
+``--seed`` covers another range. A stream stops at its first violation, hang or mismatch; the
+figures list it with the command that replays it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ KINDS = [
     (5, "test_stream", 32, {"handle_mode": False, "pause": 0.2}, 1.0),
     (10, "test_revoke_race", 64, {}, 0.15),
     (5, "test_reset_race", 64, {"window": 1}, 0.1),
+    # IOVA mode (issue 16, docs/iotlb.md)
+    (12, "test_stream", 64, {"iova": True}, 1.0),
+    (5, "test_stream", 32, {"iova": True, "pause": 0.3}, 1.0),
+    (3, "test_stream", 128, {"iova": True}, 1.0),
+    (6, "test_iova_race", 64, {}, 0.15),
 ]
 
 
@@ -86,8 +93,8 @@ def plan(seed: int, per_stream: int, cases: int | None, streams: int | None) -> 
     return out
 
 
-FIELDS = ("cases", "hostile", "faults", "requests", "transactions", "cycles", "violations",
-          "hangs", "mismatches")
+FIELDS = ("cases", "hostile", "faults", "requests", "transactions", "cycles", "misses",
+          "violations", "hangs", "mismatches")
 
 
 def load(out: Path, st: Stream) -> dict | None:
@@ -125,7 +132,7 @@ def run_stream(st: Stream, out: Path) -> dict:
 
 def add(fig: dict, got: dict) -> None:
     for k in FIELDS:
-        fig[k] += got[k]
+        fig[k] += got.get(k, 0)  # (reports from before the IOVA kinds have no "misses")
     fig["wall"] += got.get("wall", 0.0)
 
 
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic() - t0
     print(f"soak: {fig['cases']} cases run ({fig['hostile']} hostile, {fig['faults']} faults, "
           f"{fig['requests']} requests, {fig['transactions']} bus transactions, "
-          f"{fig['cycles']} cycles)")
+          f"{fig['cycles']} cycles, {fig['misses']} IOTLB misses)")
     print(f"soak: violations {fig['violations']}, hangs {fig['hangs']}, mismatches "
           f"{fig['mismatches']}")
     print(f"soak: wall time {wall:.0f} s for the {len(todo)} streams run now on {args.jobs} jobs"

@@ -37,11 +37,23 @@ from cocotb.triggers import ClockCycles, RisingEdge
 
 from models import spec
 from models.grant import GrantEntry
+from sw.hypervisor import Hypervisor, IotlbMiss
+from sw.iommu import Answer, IommuModel
 from verif.cases import TableWrite, case_refs, gen_big_request, gen_table_write, generate
 from verif.choosers import RandomChooser
 from verif.oracle import Outcome, check_expectation
 from verif.stream import ReferenceStream, StreamDriver, run_coroutine
-from verif.world import F_QUARANTINE, R_DATA, Case, Expect, World
+from verif.world import (
+    F_QUARANTINE,
+    R_AVAIL,
+    R_DATA,
+    R_DESC,
+    R_SLOT,
+    R_USED,
+    Case,
+    Expect,
+    World,
+)
 
 from .bench import DeviceBench
 from .runner import DeviceConfig, params
@@ -74,6 +86,9 @@ class Figures:
     mismatches: int = 0
     cycles: int = 0
     max_bound_ratio: float = 0.0
+    misses: int = 0  # IOVA: IOTLB misses raised (the same sequence as the reference's)
+    evictions: int = 0  # IOVA: entries the reference's IOTLB replaced round robin
+    isolation: dict[str, int] = field(default_factory=dict)  # handshakes checked per mode
     by_category: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     wall: float = 0.0
@@ -94,7 +109,9 @@ class Figures:
 
 
 def _world(p: dict, cfg: DeviceConfig, seed: int) -> World:
-    return World(seed=seed, handle_mode=p.get("handle_mode", True), domid=seed % 0xFFF0 + 1,
+    return World(seed=seed, handle_mode=p.get("handle_mode", True), iova=p.get("iova", False),
+                 domid=seed % 0xFFF0 + 1,
+                 iotlb_entries=getattr(cfg, "iotlb_entries", spec.DEFAULT_IOTLB_ENTRIES),
                  entries=cfg.entries, queue_num_max=cfg.queue_num_max,
                  disk_bytes=cfg.disk_bytes, data_width=cfg.data_width)
 
@@ -115,12 +132,74 @@ class RtlStream:
         self.pause = pause
         self.timing_seed = timing_seed
         self.log = self.tb.log
+        iso = self.tb.isolation
+        iso.clock = lambda: self.tb.monitor.cycle
+        if not world.translated:
+            iso.mem_bytes = world.mem_bytes  # GPA: bursts stay inside guest memory
+        # IOVA mode: the hypervisor answering misses (the reference's policy, sw.iommu)
+        self.hvm = Hypervisor(self.tb.hv)
+        self.model = IommuModel(self.drv.table, self.drv.policy_for,
+                                delay=lambda n: ClockCycles(dut.clk, n))
+        self.serving = False
+        self.server_errors: list[str] = []
+        self.miss_cycles: list[tuple[int, int]] = []  # per logged miss: (read, answered) cycles
 
     async def start(self) -> None:
         await self.tb.reset()
         if self.pause:
             self.tb.set_memory_timing(self.timing_seed, self.pause)
         await self.drv.hv_setup()
+        if self.w.iova:
+            cocotb.start_soon(self._serve_misses())
+
+    # -- IOVA mode: the bench's hypervisor -------------------------------------------------------
+    def hv_irq(self) -> bool:
+        v = self.dut.hv_irq.value
+        return bool(int(v)) if v.is_resolvable else False
+
+    async def _serve_misses(self) -> None:
+        """Watch ``hv_irq``; read each miss (IOTLB_MISS, MISS_IOVA) and answer it with the
+        case's policy after its latency or timeout (``IommuModel.answer``); a miss it never
+        answers (NEVER, no timeout) ends with the driver's reset (Status = 0), after which the
+        miss must be cancelled: IOTLB_MISS reads 0 and ``hv_irq`` is low."""
+        while True:
+            if not self.hv_irq():
+                await RisingEdge(self.dut.hv_irq)
+            self.serving = True
+            miss = await self.hvm.pending_miss()
+            if miss is not None:
+                seen = self.tb.cycle
+                policy = self.drv.policy_for(miss)
+                if policy.answer is Answer.NEVER and not policy.times_out:
+                    self.model.decide(miss, policy)
+                    await self._reset_in_miss(miss)
+                else:
+                    await self.model.answer(self.hvm, miss)
+                self.miss_cycles.append((seen, self.tb.cycle))
+            self.serving = False
+            await RisingEdge(self.dut.clk)
+
+    async def _reset_in_miss(self, miss: IotlbMiss) -> None:
+        g = self.tb.guest
+        await ClockCycles(self.dut.clk, 10)
+        await g.write32(spec.MMIO_STATUS, 0)
+        for _ in range(1000):
+            if await g.read32(spec.MMIO_STATUS) == 0:
+                break
+        pending = await self.tb.hv.read32(spec.HV_IOTLB_MISS)
+        if pending & spec.IOTLB_MISS_PENDING or self.hv_irq():
+            self.server_errors.append(f"{miss}: a driver reset did not cancel it (IOTLB_MISS "
+                                      f"{pending:#x}, hv_irq {int(self.hv_irq())})")
+
+    async def wait_misses(self, k0: int, count: int, bound: int) -> int:
+        """Wait until ``count`` misses were seen since log entry ``k0`` and none is pending or
+        being answered; returns the cycles waited (``bound + 1`` if not within ``bound``)."""
+        c0 = self.tb.cycle
+        while len(self.model.log) - k0 < count or self.serving or self.hv_irq():
+            if self.tb.cycle - c0 > bound:
+                return bound + 1
+            await RisingEdge(self.dut.clk)
+        return self.tb.cycle - c0
 
     # -- helpers -------------------------------------------------------------------------------
     async def fault_regs(self) -> tuple[int, int, int, int]:
@@ -160,8 +239,10 @@ class RtlStream:
         if self.ref.violations:
             raise CaseFailure("violation", f"reference: {self.ref.violations[0]}")
         mon = self.tb.monitor
+        iso = self.tb.isolation
+        iso.outside_ok = case.category == "bus_error" and case.note == "decerr"
         await self.drv.prepare(case)
-        i0 = len(mon.records)
+        i0, k0 = len(mon.records), len(self.model.log)
         if case.expect.ignored_notify:
             await self.drv.kick(case, first=True)
             await ClockCycles(self.dut.clk, SETTLE)
@@ -172,13 +253,25 @@ class RtlStream:
         bound = ref_out.bound(self.w.data_width, self.pause)
         n = len(ref_out.transactions)
         waited = await self.wait_transactions(i0, n, bound)
+        if self.w.iova and waited <= bound:
+            await ClockCycles(self.dut.clk, SETTLE)
+            waited += SETTLE + await self.wait_misses(k0, len(ref_out.misses), bound - waited)
         fig.cycles += min(waited, bound)
         fig.max_bound_ratio = max(fig.max_bound_ratio, waited / bound)
         await ClockCycles(self.dut.clk, SETTLE)
         got = mon.records[i0:]
-        iso = self.tb.isolation
         if iso.violations:
             raise CaseFailure("violation", f"{case.describe()}: {iso.violations[0]}")
+        if self.server_errors:
+            raise CaseFailure("mismatch", f"{case.describe()}: {self.server_errors[0]}")
+        if self.w.iova:
+            rtl_misses = [(r.miss.iova, r.miss.write) for r in self.model.log[k0:]]
+            if rtl_misses != ref_out.misses:
+                raise CaseFailure("mismatch", f"{case.describe()}: misses (IOVA, write) "
+                                  f"{[(hex(a), w) for a, w in rtl_misses]}, reference "
+                                  f"{[(hex(a), w) for a, w in ref_out.misses]}")
+            fig.misses += len(rtl_misses)
+            fig.evictions += ref_out.evictions
         status, cause, addr, count = await self.fault_regs()
         want_count = ref_out.fault_count
         if waited > bound:
@@ -206,13 +299,16 @@ class RtlStream:
         return ref_out
 
 
-async def _begin(dut, test: str, bench: type, handle_mode: bool | None = None):
+async def _begin(dut, test: str, bench: type, handle_mode: bool | None = None,
+                 iova: bool = False):
     """A campaign's start: its params, its figures, a started ``bench`` on a seeded world, and
     the seeded chooser."""
     p = params()
     seed = p.get("seed", 1)
     fig = Figures(test, seed, wall=time.monotonic())  # the start, until _end
     mode = p if handle_mode is None else {"handle_mode": handle_mode}
+    if iova:
+        mode = {"handle_mode": False, "iova": True}
     world = _world(mode, DeviceConfig.from_env(), seed)
     pause = p.get("pause", 0.0)
     b = bench(dut, world, pause=pause, timing_seed=seed if pause else None)
@@ -232,14 +328,16 @@ async def _attempt(b: RtlStream, fig: Figures, step) -> bool:
         return False
 
 
-def _end(fig: Figures, p: dict) -> None:
+def _end(fig: Figures, p: dict, b: RtlStream | None = None) -> None:
     fig.wall = time.monotonic() - fig.wall
+    if b is not None:
+        fig.isolation = b.tb.isolation.summary()
     fig.write(p.get("report"))
 
 
 @cocotb.test()
 async def test_stream(dut):
-    """A seeded adversarial stream; params: seed, cases, handle_mode, pause, keep_going."""
+    """A seeded adversarial stream; params: seed, cases, handle_mode, iova, pause."""
     p, fig, rs, ch = await _begin(dut, "stream", RtlStream)
 
     async def one(case: Case) -> None:
@@ -254,7 +352,12 @@ async def test_stream(dut):
         fig.hostile += case.category != "good"
         if not await _attempt(rs, fig, one(case)):
             break
-    _end(fig, p)
+    if not fig.failures:  # the monitor checked the stream's mode (GPA: memory bounds)
+        try:
+            rs.tb.isolation.require_checked(rs.w.mode, at_least=fig.cases // 4)
+        except AssertionError as exc:
+            fig.fail(CaseFailure("violation", str(exc)))
+    _end(fig, p, rs)
     rs.log.info("stream seed %d: %d cases (%d hostile), %d faults, %d transactions, %d cycles, "
                 "max %.2f of the bound", fig.seed, fig.cases, fig.hostile, fig.faults,
                 fig.transactions, fig.cycles, fig.max_bound_ratio)
@@ -614,4 +717,176 @@ async def test_reset_race(dut):
         if not await _attempt(rb, fig, _reset_case(rb, case, how, delay, fig, p.get("window", 0))):
             break
     _end(fig, p)
+    assert not fig.failures, fig.failures[0]
+
+
+# =================================================================================================
+# IOVA mode: invalidation racing DMA
+# =================================================================================================
+
+
+def _iova_pages(case: Case, rb: RaceBench) -> list[int]:
+    """IOVA pages of the case's buffers (every page they span), in order, rings and header
+    slots first."""
+    w = rb.w
+    pages = [w.iova_page(r) for r in (R_DESC, R_AVAIL, R_USED, *R_SLOT)]
+    for _, a, ln, _, _ in case.descs:
+        if ln:
+            pages += [pg for pg in range(a >> spec.PAGE_SHIFT, ((a + ln - 1) >> spec.PAGE_SHIFT)
+                                         + 1) if pg not in pages]
+    return pages
+
+
+def _reachable(table, pages: list[int]) -> set[tuple[int, str]]:
+    """(frame, "R"/"W") the device may use through ``pages`` under ``table``."""
+    out = set()
+    for pg in pages:
+        m = table.lookup(pg << spec.PAGE_SHIFT)
+        if m is not None:
+            frame = m.translate(pg << spec.PAGE_SHIFT) >> spec.PAGE_SHIFT
+            out |= {(frame, k) for k, ok in (("R", m.read), ("W", m.write)) if ok}
+    return out
+
+
+async def _invalidator(rb: RaceBench, page: int, new, delay: int, log: dict) -> None:
+    """The guest's strict unmap racing the request: after ``delay`` cycles, under the
+    hypervisor's IOTLB lock (which the miss server also takes), change the page table at
+    ``page`` and invalidate it; then HV_SYNC written and polled until it reads 1."""
+    await ClockCycles(rb.dut.clk, delay)
+    async with rb.hvm.lock:
+        await rb.drv._remap(page, new)
+        log["cmd"] = next(c for c, off, _ in reversed(rb.watch.hv_writes)
+                          if off == spec.HV_IOTLB_CMD)
+    await rb.tb.hv.write32(spec.HV_SYNC, 1)
+    log["sync_write"] = rb.watch.hv_writes[-1][0]
+    for _ in range(10_000):
+        if await rb.tb.hv.read32(spec.HV_SYNC) & 1:
+            log["sync_read"] = rb.watch.hv_reads[-1][0]
+            return
+
+
+async def _iova_race_case(rb: RaceBench, case: Case, page: int, what: str, new, delay: int,
+                          fig: Figures) -> None:
+    w = rb.w
+    await rb.ack()
+    await rb.drv.prepare(case)
+    i0, t0, k0 = len(rb.tb.monitor.records), len(rb.watch.txns), len(rb.model.log)
+    pages = _iova_pages(case, rb)
+    before = _reachable(rb.drv.table, pages)
+    log: dict = {}
+    await rb.drv.kick(case, first=False)
+    race = cocotb.start_soon(_invalidator(rb, page, new, delay, log))
+    limit = 20 * rb.estimate(case) + 2000 + 8 * 400
+    waited = await rb.wait_end(limit)
+    await race
+    await ClockCycles(rb.dut.clk, SETTLE)
+    waited += SETTLE + await rb.wait_misses(k0, 0, limit)
+    txns = rb.watch.txns[t0:]
+    label = f"{case.describe()}: {what} of IOVA page {page:#x} after {delay} cycles"
+    if "sync_read" not in log:
+        raise CaseFailure("hang", f"{label}: HV_SYNC never read 1")
+    after = _reachable(rb.drv.table, pages)
+    # 1. Nothing issued after the invalidation command used the removed mapping.
+    for t in txns:
+        allowed = before if t.rise <= log["cmd"] else after
+        if (t.addr >> spec.PAGE_SHIFT, t.kind) not in allowed:
+            raise CaseFailure("violation", f"{label}: {t.kind} at {t.addr:#x} issued in cycle "
+                              f"{t.rise} (invalidation in cycle {log['cmd']}) is not mapped "
+                              f"at that moment")
+    # 2. HV_SYNC read 1 only once everything issued up to its write had completed.
+    for t in txns:
+        if t.rise <= log["sync_write"] and (t.end is None or t.end >= log["sync_read"]):
+            raise CaseFailure("violation", f"{label}: HV_SYNC written in cycle "
+                              f"{log['sync_write']} read 1 in cycle {log['sync_read']} while "
+                              f"{t.kind} at {t.addr:#x} (issued {t.rise}) completed {t.end}")
+    # 3. The reference, with the same change after the same transactions and the same
+    #    answered misses (the RTL looks a page up before its bursts: a miss answered before
+    #    the change and raised again after it is in both), agrees.
+    k = sum(t.rise <= log["cmd"] for t in txns)
+    cycles = rb.miss_cycles[k0:]
+    m = sum(done < log["cmd"] for _, done in cycles)
+    racy = any(seen < log["cmd"] < done for seen, done in cycles)  # pending across the change
+    tally = fig.by_category
+    if 0 < k < len(txns):
+        tally["landed_mid_request"] = tally.get("landed_mid_request", 0) + 1
+    ref = rb.ref
+    state = {"tx": False, "done": False}
+
+    def change(tx: bool = False) -> None:
+        state["tx"] |= tx
+        if state["tx"] and not state["done"] and len(ref.dev.misses) >= m:
+            state["done"] = True
+            run_coroutine(ref.drv._remap(page, new))
+    ref.after_miss = change
+    try:
+        ref_out = ref.run(case, at=(k, lambda: change(True)))
+    finally:
+        ref.after_miss = None
+    if ref.violations:
+        raise CaseFailure("violation", f"reference: {ref.violations[0]}")
+    bound = ref_out.bound(w.data_width, rb.pause)
+    if waited > limit or waited > bound + delay + 1000:
+        raise CaseFailure("hang", rb.dump(f"{label}: no completion or fault after {waited} "
+                                          f"cycles (bound {bound})", t0))
+    fig.max_bound_ratio = max(fig.max_bound_ratio, waited / (bound + delay + 1000))
+    fig.cycles += waited
+    rb.compare_bus(label, ref_out.transactions, i0)
+    status, cause, addr, count = await rb.fault_regs()
+    want = (1, *ref_out.fault, ref_out.fault_count) if ref_out.fault else (0, count)
+    have = (status, cause, addr, count) if ref_out.fault else (status, count)
+    if have != want:
+        raise CaseFailure("mismatch", f"{label}: fault registers {have}, reference {want}")
+    rb.compare_memory(label)
+    rtl_misses = [(r.miss.iova, r.miss.write) for r in rb.model.log[k0:]]
+    if rtl_misses != ref_out.misses:
+        if not racy:
+            writes = [(c, hex(o), hex(v)) for c, o, v in rb.watch.hv_writes
+                      if c >= rb.watch.txns[t0].rise - 200] if txns else []
+            raise CaseFailure("mismatch", f"{label}: misses "
+                              f"{[(hex(a), wr) for a, wr in rtl_misses]}, reference "
+                              f"{[(hex(a), wr) for a, wr in ref_out.misses]}; invalidation "
+                              f"in cycle {log['cmd']}; s_hv writes {writes}; transactions "
+                              f"{[(t.kind, hex(t.addr), t.rise, t.end) for t in txns]}; k {k}")
+        tally["misses_differ_miss_in_flight"] = tally.get("misses_differ_miss_in_flight", 0) + 1
+    fig.misses += len(rtl_misses)
+    fig.transactions += len(txns)
+    fig.faults += ref_out.fault is not None
+    fig.requests += 1
+    await rb.drv.finish(case, ref_out.fault is not None)
+
+    async def restore(d: StreamDriver) -> None:
+        await d._remap(page, w.iova_map.get(page))
+        await d.sync()
+    await rb.both(restore)
+
+
+@cocotb.test()
+async def test_iova_race(dut):
+    """IOVA mode: the guest unmaps, write-protects, remaps or only invalidates a page a
+    request uses, at a random cycle of it, with the IOTLB invalidation and HV_SYNC of a strict
+    unmap, while the bench's hypervisor answers misses; params: seed, cases, pause."""
+    p, fig, rb, ch = await _begin(dut, "iova_race", RaceBench, iova=True)
+    w = rb.w
+    for i in range(p.get("cases", 20)):
+        case = gen_big_request(ch, w, i)
+        case.flush = True  # only this request's pages are in the IOTLB
+        data = [pg for pg in _iova_pages(case, rb)[5:] if pg in w.iova_map]
+        page = ch.choice(data)
+        frame = w.iova_map[page][0]
+        what = ch.choice(("unmap", "unmap", "readonly", "remap", "invalidate"))
+        new = {"unmap": None, "readonly": (frame, True, False),
+               "remap": (F_QUARANTINE[page % len(F_QUARANTINE)], True, True),
+               "invalidate": w.iova_map[page]}[what]
+        delay = ch.int(0, rb.estimate(case))
+        fig.cases += 1
+        fig.hostile += 1
+        fig.by_category[what] = fig.by_category.get(what, 0) + 1
+        if not await _attempt(rb, fig, _iova_race_case(rb, case, page, what, new, delay, fig)):
+            break
+    if not fig.failures:
+        try:
+            rb.tb.isolation.require_checked("iova", at_least=fig.cases)
+        except AssertionError as exc:
+            fig.fail(CaseFailure("violation", str(exc)))
+    _end(fig, p, rb)
     assert not fig.failures, fig.failures[0]

@@ -14,6 +14,12 @@ invariants checked on every case:
 
 Plus grant revocations and driver resets racing with the engine at every transaction, and the
 contract's stale-translation rule ("Grant revocation"), which the plain reference model lacks.
+
+IOVA mode (docs/iotlb.md): streams with the IOVA categories (unmapped pages, a mapping ending
+inside a buffer, read-only and write-only mappings, misses failed, answered late or never, a
+driver reset during a miss, eviction under pressure), a strict unmap after every transaction,
+and the isolation monitor of the RTL benches (``tb/isolation.py``) on hand-made register writes
+and on the reference's own transactions.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from verif.cases import (
 from verif.choosers import DrawChooser, RandomChooser
 from verif.harness import HandDriver
 from verif.oracle import OracleDevice, check_expectation, cycle_bound
-from verif.stream import ReferenceStream
+from verif.stream import ReferenceStream, run_coroutine
 from verif.world import PAGE, Case, World
 
 FIGURES: Counter = Counter()  # summed over the module, printed by test_figures
@@ -70,6 +76,8 @@ def run_stream(world: World, ch, count: int, *, label: str) -> Counter:
         tally["generated"] += 1
         tally[case.category] += 1
         tally["hostile"] += case.category != "good"
+        tally["misses"] += len(out.misses)
+        tally["evictions"] += out.evictions
         why = check_expectation(case, out)
         assert why is None, f"{label} {case.describe()}: {why}"
         assert not rs.violations, f"{label}: {rs.violations[0]}"
@@ -100,6 +108,10 @@ STREAMS = [
     ("handle-e12-q8", {"entries": 64, "queue_num_max": 64}, 105, 2000),
     ("gpa-w64", {"handle_mode": False}, 106, 3000),
     ("gpa-w32", {"handle_mode": False, "data_width": 32}, 107, 1500),
+    ("iova-w64", {"iova": True}, 108, 3000),
+    ("iova-w32", {"iova": True, "data_width": 32}, 109, 1500),
+    ("iova-w128", {"iova": True, "data_width": 128}, 110, 1500),
+    ("iova-t8", {"iova": True, "iotlb_entries": 8}, 111, 1000),  # an 8-entry IOTLB
 ]
 
 
@@ -110,8 +122,10 @@ def test_seeded_stream(kw, seed, count):
     tally = run_stream(world, RandomChooser(random.Random(seed)), count, label=f"seed {seed}")
     FIGURES.update(tally)
     # every category of the mode was exercised
-    missing = [c for c in categories_for(world.handle_mode) if not tally[c]]
+    missing = [c for c in categories_for(world.handle_mode, world.iova) if not tally[c]]
     assert not missing, f"categories never generated: {missing}"
+    if world.iova:
+        assert tally["evictions"] > 0 and tally["misses"] > tally["cases"] // 2, tally
 
 
 HYPOTHESIS_STREAMS = 150
@@ -121,11 +135,12 @@ CATEGORY_EXAMPLES = 200
 
 @settings(max_examples=HYPOTHESIS_STREAMS, deadline=None,
           suppress_health_check=list(HealthCheck))
-@given(data=st.data(), handle_mode=st.booleans(), width=st.sampled_from([32, 64, 128]),
-       seed=st.integers(0, 2**16))
-def test_hypothesis_stream(data, handle_mode, width, seed):
+@given(data=st.data(), mode=st.sampled_from(["gpa", "grant", "iova"]),
+       width=st.sampled_from([32, 64, 128]), seed=st.integers(0, 2**16))
+def test_hypothesis_stream(data, mode, width, seed):
     """Short streams drawn by hypothesis (shrinkable: a failure reduces to a minimal case)."""
-    world = World(seed=seed, handle_mode=handle_mode, data_width=width, domid=seed % 60000 + 1)
+    world = World(seed=seed, handle_mode=mode == "grant", iova=mode == "iova", data_width=width,
+                  domid=seed % 60000 + 1)
     tally = run_stream(world, DrawChooser(data.draw), HYPOTHESIS_CASES, label="hypothesis")
     FIGURES.update(tally)
 
@@ -134,8 +149,9 @@ def test_hypothesis_stream(data, handle_mode, width, seed):
           suppress_health_check=list(HealthCheck))
 @given(data=st.data(), category=st.sampled_from(sorted(CATEGORIES)))
 def test_each_category_alone(data, category):
-    """Every category, drawn directly, against a fresh device."""
-    world = World(seed=7, handle_mode=True)
+    """Every category, drawn directly, against a fresh device (IOVA categories in IOVA
+    mode)."""
+    world = World(seed=7, handle_mode=True, iova=CATEGORIES[category][2] == "iova")
     rs = ReferenceStream(world)
     case = generate(DrawChooser(data.draw), world, 0, category)
     out = rs.run(case)
@@ -227,6 +243,192 @@ def test_reset_at_every_transaction(width):
     FIGURES["reset races"] += races
 
 
+# --- IOVA mode: a strict unmap at every transaction -----------------------------------------
+
+
+@pytest.mark.parametrize("width", [32, 64])
+def test_iova_unmap_at_every_transaction(width):
+    """IOVA mode, the IOTLB flushed before each request (so a frame is reachable only through
+    the request's own pages): right after the k-th transaction, for every k, the guest unmaps,
+    write-protects or remaps a page the request uses, invalidates it and syncs. No later
+    transaction uses the old translation, the outcome is a completion or the fault the change
+    causes (10 or 5), the misses come in pairs of (IOVA, direction) the hypervisor logged, and
+    good requests then succeed."""
+    world = World(seed=400 + width, iova=True, data_width=width, domid=3)
+    ch = RandomChooser(random.Random(400 + width))
+    rs = ReferenceStream(world)
+    races = 0
+    for i in range(40):
+        case = gen_big_request(ch, world, i)
+        case.flush = True
+        pages = []
+        for _, a, ln, _, _ in case.descs[1:-1]:
+            pages += range(a >> spec.PAGE_SHIFT, ((a + ln - 1) >> spec.PAGE_SHIFT) + 1)
+        page = ch.choice(pages)
+        frame = world.iova_map[page][0]
+        what = ch.choice(("unmap", "readonly", "remap"))
+        new = {"unmap": None, "readonly": (frame, True, False),
+               "remap": (48 + page % 8, True, True)}[what]
+        n = len(rs.run(case).transactions)
+        for k in sorted({0, 1, n // 3, n // 2, n - 2, n - 1, ch.int(0, n)}):
+            after: list = []
+            rs.extra_hook = lambda t, a=after: a.append(t) if a and a[0] == "go" else None
+
+            def act(page=page, new=new, after=after):
+                run_coroutine(rs.drv._remap(page, new))
+                run_coroutine(rs.drv.sync())
+                after.append("go")
+            log0 = len(rs.model.log)
+            out = rs.run(case, at=(k, act))
+            rs.extra_hook = None
+            races += 1
+            assert not rs.violations, rs.violations[0]
+            for t in after[1:]:
+                assert not (t.addr >> spec.PAGE_SHIFT == frame
+                            and (new is None or new[0] != frame or t.kind == "W")), \
+                    f"{case.describe()}: {what} of {page:#x} after transaction {k}: {t} used it"
+            if out.fault is not None:
+                assert out.fault[0] in (spec.FAULT_IOTLB_FAILED, spec.FAULT_READONLY), \
+                    f"{case.describe()}: {what}: {out.summary()}"
+            assert [(r.miss.iova, r.miss.write) for r in rs.model.log[log0:]] == out.misses
+            run_coroutine(rs.drv._remap(page, world.iova_map[page]))
+            if out.fault is not None:
+                pout = rs.run(generate(ch, world, i, "good"))
+                assert pout.fault is None, pout.summary()
+    FIGURES["cases"] += races
+    FIGURES["IOVA unmap races"] += races
+
+
+def test_iova_reset_during_a_miss_keeps_the_entries():
+    """docs/iotlb.md: a driver reset while a miss is pending cancels it (IOTLB_MISS reads 0,
+    hv_irq low), the IOTLB keeps its entries, and the same request then runs with no miss on
+    the pages it had mapped."""
+    world = World(seed=11, iova=True)
+    rs = ReferenceStream(world)
+    ch = RandomChooser(random.Random(11))
+    case = generate(ch, world, 0, "iova_reset_miss")
+    out = rs.run(case)
+    assert check_expectation(case, out) is None, out.summary()
+    assert rs.model.log[-1].writes == []  # left pending, then the reset
+    kept = rs.dev.iotlb.entries()
+    assert kept and rs.dev.hv.read(spec.HV_IOTLB_MISS) == 0 and not rs.dev.hv_irq
+    again = Case(1, "good", case.expect, case.queue, descs=case.descs, heads=case.heads,
+                 writes=case.writes)
+    again.expect = type(case.expect)(0, None)
+    out2 = rs.run(again)
+    assert out2.fault is None and len(out2.completions) == len(case.heads), out2.summary()
+    kept_pages = {e.base >> spec.PAGE_SHIFT for e in kept}
+    assert not [m for m in out2.misses if m[0] >> spec.PAGE_SHIFT in kept_pages], out2.misses
+
+
+# --- the isolation monitor of the RTL benches (tb/isolation.py) ----------------------------
+
+
+def _insert(chk, iova: int, pa: int, size: int = 12, r: bool = True, w: bool = True) -> None:
+    from sw.hypervisor import insert_writes
+    for off, v in insert_writes(iova, pa, size, r, w):
+        chk.hv_write(off, v)
+
+
+def test_isolation_monitor_iova():
+    """The shadow of the IOTLB: a burst must lie in the physical range of a mapping live at
+    its handshake, with the permission; an insert replaces what it overlaps; invalidations
+    (one page, all) remove mappings after a grace of cycles; counts per mode."""
+    from sw.hypervisor import invalidate_all_writes, invalidate_writes
+    from tb.isolation import IsolationChecker
+
+    now = [0]
+    chk = IsolationChecker(grace=10, clock=lambda: now[0])
+    chk.hv_write(spec.HV_CTRL, spec.MODE_IOVA)
+    _insert(chk, 0xFFF0_0000, 0x5000, r=True, w=False)
+    _insert(chk, 0x4000_0000, 0x20_0000, size=21)  # 2 MiB
+    chk.check("R", 0x5FF8, 8, 1)
+    chk.check("R", 0x21_0000, 64, 2)  # inside the 2 MiB mapping's physical range
+    assert not chk.violations
+    chk.check("W", 0x5000, 8, 3)  # read-only
+    chk.check("R", 0x6000, 8, 4)  # not mapped
+    chk.check("R", 0x5FFC, 8, 5)  # crosses a page
+    assert len(chk.violations) == 3, chk.violations
+    assert "write permission" in chk.violations[0] and "crosses a page" in chk.violations[2]
+    chk.violations.clear()
+    now[0] = 18
+    _insert(chk, 0xFFF0_0000, 0x7000)  # replaces the read-only mapping
+    chk.check("W", 0x7000, 8, 20)
+    chk.check("R", 0x5000, 8, 25)  # removed 0+ cycles ago (grace 10): possibly in flight
+    chk.check("R", 0x5000, 8, 40)  # removed long ago
+    assert len(chk.violations) == 1 and chk.late_uses == 1, chk.violations
+    for off, v in invalidate_writes(0x4010_0000, 12):  # one page inside the 2 MiB mapping
+        chk.hv_write(off, v)
+    chk.check("R", 0x21_0000, 64, 100)
+    assert len(chk.violations) == 2
+    for off, v in invalidate_all_writes():
+        chk.hv_write(off, v)
+    chk.check("W", 0x7000, 8, 200)
+    assert len(chk.violations) == 3
+    chk.hv_write(spec.HV_CTRL, 3)  # a write of 3 leaves the mode
+    assert chk.mode == spec.MODE_IOVA
+    assert chk.checked_by_mode["iova"] == 10
+    chk.require_checked("iova", at_least=10)
+    with pytest.raises(AssertionError, match="grant mode"):
+        chk.require_checked(spec.MODE_GRANT)
+
+
+def test_isolation_monitor_gpa_and_grant():
+    from tb.isolation import IsolationChecker
+
+    chk = IsolationChecker()
+    chk.check("R", 1 << 40, 8, 1)  # GPA, bounds unknown: nothing to check
+    assert not chk.violations and not chk.checked_by_mode
+    chk.mem_bytes = 0x4_0000
+    chk.check("R", 0x3_FFF8, 8, 2)
+    chk.check("W", 0x4_0000, 8, 3)
+    assert len(chk.violations) == 1 and "outside guest memory" in chk.violations[0]
+    chk.outside_ok = True
+    chk.check("W", 0x4_0000, 8, 4)
+    assert len(chk.violations) == 1 and chk.outside_allowed == 1
+    chk.require_checked("gpa", at_least=3)
+    chk.hv_write(spec.HV_DOMID, 9)
+    chk.hv_write(spec.HV_CTRL, spec.HV_CTRL_HANDLE_MODE)
+    w0, w1 = GrantEntry.permit(9, 0x12, readonly=True).pack()
+    chk.hv_write(spec.HV_GRANT_BASE + 8 * 3 + 4, w1)
+    chk.hv_write(spec.HV_GRANT_BASE + 8 * 3, w0)
+    chk.check("R", 0x12_010, 16, 5)
+    chk.check("W", 0x12_010, 16, 6)
+    assert chk.violations[-1] == "cycle 6: W at 0x12010 (frame 0x12) not granted to domain 9 " \
+        "for write"
+    chk.require_checked("grant", at_least=2)
+
+
+def test_isolation_monitor_follows_the_reference_iova_stream():
+    """The monitor, fed the s_hv writes of a reference IOVA stream, accepts every transaction
+    the reference makes; with the write permission of every insert dropped, it flags writes."""
+    from tb.isolation import IsolationChecker
+
+    for drop_w in (False, True):
+        world = World(seed=21, iova=True)
+        rs = ReferenceStream(world)
+        chk = IsolationChecker()
+        chk.hv_write(spec.HV_CTRL, spec.MODE_IOVA)
+        hv_write = rs.dev.hv.write
+
+        def spy(offset, value, *a, hv_write=hv_write, drop_w=drop_w, chk=chk, **kw):
+            hv_write(offset, value, *a, **kw)
+            if drop_w and offset == spec.HV_IOTLB_ATTR:
+                value &= ~spec.IOTLB_ATTR_WRITE
+            chk.hv_write(offset, value)
+        rs.dev.hv.write = spy
+        rs.extra_hook = lambda t, chk=chk: chk.check(t.kind, t.addr, t.nbytes, 0)
+        ch = RandomChooser(random.Random(21))
+        for i in range(150):
+            rs.run(generate(ch, world, i))
+        assert chk.checked_by_mode["iova"] > 500
+        if drop_w:
+            assert chk.violations and "write permission" in chk.violations[0]
+        else:
+            assert not chk.violations, chk.violations[0]
+            assert not rs.violations
+
+
 # --- the contract's stale-translation rule ------------------------------------------------------
 
 
@@ -311,7 +513,8 @@ def test_figures():
               f"({FIGURES['generated']} generated, {FIGURES['hostile']} of them hostile; "
               f"{FIGURES['faults']} faults, {FIGURES['recoveries']} recoveries, "
               f"{FIGURES['revocation races']} revocation races, {FIGURES['reset races']} reset "
-              f"races); violations 0")
+              f"races, {FIGURES['IOVA unmap races']} IOVA unmap races; {FIGURES['misses']} "
+              f"IOTLB misses, {FIGURES['evictions']} evictions); violations 0")
 
 
 def test_soak_plan():
@@ -323,5 +526,7 @@ def test_soak_plan():
     assert sum(s.cases for s in p) == 100_000
     assert [s.seed for s in p] == list(range(1, len(p) + 1))
     assert all(s == stream_for(s.seed, 500) for s in p[:-1])
-    assert {s.test for s in p} == {"test_stream", "test_revoke_race", "test_reset_race"}
+    assert {s.test for s in p} == {"test_stream", "test_revoke_race", "test_reset_race",
+                                   "test_iova_race"}
+    assert any(s.params.get("iova") for s in p)
     assert plan(7, 500, None, 1)[0] == stream_for(7, 500)

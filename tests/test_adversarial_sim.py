@@ -1,7 +1,8 @@
 """Adversarial co-simulation of the RTL (issue 4), through ``tb.runner.run`` like
 ``tests/test_sim.py``: seeded hostile streams, grant revocations racing in-flight DMA with
 HV_SYNC, and resets at random cycles, each case compared with the reference model, with the
-isolation monitor on every ``m_axi`` handshake and the reference's cycle bound against hangs.
+isolation monitor on every ``m_axi`` handshake and the reference's cycle bound against hangs;
+in IOVA mode also the sequence of IOTLB misses, and strict unmaps racing requests.
 
 Each entry below is one simulator process running many cases (``tb/test_adversarial.py``); it
 writes its figures to ``report.json`` in its run directory. ``make soak`` runs the same streams
@@ -30,6 +31,14 @@ RUNS = [
     ("revoke-w32-pause", "test_revoke_race", 32, {"seed": 22, "cases": 40, "pause": 0.3}),
     # window 1: see test_reset_window below
     ("reset-w64", "test_reset_race", 64, {"seed": 23, "cases": 40, "window": 1}),
+    # IOVA mode (docs/iotlb.md): hostile streams with the IOVA categories, the misses compared
+    # with the reference's; a strict unmap racing a request
+    ("stream-w64-iova", "test_stream", 64, {"seed": 31, "cases": 300, "iova": True}),
+    ("stream-w32-iova-pause", "test_stream", 32,
+     {"seed": 32, "cases": 150, "iova": True, "pause": 0.3}),
+    ("stream-w128-iova", "test_stream", 128, {"seed": 33, "cases": 100, "iova": True}),
+    ("iova-race-w64", "test_iova_race", 64, {"seed": 41, "cases": 60}),
+    ("iova-race-w32-pause", "test_iova_race", 32, {"seed": 42, "cases": 30, "pause": 0.3}),
 ]
 
 
@@ -66,6 +75,8 @@ def test_adversarial(test, width, params, request):
     assert fig["failed"] == 0
     assert fig["cases"] == params["cases"]
     assert (fig["violations"], fig["hangs"], fig["mismatches"]) == (0, 0, 0)
+    if params.get("iova") or test == "test_iova_race":
+        assert fig["misses"] > 0 and fig["isolation"].get("iova", 0) >= fig["cases"]
 
 
 def test_plan_covers_two_thousand_rtl_cases():

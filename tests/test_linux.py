@@ -69,10 +69,10 @@ class FakeDevice:
 class FrontEnd:
     """A scripted QEMU: sends messages, reads replies."""
 
-    def __init__(self, features: int = 1 << 32 | 1 << 9) -> None:
+    def __init__(self, features: int = 1 << 32 | 1 << 9, iommu: bool = False) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.dev = FakeDevice()
-        self.be = VhostUserBackend(theirs, self.dev, features=features)
+        self.be = VhostUserBackend(theirs, self.dev, features=features, iommu=iommu)
 
     def send(self, req: int, payload: bytes = b"", fds: list[int] = (), flags: int = 0) -> None:
         data = HEADER.pack(req, VHOST_USER_VERSION | flags, len(payload)) + payload
@@ -316,22 +316,23 @@ def _missing() -> str | None:
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tools.linux.run", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, check=False)
+                          capture_output=True, text=True, timeout=1500, check=False)
 
 
 @pytest.mark.sim
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                     reason="qemu-system-x86_64 is not installed (make linux installs it)")
+@pytest.mark.parametrize("translation", ["gpa", "iova"])
 @pytest.mark.parametrize("mode", ["model", "rtl"])
-def test_linux_guest(mode):
+def test_linux_guest(mode, translation):
     if os.environ.get("VHB_SKIP_LINUX"):
         pytest.skip("VHB_SKIP_LINUX is set (CI runs make linux separately)")
     reason = _missing()
     if reason:
         pytest.skip(reason)
-    res = _run(*(["--model"] if mode == "model" else []))
+    res = _run(*(["--model"] if mode == "model" else []), "--mode", translation)
     tail = (res.stdout + res.stderr)[-6000:]
-    assert res.returncode == 0, f"make linux ({mode}) failed:\n{tail}"
+    assert res.returncode == 0, f"make linux ({mode}, {translation}) failed:\n{tail}"
     assert "result               PASS" in res.stdout, tail
 
 
@@ -352,3 +353,393 @@ def test_bridge_memory_models(model):
         testcase="test_memory_model_speed", results_name=f"linux_speed_{model}",
         params={"axi_model": model, "requests": 8})
     assert (tests, failed) == (1, 0), f"the {model} model failed; log above, results {xml}"
+
+
+# --- IOVA mode: the bridge as the hypervisor, a scripted QEMU, a recording s_hv -------------------
+
+class RecordingHv:
+    """The device's privileged port as far as the bridge's IOTLB code uses it: records every
+    write; HV_SYNC reads 0 ``sync_busy`` times after each write before it reads 1 (and the
+    test's ``on_sync`` sees the moment it completes); a miss can be raised."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, int]] = []
+        self.start = 0  # commands() shows the writes from here
+        self.regs: dict[int, int] = {}
+        self.sync_busy = 2
+        self._busy = 0
+        self.on_sync = None
+
+    async def write32(self, off: int, value: int) -> None:
+        from models import spec
+
+        self.writes.append((off, value))
+        self.regs[off] = value
+        if off == spec.HV_SYNC:
+            self._busy = self.sync_busy
+        if off == spec.HV_MISS_RESOLVE:
+            self.regs[spec.HV_IOTLB_MISS] = 0
+
+    async def read32(self, off: int) -> int:
+        from models import spec
+
+        if off == spec.HV_SYNC:
+            if self._busy:
+                self._busy -= 1
+                return 0
+            if self.on_sync is not None:
+                self.on_sync()
+            return 1
+        return self.regs.get(off, 0)
+
+    def raise_miss(self, iova: int, write: bool) -> None:
+        from models import spec
+
+        self.regs[spec.HV_IOTLB_MISS] = spec.IOTLB_MISS_PENDING | (
+            spec.IOTLB_MISS_WRITE if write else spec.IOTLB_MISS_READ)
+        self.regs[spec.HV_MISS_IOVA_LO] = iova & 0xFFFF_FFFF
+        self.regs[spec.HV_MISS_IOVA_HI] = iova >> 32
+
+    def clear(self) -> None:
+        self.start = len(self.writes)
+
+    def commands(self) -> list[tuple]:
+        """The IOTLB commands as (cmd, iova, pa, attr), with the staging registers' values
+        when each command was written; ("sync",) and ("resolve", how) in between."""
+        from models import spec
+
+        staged: dict[int, int] = {}
+        out: list[tuple] = []
+        for i, (off, v) in enumerate(self.writes):
+            staged[off] = v
+            if i < self.start:
+                continue
+            if off == spec.HV_IOTLB_CMD:
+                out.append((v, staged.get(spec.HV_IOTLB_IOVA_HI, 0) << 32
+                            | staged.get(spec.HV_IOTLB_IOVA_LO, 0),
+                            staged.get(spec.HV_IOTLB_PA_HI, 0) << 32
+                            | staged.get(spec.HV_IOTLB_PA_LO, 0),
+                            staged.get(spec.HV_IOTLB_ATTR, 0)))
+            elif off == spec.HV_SYNC:
+                out.append(("sync",))
+            elif off == spec.HV_MISS_RESOLVE:
+                out.append(("resolve", v))
+        return out
+
+
+class IovaLink:
+    """A :class:`sw.transport.ClockedLink` with a recording s_hv and no device behind it."""
+
+    def __init__(self) -> None:
+        from tb.linux_bridge import GuestRam
+
+        self.ram = GuestRam()
+        self.mem = self.ram
+        self.hv = RecordingHv()
+        self.guest = None
+        self.cycle = 0
+        self.irq = False
+
+    @property
+    def hv_irq(self) -> bool:
+        from models import spec
+
+        return bool(self.hv.regs.get(spec.HV_IOTLB_MISS, 0) & spec.IOTLB_MISS_PENDING)
+
+    async def advance(self, cycles: int) -> None:
+        self.cycle += max(cycles, 1)
+
+
+UVA = 0x7F00_0000_0000  # where the scripted QEMU has the guest's RAM (GPA 0 up)
+
+
+def _iova_setup(miss_timeout_s: float = 10.0):
+    """A scripted QEMU connected to an IOVA-mode transport, a memory table of 8 MiB at GPA 0
+    and the back-end channel; returns (front-end, transport, link, backend-channel socket)."""
+    from models import spec
+    from tb.linux_bridge import MmioTransport
+
+    link = IovaLink()
+    t = MmioTransport(link, 64 * 1024, mode="iova", miss_timeout_s=miss_timeout_s)
+    fe = FrontEnd(features=1 << 32 | 1 << spec.VIRTIO_F_ACCESS_PLATFORM, iommu=True)
+    fe.be.device = t
+    t.backend = fe.be
+    fd = os.memfd_create("guest")
+    os.ftruncate(fd, 8 << 20)
+    fe.send(Request.SET_MEM_TABLE, struct.pack("<II", 1, 0)
+            + struct.pack("<QQQQ", 0, 8 << 20, UVA, 0), fds=[fd], flags=FLAG_NEED_REPLY)
+    fe.step()
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+    os.close(fd)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fe.send(Request.SET_BACKEND_REQ_FD, fds=[theirs.fileno()], flags=FLAG_NEED_REPLY)
+    theirs.close()
+    fe.step()
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+    assert fe.be.backend_channel is not None
+    return fe, t, link, ours
+
+
+def _update(fe: FrontEnd, iova: int, size: int, gpa: int, perm: int) -> None:
+    msg = IotlbMsg(iova, size, UVA + gpa, perm, IotlbType.UPDATE)
+    fe.send(Request.IOTLB_MSG, msg.pack(), flags=FLAG_NEED_REPLY)
+    fe.step()
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+
+
+def test_iommu_mode_offers_access_platform_reply_ack_and_backend_req():
+    from models import spec
+
+    fe = FrontEnd(features=1 << 32, iommu=True)
+    assert fe.u64(Request.GET_FEATURES) >> spec.VIRTIO_F_ACCESS_PLATFORM & 1
+    pf = fe.u64(Request.GET_PROTOCOL_FEATURES)
+    # QEMU refuses iommu_platform=on without both (vhost-user.rst).
+    assert pf >> ProtocolFeature.REPLY_ACK & 1 and pf >> ProtocolFeature.BACKEND_REQ & 1
+    assert ProtocolFeature.BACKEND_REQ == 5 and Request.SET_BACKEND_REQ_FD == 21
+    plain = FrontEnd(features=1 << 32)
+    assert not plain.u64(Request.GET_FEATURES) >> spec.VIRTIO_F_ACCESS_PLATFORM & 1
+    assert not plain.u64(Request.GET_PROTOCOL_FEATURES) >> ProtocolFeature.BACKEND_REQ & 1
+
+
+def test_update_inserts_aligned_pieces_translated_through_the_memory_table():
+    from models import spec
+
+    fe, t, link, _ = _iova_setup()
+    # SET_MEM_TABLE dropped every translation: invalidate all, then the barrier.
+    assert link.hv.commands() == [(spec.IOTLB_CMD_INVALIDATE_ALL, 0, 0, 0), ("sync",)]
+    link.hv.clear()
+    r, w = spec.IOTLB_ATTR_READ, spec.IOTLB_ATTR_WRITE
+    _update(fe, 0xFFFF_0000, 0x1000, 0x30_0000, 1)  # read-only page
+    _update(fe, 0x1_0000_3000, 0x3000, 0x50_3000, 3)  # 12 KiB: 4 KiB + 8 KiB pieces
+    _update(fe, 0x20_0000, 0x20_0000, 0x60_0000, 2)  # 2 MiB, write-only, one piece
+    assert link.hv.commands() == [
+        (1, 0xFFFF_0000, 0x30_0000, 12 | r),
+        (1, 0x1_0000_3000, 0x50_3000, 12 | r | w),
+        (1, 0x1_0000_4000, 0x50_4000, 13 | r | w),
+        (1, 0x20_0000, 0x60_0000, 21 | w),
+    ]
+    assert t.iomap.translate(0x1_0000_4ff0, 0x20) == [(0x50_4ff0, 0x20)]
+    assert t.iotlb.updates == 3 and t.iotlb.inserts == 4
+    # No miss was pending: nothing is resolved.
+    assert not any(c[0] == "resolve" for c in link.hv.commands())
+
+
+def test_invalidate_removes_syncs_then_acks():
+    """QEMU's INVALIDATE: invalidate commands over the range (split like updates), then
+    HV_SYNC until it reads 1, and only then the REPLY_ACK."""
+    import select as sel
+
+    from models import spec
+
+    fe, t, link, _ = _iova_setup()
+    _update(fe, 0x40_0000, 0x4000, 0x10_0000, 3)
+    link.hv.clear()
+    acked_before_sync: list[bool] = []
+    link.hv.on_sync = lambda: acked_before_sync.append(
+        bool(sel.select([fe.sock], [], [], 0)[0]))
+    msg = IotlbMsg(0x40_1000, 0x3000, 0, 0, IotlbType.INVALIDATE)
+    fe.send(Request.IOTLB_MSG, msg.pack(), flags=FLAG_NEED_REPLY)
+    fe.step()
+    assert acked_before_sync == [False]  # the barrier completed before the ack went out
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+    assert link.hv.commands() == [(2, 0x40_1000, 0x10_0000, 12), (2, 0x40_2000, 0x10_0000, 13),
+                                  ("sync",)]
+    assert t.iomap.lookup(0x40_0000) is not None and t.iomap.lookup(0x40_1000) is None
+    assert t.iotlb.invalidations == 1
+    # A whole address space at once: one invalidate-all.
+    link.hv.clear()
+    fe.send(Request.IOTLB_MSG, IotlbMsg(0, 2**64 - 1, 0, 0, IotlbType.INVALIDATE).pack(),
+            flags=FLAG_NEED_REPLY)
+    fe.step()
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+    assert link.hv.commands()[-2:] == [(spec.IOTLB_CMD_INVALIDATE_ALL, 0x40_2000, 0x10_0000, 13),
+                                       ("sync",)]
+    assert len(t.iomap) == 0
+
+
+def _backend_message(sock: socket.socket) -> tuple[int, int, IotlbMsg]:
+    sock.settimeout(2)
+    req, flags, size = HEADER.unpack(sock.recv(HEADER.size))
+    return req, flags, IotlbMsg.unpack(sock.recv(size))
+
+
+def test_device_miss_goes_to_qemu_without_need_reply_and_its_update_resolves_it():
+    from models import spec
+
+    fe, t, link, chan = _iova_setup()
+    link.hv.clear()
+    link.hv.raise_miss(0x7_1234, write=True)
+    link.cycle = 100
+    asyncio.run(t.poll_miss())
+    req, flags, msg = _backend_message(chan)
+    assert req == 1 and flags == VHOST_USER_VERSION  # BACKEND_IOTLB_MSG, no NEED_REPLY
+    assert (msg.iova, msg.perm, msg.type) == (0x7_1234, 2, IotlbType.MISS)
+    assert t.waiting_for_qemu and t.busy()
+    asyncio.run(t.poll_miss())  # still pending: nothing more is sent, nothing resolved
+    chan.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        chan.recv(1)
+    link.cycle = 130
+    _update(fe, 0x7_1000, 0x1000, 0x20_0000, 3)
+    assert link.hv.commands() == [(1, 0x7_1000, 0x20_0000, 12 | spec.IOTLB_ATTR_READ
+                                   | spec.IOTLB_ATTR_WRITE), ("resolve", 1)]
+    assert t.miss is None and not link.hv_irq
+    (m,) = t.iotlb.misses
+    assert (m.source, m.start_cycle, m.end_cycle, m.write) == ("qemu", 100, 130, True)
+
+
+def test_miss_on_an_evicted_entry_is_answered_from_the_bridges_copy():
+    fe, t, link, chan = _iova_setup()
+    _update(fe, 0x20_0000, 0x20_0000, 0x60_0000, 1)  # 2 MiB read-only
+    link.hv.clear()
+    link.hv.raise_miss(0x2F_F008, write=False)  # the device evicted it
+    asyncio.run(t.poll_miss())
+    assert link.hv.commands() == [(1, 0x20_0000, 0x60_0000, 21 | 1 << 8), ("resolve", 1)]
+    assert t.iotlb.misses[-1].source == "bridge"
+    chan.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        chan.recv(1)  # QEMU was not asked
+
+
+def test_unanswered_miss_is_failed_after_the_timeout():
+    _fe, t, link, chan = _iova_setup(miss_timeout_s=0.0)
+    link.hv.clear()
+    link.hv.raise_miss(0xDEAD_0000, write=False)
+    asyncio.run(t.poll_miss())
+    assert _backend_message(chan)[2].perm == 1
+    asyncio.run(t.poll_miss())  # the timeout (0 s) has passed: MISS_RESOLVE = 2
+    assert link.hv.commands() == [("resolve", 2)]
+    assert t.iotlb.misses[-1].source == "failed" and t.miss is None
+
+
+def test_iova_map_and_aligned_pieces():
+    from tb.linux_bridge import IovaMap, Untranslated, aligned_pieces
+
+    m = IovaMap()
+    m.insert(0x1000, 0x4000, 0x10_0000, 3)
+    m.insert(0x3000, 0x1000, 0x80_0000, 1)  # replaces the middle of the first
+    assert m.translate(0x2ff0, 0x20) == [(0x10_1ff0, 0x10), (0x80_0000, 0x10)]
+    assert m.lookup(0x4000).gpa == 0x10_3000
+    assert m.remove(0x0, 0x2000) == 0x1000
+    with pytest.raises(Untranslated):
+        m.translate(0x1ff0, 0x20)
+    assert aligned_pieces(0x1000, 0x7000) == [(0x1000, None, 12), (0x2000, None, 13),
+                                              (0x4000, None, 14)]
+    # The physical address's alignment limits a piece too; 1 GiB at most.
+    assert aligned_pieces(0x20_0000, 0x20_0000, 0x1000) == [
+        (0x20_0000 + k * 0x1000, 0x1000 + k * 0x1000, 12) for k in range(512)]
+    assert aligned_pieces(0, 1 << 31, 0) == [(0, 0, 30), (1 << 30, 1 << 30, 30)]
+    assert aligned_pieces(0x1800, 0x100) == [(0x1000, None, 12)]  # widened to its page
+
+
+def test_request_log_waits_for_translations_in_iova_mode():
+    """The bridge reads rings and buffers through QEMU's translations: an entry whose pages
+    are not translated yet is decoded once they are."""
+    from models import spec
+    from models.memory import GuestMemory
+    from tb.linux_bridge import GuestRam, IovaMap, IovaView, RequestLog
+
+    ram = GuestRam()
+    ram.table = GuestMemory(1 << 20)  # type: ignore[assignment]
+    iomap = IovaMap()
+    log = RequestLog(ram, 64 * 1024)
+    log.mem = IovaView(ram, iomap)
+    log.start(4, 0xA000_1000, 0xA000_2000, 0xA000_3000)  # IOVAs
+    iomap.insert(0xA000_3000, 0x1000, 0x3000, 2)  # QEMU pushes the used ring only
+    log.kicked = True
+    assert log.outstanding() and log.take_avail(5) == 0
+    iomap.insert(0xA000_1000, 0x2000, 0x1000, 1)  # desc and avail (the device's misses)
+    ram.write(0x2000, struct.pack("<HHH", 0, 1, 0))
+    ram.write(0x1000, struct.pack("<QIHH", 0xB000_0000, 16, 1, 1)
+              + struct.pack("<QIHH", 0xB000_0010, 512, 1, 2)
+              + struct.pack("<QIHH", 0xB000_0210, 1, 2, 0))
+    ram.write(0x8000, struct.pack("<IIQ", spec.VIRTIO_BLK_T_OUT, 0, 3) + b"\xab" * 512)
+    assert log.take_avail(7) == 0 and "0xb0000000" in log.deferred  # the buffer is not yet
+    iomap.insert(0xB000_0000, 0x1000, 0x8000, 3)
+    assert log.take_avail(9) == 1
+    (req,) = log.pending
+    assert (req.kind, req.sector, req.data_len, req.kick_cycle) == ("write", 3, 512, 5)
+    assert bytes(log.shadow[1536:2048]) == b"\xab" * 512
+
+
+def test_transport_in_iova_mode_on_the_reference_model():
+    """IOVA mode end to end without QEMU: rings and buffers at IOVAs, the used ring's
+    translation pushed at start, the rest answered as the model misses (the updates are already
+    in the socket when the kick comes: the untimed model's miss is served inside the
+    QueueNotify write), then the completion unmapped by an invalidation."""
+    from models import spec
+    from tb.linux_bridge import MmioTransport, ModelLink
+
+    disk = 64 * 1024
+    link = ModelLink(disk, data_width=64)
+    t = MmioTransport(link, disk, mode="iova")
+    ident = asyncio.run(t.identify())
+    assert ident.features >> spec.VIRTIO_F_ACCESS_PLATFORM & 1
+    fe = FrontEnd(features=ident.features, iommu=True)
+    fe.be.device = t
+    t.backend = fe.be
+    fd = os.memfd_create("guest")
+    os.ftruncate(fd, 1 << 20)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fe.send(Request.SET_FEATURES, struct.pack("<Q", ident.features))
+    fe.send(Request.SET_MEM_TABLE, struct.pack("<II", 1, 0)
+            + struct.pack("<QQQQ", 0, 1 << 20, UVA, 0), fds=[fd])
+    fe.send(Request.SET_BACKEND_REQ_FD, fds=[theirs.fileno()])
+    theirs.close()
+    ring_iova, n = 0xFFFF_0000, 8  # desc, avail (+0x800), used (+0xC00): one page at GPA 0x10000
+    fe.send(Request.SET_VRING_NUM, struct.pack("<II", 0, n))
+    fe.send(Request.SET_VRING_BASE, struct.pack("<II", 0, 0))
+    fe.send(Request.SET_VRING_ADDR, struct.pack("<IIQQQQ", 0, 0, ring_iova, ring_iova + 0xC00,
+                                                ring_iova + 0x800, 0))
+    kick, call = os.eventfd(0), os.eventfd(0)
+    fe.send(Request.SET_VRING_CALL, struct.pack("<Q", 0), fds=[os.dup(call)])
+    fe.send(Request.SET_VRING_KICK, struct.pack("<Q", 0), fds=[os.dup(kick)])
+    fe.send(Request.SET_VRING_ENABLE, struct.pack("<II", 0, 1))
+    for _ in range(9):
+        fe.step()
+    regs = link.dev
+    assert (regs.queue_desc, regs.queue_driver) == (ring_iova, ring_iova + 0x800)  # IOVAs
+    # A write of 512 bytes at sector 2: header, data and status at IOVA 0x5000_0000 (GPA 0x20000).
+    mem = os.fdopen(os.dup(fd), "r+b", buffering=0)
+    data = bytes(range(256)) * 2
+    buf = 0x5000_0000
+    mem.seek(0x20000)
+    mem.write(struct.pack("<IIQ", spec.VIRTIO_BLK_T_OUT, 0, 2) + data + b"\xff")
+    mem.seek(0x10000)
+    mem.write(struct.pack("<QIHH", buf, 16, 1, 1) + struct.pack("<QIHH", buf + 16, 512, 1, 2)
+              + struct.pack("<QIHH", buf + 0x210, 1, 2, 0))
+    mem.seek(0x10800)
+    mem.write(struct.pack("<HHH", 0, 1, 0))
+    # QEMU's answers to the misses to come (the ring page, then the buffer page).
+    for iova, gpa, perm in ((ring_iova, 0x10000, 3), (buf, 0x20000, 3)):
+        fe.send(Request.IOTLB_MSG, IotlbMsg(iova, 0x1000, UVA + gpa, perm,
+                                            IotlbType.UPDATE).pack(), flags=FLAG_NEED_REPLY)
+    os.eventfd_write(kick, 1)
+    asyncio.run(fe.be.kicked(fe.be.vrings[0]))
+    misses = [_backend_message(ours)[2] for _ in range(2)]
+    ours.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        ours.recv(1)  # no third miss
+    assert [(m.iova & ~0xFFF, m.type) for m in misses] == [(ring_iova, IotlbType.MISS),
+                                                           (buf, IotlbType.MISS)]
+    assert [fe.reply()[2] for _ in range(2)] == [struct.pack("<Q", 0)] * 2  # both acked
+    assert link.irq
+    asyncio.run(t.service_irq())
+    assert os.eventfd_read(call) == 1
+    mem.seek(0x10C00)
+    assert mem.read(12) == struct.pack("<HHII", 0, 1, 0, 1)
+    mem.seek(0x20210)
+    assert mem.read(1) == b"\0"  # VIRTIO_BLK_S_OK
+    assert bytes(regs.disk[1024:1536]) == data == bytes(t.requests.shadow[1024:1536])
+    assert [r.kind for r in t.requests.done] == ["write"] and not t.requests.errors
+    assert [m.source for m in t.iotlb.misses] == ["qemu", "qemu"]
+    # The guest unmaps the buffer: the device forgets it, a later access would miss again.
+    fe.send(Request.IOTLB_MSG, IotlbMsg(buf, 0x1000, 0, 0, IotlbType.INVALIDATE).pack(),
+            flags=FLAG_NEED_REPLY)
+    fe.step()
+    assert fe.reply()[2] == struct.pack("<Q", 0)
+    assert regs.hv.read(spec.HV_STAT_IOTLB_INVALIDATED) == 1 and t.iomap.lookup(buf) is None
+    mem.close()
+    for f in (fd, kick, call):
+        os.close(f)
+    ours.close()

@@ -38,7 +38,7 @@ def test_entries_must_be_a_power_of_two_from_8_to_1024(bad):
         Iotlb(bad)
 
 
-@pytest.mark.parametrize(("entries", "sets", "bits"), [(8, 2, 1), (64, 16, 4), (1024, 256, 8)])
+@pytest.mark.parametrize(("entries", "sets", "bits"), [(8, 4, 2), (64, 32, 5), (1024, 512, 9)])
 def test_geometry(entries, sets, bits):
     t = Iotlb(entries)
     assert (t.n_entries, t.n_sets, t.set_bits) == (entries, sets, bits)
@@ -46,10 +46,12 @@ def test_geometry(entries, sets, bits):
 
 
 def test_placement_small_and_large_sets():
-    t = Iotlb(64)  # S = 16, b = 4: small set IOVA[15:12], large set IOVA[33:30]
-    assert t.small_set(0x5000) == 5 and t.small_set(0x1_5FFF) == 5 and t.small_set(0xF000) == 15
+    t = Iotlb(64)  # S = 32, b = 5: small set IOVA[16:12], large set IOVA[34:30]
+    assert t.small_set(0x5000) == 5 and t.small_set(0x2_5FFF) == 5 and t.small_set(0xF000) == 15
+    assert t.small_set(0x1_5000) == 21 and t.small_set(0x1_F000) == 31  # bit 16 is in the index
     assert t.large_set(0x5000) == 0 and t.large_set(G) == 1 and t.large_set(0x3_C000_0000) == 15
-    assert t.large_set(0x4_0000_0000) == 0  # bit 34 is above the index
+    assert t.large_set(0x4_0000_0000) == 16 and t.large_set(0x7_C000_0000) == 31  # bit 34 too
+    assert t.large_set(0x8_0000_0000) == 0  # bit 35 is above the index
     assert t.insert(0x3000, 0x9000, 12, **RW) == IotlbEntry(3, 0, 0x3000, 12, 0x9000, True, True)
     assert t.insert(0x4020_0000, 0, 21, **RW).set == 1  # large set of 0x4020_0000
     assert t.insert(0x8_0001_0000, 0, 16, **RW).set == 0  # 64 KiB: large set too
@@ -59,8 +61,8 @@ def test_placement_small_and_large_sets():
 
 def test_insert_aligns_base_and_pa_to_the_size():
     t = Iotlb(8)
-    assert t.insert(0x1_2345, 0xABC_DEF1, 12, r=True, w=False) == IotlbEntry(
-        0, 0, 0x1_2000, 12, 0xABC_D000, True, False)
+    assert t.insert(0x1_2345, 0xABC_DEF1, 12, r=True, w=False) == IotlbEntry(  # S = 4: set 2
+        2, 0, 0x1_2000, 12, 0xABC_D000, True, False)
     e = t.insert(0x7654_3210, 0x1234_5678, 21, r=False, w=True)
     assert (e.base, e.pa, e.r, e.w) == (0x7640_0000, 0x1220_0000, False, True)
     assert t.lookup(0x7654_3210) == e and e.translate(0x7654_3210) == 0x1234_3210
@@ -69,7 +71,7 @@ def test_insert_aligns_base_and_pa_to_the_size():
 
 def test_lookup_probes_the_small_and_the_large_set():
     t = Iotlb(64)
-    big = t.insert(0x20_0000, 0x4000_0000, 21, **RW)  # large set 0, covers small sets 0..15
+    big = t.insert(0x20_0000, 0x4000_0000, 21, **RW)  # large set 0, covers small sets 0..31
     small = t.insert(0x4020_5000, 0x7000, 12, **RW)  # small set 5, outside the 2 MiB entry
     assert t.lookup(0x20_0000) == big and t.lookup(0x3F_FFFF) == big
     assert t.lookup(0x20_5123) == big  # small set 5 holds `small`, which does not cover it
@@ -103,11 +105,11 @@ def test_an_insert_of_a_bad_size_does_nothing(size):
     t = Iotlb(8)
     e = t.insert(0x20_0000, 0, 21, **RW)
     assert t.insert(0x20_0000, 0x1000, size, **RW) is None
-    assert t.entries() == [e] and t.pointers == [0, 0] and t.evictions == []
+    assert t.entries() == [e] and t.pointers == [0, 0, 0, 0] and t.evictions == []
 
 
 def test_insert_removes_every_entry_it_overlaps():
-    t = Iotlb(16)  # S = 4
+    t = Iotlb(16)  # S = 8
     smalls = [t.insert(0x20_0000 + k * K, k * K, 12, **RW) for k in (0, 1, 5, 511)]
     outside = t.insert(0x40_0000, 0, 12, **RW)
     big = t.insert(0x2F_0000, 0x8000_0000, 21, r=True, w=False)  # base 0x20_0000
@@ -123,30 +125,36 @@ def test_insert_removes_every_entry_it_overlaps():
 
 
 def test_round_robin_replacement_order():
-    t = Iotlb(8)  # S = 2: pages 0x0000, 0x2000, 0x4000, ... share small set 0
-    page = [2 * k * K for k in range(12)]
-    ways = [t.insert(p, p, 12, **RW).way for p in page[:4]]
-    assert ways == [0, 1, 2, 3] and t.pointers == [0, 0]  # invalid ways first: no pointer move
-    e4 = t.insert(page[4], 0, 12, **RW)
-    assert e4.way == 0 and t.pointers == [1, 0] and [e.base for e in t.evictions] == [page[0]]
-    assert t.insert(page[5], 0, 12, **RW).way == 1 and t.pointers == [2, 0]
-    # Way 3 freed: the next insert takes it (lowest invalid way), the pointer stays at 2.
+    t = Iotlb(8)  # S = 4: pages 0x0000, 0x4000, 0x8000, ... share small set 0
+    page = [4 * k * K for k in range(9)]
+    ways = [t.insert(p, p, 12, **RW).way for p in page[:2]]
+    assert ways == [0, 1] and t.pointers == [0, 0, 0, 0]  # invalid ways first: no pointer move
+    e2 = t.insert(page[2], 0, 12, **RW)
+    assert e2.way == 0 and t.pointers == [1, 0, 0, 0] and [e.base for e in t.evictions] == [0]
+    assert t.insert(page[3], 0, 12, **RW).way == 1 and t.pointers == [0, 0, 0, 0]  # wraps
+    # Way 1 freed: the next insert takes it (lowest invalid way), not the pointer's way 0,
+    # and the pointer stays at 0.
     assert t.invalidate(page[3], 12) == 1
-    assert t.insert(page[6], 0, 12, **RW).way == 3 and t.pointers == [2, 0]
-    assert t.insert(page[7], 0, 12, **RW).way == 2 and t.pointers == [3, 0]
-    assert t.insert(page[8], 0, 12, **RW).way == 3 and t.pointers == [0, 0]
-    assert t.insert(page[9], 0, 12, **RW).way == 0 and t.pointers == [1, 0]
-    assert [e.base for e in t.evictions] == [page[0], page[1], page[2], page[6], page[4]]
-    # Re-inserting a resident page frees its own way first: no eviction, pointer unchanged.
-    assert t.insert(page[7], 0x1000, 12, **RW).way == 2 and t.pointers == [1, 0]
-    assert len(t.evictions) == 5
+    assert t.insert(page[4], 0, 12, **RW).way == 1 and t.pointers == [0, 0, 0, 0]
+    assert t.insert(page[5], 0, 12, **RW).way == 0 and t.pointers == [1, 0, 0, 0]
+    assert t.insert(page[6], 0, 12, **RW).way == 1 and t.pointers == [0, 0, 0, 0]  # wraps
+    assert t.insert(page[7], 0, 12, **RW).way == 0 and t.pointers == [1, 0, 0, 0]
+    assert t.insert(page[8], 0, 12, **RW).way == 1 and t.pointers == [0, 0, 0, 0]  # wraps
+    assert [e.base for e in t.evictions] == [page[0], page[1], page[2], page[4], page[5],
+                                             page[6]]
+    assert [(e.way, e.base) for e in t.entries()] == [(0, page[7]), (1, page[8])]
+    # Re-inserting a resident page frees its own way first (way 1, while the pointer names
+    # way 0): no eviction, pointer unchanged.
+    assert t.insert(page[8], 0x1000, 12, **RW).way == 1 and t.pointers == [0, 0, 0, 0]
+    assert len(t.evictions) == 6 and t.lookup(page[7]).way == 0
     # Set 1 has its own pointer, still at 0.
-    odd = [t.insert((2 * k + 1) * K, 0, 12, **RW).way for k in range(6)]
-    assert odd == [0, 1, 2, 3, 0, 1] and t.pointers == [1, 2]
+    odd = [t.insert((4 * k + 1) * K, 0, 12, **RW).way for k in range(5)]
+    assert odd == [0, 1, 0, 1, 0] and t.pointers == [0, 1, 0, 0] and len(t.evictions) == 9
+    assert [e.base for e in t.evictions[6:]] == [1 * K, 5 * K, 9 * K]
     # Small and large entries share the S sets: the large set of 0x4000_0000 is set 1, full.
     big = t.insert(0x4000_0000, 0, 21, **RW)
-    assert (big.set, big.way) == (1, 2) and t.pointers == [1, 3] and len(t.evictions) == 8
-    assert t.evictions[-1].base == 5 * K  # the odd page that was in set 1 way 2
+    assert (big.set, big.way) == (1, 1) and t.pointers == [0, 0, 0, 0] and len(t.evictions) == 10
+    assert t.evictions[-1].base == 13 * K  # the odd page that was in set 1 way 1
 
 
 def test_invalidate_range_and_counts():
@@ -163,11 +171,11 @@ def test_invalidate_range_and_counts():
         t.insert(k * G, 0, 30, **RW)
     t.insert(5 * G + 0x7000, 0, 12, **RW)
     assert t.invalidate(0x1234, 31) == 4 and len(t) == 0  # a size above 30: all
-    for k in range(5):  # one large set (0) of 4 ways: the fifth evicts the first
+    for k in range(5):  # one large set (0) of 2 ways: the third, fourth, fifth evict
         t.insert(k * M2, 0, 21, **RW)
-    assert [e.base for e in t.evictions] == [0]
-    assert t.invalidate(0, 30) == 4  # 1 GiB covers them all
-    for k in range(7):  # small sets 0, 1, 2, 3, 0, 1, 2
+    assert [e.base for e in t.evictions] == [0, M2, 2 * M2] and t.pointers[0] == 1
+    assert t.invalidate(0, 30) == 2  # 1 GiB covers both left
+    for k in range(7):  # small sets 0 to 6 (S = 8)
         t.insert(k * K, 0, 12, **RW)
     pointers = list(t.pointers)
     assert t.invalidate_all() == 7 and t.entries() == [] and t.invalidate_all() == 0
@@ -176,11 +184,11 @@ def test_invalidate_range_and_counts():
 
 def test_reset_clears_entries_and_pointers_keeps_the_record():
     t = Iotlb(8)
-    for k in range(5):
-        t.insert(2 * k * K, 0, 12, **RW)
-    assert t.pointers == [1, 0] and len(t.evictions) == 1
+    for k in range(3):  # small set 0 (S = 4) of 2 ways: the third evicts the first
+        t.insert(4 * k * K, 0, 12, **RW)
+    assert t.pointers == [1, 0, 0, 0] and len(t.evictions) == 1
     t.reset()
-    assert t.entries() == [] and t.pointers == [0, 0] and len(t.evictions) == 1
+    assert t.entries() == [] and t.pointers == [0, 0, 0, 0] and len(t.evictions) == 1
     assert t.insert(0, 0, 12, **RW).way == 0
 
 
@@ -369,15 +377,15 @@ def test_iotlb_registers():
 
 def test_rst_clears_the_iotlb_a_driver_reset_keeps_it():
     d = dev_(iotlb_entries=8)
-    for k in range(5):
+    for k in range(5):  # small sets 0, 2, 0, 2, 0 (S = 4): page 8 evicts page 0
         insert(d, 2 * k * K, 0)
     d.hv.write(spec.HV_IOTLB_CMD, spec.IOTLB_CMD_INVALIDATE)  # staged: page 8, 4 KiB
-    assert len(d.iotlb) == 3 and d.iotlb.pointers == [1, 0] and stats(d)[2] == 1
+    assert len(d.iotlb) == 3 and d.iotlb.pointers == [1, 0, 0, 0] and stats(d)[2] == 1
     d.guest.write(spec.MMIO_STATUS, 0)
-    assert len(d.iotlb) == 3 and d.iotlb.pointers == [1, 0] and stats(d)[2] == 1
+    assert len(d.iotlb) == 3 and d.iotlb.pointers == [1, 0, 0, 0] and stats(d)[2] == 1
     assert d.hv.read(spec.HV_IOTLB_ATTR) == 12 | 0x300
     d.reset()
-    assert d.iotlb.entries() == [] and d.iotlb.pointers == [0, 0] and stats(d) == (0, 0, 0, 0)
+    assert d.iotlb.entries() == [] and d.iotlb.pointers == [0, 0, 0, 0] and stats(d) == (0, 0, 0, 0)
     staging = range(spec.HV_IOTLB_IOVA_LO, spec.HV_IOTLB_ATTR + 4, 4)
     assert [d.hv.read(o) for o in staging] == [0] * 5
 

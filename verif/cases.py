@@ -15,6 +15,7 @@ from typing import Any
 
 from models import spec, virtio
 from models.grant import GrantEntry
+from sw.iommu import Answer, MissPolicy
 from verif.choosers import Chooser
 from verif.world import (
     F_DATA,
@@ -22,9 +23,13 @@ from verif.world import (
     F_QUARANTINE,
     F_SLOT,
     F_USED,
+    IOVA_ALIASES,
     PAGE,
+    R_AVAIL,
     R_DATA,
     R_DECERR,
+    R_DESC,
+    R_HOSTILE,
     R_SLOT,
     R_SPARE,
     R_USED,
@@ -94,15 +99,17 @@ class _CaseBuilder:
         for _ in range(16):
             off = ch.int(0, PAGE - 1) if ch.bool(0.6) else ch.int(0, 8) * 64
             pages = max(1, -(-(off + nbytes) // PAGE))
-            if w.handle_mode:
+            if w.translated:
+                avoid = w.readonly_refs if writable else w.writeonly_refs
                 starts = [r for r in self.free_refs
-                          if all(r + k in self.free_refs
-                                 and (not writable or r + k not in w.readonly_refs)
+                          if all(r + k in self.free_refs and r + k not in avoid
                                  for k in range(pages))]
                 if starts:
                     r = ch.choice(starts)
                     for k in range(pages):
                         self.free_refs.remove(r + k)
+                    if w.iova:  # a fresh IOVA alias of the pages
+                        return w.iova_addr(r, off, ch.int(0, IOVA_ALIASES - 1))
                     return spec.make_handle(r, off)
             else:
                 starts = [f for f in self.free_frames
@@ -413,8 +420,8 @@ def gen_bus_error(ch: Chooser, w: World, index: int) -> Case:
     if where == "decerr":
         i = req.last if ch.bool(0.3) else 0
         s = req.segs[i]
-        if w.handle_mode:  # inside one page: no later translation fault hides the error
-            addr = spec.make_handle(R_DECERR, min(s.addr & 0xFFF, max(0, PAGE - s.len)))
+        if w.translated:  # inside one page: no later translation fault hides the error
+            addr = w.dma(R_DECERR, 0, min(s.addr & 0xFFF, max(0, PAGE - s.len)))
         else:
             addr = ch.choice((w.mem_bytes + ch.int(0, 1 << 20), 1 << 40, (1 << 64) - PAGE))
         req.segs[i] = Seg(addr, s.len, s.write)
@@ -706,42 +713,233 @@ def gen_good(ch: Chooser, w: World, index: int) -> Case:
     return _assemble(ch, w, index, "good", Expect(0, tuple(r.status for r in reqs)), reqs, b)
 
 
-# Category -> (generator, weight, handle mode only)
-CATEGORIES: dict[str, tuple[Gen, int, bool]] = {
-    "good": (gen_good, 16, False),
-    "not_handle": (gen_not_handle, 4, True),
-    "ref_outside": (gen_ref_outside, 4, True),
-    "not_permitted": (gen_not_permitted, 4, True),
-    "wrong_domain": (gen_wrong_domain, 4, True),
-    "readonly_write": (gen_readonly_write, 4, True),
-    "run_off_grant": (gen_run_off_grant, 4, True),
-    "ring_not_handle": (gen_ring_not_handle, 2, True),
-    "bus_error": (gen_bus_error, 6, False),
-    "index_outside": (gen_index_outside, 3, False),
-    "chain_loop": (gen_chain_loop, 3, False),
-    "chain_too_long": (gen_chain_too_long, 2, False),
-    "indirect": (gen_indirect, 2, False),
-    "readable_after_writable": (gen_readable_after_writable, 3, False),
-    "addr_wrap": (gen_addr_wrap, 2, False),
-    "total_len": (gen_total_len, 2, False),
-    "avail_jump": (gen_avail_jump, 3, False),
-    "bad_queue": (gen_bad_queue, 3, False),
-    "bad_request": (gen_bad_request, 4, False),
-    "zero_length": (gen_zero_length, 3, False),
-    "sector_past_end": (gen_sector_past_end, 3, False),
-    "edge_ok": (gen_edge_ok, 3, False),
-    "notify_ignored": (gen_notify_ignored, 3, False),
+# --- IOVA mode (docs/iotlb.md): the IOMMU's mappings and the hypervisor's answers -------------
+
+
+def _any_alias(ch: Chooser) -> int:
+    return ch.int(0, IOVA_ALIASES - 1)
+
+
+def _unmapped_refs(w: World) -> list[int]:
+    return [r for r in (*R_HOSTILE, *R_SPARE) if w.iova_page(r) not in w.iova_map]
+
+
+def gen_iova_unmapped(ch: Chooser, w: World, index: int) -> Case:
+    """A header, data or status address in an IOVA page the guest never mapped, or a ring
+    page unmapped: the hypervisor fails the miss (cause 10)."""
+    cause = spec.FAULT_IOTLB_FAILED
+    if ch.bool(0.2):
+        b = _CaseBuilder(ch, w)
+        reqs = [*_with_pre(ch, b), _good_request(b)]
+        ref = ch.choice((R_USED, R_AVAIL, R_DESC))
+        return _assemble(ch, w, index, "iova_unmapped", Expect(cause), reqs, b,
+                         iova_patches=[(w.iova_page(ref), None)], note=f"ring page {ref} unmapped")
+    bad = _unmapped_refs(w)
+    return _data_fault(ch, w, index, "iova_unmapped", cause,
+                       lambda s: w.iova_addr(ch.choice(bad), s.addr & 0xFFF, _any_alias(ch)))
+
+
+def gen_iova_run_off_map(ch: Chooser, w: World, index: int) -> Case:
+    """A buffer whose mapping ends inside it: the next IOVA page is unmapped (cause 10), or
+    mapped without the permission the access needs (5 for a device write, 11 for a read).
+    The first page is moved; nothing of the second is touched."""
+    b = _CaseBuilder(ch, w)
+    pre = _with_pre(ch, b)
+    write = ch.bool()
+    avoid = w.readonly_refs if write else w.writeonly_refs
+    cands = [r for r in R_DATA if r + 1 in R_DATA and r in b.free_refs
+             and r + 1 in b.free_refs and r not in avoid]
+    ref = ch.choice(cands)
+    b.free_refs.remove(ref)
+    b.free_refs.remove(ref + 1)
+    alias = _any_alias(ch)
+    page = w.iova_page(ref + 1, alias)
+    if ch.bool(0.6):
+        patch, cause, how = None, spec.FAULT_IOTLB_FAILED, "unmapped"
+    else:
+        frame = w.data_frame[ref + 1]
+        patch = (frame, True, False) if write else (frame, False, True)
+        cause = spec.FAULT_READONLY if write else spec.FAULT_IOTLB_NO_READ
+        how = "read-only" if write else "write-only"
+    nsec = ch.choice((1, 2))
+    data_len = nsec * 512
+    off = ch.int(PAGE - data_len + 1, PAGE - 1)
+    req_type = spec.VIRTIO_BLK_T_IN if write else spec.VIRTIO_BLK_T_OUT
+    slot = b.slot()
+    b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, w.capacity - nsec)))
+    addr = w.iova_addr(ref, off, alias)
+    if not write:
+        b.put(addr, b.payload(data_len))
+    segs = [Seg(slot, HDR, False), Seg(addr, data_len, write), Seg(slot + 20, 1, True)]
+    return _assemble(ch, w, index, "iova_run_off_map", Expect(cause), [*pre, _Req(segs, None)],
+                     b, iova_patches=[(page, patch)], note=f"page {page:#x} {how}")
+
+
+def gen_iova_readonly(ch: Chooser, w: World, index: int) -> Case:
+    """A device write (T_IN data, the status byte) through a read-only mapping: cause 5 at
+    once, no address out."""
+    ro = sorted(w.readonly_refs)
+    if ch.bool(0.3):
+        b = _CaseBuilder(ch, w)
+        pre = _with_pre(ch, b)
+        req = _good_request(b, kinds=("flush", "out", "in"))
+        s = req.segs[req.last]
+        req.segs[req.last] = Seg(w.iova_addr(ch.choice(ro), ch.int(0, max(0, PAGE - s.len)),
+                                             _any_alias(ch)), s.len, True)
+        return _assemble(ch, w, index, "iova_readonly", Expect(spec.FAULT_READONLY),
+                         [*pre, req], b, note="status byte in a read-only mapping")
+    return _data_fault(ch, w, index, "iova_readonly", spec.FAULT_READONLY,
+                       lambda s: w.iova_addr(ch.choice(ro), s.addr & 0xFFF, _any_alias(ch)),
+                       writable=True)
+
+
+def gen_iova_writeonly(ch: Chooser, w: World, index: int) -> Case:
+    """A device read (T_OUT data, the header) through a write-only mapping: cause 11 at
+    once, no address out."""
+    wo = sorted(w.writeonly_refs)
+    b = _CaseBuilder(ch, w)
+    pre = _with_pre(ch, b)
+    req = _good_request(b, kinds=("out", "out", "flush", "in"))
+    readable = [k for k, s in enumerate(req.segs) if s.len and not s.write]
+    i = ch.choice(readable)
+    s = req.segs[i]
+    req.segs[i] = Seg(w.iova_addr(ch.choice(wo), s.addr & 0xFFF, _any_alias(ch)), s.len, False)
+    return _assemble(ch, w, index, "iova_writeonly", Expect(spec.FAULT_IOTLB_NO_READ),
+                     [*pre, req], b, note=f"desc #{i} in a write-only mapping")
+
+
+def _data_page(w: World, req: _Req) -> int:
+    """The IOVA page of the first data byte of ``req`` (a page no other request uses)."""
+    slots = {w.iova_page(r) for r in R_SLOT}
+    for seg in req.segs:
+        page = (seg.addr & U64) >> spec.PAGE_SHIFT
+        if seg.len and page not in slots:
+            return page
+    raise ValueError("the request has no data buffer")
+
+
+def _policy_case(ch: Chooser, w: World, index: int, category: str, policy: MissPolicy,
+                 expect: Expect, note: str) -> Case:
+    """The IOTLB flushed, then a request whose data page's miss the hypervisor answers with
+    ``policy`` (every other miss mapped at once)."""
+    b = _CaseBuilder(ch, w)
+    pre = _with_pre(ch, b)
+    req = _good_request(b, kinds=("in", "out"))
+    page = _data_page(w, req)
+    if expect.cause == 0 and not expect.stalls:
+        expect = Expect(0, tuple(r.status for r in (*pre, req)))
+    return _assemble(ch, w, index, category, expect, [*pre, req], b, flush=True,
+                     policies={page: policy}, note=f"page {page:#x}: {note}")
+
+
+def gen_iova_fail(ch: Chooser, w: World, index: int) -> Case:
+    """The hypervisor fails the miss of a mapped page (MISS_RESOLVE = 2): cause 10."""
+    return _policy_case(ch, w, index, "iova_fail", MissPolicy(Answer.FAIL,
+                        latency=ch.choice((0, 0, 40))), Expect(spec.FAULT_IOTLB_FAILED), "fail")
+
+
+def gen_iova_never(ch: Chooser, w: World, index: int) -> Case:
+    """The hypervisor never answers a miss; its timeout fails it: cause 10."""
+    t = ch.choice((60, 300, 1500))
+    return _policy_case(ch, w, index, "iova_never", MissPolicy(Answer.NEVER, timeout=t),
+                        Expect(spec.FAULT_IOTLB_FAILED), f"never, failed after {t}")
+
+
+def gen_iova_late(ch: Chooser, w: World, index: int) -> Case:
+    """Every miss answered late (up to thousands of cycles): the requests complete."""
+    lat = ch.choice((20, 150, 600, 2500))
+    b = _CaseBuilder(ch, w)
+    reqs = _good_batch(ch, b, ch.choice((1, 2, 3)))
+    return _assemble(ch, w, index, "iova_late", Expect(0, tuple(r.status for r in reqs)), reqs,
+                     b, flush=ch.bool(0.7), policy=MissPolicy(latency=lat),
+                     note=f"latency {lat}")
+
+
+def gen_iova_reset_miss(ch: Chooser, w: World, index: int) -> Case:
+    """The driver resets the device while a miss of the last request is pending (the
+    hypervisor never answers it): the miss is cancelled (IOTLB_MISS reads 0, hv_irq falls),
+    no fault, the IOTLB keeps its entries."""
+    return _policy_case(ch, w, index, "iova_reset_miss", MissPolicy(Answer.NEVER),
+                        Expect(0, (), stalls=True), "reset while pending")
+
+
+def gen_iova_pressure(ch: Chooser, w: World, index: int) -> Case:
+    """Three or four requests whose data pages (fresh IOVA aliases) all fall in one IOTLB set
+    (small sets: IOVA bits above 12): more pages than the set's ways, so inserts evict (round
+    robin) and pages miss again; every request completes."""
+    b = _CaseBuilder(ch, w)
+    n_sets = w.iotlb_entries // spec.IOTLB_WAYS
+    target = ch.int(0, n_sets - 1)
+    cands = [(r, k) for k in range(IOVA_ALIASES) for r in R_DATA
+             if w.iova_page(r, k) % n_sets == target]
+    picks: list[tuple[int, int]] = []
+    for r, k in sorted(cands, key=lambda _: ch.int(0, 1 << 16)):
+        if r not in [p[0] for p in picks]:
+            picks.append((r, k))
+    reqs = []
+    for r, k in picks[:ch.choice((3, 4))]:
+        b.free_refs.remove(r)
+        write = r in w.writeonly_refs or (r not in w.readonly_refs and ch.bool())
+        nsec = 1
+        slot = b.slot()
+        req_type = spec.VIRTIO_BLK_T_IN if write else spec.VIRTIO_BLK_T_OUT
+        b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, w.capacity - nsec)))
+        addr = w.iova_addr(r, ch.int(0, PAGE - 512 * nsec), k)
+        if not write:
+            b.put(addr, b.payload(512 * nsec))
+        b.put(slot + 20, b"\xa5")
+        reqs.append(_Req([Seg(slot, HDR, False), Seg(addr, 512 * nsec, write),
+                          Seg(slot + 20, 1, True)], spec.VIRTIO_BLK_S_OK))
+    return _assemble(ch, w, index, "iova_pressure", Expect(0, tuple(r.status for r in reqs)),
+                     reqs, b, flush=ch.bool(0.2), note=f"{len(reqs)} pages in set {target}")
+
+# Category -> (generator, weight, modes: "any", "grant" (handle mode only) or "iova")
+CATEGORIES: dict[str, tuple[Gen, int, str]] = {
+    "good": (gen_good, 16, "any"),
+    "not_handle": (gen_not_handle, 4, "grant"),
+    "ref_outside": (gen_ref_outside, 4, "grant"),
+    "not_permitted": (gen_not_permitted, 4, "grant"),
+    "wrong_domain": (gen_wrong_domain, 4, "grant"),
+    "readonly_write": (gen_readonly_write, 4, "grant"),
+    "run_off_grant": (gen_run_off_grant, 4, "grant"),
+    "ring_not_handle": (gen_ring_not_handle, 2, "grant"),
+    "bus_error": (gen_bus_error, 6, "any"),
+    "index_outside": (gen_index_outside, 3, "any"),
+    "chain_loop": (gen_chain_loop, 3, "any"),
+    "chain_too_long": (gen_chain_too_long, 2, "any"),
+    "indirect": (gen_indirect, 2, "any"),
+    "readable_after_writable": (gen_readable_after_writable, 3, "any"),
+    "addr_wrap": (gen_addr_wrap, 2, "any"),
+    "total_len": (gen_total_len, 2, "any"),
+    "avail_jump": (gen_avail_jump, 3, "any"),
+    "bad_queue": (gen_bad_queue, 3, "any"),
+    "bad_request": (gen_bad_request, 4, "any"),
+    "zero_length": (gen_zero_length, 3, "any"),
+    "sector_past_end": (gen_sector_past_end, 3, "any"),
+    "edge_ok": (gen_edge_ok, 3, "any"),
+    "notify_ignored": (gen_notify_ignored, 3, "any"),
+    "iova_unmapped": (gen_iova_unmapped, 5, "iova"),
+    "iova_run_off_map": (gen_iova_run_off_map, 5, "iova"),
+    "iova_readonly": (gen_iova_readonly, 4, "iova"),
+    "iova_writeonly": (gen_iova_writeonly, 4, "iova"),
+    "iova_fail": (gen_iova_fail, 3, "iova"),
+    "iova_never": (gen_iova_never, 2, "iova"),
+    "iova_late": (gen_iova_late, 3, "iova"),
+    "iova_reset_miss": (gen_iova_reset_miss, 3, "iova"),
+    "iova_pressure": (gen_iova_pressure, 4, "iova"),
 }
 
 
-def categories_for(handle_mode: bool) -> list[str]:
-    return [k for k, (_, _, h) in CATEGORIES.items() if handle_mode or not h]
+def categories_for(handle_mode: bool, iova: bool = False) -> list[str]:
+    """The categories of a stream in grant mode (``handle_mode``), IOVA mode or GPA mode."""
+    mode = "iova" if iova else "grant" if handle_mode else "gpa"
+    return [k for k, (_, _, m) in CATEGORIES.items() if m in ("any", mode)]
 
 
 def generate(ch: Chooser, w: World, index: int, category: str | None = None) -> Case:
     """The next case of a stream: a category by weight (or the one given), then its case."""
     if category is None:
-        names = categories_for(w.handle_mode)
+        names = categories_for(w.handle_mode, w.iova)
         pick = ch.int(0, sum(CATEGORIES[k][1] for k in names) - 1)
         for name in names:
             pick -= CATEGORIES[name][1]

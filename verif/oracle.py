@@ -10,7 +10,7 @@ invariant on the reference's own transactions.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from models import spec, virtio
@@ -41,6 +41,10 @@ class OracleDevice(ReferenceDevice):
     def dma_write(self, v: int, data: bytes) -> None:
         self.dma_accesses += 1
         super().dma_write(v, data)
+
+
+MISS_COST = 500  # cycles the bench's hypervisor may take to read and answer one miss, beyond
+# its chosen latency or timeout (3 register reads, 6 writes on AXI4-Lite, a command)
 
 
 def cycle_bound(transactions: int, beats: int, lookups: int, accesses: int, *,
@@ -104,13 +108,16 @@ class Outcome:
     accesses: int
     ignored_ok: bool = True  # an ignored notify made no bus access
     fault_count: int = 0  # HV_FAULT_COUNT after the case
+    misses: list[tuple[int, bool]] = field(default_factory=list)  # IOVA: (iova, write) raised
+    miss_wait: int = 0  # IOVA: cycles the bench's hypervisor may take over the misses
+    evictions: int = 0  # IOVA: IOTLB entries inserts replaced (round robin)
 
     def beats(self, data_width: int) -> int:
         return sum(t.beats(data_width) for t in self.transactions)
 
     def bound(self, data_width: int, pause: float = 0.0) -> int:
         return cycle_bound(len(self.transactions), self.beats(data_width), self.lookups,
-                           self.accesses, pause=pause)
+                           self.accesses, pause=pause) + self.miss_wait
 
     def summary(self) -> str:
         done = f"{len(self.completions)} completion(s), statuses " \
@@ -162,6 +169,10 @@ def check_expectation(case: Case, out: Outcome) -> str | None:
     e = case.expect
     if e.ignored_notify and not out.ignored_ok:
         return "the notify that must be ignored made the device act"
+    if e.stalls:
+        if out.fault is not None or len(out.completions) != len(case.heads) - 1:
+            return f"expected the last chain to stall and be reset, got {out.summary()}"
+        return None
     if e.cause:
         if out.fault is None or out.fault[0] != e.cause:
             return f"expected fault cause {e.cause}, got {out.summary()}"

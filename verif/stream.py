@@ -17,8 +17,10 @@ from models import spec, virtio
 from models.bus import Transaction
 from models.grant import GrantEntry
 from models.memory import GuestMemory
+from sw.hypervisor import IotlbMiss, decode_miss, invalidate_writes
+from sw.iommu import Answer, IommuModel, MissPolicy
 from sw.transport import FaultLink
-from verif.oracle import GrantView, OracleDevice, Outcome, read_completions
+from verif.oracle import MISS_COST, GrantView, OracleDevice, Outcome, read_completions
 from verif.world import F_AVAIL, F_DESC, F_USED, PAGE, Case, QueueSpec, World
 
 
@@ -50,6 +52,15 @@ class StreamDriver:
         self.avail_idx = 0
         self.needs_reset = True
         self.reset_poll_limit = reset_poll_limit
+        # IOVA mode: this side's copy of the guest's IOMMU page table (the hypervisor answers
+        # misses from it) and the hypervisor's answers for the case under way
+        self.table = world.iommu_table() if world.iova else None
+        self.policies: dict[int, MissPolicy] = {}
+        self.policy = MissPolicy()
+
+    def policy_for(self, miss: IotlbMiss) -> MissPolicy:
+        """How the hypervisor answers ``miss`` in the case under way."""
+        return self.policies.get(miss.iova >> spec.PAGE_SHIFT, self.policy)
 
     async def hv_setup(self) -> None:
         """Hypervisor: domain, mode, every grant entry of the world (word 1 first)."""
@@ -61,8 +72,7 @@ class StreamDriver:
     async def hv_config(self) -> None:
         """Domain and mode only (after ``rst``: the table survives in block RAM)."""
         await self.link.hv.write32(spec.HV_DOMID, self.w.domid)
-        await self.link.hv.write32(spec.HV_CTRL,
-                                   spec.HV_CTRL_HANDLE_MODE if self.w.handle_mode else 0)
+        await self.link.hv.write32(spec.HV_CTRL, self.w.mode)
 
     async def write_grant(self, ref: int, e: GrantEntry) -> None:
         w0, w1 = e.pack()
@@ -82,7 +92,7 @@ class StreamDriver:
         for f in (F_DESC, F_AVAIL, F_USED):
             self.link.mem.write(f * PAGE, bytes(PAGE))
         features = 1 << spec.VIRTIO_F_VERSION_1
-        if self.w.handle_mode:
+        if self.w.translated:
             features |= 1 << spec.VIRTIO_F_ACCESS_PLATFORM
 
         def program() -> virtio.Program:
@@ -118,12 +128,53 @@ class StreamDriver:
             await self.write_grant(ref, e)
         for kind, addr in case.errors:
             self.link.errors.add(kind, addr)
+        if self.w.iova:
+            await self._iova_prepare(case)
         g = self.link.guest
         if case.notify == "not_ready":
             await g.write32(spec.MMIO_QUEUE_READY, 0)
         elif case.notify == "no_driver_ok":  # a raw write: the bring-up programs only set bits
             await g.write32(spec.MMIO_STATUS, spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER
                             | spec.STATUS_FEATURES_OK)
+
+    # -- IOVA mode --------------------------------------------------------------------------------
+    async def sync(self) -> None:
+        """HV_SYNC written, then polled until it reads 1."""
+        hv = self.link.hv
+        await hv.write32(spec.HV_SYNC, 1)
+        for _ in range(self.reset_poll_limit):
+            if await hv.read32(spec.HV_SYNC) & 1:
+                return
+        raise TimeoutError("HV_SYNC never read 1")
+
+    async def _remap(self, page: int, new: tuple[int, bool, bool] | None) -> None:
+        """The guest changes its page table at ``page``, then (strict) invalidates it."""
+        assert self.table is not None
+        self.table.unmap(page << spec.PAGE_SHIFT)
+        if new is not None:
+            frame, r, w = new
+            self.table.map(page << spec.PAGE_SHIFT, frame << spec.PAGE_SHIFT, read=r, write=w)
+        for offset, value in invalidate_writes(page << spec.PAGE_SHIFT):
+            await self.link.hv.write32(offset, value)
+
+    async def _iova_prepare(self, case: Case) -> None:
+        for page, new in case.iova_patches:
+            await self._remap(page, new)
+        if case.flush:
+            await self.link.hv.write32(spec.HV_IOTLB_CMD, spec.IOTLB_CMD_INVALIDATE_ALL)
+        if case.iova_patches or case.flush:
+            await self.sync()
+        self.policies = dict(case.policies)
+        self.policy = case.policy or MissPolicy()
+
+    async def _iova_finish(self, case: Case) -> None:
+        for page, _ in case.iova_patches:
+            await self._remap(page, self.w.iova_map.get(page))
+        if case.iova_patches:
+            await self.sync()
+        self.policies, self.policy = {}, MissPolicy()
+        if case.expect.stalls:  # the driver reset the device in the miss
+            self.queue, self.avail_idx, self.needs_reset = None, 0, True
 
     async def kick(self, case: Case, *, first: bool) -> None:
         """The notify; for an ignored-notify case, ``first`` is the notify to be ignored and
@@ -144,6 +195,8 @@ class StreamDriver:
         self.link.errors.clear()
         for ref, _ in case.patches:
             await self.write_grant(ref, self.w.grants.get(ref, GrantEntry()))
+        if self.w.iova:
+            await self._iova_finish(case)
         if faulted:
             await self.link.hv.write32(spec.HV_FAULT_STATUS, 1)
             self.needs_reset = True
@@ -152,15 +205,26 @@ class StreamDriver:
 class ReferenceStream:
     """A stream of cases on the reference model, checking the invariants of issue 4 on every
     case: every transaction in handle mode lies in a page granted, at that moment, with the
-    permission it needs; nothing outside pages granted writable changed; the outcome is the one
-    the category aims at. (Recovery after a fault is the next case's reset and init.)"""
+    permission it needs (in IOVA mode: in the physical range of an IOTLB entry with the
+    permission); nothing outside pages granted (mapped) writable changed; the outcome is the one
+    the category aims at. (Recovery after a fault is the next case's reset and init.)
+
+    In IOVA mode the device's ``on_iotlb_miss`` is the hypervisor: it answers each miss with
+    the case's policy (:meth:`StreamDriver.policy_for`) from the driver's page table through
+    :class:`sw.iommu.IommuModel` (the pure miss policy the RTL bench's hypervisor uses too);
+    a miss it never answers and never times out is ended by the driver's reset (Status = 0).
+    ``model.log`` records every miss it saw."""
 
     def __init__(self, world: World) -> None:
         self.w = world
         self.dev = OracleDevice(GuestMemory(world.mem_bytes, world.initial_memory()),
                                 entries=world.entries, queue_num_max=world.queue_num_max,
-                                disk_bytes=world.disk_bytes, data_width=world.data_width)
+                                disk_bytes=world.disk_bytes, data_width=world.data_width,
+                                iotlb_entries=world.iotlb_entries,
+                                on_iotlb_miss=self._on_miss if world.iova else None)
         self.drv = StreamDriver(self.dev, world)
+        self.model = IommuModel(self.drv.table) if self.drv.table is not None else None
+        self.after_miss: Callable[[], None] | None = None  # called once a miss is answered
         self.view = GrantView(self.dev)
         self.violations: list[str] = []
         self.case: Case | None = None
@@ -169,7 +233,35 @@ class ReferenceStream:
         self.dev.on_transaction = self._on_transaction
         run_coroutine(self.drv.hv_setup())
 
+    def _on_miss(self, dev: OracleDevice) -> None:
+        port = dev.hv
+        miss = decode_miss(port.read(spec.HV_IOTLB_MISS), port.read(spec.HV_MISS_IOVA_LO),
+                           port.read(spec.HV_MISS_IOVA_HI))
+        assert miss is not None and self.model is not None
+        policy = self.drv.policy_for(miss)
+        rec = self.model.decide(miss, policy)
+        if policy.answer is Answer.NEVER and not policy.times_out:
+            dev.guest.write(spec.MMIO_STATUS, 0)  # the driver gives up and resets
+            return
+        for offset, value in rec.writes:
+            port.write(offset, value)
+        if self.after_miss is not None:
+            self.after_miss()
+
+    def _iova_permits(self, t: Transaction) -> bool:
+        n = max(t.nbytes, 1)
+        return any(e.pa <= t.addr and t.addr + n <= e.pa + (1 << e.size)
+                   and e.permits(t.kind == "W") for e in self.dev.iotlb.entries())
+
     def _on_transaction(self, t: Transaction) -> None:
+        if self.dev.mode == spec.MODE_IOVA:
+            if not self._iova_permits(t):
+                what = self.case.describe() if self.case else "set-up"
+                self.violations.append(
+                    f"{what}: {t.kind} {t.addr:#x}+{t.nbytes} outside the IOTLB entries mapped "
+                    f"for {'write' if t.kind == 'W' else 'read'}")
+            elif t.kind == "W":  # mapped writable when written (a remap during the case)
+                self.granted_w.add(t.addr >> spec.PAGE_SHIFT)
         if self.dev.handle_mode:
             if not self.view.permits(t.kind, t.addr, t.nbytes):
                 what = self.case.describe() if self.case else "set-up"
@@ -206,6 +298,10 @@ class ReferenceStream:
         acc0 = dev.dma_accesses
         self.view.refresh()
         self.granted_w = set(self.view.writable)
+        if self.w.iova:
+            assert self.drv.table is not None
+            self.granted_w = {m.pa >> spec.PAGE_SHIFT for m in self.drv.table if m.write}
+        n_log = len(self.model.log) if self.model else 0
         before = dev.mem._mem.copy()  # a cheap snapshot (numpy)
         ignored_ok = True
         if case.expect.ignored_notify:
@@ -222,13 +318,19 @@ class ReferenceStream:
             if dev.completed else []
         out = Outcome(completions, fault, list(dev.transactions), dev.translations,
                       dev.dma_accesses - acc0, ignored_ok, dev.fault_count)
+        if self.model is not None:
+            out.misses = list(dev.misses)
+            out.evictions = len(dev.iotlb.evictions)
+            for rec in self.model.log[n_log:]:
+                p = rec.policy
+                out.miss_wait += MISS_COST + (p.timeout if p.times_out else p.latency)
         self._check_memory(before, case)
         run_coroutine(self.drv.finish(case, fault is not None))
         return out
 
     def _check_memory(self, before: Any, case: Case) -> None:
-        """Nothing outside the pages granted writable during the case changed."""
-        if not self.w.handle_mode:
+        """Nothing outside the pages granted (mapped) writable during the case changed."""
+        if not self.w.translated:
             return
         diff = (self.dev.mem._mem != before).nonzero()[0]
         if not len(diff):

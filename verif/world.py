@@ -1,4 +1,5 @@
-"""The world of a hostile stream: guest memory layout, grant table, and what a case is.
+"""The world of a hostile stream: guest memory layout, grant table or IOMMU page table, and
+what a case is.
 
 A *stream* is a sequence of :class:`Case` objects over one fixed :class:`World`. A case is one
 notify: the driver lays out zero or more chains, some well-formed and some hostile, and kicks
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from models import spec
 from models.grant import GrantEntry
@@ -44,6 +46,17 @@ HOSTILE_ENTRIES = {
 }
 R_DECERR = 46
 N_READONLY_DATA = 6  # data references granted read-only
+N_WRITEONLY_DATA = 4  # IOVA mode: data references mapped write-only (a device read: cause 11)
+
+# IOVA mode (docs/iotlb.md): "reference" r is the IOVA page IOVA_BASE + r (alias 0); data
+# buffers also use aliases k = 1 .. IOVA_ALIASES - 1 at IOVA_BASE + k * IOVA_ALIAS_PAGES + r,
+# mapped to the same frame, as Linux hands out a fresh IOVA for each map of the same page. All
+# aliases of a page fall in the same IOTLB set, so a stream works on more pages than the IOTLB
+# holds (eviction under pressure). The hostile references 40..47 and the spare ones are
+# unmapped (cause 10 once the hypervisor fails the miss), except R_DECERR (beyond memory).
+IOVA_BASE = 0xFFF0_0000  # below 4 GiB, as dma-iommu allocates
+IOVA_ALIAS_PAGES = 67  # odd: the aliases of a page fall in other sets than its own
+IOVA_ALIASES = 4
 
 
 @dataclass(frozen=True)
@@ -63,16 +76,20 @@ class World:
 
     seed: int
     handle_mode: bool = True
+    iova: bool = False  # IOVA mode (HV_CTRL mode 2); handle_mode is then False
     domid: int = 7
     entries: int = spec.DEFAULT_ENTRIES
     queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX
     disk_bytes: int = spec.DEFAULT_DISK_BYTES
     data_width: int = spec.DEFAULT_DATA_WIDTH
+    iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES  # IOVA mode
     mem_bytes: int = MEM_BYTES
     queue_size: int = 16  # the standard queue of the stream
     grants: dict[int, GrantEntry] = field(default_factory=dict)
     data_frame: dict[int, int] = field(default_factory=dict)  # ref -> frame (handle mode)
     readonly_refs: frozenset[int] = frozenset()
+    writeonly_refs: frozenset[int] = frozenset()  # IOVA mode only
+    iova_map: dict[int, tuple[int, bool, bool]] = field(default_factory=dict)  # page -> (f, r, w)
 
     def __post_init__(self) -> None:
         if self.mem_bytes < MEM_BYTES:
@@ -94,6 +111,49 @@ class World:
         for ref, (flags, ours, frame) in HOSTILE_ENTRIES.items():
             g[ref] = GrantEntry(flags, self.domid if ours else other, frame)
         self.grants = g
+        if self.iova:
+            self.handle_mode = False
+            rest = sorted(set(R_DATA) - self.readonly_refs)
+            self.writeonly_refs = frozenset(rng.sample(rest, N_WRITEONLY_DATA))
+            m: dict[int, tuple[int, bool, bool]] = {}
+            for ref, frame in ((R_DESC, F_DESC), (R_AVAIL, F_AVAIL), (R_USED, F_USED),
+                               (R_SLOT[0], F_SLOT[0]), (R_SLOT[1], F_SLOT[1])):
+                m[self.iova_page(ref)] = (frame, True, True)
+            for ref, frame in self.data_frame.items():
+                perm = (True, ref not in self.readonly_refs and ref not in self.writeonly_refs)
+                if ref in self.writeonly_refs:
+                    perm = (False, True)
+                for k in range(IOVA_ALIASES):
+                    m[self.iova_page(ref, k)] = (frame, *perm)
+            m[self.iova_page(R_DECERR)] = (HOSTILE_ENTRIES[R_DECERR][2], True, True)
+            self.iova_map = m
+
+    @property
+    def mode(self) -> int:
+        """HV_CTRL's mode: 0 GPA, 1 grant handles, 2 IOVA."""
+        return spec.MODE_IOVA if self.iova else int(self.handle_mode)
+
+    @property
+    def translated(self) -> bool:
+        """Device addresses are handles (grant or IOVA): buffers come from references."""
+        return self.handle_mode or self.iova
+
+    # --- IOVA mode -------------------------------------------------------------------------------
+    @staticmethod
+    def iova_page(ref: int, alias: int = 0) -> int:
+        """The IOVA page number of ``ref`` under ``alias``."""
+        return (IOVA_BASE >> spec.PAGE_SHIFT) + alias * IOVA_ALIAS_PAGES + ref
+
+    def iova_addr(self, ref: int, offset: int, alias: int = 0) -> int:
+        return (self.iova_page(ref, alias) << spec.PAGE_SHIFT) + offset
+
+    def iommu_table(self):  # -> sw.iommu.IommuPageTable
+        """A fresh copy of the guest's IOMMU page table (4 KiB mappings)."""
+        from sw.iommu import IommuPageTable
+        t = IommuPageTable()
+        for page, (frame, r, w) in sorted(self.iova_map.items()):
+            t.map(page << spec.PAGE_SHIFT, frame << spec.PAGE_SHIFT, read=r, write=w)
+        return t
 
     # --- addresses -------------------------------------------------------------------------------
     def ring_ref_frame(self) -> tuple[tuple[int, int], ...]:
@@ -104,6 +164,8 @@ class World:
         ``frame`` (GPA mode)."""
         if self.handle_mode:
             return spec.make_handle(ref, offset)
+        if self.iova:
+            return self.iova_addr(ref, offset)
         return frame << spec.PAGE_SHIFT | offset
 
     def standard_queue(self, n: int | None = None, offsets: tuple[int, int, int] = (0, 0, 0)
@@ -116,6 +178,9 @@ class World:
     def phys(self, addr: int) -> int | None:
         """Physical address of device address ``addr`` under the world's own grants (None if
         it does not translate); used only to lay out memory contents."""
+        if self.iova:
+            hit = self.iova_map.get((addr & U64) >> spec.PAGE_SHIFT)
+            return None if hit is None else hit[0] << spec.PAGE_SHIFT | addr & (PAGE - 1)
         if not self.handle_mode:
             return addr
         if not addr >> 63:
@@ -148,6 +213,7 @@ class Expect:
     cause: int = 0
     statuses: tuple[int, ...] | None = None
     ignored_notify: bool = False  # the first notify must be ignored (no bus access)
+    stalls: bool = False  # IOVA: the last chain stalls on a miss the driver's reset cancels
 
 
 @dataclass
@@ -177,6 +243,16 @@ class Case:
     errors: list[tuple[str, int]] = field(default_factory=list)
     notify: str = "ok"
     note: str = ""
+    # IOVA mode: page-table changes before the notify (IOVA page -> (frame, r, w) or None:
+    # unmapped), each followed by an invalidation of the page and HV_SYNC, undone after the
+    # case; ``flush``: invalidate the whole IOTLB before the notify (so the case misses);
+    # ``policies``: how the hypervisor answers a miss on an IOVA page (sw.iommu.MissPolicy;
+    # NEVER without a timeout: the driver resets the device while the miss is pending), and
+    # ``policy`` for every other miss.
+    iova_patches: list[tuple[int, tuple[int, bool, bool] | None]] = field(default_factory=list)
+    flush: bool = False
+    policies: dict[int, Any] = field(default_factory=dict)
+    policy: Any = None
 
     def describe(self) -> str:
         return f"case {self.index} [{self.category}] {self.note}".rstrip()

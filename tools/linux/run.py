@@ -2,11 +2,14 @@
 
     python -m tools.linux.run            # the RTL in cocotb + Icarus (data width 128, 2 MiB disk)
     python -m tools.linux.run --model    # the reference model instead: seconds, no simulator
+    python -m tools.linux.run --mode iova   # behind QEMU's Intel IOMMU: the device translates
+                                            # IOVAs through its IOTLB (4 MiB disk, ext2 on it)
 
 Builds (and caches under ``build/linux/``) the kernel and the initramfs, runs
 ``tb/test_linux.py`` through ``tb/runner.py`` (the bridge starts QEMU itself), then prints the
-summary: every check of the guest and of the host, and the figures. Exit status 0 only if every
-check passed; 1 on a failed check or a timeout; 2 when something is missing to run at all.
+summary: every check of the guest and of the host, and the figures (also written to
+``build/linux/figures-<rtl|model>-<gpa|iova>.json``). Exit status 0 only if every check passed;
+1 on a failed check or a timeout; 2 when something is missing to run at all.
 """
 
 from __future__ import annotations
@@ -51,9 +54,11 @@ def print_summary(result: dict, mode: str, total_s: float) -> bool:
     dev = f.get("device") or {}
     what = (f"RTL (cocotb + Icarus, data width {DATA_WIDTH})" if mode == "rtl"
             else "reference model (models/device.py, untimed)")
+    tr = f.get("translation", "gpa")
+    how = ("IOVA mode, behind QEMU's intel-iommu" if tr == "iova" else "GPA mode")
     print()
     print("=" * 100)
-    print(f"Linux guest (QEMU vhost-user-blk) against the {what}")
+    print(f"Linux guest (QEMU vhost-user-blk) against the {what}, {how}")
     print(f"  device               vendor {dev.get('vendor', 0):#x}, features "
           f"{dev.get('features', 0):#x}, {dev.get('capacity', 0) * 512 // 1024} KiB RAM disk")
     by_type = ", ".join(f"{k} {v}" for k, v in sorted(f["requests_by_type"].items()))
@@ -75,6 +80,9 @@ def print_summary(result: dict, mode: str, total_s: float) -> bool:
         print(f"  device cycles        per request, from the later of kick and previous "
               f"completion: {', '.join(picks) or 'n/a'}")
         print(f"  simulation speed     {_fmt(f['cycles_per_s'], ' cycles/s', 0)} while busy")
+    it = f.get("iotlb")
+    if it:
+        _print_iotlb(it, mode)
     print(f"  requests per second  {_fmt(f['requests_per_s'], '', 2)} of guest wall time "
           f"({_fmt(f['requests_per_busy_s'], '', 2)} while busy)")
     print(f"  wall time            boot to init {_fmt(f['boot_s'], ' s')}, guest checks "
@@ -91,13 +99,54 @@ def print_summary(result: dict, mode: str, total_s: float) -> bool:
     return ok_all
 
 
+def _print_iotlb(it: dict, mode: str) -> None:
+    """The IOTLB lines of the summary (IOVA mode; GPA mode shows the counters at 0)."""
+    print(f"  IOTLB                {_fmt(it.get('entries'))} entries; per request: hits "
+          f"{_fmt(it.get('hits_per_request'), '', 2)}, misses "
+          f"{_fmt(it.get('misses_per_request'), '', 2)}, entries invalidated "
+          f"{_fmt(it.get('invalidated_per_request'), '', 2)} (device counters: "
+          f"{_fmt(it.get('hits'))} / {_fmt(it.get('misses'))} / {_fmt(it.get('invalidated'))})")
+    if not it.get("qemu_updates") and not it.get("misses_served"):
+        return
+    perms = ", ".join(f"{k} {v:,}" for k, v in (it.get("qemu_updates_by_perm") or {}).items())
+    print(f"  hypervisor (bridge)  QEMU sent {_fmt(it['qemu_updates'])} updates ({perms}) and "
+          f"{_fmt(it['qemu_invalidations'])} invalidations "
+          f"({_fmt(it['qemu_invalidations_per_request'], '', 2)} per request); misses served "
+          f"{_fmt(it['misses_served'])}: {_fmt(it['misses_answered_by_qemu'])} by QEMU, "
+          f"{_fmt(it['misses_answered_by_bridge'])} from the bridge's copy, "
+          f"{_fmt(it['misses_failed'])} failed")
+    ms = it.get("qemu_miss_ms") or {}
+    print(f"  miss latency         QEMU's answer {_fmt(ms.get('mean'), ' ms', 2)} mean, "
+          f"{_fmt(ms.get('max'), ' ms', 1)} max (wall time; the clock stops meanwhile)")
+    if mode == "rtl":
+        print(f"  stalled on misses    {_fmt(it['stall_cycles'])} cycles, "
+              f"{_fmt(it['stall_cycles_per_request'])} per request, "
+              f"{_fmt(it.get('stall_cycles_per_miss'))} per miss (miss raised to "
+              "MISS_RESOLVE written)")
+        own = it.get("service_own_cycles") or {}
+        stall = it.get("service_stall_cycles") or {}
+        picks = [f"{k.split()[0]} {_size(int(k.split()[1]))} {v['mean']:,.0f} + "
+                 f"{stall[k]['mean']:,.0f} stalled (x{v['n']})"
+                 for k, v in own.items() if k.split()[1] in ("512", "4096", "65536")]
+        print(f"  device's own cycles  {_fmt(it['device_cycles_per_request'])} per request "
+              f"(busy cycles less stalls); by request: {', '.join(picks) or 'n/a'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="store_true",
                         help="serve the guest with the reference model instead of the RTL")
-    parser.add_argument("--deadline", type=float, default=360.0,
-                        help="seconds the guest may take from QEMU's start to power-off")
+    parser.add_argument("--mode", choices=("gpa", "iova"), default="gpa",
+                        help="gpa: the device sees guest physical addresses (default); iova: "
+                        "the guest's IOMMU hands out IOVAs, the device translates them through "
+                        "its IOTLB and the bridge plays the hypervisor")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds the guest may take from QEMU's start to power-off "
+                        "(360 in GPA mode, 900 in IOVA mode)")
+    parser.add_argument("--miss-timeout", type=float, default=10.0,
+                        help="seconds QEMU may take to answer an IOTLB miss before the bridge "
+                        "fails it (IOVA mode)")
     parser.add_argument("--axi-model", choices=("fast", "cocotbext"), default="fast",
                         help="m_axi memory model: the benches' fast deterministic memory "
                         "(tb/detmem.py, default) or cocotbext-axi's AxiSlave (slower)")
@@ -106,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(relativeCreated)9.0fms %(message)s")
     t0 = time.monotonic()
     mode = "model" if args.model else "rtl"
-    plan = GuestPlan()
+    plan = GuestPlan.for_mode(args.mode)
+    deadline = args.deadline or (900.0 if args.mode == "iova" else 360.0)
     build: Path = args.build_dir
     build.mkdir(parents=True, exist_ok=True)
     try:
@@ -118,22 +168,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"kernel {kernel.version}, initramfs {initramfs.name} "
           f"({initramfs.stat().st_size // 1024} KiB)")
-    run_dir = build / f"run-{mode}"
+    run_dir = build / (f"run-{mode}" if args.mode == "gpa" else f"run-{mode}-{args.mode}")
     run_dir.mkdir(parents=True, exist_ok=True)
     expected = run_dir / "expected-disk.bin"
     expected.write_bytes(plan.expected_disk())
     result_path = run_dir / "result.json"
     result_path.unlink(missing_ok=True)
     cfg = {
-        "qemu": qemu_command(kernel, initramfs, "{socket}"),
+        "qemu": qemu_command(kernel, initramfs, "{socket}", args.mode),
         "console": str((run_dir / "console.log").resolve()),
         "result": str(result_path.resolve()),
         "expected": str(expected.resolve()),
         "checks": plan.checks,
         "io": [[c.size, c.offset] for c in plan.io],
         "disk_bytes": plan.disk_bytes,
-        "deadline_s": args.deadline,
+        "deadline_s": deadline,
         "mode": mode,
+        "linux_mode": args.mode,
+        "miss_timeout_s": args.miss_timeout,
         "data_width": DATA_WIDTH,
         "axi_model": args.axi_model,
     }
@@ -146,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         from tb.runner import DeviceConfig, run
 
         config = DeviceConfig(data_width=DATA_WIDTH, disk_bytes=plan.disk_bytes)
-        print(f"building the RTL ({config.tag}; the first export and compile of a 2 MiB disk "
-              "take about 2 minutes)", flush=True)
+        print(f"building the RTL ({config.tag}; the first export and compile of a "
+              f"{plan.disk_bytes >> 20} MiB disk take a few minutes)", flush=True)
         try:
-            run("tb.test_linux", config, testcase="test_linux_guest", results_name="linux",
+            run("tb.test_linux", config, testcase="test_linux_guest",
+                results_name="linux" if args.mode == "gpa" else f"linux_{args.mode}",
                 params=cfg)
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -158,8 +211,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{cfg['console']}", file=sys.stderr)
         return 1
     result = json.loads(result_path.read_text())
-    ok = print_summary(result, mode, time.monotonic() - t0)
-    print(f"console log: {cfg['console']}\nresult: {result_path}")
+    total_s = time.monotonic() - t0
+    ok = print_summary(result, mode, total_s)
+    figures = build / f"figures-{mode}-{args.mode}.json"
+    figures.write_text(json.dumps({
+        "result": "PASS" if ok else "FAIL",
+        "checks_passed": sum(bool(c[1]) for c in result["checks"]),
+        "checks": len(result["checks"]), "total_s": total_s,
+        **{k: v for k, v in result["figures"].items() if k != "messages"}}, indent=1))
+    print(f"console log: {cfg['console']}\nresult: {result_path}\nfigures: {figures}")
     return 0 if ok else 1
 
 
