@@ -2,8 +2,8 @@
 
 The harness instantiates :class:`rtl.iotlb.Iotlb` unchanged (8 entries: 4 sets of 2 ways),
 drives every input with a free value each cycle (``AnySeq``: the staged mapping, the command,
-the sets, ``key``, ``fast_key``, ``fast``, ``write`` and ``enable`` of a lookup, ``rst``) and
-checks its answers against a *shadow* of the
+the sets (``small``, ``large``, ``large_fast``, ``large_sel``), ``key``, ``fast_key``, ``fast``,
+``write`` and ``enable`` of a lookup, ``rst``) and checks its answers against a *shadow* of the
 mappings the hypervisor's commands leave live, written here from docs/iotlb.md and not from
 the RTL:
 
@@ -13,8 +13,9 @@ the RTL:
   overlaps it without covering ``A``, an invalidation (command 2) that overlaps it and an
   invalidate all (command 3, or command 2 with a size above 30) remove it; ``rst`` clears it;
 * **no hit without a live mapping**: a lookup of ``A`` (its small and large set read in cycle
-  ``t``, key ``A`` in ``t + 1`` from the source the RTL selects, ``fast_key`` when ``fast``, else
-  ``key``, with the direction ``write``) that answers in ``t + 2`` without ``stale`` answers a
+  ``t``, the large one from ``large_fast`` when ``large_sel``; key ``A`` in ``t + 1`` from the
+  source the RTL selects, ``fast_key`` when ``fast``, else ``key``, with the direction
+  ``write``) that answers in ``t + 2`` without ``stale`` answers a
   miss when no mapping covering ``A`` is live, and on a hit it answers that mapping's R and W,
   the physical page of ``A`` through it (``pa + (A - base)``), and ``fault``/``ok`` for the
   direction (5 for a write without W, 11 for a read without R, else 0 and ``ok``). A miss while
@@ -168,8 +169,8 @@ class IotlbHarness(Elaboratable):
 
         # ---- Free inputs; the register file's one guarantee --------------------------------
         for sig in (ctrl.stage_iova, ctrl.stage_pa, ctrl.stage_size, ctrl.stage_r, ctrl.stage_w,
-                    ctrl.cmd, dut.small, dut.large, dut.key, dut.fast_key, dut.fast, dut.write,
-                    dut.enable):
+                    ctrl.cmd, dut.small, dut.large, dut.large_fast, dut.large_sel, dut.key,
+                    dut.fast_key, dut.fast, dut.write, dut.enable):
             m.d.comb += sig.eq(AnySeq(len(sig)))
         m.d.comb += Assume(~ctrl.busy | (ctrl.cmd == 0), "IOTLB_CMD waits while busy")
         watched = Signal(VPN_BITS)  # the page A
@@ -213,13 +214,16 @@ class IotlbHarness(Elaboratable):
             m.d.sync += live.eq(0)
         # (under the assumption, no command starts while busy: ``starts`` is a command's start)
 
-        # ---- A lookup of A: sets read in t, key in t + 1 (``fast_key`` when ``fast``, else
-        # ``key``) with its direction, answer in t + 2 -----------------------------------------
+        # ---- A lookup of A: sets read in t (the large one ``large_fast`` when ``large_sel``),
+        # key in t + 1 (``fast_key`` when ``fast``, else ``key``) with its direction, answer in
+        # t + 2 -----------------------------------------------------------------------------
         look1, look2 = Signal(), Signal()
         run1, run2 = Signal(), Signal()
         dir2 = Signal()  # the lookup's direction (1: a write)
         m.d.sync += [
-            look1.eq((dut.small == watched[:sb]) & (dut.large == watched[LARGE:LARGE + sb])),
+            look1.eq((dut.small == watched[:sb])
+                     & (Mux(dut.large_sel, dut.large_fast, dut.large)
+                        == watched[LARGE:LARGE + sb])),
             look2.eq(look1 & (Mux(dut.fast, dut.fast_key, dut.key) == watched)),
             dir2.eq(dut.write),
             run1.eq(running), run2.eq(run1 | running),
