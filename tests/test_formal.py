@@ -6,7 +6,7 @@
 * The IOTLB (``formal/iotlb.py``, 8 entries): k-induction at depth 3 of "no hit unless a live
   mapping covers the page, with its permissions, physical page and fault for the direction; no
   hit while enable is low", the covers, and three mutants of ``rtl/iotlb.py`` that the bounded
-  check must catch (about 110 s of CPU).
+  check must catch (about 125 s of CPU).
 """
 
 from __future__ import annotations
