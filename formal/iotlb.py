@@ -2,7 +2,8 @@
 
 The harness instantiates :class:`rtl.iotlb.Iotlb` unchanged (8 entries: 4 sets of 2 ways),
 drives every input with a free value each cycle (``AnySeq``: the staged mapping, the command,
-the sets and key of a lookup, ``rst``) and checks its answers against a *shadow* of the
+the sets (``small``, ``large``, ``large_fast``, ``large_sel``), ``key``, ``fast_key``, ``fast``,
+``write`` and ``enable`` of a lookup, ``rst``) and checks its answers against a *shadow* of the
 mappings the hypervisor's commands leave live, written here from docs/iotlb.md and not from
 the RTL:
 
@@ -12,10 +13,15 @@ the RTL:
   overlaps it without covering ``A``, an invalidation (command 2) that overlaps it and an
   invalidate all (command 3, or command 2 with a size above 30) remove it; ``rst`` clears it;
 * **no hit without a live mapping**: a lookup of ``A`` (its small and large set read in cycle
-  ``t``, key ``A`` in ``t + 1``) that answers in ``t + 2`` without ``stale`` answers a miss when
-  no mapping covering ``A`` is live, and on a hit it answers that mapping's R and W and the
-  physical page of ``A`` through it (``pa + (A - base)``). A miss while one is live is allowed:
-  the IOTLB is a cache and an insert elsewhere may evict it;
+  ``t``, the large one from ``large_fast`` when ``large_sel``; key ``A`` in ``t + 1`` from the
+  source the RTL selects, ``fast_key`` when ``fast``, else ``key``, with the direction
+  ``write``) that answers in ``t + 2`` without ``stale`` answers a
+  miss when no mapping covering ``A`` is live, and on a hit it answers that mapping's R and W,
+  the physical page of ``A`` through it (``pa + (A - base)``), and ``fault``/``ok`` for the
+  direction (5 for a write without W, 11 for a read without R, else 0 and ``ok``). A miss while
+  one is live is allowed: the IOTLB is a cache and an insert elsewhere may evict it;
+* **enable**: no answer that is not ``stale`` is a hit while ``enable`` is low (IOVA mode off);
+  a miss answers 0 on ``ok``, ``fault``, ``r``, ``w`` and ``ppn``;
 * **stale exactly while a command runs**: ``stale`` in ``t + 2`` exactly when a command ran
   or started in ``t``, ``t + 1`` or ``t + 2`` (so answers are not withheld forever), and
   ``active`` exactly in the cycles a command starts or runs.
@@ -27,14 +33,21 @@ For the induction the harness also asserts invariants, the only place it reads t
 internals (the properties above do not): every valid way that covers ``A`` holds exactly the
 live mapping (base page, size, physical page, R, W) in the set a lookup of ``A`` reads for its
 size, or, while a command runs, the mapping live before it, in a set the command has not
-compared yet; ``ctrl.busy`` exactly outside the state machine's ``IDLE``; while a command runs,
-the latched registers hold the harness's record of it, and a step's read data and compare
-operands are its sets' rows and the command's range. The storage is read through extra
-asynchronous read ports of the block RAM; a way is decoded by its layout (base page, covered
-page-number bits, physical page, R, W: docs/iotlb.md fixes what an entry holds, not its bits).
+cleared yet (stage 3 clears a step's sets one cycle after the compare); ``ctrl.busy`` exactly
+outside the state machine's ``IDLE``; while a command runs, the latched registers (``op``, the
+range, ``c_set``, the new entry ``new``) hold the harness's record of it; the walk's pipeline
+is consistent (each stage's sets are a step's, a narrow command has one step, a wide walk's
+stages hold consecutive steps, ``DRAIN1`` to ``DRAIN3`` hold the last step in stage 1 to 3); a
+step's read data and compare operands are its sets' rows and the command's range, and the
+ways stage 3 clears (``match_a3``, ``match_b3``) are those of its sets that overlap the range;
+in ``WRITE`` the chosen way is one-hot and ``w_bits`` is the set's valid bits with it. The
+storage is read through extra asynchronous read ports of the block RAM; a way is decoded by its
+layout (base page, covered page-number bits, physical page, R, W: docs/iotlb.md fixes what an
+entry holds, not its bits).
 With these the ``prove`` task (k-induction, depth 3) proves the properties for every trace of
-any length; the ``cover`` task shows that hits through a 4 KiB and a large mapping, and a miss
-after the mapping was removed, are reached by checked lookups.
+any length; the ``cover`` task shows that a write hit through a 4 KiB mapping, a read hit
+through a large mapping, a write hit without W (fault 5) and a miss after the mapping was
+removed are reached by checked lookups.
 
 ``MUTANTS`` are broken copies of ``rtl/iotlb.py`` (a compare that ignores a bit, an
 invalidation that clears only one of the two sets, an answer not marked stale): each must fail
@@ -49,6 +62,8 @@ under ``build/formal/`` and runs ``yowasp-sby`` with the Yices SMT solver, as
 from __future__ import annotations
 
 import argparse
+import functools
+import operator
 import re
 import sys
 import time
@@ -154,7 +169,8 @@ class IotlbHarness(Elaboratable):
 
         # ---- Free inputs; the register file's one guarantee --------------------------------
         for sig in (ctrl.stage_iova, ctrl.stage_pa, ctrl.stage_size, ctrl.stage_r, ctrl.stage_w,
-                    ctrl.cmd, dut.small, dut.large, dut.key):
+                    ctrl.cmd, dut.small, dut.large, dut.large_fast, dut.large_sel, dut.key,
+                    dut.fast_key, dut.fast, dut.write, dut.enable):
             m.d.comb += sig.eq(AnySeq(len(sig)))
         m.d.comb += Assume(~ctrl.busy | (ctrl.cmd == 0), "IOTLB_CMD waits while busy")
         watched = Signal(VPN_BITS)  # the page A
@@ -198,12 +214,18 @@ class IotlbHarness(Elaboratable):
             m.d.sync += live.eq(0)
         # (under the assumption, no command starts while busy: ``starts`` is a command's start)
 
-        # ---- A lookup of A: sets read in t, key in t + 1, answer in t + 2 --------------------
+        # ---- A lookup of A: sets read in t (the large one ``large_fast`` when ``large_sel``),
+        # key in t + 1 (``fast_key`` when ``fast``, else ``key``) with its direction, answer in
+        # t + 2 -----------------------------------------------------------------------------
         look1, look2 = Signal(), Signal()
         run1, run2 = Signal(), Signal()
+        dir2 = Signal()  # the lookup's direction (1: a write)
         m.d.sync += [
-            look1.eq((dut.small == watched[:sb]) & (dut.large == watched[LARGE:LARGE + sb])),
-            look2.eq(look1 & (dut.key == watched)),
+            look1.eq((dut.small == watched[:sb])
+                     & (Mux(dut.large_sel, dut.large_fast, dut.large)
+                        == watched[LARGE:LARGE + sb])),
+            look2.eq(look1 & (Mux(dut.fast, dut.fast_key, dut.key) == watched)),
+            dir2.eq(dut.write),
             run1.eq(running), run2.eq(run1 | running),
         ]
         m.d.comb += [
@@ -211,14 +233,25 @@ class IotlbHarness(Elaboratable):
             Assert(dut.stale == (run2 | running),
                    "stale exactly when a command ran during the lookup (t to t + 2)"),
         ]
+        with m.If(~dut.stale & dut.hit):
+            m.d.comb += Assert(dut.enable, "no hit answered while enable is low")
+        with m.If(~dut.hit):
+            m.d.comb += Assert((dut.ok == 0) & (dut.fault == 0) & (dut.r == 0) & (dut.w == 0)
+                               & (dut.ppn == 0), "a miss answers all 0")
         answer = look2 & ~dut.stale
         expect_ppn = s_ppn | (watched & wide(s_bits))
+        expect_fault = Mux(dir2, Mux(s_w, 0, spec.FAULT_READONLY),
+                           Mux(s_r, 0, spec.FAULT_IOTLB_NO_READ))
         with m.If(answer & dut.hit):
             m.d.comb += [
                 Assert(live, "isolation: no hit unless a live mapping covers the page"),
                 Assert(dut.r == s_r, "the live mapping's R"),
                 Assert(dut.w == s_w, "the live mapping's W"),
                 Assert(dut.ppn == expect_ppn, "the page's physical page through the mapping"),
+                Assert(dut.fault == expect_fault,
+                       "the fault of the live mapping for the direction (5: write without W, "
+                       "11: read without R)"),
+                Assert(dut.ok == (expect_fault == 0), "ok: the live mapping allows the direction"),
             ]
 
         if self.invariants:
@@ -232,9 +265,12 @@ class IotlbHarness(Elaboratable):
         with m.If(live):
             m.d.sync += was_live.eq(1)
         m.d.comb += [
-            Cover(answer & dut.hit & (s_size == PAGE) & dut.w, "a hit through a 4 KiB mapping"),
-            Cover(answer & dut.hit & (s_size > PAGE) & dut.r,
-                  "a hit through a large mapping"),
+            Cover(answer & dut.hit & (s_size == PAGE) & dut.w & dir2 & dut.ok,
+                  "a write hit through a 4 KiB mapping"),
+            Cover(answer & dut.hit & (s_size > PAGE) & dut.r & ~dir2 & dut.ok,
+                  "a read hit through a large mapping"),
+            Cover(answer & dut.hit & dir2 & (dut.fault == spec.FAULT_READONLY),
+                  "a write hit without W: fault 5"),
             Cover(answer & ~dut.hit & ~live & was_live, "a miss after the mapping was removed"),
         ]
         return m
@@ -297,33 +333,81 @@ class IotlbHarness(Elaboratable):
         peek = [ram.read_port(domain="comb") for _ in range(sets)]
         m.submodules.dut = frag = Fragment.get(inner, platform)
         rg = _internal_signals(frag, {
-            "valid", "fsm_state", "op", "c_vpn", "c_mask", "c_all", "c_wide", "c_ppn", "c_r",
-            "c_w", "step", "step1", "step2", "raw_a", "raw_b", "key2", "kmask2", "kall2",
-            "port_a__addr", "port_b__addr", "port_a__data", "port_b__data"})
+            "valid", "fsm_state", "op", "c_vpn", "c_mask", "c_all", "c_wide", "c_set", "new",
+            "step", "step1", "step2", "step3", "raw_a", "raw_b", "key2", "kmask2", "kall2",
+            "same3", "match_a3", "match_b3", "w_way", "w_bits", "port_a__addr", "port_b__addr",
+            "port_a__data", "port_b__data"})
+        # (the stages' set registers, found as the registers of the read addresses)
         set_a1 = _registered(frag, rg["port_a__addr"])
         set_b1 = _registered(frag, rg["port_b__addr"])
-        set_a2 = _registered(frag, set_a1)
-        set_b2 = _registered(frag, set_b1)
+        set_a2, set_b2 = _registered(frag, set_a1), _registered(frag, set_b1)
+        set_a3, set_b3 = _registered(frag, set_a2), _registered(frag, set_b2)
         fsm = rg["fsm_state"]
-        st = {fsm.decoder(i).split("/")[0]: i for i in range(5)}
-        if set(st) != {"IDLE", "WALK", "DRAIN1", "DRAIN2", "WRITE"} or st["IDLE"] != 0:
+        names = ("IDLE", "WALK", "DRAIN1", "DRAIN2", "DRAIN3", "VICTIM", "WRITE")
+        st = {fsm.decoder(i).split("/")[0]: i for i in range(len(names))}
+        if set(st) != set(names) or st["IDLE"] != 0:
             raise RuntimeError(f"the IOTLB's states changed ({st}): update formal/iotlb.py")
+
+        def in_state(*which):
+            return functools.reduce(operator.or_, [fsm == st[n] for n in which])
+
         for n in range(sets):
             m.d.comb += peek[n].addr.eq(n)
         row = Array(p.data for p in peek)
-        step1, step2 = rg["step1"], rg["step2"]
+        step1, step2, step3 = rg["step1"], rg["step2"], rg["step3"]
+        valid = rg["valid"]
+        ways = spec.IOTLB_WAYS
+        new = rg["new"]
         m.d.comb += [
             Assert(busy == (fsm != st["IDLE"]), "inv: busy exactly outside IDLE"),
-            Assert(~step1 | (fsm == st["WALK"]) | (fsm == st["DRAIN1"]),
-                   "inv: a step's read in WALK or DRAIN1"),
-            Assert(~step2 | (fsm == st["WALK"]) | (fsm == st["DRAIN1"]) | (fsm == st["DRAIN2"]),
-                   "inv: a step's compare before WRITE"),
+            Assert(~step1 | in_state("WALK", "DRAIN1"), "inv: a step's read in WALK or DRAIN1"),
+            Assert(~step2 | in_state("WALK", "DRAIN1", "DRAIN2"),
+                   "inv: a step's compare before DRAIN3"),
+            Assert(~step3 | in_state("WALK", "DRAIN1", "DRAIN2", "DRAIN3"),
+                   "inv: a step's clear before VICTIM"),
+            Assert(~step3 | (rg["same3"] == (set_a3 == set_b3)),
+                   "inv: a step's same3 names one set read twice"),
         ]
+        # The walk's pipeline: a step's two sets are those the command names (its IOVA's small
+        # and large set; sets 2k and 2k + 1 in a wide walk, one step after the other), a
+        # narrow command has one step, and the stages of a wide walk hold consecutive steps.
+        c_vpn, c_wide = rg["c_vpn"], rg["c_wide"]
+        stages = ((step1, set_a1, set_b1), (step2, set_a2, set_b2), (step3, set_a3, set_b3))
+        for k, (on, sa, sbb) in enumerate(stages, 1):
+            with m.If(on):
+                m.d.comb += Assert(Mux(c_wide, (sa[0] == 0) & (sbb == (sa | 1)),
+                                       (sa == c_vpn[:sb]) & (sbb == c_vpn[LARGE:LARGE + sb])),
+                                   f"inv: stage {k}'s sets are a step's")
+        walk_now = fsm == st["WALK"]
+        with m.If(busy & ~c_wide):
+            m.d.comb += Assert((walk_now.as_unsigned() + step1 + step2 + step3) <= 1,
+                               "inv: a narrow command has one step")
+        step_reg = rg["step"]
+        with m.If(busy & c_wide):
+            with m.If(walk_now):
+                m.d.comb += Assert(step1 == (step_reg != 0), "inv: a wide walk's stage 1")
+                with m.If(step1):
+                    m.d.comb += Assert((set_a1[1:] + 1)[:len(step_reg)] == step_reg,
+                                       "inv: stage 1 holds the step before")
+            with m.If(step1 & step2):
+                m.d.comb += Assert((set_a2[1:] + 1)[:sb - 1] == set_a1[1:],
+                                   "inv: stage 2 holds the step before stage 1's")
+            with m.If(step2 & step3):
+                m.d.comb += Assert((set_a3[1:] + 1)[:sb - 1] == set_a2[1:],
+                                   "inv: stage 3 holds the step before stage 2's")
+        m.d.comb += [
+            Assert((fsm != st["DRAIN1"]) | step1, "inv: DRAIN1 reads the last step"),
+            Assert((fsm != st["DRAIN2"]) | (step2 & ~step1), "inv: DRAIN2 compares it"),
+            Assert((fsm != st["DRAIN3"]) | (step3 & ~step2 & ~step1), "inv: DRAIN3 clears it"),
+        ]
+        h_set = Mux(h_size > PAGE, h_vpn[LARGE:LARGE + sb], h_vpn[:sb])
         with m.If(busy):
             m.d.comb += Assert(
                 (rg["op"] == h_cmd) & (rg["c_vpn"] == h_vpn) & (rg["c_mask"] == h_bits)
                 & (rg["c_all"] == h_all) & (rg["c_wide"] == (h_all | (h_size > PAGE)))
-                & (rg["c_ppn"] == h_ppn) & (rg["c_r"] == h_r) & (rg["c_w"] == h_w),
+                & (rg["c_set"] == h_set)
+                & (new[W_VPN[0]:W_VPN[1]] == h_base) & (new[W_MASK[0]:W_MASK[1]] == h_bits)
+                & (new[W_PPN[0]:W_PPN[1]] == h_ppn) & (new[W_R] == h_r) & (new[W_W] == h_w),
                 "inv: the command registers hold the command")
         with m.If(step1):
             m.d.comb += Assert((rg["port_a__data"] == row[set_a1])
@@ -334,17 +418,37 @@ class IotlbHarness(Elaboratable):
                                & (rg["key2"] == rg["c_vpn"]) & (rg["kmask2"] == rg["c_mask"])
                                & (rg["kall2"] == rg["c_all"]),
                                "inv: a step's compare has its sets and the command's range")
-        step, c_vpn, c_wide = rg["step"], rg["c_vpn"], rg["c_wide"]
+        with m.If(step3):
+            # the ways the compare matched (cleared at the end of this cycle): those valid ways
+            # of the step's sets that overlap the command's range (the second set's only when
+            # it is not the first)
+            for tag, set3, match3, only in (("a", set_a3, rg["match_a3"], 1),
+                                            ("b", set_b3, rg["match_b3"], ~rg["same3"])):
+                word3 = row[set3]
+                v3 = valid.word_select(set3, ways)
+                for w in range(ways):
+                    wd = word3[w * WAY_BITS:(w + 1) * WAY_BITS]
+                    hit = (v3[w] & only
+                           & (rg["c_all"] | overlap(wd[W_VPN[0]:W_VPN[1]], wd[W_MASK[0]:W_MASK[1]],
+                                                    rg["c_vpn"], rg["c_mask"])))
+                    m.d.comb += Assert(match3[w] == hit,
+                                       f"inv: a step's clear of set {tag} way {w} is its compare")
+        w_way, w_bits = rg["w_way"], rg["w_bits"]
+        with m.If(fsm == st["WRITE"]):
+            m.d.comb += Assert((w_bits == (valid.word_select(rg["c_set"], ways) | w_way))
+                               & (w_way != 0) & ((w_way & (w_way - 1)) == 0),
+                               "inv: the insert writes one way and keeps its set's other bits")
+        step = rg["step"]
         home_s = Mux(s_size > PAGE, watched[LARGE:LARGE + sb], watched[:sb])
         home_p = Mux(p_size > PAGE, watched[LARGE:LARGE + sb], watched[:sb])
-        valid = rg["valid"]
         for n in range(sets):
             # set n has not been compared yet by the command in flight
             pending = (((fsm == st["WALK"])
                         & Mux(c_wide, (n >> 1) >= step,
                               (c_vpn[:sb] == n) | (c_vpn[LARGE:LARGE + sb] == n)))
                        | (step1 & ((set_a1 == n) | (set_b1 == n)))
-                       | (step2 & ((set_a2 == n) | (set_b2 == n))))
+                       | (step2 & ((set_a2 == n) | (set_b2 == n)))
+                       | (step3 & ((set_a3 == n) | (set_b3 == n))))
             for w in range(spec.IOTLB_WAYS):
                 word = peek[n].data[w * WAY_BITS:(w + 1) * WAY_BITS]
                 e_vpn = word[W_VPN[0]:W_VPN[1]]
@@ -374,8 +478,8 @@ MUTANTS = {
     "invalidate_one_set": (
         "a command clears the matching ways of its first set only (the second read port's are "
         "kept)",
-        "m.d.comb += bits_2.eq(v_b & ~match_b)",
-        "m.d.comb += bits_2.eq(v_b)"),
+        "m.d.comb += bits_2.eq(valid.word_select(set_b3, WAYS) & ~match_b3)",
+        "m.d.comb += bits_2.eq(valid.word_select(set_b3, WAYS))"),
     "stale_late": (
         "an answer is not stale when a command starts in its answer cycle",
         "m.d.comb += self.stale.eq(act2 | self.active)",
@@ -448,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--entries", type=int, default=8)
     ap.add_argument("--prove-depth", type=int, default=3)
     ap.add_argument("--cover-depth", type=int, default=16)
-    ap.add_argument("--bmc-depth", type=int, default=14,
+    ap.add_argument("--bmc-depth", type=int, default=16,
                     help="depth of the bounded check each mutant must fail")
     ap.add_argument("--tasks", nargs="*", default=["prove", "cover"])
     ap.add_argument("--mutants", nargs="*", default=list(MUTANTS),
