@@ -3,9 +3,9 @@
 #   make board          build/board/ulx3s.bit for the Radiona ULX3S (ECP5 LFE5U-85F, speed 6)
 #                       with the YoWASP toolchain from PyPI (BAUD=1000000, BOARD_MEM_BYTES=65536)
 #   make fpga-report    synthesise, place and route the device in every configuration (entries
-#                       256/1024/4096 x data width 32/64/128, handle and GPA-only forms, seeds
-#                       1 and 2): build/board/report.json and report.md, about 12 minutes on
-#                       2 cores. FPGA_CONFIGS=64x1024 FPGA_SEEDS=1,2,3,4 FPGA_JOBS=1 narrow or
+#                       256/1024/4096 x data width 32/64/128; forms handle (with the 64-entry
+#                       IOTLB), grant (without) and gpa; seeds 1 and 2): build/board/report.json
+#                       and report.md, about 20 minutes on 2 cores. FPGA_CONFIGS=64x1024 FPGA_SEEDS=1,2,3,4 FPGA_JOBS=1 narrow or
 #                       widen it; FPGA_OUT=build/fpga-seeds writes elsewhere (default build/board)
 #   make board-sim      the long UART-link co-simulation (full demo workload, both modes)
 #   make verilog-template  build/virtio_blk_handle.v plus build/virtio_blk_handle_inst.v
