@@ -204,6 +204,25 @@ def run_config(cfg: Config, seeds: tuple[int, ...], out: Path, env: dict) -> lis
     return rows
 
 
+def _cost_table(by: dict, title: str, form: str, base: str) -> list[str]:
+    """The Markdown table of what ``form`` costs over ``base``, per configuration that has
+    both: LUT4, FF and DP16KD of the first seed, and each form's worst Fmax."""
+    lines = ["", title, "",
+             f"| width | entries | LUT4 {form} - {base} | FF {form} - {base} | "
+             f"DP16KD {form} - {base} | worst Fmax {form} / {base} (MHz) |",
+             "|---|---|---|---|---|---|"]
+    for (w, e, f), rs in sorted(by.items()):
+        if f != form or (w, e, base) not in by:
+            continue
+        g = by[(w, e, base)]
+        h0, g0 = rs[0], g[0]
+        lines.append(f"| {w} | {e} | {h0['lut4'] - g0['lut4']} | {h0['ff'] - g0['ff']} | "
+                     f"{h0['dp16kd'] - g0['dp16kd']} | "
+                     f"{min(r['fmax_mhz'] for r in rs):.1f} / "
+                     f"{min(r['fmax_mhz'] for r in g):.1f} |")
+    return lines
+
+
 def write_markdown(rows: list[dict], path: Path) -> None:
     by = {(r["data_width"], r["entries"], r["form"]): [] for r in rows}
     for r in rows:
@@ -231,31 +250,12 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         path_s = " -> ".join(r0["critical_path"].get("blocks", []))
         lines.append(f"| {w} | {e} | {form} | {r0['lut4']} | {r0['lut4_no_disk']} | "
                      f"{r0['ff']} | {r0['dp16kd']} | {fmax} | {path_s} |")
-    lines += ["", "## Cost of the translation unit", "",
-              "| width | entries | LUT4 handle - gpa | FF handle - gpa | DP16KD handle - gpa |"
-              " worst Fmax handle / gpa (MHz) |", "|---|---|---|---|---|---|"]
-    for (w, e, form), rs in sorted(by.items()):
-        if form != "handle" or (w, e, "gpa") not in by:
-            continue
-        g = by[(w, e, "gpa")]
-        h0, g0 = rs[0], g[0]
-        lines.append(f"| {w} | {e} | {h0['lut4'] - g0['lut4']} | {h0['ff'] - g0['ff']} | "
-                     f"{h0['dp16kd'] - g0['dp16kd']} | "
-                     f"{min(r['fmax_mhz'] for r in rs):.1f} / "
-                     f"{min(r['fmax_mhz'] for r in g):.1f} |")
-    lines += ["", f"## Cost of the IOTLB ({spec.DEFAULT_IOTLB_ENTRIES} entries)", "",
-              "| width | entries | LUT4 handle - grant | FF handle - grant |"
-              " DP16KD handle - grant | worst Fmax handle / grant (MHz) |",
-              "|---|---|---|---|---|---|"]
-    for (w, e, form), rs in sorted(by.items()):
-        if form != "handle" or (w, e, "grant") not in by:
-            continue
-        g = by[(w, e, "grant")]
-        h0, g0 = rs[0], g[0]
-        lines.append(f"| {w} | {e} | {h0['lut4'] - g0['lut4']} | {h0['ff'] - g0['ff']} | "
-                     f"{h0['dp16kd'] - g0['dp16kd']} | "
-                     f"{min(r['fmax_mhz'] for r in rs):.1f} / "
-                     f"{min(r['fmax_mhz'] for r in g):.1f} |")
+    # the grant table and its checks: grant - gpa (handle - gpa for a report without the grant
+    # form); the IOTLB: handle - grant
+    unit = "grant" if any(k[2] == "grant" for k in by) else "handle"
+    lines += _cost_table(by, "## Cost of the translation unit", unit, "gpa")
+    lines += _cost_table(by, f"## Cost of the IOTLB ({spec.DEFAULT_IOTLB_ENTRIES} entries)",
+                         "handle", "grant")
     lines += ["", "## LUT4 equivalents by block (hierarchical synthesis)", ""]
     for (w, e, form), rs in sorted(by.items()):
         blocks = rs[0]["lut4_blocks"]
