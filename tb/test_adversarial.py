@@ -512,6 +512,24 @@ class RaceBench(RtlStream):
                                   f"{t.rise} is not granted at that moment (table writes "
                                   f"{[(c, tw.what, tw.ref) for c, tw in writes]})")
 
+    async def check_outcome(self, what: str, ref_out, fig: Figures, *, waited: int, limit: int,
+                            slack: int, t0: int, i0: int, note: str = "") -> None:
+        """A race case ended within the reference's cycle bound (plus ``slack``), with the
+        reference's bus transactions (from record ``i0``), fault registers and memory."""
+        bound = ref_out.bound(self.w.data_width, self.pause)
+        if waited > limit or waited > bound + slack:
+            raise CaseFailure("hang", self.dump(f"{what}: no completion or fault after {waited} "
+                                                f"cycles (bound {bound}{note})", t0))
+        fig.max_bound_ratio = max(fig.max_bound_ratio, waited / (bound + slack))
+        fig.cycles += waited
+        self.compare_bus(what, ref_out.transactions, i0)
+        status, cause, addr, count = await self.fault_regs()
+        want = (1, *ref_out.fault, ref_out.fault_count) if ref_out.fault else (0, count)
+        have = (status, cause, addr, count) if ref_out.fault else (status, count)
+        if have != want:
+            raise CaseFailure("mismatch", f"{what}: fault registers {have}, reference {want}")
+        self.compare_memory(what)
+
     def compare_memory(self, what: str) -> None:
         try:
             compare_bytes(f"{what}: guest memory", self.ref.dev.mem.snapshot(),
@@ -571,7 +589,6 @@ async def _revoker(rb: RaceBench, tw: TableWrite, delay: int, log: dict) -> None
 
 async def _revoke_case(rb: RaceBench, case: Case, tw: TableWrite, delay: int,
                        fig: Figures) -> None:
-    w = rb.w
     await rb.ack()
     await rb.drv.prepare(case)
     i0, t0 = len(rb.tb.monitor.records), len(rb.watch.txns)
@@ -605,20 +622,9 @@ async def _revoke_case(rb: RaceBench, case: Case, tw: TableWrite, delay: int,
     ref_out = rb.ref.run(case, at=(k, lambda: rb.ref.dev.hv.write(tw.offset, tw.value)))
     if rb.ref.violations:
         raise CaseFailure("violation", f"reference: {rb.ref.violations[0]}")
-    bound = ref_out.bound(w.data_width, rb.pause)
-    if waited > limit or waited > bound + delay + 200:
-        raise CaseFailure("hang", rb.dump(f"{what}: no completion or fault after {waited} "
-                                          f"cycles (bound {bound}, write in cycle "
-                                          f"{log['write']})", t0))
-    fig.max_bound_ratio = max(fig.max_bound_ratio, waited / (bound + delay + 200))
-    fig.cycles += waited
-    rb.compare_bus(what, ref_out.transactions, i0)
-    status, cause, addr, count = await rb.fault_regs()
-    want = (1, *ref_out.fault, ref_out.fault_count) if ref_out.fault else (0, count)
-    have = (status, cause, addr, count) if ref_out.fault else (status, count)
-    if have != want:
-        raise CaseFailure("mismatch", f"{what}: fault registers {have}, reference {want}")
-    rb.compare_memory(what)
+    await rb.check_outcome(what, ref_out, fig, waited=waited, limit=limit,
+                           slack=delay + 200, t0=t0, i0=i0,
+                           note=f", write in cycle {log['write']}")
     fig.transactions += len(txns)
     fig.faults += ref_out.fault is not None
     fig.requests += 1
@@ -824,19 +830,8 @@ async def _iova_race_case(rb: RaceBench, case: Case, page: int, what: str, new, 
         ref.after_miss = None
     if ref.violations:
         raise CaseFailure("violation", f"reference: {ref.violations[0]}")
-    bound = ref_out.bound(w.data_width, rb.pause)
-    if waited > limit or waited > bound + delay + 1000:
-        raise CaseFailure("hang", rb.dump(f"{label}: no completion or fault after {waited} "
-                                          f"cycles (bound {bound})", t0))
-    fig.max_bound_ratio = max(fig.max_bound_ratio, waited / (bound + delay + 1000))
-    fig.cycles += waited
-    rb.compare_bus(label, ref_out.transactions, i0)
-    status, cause, addr, count = await rb.fault_regs()
-    want = (1, *ref_out.fault, ref_out.fault_count) if ref_out.fault else (0, count)
-    have = (status, cause, addr, count) if ref_out.fault else (status, count)
-    if have != want:
-        raise CaseFailure("mismatch", f"{label}: fault registers {have}, reference {want}")
-    rb.compare_memory(label)
+    await rb.check_outcome(label, ref_out, fig, waited=waited, limit=limit,
+                           slack=delay + 1000, t0=t0, i0=i0)
     rtl_misses = [(r.miss.iova, r.miss.write) for r in rb.model.log[k0:]]
     if rtl_misses != ref_out.misses:
         if not racy:
