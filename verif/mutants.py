@@ -79,7 +79,8 @@ SUITES: dict[str, tuple[tuple[str, ...], int]] = {
     "translate": (("tests/test_rtl_translate.py",), 300),
     "iotlb": (("tests/test_rtl_iotlb.py", "tests/test_sim.py::test_iova_identity",
                "tests/test_sim.py::test_iova_driver[w64]"), 600),
-    "iova": (("tests/test_sim.py::test_iova_identity", "tests/test_sim.py::test_iova_driver[w64]"), 600),
+    "iova": (("tests/test_sim.py::test_iova_identity",
+              "tests/test_sim.py::test_iova_driver[w64]"), 600),
     "hvregs": (("tests/test_rtl_registers.py::test_hv_follows_the_map",
                 "tests/test_rtl_registers.py::test_hv_lockstep"), 300),
     "dma": (("tests/test_sim.py::test_basic[handle-64]", "tests/test_sim.py::test_fault",
@@ -134,7 +135,7 @@ FILE_DESIGNS = {
 DEFAULT_DESIGNS = ("top",)
 
 
-def M(name, file, old, new, what, suite, equivalent=""):  # noqa: N802 (a table row)
+def M(name, file, old, new, what, suite, equivalent=""):
     return Mutant(name, file, old, new, what, suite, equivalent)
 
 
@@ -180,7 +181,8 @@ MUTANTS: list[Mutant] = [
       "translate"),
     M("xlate_stale_cfg", X,
       "(GPA mode reads no entry)\n                lk.stale.eq(tb.cfg_changed\n",
-      "(GPA mode reads no entry)\n                lk.stale.eq(0\n", "an HV_CTRL/HV_DOMID write with a lookup does not make it stale",
+      "(GPA mode reads no entry)\n                lk.stale.eq(0\n",
+      "an HV_CTRL/HV_DOMID write with a lookup does not make it stale",
       "translate"),
     # ---- Translation unit, IOVA mode (docs/iotlb.md) ------------------------------------
     M("iova_perm_fault_dropped", X,
@@ -247,7 +249,8 @@ MUTANTS: list[Mutant] = [
     M("dma_rotator_lane0", D, "m.d.comb += rotated.eq(Cat(*lanes))",
       "m.d.comb += rotated.eq(Cat(lanes[1], *lanes[1:]))",
       "byte lane 0 of the rotator takes lane 1's byte", "dma"),
-    M("dma_fault_ignored", D, "with m.Elif(~lk.ok):\n                    finish(lk.fault, FA_BURST)",
+    M("dma_fault_ignored", D,
+      "with m.Elif(~lk.ok):\n                    finish(lk.fault, FA_BURST)",
       "with m.Elif(False):\n                    finish(lk.fault, FA_BURST)",
       "a failed check does not end the command: the burst goes out", "dma"),
     M("dma_stale_used", D, "with m.Elif(lk.stale):\n                    m.d.sync += int_ref",
@@ -413,7 +416,8 @@ def tree_digests(tree: Path, names: Iterable[str], timeout: float = 600) -> dict
 _FAILED = re.compile(r"^(FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)
 
 
-def run_suite(tree: Path, tests: Iterable[str], timeout: float, log: Path) -> tuple[str, str | None]:
+def run_suite(tree: Path, tests: Iterable[str], timeout: float,
+              log: Path) -> tuple[str, str | None]:
     """Run ``tests`` with ``pytest -x`` in ``tree``. Returns ``(outcome, test)``: ``passed``,
     ``failed`` (and the first failing node id), ``timeout`` or ``error`` (pytest could not run
     the suite: no test collected, internal error)."""
