@@ -80,3 +80,8 @@ def test_report_keys(tmp_path):
     assert [set(r) >= {"mutant", "file", "killed", "test"} for r in data] == [True, True]
     md = (tmp_path / "report.md").read_text()
     assert "2 mutants, 1 killed" in md and "**SURVIVED**" in md
+
+
+def test_docs_list_every_mutant():
+    text = (ROOT / "docs" / "mutants.md").read_text()
+    assert [mu.name for mu in MUTANTS if f"| `{mu.name}` |" not in text] == []
