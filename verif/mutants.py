@@ -77,7 +77,9 @@ class Mutant:
 #: The fast suites: pytest node ids, run in this order with -x; a timeout in seconds.
 SUITES: dict[str, tuple[tuple[str, ...], int]] = {
     "translate": (("tests/test_rtl_translate.py",), 300),
-    "iotlb": (("tests/test_rtl_iotlb.py", "tests/test_sim.py::test_iova_identity",
+    "iotlb": (("tests/test_rtl_iotlb.py",
+               "tests/test_mutants_kill.py::test_iotlb_stale_when_a_command_starts_near_a_lookup",
+               "tests/test_sim.py::test_iova_identity",
                "tests/test_sim.py::test_iova_driver[w64]"), 600),
     "iova": (("tests/test_sim.py::test_iova_identity",
               "tests/test_sim.py::test_iova_driver[w64]",
@@ -415,7 +417,8 @@ def tree_digests(tree: Path, names: Iterable[str], timeout: float = 600) -> dict
 
 # ---- Running one mutant ------------------------------------------------------------------------
 
-_FAILED = re.compile(r"^(FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)
+# a line of pytest's short summary (-rfE): "FAILED tests/x.py::test_y[id] - message"
+_FAILED = re.compile(r"^(?:FAILED|ERROR) (tests/.+?)(?: - .*)?$", re.MULTILINE)
 
 
 def run_suite(tree: Path, tests: Iterable[str], timeout: float,
@@ -439,9 +442,9 @@ def run_suite(tree: Path, tests: Iterable[str], timeout: float,
     text = log.read_text()
     if code == 0:
         return "passed", None
-    found = _FAILED.search(text)
+    found = _FAILED.search(text.rpartition("short test summary info")[2])
     if code == 1 and found:
-        return "failed", found.group(2)
+        return "failed", found.group(1)
     return "error", None
 
 
