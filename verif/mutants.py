@@ -91,7 +91,8 @@ SUITES: dict[str, tuple[tuple[str, ...], int]] = {
              "tests/test_sim.py::test_random[w64-handle-latency]",
              "tests/test_sim.py::test_random[w64-handle]"), 600),
     "engine": (("tests/test_sim.py::test_fault", "tests/test_sim.py::test_basic[handle-64]",
-                "tests/test_sim.py::test_random[w64-handle-queue8]"), 600),
+                "tests/test_sim.py::test_random[w64-handle-queue8]",
+                "tests/test_adversarial_sim.py::test_adversarial[stream-w64-handle]"), 900),
     "revoke": (("tests/test_adversarial_sim.py::test_adversarial[revoke-w64]",), 600),
     "reset": (("tests/test_adversarial_sim.py::test_reset_window",
                "tests/test_adversarial_sim.py::test_adversarial[reset-w64]"), 600),
@@ -439,6 +440,9 @@ def run_suite(tree: Path, tests: Iterable[str], timeout: float,
             os.killpg(proc.pid, signal.SIGKILL)  # the pytest process and its simulators
             proc.wait()
             return "timeout", None
+        except BaseException:  # interrupted: no simulator outlives the run
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
     text = log.read_text()
     if code == 0:
         return "passed", None
