@@ -994,6 +994,20 @@ def case_refs(case: Case) -> list[int]:
     return refs
 
 
+def case_ranges(case: Case, w: World) -> list[tuple[int, int]]:
+    """The device-address ranges ``(addr, nbytes)`` the driver exposes to the device in
+    ``case``: the queue's descriptor table, avail ring and used ring (virtio 1.x section 2.7:
+    16 n, 6 + 2 n and 6 + 8 n bytes, with the event words) when the queue size is valid, and
+    every descriptor's buffer. What the isolation monitor checks each burst against
+    (``tb.isolation.IsolationChecker.expose``)."""
+    q = case.queue
+    out: list[tuple[int, int]] = []
+    if 1 <= q.n <= w.queue_num_max and not q.n & (q.n - 1):
+        out += [(q.desc, 16 * q.n), (q.avail, 6 + 2 * q.n), (q.used, 6 + 8 * q.n)]
+    out += [(a, ln) for _, a, ln, _, _ in case.descs if ln]
+    return out
+
+
 @dataclass(frozen=True)
 class TableWrite:
     """One hypervisor write to ``GRANT[ref]`` word ``word`` (0: flags/domid, 1: frame)."""
