@@ -39,7 +39,14 @@ from models import spec
 from models.grant import GrantEntry
 from sw.hypervisor import Hypervisor, IotlbMiss
 from sw.iommu import Answer, IommuModel
-from verif.cases import TableWrite, case_refs, gen_big_request, gen_table_write, generate
+from verif.cases import (
+    TableWrite,
+    case_ranges,
+    case_refs,
+    gen_big_request,
+    gen_table_write,
+    generate,
+)
 from verif.choosers import RandomChooser
 from verif.oracle import Outcome, check_expectation
 from verif.stream import ReferenceStream, StreamDriver, run_coroutine
@@ -134,6 +141,8 @@ class RtlStream:
         self.log = self.tb.log
         iso = self.tb.isolation
         iso.clock = lambda: self.tb.monitor.cycle
+        iso.entries_limit = self.cfg.entries  # GRANT[ref >= entries] maps nothing
+        iso.lanes = world.data_width // 8
         if not world.translated:
             iso.mem_bytes = world.mem_bytes  # GPA: bursts stay inside guest memory
         # IOVA mode: the hypervisor answering misses (the reference's policy, sw.iommu)
@@ -202,6 +211,21 @@ class RtlStream:
         return self.tb.cycle - c0
 
     # -- helpers -------------------------------------------------------------------------------
+    async def prepare(self, case: Case) -> None:
+        """The driver's set-up of ``case``; the isolation monitor is told what it exposes."""
+        iso = self.tb.isolation
+        iso.expose(case_ranges(case, self.w))
+        iso.outside_ok = case.category == "bus_error" and case.note == "decerr"
+        await self.drv.prepare(case)
+
+    def require_all_checked(self) -> None:
+        """Every address handshake the monitor saw was checked per page (and there were
+        some): a bench that checked nothing fails."""
+        try:
+            self.tb.isolation.require_all_checked(len(self.tb.monitor.records))
+        except AssertionError as exc:
+            raise CaseFailure("violation", str(exc)) from None
+
     async def fault_regs(self) -> tuple[int, int, int, int]:
         hv = self.tb.hv
         status = await hv.read32(spec.HV_FAULT_STATUS)
@@ -240,8 +264,7 @@ class RtlStream:
             raise CaseFailure("violation", f"reference: {self.ref.violations[0]}")
         mon = self.tb.monitor
         iso = self.tb.isolation
-        iso.outside_ok = case.category == "bus_error" and case.note == "decerr"
-        await self.drv.prepare(case)
+        await self.prepare(case)
         i0, k0 = len(mon.records), len(self.model.log)
         if case.expect.ignored_notify:
             await self.drv.kick(case, first=True)
@@ -328,10 +351,16 @@ async def _attempt(b: RtlStream, fig: Figures, step) -> bool:
         return False
 
 
-def _end(fig: Figures, p: dict, b: RtlStream | None = None) -> None:
+def _end(fig: Figures, p: dict, b: RtlStream) -> None:
+    """The campaign's end: unless it already failed, every handshake was checked per page
+    (:meth:`RtlStream.require_all_checked`); the figures written."""
+    if not fig.failures:
+        try:
+            b.require_all_checked()
+        except CaseFailure as exc:
+            fig.fail(exc)
     fig.wall = time.monotonic() - fig.wall
-    if b is not None:
-        fig.isolation = b.tb.isolation.summary()
+    fig.isolation = b.tb.isolation.summary()
     fig.write(p.get("report"))
 
 
@@ -590,7 +619,7 @@ async def _revoker(rb: RaceBench, tw: TableWrite, delay: int, log: dict) -> None
 async def _revoke_case(rb: RaceBench, case: Case, tw: TableWrite, delay: int,
                        fig: Figures) -> None:
     await rb.ack()
-    await rb.drv.prepare(case)
+    await rb.prepare(case)
     i0, t0 = len(rb.tb.monitor.records), len(rb.watch.txns)
     log: dict[str, int] = {}
     await rb.drv.kick(case, first=False)
@@ -645,14 +674,14 @@ async def test_revoke_race(dut):
         fig.by_category[tw.what] = fig.by_category.get(tw.what, 0) + 1
         if not await _attempt(rb, fig, _revoke_case(rb, case, tw, delay, fig)):
             break
-    _end(fig, p)
+    _end(fig, p, rb)
     assert not fig.failures, fig.failures[0]
 
 
 async def _reset_case(rb: RaceBench, case: Case, how: str, delay: int, fig: Figures,
                       window: int) -> None:
     await rb.ack()
-    await rb.drv.prepare(case)
+    await rb.prepare(case)
     i0, t0 = len(rb.tb.monitor.records), len(rb.watch.txns)
     await rb.drv.kick(case, first=False)
     await ClockCycles(rb.dut.clk, delay)
@@ -722,7 +751,7 @@ async def test_reset_race(dut):
         fig.by_category[how] = fig.by_category.get(how, 0) + 1
         if not await _attempt(rb, fig, _reset_case(rb, case, how, delay, fig, p.get("window", 0))):
             break
-    _end(fig, p)
+    _end(fig, p, rb)
     assert not fig.failures, fig.failures[0]
 
 
@@ -775,7 +804,7 @@ async def _iova_race_case(rb: RaceBench, case: Case, page: int, what: str, new, 
                           fig: Figures) -> None:
     w = rb.w
     await rb.ack()
-    await rb.drv.prepare(case)
+    await rb.prepare(case)
     i0, t0, k0 = len(rb.tb.monitor.records), len(rb.watch.txns), len(rb.model.log)
     pages = _iova_pages(case, rb)
     before = _reachable(rb.drv.table, pages)
