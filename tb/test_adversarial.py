@@ -96,6 +96,8 @@ class Figures:
     misses: int = 0  # IOVA: IOTLB misses raised (the same sequence as the reference's)
     evictions: int = 0  # IOVA: entries the reference's IOTLB replaced round robin
     isolation: dict[str, int] = field(default_factory=dict)  # handshakes checked per mode
+    # reset races: per race, cycles from the nearest address issue (valid rising) to the reset
+    reset_distance: list[int] = field(default_factory=list)
     by_category: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     wall: float = 0.0
@@ -424,7 +426,8 @@ class WireWatch:
         self.hv_writes: list[tuple[int, int, int]] = []  # (cycle, offset, data)
         self.hv_reads: list[tuple[int, int]] = []  # (cycle of the AR handshake, offset)
         self.guest_writes: list[tuple[int, int, int]] = []
-        self.rst_cycles: list[int] = []
+        self.rst_cycles: list[int] = []  # the last cycle of each rst pulse
+        self.rst_starts: list[int] = []  # the first cycle of each rst pulse
         self._rise = {"R": None, "W": None}
         self._open_r: list[WireTxn] = []
         self._open_w: list[WireTxn] = []
@@ -445,6 +448,7 @@ class WireWatch:
             if v("rst"):
                 if not self.rst_cycles or self.rst_cycles[-1] != c - 1:
                     self.rst_cycles.append(c)
+                    self.rst_starts.append(c)
                 else:
                     self.rst_cycles[-1] = c  # keep the last cycle of a reset pulse
                 self._open_r.clear()
@@ -688,7 +692,7 @@ async def _reset_case(rb: RaceBench, case: Case, how: str, delay: int, fig: Figu
     what = f"{case.describe()}: {how} after {delay} cycles"
     if how == "status":
         await rb.tb.guest.write32(spec.MMIO_STATUS, 0)
-        c = rb.watch.guest_writes[-1][0]
+        c = start = rb.watch.guest_writes[-1][0]
         for _ in range(10_000):
             if await rb.tb.guest.read32(spec.MMIO_STATUS) == 0:
                 break
@@ -696,9 +700,11 @@ async def _reset_case(rb: RaceBench, case: Case, how: str, delay: int, fig: Figu
             raise CaseFailure("hang", f"{what}: Status never read 0 after the reset")
     else:
         await rb.tb.reset()
-        c = rb.watch.rst_cycles[-1]
+        c, start = rb.watch.rst_cycles[-1], rb.watch.rst_starts[-1]
     await ClockCycles(rb.dut.clk, SETTLE)
     txns = rb.watch.txns[t0:]
+    if txns:  # how close the reset came to an address issue (0: in the same cycle)
+        fig.reset_distance.append(min(abs(start - t.rise) for t in txns))
     late = [t for t in txns if t.rise > c + window]
     if any(c < t.rise <= c + window for t in txns):
         fig.by_category["issued_in_reset_window"] = \
