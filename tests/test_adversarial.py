@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections import Counter
+from collections import Counter, defaultdict
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -66,13 +66,47 @@ def structural_bound(case: Case, world: World) -> int:
     return 4 + chains * (4 + min(n, 0xFFFF) + 1 + per_desc + 2) + chains
 
 
+def page_monitor(rs: ReferenceStream, *, moved: int = 0):
+    """The RTL benches' isolation monitor (``tb/isolation.py``) on a reference stream: fed
+    the reference's ``s_hv`` writes (the set-up replayed) and transactions, checking each per
+    page against what the case exposes (call ``expose(case)`` before each run). ``moved``:
+    check every transaction with its frame number XOR ``moved`` instead (a wrong page)."""
+    from tb.isolation import IsolationChecker
+
+    world = rs.w
+    chk = IsolationChecker(entries=world.entries, lanes=world.data_width // 8,
+                           mem_bytes=world.mem_bytes)
+    for ref, e in world.grants.items():  # the set-up ran before the spy: replay it
+        for k, word in enumerate(e.pack()):
+            chk.hv_write(spec.HV_GRANT_BASE + 8 * ref + 4 * k, word)
+    chk.hv_write(spec.HV_DOMID, world.domid)
+    chk.hv_write(spec.HV_CTRL, world.mode)
+    hv_write = rs.dev.hv.write
+
+    def spy(offset, value, *a, **k):
+        hv_write(offset, value, *a, **k)
+        chk.hv_write(offset, value)
+    rs.dev.hv.write = spy
+    rs.extra_hook = lambda t: chk.check(t.kind, t.addr ^ moved << spec.PAGE_SHIFT, t.nbytes, 0)
+
+    def expose(case: Case) -> None:
+        chk.expose(case_ranges(case, world))
+        chk.outside_ok = case.category == "bus_error" and case.note == "decerr"
+    chk.expose_case = expose
+    return chk
+
+
 def run_stream(world: World, ch, count: int, *, label: str) -> Counter:
-    """``count`` generated cases on the reference with every check; returns tallies."""
+    """``count`` generated cases on the reference with every check (and the RTL benches'
+    per-page isolation monitor); returns tallies."""
     rs = ReferenceStream(world)
+    mon = page_monitor(rs)
     tally: Counter = Counter()
     for i in range(count):
         case = generate(ch, world, i)
+        mon.expose_case(case)
         out = rs.run(case)
+        assert not mon.violations, f"{label} {case.describe()}: {mon.violations[0]}"
         tally["cases"] += 1
         tally["generated"] += 1
         tally[case.category] += 1
@@ -90,7 +124,9 @@ def run_stream(world: World, ch, count: int, *, label: str) -> Counter:
             tally["faults"] += 1
             # recovery: reset (done by the next case's prepare) and good requests succeed
             probe = generate(ch, world, i, "good")
+            mon.expose_case(probe)
             pout = rs.run(probe)
+            assert not mon.violations, f"{label} {probe.describe()}: {mon.violations[0]}"
             tally["cases"] += 1
             tally["recoveries"] += 1
             assert pout.fault is None and len(pout.completions) == len(probe.heads), \
@@ -508,38 +544,34 @@ def test_isolation_monitor_per_page_on_reference_streams(kw):
 
     world = World(seed=5, **kw)
     rs = ReferenceStream(world)
-    new = IsolationChecker(entries=world.entries, lanes=world.data_width // 8,
-                           mem_bytes=world.mem_bytes)
+    new = page_monitor(rs)
+    hook = rs.extra_hook
+    old = IsolationChecker(mem_bytes=world.mem_bytes)  # the any-page check
     moved = IsolationChecker(entries=world.entries, lanes=world.data_width // 8,
                              mem_bytes=world.mem_bytes)
-    old = IsolationChecker(mem_bytes=world.mem_bytes)
-    chks = (new, moved, old)
-    for ref, e in world.grants.items():  # the set-up ran before the spy: replay it
-        for k, word in enumerate(e.pack()):
-            for c in chks:
-                c.hv_write(spec.HV_GRANT_BASE + 8 * ref + 4 * k, word)
-    for c in chks:
-        c.hv_write(spec.HV_DOMID, world.domid)
-        c.hv_write(spec.HV_CTRL, world.mode)
-    hv_write = rs.dev.hv.write
+    for c in (old, moved):
+        c.__dict__.update({k: v for k, v in new.__dict__.items()
+                           if k in ("mode", "domid", "entries")})
+        c.entries = defaultdict(lambda: [0, 0], {r: list(v) for r, v in new.entries.items()})
+    spy = rs.dev.hv.write
 
-    def spy(offset, value, *a, **k):
-        hv_write(offset, value, *a, **k)
-        for c in chks:
-            c.hv_write(offset, value)
-    rs.dev.hv.write = spy
+    def spy_all(offset, value, *a, **k):
+        spy(offset, value, *a, **k)
+        old.hv_write(offset, value)
+        moved.hv_write(offset, value)
+    rs.dev.hv.write = spy_all
 
-    def hook(t):
-        new.check(t.kind, t.addr, t.nbytes, 0)
-        moved.check(t.kind, t.addr ^ 3 << spec.PAGE_SHIFT, t.nbytes, 0)
-        old.check(t.kind, t.addr ^ 3 << spec.PAGE_SHIFT, t.nbytes, 0)
-    rs.extra_hook = hook
+    def hook_all(t):
+        hook(t)
+        for c in (old, moved):
+            c.check(t.kind, t.addr ^ 3 << spec.PAGE_SHIFT, t.nbytes, 0)
+    rs.extra_hook = hook_all
     ch = RandomChooser(random.Random(5))
     for i in range(250):
         case = generate(ch, world, i)
-        for c in (new, moved):
-            c.expose(case_ranges(case, world))
-            c.outside_ok = old.outside_ok = case.category == "bus_error" and case.note == "decerr"
+        new.expose_case(case)
+        moved.expose(case_ranges(case, world))
+        old.outside_ok = moved.outside_ok = new.outside_ok
         rs.run(case)
     assert not new.violations, new.violations[0]
     new.require_all_checked(new.checked)
