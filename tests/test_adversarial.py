@@ -528,6 +528,11 @@ def test_isolation_monitor_per_page():
     assert len(chk.violations) == 2 and chk.checked_page == 16
     with pytest.raises(AssertionError, match="16 checked per page"):
         chk.require_all_checked(17)
+    chk.require_all_checked(17, per_page=False)
+    unchecked = IsolationChecker()  # GPA mode, no memory size, nothing exposed
+    unchecked.check("R", 0x1000, 8, 1)
+    with pytest.raises(AssertionError, match="0 checked by any check"):
+        unchecked.require_all_checked(1, per_page=False)
     with pytest.raises(AssertionError, match="no address handshake"):
         IsolationChecker().require_all_checked(0)
 
