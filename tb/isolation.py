@@ -275,7 +275,9 @@ class IsolationChecker:
 
     def permits(self, kind: str, addr: int) -> bool:
         frame = addr >> spec.PAGE_SHIFT
-        for word0, word1 in self.entries.values():
+        for ref, (word0, word1) in self.entries.items():
+            if self.entries_limit is not None and ref >= self.entries_limit:
+                continue  # written past the table: the device keeps nothing
             flags, domid = word0 & 0xFFFF, word0 >> 16
             if (word1 == frame and flags & spec.GTF_TYPE_MASK == spec.GTF_permit_access
                     and domid == self.domid
