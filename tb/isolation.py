@@ -213,31 +213,24 @@ class IsolationChecker:
             return word1
         return None
 
-    def _iova_frames(self, page: int, kind: str, cycle: int) -> list[int]:
-        """The physical pages IOVA page ``page`` maps to through a mapping live now (or removed
-        less than ``grace`` cycles before: then negated, to count a late use)."""
-        a = page << spec.PAGE_SHIFT
-        out = []
-        for m in self.mappings:
-            if _overlaps(m.base, m.size, a, spec.IOTLB_MIN_SIZE) and m.permits(kind):
-                out.append((m.pa + (a - m.base)) >> spec.PAGE_SHIFT)
-        for m, c in self.retired:
-            if (cycle - c <= self.grace and _overlaps(m.base, m.size, a, spec.IOTLB_MIN_SIZE)
-                    and m.permits(kind)):
-                out.append(-1 - ((m.pa + (a - m.base)) >> spec.PAGE_SHIFT))
-        return out
-
-    def _expected(self, dpage: int, kind: str, cycle: int) -> list[int]:
-        """Physical pages exposed device page ``dpage`` maps to for ``kind`` at the handshake
-        (negative: only through a mapping removed within the grace)."""
+    def _sources(self, kind: str, frame: int, cycle: int) -> list[tuple[int, bool]]:
+        """The device pages that map to physical page ``frame`` for ``kind`` at the
+        handshake, each with True when only through an IOVA mapping removed within the grace.
+        (Searched from the physical side: the same as asking each exposed device page for its
+        page, and cheaper.)"""
         if self.mode == spec.MODE_GRANT:
-            if not dpage >> (63 - spec.PAGE_SHIFT):
-                return []  # not a handle: nothing may be accessed for it
-            frame = self._grant_frame(dpage & spec.GRANT_REF_MASK, kind)
-            return [] if frame is None else [frame]
+            handle = 1 << (63 - spec.PAGE_SHIFT)
+            return [(handle | ref, False) for ref in self.entries
+                    if self._grant_frame(ref, kind) == frame]
         if self.mode == spec.MODE_IOVA:
-            return self._iova_frames(dpage, kind, cycle)
-        return [dpage]
+            a = frame << spec.PAGE_SHIFT
+            out = [((m.base + a - m.pa) >> spec.PAGE_SHIFT, False) for m in self.mappings
+                   if m.covers_phys(a, spec.PAGE_SIZE) and m.permits(kind)]
+            out += [((m.base + a - m.pa) >> spec.PAGE_SHIFT, True) for m, c in self.retired
+                    if cycle - c <= self.grace and m.covers_phys(a, spec.PAGE_SIZE)
+                    and m.permits(kind)]
+            return out
+        return [(frame, False)]
 
     def _page_check(self, kind: str, addr: int, nbytes: int, cycle: int) -> str | None:
         """None when an exposed device page maps to the burst's page with the permission and
@@ -245,20 +238,16 @@ class IsolationChecker:
         assert self.exposed is not None
         frame, off = addr >> spec.PAGE_SHIFT, addr & PAGE_MASK
         end = off + nbytes
-        mapped = late = False
-        for dpage, spans in self.exposed.items():
-            targets = self._expected(dpage, kind, cycle)
-            hit = frame in targets
-            if not hit and -1 - frame in targets:
-                hit = late = True
-            if not hit:
+        mapped = False
+        for dpage, late in sorted(self._sources(kind, frame, cycle), key=lambda x: x[1]):
+            spans = self.exposed.get(dpage)
+            if spans is None:
                 continue
             mapped = True
             for lo, hi in spans:
                 hi_beat = min(-(-hi // self.lanes) * self.lanes, spec.PAGE_SIZE)
                 if lo <= off and end <= hi_beat:
-                    if late and frame not in targets:
-                        self.late_uses += 1
+                    self.late_uses += late
                     return None
         rw = "read" if kind == "R" else "write"
         if mapped:
