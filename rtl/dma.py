@@ -197,6 +197,11 @@ class DmaEngine(wiring.Component):
         Width of a grant table index.
     set_bits : int
         Width of an IOTLB set index (0: no IOTLB, no IOVA mode).
+    lookups : bool
+        A burst waits for its lookup's answer (the translation unit's three cycles). False
+        for the GPA-only device (:class:`~rtl.translate.PassThroughUnit`, whose answers are
+        constants): no burst waits, which makes it the fastest GPA device this engine allows,
+        the honest baseline of the cost of translation (docs/timing.md).
 
     Members
     -------
@@ -232,7 +237,7 @@ class DmaEngine(wiring.Component):
 
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH,
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES, ref_bits: int = 10,
-                 set_bits: int = 0, id_width: int = 4):
+                 set_bits: int = 0, id_width: int = 4, lookups: bool = True):
         self._data_width = check_data_width(data_width)
         check_disk_bytes(disk_bytes, data_width)
         lanes = data_width // 8
@@ -240,6 +245,7 @@ class DmaEngine(wiring.Component):
         self._word_bits = disk_word_bits(disk_bytes, data_width)
         self._ref_bits = ref_bits
         self._set_bits = set_bits
+        self._lookups = lookups
         self._len_bits = local_bits(disk_bytes)
         super().__init__({
             "abort": In(1),
@@ -370,7 +376,10 @@ class DmaEngine(wiring.Component):
         fresh = Signal()  # the answer is a lookup made for this burst (statistics)
         m.d.comb += lk.keep.eq((in_idle & cmd.valid & ~c.drain) | in_xkeep
                                     | keep_next)
-        m.d.sync += waiting.eq(lk.keep)
+        if self._lookups:
+            m.d.sync += waiting.eq(lk.keep)
+        # (else the GPA-only device: its answers are constants, "GPA mode, no fault", so no
+        # burst waits for one)
         m.d.comb += lk.write.eq(Mux(in_idle, c.write, write))
         with m.If(in_idle):
             m.d.comb += [lk.high.eq(Mux(c.cont, nxt_high, cmd_high)),
