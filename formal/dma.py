@@ -551,10 +551,12 @@ def failing_step(log: Path) -> str:
     if found:
         lines = Path(__file__).read_text().splitlines()
         start = int(found.group(1)) - 1
-        for line in lines[start:start + 4]:
+        for n, line in enumerate(lines[start:start + 4]):
             quoted = re.search(r'f?"([^"]+)"', line)
             if quoted:
                 what = quoted.group(1)
+                more = re.match(r'\s*"([^"]+)"', lines[start + n + 1])
+                what += more.group(1) if more else ""
                 break
     return f"step {step[-1] if step else '?'}: {what}"
 
@@ -562,9 +564,9 @@ def failing_step(log: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=6)
-    ap.add_argument("--bmc-depth", type=int, default=20)
-    ap.add_argument("--cover-depth", type=int, default=20)
-    ap.add_argument("--mutant-depth", type=int, default=16,
+    ap.add_argument("--bmc-depth", type=int, default=12)
+    ap.add_argument("--cover-depth", type=int, default=12)
+    ap.add_argument("--mutant-depth", type=int, default=12,
                     help="depth of the bounded check each mutant must fail")
     ap.add_argument("--tasks", nargs="*", default=["bmc", "cover"])
     ap.add_argument("--mutants", nargs="*", default=list(MUTANTS),
@@ -593,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             sub += "_no_gap"
         sby = write_job(args.out / sub, entries=args.entries, mutant=mutant,
                         bmc_depth=depth, cover_depth=depth, ending_gap=not args.no_ending_gap,
-                        lemmas=not mutant)
+                        lemmas=not (mutant or args.no_ending_gap))
         r = run_task(sby, task, depth, args.timeout)
         results.append(r)
         what = {"bmc": "bounded", "cover": "cover"}[task]
