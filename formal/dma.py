@@ -21,7 +21,9 @@ before, that follows a read (not a drain) which ended without a fault and withou
 ``cont`` high in every idle cycle since (the DMA engine keeps its address while idle), and
 (``CONT_GAP``) accepted no earlier than three cycles after that read's ``done``: the ring engine
 issues it four cycles after (HDR_WAIT, DECODE, DISPATCH, ROUTE, DATA_PIECE in
-``rtl/engine.py``). Nothing else is assumed: not the AXI rules on the memory side.
+``rtl/engine.py``); and no command is taken in the cycle after one that ended with a fault or an
+abort (``ending_gap``: without it the check fails, docs/isolation.md, "A gap in the port's
+contract"). Nothing else is assumed: not the AXI rules on the memory side.
 
 **The harness's own view.** It decodes every write on the port by the register map
 (``models/spec.py``: HV_CTRL at 0x004, bits 1:0, modes 0 and 1 without an IOTLB, a write with
@@ -59,8 +61,16 @@ into two bursts (the second on the next page, after its own lookup), a burst tha
 new lookup after its entry was written, a GPA-mode read and write, a device write refused by a
 read-only grant (fault 5) and a command that completes.
 
+**Lemmas** (asserted too; the properties do not use them): the RTL's table, mode and domain are
+the harness's; an answer that is not stale has the current mode and, in handle mode, is the
+harness's check of the lookup it recorded on the DMA engine - translation unit port; in ``ADDR``
+and ``ISSUE`` the DMA engine's address registers are the harness's cursor, and in ``ISSUE`` the
+held answer is a lookup of the cursor's page. They keep each step's query small; the check is
+bounded (``bmc``, depth 12 in ``make formal``), not k-induction.
+
 ``MUTANTS`` are copies of ``rtl/dma.py``, ``rtl/translate.py`` and ``rtl/hvregs.py`` with one
-line changed, applied in memory (never written to ``rtl/``): each must fail the bounded check.
+line changed, applied in memory (never written to ``rtl/``): each must fail the bounded check
+without the lemmas, so that what fails is a property.
 
 Run ``python -m formal.dma`` (``make formal``); it writes the RTLIL and ``dma.sby`` under
 ``build/formal/`` and runs ``yowasp-sby`` with Yices, as ``formal/translate.py`` does.
