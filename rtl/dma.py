@@ -208,7 +208,11 @@ class DmaEngine(wiring.Component):
     ring : In(:func:`~rtl.interfaces.DmaPortSignature`)
         From the ring engine. ``pre``: the address of the command it may hand over in the next
         cycle (``pre.hold``: it is ``cmd.payload.vaddr`` already; ``pre.cont``: it continues
-        where the last command ended), looked up when the engine is idle or ending a command.
+        where the last command ended), looked up when the engine is idle or ending a command
+        cleanly. A command that ends with a fault or an abort in ISSUE or WADDR, on a burst
+        that ends its page, reads the table at its own next page in that last cycle instead:
+        no command may be taken in the cycle after such an end (the ring engine halts after a
+        fault, and a reset's abort holds ``cmd.valid`` low; ``formal/dma.py`` assumes it).
         ``cmd``: a command is taken in a cycle with ``valid`` and ``ready``; its ``vaddr`` must
         be the ``pre.vaddr`` of the cycle before (or ``cont`` and ``pre.cont`` both set).
         ``done`` pulses for one cycle when the command ends (see the module docstring);
