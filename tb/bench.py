@@ -99,7 +99,8 @@ class DeviceBench:
                                               data_width=data_width)
         for prefix in ("m_axi_", "s_axil_", "s_hv_"):  # the bus models log every burst at INFO
             logging.getLogger(f"cocotb.{dut._name}.{prefix}").setLevel(logging.WARNING)
-        self.isolation = IsolationChecker()
+        # (GPA mode: every burst must lie inside guest memory)
+        self.isolation = IsolationChecker(mem_bytes=mem_bytes)
         self.guest = AxiLitePort(self.guest_master)
         self.hv = AxiLitePort(self.hv_master, on_write=self.isolation.hv_write)
         self.monitor = AxiMonitor(dut, data_width=data_width, on_address=self.isolation.check)

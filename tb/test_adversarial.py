@@ -39,7 +39,14 @@ from models import spec
 from models.grant import GrantEntry
 from sw.hypervisor import Hypervisor, IotlbMiss
 from sw.iommu import Answer, IommuModel
-from verif.cases import TableWrite, case_refs, gen_big_request, gen_table_write, generate
+from verif.cases import (
+    TableWrite,
+    case_ranges,
+    case_refs,
+    gen_big_request,
+    gen_table_write,
+    generate,
+)
 from verif.choosers import RandomChooser
 from verif.oracle import Outcome, check_expectation
 from verif.stream import ReferenceStream, StreamDriver, run_coroutine
@@ -89,6 +96,8 @@ class Figures:
     misses: int = 0  # IOVA: IOTLB misses raised (the same sequence as the reference's)
     evictions: int = 0  # IOVA: entries the reference's IOTLB replaced round robin
     isolation: dict[str, int] = field(default_factory=dict)  # handshakes checked per mode
+    # reset races: per race, cycles from the nearest address issue (valid rising) to the reset
+    reset_distance: list[int] = field(default_factory=list)
     by_category: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     wall: float = 0.0
@@ -134,6 +143,8 @@ class RtlStream:
         self.log = self.tb.log
         iso = self.tb.isolation
         iso.clock = lambda: self.tb.monitor.cycle
+        iso.entries_limit = self.cfg.entries  # GRANT[ref >= entries] maps nothing
+        iso.lanes = world.data_width // 8
         if not world.translated:
             iso.mem_bytes = world.mem_bytes  # GPA: bursts stay inside guest memory
         # IOVA mode: the hypervisor answering misses (the reference's policy, sw.iommu)
@@ -202,6 +213,21 @@ class RtlStream:
         return self.tb.cycle - c0
 
     # -- helpers -------------------------------------------------------------------------------
+    async def prepare(self, case: Case) -> None:
+        """The driver's set-up of ``case``; the isolation monitor is told what it exposes."""
+        iso = self.tb.isolation
+        iso.expose(case_ranges(case, self.w))
+        iso.outside_ok = case.category == "bus_error" and case.note == "decerr"
+        await self.drv.prepare(case)
+
+    def require_all_checked(self) -> None:
+        """Every address handshake the monitor saw was checked per page (and there were
+        some): a bench that checked nothing fails."""
+        try:
+            self.tb.isolation.require_all_checked(len(self.tb.monitor.records))
+        except AssertionError as exc:
+            raise CaseFailure("violation", str(exc)) from None
+
     async def fault_regs(self) -> tuple[int, int, int, int]:
         hv = self.tb.hv
         status = await hv.read32(spec.HV_FAULT_STATUS)
@@ -240,8 +266,7 @@ class RtlStream:
             raise CaseFailure("violation", f"reference: {self.ref.violations[0]}")
         mon = self.tb.monitor
         iso = self.tb.isolation
-        iso.outside_ok = case.category == "bus_error" and case.note == "decerr"
-        await self.drv.prepare(case)
+        await self.prepare(case)
         i0, k0 = len(mon.records), len(self.model.log)
         if case.expect.ignored_notify:
             await self.drv.kick(case, first=True)
@@ -328,10 +353,16 @@ async def _attempt(b: RtlStream, fig: Figures, step) -> bool:
         return False
 
 
-def _end(fig: Figures, p: dict, b: RtlStream | None = None) -> None:
+def _end(fig: Figures, p: dict, b: RtlStream) -> None:
+    """The campaign's end: unless it already failed, every handshake was checked per page
+    (:meth:`RtlStream.require_all_checked`); the figures written."""
+    if not fig.failures:
+        try:
+            b.require_all_checked()
+        except CaseFailure as exc:
+            fig.fail(exc)
     fig.wall = time.monotonic() - fig.wall
-    if b is not None:
-        fig.isolation = b.tb.isolation.summary()
+    fig.isolation = b.tb.isolation.summary()
     fig.write(p.get("report"))
 
 
@@ -395,7 +426,8 @@ class WireWatch:
         self.hv_writes: list[tuple[int, int, int]] = []  # (cycle, offset, data)
         self.hv_reads: list[tuple[int, int]] = []  # (cycle of the AR handshake, offset)
         self.guest_writes: list[tuple[int, int, int]] = []
-        self.rst_cycles: list[int] = []
+        self.rst_cycles: list[int] = []  # the last cycle of each rst pulse
+        self.rst_starts: list[int] = []  # the first cycle of each rst pulse
         self._rise = {"R": None, "W": None}
         self._open_r: list[WireTxn] = []
         self._open_w: list[WireTxn] = []
@@ -416,6 +448,7 @@ class WireWatch:
             if v("rst"):
                 if not self.rst_cycles or self.rst_cycles[-1] != c - 1:
                     self.rst_cycles.append(c)
+                    self.rst_starts.append(c)
                 else:
                     self.rst_cycles[-1] = c  # keep the last cycle of a reset pulse
                 self._open_r.clear()
@@ -456,6 +489,7 @@ class RaceBench(RtlStream):
         super().__init__(dut, world, pause=pause, timing_seed=timing_seed)
         self.watch = WireWatch(dut)
         self.watch.start()
+        self.reset_lead: dict[str, int] = {}  # cycles from starting a reset to its effect
 
     async def both(self, fn) -> None:
         """The same driver step on the reference (synchronously) and on the RTL."""
@@ -590,7 +624,7 @@ async def _revoker(rb: RaceBench, tw: TableWrite, delay: int, log: dict) -> None
 async def _revoke_case(rb: RaceBench, case: Case, tw: TableWrite, delay: int,
                        fig: Figures) -> None:
     await rb.ack()
-    await rb.drv.prepare(case)
+    await rb.prepare(case)
     i0, t0 = len(rb.tb.monitor.records), len(rb.watch.txns)
     log: dict[str, int] = {}
     await rb.drv.kick(case, first=False)
@@ -645,21 +679,44 @@ async def test_revoke_race(dut):
         fig.by_category[tw.what] = fig.by_category.get(tw.what, 0) + 1
         if not await _attempt(rb, fig, _revoke_case(rb, case, tw, delay, fig)):
             break
-    _end(fig, p)
+    _end(fig, p, rb)
     assert not fig.failures, fig.failures[0]
 
 
+async def _aim(rb: RaceBench, t0: int, k: int, offset: int, lead: int, limit: int) -> str:
+    """Wait so that a reset started now plus ``lead`` cycles lands ``offset`` cycles after the
+    request's next address issue, predicted from its ``k``-th and ``k + 1``-th issues (bursts
+    of a request issue at a steady interval on memory without pauses). Returns what was aimed
+    at; if the request had fewer issues within ``limit`` cycles, returns at once."""
+    c0 = rb.watch.cycle
+    while len(rb.watch.txns) - t0 < k + 1:
+        if rb.watch.cycle - c0 > limit:
+            return "not aimed (too few issues)"
+        await RisingEdge(rb.dut.clk)
+    r1, r2 = rb.watch.txns[t0 + k - 1].rise, rb.watch.txns[t0 + k].rise
+    target = 2 * r2 - r1 + offset
+    while rb.watch.cycle + lead < target:
+        await RisingEdge(rb.dut.clk)
+    return f"aimed at issue {k + 2} + {offset} (predicted cycle {target - offset})"
+
+
 async def _reset_case(rb: RaceBench, case: Case, how: str, delay: int, fig: Figures,
-                      window: int) -> None:
+                      window: int, aim: tuple[int, int] | None = None) -> None:
     await rb.ack()
-    await rb.drv.prepare(case)
+    await rb.prepare(case)
     i0, t0 = len(rb.tb.monitor.records), len(rb.watch.txns)
     await rb.drv.kick(case, first=False)
-    await ClockCycles(rb.dut.clk, delay)
-    what = f"{case.describe()}: {how} after {delay} cycles"
+    if aim is None:
+        await ClockCycles(rb.dut.clk, delay)
+        what = f"{case.describe()}: {how} after {delay} cycles"
+    else:
+        lead = rb.reset_lead.get(how, 1)
+        what = f"{case.describe()}: {how} " + await _aim(rb, t0, *aim, lead,
+                                                         rb.estimate(case))
+    called = rb.watch.cycle
     if how == "status":
         await rb.tb.guest.write32(spec.MMIO_STATUS, 0)
-        c = rb.watch.guest_writes[-1][0]
+        c = start = rb.watch.guest_writes[-1][0]
         for _ in range(10_000):
             if await rb.tb.guest.read32(spec.MMIO_STATUS) == 0:
                 break
@@ -667,9 +724,14 @@ async def _reset_case(rb: RaceBench, case: Case, how: str, delay: int, fig: Figu
             raise CaseFailure("hang", f"{what}: Status never read 0 after the reset")
     else:
         await rb.tb.reset()
-        c = rb.watch.rst_cycles[-1]
+        c, start = rb.watch.rst_cycles[-1], rb.watch.rst_starts[-1]
+    rb.reset_lead[how] = start - called  # for the next aimed reset
     await ClockCycles(rb.dut.clk, SETTLE)
     txns = rb.watch.txns[t0:]
+    if txns:  # how close the reset came to an address issue (0: in the same cycle)
+        fig.reset_distance.append(min(abs(start - t.rise) for t in txns))
+        rb.log.debug("%s: reset from cycle %d (last %d), issues nearby %s", what, start, c,
+                     [t.rise for t in txns if abs(t.rise - start) < 40])
     late = [t for t in txns if t.rise > c + window]
     if any(c < t.rise <= c + window for t in txns):
         fig.by_category["issued_in_reset_window"] = \
@@ -707,22 +769,26 @@ async def _reset_case(rb: RaceBench, case: Case, how: str, delay: int, fig: Figu
 
 @cocotb.test()
 async def test_reset_race(dut):
-    """Driver reset (Status = 0) or ``rst`` at random cycles of a request; params: seed,
-    cases, pause, how ("status", "rst" or "mixed"), window (cycles after the reset write in
-    which a transaction may still start: 0 is the contract; see docs/isolation.md, "Known
-    deviations")."""
+    """Driver reset (Status = 0) or ``rst`` at random cycles of a request, most of them aimed
+    at -2 to +2 cycles of an address issue; params: seed, cases, pause, how ("status", "rst"
+    or "mixed"), window (cycles after the reset write in which a transaction may still start:
+    0, the contract, unless a run asks otherwise). ``Figures.reset_distance`` records, per
+    race, the cycles between the reset and the nearest address issue."""
     p, fig, rb, ch = await _begin(dut, "reset", RaceBench)
     mode = p.get("how", "mixed")
     for i in range(p.get("cases", 20)):
         how = ch.choice(("status", "status", "rst")) if mode == "mixed" else mode
         case = gen_big_request(ch, rb.w, i, disk_writes=how == "status")
         delay = ch.int(0, rb.estimate(case))
+        # three in four resets aimed at -2 to +2 cycles of an address issue (predicted)
+        aim = (ch.int(1, 8), ch.choice((-2, -1, 0, 0, 1, 2))) if ch.bool(0.75) else None
         fig.cases += 1
         fig.hostile += 1
         fig.by_category[how] = fig.by_category.get(how, 0) + 1
-        if not await _attempt(rb, fig, _reset_case(rb, case, how, delay, fig, p.get("window", 0))):
+        step = _reset_case(rb, case, how, delay, fig, p.get("window", 0), aim)
+        if not await _attempt(rb, fig, step):
             break
-    _end(fig, p)
+    _end(fig, p, rb)
     assert not fig.failures, fig.failures[0]
 
 
@@ -775,7 +841,7 @@ async def _iova_race_case(rb: RaceBench, case: Case, page: int, what: str, new, 
                           fig: Figures) -> None:
     w = rb.w
     await rb.ack()
-    await rb.drv.prepare(case)
+    await rb.prepare(case)
     i0, t0, k0 = len(rb.tb.monitor.records), len(rb.watch.txns), len(rb.model.log)
     pages = _iova_pages(case, rb)
     before = _reachable(rb.drv.table, pages)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections import Counter
+from collections import Counter, defaultdict
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,6 +38,7 @@ from models.grant import GrantEntry
 from models.memory import GuestMemory
 from verif.cases import (
     CATEGORIES,
+    case_ranges,
     case_refs,
     categories_for,
     gen_big_request,
@@ -65,13 +66,47 @@ def structural_bound(case: Case, world: World) -> int:
     return 4 + chains * (4 + min(n, 0xFFFF) + 1 + per_desc + 2) + chains
 
 
+def page_monitor(rs: ReferenceStream, *, moved: int = 0):
+    """The RTL benches' isolation monitor (``tb/isolation.py``) on a reference stream: fed
+    the reference's ``s_hv`` writes (the set-up replayed) and transactions, checking each per
+    page against what the case exposes (call ``expose(case)`` before each run). ``moved``:
+    check every transaction with its frame number XOR ``moved`` instead (a wrong page)."""
+    from tb.isolation import IsolationChecker
+
+    world = rs.w
+    chk = IsolationChecker(entries=world.entries, lanes=world.data_width // 8,
+                           mem_bytes=world.mem_bytes)
+    for ref, e in world.grants.items():  # the set-up ran before the spy: replay it
+        for k, word in enumerate(e.pack()):
+            chk.hv_write(spec.HV_GRANT_BASE + 8 * ref + 4 * k, word)
+    chk.hv_write(spec.HV_DOMID, world.domid)
+    chk.hv_write(spec.HV_CTRL, world.mode)
+    hv_write = rs.dev.hv.write
+
+    def spy(offset, value, *a, **k):
+        hv_write(offset, value, *a, **k)
+        chk.hv_write(offset, value)
+    rs.dev.hv.write = spy
+    rs.extra_hook = lambda t: chk.check(t.kind, t.addr ^ moved << spec.PAGE_SHIFT, t.nbytes, 0)
+
+    def expose(case: Case) -> None:
+        chk.expose(case_ranges(case, world))
+        chk.outside_ok = case.category == "bus_error" and case.note == "decerr"
+    chk.expose_case = expose
+    return chk
+
+
 def run_stream(world: World, ch, count: int, *, label: str) -> Counter:
-    """``count`` generated cases on the reference with every check; returns tallies."""
+    """``count`` generated cases on the reference with every check (and the RTL benches'
+    per-page isolation monitor); returns tallies."""
     rs = ReferenceStream(world)
+    mon = page_monitor(rs)
     tally: Counter = Counter()
     for i in range(count):
         case = generate(ch, world, i)
+        mon.expose_case(case)
         out = rs.run(case)
+        assert not mon.violations, f"{label} {case.describe()}: {mon.violations[0]}"
         tally["cases"] += 1
         tally["generated"] += 1
         tally[case.category] += 1
@@ -89,7 +124,9 @@ def run_stream(world: World, ch, count: int, *, label: str) -> Counter:
             tally["faults"] += 1
             # recovery: reset (done by the next case's prepare) and good requests succeed
             probe = generate(ch, world, i, "good")
+            mon.expose_case(probe)
             pout = rs.run(probe)
+            assert not mon.violations, f"{label} {probe.describe()}: {mon.violations[0]}"
             tally["cases"] += 1
             tally["recoveries"] += 1
             assert pout.fault is None and len(pout.completions) == len(probe.heads), \
@@ -427,6 +464,158 @@ def test_isolation_monitor_follows_the_reference_iova_stream():
         else:
             assert not chk.violations, chk.violations[0]
             assert not rs.violations
+
+
+def test_isolation_monitor_per_page():
+    """With the case's ranges exposed, a burst must go to the page that an exposed device page
+    maps to now (grant: GRANT[ref].frame for that very reference, inside the table; IOVA: the
+    mapping live for that IOVA page; GPA: the frame itself), inside the bytes exposed there."""
+    from tb.isolation import IsolationChecker
+
+    chk = IsolationChecker(entries=64, lanes=8)
+    chk.hv_write(spec.HV_DOMID, 9)
+    chk.hv_write(spec.HV_CTRL, spec.MODE_GRANT)
+    for ref, frame in ((3, 0x12), (4, 0x13), (63, 0x14), (64, 0x15)):  # 64: past the table
+        w0, w1 = GrantEntry.permit(9, frame).pack()
+        chk.hv_write(spec.HV_GRANT_BASE + 8 * ref, w0)
+        chk.hv_write(spec.HV_GRANT_BASE + 8 * ref + 4, w1)
+    chk.expose([(spec.make_handle(3, 0x100), 0x20), (spec.make_handle(63, 0xFF0), 0x20)])
+    assert sorted(chk.exposed) == [(1 << 51) | 3, (1 << 51) | 63, (1 << 51) | 64]
+    chk.check("R", 0x12_100, 0x20, 1)  # ref 3's frame, the exposed bytes
+    chk.check("W", 0x12_118, 8, 2)  # the last beat of the exposed bytes
+    chk.check("R", 0x14_FF0, 0x10, 3)  # ref 63, the table's last entry
+    assert not chk.violations, chk.violations
+    chk.check("R", 0x13_100, 0x20, 4)  # ref 4's frame: granted, but not exposed
+    chk.check("R", 0x12_200, 8, 5)  # ref 3's frame, bytes no buffer names
+    chk.check("R", 0x15_000, 8, 6)  # GRANT[64] was written, but 64 is past the table
+    chk.check("R", 0x12_FFC, 8, 7)  # crosses a page
+    assert len(chk.violations) == 4, chk.violations
+    assert "not the page of any device page" in chk.violations[0]
+    assert "outside the bytes exposed" in chk.violations[1]
+    assert "not the page" in chk.violations[2] and "crosses a page" in chk.violations[3]
+    chk.violations.clear()
+    chk.hv_write(spec.HV_GRANT_BASE + 8 * 3 + 4, 0x13)  # ref 3 remapped: its new frame only
+    chk.check("R", 0x13_100, 8, 8)
+    chk.check("R", 0x12_100, 8, 9)
+    assert len(chk.violations) == 1 and "cycle 9" in chk.violations[0]
+    chk.require_all_checked(9)
+    with pytest.raises(AssertionError, match="10 handshake"):
+        chk.require_all_checked(10)
+    chk.violations.clear()
+    # GPA: the exposed frames, and guest memory
+    chk.hv_write(spec.HV_CTRL, spec.MODE_GPA)
+    chk.mem_bytes = 0x4_0000
+    chk.expose([(0x3_0F00, 0x200), (0x5_0000, 0x10)])
+    chk.check("W", 0x3_0F00, 0x100, 10)
+    chk.check("R", 0x3_1000, 0x100, 11)
+    chk.check("R", 0x3_2000, 8, 12)  # inside memory, but not exposed
+    chk.check("R", 0x5_0000, 8, 13)  # exposed, outside memory
+    assert len(chk.violations) == 2 and "not the page" in chk.violations[0] \
+        and "outside guest memory" in chk.violations[1]
+    chk.violations.clear()
+    # IOVA: the mapping live for the exposed IOVA page
+    chk.hv_write(spec.HV_CTRL, spec.MODE_IOVA)
+    _insert(chk, 0xFFF0_8000, 0x12_000, r=True, w=False)
+    _insert(chk, 0xFFF0_9000, 0x13_000)
+    chk.expose([(0xFFF0_8010, 0x40)])
+    chk.check("R", 0x12_010, 0x40, 14)
+    chk.check("W", 0x12_010, 8, 15)  # read-only mapping
+    chk.check("R", 0x13_010, 8, 16)  # mapped, but for an IOVA page not exposed
+    assert len(chk.violations) == 2 and all("not the page" in v for v in chk.violations)
+    assert chk.checked == chk.checked_page == 16
+    chk.expose(None)  # nothing declared: the any-page check, not counted per page
+    chk.check("R", 0x13_010, 8, 17)
+    assert len(chk.violations) == 2 and chk.checked_page == 16
+    with pytest.raises(AssertionError, match="16 checked per page"):
+        chk.require_all_checked(17)
+    chk.require_all_checked(17, per_page=False)
+    unchecked = IsolationChecker()  # GPA mode, no memory size, nothing exposed
+    unchecked.check("R", 0x1000, 8, 1)
+    with pytest.raises(AssertionError, match="0 checked by any check"):
+        unchecked.require_all_checked(1, per_page=False)
+    with pytest.raises(AssertionError, match="no address handshake"):
+        IsolationChecker().require_all_checked(0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"handle_mode": False}, {"iova": True},
+                                {"data_width": 32, "entries": 64}],
+                         ids=["grant", "gpa", "iova", "grant-w32-e64"])
+def test_isolation_monitor_per_page_on_reference_streams(kw):
+    """The monitor, told each case's ranges (``case_ranges``) and fed the reference's s_hv
+    writes and transactions, accepts every transaction of 250 cases in each mode; the same
+    transactions moved to another page (frame number XOR 3) are flagged in far more cases than
+    the any-page check flags them."""
+    from tb.isolation import IsolationChecker
+
+    world = World(seed=5, **kw)
+    rs = ReferenceStream(world)
+    new = page_monitor(rs)
+    hook = rs.extra_hook
+    old = IsolationChecker(mem_bytes=world.mem_bytes)  # the any-page check
+    moved = IsolationChecker(entries=world.entries, lanes=world.data_width // 8,
+                             mem_bytes=world.mem_bytes)
+    for c in (old, moved):
+        c.__dict__.update({k: v for k, v in new.__dict__.items()
+                           if k in ("mode", "domid", "entries")})
+        c.entries = defaultdict(lambda: [0, 0], {r: list(v) for r, v in new.entries.items()})
+    spy = rs.dev.hv.write
+
+    def spy_all(offset, value, *a, **k):
+        spy(offset, value, *a, **k)
+        old.hv_write(offset, value)
+        moved.hv_write(offset, value)
+    rs.dev.hv.write = spy_all
+
+    def hook_all(t):
+        hook(t)
+        for c in (old, moved):
+            c.check(t.kind, t.addr ^ 3 << spec.PAGE_SHIFT, t.nbytes, 0)
+    rs.extra_hook = hook_all
+    ch = RandomChooser(random.Random(5))
+    for i in range(250):
+        case = generate(ch, world, i)
+        new.expose_case(case)
+        moved.expose(case_ranges(case, world))
+        old.outside_ok = moved.outside_ok = new.outside_ok
+        rs.run(case)
+    assert not new.violations, new.violations[0]
+    new.require_all_checked(new.checked)
+    assert new.checked > 2000
+    assert len(moved.violations) > 0.6 * moved.checked
+    assert len(moved.violations) > len(old.violations) + 0.3 * moved.checked
+
+
+def test_table_end_cases():
+    """``table_end``: the last entry works; a buffer running from it into reference E faults
+    with cause 2 at E's first byte after moving the first page; E and E + 1 fault although the
+    hypervisor wrote GRANT[E] and GRANT[E + 1]."""
+    for entries in (spec.DEFAULT_ENTRIES, 64):
+        world = World(seed=7, entries=entries)
+        rs = ReferenceStream(world)
+        ch = RandomChooser(random.Random(7))
+        seen = Counter()
+        for i in range(120):
+            case = generate(ch, world, i, "table_end")
+            what = case.note.split()[0]
+            out = rs.run(case)
+            assert check_expectation(case, out) is None and not rs.violations
+            data = next(d for d in case.descs if d[1] >> 63 and
+                        spec.split_handle(d[1])[0] >= entries - 1)[1]
+            ref = spec.split_handle(data)[0]
+            frame = dict(case.patches)[entries - 1].frame
+            if what == "cross":
+                assert out.fault == (spec.FAULT_REF_RANGE, spec.make_handle(entries, 0))
+                moved = [t for t in out.transactions if t.addr >> spec.PAGE_SHIFT == frame]
+                assert moved, f"{case.describe()}: nothing moved in the last entry's page"
+            elif what == "past":
+                assert ref in (entries, entries + 1)
+                assert out.fault == (spec.FAULT_REF_RANGE, data)
+            else:
+                assert ref == entries - 1 and out.fault is None
+            seen[what] += 1
+            if out.fault:
+                rs.run(generate(ch, world, i, "good"))
+        assert set(seen) == {"cross", "past", "last"}, seen
 
 
 # --- the contract's stale-translation rule ------------------------------------------------------

@@ -579,3 +579,18 @@ def test_hv_follows_the_map(entries):
                         window=spec.HV_GRANT_BASE, arrays=False)
 
     run(dut, bench)
+
+
+@pytest.mark.sim
+def test_guest_port_cannot_reach_privileged_state():
+    """The whole device (``tb/test_registers.py``, about 25 s): every guest offset written,
+    every privileged register and grant word read back unchanged and as the reference model
+    reads it, no bus access. (``tests/test_sim.py::test_registers`` runs the bench's other
+    tests, whose reads are compared with the model too.)"""
+    from tb.runner import DeviceConfig, run
+
+    testcase = "test_guest_port_cannot_reach_privileged_state"
+    tests, failed, xml = run("tb.test_registers", DeviceConfig(), testcase=testcase,
+                             results_name=f"registers_model_{testcase}")
+    assert tests == 1, f"tb.test_registers.{testcase} did not run (see {xml})"
+    assert failed == 0, f"tb.test_registers.{testcase} failed; log above, results {xml}"

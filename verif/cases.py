@@ -405,6 +405,48 @@ def gen_run_off_grant(ch: Chooser, w: World, index: int) -> Case:
                      patches=patches, note=f"ref {ref} + 1")
 
 
+def gen_table_end(ch: Chooser, w: World, index: int) -> Case:
+    """At the end of the grant table (``entries`` E): the last entry, E - 1, granted (a patch,
+    to a quarantine frame) and the hypervisor also writing GRANT[E] and GRANT[E + 1], which lie
+    past the table and must change nothing (docs/architecture.md: references from E on fault
+    with cause 2 whatever was written there). Then one of:
+
+    * ``cross``: a data buffer that starts in E - 1 and runs into E: the first page moved, cause
+      2 at the second page's first byte;
+    * ``past``: a data buffer in E or E + 1: cause 2, nothing moved for it;
+    * ``last``: a data buffer inside E - 1, up to its last byte at times: completion."""
+    b = _CaseBuilder(ch, w)
+    pre = _with_pre(ch, b)
+    last = w.entries - 1
+    frame = ch.choice(list(F_QUARANTINE))
+    beyond = GrantEntry.permit(w.domid, ch.choice(list(F_QUARANTINE)))
+    patches = [(last, GrantEntry.permit(w.domid, frame)), (last + 1, beyond),
+               (last + 2, beyond)]
+    what = ch.choice(("cross", "cross", "past", "last"))
+    write = ch.bool()
+    nsec = ch.choice((1, 2))
+    data_len = nsec * 512
+    if what == "cross":
+        addr = spec.make_handle(last, ch.int(PAGE - data_len + 1, PAGE - 1))
+        expect = Expect(spec.FAULT_REF_RANGE)
+    elif what == "past":
+        addr = spec.make_handle(ch.choice((last + 1, last + 2)), ch.int(0, PAGE - data_len))
+        expect = Expect(spec.FAULT_REF_RANGE)
+    else:
+        off = ch.choice((PAGE - data_len, ch.int(0, PAGE - data_len)))
+        addr = spec.make_handle(last, off)
+        expect = Expect(0)
+    req_type = spec.VIRTIO_BLK_T_IN if write else spec.VIRTIO_BLK_T_OUT
+    slot = b.slot()
+    b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, w.capacity - nsec)))
+    b.put(slot + 20, b"\xa5")
+    segs = [Seg(slot, HDR, False), Seg(addr, data_len, write), Seg(slot + 20, 1, True)]
+    status = spec.VIRTIO_BLK_S_OK if what == "last" else None
+    return _assemble(ch, w, index, "table_end", expect, [*pre, _Req(segs, status)], b,
+                     patches=patches,
+                     note=f"{what} {'in' if write else 'out'} at {addr & (1 << 63) - 1:#x}")
+
+
 def gen_bus_error(ch: Chooser, w: World, index: int) -> Case:
     """SLVERR on a chosen transaction (avail, head, descriptor, header, data read or write,
     status, used element, used index) or DECERR (a grant or address beyond memory): cause 6."""
@@ -902,6 +944,7 @@ CATEGORIES: dict[str, tuple[Gen, int, str]] = {
     "wrong_domain": (gen_wrong_domain, 4, "grant"),
     "readonly_write": (gen_readonly_write, 4, "grant"),
     "run_off_grant": (gen_run_off_grant, 4, "grant"),
+    "table_end": (gen_table_end, 3, "grant"),
     "ring_not_handle": (gen_ring_not_handle, 2, "grant"),
     "bus_error": (gen_bus_error, 6, "any"),
     "index_outside": (gen_index_outside, 3, "any"),
@@ -992,6 +1035,20 @@ def case_refs(case: Case) -> list[int]:
         first, last = spec.split_handle(a)[0], spec.split_handle((a + ln - 1) & U64)[0]
         refs += [r for r in range(first, last + 1) if r not in refs]
     return refs
+
+
+def case_ranges(case: Case, w: World) -> list[tuple[int, int]]:
+    """The device-address ranges ``(addr, nbytes)`` the driver exposes to the device in
+    ``case``: the queue's descriptor table, avail ring and used ring (virtio 1.x section 2.7:
+    16 n, 6 + 2 n and 6 + 8 n bytes, with the event words) when the queue size is valid, and
+    every descriptor's buffer. What the isolation monitor checks each burst against
+    (``tb.isolation.IsolationChecker.expose``)."""
+    q = case.queue
+    out: list[tuple[int, int]] = []
+    if 1 <= q.n <= w.queue_num_max and not q.n & (q.n - 1):
+        out += [(q.desc, 16 * q.n), (q.avail, 6 + 2 * q.n), (q.used, 6 + 8 * q.n)]
+    out += [(a, ln) for _, a, ln, _, _ in case.descs if ln]
+    return out
 
 
 @dataclass(frozen=True)
