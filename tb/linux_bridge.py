@@ -59,7 +59,7 @@ from sw.alloc import PageAllocator
 from sw.compare import first_difference, read_disk
 from sw.dma import IdentityDma
 from sw.driver import VirtioBlkDriver
-from sw.transport import ClockedLink
+from sw.transport import ClockedLink, run_coroutine
 from sw.vhost_user import (
     VHOST_ACCESS_RO,
     VHOST_ACCESS_RW,
@@ -948,22 +948,22 @@ class MmioTransport:
         register write): the bridge's copy, else a miss message to QEMU and the main socket
         read here until its update has resolved it. Other messages are held for the main loop
         (QEMU waits for their replies, so a miss behind one times out)."""
-        _run_sync(self.poll_miss())
+        run_coroutine(self.poll_miss())
         deadline = self.miss.t0 + self.miss_timeout_s if self.miss is not None else 0.0
         while self.miss is not None:
             be = self.backend
             left = deadline - time.monotonic()
             if be is None or be.closed or left <= 0:
-                _run_sync(self.poll_miss(can_ask=False))
+                run_coroutine(self.poll_miss(can_ask=False))
                 break
             if not select.select([be], [], [], left)[0]:
                 continue
             msg = be.receive()
             if msg is None:
-                _run_sync(self.poll_miss(can_ask=False))
+                run_coroutine(self.poll_miss(can_ask=False))
                 break
             if msg.request == Request.IOTLB_MSG:
-                _run_sync(be.handle(msg))
+                run_coroutine(be.handle(msg))
             else:
                 self.held.append(msg)
 
@@ -1015,16 +1015,6 @@ class MmioTransport:
     def waiting_for_qemu(self) -> bool:
         """A miss is with QEMU: the device can do nothing until its update arrives."""
         return self.miss is not None and self.miss.asked
-
-
-def _run_sync(coro: Any) -> Any:
-    """Run a coroutine that never suspends (register accesses on the untimed model)."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("a register access of the untimed model suspended")
 
 
 # --- the run --------------------------------------------------------------------------------------
