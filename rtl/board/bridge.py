@@ -17,6 +17,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from models import hostlink as p
 
 from ..axi import AXI4LiteSignature
+from .memory import host_port
 
 __all__ = ["LinkBridge", "crc16_byte"]
 
@@ -78,11 +79,7 @@ class LinkBridge(wiring.Component):
             "tx": Out(stream.Signature(8)),
             "guest": Out(AXI4LiteSignature(addr_width=guest_addr_width)),
             "hv": Out(AXI4LiteSignature(addr_width=hv_addr_width)),
-            "mem_addr": Out(range(self._depth)),
-            "mem_rdata": In(data_width),
-            "mem_wdata": Out(data_width),
-            "mem_wen": Out(data_width // 8),
-            "mem_ready": In(1),
+            **host_port("mem", self._depth, data_width, flip=True),
             "irq": In(1),
             "dev_reset": Out(1),
         })
