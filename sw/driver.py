@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import NoReturn
 
 from models import spec, virtio
@@ -150,28 +150,21 @@ class _InFlight:
     data_at: list[tuple[GuestBuffer, int, int]] = field(default_factory=list)
 
 
+@dataclass(eq=False, repr=False)
 class VirtioBlkDriver:
     """One virtio-blk device, queue 0."""
 
-    def __init__(
-        self,
-        link: DeviceLink,
-        dma: DmaApi,
-        alloc: PageAllocator,
-        *,
-        seed: int | None = 0,
-        no_interrupt: bool = False,
-        irq_timeout: int | None = None,
-        poll_limit: int = 100_000,
-    ) -> None:
-        self.link = link
-        self.regs = link.guest
-        self.dma = dma
-        self.alloc = alloc
-        self.seed = seed
-        self.no_interrupt = no_interrupt
-        self.irq_timeout = irq_timeout
-        self.poll_limit = poll_limit
+    link: DeviceLink
+    dma: DmaApi
+    alloc: PageAllocator
+    _: KW_ONLY
+    seed: int | None = 0
+    no_interrupt: bool = False
+    irq_timeout: int | None = None
+    poll_limit: int = 100_000
+
+    def __post_init__(self) -> None:
+        self.regs = self.link.guest
         self._clear_state()
 
     def _clear_state(self) -> None:

@@ -9,7 +9,19 @@ protocol they need.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+
+def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine that never suspends (the untimed reference model's register ports) to
+    its end; one that suspends is a usage error (``RuntimeError``)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("a coroutine of the untimed reference model suspended")
 
 
 class RegisterPort(Protocol):

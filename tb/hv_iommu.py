@@ -14,7 +14,24 @@ from models import spec
 from sw.hypervisor import IotlbMiss, RegWrite, decode_miss
 
 
-class MissServer:
+class _Background:
+    """A coroutine ``_run`` started by :meth:`start` on the simulator and cancelled by
+    :meth:`stop` (a no-op before :meth:`start`)."""
+
+    _task = None
+
+    def start(self) -> None:
+        self._task = cocotb.start_soon(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class MissServer(_Background):
     """Answers misses: ``lookup(iova_page) -> (pa_page, read, write) or None``; None fails the
     miss (cause 10). Or, with ``writes``, ``writes(miss) -> [(offset, value), ...]`` gives the
     register writes that answer it (``sw.iommu.answer_miss``, what the reference model's hook
@@ -30,16 +47,8 @@ class MissServer:
         self.writes = writes
         self.misses: list[tuple[int, bool]] = []  # (iova, write), in the order raised
         self.log = logging.getLogger("cocotb.hv_iommu")
-        self._task = None
 
-    def start(self) -> None:
-        self._task = cocotb.start_soon(self._serve())
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _serve(self) -> None:
+    async def _run(self) -> None:
         while True:
             await ReadOnly()
             if not int(self.dut.hv_irq.value):
@@ -80,7 +89,7 @@ class MissServer:
             await hv.write32(off, value)
 
 
-class MissTimes:
+class MissTimes(_Background):
     """When each miss was raised and resolved, on the bus, in the cycles of ``monitor``
     (``tb.monitor.AxiMonitor.cycle``): ``raised`` holds the cycle of each rising edge of
     ``hv_irq`` (its first high sample), ``resolved`` the cycle of each ``MISS_RESOLVE`` write's
@@ -91,14 +100,6 @@ class MissTimes:
         self.dut, self.monitor = dut, monitor
         self.raised: list[int] = []
         self.resolved: list[int] = []
-        self._task = None
-
-    def start(self) -> None:
-        self._task = cocotb.start_soon(self._run())
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
 
     def held(self, i: int) -> int:
         return self.resolved[i] - self.raised[i]

@@ -49,6 +49,7 @@ import tempfile
 import time
 from bisect import bisect_right
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -59,7 +60,7 @@ from sw.alloc import PageAllocator
 from sw.compare import first_difference, read_disk
 from sw.dma import IdentityDma
 from sw.driver import VirtioBlkDriver
-from sw.transport import ClockedLink
+from sw.transport import ClockedLink, run_coroutine
 from sw.vhost_user import (
     VHOST_ACCESS_RO,
     VHOST_ACCESS_RW,
@@ -948,22 +949,22 @@ class MmioTransport:
         register write): the bridge's copy, else a miss message to QEMU and the main socket
         read here until its update has resolved it. Other messages are held for the main loop
         (QEMU waits for their replies, so a miss behind one times out)."""
-        _run_sync(self.poll_miss())
+        run_coroutine(self.poll_miss())
         deadline = self.miss.t0 + self.miss_timeout_s if self.miss is not None else 0.0
         while self.miss is not None:
             be = self.backend
             left = deadline - time.monotonic()
             if be is None or be.closed or left <= 0:
-                _run_sync(self.poll_miss(can_ask=False))
+                run_coroutine(self.poll_miss(can_ask=False))
                 break
             if not select.select([be], [], [], left)[0]:
                 continue
             msg = be.receive()
             if msg is None:
-                _run_sync(self.poll_miss(can_ask=False))
+                run_coroutine(self.poll_miss(can_ask=False))
                 break
             if msg.request == Request.IOTLB_MSG:
-                _run_sync(be.handle(msg))
+                run_coroutine(be.handle(msg))
             else:
                 self.held.append(msg)
 
@@ -1015,16 +1016,6 @@ class MmioTransport:
     def waiting_for_qemu(self) -> bool:
         """A miss is with QEMU: the device can do nothing until its update arrives."""
         return self.miss is not None and self.miss.asked
-
-
-def _run_sync(coro: Any) -> Any:
-    """Run a coroutine that never suspends (register accesses on the untimed model)."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("a register access of the untimed model suspended")
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -1304,16 +1295,10 @@ def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
                     and not errors, f"QEMU exit {stats.qemu_rc}; " + ("; ".join(errors)
                                                                        or "no bridge error")))
     lat = [r.done_cycle - r.kick_cycle for r in done if r.done_cycle is not None]
-    # Service time of the in-order device: from the later of the kick and the previous
-    # completion to this completion (completions are seen within poll_cycles).
+    # Service time of the in-order device (completions are seen within poll_cycles).
     service: dict[str, list[int]] = {}
-    prev: int | None = None
-    for r in done:
-        if r.done_cycle is None:
-            continue
-        start = r.kick_cycle if prev is None else max(r.kick_cycle, prev)
+    for r, start in _service_starts(done):
         service.setdefault(f"{r.kind} {r.data_len}", []).append(r.done_cycle - start)
-        prev = r.done_cycle
     sizes = Counter(r.data_len for r in done if r.type in (spec.VIRTIO_BLK_T_IN,
                                                            spec.VIRTIO_BLK_T_OUT))
     bus = getattr(transport.link, "target", None)  # the m_axi model (none for the reference)
@@ -1354,6 +1339,18 @@ def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
     return {"checks": results, "figures": figures, "dmesg": console.dmesg, "requests": trace}
 
 
+def _service_starts(done: list[BlkReq]) -> Iterator[tuple[BlkReq, int]]:
+    """``(request, start)`` of each completed request of the in-order device, in order: its
+    service interval runs from the later of its kick and the previous completion to its
+    completion."""
+    prev: int | None = None
+    for r in done:
+        if r.done_cycle is None:
+            continue
+        yield r, r.kick_cycle if prev is None else max(r.kick_cycle, prev)
+        prev = r.done_cycle
+
+
 def _overlap(a0: int, a1: int, spans: list[tuple[int, int]]) -> int:
     return sum(max(0, min(a1, b1) - max(a0, b0)) for b0, b1 in spans)
 
@@ -1371,20 +1368,14 @@ def _iotlb_figures(transport: MmioTransport, hv: dict[str, Any], done: list[BlkR
     stall = sum(b - a for a, b in spans)
     by_source = Counter(m.source for m in misses)
     asked = [m.wall_s for m in misses if m.asked and m.source == "qemu"]
-    # Per request: stall cycles inside its service interval (in-order device: from the later
-    # of its kick and the previous completion), and the device's own cycles beside them.
+    # Per request: stall cycles inside its service interval, and the device's own cycles.
     own: dict[str, list[int]] = {}
     stalled: dict[str, list[int]] = {}
-    prev: int | None = None
-    for r in done:
-        if r.done_cycle is None:
-            continue
-        start = r.kick_cycle if prev is None else max(r.kick_cycle, prev)
+    for r, start in _service_starts(done):
         s = _overlap(start, r.done_cycle, spans)
         key = f"{r.kind} {r.data_len}"
         stalled.setdefault(key, []).append(s)
         own.setdefault(key, []).append(r.done_cycle - start - s)
-        prev = r.done_cycle
     return {
         "entries": dev.get("entries"),
         "hits": dev.get("hits"),

@@ -18,15 +18,9 @@ from models.device import ReferenceDevice
 from models.memory import GuestMemory
 from sw.board import DemoConfig, Mismatch, run_demo
 from sw.link import LinkError, UartLink
+from sw.transport import run_coroutine
 
-
-def _now(coro):
-    """Run a coroutine that never suspends (the reference model's register ports)."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    raise AssertionError("the reference model suspended")
+_now = run_coroutine  # the reference model's register ports never suspend
 
 
 class ModelBoard:

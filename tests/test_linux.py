@@ -160,6 +160,19 @@ def _ring(fe: FrontEnd, kick: int) -> None:
         fe.step()
 
 
+def _start_ring(fe: FrontEnd, n: int, desc: int, avail: int, used: int) -> tuple[int, int]:
+    """Queue 0 as QEMU sets it up (addresses in the front-end's space), enabled; its kick
+    and call eventfds."""
+    fe.send(Request.SET_VRING_NUM, struct.pack("<II", 0, n))
+    fe.send(Request.SET_VRING_BASE, struct.pack("<II", 0, 0))
+    fe.send(Request.SET_VRING_ADDR, struct.pack("<IIQQQQ", 0, 0, desc, used, avail, 0))
+    kick, call = os.eventfd(0), os.eventfd(0)
+    fe.send(Request.SET_VRING_CALL, struct.pack("<Q", 0), fds=[os.dup(call)])
+    fe.send(Request.SET_VRING_KICK, struct.pack("<Q", 0), fds=[os.dup(kick)])
+    fe.send(Request.SET_VRING_ENABLE, struct.pack("<II", 0, 1))
+    return kick, call
+
+
 def test_ring_start_kick_before_enable_and_stop():
     fe = FrontEnd()
     fd = os.memfd_create("guest")
@@ -240,14 +253,7 @@ def test_transport_replays_the_ring_on_the_device():
     fe.send(Request.SET_MEM_TABLE, struct.pack("<II", 1, 0)
             + struct.pack("<QQQQ", 0, 1 << 20, uva, 0), fds=[fd])
     desc, avail, used, n = 0x10000, 0x11000, 0x12000, 8
-    fe.send(Request.SET_VRING_NUM, struct.pack("<II", 0, n))
-    fe.send(Request.SET_VRING_BASE, struct.pack("<II", 0, 0))
-    fe.send(Request.SET_VRING_ADDR, struct.pack("<IIQQQQ", 0, 0, uva + desc, uva + used,
-                                                uva + avail, 0))
-    kick, call = os.eventfd(0), os.eventfd(0)
-    fe.send(Request.SET_VRING_CALL, struct.pack("<Q", 0), fds=[os.dup(call)])
-    fe.send(Request.SET_VRING_KICK, struct.pack("<Q", 0), fds=[os.dup(kick)])
-    fe.send(Request.SET_VRING_ENABLE, struct.pack("<II", 0, 1))
+    kick, call = _start_ring(fe, n, uva + desc, uva + avail, uva + used)
     for _ in range(8):
         fe.step()
     regs = link.dev
@@ -687,14 +693,7 @@ def test_transport_in_iova_mode_on_the_reference_model():
     fe.send(Request.SET_BACKEND_REQ_FD, fds=[theirs.fileno()])
     theirs.close()
     ring_iova, n = 0xFFFF_0000, 8  # desc, avail (+0x800), used (+0xC00): one page at GPA 0x10000
-    fe.send(Request.SET_VRING_NUM, struct.pack("<II", 0, n))
-    fe.send(Request.SET_VRING_BASE, struct.pack("<II", 0, 0))
-    fe.send(Request.SET_VRING_ADDR, struct.pack("<IIQQQQ", 0, 0, ring_iova, ring_iova + 0xC00,
-                                                ring_iova + 0x800, 0))
-    kick, call = os.eventfd(0), os.eventfd(0)
-    fe.send(Request.SET_VRING_CALL, struct.pack("<Q", 0), fds=[os.dup(call)])
-    fe.send(Request.SET_VRING_KICK, struct.pack("<Q", 0), fds=[os.dup(kick)])
-    fe.send(Request.SET_VRING_ENABLE, struct.pack("<II", 0, 1))
+    kick, call = _start_ring(fe, n, ring_iova, ring_iova + 0x800, ring_iova + 0xC00)
     for _ in range(9):
         fe.step()
     regs = link.dev

@@ -10,7 +10,7 @@ the real driver never would (through the layouts of :mod:`models.virtio`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from models import spec, virtio
@@ -19,19 +19,9 @@ from models.grant import GrantEntry
 from models.memory import GuestMemory
 from sw.hypervisor import IotlbMiss, decode_miss, invalidate_writes
 from sw.iommu import Answer, IommuModel, MissPolicy
-from sw.transport import FaultLink
+from sw.transport import FaultLink, run_coroutine
 from verif.oracle import MISS_COST, GrantView, OracleDevice, Outcome, read_completions
 from verif.world import F_AVAIL, F_DESC, F_USED, PAGE, Case, QueueSpec, World
-
-
-def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine that never suspends (the reference model's ports) to its end."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("a reference-model coroutine suspended")
 
 
 class StreamDriver:

@@ -17,6 +17,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from models import hostlink as p
 
 from ..axi import AXI4LiteSignature
+from .memory import host_port
 
 __all__ = ["LinkBridge", "crc16_byte"]
 
@@ -67,24 +68,18 @@ class LinkBridge(wiring.Component):
         if not isinstance(frame_timeout, int) or not 16 <= frame_timeout < 1 << 32:
             raise ValueError(f"Frame timeout must be an integer in [16, 2**32), "
                              f"not {frame_timeout!r}")
-        self._guest_aw = guest_addr_width
-        self._hv_aw = hv_addr_width
         self._mem_bytes = mem_bytes
         self._data_width = data_width
-        self._clk_hz = clk_hz
-        self._clks_per_bit = clks_per_bit
         self._frame_timeout = frame_timeout
         self._depth = mem_bytes // (data_width // 8)
+        self._info = p.INFO.pack(p.INFO_MAGIC, mem_bytes, clk_hz, clks_per_bit, p.MEM_WRITE_MAX,
+                                 data_width, 0)  # the INFO reply, fixed at build time
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
             "guest": Out(AXI4LiteSignature(addr_width=guest_addr_width)),
             "hv": Out(AXI4LiteSignature(addr_width=hv_addr_width)),
-            "mem_addr": Out(range(self._depth)),
-            "mem_rdata": In(data_width),
-            "mem_wdata": Out(data_width),
-            "mem_wen": Out(data_width // 8),
-            "mem_ready": In(1),
+            **host_port("mem", self._depth, data_width, flip=True),
             "irq": In(1),
             "dev_reset": Out(1),
         })
@@ -94,8 +89,6 @@ class LinkBridge(wiring.Component):
         lanes = self._data_width // 8
         lane_bits = exact_log2(lanes)
         word_bits = ceil_log2(self._depth)
-        info = p.INFO.pack(p.INFO_MAGIC, self._mem_bytes, self._clk_hz, self._clks_per_bit,
-                           p.MEM_WRITE_MAX, self._data_width, 0)
 
         m.submodules.stage = stage = memory.Memory(shape=unsigned(8), depth=p.MEM_WRITE_MAX,
                                                    init=[])
@@ -185,7 +178,7 @@ class LinkBridge(wiring.Component):
                 with m.Else():
                     with m.Switch(cmd):
                         with m.Case(p.CMD_INFO):
-                            m.d.sync += shreg.eq(int.from_bytes(info, "little"))
+                            m.d.sync += shreg.eq(int.from_bytes(self._info, "little"))
                             respond(0, p.INFO_BYTES)
                         with m.Case(p.CMD_GUEST_READ, p.CMD_HV_READ):
                             with m.If(length != 4):

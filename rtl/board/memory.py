@@ -17,7 +17,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from ..axi import RESP_DECERR, RESP_OKAY, AXI4Signature
 from ..params import check_data_width
 
-__all__ = ["AxiRam", "check_mem_bytes"]
+__all__ = ["AxiRam", "check_mem_bytes", "host_port"]
 
 
 def check_mem_bytes(mem_bytes) -> int:
@@ -26,6 +26,16 @@ def check_mem_bytes(mem_bytes) -> int:
         raise ValueError(f"Guest memory size must be a power of two of at least 4096 bytes, "
                          f"not {mem_bytes!r}")
     return mem_bytes
+
+
+def host_port(prefix: str, depth: int, data_width: int, *, flip: bool = False) -> dict:
+    """The members of the host port, as :class:`AxiRam` has them (``flip``: as the bridge
+    that drives it has them): ``{prefix}_addr`` (a word), ``_wdata`` and ``_wen`` (a write of
+    the lanes set), ``_ready`` (the access is done), ``_rdata`` (valid in the next cycle)."""
+    i, o = (Out, In) if flip else (In, Out)
+    return {f"{prefix}_addr": i(range(depth)), f"{prefix}_rdata": o(data_width),
+            f"{prefix}_wdata": i(data_width), f"{prefix}_wen": i(data_width // 8),
+            f"{prefix}_ready": o(1)}
 
 
 class AxiRam(wiring.Component):
@@ -61,11 +71,7 @@ class AxiRam(wiring.Component):
         self._depth = mem_bytes // (data_width // 8)
         super().__init__({
             "axi": In(AXI4Signature(addr_width=64, data_width=data_width, id_width=id_width)),
-            "host_addr": In(range(self._depth)),
-            "host_rdata": Out(data_width),
-            "host_wdata": In(data_width),
-            "host_wen": In(data_width // 8),
-            "host_ready": Out(1),
+            **host_port("host", self._depth, data_width),
         })
 
     def elaborate(self, platform):
