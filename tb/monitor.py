@@ -1,4 +1,10 @@
-"""Cycle-by-cycle recorder of the ``m_axi`` transactions the device makes."""
+"""Cycle-by-cycle recorder of the ``m_axi`` transactions the device makes.
+
+Every started monitor is also listed in :data:`STARTED`, and with
+:attr:`AxiMonitor.record_registers` set it records every handshake on the two register ports
+too (``reg_events``): ``tests/test_simulators.py`` compares all of it between Icarus and
+Verilator.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,10 @@ import cocotb
 from cocotb.triggers import RisingEdge
 
 from models.spec import MMIO_QUEUE_NOTIFY
+
+STARTED: list[AxiMonitor] = []  # every monitor started in this process, in order
+_REG_CHANNELS = (("aw", "awaddr"), ("w", "wdata"), ("b", "bresp"), ("ar", "araddr"),
+                 ("r", "rdata"))
 
 
 @dataclass
@@ -43,6 +53,11 @@ class BusRecord:
 class AxiMonitor:
     """Records every address handshake, write beat and response on ``m_axi``."""
 
+    # Class-wide switch (set before the bench is built): also record every handshake on
+    # s_axil and s_hv as (port, channel, value, cycle) in ``reg_events``. Off by default: it
+    # reads ten more signals every cycle.
+    record_registers = False
+
     def __init__(self, dut, prefix: str = "m_axi__", data_width: int = 64, on_address=None):
         self.dut = dut
         self.on_address = on_address  # (kind, addr, max bytes, cycle) at each handshake
@@ -57,6 +72,7 @@ class AxiMonitor:
         self._open_reads: list[BusRecord] = []
         self._wait_b: list[BusRecord] = []
         self._task = None
+        self.reg_events: list[tuple[str, str, int, int]] = []
 
     def sig(self, name: str):
         return getattr(self.dut, self.p + name)
@@ -67,6 +83,7 @@ class AxiMonitor:
         return int(v) if v.is_resolvable else 0
 
     def start(self) -> None:
+        STARTED.append(self)
         self._task = cocotb.start_soon(self._run())
 
     def clear(self) -> None:
@@ -84,6 +101,16 @@ class AxiMonitor:
         if self.on_address is not None:
             span = rec.beats * self.lanes - rec.addr % self.lanes  # bytes the burst may touch
             self.on_address(rec.kind, rec.addr, span, rec.cycle)
+
+    def _record_registers(self) -> None:
+        for port in ("s_axil__", "s_hv__"):
+            for ch, field_ in _REG_CHANNELS:
+                valid = getattr(self.dut, f"{port}{ch}valid").value
+                ready = getattr(self.dut, f"{port}{ch}ready").value
+                if valid.is_resolvable and ready.is_resolvable and int(valid) and int(ready):
+                    v = getattr(self.dut, port + field_).value
+                    self.reg_events.append((port[:-2], ch, int(v) if v.is_resolvable else -1,
+                                            self.cycle))
 
     async def _run(self) -> None:
         clk = self.dut.clk
@@ -104,6 +131,8 @@ class AxiMonitor:
             if irq and not self._irq:
                 self.irq_rise_cycles.append(self.cycle)
             self._irq = irq
+            if self.record_registers:
+                self._record_registers()
             for kind, ch, opened in (("R", "ar", self._open_reads), ("W", "aw", self._open_writes)):
                 if self.val(ch + "valid") and self.val(ch + "ready"):
                     rec = BusRecord(kind, self.val(ch + "addr"), self.val(ch + "len") + 1,
