@@ -153,6 +153,7 @@ def compile_top(build_dir: Path, top: str, write_verilog: Callable[[Path], objec
     Returns ``dir``."""
     sim = sim or simulator()
     check_simulator(sim)
+    others = [sim_dir(build_dir, s) for s in SIMULATORS if s != sim]
     build_dir = sim_dir(build_dir, sim)
     build_dir.mkdir(parents=True, exist_ok=True)
     with open(build_dir / ".lock", "w") as lock:
@@ -162,7 +163,14 @@ def compile_top(build_dir: Path, top: str, write_verilog: Callable[[Path], objec
         digest = _rtl_digest()
         fresh = not (verilog.exists() and stamp.exists() and stamp.read_text() == digest)
         if fresh:
-            write_verilog(verilog)
+            # the other simulator's export of the same RTL, if it has one (a large RAM disk
+            # takes minutes to export), else a new export
+            done = [d / f"{top}.v" for d in others if (d / f"{top}.v").exists()
+                    and (d / "rtl.digest").exists() and (d / "rtl.digest").read_text() == digest]
+            if done:
+                shutil.copyfile(done[0], verilog)
+            else:
+                write_verilog(verilog)
         # Verilator's runner always re-runs verilator and make: skip a build that is current
         if fresh or sim != "verilator" or not (build_dir / top).exists():
             kw = {"build_args": list(VERILATOR_BUILD_ARGS)} if sim == "verilator" else {}
