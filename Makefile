@@ -23,7 +23,7 @@ TRANSLATION   ?= 1
 REQUESTS      ?= 64
 JOBS          ?= 2
 
-.PHONY: demo test verilog lint unit sim clean distclean check-sim venv
+.PHONY: demo test verilog lint unit sim clean distclean check-sim check-icarus venv
 
 venv: $(STAMP)
 
@@ -38,7 +38,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-check-sim:
+# check-sim: the simulator SIM names (mk/sim.mk); check-icarus: Icarus Verilog
+check-icarus:
 	@command -v iverilog >/dev/null 2>&1 || { \
 	  if [ -n "$$CI" ] || [ "$$(id -u)" = 0 ]; then \
 	    echo "Icarus Verilog not found: installing Debian's iverilog package"; \

