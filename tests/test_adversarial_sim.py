@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from tb.runner import ROOT, DeviceConfig, run
+from tb.runner import DeviceConfig, config_dir, run
 
 pytestmark = pytest.mark.sim
 
@@ -45,7 +45,7 @@ RUNS = [
 def cosim(test: str, width: int, params: dict, name: str) -> dict:
     """Run one process; returns its figures (``report.json``)."""
     config = DeviceConfig(data_width=width)
-    run_dir = ROOT / "build" / "sim" / config.tag / "runs" / name  # tb.runner's layout
+    run_dir = config_dir(config) / "runs" / name  # tb.runner's layout, on either simulator
     run_dir.mkdir(parents=True, exist_ok=True)
     report = run_dir / "report.json"
     report.unlink(missing_ok=True)
