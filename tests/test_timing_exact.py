@@ -74,3 +74,9 @@ def test_cycle_exact_iova_evictions(entries, width, tmp_path):
                                   "hv_latency": 11, "seed": entries, "mixed": True}},
          tmp_path, name=f"timing_iova_sweep_{entries}", iotlb_entries=entries,
          data_width=width)
+
+
+def test_every_event_smoke():
+    cosim("tb.test_timing", "test_every_event",
+          {"mode": "grant", "requests": 8, "batch": 4, "seed": 3},
+          name="events_smoke")
