@@ -574,7 +574,8 @@ class _CycleDma:
         keep = self.keep_next
         a_hs = w_start = xkeep = False
         aw_sent_next = self.aw_sent
-        burst = self.bursts[self.k] if self.bursts else None
+        k = self.k  # (the burst of this cycle: a hand-over moves self.k on)
+        burst = self.bursts[k] if self.bursts else None
         if state == "IDLE":
             if cmd is not None:
                 kind, txns, beats = cmd
@@ -605,9 +606,12 @@ class _CycleDma:
             if self.waiting:
                 pass
             elif r is not None and not self.resolved_seen:
-                if c >= r + 1:  # the resolve made the answer stale: look the page up again
+                if c >= r + 1:
                     self.resolved_seen = True
-                    nxt = "XLATE"
+                    if isinstance(txn, FaultMark) and txn.cause == spec.FAULT_IOTLB_FAILED:
+                        nxt = self._finish(txn.cause)  # failed: the answer is the fault
+                    else:  # resolved: the answer is stale, look the page up again
+                        nxt = "XLATE"
             elif isinstance(txn, FaultMark):
                 nxt = self._finish(txn.cause)  # the verdict fails: no address goes out
             elif not order_ok:
@@ -664,7 +668,7 @@ class _CycleDma:
         cross = False
         if a_hs:
             txn, _ = burst
-            cross = (txn.addr + txn.nbytes) % spec.PAGE_SIZE == 0 and self.k + 1 < len(self.bursts)
+            cross = (txn.addr + txn.nbytes) % spec.PAGE_SIZE == 0 and k + 1 < len(self.bursts)
         self.keep_next = a_hs and cross
         self.waiting = keep
         del xkeep

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import cocotb
 
+from models import spec
 from models.timing import TimedDevice
 from sw.workload import random_requests
 
@@ -116,8 +117,10 @@ class EventBench:
         self.settle = 2 * p.get("max_latency", 12) + 60
         ref_cls = TimedDevice
         if self.mode == "iova":
-            from .bench_iova import IovaBench
+            from .bench_iova import SMALL, IovaBench
             self.iova = IovaBench(dut, 0, 1 << 22)
+            self.iova.policy = SMALL
+            self.iova.server.latency = p.get("hv_latency", 5)
             self.pair = self.iova.pair
         else:
             self.iova = None
@@ -163,7 +166,22 @@ class EventBench:
         got = [e for e in rec.events if start < e.cycle <= end]
         mismatch = _first_mismatch(want, got)
         if mismatch is not None:
-            raise AssertionError(f"{what} (notify at {notify}): {mismatch}")
+            import os
+            if os.environ.get("TIMING_DUMP"):  # what the model was given, for a replay
+                import pickle
+                with open(os.environ["TIMING_DUMP"], "wb") as f:
+                    pickle.dump((ref.kicks[kick], ref.miss_txns, ref.transactions, rec.mem,
+                                 notify, end, rec.acks, self.resolved(), ref.data_width), f)
+            at = min(e.cycle for e in set(want) ^ set(got))
+            near = [r for r in (self.resolved() or {}).values() if at - 60 <= r <= at]
+
+            def before(events):
+                return ", ".join(f"{e.name}@{e.cycle} {e.info}" for e in events
+                                 if at - 40 <= e.cycle < at and e.name not in ("W", "R"))
+            raise AssertionError(
+                f"{what} (notify at {notify}): {mismatch} (before, predicted: {before(want)}; "
+                f"RTL: {before(got)}" + (f"; MISS_RESOLVE accepted at {near}" if near else "")
+                + ")")
         for e in got:
             self.compared[e.name] += 1
         self.kicks += 1
@@ -173,10 +191,37 @@ class EventBench:
         self.ref.irq_state = None
 
 
+def _iova_policy(**policy):
+    """An IOVA fault case's mutation: the hypervisor answers the next misses with ``policy``
+    (``sw.iommu.MissPolicy``), and both IOTLBs are emptied so that the request misses."""
+    async def mutate(bench: EventBench, sess) -> None:
+        from sw.iommu import MissPolicy
+
+        if sess is bench.iova.ref_s:
+            bench.iova.policy = MissPolicy(size_log2=spec.PAGE_SHIFT, **policy)
+            await bench.iova.invalidate_all()
+    return mutate
+
+
+def _iova_cases() -> dict:
+    from sw.iommu import Answer
+    return {  # name: (request, mutation, expected cause)
+        "iova_fail": ("read", _iova_policy(answer=Answer.FAIL), spec.FAULT_IOTLB_FAILED),
+        "iova_no_read": ("write", _iova_policy(perms=(False, True)), spec.FAULT_IOTLB_NO_READ),
+        "iova_read_only": ("read", _iova_policy(perms=(True, False)), spec.FAULT_READONLY),
+    }
+
+
 async def _fault_case(bench: EventBench, ref_s, rtl_s, name: str, what: str) -> None:
     from .test_faults import CASES, _request
 
-    kind, mutate, cause, _ = CASES[name]
+    if name.startswith("iova_"):
+        kind, iova_mutate, cause = _iova_cases()[name]
+
+        async def mutate(sess, token):
+            await iova_mutate(bench, sess)
+    else:
+        kind, mutate, cause, _ = CASES[name]
     pair = bench.pair
     for sess in (ref_s, rtl_s):
         token = await sess.driver.submit(_request(kind))
@@ -199,6 +244,10 @@ async def _fault_case(bench: EventBench, ref_s, rtl_s, name: str, what: str) -> 
     # recovery
     pair.tb.errors.clear()
     bench.mem.decerr.clear()
+    if bench.iova is not None:
+        from .bench_iova import WHOLE
+        bench.iova.policy = WHOLE
+        await bench.iova.invalidate_all()
     for sess in (ref_s, rtl_s):
         await sess.driver.reset()
         await sess.hv.clear_fault()
@@ -225,6 +274,8 @@ async def test_every_event(dut):
     for n, i in enumerate(range(0, len(reqs), batch)):
         kick = len(bench.ref.kicks)
         n_notify = len(bench.rec.notify_cycles)
+        if bench.iova is not None and p.get("invalidate", True):
+            await bench.iova.invalidate_all()  # misses on every page (4 KiB inserts)
         await run_on_both(pair, ref_s, rtl_s, reqs[i:i + batch])
         assert len(bench.ref.kicks) == kick + 1, "one notify per batch"
         await bench.check_kick(kick, n_notify, f"batch at request {i}")
@@ -233,6 +284,7 @@ async def test_every_event(dut):
     for name in faults:
         await _fault_case(bench, ref_s, rtl_s, name, "at the end")
     pair.check(" (event-exact run)")
-    pair.log.info("event-exact (%s, seed %d): %d notifies, every event on the predicted cycle: "
-                  "%s", bench.mode, seed, bench.kicks,
+    pair.log.info("event-exact (%s, seed %d): %d requests, %d notifies, %d faults, %d IOTLB "
+                  "misses; every event on the predicted cycle: %s", bench.mode, seed,
+                  len(reqs), bench.kicks, len(bench.ref.faults), len(bench.ref.misses),
                   ", ".join(f"{k} {v}" for k, v in bench.compared.items()))
