@@ -67,7 +67,7 @@ class RandomMemory(DeterministicMemory):
         return int(self.rng.random() >= self.stall)
 
     async def _run(self) -> None:
-        s, rng = self.s, self.rng
+        s = self.s
         for name in ("arready", "awready", "wready"):
             self._drive(name, 1)
         reads: deque[list] = deque()  # [first beat edge, addr, id, beats, sent, data, resp]
@@ -79,7 +79,7 @@ class RandomMemory(DeterministicMemory):
             e = self.edge
             if self._out["arready"] and self._u("arvalid"):
                 addr, beats = self._address("ar")
-                start = max(e + 1 + rng.randint(0, self.max_latency), r_free)
+                start = max(e + 1 + self.rng.randint(0, self.max_latency), r_free)
                 reads.append([start, addr, self._u("arid"), beats, 0])
                 r_free = start + beats
             if self._out["awready"] and self._u("awvalid"):
@@ -89,7 +89,7 @@ class RandomMemory(DeterministicMemory):
                 if self._u("wlast"):
                     addr, beats, bid = self._aws.popleft()
                     resp = self._write_burst(addr, beats)
-                    self._bs.append((e + 1 + rng.randint(0, self.max_latency), resp, bid))
+                    self._bs.append((e + 1 + self.rng.randint(0, self.max_latency), resp, bid))
             # the R and B beats driven in the cycle that ended at this edge
             if held_r and self._u("rready"):
                 burst = reads[0]
@@ -129,3 +129,14 @@ class RandomMemory(DeterministicMemory):
                 else:
                     self._drive("rvalid", 0)
                     self._drive("rlast", 0)
+
+
+def install(bench, *, seed: int, stall: float, max_latency: int) -> RandomMemory:
+    """Replace the :class:`tb.detmem.DeterministicMemory` of a :class:`tb.bench.DeviceBench`
+    (built with a ``mem_latency``) by a :class:`RandomMemory` on the same memory and error
+    pages. Call before the first clock edge after the bench was built."""
+    bench.detmem._task.cancel()
+    bench.detmem = RandomMemory(bench.dut, bench.mem, bench.errors,
+                                data_width=bench.data_width, seed=seed, stall=stall,
+                                max_latency=max_latency)
+    return bench.detmem

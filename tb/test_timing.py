@@ -110,7 +110,7 @@ class EventBench:
         import functools
 
         from .events import EventRecorder
-        from .randmem import RandomMemory
+        from .randmem import install
 
         self.mode = p.get("mode", "grant")
         self.seed = p.get("seed", 1)
@@ -130,11 +130,8 @@ class EventBench:
         # (started with the monitor, before any await: the same edge numbering)
         self.rec = EventRecorder(dut)
         self.rec.start()
-        tb.detmem._task.cancel()
-        self.mem = RandomMemory(dut, tb.mem, tb.errors, data_width=self.pair.cfg.data_width,
-                                seed=self.seed, stall=p.get("stall", 0.3),
-                                max_latency=p.get("max_latency", 12))
-        tb.detmem = self.mem
+        self.mem = install(tb, seed=self.seed, stall=p.get("stall", 0.3),
+                           max_latency=p.get("max_latency", 12))
         self.ref: TimedDevice = self.pair.ref
         self.compared = {name: 0 for name in ("AR", "AW", "W", "R", "B", "irq_rise",
                                               "irq_fall", "fault", "needs_reset")}
