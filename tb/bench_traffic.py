@@ -3,12 +3,12 @@ a memory with random timing (``tb/randmem.py``), in one mode.
 
 Every row runs once per memory seed (``seeds``), each time on a fresh random stream: each ready
 of ``m_axi`` low with probability ``stall`` in every cycle, read data and write responses
-``0 .. max_latency`` cycles late. A row is ``{"op": "read"|"write", "size", "descs",
-"in_flight"}``: ``count`` requests (IN for reads: the device writes guest memory; OUT for
-writes: it reads it) of ``size`` bytes at sequential sectors, each a chain of ``descs``
-descriptors (the header, ``descs - 2`` data descriptors of near-equal length, the status byte,
-laid out by ``sw/driver.py``), ``in_flight`` per notify. Cycles per request are from
-the notify to the last used-index write response, summed over the row's notifies and divided by
+``2 + x`` cycles after the address (the last data beat), ``x`` random in ``0 .. max_latency``.
+A row is ``{"op": "read"|"write", "size", "descs", "in_flight"}``: ``count`` requests (IN
+for reads: the device writes guest memory; OUT for writes: it reads it) of ``size`` bytes at
+sequential sectors, each a chain of ``descs`` descriptors (the header, ``descs - 2`` data
+descriptors of near-equal length, the status byte, laid out by ``sw/driver.py``),
+``in_flight`` per notify. Cycles per request are from the notify to the last used-index write response, summed over the row's notifies and divided by
 its requests, per seed. Both modes' processes use the same seeds, rows and requests; the
 functional scoreboard checks every transaction and all of guest memory at the end.
 

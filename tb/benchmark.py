@@ -354,7 +354,8 @@ def traffic_markdown(rows: list[dict]) -> str:
         return ""
     r0 = rows[0]
     out = [f"## Real traffic: random memory (each ready low with probability {r0['stall']}, "
-           f"read data and write responses 0 to {r0['max_latency']} cycles late), data width "
+           f"read data and write responses 2 to {r0['max_latency'] + 2} cycles after the "
+           f"address or last data beat), data width "
            f"{r0['data_width']}, mean over {r0['seeds']} seeds\n",
            "| op | request | descriptors | in flight | mode | cycles/req | stdev | min | max | "
            "bytes/cycle | handle/GPA | per-seed range |",

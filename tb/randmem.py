@@ -5,20 +5,21 @@ Seeded (``random.Random(seed)``), per clock edge and per burst:
 
 * ``arready``, ``awready``, ``wready`` are each low in a cycle with probability ``stall``,
   whether or not the device is valid (AXI lets a ready wait for valid, or not);
-* a read burst's first beat comes a random ``0 .. max_latency`` cycles after its address
-  handshake (bursts in order, behind each other); every later beat is held back a cycle with
-  probability ``stall``; ``rvalid`` stays high until ``rready``;
-* a write burst's response comes a random ``0 .. max_latency`` cycles after its last data beat
-  (``bvalid`` held until ``bready``);
+* a read burst's first beat is sampled ``2 + x`` edges after its address handshake, ``x``
+  random in ``0 .. max_latency`` (bursts in order, behind each other); every later beat is held
+  back a cycle with probability ``stall``; ``rvalid`` stays high until ``rready``;
+* a write burst's response is sampled ``2 + x`` edges after the later of its address and its
+  last data beat (which may come first), ``x`` random in ``0 .. max_latency`` (``bvalid`` held
+  until ``bready``);
 * a burst whose first address is on an error page (``errors``, :class:`models.memory.BusErrorPages`)
   or that is not inside ``mem`` gets an error response: SLVERR, or DECERR on the pages listed in
   ``decerr`` (every read beat carries it; reads deliver zeros, writes write nothing). A burst the
   device must not issue (not INCR of full beats inside one 4 KiB page) is refused the same way
   and recorded in ``refused``.
 
-With ``stall=0`` and ``max_latency=0`` it behaves as :class:`tb.detmem.DeterministicMemory`
-at latency 0. It never sleeps (every edge draws its random values), which costs simulation
-speed but keeps the random streams a function of the seed and the edge alone.
+With ``stall=0`` and ``max_latency=0`` it answers as :class:`tb.detmem.DeterministicMemory`
+at latency 1. It never sleeps (every edge draws its ready values), which costs simulation
+speed but keeps the random stream a function of the seed and of what the device did.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class RandomMemory(DeterministicMemory):
         reads: deque[list] = deque()  # [first beat edge, addr, id, beats, sent, data, resp]
         r_free = 0
         held_r = held_b = False
+        wbeats: list[tuple[int, int]] = []  # the W burst being received
+        wbursts: deque[list[tuple[int, int]]] = deque()  # whole W bursts awaiting their AW
         while True:
             await RisingEdge(self.dut.clk)
             self.edge += 1
@@ -85,11 +88,15 @@ class RandomMemory(DeterministicMemory):
             if self._out["awready"] and self._u("awvalid"):
                 self._aws.append((*self._address("aw"), self._u("awid")))
             if self._out["wready"] and self._u("wvalid"):
-                self._wbeats.append((self._u("wdata"), self._u("wstrb")))
-                if self._u("wlast"):
-                    addr, beats, bid = self._aws.popleft()
-                    resp = self._write_burst(addr, beats)
-                    self._bs.append((e + 1 + self.rng.randint(0, self.max_latency), resp, bid))
+                wbeats.append((self._u("wdata"), self._u("wstrb")))
+                if self._u("wlast"):  # (the data may come before its address)
+                    wbursts.append(wbeats)
+                    wbeats = []
+            while wbursts and self._aws:  # a burst is written once its address and data are in
+                addr, beats, bid = self._aws.popleft()
+                self._wbeats = wbursts.popleft()
+                resp = self._write_burst(addr, beats)
+                self._bs.append((e + 1 + self.rng.randint(0, self.max_latency), resp, bid))
             # the R and B beats driven in the cycle that ended at this edge
             if held_r and self._u("rready"):
                 burst = reads[0]
