@@ -288,6 +288,7 @@ class TimedDevice(ReferenceDevice):
                         waits[("mark", i) if isinstance(txn, FaultMark) else id(txn)] = \
                             resolved[k]
         dma = _CycleDma(mem, self.data_width, notify, waits)
+        dma.limit = end
         sched = _CycleScheduler(self.data_width, dma)
         sched.run_kick(self.kicks[kick], notify)
         stop = sched.fault[0] if sched.fault else sched.out.idle
@@ -533,6 +534,7 @@ class _CycleDma:
         self.resolved_seen = False
         self.done: int | None = None
         self.fault = 0
+        self.limit = 1 << 62  # the last cycle of the memory's record
 
     @property
     def busy(self) -> bool:
@@ -547,6 +549,9 @@ class _CycleDma:
             raise AssertionError(f"cycle model: a command at {a} while the DMA engine is busy")
         self.step((kind, txns, beats))
         while self.done is None:
+            if self.c > self.limit:
+                raise ValueError(f"cycle model: the {kind} command handed over at {a} is not "
+                                 f"done by {self.limit}, where the memory's record ends")
             self.step(None)
         d, self.done = self.done, None
         if self.fault:
