@@ -1,7 +1,7 @@
 """``make bench``: what translating handles costs, measured on the RTL, side by side with GPA
 mode in one run.
 
-    python -m tb.benchmark [--quick] [--jobs 2] [--out build/bench]
+    python -m tb.benchmark [--quick] [--traffic-only] [--jobs 2] [--out build/bench]
 
 Runs every workload row in both modes under the deterministic memory (``tb/detmem.py``), one
 simulator process per (mode, memory latency, data width), checks every completion's cycle
@@ -409,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true",
                     help="data width 64, latency 4, sequential aligned rows only")
+    ap.add_argument("--traffic-only", action="store_true",
+                    help="run the traffic rows only (random memory timing: traffic.md)")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild results.json/md and overhead.png from the rows already in "
                          "<out>/raw (for instance after an interrupted sweep)")
@@ -426,11 +428,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc} (make bench installs what the benchmark needs)", file=sys.stderr)
         return 2
     procs = plan(args.quick)
+    if args.traffic_only:
+        procs = [p for p in procs if p.get("bench") == "traffic"]
     args.out.mkdir(parents=True, exist_ok=True)
     total = sum(len(p["rows"]) for p in procs)
     raw_dir = args.out / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
-    for old in raw_dir.glob("*.jsonl"):
+    for old in raw_dir.glob("*traffic*.jsonl" if args.traffic_only else "*.jsonl"):
         old.unlink()
     stop = threading.Event()
     bar = tqdm(total=total, unit="row", desc="bench")
@@ -456,7 +460,32 @@ def main(argv: list[str] | None = None) -> int:
     watcher.join()
     bar.update(total - bar.n)
     bar.close()
+    if args.traffic_only:  # (the other results of <out>, if any, stay as they are)
+        return report_traffic(files, args.out, t0)
     return report(files, args.out, t0)
+
+
+def report_traffic(files: list[Path], out: Path, t0: float) -> int:
+    traffic = traffic_from(files)
+    (out / "traffic.json").write_text(json.dumps(traffic, indent=1) + "\n")
+    (out / "traffic.md").write_text(traffic_markdown(traffic))
+    print(f"\n{len(traffic)} traffic rows in {time.monotonic() - t0:.0f} s; wrote "
+          f"{out}/traffic.json, traffic.md")
+    print_traffic(traffic)
+    return 0
+
+
+def print_traffic(traffic: list[dict]) -> None:
+    print("Traffic on random memory, cycles per request (op size x descriptors @ in flight: "
+          "GPA mean +- stdev, handle mean +- stdev, handle/GPA):")
+    for r in traffic:
+        if r["mode"] == "handle":
+            g = next(x for x in traffic if x["mode"] == "gpa" and all(
+                x[k] == r[k] for k in ("op", "request_bytes", "descs", "in_flight")))
+            print(f"  {r['op']:5s} {r['request_bytes']:5d} x{r['descs']:2d} @{r['in_flight']}: "
+                  f"{g['cycles_per_request']:8.1f} +-{g['stdev']:.1f}  "
+                  f"{r['cycles_per_request']:8.1f} +-{r['stdev']:.1f}  "
+                  f"{r['handle_gpa_ratio']:.4f}")
 
 
 def report(files: list[Path], out: Path, t0: float) -> int:
@@ -490,16 +519,7 @@ def report(files: list[Path], out: Path, t0: float) -> int:
     print("IOVA misses, own cycles per miss (request, hypervisor latency):",
           ", ".join(f"{r['request_bytes']}@{r['hv_latency']}: {r['own_cycles_per_miss']:.2f}"
                     for r in iova["miss"]))
-    print("Traffic on random memory, handle/GPA cycles per request (op size x descriptors "
-          "@ in flight: GPA mean, handle mean, ratio):")
-    for r in traffic:
-        if r["mode"] == "handle":
-            g = next(x for x in traffic if x["mode"] == "gpa" and all(
-                x[k] == r[k] for k in ("op", "request_bytes", "descs", "in_flight")))
-            print(f"  {r['op']:5s} {r['request_bytes']:5d} x{r['descs']:2d} @{r['in_flight']}: "
-                  f"{g['cycles_per_request']:8.1f} +-{g['stdev']:.1f}  "
-                  f"{r['cycles_per_request']:8.1f} +-{r['stdev']:.1f}  "
-                  f"{r['handle_gpa_ratio']:.4f}")
+    print_traffic(traffic)
     print("IOTLB entries -> hit rate, cycles/request:",
           ", ".join(f"{r['iotlb_entries']}: {r['hit_rate']:.3f}, {r['cycles_per_request']:.0f}"
                     for r in iova["iotlb_size"]))
