@@ -8,9 +8,10 @@ A row is ``{"op": "read"|"write", "size", "descs", "in_flight"}``: ``count`` req
 for reads: the device writes guest memory; OUT for writes: it reads it) of ``size`` bytes at
 sequential sectors, each a chain of ``descs`` descriptors (the header, ``descs - 2`` data
 descriptors of near-equal length, the status byte, laid out by ``sw/driver.py``),
-``in_flight`` per notify. Cycles per request are from the notify to the last used-index write response, summed over the row's notifies and divided by
-its requests, per seed. Both modes' processes use the same seeds, rows and requests; the
-functional scoreboard checks every transaction and all of guest memory at the end.
+``in_flight`` per notify. Cycles per request are from the notify to the last used-index write
+response, summed over the row's notifies and divided by its requests, per seed. Both modes'
+processes use the same seeds, rows and requests; the functional scoreboard checks every
+transaction and all of guest memory at the end.
 
 Parameters (:func:`tb.runner.params`): ``handle_mode``, ``rows``, ``seeds``, ``stall``,
 ``max_latency``, ``count``, ``out`` (JSON lines appended: one per row and seed).
