@@ -103,7 +103,7 @@ ALL_FAULTS = FAULTS["grant"] + FAULTS["gpa"]
 def test_every_event(mode):
     """Every AR, AW, W, R, B, irq edge, fault latch and NEEDS_RESET on the predicted cycle."""
     cosim("tb.test_timing", "test_every_event",
-          {"mode": mode, "requests": 12 if mode == "iova" else 16, "batch": 4,
+          {"mode": mode, "requests": 8 if mode == "iova" else 12, "batch": 4,
            "seed": {"grant": 3, "gpa": 4, "iova": 5}[mode], "stall": 0.3, "max_latency": 12,
            "faults": FAULTS[mode], "fault_every": 1}, name=f"events_{mode}")
 
