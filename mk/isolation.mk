@@ -3,7 +3,8 @@
 #
 #   make formal        k-induction of the translation unit and of the IOTLB (8 entries), the
 #                      IOTLB's covers and its mutants (yowasp-sby and Yices from PyPI; a few
-#                      minutes)
+#                      minutes); the bounded check of isolation through the DMA engine, its
+#                      covers and its mutants (formal/dma.py; longer: docs/isolation.md)
 #   make soak          100,000 adversarial RTL cases on every core, with a progress bar
 #   make soak SOAK_CASES=20000 SOAK_SEED=1001 SOAK_JOBS=2
 #                      another seed range; rerunning a command resumes it (finished streams
@@ -20,6 +21,7 @@ SOAK_OUT        ?= build/soak
 formal: $(STAMP)
 	$(PY) -m formal.translate
 	$(PY) -m formal.iotlb
+	$(PY) -m formal.dma
 
 soak: $(STAMP) check-sim
 	$(PY) -m tb.soak --cases $(SOAK_CASES) --seed $(SOAK_SEED) --jobs $(SOAK_JOBS) \

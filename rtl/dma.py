@@ -197,13 +197,22 @@ class DmaEngine(wiring.Component):
         Width of a grant table index.
     set_bits : int
         Width of an IOTLB set index (0: no IOTLB, no IOVA mode).
+    lookups : bool
+        A burst waits for its lookup's answer (the translation unit's three cycles). False
+        for the GPA-only device (:class:`~rtl.translate.PassThroughUnit`, whose answers are
+        constants): no burst waits, which makes it the fastest GPA device this engine allows,
+        the honest baseline of the cost of translation (docs/timing.md).
 
     Members
     -------
     ring : In(:func:`~rtl.interfaces.DmaPortSignature`)
         From the ring engine. ``pre``: the address of the command it may hand over in the next
         cycle (``pre.hold``: it is ``cmd.payload.vaddr`` already; ``pre.cont``: it continues
-        where the last command ended), looked up when the engine is idle or ending a command.
+        where the last command ended), looked up when the engine is idle or ending a command
+        cleanly. A command that ends with a fault or an abort in ISSUE or WADDR, on a burst
+        that ends its page, reads the table at its own next page in that last cycle instead:
+        no command may be taken in the cycle after such an end (the ring engine halts after a
+        fault, and a reset's abort holds ``cmd.valid`` low; ``formal/dma.py`` assumes it).
         ``cmd``: a command is taken in a cycle with ``valid`` and ``ready``; its ``vaddr`` must
         be the ``pre.vaddr`` of the cycle before (or ``cont`` and ``pre.cont`` both set).
         ``done`` pulses for one cycle when the command ends (see the module docstring);
@@ -232,7 +241,7 @@ class DmaEngine(wiring.Component):
 
     def __init__(self, *, data_width: int = spec.DEFAULT_DATA_WIDTH,
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES, ref_bits: int = 10,
-                 set_bits: int = 0, id_width: int = 4):
+                 set_bits: int = 0, id_width: int = 4, lookups: bool = True):
         self._data_width = check_data_width(data_width)
         check_disk_bytes(disk_bytes, data_width)
         lanes = data_width // 8
@@ -240,6 +249,7 @@ class DmaEngine(wiring.Component):
         self._word_bits = disk_word_bits(disk_bytes, data_width)
         self._ref_bits = ref_bits
         self._set_bits = set_bits
+        self._lookups = lookups
         self._len_bits = local_bits(disk_bytes)
         super().__init__({
             "abort": In(1),
@@ -370,7 +380,10 @@ class DmaEngine(wiring.Component):
         fresh = Signal()  # the answer is a lookup made for this burst (statistics)
         m.d.comb += lk.keep.eq((in_idle & cmd.valid & ~c.drain) | in_xkeep
                                     | keep_next)
-        m.d.sync += waiting.eq(lk.keep)
+        if self._lookups:
+            m.d.sync += waiting.eq(lk.keep)
+        # (else the GPA-only device: its answers are constants, "GPA mode, no fault", so no
+        # burst waits for one)
         m.d.comb += lk.write.eq(Mux(in_idle, c.write, write))
         with m.If(in_idle):
             m.d.comb += [lk.high.eq(Mux(c.cont, nxt_high, cmd_high)),

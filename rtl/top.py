@@ -85,7 +85,8 @@ class VirtioBlkHandle(wiring.Component):
         m.submodules.disk = disk = RamDisk(self.disk_bytes, self.data_width)
         m.submodules.dma = dma = DmaEngine(data_width=self.data_width,
                                            disk_bytes=self.disk_bytes,
-                                           ref_bits=xlate.ref_bits, set_bits=xlate.set_bits)
+                                           ref_bits=xlate.ref_bits, set_bits=xlate.set_bits,
+                                           lookups=self.translation)
         m.submodules.engine = engine = RingEngine(queue_num_max=self.queue_num_max,
                                                   disk_bytes=self.disk_bytes)
 

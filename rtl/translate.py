@@ -257,7 +257,9 @@ class PassThroughUnit(TranslationUnit):
     """:class:`TranslationUnit`'s ports with no table and no check: the GPA-only device.
 
     Every answer is "GPA mode, no fault" (``lookup.mode`` 0: the DMA engine uses the virtual
-    address as it is), with the same timing; ``table.rdata`` is always 0. Used by
+    address as it is), constant, so the DMA engine built beside it (``lookups=False``) never
+    waits for it; ``new`` keeps the translation unit's timing (statistics only);
+    ``table.rdata`` is always 0. Used by
     ``VirtioBlkHandle(translation=False)``, whose area and Fmax beside the device's are the cost
     of translation (``make fpga-report``).
     """

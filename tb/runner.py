@@ -38,6 +38,7 @@ class DeviceConfig:
     queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX
     disk_bytes: int = spec.DEFAULT_DISK_BYTES
     iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES
+    translation: bool = True  # False: the GPA-only device (VirtioBlkHandle(translation=False))
 
     @property
     def tag(self) -> str:
@@ -45,7 +46,7 @@ class DeviceConfig:
         iotlb = ("" if self.iotlb_entries == spec.DEFAULT_IOTLB_ENTRIES
                  else f"_t{self.iotlb_entries}")
         return (f"w{self.data_width}_e{self.entries}_q{self.queue_num_max}"
-                f"_d{self.disk_bytes}{iotlb}")
+                f"_d{self.disk_bytes}{iotlb}{'' if self.translation else '_gpaonly'}")
 
     @classmethod
     def from_env(cls) -> DeviceConfig:
@@ -109,7 +110,8 @@ def build(config: DeviceConfig, *, waves: bool = False, quiet: bool = False) -> 
         ROOT / "build" / "sim" / (config.tag + ("_waves" if waves else "")), TOP,
         lambda v: generate(v, data_width=config.data_width, entries=config.entries,
                            queue_num_max=config.queue_num_max, disk_bytes=config.disk_bytes,
-                           iotlb_entries=config.iotlb_entries),
+                           iotlb_entries=config.iotlb_entries,
+                           translation=config.translation),
         waves=waves, quiet=quiet)
 
 

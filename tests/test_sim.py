@@ -14,9 +14,10 @@ pytestmark = pytest.mark.sim
 
 
 def cosim(module: str, testcase: str, params: dict, *, data_width: int = 64,
-          name: str) -> None:
-    tests, failed, xml = run(module, DeviceConfig(data_width=data_width), testcase=testcase,
-                             params=params, results_name=name)
+          name: str, translation: bool = True) -> None:
+    tests, failed, xml = run(module, DeviceConfig(data_width=data_width,
+                                                  translation=translation),
+                             testcase=testcase, params=params, results_name=name)
     assert tests == 1, f"{module}.{testcase} did not run (see {xml})"
     assert failed == 0, f"{module}.{testcase} with {params} failed; log above, results {xml}"
 
@@ -53,6 +54,18 @@ RANDOM = [
 def test_random(width, params):
     cosim("tb.test_system", "test_random", params, data_width=width,
           name=f"random_{params['seed']}")
+
+
+@pytest.mark.parametrize("width", [32, 64, 128])
+def test_gpa_only_device(width):
+    """The GPA-only device (``translation=False``: no lookup latency, no lookup gate, the
+    baseline of ``make bench``) against the reference model in GPA mode: the basic requests,
+    then seeded random ones under random latency and backpressure."""
+    cosim("tb.test_system", "test_basic", {"handle_mode": False}, data_width=width,
+          name="basic_gpaonly", translation=False)
+    cosim("tb.test_system", "test_random", {"handle_mode": False, "seed": 21 + width,
+                                            "requests": 100, "timing": 9},
+          data_width=width, name="random_gpaonly", translation=False)
 
 
 @pytest.mark.parametrize("mode", ["handle", "gpa"])
