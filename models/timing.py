@@ -260,7 +260,8 @@ class TimedDevice(ReferenceDevice):
 
     def events(self, kick: int, mem: MemorySide, notify: int, *, end: int,
                acks: Mapping[int, int] | None = None,
-               resolved: Mapping[int, int] | None = None) -> list[Event]:
+               resolved: Mapping[int, int] | None = None,
+               lookups: bool = True) -> list[Event]:
         """Every device-driven event of the ``kick``-th accepted notify (docs/timing.md "Every
         event"), in absolute cycles, given what the memory did (``mem``, observed), the notify's
         handshake cycle ``notify``, the InterruptACK writes accepted on ``s_axil`` (``acks``:
@@ -269,7 +270,8 @@ class TimedDevice(ReferenceDevice):
         engine must have gone idle or halted by then. Faults are covered (the one the reference
         raised ends the kick: the FAULT state, then ``fault`` and ``needs_reset``).
         ``irq_state`` carries InterruptStatus from one call to the next (None: 0 at
-        ``notify``; set it to None after a device reset)."""
+        ``notify``; set it to None after a device reset). ``lookups=False``: the GPA-only
+        device (``translation=False``), whose bursts never wait for a lookup."""
         waits: dict = {}
         if resolved is not None:
             last = {t: k for k, t in enumerate(self.miss_txns)}
@@ -289,6 +291,7 @@ class TimedDevice(ReferenceDevice):
                             resolved[k]
         dma = _CycleDma(mem, self.data_width, notify, waits)
         dma.limit = end
+        dma.lookups = lookups
         if hasattr(mem, "bind"):  # a memory that answers the model's own handshakes (tests)
             mem.bind(dma.events)
         sched = _CycleScheduler(self.data_width, dma)
@@ -537,6 +540,7 @@ class _CycleDma:
         self.done: int | None = None
         self.fault = 0
         self.limit = 1 << 62  # the last cycle of the memory's record
+        self.lookups = True  # False: the GPA-only device, no burst waits for a lookup
 
     @property
     def busy(self) -> bool:
@@ -677,7 +681,7 @@ class _CycleDma:
             txn, _ = burst
             cross = (txn.addr + txn.nbytes) % spec.PAGE_SIZE == 0 and k + 1 < len(self.bursts)
         self.keep_next = a_hs and cross
-        self.waiting = keep
+        self.waiting = keep and self.lookups
         del xkeep
         if w_go:
             self.w_active = not w_last_issue

@@ -157,7 +157,7 @@ class EventBench:
         start = ref.irq_state[0] if ref.irq_state is not None else notify
         try:
             want = ref.events(kick, rec.mem, notify, end=end, acks=rec.acks,
-                              resolved=self.resolved())
+                              resolved=self.resolved(), lookups=self.pair.cfg.translation)
         except ValueError as exc:
             raise AssertionError(f"{what}: {exc}") from None
         got = [e for e in rec.events if start < e.cycle <= end]

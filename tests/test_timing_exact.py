@@ -108,6 +108,16 @@ def test_every_event(mode):
            "faults": FAULTS[mode], "fault_every": 1}, name=f"events_{mode}")
 
 
+def test_every_event_gpa_only():
+    """The GPA-only device (``translation=False``: no burst waits for a lookup)."""
+    tests, failed, xml = run("tb.test_timing", DeviceConfig(translation=False),
+                             testcase="test_every_event",
+                             params={"mode": "gpa", "requests": 8, "batch": 4, "seed": 6,
+                                     "faults": ["bus_error_data_write", "chain_loop"],
+                                     "fault_every": 1}, results_name="events_gpaonly")
+    assert tests == 1 and failed == 0, f"tb.test_timing on the GPA-only device failed; {xml}"
+
+
 LONG = os.environ.get("TIMING_LONG") == "1"
 
 
