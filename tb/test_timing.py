@@ -12,6 +12,7 @@ import cocotb
 
 from models import spec
 from models.timing import TimedDevice
+from sw.driver import BlkRequest
 from sw.workload import random_requests
 
 from .runner import params
@@ -265,6 +266,11 @@ async def test_every_event(dut):
     seed = bench.seed
     reqs = random_requests(seed, p.get("requests", 40), pair.cfg.disk_bytes // 512,
                            max_sectors=p.get("max_sectors", 8))
+    if p.get("page_tail"):  # IN data whose first burst is one beat that ends a page: the next
+        # page's burst may wait for its lookup (docs/timing.md, "Every event", GPA-only device)
+        lanes = pair.cfg.data_width // 8
+        reqs += [BlkRequest(spec.VIRTIO_BLK_T_IN, 8 * i, length=1024,
+                            offsets=[spec.PAGE_SIZE - lanes]) for i in range(4)]
     batch = p.get("batch", 4)
     faults = list(p.get("faults", []))
     fault_every = p.get("fault_every", 2)

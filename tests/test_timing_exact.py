@@ -105,14 +105,16 @@ def test_every_event(mode):
     cosim("tb.test_timing", "test_every_event",
           {"mode": mode, "requests": 8 if mode == "iova" else 12, "batch": 4,
            "seed": {"grant": 3, "gpa": 4, "iova": 5}[mode], "stall": 0.3, "max_latency": 12,
-           "faults": FAULTS[mode], "fault_every": 1}, name=f"events_{mode}")
+           "faults": FAULTS[mode], "fault_every": 1, "page_tail": mode == "grant"},
+          name=f"events_{mode}")
 
 
 def test_every_event_gpa_only():
     """The GPA-only device (``translation=False``: no burst waits for a lookup)."""
     tests, failed, xml = run("tb.test_timing", DeviceConfig(translation=False),
                              testcase="test_every_event",
-                             params={"mode": "gpa", "requests": 8, "batch": 4, "seed": 6,
+                             params={"mode": "gpa", "requests": 4, "batch": 4, "seed": 6,
+                                     "page_tail": True,
                                      "faults": ["bus_error_data_write", "chain_loop"],
                                      "fault_every": 1}, results_name="events_gpaonly")
     assert tests == 1 and failed == 0, f"tb.test_timing on the GPA-only device failed; {xml}"
