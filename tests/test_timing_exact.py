@@ -84,7 +84,7 @@ def test_cycle_exact_iova_evictions(entries, width, tmp_path):
 
 
 # -- Every event (docs/timing.md "Every event"): random memory timing, every fault cause ---------
-# The fast sample (make test, about a minute): each mode, a few batches, and the fault cases
+# The fast sample (make test): each mode, a few batches, and the fault cases
 # split so that every cause of models/spec.py is raised once: 1-5 in grant mode, 6 (each
 # place: descriptor read, data read, data write, used element) and 7-9 spread over grant and
 # GPA mode, 10, 11 and 5 in IOVA mode. The long version: make timing (TIMING_LONG=1).
