@@ -44,11 +44,23 @@ class KickSchedule:
     idle: int = 0  # first cycle the engine is idle again
 
 
+@dataclass(frozen=True)
+class FaultMark:
+    """Where an access stopped on a fault: the last item of its ``txns``. ``cause`` is the
+    fault's (``spec.FAULT_*``); ``index`` is the number of transactions issued before it (the
+    index a burst in its place would have had in ``transactions``)."""
+
+    cause: int
+    index: int
+    kind: str = "F"
+
+
 @dataclass
 class _Access:
     step: str  # poll, head, desc, hdr, data, status, used, uidx, drain
     kind: str  # R, W or D (drain)
-    txns: list[Transaction]
+    txns: list  # Transaction, then a FaultMark if the access faulted
+    fault: int = 0  # the fault cause this access ended with (0: none)
 
 
 @dataclass
@@ -57,12 +69,16 @@ class _Request:
     req_type: int
     goal: int  # data bytes moved (0 for flush, errors, unsupported)
     accesses: list[_Access] = field(default_factory=list)
+    fault: int = 0  # a fault the ring engine raised itself (chain, request framing)
 
 
 @dataclass
 class _Round:
     poll: _Access | None = None
     requests: list[_Request] = field(default_factory=list)
+    fault: int = 0  # a fault the ring engine raised itself (queue check, avail index)
+    no_irq: bool = False  # VIRTQ_AVAIL_F_NO_INTERRUPT in the poll's avail.flags
+    queue_num_bad: bool = False  # the queue check failed on QueueNum (QNUM's extra cycle)
 
 
 class TimedDevice(ReferenceDevice):
@@ -80,6 +96,10 @@ class TimedDevice(ReferenceDevice):
         # whose page it was raised for: the index the page's first burst gets in
         # ``transactions``
         self.miss_txns: list[int] = []
+        self._in_access = False
+        self._access_fault = 0
+        # the interrupt status as the cycle model last left it: (cycle, InterruptStatus)
+        self.irq_state: tuple[int, int] | None = None
 
     # -- recording ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -95,9 +115,29 @@ class TimedDevice(ReferenceDevice):
         more = super()._round()
         return more
 
+    def _fault(self, cause: int, addr: int):
+        if self._in_access:
+            self._access_fault = cause  # the access records it (_record)
+        else:  # the ring engine's own checks
+            rnd = getattr(self, "_current_round", None)
+            if rnd is None or self.kicks[-1][-1] is not rnd:
+                rnd = _Round()  # (a queue check before any round: not reached by _round)
+                self.kicks[-1].append(rnd)
+            if rnd.poll is None:
+                n = self.queue_num
+                rnd.queue_num_bad = not 1 <= n <= self.queue_num_max or bool(n & (n - 1))
+            if rnd.requests and rnd.poll is not None and self._step != "poll_check":
+                rnd.requests[-1].fault = cause
+            else:
+                rnd.fault = cause
+        return super()._fault(cause, addr)
+
     def _record(self, step: str, kind: str, first: int) -> None:
-        txns = self.transactions[first:]
-        access = _Access(step, kind, list(txns))
+        txns = list(self.transactions[first:])
+        fault, self._access_fault = self._access_fault, 0
+        if fault:
+            txns.append(FaultMark(fault, len(self.transactions)))
+        access = _Access(step, kind, txns, fault)
         rnd = self._current_round
         if step == "poll":
             rnd.poll = access
@@ -106,26 +146,37 @@ class TimedDevice(ReferenceDevice):
 
     def dma_read(self, v, n, sink=None):
         first = len(self.transactions)
+        self._in_access = True
         try:
-            return super().dma_read(v, n, sink)
+            out = super().dma_read(v, n, sink)
+            if self._step == "poll":
+                self._current_round.no_irq = bool(out[0] & spec.VIRTQ_AVAIL_F_NO_INTERRUPT)
+            return out
         finally:
+            self._in_access = False
             self._record(self._step, "R", first)
             if self._step == "poll":
-                self._step = "head"
+                self._step = "poll_check"
 
     def dma_write(self, v, data):
         first = len(self.transactions)
+        self._in_access = True
         try:
             super().dma_write(v, data)
         finally:
+            self._in_access = False
             step = self._step
             if step == "used_or_uidx":
                 step = "uidx" if v == (self.queue_device + 2) % (1 << 64) else "used"
             self._record(step, "W", first)
 
     def drain(self) -> None:
-        self._record("drain", "D", len(self.transactions))
-        super().drain()
+        self._in_access = True
+        try:
+            super().drain()
+        finally:
+            self._in_access = False
+            self._record("drain", "D", len(self.transactions))
         self._step = "used_or_uidx"
 
     def _serve_one(self, n: int, avail_flags: int) -> None:
@@ -144,11 +195,11 @@ class TimedDevice(ReferenceDevice):
     def _read_range(self, descs, start, length, sink=None):
         req = self._current_round.requests[-1]
         self._step = "hdr" if start == 0 and length == spec.BLK_HEADER_BYTES else "data"
+        if self._step == "data":
+            req.goal = length  # (before the access: it may fault)
         out = super()._read_range(descs, start, length, sink)
         if self._step == "hdr":
             req.req_type = int.from_bytes(out[:4], "little")
-        else:
-            req.goal = length
         return out
 
     def _write_range(self, descs, start, data):
@@ -205,6 +256,64 @@ class TimedDevice(ReferenceDevice):
                                              "resolve cycle")
                         waits[id(txn)] = resolved[k]
         return _Scheduler(self.data_width, latency, waits).run(self.kicks[kick])
+
+
+    def events(self, kick: int, mem: MemorySide, notify: int, *, end: int,
+               acks: Mapping[int, int] | None = None,
+               resolved: Mapping[int, int] | None = None,
+               lookups: bool = True) -> list[Event]:
+        """Every device-driven event of the ``kick``-th accepted notify (docs/timing.md "Every
+        event"), in absolute cycles, given what the memory did (``mem``, observed), the notify's
+        handshake cycle ``notify``, the InterruptACK writes accepted on ``s_axil`` (``acks``:
+        cycle -> value written) and, in IOVA mode, each miss's ``MISS_RESOLVE`` acceptance
+        cycle (``resolved``: miss index -> absolute cycle). Events up to edge ``end``; the
+        engine must have gone idle or halted by then. Faults are covered (the one the reference
+        raised ends the kick: the FAULT state, then ``fault`` and ``needs_reset``).
+        ``irq_state`` carries InterruptStatus from one call to the next (None: 0 at
+        ``notify``; set it to None after a device reset). ``lookups=False``: the GPA-only
+        device (``translation=False``), whose bursts never wait for a lookup."""
+        waits: dict = {}
+        if resolved is not None:
+            last = {t: k for k, t in enumerate(self.miss_txns)}
+            ids = {id(x): i for i, x in enumerate(self.transactions)}
+            for rnd in self.kicks[kick]:
+                accesses = ([rnd.poll] if rnd.poll else []) + [
+                    a for r in rnd.requests for a in r.accesses]
+                for acc in accesses:
+                    for txn in acc.txns:
+                        i = txn.index if isinstance(txn, FaultMark) else ids[id(txn)]
+                        k = last.get(i)
+                        if k is None:
+                            continue
+                        if k not in resolved:
+                            raise ValueError(f"miss {k} has no resolve cycle")
+                        waits[("mark", i) if isinstance(txn, FaultMark) else id(txn)] = \
+                            resolved[k]
+        dma = _CycleDma(mem, self.data_width, notify, waits)
+        dma.limit = end
+        dma.lookups = lookups
+        if hasattr(mem, "bind"):  # a memory that answers the model's own handshakes (tests)
+            mem.bind(dma.events)
+        sched = _CycleScheduler(self.data_width, dma)
+        sched.run_kick(self.kicks[kick], notify)
+        stop = sched.fault[0] if sched.fault else sched.out.idle
+        if stop > end:
+            raise ValueError(f"cycle model: the engine is still running at {end} "
+                             f"(it ends at {stop})")
+        while dma.c <= end:
+            dma.step(None)
+        out = dma.events
+        if sched.fault is not None:
+            f, cause = sched.fault
+            out += [Event("fault", f + 1, f"cause={cause}"), Event("needs_reset", f + 1)]
+        start, status = self.irq_state if self.irq_state is not None else (notify, 0)
+        if start > notify:
+            raise ValueError("irq_state is past this notify")
+        irq, status = _irq_events(sched.irq_sets, acks or {}, start, end, status)
+        self.irq_state = (end, status)
+        out += irq
+        out.sort(key=lambda e: (e.cycle, EVENT_NAMES.index(e.name)))
+        return out
 
 
 class _Scheduler:
@@ -294,7 +403,7 @@ class _Scheduler:
         assert a.step == "head"
         d = self.read(t, a.txns)
         t = d + 2  # DESC_FIRST, then DESC_START issues the first descriptor read
-        for _ in req.descs:
+        for _ in range(sum(1 for x in req.accesses if x.step == "desc")):
             a = next(acc)
             assert a.step == "desc", a.step
             d = self.read(t, a.txns)
@@ -305,9 +414,9 @@ class _Scheduler:
         descs = [x for x in req.descs if x.len]
         k, got, ends = 0, 0, False
         while True:
-            take = min(descs[k].len, spec.BLK_HEADER_BYTES - got)
-            a = next(acc)
+            a = next(acc)  # (none when the ring engine faulted on the chain)
             assert a.step == "hdr", a.step
+            take = min(descs[k].len, spec.BLK_HEADER_BYTES - got)
             d = self.read(t, a.txns)
             got += take
             t = d + 1  # HDR_PIECE issues the next piece
@@ -356,6 +465,355 @@ class _Scheduler:
         self.out.completions.append(self.last_b)
         assert next(acc).step == "drain"
         return self.drain(d + 1)  # DRAIN_USED: done in this cycle
+
+
+
+# -- The cycle model: every handshake the device drives, under any memory timing ---------------
+
+@dataclass(frozen=True)
+class Event:
+    """A device-driven event (docs/timing.md "Every event"): ``name`` is one of
+    :data:`EVENT_NAMES`, ``cycle`` the clock edge it is sampled at (absolute, as the bench
+    counts edges), ``info`` what identifies it beyond its cycle (an address handshake's
+    ``addr``/``beats``, a fault's cause)."""
+
+    name: str
+    cycle: int
+    info: str = ""
+
+
+EVENT_NAMES = ("AR", "AW", "W", "R", "B", "irq_rise", "irq_fall", "fault", "needs_reset")
+
+
+@dataclass
+class MemorySide:
+    """What the memory did on ``m_axi``, edge by edge (absolute cycles): the edges at which
+    its ``arready``, ``awready``, ``wready`` were high, and at which ``rvalid`` (with
+    ``rlast``, ``rresp``) and ``bvalid`` (with ``bresp``) were. The cycle model is given this
+    (observed) and predicts the device's side."""
+
+    arready: set[int] = field(default_factory=set)
+    awready: set[int] = field(default_factory=set)
+    wready: set[int] = field(default_factory=set)
+    rvalid: dict[int, tuple[bool, int]] = field(default_factory=dict)
+    bvalid: dict[int, int] = field(default_factory=dict)
+
+
+class _Faulted(Exception):
+    """A DMA command ended with a fault in cycle ``done``."""
+
+    def __init__(self, done: int, cause: int) -> None:
+        super().__init__(done, cause)
+        self.done, self.cause = done, cause
+
+
+class _CycleDma:
+    """The DMA engine (docs/timing.md "Every event"), one clock cycle per :meth:`step`: its
+    FSM, the write pipeline (S1, S2, the W FIFO), the posted-response queue. ``c`` is the next
+    cycle to simulate; values are those during cycle ``c``, sampled at edge ``c``."""
+
+    W_FIFO = 8  # beats in S1, S2 and the W FIFO together
+    FIFO_INNER = 7  # the W FIFO: a block RAM of 7 entries and an output register
+    MAX_POSTED = 8
+
+    def __init__(self, mem: MemorySide, width: int, c: int,
+                 waits: dict[int, int] | None = None) -> None:
+        self.mem, self.width, self.c = mem, width, c
+        self.waits = waits or {}  # burst's transaction index -> its miss's resolve cycle
+        self.events: list[Event] = []
+        self.state = "IDLE"
+        self.occ, self.w_room = 0, True
+        self.w_active, self.w_cnt, self.w_one = False, 0, False
+        self.s1 = self.s2 = False
+        self.inner: list[bool] = []  # W FIFO memory (entries: a beat's wlast)
+        self.r_rdy = False
+        self.bq = 0
+        self.posted = self.bq_full = False
+        self.werr = False
+        self.keep_next = self.waiting = False
+        self.aw_sent = False
+        self.bursts: list = []
+        self.k = 0
+        self.write = False
+        self.r_err = False
+        self.resolved_seen = False
+        self.done: int | None = None
+        self.fault = 0
+        self.limit = 1 << 62  # the last cycle of the memory's record
+        self.lookups = True  # False: the GPA-only device, no burst waits for a lookup
+
+    @property
+    def busy(self) -> bool:
+        return self.posted or self.w_active or self.occ != 0 or self.state != "IDLE"
+
+    def command(self, a: int, kind: str, txns: list, beats) -> int:
+        """Run until the command handed over in cycle ``a`` is done; return that cycle (raise
+        :class:`_Faulted` if it ends with a fault)."""
+        while self.c < a:
+            self.step(None)
+        if self.state != "IDLE":
+            raise AssertionError(f"cycle model: a command at {a} while the DMA engine is busy")
+        self.step((kind, txns, beats))
+        while self.done is None:
+            if self.c > self.limit:
+                raise ValueError(f"cycle model: the {kind} command handed over at {a} is not "
+                                 f"done by {self.limit}, where the memory's record ends")
+            self.step(None)
+        d, self.done = self.done, None
+        if self.fault:
+            cause, self.fault = self.fault, 0
+            raise _Faulted(d, cause)
+        return d
+
+    def _handed_over(self) -> str:
+        if self.k + 1 == len(self.bursts):
+            self.done = self.c
+            return "IDLE"
+        self.k += 1
+        return "ADDR"
+
+    def _finish(self, cause: int) -> str:
+        self.done, self.fault = self.c, cause
+        return "IDLE"
+
+    def step(self, cmd) -> None:
+        c, mem = self.c, self.mem
+        arready, awready, wready = c in mem.arready, c in mem.awready, c in mem.wready
+        rv = mem.rvalid.get(c)
+        bresp = mem.bvalid.get(c)
+        state, nxt = self.state, self.state
+        keep = self.keep_next
+        a_hs = w_start = xkeep = False
+        aw_sent_next = self.aw_sent
+        k = self.k  # (the burst of this cycle: a hand-over moves self.k on)
+        burst = self.bursts[k] if self.bursts else None
+        if state == "IDLE":
+            if cmd is not None:
+                kind, txns, beats = cmd
+                self.write = kind == "W"
+                self.bursts = [(t, beats(t) if isinstance(t, Transaction) else 0) for t in txns]
+                self.k = 0
+                self.r_err = False
+                if kind == "D":
+                    nxt = "DRAIN"
+                else:
+                    keep = True
+                    nxt = "ADDR"
+        elif state == "ADDR":
+            n = burst[1]
+            self.w_cnt, self.w_one = n - 1, n == 1
+            self.resolved_seen = False
+            nxt = "ISSUE"
+        elif state == "XLATE":
+            nxt = "XKEEP"
+        elif state == "XKEEP":
+            keep = xkeep = True
+            nxt = "ISSUE"
+        elif state == "ISSUE":
+            txn = burst[0]
+            idx = txn.index if isinstance(txn, FaultMark) else None
+            r = self.waits.get(id(txn) if idx is None else ("mark", idx))
+            order_ok = not self.bq_full if self.write else not self.posted
+            if self.waiting:
+                pass
+            elif r is not None and not self.resolved_seen:
+                if c >= r + 1:
+                    self.resolved_seen = True
+                    if isinstance(txn, FaultMark) and txn.cause == spec.FAULT_IOTLB_FAILED:
+                        nxt = self._finish(txn.cause)  # failed: the answer is the fault
+                    else:  # resolved: the answer is stale, look the page up again
+                        nxt = "XLATE"
+            elif isinstance(txn, FaultMark):
+                nxt = self._finish(txn.cause)  # the verdict fails: no address goes out
+            elif not order_ok:
+                pass
+            elif self.write:
+                w_start = True
+                a_hs = awready
+                aw_sent_next = awready
+            else:
+                a_hs = arready
+                nxt = "RDATA" if arready else "RADDR"
+        elif state == "RADDR":
+            a_hs = arready
+            if arready:
+                nxt = "RDATA"
+        elif state == "RDATA":
+            if rv is not None:
+                self.events.append(Event("R", c))
+                last, resp = rv
+                if resp != 0:
+                    self.r_err = True
+                if last:
+                    if self.r_err:
+                        nxt = self._finish(spec.FAULT_BUS_ERROR)
+                    else:
+                        nxt = self._handed_over()
+        elif state == "WADDR":
+            a_hs = not self.aw_sent and awready
+            if awready:
+                aw_sent_next = True
+        # the write beats
+        w_go = self.w_active or w_start
+        w_issue = w_go and self.w_room
+        w_last_issue = w_issue and self.w_one
+        if state == "ISSUE" and w_start:
+            nxt = self._handed_over() if awready and w_last_issue else "WADDR"
+        elif state == "WADDR" and (self.aw_sent or awready) and (w_last_issue
+                                                                   or not self.w_active):
+            nxt = self._handed_over()
+        pipe_busy = self.posted or self.w_active or self.occ != 0
+        if state == "DRAIN" and not pipe_busy:
+            werr, self.werr = self.werr, False
+            nxt = self._finish(spec.FAULT_BUS_ERROR if werr else 0)
+        if a_hs:
+            txn, n = burst
+            self.events.append(Event("AW" if self.write else "AR", c,
+                                     f"addr={txn.addr:#x} beats={n}"))
+        w_hs = self.r_rdy and wready
+        if w_hs:
+            self.events.append(Event("W", c))
+        if bresp is not None:
+            self.events.append(Event("B", c))
+        # -- registers
+        cross = False
+        if a_hs:
+            txn, _ = burst
+            cross = (txn.addr + txn.nbytes) % spec.PAGE_SIZE == 0 and k + 1 < len(self.bursts)
+        self.keep_next = a_hs and cross
+        self.waiting = keep and self.lookups
+        del xkeep
+        if w_go:
+            self.w_active = not w_last_issue
+        if w_issue:
+            self.w_one = self.w_cnt == 1
+            self.w_cnt -= 1
+        fifo_w = self.s2
+        self.s2, self.s1 = self.s1, w_issue
+        # SyncFIFOBuffered (amaranth.lib.fifo): a block RAM, then an output register
+        inner_read = bool(self.inner) and (not self.r_rdy or wready)
+        if inner_read:
+            self.inner.pop(0)
+            self.r_rdy = True
+        elif wready:
+            self.r_rdy = False
+        if fifo_w:
+            if len(self.inner) >= self.FIFO_INNER:
+                raise AssertionError("cycle model: the W FIFO overflowed")
+            self.inner.append(True)
+        self.occ += w_issue - w_hs
+        self.w_room = self.occ < self.W_FIFO
+        if bresp is not None and bresp != 0 and not self.werr:
+            self.werr = True
+        bq = self.bq + (a_hs and self.write) - (bresp is not None and self.bq > 0)
+        self.bq = bq
+        self.posted, self.bq_full = bq != 0, bq == self.MAX_POSTED
+        self.aw_sent = aw_sent_next
+        self.state = nxt
+        self.c = c + 1
+
+
+class _CycleScheduler(_Scheduler):
+    """docs/timing.md "Every event": the ring engine's cycles (the tables above, through
+    :meth:`_Scheduler.request`) around the cycle-stepped DMA engine :class:`_CycleDma`."""
+
+    # the ring engine's own faults: from the last command's done to the FAULT state (CHECK,
+    # ACT, XIDX, XFAULT, EFAULT, FAULT)
+    ENGINE_FAULT = 6
+
+    def __init__(self, data_width: int, dma: _CycleDma) -> None:
+        super().__init__(data_width, 0)
+        self.dma = dma
+        self.last_done = 0
+        self.irq_sets: list[tuple[int, int]] = []  # (cycle, InterruptStatus bit) of each pulse
+        self.fault: tuple[int, int] | None = None  # (FAULT state's cycle, cause)
+
+    def _beats(self, txn: Transaction) -> int:
+        return txn.beats(self.width)
+
+    def _cmd(self, a: int, kind: str, txns: list) -> int:
+        """The command: its done cycle, or :class:`_Faulted`. Whether it faults follows the
+        memory's responses as observed; the reference must have said the same."""
+        expect = txns[-1].cause if txns and isinstance(txns[-1], FaultMark) else 0
+        try:
+            d = self.dma.command(a, kind, txns, self._beats)
+        except _Faulted as f:
+            self.last_done = f.done
+            if f.cause != expect:
+                raise ValueError(f"cycle model: a {kind} command handed over at {a} ends with "
+                                 f"fault {f.cause} at {f.done}; the reference says "
+                                 f"{expect or 'no fault'}") from None
+            raise
+        self.last_done = d
+        if expect:
+            raise ValueError(f"cycle model: a {kind} command handed over at {a} ends at {d} "
+                             f"without the fault {expect} the reference raised (the memory's "
+                             "responses differ from the reference's bus errors?)")
+        return d
+
+    def read(self, a: int, txns: list) -> int:
+        return self._cmd(a, "R", txns)
+
+    def write(self, a: int, txns: list) -> int:
+        return self._cmd(a, "W", txns)
+
+    def drain(self, a: int) -> int:
+        return self._cmd(a, "D", self._drain_txns)
+
+    def run_kick(self, rounds: list[_Round], notify: int) -> None:
+        t = notify + 2
+        try:
+            for rnd in rounds:
+                if rnd.poll is None:  # the queue check failed: (QNUM,) QFAULT, EFAULT, FAULT
+                    self.fault = (t + (4 if rnd.queue_num_bad else 3), rnd.fault)
+                    return
+                d = self.read(t, rnd.poll.txns)
+                t = d + 2
+                if rnd.fault:
+                    self.fault = (d + self.ENGINE_FAULT, rnd.fault)
+                    return
+                if not rnd.requests:
+                    self.out.idle = t + 1
+                for req in rnd.requests:
+                    try:
+                        d = self._request(t, req)
+                    except StopIteration:  # the ring engine faulted after its last command
+                        self.fault = (self.last_done + self.ENGINE_FAULT, req.fault)
+                        return
+                    if not rnd.no_irq:
+                        self.irq_sets.append((d + 1, spec.INT_USED_BUFFER))  # registered
+                    t = d + 1
+        except _Faulted as f:
+            self.fault = (f.done + 1, f.cause)  # the wait state sees done, then FAULT
+        finally:
+            if self.fault is not None:  # the FAULT state's pulse sets InterruptStatus bit 1
+                self.irq_sets.append((self.fault[0], spec.INT_CONFIG_CHANGE))
+
+    def _request(self, t: int, req: _Request) -> int:
+        drains = [a for a in req.accesses if a.step == "drain"]
+        self._drains = iter(drains)
+        return self.request(t, req)
+
+    @property
+    def _drain_txns(self) -> list:
+        return next(self._drains).txns
+
+
+def _irq_events(sets: list[int], acks: Mapping[int, int], start: int, end: int,
+                status: int) -> tuple[list[Event], int]:
+    """InterruptStatus from cycle ``start`` (value ``status``) to ``end``: acknowledged bits
+    clear, an engine pulse (``sets``: the cycle of each used_irq or fault pulse, with its bit)
+    sets; ``irq`` is high while it is non-zero."""
+    out = []
+    pulses: dict[int, int] = {}
+    for cyc, bit in sets:
+        pulses[cyc] = pulses.get(cyc, 0) | bit
+    for c in range(start, end):
+        new = (status & ~acks.get(c, 0)) | pulses.get(c, 0)
+        if bool(new) != bool(status):
+            out.append(Event("irq_rise" if new else "irq_fall", c + 1))
+        status = new
+    return out, status
 
 
 def lower_bound(req: _Request, poll: _Access | None, *, latency: int, data_width: int,

@@ -1,7 +1,7 @@
 """``make bench``: what translating handles costs, measured on the RTL, side by side with GPA
 mode in one run.
 
-    python -m tb.benchmark [--quick] [--jobs 2] [--out build/bench]
+    python -m tb.benchmark [--quick] [--traffic-only] [--jobs 2] [--out build/bench]
 
 Runs every workload row in both modes under the deterministic memory (``tb/detmem.py``), one
 simulator process per (mode, memory latency, data width), checks every completion's cycle
@@ -12,6 +12,12 @@ IOVA mode (``tb/bench_iova.py``, docs/bench-iova.md): the same rows on a warm IO
 GPA), the device's own cycles per miss beyond the hypervisor's latency, and hit rate and cycles
 per request against ``IOTLB_ENTRIES`` (``iova.md``, ``iotlb.png``, the ``iova`` part of
 ``results.json``).
+
+Traffic rows (``tb/bench_traffic.py``): reads and writes, chains of 3 to 16 descriptors, 1 and 8
+in flight, on a memory with random latency and backpressure (``tb/randmem.py``), each row over
+several memory seeds (mean, spread), GPA and handle mode side by side with the same seeds
+(``traffic.json``, ``traffic.md``). Not cycle-checked against ``models.timing`` here (that is
+``tests/test_timing_exact.py``'s event-exact bench); the functional scoreboard checks them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,15 @@ DEFAULT = {"data_width": 64, "mem_latency": 4}
 HV_LATENCIES = (0, 16, 64, 256)  # cycles the hypervisor waits before answering a miss
 IOTLB_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
 SWEEP = {"in_flight": 8, "pool_pages": 256, "hv_latency": 32, "seed": 1}
+# Traffic rows (tb/bench_traffic.py): reads and writes, chains of 3 to 16 descriptors, on a
+# memory with random latency and backpressure, averaged over seeds, both modes
+TRAFFIC_MEMORY = {"stall": 0.3, "max_latency": 12}
+TRAFFIC_ROWS = (
+    [{"op": "read", "size": 4096, "descs": 3, "in_flight": n} for n in (1, 8)]
+    + [{"op": "write", "size": s, "descs": 3, "in_flight": 1} for s in (512, 4096, 16384)]
+    + [{"op": "write", "size": 4096, "descs": 3, "in_flight": 8}]
+    + [{"op": op, "size": 4096, "descs": d, "in_flight": 1}
+       for op in ("read", "write") for d in (6, 10, 16)])
 
 
 def plan(quick: bool) -> list[dict]:
@@ -70,6 +85,15 @@ def plan(quick: bool) -> list[dict]:
                       "latency": 4, "iotlb_entries": n, "rows": [{}],
                       "params": {"latency": 4, "sweep": {
                           **SWEEP, "requests": 128 if quick else 256}}})
+    seeds = list(range(1, 3 if quick else 6))
+    for handle_mode in (False, True):
+        for op in ("read", "write"):
+            rows = [r for r in TRAFFIC_ROWS if r["op"] == op]
+            mode = "handle" if handle_mode else "gpa"
+            procs.append({"bench": "traffic", "name": f"w64_traffic_{op}_{mode}",
+                          "data_width": 64, "rows": [r for r in rows for _ in seeds],
+                          "params": {"handle_mode": handle_mode, "rows": rows, "seeds": seeds,
+                                     "count": 2 if quick else 4, **TRAFFIC_MEMORY}})
     # the longest processes first: two workers stay busy to the end
     procs.sort(key=lambda p: -sum(r.get("size", 4096) * r.get("in_flight", 1) *
                                   (2 if p.get("bench") else 1) for r in p["rows"]))
@@ -77,6 +101,18 @@ def plan(quick: bool) -> list[dict]:
 
 
 def run_proc(proc: dict, out_dir: Path) -> Path:
+    if proc.get("bench") == "traffic":
+        out = (out_dir / "raw" / f"{proc['name']}.jsonl").resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("")
+        tests, failed, xml = run("tb.bench_traffic", DeviceConfig(data_width=proc["data_width"]),
+                                 testcase="test_traffic",
+                                 params={**proc["params"], "out": str(out)},
+                                 extra_env={"COCOTB_LOG_LEVEL": "WARNING"},
+                                 results_name=f"bench_{proc['name']}")
+        if tests != 1 or failed:
+            raise RuntimeError(f"benchmark process {out.name} failed; see {xml}")
+        return out
     if proc.get("bench") == "iova":
         out = (out_dir / "raw" / f"{proc['name']}.jsonl").resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +147,7 @@ def rows_from(raw_files: list[Path]) -> list[dict]:
     for path in raw_files:
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            if "repeat_check" in r or r.get("kind") in ("miss", "sweep"):
+            if "repeat_check" in r or r.get("kind") in ("miss", "sweep", "traffic"):
                 continue
             ident = tuple(r[k] for k in ("mode", "size", "pattern", "align", "in_flight",
                                          "mem_latency", "data_width"))
@@ -274,6 +310,66 @@ def iova_markdown(rows: list[dict], iova: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def traffic_from(raw_files: list[Path]) -> list[dict]:
+    """The traffic rows: per row and mode, cycles per request over the memory seeds (mean,
+    population standard deviation, min, max), and handle/GPA (the ratio of the means, and the
+    range of the per-seed ratios: both modes ran the same seeds)."""
+    import statistics
+
+    per: dict[tuple, dict[int, float]] = {}
+    meta: dict[tuple, dict] = {}
+    for path in raw_files:
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("kind") != "traffic":
+                continue
+            key = (r["op"], r["size"], r["descs"], r["in_flight"], r["mode"])
+            per.setdefault(key, {})[r["seed"]] = r["cycles"] / r["requests"]
+            meta[key] = r
+    rows = []
+    for key in sorted(per, key=lambda k: (k[0], k[3], k[2], k[1], k[4])):
+        op, size, descs, n_in, mode = key
+        cpr = per[key]
+        vals = list(cpr.values())
+        mean = statistics.fmean(vals)
+        row = {"op": op, "request_bytes": size, "descs": descs, "in_flight": n_in,
+               "mode": mode, "seeds": len(vals), "stall": meta[key]["stall"],
+               "max_latency": meta[key]["max_latency"],
+               "data_width": meta[key]["data_width"],
+               "cycles_per_request": round(mean, 2),
+               "stdev": round(statistics.pstdev(vals), 2),
+               "min": round(min(vals), 2), "max": round(max(vals), 2),
+               "bytes_per_cycle": round(size / mean, 4)}
+        gpa = per.get((op, size, descs, n_in, "gpa"))
+        if mode != "gpa" and gpa:
+            ratios = [cpr[s] / gpa[s] for s in cpr if s in gpa]
+            row["handle_gpa_ratio"] = round(mean / statistics.fmean(gpa.values()), 4)
+            row["ratio_min"], row["ratio_max"] = round(min(ratios), 4), round(max(ratios), 4)
+        rows.append(row)
+    return rows
+
+
+def traffic_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    r0 = rows[0]
+    out = [f"## Real traffic: random memory (each ready low with probability {r0['stall']}, "
+           f"read data and write responses 2 to {r0['max_latency'] + 2} cycles after the "
+           f"address or last data beat), data width "
+           f"{r0['data_width']}, mean over {r0['seeds']} seeds\n",
+           "| op | request | descriptors | in flight | mode | cycles/req | stdev | min | max | "
+           "bytes/cycle | handle/GPA | per-seed range |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r.get("handle_gpa_ratio")
+        rng = f"{r['ratio_min']:.4f} to {r['ratio_max']:.4f}" if ratio is not None else ""
+        out.append(f"| {r['op']} | {r['request_bytes']} | {r['descs']} | {r['in_flight']} | "
+                   f"{r['mode']} | {r['cycles_per_request']:.1f} | {r['stdev']:.1f} | "
+                   f"{r['min']:.1f} | {r['max']:.1f} | {r['bytes_per_cycle']:.2f} | "
+                   f"{'' if ratio is None else format(ratio, '.4f')} | {rng} |")
+    return "\n".join(out) + "\n"
+
+
 def iova_plot(sweep: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -313,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true",
                     help="data width 64, latency 4, sequential aligned rows only")
+    ap.add_argument("--traffic-only", action="store_true",
+                    help="run the traffic rows only (random memory timing: traffic.md)")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild results.json/md and overhead.png from the rows already in "
                          "<out>/raw (for instance after an interrupted sweep)")
@@ -330,11 +428,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc} (make bench installs what the benchmark needs)", file=sys.stderr)
         return 2
     procs = plan(args.quick)
+    if args.traffic_only:
+        procs = [p for p in procs if p.get("bench") == "traffic"]
     args.out.mkdir(parents=True, exist_ok=True)
     total = sum(len(p["rows"]) for p in procs)
     raw_dir = args.out / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
-    for old in raw_dir.glob("*.jsonl"):
+    for old in raw_dir.glob("*traffic*.jsonl" if args.traffic_only else "*.jsonl"):
         old.unlink()
     stop = threading.Event()
     bar = tqdm(total=total, unit="row", desc="bench")
@@ -360,7 +460,32 @@ def main(argv: list[str] | None = None) -> int:
     watcher.join()
     bar.update(total - bar.n)
     bar.close()
+    if args.traffic_only:  # (the other results of <out>, if any, stay as they are)
+        return report_traffic(files, args.out, t0)
     return report(files, args.out, t0)
+
+
+def report_traffic(files: list[Path], out: Path, t0: float) -> int:
+    traffic = traffic_from(files)
+    (out / "traffic.json").write_text(json.dumps(traffic, indent=1) + "\n")
+    (out / "traffic.md").write_text(traffic_markdown(traffic))
+    print(f"\n{len(traffic)} traffic rows in {time.monotonic() - t0:.0f} s; wrote "
+          f"{out}/traffic.json, traffic.md")
+    print_traffic(traffic)
+    return 0
+
+
+def print_traffic(traffic: list[dict]) -> None:
+    print("Traffic on random memory, cycles per request (op size x descriptors @ in flight: "
+          "GPA mean +- stdev, handle mean +- stdev, handle/GPA):")
+    for r in traffic:
+        if r["mode"] == "handle":
+            g = next(x for x in traffic if x["mode"] == "gpa" and all(
+                x[k] == r[k] for k in ("op", "request_bytes", "descs", "in_flight")))
+            print(f"  {r['op']:5s} {r['request_bytes']:5d} x{r['descs']:2d} @{r['in_flight']}: "
+                  f"{g['cycles_per_request']:8.1f} +-{g['stdev']:.1f}  "
+                  f"{r['cycles_per_request']:8.1f} +-{r['stdev']:.1f}  "
+                  f"{r['handle_gpa_ratio']:.4f}")
 
 
 def report(files: list[Path], out: Path, t0: float) -> int:
@@ -373,11 +498,14 @@ def report(files: list[Path], out: Path, t0: float) -> int:
     (args_out / "iova.json").write_text(json.dumps(iova, indent=1) + "\n")
     (args_out / "iova.md").write_text(iova_markdown(rows, iova))
     iova_plot(iova["iotlb_size"], args_out / "iotlb.png")
+    traffic = traffic_from(files)
+    (args_out / "traffic.json").write_text(json.dumps(traffic, indent=1) + "\n")
+    (args_out / "traffic.md").write_text(traffic_markdown(traffic))
     default = [r for r in rows if r["data_width"] == DEFAULT["data_width"]
                and r["mem_latency"] == DEFAULT["mem_latency"] and r["mode"] == "handle"
                and r["workload"] == "seq-aligned-read"]
     print(f"\n{len(rows)} rows in {time.monotonic() - t0:.0f} s; wrote {args_out}/results.json, "
-          f"results.md, overhead.png, iova.json, iova.md, iotlb.png")
+          f"results.md, overhead.png, iova.json, iova.md, iotlb.png, traffic.json, traffic.md")
     print("\ndata width 64, memory latency 4, sequential aligned reads (handle mode):")
     print("  in flight  request   cycles/req  bytes/cycle  x bound  handle/GPA")
     for r in default:
@@ -391,6 +519,7 @@ def report(files: list[Path], out: Path, t0: float) -> int:
     print("IOVA misses, own cycles per miss (request, hypervisor latency):",
           ", ".join(f"{r['request_bytes']}@{r['hv_latency']}: {r['own_cycles_per_miss']:.2f}"
                     for r in iova["miss"]))
+    print_traffic(traffic)
     print("IOTLB entries -> hit rate, cycles/request:",
           ", ".join(f"{r['iotlb_entries']}: {r['hit_rate']:.3f}, {r['cycles_per_request']:.0f}"
                     for r in iova["iotlb_size"]))

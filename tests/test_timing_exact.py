@@ -5,9 +5,16 @@ cycles.
 
 IOVA mode (``tb/bench_iova.py``): every completion on the cycle the model predicts, on a warm
 IOTLB (the grant-mode cycles, no miss) and with misses resolved by the hypervisor coroutine
-after several latencies (the model given each ``MISS_RESOLVE`` write's acceptance cycle)."""
+after several latencies (the model given each ``MISS_RESOLVE`` write's acceptance cycle).
+
+Every event (``test_every_event``): on a memory with random latency and backpressure on every
+channel, with bus errors and every fault cause, in grant, GPA and IOVA mode, every handshake the
+device drives, every ``irq`` edge and the cycle each fault shows in the fault and status
+registers happen on the cycle ``TimedDevice.events`` predicts (docs/timing.md "Every event")."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -74,3 +81,58 @@ def test_cycle_exact_iova_evictions(entries, width, tmp_path):
                                   "hv_latency": 11, "seed": entries, "mixed": True}},
          tmp_path, name=f"timing_iova_sweep_{entries}", iotlb_entries=entries,
          data_width=width)
+
+
+# -- Every event (docs/timing.md "Every event"): random memory timing, every fault cause ---------
+# The fast sample (make test): each mode, a few batches, and the fault cases
+# split so that every cause of models/spec.py is raised once: 1-5 in grant mode, 6 (each
+# place: descriptor read, data read, data write, used element) and 7-9 spread over grant and
+# GPA mode, 10, 11 and 5 in IOVA mode. The long version: make timing (TIMING_LONG=1).
+FAULTS = {
+    "grant": ["not_a_handle", "ref_outside", "not_permitted", "wrong_domain", "read_only",
+              "second_page_ungranted", "bus_error_data_write", "chain_loop"],
+    "gpa": ["bus_error_desc", "bus_error_data_read", "bus_error_used", "index_outside",
+            "readable_after_writable", "avail_jump", "status_readable", "header_writable"],
+    "iova": ["iova_fail", "iova_no_read", "iova_read_only"],
+}
+HANDLE_ONLY = FAULTS["grant"][:6]
+ALL_FAULTS = FAULTS["grant"] + FAULTS["gpa"]
+
+
+@pytest.mark.parametrize("mode", ["grant", "gpa", "iova"])
+def test_every_event(mode):
+    """Every AR, AW, W, R, B, irq edge, fault latch and NEEDS_RESET on the predicted cycle."""
+    cosim("tb.test_timing", "test_every_event",
+          {"mode": mode, "requests": 8 if mode == "iova" else 12, "batch": 4,
+           "seed": {"grant": 3, "gpa": 4, "iova": 5}[mode], "stall": 0.3, "max_latency": 12,
+           "faults": FAULTS[mode], "fault_every": 1, "page_tail": mode == "grant"},
+          name=f"events_{mode}")
+
+
+def test_every_event_gpa_only():
+    """The GPA-only device (``translation=False``: no burst waits for a lookup)."""
+    tests, failed, xml = run("tb.test_timing", DeviceConfig(translation=False),
+                             testcase="test_every_event",
+                             params={"mode": "gpa", "requests": 4, "batch": 4, "seed": 6,
+                                     "page_tail": True,
+                                     "faults": ["bus_error_data_write", "chain_loop"],
+                                     "fault_every": 1}, results_name="events_gpaonly")
+    assert tests == 1 and failed == 0, f"tb.test_timing on the GPA-only device failed; {xml}"
+
+
+LONG = os.environ.get("TIMING_LONG") == "1"
+
+
+@pytest.mark.skipif(not LONG, reason="the long event-exact runs: make timing")
+@pytest.mark.parametrize(("mode", "width", "seed", "stall", "max_latency"), [
+    ("grant", 64, 101, 0.3, 12), ("gpa", 64, 102, 0.3, 12), ("iova", 64, 103, 0.3, 12),
+    ("grant", 32, 104, 0.5, 24), ("gpa", 128, 105, 0.1, 40), ("iova", 128, 106, 0.5, 6)])
+def test_every_event_long(mode, width, seed, stall, max_latency):
+    """300 requests (up to 16 sectors, batches of 6) and every fault case of the mode, twice."""
+    faults = {"grant": ALL_FAULTS,
+              "gpa": [f for f in ALL_FAULTS if f not in HANDLE_ONLY],
+              "iova": FAULTS["iova"] + [f for f in ALL_FAULTS if f not in HANDLE_ONLY]}[mode]
+    cosim("tb.test_timing", "test_every_event",
+          {"mode": mode, "requests": 300, "batch": 6, "max_sectors": 16, "seed": seed,
+           "stall": stall, "max_latency": max_latency, "faults": faults * 2,
+           "fault_every": 1}, data_width=width, name=f"events_long_{mode}_{width}")
