@@ -206,6 +206,7 @@ def run_campaign(shards: Sequence[Shard], fn: Callable[[Shard], dict], store: St
                  scheduler: str | None = None, jobs: int = 1, client=None,
                  desc: str = "campaign", unit: str = "case", progress: bool | None = None,
                  postfix: Callable[[list[dict]], dict] | None = None,
+                 on_result: Callable[[Shard, dict], object] | None = None,
                  env: Sequence[str] = ENV_KEYS) -> Outcome:
     """Run the shards the store lacks, write each result to the store as it arrives, and
     return every shard's result in the order of ``shards``.
@@ -214,8 +215,9 @@ def run_campaign(shards: Sequence[Shard], fn: Callable[[Shard], dict], store: St
     address of a running Dask scheduler), else ``jobs`` > 1 (a LocalCluster of ``jobs``
     workers for this call), else in this process. ``fn`` must be a module-level function
     (workers import it). ``progress``: None shows the bar on a terminal only. ``postfix`` is
-    shown beside the bar, from the results so far. A shard that raises stops the campaign
-    (the results stored so far stay)."""
+    shown beside the bar, from the results so far; ``on_result(shard, result)`` is called in
+    this process as each shard run now completes (after it is stored). A shard that raises
+    stops the campaign (the results stored so far stay)."""
     keys = [s.key for s in shards]
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
@@ -238,6 +240,8 @@ def run_campaign(shards: Sequence[Shard], fn: Callable[[Shard], dict], store: St
     def record(s: Shard, result: dict, meta: dict) -> None:
         store.put(s, result, meta)
         records[s.key] = Record(result, meta)
+        if on_result is not None:
+            on_result(s, result)
         bar.update(s.size)
         if postfix is not None:
             bar.set_postfix(postfix([r.result for r in records.values()]), refresh=False)
