@@ -24,10 +24,12 @@ per request against ``IOTLB_ENTRIES`` (``iova.md``, ``iotlb.png``, the ``iova`` 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import itertools
 import json
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -108,12 +110,15 @@ def shard(proc: dict, digest: str) -> Shard:
                  weight=len(proc["rows"]))
 
 
-def run_shard(sh: Shard) -> dict:
+def run_shard(sh: Shard, client: tuple[str, str] = ("", "")) -> dict:
     """The campaign's shard function (a Dask worker or this process): the process's raw rows
-    (its ``.jsonl`` text), written to a directory of its own on the machine that runs it."""
-    if sources_digest() != sh.config["sources"]:
-        raise RuntimeError(f"the worker's sources (in {ROOT}) are not the client's: check out "
-                           f"the same commit on every worker")
+    (its ``.jsonl`` text), written to a directory of its own on the machine that runs it. A
+    worker in another checkout than the ``client``'s (host, repository) must have the same
+    sources."""
+    if (socket.gethostname(), str(ROOT)) != tuple(client) and \
+            sources_digest() != sh.config["sources"]:
+        raise RuntimeError(f"the sources of the worker on {socket.gethostname()} (in {ROOT}) "
+                           f"are not the client's: check out the same commit on every worker")
     tmp = Path(tempfile.mkdtemp(prefix="vhb-bench-"))
     try:
         return {"jsonl": run_proc(sh.config["proc"], tmp).read_text()}
@@ -394,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     try:
-        res = run_campaign(shards, run_shard, Store(args.out / "shards"),
+        res = run_campaign(shards, functools.partial(
+                               run_shard, client=(socket.gethostname(), str(ROOT))),
+                           Store(args.out / "shards"),
                            scheduler=args.scheduler, jobs=args.jobs, desc="bench", unit="row",
                            on_result=write_raw)
     except RuntimeError as exc:

@@ -37,6 +37,7 @@ the worker).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -196,10 +197,29 @@ def connect(scheduler: str | None, jobs: int):
 
 
 def close(client) -> None:
+    """Close the client and, if :func:`connect` made it, its LocalCluster, with the simulators
+    its workers started (a worker stopped in the middle of a shard would leave its simulator
+    running on its own)."""
     cluster = getattr(client, "_campaign_cluster", None)
+    if cluster is None:
+        client.close()
+        return
+    import psutil
+
+    children = []
+    for worker in list(cluster.workers.values()):
+        pid = getattr(worker, "pid", None)  # (a Nanny: its worker process)
+        with contextlib.suppress(psutil.Error):
+            children += psutil.Process(pid).children(recursive=True) if pid else []
     client.close()
-    if cluster is not None:
-        cluster.close()
+    cluster.close()
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def run_campaign(shards: Sequence[Shard], fn: Callable[[Shard], dict], store: Store, *,
@@ -269,13 +289,14 @@ def run_campaign(shards: Sequence[Shard], fn: Callable[[Shard], dict], store: St
 
 
 def _on_dask(client, todo: list[Shard], fn, env: dict, record) -> None:
-    """Submit ``todo`` in a window a few times the cluster's threads deep (a campaign of
-    millions of shards is not one graph), record each result as it completes."""
+    """Submit ``todo``, heaviest first, in a window a few times the cluster's threads deep (a
+    campaign of millions of shards is not one graph); record each result as it completes."""
     from distributed import as_completed
 
     depth = max(4, 2 * sum(client.nthreads().values()) + 2)
     by_key = {s.key: s for s in todo}
-    pending = iter(todo)
+    # the heaviest first, so that no worker is left with a long shard at the end
+    pending = iter(sorted(todo, key=lambda s: -s.size))
 
     def submit(s: Shard):
         # the key is the shard's: the scheduler runs one task per key, and a retried task
