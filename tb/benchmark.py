@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -371,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="rebuild results.json/md and overhead.png from the rows already in "
                          "<out>/raw (for instance after an interrupted sweep)")
     args = ap.parse_args(argv)
+    # stopped (kill, a CI timeout): unwind like Ctrl-C, so the local cluster's workers and
+    # their simulators are ended too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.report_only:
         files = sorted((args.out / "raw").glob("*.jsonl"))
         if not files:

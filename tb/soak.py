@@ -26,6 +26,7 @@ import argparse
 import functools
 import json
 import os
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -203,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="run every stream in this process, one after the other")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "soak")
     args = ap.parse_args(argv)
+    # stopped (kill, a CI timeout): unwind like Ctrl-C, so the local cluster's workers and
+    # their simulators are ended too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.local:
         args.jobs, args.scheduler = 1, None
 
