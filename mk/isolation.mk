@@ -5,16 +5,20 @@
 #                      IOTLB's covers and its mutants (yowasp-sby and Yices from PyPI; a few
 #                      minutes); the bounded check of isolation through the DMA engine, its
 #                      covers and its mutants (formal/dma.py; longer: docs/isolation.md)
-#   make soak          100,000 adversarial RTL cases on every core, with a progress bar
+#   make soak          100,000 adversarial RTL cases as Dask tasks on a local cluster of one
+#                      worker per core, with a progress bar (docs/campaigns.md)
 #   make soak SOAK_CASES=20000 SOAK_SEED=1001 SOAK_JOBS=2
 #                      another seed range; rerunning a command resumes it (finished streams
-#                      are kept in $(SOAK_OUT))
+#                      are kept in $(SOAK_OUT)); SOAK_JOBS=1 runs in one process
+#   make soak SCHEDULER=tcp://host:8786
+#                      on the workers of a running Dask cluster instead
 
 SOAK_CASES      ?= 100000
 SOAK_SEED       ?= 1
 SOAK_JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 SOAK_PER_STREAM ?= 500
 SOAK_OUT        ?= build/soak
+SCHEDULER       ?=
 
 .PHONY: formal soak
 
@@ -25,4 +29,5 @@ formal: $(STAMP)
 
 soak: $(STAMP) check-sim
 	$(PY) -m tb.soak --cases $(SOAK_CASES) --seed $(SOAK_SEED) --jobs $(SOAK_JOBS) \
-	  --per-stream $(SOAK_PER_STREAM) --out $(SOAK_OUT)
+	  --per-stream $(SOAK_PER_STREAM) --out $(SOAK_OUT) \
+	  $(if $(SCHEDULER),--scheduler $(SCHEDULER))

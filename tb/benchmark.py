@@ -8,6 +8,13 @@ simulator process per (mode, memory latency, data width), checks every completio
 against ``models.timing``, and writes ``results.json``, ``results.md`` and ``overhead.png``.
 Cycle counts are exact: each process also runs one row twice and asserts the same count.
 
+Each simulator process is a shard of a :mod:`verif.campaign` campaign (docs/campaigns.md): a
+Dask task on a local cluster of ``--jobs`` workers, on a running cluster (``--scheduler
+tcp://host:port``, ``make bench SCHEDULER=...``), or in this process (``--jobs 1``). A shard is
+keyed by its configuration and a digest of the sources (``rtl/``, ``models/``, ``sw/``,
+``verif/``, ``tb/``), its rows kept in ``<out>/shards/``: an interrupted sweep resumes, and a
+changed source runs again. ``<out>/raw/`` is rewritten from them.
+
 IOVA mode (``tb/bench_iova.py``, docs/bench-iova.md): the same rows on a warm IOTLB (ratio to
 GPA), the device's own cycles per miss beyond the hypervisor's latency, and hit rate and cycles
 per request against ``IOTLB_ENTRIES`` (``iova.md``, ``iotlb.png``, the ``iova`` part of
@@ -23,15 +30,21 @@ several memory seeds (mean, spread), GPA and handle mode side by side with the s
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import itertools
 import json
+import shutil
+import signal
+import socket
 import sys
-import threading
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .runner import DeviceConfig, check_simulator, run
+from verif.campaign import Shard, Store, run_campaign
+
+from .runner import ROOT, DeviceConfig, check_simulator, run
 
 SIZES = (512, 4096, 16384, 65536)
 LATENCIES = (0, 4, 32)
@@ -98,6 +111,44 @@ def plan(quick: bool) -> list[dict]:
     procs.sort(key=lambda p: -sum(r.get("size", 4096) * r.get("in_flight", 1) *
                                   (2 if p.get("bench") else 1) for r in p["rows"]))
     return procs
+
+
+def proc_name(proc: dict) -> str:
+    """The process's raw file name (without ``.jsonl``)."""
+    if proc.get("bench") == "iova":
+        return proc["name"]
+    mode = "handle" if proc["handle_mode"] else "gpa"
+    return f"w{proc['data_width']}_l{proc['latency']}_{mode}"
+
+
+def sources_digest() -> str:
+    """Of everything a bench process's figures depend on (the shards' keys include it)."""
+    h = hashlib.sha256()
+    for top in ("rtl", "models", "sw", "verif", "tb"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def shard(proc: dict, digest: str) -> Shard:
+    return Shard("bench", {"proc": proc, "sources": digest}, 1, 1, label=proc_name(proc),
+                 weight=len(proc["rows"]))
+
+
+def run_shard(sh: Shard, client: tuple[str, str] = ("", "")) -> dict:
+    """The campaign's shard function (a Dask worker or this process): the process's raw rows
+    (its ``.jsonl`` text), written to a directory of its own on the machine that runs it. A
+    worker in another checkout than the ``client``'s (host, repository) must have the same
+    sources."""
+    if (socket.gethostname(), str(ROOT)) != tuple(client) and \
+            sources_digest() != sh.config["sources"]:
+        raise RuntimeError(f"the sources of the worker on {socket.gethostname()} (in {ROOT}) "
+                           f"are not the client's: check out the same commit on every worker")
+    tmp = Path(tempfile.mkdtemp(prefix="vhb-bench-"))
+    try:
+        return {"jsonl": run_proc(sh.config["proc"], tmp).read_text()}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_proc(proc: dict, out_dir: Path) -> Path:
@@ -406,7 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("build/bench"))
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="workers of the local Dask cluster (1: in this process)")
+    ap.add_argument("--scheduler", default=None,
+                    help="address of a running Dask scheduler (tcp://host:port): run the "
+                         "simulator processes on its workers")
     ap.add_argument("--quick", action="store_true",
                     help="data width 64, latency 4, sequential aligned rows only")
     ap.add_argument("--traffic-only", action="store_true",
@@ -415,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="rebuild results.json/md and overhead.png from the rows already in "
                          "<out>/raw (for instance after an interrupted sweep)")
     args = ap.parse_args(argv)
+    # stopped (kill, a CI timeout): unwind like Ctrl-C, so the local cluster's workers and
+    # their simulators are ended too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.report_only:
         files = sorted((args.out / "raw").glob("*.jsonl"))
         if not files:
@@ -423,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         return report(files, args.out, time.monotonic())
     try:
         check_simulator()
-        from tqdm import tqdm
+        import tqdm  # noqa: F401
     except (RuntimeError, ImportError) as exc:
         print(f"error: {exc} (make bench installs what the benchmark needs)", file=sys.stderr)
         return 2
@@ -431,35 +489,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.traffic_only:
         procs = [p for p in procs if p.get("bench") == "traffic"]
     args.out.mkdir(parents=True, exist_ok=True)
-    total = sum(len(p["rows"]) for p in procs)
     raw_dir = args.out / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     for old in raw_dir.glob("*traffic*.jsonl" if args.traffic_only else "*.jsonl"):
         old.unlink()
-    stop = threading.Event()
-    bar = tqdm(total=total, unit="row", desc="bench")
+    digest = sources_digest()
+    shards = [shard(p, digest) for p in procs]
 
-    def watch():
-        while not stop.wait(2):
-            done = sum(1 for p in raw_dir.glob("*.jsonl") for line in p.read_text().splitlines()
-                       if '"repeat_check"' not in line)
-            bar.update(done - bar.n)
+    def write_raw(sh: Shard, got: dict) -> Path:  # (as each arrives: see --report-only)
+        path = raw_dir / f"{sh.label}.jsonl"
+        path.write_text(got["jsonl"])
+        return path
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     t0 = time.monotonic()
     try:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            files = list(pool.map(lambda p: run_proc(p, args.out), procs))
+        res = run_campaign(shards, functools.partial(
+                               run_shard, client=(socket.gethostname(), str(ROOT))),
+                           Store(args.out / "shards"),
+                           scheduler=args.scheduler, jobs=args.jobs, desc="bench", unit="row",
+                           on_result=write_raw)
     except RuntimeError as exc:
-        stop.set()
-        bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    stop.set()
-    watcher.join()
-    bar.update(total - bar.n)
-    bar.close()
+    files = [write_raw(sh, got) for sh, got in zip(shards, res.results, strict=True)]
     if args.traffic_only:  # (the other results of <out>, if any, stay as they are)
         return report_traffic(files, args.out, t0)
     return report(files, args.out, t0)

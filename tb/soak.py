@@ -1,7 +1,9 @@
-"""Adversarial soak of the RTL (issue 4): many seeded streams of ``tb/test_adversarial.py`` in
-parallel simulator processes (a ``concurrent.futures`` process pool, one stream per task; each
-simulator's output in ``<out>/logs/<seed>.log``), with a ``tqdm`` progress bar and the figures
-at the end.
+"""Adversarial soak of the RTL (issue 4): many seeded streams of ``tb/test_adversarial.py``, each
+a shard of a :mod:`verif.campaign` campaign run as a Dask task (docs/campaigns.md): on a
+``LocalCluster`` of ``--jobs`` workers on this machine, on an existing cluster
+(``--scheduler tcp://host:port``), or in this process (``--local``, or ``--jobs 1``). Each
+simulator's output goes to ``<out>/logs/<seed>.log`` on the machine that ran it; a progress bar
+on a terminal, and the figures at the end.
 
     python -m tb.soak --cases 100000 --seed 1 --jobs 2     (make soak SOAK_CASES=... SOAK_SEED=...)
 
@@ -9,27 +11,29 @@ The plan is a function of ``--seed``, ``--cases`` (or ``--streams``) and ``--per
 stream ``k`` has seed ``seed + k``, and its kind (hostile stream in handle, GPA or IOVA mode at a
 data width, with or without random memory pauses; grant revocation races; reset races; strict
 IOVA unmaps racing requests) depends on its seed alone (for a given ``KINDS``: adding the IOVA
-kinds moved the kinds of the earlier seeds). Every finished stream leaves
-``<out>/<seed>.json``; running the same command again skips them (resumable), and another
-``--seed`` covers another range. A stream stops at its first violation, hang or mismatch; the
-figures list it with the command that replays it.
+kinds moved the kinds of the earlier seeds). A stream is one shard, keyed by its configuration
+(test, width, parameters, cases) and its seed: every finished stream's figures are written
+atomically to ``<out>/<seed>-<digest>.json``, running the same command again skips them
+(resumable), a stream run twice (a lost worker's task retried) counts once, and another
+``--seed`` covers another range. The totals are summed in seed order, so they are those of a
+run in one process. A stream stops at its first violation, hang or mismatch; the figures list
+it with the command that replays it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import signal
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import tempfile
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
-from tqdm import tqdm
-
 from tb.runner import ROOT, DeviceConfig, build, run
+from verif.campaign import Outcome, Shard, Store, run_campaign
 
 # (weight, test, data width, params, share of --per-stream)
 KINDS = [
@@ -97,43 +101,92 @@ FIELDS = ("cases", "hostile", "faults", "requests", "transactions", "cycles", "m
           "violations", "hangs", "mismatches")
 
 
-def load(out: Path, st: Stream) -> dict | None:
-    path = out / f"{st.name}.json"
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    return data if data.get("spec") == st.spec() else None
+def shard(st: Stream) -> Shard:
+    """The stream as a campaign shard: its configuration and its seed (one seed, ``cases``
+    cases)."""
+    return Shard("soak", {"test": st.test, "width": st.width, "params": st.params,
+                          "cases": st.cases}, st.seed, 1, label=str(st.seed), weight=st.cases)
 
 
-def run_stream(st: Stream, out: Path) -> dict:
-    """One stream in one simulator process: its figures, also kept in ``<out>/<seed>.json``.
-    A pure function of the stream (its configuration and seed) and ``out``, so any process
-    pool can run it."""
-    report = out / f"{st.name}.part.json"
-    report.unlink(missing_ok=True)
-    log = out / "logs" / f"{st.name}.log"
+def stream_of(sh: Shard) -> Stream:
+    c = sh.config
+    return Stream(sh.seed, c["test"], c["width"], dict(c["params"]), c["cases"])
+
+
+def _log_dir(out: str) -> Path:
+    """``<out>/logs``; on a remote worker where that path cannot be made, the worker's own
+    ``build/soak/logs``."""
     try:
-        run("tb.test_adversarial", DeviceConfig(data_width=st.width), testcase=st.test,
-            params={**st.params, "seed": st.seed, "cases": st.cases, "report": str(report)},
-            results_name=f"soak_{st.seed}", log=log)
-        error = ""
-    except RuntimeError as exc:
-        error = f": {exc}"
-    if report.exists():
-        got = json.loads(report.read_text())
-    else:
-        got = {k: 0 for k in FIELDS} | {"failures": [
+        path = Path(out) / "logs"
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        path = ROOT / "build" / "soak" / "logs"
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_stream(st: Stream, out: Path | str) -> dict:
+    """One stream in one simulator process: its figures. A pure function of the stream (its
+    configuration and seed): the report goes to a file of its own, so a second run of the same
+    stream (a retried task beside a lost one) never mixes with the first."""
+    logs = _log_dir(str(out))
+    log = logs / f"{st.name}.log"
+    fd, part = tempfile.mkstemp(dir=logs, prefix=f"{st.name}.", suffix=".part.json")
+    os.close(fd)
+    report = Path(part)
+    report.unlink()
+    try:
+        try:
+            run("tb.test_adversarial", DeviceConfig(data_width=st.width), testcase=st.test,
+                params={**st.params, "seed": st.seed, "cases": st.cases,
+                        "report": str(report)},
+                results_name=f"soak_{st.seed}", log=log)
+            error = ""
+        except RuntimeError as exc:
+            error = f": {exc}"
+        if report.exists():
+            return json.loads(report.read_text())
+        return {k: 0 for k in FIELDS} | {"failures": [
             f"[mismatch] the simulation ended without a report (log {log}){error}"],
             "mismatches": 1, "wall": 0}
-    (out / f"{st.name}.json").write_text(json.dumps({"spec": st.spec(), "figures": got}))
-    report.unlink(missing_ok=True)
-    return got
+    finally:
+        report.unlink(missing_ok=True)
 
 
-def add(fig: dict, got: dict) -> None:
-    for k in FIELDS:
-        fig[k] += got.get(k, 0)  # (reports from before the IOVA kinds have no "misses")
-    fig["wall"] += got.get("wall", 0.0)
+def run_shard(sh: Shard, out: str) -> dict:
+    """The campaign's shard function (run on a Dask worker or in this process)."""
+    return run_stream(stream_of(sh), out)
+
+
+def totals(results: list[dict]) -> dict:
+    """The figures summed (``wall``: the simulator processes' own time)."""
+    fig = {k: 0 for k in FIELDS} | {"wall": 0.0}
+    for got in results:
+        for k in FIELDS:
+            fig[k] += got.get(k, 0)  # (reports from before the IOVA kinds have no "misses")
+        fig["wall"] += got.get("wall", 0.0)
+    return fig
+
+
+def soak(streams: list[Stream], out: Path, *, jobs: int = 1, scheduler: str | None = None,
+         client=None, progress: bool | None = None) -> Outcome:
+    """Run the streams the store in ``out`` lacks (see :func:`verif.campaign.run_campaign`
+    for ``jobs``, ``scheduler`` and ``client``); every stream's figures, in plan order."""
+    out = Path(out).resolve()  # the simulator runs in its own directory
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    store = Store(out)
+    if client is None and not scheduler:  # (a remote worker builds what it lacks itself)
+        for width in sorted({st.width for st in streams if store.get(shard(st)) is None}):
+            build(DeviceConfig(data_width=width), quiet=True)
+
+    def postfix(results: list[dict]) -> dict:
+        return {k: sum(r.get(k, 0) for r in results)
+                for k in ("violations", "hangs", "mismatches")}
+
+    return run_campaign([shard(st) for st in streams],
+                        functools.partial(run_shard, out=str(out)), store, scheduler=scheduler,
+                        jobs=jobs, client=client, desc="soak", unit="case", progress=progress,
+                        postfix=postfix)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,56 +195,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, default=None, help="number of streams instead")
     ap.add_argument("--seed", type=int, default=1, help="seed of the first stream")
     ap.add_argument("--per-stream", type=int, default=500, help="cases per hostile stream")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
+                    help="workers of the local Dask cluster (1: in this process)")
+    ap.add_argument("--scheduler", default=None,
+                    help="address of a running Dask scheduler (tcp://host:port): run the "
+                         "streams on its workers (make soak SCHEDULER=...)")
+    ap.add_argument("--local", action="store_true",
+                    help="run every stream in this process, one after the other")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "soak")
     args = ap.parse_args(argv)
+    # stopped (kill, a CI timeout): unwind like Ctrl-C, so the local cluster's workers and
+    # their simulators are ended too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    if args.local:
+        args.jobs, args.scheduler = 1, None
 
     streams = plan(args.seed, args.per_stream, None if args.streams else args.cases,
                    args.streams)
-    out = args.out.resolve()  # the simulator runs in its own directory
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    for width in sorted({st.width for st in streams}):
-        build(DeviceConfig(data_width=width), quiet=True)
+    out = args.out.resolve()
+    store = Store(out)
     total = sum(st.cases for st in streams)
-    fig = {k: 0 for k in FIELDS} | {"wall": 0.0}  # wall: the simulator processes' own time
-    failures: list[tuple[Stream, str]] = []
-    todo: list[Stream] = []
-    for st in streams:
-        prev = load(out, st)
-        if prev is None:
-            todo.append(st)
-        else:
-            add(fig, prev["figures"])
-            failures += [(st, f) for f in prev["figures"]["failures"]]
+    todo = [st for st in streams if store.get(shard(st)) is None]
+    where = (f"the Dask cluster at {args.scheduler}" if args.scheduler
+             else "this process" if args.jobs <= 1
+             else f"a local Dask cluster of {args.jobs} workers")
     print(f"soak: {len(streams)} streams, seeds {streams[0].seed}..{streams[-1].seed}, "
           f"{total} cases; {len(streams) - len(todo)} streams already done in {out}, "
-          f"{len(todo)} to run on {args.jobs} jobs", flush=True)
-    t0 = time.monotonic()
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool, \
-            tqdm(total=total, initial=total - sum(st.cases for st in todo), unit="case",
-                 desc="soak", smoothing=0) as bar:
-        running = {pool.submit(run_stream, st, out): st for st in todo}
-        for done in as_completed(running):
-            st = running[done]
-            got = done.result()
-            add(fig, got)
-            failures += [(st, f) for f in got["failures"]]
-            bar.update(st.cases)
-            bar.set_postfix(violations=fig["violations"], hangs=fig["hangs"],
-                            mismatches=fig["mismatches"])
-    wall = time.monotonic() - t0
+          f"{len(todo)} to run on {where}", flush=True)
+    res = soak(streams, out, jobs=args.jobs, scheduler=args.scheduler)
+    fig = totals(res.results)
+    failures = [(st, f) for st, got in zip(streams, res.results, strict=True)
+                for f in got["failures"]]
+    ran = sum(sh.size for sh in res.ran)
     print(f"soak: {fig['cases']} cases run ({fig['hostile']} hostile, {fig['faults']} faults, "
           f"{fig['requests']} requests, {fig['transactions']} bus transactions, "
           f"{fig['cycles']} cycles, {fig['misses']} IOTLB misses)")
     print(f"soak: violations {fig['violations']}, hangs {fig['hangs']}, mismatches "
           f"{fig['mismatches']}")
-    print(f"soak: wall time {wall:.0f} s for the {len(todo)} streams run now on {args.jobs} jobs"
-          f" ({sum(st.cases for st in todo) / wall if wall and todo else 0:.1f} cases/s); "
+    print(f"soak: wall time {res.wall:.0f} s for the {len(res.ran)} streams run now on "
+          f"{res.where} ({ran / res.wall if res.wall and ran else 0:.1f} cases/s); "
           f"all {len(streams)} streams together took {fig['wall']:.0f} s of simulator time")
-    for st, f in sorted(failures, key=lambda x: x[0].seed):
+    for st, f in failures:  # (in seed order: the plan's)
         print(f"soak: seed {st.seed} ({st.test}, width {st.width}, {st.params}): {f}\n"
               f"      replay: {sys.executable} -m tb.soak --seed {st.seed} --streams 1 "
-              f"--per-stream {args.per_stream} --out {out}-replay")
+              f"--per-stream {args.per_stream} --local --out {out}-replay")
     return 1 if fig["violations"] or fig["hangs"] or fig["mismatches"] else 0
 
 
