@@ -85,7 +85,8 @@ async def test_sweep(dut):
     for i, row in enumerate(p["rows"]):
         m = await measure(pair, ref_s, rtl_s, row, latency, seed=i)
         results.append(m)
-        rec = {**row, **m, "mode": "handle" if handle_mode else "gpa", "mem_latency": latency,
+        rec = {**row, **m, "mode": p.get("mode", "handle" if handle_mode else "gpa"),
+               "mem_latency": latency,
                "data_width": pair.cfg.data_width}
         with open(out, "a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -83,6 +83,9 @@ def plan(quick: bool) -> list[dict]:
         for handle_mode in (False, True):
             procs.append({"data_width": width, "latency": latency, "handle_mode": handle_mode,
                           "rows": rows, "repeat": 0})
+        # the baseline: the GPA-only device (translation=False: no lookup, no lookup gate)
+        procs.append({"data_width": width, "latency": latency, "handle_mode": False,
+                      "translation": False, "rows": rows, "repeat": 0})
         if width == 64:  # IOVA on a warm IOTLB: the same rows
             procs.append({"bench": "iova", "name": f"w{width}_l{latency}_iova_warm",
                           "data_width": width, "latency": latency, "rows": rows,
@@ -117,8 +120,15 @@ def proc_name(proc: dict) -> str:
     """The process's raw file name (without ``.jsonl``)."""
     if proc.get("bench") == "iova":
         return proc["name"]
-    mode = "handle" if proc["handle_mode"] else "gpa"
-    return f"w{proc['data_width']}_l{proc['latency']}_{mode}"
+    return f"w{proc['data_width']}_l{proc['latency']}_{sweep_mode(proc)}"
+
+
+def sweep_mode(proc: dict) -> str:
+    """A sweep process's mode: ``handle``, ``gpa`` (the device in GPA mode) or ``gpa-only``
+    (the GPA-only device, ``translation=False``)."""
+    if not proc.get("translation", True):
+        return "gpa-only"
+    return "handle" if proc["handle_mode"] else "gpa"
 
 
 def sources_digest() -> str:
@@ -177,12 +187,15 @@ def run_proc(proc: dict, out_dir: Path) -> Path:
         if tests != 1 or failed:
             raise RuntimeError(f"benchmark process {out.name} failed; see {xml}")
         return out
-    mode = "handle" if proc["handle_mode"] else "gpa"
-    out = (out_dir / "raw" / f"w{proc['data_width']}_l{proc['latency']}_{mode}.jsonl").resolve()
+    mode = sweep_mode(proc)
+    out = (out_dir / "raw" / f"{proc_name(proc)}.jsonl").resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")
-    params = {k: proc[k] for k in ("handle_mode", "latency", "rows", "repeat")}
-    tests, failed, xml = run("tb.bench_sweep", DeviceConfig(data_width=proc["data_width"]),
+    params = {**{k: proc[k] for k in ("handle_mode", "latency", "rows", "repeat")},
+              "mode": mode}
+    tests, failed, xml = run("tb.bench_sweep",
+                             DeviceConfig(data_width=proc["data_width"],
+                                          translation=proc.get("translation", True)),
                              testcase="test_sweep",
                              params={**params, "out": str(out)},
                              extra_env={"COCOTB_LOG_LEVEL": "WARNING"},
@@ -227,10 +240,14 @@ def rows_from(raw_files: list[Path]) -> list[dict]:
             })
     key = ("workload", "request_bytes", "in_flight", "mem_latency", "data_width")
     gpa = {tuple(r[k] for k in key): r for r in rows if r["mode"] == "gpa"}
+    base = {tuple(r[k] for k in key): r for r in rows if r["mode"] == "gpa-only"}
     for r in rows:
         g = gpa.get(tuple(r[k] for k in key))
         r["handle_gpa_ratio"] = round(r["cycles_per_request"] / g["cycles_per_request"], 4) \
             if g else None
+        b = base.get(tuple(r[k] for k in key))  # against the GPA-only device: the true cost
+        r["handle_baseline_ratio"] = (round(r["cycles_per_request"] / b["cycles_per_request"], 4)
+                                      if b and r["mode"] != "gpa-only" else None)
         if g and r["bound_cycles_per_request"] is None:  # IOVA: the same bus transactions
             for k in ("bus_utilisation", "bound_cycles_per_request"):
                 r[k] = g[k]
@@ -242,8 +259,9 @@ def rows_from(raw_files: list[Path]) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| data width | latency | workload | in flight | request | mode | cycles/req | "
-            "bytes/cycle | bus util. | xlate/req | bound | x bound | handle/GPA |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "bytes/cycle | bus util. | xlate/req | bound | x bound | handle/GPA | "
+            "/ GPA-only device |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     def f(v, spec):
         return "" if v is None else format(v, spec)
 
@@ -252,7 +270,8 @@ def markdown(rows: list[dict]) -> str:
              f"{r['bytes_per_cycle']:.2f} | {f(r['bus_utilisation'], '.3f')} | "
              f"{r['translations_per_request']:.1f} | "
              f"{f(r['bound_cycles_per_request'], '.1f')} | {f(r['above_bound'], '.3f')} | "
-             f"{'' if r['handle_gpa_ratio'] is None else format(r['handle_gpa_ratio'], '.4f')} |"
+             f"{'' if r['handle_gpa_ratio'] is None else format(r['handle_gpa_ratio'], '.4f')} | "
+             f"{f(r['handle_baseline_ratio'], '.4f')} |"
              for r in rows]
     return head + "\n".join(lines) + "\n"
 
@@ -559,11 +578,13 @@ def report(files: list[Path], out: Path, t0: float) -> int:
     print(f"\n{len(rows)} rows in {time.monotonic() - t0:.0f} s; wrote {args_out}/results.json, "
           f"results.md, overhead.png, iova.json, iova.md, iotlb.png, traffic.json, traffic.md")
     print("\ndata width 64, memory latency 4, sequential aligned reads (handle mode):")
-    print("  in flight  request   cycles/req  bytes/cycle  x bound  handle/GPA")
+    print("  in flight  request   cycles/req  bytes/cycle  x bound  handle/GPA  "
+          "handle/GPA-only device")
     for r in default:
+        base = r["handle_baseline_ratio"]
         print(f"  {r['in_flight']:9d}  {r['request_bytes']:7d}  {r['cycles_per_request']:11.1f}"
               f"  {r['bytes_per_cycle']:11.2f}  {r['above_bound']:7.3f}  "
-              f"{r['handle_gpa_ratio']:.4f}")
+              f"{r['handle_gpa_ratio']:10.4f}  {'' if base is None else format(base, '.4f')}")
     print("\nIOVA, warm IOTLB (IOVA/GPA):",
           ", ".join(f"{r['request_bytes']}x{r['in_flight']} {r['handle_gpa_ratio']:.4f}"
                     for r in rows if r["mode"] == "iova" and r["data_width"] == 64
