@@ -96,7 +96,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from models import spec
 
 from .iotlb import _internal_signals
-from .translate import ROOT, TaskResult, check_tools, run_task
+from .translate import ROOT, TaskResult, check_tools, report_task, run_task
 
 __all__ = ["MUTANTS", "DmaHarness", "load_variant", "main", "write_job"]
 
@@ -608,19 +608,9 @@ def main(argv: list[str] | None = None) -> int:
                         lemmas=not (mutant or args.no_ending_gap))
         r = run_task(sby, task, depth, args.timeout)
         results.append(r)
-        what = {"bmc": "bounded", "cover": "cover"}[task]
-        want = "FAIL" if mutant else "PASS"
-        good = r.status == want
-        ok &= good
-        name = "DMA+unit+hv" + (f" mutant {mutant}" if mutant else "")
-        verdict = r.status if not mutant else (
-            f"{r.status} as it must ({failing_step(r.log)})" if good else f"{r.status}, "
-            "must FAIL")
-        print(f"formal: {name} {task:5s} ({what}, depth {depth}): {verdict} in "
-              f"{r.seconds:.1f} s  [{r.log.relative_to(ROOT)}]", flush=True)
-        if not good:
-            tail = r.log.read_text().splitlines()[-25:]
-            print("\n".join(line for line in tail if re.search(r"\S", line)), file=sys.stderr)
+        ok &= report_task("DMA+unit+hv", r, {"bmc": "bounded", "cover": "cover"}[task],
+                          mutant=mutant,
+                          why=failing_step(r.log) if mutant and r.status == "FAIL" else "")
     print(f"formal: DMA engine {'all checks passed, every mutant caught' if ok else 'FAILED'} "
           f"({len(results)} tasks, {time.monotonic() - t0:.1f} s)")
     return 0 if ok else 1

@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import functools
 import operator
-import re
 import sys
 import time
 import types
@@ -78,7 +77,7 @@ from amaranth.hdl._ast import Assign
 
 from models import spec
 
-from .translate import ROOT, TaskResult, check_tools, run_task
+from .translate import ROOT, TaskResult, check_tools, report_task, run_task
 
 __all__ = ["MUTANTS", "IotlbHarness", "load_variant", "main", "write_job"]
 
@@ -579,18 +578,9 @@ def main(argv: list[str] | None = None) -> int:
                  "bmc": args.bmc_depth}[task]
         r = run_task(sby, task, depth, args.timeout)
         results.append(r)
-        what = {"prove": "k-induction", "cover": "cover", "bmc": "bounded"}[task]
-        want = "FAIL" if mutant else "PASS"
-        good = r.status == want
-        ok &= good
-        name = f"Iotlb({args.entries})" + (f" mutant {mutant}" if mutant else "")
-        verdict = r.status if not mutant else (f"{r.status} as it must" if good
-                                               else f"{r.status}, must FAIL")
-        print(f"formal: {name} {task:6s} ({what}, depth {depth}): {verdict} in "
-              f"{r.seconds:.1f} s  [{r.log.relative_to(ROOT)}]", flush=True)
-        if not good:
-            tail = r.log.read_text().splitlines()[-25:]
-            print("\n".join(line for line in tail if re.search(r"\S", line)), file=sys.stderr)
+        ok &= report_task(f"Iotlb({args.entries})", r,
+                          {"prove": "k-induction", "cover": "cover", "bmc": "bounded"}[task],
+                          mutant=mutant, width=6)
     print(f"formal: IOTLB {'all proofs passed, every mutant caught' if ok else 'FAILED'} "
           f"({len(results)} tasks, {time.monotonic() - t0:.1f} s)")
     return 0 if ok else 1

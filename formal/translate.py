@@ -283,6 +283,26 @@ def run_task(sby: Path, task: str, depth: int, timeout: float) -> TaskResult:
     return TaskResult(task, status, seconds, depth, log)
 
 
+def report_task(name: str, r: TaskResult, what: str, *, mutant: str | None = None,
+                width: int = 5, why: str = "") -> bool:
+    """Print one task's verdict (a mutant must FAIL, anything else PASS), the log's tail
+    when it is not the one wanted; ``why``: where a mutant failed. True if as wanted."""
+    want = "FAIL" if mutant else "PASS"
+    good = r.status == want
+    if mutant:
+        name += f" mutant {mutant}"
+        verdict = (f"{r.status} as it must{f' ({why})' if why else ''}" if good
+                   else f"{r.status}, must FAIL")
+    else:
+        verdict = r.status
+    print(f"formal: {name} {r.task:{width}s} ({what}, depth {r.depth}): {verdict} in "
+          f"{r.seconds:.1f} s  [{r.log.relative_to(ROOT)}]", flush=True)
+    if not good:
+        tail = r.log.read_text().splitlines()[-25:]
+        print("\n".join(line for line in tail if re.search(r"\S", line)), file=sys.stderr)
+    return good
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, nargs="*", default=None,
