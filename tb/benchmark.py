@@ -118,7 +118,7 @@ def plan(quick: bool) -> list[dict]:
 
 def proc_name(proc: dict) -> str:
     """The process's raw file name (without ``.jsonl``)."""
-    if proc.get("bench") == "iova":
+    if proc.get("bench"):  # iova, traffic
         return proc["name"]
     return f"w{proc['data_width']}_l{proc['latency']}_{sweep_mode(proc)}"
 
