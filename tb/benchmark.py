@@ -162,44 +162,31 @@ def run_shard(sh: Shard, client: tuple[str, str] = ("", "")) -> dict:
 
 
 def run_proc(proc: dict, out_dir: Path) -> Path:
-    if proc.get("bench") == "traffic":
-        out = (out_dir / "raw" / f"{proc['name']}.jsonl").resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("")
-        tests, failed, xml = run("tb.bench_traffic", DeviceConfig(data_width=proc["data_width"]),
-                                 testcase="test_traffic",
-                                 params={**proc["params"], "out": str(out)},
-                                 extra_env={"COCOTB_LOG_LEVEL": "WARNING"},
-                                 results_name=f"bench_{proc['name']}")
-        if tests != 1 or failed:
-            raise RuntimeError(f"benchmark process {out.name} failed; see {xml}")
-        return out
-    if proc.get("bench") == "iova":
-        out = (out_dir / "raw" / f"{proc['name']}.jsonl").resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("")
-        cfg = DeviceConfig(data_width=proc["data_width"],
-                           iotlb_entries=proc.get("iotlb_entries", DeviceConfig.iotlb_entries))
-        tests, failed, xml = run("tb.bench_iova", cfg, testcase="test_iova",
-                                 params={**proc["params"], "out": str(out)},
-                                 extra_env={"COCOTB_LOG_LEVEL": "WARNING"},
-                                 results_name=f"bench_{proc['name']}")
-        if tests != 1 or failed:
-            raise RuntimeError(f"benchmark process {out.name} failed; see {xml}")
-        return out
-    mode = sweep_mode(proc)
+    """Run one simulator process of the plan; returns its raw ``.jsonl`` file."""
     out = (out_dir / "raw" / f"{proc_name(proc)}.jsonl").resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")
-    params = {**{k: proc[k] for k in ("handle_mode", "latency", "rows", "repeat")},
-              "mode": mode}
-    tests, failed, xml = run("tb.bench_sweep",
-                             DeviceConfig(data_width=proc["data_width"],
-                                          translation=proc.get("translation", True)),
-                             testcase="test_sweep",
+    kind = proc.get("bench")
+    if kind == "traffic":
+        module, testcase, params = "tb.bench_traffic", "test_traffic", proc["params"]
+        cfg = DeviceConfig(data_width=proc["data_width"])
+        name = f"bench_{proc['name']}"
+    elif kind == "iova":
+        module, testcase, params = "tb.bench_iova", "test_iova", proc["params"]
+        cfg = DeviceConfig(data_width=proc["data_width"],
+                           iotlb_entries=proc.get("iotlb_entries", DeviceConfig.iotlb_entries))
+        name = f"bench_{proc['name']}"
+    else:
+        mode = sweep_mode(proc)
+        module, testcase = "tb.bench_sweep", "test_sweep"
+        cfg = DeviceConfig(data_width=proc["data_width"],
+                           translation=proc.get("translation", True))
+        params = {**{k: proc[k] for k in ("handle_mode", "latency", "rows", "repeat")},
+                  "mode": mode}
+        name = f"bench_l{proc['latency']}_{mode}"
+    tests, failed, xml = run(module, cfg, testcase=testcase,
                              params={**params, "out": str(out)},
-                             extra_env={"COCOTB_LOG_LEVEL": "WARNING"},
-                             results_name=f"bench_l{proc['latency']}_{mode}")
+                             extra_env={"COCOTB_LOG_LEVEL": "WARNING"}, results_name=name)
     if tests != 1 or failed:
         raise RuntimeError(f"benchmark process {out.name} failed; see {xml}")
     return out
