@@ -16,6 +16,7 @@ from collections.abc import Callable
 from models import spec
 from models.bus import Transaction
 from models.dma import DmaEngine
+from models.features import Features
 from models.engine import Descriptor, RingEngine
 from models.grant import GrantTable
 from models.hvregs import Fault, HvRegisters
@@ -65,7 +66,10 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
                  bus_error: Callable[[Transaction], bool] | None = None,
                  on_transaction: Callable[[Transaction], None] | None = None,
                  iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES,
-                 on_iotlb_miss: Callable[[ReferenceDevice], None] | None = None) -> None:
+                 on_iotlb_miss: Callable[[ReferenceDevice], None] | None = None,
+                 features: Features | None = None) -> None:
+        # What the build offers (docs/architecture.md "Features a build offers").
+        self.features = Features() if features is None else features
         # Bumped by every write to the grant table, HV_CTRL or HV_DOMID: a DMA access looks its
         # page up again before its next burst (docs/architecture.md "Grant revocation").
         self.table_gen = 0
@@ -140,7 +144,8 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
         """The device parameters the register maps' reset values name (models.regmap)."""
         return {"queue_num_max": self.queue_num_max, "entries": self.entries,
                 "disk_bytes / 512": self.disk_bytes // spec.SECTOR_SIZE,
-                "iotlb_entries": self.iotlb_entries}
+                "iotlb_entries": self.iotlb_entries,
+                **self.features.params(self.queue_num_max, self.disk_bytes)}
 
     @property
     def irq(self) -> bool:

@@ -67,9 +67,9 @@ class MmioRegisters:
 
     @property
     def device_features(self) -> int:
-        """64-bit device feature set: FLUSH, VERSION_1, and ACCESS_PLATFORM in grant and IOVA
-        modes."""
-        return GUEST["DeviceFeatures"].reset | (
+        """64-bit device feature set: FLUSH, VERSION_1, the build's features
+        (:class:`models.features.Features`), and ACCESS_PLATFORM in grant and IOVA modes."""
+        return GUEST["DeviceFeatures"].value(self.params) | (
             self.access_platform << spec.VIRTIO_F_ACCESS_PLATFORM)
 
     def features_acceptable(self) -> bool:

@@ -163,10 +163,11 @@ GUEST = RegisterMap("guest", [
        "virtio-mmio version 2 (not legacy)"),
     _R(spec.MMIO_DEVICE_ID, "DeviceID", RO, spec.VIRTIO_ID_BLOCK, "block device"),
     _R(spec.MMIO_VENDOR_ID, "VendorID", RO, spec.VENDOR_ID, 'the string "HANK": this project'),
-    _R(spec.MMIO_DEVICE_FEATURES, "DeviceFeatures", RO,
-       1 << spec.VIRTIO_BLK_F_FLUSH | 1 << spec.VIRTIO_F_VERSION_1, "features offered, 64 bits "
-       "read as word DeviceFeaturesSel (others read 0): FLUSH (9), VERSION_1 (32) and, in "
-       "handle and IOVA modes, ACCESS_PLATFORM (33)", 64, "DeviceFeaturesSel"),
+    _R(spec.MMIO_DEVICE_FEATURES, "DeviceFeatures", RO, "device_features",
+       "features offered, 64 bits read as word DeviceFeaturesSel (others read 0): FLUSH (9), "
+       "VERSION_1 (32), those of the build (SIZE_MAX 1, SEG_MAX 2, BLK_SIZE 6, DISCARD 13, "
+       "WRITE_ZEROES 14, INDIRECT_DESC 28, EVENT_IDX 29; all by default) and, in handle and "
+       "IOVA modes, ACCESS_PLATFORM (33)", 64, "DeviceFeaturesSel"),
     _R(spec.MMIO_DEVICE_FEATURES_SEL, "DeviceFeaturesSel", RW, 0,
        "word of DeviceFeatures (write-only in the specification; reads back)"),
     _R(spec.MMIO_DRIVER_FEATURES, "DriverFeatures", RW, 0, "features the driver accepts, 64 bits "
@@ -196,6 +197,24 @@ GUEST = RegisterMap("guest", [
     _R(spec.MMIO_CONFIG_GENERATION, "ConfigGeneration", RO, 0, "the configuration never changes"),
     _R(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY, "capacity", RO, "disk_bytes / 512",
        "virtio_blk_config.capacity (section 5.2.4): the disk in 512-byte sectors", 64),
+    _R(spec.MMIO_CONFIG + spec.BLK_CONFIG_SIZE_MAX, "size_max", RO, "size_max",
+       "the longest descriptor, in bytes (SIZE_MAX; 0 when not offered)"),
+    _R(spec.MMIO_CONFIG + spec.BLK_CONFIG_SEG_MAX, "seg_max", RO, "seg_max",
+       "the most data descriptors of a request (SEG_MAX; 0 when not offered)"),
+    _R(spec.MMIO_CONFIG + spec.BLK_CONFIG_BLK_SIZE, "blk_size", RO, "blk_size",
+       "block size, 512 (BLK_SIZE; 0 when not offered)"),
+    _R(spec.MMIO_CONFIG + spec.BLK_CONFIG_MAX_DISCARD_SECTORS, "max_discard_sectors", RO,
+       "max_discard_sectors", "the whole disk (DISCARD; 0 when not offered)"),
+    _R(spec.MMIO_CONFIG + spec.BLK_CONFIG_MAX_DISCARD_SEG, "max_discard_seg", RO,
+       "max_discard_seg", "1 (DISCARD; 0 when not offered)"),
+    _R(spec.MMIO_CONFIG + spec.BLK_CONFIG_DISCARD_SECTOR_ALIGNMENT, "discard_sector_alignment",
+       RO, "discard_sector_alignment", "8 sectors, a hint (DISCARD; 0 when not offered)"),
+    _R(spec.MMIO_CONFIG + spec.BLK_CONFIG_MAX_WRITE_ZEROES_SECTORS, "max_write_zeroes_sectors",
+       RO, "max_write_zeroes_sectors", "the whole disk (WRITE_ZEROES; 0 when not offered)"),
+    _R(spec.MMIO_CONFIG + spec.BLK_CONFIG_MAX_WRITE_ZEROES_SEG, "max_write_zeroes_seg", RO,
+       "max_write_zeroes_seg", "1 (WRITE_ZEROES; 0 when not offered)"),
+    _R(spec.MMIO_CONFIG + spec.BLK_CONFIG_WRITE_ZEROES_MAY_UNMAP, "write_zeroes_may_unmap", RO, 0,
+       "bits 7:0: 0, the device never deallocates (the byte's word reads 0 above it)", 8),
 ])
 
 #: The privileged register file (docs/architecture.md, "Privileged register file").

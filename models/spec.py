@@ -171,13 +171,42 @@ STATUS_FAILED = 0x80
 INT_USED_BUFFER = 1 << 0
 INT_CONFIG_CHANGE = 1 << 1
 
-# Feature bits
+# Feature bits (virtio 1.2 sections 5.2.3 and 6)
+VIRTIO_BLK_F_SIZE_MAX = 1
+VIRTIO_BLK_F_SEG_MAX = 2
+VIRTIO_BLK_F_BLK_SIZE = 6
 VIRTIO_BLK_F_FLUSH = 9
+VIRTIO_BLK_F_DISCARD = 13
+VIRTIO_BLK_F_WRITE_ZEROES = 14
+VIRTIO_F_INDIRECT_DESC = 28
+VIRTIO_RING_F_EVENT_IDX = 29
 VIRTIO_F_VERSION_1 = 32
 VIRTIO_F_ACCESS_PLATFORM = 33
 
-# virtio_blk_config (section 5.2.4), offsets from MMIO_CONFIG
+FEATURE_NAMES = {
+    VIRTIO_BLK_F_SIZE_MAX: "SIZE_MAX", VIRTIO_BLK_F_SEG_MAX: "SEG_MAX",
+    VIRTIO_BLK_F_BLK_SIZE: "BLK_SIZE", VIRTIO_BLK_F_FLUSH: "FLUSH",
+    VIRTIO_BLK_F_DISCARD: "DISCARD", VIRTIO_BLK_F_WRITE_ZEROES: "WRITE_ZEROES",
+    VIRTIO_F_INDIRECT_DESC: "INDIRECT_DESC", VIRTIO_RING_F_EVENT_IDX: "EVENT_IDX",
+    VIRTIO_F_VERSION_1: "VERSION_1", VIRTIO_F_ACCESS_PLATFORM: "ACCESS_PLATFORM",
+}
+
+# The features the foundation offered (what a driver that asks for nothing new negotiates).
+BASE_FEATURES = 1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_F_VERSION_1
+
+# virtio_blk_config (section 5.2.4), offsets from MMIO_CONFIG. A field whose feature is not
+# offered reads 0.
 BLK_CONFIG_CAPACITY = 0x00  # le64, in 512-byte sectors
+BLK_CONFIG_SIZE_MAX = 0x08  # le32 (SIZE_MAX): the largest descriptor, in bytes
+BLK_CONFIG_SEG_MAX = 0x0C  # le32 (SEG_MAX): the most data descriptors in a request
+BLK_CONFIG_BLK_SIZE = 0x14  # le32 (BLK_SIZE)
+BLK_CONFIG_MAX_DISCARD_SECTORS = 0x24  # le32 (DISCARD)
+BLK_CONFIG_MAX_DISCARD_SEG = 0x28  # le32 (DISCARD)
+BLK_CONFIG_DISCARD_SECTOR_ALIGNMENT = 0x2C  # le32 (DISCARD)
+BLK_CONFIG_MAX_WRITE_ZEROES_SECTORS = 0x30  # le32 (WRITE_ZEROES)
+BLK_CONFIG_MAX_WRITE_ZEROES_SEG = 0x34  # le32 (WRITE_ZEROES)
+BLK_CONFIG_WRITE_ZEROES_MAY_UNMAP = 0x38  # u8 (WRITE_ZEROES)
+BLK_CONFIG_BYTES = 0x3C  # the fields above; the rest of the space reads 0
 
 # --- Split virtqueue (section 2.7) -------------------------------------------------------------
 VIRTQ_DESC_F_NEXT = 1
@@ -196,6 +225,10 @@ VIRTIO_BLK_T_IN = 0
 VIRTIO_BLK_T_OUT = 1
 VIRTIO_BLK_T_FLUSH = 4
 VIRTIO_BLK_T_GET_ID = 8
+VIRTIO_BLK_T_DISCARD = 11
+VIRTIO_BLK_T_WRITE_ZEROES = 13
+DWZ_SEGMENT_BYTES = 16  # struct virtio_blk_discard_write_zeroes: le64 sector, le32 num, le32 flags
+VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
 VIRTIO_BLK_S_OK = 0
 VIRTIO_BLK_S_IOERR = 1
 VIRTIO_BLK_S_UNSUPP = 2
@@ -207,6 +240,22 @@ DEFAULT_ENTRIES = 1024
 DEFAULT_QUEUE_NUM_MAX = 256
 DEFAULT_DISK_BYTES = 64 * 1024
 DEFAULT_DATA_WIDTH = 64
+DEFAULT_SIZE_MAX = 64 * 1024  # SIZE_MAX's value
+DEFAULT_SEG_MAX_CAP = 128  # SEG_MAX's value: min(this, queue_num_max - 2), at least 1
+DISCARD_SECTOR_ALIGNMENT = 8  # sectors (4 KiB); a hint to the driver, not enforced
+DWZ_MAX_SEG = 1  # max_discard_seg and max_write_zeroes_seg
+
+
+def default_seg_max(queue_num_max: int) -> int:
+    """SEG_MAX's default: a request's data descriptors plus its header and status descriptors
+    fit in the queue (a chain longer than QueueNum is a fault), at most 128 (512 KiB of 4 KiB
+    pages)."""
+    return max(1, min(DEFAULT_SEG_MAX_CAP, queue_num_max - 2))
+
+
+def dwz_max_sectors(disk_bytes: int) -> int:
+    """max_discard_sectors and max_write_zeroes_sectors: the whole disk in one request."""
+    return min(disk_bytes // SECTOR_SIZE, 0xFFFF_FFFF)
 
 
 def burst_bytes(data_width: int) -> int:

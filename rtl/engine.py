@@ -34,6 +34,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from models import spec, virtio
+from models.features import Features
 
 from .interfaces import CAP_BYTES, DmaPortSignature, EngineStatus, QueueSignature, local_bits
 from .layouts import BlkHeader, Descriptor
@@ -820,7 +821,8 @@ class RingEngine(wiring.Component):
     """
 
     def __init__(self, *, queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
-                 disk_bytes: int = spec.DEFAULT_DISK_BYTES):
+                 disk_bytes: int = spec.DEFAULT_DISK_BYTES, features: Features | None = None):
+        self._features = Features.none() if features is None else features
         self._queue_num_max = check_queue_num_max(queue_num_max)
         self._disk_bytes = disk_bytes
         self._len_bits = local_bits(disk_bytes)

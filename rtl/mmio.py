@@ -27,6 +27,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from models import spec
+from models.features import Features
 from models.regmap import GUEST, Access
 
 from .interfaces import QueueSignature
@@ -38,9 +39,9 @@ MMIO_ADDR_WIDTH = 9  # 0x000-0x1FF: common registers and the device configuratio
 
 _U32 = 0xFFFF_FFFF
 
-# Device features (docs/architecture.md): FLUSH and VERSION_1 always, ACCESS_PLATFORM in handle
-# mode; VERSION_1 is required, and ACCESS_PLATFORM too in handle mode.
-_OFFERED = 1 << spec.VIRTIO_BLK_F_FLUSH | 1 << spec.VIRTIO_F_VERSION_1
+# Device features (docs/architecture.md): FLUSH and VERSION_1 always, the build's
+# (models.features.Features), ACCESS_PLATFORM in handle mode; VERSION_1 is required, and
+# ACCESS_PLATFORM too in handle mode.
 _OFFERED_HANDLE = 1 << spec.VIRTIO_F_ACCESS_PLATFORM
 
 def _slot(offset: int, driver_word: int = 0) -> int:
@@ -81,6 +82,8 @@ class VirtioMmioRegs(wiring.Component):
         QueueNumMax of queue 0.
     disk_bytes : int
         RAM disk size; ``capacity`` is this in 512-byte sectors.
+    features : Features
+        What the build offers; the configuration fields follow from it.
 
     Members
     -------
@@ -95,7 +98,8 @@ class VirtioMmioRegs(wiring.Component):
         with no bus transaction in flight (a reset completes, the registers return to their
         reset values and Status reads 0, only in a cycle with ``idle`` and no ``dev_reset``);
         ``used_irq``, ``fault``: one-cycle pulses that set InterruptStatus bit 0, bit 1 (a fault
-        also sets DEVICE_NEEDS_RESET in Status).
+        also sets DEVICE_NEEDS_RESET in Status); ``indirect``, ``event_idx``: DriverFeatures
+        has the bit (0 unless the build offers it).
     status : Out
         Status as the driver reads it.
     irq : Out
@@ -103,9 +107,11 @@ class VirtioMmioRegs(wiring.Component):
     """
 
     def __init__(self, *, queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
-                 disk_bytes: int = spec.DEFAULT_DISK_BYTES):
+                 disk_bytes: int = spec.DEFAULT_DISK_BYTES, features: Features | None = None):
         self._queue_num_max = queue_num_max
         self._disk_bytes = disk_bytes
+        self._features = Features() if features is None else features
+        self._offered = self._features.offered(queue_num_max)
         super().__init__({
             "bus": In(RegBusSignature(MMIO_ADDR_WIDTH)),
             "handle_mode": In(1),
@@ -182,12 +188,16 @@ class VirtioMmioRegs(wiring.Component):
         drv_only_offered = Signal(2, init=0b11)
         drv_version_1 = Signal()
         drv_access_platform = Signal()
+        drv_indirect = Signal()  # negotiated features the ring engine needs
+        drv_event_idx = Signal()
+        m.d.comb += [q.indirect.eq(drv_indirect), q.event_idx.eq(drv_event_idx)]
         features_ok = Signal()
         m.d.comb += features_ok.eq(drv_only_offered.all() & drv_version_1
                                    & (drv_access_platform == self.handle_mode))
 
         # Write-data checks, sharing one zero test of the bits no check looks at.
-        allowed = [(_OFFERED | _OFFERED_HANDLE) >> (32 * word) & _U32 for word in range(2)]
+        offered = self._offered
+        allowed = [(offered | _OFFERED_HANDLE) >> (32 * word) & _U32 for word in range(2)]
         looked_at = allowed[0] | allowed[1] | 1  # 1: the selectors' "== 1"
         rest_zero = Signal()
         m.d.comb += rest_zero.eq((data & ~looked_at & _U32) == 0)
@@ -219,6 +229,10 @@ class VirtioMmioRegs(wiring.Component):
                     m.d.sync += drv_version_1.eq(data[spec.VIRTIO_F_VERSION_1 % 32])
                 if word == spec.VIRTIO_F_ACCESS_PLATFORM // 32:
                     m.d.sync += drv_access_platform.eq(data[spec.VIRTIO_F_ACCESS_PLATFORM % 32])
+                for bit, flag in ((spec.VIRTIO_F_INDIRECT_DESC, drv_indirect),
+                                  (spec.VIRTIO_RING_F_EVENT_IDX, drv_event_idx)):
+                    if word == bit // 32 and offered >> bit & 1:
+                        m.d.sync += flag.eq(data[bit % 32])
 
         # --- Driver reset (virtio 1.x section 2.1): Status = 0 starts it; it completes, and
         # Status reads 0, once the engine has finished the burst it was in.
@@ -280,6 +294,7 @@ class VirtioMmioRegs(wiring.Component):
                 reset_pending.eq(0),
                 queue0.eq(1), dev_sel.eq(0b01), drv_sel.eq(0b01),
                 drv_only_offered.eq(0b11), drv_version_1.eq(0), drv_access_platform.eq(0),
+                drv_indirect.eq(0), drv_event_idx.eq(0),
                 valid.eq(0),
                 queue_num.eq(qmax), queue_ready.eq(0), *(r.eq(0) for r in queue_addr),
                 status.eq(0), int_status.eq(0),
@@ -294,13 +309,14 @@ class VirtioMmioRegs(wiring.Component):
         # folding the address decode into every data bit.
         access_platform = 1 << spec.VIRTIO_F_ACCESS_PLATFORM - 32
         values = {  # (conditions, value) read terms of the registers that change (models.regmap)
-            "DeviceFeatures": [((dev_sel[0],), _OFFERED & _U32), ((dev_sel[1],), _OFFERED >> 32),
+            "DeviceFeatures": [((dev_sel[0],), offered & _U32), ((dev_sel[1],), offered >> 32),
                                ((dev_sel[1], self.handle_mode), access_platform)],
             "QueueReady": [((queue_ready,), 1)],
             "InterruptStatus": [((), int_status)],
             "Status": [((), status)],
         }
-        params = {"queue_num_max": qmax, "disk_bytes / 512": self._disk_bytes // spec.SECTOR_SIZE}
+        params = {"queue_num_max": qmax, "disk_bytes / 512": self._disk_bytes // spec.SECTOR_SIZE,
+                  **self._features.params(qmax, self._disk_bytes)}
 
         def selected(reg, word=0):
             """The access is to the word, and QueueSel is 0 if it is a queue register."""

@@ -14,6 +14,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from models import spec
+from models.features import Features
 
 from .axi import AXI4LiteSignature, AXI4Signature
 from .dma import DmaEngine
@@ -45,6 +46,9 @@ class VirtioBlkHandle(wiring.Component):
     iotlb_entries : int
         IOTLB entries for IOVA mode (default 64; 0: no IOTLB, HV_CTRL takes modes 0 and 1
         only; docs/iotlb.md).
+    indirect, event_idx, seg_max, size_max, blk_size, discard, write_zeroes
+        The features the build offers, all on by default (:class:`models.features.Features`,
+        docs/architecture.md "Features a build offers").
     translation : bool
         ``True`` (default): the device. ``False``: the GPA-only device, for comparison: the
         grant table and its checks are left out, the device always uses guest-physical
@@ -55,7 +59,13 @@ class VirtioBlkHandle(wiring.Component):
                  entries: int = spec.DEFAULT_ENTRIES,
                  queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES,
-                 iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES, translation: bool = True):
+                 iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES, translation: bool = True,
+                 indirect: bool = True, event_idx: bool = True, seg_max: int | None = None,
+                 size_max: int = spec.DEFAULT_SIZE_MAX, blk_size: bool = True,
+                 discard: bool = True, write_zeroes: bool = True):
+        self.features = Features(indirect=indirect, event_idx=event_idx, seg_max=seg_max,
+                                 size_max=size_max, blk_size=blk_size, discard=discard,
+                                 write_zeroes=write_zeroes)
         self.data_width = check_data_width(data_width)
         self.entries = check_entries(entries)
         self.queue_num_max = check_queue_num_max(queue_num_max)
@@ -77,7 +87,8 @@ class VirtioBlkHandle(wiring.Component):
         m.submodules.guest_bridge = guest_bridge = AXI4LiteRegBridge(MMIO_ADDR_WIDTH)
         m.submodules.hv_bridge = hv_bridge = AXI4LiteRegBridge(hv_addr_width(self.entries))
         m.submodules.mmio = mmio = VirtioMmioRegs(queue_num_max=self.queue_num_max,
-                                                  disk_bytes=self.disk_bytes)
+                                                  disk_bytes=self.disk_bytes,
+                                                  features=self.features)
         m.submodules.hv = hv = PrivilegedRegs(entries=self.entries,
                                               iotlb_entries=self.iotlb_entries)
         unit = TranslationUnit if self.translation else PassThroughUnit
@@ -88,7 +99,8 @@ class VirtioBlkHandle(wiring.Component):
                                            ref_bits=xlate.ref_bits, set_bits=xlate.set_bits,
                                            lookups=self.translation)
         m.submodules.engine = engine = RingEngine(queue_num_max=self.queue_num_max,
-                                                  disk_bytes=self.disk_bytes)
+                                                  disk_bytes=self.disk_bytes,
+                                                  features=self.features)
 
         wiring.connect(m, wiring.flipped(self.s_axil), guest_bridge.axi)
         wiring.connect(m, wiring.flipped(self.s_hv), hv_bridge.axi)
