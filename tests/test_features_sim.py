@@ -10,7 +10,7 @@ from tb.runner import DeviceConfig, run
 
 pytestmark = pytest.mark.sim
 
-PARAMS: dict = {"rtl_only": True}
+PARAMS: dict = {}
 CASES = ["test_indirect_out_in", "test_write_zeroes_and_discard", "test_limits",
          "test_event_idx"]
 
