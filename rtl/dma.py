@@ -215,6 +215,10 @@ class DmaEngine(wiring.Component):
         fault, and a reset's abort holds ``cmd.valid`` low; ``formal/dma.py`` assumes it).
         ``cmd``: a command is taken in a cycle with ``valid`` and ``ready``; its ``vaddr`` must
         be the ``pre.vaddr`` of the cycle before (or ``cont`` and ``pre.cont`` both set).
+        A ``zero`` command (DISCARD, WRITE_ZEROES) writes zeros to the RAM disk, two words a
+        cycle (ZERO), with no bus access and no lookup; it runs to its end even if a reset
+        aborts (at most ``disk_bytes / (2 * data_width / 8)`` cycles), so that the disk is
+        zeroed whole or not at all.
         ``done`` pulses for one cycle when the command ends (see the module docstring);
         ``fault`` is then 0 or the fault cause, and ``failed`` is ``fault != 0``.
         ``r_last_beat``: the last beat of a read burst arrives (the ``done`` of a one-burst
