@@ -9,6 +9,7 @@ Expected values are written from the contract and virtio 1.2 (sections 2.7.5.3, 
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
 
 import pytest
@@ -755,3 +756,51 @@ def test_a_fault_skips_the_round_end_decision():
     assert dev.completed == 1 and dev.faults == [(spec.FAULT_BAD_CHAIN, 9)]
     assert ("R", drv.avail.dma + 4 + 16, 2) not in keys(dev)
     assert dev.signalled_used == 0 and not dev.interrupt_status & spec.INT_USED_BUFFER
+
+
+def test_ring_and_table_descriptors_count_together_without_a_loop():
+    """header (ring) -> INDIRECT -> a linear table of N = 8 entries: the table's last entry is
+    descriptor number 9 = N + 1 (cause 7, its table index 7), though no entry repeats."""
+    dev, drv = setup(n=8)
+    req = Req(drv, spec.VIRTIO_BLK_T_IN, 0, read_len=512)
+    (h, hl, _), (d, _, df), (s, sl, sf) = req.segs
+    table = write_table(drv, linked([(d, 64, df)] * 7 + [(s, sl, sf)]))
+    drv.write_desc(0, h, hl, NEXT, 1)
+    drv.write_desc(1, table.dma, 16 * 8, INDIRECT, 0)
+    drv.publish(0)
+    drv.notify()
+    assert_fault(dev, spec.FAULT_BAD_CHAIN, 7)
+    assert [a - table.dma for _, a, _ in touches(dev, table)] == [16 * k for k in range(7)]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(out=st.booleans(), sectors=st.integers(1, 6), cuts=st.lists(st.integers(1, 3071),
+       max_size=5, unique=True), handle_mode=st.booleans(), sector=st.integers(0, 130))
+def test_indirect_and_direct_chains_make_the_same_data_accesses(out, sectors, cuts, handle_mode,
+                                                                sector):
+    """Any request split into any descriptors: through a table or as a direct chain, the same
+    accesses after the chain walk (header, data, status, used ring), the same disk and the same
+    used element (head 0 in both forms); only the descriptor reads differ."""
+    length = 512 * sectors
+    edges = sorted({0, length, *(c for c in cuts if c < length)})
+    runs = []
+    for form in ("direct", "indirect"):
+        dev, drv = setup(n=8, handle_mode=handle_mode, features=Features(seg_max=0))
+        payload = bytes((i * 31 + sector) & 0xFF for i in range(length))
+        req = Req(drv, spec.VIRTIO_BLK_T_OUT if out else spec.VIRTIO_BLK_T_IN, sector,
+                  **({"data": payload} if out else {"read_len": length}))
+        (h, hl, hf), (d, _, df), (s, sl, sf) = req.segs
+        segs = ([(h, hl, hf)] + [(d + a, b - a, df) for a, b in itertools.pairwise(edges)]
+                + [(s, sl, sf)])
+        if form == "direct":
+            drv.publish(drv.chain([(a, n, bool(f)) for a, n, f in segs]))
+        else:
+            table = write_table(drv, linked(segs))
+            publish_indirect(drv, table.dma, 16 * len(segs), index=0)
+        drv.notify()
+        header_at = keys(dev).index(("R", req.header.phys(0), 16))
+        runs.append(([(t.kind, t.addr, t.nbytes, t.data) for t in dev.transactions[header_at:]],
+                     bytes(dev.disk), drv.take_used(), req.status_byte(), drv.read_buf(req.data),
+                     dev.faults))
+    assert runs[0] == runs[1]
+    assert runs[0][5] == [] and len(runs[0][2]) == 1
