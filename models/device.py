@@ -35,7 +35,11 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
 
     Parameters mirror the RTL's: ``entries`` grant table entries, ``iotlb_entries`` IOTLB
     entries (docs/iotlb.md: a power of two from 8 to 1024), ``queue_num_max``,
-    ``disk_bytes`` of RAM disk (a multiple of 512), ``data_width`` of ``m_axi`` (32/64/128).
+    ``disk_bytes`` of RAM disk (a multiple of 512), ``data_width`` of ``m_axi`` (32/64/128),
+    ``features`` what the build offers (:class:`models.features.Features`, all on by default;
+    ``Features.none()`` is the foundation's device): DeviceFeatures and the configuration space
+    follow it, and the engine applies docs/architecture.md "Features a build offers" (INDIRECT_DESC
+    and EVENT_IDX only while DriverFeatures also has the bit).
     ``bus_error(txn)`` returning True makes that transaction fail (SLVERR); a transaction not
     fully inside ``mem`` fails with DECERR. Either gives fault cause 6.
 

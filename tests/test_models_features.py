@@ -9,10 +9,11 @@ Expected values are written from the contract and virtio 1.2 (sections 2.7.5.3, 
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from models import spec, virtio
@@ -755,3 +756,137 @@ def test_a_fault_skips_the_round_end_decision():
     assert dev.completed == 1 and dev.faults == [(spec.FAULT_BAD_CHAIN, 9)]
     assert ("R", drv.avail.dma + 4 + 16, 2) not in keys(dev)
     assert dev.signalled_used == 0 and not dev.interrupt_status & spec.INT_USED_BUFFER
+
+
+def test_ring_and_table_descriptors_count_together_without_a_loop():
+    """header (ring) -> INDIRECT -> a linear table of N = 8 entries: the table's last entry is
+    descriptor number 9 = N + 1 (cause 7, its table index 7), though no entry repeats."""
+    dev, drv = setup(n=8)
+    req = Req(drv, spec.VIRTIO_BLK_T_IN, 0, read_len=512)
+    (h, hl, _), (d, _, df), (s, sl, sf) = req.segs
+    table = write_table(drv, linked([(d, 64, df)] * 7 + [(s, sl, sf)]))
+    drv.write_desc(0, h, hl, NEXT, 1)
+    drv.write_desc(1, table.dma, 16 * 8, INDIRECT, 0)
+    drv.publish(0)
+    drv.notify()
+    assert_fault(dev, spec.FAULT_BAD_CHAIN, 7)
+    assert [a - table.dma for _, a, _ in touches(dev, table)] == [16 * k for k in range(7)]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(out=st.booleans(), sectors=st.integers(1, 6), cuts=st.lists(st.integers(1, 3071),
+       max_size=5, unique=True), handle_mode=st.booleans(), sector=st.integers(0, 130))
+def test_indirect_and_direct_chains_make_the_same_data_accesses(out, sectors, cuts, handle_mode,
+                                                                sector):
+    """Any request split into any descriptors: through a table or as a direct chain, the same
+    accesses after the chain walk (header, data, status, used ring), the same disk and the same
+    used element (head 0 in both forms); only the descriptor reads differ."""
+    length = 512 * sectors
+    edges = sorted({0, length, *(c for c in cuts if c < length)})
+    runs = []
+    for form in ("direct", "indirect"):
+        dev, drv = setup(n=8, handle_mode=handle_mode, features=Features(seg_max=0))
+        payload = bytes((i * 31 + sector) & 0xFF for i in range(length))
+        req = Req(drv, spec.VIRTIO_BLK_T_OUT if out else spec.VIRTIO_BLK_T_IN, sector,
+                  **({"data": payload} if out else {"read_len": length}))
+        (h, hl, hf), (d, _, df), (s, sl, sf) = req.segs
+        segs = ([(h, hl, hf)] + [(d + a, b - a, df) for a, b in itertools.pairwise(edges)]
+                + [(s, sl, sf)])
+        if form == "direct":
+            drv.publish(drv.chain([(a, n, bool(f)) for a, n, f in segs]))
+        else:
+            table = write_table(drv, linked(segs))
+            publish_indirect(drv, table.dma, 16 * len(segs), index=0)
+        drv.notify()
+        header_at = keys(dev).index(("R", req.header.phys(0), 16))
+        runs.append(([(t.kind, t.addr, t.nbytes, t.data) for t in dev.transactions[header_at:]],
+                     bytes(dev.disk), drv.take_used(), req.status_byte(), drv.read_buf(req.data),
+                     dev.faults))
+    assert runs[0] == runs[1]
+    assert runs[0][5] == [] and len(runs[0][2]) == 1
+
+
+# =================================================================================================
+# Random chains with indirect tables against a walk written out from step 3.2
+# =================================================================================================
+
+
+def walk_from_the_contract(mem, qdesc: int, n: int, head: int, indirect_ok: bool):
+    """Step 3.2 read straight from guest memory (GPA mode): ``("fault", index, reads)`` or
+    ``("ok", descriptors, reads)``; ``reads`` are the 16-byte descriptor reads in order."""
+    reads, count, total, seen_writable, descs = [], 0, 0, False, []
+    base, limit, in_table, i = qdesc, n, False, head
+    while True:
+        if i >= limit or count == n:
+            return "fault", i, reads
+        reads.append(base + 16 * i)
+        addr, length, flags, nxt = struct.unpack("<QIHH", mem.read(base + 16 * i, 16))
+        if flags & INDIRECT:
+            if (not indirect_ok or in_table or flags & NEXT or length == 0 or length % 16
+                    or length > 16 * n or addr + length > 2**64):
+                return "fault", i, reads
+            base, limit, in_table, i = addr, length // 16, True, 0
+            continue
+        if (not flags & WRITE and seen_writable) or addr + length > 2**64:
+            return "fault", i, reads
+        total += length
+        if total > 0xFFFF_FFFF:
+            return "fault", i, reads
+        seen_writable |= bool(flags & WRITE)
+        count += 1
+        descs.append((addr, length, flags))
+        if not flags & NEXT:
+            return "ok", descs, reads
+        i = nxt
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), n_log=st.integers(0, 3),
+       indirect_ok=st.sampled_from([True, True, True, False]))
+def test_random_chains_walk_as_step_3_2_says(data, n_log, indirect_ok):
+    n = 1 << n_log
+    dev, drv = setup(n=n, driver=(F_IND | F_EVT) if indirect_ok else F_EVT,
+                     features=Features(seg_max=0, size_max=0))
+    tables = [drv.buffer(16 * 9, readonly=True) for _ in range(2)]
+    hdr = drv.buffer(64, readonly=True)
+    drv.write_buf(hdr, virtio.BLK_HEADER.pack(spec.VIRTIO_BLK_T_FLUSH, 0, 0) * 4)
+    status = drv.buffer(64)
+    addrs = [hdr.dma, hdr.dma + 16, status.dma, status.dma + 32, 2**64 - 16]
+    addrs += [t.dma + 16 * k for t in tables for k in (0, 1, 2)]
+    entry = st.tuples(
+        st.sampled_from(addrs),
+        st.sampled_from([0, 1, 8, 16, 16, 32, 48, 16 * n, 16 * n + 16, 40]),
+        st.sampled_from([0, NEXT, WRITE, NEXT | WRITE, INDIRECT, INDIRECT | NEXT,
+                         INDIRECT | WRITE, NEXT, WRITE, NEXT | WRITE]),
+        st.integers(0, 9))
+    for i in range(n):
+        drv.write_desc(i, *data.draw(entry))
+    head = data.draw(st.integers(0, n))
+    t_len = data.draw(st.integers(1, n))  # the entries of a well-formed table at the head
+    if head < n and data.draw(st.integers(0, 3)):
+        drv.write_desc(head, tables[0].dma, 16 * t_len,
+                       data.draw(st.sampled_from([INDIRECT, INDIRECT | WRITE])), 0)
+    table_entry = st.one_of(entry, *[st.tuples(  # mostly linked entries, some out of range
+        st.sampled_from(addrs[:4]), st.sampled_from([1, 16, 16, 32, 0]),
+        st.sampled_from([NEXT, NEXT, NEXT | WRITE, WRITE, 0]), st.integers(0, t_len))] * 3)
+    for t in tables:
+        for k in range(9):
+            drv.write_buf(t, virtio.DESC.pack(*data.draw(table_entry)), 16 * k)
+    drv.publish(head)
+    drv.notify()
+    verdict, what, reads = walk_from_the_contract(drv.mem, drv.desc.dma, n, head, indirect_ok)
+    in_tables = sum(any(t.dma <= a < t.dma + t.nbytes for t in tables) for a in reads)
+    event(f"{verdict}, {min(in_tables, 3)} table reads")
+    got = [t.addr for t in dev.transactions[2 : 2 + len(reads)]]
+    assert got == reads and all(t.nbytes == 16 for t in dev.transactions[2 : 2 + len(reads)])
+    if verdict == "fault":
+        assert dev.faults == [(spec.FAULT_BAD_CHAIN, what)]
+        assert len(dev.transactions) == 2 + len(reads)
+    else:
+        assert all(f.cause != spec.FAULT_BAD_CHAIN for f in dev.faults)
+        r = sum(ln for _, ln, f in what if not f & WRITE)
+        w = sum(ln for _, ln, f in what if f & WRITE)
+        if r < 16 or w < 1:
+            assert dev.faults == [(spec.FAULT_BAD_REQUEST, head)]
+        elif not dev.faults:  # the header's address decides the rest; a bus error may end it
+            assert dev.completed == 1
