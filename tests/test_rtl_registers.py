@@ -28,6 +28,7 @@ from amaranth.sim import Simulator
 
 from models import spec
 from models.device import ReferenceDevice
+from models.features import Features
 from models.memory import GuestMemory
 from models.regmap import GUEST, HV
 from rtl.hvregs import PrivilegedRegs
@@ -556,10 +557,15 @@ class BusPort:
         return self.ctx.get(self.bus.r_data)
 
 
+@pytest.mark.parametrize("features", [Features(), Features.none(),
+                                      Features(seg_max=7, size_max=4096, discard=False)],
+                         ids=["all", "none", "some"])
 @pytest.mark.parametrize(("queue_num_max", "disk_bytes"), [(256, 65536), (32768, 1 << 41)])
-def test_mmio_follows_the_map(queue_num_max, disk_bytes):
-    dut = VirtioMmioRegs(queue_num_max=queue_num_max, disk_bytes=disk_bytes)
-    params = {"queue_num_max": queue_num_max, "disk_bytes / 512": disk_bytes // 512}
+def test_mmio_follows_the_map(queue_num_max, disk_bytes, features):
+    dut = VirtioMmioRegs(queue_num_max=queue_num_max, disk_bytes=disk_bytes, features=features)
+    # the configuration fields' values come from models.features (the contract)
+    params = {"queue_num_max": queue_num_max, "disk_bytes / 512": disk_bytes // 512,
+              **features.params(queue_num_max, disk_bytes)}
 
     async def bench(ctx):
         ctx.set(dut.queue.idle, 1)
