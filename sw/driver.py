@@ -53,8 +53,7 @@ ALL_FEATURES = frozenset({
 EVENT_POLICIES = ("enable_cb", "delayed")
 # struct virtio_blk_discard_write_zeroes (virtio 1.2 section 5.2.6): the data of T_DISCARD and
 # T_WRITE_ZEROES, one 16-byte segment per range
-DWZ_SEGMENT = virtio.Layout("virtio_blk_discard_write_zeroes",
-                            (("sector", 64), ("num_sectors", 32), ("flags", 32)))
+DWZ_SEGMENT = virtio.DWZ_SEGMENT
 SLOT_BYTES = 32  # per-head area: 16-byte request header at 0, status byte at 16
 STATUS_POISON = 0xFF  # not a valid virtio-blk status: shows a status the device never wrote
 
