@@ -169,7 +169,8 @@ async def test_features(dut):
     pair = Pair(dut, Scenario(handle_mode=handle_mode, seed=1, mem_bytes=1 << 23),
                 mem_latency=p["latency"])
     ref_s, rtl_s = await pair.start()
-    exp = ExpectedDisk(pair.cfg.disk_bytes, queue_num_max=pair.cfg.queue_num_max)
+    exp = ExpectedDisk(pair.cfg.disk_bytes, features=pair.cfg.features,
+                       queue_num_max=pair.cfg.queue_num_max)
     feats = _features(p.get("features", "all"))
     for s in (ref_s, rtl_s):
         await s.driver.init(features=feats)
