@@ -536,7 +536,8 @@ def features_markdown(feat: dict) -> str:
                 "Direct: 18 descriptors in the ring (header, 16 data, status). Indirect: one "
                 "ring descriptor naming an 18-entry table the driver allocated and mapped "
                 "device-readable like a data buffer (a read-only grant in handle mode). The "
-                "driver negotiated every feature in both. Cycles from the notify to the last "
+                "driver negotiated every feature but EVENT_IDX in both. Cycles from the notify "
+                "to the last "
                 "used-index write response.\n",
                 "| op | request | segments | in flight | layout | mode | cycles/req | "
                 "bytes/cycle | indirect/direct | handle/GPA |",
