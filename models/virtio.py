@@ -87,7 +87,7 @@ USED_ELEM = Layout("virtq_used_elem", (("id", 32), ("len", 32)))
 # section 5.2.6: struct virtio_blk_req { le32 type; le32 reserved; le64 sector; ... }
 BLK_HEADER = Layout("virtio_blk_req", (("type", 32), ("reserved", 32), ("sector", 64)))
 # section 5.2.6: struct virtio_blk_discard_write_zeroes { le64 sector; le32 num_sectors;
-# le32 flags; } (flags bit 0: unmap), the data of T_DISCARD and T_WRITE_ZEROES
+# le32 flags; } (flags bit 0: UNMAP)
 DWZ_SEGMENT = Layout("virtio_blk_discard_write_zeroes",
                      (("sector", 64), ("num_sectors", 32), ("flags", 32)))
 # Xen include/public/grant_table.h: struct grant_entry_v1 { uint16_t flags; domid_t domid;
