@@ -7,7 +7,19 @@ Everything touching a register is ``async``; completion is only ever learnt from
 
 Determinism: page allocation, grant references and descriptor indices depend only on the seeds
 and the sequence of calls. ``wait`` reaps used entries one at a time and stops as soon as what
-it waits for is complete, so how far it reaps never depends on how fast the device was.
+it waits for is complete, so how far it reaps never depends on how fast the device was
+(``wait_any`` is the exception: it reaps whatever the device has completed, as an interrupt
+handler does).
+
+Features (issue 17) are the caller's choice (``init(features=...)``): by default the driver
+negotiates what it always did (VERSION_1, FLUSH, ACCESS_PLATFORM), so its register and memory
+traffic is unchanged. With INDIRECT_DESC a request goes through an indirect table the driver
+allocates and maps like a data buffer (virtio 1.2 section 2.7.5.3; Linux
+``virtqueue_add_split``); with EVENT_IDX it writes ``used_event`` before it sleeps and kicks
+only when ``avail_event`` asks (sections 2.7.7, 2.7.10; Linux ``virtqueue_enable_cb``,
+``virtqueue_enable_cb_delayed``, ``virtqueue_kick_prepare``); with SEG_MAX, SIZE_MAX,
+BLK_SIZE, DISCARD and WRITE_ZEROES it reads the configuration fields and refuses a request
+over them (section 5.2.4).
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from models import spec, virtio
 from models.virtio import FeaturesRefused, InitError
@@ -28,13 +40,34 @@ SUPPORTED_FEATURES = (
     1 << spec.VIRTIO_F_VERSION_1
     | 1 << spec.VIRTIO_BLK_F_FLUSH
     | 1 << spec.VIRTIO_F_ACCESS_PLATFORM
-)
+)  # what the driver negotiates by default (the foundation's set)
+TRANSPORT_FEATURES = 1 << spec.VIRTIO_F_VERSION_1 | 1 << spec.VIRTIO_F_ACCESS_PLATFORM
+# The device features ``init(features=...)`` may name (bit numbers); "all" is every one of them.
+DEFAULT_FEATURES = frozenset({spec.VIRTIO_BLK_F_FLUSH})
+ALL_FEATURES = frozenset({
+    spec.VIRTIO_BLK_F_FLUSH, spec.VIRTIO_F_INDIRECT_DESC, spec.VIRTIO_RING_F_EVENT_IDX,
+    spec.VIRTIO_BLK_F_SEG_MAX, spec.VIRTIO_BLK_F_SIZE_MAX, spec.VIRTIO_BLK_F_BLK_SIZE,
+    spec.VIRTIO_BLK_F_DISCARD, spec.VIRTIO_BLK_F_WRITE_ZEROES,
+})
+# used_event policies with EVENT_IDX (what the driver writes before it waits for an interrupt)
+EVENT_POLICIES = ("enable_cb", "delayed")
+# struct virtio_blk_discard_write_zeroes (virtio 1.2 section 5.2.6): the data of T_DISCARD and
+# T_WRITE_ZEROES, one 16-byte segment per range
+DWZ_SEGMENT = virtio.DWZ_SEGMENT
 SLOT_BYTES = 32  # per-head area: 16-byte request header at 0, status byte at 16
 STATUS_POISON = 0xFF  # not a valid virtio-blk status: shows a status the device never wrote
 
 
-__all__ = ["BlkError", "BlkRequest", "BlkResult", "DeviceFault", "FeaturesRefused", "InitError",
-           "ProtocolError", "QueueFull", "VirtioBlkDriver"]
+__all__ = ["ALL_FEATURES", "DEFAULT_FEATURES", "BlkError", "BlkRequest", "BlkResult",
+           "DeviceFault", "DeviceLimits", "FeaturesRefused", "InitError", "ProtocolError",
+           "QueueFull", "VirtioBlkDriver", "descriptor_lengths", "dwz_request",
+           "vring_need_event"]
+
+
+def vring_need_event(event_idx: int, new: int, old: int) -> bool:
+    """Linux ``vring_need_event`` (virtio 1.2 sections 2.7.7.2, 2.7.10): ``event_idx`` lies in
+    ``[old, new)`` modulo 2**16."""
+    return (new - event_idx - 1) & 0xFFFF < (new - old) & 0xFFFF
 
 
 class DeviceFault(RuntimeError):
@@ -85,7 +118,14 @@ class BlkRequest:
     * ``offsets``: page offset of each data buffer (unaligned buffers), default 0;
     * ``header_with_data``: header and first data segment share a descriptor (readable data);
     * ``status_with_data``: status byte ends the last data descriptor (writable data);
-    * ``header_segments``: split the 16 header bytes over several descriptors.
+    * ``header_segments``: split the 16 header bytes over several descriptors;
+    * ``indirect``: the chain in an indirect table (True), in the ring's table (False), or as
+      the driver decides (None: an indirect table when INDIRECT_DESC is negotiated, as Linux
+      does for any chain of more than one descriptor).
+
+    ``unchecked``: submit even if the request is over the limits the driver negotiated
+    (SEG_MAX, SIZE_MAX, BLK_SIZE, the DISCARD and WRITE_ZEROES fields): tests of the device's
+    IOERR. A correct driver never sets it.
     """
 
     type: int
@@ -97,6 +137,8 @@ class BlkRequest:
     header_with_data: bool = False
     status_with_data: bool = False
     header_segments: list[int] | None = None
+    indirect: bool | None = None
+    unchecked: bool = False
 
     @property
     def data_len(self) -> int:
@@ -125,6 +167,75 @@ class BlkResult:
         return self.status == spec.VIRTIO_BLK_S_OK
 
 
+def dwz_request(type_: int, ranges: Sequence[tuple[int, int, int]], **layout: Any) -> BlkRequest:
+    """A ``T_DISCARD`` or ``T_WRITE_ZEROES`` request: one ``virtio_blk_discard_write_zeroes``
+    segment per ``(sector, num_sectors, flags)`` range, header sector 0 (Linux
+    ``virtblk_setup_discard_write_zeroes_erase``)."""
+    data = b"".join(DWZ_SEGMENT.pack(*r) for r in ranges)
+    return BlkRequest(type_, 0, data=data, **layout)
+
+
+def descriptor_lengths(req: BlkRequest) -> list[int]:
+    """The lengths of the descriptors :meth:`VirtioBlkDriver.submit` lays ``req`` out in, in
+    chain order (header pieces, data, status; an indirect descriptor not counted)."""
+    segs, _offs, hsegs = VirtioBlkDriver._check_layout(req)
+    out = [] if req.header_with_data else list(hsegs)
+    for k, s in enumerate(segs):
+        out.append(s + (spec.BLK_HEADER_BYTES if req.header_with_data and k == 0 else 0)
+                   + (1 if req.status_with_data and k == len(segs) - 1 else 0))
+    if not req.status_with_data:
+        out.append(1)
+    return out
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """The configuration fields the driver read (virtio 1.2 section 5.2.4); a field whose
+    feature was not negotiated is 0 (no limit the driver knows of)."""
+
+    seg_max: int = 0
+    size_max: int = 0
+    blk_size: int = 0
+    max_discard_sectors: int = 0
+    max_discard_seg: int = 0
+    discard_sector_alignment: int = 0
+    max_write_zeroes_sectors: int = 0
+    max_write_zeroes_seg: int = 0
+    write_zeroes_may_unmap: int = 0
+
+    def check(self, req: BlkRequest, features: int) -> None:
+        """``ValueError`` naming the first limit ``req`` is over (the negotiated ones only)."""
+        lengths = descriptor_lengths(req)
+        if self.seg_max and len(lengths) > self.seg_max + 2:
+            raise ValueError(f"the request has {len(lengths) - 2} data descriptor(s) beyond "
+                             f"its header and status, more than seg_max={self.seg_max}")
+        if self.size_max and max(lengths) > self.size_max:
+            raise ValueError(f"a descriptor of {max(lengths)} bytes is longer than "
+                             f"size_max={self.size_max}")
+        if (self.blk_size and req.type in (spec.VIRTIO_BLK_T_IN, spec.VIRTIO_BLK_T_OUT)
+                and req.data_len % self.blk_size):
+            raise ValueError(f"{req.data_len} data bytes are not a multiple of "
+                             f"blk_size={self.blk_size}")
+        for t, bit, most, nseg, what in (
+                (spec.VIRTIO_BLK_T_DISCARD, spec.VIRTIO_BLK_F_DISCARD, self.max_discard_sectors,
+                 self.max_discard_seg, "discard"),
+                (spec.VIRTIO_BLK_T_WRITE_ZEROES, spec.VIRTIO_BLK_F_WRITE_ZEROES,
+                 self.max_write_zeroes_sectors, self.max_write_zeroes_seg, "write_zeroes")):
+            if req.type != t or not features >> bit & 1:
+                continue
+            if req.data_writable or not req.data_len or req.data_len % spec.DWZ_SEGMENT_BYTES:
+                raise ValueError(f"a {what} request's data must be whole 16-byte segments")
+            n = req.data_len // spec.DWZ_SEGMENT_BYTES
+            if n > nseg:
+                raise ValueError(f"{n} {what} segment(s), more than max_{what}_seg={nseg}")
+            assert req.data is not None
+            for k in range(n):
+                seg = DWZ_SEGMENT.unpack(req.data, spec.DWZ_SEGMENT_BYTES * k)
+                if seg.num_sectors > most:
+                    raise ValueError(f"{seg.num_sectors} sectors to {what}, more than "
+                                     f"max_{what}_sectors={most}")
+
+
 @dataclass
 class _Piece:
     """One descriptor: its buffer, mapping and whether the buffer owns its pages."""
@@ -148,6 +259,7 @@ class _InFlight:
     pieces: list[_Piece]
     status_at: tuple[GuestBuffer, int]
     data_at: list[tuple[GuestBuffer, int, int]] = field(default_factory=list)
+    table: _Piece | None = None  # the indirect table, if the chain is in one
 
 
 @dataclass(eq=False, repr=False)
@@ -162,8 +274,12 @@ class VirtioBlkDriver:
     no_interrupt: bool = False
     irq_timeout: int | None = None
     poll_limit: int = 100_000
+    event_policy: str = "enable_cb"
 
     def __post_init__(self) -> None:
+        if self.event_policy not in EVENT_POLICIES:
+            raise ValueError(f"event_policy must be one of {EVENT_POLICIES}, "
+                             f"not {self.event_policy!r}")
         self.regs = self.link.guest
         self._clear_state()
 
@@ -191,6 +307,13 @@ class VirtioBlkDriver:
         self._done: OrderedDict[int, BlkResult] = OrderedDict()  # reaped, unclaimed
         self._next_token = 0
         self._needs_reset = False
+        self.limits = DeviceLimits()
+        self._kick_old = 0  # avail.idx at the last kick_prepare (Linux: avail_idx - num_added)
+        # Counters since init: notifies written, notifies EVENT_IDX made unnecessary, and
+        # used-buffer interrupts taken (InterruptStatus read with bit 0 set after a wake).
+        self.kicks = 0
+        self.kicks_suppressed = 0
+        self.interrupts = 0
 
     # --- registers -------------------------------------------------------------------------
     async def _r(self, off: int) -> int:
@@ -208,11 +331,15 @@ class VirtioBlkDriver:
         raise exc
 
     # --- bring-up --------------------------------------------------------------------------
-    async def init(self, queue_size: int | None = None, *, features: int | None = None) -> None:
+    async def init(self, queue_size: int | None = None, *,
+                   features: int | Iterable[int] | str | None = None) -> None:
         """Probe and bring the device to DRIVER_OK (virtio 1.x section 3.1.1).
 
-        ``features`` overrides the negotiated feature set (tests of refusal); by default the
-        driver accepts VERSION_1, FLUSH and ACCESS_PLATFORM when the device offers them.
+        ``features``: None (default) negotiates what the driver always did, VERSION_1, FLUSH
+        and ACCESS_PLATFORM when the device offers them (:data:`DEFAULT_FEATURES`); a set of
+        device feature bit numbers from :data:`ALL_FEATURES` negotiates those of them the
+        device offers, plus VERSION_1 and ACCESS_PLATFORM; ``"all"`` is :data:`ALL_FEATURES`.
+        An ``int`` is written to DriverFeatures as it is, unchecked (tests of refusal).
         """
         magic = await self._r(spec.MMIO_MAGIC_VALUE)
         if magic != spec.MAGIC_VALUE:
@@ -235,14 +362,31 @@ class VirtioBlkDriver:
         await virtio.run_async(virtio.acknowledge(), self.regs)
         await self._negotiate(features)
         await self._setup_queue(queue_size)
-        self.capacity = await self._read_capacity()
+        self.capacity = await self._read_config()
         await virtio.run_async(virtio.driver_ok(), self.regs)
         self.ready = True
 
-    async def _negotiate(self, override: int | None) -> None:
+    @staticmethod
+    def _wanted(features: Iterable[int] | str | None) -> int:
+        if features is None:
+            return SUPPORTED_FEATURES
+        if isinstance(features, str):
+            if features != "all":
+                raise ValueError(f"features must be None, 'all', a set of feature bits or an "
+                                 f"int, not {features!r}")
+            features = ALL_FEATURES
+        bits = set(features)
+        unknown = bits - ALL_FEATURES
+        if unknown:
+            raise ValueError(f"this driver does not implement feature bit(s) {sorted(unknown)} "
+                             f"(it knows {sorted(ALL_FEATURES)})")
+        return TRANSPORT_FEATURES | sum(1 << b for b in bits)
+
+    async def _negotiate(self, override: int | Iterable[int] | str | None) -> None:
         self.device_features = dev = await virtio.run_async(virtio.read_device_features(),
                                                             self.regs)
-        if override is None:
+        if not isinstance(override, int):
+            want = self._wanted(override)
             if not dev >> spec.VIRTIO_F_VERSION_1 & 1:
                 await self._fail(InitError(
                     f"device does not offer VIRTIO_F_VERSION_1 (features {dev:#x})"))
@@ -252,7 +396,7 @@ class VirtioBlkDriver:
                     "references or IOVAs), but the device does not offer "
                     f"VIRTIO_F_ACCESS_PLATFORM (features {dev:#x}): it would treat them as "
                     "physical addresses"))
-            drv = dev & SUPPORTED_FEATURES
+            drv = dev & want
         else:
             drv = override
         self.features = drv
@@ -291,6 +435,8 @@ class VirtioBlkDriver:
             b.write(0, bytes(b.length))
         if self.no_interrupt:
             self.set_avail_flags(spec.VIRTQ_AVAIL_F_NO_INTERRUPT)
+            if self.negotiated(spec.VIRTIO_RING_F_EVENT_IDX):  # (the device ignores the flag)
+                self.set_used_event(0x8000)
         order = list(range(n))
         if self.seed is not None:
             random.Random(self.seed).shuffle(order)
@@ -304,15 +450,43 @@ class VirtioBlkDriver:
         await virtio.run_async(virtio.setup_queue(n, *self._ring_handles, check=False),
                                self.regs)
 
-    async def _read_capacity(self) -> int:
-        """64-bit config read inside a ConfigGeneration loop (Linux ``virtio_cread64``)."""
+    def negotiated(self, bit: int) -> bool:
+        return bool(self.features >> bit & 1)
+
+    async def _read_config(self) -> int:
+        """The capacity, and the fields of the negotiated features, inside one
+        ConfigGeneration loop (Linux ``virtio_cread64``; ``virtio_cread_feature`` reads a
+        field only if its feature was negotiated). Returns the capacity; sets ``limits``."""
+        fields: list[tuple[str, int, int]] = []  # (name, offset, feature bit)
+        for name, off, bit in (
+                ("size_max", spec.BLK_CONFIG_SIZE_MAX, spec.VIRTIO_BLK_F_SIZE_MAX),
+                ("seg_max", spec.BLK_CONFIG_SEG_MAX, spec.VIRTIO_BLK_F_SEG_MAX),
+                ("blk_size", spec.BLK_CONFIG_BLK_SIZE, spec.VIRTIO_BLK_F_BLK_SIZE),
+                ("max_discard_sectors", spec.BLK_CONFIG_MAX_DISCARD_SECTORS,
+                 spec.VIRTIO_BLK_F_DISCARD),
+                ("max_discard_seg", spec.BLK_CONFIG_MAX_DISCARD_SEG, spec.VIRTIO_BLK_F_DISCARD),
+                ("discard_sector_alignment", spec.BLK_CONFIG_DISCARD_SECTOR_ALIGNMENT,
+                 spec.VIRTIO_BLK_F_DISCARD),
+                ("max_write_zeroes_sectors", spec.BLK_CONFIG_MAX_WRITE_ZEROES_SECTORS,
+                 spec.VIRTIO_BLK_F_WRITE_ZEROES),
+                ("max_write_zeroes_seg", spec.BLK_CONFIG_MAX_WRITE_ZEROES_SEG,
+                 spec.VIRTIO_BLK_F_WRITE_ZEROES),
+                ("write_zeroes_may_unmap", spec.BLK_CONFIG_WRITE_ZEROES_MAY_UNMAP,
+                 spec.VIRTIO_BLK_F_WRITE_ZEROES)):
+            if self.negotiated(bit):
+                fields.append((name, off, bit))
         for _ in range(100):
             gen = await self._r(spec.MMIO_CONFIG_GENERATION)
             lo = await self._r(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY)
             hi = await self._r(spec.MMIO_CONFIG + spec.BLK_CONFIG_CAPACITY + 4)
+            values = {}
+            for name, off, _bit in fields:  # (write_zeroes_may_unmap is a u8: bits 7:0)
+                v = await self._r(spec.MMIO_CONFIG + off)
+                values[name] = v & 0xFF if name == "write_zeroes_may_unmap" else v
             if await self._r(spec.MMIO_CONFIG_GENERATION) == gen:
+                self.limits = DeviceLimits(**values)
                 return hi << 32 | lo
-        raise InitError("ConfigGeneration kept changing while reading capacity")
+        raise InitError("ConfigGeneration kept changing while reading the configuration")
 
     async def reset(self) -> None:
         """Write 0 to Status, then release everything the driver had mapped or allocated.
@@ -362,6 +536,22 @@ class VirtioBlkDriver:
     def set_avail_flags(self, flags: int) -> None:
         self._ring(self.avail_buf).write(virtio.AVAIL_HEADER.offsets["flags"],
                                          (flags & 0xFFFF).to_bytes(2, "little"))
+
+    def set_used_event(self, value: int) -> None:
+        """Write ``used_event`` (the driver area's last field, EVENT_IDX)."""
+        self._ring(self.avail_buf).write(self.ring.used_event, (value & 0xFFFF).to_bytes(2,
+                                                                                       "little"))
+
+    def used_event(self) -> int:
+        return int.from_bytes(self._ring(self.avail_buf).read(self.ring.used_event, 2), "little")
+
+    def avail_event(self) -> int:
+        """``avail_event`` as the device last wrote it (the device area's last field)."""
+        return int.from_bytes(self._ring(self.used_buf).read(self.ring.avail_event, 2),
+                              "little")
+
+    def used_flags(self) -> int:
+        return int.from_bytes(self._ring(self.used_buf).read(0, 2), "little")
 
     def used_idx(self) -> int:
         return int.from_bytes(self._ring(self.used_buf).read(self.ring.USED_IDX, 2), "little")
@@ -432,17 +622,38 @@ class VirtioBlkDriver:
             raise ValueError("sector must fit 64 bits and type 32 bits")
         return segs, offs, hsegs
 
+    def uses_indirect(self, req: BlkRequest) -> bool:
+        """Whether :meth:`submit` puts ``req``'s chain in an indirect table."""
+        neg = self.negotiated(spec.VIRTIO_F_INDIRECT_DESC)
+        if req.indirect is None:  # Linux virtqueue_add_split: vq->indirect && total_sg > 1
+            return neg and len(descriptor_lengths(req)) > 1
+        if req.indirect and not neg:
+            raise ValueError("an indirect table needs VIRTIO_F_INDIRECT_DESC negotiated")
+        return req.indirect
+
     async def submit(self, req: BlkRequest) -> int:
         """Build the chain (header, data, status), map it and publish it; no notify.
 
-        Raises ``QueueFull`` (too few descriptors) or ``MemoryError`` (pages or grant refs
-        exhausted) with nothing left allocated.
+        With an indirect table (:meth:`uses_indirect`) the chain's descriptors go in a table the
+        driver allocates and maps device-readable after filling it (Linux
+        ``virtqueue_add_split``), and the ring holds one INDIRECT descriptor naming it.
+
+        Raises ``QueueFull`` (too few descriptors), ``MemoryError`` (pages or grant refs
+        exhausted) or ``ValueError`` (a bad layout, or over a negotiated limit: see
+        ``BlkRequest.unchecked``) with nothing left allocated.
         """
         if not self.ready:
             raise RuntimeError("driver not initialised: call init() first")
         segs, offs, hsegs = self._check_layout(req)
-        ndesc = (0 if req.header_with_data else len(hsegs)) + len(segs) + (
+        if not req.unchecked:
+            self.limits.check(req, self.features)
+        indirect = self.uses_indirect(req)
+        nchain = (0 if req.header_with_data else len(hsegs)) + len(segs) + (
             0 if req.status_with_data else 1)
+        if indirect and nchain > self.queue_size and not req.unchecked:
+            raise ValueError(f"an indirect table of {nchain} descriptors is longer than the "
+                             f"queue ({self.queue_size})")
+        ndesc = 1 if indirect else nchain
         if ndesc > len(self._free):
             raise QueueFull(
                 f"request needs {ndesc} descriptor(s), {len(self._free)} free of "
@@ -453,6 +664,7 @@ class VirtioBlkDriver:
         header = virtio.BLK_HEADER.pack(req.type, 0, req.sector)
         pieces: list[_Piece] = []
         data_at: list[tuple[GuestBuffer, int, int]] = []
+        table: _Piece | None = None
         try:
             # Header pieces (own slot) unless it shares the first data descriptor.
             if not req.header_with_data:
@@ -486,23 +698,47 @@ class VirtioBlkDriver:
             status_at[0].write(status_at[1], bytes([STATUS_POISON]))
             for p in pieces:
                 p.handle = await self.dma.map(p.buf, p.direction)
+            if indirect:
+                # the table: entry k's next is k + 1 (Linux), filled before it is mapped
+                tbuf = GuestBuffer.allocate(self.alloc, spec.DESC_BYTES * len(pieces),
+                                            contiguous=self.dma.needs_contiguous)
+                table = _Piece(tbuf, TO_DEVICE, True)
+                for k, (flags, nxt) in enumerate(self._links(pieces, list(range(len(pieces))))):
+                    p = pieces[k]
+                    assert p.handle is not None
+                    tbuf.write(spec.DESC_BYTES * k,
+                               virtio.DESC.pack(p.handle, p.buf.length, flags, nxt))
+                table.handle = await self.dma.map(tbuf, TO_DEVICE)
         except BaseException:
-            await self._unmap_free(pieces)
+            await self._unmap_free(pieces + ([table] if table is not None else []))
             self._free.extendleft(reversed(descs))
             raise
-        for k, (i, p) in enumerate(zip(descs, pieces, strict=True)):
-            more = k + 1 < len(descs)
-            flags = (spec.VIRTQ_DESC_F_NEXT if more else 0) | (
-                spec.VIRTQ_DESC_F_WRITE if p.writable else 0)
-            assert p.handle is not None
-            self.write_desc(i, p.handle, p.buf.length, flags, descs[k + 1] if more else 0)
+        if table is not None:
+            assert table.handle is not None
+            self.write_desc(head, table.handle, table.buf.length, spec.VIRTQ_DESC_F_INDIRECT, 0)
+        else:
+            for k, (flags, nxt) in enumerate(self._links(pieces, descs)):
+                p = pieces[k]
+                assert p.handle is not None
+                self.write_desc(descs[k], p.handle, p.buf.length, flags, nxt)
         token = self._next_token
         self._next_token += 1
-        rec = _InFlight(token, head, req, descs, pieces, status_at, data_at)
+        rec = _InFlight(token, head, req, descs, pieces, status_at, data_at, table)
         self._inflight[token] = rec
         self._by_head[head] = rec
         self.publish(head)
         return token
+
+    @staticmethod
+    def _links(pieces: list[_Piece], index: list[int]) -> list[tuple[int, int]]:
+        """``(flags, next)`` of each piece's descriptor, the chain in ``index`` order."""
+        out = []
+        for k, p in enumerate(pieces):
+            more = k + 1 < len(pieces)
+            out.append(((spec.VIRTQ_DESC_F_NEXT if more else 0)
+                        | (spec.VIRTQ_DESC_F_WRITE if p.writable else 0),
+                        index[k + 1] if more else 0))
+        return out
 
     async def _unmap_free(self, pieces: list[_Piece]) -> None:
         for p in pieces:
@@ -516,14 +752,50 @@ class VirtioBlkDriver:
     async def _release(self, rec: _InFlight) -> None:
         """Unmap and free a request's buffers and give its descriptors back (Linux
         ``detach_buf_split``: the chain goes to the front of the free list)."""
-        await self._unmap_free(rec.pieces)
+        await self._unmap_free(rec.pieces + ([rec.table] if rec.table is not None else []))
         self._free.extendleft(reversed(rec.descs))
         del self._inflight[rec.token]
         del self._by_head[rec.head]
 
     async def kick(self) -> None:
-        """Notify queue 0."""
+        """Notify queue 0 (unconditionally: :meth:`notify` is the driver's own kick)."""
+        self.kicks += 1
         await self._w(spec.MMIO_QUEUE_NOTIFY, 0)
+
+    def kick_prepare(self) -> bool:
+        """Whether the entries published since the last call need a notify (Linux
+        ``virtqueue_kick_prepare_split``): with EVENT_IDX, if ``avail_event`` lies in
+        ``[old, new)`` (section 2.7.10); without, unless the device set NO_NOTIFY in
+        ``used.flags`` (ours never does)."""
+        old, new = self._kick_old, self.avail_idx
+        self._kick_old = new
+        if self.negotiated(spec.VIRTIO_RING_F_EVENT_IDX):
+            need = vring_need_event(self.avail_event(), new, old)
+        else:
+            need = not self.used_flags() & 1  # VIRTQ_USED_F_NO_NOTIFY
+        if not need:
+            self.kicks_suppressed += 1
+        return need
+
+    async def notify(self) -> bool:
+        """Linux ``virtqueue_kick``: :meth:`kick_prepare`, then the notify if it is needed.
+        Returns whether the driver notified."""
+        if self.kick_prepare():
+            await self.kick()
+            return True
+        return False
+
+    def _enable_cb(self) -> bool:
+        """Before sleeping with EVENT_IDX: write ``used_event`` and say whether the used ring
+        is still empty (True: sleep). ``enable_cb`` (Linux ``virtqueue_enable_cb``, what
+        ``virtblk_done`` uses): ``used_event = last_used``, an interrupt at the next
+        completion. ``delayed`` (``virtqueue_enable_cb_delayed``): ``used_event = last_used +
+        3/4 of the requests outstanding``, and no sleep if that many completed already."""
+        bufs = 0
+        if self.event_policy == "delayed":
+            bufs = ((self.avail_idx - self.last_used) & 0xFFFF) * 3 // 4
+        self.set_used_event(self.last_used + bufs)
+        return (self.used_idx() - self.last_used) & 0xFFFF <= bufs
 
     async def _reap_one(self) -> bool:
         """Consume one used element if there is one."""
@@ -588,11 +860,27 @@ class VirtioBlkDriver:
                 return False
         return True
 
+    async def wait_any(self) -> list[BlkResult]:
+        """Wait for at least one completion, then reap every one the used ring holds (Linux
+        ``virtblk_done``); returns them with any completed-unclaimed ones, in used-ring
+        order. How many it returns depends on how fast the device was."""
+        if not self._done and not self._inflight:
+            raise ValueError("nothing in flight")
+        await self._wait_until(lambda: bool(self._done))
+        while await self._reap_one():
+            pass
+        return [self._done.pop(t) for t in list(self._done)]
+
     async def _wait_until(self, satisfied: Callable[[], bool]) -> None:
         polls = 0
+        event_idx = self.negotiated(spec.VIRTIO_RING_F_EVENT_IDX)
         while not await self._reap_until(satisfied):
             if self._needs_reset:
                 raise DeviceFault(await self.device_status(), self.in_flight)
+            if self.no_interrupt and event_idx:  # (keep used_event out of the device's way)
+                self.set_used_event(self.last_used + 0x8000)
+            elif event_idx and not self._enable_cb():
+                continue  # completions arrived meanwhile: reap them before sleeping
             if self.no_interrupt:
                 status = await self.device_status()
                 if status & spec.STATUS_DEVICE_NEEDS_RESET:
@@ -620,6 +908,8 @@ class VirtioBlkDriver:
                     f"Status={status:#04x}; was the queue kicked?)"
                 ) from None
             isr = await self._r(spec.MMIO_INTERRUPT_STATUS)
+            if isr & spec.INT_USED_BUFFER:
+                self.interrupts += 1
             if isr:
                 await self._w(spec.MMIO_INTERRUPT_ACK, isr)
             if isr & spec.INT_CONFIG_CHANGE:
@@ -638,7 +928,7 @@ class VirtioBlkDriver:
     async def request(self, req: BlkRequest) -> BlkResult:
         """Submit, kick and wait for one request."""
         token = await self.submit(req)
-        await self.kick()
+        await self.notify()
         return (await self.wait([token]))[0]
 
     async def run_batch(self, reqs: Sequence[BlkRequest]) -> list[BlkResult]:
@@ -658,7 +948,7 @@ class VirtioBlkDriver:
                         raise
                     break
                 i += 1
-            await self.kick()
+            await self.notify()
             results += await self.wait(tokens)
         return results
 
@@ -690,3 +980,22 @@ class VirtioBlkDriver:
             raise BlkError("get_id", res)
         assert res.data is not None
         return res.data
+
+    async def _dwz(self, type_: int, bit: int, what: str, sector: int, nsectors: int,
+                   flags: int) -> None:
+        if not self.negotiated(bit):
+            raise RuntimeError(f"VIRTIO_BLK_F_{what.upper()} was not negotiated")
+        res = await self.request(dwz_request(type_, [(sector, nsectors, flags)]))
+        if not res.ok:
+            raise BlkError(f"{what} of {nsectors} sector(s) at {sector}", res)
+
+    async def discard(self, sector: int, nsectors: int) -> None:
+        """One ``T_DISCARD`` range (no UNMAP flag: section 5.2.6.2)."""
+        await self._dwz(spec.VIRTIO_BLK_T_DISCARD, spec.VIRTIO_BLK_F_DISCARD, "discard",
+                        sector, nsectors, 0)
+
+    async def write_zeroes(self, sector: int, nsectors: int, *, unmap: bool = False) -> None:
+        """One ``T_WRITE_ZEROES`` range (``unmap``: flags bit 0, a hint)."""
+        await self._dwz(spec.VIRTIO_BLK_T_WRITE_ZEROES, spec.VIRTIO_BLK_F_WRITE_ZEROES,
+                        "write_zeroes", sector, nsectors,
+                        spec.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP if unmap else 0)

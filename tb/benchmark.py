@@ -25,6 +25,13 @@ in flight, on a memory with random latency and backpressure (``tb/randmem.py``),
 several memory seeds (mean, spread), GPA and handle mode side by side with the same seeds
 (``traffic.json``, ``traffic.md``). Not cycle-checked against ``models.timing`` here (that is
 ``tests/test_timing_exact.py``'s event-exact bench); the functional scoreboard checks them.
+
+Issue 17's rows (``tb/bench_features.py``): a 64 KiB request as 16 page-sized segments in a
+direct chain and through an indirect table (cycles per request, GPA and handle mode side by
+side), and kicks and interrupts per request at 32 in flight without EVENT_IDX and with it
+(two used_event policies), from the same workload (``features.json``, ``features.md``). Not
+cycle-checked against ``models.timing`` either; the functional scoreboard checks the segment
+rows, :class:`sw.workload.ExpectedDisk` the interrupt rows.
 """
 
 from __future__ import annotations
@@ -62,6 +69,39 @@ TRAFFIC_ROWS = (
     + [{"op": "write", "size": 4096, "descs": 3, "in_flight": 8}]
     + [{"op": op, "size": 4096, "descs": d, "in_flight": 1}
        for op in ("read", "write") for d in (6, 10, 16)])
+
+
+# Issue 17's rows (tb/bench_features.py): 64 KiB as 16 page-sized segments, direct chain and
+# indirect table; interrupts and kicks per request at 32 in flight with and without EVENT_IDX
+FEATURE_SEGMENT_SIZE = 65536
+FEATURE_LAYOUTS = ("direct", "indirect")
+FEATURE_VARIANTS = ("no_event_idx", "enable_cb", "delayed")  # tb/bench_features.VARIANTS
+FEATURE_IRQ = {"in_flight": 32, "size": 4096}
+
+
+def feature_procs(quick: bool, features: str | list[int] = "all") -> list[dict]:
+    """The two processes (GPA mode, handle mode) of issue 17's rows. ``features`` is what the
+    driver negotiates ("all"; a list of bit numbers runs the rows' plumbing on a build without
+    issue 17's features: direct chains only, no EVENT_IDX)."""
+    ops = ("read",) if quick else ("read", "write")
+    plumbing = features != "all"
+    layouts = ("direct",) if plumbing else FEATURE_LAYOUTS
+    seg_rows = [{"op": op, "size": FEATURE_SEGMENT_SIZE, "layout": lay, "in_flight": 1}
+                for op in ops for lay in layouts]
+    irq = {**FEATURE_IRQ, "requests": 128 if quick else 512,
+           "variants": ["no_event_idx"] if plumbing else list(FEATURE_VARIANTS)}
+    procs = []
+    for handle_mode in (False, True):
+        mode = "handle" if handle_mode else "gpa"
+        rows = seg_rows + [{"size": irq["size"] * irq["requests"] // irq["in_flight"],
+                            "in_flight": irq["in_flight"]} for _ in irq["variants"]]
+        procs.append({"bench": "features", "name": f"w64_l4_features_{mode}",
+                      "data_width": 64, "latency": 4, "rows": rows,
+                      "params": {"handle_mode": handle_mode, "latency": 4,
+                                 "features": features,
+                                 "segments": {"rows": seg_rows, "count": 2 if quick else 4},
+                                 "interrupts": irq}})
+    return procs
 
 
 def plan(quick: bool) -> list[dict]:
@@ -110,6 +150,7 @@ def plan(quick: bool) -> list[dict]:
                           "data_width": 64, "rows": [r for r in rows for _ in seeds],
                           "params": {"handle_mode": handle_mode, "rows": rows, "seeds": seeds,
                                      "count": 2 if quick else 4, **TRAFFIC_MEMORY}})
+    procs += feature_procs(quick)
     # the longest processes first: two workers stay busy to the end
     procs.sort(key=lambda p: -sum(r.get("size", 4096) * r.get("in_flight", 1) *
                                   (2 if p.get("bench") else 1) for r in p["rows"]))
@@ -167,7 +208,11 @@ def run_proc(proc: dict, out_dir: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")
     kind = proc.get("bench")
-    if kind == "traffic":
+    if kind == "features":
+        module, testcase, params = "tb.bench_features", "test_features", proc["params"]
+        cfg = DeviceConfig(data_width=proc["data_width"])
+        name = f"bench_{proc['name']}"
+    elif kind == "traffic":
         module, testcase, params = "tb.bench_traffic", "test_traffic", proc["params"]
         cfg = DeviceConfig(data_width=proc["data_width"])
         name = f"bench_{proc['name']}"
@@ -198,7 +243,8 @@ def rows_from(raw_files: list[Path]) -> list[dict]:
     for path in raw_files:
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            if "repeat_check" in r or r.get("kind") in ("miss", "sweep", "traffic"):
+            if "repeat_check" in r or r.get("kind") in ("miss", "sweep", "traffic", "segments",
+                                                        "interrupts"):
                 continue
             ident = tuple(r[k] for k in ("mode", "size", "pattern", "align", "in_flight",
                                          "mem_latency", "data_width"))
@@ -427,6 +473,121 @@ def traffic_markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+VARIANT_TEXT = {
+    "no_event_idx": "no EVENT_IDX (every other feature negotiated): an interrupt unless "
+                    "avail.flags has NO_INTERRUPT (never set here), a notify after each batch",
+    "enable_cb": "EVENT_IDX, used_event = last_used_idx written before each sleep (Linux "
+                 "virtqueue_enable_cb, as virtblk_done calls it); a notify only when "
+                 "avail_event asks (virtqueue_kick_prepare)",
+    "delayed": "EVENT_IDX, used_event = last_used_idx + 3/4 of the requests outstanding "
+               "(Linux virtqueue_enable_cb_delayed); a notify only when avail_event asks",
+}
+
+
+def features_from(raw_files: list[Path]) -> dict:
+    """Issue 17's rows: ``segments`` (cycles per request; indirect/direct and handle/GPA
+    ratios) and ``interrupts`` (kicks, interrupts and irq rises per request)."""
+    seg, irq = [], []
+    for path in raw_files:
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("kind") == "segments":
+                cpr = r["cycles"] / r["requests"]
+                seg.append({"op": r["op"], "request_bytes": r["size"], "layout": r["layout"],
+                            "segments": r["size"] // 4096, "in_flight": r["in_flight"],
+                            "mode": r["mode"], "mem_latency": r["mem_latency"],
+                            "data_width": r["data_width"], "requests": r["requests"],
+                            "cycles_per_request": round(cpr, 3),
+                            "bytes_per_cycle": round(r["size"] / cpr, 4)})
+            elif r.get("kind") == "interrupts":
+                n = r["requests"]
+                irq.append({"variant": r["variant"], "mode": r["mode"], "requests": n,
+                            "in_flight": r["in_flight"], "request_bytes": r["size"],
+                            "event_idx": r["event_idx"], "policy": r["policy"],
+                            "mem_latency": r["mem_latency"], "data_width": r["data_width"],
+                            "kicks_per_request": round(r["kicks"] / n, 4),
+                            "interrupts_per_request": round(r["interrupts"] / n, 4),
+                            "irq_rises_per_request": round(r["irq_rises"] / n, 4),
+                            "cycles_per_request": round(r["cycles"] / n, 3),
+                            "text": VARIANT_TEXT[r["variant"]]})
+    by = {(r["op"], r["request_bytes"], r["in_flight"], r["layout"], r["mode"]): r for r in seg}
+    for r in seg:
+        d = by.get((r["op"], r["request_bytes"], r["in_flight"], "direct", r["mode"]))
+        g = by.get((r["op"], r["request_bytes"], r["in_flight"], r["layout"], "gpa"))
+        r["indirect_direct_ratio"] = (round(r["cycles_per_request"] / d["cycles_per_request"],
+                                            4) if d and r["layout"] == "indirect" else None)
+        r["handle_gpa_ratio"] = (round(r["cycles_per_request"] / g["cycles_per_request"], 4)
+                                 if g and r["mode"] != "gpa" else None)
+    seg.sort(key=lambda r: (r["op"], r["in_flight"], r["layout"], r["mode"]))
+    order = {v: i for i, v in enumerate(FEATURE_VARIANTS)}
+    irq.sort(key=lambda r: (r["mode"], order.get(r["variant"], 99)))
+    return {"segments": seg, "interrupts": irq}
+
+
+def features_markdown(feat: dict) -> str:
+    def f(v, spec):
+        return "" if v is None else format(v, spec)
+
+    out = []
+    if feat["segments"]:
+        r0 = feat["segments"][0]
+        out += [f"## A 64 KiB request as 16 page-sized segments: direct chain and indirect "
+                f"table (data width {r0['data_width']}, memory latency {r0['mem_latency']})\n",
+                "Direct: 18 descriptors in the ring (header, 16 data, status). Indirect: one "
+                "ring descriptor naming an 18-entry table the driver allocated and mapped "
+                "device-readable like a data buffer (a read-only grant in handle mode). The "
+                "driver negotiated every feature but EVENT_IDX in both. Cycles from the notify "
+                "to the last "
+                "used-index write response.\n",
+                "| op | request | segments | in flight | layout | mode | cycles/req | "
+                "bytes/cycle | indirect/direct | handle/GPA |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in feat["segments"]:
+            out.append(f"| {r['op']} | {r['request_bytes']} | {r['segments']} | "
+                       f"{r['in_flight']} | {r['layout']} | {r['mode']} | "
+                       f"{r['cycles_per_request']:.1f} | {r['bytes_per_cycle']:.2f} | "
+                       f"{f(r['indirect_direct_ratio'], '.4f')} | "
+                       f"{f(r['handle_gpa_ratio'], '.4f')} |")
+        out.append("")
+    if feat["interrupts"]:
+        r0 = feat["interrupts"][0]
+        out += [f"## Kicks and interrupts per request at {r0['in_flight']} in flight "
+                f"({r0['requests']} reads of {r0['request_bytes']} bytes, the same workload "
+                f"in every row)\n",
+                "The driver keeps the queue full: each time it wakes it reaps every "
+                "completion, submits as many new requests and calls notify once. Interrupts: "
+                "the wakes that found InterruptStatus bit 0 set; irq rises: as the monitor "
+                "saw them.\n",
+                "| mode | variant | kicks/req | interrupts/req | irq rises/req | cycles/req | "
+                "what the driver does |", "|---|---|---|---|---|---|---|"]
+        for r in feat["interrupts"]:
+            out.append(f"| {r['mode']} | {r['variant']} | {r['kicks_per_request']:.3f} | "
+                       f"{r['interrupts_per_request']:.3f} | "
+                       f"{r['irq_rises_per_request']:.3f} | {r['cycles_per_request']:.1f} | "
+                       f"{r['text']} |")
+    return "\n".join(out) + "\n" if out else ""
+
+
+def print_features(feat: dict) -> None:
+    if feat["segments"]:
+        print("64 KiB as 16 page segments, cycles per request (op layout: GPA, handle, "
+              "handle/GPA; indirect/direct):")
+        for r in feat["segments"]:
+            if r["mode"] == "handle":
+                g = next(x for x in feat["segments"] if x["mode"] == "gpa" and all(
+                    x[k] == r[k] for k in ("op", "layout", "in_flight", "request_bytes")))
+                print(f"  {r['op']:5s} {r['layout']:8s} @{r['in_flight']}: "
+                      f"{g['cycles_per_request']:8.1f} {r['cycles_per_request']:8.1f}  "
+                      f"{r['handle_gpa_ratio']:.4f}  gpa {g['indirect_direct_ratio'] or '':}"
+                      f" handle {r['indirect_direct_ratio'] or ''}")
+    if feat["interrupts"]:
+        print("Kicks and interrupts per request at 32 in flight (mode variant: kicks, "
+              "interrupts):")
+        for r in feat["interrupts"]:
+            print(f"  {r['mode']:6s} {r['variant']:12s}: {r['kicks_per_request']:.3f} "
+                  f"{r['interrupts_per_request']:.3f}")
+
+
 def iova_plot(sweep: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -559,11 +720,15 @@ def report(files: list[Path], out: Path, t0: float) -> int:
     traffic = traffic_from(files)
     (args_out / "traffic.json").write_text(json.dumps(traffic, indent=1) + "\n")
     (args_out / "traffic.md").write_text(traffic_markdown(traffic))
+    feat = features_from(files)
+    (args_out / "features.json").write_text(json.dumps(feat, indent=1) + "\n")
+    (args_out / "features.md").write_text(features_markdown(feat))
     default = [r for r in rows if r["data_width"] == DEFAULT["data_width"]
                and r["mem_latency"] == DEFAULT["mem_latency"] and r["mode"] == "handle"
                and r["workload"] == "seq-aligned-read"]
     print(f"\n{len(rows)} rows in {time.monotonic() - t0:.0f} s; wrote {args_out}/results.json, "
-          f"results.md, overhead.png, iova.json, iova.md, iotlb.png, traffic.json, traffic.md")
+          f"results.md, overhead.png, iova.json, iova.md, iotlb.png, traffic.json, traffic.md, "
+          f"features.json, features.md")
     print("\ndata width 64, memory latency 4, sequential aligned reads (handle mode):")
     print("  in flight  request   cycles/req  bytes/cycle  x bound  handle/GPA  "
           "handle/GPA-only device")
@@ -580,6 +745,7 @@ def report(files: list[Path], out: Path, t0: float) -> int:
           ", ".join(f"{r['request_bytes']}@{r['hv_latency']}: {r['own_cycles_per_miss']:.2f}"
                     for r in iova["miss"]))
     print_traffic(traffic)
+    print_features(feat)
     print("IOTLB entries -> hit rate, cycles/request:",
           ", ".join(f"{r['iotlb_entries']}: {r['hit_rate']:.3f}, {r['cycles_per_request']:.0f}"
                     for r in iova["iotlb_size"]))

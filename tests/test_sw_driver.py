@@ -14,6 +14,7 @@ import pytest
 
 from models import spec
 from models.device import ReferenceDevice
+from models.features import Features
 from models.memory import GuestMemory
 from sw.alloc import PageAllocator
 from sw.dma import FROM_DEVICE, TO_DEVICE, DmaApi, GrantDma, IdentityDma, OutOfGrantRefs
@@ -56,11 +57,13 @@ async def make_rig(
     disk_bytes: int = spec.DEFAULT_DISK_BYTES,
     data_width: int = 64,
     bus_error: Callable[[Any], bool] | None = None,
+    features: Features | None = None,
     **drv_kw: Any,
 ) -> Rig:
     mem = GuestMemory(mem_size)
     dev = ReferenceDevice(mem, entries=entries, queue_num_max=queue_num_max,
-                          disk_bytes=disk_bytes, data_width=data_width, bus_error=bus_error)
+                          disk_bytes=disk_bytes, data_width=data_width, bus_error=bus_error,
+                          features=features)
     hv = Hypervisor(dev.hv)
     await hv.setup(handle, DOMID)
     kind = dma or ("grant" if handle else "identity")
@@ -102,16 +105,26 @@ def check_results(exp: ExpectedDisk, reqs: list[BlkRequest], results: list[Any])
 
 # --- bring-up -------------------------------------------------------------------------------------
 @MODES
+@pytest.mark.parametrize("build", ["foundation", "default"])
 @sync
-async def test_init(handle: bool) -> None:
-    rig = await ready_rig(handle, queue_num_max=64)
+async def test_init(handle: bool, build: str) -> None:
+    """The foundation's device offers exactly what the driver negotiates by default; the
+    default build offers issue 17's features too, and the driver still negotiates only the
+    foundation's set unless asked (``init(features=...)``, tests/test_sw_features.py)."""
+    feats = Features.none() if build == "foundation" else Features()
+    rig = await ready_rig(handle, queue_num_max=64, features=feats)
     d = rig.drv
     assert d.capacity == spec.DEFAULT_DISK_BYTES // 512
     assert d.queue_size == 64
     want = 1 << spec.VIRTIO_F_VERSION_1 | 1 << spec.VIRTIO_BLK_F_FLUSH
     if handle:
         want |= 1 << spec.VIRTIO_F_ACCESS_PLATFORM
-    assert d.features == want == d.device_features
+    if build == "foundation":
+        assert d.features == want == d.device_features
+    else:
+        assert d.features == want
+        assert d.device_features == feats.offered(64) | (
+            1 << spec.VIRTIO_F_ACCESS_PLATFORM if handle else 0)
     assert await d.device_status() == (spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER
                                        | spec.STATUS_FEATURES_OK | spec.STATUS_DRIVER_OK)
     for addr in (d.desc_addr, d.avail_addr, d.used_addr):
