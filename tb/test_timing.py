@@ -130,11 +130,11 @@ async def run_items(pair: Pair, ref_s: Session, rtl_s: Session, items: list[Item
     compare_results(*results)
 
 
-def dwz_requests(capacity: int, rng: random.Random) -> list[BlkRequest]:
+def dwz_requests(capacity: int, rng: random.Random, *, big: bool = False) -> list[BlkRequest]:
     """DISCARD and WRITE_ZEROES with every status: OK (a few sectors, none, the UNMAP flag of
-    WRITE_ZEROES; the segment split over two descriptors or sharing the header's), UNSUPP
-    (UNMAP on DISCARD, an unknown flag), IOERR (past the end, more sectors than the disk, two
-    segments: no segment read)."""
+    WRITE_ZEROES; the segment split over two descriptors or sharing the header's; ``big``: the
+    whole disk), UNSUPP (UNMAP on DISCARD, an unknown flag), IOERR (past the end, more sectors
+    than the disk, two segments: no segment read)."""
     d, wz = spec.VIRTIO_BLK_T_DISCARD, spec.VIRTIO_BLK_T_WRITE_ZEROES
 
     def seg(sector, num, flags=0):
@@ -150,20 +150,24 @@ def dwz_requests(capacity: int, rng: random.Random) -> list[BlkRequest]:
         BlkRequest(d, 0, data=seg(capacity - 1, 2)),
         BlkRequest(wz, 0, data=seg(0, 1 << 16), segments=[4, 12]),
         BlkRequest(d, 0, data=seg(s, 1) + seg(s + 2, 1)),
-    ]
+    ] + ([BlkRequest(wz, 0, data=seg(0, capacity))] if big else [])
 
 
-def feature_items(seed: int, reqs: list[BlkRequest], capacity: int) -> list[Item]:
+def feature_items(seed: int, reqs: list[BlkRequest], capacity: int, *,
+                  big: bool = False) -> list[Item]:
     """The random requests, each through an indirect table or not (at random), with the
     DISCARD/WRITE_ZEROES requests of :func:`dwz_requests` and two requests over the limits
-    (one over SIZE_MAX in a direct chain, one over SEG_MAX in a table) mixed in."""
+    (one over SIZE_MAX in a direct chain, one over SEG_MAX in a table) mixed in: one set per
+    25 random requests (at least one)."""
     rng = random.Random(seed * 7 + 17)
     items = [Item(r, rng.choice(["direct", "indirect"])) for r in reqs]
-    extra = [Item(r, rng.choice(["direct", "indirect"])) for r in dwz_requests(capacity, rng)]
-    extra += [Item(BlkRequest(spec.VIRTIO_BLK_T_FLUSH), "size_over"),
-              Item(BlkRequest(spec.VIRTIO_BLK_T_IN, 0, length=512), "seg_over")]
-    for item in extra:
-        items.insert(rng.randrange(len(items) + 1), item)
+    for _ in range(max(1, len(reqs) // 25)):
+        extra = [Item(r, rng.choice(["direct", "indirect"]))
+                 for r in dwz_requests(capacity, rng, big=big)]
+        extra += [Item(BlkRequest(spec.VIRTIO_BLK_T_FLUSH), "size_over"),
+                  Item(BlkRequest(spec.VIRTIO_BLK_T_IN, 0, length=512), "seg_over")]
+        for item in extra:
+            items.insert(rng.randrange(len(items) + 1), item)
     return items
 
 
@@ -498,7 +502,7 @@ async def test_every_event(dut):
         reqs += [BlkRequest(spec.VIRTIO_BLK_T_IN, 8 * i, length=1024,
                             offsets=[spec.PAGE_SIZE - lanes]) for i in range(4)]
     if bench.features:
-        reqs = feature_items(seed, reqs, capacity)
+        reqs = feature_items(seed, reqs, capacity, big=p.get("big_zero", False))
     batch = p.get("batch", 4)
     faults = list(p.get("faults", []))
     fault_every = p.get("fault_every", 2)

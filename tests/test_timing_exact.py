@@ -160,3 +160,19 @@ def test_every_event_long(mode, width, seed, stall, max_latency):
           {"mode": mode, "requests": 300, "batch": 6, "max_sectors": 16, "seed": seed,
            "stall": stall, "max_latency": max_latency, "faults": faults * 2,
            "fault_every": 1}, data_width=width, name=f"events_long_{mode}_{width}")
+
+
+@pytest.mark.skipif(not LONG, reason="the long event-exact runs: make timing")
+@pytest.mark.parametrize(("mode", "width", "seed", "stall", "max_latency"), [
+    ("grant", 64, 111, 0.3, 12), ("gpa", 32, 112, 0.5, 24), ("iova", 128, 113, 0.3, 12)])
+def test_every_event_long_features(mode, width, seed, stall, max_latency):
+    """Issue 17's features (as test_every_event_features): 150 random requests, through
+    indirect tables or direct chains, with a set of DISCARD/WRITE_ZEROES requests (one zeroing
+    the whole disk) and the two over the limits per 25, batches of 6; the malformed indirect
+    tables twice as fault cases (with the mode's other fault cases in grant mode)."""
+    faults = INDIRECT_FAULTS * 2 + (ALL_FAULTS if mode == "grant" else [])
+    cosim("tb.test_timing", "test_every_event",
+          {"mode": mode, "requests": 150, "batch": 6, "max_sectors": 16, "seed": seed,
+           "stall": stall, "max_latency": max_latency, "features": True, "big_zero": True,
+           "faults": faults, "fault_every": 1}, data_width=width,
+          name=f"events_long_feat_{mode}_{width}")
