@@ -213,8 +213,14 @@ async def check_batches(pair: Pair, ref_s, rtl_s, reqs, *, batch: int, latency: 
                     f"{notify + want.cycle} (notify + {want.cycle}); RTL {got.kind} "
                     f"addr={got.addr:#x} beats={got.beats} at cycle {got.cycle} "
                     f"(notify + {got.cycle - notify}); latency {latency}")
-        assert len(sched.handshakes) == len(actual), \
-            f"{len(sched.handshakes)} handshakes predicted, {len(actual)} seen"
+        if len(sched.handshakes) != len(actual):
+            n = min(len(sched.handshakes), len(actual))
+            first = (f"predicted #{n}: {_fmt(sched.handshakes[n])} at notify + "
+                     f"{sched.handshakes[n].cycle}" if n < len(sched.handshakes) else
+                     f"RTL #{n}: {_fmt(actual[n])} at notify + {actual[n].cycle - notify}")
+            raise AssertionError(f"batch at request {i}: {len(sched.handshakes)} handshakes "
+                                 f"predicted, {len(actual)} seen (the first {n} on their "
+                                 f"cycles; {first})")
         # completions: the write responses of the used index writes, in order
         uidx = [r for r in actual if r.kind == "W" and r.addr == ref_s.driver.used_buf.phys(2)]
         got_c = [r.resp_cycle - notify for r in uidx]
