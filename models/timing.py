@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from models import spec
+from models import spec, virtio
 from models.bus import Transaction
 from models.device import Descriptor, ReferenceDevice
+from models.engine import vring_need_event
 
 __all__ = ["Handshake", "KickSchedule", "TimedDevice", "lower_bound", "request_traces"]
 
@@ -57,10 +58,12 @@ class FaultMark:
 
 @dataclass
 class _Access:
-    step: str  # poll, head, desc, hdr, data, status, used, uidx, drain
+    step: str  # poll, head, desc, hdr, data, status, used, uidx, drain; uevt, aevt, aevt_drain
     kind: str  # R, W or D (drain)
     txns: list  # Transaction, then a FaultMark if the access faulted
     fault: int = 0  # the fault cause this access ended with (0: none)
+    indirect: bool = False  # a descriptor read that found an INDIRECT descriptor (its table's
+    # first entry is read after TABLE and TABLE_ISSUE)
 
 
 @dataclass
@@ -70,6 +73,16 @@ class _Request:
     goal: int  # data bytes moved (0 for flush, errors, unsupported)
     accesses: list[_Access] = field(default_factory=list)
     fault: int = 0  # a fault the ring engine raised itself (chain, request framing)
+    # DISCARD/WRITE_ZEROES: the segment was read (its data pieces, then SEG_CHECK and SEG_ACT),
+    # and the bytes the zero command cleared (None: no zero command, the status says why)
+    segment: bool = False
+    zeroed: int | None = None
+    segment_bytes: bytes = b""
+
+    @property
+    def reads_data(self) -> bool:
+        """The data pieces are device reads (OUT's data, a DISCARD/WRITE_ZEROES segment)."""
+        return self.req_type not in (spec.VIRTIO_BLK_T_IN, spec.VIRTIO_BLK_T_GET_ID)
 
 
 @dataclass
@@ -79,6 +92,21 @@ class _Round:
     fault: int = 0  # a fault the ring engine raised itself (queue check, avail index)
     no_irq: bool = False  # VIRTQ_AVAIL_F_NO_INTERRUPT in the poll's avail.flags
     queue_num_bad: bool = False  # the queue check failed on QueueNum (QNUM's extra cycle)
+    # EVENT_IDX (negotiated when the round started): no interrupt per request; after the
+    # round's last entry the used_event read (uevt) and its decision (uevt_irq); a round that
+    # finds nothing publishes avail_event first (aevt: the 2-byte write and its drain), and the
+    # next round polls again
+    evt: bool = False
+    uevt: _Access | None = None
+    uevt_irq: bool = False
+    aevt: list[_Access] = field(default_factory=list)
+
+    @property
+    def accesses(self) -> list[_Access]:
+        """Every access of the round, in issue order."""
+        return (([self.poll] if self.poll else []) + self.aevt
+                + [a for r in self.requests for a in r.accesses]
+                + ([self.uevt] if self.uevt else []))
 
 
 class TimedDevice(ReferenceDevice):
@@ -107,7 +135,7 @@ class TimedDevice(ReferenceDevice):
         super()._run()
 
     def _round(self) -> bool:
-        rnd = _Round()
+        rnd = _Round(evt=self.event_idx_negotiated)
         self.kicks[-1].append(rnd)
         self._sink = []
         self._step = "poll"
@@ -141,22 +169,35 @@ class TimedDevice(ReferenceDevice):
         rnd = self._current_round
         if step == "poll":
             rnd.poll = access
+        elif step == "uevt":
+            rnd.uevt = access
+        elif step in ("aevt", "aevt_drain"):
+            rnd.aevt.append(access)
         else:
             rnd.requests[-1].accesses.append(access)
 
     def dma_read(self, v, n, sink=None):
         first = len(self.transactions)
         self._in_access = True
+        indirect = False
         try:
             out = super().dma_read(v, n, sink)
+            rnd = self._current_round
+            if self._step == "desc" and n == virtio.DESC.size:
+                indirect = bool(virtio.DESC.unpack(out)[2] & spec.VIRTQ_DESC_F_INDIRECT)
             if self._step == "poll":
-                self._current_round.no_irq = bool(out[0] & spec.VIRTQ_AVAIL_F_NO_INTERRUPT)
+                rnd.no_irq = bool(out[0] & spec.VIRTQ_AVAIL_F_NO_INTERRUPT)
+            elif self._step == "uevt":  # the decision the engine takes on it (UEVT_CHECK)
+                rnd.uevt_irq = vring_need_event(int.from_bytes(out, "little"), self.used_idx,
+                                                self.signalled_used)
             return out
         finally:
             self._in_access = False
             self._record(self._step, "R", first)
             if self._step == "poll":
                 self._step = "poll_check"
+            elif indirect:
+                self._current_round.requests[-1].accesses[-1].indirect = True
 
     def dma_write(self, v, data):
         first = len(self.transactions)
@@ -168,6 +209,8 @@ class TimedDevice(ReferenceDevice):
             step = self._step
             if step == "used_or_uidx":
                 step = "uidx" if v == (self.queue_device + 2) % (1 << 64) else "used"
+            elif step == "poll_check":  # nothing pending: avail_event (EVENT_IDX)
+                step = self._step = "aevt"
             self._record(step, "W", first)
 
     def drain(self) -> None:
@@ -176,14 +219,15 @@ class TimedDevice(ReferenceDevice):
             super().drain()
         finally:
             self._in_access = False
-            self._record("drain", "D", len(self.transactions))
+            self._record("aevt_drain" if self._step == "aevt" else "drain", "D",
+                         len(self.transactions))
         self._step = "used_or_uidx"
 
     def _serve_one(self, n: int, avail_flags: int) -> None:
         self._current_round.requests.append(_Request([], -1, 0))
         self._step = "head"
         super()._serve_one(n, avail_flags)
-        self._step = "head"
+        self._step = "uevt"  # (the next entry's head sets "head" again)
 
     def _walk_chain(self, head: int, n: int) -> list[Descriptor]:
         self._step = "desc"
@@ -200,7 +244,17 @@ class TimedDevice(ReferenceDevice):
         out = super()._read_range(descs, start, length, sink)
         if self._step == "hdr":
             req.req_type = int.from_bytes(out[:4], "little")
+        else:
+            req.segment_bytes = out
         return out
+
+    def _discard_write_zeroes(self, req_type, readable, r_total):
+        req = self._current_round.requests[-1]
+        req.segment = r_total - spec.BLK_HEADER_BYTES == spec.DWZ_SEGMENT_BYTES  # read
+        status = super()._discard_write_zeroes(req_type, readable, r_total)
+        if status == spec.VIRTIO_BLK_S_OK:
+            req.zeroed = virtio.DWZ_SEGMENT.unpack(req.segment_bytes)[1] * spec.SECTOR_SIZE
+        return status
 
     def _write_range(self, descs, start, data):
         req = self._current_round.requests[-1]
@@ -244,9 +298,7 @@ class TimedDevice(ReferenceDevice):
             ids = {id(x): i for i, x in enumerate(self.transactions)}
             waits = {}
             for rnd in self.kicks[kick]:
-                accesses = ([rnd.poll] if rnd.poll else []) + [
-                    a for r in rnd.requests for a in r.accesses]
-                for acc in accesses:
+                for acc in rnd.accesses:
                     for txn in acc.txns:
                         k = last.get(ids[id(txn)])
                         if k is None:
@@ -277,9 +329,7 @@ class TimedDevice(ReferenceDevice):
             last = {t: k for k, t in enumerate(self.miss_txns)}
             ids = {id(x): i for i, x in enumerate(self.transactions)}
             for rnd in self.kicks[kick]:
-                accesses = ([rnd.poll] if rnd.poll else []) + [
-                    a for r in rnd.requests for a in r.accesses]
-                for acc in accesses:
+                for acc in rnd.accesses:
                     for txn in acc.txns:
                         i = txn.index if isinstance(txn, FaultMark) else ids[id(txn)]
                         k = last.get(i)
@@ -380,22 +430,49 @@ class _Scheduler:
                 ready = aw + self.LOOKUP  # the next page is looked up in this handshake
         return t
 
-    def drain(self, a: int) -> int:
+    def drain(self, a: int, acc: _Access | None = None) -> int:
         return max(a + 1, self.last_b + 1)
+
+    def zero(self, a: int, nbytes: int) -> int:
+        """A zero command (DISCARD/WRITE_ZEROES) accepted in cycle ``a``: ``ZERO`` from
+        ``a + 1`` clears two disk words a cycle and is done in its last cycle (at least one)."""
+        return a + max(1, nbytes // (2 * (self.width // 8)))
 
     def run(self, rounds: list[_Round]) -> KickSchedule:
         t = 2  # the notify's cycle, then IDLE sees the kick, then QCHECK issues the poll
         for rnd in rounds:
             assert rnd.poll is not None
-            d = self.read(t, rnd.poll.txns)
-            t = d + 2  # POLL_CHECK, then POLL_ACT issues the head read or goes idle
-            if not rnd.requests:
-                self.out.idle = t + 1
-            for req in rnd.requests:
-                d = self.request(t, req)
-                self.out.irqs.append(d + 2)  # the registered pulse, then InterruptStatus
-                t = d + 1  # HEAD (next entry) or QCHECK (next round) issues
+            t = self.round(t, rnd)
         return self.out
+
+    def round(self, t: int, rnd: _Round) -> int:
+        """The round whose poll is issued in cycle ``t``; returns the cycle in which the next
+        round's poll is issued (QCHECK)."""
+        d = self.read(t, rnd.poll.txns)
+        t = d + 2  # POLL_CHECK, then POLL_ACT issues the head read or goes idle
+        if not rnd.requests:
+            if rnd.aevt:  # EVENT_IDX: AEVT forms the address, AEVT_ISSUE issues the write
+                write, drain = rnd.aevt
+                d = self.write(t + 2, write.txns)
+                d = self.drain(d + 1, drain)  # AEVT_DRAIN issues the drain
+                return d + 2  # AEVT_DONE, then QCHECK issues the poll
+            self.out.idle = t + 1
+            return t + 1
+        for req in rnd.requests:
+            d = self.request(t, req)
+            if not rnd.evt and not rnd.no_irq:
+                self.on_irq(d + 1)  # the registered pulse
+            t = d + 1  # HEAD (next entry) or QCHECK (next round) issues; or UEVT
+        if rnd.evt:  # UEVT issues the used_event read; UEVT_CHECK, UEVT_ACT (the pulse)
+            d = self.read(t, rnd.uevt.txns)
+            if rnd.uevt_irq:
+                self.on_irq(d + 3)
+            t = d + 3  # QCHECK issues the poll
+        return t
+
+    def on_irq(self, pulse: int) -> None:
+        """The used-buffer pulse is high in cycle ``pulse``; InterruptStatus (and irq) follow."""
+        self.out.irqs.append(pulse + 1)
 
     def request(self, t: int, req: _Request) -> int:
         acc = iter(req.accesses)
@@ -408,8 +485,9 @@ class _Scheduler:
             assert a.step == "desc", a.step
             d = self.read(t, a.txns)
             # DESC_CHECK, then DESC_NEXT issues the next descriptor read or the header's
-            # first piece
-            t = d + 2
+            # first piece; after an indirect descriptor, TABLE and TABLE_ISSUE issue the
+            # table's first entry
+            t = d + (4 if a.indirect else 2)
         # pass 2 sees only the non-empty descriptors (empty ones are not cached)
         descs = [x for x in req.descs if x.len]
         k, got, ends = 0, 0, False
@@ -428,7 +506,7 @@ class _Scheduler:
         # header's last piece if that piece ends its descriptor, else that descriptor.
         pf = k + 1 if ends else k
         n_readable = sum(1 for x in descs if not x.writable)
-        write = req.req_type != spec.VIRTIO_BLK_T_OUT
+        write = not req.reads_data
         if req.goal and write:
             need = n_readable  # IN, GET_ID: the first device-writable descriptor
         elif req.goal:
@@ -451,11 +529,16 @@ class _Scheduler:
                 d = self.write(t, a.txns) if write else self.read(t, a.txns)
                 moved += piece
                 k, off, t = k + 1, 0, d + 1
+            if req.segment:  # SEG_CHECK, SEG_ACT; then STATUS, or ZERO_ISSUE
+                t += 2
+                if req.zeroed is not None:
+                    t = self.zero(t, req.zeroed) + 1  # ZERO_WAIT, then STATUS
         a = next(acc)
         assert a.step == "status", a.step
         d = self.write(t, a.txns)  # STATUS
-        assert next(acc).step == "drain"
-        d = self.drain(d + 1)  # DRAIN_DATA
+        a = next(acc)
+        assert a.step == "drain"
+        d = self.drain(d + 1, a)  # DRAIN_DATA
         a = next(acc)
         assert a.step == "used", a.step
         d = self.write(d + 1, a.txns)  # USED
@@ -463,8 +546,9 @@ class _Scheduler:
         assert a.step == "uidx", a.step
         d = self.write(d + 1, a.txns)  # USED_IDX
         self.out.completions.append(self.last_b)
-        assert next(acc).step == "drain"
-        return self.drain(d + 1)  # DRAIN_USED: done in this cycle
+        a = next(acc)
+        assert a.step == "drain"
+        return self.drain(d + 1, a)  # DRAIN_USED: done in this cycle
 
 
 
@@ -537,6 +621,7 @@ class _CycleDma:
         self.write = False
         self.r_err = False
         self.resolved_seen = False
+        self.zero_rem = 0  # a zero command's bytes not yet cleared
         self.done: int | None = None
         self.fault = 0
         self.limit = 1 << 62  # the last cycle of the memory's record
@@ -596,6 +681,9 @@ class _CycleDma:
                 self.r_err = False
                 if kind == "D":
                     nxt = "DRAIN"
+                elif kind == "Z":  # a zero command: no bus access
+                    self.zero_rem = txns[0]
+                    nxt = "ZERO"
                 else:
                     keep = True
                     nxt = "ADDR"
@@ -604,6 +692,10 @@ class _CycleDma:
             self.w_cnt, self.w_one = n - 1, n == 1
             self.resolved_seen = False
             nxt = "ISSUE"
+        elif state == "ZERO":  # two disk words a cycle; done in the last (at least one) cycle
+            if self.zero_rem in (0, 2 * (self.width // 8)):
+                nxt = self._finish(0)
+            self.zero_rem -= 2 * (self.width // 8)
         elif state == "XLATE":
             nxt = "XKEEP"
         elif state == "XKEEP":
@@ -757,8 +849,14 @@ class _CycleScheduler(_Scheduler):
     def write(self, a: int, txns: list) -> int:
         return self._cmd(a, "W", txns)
 
-    def drain(self, a: int) -> int:
-        return self._cmd(a, "D", self._drain_txns)
+    def drain(self, a: int, acc: _Access | None = None) -> int:
+        return self._cmd(a, "D", acc.txns if acc is not None else [])
+
+    def zero(self, a: int, nbytes: int) -> int:
+        return self._cmd(a, "Z", [nbytes])
+
+    def on_irq(self, pulse: int) -> None:
+        self.irq_sets.append((pulse, spec.INT_USED_BUFFER))
 
     def run_kick(self, rounds: list[_Round], notify: int) -> None:
         t = notify + 2
@@ -767,36 +865,21 @@ class _CycleScheduler(_Scheduler):
                 if rnd.poll is None:  # the queue check failed: (QNUM,) QFAULT, EFAULT, FAULT
                     self.fault = (t + (4 if rnd.queue_num_bad else 3), rnd.fault)
                     return
-                d = self.read(t, rnd.poll.txns)
-                t = d + 2
-                if rnd.fault:
-                    self.fault = (d + self.ENGINE_FAULT, rnd.fault)
+                if rnd.fault:  # the avail index: after the poll, the engine's own fault
+                    self.read(t, rnd.poll.txns)
+                    self.fault = (self.last_done + self.ENGINE_FAULT, rnd.fault)
                     return
-                if not rnd.requests:
-                    self.out.idle = t + 1
-                for req in rnd.requests:
-                    try:
-                        d = self._request(t, req)
-                    except StopIteration:  # the ring engine faulted after its last command
-                        self.fault = (self.last_done + self.ENGINE_FAULT, req.fault)
-                        return
-                    if not rnd.no_irq:
-                        self.irq_sets.append((d + 1, spec.INT_USED_BUFFER))  # registered
-                    t = d + 1
+                try:
+                    t = self.round(t, rnd)
+                except StopIteration:  # the ring engine faulted after its last command
+                    req = rnd.requests[-1]
+                    self.fault = (self.last_done + self.ENGINE_FAULT, req.fault)
+                    return
         except _Faulted as f:
             self.fault = (f.done + 1, f.cause)  # the wait state sees done, then FAULT
         finally:
             if self.fault is not None:  # the FAULT state's pulse sets InterruptStatus bit 1
                 self.irq_sets.append((self.fault[0], spec.INT_CONFIG_CHANGE))
-
-    def _request(self, t: int, req: _Request) -> int:
-        drains = [a for a in req.accesses if a.step == "drain"]
-        self._drains = iter(drains)
-        return self.request(t, req)
-
-    @property
-    def _drain_txns(self) -> list:
-        return next(self._drains).txns
 
 
 def _irq_events(sets: list[int], acks: Mapping[int, int], start: int, end: int,

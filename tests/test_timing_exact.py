@@ -45,6 +45,17 @@ def test_cycle_exact_32_in_flight():
            "max_sectors": 2}, name="timing_inflight32")
 
 
+@pytest.mark.parametrize(("mode", "latency"), [("handle", 0), ("gpa", 4), ("handle", 32)])
+def test_cycle_exact_features(mode, latency):
+    """Issue 17's features (tb/test_timing.py "Issue 17's features"): INDIRECT_DESC and
+    EVENT_IDX negotiated, requests through indirect tables or direct chains, DISCARD and
+    WRITE_ZEROES with every status, a request over SIZE_MAX and one over SEG_MAX; every third
+    batch with the interrupt suppressed by used_event."""
+    cosim("tb.test_timing", "test_cycle_exact",
+          {"handle_mode": mode == "handle", "latency": latency, "requests": 12, "batch": 5,
+           "seed": 40 + latency, "features": True}, name=f"timing_feat_{mode}_{latency}")
+
+
 def iova(params: dict, tmp_path, *, name: str, iotlb_entries: int = 64,
          data_width: int = 64) -> None:
     out = tmp_path / f"{name}.jsonl"
@@ -95,6 +106,8 @@ FAULTS = {
             "readable_after_writable", "avail_jump", "status_readable", "header_writable"],
     "iova": ["iova_fail", "iova_no_read", "iova_read_only"],
 }
+# issue 17's malformed indirect tables (tb/test_timing.py INDIRECT_CASES), in the features runs
+INDIRECT_FAULTS = ["indirect_len", "indirect_next", "indirect_nested", "indirect_loop"]
 HANDLE_ONLY = FAULTS["grant"][:6]
 ALL_FAULTS = FAULTS["grant"] + FAULTS["gpa"]
 
@@ -107,6 +120,17 @@ def test_every_event(mode):
            "seed": {"grant": 3, "gpa": 4, "iova": 5}[mode], "stall": 0.3, "max_latency": 12,
            "faults": FAULTS[mode], "fault_every": 1, "page_tail": mode == "grant"},
           name=f"events_{mode}")
+
+
+@pytest.mark.parametrize("mode", ["grant", "iova"])
+def test_every_event_features(mode):
+    """Issue 17's features (as test_cycle_exact_features) on the random memory, with the
+    malformed indirect tables as fault cases (grant mode) or misses on every page (IOVA)."""
+    cosim("tb.test_timing", "test_every_event",
+          {"mode": mode, "requests": 8, "batch": 5, "seed": {"grant": 8, "iova": 9}[mode],
+           "stall": 0.3, "max_latency": 12, "features": True,
+           "faults": INDIRECT_FAULTS if mode == "grant" else [], "fault_every": 1},
+          name=f"events_feat_{mode}")
 
 
 def test_every_event_gpa_only():
@@ -136,3 +160,19 @@ def test_every_event_long(mode, width, seed, stall, max_latency):
           {"mode": mode, "requests": 300, "batch": 6, "max_sectors": 16, "seed": seed,
            "stall": stall, "max_latency": max_latency, "faults": faults * 2,
            "fault_every": 1}, data_width=width, name=f"events_long_{mode}_{width}")
+
+
+@pytest.mark.skipif(not LONG, reason="the long event-exact runs: make timing")
+@pytest.mark.parametrize(("mode", "width", "seed", "stall", "max_latency"), [
+    ("grant", 64, 111, 0.3, 12), ("gpa", 32, 112, 0.5, 24), ("iova", 128, 113, 0.3, 12)])
+def test_every_event_long_features(mode, width, seed, stall, max_latency):
+    """Issue 17's features (as test_every_event_features): 150 random requests, through
+    indirect tables or direct chains, with a set of DISCARD/WRITE_ZEROES requests (one zeroing
+    the whole disk) and the two over the limits per 25, batches of 6; the malformed indirect
+    tables twice as fault cases (with the mode's other fault cases in grant mode)."""
+    faults = INDIRECT_FAULTS * 2 + (ALL_FAULTS if mode == "grant" else [])
+    cosim("tb.test_timing", "test_every_event",
+          {"mode": mode, "requests": 150, "batch": 6, "max_sectors": 16, "seed": seed,
+           "stall": stall, "max_latency": max_latency, "features": True, "big_zero": True,
+           "faults": faults, "fault_every": 1}, data_width=width,
+          name=f"events_long_feat_{mode}_{width}")

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from models import spec
+from models import spec, virtio
 from models.memory import GuestMemory
 from models.timing import Event, TimedDevice
 from verif.harness import HandDriver
@@ -100,8 +100,9 @@ def test_cycle_model_matches_closed_form(handle_mode, latency):
                e.cycle - notify) for e in events if e.name in ("AR", "AW")]
         assert hs == [("R" if h.kind == "R" else "W", h.addr, h.beats, h.cycle)
                       for h in closed.handshakes]
-        # completions: the responses of the used-index writes (the only 2-byte writes here)
-        uidx = {t.addr for t in dev.transactions if t.kind == "W" and t.nbytes == 2}
+        # completions: the responses of the used-index writes
+        uidx = {t.addr for rnd in dev.kicks[kick] for r in rnd.requests for a in r.accesses
+                if a.step == "uidx" for t in a.txns}
         aws = [e for e in events if e.name == "AW"]
         bs = [e.cycle - notify for e in events if e.name == "B"]
         assert len(bs) == len(aws)  # (in order: the memory answers in order)
@@ -109,3 +110,66 @@ def test_cycle_model_matches_closed_form(handle_mode, latency):
                 if int(aw.info.split()[0][5:], 16) in uidx] == closed.completions
         rises = [e.cycle - notify for e in events if e.name == "irq_rise"]
         assert rises == closed.irqs[:1] if kick == 0 else rises == []
+
+
+def _features_kick(drv: HandDriver, rng: random.Random) -> None:
+    """Issue 17's features on one kick: requests through indirect tables, DISCARD and
+    WRITE_ZEROES (OK with a zero command, UNSUPP, IOERR), a request over SIZE_MAX."""
+    for k in range(3):  # indirect: the request's own descriptors in a table
+        if k % 2:
+            req = drv.request(spec.VIRTIO_BLK_T_IN, rng.randrange(64), read_len=1024,
+                              data_offset=rng.choice([0, 100]), publish=False)
+        else:
+            req = drv.request(spec.VIRTIO_BLK_T_OUT, rng.randrange(64), data=bytes(512),
+                              publish=False)
+        entries = [(req.header.dma, spec.BLK_HEADER_BYTES, 0),
+                   (req.data.dma, req.data.nbytes,
+                    spec.VIRTQ_DESC_F_WRITE if req.writable_data else 0),
+                   (req.status.dma, 1, spec.VIRTQ_DESC_F_WRITE)]
+        table = drv.buffer(16 * len(entries), readonly=True)
+        drv.write_buf(table, b"".join(
+            virtio.DESC.pack(a, n, f | (spec.VIRTQ_DESC_F_NEXT if i < 2 else 0), i + 1)
+            for i, (a, n, f) in enumerate(entries)))
+        drv.write_desc(req.head, table.dma, table.nbytes, spec.VIRTQ_DESC_F_INDIRECT)
+        drv.publish(req.head)
+    for t, seg in ((spec.VIRTIO_BLK_T_DISCARD, (3, 4, 0)),  # OK: 4 sectors zeroed
+                   (spec.VIRTIO_BLK_T_WRITE_ZEROES, (5, 0, 1)),  # OK: none
+                   (spec.VIRTIO_BLK_T_DISCARD, (3, 1, 1)),  # UNSUPP
+                   (spec.VIRTIO_BLK_T_WRITE_ZEROES, (127, 2, 0))):  # IOERR: past the end
+        drv.request(t, 0, data=virtio.DWZ_SEGMENT.pack(*seg))
+    req = drv.request(spec.VIRTIO_BLK_T_FLUSH, publish=False)  # IOERR: over SIZE_MAX
+    drv.write_desc(req.head, req.header.dma, spec.DEFAULT_SIZE_MAX + 1, spec.VIRTQ_DESC_F_NEXT,
+                   (req.head + 1) % drv.n)
+    drv.publish(req.head)
+
+
+@pytest.mark.parametrize("latency", [0, 5])
+@pytest.mark.parametrize("width", [32, 64, 128])
+def test_cycle_model_matches_closed_form_features(width, latency):
+    """The same agreement with issue 17's features: an indirect table's extra cycles, the
+    segment checks, the zero command's cycles, used_event once a round and avail_event before
+    going idle (every kick: HandDriver negotiates EVENT_IDX)."""
+    rng = random.Random(width + latency)
+    dev = TimedDevice(GuestMemory(1 << 20), data_width=width)
+    drv = HandDriver(dev, handle_mode=True)
+    drv.setup(32)
+    _features_kick(drv, rng)
+    drv.notify()
+    statuses = drv.take_used()
+    assert len(statuses) == 8
+    rnds = dev.kicks[0]
+    reqs = [r for rnd in rnds for r in rnd.requests]
+    assert sum(a.indirect for r in reqs for a in r.accesses) == 3
+    assert [r.zeroed for r in reqs if r.segment] == [2048, 0, None, None]
+    assert dev._over_limits(reqs[-1].descs)
+    assert [bool(r.aevt) for r in rnds] == [False, True, False]  # serve, publish, idle
+    closed = dev.schedule(0, latency=latency)
+    notify = 1000
+    events = dev.events(0, DetSide(latency), notify, end=notify + closed.idle + 100)
+    hs = [(e.name[1], int(e.info.split()[0][5:], 16), int(e.info.split("beats=")[1]),
+           e.cycle - notify) for e in events if e.name in ("AR", "AW")]
+    assert hs == [("R" if h.kind == "R" else "W", h.addr, h.beats, h.cycle)
+                  for h in closed.handshakes]
+    rises = [e.cycle - notify for e in events if e.name == "irq_rise"]
+    assert rises == closed.irqs[:1]
+    assert len(closed.irqs) == 1  # one decision for the round (used_event 0: due)
