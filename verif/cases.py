@@ -9,7 +9,6 @@ stopped rejecting it, is caught. Headers and ring geometry come from :mod:`model
 from __future__ import annotations
 
 import random
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -562,12 +561,15 @@ def gen_chain_too_long(ch: Chooser, w: World, index: int) -> Case:
 
 
 def gen_indirect(ch: Chooser, w: World, index: int) -> Case:
-    """VIRTQ_DESC_F_INDIRECT, not offered (cause 7)."""
+    """VIRTQ_DESC_F_INDIRECT on any descriptor of a good chain, INDIRECT_DESC not negotiated
+    (cause 7)."""
     def mutate(descs, n):
         k = ch.int(0, len(descs) - 1)
         i, a, ln, fl, nx = descs[k]
         descs[k] = (i, a, ln, fl | spec.VIRTQ_DESC_F_INDIRECT, nx)
-    return _chain_case(ch, w, index, "indirect", spec.FAULT_BAD_CHAIN, mutate)
+    case = _chain_case(ch, w, index, "indirect", spec.FAULT_BAD_CHAIN, mutate)
+    case.features = w.negotiate & ~(1 << spec.VIRTIO_F_INDIRECT_DESC)  # never negotiated
+    return case
 
 
 def gen_readable_after_writable(ch: Chooser, w: World, index: int) -> Case:
@@ -1416,8 +1418,7 @@ def gen_discard_zeroes(ch: Chooser, w: World, index: int) -> Case:
         b.put(slot + HDR + 4, b"\xa5")
         reqs.append(_Req([Seg(slot, HDR, False), Seg(buf, spec.SECTOR_SIZE, False),
                           Seg(slot + HDR + 4, 1, True)], spec.VIRTIO_BLK_S_OK))
-    payload = virtio.DWZ_SEGMENT.pack(sector, num, flags) if hasattr(virtio, "DWZ_SEGMENT") \
-        else struct.pack("<QII", sector, num, flags)
+    payload = virtio.DWZ_SEGMENT.pack(sector, num, flags)
     payload = (payload * 2)[:seg_bytes] if seg_bytes > 16 else payload[:seg_bytes]
     header = virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, 3))
     slot = b.slot()

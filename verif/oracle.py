@@ -114,6 +114,7 @@ class Outcome:
     interrupt: int = 0  # InterruptStatus after the case (then acknowledged)
     zeroed_ok: bool | None = None  # the disk range ``Expect.zeroed`` reads as zeros
     zero_bytes: int = 0  # bytes the case zeroes on the disk (``Expect.zeroed``)
+    used_first: int = 0  # the used index the case's first used element has
 
     def beats(self, data_width: int) -> int:
         return sum(t.beats(data_width) for t in self.transactions)

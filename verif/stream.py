@@ -234,7 +234,7 @@ class ReferenceStream:
         self.dev = OracleDevice(GuestMemory(world.mem_bytes, world.initial_memory()),
                                 entries=world.entries, queue_num_max=world.queue_num_max,
                                 disk_bytes=world.disk_bytes, data_width=world.data_width,
-                                iotlb_entries=world.iotlb_entries,
+                                iotlb_entries=world.iotlb_entries, features=world.features,
                                 on_iotlb_miss=self._on_miss if world.iova else None)
         self.drv = StreamDriver(self.dev, world)
         self.model = IommuModel(self.drv.table) if self.drv.table is not None else None
@@ -336,6 +336,7 @@ class ReferenceStream:
             lo, hi = case.expect.zeroed
             out.zeroed_ok = not any(dev.disk[lo:hi])
             out.zero_bytes = hi - lo
+        out.used_first = used_before
         out.interrupt = run_coroutine(self.drv.take_interrupt())
         if self.model is not None:
             out.misses = list(dev.misses)
