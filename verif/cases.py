@@ -1398,7 +1398,7 @@ def gen_discard_zeroes(ch: Chooser, w: World, index: int) -> Case:
     cap = w.capacity
     maxs = spec.dwz_max_sectors(w.disk_bytes)
     req_type = ch.choice((spec.VIRTIO_BLK_T_DISCARD, spec.VIRTIO_BLK_T_WRITE_ZEROES))
-    seg_bytes = ch.choice((16, 16, 16, 16, 0, 8, 24, 32, 20))
+    seg_bytes = ch.choice((16, 16, 16, 16, 16, 16, 0, 8, 24, 32, 20))
     num = ch.choice((1, 1, ch.int(1, 8), ch.int(1, cap), 0, maxs, maxs + 1, 0xFFFF_FFFF))
     if num <= cap and ch.bool(0.8):
         sector = ch.int(0, cap - num)
@@ -1406,7 +1406,8 @@ def gen_discard_zeroes(ch: Chooser, w: World, index: int) -> Case:
         sector = ch.choice((cap - num + 1 if num <= cap + 1 else 0, cap, 1 << 55,
                             (1 << 64) - 1, (1 << 64) - num if num else 0))
         sector &= U64
-    flags = ch.choice((0, 0, 0, spec.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, 2, 0x8000_0000, 3))
+    flags = ch.choice((0, 0, 0, 0, 0, spec.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, 2, 0x8000_0000,
+                       3))
     status = _dwz_status(w, req_type, seg_bytes, sector, num, flags)
     reqs: list[_Req] = []
     if status == spec.VIRTIO_BLK_S_OK and num and ch.bool(0.4):
