@@ -47,10 +47,16 @@ def compare_transactions(expected: Sequence[Transaction], actual: Sequence[BusRe
         if problems:
             context = "\n".join(f"    #{j}: {_fmt_ref(expected[j], data_width)}"
                                 for j in range(max(0, i - 3), i))
+            after = "\n".join(
+                [f"    expected #{j}: {_fmt_ref(expected[j], data_width)}"
+                 for j in range(i + 1, min(len(expected), i + 4))]
+                + [f"    actual   #{j}: {_fmt_rtl(actual[j])}"
+                   for j in range(i + 1, min(len(actual), i + 4))])
             raise AssertionError(
                 f"bus transaction #{i} differs ({', '.join(problems)}):\n"
                 f"  expected {_fmt_ref(t, data_width)}\n  actual   {_fmt_rtl(r)}\n"
-                f"  preceding (both agree):\n{context or '    (none)'}")
+                f"  preceding (both agree):\n{context or '    (none)'}\n"
+                f"  following:\n{after or '    (none)'}")
     if len(expected) != len(actual):
         n = min(len(expected), len(actual))
         extra = (f"expected #{n}: {_fmt_ref(expected[n], data_width)}" if len(expected) > n

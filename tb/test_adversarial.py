@@ -141,7 +141,8 @@ def _world(p: dict, cfg: DeviceConfig, seed: int) -> World:
                  entries=cfg.entries, queue_num_max=cfg.queue_num_max,
                  disk_bytes=cfg.disk_bytes, data_width=cfg.data_width,
                  features=getattr(cfg, "features", Features()),
-                 negotiate=NEGOTIATE[p.get("negotiate", "none")])
+                 negotiate=NEGOTIATE[p.get("negotiate", "none")],
+                 withhold=NEGOTIATE[p.get("withhold", "none")])
 
 
 class RtlStream:
@@ -327,7 +328,9 @@ class RtlStream:
         try:
             compare_transactions(ref_out.transactions, got, self.w.data_width)
         except AssertionError as exc:
-            raise CaseFailure("mismatch", f"{case.describe()}: {exc}") from None
+            raise CaseFailure("mismatch", f"{case.describe()}: {exc}\n  fault registers "
+                              f"status={status} cause={cause} addr={addr:#x} count={count}; "
+                              f"reference: {ref_out.summary()}") from None
         want = (1, *ref_out.fault, want_count) if ref_out.fault else (0, count)
         have = (status, cause, addr, count) if ref_out.fault else (status, count)
         if have != want:
@@ -400,8 +403,8 @@ def _end(fig: Figures, p: dict, b: RtlStream) -> None:
 async def test_stream(dut):
     """A seeded adversarial stream; params: seed, cases, handle_mode, iova, pause, negotiate
     (the ring features of the cases that do not choose: "none", "indirect", "event_idx",
-    "all"), audit (read the disk back at the end, default True), only (a list of
-    categories to draw from, uniformly)."""
+    "all"), withhold (ring features never negotiated, the same names), audit (read the disk
+    back at the end, default True), only (a list of categories to draw from, uniformly)."""
     p, fig, rs, ch = await _begin(dut, "stream", RtlStream)
 
     async def one(case: Case) -> None:
