@@ -945,6 +945,7 @@ def completion_writer(m, e):
     used_event = e.cap_head
     with e.state("UEVT_CHECK"):
         e.load()
+        e.operand(XS_AVAIL, Y_NONE)  # UEVT_ACT's: the poll's, looked up before QCHECK issues
         e.command(**POLL)
         m.d.sync += need_event.eq((e.used_idx - used_event - 1)[:16]
                                   < (e.used_idx - e.signalled)[:16])
