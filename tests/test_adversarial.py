@@ -20,6 +20,11 @@ inside a buffer, read-only and write-only mappings, misses failed, answered late
 driver reset during a miss, eviction under pressure), a strict unmap after every transaction,
 and the isolation monitor of the RTL benches (``tb/isolation.py``) on hand-made register writes
 and on the reference's own transactions.
+
+Issue 17 (docs/isolation.md): indirect tables good, malformed and unreadable; EVENT_IDX's
+interrupt decision and its event words in pages the device may not use; SEG_MAX and SIZE_MAX;
+DISCARD and WRITE_ZEROES segments; each case's outcome derived from the specification by its
+generator and checked on the reference, with the per-page monitor.
 """
 
 from __future__ import annotations
