@@ -1074,8 +1074,8 @@ def gen_indirect_bad(ch: Chooser, w: World, index: int) -> Case:
     ``next`` outside the table; a loop inside the table; ``addr + len`` past 2**64; a good
     table while INDIRECT_DESC is not negotiated. The fault address is the descriptor's index
     (in the ring, or in the table)."""
-    what = ch.choice(("len0", "len_odd", "len_big", "next", "nested", "outside", "loop", "wrap",
-                      "not_negotiated"))
+    what = ch.choice(("len0", "len_odd", "len_odd", "len_big", "next", "nested", "outside",
+                      "loop", "wrap", "not_negotiated"))
     b = _CaseBuilder(ch, w)
     pre = _with_pre(ch, b)
     feats = _ring_features(ch, w, F_INDIRECT)
@@ -1114,7 +1114,8 @@ def gen_indirect_bad(ch: Chooser, w: World, index: int) -> Case:
     if what == "len0":
         ln = 0
     elif what == "len_odd":
-        ln = ch.choice((8, 15, 17, ln + ch.int(1, 15), ln - ch.int(1, 15)))
+        # mostly above 16 (a whole entry or more, the rest a partial one), at times below
+        ln = ch.choice((ln + ch.int(1, 15), ln - ch.int(1, 15), ln + ch.int(1, 15), 17, 8))
     elif what == "len_big":
         ln = ch.choice((16 * n + 16, 32 * n, 0xFFFF_FFF0))
     elif what == "next":
