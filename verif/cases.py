@@ -1552,7 +1552,10 @@ def generate(ch: Chooser, w: World, index: int, category: str | None = None) -> 
                 category = name
                 break
     assert category is not None
-    return CATEGORIES[category][0](ch, w, index)
+    case = CATEGORIES[category][0](ch, w, index)
+    if w.iova and category in NEEDS and not case.flush and ch.bool(0.3):
+        case.flush = True  # IOVA: issue 17's accesses (tables, event words, status) miss too
+    return case
 
 
 # --- races: a request that moves several bursts, and what the hypervisor does to it -----------
