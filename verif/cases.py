@@ -1391,7 +1391,8 @@ def gen_discard_zeroes(ch: Chooser, w: World, index: int) -> Case:
     multiple of 16, two segments; flags unknown, UNMAP on a DISCARD; a range past the disk
     (sector values that wrap 64 bits too), ``num_sectors`` over the maximum, 0. The segment
     alone, split over two descriptors or sharing the header's. The status the specification
-    gives; an accepted range reads as zeros afterwards, and a T_IN of its first and last
+    gives (or, at times in the translated modes, the status byte in a read-only grant or
+    mapping: cause 5); an accepted range reads as zeros afterwards, and a T_IN of its first and last
     sectors (or of sector 0) in the same notify brings the disk into guest memory, compared
     with the reference's. A T_OUT into the range comes first at times, so the zeros show."""
     b = _CaseBuilder(ch, w)
@@ -1444,8 +1445,17 @@ def gen_discard_zeroes(ch: Chooser, w: World, index: int) -> Case:
                 segs.append(Seg(buf, seg_bytes, False))
     b.put(slot + HDR + 4, b"\xa5")
     segs.append(Seg(slot + HDR + 4, 1, True))
+    # the status byte in a read-only grant or mapping, for a request that zeroes nothing (the
+    # cycle bound knows no zeroing before a fault): cause 5, nothing written
+    ro_status = w.translated and not (status == spec.VIRTIO_BLK_S_OK and num) \
+        and ch.bool(0.25)
+    if ro_status:
+        ref = ch.choice(sorted(w.readonly_refs))
+        off = ch.int(0, PAGE - 1)
+        segs[-1] = Seg(w.iova_addr(ref, off, _any_alias(ch)) if w.iova
+                       else spec.make_handle(ref, off), 1, True)
     reqs.append(_Req(segs, status))
-    ok = status == spec.VIRTIO_BLK_S_OK and num > 0
+    ok = status == spec.VIRTIO_BLK_S_OK and num > 0 and not ro_status
     backs = sorted({sector, sector + num - 1}) if ok else [ch.int(0, cap - 1)]
     reqs += [_read_back(b, s) for s in backs]
     reqs, tables = _maybe_indirect(b, reqs, feats, 0.3)
@@ -1454,7 +1464,10 @@ def gen_discard_zeroes(ch: Chooser, w: World, index: int) -> Case:
     case = _assemble(ch, w, index, "discard_zeroes", Expect(0), reqs, b, features=feats,
                      tables=tables, note=f"{name} {layout} {seg_bytes} bytes: sector {sector:#x}"
                      f" num {num:#x} flags {flags:#x}")
-    case.expect = Expect(0, case.expect.statuses, zeroed=zeroed)
+    case.expect = Expect(spec.FAULT_READONLY) if ro_status else \
+        Expect(0, case.expect.statuses, zeroed=zeroed)
+    if ro_status:
+        case.note += ", status byte read-only"
     return case
 
 
