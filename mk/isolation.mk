@@ -6,7 +6,11 @@
 #                      minutes); the bounded check of isolation through the DMA engine, its
 #                      covers and its mutants (formal/dma.py; longer: docs/isolation.md)
 #   make soak          100,000 adversarial RTL cases as Dask tasks on a local cluster of one
-#                      worker per core, with a progress bar (docs/campaigns.md)
+#                      worker per core, with a progress bar (docs/campaigns.md); the hostile
+#                      streams draw issue 17's categories too (indirect tables, EVENT_IDX,
+#                      limits, DISCARD/WRITE_ZEROES) and read the whole disk back at the end
+#   make soak SOAK_CASES=600 SOAK_PER_STREAM=100 SOAK_JOBS=1
+#                      a small soak (a few minutes)
 #   make soak SOAK_CASES=20000 SOAK_SEED=1001 SOAK_JOBS=2
 #                      another seed range; rerunning a command resumes it (finished streams
 #                      are kept in $(SOAK_OUT)); SOAK_JOBS=1 runs in one process

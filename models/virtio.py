@@ -23,10 +23,10 @@ from typing import Any
 from models import spec
 
 __all__ = [
-    "AVAIL_ELEM", "AVAIL_HEADER", "BLK_HEADER", "DESC", "DWZ_SEGMENT", "GRANT_ENTRY", "USED_ELEM",
-    "USED_HEADER", "FeaturesRefused", "InitError", "Layout", "Read", "SplitRing", "Write",
-    "acknowledge", "bring_up", "driver_ok", "negotiate", "read_device_features", "reset",
-    "run_async", "run_sync", "set_queue_addresses", "setup_queue",
+    "AVAIL_ELEM", "AVAIL_HEADER", "BLK_HEADER", "DESC", "GRANT_ENTRY", "USED_ELEM", "USED_HEADER",
+    "FeaturesRefused", "InitError", "Layout", "Read", "SplitRing", "Write", "acknowledge",
+    "bring_up", "driver_ok", "negotiate", "read_device_features", "reset", "run_async",
+    "run_sync", "set_queue_addresses", "setup_queue",
 ]
 
 _FORMAT = {8: "B", 16: "H", 32: "I", 64: "Q"}

@@ -5,7 +5,10 @@ only way the table, the IOTLB, the mode or the domain change). Two strengths of 
 
 **Per page (the bench declared what the driver exposed, :meth:`IsolationChecker.expose`).**
 The bench gives, before each notify, the device-address ranges the driver handed to the device
-for that case: the three rings of its queue and every descriptor's buffer. The checker splits
+for that case (``verif.cases.case_ranges``): the three rings of its queue (with their event
+words ``used_event`` and ``avail_event`` only when the case negotiates EVENT_IDX), every
+descriptor's buffer, every indirect table and every buffer a table's entries name (the driver
+grants or maps all of these). The checker splits
 them into device pages (a grant reference's page, an IOVA page, a guest-physical frame), each
 with the byte offsets exposed in it. A burst passes only if some exposed device page *maps to
 the burst's physical page now*, with the permission the direction needs, and the burst's bytes

@@ -14,7 +14,8 @@ from sw.compare import compare_bytes, compare_results
 
 from .monitor import BusRecord
 
-__all__ = ["compare_bytes", "compare_results", "compare_transactions"]
+__all__ = ["compare_bytes", "compare_completions", "compare_interrupt", "compare_results",
+           "compare_transactions"]
 
 
 def _fmt_ref(t: Transaction, width: int) -> str:
@@ -46,13 +47,41 @@ def compare_transactions(expected: Sequence[Transaction], actual: Sequence[BusRe
         if problems:
             context = "\n".join(f"    #{j}: {_fmt_ref(expected[j], data_width)}"
                                 for j in range(max(0, i - 3), i))
+            after = "\n".join(
+                [f"    expected #{j}: {_fmt_ref(expected[j], data_width)}"
+                 for j in range(i + 1, min(len(expected), i + 4))]
+                + [f"    actual   #{j}: {_fmt_rtl(actual[j])}"
+                   for j in range(i + 1, min(len(actual), i + 4))])
             raise AssertionError(
                 f"bus transaction #{i} differs ({', '.join(problems)}):\n"
                 f"  expected {_fmt_ref(t, data_width)}\n  actual   {_fmt_rtl(r)}\n"
-                f"  preceding (both agree):\n{context or '    (none)'}")
+                f"  preceding (both agree):\n{context or '    (none)'}\n"
+                f"  following:\n{after or '    (none)'}")
     if len(expected) != len(actual):
         n = min(len(expected), len(actual))
         extra = (f"expected #{n}: {_fmt_ref(expected[n], data_width)}" if len(expected) > n
                  else f"actual #{n}: {_fmt_rtl(actual[n])}")
         raise AssertionError(f"the reference made {len(expected)} bus transactions, the RTL "
                              f"{len(actual)}; first unmatched: {extra}")
+
+
+def compare_completions(expected: Sequence[tuple[int, int, int]],
+                        actual: Sequence[tuple[int, int, int]]) -> None:
+    """Used elements one by one (virtio 1.2 section 2.7.8): the chain's head (``id``), the
+    bytes written plus the status byte (``len``), and the status byte the chain ended with, as
+    ``verif.oracle.read_completions`` reads them from guest memory."""
+    for k, (e, a) in enumerate(zip(expected, actual, strict=False)):
+        if e != a:
+            raise AssertionError(f"used element #{k}: expected id={e[0]} len={e[1]} status="
+                                 f"{e[2]}, found id={a[0]} len={a[1]} status={a[2]}")
+    if len(expected) != len(actual):
+        raise AssertionError(f"{len(expected)} used element(s) expected, {len(actual)} found")
+
+
+def compare_interrupt(expected: int, actual: int, irq: int) -> None:
+    """InterruptStatus after a case (bit 0 used buffer: under EVENT_IDX the device's
+    ``used_event`` decision; bit 1 a fault), and ``irq`` high exactly while it is non-zero."""
+    if actual != expected:
+        raise AssertionError(f"InterruptStatus {actual:#x}, the reference {expected:#x}")
+    if irq != bool(actual):
+        raise AssertionError(f"irq is {irq} with InterruptStatus {actual:#x}")

@@ -36,6 +36,7 @@ import cocotb
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from models import spec
+from models.features import Features
 from models.grant import GrantEntry
 from sw.hypervisor import Hypervisor, IotlbMiss
 from sw.iommu import Answer, IommuModel
@@ -44,11 +45,12 @@ from verif.cases import (
     case_ranges,
     case_refs,
     gen_big_request,
+    gen_disk_audit,
     gen_table_write,
     generate,
 )
 from verif.choosers import RandomChooser
-from verif.oracle import Outcome, check_expectation
+from verif.oracle import Outcome, check_expectation, read_completions
 from verif.stream import ReferenceStream, StreamDriver, run_coroutine
 from verif.world import (
     F_QUARANTINE,
@@ -64,7 +66,12 @@ from verif.world import (
 
 from .bench import DeviceBench
 from .runner import DeviceConfig, params
-from .scoreboard import compare_bytes, compare_transactions
+from .scoreboard import (
+    compare_bytes,
+    compare_completions,
+    compare_interrupt,
+    compare_transactions,
+)
 
 SETTLE = 24  # cycles after the last expected transaction in which nothing more may happen
 
@@ -96,6 +103,8 @@ class Figures:
     misses: int = 0  # IOVA: IOTLB misses raised (the same sequence as the reference's)
     evictions: int = 0  # IOVA: entries the reference's IOTLB replaced round robin
     isolation: dict[str, int] = field(default_factory=dict)  # handshakes checked per mode
+    interrupts: int = 0  # cases that ended with InterruptStatus bit 0 (compared every case)
+    audited_sectors: int = 0  # disk sectors read back at the end of a stream and compared
     # reset races: per race, cycles from the nearest address issue (valid rising) to the reset
     reset_distance: list[int] = field(default_factory=list)
     by_category: dict[str, int] = field(default_factory=dict)
@@ -117,12 +126,23 @@ class Figures:
                 json.dump(self.__dict__, f, indent=1)
 
 
+# params "negotiate": the ring features every case that does not choose its own negotiates
+NEGOTIATE = {"none": 0, "indirect": 1 << spec.VIRTIO_F_INDIRECT_DESC,
+             "event_idx": 1 << spec.VIRTIO_RING_F_EVENT_IDX,
+             "all": 1 << spec.VIRTIO_F_INDIRECT_DESC | 1 << spec.VIRTIO_RING_F_EVENT_IDX}
+
+
 def _world(p: dict, cfg: DeviceConfig, seed: int) -> World:
+    """The stream's world; the features the build offers are the RTL build's (the reference
+    is built with the same)."""
     return World(seed=seed, handle_mode=p.get("handle_mode", True), iova=p.get("iova", False),
                  domid=seed % 0xFFF0 + 1,
                  iotlb_entries=getattr(cfg, "iotlb_entries", spec.DEFAULT_IOTLB_ENTRIES),
                  entries=cfg.entries, queue_num_max=cfg.queue_num_max,
-                 disk_bytes=cfg.disk_bytes, data_width=cfg.data_width)
+                 disk_bytes=cfg.disk_bytes, data_width=cfg.data_width,
+                 features=getattr(cfg, "features", Features()),
+                 negotiate=NEGOTIATE[p.get("negotiate", "none")],
+                 withhold=NEGOTIATE[p.get("withhold", "none")])
 
 
 class RtlStream:
@@ -308,7 +328,9 @@ class RtlStream:
         try:
             compare_transactions(ref_out.transactions, got, self.w.data_width)
         except AssertionError as exc:
-            raise CaseFailure("mismatch", f"{case.describe()}: {exc}") from None
+            raise CaseFailure("mismatch", f"{case.describe()}: {exc}\n  fault registers "
+                              f"status={status} cause={cause} addr={addr:#x} count={count}; "
+                              f"reference: {ref_out.summary()}") from None
         want = (1, *ref_out.fault, want_count) if ref_out.fault else (0, count)
         have = (status, cause, addr, count) if ref_out.fault else (status, count)
         if have != want:
@@ -319,6 +341,18 @@ class RtlStream:
                           self.tb.mem.snapshot())
         except AssertionError as exc:
             raise CaseFailure("mismatch", str(exc)) from None
+        # the used elements (id, len, status byte) and InterruptStatus with irq (issue 17:
+        # EVENT_IDX decides the interrupt), then acknowledged on both sides
+        try:
+            got_used = read_completions(self.tb.mem, self.w, case, ref_out.used_first,
+                                        len(ref_out.completions)) \
+                if ref_out.completions else []
+            compare_completions(ref_out.completions, got_used)
+            irq = int(self.dut.irq.value)
+            compare_interrupt(ref_out.interrupt, await self.drv.take_interrupt(), irq)
+        except AssertionError as exc:
+            raise CaseFailure("mismatch", f"{case.describe()}: {exc}") from None
+        fig.interrupts += bool(ref_out.interrupt & spec.INT_USED_BUFFER)
         await self.drv.finish(case, ref_out.fault is not None)
         fig.transactions += n
         return ref_out
@@ -368,7 +402,10 @@ def _end(fig: Figures, p: dict, b: RtlStream) -> None:
 
 @cocotb.test()
 async def test_stream(dut):
-    """A seeded adversarial stream; params: seed, cases, handle_mode, iova, pause."""
+    """A seeded adversarial stream; params: seed, cases, handle_mode, iova, pause, negotiate
+    (the ring features of the cases that do not choose: "none", "indirect", "event_idx",
+    "all"), withhold (ring features never negotiated, the same names), audit (read the disk
+    back at the end, default True), only (a list of categories to draw from, uniformly)."""
     p, fig, rs, ch = await _begin(dut, "stream", RtlStream)
 
     async def one(case: Case) -> None:
@@ -376,13 +413,23 @@ async def test_stream(dut):
         fig.faults += out.fault is not None
         fig.requests += len(out.completions) + (out.fault is not None)
 
+    only = p.get("only")  # a list of categories to draw from (default: all, by weight)
     for i in range(p.get("cases", 100)):
-        case = generate(ch, rs.w, i)
+        case = generate(ch, rs.w, i, ch.choice(only) if only else None)
         fig.cases += 1
         fig.by_category[case.category] = fig.by_category.get(case.category, 0) + 1
         fig.hostile += case.category != "good"
         if not await _attempt(rs, fig, one(case)):
             break
+    if not fig.failures and p.get("audit", True):
+        # the disk: read back whole through the device on both sides, guest memory compared
+        # (what DISCARD, WRITE_ZEROES and T_OUT left on the RTL's RAM disk)
+        cap = rs.w.capacity
+        for k, first in enumerate(range(0, cap, 16)):
+            case = gen_disk_audit(ch, rs.w, fig.cases + k, first, min(16, cap - first))
+            if not await _attempt(rs, fig, rs.run_case(case, fig)):
+                break
+            fig.audited_sectors += min(16, cap - first)
     if not fig.failures:  # the monitor checked the stream's mode (GPA: memory bounds)
         try:
             rs.tb.isolation.require_checked(rs.w.mode, at_least=fig.cases // 4)

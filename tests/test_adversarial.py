@@ -20,6 +20,11 @@ inside a buffer, read-only and write-only mappings, misses failed, answered late
 driver reset during a miss, eviction under pressure), a strict unmap after every transaction,
 and the isolation monitor of the RTL benches (``tb/isolation.py``) on hand-made register writes
 and on the reference's own transactions.
+
+Issue 17 (docs/isolation.md): indirect tables good, malformed and unreadable; EVENT_IDX's
+interrupt decision and its event words in pages the device may not use; SEG_MAX and SIZE_MAX;
+DISCARD and WRITE_ZEROES segments; each case's outcome derived from the specification by its
+generator and checked on the reference, with the per-page monitor.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from models.grant import GrantEntry
 from models.memory import GuestMemory
 from verif.cases import (
     CATEGORIES,
+    F_EVENT_IDX,
+    F_INDIRECT,
     case_ranges,
     case_refs,
     categories_for,
@@ -719,3 +726,132 @@ def test_soak_plan():
                                    "test_iova_race"}
     assert any(s.params.get("iova") for s in p)
     assert plan(7, 500, None, 1)[0] == stream_for(7, 500)
+
+
+# =================================================================================================
+# Issue 17: indirect tables, EVENT_IDX, limits, DISCARD and WRITE_ZEROES
+# =================================================================================================
+
+ISSUE17 = ["indirect_ok", "indirect_bad", "indirect_fault", "event_idx", "event_fault",
+           "limits", "discard_zeroes"]
+# the fault causes each mode's event_fault and indirect_fault cases aim at (docs "Faults")
+EVENT_FAULT_CAUSES = {"grant": {3, 5}, "iova": {5, 10, 11}, "gpa": {6}}
+TABLE_FAULT_CAUSES = {"grant": {1, 2, 3, 4}, "iova": {10, 11}, "gpa": {6}}
+
+
+@pytest.mark.parametrize("mode", ["grant", "gpa", "iova"])
+def test_issue17_categories(mode):
+    """Every hostile case of issue 17 on the reference, with the RTL benches' per-page
+    isolation monitor: each case's outcome is the one its generator derives from the
+    specification (fault cause and, where the table decides it, address; statuses; the
+    interrupt EVENT_IDX decides; the range DISCARD/WRITE_ZEROES zeroes reads as zeros), and
+    every variant of each generator was drawn."""
+    world = World(seed=17, handle_mode=mode == "grant", iova=mode == "iova", domid=17)
+    rs = ReferenceStream(world)
+    mon = page_monitor(rs)
+    ch = RandomChooser(random.Random(170 + len(mode)))
+    notes: Counter = Counter()
+    causes: defaultdict = defaultdict(set)
+    statuses: defaultdict = defaultdict(set)
+    interrupts: set = set()
+    zeroed = 0
+    for cat in ISSUE17:
+        for i in range(120):
+            case = generate(ch, world, i, cat)
+            mon.expose_case(case)
+            out = rs.run(case)
+            why = check_expectation(case, out)
+            assert why is None, f"{case.describe()}: {why}"
+            assert not mon.violations, f"{case.describe()}: {mon.violations[0]}"
+            assert not rs.violations, rs.violations[0]
+            notes[cat, case.note if cat == "indirect_ok" else case.note.split()[0]] += 1
+            causes[cat].add(out.fault[0] if out.fault else 0)
+            statuses[cat] |= {c[2] for c in out.completions}
+            if cat == "event_idx":
+                interrupts.add(bool(out.interrupt & spec.INT_USED_BUFFER))
+            zeroed += case.expect.zeroed is not None and case.expect.zeroed[1] > \
+                case.expect.zeroed[0]
+            FIGURES["cases"] += 1
+            FIGURES["issue 17 cases"] += 1
+    assert {n for c, n in notes if c == "indirect_bad"} == {
+        "len0", "len_odd", "len_big", "next", "nested", "outside", "loop", "wrap",
+        "not_negotiated"}
+    assert causes["indirect_bad"] == {spec.FAULT_BAD_CHAIN}
+    assert causes["indirect_ok"] == causes["event_idx"] == causes["limits"] == {0}
+    assert causes["discard_zeroes"] == {0}
+    assert causes["indirect_fault"] == TABLE_FAULT_CAUSES[mode], causes["indirect_fault"]
+    assert causes["event_fault"] == EVENT_FAULT_CAUSES[mode], causes["event_fault"]
+    assert {"table any", "table cross"} <= {n for c, n in notes if c == "indirect_ok"}
+    assert interrupts == {True, False}  # used_event suppressed some interrupts, not all
+    assert {spec.VIRTIO_BLK_S_OK, spec.VIRTIO_BLK_S_IOERR} <= statuses["limits"]
+    assert {spec.VIRTIO_BLK_S_OK, spec.VIRTIO_BLK_S_IOERR, spec.VIRTIO_BLK_S_UNSUPP} <= \
+        statuses["discard_zeroes"]
+    assert zeroed >= 5
+
+
+def test_issue17_negotiated_stream():
+    """A stream whose every case (but those that choose) negotiates INDIRECT_DESC and
+    EVENT_IDX: the foundation's categories keep their outcomes with the used_event read and
+    the avail_event write in every round."""
+    world = World(seed=171, negotiate=F_INDIRECT | F_EVENT_IDX)
+    tally = run_stream(world, RandomChooser(random.Random(171)), 600, label="negotiated")
+    FIGURES.update(tally)
+    assert tally["indirect"] > 0 and tally["faults"] > 0
+
+
+def test_issue17_exposed_ranges():
+    """What the isolation monitor is told the driver exposed (``case_ranges``): the event
+    words only when the case negotiates EVENT_IDX, every indirect table and every buffer its
+    entries name. At one byte a lane (no beat rounding), an avail_event write is outside the
+    exposed bytes without EVENT_IDX and inside with it."""
+    from tb.isolation import IsolationChecker
+
+    world = World(seed=5)
+    ch = RandomChooser(random.Random(5))
+    case = generate(ch, world, 0, "event_idx")
+    q = case.queue
+    with_ev = case_ranges(case, world)
+    assert (q.avail, 6 + 2 * q.n) in with_ev and (q.used, 6 + 8 * q.n) in with_ev
+    case.features = 0
+    without = case_ranges(case, world)
+    assert (q.avail, 4 + 2 * q.n) in without and (q.used, 4 + 8 * q.n) in without
+    chk = IsolationChecker(entries=world.entries, lanes=1)
+    chk.hv_write(spec.HV_DOMID, world.domid)
+    chk.hv_write(spec.HV_CTRL, spec.MODE_GRANT)
+    for ref, e in world.grants.items():
+        for k, word in enumerate(e.pack()):
+            chk.hv_write(spec.HV_GRANT_BASE + 8 * ref + 4 * k, word)
+    avail_event = world.phys(q.used) + 4 + 8 * q.n
+    chk.expose(without)
+    chk.check("W", avail_event, 2, 1)
+    assert len(chk.violations) == 1 and "outside the bytes exposed" in chk.violations[0]
+    chk.expose(with_ev)
+    chk.check("W", avail_event, 2, 2)
+    assert len(chk.violations) == 1
+    case = generate(ch, world, 1, "indirect_ok")
+    ranges = case_ranges(case, world)
+    assert case.tables
+    for taddr, entries in case.tables:
+        assert any(a == taddr for a, _ in ranges)
+        assert all((a, ln) in ranges for _, a, ln, _, _ in entries if ln)
+
+
+def test_issue17_not_offered():
+    """A build without issue 17's features: its categories are not drawn, the driver never
+    negotiates a bit the device does not offer, and DISCARD is UNSUPP."""
+    from models.features import Features
+
+    world = World(seed=6, features=Features.none(), negotiate=F_INDIRECT | F_EVENT_IDX)
+    assert not set(ISSUE17) & set(categories_for(True, False, world.offered))
+    assert world.driver_features(None) == 1 << spec.VIRTIO_F_VERSION_1 \
+        | 1 << spec.VIRTIO_F_ACCESS_PLATFORM
+    rs = ReferenceStream(world)
+    ch = RandomChooser(random.Random(6))
+    for i in range(20):
+        case = generate(ch, world, i)
+        out = rs.run(case)
+        assert check_expectation(case, out) is None
+    case = generate(ch, world, 20, "discard_zeroes")
+    out = rs.run(case)
+    assert check_expectation(case, out) is None
+    assert spec.VIRTIO_BLK_S_UNSUPP in {c[2] for c in out.completions}

@@ -91,13 +91,16 @@ class _CaseBuilder:
         off = idx * 64 + self.ch.int(0, 31)
         return self.w.dma(R_SLOT[page], F_SLOT[page], off)
 
-    def buffer(self, nbytes: int, *, writable: bool) -> int:
+    def buffer(self, nbytes: int, *, writable: bool, offset: int | None = None) -> int:
         """Device address of a fresh data buffer of ``nbytes``: it may start anywhere in a page
-        and continue into the next reference (handle mode, as Linux allocates consecutive
-        references) or the next frame (GPA mode)."""
+        (at ``offset`` if given) and continue into the next reference (handle mode, as Linux
+        allocates consecutive references) or the next frame (GPA mode)."""
         ch, w = self.ch, self.w
         for _ in range(16):
-            off = ch.int(0, PAGE - 1) if ch.bool(0.6) else ch.int(0, 8) * 64
+            if offset is not None:
+                off = offset
+            else:
+                off = ch.int(0, PAGE - 1) if ch.bool(0.6) else ch.int(0, 8) * 64
             pages = max(1, -(-(off + nbytes) // PAGE))
             if w.translated:
                 avoid = w.readonly_refs if writable else w.writeonly_refs
@@ -166,6 +169,8 @@ def _good_request(b: _CaseBuilder, *, kinds: Sequence[str] | None = None,
         req_type, data_len = spec.VIRTIO_BLK_T_GET_ID, ch.choice((20, 20, 8, 32))
     elif kind == "unsupp":
         req_type = ch.choice((2, 3, 5, 11, 0xFFFF_FFFF))
+        if req_type == spec.VIRTIO_BLK_T_DISCARD and w.offers(spec.VIRTIO_BLK_F_DISCARD):
+            req_type = 10  # T_DISCARD is served when offered: GET_LIFETIME, not implemented
         status = spec.VIRTIO_BLK_S_UNSUPP
         data_len = ch.choice((0, 512))
     elif kind in ("in_past_end", "out_past_end"):
@@ -556,12 +561,15 @@ def gen_chain_too_long(ch: Chooser, w: World, index: int) -> Case:
 
 
 def gen_indirect(ch: Chooser, w: World, index: int) -> Case:
-    """VIRTQ_DESC_F_INDIRECT, not offered (cause 7)."""
+    """VIRTQ_DESC_F_INDIRECT on any descriptor of a good chain, INDIRECT_DESC not negotiated
+    (cause 7)."""
     def mutate(descs, n):
         k = ch.int(0, len(descs) - 1)
         i, a, ln, fl, nx = descs[k]
         descs[k] = (i, a, ln, fl | spec.VIRTQ_DESC_F_INDIRECT, nx)
-    return _chain_case(ch, w, index, "indirect", spec.FAULT_BAD_CHAIN, mutate)
+    case = _chain_case(ch, w, index, "indirect", spec.FAULT_BAD_CHAIN, mutate)
+    case.features = w.negotiate & ~(1 << spec.VIRTIO_F_INDIRECT_DESC)  # never negotiated
+    return case
 
 
 def gen_readable_after_writable(ch: Chooser, w: World, index: int) -> Case:
@@ -935,6 +943,554 @@ def gen_iova_pressure(ch: Chooser, w: World, index: int) -> Case:
     return _assemble(ch, w, index, "iova_pressure", Expect(0, tuple(r.status for r in reqs)),
                      reqs, b, flush=ch.bool(0.2), note=f"{len(reqs)} pages in set {target}")
 
+# --- issue 17: indirect tables, EVENT_IDX, limits, DISCARD and WRITE_ZEROES ---------------------
+# Each generator states the outcome from docs/architecture.md ("Ring engine", virtio 1.2
+# sections 2.7.5.3, 2.7.10, 5.2.6), the reference is checked against it, and the RTL against the
+# reference.
+
+IND = spec.VIRTQ_DESC_F_INDIRECT
+F_INDIRECT = 1 << spec.VIRTIO_F_INDIRECT_DESC
+F_EVENT_IDX = 1 << spec.VIRTIO_RING_F_EVENT_IDX
+Desc = tuple[int, int, int, int, int]
+
+
+def _ring_features(ch: Chooser, w: World, need: int = 0, *, drop: int = 0) -> int:
+    """The issue 17 ring features a case negotiates: ``need``, plus INDIRECT_DESC and
+    EVENT_IDX at random, minus ``drop``."""
+    extra = (F_INDIRECT if ch.bool() else 0) | (F_EVENT_IDX if ch.bool() else 0)
+    return (need | extra) & ~drop & w.offered
+
+
+def _lay_table(b: _CaseBuilder, segs: Sequence[Seg], *, extra: int = 0,
+               sequential: bool = False, addr: int | None = None) -> tuple[int, list[Desc]]:
+    """An indirect table holding ``segs`` as one chain from entry 0 (section 2.7.5.3.1: the
+    walk starts at the table's first entry), in shuffled entries (``sequential``: in order),
+    plus ``extra`` entries of garbage no chain reaches; written at ``addr`` (default: a fresh
+    readable buffer, anywhere in a page). Returns the table's address and its entries."""
+    ch = b.ch
+    t = len(segs) + extra
+    rest = list(range(1, t))
+    if not sequential:
+        random.Random(ch.seed()).shuffle(rest)
+    idx = [0, *rest[:len(segs) - 1]]
+    entries: list[Desc] = []
+    for k, s in enumerate(segs):
+        flags = (spec.VIRTQ_DESC_F_WRITE if s.write else 0) | s.flags
+        nxt = 0
+        if k + 1 < len(segs):
+            flags |= spec.VIRTQ_DESC_F_NEXT
+            nxt = idx[k + 1]
+        elif ch.bool(0.2):
+            nxt = ch.int(0, 0xFFFF)  # garbage in `next` without NEXT: ignored
+        entries.append((idx[k], s.addr & U64, s.len, flags, nxt))
+    junk = random.Random(ch.seed())
+    for j in sorted(set(range(t)) - set(idx)):
+        entries.append((j, junk.getrandbits(64), junk.getrandbits(32), junk.getrandbits(16),
+                        junk.getrandbits(16)))
+    if addr is None:
+        addr = b.buffer(16 * t, writable=False)
+    table = bytearray(16 * t)
+    for i, a, ln, fl, nx in entries:
+        table[16 * i:16 * i + 16] = virtio.DESC.pack(a, ln, fl, nx)
+    b.put(addr, bytes(table))
+    return addr, entries
+
+
+def _indirect(b: _CaseBuilder, req: _Req, *, direct: int | None = None, **kw: Any
+              ) -> tuple[_Req, tuple[int, list[Desc]]]:
+    """``req`` with its last descriptors moved into an indirect table: ``direct`` (default:
+    mostly none, sometimes one or two) stay in the ring in front of the indirect descriptor,
+    whose WRITE flag is set at times (the device ignores it)."""
+    ch = b.ch
+    if direct is None:
+        direct = min(ch.choice((0, 0, 0, 1, 2)), len(req.segs) - 1)
+    inner = req.segs[direct:]
+    kw.setdefault("extra", ch.choice((0, 0, 1, 3)))
+    addr, entries = _lay_table(b, inner, **kw)
+    ind = Seg(addr, 16 * len(entries), ch.bool(0.3), IND)
+    return _Req([*req.segs[:direct], ind], req.status), (addr, entries)
+
+
+def _table_chain(entries: list[Desc]) -> list[int]:
+    """Positions in ``entries`` of the chain from table entry 0, in chain order."""
+    pos = {e[0]: k for k, e in enumerate(entries)}
+    out, i = [], 0
+    while i in pos and pos[i] not in out:
+        out.append(pos[i])
+        if not entries[pos[i]][3] & spec.VIRTQ_DESC_F_NEXT:
+            break
+        i = entries[pos[i]][4]
+    return out
+
+
+def _maybe_indirect(b: _CaseBuilder, reqs: list[_Req], feats: int, p: float = 0.5
+                    ) -> tuple[list[_Req], list[tuple[int, list[Desc]]]]:
+    """With INDIRECT_DESC negotiated, each request through a table with probability ``p``."""
+    out, tables = [], []
+    for r in reqs:
+        if feats & F_INDIRECT and b.ch.bool(p):
+            r, t = _indirect(b, r)
+            tables.append(t)
+        out.append(r)
+    return out, tables
+
+
+def gen_indirect_ok(ch: Chooser, w: World, index: int) -> Case:
+    """Well-formed requests through indirect tables (INDIRECT_DESC negotiated): tables at any
+    offset, crossing a page boundary into a good page, in a read-only grant or mapping (the
+    device only reads a table), with unused garbage entries, direct descriptors in front of
+    the indirect one, the indirect descriptor's WRITE flag set (ignored); mixed with direct
+    requests. Every request completes with its status."""
+    b = _CaseBuilder(ch, w)
+    feats = _ring_features(ch, w, F_INDIRECT)
+    where = ch.choice(("any", "any", "cross", "readonly"))
+    if where == "readonly" and not w.translated:
+        where = "cross"
+    first = _good_request(b)
+    kw: dict[str, Any] = {}
+    if where == "cross":
+        t = len(first.segs) + 1
+        off = ch.int(PAGE - 16 * t + 1, PAGE - 1)
+        kw = {"addr": b.buffer(16 * t, writable=False, offset=off), "extra": 1}
+    elif where == "readonly":
+        ro = [r for r in sorted(w.readonly_refs) if r in b.free_refs]
+        ref = ch.choice(ro)
+        b.free_refs.remove(ref)
+        off = ch.int(0, PAGE - 16 * (len(first.segs) + 3))
+        kw = {"addr": w.iova_addr(ref, off, _any_alias(ch)) if w.iova
+              else spec.make_handle(ref, off)}
+    req, table = _indirect(b, first, **kw)
+    more, tables = _maybe_indirect(b, _good_batch(ch, b, ch.choice((0, 0, 1, 2))), feats)
+    reqs = [req, *more]
+    if ch.bool():
+        reqs.reverse()
+    return _assemble(ch, w, index, "indirect_ok", Expect(0), reqs, b, features=feats,
+                     tables=[table, *tables], note=f"table {where}")
+
+
+def gen_indirect_bad(ch: Chooser, w: World, index: int) -> Case:
+    """A malformed indirect descriptor or table (cause 7, docs "Ring engine" step 3.2): length
+    0, not a multiple of 16 or more than 16 N; INDIRECT with NEXT; INDIRECT inside a table; a
+    ``next`` outside the table; a loop inside the table; ``addr + len`` past 2**64; a good
+    table while INDIRECT_DESC is not negotiated. The fault address is the descriptor's index
+    (in the ring, or in the table)."""
+    what = ch.choice(("len0", "len_odd", "len_odd", "len_big", "next", "nested", "outside",
+                      "loop", "wrap", "not_negotiated"))
+    b = _CaseBuilder(ch, w)
+    pre = _with_pre(ch, b)
+    feats = _ring_features(ch, w, F_INDIRECT)
+    if what == "not_negotiated":
+        feats = _ring_features(ch, w, drop=F_INDIRECT)
+    req, (taddr, entries) = _indirect(b, _good_request(b, kinds=("in", "out", "flush",
+                                                                "get_id")))
+    n = w.queue_size
+    t = len(entries)
+    chain = _table_chain(entries)  # positions in ``entries``, in chain order
+    addr: int | None = None  # the fault address, when the table decides it
+    if what == "nested":
+        k = ch.choice(chain)
+        i, a, ln, fl, nx = entries[k]
+        entries[k] = (i, a, ln, fl | IND, nx)
+        addr = i
+    elif what == "outside":
+        k = ch.choice(chain)
+        i, a, ln, fl, _ = entries[k]
+        addr = ch.choice((t, t + 1, n, 0xFFFF))
+        entries[k] = (i, a, ln, fl | spec.VIRTQ_DESC_F_NEXT, addr)
+    elif what == "loop":  # the chain's last entry links back into it: descriptor N + 1
+        k = chain[-1]
+        i, a, ln, fl, _ = entries[k]
+        entries[k] = (i, a, ln, fl | spec.VIRTQ_DESC_F_NEXT,
+                      entries[ch.choice(chain)][0])
+    if what in ("nested", "outside", "loop"):
+        table = bytearray(16 * t)
+        for i, a, ln, fl, nx in entries:
+            table[16 * i:16 * i + 16] = virtio.DESC.pack(a, ln, fl, nx)
+        b.put(taddr, bytes(table))
+    case = _assemble(ch, w, index, "indirect_bad", Expect(spec.FAULT_BAD_CHAIN), [*pre, req], b,
+                     features=feats, tables=[(taddr, entries)], note=what)
+    k = next(j for j, d in enumerate(case.descs) if d[3] & IND)
+    i, a, ln, fl, nx = case.descs[k]
+    if what == "len0":
+        ln = 0
+    elif what == "len_odd":
+        # mostly above 16 (a whole entry or more, the rest a partial one), at times below
+        ln = ch.choice((ln + ch.int(1, 15), ln - ch.int(1, 15), ln + ch.int(1, 15), 17, 8))
+    elif what == "len_big":
+        ln = ch.choice((16 * n + 16, 32 * n, 0xFFFF_FFF0))
+    elif what == "next":
+        free = [j for j in range(n) if j not in {d[0] for d in case.descs}]
+        fl, nx = fl | spec.VIRTQ_DESC_F_NEXT, ch.choice(free or [i])
+    elif what == "wrap":  # addr + len past 2**64
+        a = (1 << 64) - ch.int(1, ln - 1)
+    case.descs[k] = (i, a & U64, ln, fl, nx)
+    if what in ("len0", "len_odd", "len_big", "next", "wrap", "not_negotiated"):
+        addr = i
+    case.expect = Expect(spec.FAULT_BAD_CHAIN, fault_addr=addr)
+    return case
+
+
+def _hostile_table_addr(ch: Chooser, w: World, b: _CaseBuilder, nbytes: int
+                        ) -> tuple[int, int, list[tuple[str, int]], list, str]:
+    """An address for an indirect table the device cannot read, the cause it gives, bus errors
+    to set (GPA mode) and IOVA page changes; and what it is."""
+    if w.handle_mode:
+        what = ch.choice(("invalid", "domain", "outside", "gpa"))
+        if what == "invalid":
+            ref = ch.choice((40, 41, 42, 43, 47, ch.int(56, w.entries - 1)))
+            return spec.make_handle(ref, ch.int(0, PAGE - nbytes)), \
+                spec.FAULT_NOT_PERMITTED, [], [], f"ref {ref}"
+        if what == "domain":
+            return spec.make_handle(ch.choice((44, 45)), ch.int(0, PAGE - nbytes)), \
+                spec.FAULT_WRONG_DOMAIN, [], [], what
+        if what == "outside":
+            return spec.make_handle(ch.choice((w.entries, w.entries + 7)), 0), \
+                spec.FAULT_REF_RANGE, [], [], what
+        return F_DATA[0] << 12, spec.FAULT_NOT_HANDLE, [], [], what
+    if w.iova:
+        if ch.bool(0.4) and w.writeonly_refs:
+            ref = ch.choice(sorted(w.writeonly_refs))
+            if ref in b.free_refs:
+                b.free_refs.remove(ref)
+            return w.iova_addr(ref, ch.int(0, PAGE - nbytes), _any_alias(ch)), \
+                spec.FAULT_IOTLB_NO_READ, [], [], "write-only mapping"
+        return w.iova_addr(ch.choice(_unmapped_refs(w)), ch.int(0, PAGE - nbytes)), \
+            spec.FAULT_IOTLB_FAILED, [], [], "unmapped"
+    addr = b.buffer(nbytes, writable=False, offset=ch.int(0, PAGE - nbytes))
+    return addr, spec.FAULT_BUS_ERROR, [("R", addr)], [], "bus error"
+
+
+def gen_indirect_fault(ch: Chooser, w: World, index: int) -> Case:
+    """An indirect table the device may not read: in a page not granted (or another domain's,
+    outside the table, not a handle), not mapped or mapped write-only (IOVA), answering with a
+    bus error (GPA); or a table that starts in a good page and crosses into such a page, the
+    chain reaching the entries beyond it. The cause of that page's translation; nothing of
+    the table's bad page is read."""
+    b = _CaseBuilder(ch, w)
+    feats = _ring_features(ch, w, F_INDIRECT)
+    errors: list[tuple[str, int]] = []
+    cross = None
+    if w.translated and ch.bool(0.4):
+        # crossing: the entries from the page boundary on are in the next, bad page (the
+        # references are reserved before any buffer is allocated)
+        cands = []
+        for r in R_DATA:
+            if r + 1 not in R_DATA and not (w.iova and r in w.writeonly_refs):
+                cands.append((r, spec.FAULT_NOT_PERMITTED if w.handle_mode
+                              else spec.FAULT_IOTLB_FAILED))
+            if w.iova and r + 1 in w.writeonly_refs and r not in w.writeonly_refs:
+                cands.append((r, spec.FAULT_IOTLB_NO_READ))
+        if cands:
+            cross = ch.choice(cands)
+            for r in (cross[0], cross[0] + 1):
+                if r in b.free_refs:
+                    b.free_refs.remove(r)
+    pre = _with_pre(ch, b)
+    first = _good_request(b, kinds=("in", "out", "flush"))
+    t = len(first.segs) + ch.choice((0, 1))
+    if cross is not None:
+        ref, cause = cross
+        off = ch.int(PAGE - 16 * (len(first.segs) - 1), PAGE - 1)
+        addr = w.iova_addr(ref, off) if w.iova else spec.make_handle(ref, off)
+        what = f"crossing from ref {ref}"
+        req, table = _indirect(b, first, direct=0, addr=addr, sequential=True,
+                               extra=t - len(first.segs))
+    else:
+        addr, cause, errors, _, what = _hostile_table_addr(ch, w, b, 16 * t)
+        req, table = _indirect(b, first, addr=addr, extra=t - len(first.segs))
+    if errors:
+        pre = []  # the rings may share nothing with the failing page, but keep it simple
+    return _assemble(ch, w, index, "indirect_fault", Expect(cause), [*pre, req], b,
+                     features=feats, tables=[table], errors=errors, note=what)
+
+
+def _need_event(event: int, new: int, old: int) -> bool:
+    """Linux's ``vring_need_event`` (virtio 1.2 section 2.7.10)."""
+    return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
+
+
+def gen_event_idx(ch: Chooser, w: World, index: int) -> Case:
+    """EVENT_IDX negotiated, on a freshly reset device: one to three good requests (through
+    indirect tables at times) and a ``used_event`` around the used index and the 16-bit wrap;
+    ``avail.flags`` NO_INTERRUPT at random (ignored under EVENT_IDX). InterruptStatus bit 0
+    after the round is ``vring_need_event(used_event, k, 0)`` for ``k`` completions."""
+    b = _CaseBuilder(ch, w)
+    feats = _ring_features(ch, w, F_EVENT_IDX)
+    reqs, tables = _maybe_indirect(b, _good_batch(ch, b, ch.choice((1, 1, 2, 3))), feats, 0.3)
+    k = len(reqs)
+    event = ch.choice((k - 1, k - 1, k, k + 1, 0, 0xFFFF, k - 2, 0x8000, k + 0x7FFF,
+                       ch.int(0, 0xFFFF))) & 0xFFFF
+    case = _assemble(ch, w, index, "event_idx", Expect(0), reqs, b, features=feats,
+                     tables=tables, fresh=True, used_event=event, note=f"used_event {event}")
+    case.avail_flags = spec.VIRTQ_AVAIL_F_NO_INTERRUPT if ch.bool() else 0
+    case.expect = Expect(0, case.expect.statuses, interrupt=_need_event(event, len(case.heads),
+                                                                       0))
+    return case
+
+
+def gen_event_fault(ch: Chooser, w: World, index: int) -> Case:
+    """EVENT_IDX negotiated, the ring placed so that ``used_event`` (after the avail ring) or
+    ``avail_event`` (after the used ring) is the first bytes of the next page, a page the
+    device may not use that way: not granted, read-only for the ``avail_event`` write, not
+    mapped or mapped write-only for the ``used_event`` read (IOVA), a bus error (GPA). The
+    requests complete; then the device faults with that page's cause on the event word, and
+    makes no other access to that page."""
+    b = _CaseBuilder(ch, w)
+    feats = _ring_features(ch, w, F_EVENT_IDX)
+    field = ch.choice(("used_event", "avail_event"))
+    write = field == "avail_event"
+    q = w.standard_queue()
+    n = q.n
+    ring = virtio.SplitRing(n)
+    size = ring.used_event if not write else ring.avail_event
+    errors: list[tuple[str, int]] = []
+    if w.translated:
+        cands = []
+        for r in R_DATA:
+            if r not in b.free_refs or (write and r in w.readonly_refs) \
+                    or (not write and r in w.writeonly_refs):
+                continue
+            if r + 1 not in R_DATA:
+                cands.append((r, spec.FAULT_NOT_PERMITTED if w.handle_mode
+                              else spec.FAULT_IOTLB_FAILED))
+            elif write and r + 1 in w.readonly_refs:
+                cands.append((r, spec.FAULT_READONLY))
+            elif not write and r + 1 in w.writeonly_refs:
+                cands.append((r, spec.FAULT_IOTLB_NO_READ))
+        ref, cause = ch.choice(cands)
+        for r in (ref, ref + 1):
+            if r in b.free_refs:
+                b.free_refs.remove(r)
+        base = w.iova_addr(ref, PAGE - size) if w.iova else spec.make_handle(ref, PAGE - size)
+        note = f"{field} in ref {ref + 1}"
+    else:
+        starts = [f for f in b.free_frames if f + 1 in b.free_frames]
+        f = ch.choice(starts)
+        b.free_frames.remove(f)
+        b.free_frames.remove(f + 1)
+        base = f << spec.PAGE_SHIFT | (PAGE - size)
+        errors = [("W" if write else "R", (f + 1) << spec.PAGE_SHIFT)]
+        cause = spec.FAULT_BUS_ERROR
+        note = f"{field} in frame {f + 1} (bus error)"
+    q = QueueSpec(n, q.desc, q.avail if write else base, base if write else q.used)
+    reqs, tables = _maybe_indirect(b, _good_batch(ch, b, ch.choice((1, 1, 2))), feats, 0.3)
+    return _assemble(ch, w, index, "event_fault", Expect(cause), reqs, b, queue=q,
+                     features=feats, tables=tables, errors=errors,
+                     used_event=ch.int(0, 0xFFFF), note=note)
+
+
+def _garbage_seg(ch: Chooser, w: World, length: int) -> Seg:
+    """A device-readable descriptor the device must never touch (a T_FLUSH's data, or any
+    descriptor of a request over the limits): a hostile address that does not wrap."""
+    hostile = [0, 1 << 63, (1 << 63) - PAGE, (F_DATA[0] << 12) + 8]
+    if w.handle_mode:
+        hostile += [spec.make_handle(ch.choice(list(R_HOSTILE)), 0),
+                    spec.make_handle(w.entries, 0x10)]
+    elif w.iova:
+        hostile += [w.iova_addr(ch.choice(_unmapped_refs(w)), 0)]
+    else:
+        hostile += [w.mem_bytes + 0x40, 1 << 40]
+    a = ch.choice(hostile)
+    return Seg(min(a, (1 << 64) - max(length, 1)), length, False)
+
+
+def gen_limits(ch: Chooser, w: World, index: int) -> Case:
+    """SEG_MAX and SIZE_MAX as the build announces them (docs "Ring engine" step 3.3): a
+    chain of more than ``seg_max + 2`` descriptors, directly or in an indirect table, or a
+    descriptor longer than ``size_max`` (the header's, a data descriptor at a hostile address,
+    a T_IN's data): IOERR with nothing moved, never a fault; at exactly the limit, a T_FLUSH
+    completes OK (its extra descriptors, at hostile addresses, are never touched)."""
+    b = _CaseBuilder(ch, w)
+    seg_max, size_max = w.seg_max, w.features.size_max
+    n_min = seg_max + 3
+    can_segs = bool(seg_max) and n_min <= w.queue_num_max
+    what = ch.choice(("segs", "segs", "size", "size")) if can_segs and size_max else \
+        "segs" if can_segs else "size" if size_max else "none"
+    at_limit = ch.bool(0.3)
+    feats = _ring_features(ch, w)
+    slot = b.slot()
+    ioerr, ok = spec.VIRTIO_BLK_S_IOERR, spec.VIRTIO_BLK_S_OK
+    status = ok if at_limit else ioerr
+    req_type = spec.VIRTIO_BLK_T_FLUSH
+    q = None
+    tables: list[tuple[int, list[Desc]]] = []
+    if what == "segs":
+        count = seg_max + 2 if at_limit else ch.choice((seg_max + 3, seg_max + 3, seg_max + 4))
+        n = 1
+        while n < count:
+            n *= 2
+        count = ch.choice((count, n)) if not at_limit else count  # up to the whole queue
+        q = w.standard_queue(n)
+        segs = [Seg(slot, HDR, False)]
+        segs += [_garbage_seg(ch, w, ch.choice((0, 0, 1, 16, 512))) for _ in range(count - 2)]
+        segs.append(Seg(slot + HDR + 4, 1, True))
+        req = _Req(segs, status)
+        if feats & F_INDIRECT and ch.bool():
+            req, t = _indirect(b, req, direct=ch.choice((0, 1)), extra=0)
+            tables.append(t)
+        note = f"{count} descriptors, seg_max {seg_max}, N {n}"
+    elif what == "size":
+        ln = size_max if at_limit else size_max + ch.choice((1, 15, 512, 0x10000))
+        where = ch.choice(("data", "data", "header", "in"))
+        if where == "header" and not at_limit:
+            segs = [Seg(slot, ln, False), Seg(slot + HDR + 4, 1, True)]
+        elif where == "in" and not at_limit:
+            req_type = spec.VIRTIO_BLK_T_IN
+            g = _garbage_seg(ch, w, ln)
+            segs = [Seg(slot, HDR, False), Seg(g.addr, ln, True), Seg(slot + HDR + 4, 1, True)]
+        else:
+            where = "data"
+            segs = [Seg(slot, HDR, False), _garbage_seg(ch, w, ln), Seg(slot + HDR + 4, 1, True)]
+        req = _Req(segs, status)
+        if feats & F_INDIRECT and ch.bool(0.3):
+            req, t = _indirect(b, req)
+            tables.append(t)
+        note = f"{where} descriptor of {ln} bytes, size_max {size_max}"
+    else:  # neither limit offered: a long T_FLUSH completes
+        req = _Req([Seg(slot, HDR, False), _garbage_seg(ch, w, 0x20000),
+                    Seg(slot + HDR + 4, 1, True)], ok)
+        note = "no limit offered"
+    b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, w.capacity - 1)))
+    b.put(slot + HDR + 4, b"\xa5")
+    return _assemble(ch, w, index, "limits", Expect(0), [req], b, queue=q, features=feats,
+                     tables=tables, note=note)
+
+
+def _dwz_status(w: World, req_type: int, seg_bytes: int, sector: int, num: int, flags: int
+                ) -> int:
+    """The status of a DISCARD or WRITE_ZEROES request (docs "Ring engine" step 3.5)."""
+    discard = req_type == spec.VIRTIO_BLK_T_DISCARD
+    if not w.offers(spec.VIRTIO_BLK_F_DISCARD if discard else spec.VIRTIO_BLK_F_WRITE_ZEROES):
+        return spec.VIRTIO_BLK_S_UNSUPP
+    if seg_bytes != spec.DWZ_SEGMENT_BYTES:
+        return spec.VIRTIO_BLK_S_IOERR
+    if num > spec.dwz_max_sectors(w.disk_bytes):
+        return spec.VIRTIO_BLK_S_IOERR
+    if (sector + num) * spec.SECTOR_SIZE > w.disk_bytes:
+        return spec.VIRTIO_BLK_S_IOERR
+    if flags & ~spec.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP:
+        return spec.VIRTIO_BLK_S_UNSUPP
+    if discard and flags & spec.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP:
+        return spec.VIRTIO_BLK_S_UNSUPP
+    return spec.VIRTIO_BLK_S_OK
+
+
+def _read_back(b: _CaseBuilder, sector: int) -> _Req:
+    """A T_IN of one sector (the disk after the requests before it in the case)."""
+    slot = b.slot()
+    b.put(slot, virtio.BLK_HEADER.pack(spec.VIRTIO_BLK_T_IN, 0, sector))
+    buf = b.buffer(spec.SECTOR_SIZE, writable=True)
+    b.put(slot + HDR + 4, b"\xa5")
+    return _Req([Seg(slot, HDR, False), Seg(buf, spec.SECTOR_SIZE, True),
+                 Seg(slot + HDR + 4, 1, True)], spec.VIRTIO_BLK_S_OK)
+
+
+def gen_discard_zeroes(ch: Chooser, w: World, index: int) -> Case:
+    """T_DISCARD or T_WRITE_ZEROES (virtio 1.2 section 5.2.6.2) with one segment
+    ``{le64 sector, le32 num_sectors, le32 flags}``, or a hostile one: segment bytes 0, not a
+    multiple of 16, two segments; flags unknown, UNMAP on a DISCARD; a range past the disk
+    (sector values that wrap 64 bits too), ``num_sectors`` over the maximum, 0. The segment
+    alone, split over two descriptors or sharing the header's. The status the specification
+    gives (or, at times in the translated modes, the status byte in a read-only grant or
+    mapping: cause 5); an accepted range reads as zeros afterwards, and a T_IN of its first and last
+    sectors (or of sector 0) in the same notify brings the disk into guest memory, compared
+    with the reference's. A T_OUT into the range comes first at times, so the zeros show."""
+    b = _CaseBuilder(ch, w)
+    feats = _ring_features(ch, w)
+    cap = w.capacity
+    maxs = spec.dwz_max_sectors(w.disk_bytes)
+    req_type = ch.choice((spec.VIRTIO_BLK_T_DISCARD, spec.VIRTIO_BLK_T_WRITE_ZEROES))
+    seg_bytes = ch.choice((16, 16, 16, 16, 16, 16, 0, 8, 24, 32, 20))
+    num = ch.choice((1, 1, ch.int(1, 8), ch.int(1, cap), 0, maxs, maxs + 1, 0xFFFF_FFFF))
+    if num <= cap and ch.bool(0.8):
+        sector = ch.int(0, cap - num)
+    else:
+        sector = ch.choice((cap - num + 1 if num <= cap + 1 else 0, cap, 1 << 55,
+                            (1 << 64) - 1, (1 << 64) - num if num else 0))
+        sector &= U64
+    flags = ch.choice((0, 0, 0, 0, 0, spec.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, 2, 0x8000_0000,
+                       3))
+    status = _dwz_status(w, req_type, seg_bytes, sector, num, flags)
+    reqs: list[_Req] = []
+    if status == spec.VIRTIO_BLK_S_OK and num and ch.bool(0.4):
+        out_sec = sector + ch.int(0, num - 1)
+        slot = b.slot()
+        b.put(slot, virtio.BLK_HEADER.pack(spec.VIRTIO_BLK_T_OUT, 0, out_sec))
+        buf = b.buffer(spec.SECTOR_SIZE, writable=False)
+        b.put(buf, b.payload(spec.SECTOR_SIZE))
+        b.put(slot + HDR + 4, b"\xa5")
+        reqs.append(_Req([Seg(slot, HDR, False), Seg(buf, spec.SECTOR_SIZE, False),
+                          Seg(slot + HDR + 4, 1, True)], spec.VIRTIO_BLK_S_OK))
+    payload = virtio.DWZ_SEGMENT.pack(sector, num, flags)
+    payload = (payload * 2)[:seg_bytes] if seg_bytes > 16 else payload[:seg_bytes]
+    header = virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, 3))
+    slot = b.slot()
+    layout = ch.choice(("alone", "alone", "split", "shared")) if seg_bytes >= 2 else "alone"
+    if layout == "shared":
+        buf = b.buffer(HDR + seg_bytes, writable=False)
+        b.put(buf, header + payload)
+        segs = [Seg(buf, HDR + seg_bytes, False)]
+    else:
+        b.put(slot, header)
+        segs = [Seg(slot, HDR, False)]
+        if seg_bytes:
+            buf = b.buffer(seg_bytes, writable=False)
+            b.put(buf, payload)
+            if layout == "split":
+                k = ch.int(1, seg_bytes - 1)
+                buf2 = b.buffer(seg_bytes - k, writable=False)
+                b.put(buf2, payload[k:])
+                segs += [Seg(buf, k, False), Seg(buf2, seg_bytes - k, False)]
+            else:
+                segs.append(Seg(buf, seg_bytes, False))
+    b.put(slot + HDR + 4, b"\xa5")
+    segs.append(Seg(slot + HDR + 4, 1, True))
+    # the status byte in a read-only grant or mapping, for a request that zeroes nothing (the
+    # cycle bound knows no zeroing before a fault): cause 5, nothing written
+    ro_status = w.translated and not (status == spec.VIRTIO_BLK_S_OK and num) \
+        and ch.bool(0.25)
+    if ro_status:
+        ref = ch.choice(sorted(w.readonly_refs))
+        off = ch.int(0, PAGE - 1)
+        segs[-1] = Seg(w.iova_addr(ref, off, _any_alias(ch)) if w.iova
+                       else spec.make_handle(ref, off), 1, True)
+    reqs.append(_Req(segs, status))
+    ok = status == spec.VIRTIO_BLK_S_OK and num > 0 and not ro_status
+    backs = sorted({sector, sector + num - 1}) if ok else [ch.int(0, cap - 1)]
+    reqs += [_read_back(b, s) for s in backs]
+    reqs, tables = _maybe_indirect(b, reqs, feats, 0.3)
+    zeroed = (sector * spec.SECTOR_SIZE, (sector + num) * spec.SECTOR_SIZE) if ok else None
+    name = "discard" if req_type == spec.VIRTIO_BLK_T_DISCARD else "write_zeroes"
+    case = _assemble(ch, w, index, "discard_zeroes", Expect(0), reqs, b, features=feats,
+                     tables=tables, note=f"{name} {layout} {seg_bytes} bytes: sector {sector:#x}"
+                     f" num {num:#x} flags {flags:#x}")
+    case.expect = Expect(spec.FAULT_READONLY) if ro_status else \
+        Expect(0, case.expect.statuses, zeroed=zeroed)
+    if ro_status:
+        case.note += ", status byte read-only"
+    return case
+
+
+def gen_disk_audit(ch: Chooser, w: World, index: int, first: int, count: int) -> Case:
+    """Good T_INs reading sectors ``[first, first + count)`` of the disk into guest memory, 4
+    sectors a request: compared with the reference's, what the stream did to the disk
+    (zeroing included) shows."""
+    b = _CaseBuilder(ch, w)
+    reqs = []
+    for s in range(first, first + count, 4):
+        k = min(4, first + count - s)
+        slot = b.slot()
+        b.put(slot, virtio.BLK_HEADER.pack(spec.VIRTIO_BLK_T_IN, 0, s))
+        buf = b.buffer(k * spec.SECTOR_SIZE, writable=True)
+        b.put(slot + HDR + 4, b"\xa5")
+        reqs.append(_Req([Seg(slot, HDR, False), Seg(buf, k * spec.SECTOR_SIZE, True),
+                          Seg(slot + HDR + 4, 1, True)], spec.VIRTIO_BLK_S_OK))
+    case = _assemble(ch, w, index, "disk_audit", Expect(0), reqs, b,
+                     note=f"sectors {first}..{first + count - 1}")
+    case.avail_flags = 0
+    return case
+
+
 # Category -> (generator, weight, modes: "any", "grant" (handle mode only) or "iova")
 CATEGORIES: dict[str, tuple[Gen, int, str]] = {
     "good": (gen_good, 16, "any"),
@@ -970,19 +1526,38 @@ CATEGORIES: dict[str, tuple[Gen, int, str]] = {
     "iova_late": (gen_iova_late, 3, "iova"),
     "iova_reset_miss": (gen_iova_reset_miss, 3, "iova"),
     "iova_pressure": (gen_iova_pressure, 4, "iova"),
+    # issue 17 (each needs a feature the build offers: NEEDS)
+    "indirect_ok": (gen_indirect_ok, 4, "any"),
+    "indirect_bad": (gen_indirect_bad, 5, "any"),
+    "indirect_fault": (gen_indirect_fault, 3, "any"),
+    "event_idx": (gen_event_idx, 4, "any"),
+    "event_fault": (gen_event_fault, 3, "any"),
+    "limits": (gen_limits, 2, "any"),
+    "discard_zeroes": (gen_discard_zeroes, 5, "any"),
+}
+
+# Category -> the feature bits the build must offer for it (any one of them)
+NEEDS: dict[str, int] = {
+    "indirect_ok": F_INDIRECT, "indirect_bad": F_INDIRECT, "indirect_fault": F_INDIRECT,
+    "event_idx": F_EVENT_IDX, "event_fault": F_EVENT_IDX,
+    "limits": 1 << spec.VIRTIO_BLK_F_SEG_MAX | 1 << spec.VIRTIO_BLK_F_SIZE_MAX,
+    "discard_zeroes": 1 << spec.VIRTIO_BLK_F_DISCARD | 1 << spec.VIRTIO_BLK_F_WRITE_ZEROES,
 }
 
 
-def categories_for(handle_mode: bool, iova: bool = False) -> list[str]:
-    """The categories of a stream in grant mode (``handle_mode``), IOVA mode or GPA mode."""
+def categories_for(handle_mode: bool, iova: bool = False, offered: int | None = None
+                   ) -> list[str]:
+    """The categories of a stream in grant mode (``handle_mode``), IOVA mode or GPA mode, on a
+    build offering the feature bits ``offered`` (None: every feature)."""
     mode = "iova" if iova else "grant" if handle_mode else "gpa"
-    return [k for k, (_, _, m) in CATEGORIES.items() if m in ("any", mode)]
+    return [k for k, (_, _, m) in CATEGORIES.items() if m in ("any", mode)
+            and (offered is None or k not in NEEDS or offered & NEEDS[k])]
 
 
 def generate(ch: Chooser, w: World, index: int, category: str | None = None) -> Case:
     """The next case of a stream: a category by weight (or the one given), then its case."""
     if category is None:
-        names = categories_for(w.handle_mode, w.iova)
+        names = categories_for(w.handle_mode, w.iova, w.offered)
         pick = ch.int(0, sum(CATEGORIES[k][1] for k in names) - 1)
         for name in names:
             pick -= CATEGORIES[name][1]
@@ -990,7 +1565,10 @@ def generate(ch: Chooser, w: World, index: int, category: str | None = None) -> 
                 category = name
                 break
     assert category is not None
-    return CATEGORIES[category][0](ch, w, index)
+    case = CATEGORIES[category][0](ch, w, index)
+    if w.iova and category in NEEDS and not case.flush and ch.bool(0.3):
+        case.flush = True  # IOVA: issue 17's accesses (tables, event words, status) miss too
+    return case
 
 
 # --- races: a request that moves several bursts, and what the hypervisor does to it -----------
@@ -1040,14 +1618,22 @@ def case_refs(case: Case) -> list[int]:
 def case_ranges(case: Case, w: World) -> list[tuple[int, int]]:
     """The device-address ranges ``(addr, nbytes)`` the driver exposes to the device in
     ``case``: the queue's descriptor table, avail ring and used ring (virtio 1.x section 2.7:
-    16 n, 6 + 2 n and 6 + 8 n bytes, with the event words) when the queue size is valid, and
-    every descriptor's buffer. What the isolation monitor checks each burst against
+    16 n, 4 + 2 n and 4 + 8 n bytes, plus the 2-byte event word of each when the case
+    negotiates EVENT_IDX) when the queue size is valid, every descriptor's buffer, every
+    indirect table (the indirect descriptor's buffer) and every table entry's buffer. What
+    the isolation monitor checks each burst against
     (``tb.isolation.IsolationChecker.expose``)."""
     q = case.queue
     out: list[tuple[int, int]] = []
     if 1 <= q.n <= w.queue_num_max and not q.n & (q.n - 1):
-        out += [(q.desc, 16 * q.n), (q.avail, 6 + 2 * q.n), (q.used, 6 + 8 * q.n)]
+        # the event words (used_event after the avail ring, avail_event after the used ring)
+        # only when EVENT_IDX is negotiated (virtio 1.2 section 2.7.10)
+        ev = 2 if w.driver_features(case.features) >> spec.VIRTIO_RING_F_EVENT_IDX & 1 else 0
+        out += [(q.desc, 16 * q.n), (q.avail, 4 + 2 * q.n + ev), (q.used, 4 + 8 * q.n + ev)]
     out += [(a, ln) for _, a, ln, _, _ in case.descs if ln]
+    # indirect tables (their own range is the indirect descriptor's above) and the buffers
+    # their entries name (virtio 1.2 section 2.7.5.3)
+    out += [(a, ln) for _, entries in case.tables for _, a, ln, _, _ in entries if ln]
     return out
 
 

@@ -111,13 +111,19 @@ class Outcome:
     misses: list[tuple[int, bool]] = field(default_factory=list)  # IOVA: (iova, write) raised
     miss_wait: int = 0  # IOVA: cycles the bench's hypervisor may take over the misses
     evictions: int = 0  # IOVA: IOTLB entries inserts replaced (round robin)
+    interrupt: int = 0  # InterruptStatus after the case (then acknowledged)
+    zeroed_ok: bool | None = None  # the disk range ``Expect.zeroed`` reads as zeros
+    zero_bytes: int = 0  # bytes the case zeroes on the disk (``Expect.zeroed``)
+    used_first: int = 0  # the used index the case's first used element has
 
     def beats(self, data_width: int) -> int:
         return sum(t.beats(data_width) for t in self.transactions)
 
     def bound(self, data_width: int, pause: float = 0.0) -> int:
+        # zeroing the disk (DISCARD, WRITE_ZEROES) makes no bus access: at least 4 bytes a
+        # cycle, twice over
         return cycle_bound(len(self.transactions), self.beats(data_width), self.lookups,
-                           self.accesses, pause=pause) + self.miss_wait
+                           self.accesses, pause=pause) + self.miss_wait + self.zero_bytes // 2
 
     def summary(self) -> str:
         done = f"{len(self.completions)} completion(s), statuses " \
@@ -130,13 +136,22 @@ class Outcome:
 
 def status_addr(case: Case, head: int) -> int | None:
     """Device address of the status byte of the chain at ``head``: the last byte of the last
-    non-empty device-writable descriptor (docs "Ring engine", step 6)."""
+    non-empty device-writable descriptor (docs "Ring engine", step 6), following an indirect
+    descriptor into the table the case laid out at its address (whose own WRITE flag does not
+    count)."""
     by_idx = {d[0]: d for d in case.descs}
+    tables = {a: {d[0]: d for d in entries} for a, entries in case.tables}
     i, last = head, None
-    for _ in range(len(by_idx) + 1):
+    steps = len(by_idx) + sum(len(t) for t in tables.values()) + 2
+    for _ in range(steps):
         if i not in by_idx:
             break
         _, a, ln, fl, nx = by_idx[i]
+        if fl & spec.VIRTQ_DESC_F_INDIRECT:
+            if a not in tables:
+                break
+            by_idx, i = tables.pop(a), 0  # (a table inside a table is not followed)
+            continue
         if fl & spec.VIRTQ_DESC_F_WRITE and ln:
             last = (a + ln - 1) & U64
         if not fl & spec.VIRTQ_DESC_F_NEXT:
@@ -176,6 +191,8 @@ def check_expectation(case: Case, out: Outcome) -> str | None:
     if e.cause:
         if out.fault is None or out.fault[0] != e.cause:
             return f"expected fault cause {e.cause}, got {out.summary()}"
+        if e.fault_addr is not None and out.fault[1] != e.fault_addr:
+            return f"expected the fault at {e.fault_addr:#x}, got {out.summary()}"
         return None
     if out.fault is not None:
         return f"expected completions, got {out.summary()}"
@@ -185,5 +202,10 @@ def check_expectation(case: Case, out: Outcome) -> str | None:
     if e.statuses is not None and None not in e.statuses and len(e.statuses) == len(got) \
             and got != list(e.statuses):
         return f"expected statuses {list(e.statuses)}, got {got}"
+    if e.interrupt is not None and bool(out.interrupt & spec.INT_USED_BUFFER) != e.interrupt:
+        return (f"expected InterruptStatus bit 0 {int(e.interrupt)}, got {out.interrupt:#x} "
+                f"after {out.summary()}")
+    if e.zeroed is not None and not out.zeroed_ok:
+        return f"expected disk bytes [{e.zeroed[0]:#x}, {e.zeroed[1]:#x}) to read as zeros"
     return None
 

@@ -39,6 +39,7 @@ class StreamDriver:
         self.link = link
         self.w = world
         self.queue: QueueSpec | None = None  # programmed queue, None after a reset
+        self.features: int | None = None  # DriverFeatures of the bring-up, None after a reset
         self.avail_idx = 0
         self.needs_reset = True
         self.reset_poll_limit = reset_poll_limit
@@ -73,17 +74,17 @@ class StreamDriver:
     async def reset(self) -> None:
         await virtio.run_async(virtio.reset(self.reset_poll_limit), self.link.guest)
         self.queue = None
+        self.features = None
         self.avail_idx = 0
         self.needs_reset = False
 
-    async def init(self, q: QueueSpec) -> None:
-        """Reset and bring the device up with queue ``q`` (rings zeroed in memory first)."""
+    async def init(self, q: QueueSpec, extra: int | None = None) -> None:
+        """Reset and bring the device up with queue ``q`` (rings zeroed in memory first),
+        negotiating ``World.driver_features(extra)``."""
         await self.reset()
         for f in (F_DESC, F_AVAIL, F_USED):
             self.link.mem.write(f * PAGE, bytes(PAGE))
-        features = 1 << spec.VIRTIO_F_VERSION_1
-        if self.w.translated:
-            features |= 1 << spec.VIRTIO_F_ACCESS_PLATFORM
+        features = self.w.driver_features(extra)
 
         def program() -> virtio.Program:
             yield from virtio.acknowledge()
@@ -92,12 +93,14 @@ class StreamDriver:
             yield from virtio.driver_ok()
         await virtio.run_async(program(), self.link.guest)
         self.queue = q
+        self.features = features
 
     async def prepare(self, case: Case) -> None:
         """Everything up to the notify: reset and init if needed, memory, rings, grants, bus
         errors; and the register state an ignored notify needs."""
-        if self.needs_reset or self.queue != case.queue:
-            await self.init(case.queue)
+        if (self.needs_reset or case.fresh or self.queue != case.queue
+                or self.features != self.w.driver_features(case.features)):
+            await self.init(case.queue, case.features)
         mem = self.link.mem
         for addr, data in case.writes:
             mem.write(addr, data)
@@ -112,6 +115,8 @@ class StreamDriver:
             for k, h in enumerate(case.heads):
                 mem.write(abase + ring.avail_ring(self.avail_idx + k), virtio.AVAIL_ELEM.pack(h))
             delta = len(case.heads) if case.avail_delta is None else case.avail_delta
+            if case.used_event is not None:  # EVENT_IDX (section 2.7.10), before avail.idx
+                self.put(q.avail + ring.used_event, case.used_event.to_bytes(2, "little"))
             mem.write(abase, virtio.AVAIL_HEADER.pack(case.avail_flags, self.avail_idx + delta))
             self.avail_idx = (self.avail_idx + delta) & 0xFFFF
         for ref, e in case.patches:
@@ -126,6 +131,25 @@ class StreamDriver:
         elif case.notify == "no_driver_ok":  # a raw write: the bring-up programs only set bits
             await g.write32(spec.MMIO_STATUS, spec.STATUS_ACKNOWLEDGE | spec.STATUS_DRIVER
                             | spec.STATUS_FEATURES_OK)
+
+    def put(self, addr: int, data: bytes) -> None:
+        """Write ``data`` at device address ``addr``, page by page through the world (bytes
+        in a page that does not translate are left alone)."""
+        pos = 0
+        while pos < len(data):
+            a = (addr + pos) & spec.ADDR_MASK
+            size = min(PAGE - (a & (PAGE - 1)), len(data) - pos)
+            p = self.w.phys(a)
+            if p is not None and p + size <= self.w.mem_bytes:
+                self.link.mem.write(p, data[pos:pos + size])
+            pos += size
+
+    async def take_interrupt(self) -> int:
+        """InterruptStatus, then acknowledged (each case's interrupt is its own)."""
+        irq = await self.link.guest.read32(spec.MMIO_INTERRUPT_STATUS)
+        if irq:
+            await self.link.guest.write32(spec.MMIO_INTERRUPT_ACK, irq)
+        return irq
 
     # -- IOVA mode --------------------------------------------------------------------------------
     async def sync(self) -> None:
@@ -210,7 +234,7 @@ class ReferenceStream:
         self.dev = OracleDevice(GuestMemory(world.mem_bytes, world.initial_memory()),
                                 entries=world.entries, queue_num_max=world.queue_num_max,
                                 disk_bytes=world.disk_bytes, data_width=world.data_width,
-                                iotlb_entries=world.iotlb_entries,
+                                iotlb_entries=world.iotlb_entries, features=world.features,
                                 on_iotlb_miss=self._on_miss if world.iova else None)
         self.drv = StreamDriver(self.dev, world)
         self.model = IommuModel(self.drv.table) if self.drv.table is not None else None
@@ -308,6 +332,12 @@ class ReferenceStream:
             if dev.completed else []
         out = Outcome(completions, fault, list(dev.transactions), dev.translations,
                       dev.dma_accesses - acc0, ignored_ok, dev.fault_count)
+        if case.expect.zeroed is not None:
+            lo, hi = case.expect.zeroed
+            out.zeroed_ok = not any(dev.disk[lo:hi])
+            out.zero_bytes = hi - lo
+        out.used_first = used_before
+        out.interrupt = run_coroutine(self.drv.take_interrupt())
         if self.model is not None:
             out.misses = list(dev.misses)
             out.evictions = len(dev.iotlb.evictions)

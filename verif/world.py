@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import spec
+from models.features import Features
 from models.grant import GrantEntry
 
 U64 = spec.ADDR_MASK
@@ -90,6 +91,15 @@ class World:
     readonly_refs: frozenset[int] = frozenset()
     writeonly_refs: frozenset[int] = frozenset()  # IOVA mode only
     iova_map: dict[int, tuple[int, bool, bool]] = field(default_factory=dict)  # page -> (f, r, w)
+    # What the device build offers (docs/architecture.md "Features a build offers"): the
+    # reference is built with it, and the RTL bench's must be the same build.
+    features: Features = field(default_factory=Features)
+    # Issue 17's ring features (INDIRECT_DESC, EVENT_IDX bits) the driver negotiates in a case
+    # that does not say (``Case.features`` None), on top of VERSION_1 (and ACCESS_PLATFORM)
+    negotiate: int = 0
+    # feature bits the driver never negotiates, whatever a case asks (to run a stream around a
+    # feature, e.g. a device bug under investigation)
+    withhold: int = 0
 
     def __post_init__(self) -> None:
         if self.mem_bytes < MEM_BYTES:
@@ -203,6 +213,34 @@ class World:
     def capacity(self) -> int:
         return self.disk_bytes // spec.SECTOR_SIZE
 
+    # --- features ------------------------------------------------------------------------------
+    @property
+    def offered(self) -> int:
+        """The feature bits the device offers in the stream's mode."""
+        bits = self.features.offered(self.queue_num_max)
+        if self.translated:
+            bits |= 1 << spec.VIRTIO_F_ACCESS_PLATFORM
+        return bits
+
+    def driver_features(self, extra: int | None) -> int:
+        """What the driver writes to DriverFeatures for a case asking for ``extra`` (None:
+        the stream's ``negotiate``): VERSION_1, ACCESS_PLATFORM in the translated modes, and
+        the bits of ``extra`` the device offers (a driver negotiates nothing it is not
+        offered)."""
+        bits = 1 << spec.VIRTIO_F_VERSION_1
+        if self.translated:
+            bits |= 1 << spec.VIRTIO_F_ACCESS_PLATFORM
+        return bits | ((self.negotiate if extra is None else extra) & self.offered
+                       & ~self.withhold)
+
+    def offers(self, bit: int) -> bool:
+        return bool(self.offered >> bit & 1)
+
+    @property
+    def seg_max(self) -> int:
+        """SEG_MAX's value (0: not offered)."""
+        return self.features.seg_limit(self.queue_num_max)
+
 
 
 @dataclass(frozen=True)
@@ -214,6 +252,12 @@ class Expect:
     statuses: tuple[int, ...] | None = None
     ignored_notify: bool = False  # the first notify must be ignored (no bus access)
     stalls: bool = False  # IOVA: the last chain stalls on a miss the driver's reset cancels
+    # InterruptStatus bit 0 after the case (None: not predicted), from the specification
+    # (EVENT_IDX: Linux's vring_need_event on a freshly reset device)
+    interrupt: bool | None = None
+    # bytes of the disk that must read as zeros after the case (DISCARD, WRITE_ZEROES)
+    zeroed: tuple[int, int] | None = None
+    fault_addr: int | None = None  # the fault address the cause comes with, when predicted
 
 
 @dataclass
@@ -253,6 +297,17 @@ class Case:
     flush: bool = False
     policies: dict[int, Any] = field(default_factory=dict)
     policy: Any = None
+    # Issue 17: ``features``, the INDIRECT_DESC / EVENT_IDX bits the driver negotiates for
+    # this case (None: the world's ``negotiate``); ``tables``, the indirect descriptor tables
+    # the case lays out (device address, entries (index, addr, len, flags, next) as written;
+    # their bytes are in ``writes``); ``fresh``: reset and bring the device up before the
+    # case (its used index and EVENT_IDX state start from 0); ``used_event``: the value the
+    # driver writes at the avail ring's used_event (EVENT_IDX) before the notify.
+    features: int | None = None
+    tables: list[tuple[int, list[tuple[int, int, int, int, int]]]] = field(
+        default_factory=list)
+    fresh: bool = False
+    used_event: int | None = None
 
     def describe(self) -> str:
         return f"case {self.index} [{self.category}] {self.note}".rstrip()
