@@ -382,7 +382,9 @@ class DmaEngine(wiring.Component):
         keep_next = Signal()  # keep the next page's lookup (made in an address handshake)
         waiting = Signal()  # a kept lookup has not answered yet
         fresh = Signal()  # the answer is a lookup made for this burst (statistics)
-        m.d.comb += lk.keep.eq((in_idle & cmd.valid & ~c.drain) | in_xkeep
+        # (a drain and a zero command make no bus access: no lookup is kept for them, so that
+        # a zero command's address, which is not an access, raises no IOTLB miss)
+        m.d.comb += lk.keep.eq((in_idle & cmd.valid & ~c.drain & ~c.zero) | in_xkeep
                                     | keep_next)
         if self._lookups:
             m.d.sync += waiting.eq(lk.keep)
