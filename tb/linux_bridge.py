@@ -34,6 +34,7 @@ compared with that shadow.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import hashlib
 import json
@@ -1685,6 +1686,16 @@ async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict
     stats.cycles = link.cycle
     transport.requests.collect(link.cycle)
     boot1_requests = len(transport.requests.done)
+    # The IOTLB figures are the first boot's: its counters, the bridge's side of it.
+    iotlb1: dict[str, int] | None = None
+    if mode == "iova" or cfg.get("iotlb_counters", True):
+        try:
+            iotlb1 = await transport.iotlb_counters()
+        except Exception as exc:  # a device without the IOTLB registers (GPA-only builds)
+            log.info("no IOTLB counters: %s", exc)
+    if transport.miss is not None:  # QEMU is gone: it will not answer
+        await transport.poll_miss(can_ask=False)
+    hv_side1 = copy.deepcopy(transport.iotlb)
     boot2: tuple[BridgeStats, Console, list[str]] | None = None
     if cfg.get("qemu2") and not errors:
         # The same notification workload again, QEMU hiding EVENT_IDX from the guest.
@@ -1702,20 +1713,23 @@ async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict
     hv: dict[str, Any] = {"requests": await link.hv.read32(spec.HV_STAT_REQUESTS),
                           "faults": await link.hv.read32(spec.HV_FAULT_COUNT),
                           "ctrl": await link.hv.read32(spec.HV_CTRL)}
-    if mode == "iova" or cfg.get("iotlb_counters", True):
-        try:
-            hv["iotlb"] = await transport.iotlb_counters()
-        except Exception as exc:  # a device without the IOTLB registers (GPA-only builds)
-            log.info("no IOTLB counters: %s", exc)
+    if iotlb1 is not None:
+        hv["iotlb"] = iotlb1
     if transport.miss is not None:  # QEMU is gone: it will not answer
         await transport.poll_miss(can_ask=False)
+    transport.iotlb = hv_side1
     readback = None
     rb_cycles, rb_wall = link.cycle, time.monotonic()
     if link.ram.table is not None:
         try:
             if mode == "iova":  # the read-back driver's addresses are physical: map them 1:1
                 await transport.identity_map()
-            readback = await read_back(link, ident.capacity)
+            chunk = 256  # sectors a read-back request (one data descriptor): within SIZE_MAX
+            if ident.features >> spec.VIRTIO_BLK_F_SIZE_MAX & 1:
+                size_max = int.from_bytes(await transport.get_config(spec.BLK_CONFIG_SIZE_MAX,
+                                                                     4), "little")
+                chunk = max(1, min(chunk, size_max // spec.SECTOR_SIZE))
+            readback = await read_back(link, ident.capacity, chunk)
         except Exception as exc:  # report it with everything else
             log.error("read-back: %s", exc)
             errors.append(f"read-back: {type(exc).__name__}: {exc}")
