@@ -1095,7 +1095,7 @@ class CountingBackend(VhostUserBackend):
         except BlockingIOError:
             return
         dev = self.device
-        if isinstance(dev, MmioTransport):
+        if hasattr(dev, "guest_kicks"):
             dev.guest_kicks += n
         if v.started and v.enabled:
             await dev.kick(v)
