@@ -16,8 +16,8 @@ from collections.abc import Callable
 from models import spec
 from models.bus import Transaction
 from models.dma import DmaEngine
-from models.features import Features
 from models.engine import Descriptor, RingEngine
+from models.features import Features
 from models.grant import GrantTable
 from models.hvregs import Fault, HvRegisters
 from models.iotlb import Iotlb
@@ -121,6 +121,8 @@ class ReferenceDevice(MmioRegisters, HvRegisters, DmaEngine, RingEngine):
         self.GUEST_REGS.reset(self)
         self.last_avail_idx = 0
         self.used_idx = 0
+        self.signalled_used = 0  # EVENT_IDX: used_idx at the last interrupt decision
+        self.avail_event_pub = 0  # EVENT_IDX: the avail_event last written
         self.halted = False
         self.pending_notify = False
         self._werr = None

@@ -23,10 +23,10 @@ from typing import Any
 from models import spec
 
 __all__ = [
-    "AVAIL_ELEM", "AVAIL_HEADER", "BLK_HEADER", "DESC", "GRANT_ENTRY", "USED_ELEM", "USED_HEADER",
-    "FeaturesRefused", "InitError", "Layout", "Read", "SplitRing", "Write", "acknowledge",
-    "bring_up", "driver_ok", "negotiate", "read_device_features", "reset", "run_async",
-    "run_sync", "set_queue_addresses", "setup_queue",
+    "AVAIL_ELEM", "AVAIL_HEADER", "BLK_HEADER", "DESC", "DWZ_SEGMENT", "GRANT_ENTRY", "USED_ELEM",
+    "USED_HEADER", "FeaturesRefused", "InitError", "Layout", "Read", "SplitRing", "Write",
+    "acknowledge", "bring_up", "driver_ok", "negotiate", "read_device_features", "reset",
+    "run_async", "run_sync", "set_queue_addresses", "setup_queue",
 ]
 
 _FORMAT = {8: "B", 16: "H", 32: "I", 64: "Q"}
@@ -86,12 +86,17 @@ USED_HEADER = Layout("virtq_used", (("flags", 16), ("idx", 16)))
 USED_ELEM = Layout("virtq_used_elem", (("id", 32), ("len", 32)))
 # section 5.2.6: struct virtio_blk_req { le32 type; le32 reserved; le64 sector; ... }
 BLK_HEADER = Layout("virtio_blk_req", (("type", 32), ("reserved", 32), ("sector", 64)))
+# section 5.2.6: struct virtio_blk_discard_write_zeroes { le64 sector; le32 num_sectors;
+# le32 flags; } (flags bit 0: UNMAP)
+DWZ_SEGMENT = Layout("virtio_blk_discard_write_zeroes",
+                     (("sector", 64), ("num_sectors", 32), ("flags", 32)))
 # Xen include/public/grant_table.h: struct grant_entry_v1 { uint16_t flags; domid_t domid;
 # uint32_t frame; }
 GRANT_ENTRY = Layout("grant_entry_v1", (("flags", 16), ("domid", 16), ("frame", 32)))
 
 assert DESC.size == spec.DESC_BYTES
 assert BLK_HEADER.size == spec.BLK_HEADER_BYTES
+assert DWZ_SEGMENT.size == spec.DWZ_SEGMENT_BYTES
 assert GRANT_ENTRY.size == spec.GRANT_ENTRY_BYTES
 
 

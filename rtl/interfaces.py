@@ -27,9 +27,11 @@ def local_bits(disk_bytes: int) -> int:
 def DmaCommand(len_bits: int) -> data.StructLayout:
     """A DMA command: move ``len`` bytes at virtual address ``vaddr`` to (``write`` 0) or from
     the RAM disk (``disk``) or the ring engine's scratch at byte ``dpos``; ``cont``: ``vaddr`` is
-    where the last command ended; ``drain``: wait for every posted write's response instead."""
+    where the last command ended; ``drain``: wait for every posted write's response instead;
+    ``zero``: write ``len`` zero bytes to the RAM disk at ``dpos`` (both multiples of 512), no
+    bus access (DISCARD and WRITE_ZEROES)."""
     return data.StructLayout({"write": 1, "drain": 1, "cont": 1, "vaddr": 64, "len": len_bits,
-                              "disk": 1, "dpos": len_bits})
+                              "disk": 1, "dpos": len_bits, "zero": 1})
 
 
 # The address of the command the ring engine may hand over in the next cycle, for the DMA

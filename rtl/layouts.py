@@ -12,7 +12,7 @@ from amaranth.lib import data
 
 from models import spec, virtio
 
-__all__ = ["BlkHeader", "DescFlags", "Descriptor", "GrantEntry", "GrantFlags",
+__all__ = ["BlkHeader", "DescFlags", "Descriptor", "DwzSegment", "GrantEntry", "GrantFlags",
            "VirtualPage", "flags_layout", "struct_layout"]
 
 
@@ -38,6 +38,7 @@ DescFlags = flags_layout(16, {"next": spec.VIRTQ_DESC_F_NEXT, "write": spec.VIRT
 GrantFlags = flags_layout(16, {"type": spec.GTF_TYPE_MASK, "readonly": spec.GTF_readonly})
 Descriptor = struct_layout(virtio.DESC, flags=DescFlags)
 BlkHeader = struct_layout(virtio.BLK_HEADER)
+DwzSegment = struct_layout(virtio.DWZ_SEGMENT)
 GrantEntry = struct_layout(virtio.GRANT_ENTRY, flags=GrantFlags)
 # Bits 63:12 of a DMA address (spec.make_handle): the grant reference and the handle bit.
 VirtualPage = data.StructLayout({"ref": spec.GRANT_REF_MASK.bit_length(), "handle": 1})

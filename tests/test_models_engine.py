@@ -8,7 +8,14 @@ import pytest
 
 from models import spec
 from models.device import HV_STAT_REQUESTS, HV_STAT_XLATE
-from verif.harness import make
+from models.features import Features
+from verif.harness import make as _make
+
+
+def make(**kw):
+    """The harness's device and driver, built as the foundation's device (``Features.none()``)
+    unless ``features`` is given: these tests are the foundation's behaviour."""
+    return _make(**{"features": Features.none(), **kw})
 
 MODES = pytest.mark.parametrize("handle_mode", [False, True], ids=["gpa", "handle"])
 SERIAL = spec.DEVICE_SERIAL

@@ -7,8 +7,15 @@ import struct
 import pytest
 
 from models import spec
+from models.features import Features
 from models.grant import GrantEntry
-from verif.harness import make
+from verif.harness import make as _make
+
+
+def make(**kw):
+    """The harness's device and driver, built as the foundation's device (``Features.none()``)
+    unless ``features`` is given: these tests are the foundation's behaviour."""
+    return _make(**{"features": Features.none(), **kw})
 
 ENTRIES = 64
 

@@ -17,9 +17,17 @@ from hypothesis import strategies as st
 
 from models import spec
 from models.device import ReferenceDevice
+from models.features import Features
 from models.iotlb import Iotlb, IotlbEntry, overlaps
 from models.memory import GuestMemory
-from verif.harness import Buffer, HandDriver, make
+from verif.harness import Buffer, HandDriver
+from verif.harness import make as _make
+
+
+def make(**kw):
+    """The harness's device and driver, built as the foundation's device (``Features.none()``)
+    unless ``features`` is given: these tests are the foundation's behaviour."""
+    return _make(**{"features": Features.none(), **kw})
 
 K = 1 << 12  # 4 KiB
 M2 = 1 << 21  # 2 MiB
@@ -455,6 +463,7 @@ class IovaDriver(HandDriver):
 
 def iova_setup(n: int = 8, **kw) -> tuple[ReferenceDevice, IovaDriver, Hypervisor]:
     hyp = Hypervisor()
+    kw.setdefault("features", Features.none())  # the foundation's transactions
     dev = ReferenceDevice(GuestMemory(1 << 21), on_iotlb_miss=hyp, **kw)
     drv = IovaDriver(dev, hyp)
     drv.setup(n)

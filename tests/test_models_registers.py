@@ -8,6 +8,7 @@ import pytest
 
 from models import spec
 from models.device import ReferenceDevice
+from models.features import Features
 from models.grant import GrantEntry
 from models.memory import GuestMemory
 from models.regmap import GUEST, HV
@@ -20,7 +21,8 @@ F_AP = 1 << spec.VIRTIO_F_ACCESS_PLATFORM
 
 
 def dev_(**kw) -> ReferenceDevice:
-    return ReferenceDevice(GuestMemory(1 << 16), **kw)
+    """The foundation's device (``Features.none()``) unless ``features`` is given."""
+    return ReferenceDevice(GuestMemory(1 << 16), **{"features": Features.none(), **kw})
 
 
 def features(dev: ReferenceDevice, sel: int) -> int:
@@ -308,13 +310,17 @@ def test_constructor_validation():
 
 
 @pytest.mark.parametrize("kw", [{}, {"queue_num_max": 4, "disk_bytes": 1 << 20, "entries": 3},
-                                {"queue_num_max": 32768, "disk_bytes": 512, "entries": 1}])
+                                {"queue_num_max": 32768, "disk_bytes": 512, "entries": 1},
+                                {"features": Features()},
+                                {"features": Features(seg_max=7, size_max=512, discard=False),
+                                 "queue_num_max": 4, "disk_bytes": 1 << 20}])
 def test_ports_follow_the_maps(kw):
     """Both ports against models/regmap.py: offsets, reset values (after construction and after
     ``rst``), access, widths, QueueSel and the selectors, the grant array, unmapped words."""
     d = dev_(**kw)
     params = {"queue_num_max": d.queue_num_max, "disk_bytes / 512": d.disk_bytes // 512,
-              "entries": d.entries, "iotlb_entries": d.iotlb_entries}
+              "entries": d.entries, "iotlb_entries": d.iotlb_entries,
+              **d.features.params(d.queue_num_max, d.disk_bytes)}
     for _ in range(2):
         asyncio.run(check_map(GUEST, d.guest, params, window=0x200))
         asyncio.run(check_map(HV, d.hv, params, window=spec.HV_GRANT_BASE))
@@ -324,7 +330,10 @@ def test_ports_follow_the_maps(kw):
 def test_maps_name_every_offset_of_the_specification():
     """Each register offset of models/spec.py starts exactly one entry of its map, and back."""
     for prefix, regmap in (("MMIO_", GUEST), ("HV_", HV)):
-        named = sorted(value for name, value in vars(spec).items() if name.startswith(prefix)
-                       and name not in ("MMIO_VERSION_VALUE", "HV_VERSION_VALUE",
-                                        "HV_CTRL_HANDLE_MODE", "HV_CTRL_MODE_MASK"))
-        assert named == [reg.offset for reg in regmap]
+        named = {value for name, value in vars(spec).items() if name.startswith(prefix)
+                 and name not in ("MMIO_VERSION_VALUE", "HV_VERSION_VALUE",
+                                  "HV_CTRL_HANDLE_MODE", "HV_CTRL_MODE_MASK")}
+        if regmap is GUEST:  # the virtio_blk_config fields, from MMIO_CONFIG on
+            named |= {spec.MMIO_CONFIG + value for name, value in vars(spec).items()
+                      if name.startswith("BLK_CONFIG_") and name != "BLK_CONFIG_BYTES"}
+        assert sorted(named) == [reg.offset for reg in regmap]
