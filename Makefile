@@ -52,7 +52,8 @@ check-icarus:
 verilog: $(STAMP)
 	$(PY) -m rtl.export -o build/virtio_blk_handle.v --data-width $(DATA_WIDTH) \
 	  --entries $(ENTRIES) --iotlb-entries $(IOTLB_ENTRIES) --queue-num-max $(QUEUE_NUM_MAX) \
-	  --disk-bytes $(DISK_BYTES) $(if $(filter 0,$(TRANSLATION)),--no-translation)
+	  --disk-bytes $(DISK_BYTES) $(if $(filter 0,$(TRANSLATION)),--no-translation) \
+	  $(if $(FEATURES),--features $(FEATURES))
 
 demo: $(STAMP) check-sim verilog
 	@$(PY) -m tb.demo --data-width $(DATA_WIDTH) --requests $(REQUESTS) \

@@ -440,6 +440,11 @@ class DmaEngine(wiring.Component):
         m.d.sync += [d_word.eq(word), d_data.eq(rotated),
                      d_en_lo.eq(Mux(r_take & to_disk, en_lo, 0)),
                      d_en_hi.eq(Mux(r_take & to_disk, en_hi, 0))]
+        # A zero command (ZERO) writes two whole words of zeros a cycle instead.
+        in_zero = Signal()
+        zword = Signal(wb)
+        with m.If(in_zero):
+            m.d.sync += [d_word.eq(zword), d_data.eq(0), d_en_lo.eq(ones), d_en_hi.eq(ones)]
         cap_words = CAP_BYTES // W
         cw = exact_log2(cap_words)
         word_inc = Signal(wb)
@@ -621,9 +626,12 @@ class DmaEngine(wiring.Component):
                 m.d.sync += [first_mask.eq(fm), last_mask.eq(lm)]
                 # (fa_idle is set here: every command's end sets it, and after a failed one
                 # the ring engine halts until a reset, which sets it)
+                m.d.sync += zword.eq(c.dpos[lw:lw + wb])
                 with m.If(cmd.valid):
                     with m.If(c.drain):
                         m.next = "DRAIN"
+                    with m.Elif(c.zero):
+                        m.next = "ZERO"
                     with m.Else():
                         m.next = "ADDR"
 
@@ -729,6 +737,14 @@ class DmaEngine(wiring.Component):
                     m.d.sync += aw_sent.eq(1)
                 with m.If((aw_sent | axi.awready) & (w_last_issue | ~w_active)):
                     burst_handed_over()
+
+            with m.State("ZERO"):
+                # rem and dpos are multiples of 512, so of 2 W; a reset lets it finish (no bus
+                # access, at most disk_bytes / 2 W cycles), so the disk is zeroed whole or not
+                m.d.comb += [ring.busy.eq(1), in_zero.eq(~empty)]
+                m.d.sync += [zword.eq(zword + 2), rem.eq(rem - 2 * W)]
+                with m.If(empty | (rem[lw + 1:] == 1)):
+                    finish()
 
             with m.State("DRAIN"):
                 m.d.comb += [ring.busy.eq(1), in_drain.eq(1)]

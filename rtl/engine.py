@@ -37,7 +37,7 @@ from models import spec, virtio
 from models.features import Features
 
 from .interfaces import CAP_BYTES, DmaPortSignature, EngineStatus, QueueSignature, local_bits
-from .layouts import BlkHeader, Descriptor
+from .layouts import BlkHeader, Descriptor, DwzSegment
 from .params import check_queue_num_max, one_hot
 
 __all__ = ["RingEngine"]
@@ -212,6 +212,8 @@ STATUS_WRITE = {"write": 1, "length": 1}
 DRAIN = {"drain": 1}
 USED_WRITE = {"write": 1, "length": 8}
 UIDX_WRITE = {"write": 1, "length": 2}
+AEVT_WRITE = {"write": 1, "length": 2}  # avail_event (EVENT_IDX)
+UEVT_READ = {"length": 2, "dpos": HEAD_POS}  # used_event, where the ring entry goes
 
 
 class _Shared:
@@ -252,7 +254,7 @@ class _Shared:
     def command(self, *, write=0, length=0, disk=0, dpos=0, drain=0, data_piece=False):
         """From the next cycle on, the command fields are these."""
         self.m.d.comb += [self.c_set.eq(1), self.c_data.eq(data_piece)]
-        self.m.d.sync += [self.c_write.eq(write), self.c_drain.eq(drain),
+        self.m.d.sync += [self.c_write.eq(write), self.c_drain.eq(drain), self.c_zero.eq(0),
                           self.c_len[:5].eq(length), self.c_disk.eq(disk),
                           self.c_dpos[:5].eq(dpos)]
 
@@ -347,22 +349,53 @@ def poll(m, e):
     # a state would AND every bit with the state.
     pending = Signal(16)
     m.d.comb += pending.eq(cap_idx - e.last_avail)
+    aevt_need = work_reg()  # nothing pending, and avail_event is not last_avail yet
     with e.state("POLL_CHECK"):
         e.load()
         e.command(**HEAD_READ)
         m.d.sync += [e.avail_idx.eq(cap_idx), e.no_irq.eq(cap_flags[0]), e.idx.eq(cap_idx),
                      poll_bad.eq((pending[e.qbits:] != 0) | (pending[:e.qbits] > e.qnum)),
-                     poll_none.eq(pending == 0)]
+                     poll_none.eq(pending == 0),
+                     aevt_need.eq(e.evt & (pending == 0) & (e.aevt_pub != e.last_avail))]
         e.go("POLL_ACT")
 
     with e.state("POLL_ACT"):
-        e.operand(XS_AVAIL, Y_NONE)  # IDLE's
+        with m.If(aevt_need):
+            m.d.comb += e.y_is_aevt.eq(1)
+            e.operand(XS_USED, Y_REG)  # AEVT's: avail_event
+        with m.Else():
+            e.operand(XS_AVAIL, Y_NONE)  # IDLE's
         with m.If(poll_bad):
             e.fault(spec.FAULT_BAD_RING)  # idx: avail.idx
         with m.Elif(poll_none):
-            e.go("IDLE")
+            with m.If(aevt_need):
+                e.command(**AEVT_WRITE)
+                e.go("AEVT")
+            with m.Else():
+                e.go("IDLE")
         with m.Else():
             e.issue("HEAD_WAIT")
+
+    # EVENT_IDX, step 2: publish avail_event = last_avail, drain, then a new round (the poll
+    # after the write sees an entry added without a notify). 1 cycle per write or drain besides
+    # the DMA engine's, and 2 more.
+    with e.state("AEVT"):  # va: avail_event's address
+        m.d.comb += e.y_is_aevt.eq(1)
+        e.operand(XS_USED, Y_REG)
+        e.load()
+        e.go("AEVT_ISSUE")
+    with e.state("AEVT_ISSUE"):
+        e.issue("AEVT_WAIT")
+    e.wait("AEVT_WAIT", e.goto("AEVT_DRAIN"), before=lambda: e.command(**DRAIN))
+    with e.state("AEVT_DRAIN"):
+        e.issue("AEVT_DRAIN_WAIT")
+    e.wait("AEVT_DRAIN_WAIT", e.goto("AEVT_DONE"),
+           before=lambda: e.operand(XS_AVAIL, Y_NONE))  # AEVT_DONE's: the poll
+    with e.state("AEVT_DONE"):
+        e.load()
+        e.command(**POLL)
+        m.d.sync += e.aevt_pub.eq(e.last_avail)
+        e.go("QCHECK")
 
 
 def chain_walker(m, e):
@@ -374,7 +407,7 @@ def chain_walker(m, e):
     ``take``, ``hdr_last``, ``piece_ends``; to HDR_WAIT). A fault reports ``idx`` through XIDX
     and XFAULT (:meth:`_Shared.fault`), which are here too. Latency: 2 cycles from the head's
     end to the first descriptor's read, 2 cycles per descriptor after its read."""
-    walked = work_reg(e.qbits + 1)  # descriptors of the chain read so far
+    walked = work_reg(e.qbits + 1)  # descriptors of the chain read so far (not indirect ones)
     count = work_reg(e.qbits)  # ... of which non-empty (cached)
     seen_write = work_reg()
     have_w = work_reg()  # a non-empty device-writable descriptor was seen (Wr >= 1)
@@ -395,7 +428,7 @@ def chain_walker(m, e):
             head_bad.eq(e.at_least(e.cap_head, e.qnum)),
             e.last_avail.eq(e.last_avail + 1),
             walked.eq(0), count.eq(0), seen_write.eq(0),
-            e.acc.eq(0), r_lt16.eq(1), e.cont_next.eq(0), have_w.eq(0),
+            e.acc.eq(0), r_lt16.eq(1), e.cont_next.eq(0), have_w.eq(0), e.over.eq(0),
         ]
         e.go("DESC_START")
 
@@ -425,6 +458,7 @@ def chain_walker(m, e):
     # the next descriptor's address, DESC_NEXT acts on them.
     bad = work_reg()
     has_next = work_reg()
+    go_table = work_reg()  # a good indirect descriptor: the walk goes on in its table
     next_bad = work_reg()  # the next index is outside the queue ...
     chain_full = work_reg()  # ... or the next descriptor would be number N + 1
     hdr_len = work_reg(5)  # the first header piece
@@ -441,41 +475,76 @@ def chain_walker(m, e):
     new_acc = Signal(33)
     m.d.comb += [last.eq(e.desc_f.len - 1), lo_last.eq(e.desc_f.addr[:32] + last),
                  new_acc.eq(e.acc + e.desc_f.len)]
+    feats = e.features
+    d_len = e.desc_f.len
+    # indirect (built, flagged) and the checks of its table: negotiated, not in a table, no
+    # NEXT, a length that is a non-zero multiple of 16 of at most 16 N bytes
+    is_ind = Signal()
+    ind_bad = Signal()
+    t_bits = e.qbits
+    m.d.comb += is_ind.eq(e.desc_f.flags.indirect if feats.indirect else 0)
+    if feats.indirect:
+        m.d.comb += ind_bad.eq(~e.q.indirect | e.in_tbl | e.desc_f.flags.next
+                               | (d_len[:4] != 0) | (d_len[4:] == 0)
+                               | (d_len[4 + t_bits:] != 0) | (d_len[4:4 + t_bits] > e.qnum))
+    # the limits (SEG_MAX: more than seg_max + 2 descriptors; SIZE_MAX: one longer than size_max)
+    over_now = Signal()
+    seg_limit = feats.seg_limit(e.qmax)
+    m.d.comb += over_now.eq(
+        ((walked > seg_limit + 1) if seg_limit else 0)
+        | ((d_len > feats.size_max) if feats.size_max else 0))
     with e.state("DESC_CHECK"):
         d_write = e.desc_f.flags.write
-        nonempty = e.desc_f.len != 0
+        nonempty = d_len != 0
         # addr + len > 2^64: a non-empty descriptor whose last byte is past 2^64 - 1,
         # with the carry chain that forms the cached ``last`` (no zero test of a sum)
         wraps = (e.desc_f.addr[32:] == 0xFFFF_FFFF) & nonempty & lo_last[32]
-        m.d.comb += e.cache_wr.en.eq(nonempty)  # (address and data: above, always)
+        m.d.comb += e.cache_wr.en.eq(nonempty & ~is_ind)  # (address and data: above, always)
         with m.If(e.desc_f.flags.next):
             e.load()  # the next descriptor
         with m.Else():
             m.d.comb += e.keep_va.eq(1)  # the header's first piece
         short = (e.pf_len[5:] == 0) & (e.pf_len[:5] < 16)
         m.d.sync += [
-            bad.eq(e.desc_f.flags.indirect
-                   | (~d_write & seen_write) | wraps | new_acc[32]),
-            has_next.eq(e.desc_f.flags.next), next_bad.eq(e.at_least(e.desc_f.next, e.qnum)),
-            walked.eq(walked + 1), chain_full.eq(walked + 1 == e.qnum), e.acc.eq(new_acc),
-            seen_write.eq(seen_write | d_write),
+            bad.eq(Mux(is_ind, ind_bad | wraps,
+                       (e.desc_f.flags.indirect if not feats.indirect else 0)
+                       | (~d_write & seen_write) | wraps | new_acc[32])),
+            has_next.eq(e.desc_f.flags.next),
+            next_bad.eq(e.at_least(e.desc_f.next, Mux(e.in_tbl, e.tbl_n, e.qnum))),
+            chain_full.eq(walked + 1 == e.qnum),
             hdr_len.eq(Mux(short, e.pf_len[:5], 16)),
             hdr_ends.eq((e.pf_len[5:] == 0) & (e.pf_len[:5] <= 16)),
+            go_table.eq(is_ind),
         ]
+        with m.If(is_ind):
+            # the table: T = len / 16 entries at addr (the checks above fault otherwise)
+            m.d.sync += [e.in_tbl.eq(1), e.tbl_base.eq(e.desc_f.addr),
+                         e.tbl_n.eq(d_len[4:4 + t_bits])]
+        with m.Else():
+            m.d.sync += [walked.eq(walked + 1), e.acc.eq(new_acc),
+                         seen_write.eq(seen_write | d_write), e.over.eq(e.over | over_now)]
         # DESC_NEXT's command: the next descriptor, or the header's first piece
         e.command(length=Mux(e.desc_f.flags.next, 16, Mux(short, e.pf_len[:5], 16)))
-        with m.If(d_write & ~seen_write):
+        with m.If(d_write & ~seen_write & ~is_ind):
             m.d.sync += [e.r_bytes.eq(e.acc), r_lt16.eq(e.acc[4:] == 0)]  # R < 16
-        with m.If(nonempty):
+        with m.If(nonempty & ~is_ind):
             m.d.sync += [count.eq(count + 1), e.last_idx.eq(count)]
             with m.If(d_write & ~have_w):
                 m.d.sync += [e.n_readable.eq(count), have_w.eq(1)]
         e.go("DESC_NEXT")
 
     with e.state("DESC_NEXT"):
-        e.operand(XS_PF, Y_NONE)  # DESC_WAIT's or HDR_WAIT's
+        with m.If(go_table):
+            e.operand(XS_DESC, Y_NONE)  # TABLE's: the table's first entry
+        with m.Else():
+            e.operand(XS_PF, Y_NONE)  # DESC_WAIT's or HDR_WAIT's
+        with m.If(~has_next & ~go_table):
+            m.d.sync += e.in_tbl.eq(0)  # the walk ends (a fault ends it too: a reset clears)
         with m.If(bad):
             e.fault(spec.FAULT_BAD_CHAIN)  # idx: this descriptor
+        with m.Elif(go_table):
+            m.d.sync += e.idx.eq(0)
+            e.go("TABLE")
         with m.Elif(has_next):  # NEXT
             m.d.sync += e.idx.eq(e.desc_f.next)
             # the next one is outside the queue, or would be number N + 1
@@ -494,6 +563,15 @@ def chain_walker(m, e):
             with m.If(hdr_ends):
                 e.fetch(e.pf_next)  # (pf holds cached descriptor 0)
             e.issue("HDR_WAIT")
+    # An indirect table's first entry: 2 cycles besides its read (TABLE forms its address,
+    # TABLE_ISSUE issues it as DESC_START does).
+    with e.state("TABLE"):
+        e.load()
+        e.command(**DESC_READ)
+        e.go("TABLE_ISSUE")
+    with e.state("TABLE_ISSUE"):
+        e.operand(XS_PF, Y_NONE)  # DESC_WAIT's
+        e.issue("DESC_WAIT")
     with e.state("XIDX"):  # y_reg = idx, the fault's index
         m.d.comb += e.y_is_idx.eq(1)
         e.operand(XS_ZERO, Y_REG)
@@ -570,10 +648,18 @@ def request_decoder(m, e):
     id_len = work_reg(5)  # GET_ID: min(20, Wr - 1)
     no_in_data = work_reg()  # Wr = 1: only the status byte is writable
     no_out_data = work_reg()  # R = 16: only the header is readable
+    t_dwz = work_reg()  # DISCARD or WRITE_ZEROES (offered)
+    dwz_one = work_reg()  # ... with exactly one segment: R = 32
+    feats = e.features
     with e.state("DECODE"):
         req_type = e.hdr.type
         sector = e.hdr.sector
         m.d.sync += [
+            t_dwz.eq(((req_type == spec.VIRTIO_BLK_T_DISCARD) if feats.discard else 0)
+                     | ((req_type == spec.VIRTIO_BLK_T_WRITE_ZEROES)
+                        if feats.write_zeroes else 0)),
+            e.t_discard.eq(req_type == spec.VIRTIO_BLK_T_DISCARD),
+            dwz_one.eq(e.r_bytes == spec.BLK_HEADER_BYTES + spec.DWZ_SEGMENT_BYTES),
             t_in.eq(req_type == spec.VIRTIO_BLK_T_IN),
             t_out.eq(req_type == spec.VIRTIO_BLK_T_OUT),
             t_flush.eq(req_type == spec.VIRTIO_BLK_T_FLUSH),
@@ -594,19 +680,22 @@ def request_decoder(m, e):
     with e.state("DISPATCH"):
         m.d.sync += [e.blk_status.eq(spec.VIRTIO_BLK_S_OK), e.used_len.eq(1),
                      e.dpos.eq(sector_base), e.to_disk.eq(1), e.dir_write.eq(1)]
-        move_in = t_in & ok_in & ~no_in_data  # (flags registered in DECODE: no wide
-        move_out = t_out & ok_out & ~no_out_data  # compare before the operand select)
-        move_id = t_get_id & ~no_in_data
-        with m.If(t_in & ok_in):
+        ok = ~e.over  # a request over the limits: IOERR, nothing moved
+        move_in = t_in & ok_in & ~no_in_data & ok  # (flags registered in DECODE: no wide
+        move_out = t_out & ok_out & ~no_out_data & ok  # compare before the operand select)
+        move_id = t_get_id & ~no_in_data & ok
+        move_seg = t_dwz & dwz_one & ok  # the segment, into cap (then SEG_CHECK)
+        m.d.sync += e.seg_phase.eq(move_seg)
+        with m.If(t_in & ok_in & ok):
             m.d.sync += e.used_len.eq(e.wr_bytes)
-        with m.If(t_get_id):
+        with m.If(t_get_id & ok):
             m.d.sync += e.used_len.eq(id_len + 1)
-        with m.If((t_in & ~ok_in) | (t_out & ~ok_out)):
-            m.d.sync += e.blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
-        with m.If(~t_in & ~t_out & ~t_flush & ~t_get_id):
+        with m.If(~t_in & ~t_out & ~t_flush & ~t_get_id & ~t_dwz):
             m.d.sync += e.blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
-        with m.If(~move_out):
-            m.d.sync += e.cont_next.eq(0)  # only OUT data follows the header
+        with m.If((t_in & ~ok_in) | (t_out & ~ok_out) | (t_dwz & ~dwz_one) | e.over):
+            m.d.sync += e.blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
+        with m.If(~move_out & ~move_seg):
+            m.d.sync += e.cont_next.eq(0)  # only OUT data or a segment follows the header
         with m.If(move_in):
             m.d.sync += [e.remaining.eq(e.wr_bytes[9:] << 9), e.need_idx.eq(e.n_readable),
                          e.after.eq(1)]
@@ -618,9 +707,12 @@ def request_decoder(m, e):
             # next one, which the header's last piece fetched into pf
             m.d.sync += [e.remaining.eq(e.r_bytes[9:] << 9), e.dir_write.eq(0), e.after.eq(1),
                          e.need_idx.eq(e.pf_idx)]
+        with m.Elif(move_seg):  # as OUT's data, but 16 bytes into cap
+            m.d.sync += [e.remaining.eq(spec.DWZ_SEGMENT_BYTES), e.dir_write.eq(0),
+                         e.to_disk.eq(0), e.dpos.eq(0), e.after.eq(1), e.need_idx.eq(e.pf_idx)]
         with m.Else():
             m.d.sync += [e.need_idx.eq(e.last_idx), e.after.eq(0)]
-        with m.If(move_in | move_id | move_out):
+        with m.If(move_in | move_id | move_out | move_seg):
             e.operand(XS_PF, Y_NONE)  # ROUTE's: a data piece's address
         with m.Else():
             e.operand(XS_PF, Y_STAT)  # ... or the status byte's
@@ -707,7 +799,9 @@ def data_mover(m, e):
         e.issue("DATA_WAIT")
 
     def after_data_piece():
-        with m.If(last_piece):
+        with m.If(last_piece & e.seg_phase):
+            e.go("SEG_CHECK")
+        with m.Elif(last_piece):
             e.go("STATUS")
         with m.Else():
             to_data_piece()
@@ -722,6 +816,53 @@ def data_mover(m, e):
         with m.Else():
             data_command()
     e.wait("DATA_WAIT", after_data_piece, before=before_data)
+
+
+def zeroer(m, e):
+    """Step 3.5 for DISCARD and WRITE_ZEROES, after the segment's read (SEG_CHECK, SEG_ACT,
+    ZERO_ISSUE, ZERO_WAIT): SEG_CHECK registers the checks of the segment in cap, SEG_ACT sets
+    the status or hands a zero command to the DMA engine, which zeroes two disk words a cycle.
+    va holds the status byte's address throughout (DATA_WAIT loaded it), and the command the
+    status write (except while the zero command runs). Latency: 2 cycles, then STATUS, or the
+    zeroing and 2 more."""
+    seg = DwzSegment(e.cap)
+    cs = e.cs
+    io_bad = work_reg()
+    unsupp = work_reg()
+    z_pos = work_reg(e.lbits)
+    z_len = work_reg(e.lbits)
+    num, sector, flags = seg.num_sectors, seg.sector, seg.flags
+    with e.state("SEG_CHECK"):
+        m.d.comb += e.keep_va.eq(1)
+        fits = sector[:cs] + num[:cs]
+        m.d.sync += [
+            # more sectors than the disk (max_*_sectors), or past its end
+            io_bad.eq((num[cs:] != 0) | (sector[cs:] != 0) | (num[:cs] > e.cap_sectors)
+                      | (fits > e.cap_sectors)),
+            unsupp.eq((flags[1:] != 0) | (e.t_discard & flags[0])),
+            z_pos.eq(sector[:cs] << 9), z_len.eq(num[:cs] << 9),
+        ]
+        e.go("SEG_ACT")
+    with e.state("SEG_ACT"):
+        m.d.comb += e.keep_va.eq(1)
+        with m.If(io_bad):
+            m.d.sync += e.blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
+            e.go("STATUS")
+        with m.Elif(unsupp):
+            m.d.sync += e.blk_status.eq(spec.VIRTIO_BLK_S_UNSUPP)
+            e.go("STATUS")
+        with m.Else():
+            m.d.sync += [e.c_write.eq(0), e.c_drain.eq(0), e.c_disk.eq(1), e.c_zero.eq(1),
+                         e.c_len.eq(z_len), e.c_dpos.eq(z_pos)]
+            e.go("ZERO_ISSUE")
+    with e.state("ZERO_ISSUE"):
+        m.d.comb += e.keep_va.eq(1)
+        e.issue("ZERO_WAIT")
+
+    def before_zero():
+        m.d.comb += e.keep_va.eq(1)
+        e.command(**STATUS_WRITE)
+    e.wait("ZERO_WAIT", e.goto("STATUS"), before=before_zero)
 
 
 def completion_writer(m, e):
@@ -760,29 +901,57 @@ def completion_writer(m, e):
     round_done = work_reg()
     m.d.sync += round_done.eq(e.last_avail == e.avail_idx)
     with e.state("DRAIN_USED"):  # the interrupt follows the used index
-        # DRAIN_USED_WAIT loads the next round's poll address, or the next entry's head.
-        # used_idx moves on now: should the drain fail, the engine halts until a reset.
+        # DRAIN_USED_WAIT loads the next round's poll address, or the next entry's head
+        # (or used_event's, EVENT_IDX). used_idx moves on now: should the drain fail, the
+        # engine halts until a reset.
         m.d.sync += e.used_idx.eq(e.next_used)
-        # DRAIN_USED_WAIT's: the next round's poll, or the next entry's head
-        e.operand(XS_AVAIL, Mux(round_done, Y_NONE, Y_REG))
+        with m.If(round_done & e.evt):
+            m.d.comb += e.y_is_uevt.eq(1)
+        e.operand(XS_AVAIL, Mux(round_done & ~e.evt, Y_NONE, Y_REG))
         e.issue("DRAIN_USED_WAIT")
 
     def after_used():
         # registered: the pulses come a cycle after the drain's end
         m.d.sync += [e.status.completed.eq(1),
-                     e.q.used_irq.eq(~e.no_irq)]  # VIRTQ_AVAIL_F_NO_INTERRUPT
-        with m.If(round_done):
+                     # VIRTQ_AVAIL_F_NO_INTERRUPT; with EVENT_IDX, UEVT decides once a round
+                     e.q.used_irq.eq(~e.no_irq & ~e.evt)]
+        with m.If(round_done & e.evt):
+            e.go("UEVT")
+        with m.Elif(round_done):
             e.go("QCHECK")
         with m.Else():
             e.go("HEAD")
     def before_drain_used():
         e.load()
-        e.operand(XS_AVAIL, Mux(round_done, Y_NONE, Y_REG))
-        with m.If(round_done):
+        with m.If(round_done & e.evt):
+            m.d.comb += e.y_is_uevt.eq(1)
+        e.operand(XS_AVAIL, Mux(round_done & ~e.evt, Y_NONE, Y_REG))
+        with m.If(round_done & e.evt):
+            e.command(**UEVT_READ)
+        with m.Elif(round_done):
             e.command(**POLL)
         with m.Else():
             e.command(**HEAD_READ)
     e.wait("DRAIN_USED_WAIT", after_used, before=before_drain_used)
+
+    # EVENT_IDX, step 4: read used_event (into cap where a ring entry goes), interrupt if the
+    # used index passed it since the last decision (vring_need_event), then the next round.
+    # 3 cycles besides the read's.
+    with e.state("UEVT"):  # va: used_event's address
+        e.issue("UEVT_WAIT")
+    e.wait("UEVT_WAIT", e.goto("UEVT_CHECK"),
+           before=lambda: e.operand(XS_AVAIL, Y_NONE))  # UEVT_CHECK's: the poll
+    need_event = work_reg()
+    used_event = e.cap_head
+    with e.state("UEVT_CHECK"):
+        e.load()
+        e.command(**POLL)
+        m.d.sync += need_event.eq((e.used_idx - used_event - 1)[:16]
+                                  < (e.used_idx - e.signalled)[:16])
+        e.go("UEVT_ACT")
+    with e.state("UEVT_ACT"):
+        m.d.sync += [e.q.used_irq.eq(need_event), e.signalled.eq(e.used_idx)]
+        e.go("QCHECK")
 
 
 def halt(m, e):
@@ -839,12 +1008,13 @@ class RingEngine(wiring.Component):
         e.q, e.dma, e.status = self.queue, self.dma, self.status
         c = e.dma.cmd.payload
         qmax = self._queue_num_max
+        e.qmax, e.features = qmax, self._features
         e.qbits = ceil_log2(qmax + 1)  # an index up to qmax, or a count of descriptors
         e.lbits = self._len_bits
         e.cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
         e.cs = ceil_log2(e.cap_sectors + 1)
 
-        cap = capture_register(m, e.dma)
+        cap = e.cap = capture_register(m, e.dma)
         e.desc_f = Descriptor(cap)
         e.hdr = BlkHeader(cap)
         e.cap_head = e.desc_f.next  # the ring entry after the head's read (HEAD_POS)
@@ -885,6 +1055,17 @@ class RingEngine(wiring.Component):
         e.dir_write = work_reg()
         e.blk_status = work_reg(8)
         e.used_len = work_reg(32)  # the used element's len: bytes written + 1 (the status byte)
+        # issue 17's features
+        e.evt = Signal()  # EVENT_IDX negotiated (a constant 0 unless offered)
+        m.d.comb += e.evt.eq(e.q.event_idx if self._features.event_idx else 0)
+        e.aevt_pub = Signal(16)  # the avail_event last written
+        e.signalled = Signal(16)  # the used index at the last interrupt decision
+        e.in_tbl = Signal()  # the walk is in an indirect table ...
+        e.tbl_base = work_reg(64)  # ... at this address
+        e.tbl_n = work_reg(e.qbits)  # ... of this many entries
+        e.over = work_reg()  # the chain is over the limits (SEG_MAX, SIZE_MAX)
+        e.t_discard = work_reg()
+        e.seg_phase = work_reg()  # the data piece(s) in flight read a DISCARD/WRITE_ZEROES segment
         e.f_cause = Signal(4)
         m.d.comb += [
             self.status.fault_cause.eq(e.f_cause),
@@ -901,15 +1082,25 @@ class RingEngine(wiring.Component):
         e.ring_uidx = Signal()  # ... or of the used index
         e.y_is_idx = Signal()  # ... or of a fault reporting idx
         e.y_is_num = Signal()  # ... or QueueNum
+        e.y_is_uevt = Signal()  # ... or used_event (4 + 2 N; EVENT_IDX)
+        e.y_is_aevt = Signal()  # ... or avail_event (4 + 8 N)
+        evt_off = {}
+        for name, scale in (("uevt", 2), ("aevt", 8)):  # registered: QueueNum is settled
+            evt_off[name] = work_reg(e.qbits + 4, name=f"{name}_off")
+            m.d.sync += evt_off[name].eq((e.qnum * scale) + 4)
         # y_reg, set a cycle ahead by the phase: the offset of the next ring access (avail entry
         # i is at 4 + 2 * i, used element i at 4 + 8 * i, the used index at 2), or the index or
         # QueueNum a fault reports.
+        # QueueDesc, or the indirect table the walk is in
+        desc_base = Mux(e.in_tbl, e.tbl_base, e.q.desc) if self._features.indirect else e.q.desc
+        y_cases = [(e.ring_used, Cat(Const(0b100, 3), e.used_idx & qmask)), (e.ring_uidx, 2),
+                   (e.y_is_idx, e.idx), (e.y_is_num, n)]
+        if self._features.event_idx:
+            y_cases += [(e.y_is_uevt, evt_off["uevt"]), (e.y_is_aevt, evt_off["aevt"])]
         adder = AddressAdder(
-            m, {XS_DESC: e.q.desc, XS_AVAIL: e.q.avail, XS_USED: e.q.used,
+            m, {XS_DESC: desc_base, XS_AVAIL: e.q.avail, XS_USED: e.q.used,
                 XS_PF: cache_rd.data.addr},
-            e.cap_head, cache_rd.data.last,
-            [(e.ring_used, Cat(Const(0b100, 3), e.used_idx & qmask)), (e.ring_uidx, 2),
-             (e.y_is_idx, e.idx), (e.y_is_num, n)], ((e.last_avail & qmask) + 2) << 1)
+            e.cap_head, cache_rd.data.last, y_cases, ((e.last_avail & qmask) + 2) << 1)
         e.operand, e.load = adder.operand, adder.load
         # The address of the next command, looked up by the DMA engine in the translation unit:
         # every state before one that issues loads va, except DESC_CHECK at a chain's end,
@@ -924,19 +1115,19 @@ class RingEngine(wiring.Component):
         # The command a state hands over comes from registers, set on the way into the state
         # (``go``): only ``dma.cmd.valid`` depends on the state's decisions (the DMA engine's
         # command registers follow the fields in every idle cycle).
-        e.c_write, e.c_drain, e.c_disk = Signal(), Signal(), Signal()
+        e.c_write, e.c_drain, e.c_disk, e.c_zero = Signal(), Signal(), Signal(), Signal()
         # Length and local position: bits 0-4 hold every value but a data piece's, whose bits
         # 5 and up are set after the FSM (a data piece's, or 0 from the flip-flops' reset).
         e.c_len = work_reg(e.lbits)
         e.c_dpos = work_reg(e.lbits)
         e.c_set = Signal()  # a state sets the fields ...
         e.c_data = Signal()  # ... to a data piece's
-        m.d.comb += [c.write.eq(e.c_write), c.drain.eq(e.c_drain),
+        m.d.comb += [c.write.eq(e.c_write), c.drain.eq(e.c_drain), c.zero.eq(e.c_zero),
                      c.len.eq(e.c_len), c.disk.eq(e.c_disk), c.dpos.eq(e.c_dpos)]
         m.d.sync += [self.status.completed.eq(0), e.q.used_irq.eq(0)]  # pulses, set below
         with m.FSM() as fsm:
             for part in (poll, chain_walker, header_reader, request_decoder, data_mover,
-                         completion_writer, halt):
+                         zeroer, completion_writer, halt):
                 part(m, e)  # each adds its states, in this order
 
         one_hot(fsm)
@@ -957,10 +1148,13 @@ class RingEngine(wiring.Component):
         low16 = Mux(fsm.ongoing("USED") | fsm.ongoing("USED_WAIT"), e.head,
                     Mux(fsm.ongoing("USED_IDX") | fsm.ongoing("USED_IDX_WAIT"), e.next_used,
                         e.blk_status))
+        if self._features.event_idx:  # avail_event
+            low16 = Mux(fsm.ongoing("AEVT_ISSUE") | fsm.ongoing("AEVT_WAIT"), e.last_avail,
+                        low16)
         m.d.comb += e.dma.payload.eq(Cat(low16, Const(0, 16), e.used_len))
         with m.If(e.q.notify):
             m.d.sync += e.kick.eq(1)
         with m.If(e.q.dev_reset):
             m.d.sync += [e.abort.eq(1), e.kick.eq(0), e.last_avail.eq(0), e.used_idx.eq(0),
-                         e.cont_next.eq(0)]
+                         e.cont_next.eq(0), e.aevt_pub.eq(0), e.signalled.eq(0), e.in_tbl.eq(0)]
         return m

@@ -51,6 +51,25 @@ def generate(path: Path, **params) -> Path:
     return path
 
 
+def parse_features(text: str) -> dict:
+    """``VirtioBlkHandle`` keyword arguments from ``--features`` (``ValueError`` if unknown)."""
+    switches = {"no-indirect": "indirect", "no-event-idx": "event_idx",
+                "no-blk-size": "blk_size", "no-discard": "discard",
+                "no-write-zeroes": "write_zeroes"}
+    values = {"seg-max": "seg_max", "size-max": "size_max"}
+    out: dict = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        if name in switches and not value:
+            out[switches[name]] = False
+        elif name in values and value.isdigit():
+            out[values[name]] = int(value)
+        else:
+            raise ValueError(f"unknown feature setting {item!r}: expected one of "
+                             f"{', '.join(switches)}, seg-max=N, size-max=N")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-o", "--output", type=Path, default=Path("build/virtio_blk_handle.v"))
@@ -63,13 +82,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="IOTLB entries for IOVA mode (0: none; docs/iotlb.md)")
     parser.add_argument("--no-translation", action="store_true",
                         help="the GPA-only device: no grant table, no handle checks")
+    parser.add_argument("--features", default="",
+                        help="issue 17's features, comma-separated changes from the default "
+                             "(all on): no-indirect, no-event-idx, no-blk-size, no-discard, "
+                             "no-write-zeroes, seg-max=N, size-max=N (0: not offered)")
     parser.add_argument("--template", type=Path, default=None,
                         help="also write a Verilog instantiation template to this file")
     args = parser.parse_args(argv)
     try:
+        features = parse_features(args.features)
         path = generate(args.output, data_width=args.data_width, entries=args.entries,
                         queue_num_max=args.queue_num_max, disk_bytes=args.disk_bytes,
-                        iotlb_entries=args.iotlb_entries, translation=not args.no_translation)
+                        iotlb_entries=args.iotlb_entries, translation=not args.no_translation,
+                        **features)
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

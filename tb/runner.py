@@ -33,6 +33,7 @@ from cocotb_tools.check_results import get_results
 from cocotb_tools.runner import Verilator, get_runner
 
 from models import spec
+from models.features import Features
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP = "virtio_blk_handle"
@@ -53,6 +54,20 @@ class DeviceConfig:
     disk_bytes: int = spec.DEFAULT_DISK_BYTES
     iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES
     translation: bool = True  # False: the GPA-only device (VirtioBlkHandle(translation=False))
+    # issue 17's features (models.features.Features; all on by default)
+    indirect: bool = True
+    event_idx: bool = True
+    seg_max: int | None = None
+    size_max: int = spec.DEFAULT_SIZE_MAX
+    blk_size: bool = True
+    discard: bool = True
+    write_zeroes: bool = True
+
+    @property
+    def features(self) -> Features:
+        return Features(indirect=self.indirect, event_idx=self.event_idx, seg_max=self.seg_max,
+                        size_max=self.size_max, blk_size=self.blk_size, discard=self.discard,
+                        write_zeroes=self.write_zeroes)
 
     @property
     def tag(self) -> str:
@@ -60,7 +75,8 @@ class DeviceConfig:
         iotlb = ("" if self.iotlb_entries == spec.DEFAULT_IOTLB_ENTRIES
                  else f"_t{self.iotlb_entries}")
         return (f"w{self.data_width}_e{self.entries}_q{self.queue_num_max}"
-                f"_d{self.disk_bytes}{iotlb}{'' if self.translation else '_gpaonly'}")
+                f"_d{self.disk_bytes}{iotlb}{'' if self.translation else '_gpaonly'}"
+                + (f"_{self.features.tag}" if self.features.tag else ""))
 
     @classmethod
     def from_env(cls) -> DeviceConfig:
@@ -197,7 +213,8 @@ def build(config: DeviceConfig, *, waves: bool = False, quiet: bool = False,
         lambda v: generate(v, data_width=config.data_width, entries=config.entries,
                            queue_num_max=config.queue_num_max, disk_bytes=config.disk_bytes,
                            iotlb_entries=config.iotlb_entries,
-                           translation=config.translation),
+                           translation=config.translation,
+                           **asdict(config.features)),
         waves=waves, quiet=quiet, sim=sim)
 
 

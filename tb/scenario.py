@@ -63,6 +63,7 @@ class Pair:
         self.tb = DeviceBench(dut, mem_bytes=sc.mem_bytes, data_width=self.cfg.data_width,
                               mem_latency=mem_latency)
         self.ref = ref_cls(GuestMemory(sc.mem_bytes), entries=self.cfg.entries,
+                           features=self.cfg.features,
                            queue_num_max=self.cfg.queue_num_max,
                            disk_bytes=self.cfg.disk_bytes,
                            data_width=self.cfg.data_width, bus_error=self.tb.errors)

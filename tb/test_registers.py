@@ -34,6 +34,7 @@ class Both:
         self.cfg = cfg = DeviceConfig.from_env()
         self.tb = DeviceBench(dut, data_width=cfg.data_width)
         self.ref = ReferenceDevice(GuestMemory(1 << 16), entries=cfg.entries,
+                                   features=cfg.features,
                                    queue_num_max=cfg.queue_num_max, disk_bytes=cfg.disk_bytes,
                                    data_width=cfg.data_width)
 
@@ -74,7 +75,9 @@ async def test_identity_and_hv_map(dut):
     await b.write("hv", spec.HV_CTRL, 1)
     assert await b.read("guest", spec.MMIO_DEVICE_FEATURES) == 3
     await b.write("guest", spec.MMIO_DEVICE_FEATURES_SEL, 0)
-    assert await b.read("guest", spec.MMIO_DEVICE_FEATURES) == 1 << spec.VIRTIO_BLK_F_FLUSH
+    offered = cfg.features.offered(cfg.queue_num_max)  # models.features: the contract
+    assert await b.read("guest", spec.MMIO_DEVICE_FEATURES) == offered & 0xFFFF_FFFF
+    assert offered & 0xFFFF_FFFF & 1 << spec.VIRTIO_BLK_F_FLUSH
     # grant table words, both halves and the last entry
     for ref in (0, 1, cfg.entries - 1):
         base = spec.HV_GRANT_BASE + 8 * ref
