@@ -454,7 +454,7 @@ class RequestLog:
         self.desc = self.avail = self.used = 0
         self.seen_avail = 0
         self.seen_used = 0
-        self.max_in_flight = 0  # requests made available and not yet used, at most at once
+        self.max_in_flight = 0  # avail index - used index, the most seen (at each decode)
         # Marker requests (a 512-byte read at one of these sectors) and the counters at their
         # completion: ``probe`` returns them (set by the transport).
         self.mark_sectors: tuple[int, ...] = ()
@@ -542,6 +542,8 @@ class RequestLog:
                 self.unread_since = (cycle, time.monotonic())
             return 0
         new = (idx - self.seen_avail) & 0xFFFF
+        with contextlib.suppress(Untranslated):  # made available and not used yet, at once
+            self.max_in_flight = max(self.max_in_flight, (idx - self.used_idx()) & 0xFFFF)
         seen = self.unread_since or (cycle, time.monotonic())
         self.unread_since = None
         for k in range(new):
@@ -559,7 +561,6 @@ class RequestLog:
             if req is not None:
                 self.pending.append(req)
         self.seen_avail = (self.seen_avail + done) & 0xFFFF
-        self.max_in_flight = max(self.max_in_flight, len(self.pending))
         return done
 
     def dwz_range(self, rtype: int, sector: int, num: int, flags: int) -> tuple[int, int] | None:
