@@ -1703,7 +1703,7 @@ async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict
         log.info("second boot: the notification workload with event_idx=off")
         bridge2 = LinuxBridge(link, transport,
                               BridgeConfig(qemu=cfg["qemu2"], console=Path(cfg["console2"]),
-                                           deadline_s=cfg.get("deadline2_s", 300.0)), log)
+                                           deadline_s=cfg.get("deadline2_s", 600.0)), log)
         try:
             await bridge2.run()
         except (BridgeError, InitError, VhostUserError, OSError, ValueError) as exc:

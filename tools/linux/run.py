@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                         "its IOTLB and the bridge plays the hypervisor")
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds the guest may take from QEMU's start to power-off "
-                        "(360 in GPA mode, 900 in IOVA mode)")
+                        "(1800; the second boot has 600)")
     parser.add_argument("--miss-timeout", type=float, default=10.0,
                         help="seconds QEMU may take to answer an IOTLB miss before the bridge "
                         "fails it (IOVA mode)")
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     mode = "model" if args.model else "rtl"
     plan = GuestPlan.for_mode(args.mode)
-    deadline = args.deadline or 900.0
+    deadline = args.deadline or 1800.0
     build: Path = args.build_dir
     build.mkdir(parents=True, exist_ok=True)
     try:
