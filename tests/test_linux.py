@@ -475,7 +475,7 @@ def _missing() -> str | None:
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tools.linux.run", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1500, check=False)
+                          capture_output=True, text=True, timeout=3600, check=False)
 
 
 @pytest.mark.sim
