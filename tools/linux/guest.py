@@ -115,8 +115,8 @@ class GuestPlan:
     discard: tuple[int, int] = (384 * 1024, 128 * 1024)  # blkdiscard: VIRTIO_BLK_T_DISCARD
     zeroout: tuple[int, int] = (528 * 1024, 128 * 1024)  # BLKZEROOUT: T_WRITE_ZEROES
     # The notification workload (run in both boots): ``scatter_pages`` buffered page writes at
-    # every other page from ``scatter_at``, written back by one fsync (a burst of that many
-    # requests in flight), then ``readers`` processes reading ``reads_each`` pages each with
+    # every other page from ``scatter_at``, written back by one fsync (Linux sends them one at
+    # a time), then ``readers`` processes reading ``reads_each`` pages each with
     # O_DIRECT at once. Bracketed by two 512-byte O_DIRECT reads at ``mark_sectors`` (the host
     # counts kicks and interrupts between their completions).
     scatter_at: int = 656 * 1024
@@ -486,7 +486,7 @@ def queue_script(plan: GuestPlan) -> list[str]:
 
 def notify_script(plan: GuestPlan) -> list[str]:
     """The notification workload, in both boots: a marker read, ``scatter_pages`` buffered
-    page writes at every other page written back by one fsync (one burst), ``readers``
+    page writes at every other page written back by one fsync, ``readers``
     parallel O_DIRECT readers of ``reads_each`` pages, a marker read; then the region read
     back. ``notify`` reports the guest's own counts: virtio interrupts taken
     (``/proc/interrupts``) and reads and writes completed (``/sys/block/vda/stat``)."""
