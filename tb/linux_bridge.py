@@ -34,6 +34,7 @@ compared with that shadow.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import hashlib
 import json
@@ -76,7 +77,10 @@ from sw.vhost_user import (
 )
 
 BLK_TYPES = {spec.VIRTIO_BLK_T_IN: "read", spec.VIRTIO_BLK_T_OUT: "write",
-             spec.VIRTIO_BLK_T_FLUSH: "flush", spec.VIRTIO_BLK_T_GET_ID: "get-id"}
+             spec.VIRTIO_BLK_T_FLUSH: "flush", spec.VIRTIO_BLK_T_GET_ID: "get-id",
+             spec.VIRTIO_BLK_T_DISCARD: "discard", spec.VIRTIO_BLK_T_WRITE_ZEROES: "write-zeroes"}
+DWZ_SEGMENT = struct.Struct("<QII")  # struct virtio_blk_discard_write_zeroes
+DWZ_TYPES = frozenset({spec.VIRTIO_BLK_T_DISCARD, spec.VIRTIO_BLK_T_WRITE_ZEROES})
 
 
 class BridgeError(RuntimeError):
@@ -128,13 +132,14 @@ class ModelLink:
     :class:`MmioTransport`) serves it there, talking to QEMU synchronously
     (:meth:`MmioTransport.serve_miss_now`)."""
 
-    def __init__(self, disk_bytes: int, data_width: int = 128) -> None:
+    def __init__(self, disk_bytes: int, data_width: int = 128, features: Any = None) -> None:
         from models.device import ReferenceDevice
 
         self.ram = GuestRam()
         self.miss_handler: Any = None
         self.dev = ReferenceDevice(self.ram, disk_bytes=disk_bytes,  # type: ignore[arg-type]
-                                   data_width=data_width, on_iotlb_miss=self._on_miss)
+                                   data_width=data_width, on_iotlb_miss=self._on_miss,
+                                   features=features)
         self.guest = self.dev.guest
         self.hv = self.dev.hv
         self.mem = self.ram
@@ -396,6 +401,9 @@ class BlkReq:
     kick_time: float
     done_cycle: int | None = None
     used_len: int | None = None
+    descs: int = 0  # descriptors of the chain, the indirect one not counted
+    indirect: bool = False  # its descriptors came from an indirect table
+    dwz: tuple[int, int, int] | None = None  # DISCARD / WRITE_ZEROES: sector, sectors, flags
 
     @property
     def kind(self) -> str:
@@ -446,6 +454,12 @@ class RequestLog:
         self.desc = self.avail = self.used = 0
         self.seen_avail = 0
         self.seen_used = 0
+        self.max_in_flight = 0  # avail index - used index, the most seen (at each decode)
+        # Marker requests (a 512-byte read at one of these sectors) and the counters at their
+        # completion: ``probe`` returns them (set by the transport).
+        self.mark_sectors: tuple[int, ...] = ()
+        self.marks: list[tuple[int, dict[str, Any]]] = []
+        self.probe: Any = None
 
     def start(self, num: int, desc: int, avail: int, used: int) -> None:
         self.num, self.desc, self.avail, self.used = num, desc, avail, used
@@ -477,21 +491,31 @@ class RequestLog:
         except Untranslated:  # IOVA mode, before the device first read the avail ring
             return self.kicked
 
-    def _chain(self, head: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    def _chain(self, head: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int,
+                                          bool]:
+        """``(readable, writable, descriptors, indirect)`` of the chain at ``head``, following an
+        indirect table (virtio 1.2 section 2.7.5.3) as docs/architecture.md's walk does."""
         readable: list[tuple[int, int]] = []
         writable: list[tuple[int, int]] = []
+        table, size, indirect = self.desc, self.num, False
         i = head
-        for _ in range(self.num):
-            addr, length, flags, nxt = DESC.unpack(self.mem.read(self.desc + self.ring.desc(i),
+        for _ in range(self.num + 1):
+            addr, length, flags, nxt = DESC.unpack(self.mem.read(table + DESC.size * i,
                                                                  DESC.size))
             if flags & spec.VIRTQ_DESC_F_INDIRECT:
-                raise ValueError(f"descriptor {i} is INDIRECT (not offered)")
+                if indirect or flags & spec.VIRTQ_DESC_F_NEXT or not length \
+                        or length % DESC.size or length > DESC.size * self.num:
+                    raise ValueError(f"descriptor {i}: malformed INDIRECT ({length} bytes, "
+                                     f"flags {flags:#x})")
+                table, size, indirect, i = addr, length // DESC.size, True, 0
+                continue
             (writable if flags & spec.VIRTQ_DESC_F_WRITE else readable).append((addr, length))
             if not flags & spec.VIRTQ_DESC_F_NEXT:
-                return readable, writable
+                return readable, writable, len(readable) + len(writable), indirect
             i = nxt
-            if i >= self.num:
-                raise ValueError(f"next index {i} outside the queue")
+            if i >= size:
+                raise ValueError(f"next index {i} outside the "
+                                 + ("indirect table" if indirect else "queue"))
         raise ValueError("chain longer than the queue")
 
     def _gather(self, pieces: list[tuple[int, int]], start: int, length: int) -> bytes:
@@ -518,6 +542,8 @@ class RequestLog:
                 self.unread_since = (cycle, time.monotonic())
             return 0
         new = (idx - self.seen_avail) & 0xFFFF
+        with contextlib.suppress(Untranslated):  # made available and not used yet, at once
+            self.max_in_flight = max(self.max_in_flight, (idx - self.used_idx()) & 0xFFFF)
         seen = self.unread_since or (cycle, time.monotonic())
         self.unread_since = None
         for k in range(new):
@@ -537,24 +563,41 @@ class RequestLog:
         self.seen_avail = (self.seen_avail + done) & 0xFFFF
         return done
 
+    def dwz_range(self, rtype: int, sector: int, num: int, flags: int) -> tuple[int, int] | None:
+        """The bytes a DISCARD or WRITE_ZEROES segment zeroes (docs/architecture.md step
+        3.5: within the disk, no flag but UNMAP, and UNMAP only for WRITE_ZEROES), else None."""
+        lo, hi = sector * spec.SECTOR_SIZE, (sector + num) * spec.SECTOR_SIZE
+        if hi > self.disk_bytes or flags & ~spec.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP:
+            return None
+        if rtype == spec.VIRTIO_BLK_T_DISCARD and flags:
+            return None
+        return lo, hi
+
     def _decode(self, seq: int, head: int) -> BlkReq | None:
         """One avail entry as a request (None, with an error noted, if it is malformed); the
         shadow disk takes a write's data. Raises :class:`Untranslated` before changing
         anything."""
         try:
-            readable, writable = self._chain(head)
+            readable, writable, descs, indirect = self._chain(head)
             total_r = sum(n for _, n in readable)
             total_w = sum(n for _, n in writable)
             rtype, _, sector = BLK_HEADER.unpack(
                 self._gather(readable, 0, BLK_HEADER.size).ljust(BLK_HEADER.size, b"\0"))
-            data_len = (total_r - BLK_HEADER.size if rtype == spec.VIRTIO_BLK_T_OUT
+            data_len = (total_r - BLK_HEADER.size if rtype in DWZ_TYPES | {spec.VIRTIO_BLK_T_OUT}
                         else max(total_w - 1, 0))
             cycle, when = self.first_seen.get(seq, (0, time.monotonic()))
-            req = BlkReq(seq, head, rtype, sector, data_len, total_w, cycle, when)
+            req = BlkReq(seq, head, rtype, sector, data_len, total_w, cycle, when,
+                         descs=descs, indirect=indirect)
             if rtype == spec.VIRTIO_BLK_T_OUT and req._in_range(self.disk_bytes):
                 data = self._gather(readable, BLK_HEADER.size, data_len)
                 off = sector * spec.SECTOR_SIZE
                 self.shadow[off:off + data_len] = data
+            elif rtype in DWZ_TYPES and data_len == DWZ_SEGMENT.size:
+                req.dwz = DWZ_SEGMENT.unpack(self._gather(readable, BLK_HEADER.size,
+                                                          DWZ_SEGMENT.size))
+                zero = self.dwz_range(rtype, *req.dwz)
+                if zero is not None:
+                    self.shadow[zero[0]:zero[1]] = bytes(zero[1] - zero[0])
         except (ValueError, struct.error) as exc:
             self.errors.append(f"avail entry {seq} (head {head}): {exc}")
             self.first_seen.pop(seq, None)
@@ -589,6 +632,9 @@ class RequestLog:
                 self.errors.append(f"used element {seq} names head {head}, expected "
                                    f"{req.head} (in-order device)")
             req.done_cycle, req.used_len = cycle, used_len
+            if (req.type == spec.VIRTIO_BLK_T_IN and req.data_len == spec.SECTOR_SIZE
+                    and req.sector in self.mark_sectors and self.probe is not None):
+                self.marks.append((req.sector, {"done": len(self.done) + 1, **self.probe()}))
             want = req.expected_used_len(self.disk_bytes)
             if used_len != want:
                 self.errors.append(f"used element {seq} ({req.kind} of {req.data_len} B at "
@@ -680,8 +726,26 @@ class MmioTransport:
         self.notifies = 0
         self.interrupts = 0
         self.calls = 0
+        self.guest_kicks = 0  # the guest's notifies: the kick eventfd's counts (CountingBackend)
         self.starts = 0
         self.stops = 0
+        self.negotiated: list[int] = []  # DriverFeatures as the device holds it, per ring start
+        self.requests.probe = self.counters
+
+    def counters(self) -> dict[str, Any]:
+        """The notification counters now (the request log snapshots them at marker requests)."""
+        return {"kicks": self.guest_kicks, "notifies": self.notifies,
+                "interrupts": self.interrupts, "calls": self.calls, "cycle": self.link.cycle,
+                "time": time.monotonic(), "features": self.negotiated[-1] if self.negotiated
+                else 0}
+
+    async def driver_features(self) -> int:
+        """DriverFeatures read back from the device (both words): what it negotiated."""
+        out = 0
+        for sel in (1, 0):
+            await self._w(spec.MMIO_DRIVER_FEATURES_SEL, sel)
+            out |= await self._r(spec.MMIO_DRIVER_FEATURES) << (32 * sel)
+        return out
 
     async def _r(self, off: int) -> int:
         return await self.link.guest.read32(off)
@@ -769,6 +833,7 @@ class MmioTransport:
         # virtio 1.2 section 3.1.1, FeaturesRefused if FEATURES_OK does not stick
         await virtio.run_async(virtio.bring_up(self.features, n, desc, avail, used),
                                self.link.guest)
+        self.negotiated.append(await self.driver_features())
         self.requests.start(n, desc, avail, used)
         self.vring = vring
         self.starts += 1
@@ -1018,6 +1083,27 @@ class MmioTransport:
         return self.miss is not None and self.miss.asked
 
 
+class CountingBackend(VhostUserBackend):
+    """The vhost-user back-end, counting the guest's notifies: an eventfd read returns how many
+    writes QEMU made since the last read (one per notify the guest wrote), so kicks that arrive
+    between two polls are counted, not merged."""
+
+    async def kicked(self, v: Vring) -> None:
+        if v.kick_fd is None:
+            return
+        try:
+            n = os.eventfd_read(v.kick_fd)
+        except BlockingIOError:
+            return
+        dev = self.device
+        if hasattr(dev, "guest_kicks"):
+            dev.guest_kicks += n
+        if v.started and v.enabled:
+            await dev.kick(v)
+        else:
+            v.kick_pending = True
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 _RESULT = re.compile(r"VHB RESULT (\S+) (PASS|FAIL)\s*(.*)")
@@ -1187,7 +1273,7 @@ class LinuxBridge:
             for obj in ready:
                 if obj is srv:
                     conn, _ = srv.accept()
-                    backend = VhostUserBackend(conn, t, features=features, iommu=t.iova)
+                    backend = CountingBackend(conn, t, features=features, iommu=t.iova)
                     t.backend = backend
                     self.log.info("QEMU connected after %.2f s", time.monotonic() - t0)
                 elif obj is backend:
@@ -1240,22 +1326,31 @@ async def read_back(link: Any, capacity: int, chunk_sectors: int = 256) -> bytes
 def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
               checks: list[str], readback: bytes | None, expected: bytes | None,
               hv: dict[str, int], mode: str, errors: list[str],
-              io: list[tuple[int, int]] = ()) -> dict[str, Any]:
-    """Every check (guest's and host's) and the figures, as one JSON-able dict."""
+              io: list[tuple[int, int]] = (), plan: dict[str, Any] | None = None,
+              boot2: tuple[BridgeStats, Console, list[str]] | None = None,
+              boot1_requests: int | None = None) -> dict[str, Any]:
+    """Every check (guest's and host's) and the figures, as one JSON-able dict. The figures
+    are the first boot's (``boot1_requests``: how many of the requests were its own); the
+    second boot (``boot2``: its stats, console and checks) adds its checks and its
+    notification window."""
     log = transport.requests
-    done = log.done
+    done = log.done[:boot1_requests]
     results: list[tuple[str, bool, str]] = []
     for name in checks:
         ok, detail = console.results.get(name, (False, "no result line from the guest"))
         results.append((f"guest {name}", ok, detail))
+    if boot2 is not None:
+        for name in boot2[2]:
+            ok, detail = boot2[1].results.get(name, (False, "no result line from the guest"))
+            results.append((f"boot2 {name}", ok, detail))
     by_kind = Counter(r.kind for r in done)
     data_bytes = Counter()
     for r in done:
         data_bytes[r.kind] += r.data_len if r.type in (spec.VIRTIO_BLK_T_IN,
                                                        spec.VIRTIO_BLK_T_OUT) else 0
-    served = hv.get("requests", len(done))
-    results.append(("host requests", served == len(done) and not log.pending,
-                    f"device counted {served}, bridge matched {len(done)} used elements, "
+    served = hv.get("requests", len(log.done))
+    results.append(("host requests", served == len(log.done) and not log.pending,
+                    f"device counted {served}, bridge matched {len(log.done)} used elements, "
                     f"{len(log.pending)} left pending"))
     results.append(("host used-elements", not log.errors, "; ".join(log.errors[:3]) or
                     "every used element names the right head and length"))
@@ -1291,9 +1386,14 @@ def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
     iotlb = _iotlb_figures(transport, hv, done, stats) if transport.iova or "iotlb" in hv else None
     if transport.iova and iotlb is not None:
         results += _iova_checks(transport, hv, iotlb)
+    feat = _feature_figures(transport, done, console, boot2, plan or {}, mode)
+    results += feat.pop("checks")
     results.append(("host guest-exit", stats.qemu_rc == 0 and console.done_at is not None
                     and not errors, f"QEMU exit {stats.qemu_rc}; " + ("; ".join(errors)
                                                                        or "no bridge error")))
+    if boot2 is not None:
+        results.append(("host boot2-exit", boot2[0].qemu_rc == 0 and boot2[1].done_at
+                        is not None, f"second boot's QEMU exit {boot2[0].qemu_rc}"))
     lat = [r.done_cycle - r.kick_cycle for r in done if r.done_cycle is not None]
     # Service time of the in-order device (completions are seen within poll_cycles).
     service: dict[str, list[int]] = {}
@@ -1334,9 +1434,130 @@ def summarize(transport: MmioTransport, stats: BridgeStats, console: Console,
         "readback_md5": hashlib.md5(readback).hexdigest() if readback is not None else None,
         "translation": transport.mode,
         "iotlb": iotlb,
+        **feat,
     }
     trace = [[r.kind, r.sector, r.data_len, r.kick_cycle, r.done_cycle] for r in done]
     return {"checks": results, "figures": figures, "dmesg": console.dmesg, "requests": trace}
+
+
+def _bin(n: int) -> int:
+    """The power-of-two bin of a request size: the smallest power of two >= n (512 at least)."""
+    return max(512, 1 << max(n - 1, 0).bit_length())
+
+
+def _feature_names(bits: int) -> list[str]:
+    return [spec.FEATURE_NAMES.get(b, str(b)) for b in range(64) if bits >> b & 1]
+
+
+def _window(marks: list[tuple[int, dict[str, Any]]], m0: int, m1: int,
+            start: int) -> tuple[dict[str, Any] | None, int]:
+    """The counters between the completion of the next ``m0`` marker from ``start`` and the
+    next ``m1`` one (their difference), and where the search stops."""
+    for i in range(start, len(marks)):
+        if marks[i][0] != m0:
+            continue
+        for j in range(i + 1, len(marks)):
+            if marks[j][0] == m1:
+                a, b = marks[i][1], marks[j][1]
+                w = {k: b[k] - a[k] for k in ("done", "kicks", "notifies", "interrupts", "calls",
+                                              "cycle", "time")}
+                w["event_idx"] = bool(b["features"] >> spec.VIRTIO_RING_F_EVENT_IDX & 1)
+                n = w["done"] or 1
+                w.update(kicks_per_request=w["kicks"] / n,
+                         interrupts_per_request=w["calls"] / n)
+                return w, j + 1
+        break
+    return None, len(marks)
+
+
+_GUEST_NOTIFY = re.compile(r"interrupts (-?\d+) reads (-?\d+) writes (-?\d+)")
+
+
+def _feature_figures(transport: MmioTransport, done: list[BlkReq], console: Console,
+                     boot2: tuple[BridgeStats, Console, list[str]] | None,
+                     plan: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Issue 17's figures and host checks: the features offered and negotiated (DriverFeatures
+    read back from the device at each ring start), the request size histogram, indirect
+    tables, requests in flight, DISCARD and WRITE_ZEROES served, and the notification windows
+    (kicks and interrupts per request with and without EVENT_IDX). The requests in flight are
+    checked against the RTL only: the untimed model serves every notify at once, so requests
+    pile up only as far as the guest batches them."""
+    log = transport.requests
+    offered = transport.ident.features if transport.ident is not None else 0
+    neg = transport.negotiated
+    first = neg[0] if neg else 0
+    want = [b for b in (spec.VIRTIO_F_INDIRECT_DESC, spec.VIRTIO_RING_F_EVENT_IDX,
+                        spec.VIRTIO_BLK_F_SEG_MAX) if offered >> b & 1]
+    missing = [spec.FEATURE_NAMES[b] for b in want if not first >> b & 1]
+    checks: list[tuple[str, bool, str]] = [
+        ("host negotiated", bool(neg) and len(want) == 3 and not missing,
+         f"DriverFeatures {first:#x}: {' '.join(_feature_names(first))}"
+         + (f"; missing {' '.join(missing)}" if missing else "")
+         + ("" if len(want) == 3 else "; the device does not offer all of INDIRECT_DESC, "
+            "EVENT_IDX, SEG_MAX"))]
+    rw = [r for r in done if r.type in (spec.VIRTIO_BLK_T_IN, spec.VIRTIO_BLK_T_OUT)]
+    hist = Counter(_bin(r.data_len) for r in rw)
+    biggest = max((r.data_len for r in rw), default=0)
+    min_req = plan.get("min_request", 512 * 1024)
+    checks.append(("host request-size", biggest >= min_req,
+                   f"largest read or write {biggest // 1024} KiB (at least "
+                   f"{min_req // 1024} KiB wanted)"))
+    ind = [r for r in done if r.indirect]
+    checks.append(("host indirect", bool(ind) or not first >> spec.VIRTIO_F_INDIRECT_DESC & 1,
+                   f"{len(ind)} of {len(done)} requests through an indirect table"))
+    min_fl = plan.get("min_in_flight", 32)
+    if mode == "rtl":
+        checks.append(("host in-flight", log.max_in_flight >= min_fl,
+                       f"at most {log.max_in_flight} requests made available and not used at "
+                       f"once (at least {min_fl} wanted)"))
+    for kind, key in (("discard", "discard"), ("write-zeroes", "zeroout")):
+        rng = plan.get(key)
+        if not rng:
+            continue
+        off, n = rng
+        s0, s1 = off // spec.SECTOR_SIZE, (off + n) // spec.SECTOR_SIZE
+        got = sum(r.dwz[1] for r in done if r.kind == kind and r.dwz is not None
+                  and s0 <= r.dwz[0] and r.dwz[0] + r.dwz[1] <= s1) * spec.SECTOR_SIZE
+        checks.append((f"host {kind}-served", got == n,
+                       f"{got} bytes in {kind} requests inside sectors [{s0}, {s1})"))
+    windows = []
+    m = plan.get("mark_sectors")
+    if m:
+        log_marks = log.marks
+        w1, k = _window(log_marks, m[0], m[1], 0)
+        windows.append(w1)
+        if boot2 is not None:
+            windows.append(_window(log_marks, m[0], m[1], k)[0])
+        consoles = [console, boot2[1] if boot2 is not None else None]
+        for w, con in zip(windows, consoles, strict=False):
+            if w is None:
+                continue
+            res = (con.results if con is not None else {}).get("notify")
+            g = _GUEST_NOTIFY.search(res[1]) if res else None
+            if g:
+                w["guest_interrupts"], w["guest_reads"], w["guest_writes"] = map(int, g.groups())
+        ok = windows[0] is not None and windows[0]["event_idx"]
+        detail = "first boot: " + ("no window" if windows[0] is None else
+                                   f"EVENT_IDX {'on' if windows[0]['event_idx'] else 'off'}")
+        if boot2 is not None:
+            w2 = windows[1]
+            ok = ok and w2 is not None and not w2["event_idx"]
+            detail += "; second boot: " + ("no window" if w2 is None else
+                                           f"EVENT_IDX {'on' if w2['event_idx'] else 'off'}")
+        checks.append(("host notify-windows", ok, detail))
+    return {
+        "checks": checks,
+        "features_offered": offered,
+        "features_negotiated": neg,
+        "request_size_bins": {str(k): v for k, v in sorted(hist.items())},
+        "largest_request": biggest,
+        "indirect_requests": len(ind),
+        "descriptors_max": max((r.descs for r in done), default=0),
+        "max_in_flight": log.max_in_flight,
+        "dwz": {kind: [r.dwz for r in done if r.kind == kind]
+                for kind in ("discard", "write-zeroes")},
+        "notify_windows": windows,
+    }
 
 
 def _service_starts(done: list[BlkReq]) -> Iterator[tuple[BlkReq, int]]:
@@ -1455,6 +1676,8 @@ async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict
     bridge = LinuxBridge(link, transport,
                          BridgeConfig(qemu=cfg["qemu"], console=Path(cfg["console"]),
                                       deadline_s=cfg["deadline_s"]), log)
+    plan = cfg.get("plan") or {}
+    transport.requests.mark_sectors = tuple(plan.get("mark_sectors", ()))
     try:
         stats = await bridge.run()
     except (BridgeError, InitError, VhostUserError, OSError, ValueError) as exc:
@@ -1463,23 +1686,51 @@ async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict
         stats = bridge.stats
     stats.cycles = link.cycle
     transport.requests.collect(link.cycle)
-    hv: dict[str, Any] = {"requests": await link.hv.read32(spec.HV_STAT_REQUESTS),
-                          "faults": await link.hv.read32(spec.HV_FAULT_COUNT),
-                          "ctrl": await link.hv.read32(spec.HV_CTRL)}
+    boot1_requests = len(transport.requests.done)
+    # The IOTLB figures are the first boot's: its counters, the bridge's side of it.
+    iotlb1: dict[str, int] | None = None
     if mode == "iova" or cfg.get("iotlb_counters", True):
         try:
-            hv["iotlb"] = await transport.iotlb_counters()
+            iotlb1 = await transport.iotlb_counters()
         except Exception as exc:  # a device without the IOTLB registers (GPA-only builds)
             log.info("no IOTLB counters: %s", exc)
     if transport.miss is not None:  # QEMU is gone: it will not answer
         await transport.poll_miss(can_ask=False)
+    hv_side1 = copy.deepcopy(transport.iotlb)
+    boot2: tuple[BridgeStats, Console, list[str]] | None = None
+    if cfg.get("qemu2") and not errors:
+        # The same notification workload again, QEMU hiding EVENT_IDX from the guest.
+        log.info("second boot: the notification workload with event_idx=off")
+        bridge2 = LinuxBridge(link, transport,
+                              BridgeConfig(qemu=cfg["qemu2"], console=Path(cfg["console2"]),
+                                           deadline_s=cfg.get("deadline2_s", 600.0)), log)
+        try:
+            await bridge2.run()
+        except (BridgeError, InitError, VhostUserError, OSError, ValueError) as exc:
+            log.error("bridge (second boot): %s", exc)
+            errors.append(f"second boot: {type(exc).__name__}: {exc}")
+        transport.requests.collect(link.cycle)
+        boot2 = (bridge2.stats, bridge2.console, cfg.get("checks2", []))
+    hv: dict[str, Any] = {"requests": await link.hv.read32(spec.HV_STAT_REQUESTS),
+                          "faults": await link.hv.read32(spec.HV_FAULT_COUNT),
+                          "ctrl": await link.hv.read32(spec.HV_CTRL)}
+    if iotlb1 is not None:
+        hv["iotlb"] = iotlb1
+    if transport.miss is not None:  # QEMU is gone: it will not answer
+        await transport.poll_miss(can_ask=False)
+    transport.iotlb = hv_side1
     readback = None
     rb_cycles, rb_wall = link.cycle, time.monotonic()
     if link.ram.table is not None:
         try:
             if mode == "iova":  # the read-back driver's addresses are physical: map them 1:1
                 await transport.identity_map()
-            readback = await read_back(link, ident.capacity)
+            chunk = 256  # sectors a read-back request (one data descriptor): within SIZE_MAX
+            if ident.features >> spec.VIRTIO_BLK_F_SIZE_MAX & 1:
+                size_max = int.from_bytes(await transport.get_config(spec.BLK_CONFIG_SIZE_MAX,
+                                                                     4), "little")
+                chunk = max(1, min(chunk, size_max // spec.SECTOR_SIZE))
+            readback = await read_back(link, ident.capacity, chunk)
         except Exception as exc:  # report it with everything else
             log.error("read-back: %s", exc)
             errors.append(f"read-back: {type(exc).__name__}: {exc}")
@@ -1488,7 +1739,10 @@ async def run_guest(link: Any, cfg: dict[str, Any], log: logging.Logger) -> dict
     rb_cycles, rb_wall = link.cycle - rb_cycles, time.monotonic() - rb_wall
     expected = Path(cfg["expected"]).read_bytes() if cfg.get("expected") else None
     result = summarize(transport, stats, bridge.console, cfg["checks"], readback, expected, hv,
-                       cfg.get("mode", "rtl"), errors, [tuple(x) for x in cfg.get("io", [])])
+                       cfg.get("mode", "rtl"), errors, [tuple(x) for x in cfg.get("io", [])],
+                       plan, boot2, boot1_requests)
+    if boot2 is not None:
+        result["figures"].update(boot2_wall_s=boot2[0].wall_s, boot2_boot_s=boot2[0].boot_s)
     result["figures"].update(readback_cycles=rb_cycles, readback_wall_s=rb_wall,
                              device=ident.__dict__)
     write_result(Path(cfg["result"]), result)

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -91,45 +92,80 @@ FS_TREE = (
 class GuestPlan:
     """What the init script does and what the host expects from it.
 
-    Guest I/O limits (``docs/linux.md``): the device offers no SEG_MAX, so Linux sends one
-    physically contiguous segment per request; ``max_sectors_kb`` caps a request at 64 KiB
-    and ``queue_depth`` caps the requests in flight, so that no request waits longer than
-    ``queue_depth`` x (a 64 KiB transfer) in the simulation, far below the block layer's 30 s
-    timeout.
+    Both modes use the same 4 MiB disk and the same checks (IOVA mode adds the IOMMU group's):
+    the raw checks in the first 2 MiB (``raw_bytes``), a filesystem in a partition after them.
+    Guest I/O limits (``docs/linux.md``): the device offers SEG_MAX 128 and SIZE_MAX 64 KiB and
+    the guest uses indirect tables, so ``max_sectors_kb`` = 512 lets a request carry 128 page
+    segments (512 KiB); the queue depth is virtio_blk's own (the ring size with indirect
+    descriptors). The device is in order, so a request waits for what was queued before it:
+    the workload never queues more than about 1 MiB at once (a few 10 s of device time in the
+    simulation, below the hung-task detector's 120 s).
     """
 
-    disk_bytes: int = 2 * 1024 * 1024
-    mode: str = "gpa"  # "iova": behind the guest's IOMMU, plus the filesystem checks
+    disk_bytes: int = 4 * 1024 * 1024
+    mode: str = "gpa"  # "iova": behind the guest's IOMMU
     io: tuple[IoCheck, ...] = (
         IoCheck(512, 512),  # one sector, not at the start of a page
         IoCheck(4096, 6656),  # one page's worth, not page aligned on the disk (sector 13)
         IoCheck(65536, 64 * 1024),
         IoCheck(256 * 1024, 128 * 1024),
-        IoCheck(1024 * 1024, 1024 * 1024),
+        IoCheck(1024 * 1024, 1024 * 1024),  # two requests of 512 KiB (128 segments each)
     )
     untouched: tuple[int, int] = (520 * 1024, 8192)  # read, never written: the initial pattern
-    max_sectors_kb: int = 64
-    queue_depth: int = 4
+    discard: tuple[int, int] = (384 * 1024, 128 * 1024)  # blkdiscard: VIRTIO_BLK_T_DISCARD
+    zeroout: tuple[int, int] = (528 * 1024, 128 * 1024)  # BLKZEROOUT: T_WRITE_ZEROES
+    # The notification workload (run in both boots): ``scatter_pages`` buffered page writes at
+    # every other page from ``scatter_at``, written back by one fsync (Linux sends them one at
+    # a time), then ``readers`` processes reading ``reads_each`` pages each with
+    # O_DIRECT at once. Bracketed by two 512-byte O_DIRECT reads at ``mark_sectors`` (the host
+    # counts kicks and interrupts between their completions).
+    scatter_at: int = 656 * 1024
+    scatter_pages: int = 40
+    readers: int = 48  # more than the 32 in flight wanted: some finish before the last starts
+    reads_each: int = 3
+    mark_sectors: tuple[int, int] = (40, 41)
+    max_sectors_kb: int = 512
+    min_queue_depth: int = 32
+    # QEMU's vhost-user-blk queue-size (the ring's entries): QueueNumMax. SEG_MAX (128) comes
+    # from QueueNumMax, not from the ring the driver picks, and Linux does not cap an indirect
+    # table at the ring's size: with 128 entries a request of 128 segments has a 130-entry
+    # table, which the device rejects as longer than the queue (cause 7).
+    queue_size: int = 256
     disk_timeout_s: int = 30  # waiting for /dev/vda to appear
-    raw_bytes: int = 2 * 1024 * 1024  # the raw checks' part; IOVA mode's partition follows
+    raw_bytes: int = 2 * 1024 * 1024  # the raw checks' part; the partition follows
     fs_tree: tuple[FsFile, ...] = FS_TREE
 
     @classmethod
     def for_mode(cls, mode: str) -> GuestPlan:
-        """GPA mode: the raw checks on a 2 MiB disk. IOVA mode: the same checks, then an MBR
-        partition from 2 MiB to the end of a 4 MiB disk with an ext2 filesystem on it."""
-        if mode == "gpa":
-            return cls()
-        if mode == "iova":
-            return cls(disk_bytes=4 * 1024 * 1024, mode="iova")
+        """GPA and IOVA mode: the raw checks, then an MBR partition from 2 MiB to the end of
+        the 4 MiB disk with an ext2 filesystem on it (IOVA mode also checks the IOMMU group)."""
+        if mode in ("gpa", "iova"):
+            return cls(mode=mode)
         raise ValueError(f"mode must be 'gpa' or 'iova', not {mode!r}")
 
     @property
     def fs(self) -> bool:
-        return self.mode == "iova"
+        return True
+
+    @property
+    def scatter_span(self) -> tuple[int, int]:
+        """Byte range the scattered writes and the parallel readers cover."""
+        return self.scatter_at, 2 * self.scatter_pages * 4096
+
+    def scatter_data(self) -> bytes:
+        """The ``scatter_pages`` pages the notification workload writes (a distinct pattern)."""
+        return b"".join(hashlib.blake2b(f"vhb-scatter:{j}".encode()).digest()
+                        for j in range(self.scatter_pages * 4096 // 64))
+
+    def notify_requests(self) -> int:
+        """Requests the workload makes: the scattered writes and the readers' reads."""
+        return self.scatter_pages + self.readers * self.reads_each
 
     def __post_init__(self) -> None:
-        spans = sorted((c.offset, c.offset + c.size) for c in self.io)
+        spans = sorted([(c.offset, c.offset + c.size) for c in self.io]
+                       + [(o, o + n) for o, n in (self.discard, self.zeroout, self.scatter_span)]
+                       + [(s * spec.SECTOR_SIZE, (s + 1) * spec.SECTOR_SIZE)
+                          for s in self.mark_sectors])
         for (_, end), (start, _) in itertools.pairwise(spans):
             if start < end:
                 raise ValueError("the plan's I/O checks overlap")
@@ -146,13 +182,25 @@ class GuestPlan:
         names = ["modules", "disk", "capacity", "serial", "read-initial"]
         if self.mode == "iova":
             names.append("iommu")
+        names.append("queue")
         for c in self.io:
             names += [f"write-{c.name}", f"verify-{c.name}"]
-        names.append("flush")
+        names += ["discard", "zeroout", "flush"]
+        names += self.notify_checks
         if self.fs:
             names += ["fs-modules", "partition", "mkfs", "mount", "write-files", "umount",
                       "remount", "verify-files", "file-count"]
         return [*names, "io-errors"]
+
+    @property
+    def notify_checks(self) -> list[str]:
+        """The notification workload's result lines (also the second boot's)."""
+        return ["notify", "notify-verify"]
+
+    @property
+    def second_boot_checks(self) -> list[str]:
+        """The second boot (``vhb.only=notify``): the notification workload only."""
+        return ["modules", "disk", "queue", *self.notify_checks, "io-errors"]
 
     @property
     def serial(self) -> str:
@@ -165,6 +213,12 @@ class GuestPlan:
         disk = bytearray(spec.ramdisk_init(self.disk_bytes)[:self.raw_bytes])
         for c in self.io:
             disk[c.offset:c.offset + c.size] = pattern(c.size)
+        for off, n in (self.discard, self.zeroout):  # DISCARD zeroes too (the README says so)
+            disk[off:off + n] = bytes(n)
+        data = self.scatter_data()
+        for j in range(self.scatter_pages):
+            off = self.scatter_at + 2 * j * 4096
+            disk[off:off + 4096] = data[j * 4096:(j + 1) * 4096]
         if self.fs:
             disk[:spec.SECTOR_SIZE] = self.mbr()
         return bytes(disk)
@@ -318,8 +372,8 @@ def init_script(plan: GuestPlan) -> str:
         f"for m in {' '.join(MODULES[:-1])}; do",
         "  insmod /lib/modules/$m.ko || ok=FAIL",
         "done",
-        # The block layer's worst case stays far below its 30 s request timeout (GuestPlan).
-        f"insmod /lib/modules/virtio_blk.ko queue_depth={plan.queue_depth} || ok=FAIL",
+        # No queue_depth: virtio_blk takes the ring size (indirect descriptors negotiated).
+        "insmod /lib/modules/virtio_blk.ko || ok=FAIL",
         "result modules $ok",
         "n=0",
         f"while [ ! -b /dev/vda ] && [ $n -lt {plan.disk_timeout_s * 10} ]; do "
@@ -327,6 +381,12 @@ def init_script(plan: GuestPlan) -> str:
         "if [ -b /dev/vda ]; then result disk PASS; else result disk FAIL 'no /dev/vda';"
         " echo 'VHB DONE'; poweroff -f; fi",
         f"echo {plan.max_sectors_kb} > /sys/block/vda/queue/max_sectors_kb",
+        *queue_script(plan),
+        "irqs() { awk '/virtio.*req/ {print $2}' /proc/interrupts; }",
+        "if grep -q vhb.only=notify /proc/cmdline; then",
+        *("  " + x for x in notify_script(plan)),
+        *("  " + x for x in _tail()),
+        "fi",
         "v=$(cat /sys/block/vda/size)",
         f"[ \"$v\" = {sectors} ] && result capacity PASS $v || result capacity FAIL \"$v\"",
         "v=$(cat /sys/block/vda/serial)",
@@ -364,22 +424,151 @@ def init_script(plan: GuestPlan) -> str:
             f"[ \"$v\" = {md5(pattern(c.size))} ] && result verify-{c.name} PASS $v"
             f" || result verify-{c.name} FAIL \"$v $(tail -n1 /tmp/err)\"",
         ]
+    zeros = {n: md5(bytes(n)) for _, n in (plan.discard, plan.zeroout)}
+    d0, dn = plan.discard
+    z0, zn = plan.zeroout
     lines += [
+        # BLKDISCARD (busybox blkdiscard): VIRTIO_BLK_T_DISCARD; the device zeroes the range.
+        f"if blkdiscard -o {d0} -l {dn} /dev/vda 2>/tmp/err; then",
+        f"  dd if=/dev/vda of=/tmp/r bs={dn} count={dn} skip={d0}"
+        " iflag=direct,skip_bytes,count_bytes 2>/tmp/err",
+        "  v=$(md5sum /tmp/r | cut -d' ' -f1)",
+        f"  [ \"$v\" = {zeros[dn]} ] && result discard PASS \"$v\" || result discard FAIL"
+        " \"read back $v, not zeros\"",
+        "else result discard FAIL \"$(tail -n1 /tmp/err)\"; fi",
+        # BLKZEROOUT (/bin/zeroout, built by the host: busybox has no blkdiscard -z):
+        # VIRTIO_BLK_T_WRITE_ZEROES, exit status the errno.
+        "if zeroout; then",
+        f"  dd if=/dev/vda of=/tmp/r bs={zn} count={zn} skip={z0}"
+        " iflag=direct,skip_bytes,count_bytes 2>/tmp/err",
+        "  v=$(md5sum /tmp/r | cut -d' ' -f1)",
+        f"  [ \"$v\" = {zeros[zn]} ] && result zeroout PASS \"$v\" || result zeroout FAIL"
+        " \"read back $v, not zeros\"",
+        "else result zeroout FAIL \"BLKZEROOUT: errno $?\"; fi",
+        "rm -f /tmp/r",
         # fsync() of the block device: blkdev_fsync sends VIRTIO_BLK_T_FLUSH (FLUSH offered).
         "if sync /dev/vda && blockdev --flushbufs /dev/vda; then result flush PASS;"
         " else result flush FAIL; fi",
+        *notify_script(plan),
     ]
     if plan.fs:
         lines += fs_script(plan)
-    lines += [
+    lines += [*_tail(), ""]
+    return "\n".join(lines)
+
+
+def _tail() -> list[str]:
+    """The kernel log's verdict, then power off."""
+    return [
         f"v=$(dmesg | grep -ciE '{DMESG_ERRORS}')",
         "[ \"$v\" = 0 ] && result io-errors PASS || { result io-errors FAIL \"$v line(s)\";"
         f" dmesg | grep -iE '{DMESG_ERRORS}' | sed 's/^/VHB DMESG /'; }}",
         "echo 'VHB DONE'",
         "poweroff -f",
-        "",
     ]
-    return "\n".join(lines)
+
+
+def queue_script(plan: GuestPlan) -> list[str]:
+    """``queue``: the depth virtio_blk chose (``nr_tags`` of its one hardware queue) and the
+    request limits it derived from SEG_MAX and SIZE_MAX, with ``max_sectors_kb`` as set."""
+    q = "/sys/block/vda/queue"
+    return [
+        "d=$(cat /sys/block/vda/mq/0/nr_tags)",
+        f"v=\"depth $d max_sectors_kb $(cat {q}/max_sectors_kb) max_hw_sectors_kb"
+        f" $(cat {q}/max_hw_sectors_kb) max_segments $(cat {q}/max_segments)"
+        f" max_segment_size $(cat {q}/max_segment_size) discard_max_bytes"
+        f" $(cat {q}/discard_max_bytes) write_zeroes_max_bytes"
+        f" $(cat {q}/write_zeroes_max_bytes)\"",
+        f"[ \"$d\" -ge {plan.min_queue_depth} ] && [ $(cat {q}/max_sectors_kb) ="
+        f" {plan.max_sectors_kb} ] && result queue PASS \"$v\" || result queue FAIL \"$v\"",
+    ]
+
+
+def notify_script(plan: GuestPlan) -> list[str]:
+    """The notification workload, in both boots: a marker read, ``scatter_pages`` buffered
+    page writes at every other page written back by one fsync, ``readers``
+    parallel O_DIRECT readers of ``reads_each`` pages, a marker read; then the region read
+    back. ``notify`` reports the guest's own counts: virtio interrupts taken
+    (``/proc/interrupts``) and reads and writes completed (``/sys/block/vda/stat``)."""
+    m0, m1 = plan.mark_sectors
+    base = plan.scatter_at // 4096
+    span = 2 * plan.scatter_pages
+    at, n = plan.scatter_span
+    expect = md5(plan.expected_disk()[at:at + n])
+
+    def mark(sector: int) -> str:  # one 512-byte O_DIRECT read the host recognises
+        return (f"dd if=/dev/vda of=/dev/null bs=4096 count=512 skip={sector * 512}"
+                " iflag=direct,skip_bytes,count_bytes 2>/dev/null")
+    return [
+        "sync",
+        "st() { awk '{print $1, $5}' /sys/block/vda/stat; }",
+        mark(m0),
+        "i0=$(irqs); s0=$(st); ok=PASS",
+        f"i=0; while [ $i -lt {plan.scatter_pages} ]; do dd if=/data/scatter of=/dev/vda"
+        f" bs=4096 count=1 skip=$i seek=$(({base} + 2 * i)) conv=notrunc 2>/dev/null"
+        " || ok=FAIL; i=$((i+1)); done",
+        "sync /dev/vda || ok=FAIL",
+        f"j=0; while [ $j -lt {plan.readers} ]; do",
+        f"  ( k=0; while [ $k -lt {plan.reads_each} ]; do dd if=/dev/vda of=/dev/null bs=4096"
+        f" count=1 skip=$(({base} + ({plan.reads_each} * j + k) % {span}))"
+        " iflag=direct 2>/dev/null || echo FAIL >> /tmp/nf; k=$((k+1)); done ) &",
+        "  j=$((j+1)); done",
+        "wait",
+        "[ -e /tmp/nf ] && ok=FAIL",
+        "i1=$(irqs); s1=$(st)",
+        mark(m1),
+        "set -- $s0 $s1",
+        "result notify $ok \"interrupts $((i1 - i0)) reads $(($3 - $1)) writes $(($4 - $2))\"",
+        f"dd if=/dev/vda of=/tmp/r bs={n} count={n} skip={at}"
+        " iflag=direct,skip_bytes,count_bytes 2>/tmp/err",
+        "v=$(md5sum /tmp/r | cut -d' ' -f1); rm -f /tmp/r",
+        f"[ \"$v\" = {expect} ] && result notify-verify PASS $v"
+        " || result notify-verify FAIL \"$v $(tail -n1 /tmp/err)\"",
+    ]
+
+
+def zeroout_elf(offset: int, length: int, path: bytes = b"/dev/vda") -> bytes:
+    """A static x86-64 Linux program (about 200 bytes) that does
+    ``ioctl(open(path, O_WRONLY), BLKZEROOUT, {offset, length})`` and exits with the errno
+    (0 on success). BLKZEROOUT asks the block layer for zeros: VIRTIO_BLK_T_WRITE_ZEROES when
+    the device offers WRITE_ZEROES. The guest's busybox has no ``blkdiscard -z``, and nothing
+    here assumes a C compiler."""
+    base = 0x400000
+    code_at = 64 + 56
+    code = bytearray()
+    code += b"\x48\x8d\x3d" + b"PATH"  # lea rdi, [rip + path]
+    fix_path = len(code) - 4
+    code += b"\xbe\x01\x00\x00\x00"  # mov esi, O_WRONLY
+    code += b"\x31\xd2"  # xor edx, edx
+    code += b"\xb8\x02\x00\x00\x00"  # mov eax, SYS_open
+    code += b"\x0f\x05"  # syscall
+    code += b"\x48\x85\xc0"  # test rax, rax
+    code += b"\x78" + b"J"  # js fail
+    fix_js = len(code) - 1
+    code += b"\x48\x89\xc7"  # mov rdi, rax
+    code += b"\xbe\x7f\x12\x00\x00"  # mov esi, BLKZEROOUT (_IO(0x12, 127))
+    code += b"\x48\x8d\x15" + b"RNGE"  # lea rdx, [rip + range]
+    fix_range = len(code) - 4
+    code += b"\xb8\x10\x00\x00\x00"  # mov eax, SYS_ioctl
+    code += b"\x0f\x05"  # syscall
+    fail = len(code)
+    code += b"\x48\x89\xc7"  # fail: mov rdi, rax
+    code += b"\x48\xf7\xdf"  # neg rdi
+    code += b"\xb8\x3c\x00\x00\x00"  # mov eax, SYS_exit
+    code += b"\x0f\x05"  # syscall
+    code[fix_js] = fail - (fix_js + 1)
+    range_at = len(code)
+    code += offset.to_bytes(8, "little") + length.to_bytes(8, "little")
+    path_at = len(code)
+    code += path + b"\0"
+    code[fix_path:fix_path + 4] = (path_at - (fix_path + 4)).to_bytes(4, "little", signed=True)
+    code[fix_range:fix_range + 4] = (range_at - (fix_range + 4)).to_bytes(4, "little",
+                                                                         signed=True)
+    size = code_at + len(code)
+    ehdr = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 2, 0x3E, 1,
+                       base + code_at, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
+    return ehdr + phdr + bytes(code)
 
 
 def fs_script(plan: GuestPlan) -> list[str]:
@@ -450,6 +639,9 @@ def ensure_initramfs(plan: GuestPlan, kernel: Kernel, build: Path = BUILD) -> Pa
             shutil.copy(kernel.modules[m], root / "lib" / "modules" / f"{m}.ko")
         for c in plan.io:
             (root / "data" / f"p{c.size}").write_bytes(pattern(c.size))
+        (root / "data" / "scatter").write_bytes(plan.scatter_data())
+        (root / "bin" / "zeroout").write_bytes(zeroout_elf(*plan.zeroout))
+        (root / "bin" / "zeroout").chmod(0o755)
         if plan.fs:
             (root / "data" / "mbr").write_bytes(plan.mbr())
             (root / "data" / "tree.md5").write_text(plan.fs_manifest())
@@ -472,18 +664,29 @@ def ensure_initramfs(plan: GuestPlan, kernel: Kernel, build: Path = BUILD) -> Pa
 # --- QEMU -----------------------------------------------------------------------------------------
 
 def qemu_command(kernel: Kernel, initramfs: Path, socket_path: str,
-                 mode: str = "gpa") -> list[str]:
+                 mode: str = "gpa", *, queue_size: int = 128, event_idx: bool = True,
+                 only_notify: bool = False) -> list[str]:
     """The command line of the issue: q35 with a shared memfd backend (the back-end maps the
-    guest's memory), vhost-user-blk-pci, qboot (SeaBIOS would drive the disk itself before
-    Linux does), TCG (no KVM assumed), serial console on stdio.
+    guest's memory), vhost-user-blk-pci with one queue of ``queue_size`` entries, qboot
+    (SeaBIOS would drive the disk itself before Linux does), TCG (no KVM assumed), serial
+    console on stdio.
+
+    ``event_idx=False`` sets QEMU's ``event_idx=off`` on the device: QEMU then hides
+    VIRTIO_RING_F_EVENT_IDX from the guest whatever the back-end offers (the second boot, which
+    runs the notification workload without it). ``only_notify`` puts ``vhb.only=notify`` on the
+    kernel command line: the init script runs that workload only.
 
     IOVA mode puts the disk behind QEMU's emulated Intel IOMMU (``intremap=off``: no
     interrupt remapping, which would need a split irqchip) with ``iommu_platform=on`` (the
     device's addresses are IOVAs; needs ``disable-legacy=on``), and the guest turns the IOMMU
     on in strict mode (every unmap is invalidated at once, so QEMU passes each one on)."""
     iova = mode == "iova"
-    blk = "vhost-user-blk-pci,chardev=vu0,num-queues=1"
+    blk = f"vhost-user-blk-pci,chardev=vu0,num-queues=1,queue-size={queue_size}"
+    if not event_idx:
+        blk += ",event_idx=off"
     append = "console=ttyS0 rdinit=/init panic=-1 loglevel=4"
+    if only_notify:
+        append += " vhb.only=notify"
     return [
         QEMU,
         "-machine", "q35,memory-backend=mem0", "-accel", "tcg",

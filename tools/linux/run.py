@@ -66,8 +66,10 @@ def print_summary(result: dict, mode: str, total_s: float) -> bool:
           f"{dev.get('features', 0):#x}, {dev.get('capacity', 0) * 512 // 1024} KiB RAM disk")
     by_type = ", ".join(f"{k} {v}" for k, v in sorted(f["requests_by_type"].items()))
     print(f"  requests served      {f['requests']} ({by_type})")
-    sizes = ", ".join(f"{_size(int(k))} x{v}" for k, v in f["request_sizes"].items())
-    print(f"  data bytes           {_fmt(f['data_bytes'])} (request sizes: {sizes})")
+    bins = ", ".join(f"<={_size(int(k))} x{v}" for k, v in
+                     (f.get("request_size_bins") or {}).items())
+    print(f"  data bytes           {_fmt(f['data_bytes'])} (reads and writes by size: {bins}; "
+          f"largest {_size(f.get('largest_request', 0))})")
     if mode == "rtl":
         print(f"  bus bytes            read {_fmt(f['bus_bytes_read'])}, written "
               f"{_fmt(f['bus_bytes_written'])} (m_axi, rings included, read-back included)")
@@ -83,6 +85,7 @@ def print_summary(result: dict, mode: str, total_s: float) -> bool:
         print(f"  device cycles        per request, from the later of kick and previous "
               f"completion: {', '.join(picks) or 'n/a'}")
         print(f"  simulation speed     {_fmt(f['cycles_per_s'], ' cycles/s', 0)} while busy")
+    _print_features(f)
     it = f.get("iotlb")
     if it:
         _print_iotlb(it, mode)
@@ -100,6 +103,41 @@ def print_summary(result: dict, mode: str, total_s: float) -> bool:
           f"({sum(ok for _, ok, _ in checks)}/{len(checks)} checks passed)")
     print("=" * 100)
     return ok_all
+
+
+def _names(bits: int) -> str:
+    from models import spec
+
+    return " ".join(spec.FEATURE_NAMES.get(b, str(b)) for b in range(64) if bits >> b & 1)
+
+
+def _print_features(f: dict) -> None:
+    """Issue 17's lines: features, queue and requests, notifications with and without
+    EVENT_IDX."""
+    neg = f.get("features_negotiated") or []
+    print(f"  features offered     {f.get('features_offered', 0):#x}: "
+          f"{_names(f.get('features_offered', 0))}")
+    for i, bits in enumerate(neg):
+        print(f"  negotiated (boot {i + 1})  {bits:#x}: {_names(bits)} (DriverFeatures read back "
+              "from the device)")
+    dwz = f.get("dwz") or {}
+    ranges = "; ".join(f"{k} " + ", ".join(f"{n * 512 // 1024} KiB at sector {s}"
+                                          for s, n, _ in v) for k, v in dwz.items() if v)
+    print(f"  requests             {_fmt(f.get('indirect_requests'))} of {_fmt(f['requests'])} "
+          f"through an indirect table, up to {_fmt(f.get('descriptors_max'))} descriptors; at "
+          f"most {_fmt(f.get('max_in_flight'))} in flight; {ranges or 'no discard or zeroes'}")
+    for i, w in enumerate(f.get("notify_windows") or []):
+        if w is None:
+            print(f"  notifications        boot {i + 1}: no window (marker requests missing)")
+            continue
+        guest = (f", guest saw {w['guest_interrupts']} interrupts ("
+                 f"{w['guest_interrupts'] / max(w['done'], 1):.3f})"
+                 if "guest_interrupts" in w else "")
+        on = "on " if w["event_idx"] else "off"
+        print(f"  notifications        boot {i + 1}, EVENT_IDX {on}: {w['done']} requests, "
+              f"kicks {w['kicks']} ({w['kicks_per_request']:.3f} per "
+              f"request), interrupts {w['calls']} ({w['interrupts_per_request']:.3f} per request)"
+              f"{guest}; {w['cycle']:,} cycles, {w['time']:.1f} s")
 
 
 def _print_iotlb(it: dict, mode: str) -> None:
@@ -146,20 +184,23 @@ def main(argv: list[str] | None = None) -> int:
                         "its IOTLB and the bridge plays the hypervisor")
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds the guest may take from QEMU's start to power-off "
-                        "(360 in GPA mode, 900 in IOVA mode)")
+                        "(1800; the second boot has 600)")
     parser.add_argument("--miss-timeout", type=float, default=10.0,
                         help="seconds QEMU may take to answer an IOTLB miss before the bridge "
                         "fails it (IOVA mode)")
     parser.add_argument("--axi-model", choices=("fast", "cocotbext"), default="fast",
                         help="m_axi memory model: the benches' fast deterministic memory "
                         "(tb/detmem.py, default) or cocotbext-axi's AxiSlave (slower)")
+    parser.add_argument("--single-boot", action="store_true",
+                        help="skip the second boot (the notification workload without "
+                        "EVENT_IDX)")
     parser.add_argument("--build-dir", type=Path, default=BUILD)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(relativeCreated)9.0fms %(message)s")
     t0 = time.monotonic()
     mode = "model" if args.model else "rtl"
     plan = GuestPlan.for_mode(args.mode)
-    deadline = args.deadline or (900.0 if args.mode == "iova" else 360.0)
+    deadline = args.deadline or 1800.0
     build: Path = args.build_dir
     build.mkdir(parents=True, exist_ok=True)
     try:
@@ -178,13 +219,24 @@ def main(argv: list[str] | None = None) -> int:
     result_path = run_dir / "result.json"
     result_path.unlink(missing_ok=True)
     cfg = {
-        "qemu": qemu_command(kernel, initramfs, "{socket}", args.mode),
+        "qemu": qemu_command(kernel, initramfs, "{socket}", args.mode,
+                             queue_size=plan.queue_size),
         "console": str((run_dir / "console.log").resolve()),
+        # The second boot: the notification workload alone, QEMU's event_idx=off.
+        **({} if args.single_boot else {
+            "qemu2": qemu_command(kernel, initramfs, "{socket}", args.mode,
+                                  queue_size=plan.queue_size, event_idx=False,
+                                  only_notify=True),
+            "console2": str((run_dir / "console-noeventidx.log").resolve()),
+            "checks2": plan.second_boot_checks}),
         "result": str(result_path.resolve()),
         "expected": str(expected.resolve()),
         "checks": plan.checks,
         "io": [[c.size, c.offset] for c in plan.io],
         "disk_bytes": plan.disk_bytes,
+        "plan": {"mark_sectors": list(plan.mark_sectors), "discard": list(plan.discard),
+                 "zeroout": list(plan.zeroout), "min_in_flight": plan.min_queue_depth,
+                 "min_request": plan.max_sectors_kb * 1024},
         "deadline_s": deadline,
         "mode": mode,
         "linux_mode": args.mode,
