@@ -423,13 +423,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = [(c, s) for c in configs for s in (handle_seeds if c.form == "handle" else seeds)]
+    # Round robin over the builds (every build's first seed, then every second seed, ...): a
+    # sweep cut short has every form; the rows are written in build and seed order.
+    seeds_of = {c: handle_seeds if c.form == "handle" else seeds for c in configs}
+    runs = [(c, ss[i]) for i in range(max(map(len, seeds_of.values())))
+            for c, ss in seeds_of.items() if i < len(ss)]
     print(f"fpga-report: {len(configs)} builds, {len(runs)} place-and-route runs, "
           f"{args.jobs} at a time")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         syn = dict(zip(configs, pool.map(lambda c: synthesise(c, args.out, env), configs),
                        strict=True))
-        rows = list(pool.map(lambda cs: place_route(syn[cs[0]], cs[1], env), runs))
+        done = dict(zip(runs, pool.map(lambda cs: place_route(syn[cs[0]], cs[1], env), runs),
+                        strict=True))
+    rows = [done[(c, s)] for c, ss in seeds_of.items() for s in ss]
     (args.out / "report.json").write_text(json.dumps(rows, indent=2) + "\n")
     write_markdown(rows, args.out / "report.md")
     print(f"wrote {args.out / 'report.json'} and {args.out / 'report.md'}")
