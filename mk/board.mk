@@ -4,9 +4,13 @@
 #                       with the YoWASP toolchain from PyPI (BAUD=1000000, BOARD_MEM_BYTES=65536)
 #   make fpga-report    synthesise, place and route the device in every configuration (entries
 #                       256/1024/4096 x data width 32/64/128; forms handle (with the 64-entry
-#                       IOTLB), grant (without) and gpa; seeds 1 and 2): build/board/report.json
-#                       and report.md, about 20 minutes on 2 cores. FPGA_CONFIGS=64x1024 FPGA_SEEDS=1,2,3,4 FPGA_JOBS=1 narrow or
-#                       widen it; FPGA_OUT=build/fpga-seeds writes elsewhere (default build/board)
+#                       IOTLB), grant (without) and gpa; seeds 1 and 2) and, at 64 x 1024, the
+#                       feature forms (handle with issue 17's features left out: no-indirect,
+#                       no-event-idx, no-limits, no-dwz, none): build/board/report.json and
+#                       report.md. FPGA_CONFIGS=64x1024 FPGA_SEEDS=1,2,3,4 FPGA_JOBS=1
+#                       FPGA_FORMS=handle,none FPGA_FEATURE_CONFIGS=32x256 narrow or widen it;
+#                       FPGA_HANDLE_SEEDS=1,2,3,4,5,6,7,8,9,10 gives the handle form its own
+#                       seeds (a ten-seed median); FPGA_OUT=build/fpga-seeds writes elsewhere
 #   make board-sim      the long UART-link co-simulation (full demo workload, both modes)
 #   make verilog-template  build/virtio_blk_handle.v plus build/virtio_blk_handle_inst.v
 #
@@ -17,6 +21,9 @@ BAUD            ?= 1000000
 BOARD_MEM_BYTES ?= 65536
 FPGA_CONFIGS    ?= 32x256,32x1024,32x4096,64x256,64x1024,64x4096,128x256,128x1024,128x4096
 FPGA_SEEDS      ?= 1,2
+FPGA_HANDLE_SEEDS ?= $(FPGA_SEEDS)
+FPGA_FORMS      ?= handle,grant,gpa,no-indirect,no-event-idx,no-limits,no-dwz,none
+FPGA_FEATURE_CONFIGS ?= 64x1024
 FPGA_JOBS       ?= 2
 FPGA_OUT        ?= build/board
 
@@ -32,7 +39,8 @@ board: $(BOARD_STAMP)
 
 fpga-report: $(BOARD_STAMP)
 	$(PY) -m rtl.board.report --out $(FPGA_OUT) --configs $(FPGA_CONFIGS) \
-	  --seeds $(FPGA_SEEDS) --jobs $(FPGA_JOBS)
+	  --seeds $(FPGA_SEEDS) --handle-seeds $(FPGA_HANDLE_SEEDS) --forms $(FPGA_FORMS) \
+	  --feature-configs $(FPGA_FEATURE_CONFIGS) --jobs $(FPGA_JOBS)
 
 board-sim: $(STAMP) check-sim
 	VHB_BOARD_LONG=1 $(PY) -m pytest -q -n $(JOBS) tests/test_board_sim.py

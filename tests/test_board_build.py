@@ -1,6 +1,8 @@
 """The board build's plumbing without running the FPGA toolchain: the ULX3S design elaborates
 with its pins, the GPA-only device elaborates without a grant table, the report's parsers read
-the tools' outputs, and the Verilog instantiation template compiles against the device."""
+the tools' outputs, the report's feature forms leave out the features they name and its
+Markdown shows their cost, and the Verilog instantiation template compiles against the
+device."""
 
 from __future__ import annotations
 
@@ -10,7 +12,16 @@ import subprocess
 import pytest
 from amaranth.back import rtlil
 
-from rtl.board.report import _blocks, cell_counts, critical_path_summary
+from models import spec
+from rtl.board.report import (
+    FEATURE_FORMS,
+    Config,
+    _blocks,
+    cell_counts,
+    critical_path_summary,
+    main,
+    write_markdown,
+)
 from rtl.board.top import BoardTop
 from rtl.export import main as export_main
 from rtl.top import VirtioBlkHandle
@@ -79,6 +90,63 @@ def test_report_parsers():
     s = critical_path_summary(path)
     assert s["blocks"] == ["xlate", "hv", "dma", "engine"]
     assert s["logic_levels"] == 1 and s["total_ns"] == 7.8
+
+
+ALL_ON = (spec.BASE_FEATURES | 1 << spec.VIRTIO_F_INDIRECT_DESC
+          | 1 << spec.VIRTIO_RING_F_EVENT_IDX | 1 << spec.VIRTIO_BLK_F_SEG_MAX
+          | 1 << spec.VIRTIO_BLK_F_SIZE_MAX | 1 << spec.VIRTIO_BLK_F_BLK_SIZE
+          | 1 << spec.VIRTIO_BLK_F_DISCARD | 1 << spec.VIRTIO_BLK_F_WRITE_ZEROES)
+LEFT_OUT = {  # the feature bits (GPA mode) each feature form does not offer
+    "no-indirect": 1 << spec.VIRTIO_F_INDIRECT_DESC,
+    "no-event-idx": 1 << spec.VIRTIO_RING_F_EVENT_IDX,
+    "no-limits": 1 << spec.VIRTIO_BLK_F_SEG_MAX | 1 << spec.VIRTIO_BLK_F_SIZE_MAX,
+    "no-dwz": 1 << spec.VIRTIO_BLK_F_DISCARD | 1 << spec.VIRTIO_BLK_F_WRITE_ZEROES,
+    "none": ALL_ON & ~spec.BASE_FEATURES,
+}
+
+
+@pytest.mark.parametrize("form", ["handle", "grant", "gpa", *LEFT_OUT])
+def test_report_forms_offer_what_they_name(form):
+    """Each form's device offers every feature but the ones its name leaves out (the bits the
+    built device's Features object offers, with the IOTLB of the form)."""
+    cfg = Config(64, 1024, form)
+    dev = cfg.device()
+    assert dev.features.offered(spec.DEFAULT_QUEUE_NUM_MAX) == ALL_ON & ~LEFT_OUT.get(form, 0)
+    assert cfg.feature_set == (form if form in LEFT_OUT else "all")
+    assert dev.iotlb_entries == (0 if form in ("grant", "gpa") else spec.DEFAULT_IOTLB_ENTRIES)
+    assert dev.translation == (form != "gpa")
+    assert set(FEATURE_FORMS) == set(LEFT_OUT)
+
+
+def _row(form, seed, lut4, ff, dp16kd, fmax):
+    cfg = Config(64, 1024, form)
+    return {"entries": 1024, "data_width": 64, "form": form, "features": cfg.feature_set,
+            "seed": seed, "lut4": lut4, "ff": ff, "dp16kd": dp16kd, "fmax_mhz": fmax,
+            "lut4_no_disk": lut4 - 100, "lut4_blocks": {"engine": 10},
+            "critical_path": {"from": "a", "to": "b", "blocks": ["engine"], "logic_levels": 3,
+                              "logic_ns": 4.0, "routing_ns": 5.0, "total_ns": 9.0}}
+
+
+def test_report_markdown_shows_each_feature_cost(tmp_path):
+    rows = [_row("handle", s, 5000, 4000, 60, f) for s, f in
+            zip(range(1, 6), (90.0, 80.0, 100.0, 85.0, 95.0), strict=True)]
+    rows += [_row("no-indirect", 1, 4700, 3800, 60, 99.0),
+             _row("no-indirect", 2, 4700, 3800, 60, 97.0),
+             _row("none", 1, 4000, 3500, 58, 101.0)]
+    md = tmp_path / "report.md"
+    write_markdown(rows, md)
+    text = md.read_text()
+    # handle minus the form; medians 90.0 (five seeds) and 98.0 (two)
+    assert "| 64 | 1024 | no-indirect | +300 | +200 | +0 | 90.0 (n=5) / 98.0 (n=2) | " \
+           "99.0, 97.0 |" in text
+    assert "| 64 | 1024 | none | +1000 | +500 | +2 | 90.0 (n=5) / 101.0 (n=1) | 101.0 |" in text
+    assert "| 64 | 1024 | handle | 5000 | 4900 | 4000 | 60 |" in text
+    assert "64-bit, 1024 entries, handle, seed 5 (95.0 MHz)" in text  # every seed's path
+
+
+def test_report_rejects_unknown_form(capsys):
+    assert main(["--forms", "handle,no-such", "--out", "/nonexistent/never"]) == 2
+    assert "unknown form 'no-such'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs Icarus Verilog")
