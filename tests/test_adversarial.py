@@ -67,10 +67,18 @@ def structural_bound(case: Case, world: World) -> int:
     bytes in bursts (at least one per page), plus the used element and index, and a poll per
     round. A device that spins or re-reads without end exceeds it."""
     b = spec.burst_bytes(world.data_width)
-    per_desc = sum(-(-ln // b) + ln // PAGE + 2 for _, _, ln, _, _ in case.descs if ln)
+    # (indirect tables' entries are descriptors too; an indirect descriptor is read, not
+    # counted, and a descriptor that straddles a page boundary is read as two bursts)
+    entries = list(case.descs) + [e for _, table in case.tables for e in table]
+    per_desc = sum(-(-ln // b) + ln // PAGE + 2 for _, _, ln, _, _ in entries if ln)
     n = max(case.queue.n, 1) if case.queue.n <= world.queue_num_max else 1
+    reads = min(n, 0xFFFF) + 1
+    if case.tables:
+        reads = 2 * (reads + len(case.tables))
     chains = max(len(case.heads), 1)
-    return 4 + chains * (4 + min(n, 0xFFFF) + 1 + per_desc + 2) + chains
+    # EVENT_IDX: a used_event read a round, and an avail_event write and one more poll
+    events = 3 * (chains + 1)
+    return 4 + chains * (4 + reads + per_desc + 2) + chains + events
 
 
 def page_monitor(rs: ReferenceStream, *, moved: int = 0):
@@ -778,7 +786,8 @@ def test_issue17_categories(mode):
         "not_negotiated"}
     assert causes["indirect_bad"] == {spec.FAULT_BAD_CHAIN}
     assert causes["indirect_ok"] == causes["event_idx"] == causes["limits"] == {0}
-    assert causes["discard_zeroes"] == {0}
+    # (one layout puts the status byte in a read-only page: a device write, cause 5)
+    assert 0 in causes["discard_zeroes"] <= {0, spec.FAULT_READONLY}
     assert causes["indirect_fault"] == TABLE_FAULT_CAUSES[mode], causes["indirect_fault"]
     assert causes["event_fault"] == EVENT_FAULT_CAUSES[mode], causes["event_fault"]
     assert {"table any", "table cross"} <= {n for c, n in notes if c == "indirect_ok"}
@@ -851,7 +860,10 @@ def test_issue17_not_offered():
         case = generate(ch, world, i)
         out = rs.run(case)
         assert check_expectation(case, out) is None
-    case = generate(ch, world, 20, "discard_zeroes")
-    out = rs.run(case)
-    assert check_expectation(case, out) is None
-    assert spec.VIRTIO_BLK_S_UNSUPP in {c[2] for c in out.completions}
+    statuses = set()
+    for i in range(20, 40):  # (some layouts fault before a completion: a read-only status)
+        case = generate(ch, world, i, "discard_zeroes")
+        out = rs.run(case)
+        assert check_expectation(case, out) is None
+        statuses |= {c[2] for c in out.completions}
+    assert spec.VIRTIO_BLK_S_UNSUPP in statuses
