@@ -1090,6 +1090,8 @@ def gen_indirect_bad(ch: Chooser, w: World, index: int) -> Case:
     if what == "nested":
         k = ch.choice(chain)
         i, a, ln, fl, nx = entries[k]
+        if ch.bool():  # a well-formed indirect descriptor but for being in a table
+            ln, fl = 16 * ch.int(1, 4), fl & ~spec.VIRTQ_DESC_F_NEXT
         entries[k] = (i, a, ln, fl | IND, nx)
         addr = i
     elif what == "outside":
