@@ -41,7 +41,7 @@ RUNS = [
     # the end; and a stream whose every case negotiates INDIRECT_DESC and EVENT_IDX
     ("stream-w64-handle-i17", "test_stream", 64, {"seed": 51, "cases": 60, "only": ISSUE17}),
     ("stream-w64-iova-i17", "test_stream", 64,
-     {"seed": 52, "cases": 40, "iova": True, "only": ISSUE17}),
+     {"seed": 52, "cases": 50, "iova": True, "only": ISSUE17}),
     ("stream-w32-gpa-i17-pause", "test_stream", 32,
      {"seed": 53, "cases": 40, "handle_mode": False, "pause": 0.2, "only": ISSUE17}),
     ("stream-w64-handle-negotiated", "test_stream", 64,
