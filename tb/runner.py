@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from cocotb_tools.check_results import get_results
@@ -47,27 +47,20 @@ VERILATOR_MAKE_ARGS = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O2", "OPT_SLOW=
 
 
 @dataclass(frozen=True)
-class DeviceConfig:
+class DeviceConfig(Features):
+    """A device build: the geometry below and issue 17's features, inherited from
+    :class:`models.features.Features` (its fields, all on by default)."""
+
     data_width: int = spec.DEFAULT_DATA_WIDTH
     entries: int = spec.DEFAULT_ENTRIES
     queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX
     disk_bytes: int = spec.DEFAULT_DISK_BYTES
     iotlb_entries: int = spec.DEFAULT_IOTLB_ENTRIES
     translation: bool = True  # False: the GPA-only device (VirtioBlkHandle(translation=False))
-    # issue 17's features (models.features.Features; all on by default)
-    indirect: bool = True
-    event_idx: bool = True
-    seg_max: int | None = None
-    size_max: int = spec.DEFAULT_SIZE_MAX
-    blk_size: bool = True
-    discard: bool = True
-    write_zeroes: bool = True
 
     @property
     def features(self) -> Features:
-        return Features(indirect=self.indirect, event_idx=self.event_idx, seg_max=self.seg_max,
-                        size_max=self.size_max, blk_size=self.blk_size, discard=self.discard,
-                        write_zeroes=self.write_zeroes)
+        return Features(**{f.name: getattr(self, f.name) for f in fields(Features)})
 
     @property
     def tag(self) -> str:
