@@ -5,9 +5,10 @@ ring, chain walk (pass 1, into a descriptor cache), then header, data, status, u
 used index (pass 2), one part of the FSM per step (``poll``, ``chain_walker``, ``header_reader``,
 ``request_decoder``, ``data_mover``, ``zeroer``, ``completion_writer``, and ``halt`` after a
 fault). Issue 17's features (docs/architecture.md "Features a build offers") sit in those parts:
-the walker follows an indirect table (TABLE, then the table's entries through the same
-DESC_WAIT/DESC_CHECK as the ring's, with QueueDesc's X operand replaced by the table's address)
-and marks a chain over the limits; the decoder routes a DISCARD/WRITE_ZEROES segment into the
+the walker reads an indirect table whole, as one DMA read, into the table buffer (TABLE,
+TABLE_ISSUE, TBL_WAIT), then takes its entries out of the buffer into the capture register
+(TBL_LOAD) and through the same DESC_CHECK/DESC_NEXT as the ring's, and marks a chain over the
+limits; the decoder routes a DISCARD/WRITE_ZEROES segment into the
 capture register like OUT data, and ``zeroer`` checks it and hands the DMA engine a zero command;
 ``poll`` writes avail_event before going idle and ``completion_writer`` reads used_event once a
 round (EVENT_IDX). A feature the build leaves out elaborates to nothing. Every
