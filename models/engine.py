@@ -166,12 +166,16 @@ class RingEngine:
         ring = virtio.SplitRing(n)
         base, limit, in_table = self.queue_desc, n, False  # the table being walked
         i = head
+        table = None
         while True:
             if i >= limit:
                 raise self._fault(spec.FAULT_BAD_CHAIN, i)
             if len(descs) + 1 > n:  # descriptor number N + 1: a loop
                 raise self._fault(spec.FAULT_BAD_CHAIN, i)
-            raw = self.dma_read((base + ring.desc(i)) & _U64, virtio.DESC.size)
+            if table is not None:
+                raw = table[16 * i:16 * i + 16]
+            else:
+                raw = self.dma_read((base + ring.desc(i)) & _U64, virtio.DESC.size)
             addr, length, flags, nxt = virtio.DESC.unpack(raw)
             if flags & spec.VIRTQ_DESC_F_INDIRECT:
                 # Section 2.7.5.3.1: only with the feature, one table per descriptor, never
@@ -183,6 +187,7 @@ class RingEngine:
                     raise self._fault(spec.FAULT_BAD_CHAIN, i)
                 # Its WRITE flag is ignored (section 2.7.5.3.2); it moves no byte.
                 base, limit, in_table = addr, length // spec.DESC_BYTES, True
+                table = self.dma_read(addr, length)
                 i = 0
                 continue
             d = Descriptor(i, addr, length, flags, nxt, in_table)
