@@ -108,6 +108,18 @@ def burst_window(m, rem, nxt_lo, lb):
     return end, reaches, fits, window_next
 
 
+def next_page_fields(vpn, high, ref_bits):
+    """Fmax: ``lookup_fields(vpn + 1)``'s ``high`` and ``handle`` without the 52-bit carry
+    chain (a path of its own), from page ``vpn`` and its ``high`` (combinational): bits
+    ``ref_bits``..50 (the reference above the index) of the next page are zero when they are
+    all zero and receive no carry, or all ones and receive one; bit 63 flips when the carry
+    runs through them."""
+    page = VirtualPage(vpn)
+    carry_in = page.ref[:ref_bits].all()
+    mid_all = page.ref[ref_bits:].all()
+    return Mux(carry_in, ~mid_all, high), page.handle ^ (carry_in & mid_all)
+
+
 def _combine(m, ge_rot, lo, hi):
     """Lanes >= rot (``ge_rot``) from ``lo``, the others from ``hi``: a beat's two local
     words as one (combinational)."""
@@ -370,11 +382,16 @@ class DmaEngine(wiring.Component):
         return self._len_bits
 
     def elaborate(self, platform):
+        """The parts, in the order of a command: translation requests, command acceptance
+        (IDLE), the burst splitter (ADDR), the burst issue (ISSUE, XLATE, XKEEP, RADDR), the
+        write pipeline (WADDR), the read path (RDATA), the zero command (ZERO), responses and
+        the drain (DRAIN), the ending (``finish``, the fault address). Each adds its datapath,
+        then the FSM gets the states of each, in the order of the tuple below (the state
+        encoding). Where a register is assigned both in a datapath and in a state, the state
+        wins (it comes later); the zero command comes after the read path, whose disk write
+        registers it overrides."""
         m = Module()
         e = _Shared(self)
-        # The datapath of each part, then the FSM: each part adds its states, in the order of
-        # the tuple (the state encoding). A part that drives a register in a state must come
-        # before the FSM in which that state's assignment takes priority.
         self._lookup_requests(m, e)
         accept = self._command_acceptance(m, e)
         split = self._burst_splitter(m, e)
@@ -396,8 +413,9 @@ class DmaEngine(wiring.Component):
         three cycles later), at the current one in XLATE, else at the ring engine's next
         command (``pre``, one cycle before the accept). Only the state steers the read
         address; ``keep`` says which lookup counts: the command's in its accept cycle, XKEEP's,
-        the next page's (``keep_next``, the cycle after its address handshake). ``waiting``
-        is high in the cycle after a kept lookup, until its verdict is registered."""
+        the next page's (``keep_next``, the cycle after its address handshake). ``waiting``:
+        a lookup was kept in the last cycle, its verdict is not yet registered (never for the
+        GPA-only device, whose answers are constants)."""
         R, LS, lk, ring, c = e.R, e.LS, e.lk, e.ring, e.c
         in_idle, write, a_phase = e.in_idle, e.write, e.a_phase
         cur_lo, cur_hi, nxt_lo, nxt_hi = e.cur_lo, e.cur_hi, e.nxt_lo, e.nxt_hi
@@ -456,8 +474,8 @@ class DmaEngine(wiring.Component):
         W, lw, wb, c, cmd = e.W, e.lw, e.wb, e.c, e.cmd
         nxt_lo, word = e.nxt_lo, e.word
         m.d.comb += e.word_inc.eq(Mux(word == e.last_word, 0, word + 1))
-        # What single states use is computed outside the FSM (a comb assignment inside a state
-        # would AND each bit with the state). IDLE's:
+        # Area: what single states use is computed outside the FSM (a comb assignment inside a
+        # state would AND each bit with the state). IDLE's:
         lo = Mux(c.cont, nxt_lo, c.vaddr[:12])
         diff = Signal(self._len_bits + 1)
         end_lane = Signal(lw)
@@ -509,22 +527,14 @@ class DmaEngine(wiring.Component):
         int_ref, key, arlen, w_cnt, next_high = e.int_ref, e.key, e.arlen, e.w_cnt, e.next_high
         nxt_hi_inc = Signal(52)
         m.d.comb += nxt_hi_inc.eq(nxt_hi + 1)
-        # Fmax: lookup_fields(nxt_hi + 1) without the 52-bit carry chain (a path of its own):
-        # bits R..50 (the reference above the index) of the next page are zero when they are
-        # all zero and receive no carry, or all ones and receive one; bit 63 flips when the
-        # carry runs through them.
-        nxt_page = VirtualPage(nxt_hi)
-        carry_in = nxt_page.ref[:R].all()
-        mid_all = nxt_page.ref[R:].all()
-        inc_high = Mux(carry_in, ~mid_all, e.nxt_high)
-        inc_handle = nxt_page.handle ^ (carry_in & mid_all)
+        inc_high, inc_handle = next_page_fields(nxt_hi, e.nxt_high, R)
 
         end, reaches, fits, window_next = burst_window(m, rem, nxt_lo, lb)
         inc_hi = Signal()  # the burst set up in the last cycle ends its page
         m.d.sync += inc_hi.eq(0)
         with m.If(inc_hi):
             m.d.sync += [nxt_hi.eq(nxt_hi_inc), e.nxt_high.eq(e.next_high)]
-        # ADDR's (outside the FSM, see IDLE's)
+        # Area: ADDR's (outside the FSM, see IDLE's)
         first_m1 = Signal(lw + 1)  # the first byte's lane, minus one
         first_room = Signal(lw + 1)
         m.d.comb += [first_m1.eq(nxt_lo[:lw] - 1), first_room.eq(e.W - nxt_lo[:lw])]
@@ -562,15 +572,16 @@ class DmaEngine(wiring.Component):
         return states
 
     def _burst_issue(self, m, e):
-        """The address phase (ISSUE, then RADDR or WADDR until the handshake ``h``): ISSUE is
-        the cycle after ADDR, in which the burst's page verdict is in the translation unit's
-        registers; the address goes out (valid raised) in that cycle if the verdict allows it
-        and the order rule does (a read waits for every posted write's response, a write for
-        a free response slot), and is held until the handshake. A failed check ends the
-        command in ISSUE, with no valid raised; a stale verdict (the table changed) is looked
-        up again (XLATE reads the table, XKEEP keeps the lookup, ISSUE waits for its verdict).
-        RADDR holds ``arvalid``; the handshake moves to RDATA. The burst's address is
-        ``burst_addr``, kept in ``b_addr`` for a fault report."""
+        """The burst issue (ISSUE, then RADDR or WADDR until the address handshake ``h``).
+        ISSUE, from the cycle after ADDR, waits while the burst's page verdict is not yet
+        registered (``waiting``; with an IOTLB, while it misses); then the address goes out
+        in that cycle if the verdict allows it and the order rule does (a read waits for every
+        posted write's response, a write for a free response slot), and is held until the
+        handshake. A failed check ends the command in ISSUE, with no valid raised; a stale
+        verdict (the table changed) is looked up again (XLATE reads the table, XKEEP keeps the
+        lookup, ISSUE waits for its verdict). RADDR holds ``arvalid``; a read's handshake
+        moves to RDATA. The burst's address is ``burst_addr``, kept in ``b_addr`` for a fault
+        report."""
         lw, lk, axi, write = e.lw, e.lk, e.axi, e.write
         waiting, int_ref, key, cur_hi, nxt_hi = e.waiting, e.int_ref, e.key, e.cur_hi, e.nxt_hi
         in_issue, in_raddr, in_waddr, aw_sent = e.in_issue, e.in_raddr, e.in_waddr, e.aw_sent
@@ -664,7 +675,8 @@ class DmaEngine(wiring.Component):
         (WADDR: the burst is handed over once the address and the last beat are); S1 waits for
         the RAM disk's two-cycle read, S2 rotates the beat into bus lanes (the one
         :func:`lane_rotator`, ``rotated``, shared with reads) and pushes it into the W FIFO
-        (block RAM): a beat issued at ``h + j`` leaves on the W channel at ``h + 4 + j``."""
+        (block RAM): a beat issued at ``h + j`` leaves on the W channel at ``h + 4 + j``
+        (with no back-pressure)."""
         W, lw, axi, disk, ones = e.W, e.lw, e.axi, e.disk, e.ones
         word, word_inc, ge_rot, to_disk = e.word, e.word_inc, e.ge_rot, e.to_disk
         first_beat, w_active, w_cnt, w_one = e.first_beat, e.w_active, e.w_cnt, e.w_one
@@ -747,8 +759,9 @@ class DmaEngine(wiring.Component):
         once (``cap_we``, the ring engine reads it in the next cycle), to the RAM disk or the
         ring engine's table buffer one cycle later, from registers (area and Fmax: the disk's
         block RAMs are spread over the die; the disk is never read and written by commands in
-        flight together). The burst ends with its last beat (``rlast``); a bus error on any
-        beat ends the command then with FAULT_BUS_ERROR, and no later beat is written."""
+        flight together). The burst ends with its last beat (``rlast``); from a beat with a
+        bus error on, no beat is written, and the command ends with the burst's last beat,
+        with FAULT_BUS_ERROR."""
         W, ones, axi, ring, disk = e.W, e.ones, e.axi, e.ring, e.disk
         word, word_inc, ge_rot, rotated = e.word, e.word_inc, e.ge_rot, e.rotated
         r_take, r_last, to_disk, to_tbl = e.r_take, e.r_last, e.to_disk, e.to_tbl
@@ -822,8 +835,8 @@ class DmaEngine(wiring.Component):
         """Write responses and the drain (DRAIN): :func:`posted_responses` remembers each
         accepted write address until its response; a drain is done in ``max(a + 1, b + 1)``,
         ``b`` the last outstanding response's cycle, with FAULT_BUS_ERROR if one failed since
-        the last drain (its address in ``werr_addr``). Also ``busy`` and the status
-        counters."""
+        the last drain or reset (the first one's address in ``werr_addr``). Also ``busy`` and
+        the status counters."""
         axi, ring = e.axi, e.ring
         bq, werr, e.werr_addr, e.werr_clear, posted, e.bq_full = posted_responses(
             m, axi, e.burst_addr)
