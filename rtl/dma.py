@@ -245,8 +245,8 @@ class _Shared:
         self.b_final = Signal()  # the burst ends the command
         self.b_cross = Signal()  # ... or ends on a page boundary (the next burst needs a lookup)
         self.arlen = Signal(8)
-        # physical address of the burst in flight (bus error reports); no domain reset, so that
-        # the flip-flops' reset is free to clear it (see DmaEngine._ending)
+        # physical address of the burst in flight (bus error reports); area: no domain reset,
+        # so that the flip-flops' reset is free to clear it (see DmaEngine._ending)
         self.b_addr = Signal(64, reset_less=True)
         self.b_err = Signal()
         self.next_high = Signal()  # the next page's lookup fields
@@ -261,7 +261,6 @@ class _Shared:
         self.fresh = Signal()  # the answer is a lookup made for this burst (statistics)
         # The state, as flags for the datapath
         self.in_idle = Signal()
-        self.in_issue = Signal()
         self.in_xlate = Signal()
         self.in_xkeep = Signal()
         self.in_raddr = Signal()
@@ -272,16 +271,14 @@ class _Shared:
         self.aw_sent = Signal()
         self.a_hs = Signal()
         # Beats
-        self.r_take = Signal()  # a good read beat arrives (this cycle)
-        self.r_last = Signal()  # ... the command's last
         self.w_active = Signal()  # beats of the current write burst still to issue
         self.w_start = Signal()  # the burst's address cycle lets its beats start
         self.w_cnt = Signal(8)  # beats left to issue - 1
         self.w_one = Signal()  # ... is 0: the next beat is the burst's last
         self.w_last_issue = Signal()
         self.occ = Signal(range(W_FIFO_DEPTH + 1))  # beats in S1, S2 and the W FIFO
-        # The RAM disk's write port (registers with no domain reset: they follow the beat in
-        # every cycle, and the flip-flops' reset is then free to clear the enables)
+        # The RAM disk's write port; area: registers with no domain reset (they follow the beat
+        # in every cycle, and the flip-flops' reset is then free to clear the enables)
         self.d_word = Signal(wb, reset_less=True)
         self.d_data = Signal(8 * W, reset_less=True)
         self.d_en_lo = Signal(W, reset_less=True)
@@ -584,7 +581,8 @@ class DmaEngine(wiring.Component):
         report."""
         lw, lk, axi, write = e.lw, e.lk, e.axi, e.write
         waiting, int_ref, key, cur_hi, nxt_hi = e.waiting, e.int_ref, e.key, e.cur_hi, e.nxt_hi
-        in_issue, in_raddr, in_waddr, aw_sent = e.in_issue, e.in_raddr, e.in_waddr, e.aw_sent
+        in_raddr, in_waddr, aw_sent = e.in_raddr, e.in_waddr, e.aw_sent
+        in_issue = Signal()
         burst_addr = e.burst_addr = Signal(64)
         # (with a failed check, the virtual address: no valid goes out with it, and b_addr
         # keeps it as the fault's address)
@@ -764,7 +762,9 @@ class DmaEngine(wiring.Component):
         with FAULT_BUS_ERROR."""
         W, ones, axi, ring, disk = e.W, e.ones, e.axi, e.ring, e.disk
         word, word_inc, ge_rot, rotated = e.word, e.word_inc, e.ge_rot, e.rotated
-        r_take, r_last, to_disk, to_tbl = e.r_take, e.r_last, e.to_disk, e.to_tbl
+        to_disk, to_tbl = e.to_disk, e.to_tbl
+        r_take = Signal()  # a good beat arrives (this cycle)
+        r_last = Signal()  # ... the command's last
         d_word, d_data, d_en_lo, d_en_hi = e.d_word, e.d_data, e.d_en_lo, e.d_en_hi
         local_mask = Signal(W)  # the read beat's local lanes that carry command bytes
         m.d.comb += local_mask.eq(Mux(e.first_beat, e.first_local, ones)
