@@ -232,8 +232,24 @@ def _good_request(b: _CaseBuilder, *, kinds: Sequence[str] | None = None,
     return _Req(segs, status)
 
 
+def _link(ch: Chooser, idx: Sequence[int], segs: Sequence[Seg]) -> list[Desc]:
+    """``segs`` as one chain in descriptors ``idx`` (in order): WRITE from the segment, NEXT
+    and ``next`` to the following one; the last one's ``next`` sometimes garbage."""
+    out = []
+    for k, s in enumerate(segs):
+        flags = (spec.VIRTQ_DESC_F_WRITE if s.write else 0) | s.flags
+        nxt = 0
+        if k + 1 < len(segs):
+            flags |= spec.VIRTQ_DESC_F_NEXT
+            nxt = idx[k + 1]
+        elif ch.bool(0.2):
+            nxt = ch.int(0, 0xFFFF)  # garbage in `next` without NEXT: ignored
+        out.append((idx[k], s.addr & U64, s.len, flags, nxt))
+    return out
+
+
 def _chain(ch: Chooser, n: int, segs: Sequence[Seg], used: set[int] | None = None
-           ) -> tuple[int, list[tuple[int, int, int, int, int]]]:
+           ) -> tuple[int, list[Desc]]:
     """Assign descriptor indices (distinct, < n, not in ``used``) and NEXT links."""
     used = set() if used is None else used
     free = [i for i in range(n) if i not in used]
@@ -248,17 +264,7 @@ def _chain(ch: Chooser, n: int, segs: Sequence[Seg], used: set[int] | None = Non
             i = ch.choice([f for f in free if f not in idx])
             idx.append(i)
     used.update(idx)
-    out = []
-    for k, s in enumerate(segs):
-        flags = (spec.VIRTQ_DESC_F_WRITE if s.write else 0) | s.flags
-        nxt = 0
-        if k + 1 < len(segs):
-            flags |= spec.VIRTQ_DESC_F_NEXT
-            nxt = idx[k + 1]
-        elif ch.bool(0.2):
-            nxt = ch.int(0, 0xFFFF)  # garbage in `next` without NEXT: ignored
-        out.append((idx[k], s.addr & U64, s.len, flags, nxt))
-    return idx[0], out
+    return idx[0], _link(ch, idx, segs)
 
 
 def _assemble(ch: Chooser, w: World, index: int, category: str, expect: Expect,
@@ -973,16 +979,7 @@ def _lay_table(b: _CaseBuilder, segs: Sequence[Seg], *, extra: int = 0,
     if not sequential:
         random.Random(ch.seed()).shuffle(rest)
     idx = [0, *rest[:len(segs) - 1]]
-    entries: list[Desc] = []
-    for k, s in enumerate(segs):
-        flags = (spec.VIRTQ_DESC_F_WRITE if s.write else 0) | s.flags
-        nxt = 0
-        if k + 1 < len(segs):
-            flags |= spec.VIRTQ_DESC_F_NEXT
-            nxt = idx[k + 1]
-        elif ch.bool(0.2):
-            nxt = ch.int(0, 0xFFFF)  # garbage in `next` without NEXT: ignored
-        entries.append((idx[k], s.addr & U64, s.len, flags, nxt))
+    entries = _link(ch, idx, segs)
     junk = random.Random(ch.seed())
     for j in sorted(set(range(t)) - set(idx)):
         entries.append((j, junk.getrandbits(64), junk.getrandbits(32), junk.getrandbits(16),
