@@ -101,8 +101,7 @@ async def run_on_both(pair: Pair, ref_sess: Session, rtl_sess: Session,
 
 
 def used_index_writes(pair: Pair, n_rec: int, driver: VirtioBlkDriver) -> list[int]:
-    """The response cycles of the RTL's writes of ``driver``'s used index, from the monitor's
-    record ``n_rec`` on."""
+    """The response cycles of the RTL's writes of ``driver``'s used index, from record ``n_rec``."""
     used_idx_addr = driver.used_buf.phys(2)
     return [r.resp_cycle for r in pair.tb.monitor.records[n_rec:]
             if r.kind == "W" and r.addr == used_idx_addr]
@@ -111,11 +110,10 @@ def used_index_writes(pair: Pair, n_rec: int, driver: VirtioBlkDriver) -> list[i
 async def timed_batch(pair: Pair, ref_sess: Session, rtl_sess: Session, reqs: list[BlkRequest],
                       *, settle: int, before_kick=None, what: str = ""
                       ) -> tuple[list[BlkResult], int]:
-    """``reqs`` as one batch on the reference, then submitted on the RTL and notified once
-    (``before_kick()`` just before the notify); the completions must match, and the RTL must
-    write the used index once per request. ``settle`` cycles are waited after the last
-    completion (the closing poll, then idle). Returns the RTL's results and the cycles from
-    the notify to the last used-index write's response."""
+    """``reqs`` as one batch on the reference, then on the RTL, notified once (``before_kick()``
+    just before); the completions must match, one used-index write per request. Waits
+    ``settle`` cycles (the closing poll, then idle). Returns the RTL's results and the cycles
+    from the notify to the last used-index write's response."""
     mon = pair.tb.monitor
     n_rec, n_notify = len(mon.records), len(mon.notify_cycles)
     ref_res = await ref_sess.driver.run_batch(reqs)
