@@ -276,9 +276,8 @@ def tools_missing() -> bool:
 
 
 def apply_mutant(file: str, name: str, old: str, new: str) -> types.ModuleType:
-    """``rtl/<file>`` with mutant ``name``'s change (``old``, which must be in it exactly once,
-    replaced by ``new``), run from an in-memory copy as a module of ``rtl``: ``rtl/`` is not
-    written."""
+    """``rtl/<file>`` with mutant ``name``'s change (``old``, there exactly once, by ``new``),
+    run from an in-memory copy as a module of ``rtl``; ``rtl/`` is not written."""
     path = ROOT / "rtl" / file
     source = path.read_text()
     if source.count(old) != 1:
@@ -304,8 +303,8 @@ def mutant_parser(doc: str, *, entries: int, tasks: list[str], mutants: dict
     return ap
 
 
-def summary(ok: bool, tasks: int, t0: float, name: str = "",
-            passed: str = "all proofs passed") -> int:
+def summary(ok: bool, tasks: int, t0: float, name: str = "", passed: str = "all proofs passed"
+            ) -> int:
     """Print the closing line (``name`` first, then ``passed`` or FAILED, the tasks and the time
     since ``t0``); returns the exit status."""
     print(f"formal: {name}{passed if ok else 'FAILED'} "
@@ -315,11 +314,10 @@ def summary(ok: bool, tasks: int, t0: float, name: str = "",
 
 def run_proof(args: argparse.Namespace, name: str, job, what: dict[str, str], *, title: str,
               passed: str, width: int = 5, why=None) -> int:
-    """Run ``args.tasks`` on the RTL as it is, then the ``bmc`` task on each of
-    ``args.mutants`` (each must FAIL). ``job(mutant, task)`` writes a task's files and returns
-    its ``.sby`` file and depth; ``what[task]`` names the check, ``why(log)`` where a mutant
-    failed. Prints each verdict (:func:`report_task`) and the closing line (:func:`summary`);
-    returns the exit status."""
+    """Run ``args.tasks`` on the RTL as it is, then ``bmc`` on each of ``args.mutants`` (each
+    must FAIL). ``job(mutant, task)`` writes a task's files and returns its ``.sby`` file and
+    depth; ``what[task]`` names the check, ``why(log)`` where a mutant failed. Prints each
+    verdict (:func:`report_task`) and the closing line; returns the exit status."""
     if tools_missing():
         return 2
     t0 = time.monotonic()

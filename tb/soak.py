@@ -32,14 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tb.runner import ROOT, DeviceConfig, build, run
-from verif.campaign import (
-    Outcome,
-    Shard,
-    Store,
-    add_where_options,
-    run_campaign,
-    unwind_on_sigterm,
-)
+from verif.campaign import Outcome, Shard, Store, add_where_options, run_campaign, unwind_on_sigterm
 
 # (weight, test, data width, params, share of --per-stream)
 KINDS = [
