@@ -224,7 +224,9 @@ class DmaEngine(wiring.Component):
         ``r_last_beat``: the last beat of a read burst arrives (the ``done`` of a one-burst
         read, unless it fails), one gate from the bus. ``busy``: a command or a posted write is
         in progress. ``cap_we``, ``cap_wdata``: byte writes into the ring engine's capture
-        register (reads to the scratch). ``payload``, ``serial``: the source of a write from
+        register (reads to the scratch). ``tbl_*``: a read with ``tbl`` (and ``disk``) writes
+        its bytes, as it would the RAM disk's and in the same cycles, into the ring engine's
+        indirect table buffer instead. ``payload``, ``serial``: the source of a write from
         the scratch: the device serial (``spec.DEVICE_SERIAL``, zero-padded) when ``serial``,
         else ``payload`` (at most 8 bytes), sampled until the command's ``done``.
     lookup : Out(:func:`~rtl.interfaces.LookupSignature`)
@@ -257,7 +259,7 @@ class DmaEngine(wiring.Component):
         self._len_bits = local_bits(disk_bytes)
         super().__init__({
             "abort": In(1),
-            "ring": In(DmaPortSignature(self._len_bits)),
+            "ring": In(DmaPortSignature(self._len_bits, self._word_bits, data_width)),
             "lookup": Out(LookupSignature(ref_bits, set_bits)),
             "disk": Out(DiskSignature(self._word_bits, data_width)),
             "status": Out(DmaStatus()),
@@ -287,6 +289,7 @@ class DmaEngine(wiring.Component):
         # ---- Command state -----------------------------------------------------------------
         write = Signal()
         to_disk = Signal()
+        to_tbl = Signal()  # ... the ring engine's indirect table buffer instead (a read)
         # The command moves on to its next burst in ADDR: nxt_* is where the next burst starts,
         # cur_* where the current one did (its address, its fault address, its page).
         nxt_lo = Signal(12)  # virtual address: page offset ...
@@ -441,11 +444,18 @@ class DmaEngine(wiring.Component):
         d_data = Signal(8 * W, reset_less=True)
         d_en_lo = Signal(W, reset_less=True)
         d_en_hi = Signal(W, reset_less=True)
+        # The indirect table buffer takes the same word and data with enables of its own.
+        t_en_lo = Signal(W, reset_less=True)
+        t_en_hi = Signal(W, reset_less=True)
         m.d.comb += [disk.wr_word.eq(d_word), disk.wr_data.eq(d_data),
-                     disk.wr_en_lo.eq(d_en_lo), disk.wr_en_hi.eq(d_en_hi)]
+                     disk.wr_en_lo.eq(d_en_lo), disk.wr_en_hi.eq(d_en_hi),
+                     ring.tbl_word.eq(d_word), ring.tbl_data.eq(d_data),
+                     ring.tbl_en_lo.eq(t_en_lo), ring.tbl_en_hi.eq(t_en_hi)]
         m.d.sync += [d_word.eq(word), d_data.eq(rotated),
-                     d_en_lo.eq(Mux(r_take & to_disk, en_lo, 0)),
-                     d_en_hi.eq(Mux(r_take & to_disk, en_hi, 0))]
+                     d_en_lo.eq(Mux(r_take & to_disk & ~to_tbl, en_lo, 0)),
+                     d_en_hi.eq(Mux(r_take & to_disk & ~to_tbl, en_hi, 0)),
+                     t_en_lo.eq(Mux(r_take & to_tbl, en_lo, 0)),
+                     t_en_hi.eq(Mux(r_take & to_tbl, en_hi, 0))]
         # A zero command (ZERO) writes two whole words of zeros a cycle instead.
         in_zero = Signal()
         zword = Signal(wb)
@@ -617,7 +627,7 @@ class DmaEngine(wiring.Component):
                 # The command registers follow the inputs in every idle cycle (they are unused
                 # while idle), so that ring.cmd.valid only steers the state.
                 m.d.sync += [
-                    write.eq(c.write), to_disk.eq(c.disk), rem.eq(c.len),
+                    write.eq(c.write), to_disk.eq(c.disk), to_tbl.eq(c.tbl), rem.eq(c.len),
                     empty.eq(c.len == 0),
                     rot.eq(diff[:lw]), first_beat.eq(1),
                     # a local start before the first lane's word: the word before local word 0

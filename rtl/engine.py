@@ -5,9 +5,10 @@ ring, chain walk (pass 1, into a descriptor cache), then header, data, status, u
 used index (pass 2), one part of the FSM per step (``poll``, ``chain_walker``, ``header_reader``,
 ``request_decoder``, ``data_mover``, ``zeroer``, ``completion_writer``, and ``halt`` after a
 fault). Issue 17's features (docs/architecture.md "Features a build offers") sit in those parts:
-the walker follows an indirect table (TABLE, then the table's entries through the same
-DESC_WAIT/DESC_CHECK as the ring's, with QueueDesc's X operand replaced by the table's address)
-and marks a chain over the limits; the decoder routes a DISCARD/WRITE_ZEROES segment into the
+the walker reads an indirect table whole, as one DMA read, into the table buffer (TABLE,
+TABLE_ISSUE, TBL_WAIT), then takes its entries out of the buffer into the capture register
+(TBL_LOAD) and through the same DESC_CHECK/DESC_NEXT as the ring's, and marks a chain over the
+limits; the decoder routes a DISCARD/WRITE_ZEROES segment into the
 capture register like OUT data, and ``zeroer`` checks it and hands the DMA engine a zero command;
 ``poll`` writes avail_event before going idle and ``completion_writer`` reads used_event once a
 round (EVENT_IDX). A feature the build leaves out elaborates to nothing. Every
@@ -38,14 +39,22 @@ from contextlib import contextmanager
 from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from models import spec, virtio
 from models.features import Features
 
-from .interfaces import CAP_BYTES, DmaPortSignature, EngineStatus, QueueSignature, local_bits
+from .interfaces import (
+    CAP_BYTES,
+    DmaPortSignature,
+    EngineStatus,
+    QueueSignature,
+    disk_word_bits,
+    local_bits,
+)
 from .layouts import BlkHeader, Descriptor, DwzSegment
-from .params import check_queue_num_max, one_hot
+from .params import check_data_width, check_queue_num_max, one_hot
+from .ramdisk import RamDisk
 
 __all__ = ["RingEngine"]
 
@@ -154,15 +163,56 @@ class AddressAdder:
         self._m.d.comb += self._va_load.eq(1)
 
 
-def capture_register(m, dma):
+def capture_register(m, dma, tbl_we, tbl_wdata):
     """The capture register: what the last read to the scratch brought (a descriptor, the
     request header, avail.idx or a ring entry), a byte each ``dma.cap_we`` lane writes at the
-    end of its cycle. No reset (``work_reg``): every request writes it before it reads it."""
+    end of its cycle, or an indirect table entry out of the table buffer (``tbl_we``, never
+    with a DMA read). No reset (``work_reg``): every request writes it before it reads it."""
     cap = work_reg(8 * CAP_BYTES)
     for k in range(CAP_BYTES):
         with m.If(dma.cap_we[k]):
             m.d.sync += cap.word_select(k, 8).eq(dma.cap_wdata.word_select(k, 8))
+        with m.Elif(tbl_we[k]):
+            m.d.sync += cap.word_select(k, 8).eq(tbl_wdata.word_select(k, 8))
     return cap
+
+
+TBL_DPOS = 16  # the table read's first byte in the table buffer (entry i at 16 (i + 1))
+
+
+def table_buffer_bytes(qmax: int, data_width: int) -> int:
+    """The indirect table buffer's size: the longest table (``16 * qmax`` bytes) after
+    ``TBL_DPOS``, in whole pairs of words (:class:`~rtl.ramdisk.RamDisk`)."""
+    pair = 2 * data_width // 8
+    return -(-(TBL_DPOS + spec.DESC_BYTES * qmax) // pair) * pair
+
+
+def table_buffer(m, dma, qmax, data_width):
+    """The indirect table buffer (issue 17): a :class:`~rtl.ramdisk.RamDisk` without an image,
+    which a table read (a DMA read with ``tbl``, at ``TBL_DPOS``) fills through the DMA
+    engine's ``tbl_*`` writes, so that a table is one burst read instead of one read per
+    entry. Entry ``i`` is the 16 bytes at ``TBL_DPOS + 16 i``: ``16 / W`` whole words
+    (W = data_width / 8 bytes), one read of words ``k`` and ``k + 1`` for W >= 8, two for W = 4
+    (``halves``). Returns ``(entry, half, tbl_wdata, halves)``: a state sets ``entry`` and
+    ``half`` in a cycle, and two cycles later ``tbl_wdata`` holds that half of the entry at
+    its place in the capture register (both halves' places for W = 4)."""
+    W = data_width // 8
+    lw = exact_log2(W)
+    tbytes = table_buffer_bytes(qmax, data_width)
+    m.submodules.tbl = tbl = RamDisk(tbytes, data_width, image=False)
+    tb = tbl.word_bits
+    port = tbl.port
+    m.d.comb += [port.wr_word.eq(dma.tbl_word[:tb]), port.wr_data.eq(dma.tbl_data),
+                 port.wr_en_lo.eq(dma.tbl_en_lo), port.wr_en_hi.eq(dma.tbl_en_hi)]
+    entry = Signal(ceil_log2(qmax + 1))  # (indexes >= qmax: a read no one takes)
+    half = Signal()
+    m.d.comb += port.rd_word.eq(((entry + TBL_DPOS // spec.DESC_BYTES) << (4 - lw))
+                                | (half << 1 if W == 4 else 0))
+    halves = 2 if W == 4 else 1
+    data_bits = 8 * CAP_BYTES // halves
+    pair = Cat(port.rd_lo, port.rd_hi)[:data_bits]
+    tbl_wdata = Cat(*[pair] * halves)
+    return entry, half, tbl_wdata, halves
 
 
 class CachedDesc(data.Struct):
@@ -258,12 +308,12 @@ class _Shared:
                 self.operand(XS_AVAIL, Y_NONE)  # IDLE's
                 self.go("IDLE")
 
-    def command(self, *, write=0, length=0, disk=0, dpos=0, drain=0, data_piece=False):
+    def command(self, *, write=0, length=0, disk=0, dpos=0, drain=0, data_piece=False, tbl=0):
         """From the next cycle on, the command fields are these."""
         self.m.d.comb += [self.c_set.eq(1), self.c_data.eq(data_piece)]
         self.m.d.sync += [self.c_write.eq(write), self.c_drain.eq(drain), self.c_zero.eq(0),
                           self.c_len[:5].eq(length), self.c_disk.eq(disk),
-                          self.c_dpos[:5].eq(dpos)]
+                          self.c_dpos[:5].eq(dpos), self.c_tbl.eq(tbl)]
 
     def issue(self, wait_state):
         """Hand the state's command to the DMA engine (idle in every state that does)."""
@@ -414,6 +464,17 @@ def chain_walker(m, e):
     ``take``, ``hdr_last``, ``piece_ends``; to HDR_WAIT). A fault reports ``idx`` through XIDX
     and XFAULT (:meth:`_Shared.fault`), which are here too. Latency: 2 cycles from the head's
     end to the first descriptor's read, 2 cycles per descriptor after its read."""
+    def keep_header():
+        e.fetch(0)
+        e.operand(XS_PF, Y_NONE)
+
+    def tbl_read(half):
+        m.d.comb += [e.tbl_entry.eq(0), e.tbl_half.eq(half)]
+
+    def tbl_load(half):
+        m.d.comb += e.tbl_we.eq(((1 << (CAP_BYTES // e.tbl_halves)) - 1)
+                                << (half * CAP_BYTES // e.tbl_halves))
+
     walked = work_reg(e.qbits + 1)  # descriptors of the chain read so far (not indirect ones)
     count = work_reg(e.qbits)  # ... of which non-empty (cached)
     seen_write = work_reg()
@@ -507,10 +568,12 @@ def chain_walker(m, e):
         # with the carry chain that forms the cached ``last`` (no zero test of a sum)
         wraps = (e.desc_f.addr[32:] == 0xFFFF_FFFF) & nonempty & lo_last[32]
         m.d.comb += e.cache_wr.en.eq(nonempty & ~is_ind)  # (address and data: above, always)
-        with m.If(e.desc_f.flags.next):
-            e.load()  # the next descriptor
+        with m.If(e.desc_f.flags.next | e.in_tbl):
+            e.load()  # the next descriptor (in a table: the header's first piece)
         with m.Else():
             m.d.comb += e.keep_va.eq(1)  # the header's first piece
+        if feats.indirect:
+            m.d.comb += e.tbl_entry.eq(e.desc_f.next)  # (half 0)
         short = (e.pf_len[5:] == 0) & (e.pf_len[:5] < 16)
         m.d.sync += [
             bad.eq(Mux(is_ind, ind_bad | wraps,
@@ -551,12 +614,19 @@ def chain_walker(m, e):
             e.fault(spec.FAULT_BAD_CHAIN)  # idx: this descriptor
         with m.Elif(go_table):
             m.d.sync += e.idx.eq(0)
-            e.go("TABLE")
+            if feats.indirect:
+                e.go("TABLE")
         with m.Elif(has_next):  # NEXT
             m.d.sync += e.idx.eq(e.desc_f.next)
             # the next one is outside the queue, or would be number N + 1
             with m.If(next_bad | chain_full):
                 e.fault(spec.FAULT_BAD_CHAIN)  # idx: the next one
+            if feats.indirect:
+                with m.Elif(e.in_tbl):
+                    keep_header()  # (TBL_LOAD's operands)
+                    if e.tbl_halves == 2:
+                        m.d.comb += [e.tbl_entry.eq(e.desc_f.next), e.tbl_half.eq(1)]
+                    e.go("TBL_LOAD")
             with m.Else():
                 e.issue("DESC_WAIT")
         # step 3.3: request framing (R >= 16 and Wr >= 1, a non-empty writable one)
@@ -570,15 +640,54 @@ def chain_walker(m, e):
             with m.If(hdr_ends):
                 e.fetch(e.pf_next)  # (pf holds cached descriptor 0)
             e.issue("HDR_WAIT")
-    # An indirect table's first entry: 2 cycles besides its read (TABLE forms its address,
-    # TABLE_ISSUE issues it as DESC_START does).
-    with e.state("TABLE"):
-        e.load()
-        e.command(**DESC_READ)
-        e.go("TABLE_ISSUE")
-    with e.state("TABLE_ISSUE"):
-        e.operand(XS_PF, Y_NONE)  # DESC_WAIT's
-        e.issue("DESC_WAIT")
+    # An indirect table: TABLE forms its address, TABLE_ISSUE issues its read, all of it, into
+    # the table buffer (one command: bursts instead of a read per entry). Its entries then go
+    # through DESC_CHECK and DESC_NEXT as the ring's do, each read out of the buffer into cap
+    # (TBL_LOAD; W = 4: two halves, TBL_LOAD2): 5 cycles from the read's end to the first
+    # entry's DESC_CHECK (6 for W = 4), 3 between entries (4). While the walk is in a table,
+    # DESC_CHECK always loads va with the header's address (pf: cached descriptor 0), which
+    # the states before it keep in the X operand; DESC_CHECK reads the next entry (and
+    # DESC_NEXT its second half), ahead of its checks.
+    if feats.indirect:
+        with e.state("TABLE"):
+            e.load()
+            e.command(length=Cat(Const(0, 4), e.tbl_n[0]), disk=1, dpos=TBL_DPOS, tbl=1)
+            m.d.comb += e.c_tcmd.eq(1)
+            e.go("TABLE_ISSUE")
+        with e.state("TABLE_ISSUE"):
+            keep_header()
+            e.issue("TBL_WAIT")
+
+        def before_tbl():
+            keep_header()
+            e.load()
+        e.wait("TBL_WAIT", e.goto("TBL_R0"), before=before_tbl)
+        with e.state("TBL_R0"):  # the last beat's write reaches the buffer
+            keep_header()
+            e.load()
+            e.go("TBL_R1")
+        with e.state("TBL_R1"):
+            keep_header()
+            e.load()
+            tbl_read(0)
+            e.go("TBL_R2")
+        with e.state("TBL_R2"):
+            keep_header()
+            e.load()
+            if e.tbl_halves == 2:
+                tbl_read(1)
+            e.go("TBL_LOAD")
+        with e.state("TBL_LOAD"):
+            keep_header()
+            e.load()
+            tbl_load(0)
+            e.go("TBL_LOAD2" if e.tbl_halves == 2 else "DESC_CHECK")
+        if e.tbl_halves == 2:
+            with e.state("TBL_LOAD2"):
+                keep_header()
+                e.load()
+                tbl_load(1)
+                e.go("DESC_CHECK")
     with e.state("XIDX"):  # y_reg = idx, the fault's index
         m.d.comb += e.y_is_idx.eq(1)
         e.operand(XS_ZERO, Y_REG)
@@ -860,7 +969,7 @@ def zeroer(m, e):
             e.go("STATUS")
         with m.Else():
             m.d.sync += [e.c_write.eq(0), e.c_drain.eq(0), e.c_disk.eq(1), e.c_zero.eq(1),
-                         e.c_len.eq(z_len), e.c_dpos.eq(z_pos)]
+                         e.c_tbl.eq(0), e.c_len.eq(z_len), e.c_dpos.eq(z_pos)]
             e.go("ZERO_ISSUE")
     with e.state("ZERO_ISSUE"):
         m.d.comb += e.keep_va.eq(1)
@@ -998,14 +1107,22 @@ class RingEngine(wiring.Component):
     """
 
     def __init__(self, *, queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
-                 disk_bytes: int = spec.DEFAULT_DISK_BYTES, features: Features | None = None):
+                 disk_bytes: int = spec.DEFAULT_DISK_BYTES,
+                 data_width: int = spec.DEFAULT_DATA_WIDTH, features: Features | None = None):
         self._features = Features.none() if features is None else features
         self._queue_num_max = check_queue_num_max(queue_num_max)
         self._disk_bytes = disk_bytes
+        self._data_width = check_data_width(data_width)
         self._len_bits = local_bits(disk_bytes)
+        if self._features.indirect and (table_buffer_bytes(queue_num_max, data_width)
+                                        > min(disk_bytes, 1 << self._len_bits)):
+            raise ValueError(f"Indirect tables of up to {queue_num_max} descriptors need a "
+                             f"disk of at least {table_buffer_bytes(queue_num_max, data_width)}"
+                             f" bytes, not {disk_bytes!r}")
         super().__init__({
             "queue": In(QueueSignature()),
-            "dma": Out(DmaPortSignature(self._len_bits)),
+            "dma": Out(DmaPortSignature(self._len_bits,
+                                        disk_word_bits(disk_bytes, data_width), data_width)),
             "status": Out(EngineStatus),
             "abort": Out(1),
         })
@@ -1022,7 +1139,14 @@ class RingEngine(wiring.Component):
         e.cap_sectors = self._disk_bytes // spec.SECTOR_SIZE
         e.cs = ceil_log2(e.cap_sectors + 1)
 
-        cap = e.cap = capture_register(m, e.dma)
+        e.tbl_we = Signal(CAP_BYTES)  # the capture register takes a table entry's bytes
+        e.tbl_halves = 1
+        if self._features.indirect:
+            e.tbl_entry, e.tbl_half, tbl_wdata, e.tbl_halves = table_buffer(
+                m, e.dma, qmax, self._data_width)
+        else:
+            tbl_wdata = Const(0, 8 * CAP_BYTES)
+        cap = e.cap = capture_register(m, e.dma, e.tbl_we, tbl_wdata)
         e.desc_f = Descriptor(cap)
         e.hdr = BlkHeader(cap)
         e.cap_head = e.desc_f.next  # the ring entry after the head's read (HEAD_POS)
@@ -1124,6 +1248,8 @@ class RingEngine(wiring.Component):
         # (``go``): only ``dma.cmd.valid`` depends on the state's decisions (the DMA engine's
         # command registers follow the fields in every idle cycle).
         e.c_write, e.c_drain, e.c_disk, e.c_zero = Signal(), Signal(), Signal(), Signal()
+        e.c_tbl = Signal()
+        e.c_tcmd = Signal()  # a state sets the fields to the table read's
         # Length and local position: bits 0-4 hold every value but a data piece's, whose bits
         # 5 and up are set after the FSM (a data piece's, or 0 from the flip-flops' reset).
         e.c_len = work_reg(e.lbits)
@@ -1131,7 +1257,8 @@ class RingEngine(wiring.Component):
         e.c_set = Signal()  # a state sets the fields ...
         e.c_data = Signal()  # ... to a data piece's
         m.d.comb += [c.write.eq(e.c_write), c.drain.eq(e.c_drain), c.zero.eq(e.c_zero),
-                     c.len.eq(e.c_len), c.disk.eq(e.c_disk), c.dpos.eq(e.c_dpos)]
+                     c.len.eq(e.c_len), c.disk.eq(e.c_disk), c.dpos.eq(e.c_dpos),
+                     c.tbl.eq(e.c_tbl)]
         m.d.sync += [self.status.completed.eq(0), e.q.used_irq.eq(0)]  # pulses, set below
         with m.FSM() as fsm:
             for part in (poll, chain_walker, header_reader, request_decoder, data_mover,
@@ -1148,6 +1275,8 @@ class RingEngine(wiring.Component):
         # Area: a command's length and position above bit 4, a data piece's or 0, set here.
         with m.If(e.c_data):
             m.d.sync += [e.c_len[5:].eq(e.plen_next[5:]), e.c_dpos[5:].eq(e.dpos[5:])]
+        with m.Elif(e.c_tcmd):  # the table read: 16 T bytes
+            m.d.sync += [e.c_len[5:].eq(e.tbl_n[1:]), e.c_dpos[5:].eq(0)]
         with m.Elif(e.c_set):
             m.d.sync += [e.c_len[5:].eq(0), e.c_dpos[5:].eq(0)]
         # The payload: the used element (id, len), whose low 16 bits are the status byte or the

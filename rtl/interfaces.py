@@ -29,9 +29,10 @@ def DmaCommand(len_bits: int) -> data.StructLayout:
     the RAM disk (``disk``) or the ring engine's scratch at byte ``dpos``; ``cont``: ``vaddr`` is
     where the last command ended; ``drain``: wait for every posted write's response instead;
     ``zero``: write ``len`` zero bytes to the RAM disk at ``dpos`` (both multiples of 512), no
-    bus access (DISCARD and WRITE_ZEROES)."""
+    bus access (DISCARD and WRITE_ZEROES); ``tbl`` (a read with ``disk``): the bytes go to the
+    ring engine's indirect table buffer at ``dpos`` instead of the RAM disk."""
     return data.StructLayout({"write": 1, "drain": 1, "cont": 1, "vaddr": 64, "len": len_bits,
-                              "disk": 1, "dpos": len_bits, "zero": 1})
+                              "disk": 1, "dpos": len_bits, "zero": 1, "tbl": 1})
 
 
 # The address of the command the ring engine may hand over in the next cycle, for the DMA
@@ -40,15 +41,19 @@ def DmaCommand(len_bits: int) -> data.StructLayout:
 PreLookup = data.StructLayout({"vaddr": 64, "hold": 1, "cont": 1})
 
 
-def DmaPortSignature(len_bits: int) -> wiring.Signature:
+def DmaPortSignature(len_bits: int, word_bits: int, data_width: int) -> wiring.Signature:
     """Ring engine -> DMA engine: the command stream, its early address, its end (``done``,
-    ``fault``, ``failed``), the capture register's byte writes and the scratch write source
-    (see :class:`~rtl.dma.DmaEngine` for the timing)."""
+    ``fault``, ``failed``), the capture register's byte writes, the indirect table buffer's
+    writes (``tbl_*``, as a RAM disk's ``wr_*``: :func:`DiskSignature`) and the scratch write
+    source (see :class:`~rtl.dma.DmaEngine` for the timing)."""
+    lanes = data_width // 8
     return wiring.Signature({
         "pre": Out(PreLookup),
         "cmd": Out(stream.Signature(DmaCommand(len_bits))),
         "done": In(1), "fault": In(4), "failed": In(1), "r_last_beat": In(1), "busy": In(1),
         "cap_we": In(CAP_BYTES), "cap_wdata": In(8 * CAP_BYTES),
+        "tbl_word": In(word_bits), "tbl_data": In(data_width),
+        "tbl_en_lo": In(lanes), "tbl_en_hi": In(lanes),
         "payload": Out(64), "serial": Out(1),
     })
 

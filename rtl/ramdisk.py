@@ -29,6 +29,10 @@ class RamDisk(wiring.Component):
         Size in bytes, a multiple of 512 and of ``2 * data_width / 8``.
     data_width : int
         32, 64 or 128: the width of a disk word.
+    image : bool
+        Initialise with ``spec.ramdisk_init`` (the RAM disk). False: no initial contents and
+        any size that is a multiple of ``2 * data_width / 8`` (the ring engine's indirect
+        table buffer, which reads only what a DMA read wrote).
 
     Members
     -------
@@ -42,9 +46,14 @@ class RamDisk(wiring.Component):
     """
 
     def __init__(self, disk_bytes: int = spec.DEFAULT_DISK_BYTES,
-                 data_width: int = spec.DEFAULT_DATA_WIDTH):
+                 data_width: int = spec.DEFAULT_DATA_WIDTH, *, image: bool = True):
         check_data_width(data_width)
-        check_disk_bytes(disk_bytes, data_width)
+        if image:
+            check_disk_bytes(disk_bytes, data_width)
+        elif disk_bytes <= 0 or disk_bytes % (2 * data_width // 8):
+            raise ValueError(f"Buffer size must be a positive multiple of "
+                             f"{2 * data_width // 8} bytes, not {disk_bytes!r}")
+        self._image = image
         self._disk_bytes = disk_bytes
         self._data_width = data_width
         self._words = disk_bytes // (data_width // 8)
@@ -59,7 +68,8 @@ class RamDisk(wiring.Component):
         m = Module()
         port = self.port
         lanes = self._data_width // 8
-        image = spec.ramdisk_init(self._disk_bytes)
+        image = (spec.ramdisk_init(self._disk_bytes) if self._image
+                 else bytes(self._disk_bytes))
         words = [int.from_bytes(image[i * lanes:(i + 1) * lanes], "little")
                  for i in range(self._words)]
         banks = []

@@ -100,6 +100,7 @@ class VirtioBlkHandle(wiring.Component):
                                            lookups=self.translation)
         m.submodules.engine = engine = RingEngine(queue_num_max=self.queue_num_max,
                                                   disk_bytes=self.disk_bytes,
+                                                  data_width=self.data_width,
                                                   features=self.features)
 
         wiring.connect(m, wiring.flipped(self.s_axil), guest_bridge.axi)
