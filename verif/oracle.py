@@ -23,7 +23,9 @@ from verif.world import U64, Case, World
 class OracleDevice(ReferenceDevice):
     """:class:`ReferenceDevice` plus what the isolation tests need from the oracle.
 
-    It counts DMA accesses (``dma_accesses``), for :func:`cycle_bound`, and its ``errors``
+    It counts DMA accesses and the indirect table entries the walk takes out of a table it read
+    (``dma_accesses``: an entry was a 16-byte access of its own before the table buffer, and is
+    budgeted as one), for :func:`cycle_bound`, and its ``errors``
     (the failing bus pages) make it a :class:`sw.transport.FaultLink`. The "Grant revocation"
     rule of docs/architecture.md (a new lookup before the next burst after a table write, even
     inside a page) is the reference's own (``table_gen``).
@@ -42,6 +44,10 @@ class OracleDevice(ReferenceDevice):
         self.dma_accesses += 1
         super().dma_write(v, data)
 
+    def _table_entry(self, table: bytes, i: int) -> bytes:
+        self.dma_accesses += 1  # (a loop inside a table walks up to N entries, no access)
+        return super()._table_entry(table, i)
+
 
 MISS_COST = 500  # cycles the bench's hypervisor may take to read and answer one miss, beyond
 # its chosen latency or timeout (3 register reads, 6 writes on AXI4-Lite, a command)
@@ -51,7 +57,8 @@ def cycle_bound(transactions: int, beats: int, lookups: int, accesses: int, *,
                 pause: float = 0.0) -> int:
     """Cycles within which the RTL must finish what the reference did with these counts.
 
-    Per DMA access a few cycles of engine and DMA control, per lookup the translation's two
+    Per DMA access (and per indirect table entry walked, counted with them) a few cycles of
+    engine and DMA control, per lookup the translation's two
     cycles, per transaction an address handshake, per beat one cycle (all stretched by the
     memory model's random pauses of probability ``pause`` on every channel), then a factor 2 of
     margin. A device that spins on a bad chain, or never advances after an error, blows it.
