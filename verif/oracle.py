@@ -33,6 +33,7 @@ class OracleDevice(ReferenceDevice):
 
     def __init__(self, mem: GuestMemory, **kw: Any) -> None:
         self.dma_accesses = 0
+        self.table_entries = 0  # indirect table entries walked (checked in the table buffer)
         self.errors = BusErrorPages()
         super().__init__(mem, bus_error=self.errors, **kw)
 
@@ -46,6 +47,7 @@ class OracleDevice(ReferenceDevice):
 
     def _table_entry(self, table: bytes, i: int) -> bytes:
         self.dma_accesses += 1  # (a loop inside a table walks up to N entries, no access)
+        self.table_entries += 1
         return super()._table_entry(table, i)
 
 
@@ -122,6 +124,9 @@ class Outcome:
     zeroed_ok: bool | None = None  # the disk range ``Expect.zeroed`` reads as zeros
     zero_bytes: int = 0  # bytes the case zeroes on the disk (``Expect.zeroed``)
     used_first: int = 0  # the used index the case's first used element has
+    # indirect table entries the walk checked: no bus access each, a few cycles each (at most
+    # 4, docs/timing.md), in which a chain fault may still be coming after the last transaction
+    table_entries: int = 0
 
     def beats(self, data_width: int) -> int:
         return sum(t.beats(data_width) for t in self.transactions)
