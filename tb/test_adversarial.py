@@ -303,9 +303,7 @@ class RtlStream:
             waited += SETTLE + await self.wait_misses(k0, len(ref_out.misses), bound - waited)
         fig.cycles += min(waited, bound)
         fig.max_bound_ratio = max(fig.max_bound_ratio, waited / bound)
-        # (an indirect table's entries are walked after its read, with no transaction: up to 4
-        # cycles each before a chain fault shows)
-        await ClockCycles(self.dut.clk, SETTLE + 4 * ref_out.table_entries)
+        await ClockCycles(self.dut.clk, SETTLE)
         got = mon.records[i0:]
         if iso.violations:
             raise CaseFailure("violation", f"{case.describe()}: {iso.violations[0]}")

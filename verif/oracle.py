@@ -23,9 +23,7 @@ from verif.world import U64, Case, World
 class OracleDevice(ReferenceDevice):
     """:class:`ReferenceDevice` plus what the isolation tests need from the oracle.
 
-    It counts DMA accesses and the indirect table entries the walk takes out of a table it read
-    (``dma_accesses``: an entry was a 16-byte access of its own before the table buffer, and is
-    budgeted as one), for :func:`cycle_bound`, and its ``errors``
+    It counts DMA accesses (``dma_accesses``), for :func:`cycle_bound`, and its ``errors``
     (the failing bus pages) make it a :class:`sw.transport.FaultLink`. The "Grant revocation"
     rule of docs/architecture.md (a new lookup before the next burst after a table write, even
     inside a page) is the reference's own (``table_gen``).
@@ -33,7 +31,6 @@ class OracleDevice(ReferenceDevice):
 
     def __init__(self, mem: GuestMemory, **kw: Any) -> None:
         self.dma_accesses = 0
-        self.table_entries = 0  # indirect table entries walked (checked in the table buffer)
         self.errors = BusErrorPages()
         super().__init__(mem, bus_error=self.errors, **kw)
 
@@ -45,11 +42,6 @@ class OracleDevice(ReferenceDevice):
         self.dma_accesses += 1
         super().dma_write(v, data)
 
-    def _table_entry(self, table: bytes, i: int) -> bytes:
-        self.dma_accesses += 1  # (a loop inside a table walks up to N entries, no access)
-        self.table_entries += 1
-        return super()._table_entry(table, i)
-
 
 MISS_COST = 500  # cycles the bench's hypervisor may take to read and answer one miss, beyond
 # its chosen latency or timeout (3 register reads, 6 writes on AXI4-Lite, a command)
@@ -59,8 +51,7 @@ def cycle_bound(transactions: int, beats: int, lookups: int, accesses: int, *,
                 pause: float = 0.0) -> int:
     """Cycles within which the RTL must finish what the reference did with these counts.
 
-    Per DMA access (and per indirect table entry walked, counted with them) a few cycles of
-    engine and DMA control, per lookup the translation's two
+    Per DMA access a few cycles of engine and DMA control, per lookup the translation's two
     cycles, per transaction an address handshake, per beat one cycle (all stretched by the
     memory model's random pauses of probability ``pause`` on every channel), then a factor 2 of
     margin. A device that spins on a bad chain, or never advances after an error, blows it.
@@ -124,9 +115,6 @@ class Outcome:
     zeroed_ok: bool | None = None  # the disk range ``Expect.zeroed`` reads as zeros
     zero_bytes: int = 0  # bytes the case zeroes on the disk (``Expect.zeroed``)
     used_first: int = 0  # the used index the case's first used element has
-    # indirect table entries the walk checked: no bus access each, a few cycles each (at most
-    # 4, docs/timing.md), in which a chain fault may still be coming after the last transaction
-    table_entries: int = 0
 
     def beats(self, data_width: int) -> int:
         return sum(t.beats(data_width) for t in self.transactions)

@@ -309,7 +309,7 @@ class ReferenceStream:
             self.extra_hook = race
         used_before = dev.used_idx
         dev.clear_records()
-        acc0, ent0 = dev.dma_accesses, dev.table_entries
+        acc0 = dev.dma_accesses
         self.view.refresh()
         self.granted_w = set(self.view.writable)
         if self.w.iova:
@@ -337,7 +337,6 @@ class ReferenceStream:
             out.zeroed_ok = not any(dev.disk[lo:hi])
             out.zero_bytes = hi - lo
         out.used_first = used_before
-        out.table_entries = dev.table_entries - ent0
         out.interrupt = run_coroutine(self.drv.take_interrupt())
         if self.model is not None:
             out.misses = list(dev.misses)
