@@ -78,12 +78,9 @@ Run ``python -m formal.dma`` (``make formal``); it writes the RTLIL and ``dma.sb
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import re
 import sys
-import time
-import types
 from pathlib import Path
 
 from amaranth import Array, Cat, Const, Elaboratable, Module, Mux, Signal
@@ -96,11 +93,10 @@ from amaranth.utils import ceil_log2, exact_log2
 from models import spec
 
 from .iotlb import _internal_signals
-from .translate import ROOT, TaskResult, check_tools, report_task, run_task
+from .translate import apply_mutant, mutant_parser, run_proof
 
 __all__ = ["MUTANTS", "DmaHarness", "load_variant", "main", "write_job"]
 
-DEFAULT_OUT = ROOT / "build" / "formal"
 PAGE = spec.PAGE_SIZE
 CONT_GAP = 3  # a continue command: accepted at least this many cycles after the read's done
 
@@ -501,15 +497,7 @@ def load_variant(name: str) -> dict:
     classes = {"DmaEngine": DmaEngine, "TranslationUnit": TranslationUnit,
                "PrivilegedRegs": PrivilegedRegs}
     fname, _what, old, new = MUTANTS[name]
-    path = ROOT / "rtl" / fname
-    source = path.read_text()
-    if source.count(old) != 1:
-        raise RuntimeError(f"mutant {name}: {old!r} is not in {path} once: update MUTANTS")
-    mod = types.ModuleType(f"rtl._dma_mutant_{name}")
-    mod.__package__ = "rtl"
-    mod.__file__ = str(path)
-    exec(compile(source.replace(old, new), f"{path} (mutant {name})", "exec"), mod.__dict__)
-    classes[_CLASS_OF[fname]] = getattr(mod, _CLASS_OF[fname])
+    classes[_CLASS_OF[fname]] = getattr(apply_mutant(fname, name, old, new), _CLASS_OF[fname])
     return classes
 
 
@@ -572,48 +560,30 @@ def failing_step(log: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--entries", type=int, default=6)
+    ap = mutant_parser(__doc__, entries=6, tasks=["bmc", "cover"], mutants=MUTANTS)
     ap.add_argument("--bmc-depth", type=int, default=12)
     ap.add_argument("--cover-depth", type=int, default=12)
     ap.add_argument("--mutant-depth", type=int, default=12,
                     help="depth of the bounded check each mutant must fail")
-    ap.add_argument("--tasks", nargs="*", default=["bmc", "cover"])
-    ap.add_argument("--mutants", nargs="*", default=list(MUTANTS),
-                    help="mutants to run (each must FAIL the bmc task); none: --mutants")
     ap.add_argument("--no-ending-gap", action="store_true",
                     help="drop the assumption that no command follows a failed or aborted one "
                          "in the next cycle (the check then fails: docs/isolation.md)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args(argv)
     args.out = args.out.resolve()
-    problem = check_tools()
-    if problem:
-        print(f"formal: {problem}", file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    ok = True
-    runs: list[tuple[str | None, str]] = [(None, t) for t in args.tasks]
-    runs += [(mu, "bmc") for mu in args.mutants]
-    results: list[TaskResult] = []
-    for mutant, task in runs:
+
+    def job(mutant: str | None, task: str) -> tuple[Path, int]:
         sub = f"dma_e{args.entries}" + (f"_{mutant}" if mutant else "")
         depth = args.mutant_depth if mutant else {"bmc": args.bmc_depth,
                                                    "cover": args.cover_depth}[task]
         if args.no_ending_gap:
             sub += "_no_gap"
-        sby = write_job(args.out / sub, entries=args.entries, mutant=mutant,
-                        bmc_depth=depth, cover_depth=depth, ending_gap=not args.no_ending_gap,
-                        lemmas=not (mutant or args.no_ending_gap))
-        r = run_task(sby, task, depth, args.timeout)
-        results.append(r)
-        ok &= report_task("DMA+unit+hv", r, {"bmc": "bounded", "cover": "cover"}[task],
-                          mutant=mutant,
-                          why=failing_step(r.log) if mutant and r.status == "FAIL" else "")
-    print(f"formal: DMA engine {'all checks passed, every mutant caught' if ok else 'FAILED'} "
-          f"({len(results)} tasks, {time.monotonic() - t0:.1f} s)")
-    return 0 if ok else 1
+        return write_job(args.out / sub, entries=args.entries, mutant=mutant,
+                         bmc_depth=depth, cover_depth=depth, ending_gap=not args.no_ending_gap,
+                         lemmas=not (mutant or args.no_ending_gap)), depth
+
+    return run_proof(args, "DMA+unit+hv", job, {"bmc": "bounded", "cover": "cover"},
+                     why=failing_step, title="DMA engine ",
+                     passed="all checks passed, every mutant caught")
 
 
 if __name__ == "__main__":

@@ -61,12 +61,9 @@ under ``build/formal/`` and runs ``yowasp-sby`` with the Yices SMT solver, as
 
 from __future__ import annotations
 
-import argparse
 import functools
 import operator
 import sys
-import time
-import types
 from pathlib import Path
 
 from amaranth import Array, Cat, Const, Elaboratable, Module, Mux, Signal
@@ -77,11 +74,10 @@ from amaranth.hdl._ast import Assign
 
 from models import spec
 
-from .translate import ROOT, TaskResult, check_tools, report_task, run_task
+from .translate import apply_mutant, mutant_parser, run_proof
 
 __all__ = ["MUTANTS", "IotlbHarness", "load_variant", "main", "write_job"]
 
-DEFAULT_OUT = ROOT / "build" / "formal"
 PAGE = spec.PAGE_SHIFT  # 12
 VPN_BITS = 64 - PAGE  # an IOVA's page number
 SIZE_BITS = spec.IOTLB_MAX_SIZE - PAGE  # page-number bits a mapping may cover (18)
@@ -489,15 +485,7 @@ MUTANTS = {
 def load_variant(name: str):
     """The ``Iotlb`` class of rtl/iotlb.py with mutant ``name`` applied."""
     _what, old, new = MUTANTS[name]
-    path = ROOT / "rtl" / "iotlb.py"
-    source = path.read_text()
-    if source.count(old) != 1:
-        raise RuntimeError(f"mutant {name}: {old!r} is not in {path} once: update MUTANTS")
-    mod = types.ModuleType(f"rtl._iotlb_mutant_{name}")
-    mod.__package__ = "rtl"
-    mod.__file__ = str(path)
-    exec(compile(source.replace(old, new), f"{path} (mutant {name})", "exec"), mod.__dict__)
-    return mod.Iotlb
+    return apply_mutant("iotlb.py", name, old, new).Iotlb
 
 
 SBY = """\
@@ -547,43 +535,24 @@ def write_job(out: Path, *, entries: int = 8, mutant: str | None = None, prove_d
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--entries", type=int, default=8)
+    ap = mutant_parser(__doc__, entries=8, tasks=["prove", "cover"], mutants=MUTANTS)
     ap.add_argument("--prove-depth", type=int, default=3)
     ap.add_argument("--cover-depth", type=int, default=16)
     ap.add_argument("--bmc-depth", type=int, default=16,
                     help="depth of the bounded check each mutant must fail")
-    ap.add_argument("--tasks", nargs="*", default=["prove", "cover"])
-    ap.add_argument("--mutants", nargs="*", default=list(MUTANTS),
-                    help="mutants to run (each must FAIL the bmc task); none: --mutants")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args(argv)
     args.out = args.out.resolve()
-    problem = check_tools()
-    if problem:
-        print(f"formal: {problem}", file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    ok = True
-    runs: list[tuple[str | None, str, str]] = [(None, t, t) for t in args.tasks]
-    runs += [(mu, "bmc", "FAIL") for mu in args.mutants]
-    results: list[TaskResult] = []
-    for mutant, task, _ in runs:
+    depths = {"prove": args.prove_depth, "cover": args.cover_depth, "bmc": args.bmc_depth}
+
+    def job(mutant: str | None, task: str) -> tuple[Path, int]:
         sub = f"iotlb_e{args.entries}" + (f"_{mutant}" if mutant else "")
-        sby = write_job(args.out / sub, entries=args.entries, mutant=mutant,
-                        prove_depth=args.prove_depth, cover_depth=args.cover_depth,
-                        bmc_depth=args.bmc_depth)
-        depth = {"prove": args.prove_depth, "cover": args.cover_depth,
-                 "bmc": args.bmc_depth}[task]
-        r = run_task(sby, task, depth, args.timeout)
-        results.append(r)
-        ok &= report_task(f"Iotlb({args.entries})", r,
-                          {"prove": "k-induction", "cover": "cover", "bmc": "bounded"}[task],
-                          mutant=mutant, width=6)
-    print(f"formal: IOTLB {'all proofs passed, every mutant caught' if ok else 'FAILED'} "
-          f"({len(results)} tasks, {time.monotonic() - t0:.1f} s)")
-    return 0 if ok else 1
+        return write_job(args.out / sub, entries=args.entries, mutant=mutant,
+                         prove_depth=args.prove_depth, cover_depth=args.cover_depth,
+                         bmc_depth=args.bmc_depth), depths[task]
+
+    return run_proof(args, f"Iotlb({args.entries})", job,
+                     {"prove": "k-induction", "cover": "cover", "bmc": "bounded"}, width=6,
+                     title="IOTLB ", passed="all proofs passed, every mutant caught")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,6 +267,70 @@ def check_tools() -> str | None:
     return None
 
 
+def tools_missing() -> bool:
+    """True, saying what is missing on stderr, if a formal tool is not found."""
+    problem = check_tools()
+    if problem:
+        print(f"formal: {problem}", file=sys.stderr)
+    return problem is not None
+
+
+def apply_mutant(file: str, name: str, old: str, new: str) -> types.ModuleType:
+    """``rtl/<file>`` with mutant ``name``'s change (``old``, there exactly once, by ``new``),
+    run from an in-memory copy as a module of ``rtl``; ``rtl/`` is not written."""
+    path = ROOT / "rtl" / file
+    source = path.read_text()
+    if source.count(old) != 1:
+        raise RuntimeError(f"mutant {name}: {old!r} is not in {path} once: update MUTANTS")
+    mod = types.ModuleType(f"rtl._mutant_{name}")
+    mod.__package__ = "rtl"
+    mod.__file__ = str(path)
+    exec(compile(source.replace(old, new), f"{path} (mutant {name})", "exec"), mod.__dict__)
+    return mod
+
+
+def mutant_parser(doc: str, *, entries: int, tasks: list[str], mutants: dict
+                  ) -> argparse.ArgumentParser:
+    """The options of a proof with mutants (``--entries``, ``--tasks``, ``--mutants``, ``--out``,
+    ``--timeout``); the caller adds its depths."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=entries)
+    ap.add_argument("--tasks", nargs="*", default=tasks)
+    ap.add_argument("--mutants", nargs="*", default=list(mutants),
+                    help="mutants to run (each must FAIL the bmc task); none: --mutants")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--timeout", type=float, default=3600)
+    return ap
+
+
+def summary(ok: bool, tasks: int, t0: float, name: str = "", passed: str = "all proofs passed"
+            ) -> int:
+    """Print the closing line (``name`` first, then ``passed`` or FAILED, the tasks and the time
+    since ``t0``); returns the exit status."""
+    print(f"formal: {name}{passed if ok else 'FAILED'} "
+          f"({tasks} tasks, {time.monotonic() - t0:.1f} s)")
+    return 0 if ok else 1
+
+
+def run_proof(args: argparse.Namespace, name: str, job, what: dict[str, str], *, title: str,
+              passed: str, width: int = 5, why=None) -> int:
+    """Run ``args.tasks`` on the RTL as it is, then ``bmc`` on each of ``args.mutants`` (each
+    must FAIL). ``job(mutant, task)`` writes a task's files and returns its ``.sby`` file and
+    depth; ``what[task]`` names the check, ``why(log)`` where a mutant failed. Prints each
+    verdict (:func:`report_task`) and the closing line; returns the exit status."""
+    if tools_missing():
+        return 2
+    t0 = time.monotonic()
+    ok = True
+    runs = [(None, t) for t in args.tasks] + [(mu, "bmc") for mu in args.mutants]
+    for mutant, task in runs:
+        sby, depth = job(mutant, task)
+        r = run_task(sby, task, depth, args.timeout)
+        ok &= report_task(name, r, what[task], mutant=mutant, width=width,
+                          why=why(r.log) if why and mutant and r.status == "FAIL" else "")
+    return summary(ok, len(runs), t0, title, passed)
+
+
 def run_task(sby: Path, task: str, depth: int, timeout: float) -> TaskResult:
     workdir = sby.parent / f"{sby.stem}_{task}"
     t0 = time.monotonic()
@@ -314,9 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args(argv)
-    problem = check_tools()
-    if problem:
-        print(f"formal: {problem}", file=sys.stderr)
+    if tools_missing():
         return 2
     results = []
     t0 = time.monotonic()
@@ -327,17 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             depth = args.cover_depth if task.startswith("cover") else args.prove_depth
             r = run_task(sby, task, depth, args.timeout)
             results.append(r)
-            what = "cover" if task.startswith("cover") else "k-induction"
-            print(f"formal: TranslationUnit({entries}) {task:12s} ({what}, depth {depth}): "
-                  f"{r.status} in {r.seconds:.1f} s  [{r.log.relative_to(ROOT)}]", flush=True)
-            if r.status != "PASS":
-                tail = r.log.read_text().splitlines()[-25:]
-                print("\n".join(line for line in tail if re.search(r"\S", line)),
-                      file=sys.stderr)
-    ok = all(r.status == "PASS" for r in results)
-    print(f"formal: {'all proofs passed' if ok else 'FAILED'} "
-          f"({len(results)} tasks, {time.monotonic() - t0:.1f} s)")
-    return 0 if ok else 1
+            report_task(f"TranslationUnit({entries})", r,
+                        "cover" if task.startswith("cover") else "k-induction", width=12)
+    return summary(all(r.status == "PASS" for r in results), len(results), t0)
 
 
 if __name__ == "__main__":

@@ -46,12 +46,11 @@ import json
 import cocotb
 
 from models import spec
-from sw.compare import compare_results
 from sw.driver import ALL_FEATURES, BlkRequest, BlkResult, DeviceFault
 from sw.workload import ExpectedDisk, page_segments_request
 
 from .runner import params
-from .scenario import Pair, Scenario
+from .scenario import Pair, Scenario, timed_batch, used_index_writes
 
 # variant: (EVENT_IDX negotiated, used_event policy); the rest of the features are the process's
 VARIANTS = {"no_event_idx": (False, "enable_cb"), "enable_cb": (True, "enable_cb"),
@@ -77,26 +76,15 @@ def segment_requests(row: dict, count: int, capacity: int) -> list[list[BlkReque
 
 async def measure_segments(pair: Pair, ref_s, rtl_s, row: dict, count: int,
                            exp: ExpectedDisk) -> dict:
-    mon = pair.tb.monitor
     capacity = pair.cfg.disk_bytes // spec.SECTOR_SIZE
     cycles = nreq = 0
     for batch in segment_requests(row, count, capacity):
-        n_rec, n_notify = len(mon.records), len(mon.notify_cycles)
-        ref_res = await ref_s.driver.run_batch(batch)
-        tokens = [await rtl_s.driver.submit(r) for r in batch]
         assert all(rtl_s.driver.uses_indirect(r) == (row["layout"] == "indirect")
                    for r in batch)
-        await rtl_s.driver.kick()
-        rtl_res = await rtl_s.driver.wait(tokens)
-        compare_results(ref_res, rtl_res)
+        # settle: the closing poll (and avail_event write), then idle
+        rtl_res, c = await timed_batch(pair, ref_s, rtl_s, batch, settle=60, what=f"row {row}")
         check_expected(exp, batch, rtl_res)
-        await pair.tb.wait_cycles(60)  # the closing poll (and avail_event write), then idle
-        notify = mon.notify_cycles[n_notify]
-        used_idx_addr = rtl_s.driver.used_buf.phys(2)
-        done = [r.resp_cycle for r in mon.records[n_rec:]
-                if r.kind == "W" and r.addr == used_idx_addr]
-        assert len(done) == len(batch), f"row {row}: {len(done)} completions"
-        cycles += done[-1] - notify
+        cycles += c
         nreq += len(batch)
     return {"cycles": cycles, "requests": nreq}
 
@@ -165,9 +153,7 @@ async def measure_interrupts(pair: Pair, sess, p: dict, variant: str,
             await submit(len(got))
     await pair.tb.wait_cycles(60)
     notify = mon.notify_cycles[n_notify]
-    used_idx_addr = drv.used_buf.phys(2)
-    last = [r.resp_cycle for r in mon.records[n_rec:]
-            if r.kind == "W" and r.addr == used_idx_addr][-1]
+    last = used_index_writes(pair, n_rec, drv)[-1]
     return {"requests": total, "in_flight": n_in, "size": size,
             "kicks": drv.kicks - k0, "kicks_suppressed": drv.kicks_suppressed - s0,
             "interrupts": drv.interrupts - i0, "wakes": wakes,

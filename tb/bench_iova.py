@@ -45,7 +45,7 @@ from sw.iommu import IommuPageTable, MissPolicy, answer_miss
 from .bench_sweep import requests_for
 from .hv_iommu import MissServer, MissTimes
 from .runner import DeviceConfig, params
-from .scenario import Pair, Scenario, Session, run_on_both
+from .scenario import Pair, Scenario, Session, run_on_both, used_index_writes
 
 HUGE = spec.IOTLB_MAX_SIZE  # the page table's page size: 1 GiB
 SMALL = MissPolicy(size_log2=spec.PAGE_SHIFT)  # insert the 4 KiB piece of the mapping
@@ -160,9 +160,7 @@ class IovaBench:
                 raise AssertionError("a miss was never resolved")
             await pair.tb.wait_cycles(2 * self.latency + 40)
             notify = mon.notify_cycles[n_notify]
-            used_idx_addr = self.rtl_s.driver.used_buf.phys(2)
-            done = [r.resp_cycle for r in mon.records[n_rec:]
-                    if r.kind == "W" and r.addr == used_idx_addr]
+            done = used_index_writes(pair, n_rec, self.rtl_s.driver)
             assert len(done) == len(batch)
             assert self.server.misses == ref.misses, \
                 f"misses differ: RTL {self.server.misses[-3:]}, reference {ref.misses[-3:]}"

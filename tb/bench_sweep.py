@@ -19,7 +19,7 @@ from models.timing import TimedDevice, lower_bound, request_traces
 from sw.driver import BlkRequest
 
 from .runner import params
-from .scenario import Pair, Scenario, run_on_both
+from .scenario import Pair, Scenario, run_on_both, used_index_writes
 
 UNALIGNED_OFFSET = 100  # bytes into the page: unaligned to the page and to every bus width
 
@@ -54,9 +54,8 @@ async def measure(pair: Pair, ref_s, rtl_s, row: dict, latency: int, seed: int) 
         await run_on_both(pair, ref_s, rtl_s, batch)
         await pair.tb.wait_cycles(2 * latency + 40)  # the closing poll, then idle
         notify = mon.notify_cycles[n_notify]
-        used_idx_addr = rtl_s.driver.used_buf.phys(2)
         recs = mon.records[n_rec:]
-        done = [r.resp_cycle for r in recs if r.kind == "W" and r.addr == used_idx_addr]
+        done = used_index_writes(pair, n_rec, rtl_s.driver)
         assert len(done) == len(batch)
         predicted = ref.schedule(kick, latency=latency).completions
         assert [c - notify for c in done] == predicted, \

@@ -22,18 +22,18 @@ Parameters (:func:`tb.runner.params`): ``handle_mode``, ``rows``, ``seeds``, ``s
 
 from __future__ import annotations
 
+import functools
 import json
 
 import cocotb
 
 from models import spec
 from models.timing import TimedDevice
-from sw.compare import compare_results
 from sw.driver import BlkRequest
 
 from .randmem import install
 from .runner import params
-from .scenario import Pair, Scenario
+from .scenario import Pair, Scenario, timed_batch
 
 
 def segments(size: int, n: int) -> list[int]:
@@ -66,27 +66,19 @@ async def test_traffic(dut):
                 mem_latency=0, ref_cls=TimedDevice)
     mem = install(pair.tb, seed=0, stall=p["stall"], max_latency=p["max_latency"])
     ref_s, rtl_s = await pair.start()
-    mon = pair.tb.monitor
     capacity = pair.cfg.disk_bytes // spec.SECTOR_SIZE
     for row in p["rows"]:
         count = max(p["count"], row["in_flight"])
         for seed in p["seeds"]:
             cycles = nreq = 0
             for k, batch in enumerate(requests_for(row, count, capacity)):
-                n_rec, n_notify = len(mon.records), len(mon.notify_cycles)
-                ref_res = await ref_s.driver.run_batch(batch)
-                tokens = [await rtl_s.driver.submit(r) for r in batch]
                 # the same random stream in both modes, from the notify on
-                mem.set_timing(seed * 1000 + k, p["stall"], p["max_latency"])
-                await rtl_s.driver.kick()
-                compare_results(ref_res, await rtl_s.driver.wait(tokens))
-                await pair.tb.wait_cycles(2 * p["max_latency"] + 60)
-                notify = mon.notify_cycles[n_notify]
-                used_idx_addr = rtl_s.driver.used_buf.phys(2)
-                done = [r.resp_cycle for r in mon.records[n_rec:]
-                        if r.kind == "W" and r.addr == used_idx_addr]
-                assert len(done) == len(batch), f"row {row}: {len(done)} completions"
-                cycles += done[-1] - notify
+                _, c = await timed_batch(
+                    pair, ref_s, rtl_s, batch, settle=2 * p["max_latency"] + 60,
+                    before_kick=functools.partial(mem.set_timing, seed * 1000 + k, p["stall"],
+                                                  p["max_latency"]),
+                    what=f"row {row}")
+                cycles += c
                 nreq += len(batch)
             rec = {"kind": "traffic", **row, "seed": seed, "cycles": cycles, "requests": nreq,
                    "mode": "handle" if handle_mode else "gpa", "stall": p["stall"],

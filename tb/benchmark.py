@@ -42,14 +42,13 @@ import hashlib
 import itertools
 import json
 import shutil
-import signal
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from verif.campaign import Shard, Store, run_campaign
+from verif.campaign import Shard, Store, add_where_options, run_campaign, unwind_on_sigterm
 
 from .runner import ROOT, DeviceConfig, check_simulator, run
 
@@ -624,11 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("build/bench"))
-    ap.add_argument("--jobs", type=int, default=2,
-                    help="workers of the local Dask cluster (1: in this process)")
-    ap.add_argument("--scheduler", default=None,
-                    help="address of a running Dask scheduler (tcp://host:port): run the "
-                         "simulator processes on its workers")
+    add_where_options(ap, jobs=2, what="simulator processes on its workers")
     ap.add_argument("--quick", action="store_true",
                     help="data width 64, latency 4, sequential aligned rows only")
     ap.add_argument("--traffic-only", action="store_true",
@@ -637,9 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="rebuild results.json/md and overhead.png from the rows already in "
                          "<out>/raw (for instance after an interrupted sweep)")
     args = ap.parse_args(argv)
-    # stopped (kill, a CI timeout): unwind like Ctrl-C, so the local cluster's workers and
-    # their simulators are ended too
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    unwind_on_sigterm()
     if args.report_only:
         files = sorted((args.out / "raw").glob("*.jsonl"))
         if not files:

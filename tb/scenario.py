@@ -98,3 +98,32 @@ async def run_on_both(pair: Pair, ref_sess: Session, rtl_sess: Session,
     rtl_res = await rtl_sess.driver.run_batch(reqs)
     compare_results(ref_res, rtl_res)
     return ref_res, rtl_res
+
+
+def used_index_writes(pair: Pair, n_rec: int, driver: VirtioBlkDriver) -> list[int]:
+    """The response cycles of the RTL's writes of ``driver``'s used index, from record ``n_rec``."""
+    used_idx_addr = driver.used_buf.phys(2)
+    return [r.resp_cycle for r in pair.tb.monitor.records[n_rec:]
+            if r.kind == "W" and r.addr == used_idx_addr]
+
+
+async def timed_batch(pair: Pair, ref_sess: Session, rtl_sess: Session, reqs: list[BlkRequest],
+                      *, settle: int, before_kick=None, what: str = ""
+                      ) -> tuple[list[BlkResult], int]:
+    """``reqs`` as one batch on the reference, then on the RTL, notified once (``before_kick()``
+    just before); the completions must match, one used-index write per request. Waits
+    ``settle`` cycles (the closing poll, then idle). Returns the RTL's results and the cycles
+    from the notify to the last used-index write's response."""
+    mon = pair.tb.monitor
+    n_rec, n_notify = len(mon.records), len(mon.notify_cycles)
+    ref_res = await ref_sess.driver.run_batch(reqs)
+    tokens = [await rtl_sess.driver.submit(r) for r in reqs]
+    if before_kick is not None:
+        before_kick()
+    await rtl_sess.driver.kick()
+    rtl_res = await rtl_sess.driver.wait(tokens)
+    compare_results(ref_res, rtl_res)
+    await pair.tb.wait_cycles(settle)
+    done = used_index_writes(pair, n_rec, rtl_sess.driver)
+    assert len(done) == len(reqs), f"{what}: {len(done)} completions"
+    return rtl_res, done[-1] - mon.notify_cycles[n_notify]

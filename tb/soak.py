@@ -26,14 +26,13 @@ import argparse
 import functools
 import json
 import os
-import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tb.runner import ROOT, DeviceConfig, build, run
-from verif.campaign import Outcome, Shard, Store, run_campaign
+from verif.campaign import Outcome, Shard, Store, add_where_options, run_campaign, unwind_on_sigterm
 
 # (weight, test, data width, params, share of --per-stream)
 KINDS = [
@@ -195,18 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, default=None, help="number of streams instead")
     ap.add_argument("--seed", type=int, default=1, help="seed of the first stream")
     ap.add_argument("--per-stream", type=int, default=500, help="cases per hostile stream")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
-                    help="workers of the local Dask cluster (1: in this process)")
-    ap.add_argument("--scheduler", default=None,
-                    help="address of a running Dask scheduler (tcp://host:port): run the "
-                         "streams on its workers (make soak SCHEDULER=...)")
+    add_where_options(ap, jobs=os.cpu_count() or 2,
+                      what="streams on its workers (make soak SCHEDULER=...)")
     ap.add_argument("--local", action="store_true",
                     help="run every stream in this process, one after the other")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "soak")
     args = ap.parse_args(argv)
-    # stopped (kill, a CI timeout): unwind like Ctrl-C, so the local cluster's workers and
-    # their simulators are ended too
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    unwind_on_sigterm()
     if args.local:
         args.jobs, args.scheduler = 1, None
 

@@ -12,14 +12,14 @@ fails rather than skips.
 
 from __future__ import annotations
 
-from formal import dma
+from formal import dma, translate
 from tb.runner import ROOT
 
 QUICK_MUTANTS = ["page_split_cross", "readonly_dropped", "grant_words_swapped"]
 
 
 def test_dma_isolation_bounded(capsys):
-    problem = dma.check_tools()
+    problem = translate.check_tools()
     assert problem is None, f"formal tools missing: {problem}"
     rc = dma.main(["--out", str(ROOT / "build" / "formal-test"), "--bmc-depth", "8",
                    "--cover-depth", "8", "--mutant-depth", "10", "--mutants", *QUICK_MUTANTS])

@@ -233,6 +233,38 @@ def test_iotlb_messages_reach_the_device_hook():
 
 # --- the transport on the reference model, with a scripted front-end -----------------------------
 
+def _lay_write(mem, table: int, avail: int, addr: int) -> bytes:
+    """One write of 512 bytes at sector 2, as a guest lays it out in its memory (``mem``, at
+    GPAs): header, data and status byte at 0x20000, device address ``addr`` (the GPA, or an
+    IOVA); the three descriptors at ``table``; the avail ring at ``avail`` offering chain 0.
+    Returns the data."""
+    from models import spec
+
+    data = bytes(range(256)) * 2
+    mem.seek(0x20000)
+    mem.write(struct.pack("<IIQ", spec.VIRTIO_BLK_T_OUT, 0, 2) + data + b"\xff")
+    mem.seek(table)
+    mem.write(_desc(addr, 16, 1, 1) + _desc(addr + 16, 512, 1, 2) + _desc(addr + 0x210, 1, 2))
+    mem.seek(avail)
+    mem.write(struct.pack("<HHH", 0, 1, 0))
+    return data
+
+
+def _check_write_served(t, ident, mem, used: int, call: int, data: bytes) -> None:
+    """:func:`_lay_write`'s request is pending on the transport ``t``: its interrupt serviced
+    signals ``call``; the used ring at GPA ``used`` holds chain 0 (1 byte written), the status
+    is OK, the disk and the request log's shadow hold the data, the log has the one write."""
+    assert t.link.irq
+    asyncio.run(t.service_irq())
+    assert os.eventfd_read(call) == 1 and not t.link.irq
+    mem.seek(used)
+    assert mem.read(12) == struct.pack("<HHII", 0, 1, 0, 1)
+    mem.seek(0x20210)
+    assert mem.read(1) == b"\0"  # VIRTIO_BLK_S_OK
+    assert bytes(t.link.dev.disk[1024:1536]) == data == bytes(t.requests.shadow[1024:1536])
+    assert [r.kind for r in t.requests.done] == ["write"] and not t.requests.errors
+    assert t.negotiated == [ident.features]  # DriverFeatures read back from the device
+
 def test_transport_replays_the_ring_on_the_device():
     """SET_* messages become virtio-mmio register writes; a kick serves the request on the
     reference model, in the front-end's shared memory; the completion signals the call fd."""
@@ -259,28 +291,11 @@ def test_transport_replays_the_ring_on_the_device():
     regs = link.dev
     assert regs.status & spec.STATUS_DRIVER_OK and regs.queue_desc == desc  # GPA, not uva
     assert (regs.queue_driver, regs.queue_device, regs.queue_num) == (avail, used, n)
-    # One write of 512 bytes at sector 2, as a guest would lay it out in its memory.
     mem = os.fdopen(os.dup(fd), "r+b", buffering=0)
-    data = bytes(range(256)) * 2
-    mem.seek(0x20000)
-    mem.write(struct.pack("<IIQ", spec.VIRTIO_BLK_T_OUT, 0, 2) + data + b"\xff")
-    mem.seek(desc)
-    mem.write(struct.pack("<QIHH", 0x20000, 16, 1, 1) + struct.pack("<QIHH", 0x20010, 512, 1, 2)
-              + struct.pack("<QIHH", 0x20210, 1, 2, 0))
-    mem.seek(avail)
-    mem.write(struct.pack("<HHH", 0, 1, 0))
+    data = _lay_write(mem, desc, avail, 0x20000)
     os.eventfd_write(kick, 1)
     asyncio.run(fe.be.kicked(fe.be.vrings[0]))
-    assert link.irq
-    asyncio.run(t.service_irq())
-    assert os.eventfd_read(call) == 1 and not link.irq
-    mem.seek(used)
-    assert mem.read(12) == struct.pack("<HHII", 0, 1, 0, 1)
-    mem.seek(0x20210)
-    assert mem.read(1) == b"\0"  # VIRTIO_BLK_S_OK
-    assert bytes(regs.disk[1024:1536]) == data == bytes(t.requests.shadow[1024:1536])
-    assert [r.kind for r in t.requests.done] == ["write"] and not t.requests.errors
-    assert t.negotiated == [ident.features]  # DriverFeatures read back from the device
+    _check_write_served(t, ident, mem, used, call, data)
     fe.send(Request.GET_VRING_BASE, struct.pack("<II", 0, 0))
     fe.step()
     assert fe.reply()[2] == struct.pack("<II", 0, 1) and regs.status == 0
@@ -853,15 +868,8 @@ def test_transport_in_iova_mode_on_the_reference_model():
     assert (regs.queue_desc, regs.queue_driver) == (ring_iova, ring_iova + 0x800)  # IOVAs
     # A write of 512 bytes at sector 2: header, data and status at IOVA 0x5000_0000 (GPA 0x20000).
     mem = os.fdopen(os.dup(fd), "r+b", buffering=0)
-    data = bytes(range(256)) * 2
     buf = 0x5000_0000
-    mem.seek(0x20000)
-    mem.write(struct.pack("<IIQ", spec.VIRTIO_BLK_T_OUT, 0, 2) + data + b"\xff")
-    mem.seek(0x10000)
-    mem.write(struct.pack("<QIHH", buf, 16, 1, 1) + struct.pack("<QIHH", buf + 16, 512, 1, 2)
-              + struct.pack("<QIHH", buf + 0x210, 1, 2, 0))
-    mem.seek(0x10800)
-    mem.write(struct.pack("<HHH", 0, 1, 0))
+    data = _lay_write(mem, 0x10000, 0x10800, buf)
     # QEMU's answers to the misses to come (the ring page, then the buffer page).
     for iova, gpa, perm in ((ring_iova, 0x10000, 3), (buf, 0x20000, 3)):
         fe.send(Request.IOTLB_MSG, IotlbMsg(iova, 0x1000, UVA + gpa, perm,
@@ -875,16 +883,7 @@ def test_transport_in_iova_mode_on_the_reference_model():
     assert [(m.iova & ~0xFFF, m.type) for m in misses] == [(ring_iova, IotlbType.MISS),
                                                            (buf, IotlbType.MISS)]
     assert [fe.reply()[2] for _ in range(2)] == [struct.pack("<Q", 0)] * 2  # both acked
-    assert link.irq
-    asyncio.run(t.service_irq())
-    assert os.eventfd_read(call) == 1
-    mem.seek(0x10C00)
-    assert mem.read(12) == struct.pack("<HHII", 0, 1, 0, 1)
-    mem.seek(0x20210)
-    assert mem.read(1) == b"\0"  # VIRTIO_BLK_S_OK
-    assert bytes(regs.disk[1024:1536]) == data == bytes(t.requests.shadow[1024:1536])
-    assert [r.kind for r in t.requests.done] == ["write"] and not t.requests.errors
-    assert t.negotiated == [ident.features]  # DriverFeatures read back from the device
+    _check_write_served(t, ident, mem, 0x10C00, call, data)
     assert [m.source for m in t.iotlb.misses] == ["qemu", "qemu"]
     # The guest unmaps the buffer: the device forgets it, a later access would miss again.
     fe.send(Request.IOTLB_MSG, IotlbMsg(buf, 0x1000, 0, 0, IotlbType.INVALIDATE).pack(),

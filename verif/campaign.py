@@ -41,6 +41,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -318,3 +319,18 @@ def _on_dask(client, todo: list[Shard], fn, env: dict, record) -> None:
     except BaseException:
         client.cancel(list(ac.futures))
         raise
+
+
+def add_where_options(ap, *, jobs: int, what: str) -> None:
+    """A campaign program's ``--jobs`` and ``--scheduler`` (:func:`run_campaign`'s ``jobs``
+    and ``scheduler``) on the ``argparse`` parser ``ap``; ``what``: what the workers run."""
+    ap.add_argument("--jobs", type=int, default=jobs,
+                    help="workers of the local Dask cluster (1: in this process)")
+    ap.add_argument("--scheduler", default=None,
+                    help=f"address of a running Dask scheduler (tcp://host:port): run the {what}")
+
+
+def unwind_on_sigterm() -> None:
+    """When stopped (kill, a CI timeout), unwind like Ctrl-C, so that a local cluster's
+    workers and their simulators are ended too (:func:`close`)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

@@ -232,8 +232,24 @@ def _good_request(b: _CaseBuilder, *, kinds: Sequence[str] | None = None,
     return _Req(segs, status)
 
 
+def _link(ch: Chooser, idx: Sequence[int], segs: Sequence[Seg]) -> list[Desc]:
+    """``segs`` as one chain in descriptors ``idx`` (in order): WRITE from the segment, NEXT
+    and ``next`` to the following one; the last one's ``next`` sometimes garbage."""
+    out = []
+    for k, s in enumerate(segs):
+        flags = (spec.VIRTQ_DESC_F_WRITE if s.write else 0) | s.flags
+        nxt = 0
+        if k + 1 < len(segs):
+            flags |= spec.VIRTQ_DESC_F_NEXT
+            nxt = idx[k + 1]
+        elif ch.bool(0.2):
+            nxt = ch.int(0, 0xFFFF)  # garbage in `next` without NEXT: ignored
+        out.append((idx[k], s.addr & U64, s.len, flags, nxt))
+    return out
+
+
 def _chain(ch: Chooser, n: int, segs: Sequence[Seg], used: set[int] | None = None
-           ) -> tuple[int, list[tuple[int, int, int, int, int]]]:
+           ) -> tuple[int, list[Desc]]:
     """Assign descriptor indices (distinct, < n, not in ``used``) and NEXT links."""
     used = set() if used is None else used
     free = [i for i in range(n) if i not in used]
@@ -248,17 +264,7 @@ def _chain(ch: Chooser, n: int, segs: Sequence[Seg], used: set[int] | None = Non
             i = ch.choice([f for f in free if f not in idx])
             idx.append(i)
     used.update(idx)
-    out = []
-    for k, s in enumerate(segs):
-        flags = (spec.VIRTQ_DESC_F_WRITE if s.write else 0) | s.flags
-        nxt = 0
-        if k + 1 < len(segs):
-            flags |= spec.VIRTQ_DESC_F_NEXT
-            nxt = idx[k + 1]
-        elif ch.bool(0.2):
-            nxt = ch.int(0, 0xFFFF)  # garbage in `next` without NEXT: ignored
-        out.append((idx[k], s.addr & U64, s.len, flags, nxt))
-    return idx[0], out
+    return idx[0], _link(ch, idx, segs)
 
 
 def _assemble(ch: Chooser, w: World, index: int, category: str, expect: Expect,
@@ -374,6 +380,24 @@ def gen_readonly_write(ch: Chooser, w: World, index: int) -> Case:
                        lambda s: spec.make_handle(ch.choice(ro), s.addr & 0xFFF), writable=True)
 
 
+def _crossing_req(b: _CaseBuilder, write: bool, addr_at: Callable[[int], int]) -> _Req:
+    """A request (T_IN for a device ``write``, else T_OUT) of 1 or 2 sectors whose data starts
+    in the last bytes of a page, at device address ``addr_at(offset in the page)``, and runs into
+    the next page; its header and status in a slot."""
+    ch, w = b.ch, b.w
+    nsec = ch.choice((1, 2))
+    data_len = nsec * 512
+    off = ch.int(PAGE - data_len + 1, PAGE - 1)
+    req_type = spec.VIRTIO_BLK_T_IN if write else spec.VIRTIO_BLK_T_OUT
+    slot = b.slot()
+    b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, w.capacity - nsec)))
+    addr = addr_at(off)
+    if not write:
+        b.put(addr, b.payload(data_len))
+    return _Req([Seg(slot, HDR, False), Seg(addr, data_len, write), Seg(slot + 20, 1, True)],
+                None)
+
+
 def gen_run_off_grant(ch: Chooser, w: World, index: int) -> Case:
     """A buffer that starts in a good grant and runs into the next reference, which is not
     granted (or granted read-only for a device write, or to another domain): the first page is
@@ -396,17 +420,8 @@ def gen_run_off_grant(ch: Chooser, w: World, index: int) -> Case:
         patches = [(ref, GrantEntry.permit(w.domid, frame))]
     else:
         patches = []
-    nsec = ch.choice((1, 2))
-    data_len = nsec * 512
-    off = ch.int(PAGE - data_len + 1, PAGE - 1)
-    req_type = spec.VIRTIO_BLK_T_IN if write else spec.VIRTIO_BLK_T_OUT
-    slot = b.slot()
-    b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, w.capacity - nsec)))
-    addr = spec.make_handle(ref, off)
-    if not write:
-        b.put(addr, b.payload(data_len))
-    segs = [Seg(slot, HDR, False), Seg(addr, data_len, write), Seg(slot + 20, 1, True)]
-    return _assemble(ch, w, index, "run_off_grant", Expect(cause), [*pre, _Req(segs, None)], b,
+    req = _crossing_req(b, write, lambda off: spec.make_handle(ref, off))
+    return _assemble(ch, w, index, "run_off_grant", Expect(cause), [*pre, req], b,
                      patches=patches, note=f"ref {ref} + 1")
 
 
@@ -811,18 +826,9 @@ def gen_iova_run_off_map(ch: Chooser, w: World, index: int) -> Case:
         patch = (frame, True, False) if write else (frame, False, True)
         cause = spec.FAULT_READONLY if write else spec.FAULT_IOTLB_NO_READ
         how = "read-only" if write else "write-only"
-    nsec = ch.choice((1, 2))
-    data_len = nsec * 512
-    off = ch.int(PAGE - data_len + 1, PAGE - 1)
-    req_type = spec.VIRTIO_BLK_T_IN if write else spec.VIRTIO_BLK_T_OUT
-    slot = b.slot()
-    b.put(slot, virtio.BLK_HEADER.pack(req_type, 0, ch.int(0, w.capacity - nsec)))
-    addr = w.iova_addr(ref, off, alias)
-    if not write:
-        b.put(addr, b.payload(data_len))
-    segs = [Seg(slot, HDR, False), Seg(addr, data_len, write), Seg(slot + 20, 1, True)]
-    return _assemble(ch, w, index, "iova_run_off_map", Expect(cause), [*pre, _Req(segs, None)],
-                     b, iova_patches=[(page, patch)], note=f"page {page:#x} {how}")
+    req = _crossing_req(b, write, lambda off: w.iova_addr(ref, off, alias))
+    return _assemble(ch, w, index, "iova_run_off_map", Expect(cause), [*pre, req], b,
+                     iova_patches=[(page, patch)], note=f"page {page:#x} {how}")
 
 
 def gen_iova_readonly(ch: Chooser, w: World, index: int) -> Case:
@@ -973,16 +979,7 @@ def _lay_table(b: _CaseBuilder, segs: Sequence[Seg], *, extra: int = 0,
     if not sequential:
         random.Random(ch.seed()).shuffle(rest)
     idx = [0, *rest[:len(segs) - 1]]
-    entries: list[Desc] = []
-    for k, s in enumerate(segs):
-        flags = (spec.VIRTQ_DESC_F_WRITE if s.write else 0) | s.flags
-        nxt = 0
-        if k + 1 < len(segs):
-            flags |= spec.VIRTQ_DESC_F_NEXT
-            nxt = idx[k + 1]
-        elif ch.bool(0.2):
-            nxt = ch.int(0, 0xFFFF)  # garbage in `next` without NEXT: ignored
-        entries.append((idx[k], s.addr & U64, s.len, flags, nxt))
+    entries = _link(ch, idx, segs)
     junk = random.Random(ch.seed())
     for j in sorted(set(range(t)) - set(idx)):
         entries.append((j, junk.getrandbits(64), junk.getrandbits(32), junk.getrandbits(16),

@@ -31,17 +31,22 @@ class OracleDevice(ReferenceDevice):
 
     def __init__(self, mem: GuestMemory, **kw: Any) -> None:
         self.dma_accesses = 0
+        self.read_addrs: list[int] = []  # the virtual address of every DMA read, in order
         self.errors = BusErrorPages()
         super().__init__(mem, bus_error=self.errors, **kw)
 
     def dma_read(self, v: int, n: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:
         self.dma_accesses += 1
+        self.read_addrs.append(v)
         return super().dma_read(v, n, sink)
 
     def dma_write(self, v: int, data: bytes) -> None:
         self.dma_accesses += 1
         super().dma_write(v, data)
 
+
+TABLE_ENTRY_CYCLES = 4  # at most, per indirect table entry walked out of the table buffer
+# (docs/timing.md: 3 cycles an entry, 4 at data width 32; no bus access)
 
 MISS_COST = 500  # cycles the bench's hypervisor may take to read and answer one miss, beyond
 # its chosen latency or timeout (3 register reads, 6 writes on AXI4-Lite, a command)
@@ -114,6 +119,7 @@ class Outcome:
     interrupt: int = 0  # InterruptStatus after the case (then acknowledged)
     zeroed_ok: bool | None = None  # the disk range ``Expect.zeroed`` reads as zeros
     zero_bytes: int = 0  # bytes the case zeroes on the disk (``Expect.zeroed``)
+    table_walk: int = 0  # cycles the walks of the indirect tables read may take (no bus access)
     used_first: int = 0  # the used index the case's first used element has
 
     def beats(self, data_width: int) -> int:
@@ -122,8 +128,9 @@ class Outcome:
     def bound(self, data_width: int, pause: float = 0.0) -> int:
         # zeroing the disk (DISCARD, WRITE_ZEROES) makes no bus access: at least 4 bytes a
         # cycle, twice over
-        return cycle_bound(len(self.transactions), self.beats(data_width), self.lookups,
-                           self.accesses, pause=pause) + self.miss_wait + self.zero_bytes // 2
+        return (cycle_bound(len(self.transactions), self.beats(data_width), self.lookups,
+                            self.accesses, pause=pause) + self.miss_wait + self.zero_bytes // 2
+                + 2 * self.table_walk)
 
     def summary(self) -> str:
         done = f"{len(self.completions)} completion(s), statuses " \

@@ -20,7 +20,14 @@ from models.memory import GuestMemory
 from sw.hypervisor import IotlbMiss, decode_miss, invalidate_writes
 from sw.iommu import Answer, IommuModel, MissPolicy
 from sw.transport import FaultLink, run_coroutine
-from verif.oracle import MISS_COST, GrantView, OracleDevice, Outcome, read_completions
+from verif.oracle import (
+    MISS_COST,
+    TABLE_ENTRY_CYCLES,
+    GrantView,
+    OracleDevice,
+    Outcome,
+    read_completions,
+)
 from verif.world import F_AVAIL, F_DESC, F_USED, PAGE, Case, QueueSpec, World
 
 
@@ -310,6 +317,7 @@ class ReferenceStream:
         used_before = dev.used_idx
         dev.clear_records()
         acc0 = dev.dma_accesses
+        reads0 = len(dev.read_addrs)
         self.view.refresh()
         self.granted_w = set(self.view.writable)
         if self.w.iova:
@@ -337,6 +345,10 @@ class ReferenceStream:
             out.zeroed_ok = not any(dev.disk[lo:hi])
             out.zero_bytes = hi - lo
         out.used_first = used_before
+        # a table read starts a walk of at most queue size + 1 entries (the loop check)
+        tables = {addr for addr, _ in case.tables}
+        out.table_walk = TABLE_ENTRY_CYCLES * (case.queue.n + 1) * sum(
+            1 for v in dev.read_addrs[reads0:] if v in tables)
         out.interrupt = run_coroutine(self.drv.take_interrupt())
         if self.model is not None:
             out.misses = list(dev.misses)
