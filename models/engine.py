@@ -164,19 +164,20 @@ class RingEngine:
         total = 0
         seen_writable = False
         ring = virtio.SplitRing(n)
-        base, limit, in_table = self.queue_desc, n, False  # the table being walked
+        limit = n  # the ring's table, then the indirect table's T entries
+        table: bytes | None = None  # the indirect table as read, once the walk is in it
         i = head
-        table = None
         while True:
             if i >= limit:
                 raise self._fault(spec.FAULT_BAD_CHAIN, i)
             if len(descs) + 1 > n:  # descriptor number N + 1: a loop
                 raise self._fault(spec.FAULT_BAD_CHAIN, i)
-            if table is not None:
-                raw = table[16 * i:16 * i + 16]
+            if table is None:
+                raw = self.dma_read((self.queue_desc + ring.desc(i)) & _U64, virtio.DESC.size)
             else:
-                raw = self.dma_read((base + ring.desc(i)) & _U64, virtio.DESC.size)
+                raw = self._table_entry(table, i)
             addr, length, flags, nxt = virtio.DESC.unpack(raw)
+            in_table = table is not None
             if flags & spec.VIRTQ_DESC_F_INDIRECT:
                 # Section 2.7.5.3.1: only with the feature, one table per descriptor, never
                 # with NEXT; a table of whole descriptors, at most the queue size.
@@ -185,9 +186,10 @@ class RingEngine:
                         or length == 0 or length % spec.DESC_BYTES
                         or length > spec.DESC_BYTES * n or addr + length > 1 << 64):
                     raise self._fault(spec.FAULT_BAD_CHAIN, i)
-                # Its WRITE flag is ignored (section 2.7.5.3.2); it moves no byte.
-                base, limit, in_table = addr, length // spec.DESC_BYTES, True
-                table = self.dma_read(addr, length)
+                # Its WRITE flag is ignored (section 2.7.5.3.2); it moves no byte. The whole
+                # table is one DMA access: a fault on it comes before any entry is checked.
+                table = self._read_table(addr, length)
+                limit = length // spec.DESC_BYTES
                 i = 0
                 continue
             d = Descriptor(i, addr, length, flags, nxt, in_table)
@@ -203,6 +205,15 @@ class RingEngine:
             if not flags & spec.VIRTQ_DESC_F_NEXT:
                 return descs
             i = nxt
+
+    def _read_table(self, addr: int, length: int) -> bytes:
+        """The indirect table, ``length`` bytes at ``addr``: one DMA read access (step 3.2)."""
+        return self.dma_read(addr, length)
+
+    @staticmethod
+    def _table_entry(table: bytes, i: int) -> bytes:
+        """Entry ``i`` of an indirect table already read: its bytes ``[16 i, 16 i + 16)``."""
+        return table[spec.DESC_BYTES * i : spec.DESC_BYTES * (i + 1)]
 
     def _over_limits(self, descs: list[Descriptor]) -> bool:
         """Step 3.3: more than ``seg_max + 2`` descriptors (SEG_MAX offered) or one longer than

@@ -58,12 +58,13 @@ class FaultMark:
 
 @dataclass
 class _Access:
-    step: str  # poll, head, desc, hdr, data, status, used, uidx, drain; uevt, aevt, aevt_drain
+    step: str  # poll, head, desc, table, hdr, data, status, used, uidx, drain; uevt, aevt,
+    # aevt_drain
     kind: str  # R, W or D (drain)
     txns: list  # Transaction, then a FaultMark if the access faulted
     fault: int = 0  # the fault cause this access ended with (0: none)
-    indirect: bool = False  # a descriptor read that found an INDIRECT descriptor (its table's
-    # first entry is read after TABLE and TABLE_ISSUE)
+    indirect: bool = False  # a descriptor read that found an INDIRECT descriptor (its whole
+    # table is read after TABLE and TABLE_ISSUE)
 
 
 @dataclass
@@ -73,6 +74,10 @@ class _Request:
     goal: int  # data bytes moved (0 for flush, errors, unsupported)
     accesses: list[_Access] = field(default_factory=list)
     fault: int = 0  # a fault the ring engine raised itself (chain, request framing)
+    # entries of the indirect table the walk checked (a DESC_CHECK each), out of what the table
+    # read (step "table") returned; the last is the one a chain fault in the table names, or
+    # the one whose NEXT index failed the range or loop check
+    entries: int = 0
     # DISCARD/WRITE_ZEROES: the segment was read (its data pieces, then SEG_CHECK and SEG_ACT),
     # and the bytes the zero command cleared (None: no zero command, the status says why)
     segment: bool = False
@@ -236,6 +241,16 @@ class TimedDevice(ReferenceDevice):
         self._step = "hdr"
         return descs
 
+    def _read_table(self, addr: int, length: int) -> bytes:
+        self._step = "table"
+        out = super()._read_table(addr, length)
+        self._step = "desc"  # (the walk reads no more descriptors: they come from the table)
+        return out
+
+    def _table_entry(self, table: bytes, i: int) -> bytes:
+        self._current_round.requests[-1].entries += 1
+        return super()._table_entry(table, i)
+
     def _read_range(self, descs, start, length, sink=None):
         req = self._current_round.requests[-1]
         self._step = "hdr" if start == 0 and length == spec.BLK_HEADER_BYTES else "data"
@@ -387,6 +402,9 @@ class _Scheduler:
         self.out = KickSchedule()
         self.last_b = -1  # cycle of the latest write response
         self.outstanding: list[int] = []  # response cycles of posted writes
+        # the cycle the ring engine's own checks count from: the last command's done, or, after
+        # an indirect table's walk, the cycle before its last entry's DESC_CHECK
+        self.last_done = 0
 
     @staticmethod
     def _ends_page(txn: Transaction) -> bool:
@@ -474,20 +492,36 @@ class _Scheduler:
         """The used-buffer pulse is high in cycle ``pulse``; InterruptStatus (and irq) follow."""
         self.out.irqs.append(pulse + 1)
 
+    def table_checks(self, d: int, entries: int) -> int:
+        """The indirect table's read done at ``d``: the cycle of the last walked entry's
+        ``DESC_CHECK`` (the first at ``d + 5``, ``d + 6`` with a 4-byte bus; each further one 3
+        cycles later, 4 with a 4-byte bus)."""
+        narrow = self.width // 8 < 8
+        return d + (6 if narrow else 5) + (4 if narrow else 3) * (entries - 1)
+
     def request(self, t: int, req: _Request) -> int:
         acc = iter(req.accesses)
         a = next(acc)
         assert a.step == "head"
         d = self.read(t, a.txns)
         t = d + 2  # DESC_FIRST, then DESC_START issues the first descriptor read
-        for _ in range(sum(1 for x in req.accesses if x.step == "desc")):
+        for _ in range(sum(1 for x in req.accesses if x.step in ("desc", "table"))):
             a = next(acc)
-            assert a.step == "desc", a.step
+            assert a.step in ("desc", "table"), a.step
             d = self.read(t, a.txns)
-            # DESC_CHECK, then DESC_NEXT issues the next descriptor read or the header's
-            # first piece; after an indirect descriptor, TABLE and TABLE_ISSUE issue the
-            # table's first entry
-            t = d + (4 if a.indirect else 2)
+            if a.step == "table":
+                # the entries are checked out of the table buffer, no bus access; after the
+                # last one's DESC_CHECK at c, DESC_NEXT issues the header's first piece at
+                # c + 1 (or the engine's own fault follows, as after a descriptor read done at
+                # c - 1)
+                c = self.table_checks(d, req.entries)
+                self.last_done = c - 1
+                t = c + 1
+            else:
+                # DESC_CHECK, then DESC_NEXT issues the next descriptor read or the header's
+                # first piece; after an indirect descriptor, TABLE and TABLE_ISSUE issue the
+                # whole table's read
+                t = d + (4 if a.indirect else 2)
         # pass 2 sees only the non-empty descriptors (empty ones are not cached)
         descs = [x for x in req.descs if x.len]
         k, got, ends = 0, 0, False
@@ -924,7 +958,9 @@ def lower_bound(req: _Request, poll: _Access | None, *, latency: int, data_width
         r = sum(beats(a) for a in req.accesses if a.kind == "R")
         w = sum(beats(a) for a in req.accesses if a.kind == "W")
         return max(r, w)
-    descs = by_step.get("desc", [])
+    # an indirect table's read is a dependent read like a later descriptor's (it replaces the
+    # reads of its entries)
+    descs = [a for a in req.accesses if a.step in ("desc", "table")]
     chain = (read_cost(poll) if poll is not None else 0) + read_cost(by_step["head"][0])
     chain += read_cost(descs[0]) if descs else 0
     later_descs = sum(read_cost(a) for a in descs[1:])

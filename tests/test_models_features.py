@@ -20,6 +20,7 @@ from models import spec, virtio
 from models.device import ReferenceDevice
 from models.engine import vring_need_event
 from models.features import Features
+from models.grant import GrantEntry
 from models.memory import GuestMemory
 from verif.harness import HandDriver, make
 
@@ -246,9 +247,9 @@ def test_indirect_chain_moves_what_the_direct_chain_moves(handle_mode):
 
 
 def test_indirect_transaction_sequence_and_ignored_write_flag():
-    """The head descriptor, then each table entry read as 16 bytes at table + 16 * i in chain
-    order (the walk starts at entry 0; here 0, 2, 1), then the request as a direct chain would
-    move it."""
+    """The head descriptor, then the whole table read as one access (48 bytes at the table),
+    then the request as a direct chain would move it, its buffers in chain order (the walk
+    starts at entry 0; here 0, 2, 1: header, data, status)."""
     dev, drv = setup(n=8)
     req = Req(drv, spec.VIRTIO_BLK_T_IN, 3, read_len=512)
     (h, hl, hf), (d, dl, df), (s, sl, sf) = req.segs
@@ -259,7 +260,7 @@ def test_indirect_transaction_sequence_and_ignored_write_flag():
     t = table.dma
     assert keys(dev) == [
         ("R", drv.avail.dma, 4), ("R", drv.avail.dma + 4, 2), ("R", q + 80, 16),
-        ("R", t, 16), ("R", t + 32, 16), ("R", t + 16, 16),
+        ("R", t, 48),
         ("R", h, 16), ("W", d, 512), ("W", s, 1), ("W", drv.used.dma + 4, 8),
         ("W", drv.used.dma + 2, 2),
         ("R", drv.avail.dma + 4 + 16, 2),  # used_event (EVENT_IDX negotiated)
@@ -363,22 +364,24 @@ def test_malformed_indirect_is_cause_7_with_the_contract_index(name, handle_mode
     assert_fault(dev, spec.FAULT_BAD_CHAIN, index)
     assert bytes(dev.disk) == disk and drv.take_used() == []
     table_reads = touches(dev, table)
-    if name in ("index_past_table", "index_far_past_table", "loop_inside_table",
-                "indirect_inside_table"):
-        # only whole entries inside the table are read, as 16 bytes at table + 16 * i
+    read_whole = name in ("index_past_table", "index_far_past_table", "loop_inside_table",
+                          "indirect_inside_table")
+    if read_whole:
+        # the whole table (len bytes, here inside one page and one burst window) is read once,
+        # as one access, before its entries are checked; nothing else of it
         t = table.phys(0) if handle_mode else table.dma
-        assert table_reads and all(k == "R" and n == 16 and (a - t) % 16 == 0
-                                   and 0 <= a - t < table.nbytes for k, a, n in table_reads)
+        assert table_reads == [("R", t, table.nbytes)]
     else:  # rejected at the indirect descriptor: the table is never read
         assert table_reads == []
-    # no transaction after the fault's descriptor read, no write at all
+    # no transaction after the table's read (or the indirect descriptor's), no write at all
     assert all(k == "R" for k, _, _ in keys(dev))
-    assert keys(dev)[-1][2] == 16
+    assert keys(dev)[-1][2] == (table.nbytes if read_whole else 16)
 
 
 def test_loop_count_includes_ring_descriptors_before_the_table():
     """header (ring) -> INDIRECT -> table 0 -> 1 -> 2 -> 0 ...: descriptor number 9 (N = 8) is
-    the eighth table read: 0, 1, 2, 0, 1, 2, 0, then index 1."""
+    the eighth table entry walked: 0, 1, 2, 0, 1, 2, 0, then index 1. The table is read once,
+    whole (48 bytes), and the walk goes round it in what was read."""
     dev, drv = setup(n=8)
     req = Req(drv, spec.VIRTIO_BLK_T_IN, 0, read_len=512)
     (h, hl, _), (d, dl, df), _ = req.segs
@@ -388,7 +391,79 @@ def test_loop_count_includes_ring_descriptors_before_the_table():
     drv.publish(6)
     drv.notify()
     assert_fault(dev, spec.FAULT_BAD_CHAIN, 1)
-    assert [a - table.dma for _, a, _ in touches(dev, table)] == [0, 16, 32, 0, 16, 32, 0]
+    assert touches(dev, table) == [("R", table.dma, 48)]
+
+
+def straddling_table(drv: HandDriver, entries: list[tuple[int, int, int, int]], count: int,
+                     offset: int):
+    """A table of ``count`` entries (``entries`` first, then zeros) at page offset ``offset``,
+    one grant per page in handle mode, its pages on frames two apart (contiguous in GPA
+    mode)."""
+    table = drv.buffer(16 * count, offset=offset, readonly=True,
+                       stride=2 if drv.handle_mode else 1)
+    for k, entry in enumerate(entries):
+        drv.write_buf(table, virtio.DESC.pack(*entry), 16 * k)
+    return table
+
+
+@pytest.mark.parametrize(("data_width", "n", "count", "offset", "cuts"), [
+    # 4 entries straddling a page boundary: one burst per page
+    (64, 8, 4, spec.PAGE_SIZE - 32, [32, 32]),
+    # 80 entries (1280 bytes) at page offset 512, data width 32: bursts end at multiples of
+    # 256 beats * 4 bytes = 1 KiB
+    (32, 128, 80, 512, [512, 768]),
+], ids=["page", "burst_window"])
+def test_indirect_table_is_read_as_the_bursts_of_one_access(data_width, n, count, offset, cuts):
+    """The table, len = 16 * count bytes (more entries than the chain uses), is one DMA access
+    cut like any other (docs/architecture.md "Bus transactions"): its bursts, back to back,
+    cover exactly [addr, addr + len); no entry is read on its own."""
+    dev, drv = setup(n=n, handle_mode=True, data_width=data_width)
+    req = Req(drv, spec.VIRTIO_BLK_T_IN, 2, read_len=512)
+    table = straddling_table(drv, linked(req.segs), count, offset)
+    publish_indirect(drv, table.dma, 16 * count, index=1)
+    drv.notify()
+    assert dev.faults == [] and req.status_byte() == spec.VIRTIO_BLK_S_OK
+    assert drv.take_used() == [(1, 513)]
+    starts = [0, cuts[0]]
+    expected = [("R", table.phys(a), size) for a, size in zip(starts, cuts, strict=True)]
+    assert touches(dev, table) == expected
+    first = keys(dev).index(expected[0])
+    assert keys(dev)[first : first + 2] == expected  # back to back: one access
+    assert keys(dev)[first - 1] == ("R", drv.desc.phys(16), 16)  # the indirect descriptor
+    assert keys(dev)[first + 2] == ("R", req.header.phys(0), 16)  # then the header
+
+
+@pytest.mark.parametrize("handle_mode", [True, False], ids=["handle_not_granted",
+                                                           "gpa_bus_error"])
+def test_a_fault_on_the_table_read_comes_before_its_entries_are_checked(handle_mode):
+    """A table straddling two pages whose second page cannot be read (handle mode: its grant
+    is not permit_access, cause 3; GPA mode: the bus answers an error, cause 6), with a
+    malformed entry 0 (INDIRECT inside a table, cause 7 at index 0 once checked): the fault is
+    the table read's, at its second page, and the walk never checks entry 0."""
+    bad: set[int] = set()
+    dev, drv = setup(n=8, handle_mode=handle_mode,
+                     bus_error=lambda txn: txn.addr >> spec.PAGE_SHIFT in bad)
+    req = Req(drv, spec.VIRTIO_BLK_T_IN, 0, read_len=512)
+    ents = linked(req.segs)
+    nested = (req.header.dma, 48, INDIRECT, 0)  # malformed in a table
+    table = straddling_table(drv, [nested, *ents[1:]], 4, spec.PAGE_SIZE - 32)
+    if handle_mode:
+        drv.set_grant(table.refs[1], GrantEntry(flags=0, domid=drv.domid, frame=table.frames[1]))
+        cause, addr = spec.FAULT_NOT_PERMITTED, spec.make_handle(table.refs[1], 0)
+    else:
+        bad.add(table.frames[1])
+        cause, addr = spec.FAULT_BUS_ERROR, table.phys(32)
+    assert addr == (table.dma + 32 if handle_mode else table.phys(32))
+    publish_indirect(drv, table.dma, 64, index=1)
+    drv.notify()
+    assert_fault(dev, cause, addr)
+    first = ("R", table.phys(0), 32)
+    if handle_mode:  # the first page's burst goes out; the second page's lookup fails
+        assert touches(dev, table) == [first]
+    else:  # both bursts go out, the second answered with an error
+        assert touches(dev, table) == [first, ("R", table.phys(32), 32)]
+    assert keys(dev)[-len(touches(dev, table))] == first  # the last access of the kick
+    assert drv.take_used() == [] and not any(t.kind == "W" for t in dev.transactions)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -770,7 +845,7 @@ def test_ring_and_table_descriptors_count_together_without_a_loop():
     drv.publish(0)
     drv.notify()
     assert_fault(dev, spec.FAULT_BAD_CHAIN, 7)
-    assert [a - table.dma for _, a, _ in touches(dev, table)] == [16 * k for k in range(7)]
+    assert touches(dev, table) == [("R", table.dma, 128)]  # read whole, once
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -812,20 +887,29 @@ def test_indirect_and_direct_chains_make_the_same_data_accesses(out, sectors, cu
 
 
 def walk_from_the_contract(mem, qdesc: int, n: int, head: int, indirect_ok: bool):
-    """Step 3.2 read straight from guest memory (GPA mode): ``("fault", index, reads)`` or
-    ``("ok", descriptors, reads)``; ``reads`` are the 16-byte descriptor reads in order."""
+    """Step 3.2 read straight from guest memory (GPA mode): ``("fault", index, reads)``,
+    ``("bus_error", None, reads)`` (the table is not all inside memory) or
+    ``("ok", descriptors, reads)``; ``reads`` are the accesses in order, ``(addr, nbytes)``:
+    16 bytes per ring descriptor, the whole table (``len`` bytes) once."""
     reads, count, total, seen_writable, descs = [], 0, 0, False, []
-    base, limit, in_table, i = qdesc, n, False, head
+    limit, table, i = n, None, head
     while True:
         if i >= limit or count == n:
             return "fault", i, reads
-        reads.append(base + 16 * i)
-        addr, length, flags, nxt = struct.unpack("<QIHH", mem.read(base + 16 * i, 16))
+        if table is None:
+            reads.append((qdesc + 16 * i, 16))
+            raw = mem.read(qdesc + 16 * i, 16)
+        else:
+            raw = table[16 * i : 16 * i + 16]
+        addr, length, flags, nxt = struct.unpack("<QIHH", raw)
         if flags & INDIRECT:
-            if (not indirect_ok or in_table or flags & NEXT or length == 0 or length % 16
-                    or length > 16 * n or addr + length > 2**64):
+            if (not indirect_ok or table is not None or flags & NEXT or length == 0
+                    or length % 16 or length > 16 * n or addr + length > 2**64):
                 return "fault", i, reads
-            base, limit, in_table, i = addr, length // 16, True, 0
+            reads.append((addr, length))
+            if not mem.contains(addr, length):
+                return "bus_error", None, reads
+            table, limit, i = mem.read(addr, length), length // 16, 0
             continue
         if (not flags & WRITE and seen_writable) or addr + length > 2**64:
             return "fault", i, reads
@@ -875,11 +959,15 @@ def test_random_chains_walk_as_step_3_2_says(data, n_log, indirect_ok):
     drv.publish(head)
     drv.notify()
     verdict, what, reads = walk_from_the_contract(drv.mem, drv.desc.dma, n, head, indirect_ok)
-    in_tables = sum(any(t.dma <= a < t.dma + t.nbytes for t in tables) for a in reads)
-    event(f"{verdict}, {min(in_tables, 3)} table reads")
-    got = [t.addr for t in dev.transactions[2 : 2 + len(reads)]]
-    assert got == reads and all(t.nbytes == 16 for t in dev.transactions[2 : 2 + len(reads)])
-    if verdict == "fault":
+    ring = range(drv.desc.dma, drv.desc.dma + 16 * n)
+    event(f"{verdict}, {'a' if any(a not in ring for a, _ in reads) else 'no'} table read")
+    # every table here lies inside one page and one burst window: one transaction per access
+    got = [(t.addr, t.nbytes) for t in dev.transactions[2 : 2 + len(reads)]]
+    assert got == reads
+    if verdict == "bus_error":  # the table read's fault, before any entry is checked
+        assert [f.cause for f in dev.faults] == [spec.FAULT_BUS_ERROR]
+        assert len(dev.transactions) == 2 + len(reads)
+    elif verdict == "fault":
         assert dev.faults == [(spec.FAULT_BAD_CHAIN, what)]
         assert len(dev.transactions) == 2 + len(reads)
     else:

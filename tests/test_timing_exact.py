@@ -56,6 +56,14 @@ def test_cycle_exact_features(mode, latency):
            "seed": 40 + latency, "features": True}, name=f"timing_feat_{mode}_{latency}")
 
 
+def test_cycle_exact_features_w32():
+    """The same at data width 32, where an indirect table's entries take 4 cycles each (the
+    entry is two words out of the table buffer) and the first one 6 after the table's read."""
+    cosim("tb.test_timing", "test_cycle_exact",
+          {"handle_mode": True, "latency": 4, "requests": 12, "batch": 5, "seed": 92,
+           "features": True}, data_width=32, name="timing_feat_w32")
+
+
 def iova(params: dict, tmp_path, *, name: str, iotlb_entries: int = 64,
          data_width: int = 64) -> None:
     out = tmp_path / f"{name}.jsonl"

@@ -173,3 +173,99 @@ def test_cycle_model_matches_closed_form_features(width, latency):
     rises = [e.cycle - notify for e in events if e.name == "irq_rise"]
     assert rises == closed.irqs[:1]
     assert len(closed.irqs) == 1  # one decision for the round (used_event 0: due)
+
+
+class ErrSide(DetSide):
+    """:class:`DetSide` whose read bursts at the addresses ``bad`` answer SLVERR."""
+
+    def __init__(self, latency: int, bad: set[int]) -> None:
+        super().__init__(latency)
+        self.bad = bad
+
+    def get(self, c: int):
+        free = 0
+        for e in self.events:
+            if e.name == "AR" and e.cycle < c:
+                beats = int(e.info.split("beats=")[1])
+                start = max(e.cycle + self.L, free)
+                free = start + beats
+                if start < c <= start + beats:
+                    addr = int(e.info.split()[0][5:], 16)
+                    return (c == start + beats, 2 if addr in self.bad else 0)
+        return None
+
+
+def _table_request(width: int, *, status_flags: int = spec.VIRTQ_DESC_F_WRITE,
+                   bus_error: bool = False):
+    """A T_IN request through an indirect table of 8 entries of which the chain walks three,
+    0 -> 5 -> 2 (header, data, status; the status entry readable: cause 7 at index 2);
+    ``bus_error``: the table's read fails (cause 6). Returns the device, driver, request, the
+    table buffer."""
+    bad: set[int] = set()
+    dev = TimedDevice(GuestMemory(1 << 20), data_width=width,
+                      bus_error=lambda txn: txn.addr in bad)
+    drv = HandDriver(dev)
+    drv.setup(16)
+    req = drv.request(spec.VIRTIO_BLK_T_IN, 3, read_len=512, publish=False)
+    nxt, wr = spec.VIRTQ_DESC_F_NEXT, spec.VIRTQ_DESC_F_WRITE
+    ents = {0: (req.header.dma, 16, nxt, 5), 5: (req.data.dma, 512, wr | nxt, 2),
+            2: (req.status.dma, 1, status_flags, 0)}
+    table = drv.buffer(16 * 8, readonly=True)
+    drv.write_buf(table, b"".join(virtio.DESC.pack(*ents.get(i, (0, 0, 0, 0)))
+                                  for i in range(8)))
+    if bus_error:
+        bad.add(table.dma)
+    drv.write_desc(req.head, table.dma, table.nbytes, spec.VIRTQ_DESC_F_INDIRECT)
+    drv.publish(req.head)
+    drv.notify()
+    return dev, drv, req, table
+
+
+def _hs(events, notify):
+    return [(e.name, int(e.info.split()[0][5:], 16), int(e.info.split("beats=")[1]),
+             e.cycle - notify) for e in events if e.name in ("AR", "AW")]
+
+
+@pytest.mark.parametrize("latency", [0, 4])
+@pytest.mark.parametrize("width", [32, 64, 128])
+def test_indirect_table_rows(width, latency):
+    """docs/timing.md's indirect table rows, written out: the indirect descriptor's read done
+    at d, the table's read (one command: 128 bytes, one burst) handshakes at d + 6 (TABLE_ISSUE
+    at d + 4, ADDR, the handshake); its done at t: the walked entries' DESC_CHECKs at t + 5, then
+    every 3 cycles (t + 6, then every 4, with a 4-byte bus); the header's first piece is handed
+    over at DESC_NEXT, the cycle after the last DESC_CHECK c, its handshake at c + 3. Both models
+    (closed form and cycle model) agree on it; a malformed entry faults 5 cycles after its
+    DESC_CHECK (the fault event one cycle later), a failed table read the cycle after its done
+    (no entry checked)."""
+    narrow = width == 32
+    first, each = (6, 4) if narrow else (5, 3)
+    dev, drv, req, table = _table_request(width)
+    assert drv.take_used() == [(req.head, 513)]
+    closed = dev.schedule(0, latency=latency)
+    hs = closed.handshakes
+    ind = next(h for h in hs if h.addr == drv.desc.dma + 16 * req.head)
+    d = ind.cycle + latency + ind.beats
+    tab = [h for h in hs if table.dma <= h.addr < table.dma + table.nbytes]
+    assert [(h.kind, h.addr, h.beats) for h in tab] == [("R", table.dma, 128 // (width // 8))]
+    assert tab[0].cycle == d + 6
+    done = tab[0].cycle + latency + tab[0].beats
+    c = done + first + each * 2  # the third walked entry's DESC_CHECK
+    hdr = hs[hs.index(tab[0]) + 1]
+    assert (hdr.addr, hdr.cycle) == (req.header.dma, c + 3)
+    notify = 500
+    events = dev.events(0, DetSide(latency), notify, end=notify + closed.idle + 100)
+    assert _hs(events, notify) == [("A" + h.kind, h.addr, h.beats, h.cycle) for h in hs]
+
+    # the status entry (index 2) readable after the writable data: cause 7 at its DESC_CHECK
+    dev, drv, req, table = _table_request(width, status_flags=0)
+    assert [(f.cause, f.addr) for f in dev.faults] == [(spec.FAULT_BAD_CHAIN, 2)]
+    events = dev.events(0, DetSide(latency), notify, end=notify + 400)
+    assert _hs(events, notify)[-1][:3] == ("AR", table.dma, 128 // (width // 8))
+    assert [e.cycle - notify for e in events if e.name == "fault"] == [c + 5 + 1]
+
+    # the table's read fails: the fault the cycle after its done, like a descriptor read's
+    dev, drv, req, table = _table_request(width, bus_error=True)
+    assert [(f.cause, f.addr) for f in dev.faults] == [(spec.FAULT_BUS_ERROR, table.dma)]
+    events = dev.events(0, ErrSide(latency, {table.dma}), notify, end=notify + 400)
+    assert _hs(events, notify)[-1][:3] == ("AR", table.dma, 128 // (width // 8))
+    assert [e.cycle - notify for e in events if e.name == "fault"] == [done + 1 + 1]
