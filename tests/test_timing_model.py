@@ -45,8 +45,12 @@ class DetSide:
                 start = max(e.cycle + self.L, free)
                 free = start + beats
                 if start < c <= start + beats:
-                    return (c == start + beats, 0)
+                    return (c == start + beats, self.rresp(int(e.info.split()[0][5:], 16)))
         return None
+
+    def rresp(self, addr: int) -> int:
+        """The response of the read burst at ``addr``: OKAY."""
+        return 0
 
 
 class _B:
@@ -182,17 +186,8 @@ class ErrSide(DetSide):
         super().__init__(latency)
         self.bad = bad
 
-    def get(self, c: int):
-        free = 0
-        for e in self.events:
-            if e.name == "AR" and e.cycle < c:
-                beats = int(e.info.split("beats=")[1])
-                start = max(e.cycle + self.L, free)
-                free = start + beats
-                if start < c <= start + beats:
-                    addr = int(e.info.split()[0][5:], 16)
-                    return (c == start + beats, 2 if addr in self.bad else 0)
-        return None
+    def rresp(self, addr: int) -> int:
+        return 2 if addr in self.bad else 0
 
 
 def _table_request(width: int, *, status_flags: int = spec.VIRTQ_DESC_F_WRITE,
