@@ -23,7 +23,8 @@ from verif.world import U64, Case, World
 class OracleDevice(ReferenceDevice):
     """:class:`ReferenceDevice` plus what the isolation tests need from the oracle.
 
-    It counts DMA accesses (``dma_accesses``), for :func:`cycle_bound`, and its ``errors``
+    It counts DMA accesses (``dma_accesses``), for :func:`cycle_bound`, and indirect table
+    reads (``table_reads``, through the engine's ``_read_table``), and its ``errors``
     (the failing bus pages) make it a :class:`sw.transport.FaultLink`. The "Grant revocation"
     rule of docs/architecture.md (a new lookup before the next burst after a table write, even
     inside a page) is the reference's own (``table_gen``).
@@ -31,14 +32,17 @@ class OracleDevice(ReferenceDevice):
 
     def __init__(self, mem: GuestMemory, **kw: Any) -> None:
         self.dma_accesses = 0
-        self.read_addrs: list[int] = []  # the virtual address of every DMA read, in order
+        self.table_reads = 0  # indirect tables read (each starts a walk with no bus access)
         self.errors = BusErrorPages()
         super().__init__(mem, bus_error=self.errors, **kw)
 
     def dma_read(self, v: int, n: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:
         self.dma_accesses += 1
-        self.read_addrs.append(v)
         return super().dma_read(v, n, sink)
+
+    def _read_table(self, addr: int, length: int) -> bytes:
+        self.table_reads += 1
+        return super()._read_table(addr, length)
 
     def dma_write(self, v: int, data: bytes) -> None:
         self.dma_accesses += 1

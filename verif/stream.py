@@ -317,7 +317,7 @@ class ReferenceStream:
         used_before = dev.used_idx
         dev.clear_records()
         acc0 = dev.dma_accesses
-        reads0 = len(dev.read_addrs)
+        tables0 = dev.table_reads
         self.view.refresh()
         self.granted_w = set(self.view.writable)
         if self.w.iova:
@@ -346,9 +346,7 @@ class ReferenceStream:
             out.zero_bytes = hi - lo
         out.used_first = used_before
         # a table read starts a walk of at most queue size + 1 entries (the loop check)
-        tables = {addr for addr, _ in case.tables}
-        out.table_walk = TABLE_ENTRY_CYCLES * (case.queue.n + 1) * sum(
-            1 for v in dev.read_addrs[reads0:] if v in tables)
+        out.table_walk = TABLE_ENTRY_CYCLES * (case.queue.n + 1) * (dev.table_reads - tables0)
         out.interrupt = run_coroutine(self.drv.take_interrupt())
         if self.model is not None:
             out.misses = list(dev.misses)
