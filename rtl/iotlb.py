@@ -92,6 +92,9 @@ class Iotlb(wiring.Component):
         allows the direction; 0 or the fault cause of a hit without the permission (5 for a
         write, 11 for a read); its permissions; the physical page of ``key`` through it. All
         0 without a hit.
+    key_q : Out
+        In cycle ``t + 2``: the page number the answer is for (``key`` or ``fast_key`` as
+        taken in ``t + 1``; a command's page while it runs, when the answer is ``stale``).
     stale : Out
         In cycle ``t + 2``: a command ran (or started) in cycle ``t``, ``t + 1`` or ``t + 2``;
         the answer must not be used.
@@ -114,7 +117,7 @@ class Iotlb(wiring.Component):
             "fast_key": In(VPN_BITS), "fast": In(1), "write": In(1),
             "enable": In(1),
             "hit": Out(1), "ok": Out(1), "fault": Out(4), "r": Out(1), "w": Out(1),
-            "ppn": Out(VPN_BITS), "stale": Out(1), "active": Out(1),
+            "ppn": Out(VPN_BITS), "key_q": Out(VPN_BITS), "stale": Out(1), "active": Out(1),
             "ctrl": In(IotlbCmdSignature()),
         })
 
@@ -235,7 +238,7 @@ class Iotlb(wiring.Component):
             set_a2.eq(set_a1), set_b2.eq(set_b1), step2.eq(step1),
             act2.eq(act1 | self.active),
         ]
-        m.d.comb += self.stale.eq(act2 | self.active)
+        m.d.comb += [self.stale.eq(act2 | self.active), self.key_q.eq(key2)]
 
         # The compare: a way matches when it is valid and agrees with the key on every
         # page-number bit outside both ranges (a lookup's range is its one page). Everything a
@@ -279,6 +282,10 @@ class Iotlb(wiring.Component):
         # ---- A command's step, one cycle later: the ways that matched are cleared ------------
         match_a3 = Signal(WAYS)
         match_b3 = Signal(WAYS)
+        # Area: the sets' valid bits as stage 2 read them. Nothing else writes a set between a
+        # step's stages 2 and 3: a walk's steps visit disjoint sets, and the insert's write and
+        # the next command come after the last step's stage 3.
+        v_a3, v_b3 = Signal(WAYS), Signal(WAYS)
         set_a3, set_b3 = Signal(sb), Signal(sb)
         step3 = Signal()
         same3 = Signal()
@@ -286,6 +293,7 @@ class Iotlb(wiring.Component):
             match_a3.eq(Cat(*[mt for mt, _, _, _ in ways[:WAYS]])),
             match_b3.eq(Cat(*[mt for mt, _, _, _ in ways[WAYS:]])),
             set_a3.eq(set_a2), set_b3.eq(set_b2), step3.eq(step2), same3.eq(same),
+            v_a3.eq(v_a), v_b3.eq(v_b),
         ]
         removed = Signal(range(2 * WAYS + 1))
         m.d.comb += removed.eq(sum(match_a3) + sum(match_b3))
@@ -320,10 +328,10 @@ class Iotlb(wiring.Component):
         m.d.comb += [
             en_1.eq(step3 | writing),
             set_1.eq(Mux(writing, c_set, set_a3)),
-            bits_1.eq(Mux(writing, w_bits, valid.word_select(set_a3, WAYS) & ~match_a3)),
+            bits_1.eq(Mux(writing, w_bits, v_a3 & ~match_a3)),
         ]
         bits_2 = Signal(WAYS)
-        m.d.comb += bits_2.eq(valid.word_select(set_b3, WAYS) & ~match_b3)
+        m.d.comb += bits_2.eq(v_b3 & ~match_b3)
         for n in range(S):
             with m.If(en_1 & (set_1 == n)):
                 m.d.sync += valid.word_select(n, WAYS).eq(bits_1)

@@ -13,7 +13,7 @@ The DMA engine hides the three cycles by looking up the address a command will u
 before the command is handed over (``docs/timing.md``).
 """
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2
@@ -193,8 +193,10 @@ class TranslationUnit(wiring.Component):
         m.submodules.iotlb = iotlb = Iotlb(self._iotlb_entries)
         wiring.connect(m, wiring.flipped(ctl.cmd), iotlb.ctrl)
         sb = self._set_bits
-        vaddr2 = Signal(64)
-        m.d.sync += vaddr2.eq(Mux(lk.fast, lk.cvaddr, lk.vaddr))
+        # Area: the page number of the answer is the IOTLB's key register (``key_q``); only the
+        # page offset is registered here
+        off2 = Signal(spec.PAGE_SHIFT)
+        m.d.sync += off2.eq(Mux(lk.fast, lk.cvaddr, lk.vaddr)[:spec.PAGE_SHIFT])
         m.d.comb += [iotlb.small.eq(lk.ref[:sb]), iotlb.large.eq(lk.lset),
                      iotlb.large_fast.eq(lk.lset_fast), iotlb.large_sel.eq(lk.lset_sel),
                      iotlb.key.eq(lk.vaddr[spec.PAGE_SHIFT:]),
@@ -233,7 +235,7 @@ class TranslationUnit(wiring.Component):
                 # a stale answer is looked up again, not reported
                 miss.eq(iova & ~iotlb.hit & ~io_stale & ~tb.cfg_changed & ~lk.cancel),
                 resp_ref.eq(ref2), io_answer.eq(iova), io_hit.eq(iotlb.hit),
-                vaddr3.eq(vaddr2), write3.eq(write2),
+                vaddr3.eq(Cat(off2, iotlb.key_q)), write3.eq(write2),
                 lk.stale.eq(tb.cfg_changed
                             | (tb.handle_mode & (self._tbl_stale2 | self._written(ref2)))
                             | (iova & io_stale)),
