@@ -39,7 +39,8 @@ range, ``c_set``, the new entry ``new``) hold the harness's record of it; the wa
 is consistent (each stage's sets are a step's, a narrow command has one step, a wide walk's
 stages hold consecutive steps, ``DRAIN1`` to ``DRAIN3`` hold the last step in stage 1 to 3); a
 step's read data and compare operands are its sets' rows and the command's range, and the
-ways stage 3 clears (``match_a3``, ``match_b3``) are those of its sets that overlap the range;
+ways stage 3 clears (``match_a3``, ``match_b3``) are those of its sets that overlap the range,
+and the valid bits it keeps (``v_a3``, ``v_b3``) are its sets';
 in ``WRITE`` the chosen way is one-hot and ``w_bits`` is the set's valid bits with it. The
 storage is read through extra asynchronous read ports of the block RAM; a way is decoded by its
 layout (base page, covered page-number bits, physical page, R, W: docs/iotlb.md fixes what an
@@ -330,7 +331,7 @@ class IotlbHarness(Elaboratable):
         rg = _internal_signals(frag, {
             "valid", "fsm_state", "op", "c_vpn", "c_mask", "c_all", "c_wide", "c_set", "new",
             "step", "step1", "step2", "step3", "raw_a", "raw_b", "key2", "kmask2", "kall2",
-            "same3", "match_a3", "match_b3", "w_way", "w_bits", "port_a__addr", "port_b__addr",
+            "same3", "match_a3", "match_b3", "v_a3", "v_b3", "w_way", "w_bits", "port_a__addr", "port_b__addr",
             "port_a__data", "port_b__data"})
         # (the stages' set registers, found as the registers of the read addresses)
         set_a1 = _registered(frag, rg["port_a__addr"])
@@ -414,6 +415,10 @@ class IotlbHarness(Elaboratable):
                                & (rg["kall2"] == rg["c_all"]),
                                "inv: a step's compare has its sets and the command's range")
         with m.If(step3):
+            # the valid bits stage 2 read are the sets' (nothing wrote them since)
+            m.d.comb += Assert((rg["v_a3"] == valid.word_select(set_a3, ways))
+                               & (rg["v_b3"] == valid.word_select(set_b3, ways)),
+                               "inv: a step's valid bits in stage 3 are its sets'")
             # the ways the compare matched (cleared at the end of this cycle): those valid ways
             # of the step's sets that overlap the command's range (the second set's only when
             # it is not the first)
@@ -473,8 +478,8 @@ MUTANTS = {
     "invalidate_one_set": (
         "a command clears the matching ways of its first set only (the second read port's are "
         "kept)",
-        "m.d.comb += bits_2.eq(valid.word_select(set_b3, WAYS) & ~match_b3)",
-        "m.d.comb += bits_2.eq(valid.word_select(set_b3, WAYS))"),
+        "m.d.comb += bits_2.eq(v_b3 & ~match_b3)",
+        "m.d.comb += bits_2.eq(v_b3)"),
     "stale_late": (
         "an answer is not stale when a command starts in its answer cycle",
         "m.d.comb += self.stale.eq(act2 | self.active)",

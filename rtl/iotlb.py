@@ -238,7 +238,8 @@ class Iotlb(wiring.Component):
             set_a2.eq(set_a1), set_b2.eq(set_b1), step2.eq(step1),
             act2.eq(act1 | self.active),
         ]
-        m.d.comb += [self.stale.eq(act2 | self.active), self.key_q.eq(key2)]
+        m.d.comb += self.stale.eq(act2 | self.active)
+        m.d.comb += self.key_q.eq(key2)
 
         # The compare: a way matches when it is valid and agrees with the key on every
         # page-number bit outside both ranges (a lookup's range is its one page). Everything a
@@ -285,7 +286,8 @@ class Iotlb(wiring.Component):
         # Area: the sets' valid bits as stage 2 read them. Nothing else writes a set between a
         # step's stages 2 and 3: a walk's steps visit disjoint sets, and the insert's write and
         # the next command come after the last step's stage 3.
-        v_a3, v_b3 = Signal(WAYS), Signal(WAYS)
+        v_a3 = Signal(WAYS, name="v_a3")
+        v_b3 = Signal(WAYS, name="v_b3")
         set_a3, set_b3 = Signal(sb), Signal(sb)
         step3 = Signal()
         same3 = Signal()
