@@ -331,8 +331,8 @@ class IotlbHarness(Elaboratable):
         rg = _internal_signals(frag, {
             "valid", "fsm_state", "op", "c_vpn", "c_mask", "c_all", "c_wide", "c_set", "new",
             "step", "step1", "step2", "step3", "raw_a", "raw_b", "key2", "kmask2", "kall2",
-            "same3", "match_a3", "match_b3", "v_a3", "v_b3", "w_way", "w_bits", "port_a__addr", "port_b__addr",
-            "port_a__data", "port_b__data"})
+            "same3", "match_a3", "match_b3", "v_a3", "v_b3", "w_way", "w_bits", "port_a__addr",
+            "port_b__addr", "port_a__data", "port_b__data"})
         # (the stages' set registers, found as the registers of the read addresses)
         set_a1 = _registered(frag, rg["port_a__addr"])
         set_b1 = _registered(frag, rg["port_b__addr"])
