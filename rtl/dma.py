@@ -680,13 +680,15 @@ class DmaEngine(wiring.Component):
         first_beat, w_active, w_cnt, w_one = e.first_beat, e.w_active, e.w_cnt, e.w_one
         w_last_issue, occ = e.w_last_issue, e.occ
         m.submodules.wfifo = wfifo = BlockRAMFIFO(width=8 * W + W + 1, depth=W_FIFO_DEPTH)
-        s1_valid, s2_valid = Signal(), Signal()
-        s1_disk, s2_disk = Signal(), Signal()
-        s1_strb, s2_strb = Signal(W), Signal(W)
-        s1_last, s2_last = Signal(), Signal()
-        s1_rot, s2_rot = Signal(lw), Signal(lw)  # rotation amount towards the bus lanes
-        s1_ge, s2_ge = Signal(W), Signal(W)
-        s1_scratch, s2_scratch = Signal(8 * W), Signal(8 * W)  # scratch source, combined
+        s1_valid, s2_valid = Signal(name="s1_valid"), Signal(name="s2_valid")
+        s1_disk, s2_disk = Signal(name="s1_disk"), Signal(name="s2_disk")
+        s1_strb, s2_strb = Signal(W, name="s1_strb"), Signal(W, name="s2_strb")
+        s1_last, s2_last = Signal(name="s1_last"), Signal(name="s2_last")
+        # rotation amount towards the bus lanes
+        s1_rot, s2_rot = Signal(lw, name="s1_rot"), Signal(lw, name="s2_rot")
+        s1_ge, s2_ge = Signal(W, name="s1_ge"), Signal(W, name="s2_ge")
+        # scratch source, combined
+        s1_scratch, s2_scratch = Signal(8 * W, name="s1_scratch"), Signal(8 * W, name="s2_scratch")
         rotated = e.rotated = lane_rotator(m, axi.rdata, e.rot, s2_valid, s2_disk, s2_rot,
                                            s2_ge, s2_scratch, disk)
         m.d.comb += [

@@ -215,7 +215,7 @@ class Iotlb(wiring.Component):
                                         Mux(walking, walk_b, self.large)))]
 
         # Stage 1: what the read was for.
-        set_a1, set_b1 = Signal(sb), Signal(sb)
+        set_a1, set_b1 = Signal(sb, name="set_a1"), Signal(sb, name="set_b1")
         step1 = Signal()
         act1 = Signal()
         m.d.sync += [set_a1.eq(port_a.addr), set_b1.eq(port_b.addr), step1.eq(walking),
@@ -227,7 +227,7 @@ class Iotlb(wiring.Component):
         kmask2 = Signal(MASK_BITS)
         kall2 = Signal()
         write2 = Signal()
-        set_a2, set_b2 = Signal(sb), Signal(sb)
+        set_a2, set_b2 = Signal(sb, name="set_a2"), Signal(sb, name="set_b2")
         step2 = Signal()
         act2 = Signal()
         m.d.sync += [
@@ -288,7 +288,7 @@ class Iotlb(wiring.Component):
         # the next command come after the last step's stage 3.
         v_a3 = Signal(WAYS, name="v_a3")
         v_b3 = Signal(WAYS, name="v_b3")
-        set_a3, set_b3 = Signal(sb), Signal(sb)
+        set_a3, set_b3 = Signal(sb, name="set_a3"), Signal(sb, name="set_b3")
         step3 = Signal()
         same3 = Signal()
         m.d.sync += [
