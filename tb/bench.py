@@ -11,7 +11,7 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, First, ReadOnly, ReadWrite, RisingEdge, Timer
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
 
 from models.memory import GuestMemory
@@ -60,6 +60,16 @@ def hold_reset(dut) -> None:
         getattr(dut, "m_axi__" + name).value = 0
 
 
+async def start_clock(dut) -> None:
+    """Start ``clk`` (rising at once, then every ``CLOCK_NS``) as cocotb's GPI clock, toggled
+    in C with no Python per edge, on either simulator. It starts in the first ReadWrite phase,
+    as cocotb's Python clock did on Icarus (its first write was applied there): by then
+    :func:`hold_reset`'s values (Icarus applies them in that phase too) and the DUT's outputs
+    are settled, and the bus models that sample at the first edge see no Z."""
+    await ReadWrite()
+    Clock(dut.clk, CLOCK_NS, unit="ns", impl="gpi").start()
+
+
 async def reset(dut, cycles: int = 4) -> None:
     """Synchronous reset (``rst`` high for ``cycles`` clock cycles)."""
     dut.rst.value = 1
@@ -86,7 +96,7 @@ class DeviceBench:
         self.mem = GuestMemory(mem_bytes)
         self.errors = BusErrorPages()
         hold_reset(dut)
-        cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
+        cocotb.start_soon(start_clock(dut))
         self.guest_master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk,
                                           dut.rst)
         self.hv_master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_hv_"), dut.clk, dut.rst)
