@@ -16,7 +16,7 @@ from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
 
 from models.memory import GuestMemory
 
-from .detmem import DeterministicMemory
+from .detmem import DeterministicMemory, PipelinedMemory
 from .isolation import IsolationChecker
 from .memory import BusErrorPages, MemoryTarget
 from .monitor import AxiMonitor
@@ -88,6 +88,11 @@ class DeviceBench:
     data_width : the DUT's ``m_axi`` width
     """
 
+    # Class-wide switch (set before the bench is built; make demo sets it): serve m_axi with
+    # tb.detmem.PipelinedMemory, cocotbext-axi's AxiSlave's timing without its cost, where no
+    # random memory timing is wanted (set_memory_timing(None) only).
+    pipelined_memory = False
+
     def __init__(self, dut, *, mem_bytes: int = 1 << 22, data_width: int = 64,
                  mem_latency: int | None = None):
         self.dut = dut
@@ -100,7 +105,11 @@ class DeviceBench:
         self.guest_master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk,
                                           dut.rst)
         self.hv_master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_hv_"), dut.clk, dut.rst)
-        if mem_latency is None:  # cocotbext-axi's memory model, with optional random pauses
+        if mem_latency is None and self.pipelined_memory:  # AxiSlave's timing, no pauses
+            self.axi = None
+            self.pipelined = PipelinedMemory(dut, MemoryTarget(self.mem, self.errors),
+                                             data_width=data_width)
+        elif mem_latency is None:  # cocotbext-axi's memory model, with optional random pauses
             self.axi = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst,
                                 target=MemoryTarget(self.mem, self.errors))
         else:  # fixed latency, no backpressure: the cycle-exact benches
