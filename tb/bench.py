@@ -123,7 +123,11 @@ class DeviceBench:
         self.guest = AxiLitePort(self.guest_master)
         self.hv = AxiLitePort(self.hv_master, on_write=self.isolation.hv_write)
         self.monitor = AxiMonitor(dut, data_width=data_width, on_address=self.isolation.check)
-        self.monitor.start()
+        if self.axi is None and mem_latency is None:  # one wake-up per edge for both
+            self.pipelined.monitor = self.monitor
+            self.monitor.start(own_task=False)
+        else:
+            self.monitor.start()
 
     # -- stimulus knobs ---------------------------------------------------------------------------
     def set_memory_timing(self, seed: int | None, probability: float = 0.3) -> None:

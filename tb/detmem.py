@@ -189,6 +189,16 @@ class DeterministicMemory:
                 self._drive("rlast", 0)
 
 
+def _now(coro):
+    """The result of a coroutine that does not suspend (``MemoryTarget``'s read and write)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the memory target suspended: PipelinedMemory needs one that does not")
+
+
 class PipelinedMemory:
     """cocotbext-axi's ``AxiSlave`` over a :class:`tb.memory.MemoryTarget`, without random
     pauses, at a fraction of its cost: the same handshakes on the same cycles, the same memory
@@ -239,6 +249,9 @@ class PipelinedMemory:
                                                               "bid", "bresp")}
         self._out.update(arready=0, awready=0, wready=0, rvalid=0, bvalid=0)
         self._started = False  # the first edge out of reset has been taken
+        # a tb.monitor.AxiMonitor started with own_task=False, stepped at each edge taken
+        # here: one coroutine wake-up per edge for both (set before the first edge)
+        self.monitor = None
         self._clear()
         self._task = cocotb.start_soon(self._run())
 
@@ -284,7 +297,12 @@ class PipelinedMemory:
             if st[3] == 2 and st[0] == st[6]:  # WRAP
                 st[0] = st[5]
 
-    async def _process(self) -> None:
+    def _busy(self) -> bool:
+        """Work for the processes (an item to move, a beat or response to queue)."""
+        return bool(self.ar_q or self.aw_q or self.w_q or self._rd or self._wr
+                    or self._r_held or self._b_held)
+
+    def _process(self) -> None:
         lanes = self.lanes
         # the read process
         while True:
@@ -304,7 +322,7 @@ class PipelinedMemory:
             st = self._rd
             word = st[0] // lanes * lanes
             try:
-                data, resp = int.from_bytes(await self.target.read(word, lanes), "little"), 0
+                data, resp = int.from_bytes(_now(self.target.read(word, lanes)), "little"), 0
             except Exception:
                 data, resp = 0, SLVERR
             st[1] -= 1
@@ -332,7 +350,7 @@ class PipelinedMemory:
             raw = data.to_bytes(lanes, "little")
             try:
                 for i, j in (m.span() for m in re.finditer("1+", f"{strb:0{lanes}b}"[::-1])):
-                    await self.target.write(word + i, raw[i:j])
+                    _now(self.target.write(word + i, raw[i:j]))
             except Exception:
                 st[8] = SLVERR
             st[7] += 1
@@ -353,24 +371,41 @@ class PipelinedMemory:
         rst = self.dut.rst._handle.get_signal_val_binstr
         valids = [self.h["arvalid"].value_change, self.h["awvalid"].value_change,
                   self.h["wvalid"].value_change]
+        mon_idle = False  # the monitor's last step allows a sleep
         while True:
+            mon = self.monitor
             if (self._started and self._idle() and b["arvalid"]() != "1"
-                    and b["awvalid"]() != "1" and b["wvalid"]() != "1"):
-                await First(*valids)  # nothing to do until a valid changes
-            await RisingEdge(clk)
+                    and b["awvalid"]() != "1" and b["wvalid"]() != "1"
+                    and (mon is None or (mon_idle and mon.can_sleep()))):
+                # nothing to do until a valid changes (or, for the monitor, irq)
+                if mon is None:
+                    await First(*valids)
+                    await RisingEdge(clk)
+                else:  # (its watched signals include the three valids)
+                    mon.sleep_begin()
+                    await First(*(h.value_change for h in mon.watched))
+                    await RisingEdge(clk)
+                    mon.sleep_end()
+            else:
+                await RisingEdge(clk)
+            if mon is not None:
+                mon_idle = mon.step()
             if rst() != "0":
                 if self._started:
                     raise AssertionError("PipelinedMemory: rst asserted again (one reset only)")
                 continue
             self._started = True
             # sinks: take an item on ready and valid, then ready = room in the queue
-            for ch, q, take in (("ar", self.ar_q, lambda: self._sample("ar")),
-                                ("aw", self.aw_q, lambda: self._sample("aw")),
-                                ("w", self.w_q, lambda: (self._u("wdata"), self._u("wstrb"),
-                                                         self._u("wlast")))):
-                if self._out[ch + "ready"] and b[ch + "valid"]() == "1":
-                    q.append(take())
-                self._drive(ch + "ready", int(len(q) < self.LIMIT))
+            out = self._out
+            if out["arready"] and b["arvalid"]() == "1":
+                self.ar_q.append(self._sample("ar"))
+            if out["awready"] and b["awvalid"]() == "1":
+                self.aw_q.append(self._sample("aw"))
+            if out["wready"] and b["wvalid"]() == "1":
+                self.w_q.append((self._u("wdata"), self._u("wstrb"), self._u("wlast")))
+            for ch, q in (("arready", self.ar_q), ("awready", self.aw_q), ("wready", self.w_q)):
+                if out[ch] != (len(q) < self.LIMIT):
+                    self._drive(ch, int(len(q) < self.LIMIT))
             # sources: the next item once the current one is taken (or none is driven)
             if not self._out["rvalid"] or b["rready"]() == "1":
                 if self.r_q:
@@ -391,4 +426,5 @@ class PipelinedMemory:
                 else:
                     self._drive("bvalid", 0)
             # the processes
-            await self._process()
+            if self._busy():
+                self._process()
