@@ -360,10 +360,9 @@ class PipelinedMemory:
                 self._b_held = (st[8], st[4])
 
     def _idle(self) -> bool:
-        return not (self.ar_q or self.aw_q or self.w_q or self.r_q or self.b_q or self._rd
-                    or self._wr or self._r_held or self._b_held or self._out["rvalid"]
-                    or self._out["bvalid"]) and all(
-            self._out[n] == 1 for n in ("arready", "awready", "wready"))
+        o = self._out
+        return not (self.r_q or self.b_q or o["rvalid"] or o["bvalid"] or self._busy()
+                    ) and o["arready"] == 1 and o["awready"] == 1 and o["wready"] == 1
 
     async def _run(self) -> None:
         b = self.b

@@ -114,8 +114,9 @@ class AxiMonitor:
 
     def val(self, name: str) -> int:
         """The signal's value; an undriven (X/Z) handshake signal counts as 0."""
+        f = self._raw.get(name) or self.bits(name)
         try:
-            return int(self.bits(name)(), 2)
+            return int(f(), 2)
         except ValueError:
             return 0
 
