@@ -2,8 +2,10 @@
 the RTL in the chosen mode, the same workload runs on the reference model, and the scoreboard
 compares them. Then single requests of 512 B, 4 KiB and 64 KiB measure the device's latency.
 
-Parameters (:func:`tb.runner.params`): ``handle_mode``, ``requests``, ``seed``, and
-``summary``, the file the summary is written to as JSON.
+Parameters (:func:`tb.runner.params`): ``handle_mode``, ``requests``, ``seed``, ``summary``,
+the file the summary is written to as JSON, and ``memory``: ``pipelined`` (the default,
+:class:`tb.detmem.PipelinedMemory`) or ``axislave`` (cocotbext-axi's ``AxiSlave``, the same
+timing at about three times the cost; ``tests/test_simspeed.py`` compares the two).
 """
 
 from __future__ import annotations
