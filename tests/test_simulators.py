@@ -47,6 +47,10 @@ CASES = [
      {"case": "bus_error_data_write", "handle_mode": False}),
     ("timing", "tb.test_timing:test_cycle_exact",
      {"handle_mode": True, "latency": 4, "requests": 16, "seed": 24}),
+    # make demo's bench: its memory is tb.detmem.PipelinedMemory, stepping the monitor
+    ("demo", "tb.demo_bench:test_demo",
+     {"handle_mode": True, "requests": 8, "seed": 2,
+      "summary": str(ROOT / "build" / "simulators" / "demo-summary.json")}),
 ]
 
 
