@@ -13,15 +13,16 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 
-def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+def run_coroutine(coro: Coroutine[Any, Any, Any],
+                  what: str = "a coroutine of the untimed reference model") -> Any:
     """Run a coroutine that never suspends (the untimed reference model's register ports) to
-    its end; one that suspends is a usage error (``RuntimeError``)."""
+    its end; one that suspends is a usage error (``RuntimeError`` naming ``what``)."""
     try:
         coro.send(None)
     except StopIteration as stop:
         return stop.value
     coro.close()
-    raise RuntimeError("a coroutine of the untimed reference model suspended")
+    raise RuntimeError(f"{what} suspended")
 
 
 class RegisterPort(Protocol):

@@ -28,6 +28,7 @@ import cocotb
 from cocotb.triggers import First, RisingEdge
 
 from models.memory import BusErrorPages
+from sw.transport import run_coroutine
 
 OKAY, SLVERR = 0, 2
 
@@ -191,12 +192,8 @@ class DeterministicMemory:
 
 def _now(coro):
     """The result of a coroutine that does not suspend (``MemoryTarget``'s read and write)."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise RuntimeError("the memory target suspended: PipelinedMemory needs one that does not")
+    return run_coroutine(coro, "the memory target (PipelinedMemory needs one that does not "
+                               "suspend)")
 
 
 class PipelinedMemory:
