@@ -378,10 +378,7 @@ class PipelinedMemory:
                     await First(*valids)
                     await RisingEdge(clk)
                 else:  # (its watched signals include the three valids)
-                    mon.sleep_begin()
-                    await First(*(h.value_change for h in mon.watched))
-                    await RisingEdge(clk)
-                    mon.sleep_end()
+                    await mon.sleep()
             else:
                 await RisingEdge(clk)
             if mon is not None:

@@ -122,8 +122,8 @@ class AxiMonitor:
 
     def start(self, own_task: bool = True) -> None:
         """Start recording. ``own_task=False``: no coroutine of its own; the caller takes the
-        clock edges and calls :meth:`step` at each (:meth:`sleep_begin`, :meth:`sleep_end`
-        around the edges it sleeps through), as ``tb.detmem.PipelinedMemory`` does."""
+        clock edges and calls :meth:`step` at each (after :meth:`sleep` for the edges it sleeps
+        through), as ``tb.detmem.PipelinedMemory`` does."""
         STARTED.append(self)
         self._setup()
         if own_task:
@@ -170,14 +170,13 @@ class AxiMonitor:
         # (high, X or Z: stay awake)
         return all(h._handle.get_signal_val_binstr() == "0" for h in self.watched)
 
-    def sleep_begin(self) -> None:
-        """The edges from now on are not stepped (:meth:`step`) until :meth:`sleep_end`; the
-        caller waits for a change of :attr:`watched`, then for the next edge."""
+    async def sleep(self) -> None:
+        """Sleep until one of :attr:`watched` changes, then take the next clock edge; the edges
+        in between are not stepped (:meth:`step`) but counted. Call :meth:`step` after it for
+        the edge it took."""
         self._asleep_at = get_sim_time("step")
-
-    def sleep_end(self) -> None:
-        """Just after the edge that ends a sleep, before its :meth:`step`: count the edges
-        slept through."""
+        await First(*(h.value_change for h in self.watched))
+        await RisingEdge(self.dut.clk)
         self._cycle = self.cycle - 1  # the edge just taken is counted by step()
         self._asleep_at = None
 
@@ -209,10 +208,7 @@ class AxiMonitor:
         await RisingEdge(clk)
         while True:
             if self.step() and self.can_sleep():
-                self.sleep_begin()
-                await First(*(h.value_change for h in self.watched))
-                await RisingEdge(clk)
-                self.sleep_end()
+                await self.sleep()
             else:
                 await RisingEdge(clk)
 
