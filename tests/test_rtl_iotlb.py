@@ -15,11 +15,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from amaranth import Module, Signal
 from amaranth.sim import Simulator
 
 from models import spec
 from models.iotlb import Iotlb as ModelIotlb
-from rtl.iotlb import Iotlb, check_iotlb_entries
+from rtl.iotlb import Iotlb, check_iotlb_entries, gt_const
 
 PAGE = spec.PAGE_SHIFT
 
@@ -174,3 +175,23 @@ def test_bad_entries(bad):
     with pytest.raises(ValueError, match=r"^IOTLB entries must be 0 or a power of two in "
                                          r"\[8, 1024\], not "):
         check_iotlb_entries(bad)
+
+
+def test_gt_const_every_value():
+    """``gt_const`` (the gates the thermometer and the size checks are made of) is ``>`` for
+    every 6-bit value against every constant from -1 to 64."""
+    ks = range(-1, 65)
+    m = Module()
+    value = Signal(6)
+    outs = [Signal(name=f"gt_{k + 1}") for k in ks]
+    m.d.comb += [o.eq(gt_const(value, k)) for o, k in zip(outs, ks)]
+
+    async def bench(ctx):
+        for v in range(64):
+            ctx.set(value, v)
+            got = [ctx.get(o) for o in outs]
+            assert got == [int(v > k) for k in ks], v
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
