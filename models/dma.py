@@ -58,31 +58,49 @@ class DmaEngine:
                     return Translation(entry.translate(iova))
                 return Translation(None, spec.FAULT_READONLY if write
                                    else spec.FAULT_IOTLB_NO_READ)
-            self.misses.append((iova, write))
-            self.iotlb_miss = spec.IOTLB_MISS_PENDING | (
-                spec.IOTLB_MISS_WRITE if write else spec.IOTLB_MISS_READ)
-            self.miss_iova = iova
-            self.stat_iotlb_misses = (self.stat_iotlb_misses + 1) & _U32
-            self._miss_resolve = 0
-            if self.on_iotlb_miss is None:
-                raise RuntimeError(
-                    f"IOTLB miss at IOVA {iova:#x} and no hypervisor: IOVA mode needs an "
-                    f"on_iotlb_miss hook that writes MISS_RESOLVE (or resets the device)")
-            resets = self._resets
-            self.on_iotlb_miss(self)
-            resolve, self._miss_resolve = self._miss_resolve, 0
-            if self._resets != resets:
-                raise Halt()  # a driver reset cancelled the miss: the engine stops
-            if resolve == spec.MISS_RESOLVE_FAIL:
+            if self._raise_miss(iova, write) == spec.MISS_RESOLVE_FAIL:
                 return Translation(None, spec.FAULT_IOTLB_FAILED)
-            if resolve != spec.MISS_RESOLVE_RETRY:
-                raise RuntimeError(
-                    f"the on_iotlb_miss hook left the miss at IOVA {iova:#x} pending: it must "
-                    f"write MISS_RESOLVE 1 or 2, or reset the device")
 
-    def _issue(self, txn: Transaction) -> bytes | None:
+    def _raise_miss(self, iova: int, write: bool) -> int:
+        """Raise an IOTLB miss at ``iova`` (IOTLB_MISS, MISS_IOVA, the count) and let
+        ``on_iotlb_miss`` answer it; returns how (MISS_RESOLVE 1 or 2). A driver reset during
+        the miss stops the engine (:class:`models.hvregs.Halt`)."""
+        self.misses.append((iova, write))
+        self.iotlb_miss = spec.IOTLB_MISS_PENDING | (
+            spec.IOTLB_MISS_WRITE if write else spec.IOTLB_MISS_READ)
+        self.miss_iova = iova
+        self.stat_iotlb_misses = (self.stat_iotlb_misses + 1) & _U32
+        self._miss_resolve = 0
+        if self.on_iotlb_miss is None:
+            raise RuntimeError(
+                f"IOTLB miss at IOVA {iova:#x} and no hypervisor: IOVA mode needs an "
+                f"on_iotlb_miss hook that writes MISS_RESOLVE (or resets the device)")
+        resets = self._resets
+        self.on_iotlb_miss(self)
+        resolve, self._miss_resolve = self._miss_resolve, 0
+        if self._resets != resets:
+            raise Halt()  # a driver reset cancelled the miss: the engine stops
+        if resolve not in (spec.MISS_RESOLVE_FAIL, spec.MISS_RESOLVE_RETRY):
+            raise RuntimeError(
+                f"the on_iotlb_miss hook left the miss at IOVA {iova:#x} pending: it must "
+                f"write MISS_RESOLVE 1 or 2, or reset the device")
+        return resolve
+
+    def _look_ahead(self, v: int) -> None:
+        """The lookup of the page at ``v`` that the DMA engine makes in the address handshake
+        of a read burst that ends the page before it, when the access goes on (docs/timing.md,
+        ``ISSUE``), before that burst's data. Called only when the burst then fails: the access
+        ends with cause 6 and the lookup's answer is never used, so the one thing it leaves is,
+        in IOVA mode, its miss: raised and answered like any other (docs/iotlb.md), once. It is
+        not a translation the engine uses (no STAT_XLATE or STAT_IOTLB_HITS count)."""
+        if self.mode == spec.MODE_IOVA and self.iotlb.lookup(v) is None:
+            self._raise_miss(v, False)
+
+    def _issue(self, txn: Transaction, ahead: int | None = None) -> bytes | None:
         """Issue one transaction on ``m_axi``; returns the read data, or raises on an error
-        (fault 6) or when a driver reset arrived during it (the engine stops, no fault)."""
+        (fault 6) or when a driver reset arrived during it (the engine stops, no fault).
+        ``ahead``: a read that ends its page and whose access goes on, the next page's address
+        (looked up ahead, :meth:`_look_ahead`, before a failed read's fault)."""
         ok = self.mem.contains(txn.addr, txn.nbytes)  # else DECERR
         if ok and self.bus_error is not None and self.bus_error(txn):
             ok = False  # SLVERR
@@ -106,6 +124,8 @@ class DmaEngine:
         if self._abort:
             raise Halt()
         if not ok and txn.kind != "W":
+            if ahead is not None:
+                self._look_ahead(ahead)
             raise self._fault(spec.FAULT_BUS_ERROR, txn.addr)
         return data
 
@@ -134,7 +154,10 @@ class DmaEngine:
         for item in self._bursts(v, n, False):
             if isinstance(item, DmaFault):
                 raise self._fault(item.cause, item.addr)
-            data = self._issue(Transaction("R", item.addr, item.nbytes))
+            end = item.offset + item.nbytes
+            ahead = (v + end) & spec.ADDR_MASK  # a burst that ends its page, the access going on
+            data = self._issue(Transaction("R", item.addr, item.nbytes),
+                               ahead if end < n and not ahead % spec.PAGE_SIZE else None)
             assert data is not None
             if sink is not None:
                 sink(item.offset, data)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from models import spec
 from models.device import ReferenceDevice
 from models.features import Features
+from models.hvregs import Halt
 from models.iotlb import Iotlb, IotlbEntry, overlaps
 from models.memory import GuestMemory
 from verif.harness import Buffer, HandDriver
@@ -640,6 +641,39 @@ def test_an_iotlb_command_makes_the_next_burst_look_up_again():
     assert dev.misses[-2:] == [(iova + 0x10, True), (iova + 1024, True)]
     assert [t.nbytes for t in dev.transactions[-3:]] == [1024 - 0x10, 1024, 3000 - 2048 + 0x10]
     assert stats(dev)[3] - xlate == 4 and stats(dev)[2] == 1  # miss, again, miss, again
+
+
+@pytest.mark.parametrize(("start", "next_mapped", "ahead"), [
+    (0xC00, False, True),  # the failed burst ends its page, the access goes on: looked ahead
+    (0xC00, True, False),  # the same, the next page mapped: the lookup hits, nothing to see
+    (0x800, False, False),  # the failed burst does not end its page: the access ends before
+])
+def test_a_failed_read_burst_that_ends_its_page_raised_the_next_pages_miss(start, next_mapped,
+                                                                            ahead):
+    """docs/iotlb.md "Looked up ahead": the next page of a read is looked up in the address
+    handshake of the burst that ends the page before it; if that burst fails, its miss was
+    raised all the same (once, answered, its answer unused), and the access ends with cause 6.
+    (Found by the soak of seed 70091: the RTL raised it, the model did not.)"""
+    dev, drv, hyp = iova_setup(data_width=32)  # 1 KiB bursts: 4 per page
+    frames = drv.alloc_frames(2)
+    iova = 0x7_0000_0000
+    hyp.pages[iova >> 12] = (frames[0], True, True)
+    hyp.pages[(iova >> 12) + 1] = (frames[1], True, True)
+    if next_mapped:
+        insert(dev, iova + spec.PAGE_SIZE, frames[1] << 12)
+    dev.bus_error = lambda t: t.addr >> 12 == frames[0]
+    hits, misses, xlate = stats(dev)[0], stats(dev)[1], stats(dev)[3]
+    with pytest.raises(Halt):
+        dev.dma_read(iova + start, 2048)
+    want = [(iova + start, False)] + [(iova + spec.PAGE_SIZE, False)] * ahead
+    assert dev.misses[-len(want):] == want and stats(dev)[1] - misses == len(want)
+    assert [(f.cause, f.addr) for f in dev.faults] == [(spec.FAULT_BUS_ERROR,
+                                                        (frames[0] << 12) + start)]
+    assert [t.addr >> 12 for t in dev.transactions[-1:]] == [frames[0]]  # one burst, failed
+    assert dev.transactions[-1].error
+    # the look-ahead is no translation the engine used: one lookup, one hit (after the miss)
+    assert (stats(dev)[0] - hits, stats(dev)[3] - xlate) == (1, 2)
+    assert (dev.iotlb.lookup(iova + spec.PAGE_SIZE) is not None) == (ahead or next_mapped)
 
 
 @pytest.mark.parametrize(("action", "again"), [
