@@ -132,7 +132,7 @@ def test_bus_error_run_reaches_the_look_ahead(monkeypatch):
     from verif.choosers import RandomChooser
     from verif.stream import ReferenceStream
 
-    _, test, width, p = next(r for r in RUNS if r[0] == "stream-w32-iova-bus-error")
+    _, _, width, p = next(r for r in RUNS if r[0] == "stream-w32-iova-bus-error")
     raised = []
     look_ahead = models.dma.DmaEngine._look_ahead
 

@@ -184,7 +184,7 @@ def test_gt_const_every_value():
     m = Module()
     value = Signal(6)
     outs = [Signal(name=f"gt_{k + 1}") for k in ks]
-    m.d.comb += [o.eq(gt_const(value, k)) for o, k in zip(outs, ks)]
+    m.d.comb += [o.eq(gt_const(value, k)) for o, k in zip(outs, ks, strict=True)]
 
     async def bench(ctx):
         for v in range(64):
