@@ -168,7 +168,9 @@ class Iotlb(wiring.Component):
         c_set = Signal(sb)  # an insert's set
         new = Signal(Entry)  # an insert's entry
         size = ctrl.stage_size
-        size_ok = gt_const(size, spec.IOTLB_MIN_SIZE - 1) & ~gt_const(size, spec.IOTLB_MAX_SIZE)
+        above_min = gt_const(size, spec.IOTLB_MIN_SIZE)  # larger than 4 KiB: a large entry
+        above_max = gt_const(size, spec.IOTLB_MAX_SIZE)
+        size_ok = gt_const(size, spec.IOTLB_MIN_SIZE - 1) & ~above_max
         start = Signal()
         m.d.comb += start.eq(
             ((ctrl.cmd == spec.IOTLB_CMD_INSERT) & size_ok)
@@ -189,13 +191,13 @@ class Iotlb(wiring.Component):
                 with m.If(start):
                     inval_all = ((ctrl.cmd == spec.IOTLB_CMD_INVALIDATE_ALL)
                                  | ((ctrl.cmd == spec.IOTLB_CMD_INVALIDATE)
-                                    & gt_const(size, spec.IOTLB_MAX_SIZE)))
+                                    & above_max))
                     iova_page = ctrl.stage_iova[spec.PAGE_SHIFT:]
                     m.d.sync += [
                         op.eq(ctrl.cmd), c_vpn.eq(iova_page),
                         c_mask.eq(new_mask), c_all.eq(inval_all),
-                        c_wide.eq(inval_all | gt_const(size, spec.IOTLB_MIN_SIZE)),
-                        c_set.eq(Mux(gt_const(size, spec.IOTLB_MIN_SIZE),
+                        c_wide.eq(inval_all | above_min),
+                        c_set.eq(Mux(above_min,
                                      iova_page[MASK_BITS:MASK_BITS + sb], iova_page[:sb])),
                         new.vpn.eq(iova_page & ~above), new.mask.eq(new_mask),
                         new.ppn.eq(ctrl.stage_pa[spec.PAGE_SHIFT:] & ~above),
