@@ -54,6 +54,21 @@ from typing import Any
 # what selects the simulator (mk/sim.mk exports it from SIM), passed from the client to every task
 ENV_KEYS = ("VHB_SIM",)
 
+# Dask's own housekeeping, slowed down for a campaign. A shard's worker thread only waits on
+# its simulator, but by default every worker samples its threads for the profiler every 10 ms,
+# checks its event loop every 20 ms and its memory every 100 ms: on two cores, where both run
+# simulators, that took 6.5 % of a core (the scheduler, two nannies and two workers of a
+# LocalCluster, measured over 100 s of `make soak SOAK_JOBS=2`); with these, 1.4 %. Applied to
+# the cluster that connect() starts; `dask worker` processes take them from the environment
+# (docs/campaigns.md: DASK_DISTRIBUTED__...).
+QUIET = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.system-monitor.gil.enabled": False,
+}
+
 
 @dataclass(frozen=True, eq=False)
 class Shard:
@@ -186,11 +201,13 @@ def execute(fn: Callable[[Shard], dict], shard: Shard,
 
 def connect(scheduler: str | None, jobs: int):
     """A ``distributed.Client``: to ``scheduler``, or to a new ``LocalCluster`` of ``jobs``
-    single-threaded worker processes (closed with the client)."""
+    single-threaded worker processes (closed with the client), with :data:`QUIET`."""
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler, timeout="30s")
+    dask.config.set(QUIET)  # (the nannies hand it to the worker processes they start)
     cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
                            dashboard_address=None)
     client = Client(cluster)
