@@ -207,9 +207,11 @@ def connect(scheduler: str | None, jobs: int):
 
     if scheduler:
         return Client(scheduler, timeout="30s")
-    dask.config.set(QUIET)  # (the nannies hand it to the worker processes they start)
-    cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+    # read while the cluster is made (each nanny keeps a copy for the workers it starts), so
+    # it need not stay set in this process
+    with dask.config.set(QUIET):
+        cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
     client = Client(cluster)
     client._campaign_cluster = cluster  # closed by close()
     return client
