@@ -89,8 +89,11 @@ def page_monitor(rs: ReferenceStream, *, moved: int = 0):
     from tb.isolation import IsolationChecker
 
     world = rs.w
+    # The reference removes a translation at once, so its monitor has no grace: time is a
+    # count of s_hv writes and transactions, and a removed mapping covers nothing after it.
+    tick = [0]
     chk = IsolationChecker(entries=world.entries, lanes=world.data_width // 8,
-                           mem_bytes=world.mem_bytes)
+                           mem_bytes=world.mem_bytes, grace=0, clock=lambda: tick[0])
     for ref, e in world.grants.items():  # the set-up ran before the spy: replay it
         for k, word in enumerate(e.pack()):
             chk.hv_write(spec.HV_GRANT_BASE + 8 * ref + 4 * k, word)
@@ -100,9 +103,14 @@ def page_monitor(rs: ReferenceStream, *, moved: int = 0):
 
     def spy(offset, value, *a, **k):
         hv_write(offset, value, *a, **k)
+        tick[0] += 1
         chk.hv_write(offset, value)
     rs.dev.hv.write = spy
-    rs.extra_hook = lambda t: chk.check(t.kind, t.addr ^ moved << spec.PAGE_SHIFT, t.nbytes, 0)
+
+    def check(t):
+        tick[0] += 1
+        chk.check(t.kind, t.addr ^ moved << spec.PAGE_SHIFT, t.nbytes, tick[0])
+    rs.extra_hook = check
 
     def expose(case: Case) -> None:
         chk.expose(case_ranges(case, world))
