@@ -574,9 +574,11 @@ def test_isolation_monitor_per_page_on_reference_streams(kw):
     rs = ReferenceStream(world)
     new = page_monitor(rs)
     hook = rs.extra_hook
-    old = IsolationChecker(mem_bytes=world.mem_bytes)  # the any-page check
+    # (both with page_monitor's time and no grace)
+    old = IsolationChecker(mem_bytes=world.mem_bytes, grace=0,
+                           clock=new.clock)  # the any-page check
     moved = IsolationChecker(entries=world.entries, lanes=world.data_width // 8,
-                             mem_bytes=world.mem_bytes)
+                             mem_bytes=world.mem_bytes, grace=0, clock=new.clock)
     for c in (old, moved):
         c.__dict__.update({k: v for k, v in new.__dict__.items()
                            if k in ("mode", "domid", "entries")})
@@ -592,7 +594,7 @@ def test_isolation_monitor_per_page_on_reference_streams(kw):
     def hook_all(t):
         hook(t)
         for c in (old, moved):
-            c.check(t.kind, t.addr ^ 3 << spec.PAGE_SHIFT, t.nbytes, 0)
+            c.check(t.kind, t.addr ^ 3 << spec.PAGE_SHIFT, t.nbytes, new.clock())
     rs.extra_hook = hook_all
     ch = RandomChooser(random.Random(5))
     for i in range(250):
@@ -604,6 +606,8 @@ def test_isolation_monitor_per_page_on_reference_streams(kw):
     assert not new.violations, new.violations[0]
     new.require_all_checked(new.checked)
     assert new.checked > 2000
+    print(f"{world.mode}: moved {len(moved.violations)}/{moved.checked}, "
+          f"any-page {len(old.violations)}/{old.checked}")
     assert len(moved.violations) > 0.6 * moved.checked
     assert len(moved.violations) > len(old.violations) + 0.3 * moved.checked
 
