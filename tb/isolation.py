@@ -217,14 +217,16 @@ class IsolationChecker:
         return None
 
     def _sources(self, kind: str, frame: int, cycle: int) -> list[tuple[int, bool]]:
-        """The device pages that map to physical page ``frame`` for ``kind`` at the
-        handshake, each with True when only through an IOVA mapping removed within the grace.
-        (Searched from the physical side: the same as asking each exposed device page for its
-        page, and cheaper.)"""
+        """The exposed device pages that map to physical page ``frame`` for ``kind`` at the
+        handshake (only those count: :meth:`_page_check`), each with True when only through an
+        IOVA mapping removed within the grace. Grant mode asks each exposed page for its frame
+        (a case exposes a few pages; the table may hold thousands of entries); IOVA mode
+        searches from the physical side (the mappings are fewer than the IOVA pages exposed)."""
         if self.mode == spec.MODE_GRANT:
+            assert self.exposed is not None
             handle = 1 << (63 - spec.PAGE_SHIFT)
-            return [(handle | ref, False) for ref in self.entries
-                    if self._grant_frame(ref, kind) == frame]
+            return [(dpage, False) for dpage in self.exposed
+                    if dpage & handle and self._grant_frame(dpage ^ handle, kind) == frame]
         if self.mode == spec.MODE_IOVA:
             a = frame << spec.PAGE_SHIFT
             out = [((m.base + a - m.pa) >> spec.PAGE_SHIFT, False) for m in self.mappings
