@@ -217,11 +217,11 @@ class IsolationChecker:
         return None
 
     def _sources(self, kind: str, frame: int, cycle: int) -> list[tuple[int, bool]]:
-        """The exposed device pages that map to physical page ``frame`` for ``kind`` at the
-        handshake (only those count: :meth:`_page_check`), each with True when only through an
-        IOVA mapping removed within the grace. Grant mode asks each exposed page for its frame
-        (a case exposes a few pages; the table may hold thousands of entries); IOVA mode
-        searches from the physical side (the mappings are fewer than the IOVA pages exposed)."""
+        """The device pages that map to physical page ``frame`` for ``kind`` at the handshake,
+        each with True when only through an IOVA mapping removed within the grace; in grant
+        mode only the exposed ones, the only ones :meth:`_page_check` counts (it asks each
+        exposed page for its frame: a case exposes a few pages, the table may hold thousands of
+        entries). IOVA mode searches from the mappings."""
         if self.mode == spec.MODE_GRANT:
             assert self.exposed is not None
             handle = 1 << (63 - spec.PAGE_SHIFT)
