@@ -9,13 +9,13 @@ them: :class:`rtl.hvregs.PrivilegedRegs` (the ``s_hv`` register file, no IOTLB),
   ``w_data``, ``w_strb``), so any grant entry byte, HV_CTRL and HV_DOMID, at any time;
 * **the ring engine**: the command stream (``cmd.valid`` and every field of the command:
   direction, drain, continue, 64-bit virtual address, length, local end), ``pre`` (the early
-  address, ``hold``, ``cont``), ``abort`` (device reset), the scratch payload;
+  address, ``cont``), ``abort`` (device reset), the scratch payload;
 * **the memory**: every ready, valid, response and data signal of ``m_axi``, and the RAM disk's
   read data.
 
 **What the ring engine must do** (the DMA port's contract, ``rtl/dma.py``'s ``ring`` member),
 assumed: a command (not a drain) is taken no earlier than the second cycle; the ``pre`` address
-of the cycle before its acceptance (``cmd.vaddr`` then when ``pre.hold``) is its ``vaddr``, with
+of the cycle before its acceptance is its ``vaddr``, with
 ``pre.cont`` low; or it is a *continue* command (``cont``), with ``pre.cont`` high in the cycle
 before, that follows a read (not a drain) which ended without a fault and without ``abort``,
 ``cont`` high in every idle cycle since (the DMA engine keeps its address while idle), and
@@ -167,7 +167,7 @@ class DmaHarness(Elaboratable):
         c = ring.cmd.payload
         free = [bus.addr, bus.w_en, bus.w_data, bus.w_strb,
                 ring.cmd.valid, c.write, c.drain, c.cont, c.vaddr, c.len, c.disk, c.dpos,
-                ring.pre.vaddr, ring.pre.hold, ring.pre.cont, ring.payload, ring.serial,
+                ring.pre.vaddr, ring.pre.cont, ring.payload, ring.serial,
                 dma.abort, dma.disk.rd_lo, dma.disk.rd_hi,
                 axi.awready, axi.wready, axi.bid, axi.bresp, axi.bvalid,
                 axi.arready, axi.rid, axi.rdata, axi.rresp, axi.rlast, axi.rvalid]
@@ -218,7 +218,7 @@ class DmaHarness(Elaboratable):
         m.d.sync += past.eq(1)
         p_addr = Signal(64)  # what the cycle before presented as the next command's address
         p_cont = Signal()
-        m.d.sync += [p_addr.eq(Mux(ring.pre.hold, c.vaddr, ring.pre.vaddr)),
+        m.d.sync += [p_addr.eq(ring.pre.vaddr),
                      p_cont.eq(ring.pre.cont)]
         accept = Signal()
         m.d.comb += accept.eq(ring.cmd.valid & ring.cmd.ready)

@@ -2,8 +2,9 @@
 
 The harness instantiates :class:`rtl.iotlb.Iotlb` unchanged (8 entries: 4 sets of 2 ways),
 drives every input with a free value each cycle (``AnySeq``: the staged mapping, the command,
-the sets (``small``, ``large``, ``large_fast``, ``large_sel``), ``key``, ``fast_key``, ``fast``,
-``write`` and ``enable`` of a lookup, ``rst``) and checks its answers against a *shadow* of the
+the sets (``small``, ``small_fast``, ``large``, ``large_fast``, ``large_sel``), ``key``,
+``fast_key``, ``fast``, ``write`` and ``enable`` of a lookup, ``rst``) and checks its answers
+against a *shadow* of the
 mappings the hypervisor's commands leave live, written here from docs/iotlb.md and not from
 the RTL:
 
@@ -13,7 +14,7 @@ the RTL:
   overlaps it without covering ``A``, an invalidation (command 2) that overlaps it and an
   invalidate all (command 3, or command 2 with a size above 30) remove it; ``rst`` clears it;
 * **no hit without a live mapping**: a lookup of ``A`` (its small and large set read in cycle
-  ``t``, the large one from ``large_fast`` when ``large_sel``; key ``A`` in ``t + 1`` from the
+  ``t``, from ``small_fast`` and ``large_fast`` when ``large_sel``; key ``A`` in ``t + 1`` from the
   source the RTL selects, ``fast_key`` when ``fast``, else ``key``, with the direction
   ``write``) that answers in ``t + 2`` without ``stale`` answers a
   miss when no mapping covering ``A`` is live, and on a hit it answers that mapping's R and W,
@@ -40,7 +41,7 @@ is consistent (each stage's sets are a step's, a narrow command has one step, a 
 stages hold consecutive steps, ``DRAIN1`` to ``DRAIN3`` hold the last step in stage 1 to 3); a
 step's read data and compare operands are its sets' rows and the command's range, and the
 ways stage 3 clears (``match_a3``, ``match_b3``) are those of its sets that overlap the range,
-and the valid bits it keeps (``v_a3``, ``v_b3``) are its sets';
+and the valid bits stage 2 and 3 hold (``v_a2``, ``v_b2``, ``v_a3``, ``v_b3``) are its sets';
 in ``WRITE`` the chosen way is one-hot and ``w_bits`` is the set's valid bits with it. The
 storage is read through extra asynchronous read ports of the block RAM; a way is decoded by its
 layout (base page, covered page-number bits, physical page, R, W: docs/iotlb.md fixes what an
@@ -165,7 +166,8 @@ class IotlbHarness(Elaboratable):
 
         # ---- Free inputs; the register file's one guarantee --------------------------------
         for sig in (ctrl.stage_iova, ctrl.stage_pa, ctrl.stage_size, ctrl.stage_r, ctrl.stage_w,
-                    ctrl.cmd, dut.small, dut.large, dut.large_fast, dut.large_sel, dut.key,
+                    ctrl.cmd, dut.small, dut.small_fast, dut.large, dut.large_fast,
+                    dut.large_sel, dut.key,
                     dut.fast_key, dut.fast, dut.write, dut.enable):
             m.d.comb += sig.eq(AnySeq(len(sig)))
         m.d.comb += Assume(~ctrl.busy | (ctrl.cmd == 0), "IOTLB_CMD waits while busy")
@@ -210,14 +212,14 @@ class IotlbHarness(Elaboratable):
             m.d.sync += live.eq(0)
         # (under the assumption, no command starts while busy: ``starts`` is a command's start)
 
-        # ---- A lookup of A: sets read in t (the large one ``large_fast`` when ``large_sel``),
+        # ---- A lookup of A: sets read in t (``*_fast`` when ``large_sel``),
         # key in t + 1 (``fast_key`` when ``fast``, else ``key``) with its direction, answer in
         # t + 2 -----------------------------------------------------------------------------
         look1, look2 = Signal(), Signal()
         run1, run2 = Signal(), Signal()
         dir2 = Signal()  # the lookup's direction (1: a write)
         m.d.sync += [
-            look1.eq((dut.small == watched[:sb])
+            look1.eq((Mux(dut.large_sel, dut.small_fast, dut.small) == watched[:sb])
                      & (Mux(dut.large_sel, dut.large_fast, dut.large)
                         == watched[LARGE:LARGE + sb])),
             look2.eq(look1 & (Mux(dut.fast, dut.fast_key, dut.key) == watched)),
@@ -331,7 +333,8 @@ class IotlbHarness(Elaboratable):
         rg = _internal_signals(frag, {
             "valid", "fsm_state", "op", "c_vpn", "c_mask", "c_all", "c_wide", "c_set", "new",
             "step", "step1", "step2", "step3", "raw_a", "raw_b", "key2", "kmask2", "kall2",
-            "same3", "match_a3", "match_b3", "v_a3", "v_b3", "w_way", "w_bits", "port_a__addr",
+            "same3", "match_a3", "match_b3", "v_a2", "v_b2", "v_a3", "v_b3", "w_way", "w_bits",
+            "port_a__addr",
             "port_b__addr", "port_a__data", "port_b__data"})
         # (the stages' set registers, found as the registers of the read addresses)
         set_a1 = _registered(frag, rg["port_a__addr"])
@@ -414,6 +417,10 @@ class IotlbHarness(Elaboratable):
                                & (rg["key2"] == rg["c_vpn"]) & (rg["kmask2"] == rg["c_mask"])
                                & (rg["kall2"] == rg["c_all"]),
                                "inv: a step's compare has its sets and the command's range")
+            # the valid bits stage 1 read are the sets' (nothing wrote them since)
+            m.d.comb += Assert((rg["v_a2"] == valid.word_select(set_a2, ways))
+                               & (rg["v_b2"] == valid.word_select(set_b2, ways)),
+                               "inv: a step's valid bits in stage 2 are its sets'")
         with m.If(step3):
             # the valid bits stage 2 read are the sets' (nothing wrote them since)
             m.d.comb += Assert((rg["v_a3"] == valid.word_select(set_a3, ways))

@@ -294,7 +294,8 @@ class TimedDevice(ReferenceDevice):
 
     # -- timing -------------------------------------------------------------------------------
     def schedule(self, kick: int, *, latency: int,
-                 resolved: Mapping[int, int] | None = None) -> KickSchedule:
+                 resolved: Mapping[int, int] | None = None,
+                 lookups: bool = True) -> KickSchedule:
         """Cycles of the ``kick``-th accepted notify's work (docs/timing.md, all rules).
 
         IOVA mode: every lookup that hit costs what a grant lookup costs. ``resolved`` maps
@@ -302,6 +303,8 @@ class TimedDevice(ReferenceDevice):
         the hypervisor's ``MISS_RESOLVE`` write that answered it was accepted on ``s_hv``; a
         miss of this kick not in ``resolved`` raises ``ValueError``. Without ``resolved``
         (None) every lookup is taken as a hit: the warm-IOTLB prediction of the same requests.
+        ``lookups=False``: the GPA-only device, which issues a descriptor read without the
+        ``DESC_ISSUE`` cycle (the bench's rows have no burst that waits for a lookup).
         """
         if self.faults:
             raise ValueError("the timing model covers fault-free runs only")
@@ -322,7 +325,9 @@ class TimedDevice(ReferenceDevice):
                             raise ValueError(f"miss {k} ({self.misses[k][0]:#x}) has no "
                                              "resolve cycle")
                         waits[id(txn)] = resolved[k]
-        return _Scheduler(self.data_width, latency, waits).run(self.kicks[kick])
+        sched = _Scheduler(self.data_width, latency, waits)
+        sched.hold = 1 if lookups else 0
+        return sched.run(self.kicks[kick])
 
 
     def events(self, kick: int, mem: MemorySide, notify: int, *, end: int,
@@ -360,6 +365,7 @@ class TimedDevice(ReferenceDevice):
         if hasattr(mem, "bind"):  # a memory that answers the model's own handshakes (tests)
             mem.bind(dma.events)
         sched = _CycleScheduler(self.data_width, dma)
+        sched.hold = 1 if lookups else 0
         sched.run_kick(self.kicks[kick], notify)
         stop = sched.fault[0] if sched.fault else sched.out.idle
         if stop > end:
@@ -399,6 +405,10 @@ class _Scheduler:
         self.width = data_width
         self.L = latency
         self.waits = waits or {}  # id(transaction) -> its miss's resolve cycle
+        # docs/timing.md: the ring engine waits a cycle (DESC_ISSUE) before each descriptor
+        # read whose index it has just read, so that the lookup's address comes from
+        # flip-flops; 0 for the GPA-only device, which makes no lookup
+        self.hold = 1
         self.out = KickSchedule()
         self.last_b = -1  # cycle of the latest write response
         self.outstanding: list[int] = []  # response cycles of posted writes
@@ -500,13 +510,15 @@ class _Scheduler:
         return d + (6 if narrow else 5) + (4 if narrow else 3) * (entries - 1)
 
     def request(self, t: int, req: _Request) -> int:
-        acc = iter(req.accesses)
-        a = next(acc)
+        accesses = req.accesses
+        a = accesses[0]
         assert a.step == "head"
         d = self.read(t, a.txns)
-        t = d + 2  # DESC_FIRST, then DESC_START issues the first descriptor read
-        for _ in range(sum(1 for x in req.accesses if x.step in ("desc", "table"))):
-            a = next(acc)
+        # DESC_FIRST, then DESC_START issues the first descriptor read (or DESC_ISSUE does)
+        t = d + 2 + self.hold
+        walk = sum(1 for x in accesses if x.step in ("desc", "table"))
+        for i in range(1, walk + 1):
+            a = accesses[i]
             assert a.step in ("desc", "table"), a.step
             d = self.read(t, a.txns)
             if a.step == "table":
@@ -522,6 +534,9 @@ class _Scheduler:
                 # first piece; after an indirect descriptor, TABLE and TABLE_ISSUE issue the
                 # whole table's read
                 t = d + (4 if a.indirect else 2)
+                if not a.indirect and i < walk and accesses[i + 1].step == "desc":
+                    t += self.hold  # the next descriptor's read: DESC_ISSUE
+        acc = iter(accesses[walk + 1:])
         # pass 2 sees only the non-empty descriptors (empty ones are not cached)
         descs = [x for x in req.descs if x.len]
         k, got, ends = 0, 0, False

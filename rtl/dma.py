@@ -244,6 +244,7 @@ class _Shared:
         # Current burst, set up in ADDR
         self.b_final = Signal()  # the burst ends the command
         self.b_cross = Signal()  # ... or ends on a page boundary (the next burst needs a lookup)
+        self.b_next = Signal()  # ... the latter but not the former: its handshake looks it up
         self.arlen = Signal(8)
         # physical address of the burst in flight (bus error reports); area: no domain reset,
         # so that the flip-flops' reset is free to clear it (see DmaEngine._ending)
@@ -314,8 +315,8 @@ class DmaEngine(wiring.Component):
     -------
     ring : In(:func:`~rtl.interfaces.DmaPortSignature`)
         From the ring engine. ``pre``: the address of the command it may hand over in the next
-        cycle (``pre.hold``: it is ``cmd.payload.vaddr`` already; ``pre.cont``: it continues
-        where the last command ended), looked up when the engine is idle or ending a command
+        cycle (``pre.cont``: it continues where the last command ended), looked up when the
+        engine is idle or ending a command
         cleanly. A command that ends with a fault or an abort in ISSUE or WADDR, on a burst
         that ends its page, reads the table at its own next page in that last cycle instead:
         no command may be taken in the cycle after such an end (the ring engine halts after a
@@ -414,7 +415,7 @@ class DmaEngine(wiring.Component):
         a lookup was kept in the last cycle, its verdict is not yet registered (never for the
         GPA-only device, whose answers are constants)."""
         R, LS, lk, ring, c = e.R, e.LS, e.lk, e.ring, e.c
-        in_idle, write, a_phase = e.in_idle, e.write, e.a_phase
+        in_idle, write = e.in_idle, e.write
         cur_lo, cur_hi, nxt_lo, nxt_hi = e.cur_lo, e.cur_hi, e.nxt_lo, e.nxt_hi
         key, int_ref, in_xkeep = e.key, e.int_ref, e.in_xkeep
         # A continue command (pre_cont) must follow a read, whose address handshakes are over
@@ -423,17 +424,25 @@ class DmaEngine(wiring.Component):
         _, _, nxt_handle = lookup_fields(nxt_hi, R)
         pre_ref = key(ring.pre.vaddr[12:])
         _, e.cmd_high, cmd_handle = lookup_fields(c.vaddr[12:], R)
-        # Fmax: the table's address is a 2:1 choice between a register (int_ref, set a cycle
-        # ahead) and the ring engine's next address.
-        use_int = (a_phase & e.b_cross & ~e.b_final) | e.in_xlate | (~a_phase & ring.pre.cont)
-        held_ref = Mux(use_int, int_ref, key(c.vaddr[12:]))  # registers
-        table_key = Mux(use_int | ring.pre.hold, held_ref, pre_ref)
+        # Fmax: the table's address is a 2:1 choice between two registers: int_ref, set a cycle
+        # ahead, and the ring engine's next address (its early address, rtl/engine.py), chosen
+        # by three flip-flops; the IOTLB makes the choice last, after its own (``lset_sel``,
+        # ``sset_fast``). int_ref is read in XLATE, for a continue command (``pre.cont``), and
+        # from the address cycles of a burst that ends a page but not the command (``b_next``)
+        # until that burst is over: its handshake's lookup is kept (``keep_next``), and no
+        # command ends in between but by a fault or an abort, after which none is taken in the
+        # next cycle. ``finish`` clears ``b_next``: the ring engine's address is read whenever
+        # the engine is idle, or ending a command cleanly, without ``pre.cont``.
+        use_int = Signal()
+        m.d.comb += use_int.eq(e.b_next | e.in_xlate | ring.pre.cont)
+        table_key = Mux(use_int, int_ref, pre_ref)
         m.d.comb += lk.ref.eq(table_key[:R])
-        if LS:  # Fmax: the large set (page bits 18 and up): the ring engine's address arrives
-            # late (the top of its adder), so it is presented apart, for a single gate
+        if LS:  # the large set (page bits 18 and up), presented apart: a single gate to the
+            # IOTLB's second read port
             m.d.comb += [
                 lk.lset.eq(int_ref[R:]), lk.lset_sel.eq(~use_int),
-                lk.lset_fast.eq(Mux(ring.pre.hold, c.vaddr, ring.pre.vaddr)[30:30 + LS]),
+                lk.lset_fast.eq(ring.pre.vaddr[30:30 + LS]),
+                lk.sset_fast.eq(ring.pre.vaddr[12:12 + LS]),
             ]
         # (a drain and a zero command make no bus access: no lookup is kept for them, so that
         # a zero command's address, which is not an access, raises no IOTLB miss)
@@ -557,7 +566,8 @@ class DmaEngine(wiring.Component):
                     nxt_lo.eq(Mux(reaches, Cat(Const(0, lb), window_next),
                                   Cat(end[:lb], nxt_lo[lb:]))),
                     rem.eq(Cat(end[:lb], end[lb:] - 1)),  # end - B (the last burst: unused)
-                    e.b_final.eq(fits), e.b_cross.eq(cross), e.b_err.eq(0), inc_hi.eq(cross),
+                    e.b_final.eq(fits), e.b_cross.eq(cross), e.b_next.eq(cross & ~fits),
+                    e.b_err.eq(0), inc_hi.eq(cross),
                     arlen.eq(beats_m1), w_cnt.eq(beats_m1),
                     int_ref.eq(key(nxt_hi_inc)), next_high.eq(inc_high),
                     e.next_handle.eq(inc_handle),
@@ -607,7 +617,7 @@ class DmaEngine(wiring.Component):
             a_hs.eq(avalid & Mux(write, axi.awready, axi.arready)),
             e.w_start.eq(in_issue & go & write),
         ]
-        m.d.sync += e.keep_next.eq(a_hs & e.b_cross & ~e.b_final)
+        m.d.sync += e.keep_next.eq(a_hs & e.b_next)
         with m.If(e.a_phase):  # (the value of the handshake's cycle stays)
             m.d.sync += e.b_addr.eq(burst_addr)
         with m.Elif(e.in_drain):
@@ -887,7 +897,7 @@ class DmaEngine(wiring.Component):
         def finish(cause=0, src=FA_IDLE):
             """The command ends this cycle (with fault ``cause``, its address in ``src``)."""
             m.d.comb += [ring.done.eq(1), ring.fault.eq(cause), ring.failed.eq(cause != 0)]
-            m.d.sync += fa_idle.eq(src == FA_IDLE)
+            m.d.sync += [fa_idle.eq(src == FA_IDLE), e.b_next.eq(0)]
             if src == FA_BURST:
                 m.d.comb += e.werr_clear.eq(1)
             m.next = "IDLE"

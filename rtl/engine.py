@@ -34,6 +34,8 @@ or status write never gets a used element) and after the used index (so that the
 follows the used index).
 """
 
+import functools
+import operator
 from contextlib import contextmanager
 
 from amaranth import Cat, Const, Module, Mux, Signal
@@ -95,6 +97,9 @@ def queue_size_check(m, n, qbits):
 
 
 XS_DESC, XS_AVAIL, XS_USED, XS_PF, XS_ZERO = range(5)  # X operands
+# The early address's registered bits: every page-number bit a lookup's set or grant index
+# takes (IOVA bits 12 to 21, and 30 up to 30 + 9 for the largest IOTLB's large set).
+EARLY_BITS = 40
 Y_NONE, Y_CAP, Y_REG, Y_STAT = range(4)  # Y operands
 
 
@@ -118,7 +123,8 @@ class AddressAdder:
     X's copies unless chosen, so that Y is one LUT a bit too.
     """
 
-    def __init__(self, m, x_bases, cap_head, pf_last, y_cases, y_default):
+    def __init__(self, m, x_bases, cap_head, pf_last, y_cases, y_default, pf_end,
+                 early_sums, early_va):
         self._m = m
         va = work_reg(64)
         x_next = {sel: Signal(name=f"x_next{sel}") for sel in (XS_DESC, XS_AVAIL, XS_USED,
@@ -130,13 +136,15 @@ class AddressAdder:
         y_last = gated_copy(m, pf_last, y_next[Y_STAT], "y_last")
         va_load = Signal()
         y_reg = work_reg(32)
+        y_reg_next = Signal(32)  # what y_reg takes at the cycle's end
         with m.If(~y_next[Y_REG]):
-            m.d.sync += y_reg.eq(0)
+            m.d.comb += y_reg_next.eq(0)
         for flag, value in y_cases:
             with m.Elif(flag):
-                m.d.sync += y_reg.eq(value)
+                m.d.comb += y_reg_next.eq(value)
         with m.Else():
-            m.d.sync += y_reg.eq(y_default)
+            m.d.comb += y_reg_next.eq(y_default)
+        m.d.sync += y_reg.eq(y_reg_next)
         x = Signal(64)
         y = Signal(32)
         m.d.comb += [
@@ -147,14 +155,59 @@ class AddressAdder:
         m.d.comb += va_next.eq(x + y)
         with m.If(va_load):
             m.d.sync += va.eq(va_next)
+        # Fmax (issue 16): the early address, va_next's low EARLY_BITS a cycle ahead, in
+        # flip-flops: the DMA engine's early lookup reads them, not the top of this adder, into
+        # the IOTLB's and the grant table's block RAM. No adder precedes them either: each
+        # X + y_reg value a lookup needs (``early_sums``: X -> [(flag or None for
+        # ``y_default``, value)], as y_reg would choose) is summed into a register of its own
+        # every cycle, from registers that change long before it is needed (the queue's
+        # addresses, the ring offsets), and the early address picks it. X alone (Y_NONE) is
+        # its base. The prefetched descriptor's address comes out of the descriptor cache's
+        # block RAM late in the cycle, so it is never summed: XS_PF goes with Y_NONE or Y_STAT
+        # only (``operand`` checks it), and the cache holds each descriptor's last byte's
+        # address (``pf_end``) beside its address. Y_CAP (a descriptor's index, read from the
+        # bus in the cycle it is chosen) has no early address: the ring engine looks such an
+        # address up from ``va`` a cycle later (``pre.hold``, DESC_ISSUE).
+        terms = []
+        for sel, cases in early_sums.items():
+            base = x_bases[sel][:EARLY_BITS]
+            with_y = base
+            for k, (flag, value) in enumerate(reversed(cases)):
+                summed = work_reg(EARLY_BITS, name=f"early_sum{sel}_{len(cases) - 1 - k}")
+                m.d.sync += summed.eq(base + value)
+                with_y = summed if flag is None else Mux(flag, summed, with_y)
+            terms.append(Mux(x_next[sel], Mux(y_next[Y_REG], with_y, base), 0))
+        # After a state that sets ``early_va`` (a state's own choice, from its identity) the
+        # next command's address is va's next value: the early address takes it. The
+        # prefetched descriptor's address (or last byte) comes last, through one choice (Fmax:
+        # the cache's block RAM answers late in the cycle).
+        early = work_reg(EARLY_BITS, name="va_early")
+        from_va = Signal()  # the early address is va's
+        m.d.sync += from_va.eq(early_va)
+        va_d = Mux(va_load, va_next, va)
+        pf_pick = Signal()
+        m.d.comb += pf_pick.eq(x_next[XS_PF] & ~early_va)
+        m.d.sync += early.eq(Mux(pf_pick, Mux(y_next[Y_STAT], pf_end, x_bases[XS_PF][:EARLY_BITS]),
+                                 Mux(early_va, va_d[:EARLY_BITS],
+                                     functools.reduce(operator.or_, terms))))
+        va_early = Cat(early, Mux(from_va, va[EARLY_BITS:], va_next[EARLY_BITS:]))
         self.va, self.va_next, self.x_next, self.y_next = va, va_next, x_next, y_next
+        self.va_early = va_early
         self._va_load = va_load
 
     def operand(self, xsel, ysel):
         """In the next cycle, va loads X + Y with these operands. Every state says which
         operands the next cycle needs (whatever state that is), from its own identity and
         registers: the selects clear the operand copies that are not chosen (Y_CAP's is a
-        flip-flop), and they depend on ``done`` in one place only."""
+        flip-flop), and they depend on ``done`` in one place only. ``ysel`` is a Y operand or
+        ``(condition, y_if_true, y_if_false)``; the prefetched descriptor's address (XS_PF)
+        goes with Y_NONE or Y_STAT, and Y_STAT with it only (the early address's rule)."""
+        choices = set(ysel[1:]) if isinstance(ysel, tuple) else {ysel}
+        if not (choices <= {Y_NONE, Y_STAT} if xsel == XS_PF else Y_STAT not in choices):
+            raise ValueError(f"operand X {xsel} with Y {sorted(choices)}: XS_PF goes with "
+                             f"Y_NONE or Y_STAT, and Y_STAT with XS_PF only")
+        if isinstance(ysel, tuple):
+            ysel = Mux(*ysel)
         self._m.d.comb += [flag.eq(sel == xsel) for sel, flag in self.x_next.items()]
         self._m.d.comb += [flag.eq(sel == ysel) for sel, flag in self.y_next.items()]
 
@@ -222,6 +275,7 @@ class CachedDesc(data.Struct):
     addr: 64
     len: 32
     last: 32
+    end: EARLY_BITS  # (addr + last), the last byte's address, low bits (the early address)
 
 
 def descriptor_cache(m, qmax):
@@ -490,6 +544,7 @@ def chain_walker(m, e):
     head_bad = work_reg()
     with e.state("DESC_FIRST"):
         e.load()
+        m.d.comb += e.early_va.eq(1)
         e.command(**DESC_READ)
         m.d.sync += [
             e.head.eq(e.cap_head), e.idx.eq(e.cap_head),
@@ -500,11 +555,25 @@ def chain_walker(m, e):
         ]
         e.go("DESC_START")
 
+    def issue_desc():
+        """Issue the descriptor read whose address va took in the cycle before (from the
+        index just read): now, or (``hold_index``) a cycle later from DESC_ISSUE, after this
+        cycle's lookup of ``va`` itself (``pre.hold``, which DESC_START and DESC_NEXT set
+        whatever they decide: Fmax, the checks do not reach the table's address)."""
+        if e.hold_index:
+            e.go("DESC_ISSUE")
+        else:
+            e.issue("DESC_WAIT")
+
     with e.state("DESC_START"):
         e.operand(XS_PF, Y_NONE)  # DESC_WAIT's: the header's address
         with m.If(head_bad):
             e.fault(spec.FAULT_BAD_CHAIN)  # idx: the head
         with m.Else():
+            issue_desc()
+    if e.hold_index:
+        with e.state("DESC_ISSUE"):
+            e.operand(XS_PF, Y_NONE)  # DESC_WAIT's: the header's address
             e.issue("DESC_WAIT")
 
     # The first cached descriptor is kept in pf for the header (it was cached at least
@@ -513,6 +582,7 @@ def chain_walker(m, e):
     def before_desc():
         e.fetch(0)
         e.load()
+        m.d.comb += e.early_va.eq(1)
         # (a descriptor read is done with its last beat, unless it fails: then the engine
         # halts and the operands do not matter)
         with m.If(e.dma.r_last_beat):
@@ -535,10 +605,17 @@ def chain_walker(m, e):
     # no gate in front of each data bit.
     last = Signal(32)  # len - 1, the offset of the descriptor's last byte
     lo_last = Signal(33)  # addr[31:0] + last: bit 32 is the carry into addr[63:32]
+    # The last byte's address, addr + len - 1, as one carry chain (Fmax: it goes to the
+    # cache's block RAM): addr + len + (2^EARLY_BITS - 1), its three operands added as carry
+    # and sum first, ~(addr ^ len) + ((addr | len) << 1), modulo 2^EARLY_BITS.
+    end = Signal(EARLY_BITS)
+    a_lo = e.desc_f.addr[:EARLY_BITS]
+    m.d.comb += end.eq(~(a_lo ^ e.desc_f.len) + ((a_lo | e.desc_f.len) << 1))
     m.d.comb += [
         e.cache_wr.addr.eq(count),
         e.cache_wr.data.addr.eq(e.desc_f.addr), e.cache_wr.data.len.eq(e.desc_f.len),
         e.cache_wr.data.last.eq(last),
+        e.cache_wr.data.end.eq(end),
     ]
     new_acc = Signal(33)
     m.d.comb += [last.eq(e.desc_f.len - 1), lo_last.eq(e.desc_f.addr[:32] + last),
@@ -568,10 +645,9 @@ def chain_walker(m, e):
         # with the carry chain that forms the cached ``last`` (no zero test of a sum)
         wraps = (e.desc_f.addr[32:] == 0xFFFF_FFFF) & nonempty & lo_last[32]
         m.d.comb += e.cache_wr.en.eq(nonempty & ~is_ind)  # (address and data: above, always)
+        m.d.comb += e.early_va.eq(1)
         with m.If(e.desc_f.flags.next | e.in_tbl):
             e.load()  # the next descriptor (in a table: the header's first piece)
-        with m.Else():
-            m.d.comb += e.keep_va.eq(1)  # the header's first piece
         if feats.indirect:
             m.d.comb += e.tbl_entry.eq(e.desc_f.next)  # (half 0)
         short = (e.pf_len[5:] == 0) & (e.pf_len[:5] < 16)
@@ -628,7 +704,7 @@ def chain_walker(m, e):
                         m.d.comb += [e.tbl_entry.eq(e.desc_f.next), e.tbl_half.eq(1)]
                     e.go("TBL_LOAD")
             with m.Else():
-                e.issue("DESC_WAIT")
+                issue_desc()
         # step 3.3: request framing (R >= 16 and Wr >= 1, a non-empty writable one)
         with m.Elif(r_lt16 | ~have_w):
             m.d.sync += e.idx.eq(e.head)
@@ -870,7 +946,7 @@ def data_mover(m, e):
     with e.state("ROUTE"):
         next_piece_len()
         e.load()
-        e.operand(XS_PF, Mux(e.after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
+        e.operand(XS_PF, (e.after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
         with m.If(e.after):
             data_command()
         with m.Else():
@@ -886,7 +962,7 @@ def data_mover(m, e):
             e.fetch(e.need_idx)
             e.go("FETCH")
     with e.state("FETCH"):
-        e.operand(XS_PF, Mux(e.after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
+        e.operand(XS_PF, (e.after, Y_NONE, Y_STAT))  # ROUTE_FETCHED's
         e.go("ROUTE_FETCHED")
     with e.state("ROUTE_FETCHED"):  # pf = need_idx now
         next_piece_len()
@@ -907,7 +983,7 @@ def data_mover(m, e):
                      e.remaining.eq(e.remaining - e.c_len), e.dpos.eq(e.dpos + e.c_len)]
         # the next piece's descriptor, or the status byte's (the last one), whose
         # address DATA_WAIT loads
-        e.operand(XS_PF, Mux(plen_last, Y_STAT, Y_NONE))  # DATA_WAIT's
+        e.operand(XS_PF, (plen_last, Y_STAT, Y_NONE))  # DATA_WAIT's
         with m.If(plen_last):
             e.fetch(e.last_idx)
         with m.Else():
@@ -925,7 +1001,7 @@ def data_mover(m, e):
     def before_data():
         m.d.comb += e.dma.serial.eq(~e.to_disk)
         e.load()
-        e.operand(XS_PF, Mux(last_piece, Y_STAT, Y_NONE))
+        e.operand(XS_PF, (last_piece, Y_STAT, Y_NONE))
         next_piece_len()
         with m.If(last_piece):
             e.command(**STATUS_WRITE)
@@ -949,7 +1025,7 @@ def zeroer(m, e):
     z_len = work_reg(e.lbits)
     num, sector, flags = seg.num_sectors, seg.sector, seg.flags
     with e.state("SEG_CHECK"):
-        m.d.comb += e.keep_va.eq(1)
+        m.d.comb += e.early_va.eq(1)
         fits = sector[:cs] + num[:cs]
         m.d.sync += [
             # more sectors than the disk (max_*_sectors), or past its end
@@ -960,7 +1036,7 @@ def zeroer(m, e):
         ]
         e.go("SEG_ACT")
     with e.state("SEG_ACT"):
-        m.d.comb += e.keep_va.eq(1)
+        m.d.comb += e.early_va.eq(1)
         with m.If(io_bad):
             m.d.sync += e.blk_status.eq(spec.VIRTIO_BLK_S_IOERR)
             e.go("STATUS")
@@ -972,11 +1048,11 @@ def zeroer(m, e):
                          e.c_tbl.eq(0), e.c_len.eq(z_len), e.c_dpos.eq(z_pos)]
             e.go("ZERO_ISSUE")
     with e.state("ZERO_ISSUE"):
-        m.d.comb += e.keep_va.eq(1)
+        m.d.comb += e.early_va.eq(1)
         e.issue("ZERO_WAIT")
 
     def before_zero():
-        m.d.comb += e.keep_va.eq(1)
+        m.d.comb += e.early_va.eq(1)
         e.command(**STATUS_WRITE)
     e.wait("ZERO_WAIT", e.goto("STATUS"), before=before_zero)
 
@@ -1023,7 +1099,7 @@ def completion_writer(m, e):
         m.d.sync += e.used_idx.eq(e.next_used)
         with m.If(round_done & e.evt):
             m.d.comb += e.y_is_uevt.eq(1)
-        e.operand(XS_AVAIL, Mux(round_done & ~e.evt, Y_NONE, Y_REG))
+        e.operand(XS_AVAIL, (round_done & ~e.evt, Y_NONE, Y_REG))
         e.issue("DRAIN_USED_WAIT")
 
     def after_used():
@@ -1041,7 +1117,7 @@ def completion_writer(m, e):
         e.load()
         with m.If(round_done & e.evt):
             m.d.comb += e.y_is_uevt.eq(1)
-        e.operand(XS_AVAIL, Mux(round_done & ~e.evt, Y_NONE, Y_REG))
+        e.operand(XS_AVAIL, (round_done & ~e.evt, Y_NONE, Y_REG))
         with m.If(round_done & e.evt):
             e.command(**UEVT_READ)
         with m.Elif(round_done):
@@ -1092,6 +1168,13 @@ class RingEngine(wiring.Component):
         Largest queue size; also the depth of the descriptor cache.
     disk_bytes : int
         RAM disk size in bytes.
+    lookups : bool
+        The DMA engine looks each command's first page up in the cycle before the command's
+        issue (``dma.pre``), from flip-flops: the early address, summed a cycle ahead of
+        ``va`` (:class:`AddressAdder`). A descriptor read's index arrives from the bus in the
+        cycle its operands are chosen, too late for that sum, so the engine waits one cycle
+        before it issues that read (DESC_ISSUE), and its lookup reads ``va`` (``pre.hold``).
+        False for the GPA-only device, which makes no lookup and issues without the wait.
 
     Members
     -------
@@ -1108,8 +1191,10 @@ class RingEngine(wiring.Component):
 
     def __init__(self, *, queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
                  disk_bytes: int = spec.DEFAULT_DISK_BYTES,
-                 data_width: int = spec.DEFAULT_DATA_WIDTH, features: Features | None = None):
+                 data_width: int = spec.DEFAULT_DATA_WIDTH, features: Features | None = None,
+                 lookups: bool = True):
         self._features = Features.none() if features is None else features
+        self._lookups = lookups
         self._queue_num_max = check_queue_num_max(queue_num_max)
         self._disk_bytes = disk_bytes
         self._data_width = check_data_width(data_width)
@@ -1131,6 +1216,7 @@ class RingEngine(wiring.Component):
         m = Module()
         e = _Shared(m)
         e.q, e.dma, e.status = self.queue, self.dma, self.status
+        e.hold_index = self._lookups
         c = e.dma.cmd.payload
         qmax = self._queue_num_max
         e.qmax, e.features = qmax, self._features
@@ -1193,6 +1279,16 @@ class RingEngine(wiring.Component):
         e.aevt_pub = Signal(16)  # the avail_event last written
         e.signalled = Signal(16)  # the used index at the last interrupt decision
         e.in_tbl = Signal()  # the walk is in an indirect table ...
+        # The states after which the next command's address is va's next value (``early_va``:
+        # the early address takes that, AddressAdder), whatever they decide: DESC_FIRST (the
+        # first descriptor: DESC_START looks it up), DESC_WAIT (the header's first piece, which
+        # DESC_NEXT may issue after DESC_CHECK), DESC_CHECK (the next descriptor, DESC_NEXT
+        # looks it up; or nothing), SEG_*, ZERO_* (the status byte's address, which DATA_WAIT
+        # loaded). Outside a table DESC_CHECK issues nothing in the next cycle, inside one its
+        # last entry's DESC_NEXT issues the header at the address TBL_LOAD's operands give.
+        # (The GPA-only device looks nothing up: a next descriptor's read, which DESC_NEXT
+        # issues at once there, has the header's early address.)
+        e.early_va = Signal()
         e.tbl_base = work_reg(64)  # ... at this address
         e.tbl_n = work_reg(e.qbits)  # ... of this many entries
         e.over = work_reg()  # the chain is over the limits (SEG_MAX, SIZE_MAX)
@@ -1225,21 +1321,37 @@ class RingEngine(wiring.Component):
         # QueueNum a fault reports.
         # QueueDesc, or the indirect table the walk is in
         desc_base = Mux(e.in_tbl, e.tbl_base, e.q.desc) if self._features.indirect else e.q.desc
-        y_cases = [(e.ring_used, Cat(Const(0b100, 3), e.used_idx & qmask)), (e.ring_uidx, 2),
+        used_off = Cat(Const(0b100, 3), e.used_idx & qmask)
+        y_cases = [(e.ring_used, used_off), (e.ring_uidx, 2),
                    (e.y_is_idx, e.idx), (e.y_is_num, n)]
         if self._features.event_idx:
             y_cases += [(e.y_is_uevt, evt_off["uevt"]), (e.y_is_aevt, evt_off["aevt"])]
+        # The poll's ring offset, 4 + 2 (last_avail mod the queue size), registered (Fmax: it
+        # feeds the early sum). It lags last_avail and the queue size by a cycle, which no
+        # poll sees: the next poll comes many cycles after DESC_FIRST counts a head, and a
+        # queue's size is written long before a notify reaches QCHECK.
+        ring_off = work_reg(18, name="ring_off")
+        m.d.sync += ring_off.eq(((e.last_avail & qmask) + 2) << 1)
+        # The ring accesses' early addresses (AddressAdder): avail entries (the head, y_reg's
+        # default) and used_event from QueueDriver; used elements, the used index and
+        # avail_event from QueueDevice. (A fault's index and QueueNum are never looked up.)
+        # Each sum lags its operands by a cycle (ring_off's by two), long enough: last_avail
+        # and used_idx move a request before the next access that uses them.
+        early_sums = {XS_DESC: [], XS_AVAIL: [(None, ring_off)],
+                      XS_USED: [(e.ring_used, used_off), (e.ring_uidx, 2)]}
+        if self._features.event_idx:
+            early_sums[XS_AVAIL].insert(0, (e.y_is_uevt, evt_off["uevt"]))
+            early_sums[XS_USED].append((e.y_is_aevt, evt_off["aevt"]))
         adder = AddressAdder(
             m, {XS_DESC: desc_base, XS_AVAIL: e.q.avail, XS_USED: e.q.used,
                 XS_PF: cache_rd.data.addr},
-            e.cap_head, cache_rd.data.last, y_cases, ((e.last_avail & qmask) + 2) << 1)
+            e.cap_head, cache_rd.data.last, y_cases, ring_off, cache_rd.data.end,
+            early_sums, e.early_va & ~e.abort)
         e.operand, e.load = adder.operand, adder.load
-        # The address of the next command, looked up by the DMA engine in the translation unit:
-        # every state before one that issues loads va, except DESC_CHECK at a chain's end,
-        # which keeps the header's address that DESC_WAIT loaded (pre_hold: use cmd_vaddr).
-        e.keep_va = Signal()
-        m.d.comb += [c.vaddr.eq(adder.va), e.dma.pre.vaddr.eq(adder.va_next),
-                     e.dma.pre.hold.eq(e.keep_va)]
+        # The address of the next command, looked up by the DMA engine in the translation unit
+        # (``pre.vaddr``): every state before one that issues loads va, and the early address
+        # is what it loads, except in the hold states, where it is va itself.
+        m.d.comb += [c.vaddr.eq(adder.va), e.dma.pre.vaddr.eq(adder.va_early)]
         # A data piece that continues where the header ended: the DMA engine keeps its address
         # while idle and looks it up, from the cycle the header ends to the piece's issue.
         m.d.comb += [c.cont.eq(e.cont_next), e.dma.pre.cont.eq(e.cont_next)]

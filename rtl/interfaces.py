@@ -36,9 +36,8 @@ def DmaCommand(len_bits: int) -> data.StructLayout:
 
 
 # The address of the command the ring engine may hand over in the next cycle, for the DMA
-# engine's one-cycle-early table lookup (``hold``: it is the current ``cmd.vaddr`` already;
-# ``cont``: it continues where the last command ended).
-PreLookup = data.StructLayout({"vaddr": 64, "hold": 1, "cont": 1})
+# engine's one-cycle-early table lookup (``cont``: it continues where the last command ended).
+PreLookup = data.StructLayout({"vaddr": 64, "cont": 1})
 
 
 def DmaPortSignature(len_bits: int, word_bits: int, data_width: int) -> wiring.Signature:
@@ -63,7 +62,8 @@ def LookupSignature(ref_bits: int, set_bits: int = 0) -> wiring.Signature:
     with the request fields, and the registered answer (see
     :class:`~rtl.translate.TranslationUnit`). With an IOTLB (``set_bits``, its set index
     width): the large set read with ``ref`` (page-number bits ``18 + set_bits - 1 : 18``),
-    ``lset_fast`` when ``lset_sel`` (the ring engine's address, late), else ``lset``;
+    ``lset_fast`` when ``lset_sel`` (the ring engine's address), else ``lset``; the small set
+    is ``ref``'s low bits, ``sset_fast`` (the ring engine's) when ``lset_sel``;
     ``vaddr``, the whole address with ``keep``; ``used``, the DMA engine uses the answer
     (statistics); ``cancel``, the access is abandoned (a driver reset); ``miss``, the
     answer is a miss the hypervisor has not resolved; the frame is then 52 bits wide. The
@@ -77,6 +77,7 @@ def LookupSignature(ref_bits: int, set_bits: int = 0) -> wiring.Signature:
     }
     if set_bits:
         members.update({"lset": Out(set_bits), "lset_fast": Out(set_bits), "lset_sel": Out(1),
+                        "sset_fast": Out(set_bits),
                         "vaddr": Out(64), "cvaddr": Out(64),
                         "fast": Out(1), "used": Out(1),
                         "cancel": Out(1), "miss": In(1)})

@@ -98,8 +98,9 @@ class Iotlb(wiring.Component):
     Members
     -------
     small, large : In
-        The sets a lookup reads: in the translation unit's table-read cycle (``t``); the large
-        one is ``large_fast`` instead when ``large_sel`` (a late address: one gate to the RAM).
+        The sets a lookup reads: in the translation unit's table-read cycle (``t``); they are
+        ``small_fast`` and ``large_fast`` instead when ``large_sel`` (a late choice: one gate to
+        the RAM after it).
     key, write : In
         The page number of the lookup kept in cycle ``t + 1``, and its direction.
     fast_key, fast : In
@@ -133,7 +134,7 @@ class Iotlb(wiring.Component):
         self._sb = exact_log2(self._sets)
         super().__init__({
             "small": In(self._sb), "large": In(self._sb), "large_fast": In(self._sb),
-            "large_sel": In(1), "key": In(VPN_BITS),
+            "large_sel": In(1), "small_fast": In(self._sb), "key": In(VPN_BITS),
             "fast_key": In(VPN_BITS), "fast": In(1), "write": In(1),
             "enable": In(1),
             "hit": Out(1), "ok": Out(1), "fault": Out(4), "r": Out(1), "w": Out(1),
@@ -232,7 +233,8 @@ class Iotlb(wiring.Component):
         # ---- Read ports: the lookup's two sets, or the command's --------------------------------
         walk_a = Mux(c_wide, Cat(Const(0, 1), step)[:sb], c_vpn[:sb])
         walk_b = Mux(c_wide, Cat(Const(1, 1), step)[:sb], c_vpn[MASK_BITS:MASK_BITS + sb])
-        m.d.comb += [port_a.addr.eq(Mux(walking, walk_a, self.small)),
+        m.d.comb += [port_a.addr.eq(Mux(self.large_sel & ~walking, self.small_fast,
+                                        Mux(walking, walk_a, self.small))),
                      port_b.addr.eq(Mux(self.large_sel & ~walking, self.large_fast,
                                         Mux(walking, walk_b, self.large)))]
 
@@ -252,10 +254,30 @@ class Iotlb(wiring.Component):
         set_a2, set_b2 = Signal(sb, name="set_a2"), Signal(sb, name="set_b2")
         step2 = Signal()
         act2 = Signal()
+        key1 = Signal(VPN_BITS)
+        kmask1 = Signal(MASK_BITS)
+        m.d.comb += [key1.eq(Mux(self.fast & ~step1, self.fast_key, Mux(step1, c_vpn, self.key))),
+                     kmask1.eq(Mux(step1, c_mask, 0))]
+        # Fmax (issue 16): the compare's first level is made in the cycle the ways leave the
+        # block RAM and registered in place of their page numbers (``ne_*``: per way, a bit for
+        # each page-number bit inside the mapping's largest range, masked by the entry's and
+        # the command's range, and one for each pair above it: a LUT each). Stage 3 only ORs
+        # them, so the compare ends a few LUT levels after flip-flops.
+        ne2 = {}
+        for port, tag in ((port_a, "a"), (port_b, "b")):
+            for w in range(WAYS):
+                e1 = Entry(port.data[w * E:(w + 1) * E])
+                lo = Signal(MASK_BITS, name=f"ne_lo_{tag}{w}")
+                hi = Signal((VPN_BITS - MASK_BITS) // 2, name=f"ne_hi_{tag}{w}")
+                m.d.sync += lo.eq((e1.vpn[:MASK_BITS] ^ key1[:MASK_BITS]) & ~(e1.mask | kmask1))
+                m.d.sync += hi.eq(Cat(*[e1.vpn[MASK_BITS + 2 * k:MASK_BITS + 2 * k + 2]
+                                        != key1[MASK_BITS + 2 * k:MASK_BITS + 2 * k + 2]
+                                        for k in range((VPN_BITS - MASK_BITS) // 2)]))
+                ne2[tag, w] = Cat(lo, hi)
         m.d.sync += [
             raw_a.eq(port_a.data), raw_b.eq(port_b.data),
-            key2.eq(Mux(self.fast & ~step1, self.fast_key, Mux(step1, c_vpn, self.key))),
-            kmask2.eq(Mux(step1, c_mask, 0)),
+            key2.eq(key1),
+            kmask2.eq(kmask1),
             kall2.eq(step1 & c_all), write2.eq(self.write),
             set_a2.eq(set_a1), set_b2.eq(set_b1), step2.eq(step1),
             act2.eq(act1 | self.active),
@@ -268,17 +290,20 @@ class Iotlb(wiring.Component):
         # lookup answers is prepared per way beside the compare (the physical page with the
         # key's bits inside the mapping, the verdict for the direction), so that after it only
         # an AND-OR of the ways remains: that is the unit's longest path.
-        same = Signal()
-        m.d.comb += same.eq(set_a2 == set_b2)  # (both reads named one set: count it once)
-        v_a = valid.word_select(set_a2, WAYS)
-        v_b = valid.word_select(set_b2, WAYS)
+        same = Signal()  # (both reads named one set: count it once; registered, Fmax)
+        m.d.sync += same.eq(set_a1 == set_b1)
+        # Fmax: the sets' valid bits as they were in stage 1, registered. A write to them at
+        # the end of stage 1 is a command's (``active`` then), which makes a lookup's answer
+        # stale; a walk's own steps write sets that its later steps do not read.
+        v_a = Signal(WAYS, name="v_a2")
+        v_b = Signal(WAYS, name="v_b2")
+        m.d.sync += [v_a.eq(valid.word_select(set_a1, WAYS)),
+                     v_b.eq(valid.word_select(set_b1, WAYS))]
         ways = []  # (match, entry, physical page, fault)
         for raw, vbits, tag in ((raw_a, v_a, "a"), (raw_b, v_b, "b")):
             for w in range(WAYS):
                 entry = Entry(raw[w * E:(w + 1) * E])
-                inside = Cat(entry.mask | kmask2, Const(0, VPN_BITS - MASK_BITS))
-                diff = Signal(VPN_BITS, name=f"diff_{tag}{w}")
-                m.d.comb += diff.eq((entry.vpn ^ key2) & ~inside)
+                diff = ne2[tag, w]
                 match = Signal(name=f"match_{tag}{w}")
                 m.d.comb += match.eq(vbits[w] & (kall2 | (diff == 0)) & (step2 | self.enable)
                                      & (~same if tag == "b" else 1))

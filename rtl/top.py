@@ -101,7 +101,8 @@ class VirtioBlkHandle(wiring.Component):
         m.submodules.engine = engine = RingEngine(queue_num_max=self.queue_num_max,
                                                   disk_bytes=self.disk_bytes,
                                                   data_width=self.data_width,
-                                                  features=self.features)
+                                                  features=self.features,
+                                                  lookups=self.translation)
 
         wiring.connect(m, wiring.flipped(self.s_axil), guest_bridge.axi)
         wiring.connect(m, wiring.flipped(self.s_hv), hv_bridge.axi)

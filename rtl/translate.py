@@ -199,6 +199,7 @@ class TranslationUnit(wiring.Component):
         m.d.sync += off2.eq(Mux(lk.fast, lk.cvaddr, lk.vaddr)[:spec.PAGE_SHIFT])
         m.d.comb += [iotlb.small.eq(lk.ref[:sb]), iotlb.large.eq(lk.lset),
                      iotlb.large_fast.eq(lk.lset_fast), iotlb.large_sel.eq(lk.lset_sel),
+                     iotlb.small_fast.eq(lk.sset_fast),
                      iotlb.key.eq(lk.vaddr[spec.PAGE_SHIFT:]),
                      iotlb.fast_key.eq(lk.cvaddr[spec.PAGE_SHIFT:]), iotlb.fast.eq(lk.fast)]
         assert large_set_shift() == 18

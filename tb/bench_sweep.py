@@ -57,7 +57,8 @@ async def measure(pair: Pair, ref_s, rtl_s, row: dict, latency: int, seed: int) 
         recs = mon.records[n_rec:]
         done = used_index_writes(pair, n_rec, rtl_s.driver)
         assert len(done) == len(batch)
-        predicted = ref.schedule(kick, latency=latency).completions
+        predicted = ref.schedule(kick, latency=latency,
+                                 lookups=pair.cfg.translation).completions
         assert [c - notify for c in done] == predicted, \
             f"row {row}: completions {[c - notify for c in done]}, model {predicted}"
         cycles += done[-1] - notify

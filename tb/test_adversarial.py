@@ -851,8 +851,10 @@ async def test_reset_race(dut):
         how = ch.choice(("status", "status", "rst")) if mode == "mixed" else mode
         case = gen_big_request(ch, rb.w, i, disk_writes=how == "status")
         delay = ch.int(0, rb.estimate(case))
-        # three in four resets aimed at -2 to +2 cycles of an address issue (predicted)
-        aim = (ch.int(1, 8), ch.choice((-2, -1, 0, 0, 1, 2))) if ch.bool(0.75) else None
+        # three in four resets aimed at -2 to +2 cycles of an address issue (predicted), the
+        # fifth to the tenth (the first ones' intervals are not steady: the poll's, the head's
+        # and the descriptor reads' rules differ, docs/timing.md)
+        aim = (ch.int(3, 8), ch.choice((-2, -1, 0, 0, 1, 2))) if ch.bool(0.75) else None
         fig.cases += 1
         fig.hostile += 1
         fig.by_category[how] = fig.by_category.get(how, 0) + 1

@@ -200,7 +200,7 @@ async def check_batches(pair: Pair, ref_s, rtl_s, reqs, *, batch: int, latency: 
         await pair.tb.wait_cycles(5 * latency + 80)
         assert len(ref.kicks) == kick + 1, "one notify per batch"
         notify = mon.notify_cycles[n_notify]
-        sched = ref.schedule(kick, latency=latency)
+        sched = ref.schedule(kick, latency=latency, lookups=pair.cfg.translation)
         actual = mon.records[n_rec:]
         for j, (want, got) in enumerate(zip(sched.handshakes, actual, strict=False)):
             if (want.kind, want.addr, want.beats, notify + want.cycle) != \

@@ -279,6 +279,14 @@ MUTANTS: list[Mutant] = [
       "one cycle later, before any address goes out: no burst starts either way; only the "
       "reset completes a cycle later, a cycle the contract does not fix (a reset completes "
       "once no transaction is in flight)"),
+    # ---- Ring engine: the early address (issue 16's Fmax) ----------------------------------
+    M("engine_early_va_ignored", E, "Mux(early_va, va_d[:EARLY_BITS],",
+      "Mux(0, va_d[:EARLY_BITS],",
+      "after DESC_FIRST, DESC_WAIT, DESC_CHECK, SEG_* and ZERO_* the early address is not the "
+      "address register's: a descriptor read, the header's first piece or the status byte is "
+      "looked up at another address", "engine"),
+    M("engine_early_head_sum", E, "XS_AVAIL: [(None, ring_off)],", "XS_AVAIL: [],",
+      "the head's early address is the avail ring's base, not its entry's", "engine"),
     # ---- Ring engine: queue, chain and ring checks, the reset gate -------------------------
     M("engine_queue_size_pow2", E, "m.d.sync += [num_ok.eq(single & (n[qbits:] == 0)),",
       "m.d.sync += [num_ok.eq((n[qbits:] == 0)),",
