@@ -181,8 +181,10 @@ def test_seeded_stream(kw, seed, count):
     world = World(seed=seed, domid=seed, **kw)
     tally = run_stream(world, RandomChooser(random.Random(seed)), count, label=f"seed {seed}")
     FIGURES.update(tally)
-    # every category of the mode was exercised
-    missing = [c for c in categories_for(world.handle_mode, world.iova) if not tally[c]]
+    # every category of the mode was exercised (but those drawn only when asked for: weight 0,
+    # ring_straddle, which tests/test_adversarial_sim.py runs alone)
+    missing = [c for c in categories_for(world.handle_mode, world.iova)
+               if CATEGORIES[c][1] and not tally[c]]
     assert not missing, f"categories never generated: {missing}"
     if world.iova:
         assert tally["evictions"] > 0 and tally["misses"] > tally["cases"] // 2, tally

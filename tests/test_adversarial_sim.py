@@ -44,6 +44,11 @@ RUNS = [
      {"seed": 52, "cases": 50, "iova": True, "only": ISSUE17}),
     ("stream-w32-gpa-i17-pause", "test_stream", 32,
      {"seed": 53, "cases": 40, "handle_mode": False, "pause": 0.2, "only": ISSUE17}),
+    # issue 16's early addresses: rings whose entries lie in the page after their index
+    ("stream-w64-handle-straddle", "test_stream", 64,
+     {"seed": 56, "cases": 20, "only": ["ring_straddle"], **NO_AUDIT}),
+    ("stream-w64-iova-straddle", "test_stream", 64,
+     {"seed": 57, "cases": 20, "iova": True, "only": ["ring_straddle"], **NO_AUDIT}),
     ("stream-w64-handle-negotiated", "test_stream", 64,
      {"seed": 54, "cases": 100, "negotiate": "all", **NO_AUDIT}),
     ("revoke-w64", "test_revoke_race", 64, {"seed": 21, "cases": 60}),

@@ -1278,6 +1278,38 @@ def gen_event_fault(ch: Chooser, w: World, index: int) -> Case:
                      used_event=ch.int(0, 0xFFFF), note=note)
 
 
+def gen_ring_straddle(ch: Chooser, w: World, index: int) -> Case:
+    """The avail ring and the used ring each placed 4 bytes before a page's end: their flags
+    and index in one page, every entry (and the event words) in the next, two pages with
+    frames of their own. Each head and used element is read or written through the second
+    page's translation, which the ring engine forms a cycle ahead (the early address, issue
+    16), never through the first's. The requests complete."""
+    b = _CaseBuilder(ch, w)
+    feats = _ring_features(ch, w)
+    q = w.standard_queue()
+    bases = []
+    for write in (False, True):
+        if w.translated:
+            avoid = w.readonly_refs if write else w.writeonly_refs
+            cands = [r for r in R_DATA if r + 1 in R_DATA and r in b.free_refs
+                     and r + 1 in b.free_refs and r not in avoid and r + 1 not in avoid]
+            ref = ch.choice(cands)
+            b.free_refs.remove(ref)
+            b.free_refs.remove(ref + 1)
+            bases.append(w.iova_addr(ref, PAGE - 4) if w.iova
+                         else spec.make_handle(ref, PAGE - 4))
+        else:
+            f = ch.choice([f for f in b.free_frames if f + 1 in b.free_frames])
+            b.free_frames.remove(f)
+            b.free_frames.remove(f + 1)
+            bases.append(f << spec.PAGE_SHIFT | (PAGE - 4))
+    q = QueueSpec(q.n, q.desc, bases[0], bases[1])
+    reqs, tables = _maybe_indirect(b, _good_batch(ch, b, ch.choice((1, 2, 3))), feats, 0.3)
+    return _assemble(ch, w, index, "ring_straddle", Expect(0), reqs, b, queue=q,
+                     features=feats, tables=tables,
+                     note=f"avail {bases[0]:#x}, used {bases[1]:#x}")
+
+
 def _garbage_seg(ch: Chooser, w: World, length: int) -> Seg:
     """A device-readable descriptor the device must never touch (a T_FLUSH's data, or any
     descriptor of a request over the limits): a hostile address that does not wrap."""
@@ -1533,6 +1565,9 @@ CATEGORIES: dict[str, tuple[Gen, int, str]] = {
     "event_fault": (gen_event_fault, 3, "any"),
     "limits": (gen_limits, 2, "any"),
     "discard_zeroes": (gen_discard_zeroes, 5, "any"),
+    # issue 16's early addresses: drawn only when a stream asks for it (``only``), so that the
+    # weighted streams draw as before
+    "ring_straddle": (gen_ring_straddle, 0, "any"),
 }
 
 # Category -> the feature bits the build must offer for it (any one of them)

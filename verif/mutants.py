@@ -92,6 +92,7 @@ SUITES: dict[str, tuple[tuple[str, ...], int]] = {
              "tests/test_sim.py::test_random[w64-handle]"), 600),
     "engine": (("tests/test_sim.py::test_fault", "tests/test_sim.py::test_basic[handle-64]",
                 "tests/test_sim.py::test_random[w64-handle-queue8]",
+                "tests/test_adversarial_sim.py::test_adversarial[stream-w64-handle-straddle]",
                 "tests/test_adversarial_sim.py::test_adversarial[stream-w64-handle]"), 900),
     "revoke": (("tests/test_adversarial_sim.py::test_adversarial[revoke-w64]",
                 # (a resolved IOTLB miss makes the answer stale too: a re-lookup per miss)

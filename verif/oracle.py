@@ -176,12 +176,13 @@ def read_completions(mem: GuestMemory, w: World, case: Case, first: int, count: 
     """Used elements ``first .. first + count - 1`` of the case's queue, each with the status
     byte its chain ended with (-1 where that is not in memory)."""
     q = case.queue
-    base = w.phys(q.used)
-    assert base is not None
+    assert w.phys(q.used) is not None
     ring = virtio.SplitRing(q.n)
     out = []
-    for k in range(count):
-        elem = mem.read(base + ring.used_ring(first + k), virtio.USED_ELEM.size)
+    for k in range(count):  # (each through its own page: a ring may span two)
+        p = w.phys(q.used + ring.used_ring(first + k))
+        assert p is not None
+        elem = mem.read(p, virtio.USED_ELEM.size)
         uid, ulen = virtio.USED_ELEM.unpack(elem)
         a = status_addr(case, uid)
         p = w.phys(a) if a is not None else None

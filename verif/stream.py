@@ -119,8 +119,8 @@ class StreamDriver:
             for i, a, ln, fl, nx in case.descs:
                 mem.write(dbase + ring.desc(i), virtio.DESC.pack(a, ln, fl, nx))
         if valid_n and abase is not None:
-            for k, h in enumerate(case.heads):
-                mem.write(abase + ring.avail_ring(self.avail_idx + k), virtio.AVAIL_ELEM.pack(h))
+            for k, h in enumerate(case.heads):  # (page by page: a ring may span two)
+                self.put(q.avail + ring.avail_ring(self.avail_idx + k), virtio.AVAIL_ELEM.pack(h))
             delta = len(case.heads) if case.avail_delta is None else case.avail_delta
             if case.used_event is not None:  # EVENT_IDX (section 2.7.10), before avail.idx
                 self.put(q.avail + ring.used_event, case.used_event.to_bytes(2, "little"))
