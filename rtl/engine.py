@@ -109,8 +109,9 @@ class AddressAdder:
     adder feeds the grant table's address).
 
     ``operand(xsel, ysel)`` in a cycle chooses the operands of the next cycle; in that cycle
-    ``va_next`` is X + Y (combinational: the DMA engine's early lookup address) and ``load()``
-    makes ``va`` take it at the cycle's end. X (``x_bases``: QueueDesc, QueueDriver, QueueDevice,
+    ``va_next`` is X + Y (combinational) and ``load()`` makes ``va`` take it at the cycle's end;
+    ``va_early`` is the same address from flip-flops (the DMA engine's early lookup address,
+    below). X (``x_bases``: QueueDesc, QueueDriver, QueueDevice,
     the prefetched descriptor's address; or ``XS_ZERO``) has a copy per base that its
     flip-flops' reset clears unless it is the next cycle's X, so that X is a 4-input OR (a 4:1
     multiplexer with a zero took three LUTs, and two levels); after a state that does not call
@@ -167,7 +168,7 @@ class AddressAdder:
         # only (``operand`` checks it), and the cache holds each descriptor's last byte's
         # address (``pf_end``) beside its address. Y_CAP (a descriptor's index, read from the
         # bus in the cycle it is chosen) has no early address: the ring engine looks such an
-        # address up from ``va`` a cycle later (``pre.hold``, DESC_ISSUE).
+        # address up from ``va`` a cycle later (``early_va``, DESC_ISSUE).
         terms = []
         for sel, cases in early_sums.items():
             base = x_bases[sel][:EARLY_BITS]
@@ -558,8 +559,8 @@ def chain_walker(m, e):
     def issue_desc():
         """Issue the descriptor read whose address va took in the cycle before (from the
         index just read): now, or (``hold_index``) a cycle later from DESC_ISSUE, after this
-        cycle's lookup of ``va`` itself (``pre.hold``, which DESC_START and DESC_NEXT set
-        whatever they decide: Fmax, the checks do not reach the table's address)."""
+        cycle's lookup of ``va`` itself (the early address after DESC_FIRST and DESC_CHECK,
+        ``early_va``)."""
         if e.hold_index:
             e.go("DESC_ISSUE")
         else:
@@ -1173,7 +1174,7 @@ class RingEngine(wiring.Component):
         issue (``dma.pre``), from flip-flops: the early address, summed a cycle ahead of
         ``va`` (:class:`AddressAdder`). A descriptor read's index arrives from the bus in the
         cycle its operands are chosen, too late for that sum, so the engine waits one cycle
-        before it issues that read (DESC_ISSUE), and its lookup reads ``va`` (``pre.hold``).
+        before it issues that read (DESC_ISSUE), and its lookup reads ``va`` (``early_va``).
         False for the GPA-only device, which makes no lookup and issues without the wait.
 
     Members
