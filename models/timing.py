@@ -325,9 +325,7 @@ class TimedDevice(ReferenceDevice):
                             raise ValueError(f"miss {k} ({self.misses[k][0]:#x}) has no "
                                              "resolve cycle")
                         waits[id(txn)] = resolved[k]
-        sched = _Scheduler(self.data_width, latency, waits)
-        sched.hold = 1 if lookups else 0
-        return sched.run(self.kicks[kick])
+        return _Scheduler(self.data_width, latency, waits, lookups=lookups).run(self.kicks[kick])
 
 
     def events(self, kick: int, mem: MemorySide, notify: int, *, end: int,
@@ -364,8 +362,7 @@ class TimedDevice(ReferenceDevice):
         dma.lookups = lookups
         if hasattr(mem, "bind"):  # a memory that answers the model's own handshakes (tests)
             mem.bind(dma.events)
-        sched = _CycleScheduler(self.data_width, dma)
-        sched.hold = 1 if lookups else 0
+        sched = _CycleScheduler(self.data_width, dma, lookups=lookups)
         sched.run_kick(self.kicks[kick], notify)
         stop = sched.fault[0] if sched.fault else sched.out.idle
         if stop > end:
@@ -401,14 +398,14 @@ class _Scheduler:
     RESOLVE_TO_ISSUE = 5
 
     def __init__(self, data_width: int, latency: int,
-                 waits: dict[int, int] | None = None) -> None:
+                 waits: dict[int, int] | None = None, *, lookups: bool = True) -> None:
         self.width = data_width
         self.L = latency
         self.waits = waits or {}  # id(transaction) -> its miss's resolve cycle
         # docs/timing.md: the ring engine waits a cycle (DESC_ISSUE) before each descriptor
         # read whose index it has just read, so that the lookup's address comes from
-        # flip-flops; 0 for the GPA-only device, which makes no lookup
-        self.hold = 1
+        # flip-flops; 0 for the GPA-only device (``lookups=False``), which makes no lookup
+        self.hold = int(lookups)
         self.out = KickSchedule()
         self.last_b = -1  # cycle of the latest write response
         self.outstanding: list[int] = []  # response cycles of posted writes
@@ -862,8 +859,8 @@ class _CycleScheduler(_Scheduler):
     # ACT, XIDX, XFAULT, EFAULT, FAULT)
     ENGINE_FAULT = 6
 
-    def __init__(self, data_width: int, dma: _CycleDma) -> None:
-        super().__init__(data_width, 0)
+    def __init__(self, data_width: int, dma: _CycleDma, *, lookups: bool = True) -> None:
+        super().__init__(data_width, 0, lookups=lookups)
         self.dma = dma
         self.last_done = 0
         self.irq_sets: list[tuple[int, int]] = []  # (cycle, InterruptStatus bit) of each pulse

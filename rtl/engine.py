@@ -137,15 +137,13 @@ class AddressAdder:
         y_last = gated_copy(m, pf_last, y_next[Y_STAT], "y_last")
         va_load = Signal()
         y_reg = work_reg(32)
-        y_reg_next = Signal(32)  # what y_reg takes at the cycle's end
         with m.If(~y_next[Y_REG]):
-            m.d.comb += y_reg_next.eq(0)
+            m.d.sync += y_reg.eq(0)
         for flag, value in y_cases:
             with m.Elif(flag):
-                m.d.comb += y_reg_next.eq(value)
+                m.d.sync += y_reg.eq(value)
         with m.Else():
-            m.d.comb += y_reg_next.eq(y_default)
-        m.d.sync += y_reg.eq(y_reg_next)
+            m.d.sync += y_reg.eq(y_default)
         x = Signal(64)
         y = Signal(32)
         m.d.comb += [
