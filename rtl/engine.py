@@ -38,7 +38,7 @@ import functools
 import operator
 from contextlib import contextmanager
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
@@ -167,15 +167,35 @@ class AddressAdder:
         # address (``pf_end``) beside its address. Y_CAP (a descriptor's index, read from the
         # bus in the cycle it is chosen) has no early address: the ring engine looks such an
         # address up from ``va`` a cycle later (``early_va``, DESC_ISSUE).
+        # Area (issue 16): every value is narrower than ``split`` bits, so a sum's bits above
+        # ``split`` are its base's, plus the carry out of the bits below. Those bits are
+        # summed once per base (``early_inc``: base + 1), not once per value; each sum keeps
+        # its low bits and its carry, and the carry chooses between base + 1 and the base
+        # (``early_high``, lagging by a cycle as the sums do).
+        split = max(len(Value.cast(value)) for cases in early_sums.values()
+                    for _, value in cases)
         terms = []
         for sel, cases in early_sums.items():
             base = x_bases[sel][:EARLY_BITS]
-            with_y = base
+            if not cases:
+                terms.append(Mux(x_next[sel], base, 0))
+                continue
+            high_q = work_reg(EARLY_BITS - split, name=f"early_high{sel}")
+            inc = work_reg(EARLY_BITS - split, name=f"early_inc{sel}")
+            m.d.sync += [high_q.eq(base[split:]), inc.eq(base[split:] + 1)]
+            with_y, carry, summing = base[:split], Const(0, 1), Const(0, 1)
             for k, (flag, value) in enumerate(reversed(cases)):
-                summed = work_reg(EARLY_BITS, name=f"early_sum{sel}_{len(cases) - 1 - k}")
-                m.d.sync += summed.eq(base + value)
-                with_y = summed if flag is None else Mux(flag, summed, with_y)
-            terms.append(Mux(x_next[sel], Mux(y_next[Y_REG], with_y, base), 0))
+                summed = work_reg(split + 1, name=f"early_lo{sel}_{len(cases) - 1 - k}")
+                m.d.sync += summed.eq(base[:split] + value)
+                if flag is None:
+                    with_y, carry, summing = summed[:split], summed[split], Const(1, 1)
+                else:
+                    with_y = Mux(flag, summed[:split], with_y)
+                    carry = Mux(flag, summed[split], carry)
+                    summing = summing | flag
+            low = Mux(y_next[Y_REG], with_y, base[:split])
+            high = Mux(y_next[Y_REG] & summing, Mux(carry, inc, high_q), base[split:])
+            terms.append(Mux(x_next[sel], Cat(low, high), 0))
         # After a state that sets ``early_va`` (a state's own choice, from its identity) the
         # next command's address is va's next value: the early address takes it. The
         # prefetched descriptor's address (or last byte) comes last, through one choice (Fmax:
