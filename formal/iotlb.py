@@ -85,15 +85,25 @@ VPN_BITS = 64 - PAGE  # an IOVA's page number
 SIZE_BITS = spec.IOTLB_MAX_SIZE - PAGE  # page-number bits a mapping may cover (18)
 LARGE = SIZE_BITS  # page-number bit where a large mapping's set index starts (IOVA bit 30)
 
-# One way as stored in a set's block-RAM word (the ways side by side, way 0 lowest): the base
-# page, the page-number bits the entry covers (bit i: page bit i lies inside the mapping), the
-# base physical page, R, W.
+# One way as the insert's entry register holds it: the base page, the page-number bits the
+# entry covers (bit i: page bit i lies inside the mapping), the base physical page, R, W.
 W_VPN = (0, VPN_BITS)
 W_MASK = (W_VPN[1], W_VPN[1] + SIZE_BITS)
 W_PPN = (W_MASK[1], W_MASK[1] + VPN_BITS)
 W_R = W_PPN[1]
 W_W = W_R + 1
 WAY_BITS = W_W + 1
+
+
+def stored_way(wd):
+    """``(vpn, bits, ppn, r, w)`` of one way as a set's block-RAM word stores it (the ways side
+    by side, way 0 lowest): the base page's low SIZE_BITS bits each followed by the covered bit
+    of the same page bit, then the base page's other bits, the physical page, R, W."""
+    pairs = 2 * SIZE_BITS
+    vpn = Cat(*[wd[2 * i] for i in range(SIZE_BITS)], wd[pairs:pairs + VPN_BITS - SIZE_BITS])
+    bits = Cat(*[wd[2 * i + 1] for i in range(SIZE_BITS)])
+    ppn_at = pairs + VPN_BITS - SIZE_BITS
+    return vpn, bits, wd[ppn_at:ppn_at + VPN_BITS], wd[ppn_at + VPN_BITS], wd[ppn_at + VPN_BITS + 1]
 
 
 def covered(size):
@@ -434,10 +444,9 @@ class IotlbHarness(Elaboratable):
                 word3 = row[set3]
                 v3 = valid.word_select(set3, ways)
                 for w in range(ways):
-                    wd = word3[w * WAY_BITS:(w + 1) * WAY_BITS]
+                    wd_vpn, wd_bits, _, _, _ = stored_way(word3[w * WAY_BITS:(w + 1) * WAY_BITS])
                     hit = (v3[w] & only
-                           & (rg["c_all"] | overlap(wd[W_VPN[0]:W_VPN[1]], wd[W_MASK[0]:W_MASK[1]],
-                                                    rg["c_vpn"], rg["c_mask"])))
+                           & (rg["c_all"] | overlap(wd_vpn, wd_bits, rg["c_vpn"], rg["c_mask"])))
                     m.d.comb += Assert(match3[w] == hit,
                                        f"inv: a step's clear of set {tag} way {w} is its compare")
         w_way, w_bits = rg["w_way"], rg["w_bits"]
@@ -457,11 +466,8 @@ class IotlbHarness(Elaboratable):
                        | (step2 & ((set_a2 == n) | (set_b2 == n)))
                        | (step3 & ((set_a3 == n) | (set_b3 == n))))
             for w in range(spec.IOTLB_WAYS):
-                word = peek[n].data[w * WAY_BITS:(w + 1) * WAY_BITS]
-                e_vpn = word[W_VPN[0]:W_VPN[1]]
-                e_bits = word[W_MASK[0]:W_MASK[1]]
-                e_ppn = word[W_PPN[0]:W_PPN[1]]
-                e_r, e_w = word[W_R], word[W_W]
+                e_vpn, e_bits, e_ppn, e_r, e_w = stored_way(
+                    peek[n].data[w * WAY_BITS:(w + 1) * WAY_BITS])
                 e_covers = valid[n * spec.IOTLB_WAYS + w] & overlap(watched, 0, e_vpn, e_bits)
                 as_live = (live & (e_vpn == s_base) & (e_bits == s_bits) & (e_ppn == s_ppn)
                            & (e_r == s_r) & (e_w == s_w) & (home_s == n))

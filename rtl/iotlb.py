@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import operator
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -49,6 +49,27 @@ def large_set_shift() -> int:
 #: of ``size - 12`` ones), the base physical page, the permissions.
 Entry = data.StructLayout({"vpn": VPN_BITS, "mask": MASK_BITS, "ppn": VPN_BITS,
                            "r": 1, "w": 1})
+assert Entry["mask"].offset == VPN_BITS  # (pack and unpack rely on it)
+
+
+def pack(entry):
+    """An entry as its way of a block RAM row stores it: the low ``MASK_BITS`` page-number
+    bits each beside its mask bit, then the rest of the entry in :data:`Entry`'s order.
+
+    Fmax (issue 16): the compare's first level (``ne_lo``) takes a page-number bit and its
+    mask bit straight out of the block RAM, and a block RAM is 36 bits wide; side by side the
+    two come out of one block RAM, and the LUT can sit beside it."""
+    raw = Value.cast(entry)
+    vpn, mask = raw[:VPN_BITS], raw[VPN_BITS:VPN_BITS + MASK_BITS]
+    return Cat(*[Cat(vpn[i], mask[i]) for i in range(MASK_BITS)], vpn[MASK_BITS:],
+               raw[VPN_BITS + MASK_BITS:])
+
+
+def unpack(raw):
+    """The :data:`Entry` a way of a block RAM row holds (:func:`pack`'s inverse)."""
+    pairs, rest = 2 * MASK_BITS, 2 * MASK_BITS + VPN_BITS - MASK_BITS
+    return Entry(Cat(*[raw[2 * i] for i in range(MASK_BITS)], raw[pairs:rest],
+                     *[raw[2 * i + 1] for i in range(MASK_BITS)], raw[rest:]))
 
 
 def check_iotlb_entries(entries) -> int:
@@ -254,10 +275,21 @@ class Iotlb(wiring.Component):
         set_a2, set_b2 = Signal(sb, name="set_a2"), Signal(sb, name="set_b2")
         step2 = Signal()
         act2 = Signal()
+        # The key in stage 1: the command's page in a step, else ``fast_key`` or ``key``.
+        # Area (issue 16): the command's page and range come from copies that the flip-flops'
+        # reset clears outside a step (``walking`` a cycle earlier is ``step1``; both are
+        # loaded in IDLE only, so a copy holds them in every step), and ``key`` is masked
+        # apart, so that each key bit takes two LUTs where the three-way choice took three.
+        c_vpn1 = Signal(VPN_BITS, reset_less=True)
+        kmask1 = Signal(MASK_BITS, reset_less=True)
+        with m.If(walking):
+            m.d.sync += [c_vpn1.eq(c_vpn), kmask1.eq(c_mask)]
+        with m.Else():
+            m.d.sync += [c_vpn1.eq(0), kmask1.eq(0)]
+        key_slow = Signal(VPN_BITS, attrs={"keep": 1})
+        m.d.comb += key_slow.eq(Mux(step1, 0, self.key))
         key1 = Signal(VPN_BITS)
-        kmask1 = Signal(MASK_BITS)
-        m.d.comb += [key1.eq(Mux(self.fast & ~step1, self.fast_key, Mux(step1, c_vpn, self.key))),
-                     kmask1.eq(Mux(step1, c_mask, 0))]
+        m.d.comb += key1.eq(Mux(self.fast & ~step1, self.fast_key, c_vpn1 | key_slow))
         # Fmax (issue 16): the compare's first level is made in the cycle the ways leave the
         # block RAM and registered in place of their page numbers (``ne_*``: per way, a bit for
         # each page-number bit inside the mapping's largest range, masked by the entry's and
@@ -266,7 +298,7 @@ class Iotlb(wiring.Component):
         ne2 = {}
         for port, tag in ((port_a, "a"), (port_b, "b")):
             for w in range(WAYS):
-                e1 = Entry(port.data[w * E:(w + 1) * E])
+                e1 = unpack(port.data[w * E:(w + 1) * E])
                 lo = Signal(MASK_BITS, name=f"ne_lo_{tag}{w}")
                 hi = Signal((VPN_BITS - MASK_BITS) // 2, name=f"ne_hi_{tag}{w}")
                 m.d.sync += lo.eq((e1.vpn[:MASK_BITS] ^ key1[:MASK_BITS]) & ~(e1.mask | kmask1))
@@ -302,7 +334,7 @@ class Iotlb(wiring.Component):
         ways = []  # (match, entry, physical page, fault)
         for raw, vbits, tag in ((raw_a, v_a, "a"), (raw_b, v_b, "b")):
             for w in range(WAYS):
-                entry = Entry(raw[w * E:(w + 1) * E])
+                entry = unpack(raw[w * E:(w + 1) * E])
                 diff = ne2[tag, w]
                 match = Signal(name=f"match_{tag}{w}")
                 m.d.comb += match.eq(vbits[w] & (kall2 | (diff == 0)) & (step2 | self.enable)
@@ -366,7 +398,7 @@ class Iotlb(wiring.Component):
             m.d.sync += [w_way.eq(1 << victim), w_bits.eq(t_valid | (1 << victim))]
             with m.If(t_valid.all()):
                 m.d.sync += rr.word_select(c_set, wb).eq(t_rr + 1)
-        m.d.comb += [wr.addr.eq(c_set), wr.data.eq(Cat(*[new] * WAYS))]
+        m.d.comb += [wr.addr.eq(c_set), wr.data.eq(Cat(*[pack(new)] * WAYS))]
         with m.If(writing):
             m.d.comb += wr.en.eq(w_way)
 
