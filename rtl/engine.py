@@ -376,8 +376,7 @@ class _Shared:
         m = self.m
         with m.State(name):
             yield
-            with m.If(self.abort & ~self.dma.busy):
-                m.d.sync += self.abort.eq(0)
+            with m.If(self.abort_done):  # (abort clears then: abort_next)
                 self.operand(XS_AVAIL, Y_NONE)  # IDLE's
                 self.go("IDLE")
 
@@ -1205,7 +1204,8 @@ class RingEngine(wiring.Component):
         A fault (pulse) and its cause, a completed request (pulse), for the privileged
         registers.
     abort : Out
-        A device reset is in progress: the DMA engine ends its command at a burst boundary.
+        A device reset is in progress, or written in this cycle (``queue.dev_reset``): the
+        DMA engine ends its command at a burst boundary. A register.
     """
 
     def __init__(self, *, queue_num_max: int = spec.DEFAULT_QUEUE_NUM_MAX,
@@ -1261,6 +1261,7 @@ class RingEngine(wiring.Component):
 
         e.kick = Signal()
         e.abort = Signal()
+        e.abort_done = Signal()  # the reset's abort ends: every state returns to IDLE
         e.last_avail = Signal(16)  # consumed entries (incremented once the head is read)
         e.used_idx = Signal(16)
         e.avail_idx = work_reg(16)
@@ -1316,7 +1317,6 @@ class RingEngine(wiring.Component):
         e.f_cause = Signal(4)
         m.d.comb += [
             self.status.fault_cause.eq(e.f_cause),
-            self.abort.eq(e.abort),
         ]
 
         n = e.q.num
@@ -1423,6 +1423,14 @@ class RingEngine(wiring.Component):
         with m.If(e.q.notify):
             m.d.sync += e.kick.eq(1)
         with m.If(e.q.dev_reset):
-            m.d.sync += [e.abort.eq(1), e.kick.eq(0), e.last_avail.eq(0), e.used_idx.eq(0),
+            m.d.sync += [e.kick.eq(0), e.last_avail.eq(0), e.used_idx.eq(0),
                          e.cont_next.eq(0), e.aevt_pub.eq(0), e.signalled.eq(0), e.in_tbl.eq(0)]
+        # A device reset sets abort; abort clears once the DMA engine is idle (every state
+        # then returns to IDLE). The DMA engine's abort is also high in the reset write's own
+        # cycle (no burst starts once it is accepted): a register of its own, so that the
+        # burst's go waits for no OR (Fmax).
+        abort_next = Signal()
+        m.d.comb += [e.abort_done.eq(e.abort & ~e.dma.busy),
+                     abort_next.eq(e.q.dev_reset | (e.abort & ~e.abort_done))]
+        m.d.sync += [e.abort.eq(abort_next), self.abort.eq(abort_next | e.q.reset_next)]
         return m

@@ -132,11 +132,12 @@ def TableSignature(ref_bits: int) -> wiring.Signature:
 
 def QueueSignature() -> wiring.Signature:
     """virtio-mmio registers -> ring engine: queue 0's registers (``avail`` is QueueDriver,
-    ``used`` QueueDevice), the notify and reset pulses, the negotiated INDIRECT_DESC and
-    EVENT_IDX, and the engine's events back."""
+    ``used`` QueueDevice), the notify and reset pulses (``reset_next``: ``dev_reset`` pulses
+    in the next cycle), the negotiated INDIRECT_DESC and EVENT_IDX, and the engine's events
+    back."""
     return wiring.Signature({
         "num": Out(32), "ready": Out(1), "desc": Out(64), "avail": Out(64), "used": Out(64),
-        "notify": Out(1), "dev_reset": Out(1),
+        "notify": Out(1), "dev_reset": Out(1), "reset_next": Out(1),
         "used_irq": In(1), "fault": In(1), "idle": In(1),
         "indirect": Out(1), "event_idx": Out(1),
     })

@@ -241,7 +241,8 @@ class VirtioMmioRegs(wiring.Component):
         # decoded in the w_next cycle (the same address and data), so that the reset reaches
         # the DMA engine from a flip-flop (rtl/regbus.py)
         reset_write = Signal()
-        m.d.sync += reset_write.eq(bus.w_next & at("Status") & data_zero)
+        m.d.comb += q.reset_next.eq(bus.w_next & at("Status") & data_zero)
+        m.d.sync += reset_write.eq(q.reset_next)
         m.d.comb += [
             q.dev_reset.eq(reset_write),
             reset_done.eq(reset_pending & ~q.dev_reset & q.idle),

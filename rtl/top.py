@@ -125,7 +125,7 @@ class VirtioBlkHandle(wiring.Component):
             mmio.handle_mode.eq((hv.table.handle_mode
                                  | (hv.iotlb.iova_mode if self.iotlb_entries else 0))
                                 if self.translation else 0),
-            # the reset write's own cycle too: no burst starts once it is accepted
-            dma.abort.eq(engine.abort | mmio.queue.dev_reset),
+            # (the reset write's own cycle too: no burst starts once it is accepted)
+            dma.abort.eq(engine.abort),
         ]
         return m
