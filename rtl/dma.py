@@ -27,8 +27,8 @@ beats are never in flight together (reads wait for every posted write's response
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -167,19 +167,43 @@ def scratch_source(m, word, word_inc, ge_rot, payload, serial):
     return scratch_comb
 
 
-def posted_responses(m, axi, burst_addr):
-    """Posted write responses: every accepted write address (``bq.w_en`` in its handshake
-    cycle) is remembered until its response, so that a failed write can be reported with its
-    address when the ring engine drains. Returns ``(bq, werr, werr_addr, werr_clear, posted,
-    bq_full)``: ``werr`` (a response failed) and ``werr_addr`` (the first failed one's
-    address, cleared in the cycle after ``werr_clear``) one cycle after the response;
-    ``posted`` (a response is outstanding) and ``bq_full`` (all ``MAX_POSTED_WRITES`` are)
-    one cycle after the address or response handshake, as registers so that a burst's
-    decision to go waits for no compare."""
-    m.submodules.bq = bq = BlockRAMFIFO(width=64, depth=MAX_POSTED_WRITES)
+def posted_responses(m, axi, burst_addr, push):
+    """Posted write responses: every accepted write address (``push``, its handshake cycle) is
+    remembered until its response, so that a failed write can be reported with its address
+    when the ring engine drains. Returns ``(level, werr, werr_addr, werr_clear, posted,
+    bq_full)``: ``level``, the responses outstanding; ``werr`` (a response failed) and
+    ``werr_addr`` (the first failed one's address, cleared in the cycle after ``werr_clear``)
+    one cycle after the response; ``posted`` (a response is outstanding) and ``bq_full`` (all
+    ``MAX_POSTED_WRITES`` are) one cycle after the address or response handshake, as registers
+    so that a burst's decision to go waits for no compare.
+
+    The addresses are a log in block RAM, in order: each cycle writes ``burst_addr`` into the
+    slot after the last address (a free slot: the log has one more than it ever holds), and a
+    handshake keeps it by moving the write pointer. Fmax (issue 16): the handshake, late in its
+    cycle, reaches only the pointer and the level, flip-flops the placer keeps beside the DMA
+    engine; the block RAM's write enable is constant. A response reads the oldest address,
+    written two cycles before it at least (as with the ``SyncFIFOBuffered`` this replaces: a
+    response comes two or more cycles after its address handshake)."""
+    slots = 1 << (MAX_POSTED_WRITES).bit_length()  # more than MAX_POSTED_WRITES
+    m.submodules.bq = log = memory.Memory(shape=unsigned(64), depth=slots, init=[],
+                                          attrs={"ram_style": "block"})
+    wr = log.write_port()
+    rd = log.read_port()
+    w_ptr = Signal(range(slots), name="bq_w_ptr")
+    r_ptr = Signal(range(slots), name="bq_r_ptr")
+    level = Signal(range(MAX_POSTED_WRITES + 1), name="bq_level")
+    pop = Signal()
+    m.d.comb += [
+        axi.bready.eq(1), pop.eq(axi.bvalid & (level != 0)),
+        wr.addr.eq(w_ptr), wr.data.eq(burst_addr), wr.en.eq(1),
+        rd.addr.eq(r_ptr + pop),
+    ]
+    with m.If(push):
+        m.d.sync += w_ptr.eq(w_ptr + 1)
+    with m.If(pop):
+        m.d.sync += r_ptr.eq(r_ptr + 1)
     werr = Signal()
     werr_addr = Signal(64, reset_less=True)  # (as b_addr)
-    m.d.comb += [axi.bready.eq(1), bq.w_data.eq(burst_addr), bq.r_en.eq(axi.bvalid)]
     werr_clear = Signal()  # a burst fails (see fault_addr)
     werr_first = axi.bvalid & (axi.bresp != RESP_OKAY) & ~werr  # the first failed response
     with m.If(werr_first):
@@ -187,13 +211,14 @@ def posted_responses(m, axi, burst_addr):
     with m.If(werr_clear):
         m.d.sync += werr_addr.eq(0)
     with m.Elif(werr_first):
-        m.d.sync += werr_addr.eq(bq.r_data)
+        m.d.sync += werr_addr.eq(rd.data)
     posted = Signal()
     bq_full = Signal()
     bq_next = Signal(range(MAX_POSTED_WRITES + 2))
-    m.d.comb += bq_next.eq(bq.level + bq.w_en - (bq.r_en & bq.r_rdy))
-    m.d.sync += [posted.eq(bq_next != 0), bq_full.eq(bq_next == MAX_POSTED_WRITES)]
-    return bq, werr, werr_addr, werr_clear, posted, bq_full
+    m.d.comb += bq_next.eq(level + push - pop)
+    m.d.sync += [level.eq(bq_next), posted.eq(bq_next != 0),
+                 bq_full.eq(bq_next == MAX_POSTED_WRITES)]
+    return level, werr, werr_addr, werr_clear, posted, bq_full
 
 
 # The fault address register a command's end selects (see DmaEngine._ending)
@@ -850,10 +875,9 @@ class DmaEngine(wiring.Component):
         the last drain or reset (the first one's address in ``werr_addr``). Also ``busy`` and
         the status counters."""
         axi, ring = e.axi, e.ring
-        bq, werr, e.werr_addr, e.werr_clear, posted, e.bq_full = posted_responses(
-            m, axi, e.burst_addr)
+        bq_level, werr, e.werr_addr, e.werr_clear, posted, e.bq_full = posted_responses(
+            m, axi, e.burst_addr, e.a_hs & e.write)
         e.posted = posted
-        m.d.comb += bq.w_en.eq(e.a_hs & e.write)
         with m.If(self.abort & ~posted):
             m.d.sync += werr.eq(0)  # a reset forgets the responses of the old requests
         pipe_busy = Signal()
@@ -861,7 +885,7 @@ class DmaEngine(wiring.Component):
         m.d.comb += [
             pipe_busy.eq(posted | e.w_active | (e.occ != 0)),
             ring.busy.eq(pipe_busy),
-            self.status.inflight.eq(bq.level + rd_inflight + axi.awvalid),
+            self.status.inflight.eq(bq_level + rd_inflight + axi.awvalid),
             self.status.burst_done.eq(axi.bvalid | (axi.rvalid & axi.rready & axi.rlast)),
             ring.r_last_beat.eq(axi.rvalid & axi.rready & axi.rlast),
             rd_inflight.eq(axi.arvalid | axi.rready),

@@ -20,6 +20,10 @@ value read in a colliding cycle is undefined (``COLLISION_X_MASK`` all ones):
   fetches an entry into the prefetch register, which DESC_CHECK never does;
 * RAM disk (``rtl/ramdisk.py``): the DMA engine reads it only for a write command and writes it
   only for a read command; the two are never in flight together.
+* posted-write log (``rtl/dma.py``, ``posted_responses``): written every cycle, at the free
+  slot after the newest address; its read port reads the oldest address, which is that free
+  slot only when no response is outstanding, and a response comes two or more cycles after
+  its address was written.
 
 Simulation (``make verilog``, the cocotb benches) keeps Amaranth's old-data semantics; only the
 Yosys synthesis flows use the relaxed netlist. Asynchronous read ports (the FIFOs' distributed

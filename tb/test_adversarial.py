@@ -595,7 +595,7 @@ class RaceBench(RtlStream):
         """Debugging help for a hang: the internal state machines (names of the generated
         Verilog, so best effort) and the last transactions."""
         parts = []
-        for path in ("engine.fsm_state", "dma.fsm_state", "dma.bq.level", "engine.abort"):
+        for path in ("engine.fsm_state", "dma.fsm_state", "dma.bq_level", "engine.abort"):
             try:
                 h = self.dut
                 for name in path.split("."):
