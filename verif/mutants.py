@@ -90,7 +90,8 @@ SUITES: dict[str, tuple[tuple[str, ...], int]] = {
     "dma": (("tests/test_sim.py::test_basic[handle-64]", "tests/test_sim.py::test_fault",
              "tests/test_sim.py::test_random[w64-handle-latency]",
              "tests/test_sim.py::test_random[w64-handle]"), 600),
-    "engine": (("tests/test_sim.py::test_fault", "tests/test_sim.py::test_basic[handle-64]",
+    "engine": (("tests/test_rtl_address.py", "tests/test_sim.py::test_fault",
+                "tests/test_sim.py::test_basic[handle-64]",
                 "tests/test_sim.py::test_random[w64-handle-queue8]",
                 "tests/test_adversarial_sim.py::test_adversarial[stream-w64-handle-straddle]",
                 "tests/test_adversarial_sim.py::test_adversarial[stream-w64-handle]"), 900),
@@ -288,6 +289,8 @@ MUTANTS: list[Mutant] = [
       "looked up at another address", "engine"),
     M("engine_early_head_sum", E, "XS_AVAIL: [(None, ring_off)],", "XS_AVAIL: [],",
       "the head's early address is the avail ring's base, not its entry's", "engine"),
+    M("engine_early_high_carry", E, "Mux(carry, inc, high_q)", "high_q",
+      "the early address's bits above the offsets' width never take the carry", "engine"),
     # ---- Ring engine: queue, chain and ring checks, the reset gate -------------------------
     M("engine_queue_size_pow2", E, "m.d.sync += [num_ok.eq(single & (n[qbits:] == 0)),",
       "m.d.sync += [num_ok.eq((n[qbits:] == 0)),",
