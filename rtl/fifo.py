@@ -1,11 +1,12 @@
 """A small first-in first-out queue held in block RAM.
 
-The DMA engine's two queues (write beats on their way to the W channel, addresses of posted
-writes awaiting their response) are a few entries deep but 64 to 145 bits wide. In distributed
-RAM they cost a LUT-RAM cell per 4 bits (about 210 LUT4 on the ECP5 for both); a block RAM is
-the resource this design has spare (issue 5: area). Amaranth's ``SyncFIFOBuffered`` has the
-right structure (a synchronous read port, then the output register that block RAM provides)
-but lets the synthesis tool choose the memory, which for a few entries is distributed RAM;
+The DMA engine's write beats on their way to the W channel are a queue a few entries deep but
+up to 145 bits wide. In distributed RAM it would cost a LUT-RAM cell per 4 bits; a block RAM is
+the resource this design has spare (issue 5: area). (The addresses of posted writes, once a
+second such queue, are a log of their own: ``rtl/dma.py``, ``posted_responses``.)
+Amaranth's ``SyncFIFOBuffered`` has the right structure (a synchronous read port, then the
+output register that block RAM provides) but lets the synthesis tool choose the memory, which
+for a few entries is distributed RAM;
 :class:`BlockRAMFIFO` is that queue with its memory marked ``ram_style = "block"`` for Yosys
 (other tools read the attribute alike, or ignore it).
 """
