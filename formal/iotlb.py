@@ -68,7 +68,7 @@ import operator
 import sys
 from pathlib import Path
 
-from amaranth import Array, Cat, Const, Elaboratable, Module, Mux, Signal
+from amaranth import Array, Cat, Const, Elaboratable, Module, Mux, ResetSignal, Signal
 from amaranth.asserts import AnyConst, AnySeq
 from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, Cover, Fragment
@@ -342,7 +342,8 @@ class IotlbHarness(Elaboratable):
         m.submodules.dut = frag = Fragment.get(inner, platform)
         rg = _internal_signals(frag, {
             "valid", "fsm_state", "op", "c_vpn", "c_mask", "c_all", "c_wide", "c_set", "new",
-            "step", "step1", "step2", "step3", "raw_a", "raw_b", "key2", "kmask2", "kall2",
+            "step", "step1", "step2", "step3", "raw_a", "raw_b", "key2", "c_vpn1", "kmask1",
+            "kall2",
             "same3", "match_a3", "match_b3", "v_a2", "v_b2", "v_a3", "v_b3", "w_way", "w_bits",
             "port_a__addr",
             "port_b__addr", "port_a__data", "port_b__data"})
@@ -422,10 +423,20 @@ class IotlbHarness(Elaboratable):
             m.d.comb += Assert((rg["port_a__data"] == row[set_a1])
                                & (rg["port_b__data"] == row[set_b1]),
                                "inv: a step's read data are its sets")
+        # the compare's first level (stage 1) takes the command's page and range from copies
+        # that hold them in a step and are 0 outside one, but in the cycle after a reset (the
+        # copies have no reset: a walk's copy may stay a cycle, when no entry is valid)
+        rst_q = Signal(reset_less=True)
+        m.d.sync += rst_q.eq(ResetSignal())
+        with m.If(step1):
+            m.d.comb += Assert((rg["c_vpn1"] == rg["c_vpn"]) & (rg["kmask1"] == rg["c_mask"]),
+                               "inv: stage 1 has the command's page and range in a step")
+        with m.Elif(~rst_q):
+            m.d.comb += Assert((rg["c_vpn1"] == 0) & (rg["kmask1"] == 0),
+                               "inv: stage 1 has no command's page or range outside a step")
         with m.If(step2):
             m.d.comb += Assert((rg["raw_a"] == row[set_a2]) & (rg["raw_b"] == row[set_b2])
-                               & (rg["key2"] == rg["c_vpn"]) & (rg["kmask2"] == rg["c_mask"])
-                               & (rg["kall2"] == rg["c_all"]),
+                               & (rg["key2"] == rg["c_vpn"]) & (rg["kall2"] == rg["c_all"]),
                                "inv: a step's compare has its sets and the command's range")
             # the valid bits stage 1 read are the sets' (nothing wrote them since)
             m.d.comb += Assert((rg["v_a2"] == valid.word_select(set_a2, ways))

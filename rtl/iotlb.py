@@ -269,7 +269,6 @@ class Iotlb(wiring.Component):
         raw_a = Signal(WAYS * E, reset_less=True)
         raw_b = Signal(WAYS * E, reset_less=True)
         key2 = Signal(VPN_BITS)
-        kmask2 = Signal(MASK_BITS)
         kall2 = Signal()
         write2 = Signal()
         set_a2, set_b2 = Signal(sb, name="set_a2"), Signal(sb, name="set_b2")
@@ -280,6 +279,8 @@ class Iotlb(wiring.Component):
         # reset clears outside a step (``walking`` a cycle earlier is ``step1``; both are
         # loaded in IDLE only, so a copy holds them in every step), and ``key`` is masked
         # apart, so that each key bit takes two LUTs where the three-way choice took three.
+        # (The copies have no reset: after a reset in a step they hold the command one cycle
+        # more, when no entry is valid; formal/iotlb.py states both.)
         c_vpn1 = Signal(VPN_BITS, reset_less=True)
         kmask1 = Signal(MASK_BITS, reset_less=True)
         with m.If(walking):
@@ -309,7 +310,6 @@ class Iotlb(wiring.Component):
         m.d.sync += [
             raw_a.eq(port_a.data), raw_b.eq(port_b.data),
             key2.eq(key1),
-            kmask2.eq(kmask1),
             kall2.eq(step1 & c_all), write2.eq(self.write),
             set_a2.eq(set_a1), set_b2.eq(set_b1), step2.eq(step1),
             act2.eq(act1 | self.active),
