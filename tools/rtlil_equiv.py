@@ -1,11 +1,12 @@
 """Show that the device's netlist is that of a base revision (issue 15: behaviour does not change).
 
-    .venv/bin/python tools/rtlil_equiv.py --base main [--configs default,gpa,wide] [--seq 4]
+    .venv/bin/python tools/rtlil_equiv.py --base main [--configs default,gpa,wide,grant] [--seq 4]
 
-For each configuration (``default``: data width 64, 1024 entries, translation on; ``gpa``: 32,
-256, GPA-only; ``wide``: 128, 4096) the RTLIL of ``rtl.top:VirtioBlkHandle`` is built twice, in
-a subprocess each: from ``git archive <base>`` unpacked in a temporary directory, and from the
-working tree. Then:
+For each configuration (``default``: data width 64, 1024 entries, translation on, the default
+64-entry IOTLB; ``gpa``: 32, 256, GPA-only; ``wide``: 128, 4096; ``grant``: as ``default`` with
+no IOTLB, the FPGA report's ``grant`` form) the RTLIL of ``rtl.top:VirtioBlkHandle`` is built
+twice, in a subprocess each: from ``git archive <base>`` unpacked in a temporary directory, and
+from the working tree. Then:
 
 (a) the two texts are compared after dropping ``attribute \\src`` lines: identical means the
     same netlist, names included;
@@ -45,6 +46,7 @@ CONFIGS = {
     "default": dict(data_width=64, entries=1024),
     "gpa": dict(data_width=32, entries=256, translation=False),
     "wide": dict(data_width=128, entries=4096),
+    "grant": dict(data_width=64, entries=1024, iotlb_entries=0),
 }
 _BUILD = ("import sys; from amaranth.back import rtlil; from rtl.top import VirtioBlkHandle; "
           "sys.stdout.write(rtlil.convert(VirtioBlkHandle(**{kw}), name='top'))")
