@@ -471,8 +471,8 @@ MUTANTS = {
         "m.d.comb += go.eq(~self.abort & ~waiting & lk.ok"),
     "readonly_dropped": (
         "translate.py", "the read-only check dropped",
-        "with m.Elif(write2 & entry.flags.readonly):",
-        "with m.Elif(write2 & entry.flags.readonly & 0):"),
+        "(write2 & entry.flags.readonly, spec.FAULT_READONLY),",
+        "(write2 & entry.flags.readonly & 0, spec.FAULT_READONLY),"),
     "grant_words_swapped": (
         "hvregs.py", "a GRANT word decoded to the other half of the entry (word 1, the frame, "
         "written into flags and domid)",

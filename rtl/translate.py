@@ -13,6 +13,9 @@ The DMA engine hides the three cycles by looking up the address a command will u
 before the command is handed over (``docs/timing.md``).
 """
 
+import functools
+import operator
+
 from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In
@@ -146,23 +149,31 @@ class TranslationUnit(wiring.Component):
         self._tbl_stale2 = tbl_stale2
 
         # The check (docs/architecture.md, first failing check wins), from registers only.
+        # Each condition is written once: the cause takes the first that fails, and ``ok``
+        # (Fmax) is the AND of their negations, not ``fault == FAULT_NONE`` through the
+        # priority chain (3 LUT levels from ``raw`` where the chain took 7).
         entry = GrantEntry(raw)
+        checks = [  # (fails, cause)
+            (not_handle2, spec.FAULT_NOT_HANDLE),
+            (out_of_range2, spec.FAULT_REF_RANGE),
+            (entry.flags.type != spec.GTF_permit_access, spec.FAULT_NOT_PERMITTED),
+            (entry.domid != tb.domid, spec.FAULT_WRONG_DOMAIN),
+            (write2 & entry.flags.readonly, spec.FAULT_READONLY),
+        ]
+        assert spec.FAULT_NONE == 0 and all(cause != 0 for _, cause in checks)
+        checking = tb.handle_mode  # (GPA mode reads no entry)
         fault = Signal(4)
-        with m.If(~tb.handle_mode):
+        grant_ok = Signal()
+        with m.If(~checking):
             m.d.comb += fault.eq(spec.FAULT_NONE)
-        with m.Elif(not_handle2):
-            m.d.comb += fault.eq(spec.FAULT_NOT_HANDLE)
-        with m.Elif(out_of_range2):
-            m.d.comb += fault.eq(spec.FAULT_REF_RANGE)
-        with m.Elif(entry.flags.type != spec.GTF_permit_access):
-            m.d.comb += fault.eq(spec.FAULT_NOT_PERMITTED)
-        with m.Elif(entry.domid != tb.domid):
-            m.d.comb += fault.eq(spec.FAULT_WRONG_DOMAIN)
-        with m.Elif(write2 & entry.flags.readonly):
-            m.d.comb += fault.eq(spec.FAULT_READONLY)
+        for fails, cause in checks:
+            with m.Elif(fails):
+                m.d.comb += fault.eq(cause)
+        m.d.comb += grant_ok.eq(~checking
+                                | ~functools.reduce(operator.or_, [f for f, _ in checks]))
 
         if self._iotlb_entries:
-            self._iova(m, valid2, write2, ref2, fault, entry)
+            self._iova(m, valid2, write2, ref2, fault, grant_ok, entry)
             return m
 
         # Stage 3: the answer, held until the next kept lookup answers, and its staleness; every
@@ -171,7 +182,7 @@ class TranslationUnit(wiring.Component):
         m.d.sync += lk.new.eq(valid2)
         with m.If(valid2):
             m.d.sync += [
-                lk.fault.eq(fault), lk.ok.eq(fault == spec.FAULT_NONE),
+                lk.fault.eq(fault), lk.ok.eq(grant_ok),
                 lk.frame.eq(entry.frame), lk.mode.eq(tb.handle_mode),
                 resp_ref.eq(ref2),
                 # a table write counts in handle mode only (GPA mode reads no entry)
@@ -184,7 +195,7 @@ class TranslationUnit(wiring.Component):
         return m
 
 
-    def _iova(self, m, valid2, write2, ref2, grant_fault, entry):
+    def _iova(self, m, valid2, write2, ref2, grant_fault, grant_ok, entry):
         """IOVA mode beside the grant check: the IOTLB looks up the same page in the same
         cycles (docs/iotlb.md), and stage 3 takes its verdict in mode 2. A miss is held
         (``lookup.miss``, ``iotlb.miss``: the ``hv_irq`` port) until the hypervisor resolves it:
@@ -230,7 +241,7 @@ class TranslationUnit(wiring.Component):
         with m.If(valid2):
             m.d.sync += [
                 lk.fault.eq(fault),
-                lk.ok.eq(iotlb.ok | (~iova & (grant_fault == spec.FAULT_NONE))),
+                lk.ok.eq(iotlb.ok | (~iova & grant_ok)),
                 lk.frame.eq(iotlb.ppn | Mux(iova, 0, entry.frame)),
                 lk.mode.eq(tb.handle_mode | iova),
                 # a stale answer is looked up again, not reported

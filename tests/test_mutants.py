@@ -58,8 +58,8 @@ def test_a_cheap_mutant_is_killed(tmp_path, only_xlate12):
 
 
 def test_a_comment_is_an_unchanged_design(tmp_path, only_xlate12):
-    mu = Mutant("comment", "rtl/translate.py", "fault = Signal(4)\n        with m.If(~tb",
-                "fault = Signal(4)  # mutated\n        with m.If(~tb", "a comment", "translate")
+    mu = Mutant("comment", "rtl/translate.py", "fault = Signal(4)\n        grant_ok",
+                "fault = Signal(4)  # mutated\n        grant_ok", "a comment", "translate")
     rec = mutants.run_mutant(mu, tmp_path, only_xlate12)
     assert (rec["status"], rec["killed"], rec["test"]) == ("unchanged", False, None), rec
 
