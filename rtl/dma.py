@@ -266,6 +266,7 @@ class _Shared:
         self.word = Signal(wb)  # local word of the next beat's lanes >= rot; the others: word + 1
         self.word_inc = Signal(wb)
         self.zword = Signal(wb)  # the next words a zero command clears
+        self.z_last = Signal()  # ... and this is its last cycle (rem is 2 W)
         # Current burst, set up in ADDR
         self.b_final = Signal()  # the burst ends the command
         self.b_cross = Signal()  # ... or ends on a page boundary (the next burst needs a lookup)
@@ -537,7 +538,7 @@ class DmaEngine(wiring.Component):
                 m.d.sync += [e.first_mask.eq(fm), e.last_mask.eq(lm)]
                 # (fa_idle is set here: every command's end sets it, and after a failed one
                 # the ring engine halts until a reset, which sets it)
-                m.d.sync += e.zword.eq(c.dpos[lw:lw + wb])
+                m.d.sync += [e.zword.eq(c.dpos[lw:lw + wb]), e.z_last.eq(c.len[lw + 1:] == 1)]
                 with m.If(cmd.valid):
                     with m.If(c.drain):
                         m.next = "DRAIN"
@@ -863,8 +864,11 @@ class DmaEngine(wiring.Component):
                 # rem and dpos are multiples of 512, so of 2 W; a reset lets it finish (no bus
                 # access, at most disk_bytes / 2 W cycles), so the disk is zeroed whole or not
                 m.d.comb += [e.ring.busy.eq(1), e.in_zero.eq(~empty)]
-                m.d.sync += [zword.eq(zword + 2), rem.eq(rem - 2 * e.W)]
-                with m.If(empty | (rem[lw + 1:] == 1)):
+                # Fmax: whether rem is 2 W is a register (rem's bits above lw are one less
+                # each cycle), not a compare in front of ``done``
+                m.d.sync += [zword.eq(zword + 2), rem.eq(rem - 2 * e.W),
+                             e.z_last.eq(rem[lw + 1:] == 2)]
+                with m.If(empty | e.z_last):
                     e.finish()
         return states
 
