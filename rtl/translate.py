@@ -134,7 +134,9 @@ class TranslationUnit(wiring.Component):
         # Stage 2: the entry registered straight out of the block RAM, for a kept lookup, with
         # the checks that need no entry.
         valid2 = Signal()
-        raw = Signal(64)
+        # Fmax: no reset, so that on an ECP5 the block RAM's output register holds it
+        # (rtl/board/outreg.py); only a kept lookup (``valid2``, which the reset clears) takes it.
+        raw = Signal(64, reset_less=True)
         ref2 = Signal(bits)
         not_handle2 = Signal()
         out_of_range2 = Signal()
