@@ -42,8 +42,9 @@ class PrivilegedRegs(wiring.Component):
     """Hypervisor registers.
 
     A write takes effect at the end of its ``w_en`` cycle; a read presents ``r_data`` in the
-    cycle after ``r_en``, with the registers' values of the ``r_en`` cycle (a table word: as
-    the table holds it at the end of the ``r_en`` cycle, from ``tbl_rdata``). Accesses come one
+    cycle after ``r_en``, with the registers' values of the ``r_en`` cycle; a table word a
+    cycle later (``r_wait`` in the cycle after ``r_en``), as the table held it at the end of
+    the ``r_en`` cycle (``tbl_rdata`` in the cycle after, registered). Accesses come one
     at a time (:class:`~rtl.regbus.RegBusSignature`). Offsets decode :func:`hv_addr_width` bits
     (bits 1:0 ignored); unmapped offsets read 0 and ignore writes; grant words honour
     ``w_strb``, the registers ignore it.
@@ -261,12 +262,17 @@ class PrivilegedRegs(wiring.Component):
             m.d.sync += r_flags.eq(functools.reduce(operator.or_, flags))
         bits[0].append(r_flags)
 
-        # A table word comes from the translation unit's block RAM in this cycle (clock to
-        # output about 5.8 ns on an ECP5), so it goes through a single LUT to the bridge's
-        # register: r_data is ``word`` for a register read and, for a table read, word 1 of the
-        # entry if ``word`` is set (``word`` is then r_table_hi, every copy being 0), else word
-        # 0: one LUT4 of (r_table, word, word 0, word 1) per bit. ``keep`` holds ``word`` apart
-        # so that synthesis does not merge the block RAM data into the OR of the copies.
+        # A table word comes from the translation unit's block RAM in the cycle after r_en
+        # (clock to output about 5.6 ns on an ECP5). Fmax: it is registered as it comes
+        # (``tbl_q``, no LUT before it and no reset: on an ECP5 the block RAM's output
+        # register, rtl/board/outreg.py; the route from the block RAM to the bridge's register
+        # was the worst path of four seeds of ten at a7b226c), and the bridge takes r_data a
+        # cycle later (``r_wait``); the register copies hold. Then
+        # one LUT to the bridge's register: r_data is ``word`` for a register read and, for a
+        # table read, word 1 of the entry if ``word`` is set (``word`` is then r_table_hi,
+        # every copy being 0), else word 0: one LUT4 of (r_table, word, word 0, word 1) per
+        # bit. ``keep`` holds ``word`` apart so that synthesis does not merge the table's data
+        # into the OR of the copies.
         r_table = Signal(reset_less=True)
         r_table_hi = Signal(reset_less=True)
         with m.If(bus.r_en):
@@ -274,6 +280,9 @@ class PrivilegedRegs(wiring.Component):
         word = Signal(32, attrs={"keep": 1})
         for bit in range(32):
             m.d.comb += word[bit].eq(Cat(*bits[bit], r_table_hi).any())
-        entry = [tb.rdata.word_select(n, 32) for n in range(2)]
-        m.d.comb += bus.r_data.eq(Mux(r_table, (entry[1] & word) | (entry[0] & ~word), word))
+        tbl_q = Signal(64, reset_less=True)
+        m.d.sync += tbl_q.eq(tb.rdata)
+        entry = [tbl_q.word_select(n, 32) for n in range(2)]
+        m.d.comb += [bus.r_data.eq(Mux(r_table, (entry[1] & word) | (entry[0] & ~word), word)),
+                     bus.r_wait.eq(r_table)]
         return m

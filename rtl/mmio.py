@@ -354,5 +354,6 @@ class VirtioMmioRegs(wiring.Component):
                 with m.If(bus.r_en):
                     m.d.sync += r_value.eq(Mux(sel, value, 0))
                 r_terms.append(r_value)
-        m.d.comb += bus.r_data.eq(functools.reduce(operator.or_, r_terms))
+        m.d.comb += [bus.r_data.eq(functools.reduce(operator.or_, r_terms)),
+                     bus.r_wait.eq(0)]  # (every read: one cycle)
         return m

@@ -4,7 +4,9 @@ A register file behind :class:`AXI4LiteRegBridge` sees one access at a time on i
 :class:`RegBusSignature` port: a write is one cycle of ``w_en`` with ``addr``/``w_data``/
 ``w_strb``, announced by one cycle of ``w_next`` with the same values just before it; a read is
 one cycle of ``r_en`` with ``addr``, and the register file must present ``r_data`` on the next
-cycle (one cycle of read latency, which lets it read block RAM).
+cycle (one cycle of read latency, which lets it read block RAM), or raise ``r_wait`` in that
+cycle and present ``r_data`` in the one after (two cycles: the block RAM's word registered
+before it goes anywhere, Fmax).
 
 ``w_next`` lets a register file decode a write a cycle ahead, so that what the write does in its
 own cycle comes from flip-flops: the device reset (Status = 0) stops the DMA engine in the cycle
@@ -25,14 +27,15 @@ __all__ = ["AXI4LiteRegBridge", "RegBusSignature"]
 
 class RegBusSignature(wiring.Signature):
     """Register strobes, from the bridge's (manager's) point of view. ``w_hold``: the register
-    file cannot take a write now; the bridge does not start one while it is high."""
+    file cannot take a write now; the bridge does not start one while it is high. ``r_wait``,
+    in the cycle after ``r_en``: ``r_data`` comes a cycle later."""
 
     def __init__(self, addr_width: int):
         self._addr_width = addr_width
         super().__init__({
             "addr": Out(addr_width),
             "w_next": Out(1), "w_en": Out(1), "w_data": Out(32), "w_strb": Out(4),
-            "r_en": Out(1), "r_data": In(32), "w_hold": In(1),
+            "r_en": Out(1), "r_data": In(32), "w_hold": In(1), "r_wait": In(1),
         })
 
     @property
@@ -56,7 +59,8 @@ class AXI4LiteRegBridge(wiring.Component):
     Every response is OKAY: unmapped offsets read 0 and ignore writes (docs/architecture.md).
 
     Latency: write accepted 1 cycle after both channels are valid, write response 1 cycle
-    after the handshake; read data 2 cycles after ``arvalid`` is accepted.
+    after the handshake; read data 2 cycles after ``arvalid`` is accepted, 3 if the register
+    file asks for a cycle more (``r_wait``).
     """
 
     def __init__(self, addr_width: int):
@@ -75,6 +79,8 @@ class AXI4LiteRegBridge(wiring.Component):
         w_accept = Signal()  # the cycle after w_next: both channels handshake
         bresp = Signal()
         rdata_wait = Signal()  # the cycle after r_en: the register file presents r_data
+        rdata_wait2 = Signal()  # ... or in this one, the next, if it raised r_wait
+        r_take = Signal()
         rresp = Signal()
         rdata = Signal(32)
 
@@ -101,8 +107,10 @@ class AXI4LiteRegBridge(wiring.Component):
             w_accept.eq(write),
             bresp.eq(w_accept | (bresp & ~axi.bready)),
             rdata_wait.eq(read),
-            rresp.eq(rdata_wait | (rresp & ~axi.rready)),
+            rdata_wait2.eq(rdata_wait & reg.r_wait),
+            rresp.eq(r_take | (rresp & ~axi.rready)),
         ]
-        with m.If(rdata_wait):
+        m.d.comb += r_take.eq((rdata_wait & ~reg.r_wait) | rdata_wait2)
+        with m.If(r_take):
             m.d.sync += rdata.eq(reg.r_data)
         return m

@@ -6,11 +6,13 @@ both high, that cycle being one of ``w_next`` and the accepting one one of ``w_e
 the write's ``addr``/``w_data``/``w_strb``; a read is one cycle of ``r_en`` with
 ``addr`` and the register file presents ``r_data`` on the next cycle; a write wins over a read
 requested in the same cycle; every response is OKAY; write response 1 cycle after the
-handshake, read data 2 cycles after ``arvalid`` is accepted.
+handshake, read data 2 cycles after ``arvalid`` is accepted, or 3 when the register file raises
+``r_wait`` in the cycle after ``r_en`` (and presents ``r_data`` in the one after).
 
 Behind the bridge sits a small register file (a byte-strobed RAM) whose ``r_data`` is the
 addressed word only in the cycle after ``r_en`` and ``POISON`` in every other cycle, so a bridge
-that samples ``r_data`` in the wrong cycle returns ``POISON``.
+that samples ``r_data`` in the wrong cycle returns ``POISON``; with ``slow``, a read of the
+upper half (address bit 8) raises ``r_wait`` and presents the word only a cycle later.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ POISON = 0xDEAD_BEEF
 
 
 class Harness(Elaboratable):
-    """The bridge plus a register file of ``WORDS`` 32-bit words (byte strobes, read latency 1)."""
+    """The bridge plus a register file of ``WORDS`` 32-bit words (byte strobes, read latency 1;
+    2 for the upper half with ``slow``)."""
 
-    def __init__(self, init=()):
+    def __init__(self, init=(), *, slow=False):
         self.bridge = AXI4LiteRegBridge(ADDR_WIDTH)
         self.init = list(init)
+        self.slow = slow
 
     def elaborate(self, platform):
         m = Module()
@@ -44,10 +48,16 @@ class Harness(Elaboratable):
         m.submodules.regs = regs = memory.Memory(shape=unsigned(32), depth=WORDS, init=self.init)
         rp, wp = regs.read_port(), regs.write_port(granularity=8)
         pending = Signal()
-        m.d.sync += pending.eq(reg.r_en)
+        slow_q = Signal()  # the read raises r_wait
+        pending2 = Signal()  # the cycle after r_wait
+        data_q = Signal(32)
+        m.d.sync += [pending.eq(reg.r_en), pending2.eq(pending & slow_q), data_q.eq(rp.data)]
+        with m.If(reg.r_en):
+            m.d.sync += slow_q.eq(reg.addr[ADDR_WIDTH - 1] & self.slow)
         m.d.comb += [
             rp.addr.eq(reg.addr[2:]), rp.en.eq(reg.r_en),
-            reg.r_data.eq(Mux(pending, rp.data, POISON)),
+            reg.r_wait.eq(pending & slow_q),
+            reg.r_data.eq(Mux(pending & ~slow_q, rp.data, Mux(pending2, data_q, POISON))),
             wp.addr.eq(reg.addr[2:]), wp.data.eq(reg.w_data),
             wp.en.eq(Mux(reg.w_en, reg.w_strb, 0)),
         ]
@@ -211,6 +221,29 @@ def test_read_latency(rready_delay):
     run(h, bench)
 
 
+@pytest.mark.parametrize("rready_delay", [0, 3])
+def test_read_wait(rready_delay):
+    """A register file that raises r_wait in the cycle after r_en: rvalid exactly 3 cycles
+    after the accept, with the word it presented the cycle after r_wait (never POISON); reads
+    without r_wait keep 2 cycles."""
+    init = [0x7000_0000 | i * 0x0203 for i in range(WORDS)]
+    h = Harness(init, slow=True)
+
+    async def bench(ctx):
+        bus = Bus(ctx, h)
+        await bus.step()
+        for addr in (0x100, 0x004, 0x1FC, 0x0FC, 0x180):
+            ar, r = await bus.read(addr, rready_delay=rready_delay)
+            assert r["rdata"] == init[addr >> 2]
+            rvalid = [s for s in bus.trace if s["rvalid"] and s["cycle"] > ar["cycle"]]
+            latency = 3 if addr & 0x100 else 2
+            assert rvalid[0]["cycle"] == ar["cycle"] + latency
+            assert {s["rdata"] for s in rvalid} == {init[addr >> 2]}
+        assert len(bus.cycles("r_en")) == 5
+
+    run(h, bench)
+
+
 def test_write_wins_over_simultaneous_read():
     """aw, w and ar valid in the same cycle: the write is announced and then strobed (no
     r_en, no arready); the read, held valid, is served after the write response and sees the
@@ -270,7 +303,7 @@ def test_random_sequence_against_model():
     """Random writes (strobes, channel orders, response delays) and reads against a dict."""
     rng = random.Random(5)
     model = [rng.getrandbits(32) for _ in range(WORDS)]
-    h = Harness(model)
+    h = Harness(model, slow=True)
 
     async def bench(ctx):
         bus = Bus(ctx, h)

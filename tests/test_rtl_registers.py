@@ -66,7 +66,8 @@ class GuestModel:
         return {"queue_num": d.queue_num, "queue_ready": d.queue_ready,
                 "queue_desc": d.queue_desc, "queue_avail": d.queue_driver,
                 "queue_used": d.queue_device, "status": d.status, "notify": int(bool(notify)),
-                "dev_reset": int(self.reset_write), "irq": int(d.irq), "bus.r_data": self.r_data}
+                "dev_reset": int(self.reset_write), "irq": int(d.irq), "bus.r_data": self.r_data,
+                "bus.r_wait": 0}
 
     def edge(self, i: dict) -> None:
         d = self.dev
@@ -95,8 +96,9 @@ class GuestModel:
 
 class HvModel:
     """The reference model's hypervisor port with the register file's timing and its table port
-    (rtl/hvregs.py): registers as :class:`GuestModel`; a table word reads, in the cycle after
-    ``r_en``, the word of ``tbl_rdata`` its address selects; ``tbl_*`` decode the address of
+    (rtl/hvregs.py): registers as :class:`GuestModel`; a table read raises ``r_wait`` in the
+    cycle after ``r_en`` and reads, in the cycle after that, the word its address selects of
+    ``tbl_rdata`` as it was in the cycle before (registered); ``tbl_*`` decode the address of
     every cycle; HV_SYNC reads 1 once the transactions in flight at its write have completed."""
 
     def __init__(self, *, entries: int):
@@ -105,6 +107,7 @@ class HvModel:
         self.ref_mask = (1 << max(1, (entries - 1).bit_length())) - 1
         self.sync_count = 0  # transactions the barrier still waits for (mod 16, as inflight)
         self.r_reg, self.r_word = 0, None  # a register's value, or the table word to read
+        self.tbl_prev = 0  # tbl_rdata in the cycle before
 
     def _access(self, i: dict) -> tuple[int, int, bool]:
         offset = i["bus.addr"] & ~3
@@ -117,7 +120,7 @@ class HvModel:
         ref = (offset - spec.HV_GRANT_BASE) >> 3 & self.ref_mask
         write = i["bus.w_en"]
         strb = i["bus.w_strb"] << 4 if offset & 4 else i["bus.w_strb"]
-        r_data = self.r_reg if self.r_word is None else i["tbl_rdata"] >> 32 * self.r_word & U32
+        r_data = self.r_reg if self.r_word is None else self.tbl_prev >> 32 * self.r_word & U32
         iotlb_write = write and offset in (spec.HV_IOTLB_CMD, spec.HV_MISS_RESOLVE) \
             and 1 <= data <= 3  # docs/iotlb.md: the commands are 1 to 3 (the unit ignores
         #                          MISS_RESOLVE = 3)
@@ -134,11 +137,12 @@ class HvModel:
                 "tbl_wen": strb if write and in_table else 0,
                 "tbl_changed": int(bool(write and in_table)),
                 "cfg_changed": int(bool(write and offset in (spec.HV_CTRL, spec.HV_DOMID))),
-                "bus.r_data": r_data}
+                "bus.r_data": r_data, "bus.r_wait": int(self.r_word is not None)}
 
     def edge(self, i: dict) -> None:
         d = self.dev
         offset, data, in_table = self._access(i)
+        self.tbl_prev = i["tbl_rdata"]
         # What the translation unit reports (docs/iotlb.md: IOTLB_MISS bit 0 pending, bit 1 the
         # access reads memory, bit 2 it writes), read through these registers.
         miss = i["miss"]
@@ -170,7 +174,8 @@ class Lockstep:
         self.ctx, self.dut, self.model, self.outputs = ctx, dut, model, outputs
         self.inputs = dict.fromkeys((*BUS_INPUTS, *inputs), 0)
         self.cycle = 0
-        self.read_pending = False
+        self.read_pending = 0
+        self.waited = False
         self.busy = 0  # cycles before the bridge can start the next access
         self.seen = collections.Counter()
 
@@ -184,6 +189,17 @@ class Lockstep:
             got = self.ctx.get(_member(self.dut, name))
             assert got == expected[name], (
                 f"cycle {self.cycle}: {name} = {got:#x}, model {expected[name]:#x}")
+        # read_pending: 1 in the cycle after r_en (r_data, or r_wait: a cycle more), 2 in the
+        # cycle after an r_wait
+        if self.read_pending == 1:
+            got = self.ctx.get(self.dut.bus.r_wait)
+            assert got == expected["bus.r_wait"], (
+                f"cycle {self.cycle}: r_wait = {got}, model {expected['bus.r_wait']} "
+                f"(read of {self.read_addr:#x})")
+            self.waited = bool(got)
+            if got:
+                self.busy += 1
+                return expected
         if self.read_pending:
             got = self.ctx.get(self.dut.bus.r_data)
             assert got == expected["bus.r_data"], (
@@ -224,7 +240,7 @@ class Lockstep:
         self.set("bus.w_en", w_en)
         self.set("bus.r_en", r_en)
         self.now = self.compare()
-        self.read_pending = bool(r_en)
+        self.read_pending = 1 if r_en else 2 if self.read_pending == 1 and self.waited else 0
         await self._tick()
         self.busy = max(0, self.busy - 1)
 
@@ -234,7 +250,7 @@ class Lockstep:
                             ("bus.w_next", 1), ("bus.w_en", 0), ("bus.r_en", 0)):
             self.set(name, value)
         self.compare()
-        self.read_pending = False
+        self.read_pending = 0
         await self._tick()
 
 
@@ -554,6 +570,8 @@ class BusPort:
         self.ctx.set(self.bus.r_en, 1)
         await self.ctx.tick()
         self.ctx.set(self.bus.r_en, 0)
+        if self.ctx.get(self.bus.r_wait):  # (a table word: a cycle more)
+            await self.ctx.tick()
         return self.ctx.get(self.bus.r_data)
 
 
