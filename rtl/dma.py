@@ -35,7 +35,7 @@ from amaranth.utils import exact_log2
 from models import spec
 
 from .axi import BURST_INCR, RESP_OKAY, AXI4Signature
-from .fifo import BlockRAMFIFO
+from .fifo import LutRamFIFO
 from .interfaces import (
     CAP_BYTES,
     MAX_POSTED_WRITES,
@@ -52,7 +52,7 @@ from .translate import lookup_fields
 
 __all__ = ["CAP_BYTES", "MAX_POSTED_WRITES", "DmaEngine", "local_bits"]
 
-W_FIFO_DEPTH = 8  # beats in S1, S2 and the W FIFO (block RAM: two cycles from in to out)
+W_FIFO_DEPTH = 8  # beats in S1, S2 and the W FIFO (two cycles from in to out)
 
 
 def _rotl_lanes(lanes: list, amount, n: int) -> list:
@@ -709,13 +709,13 @@ class DmaEngine(wiring.Component):
         (WADDR: the burst is handed over once the address and the last beat are); S1 waits for
         the RAM disk's two-cycle read, S2 rotates the beat into bus lanes (the one
         :func:`lane_rotator`, ``rotated``, shared with reads) and pushes it into the W FIFO
-        (block RAM): a beat issued at ``h + j`` leaves on the W channel at ``h + 4 + j``
+        (``rtl/fifo.py``): a beat issued at ``h + j`` leaves on the W channel at ``h + 4 + j``
         (with no back-pressure)."""
         W, lw, axi, disk, ones = e.W, e.lw, e.axi, e.disk, e.ones
         word, word_inc, ge_rot, to_disk = e.word, e.word_inc, e.ge_rot, e.to_disk
         first_beat, w_active, w_cnt, w_one = e.first_beat, e.w_active, e.w_cnt, e.w_one
         w_last_issue, occ = e.w_last_issue, e.occ
-        m.submodules.wfifo = wfifo = BlockRAMFIFO(width=8 * W + W + 1, depth=W_FIFO_DEPTH)
+        m.submodules.wfifo = wfifo = LutRamFIFO(width=8 * W + W + 1, depth=W_FIFO_DEPTH)
         s1_valid, s2_valid = Signal(name="s1_valid"), Signal(name="s2_valid")
         s1_disk, s2_disk = Signal(name="s1_disk"), Signal(name="s2_disk")
         s1_strb, s2_strb = Signal(W, name="s1_strb"), Signal(W, name="s2_strb")

@@ -11,7 +11,7 @@ from amaranth.hdl import Fragment, UnusedElaboratable
 
 from rtl.dma import DmaEngine
 from rtl.engine import RingEngine
-from rtl.fifo import BlockRAMFIFO
+from rtl.fifo import LutRamFIFO
 from rtl.ramdisk import RamDisk
 from rtl.top import VirtioBlkHandle
 from rtl.translate import TranslationUnit
@@ -49,7 +49,7 @@ INVALID = [
     ("dma width 48", lambda: DmaEngine(data_width=48, disk_bytes=1024), WIDTH + "48$"),
     ("dma width 256", lambda: DmaEngine(data_width=256, disk_bytes=1024), WIDTH + "256$"),
     ("dma disk 1000", lambda: DmaEngine(data_width=64, disk_bytes=1000), DISK + "1000$"),
-    ("fifo depth 1", lambda: BlockRAMFIFO(width=8, depth=1),
+    ("fifo depth 1", lambda: LutRamFIFO(width=8, depth=1),
      r"^Depth must be an integer of at least 2, not 1$"),
     ("top width 16", lambda: VirtioBlkHandle(data_width=16), WIDTH + "16$"),
     ("top width 256", lambda: VirtioBlkHandle(data_width=256), WIDTH + "256$"),
@@ -90,7 +90,7 @@ VALID = [
     ("ramdisk 1536 bytes x32", lambda: RamDisk(disk_bytes=1536, data_width=32)),
     ("dma width 32", lambda: DmaEngine(data_width=32, disk_bytes=1024)),
     ("dma width 128", lambda: DmaEngine(data_width=128, disk_bytes=1024)),
-    ("fifo depth 2", lambda: BlockRAMFIFO(width=1, depth=2)),
+    ("fifo depth 2", lambda: LutRamFIFO(width=1, depth=2)),
     ("engine qmax 1", lambda: RingEngine(queue_num_max=1, disk_bytes=1024)),
     ("engine qmax 32768", lambda: RingEngine(queue_num_max=32768, disk_bytes=1024)),
     ("top small", lambda: VirtioBlkHandle(data_width=32, entries=12, queue_num_max=4,
