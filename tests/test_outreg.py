@@ -178,3 +178,20 @@ def test_hand_made_output_used_elsewhere_stays():
     netlist = _hand_made()
     netlist["modules"][TOP]["ports"]["z"]["bits"] = [10]  # a port shows it
     assert absorb_output_registers(netlist, TOP) == []
+
+
+@pytest.mark.parametrize("change", [
+    {"connections": {"RSTB": [7]}},  # the port's output reset is used
+    {"parameters": {"CLKBMUX": "INV"}},  # the port clocks on the falling edge
+    {"parameters": {"REGMODE_B": "OUTREG"}},  # it has its register already
+    {"parameters": {"DATA_WIDTH_A": "100100", "DATA_WIDTH_B": "100100"},
+     "connections": {"CLKB": [3]}},  # 36-bit mode, the halves on two clocks
+])
+def test_hand_made_block_ram_that_cannot_take_the_register_stays(change):
+    netlist = _hand_made()
+    bram = netlist["modules"][TOP]["cells"]["ram"]
+    for where, values in change.items():
+        bram[where].update(values)
+    before = copy.deepcopy(netlist)
+    assert absorb_output_registers(netlist, TOP) == []
+    assert netlist == before
