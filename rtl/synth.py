@@ -26,7 +26,8 @@ value read in a colliding cycle is undefined (``COLLISION_X_MASK`` all ones):
   its address was written.
 
 Simulation (``make verilog``, the cocotb benches) keeps Amaranth's old-data semantics; only the
-Yosys synthesis flows use the relaxed netlist. Asynchronous read ports (the FIFOs' distributed
+Yosys synthesis flows use the relaxed netlist (``make board`` relaxes the device's memories
+only: ``within``). Asynchronous read ports (the FIFOs' distributed
 RAM) and transparent ports are left as they are.
 """
 
@@ -39,8 +40,17 @@ __all__ = ["relax_collisions"]
 _CELL = re.compile(r"(  cell \$memrd_v2 .*?\n)(?=  end\n)", re.S)
 
 
-def relax_collisions(il: str) -> str:
-    """``il`` with every synchronous, non-transparent memory read port's collisions undefined."""
+_MODULE = re.compile(r"^module (\S+)\n.*?^end\n", re.S | re.M)
+
+
+def relax_collisions(il: str, *, within: str | None = None) -> str:
+    """``il`` with every synchronous, non-transparent memory read port's collisions undefined;
+    with ``within``, only in the modules whose RTLIL name starts with it (``make board``: the
+    device, ``\\ulx3s.top.device``; the board's guest memory and UART bridge keep their
+    semantics, which the reasons above do not cover)."""
+    if within is not None:
+        return _MODULE.sub(lambda mo: relax_collisions(mo.group(0))
+                           if mo.group(1).startswith(within) else mo.group(0), il)
 
     def fix(mo: re.Match) -> str:
         cell = mo.group(1)

@@ -162,3 +162,39 @@ def test_instantiation_template_compiles(tmp_path):
                           str(wrapper), str(v)], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert "warning" not in res.stderr.lower() or "port" not in res.stderr.lower(), res.stderr
+
+
+def test_relax_collisions_within_one_subtree():
+    """make board relaxes the device's memories only (rtl/synth.py ``within``)."""
+    import re
+
+    from amaranth import Elaboratable, Signal
+    from amaranth import Module as Mod
+    from amaranth.lib import memory
+
+    from rtl.synth import relax_collisions
+
+    class Two(Elaboratable):
+        def elaborate(self, platform):
+            m = Mod()
+            for name in ("device", "mem"):
+                inner = Mod()
+                inner.submodules.ram = ram = memory.Memory(shape=8, depth=16, init=[])
+                rd, wr = ram.read_port(), ram.write_port()
+                addr = Signal(4, name=f"{name}_addr")
+                out = Signal(8, name=f"{name}_out")
+                inner.d.comb += [rd.addr.eq(addr), wr.addr.eq(addr), wr.en.eq(1),
+                                 wr.data.eq(addr), out.eq(rd.data)]
+                m.submodules[name] = inner
+            return m
+
+    il = rtlil.convert(Two(), name="t", ports=[])
+
+    def relaxed(text):
+        return {mo.group(1) for mo in re.finditer(r"^module (\S+)\n(.*?)^end\n", text,
+                                                   re.S | re.M)
+                if re.search(r"COLLISION_X_MASK \d+'1+\n", mo.group(2))}
+
+    assert relaxed(il) == set()
+    assert relaxed(relax_collisions(il)) == {r"\t.device", r"\t.mem"}
+    assert relaxed(relax_collisions(il, within=r"\t.device")) == {r"\t.device"}

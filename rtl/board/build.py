@@ -5,9 +5,12 @@ simulation.
     python -m rtl.board.build [--build-dir build/board] [--baud 1000000] [--mem-bytes 65536]
                               [--data-width 64] [--entries 1024] [--seed 1]
 
-Writes ``build/board/ulx3s.bit`` (load it with ``openFPGALoader -b ulx3s build/board/ulx3s.bit``;
-programming is not part of the build), the nextpnr log and report, and ``board.json``, a
-summary of the utilisation and timing of the build.
+As in ``make fpga-report``, Yosys reads the device's RTLIL from
+:func:`rtl.synth.relax_collisions` (the board's own memories are left as they are), and
+its netlist goes through :mod:`rtl.board.outreg` (block RAM output registers) before nextpnr.
+Writes ``build/board/ulx3s.bit`` (load it with ``openFPGALoader -b ulx3s
+build/board/ulx3s.bit``; programming is not part of the build), the nextpnr log and report, and
+``board.json``, a summary of the utilisation and timing of the build.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from amaranth.lib import io
 from models import spec
 
 from ..export import postprocess
+from ..synth import relax_collisions
 from .top import DEFAULT_MEM_BYTES, BoardTop
 
 __all__ = ["ULX3SBoard", "generate_sim_verilog", "toolchain_env"]
@@ -97,10 +101,25 @@ def build(build_dir: Path, *, baud: int, mem_bytes: int, data_width: int, entrie
     top = BoardTop(data_width=data_width, entries=entries, mem_bytes=mem_bytes,
                    clk_hz=CLK_HZ, clks_per_bit=cpb)
     os.environ.update(toolchain_env())
-    platform = ULX3S_85F_Platform()
+
+    class Platform(ULX3S_85F_Platform):
+        """The ULX3S with :mod:`rtl.board.outreg` run between Yosys and nextpnr."""
+
+        @property
+        def command_templates(self):
+            yosys, *rest = super().command_templates
+            return [yosys, f'"{sys.executable}" -m rtl.board.outreg {{{{name}}}}.json '
+                           "{{name}}", *rest]
+
+    platform = Platform()
     t0 = time.monotonic()
-    platform.build(ULX3SBoard(top), name="ulx3s", build_dir=str(build_dir),
-                   nextpnr_opts=f"--seed {seed} --report ulx3s.report.json")
+    plan = platform.build(ULX3SBoard(top), name="ulx3s", do_build=False,
+                          nextpnr_opts=f"--seed {seed} --report ulx3s.report.json")
+    # The RTLIL Yosys reads, with the device's memory read collisions relaxed as in make
+    # fpga-report (the board's own memories keep Amaranth's semantics)
+    plan.files["ulx3s.il"] = relax_collisions(plan.files["ulx3s.il"],
+                                              within="\\ulx3s.top.device")
+    plan.execute_local(str(build_dir))
     elapsed = time.monotonic() - t0
     report = json.loads((build_dir / "ulx3s.report.json").read_text())
     summary = {
