@@ -24,11 +24,20 @@ value read in a colliding cycle is undefined (``COLLISION_X_MASK`` all ones):
   slot after the newest address; its read port reads the oldest address, which is that free
   slot only when no response is outstanding, and a response comes two or more cycles after
   its address was written.
+* W FIFO (``rtl/fifo.py``, Amaranth's ``SyncFIFOBuffered``): it reads the oldest slot only
+  while the queue holds one, and writes the next free slot only while it is not full; the two
+  slots are one only when the queue is empty or full.
+* IOTLB (``rtl/iotlb.py``): written only in a command's WRITE step, while ``active`` makes
+  every lookup's answer stale (looked up again); a command reads its sets only before it.
+* indirect table buffer (``rtl/engine.py``, a RAM disk without an image): written by the DMA
+  engine's table read, read by the chain walker after that command has ended.
+
+(Written down after 921ed6d; the W FIFO's, the IOTLB's and the table buffer's ports were relaxed
+before with no reason given here.)
 
 Simulation (``make verilog``, the cocotb benches) keeps Amaranth's old-data semantics; only the
 Yosys synthesis flows use the relaxed netlist (``make board`` relaxes the device's memories
-only: ``within``). Asynchronous read ports (the FIFOs' distributed
-RAM) and transparent ports are left as they are.
+only: ``within``). Asynchronous read ports and transparent ports are left as they are.
 """
 
 from __future__ import annotations
