@@ -25,9 +25,13 @@ cycle of read latency). ``tests/test_outreg.py`` checks the rules on small netli
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from collections import defaultdict
+from pathlib import Path
 
-__all__ = ["absorb_output_registers"]
+__all__ = ["absorb_in_file", "absorb_output_registers"]
 
 _PINS = 18
 
@@ -38,6 +42,23 @@ def _const(bits, value: str) -> bool:
 
 def _width(param) -> int:
     return int(param, 2) if isinstance(param, str) else int(param)
+
+
+def _is_output_register(ff: dict, pin: str, clk: list) -> bool:
+    """``ff`` (a cell, read through its ``pin``) can be a port's output register: a TRELLIS_FF
+    taking the word at ``DI``, clocked by ``clk`` on the rising edge, with no set or reset and
+    powering up at 0."""
+    fp, fc = ff["parameters"], ff["connections"]
+    return (ff["type"] == "TRELLIS_FF" and pin == "DI" and fc["CLK"] == clk
+            and fp.get("CLKMUX", "CLK") == "CLK" and fp.get("REGSET", "RESET") == "RESET"
+            and _const(fc.get("LSR", ["0"]), "0"))
+
+
+def _enable(ff: dict):
+    """The flip-flop's clock enable as the output register would take it: ``["1"]``, a net's
+    bits, or None (an inverted or constant-0 enable)."""
+    mux = ff["parameters"].get("CEMUX", "1").strip()
+    return ["1"] if mux == "1" else ff["connections"]["CE"] if mux == "CE" else None
 
 
 def absorb_output_registers(netlist: dict, top: str) -> list[str]:
@@ -55,8 +76,21 @@ def absorb_output_registers(netlist: dict, top: str) -> list[str]:
                         sinks[b].append((name, pin))
     port_bits = {b for p in mod["ports"].values() for b in p["bits"] if isinstance(b, int)}
 
+    def registers(c: dict, pins: list[str], clk: list):
+        """The (flip-flop, output bit) pairs that register the port's used outputs, or None if
+        some used output goes anywhere else."""
+        found = []
+        for pin in pins:
+            bit = c[pin][0]
+            if not isinstance(bit, int) or not sinks.get(bit):
+                continue
+            if bit in port_bits or not all(_is_output_register(cells[sink], sink_pin, clk)
+                                           for sink, sink_pin in sinks[bit]):
+                return None
+            found.extend((sink, bit) for sink, _ in sinks[bit])
+        return found
+
     replace: dict[int, int] = {}  # a flip-flop's Q -> the output it registered
-    removed: list[str] = []
     changed: list[str] = []
     for name, cell in list(cells.items()):
         if cell["type"] != "DP16KD":
@@ -65,8 +99,7 @@ def absorb_output_registers(netlist: dict, top: str) -> list[str]:
         if not (p.get("CLKAMUX", "CLKA") == "CLKA" and p.get("CLKBMUX", "CLKB") == "CLKB"
                 and _const(c["RSTA"], "0") and _const(c["RSTB"], "0")):
             continue
-        wide = 36 in (_width(p["DATA_WIDTH_A"]), _width(p["DATA_WIDTH_B"]))
-        if wide:
+        if 36 in (_width(p["DATA_WIDTH_A"]), _width(p["DATA_WIDTH_B"])):
             if c["CLKA"] != c["CLKB"]:
                 continue
             groups = [("AB", [f"DO{s}{i}" for s in "AB" for i in range(_PINS)], c["CLKA"])]
@@ -75,50 +108,18 @@ def absorb_output_registers(netlist: dict, top: str) -> list[str]:
         for sides, pins, clk in groups:
             if any(p.get(f"REGMODE_{s}") != "NOREG" for s in sides):
                 continue
-            ffs: list[tuple[str, int]] = []  # (flip-flop, output bit)
-            ok = True
-            for pin in pins:
-                bit = c[pin][0]
-                if not isinstance(bit, int) or not sinks.get(bit):
-                    continue
-                if bit in port_bits:
-                    ok = False
-                    break
-                for sink, sink_pin in sinks[bit]:
-                    ff = cells[sink]
-                    fp, fc = ff["parameters"], ff["connections"]
-                    if not (ff["type"] == "TRELLIS_FF" and sink_pin == "DI"
-                            and fc["CLK"] == clk and fp.get("CLKMUX", "CLK") == "CLK"
-                            and fp.get("REGSET", "RESET") == "RESET"
-                            and (_const(fc.get("LSR", ["0"]), "0")
-                                 or fp.get("LSRMUX") == "0")):
-                        ok = False
-                        break
-                    ffs.append((sink, bit))
-                if not ok:
-                    break
-            if not ok or not ffs:
+            ffs = registers(c, pins, clk)
+            if not ffs:
                 continue
-            enables = set()
-            for ff, _ in ffs:
-                fp, fc = cells[ff]["parameters"], cells[ff]["connections"]
-                mux = fp.get("CEMUX", "1").strip()
-                enables.add(("1",) if mux == "1" else
-                            tuple(fc["CE"]) if mux == "CE" else ("bad",))
-            if len(enables) != 1 or ("bad",) in enables:
+            enables = [_enable(cells[ff]) for ff, _ in ffs]
+            if enables[0] is None or any(e != enables[0] for e in enables):
                 continue
-            (enable,) = enables
-            oce = ["1"] if enable == ("1",) else list(enable)
             for s in sides:
                 p[f"REGMODE_{s}"] = "OUTREG"
-                c[f"OCE{s}"] = oce
+                c[f"OCE{s}"] = enables[0]
             for ff, bit in ffs:
-                replace[cells[ff]["connections"]["Q"][0]] = bit
-                removed.append(ff)
+                replace[cells.pop(ff)["connections"]["Q"][0]] = bit
             changed.append(f"{name}:{sides}")
-
-    for ff in removed:
-        del cells[ff]
 
     def sub(bits):
         return [replace.get(b, b) if isinstance(b, int) else b for b in bits]
@@ -133,27 +134,29 @@ def absorb_output_registers(netlist: dict, top: str) -> list[str]:
     return changed
 
 
+def absorb_in_file(path: Path, top: str) -> list[str]:
+    """:func:`absorb_output_registers` on the Yosys JSON netlist in ``path``, rewritten in
+    place. Raises ``ValueError`` if it has no module ``top``."""
+    design = json.loads(path.read_text())
+    if top not in design.get("modules", {}):
+        raise ValueError(f"no module {top!r} in {path}")
+    changed = absorb_output_registers(design, top)
+    path.write_text(json.dumps(design))
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m rtl.board.outreg NETLIST.json TOP``: rewrite a Yosys JSON netlist in place
     (``make board`` runs it between Yosys and nextpnr)."""
-    import argparse
-    import json
-    import sys
-    from pathlib import Path
-
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("netlist", type=Path)
     ap.add_argument("top")
     args = ap.parse_args(argv)
     try:
-        design = json.loads(args.netlist.read_text())
-        if args.top not in design.get("modules", {}):
-            raise ValueError(f"no module {args.top!r} in {args.netlist}")
+        changed = absorb_in_file(args.netlist, args.top)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    changed = absorb_output_registers(design, args.top)
-    args.netlist.write_text(json.dumps(design))
     print(f"{args.netlist}: {len(changed)} block RAM ports take their output registers"
           + "".join(f"\n  {port}" for port in changed))
     return 0

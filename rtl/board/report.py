@@ -58,7 +58,7 @@ from models.features import Features
 from ..synth import relax_collisions
 from ..top import VirtioBlkHandle
 from .build import toolchain_env
-from .outreg import absorb_output_registers
+from .outreg import absorb_in_file
 
 __all__ = ["BASE_FORMS", "FEATURE_FORMS", "Config", "cell_counts", "critical_path_summary",
            "lut4_equivalents", "main", "place_route", "run_config", "synthesise"]
@@ -223,9 +223,7 @@ def synthesise(cfg: Config, out: Path, env: dict) -> Synthesis:
         _run([env["YOSYS"], "-q", "-p",
               f"read_rtlil {TOP}.il; {SYNTH} -top {TOP} -json {TOP}.json; "
               "tee -q -o flat.stat stat"], work / "yosys.log", env)
-        design = json.loads(netlist.read_text())
-        absorbed = absorb_output_registers(design, TOP)
-        netlist.write_text(json.dumps(design))
+        absorbed = absorb_in_file(netlist, TOP)
         (work / "outreg.txt").write_text("".join(f"{port}\n" for port in absorbed))
         _run([env["YOSYS"], "-q", "-p",
               f"read_rtlil {TOP}.il; {SYNTH} -noflatten -top {TOP}; "
